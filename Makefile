@@ -1,0 +1,58 @@
+# Tollgate: `make run` starts both services on SQLite; `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := tools/node_modules/.bin/buf
+PROTOS := $(shell find proto -name '*.proto')
+VENV_STAMP := $(VENV)/.installed
+GEN_STAMP := gen/python/.generated
+TOOLS_STAMP := tools/node_modules/.installed
+
+.PHONY: help run test proto bench contract-baseline demo-check clean
+
+help:
+	@echo "make run    - build, migrate, load the demo and start both services"
+	@echo "make test   - build and run the whole suite (SQLite and PostgreSQL)"
+	@echo "make proto  - regenerate the Python stubs from proto/"
+	@echo "make bench  - run the benchmarks (PostgreSQL)"
+
+$(VENV_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Generated code has one home (gen/python, not committed) and one command.
+$(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
+	rm -rf gen/python && mkdir -p gen/python
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=gen/python --pyi_out=gen/python \
+		--grpc_python_out=gen/python $(PROTOS)
+	find gen/python -type d -exec touch {}/__init__.py \;
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+proto: $(GEN_STAMP)
+
+.PHONY: build
+
+build: $(GEN_STAMP) $(TOOLS_STAMP)
+
+run: build
+	$(PY) -m scripts.run_local
+
+test: build
+	$(PY) -m scripts.run_tests
+
+bench: build
+	$(PY) -m bench
+
+contract-baseline: $(TOOLS_STAMP)
+	$(BUF) build --exclude-imports -o contracts/baseline.binpb
+
+clean:
+	rm -rf $(VENV) gen tools/node_modules var

@@ -1,0 +1,5 @@
+"""Alembic environment of the usage schema."""
+
+from shared.migrate import run_env
+
+run_env(schema="usage", url_variable="USAGE_DATABASE_URL")

@@ -1,0 +1,34 @@
+"""Wiring of the Usage service: settings in, a running server out (used by __main__ and tests)."""
+
+from __future__ import annotations
+
+from shared import auth, migrate
+from shared.db import create_engine_for, session_factory
+from shared.server import RunningServer, ServerSpec, build_server
+from tollgate.usage.v1 import usage_pb2_grpc
+
+from services.usage import grpc_api, tables
+from services.usage.config import Settings
+
+
+def build(settings: Settings) -> RunningServer:
+    """Connect, wire and start the Usage server on settings.address."""
+    engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
+                               application_name="tollgate-usage")
+    sessions = session_factory(engine)
+    spec = ServerSpec(
+        name="usage",
+        registrations=[
+            (usage_pb2_grpc.add_UsageServiceServicer_to_server, grpc_api.UsageApi(sessions=sessions, settings=settings)),
+            (usage_pb2_grpc.add_UsageAdminServiceServicer_to_server,
+             grpc_api.UsageAdminApi(sessions=sessions, settings=settings)),
+        ],
+        service_names=[grpc_api.USAGE, grpc_api.ADMIN],
+        method_scopes=grpc_api.METHOD_SCOPES,
+        authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
+        ready=migrate.readiness_check(engine, service="usage", schema=tables.SCHEMA),
+    )
+    running = build_server(spec, address=settings.address, max_workers=settings.workers,
+                           metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)
+    running.on_stop.append(engine.dispose)
+    return running

@@ -1,0 +1,93 @@
+"""Authentication of calls and the checks use cases make against the caller's principal."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable
+
+from shared import credentials
+from shared.credentials import Credential, Principal
+from shared.errors import PermissionDenied, Unauthenticated
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
+
+
+class Authenticator:
+    """Checks bearer tokens against the service's credentials table, caching rows briefly.
+
+    A revocation takes effect within `cache_seconds`; that bound keeps the database off the hot path.
+    """
+
+    def __init__(self, load: Callable[[str], Credential | None], *, cache_seconds: float = 5.0):
+        self._load = load
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Credential | None]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `authorization: Bearer <token>` header value."""
+        if not authorization:
+            raise Unauthenticated("missing authorization: Bearer <token> metadata")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("authorization metadata must read 'Bearer <token>'")
+        token_id, secret = credentials.parse(token.strip())
+        credential = self._credential(token_id)
+        if credential is None or not credentials.check_secret(secret, credential.secret_hash):
+            raise Unauthenticated("unknown bearer token")
+        if credential.revoked_at is not None:
+            raise Unauthenticated("revoked bearer token")
+        return Principal(credential.token_id, credential.tenant_id, credential.scopes)
+
+    def _credential(self, token_id: str) -> Credential | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(token_id)
+        if cached and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        credential = self._load(token_id)
+        if credential is not None:
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[token_id] = (now, credential)
+        return credential
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token:
+    return _current.set(principal)
+
+
+def reset_principal(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+def principal() -> Principal:
+    """The caller of the RPC being served."""
+    current = _current.get()
+    if current is None:
+        raise Unauthenticated("no authenticated caller")
+    return current
+
+
+def require_scope(caller: Principal, scope: str) -> None:
+    if scope not in caller.scopes:
+        raise PermissionDenied(f"credential lacks scope {scope!r}")
+
+
+def require_tenant(caller: Principal, tenant_id: str) -> None:
+    """A tenant credential may only name its own tenant; the platform may name any."""
+    if caller.tenant_id is not None and caller.tenant_id != tenant_id:
+        raise PermissionDenied(f"credential may not act for tenant {tenant_id!r}")
+
+
+def require_platform(caller: Principal, what: str) -> None:
+    if caller.tenant_id is not None:
+        raise PermissionDenied(f"{what} needs a platform credential")
+
+
+def table_authenticator(engine, table, *, cache_seconds: float) -> Authenticator:
+    """An authenticator reading the service's own credentials table."""
+    return Authenticator(lambda token_id: credentials.load(engine, table, token_id), cache_seconds=cache_seconds)

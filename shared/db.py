@@ -1,0 +1,71 @@
+"""Engine factory: SQLite (WAL, busy timeout, foreign keys) or PostgreSQL (psycopg 3, pooled)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import sessionmaker
+
+
+def normalize_url(url: str) -> str:
+    """Route postgres URLs to the psycopg 3 driver."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def is_sqlite(url_or_engine) -> bool:
+    """True for a SQLite URL or engine."""
+    name = url_or_engine.dialect.name if hasattr(url_or_engine, "dialect") else make_url(normalize_url(url_or_engine)).get_backend_name()
+    return name == "sqlite"
+
+
+def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate") -> Engine:
+    """An engine whose tables live in `schema` (on SQLite, the file stands for the schema)."""
+    url = normalize_url(url)
+    if is_sqlite(url):
+        return _sqlite_engine(url, schema)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max(2, pool_size // 2),
+        pool_timeout=5,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": application_name},
+    )
+
+
+def _sqlite_engine(url: str, schema: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=8)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # SQLAlchemy issues BEGIN itself (below); pysqlite's own transaction handling would defer it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
+        # instead of failing when a read transaction tries to upgrade.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # SQLite has no schemas: tables declared in `schema` live in the file's main database.
+    return engine.execution_options(schema_translate_map={schema: None})
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    """Sessions for use cases: `with sessions.begin() as session: ...`."""
+    return sessionmaker(engine, expire_on_commit=False)

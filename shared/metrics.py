@@ -1,0 +1,28 @@
+"""Prometheus RED metrics for every RPC, and the HTTP endpoint that serves them."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+RPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by service, method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to complete an RPC on the server, by service and method.",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def observe(service: str, method: str, code: str, seconds: float) -> None:
+    RPC_HANDLED.labels(service, method, code).inc()
+    RPC_SECONDS.labels(service, method).observe(seconds)
+
+
+def serve_http(port: int, host: str = "0.0.0.0"):
+    """Start the /metrics endpoint; returns (http_server, port) so tests may pass port 0."""
+    http_server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return http_server, http_server.server_port

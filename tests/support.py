@@ -1,0 +1,94 @@
+"""Helpers the tests share: databases per backend, servers on port 0, tokens, stubs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, replace
+
+import grpc
+from sqlalchemy import create_engine, text
+
+from shared import credentials_cli, migrate
+from shared.db import normalize_url
+
+
+@dataclass(frozen=True)
+class Databases:
+    """The database URLs of one backend, already migrated."""
+
+    backend: str
+    usage_url: str
+    policy_url: str
+
+
+def sqlite_databases(folder) -> Databases:
+    dbs = Databases("sqlite", f"sqlite:///{folder}/usage.db", f"sqlite:///{folder}/policy.db")
+    migrate.upgrade("usage", dbs.usage_url)
+    migrate.upgrade("policy", dbs.policy_url)
+    return dbs
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get("TEST_DATABASE_URL") or None
+
+
+def create_postgres_database(admin_url: str, prefix: str = "tollgate_test") -> str:
+    """A fresh, empty database on the test server; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    base, _, _ = normalize_url(admin_url).rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_postgres_database(admin_url: str, url: str) -> None:
+    name = url.rpartition("/")[2]
+    engine = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def postgres_databases(url: str) -> Databases:
+    dbs = Databases("postgres", url, url)
+    migrate.upgrade("usage", url)
+    migrate.upgrade("policy", url)
+    return dbs
+
+
+def new_tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def make_token(dbs: Databases, *, tenant: str | None, scopes: list[str], service: str = "both") -> str:
+    """Mint a token in the backend's credentials tables."""
+    env = {"USAGE_DATABASE_URL": dbs.usage_url, "POLICY_DATABASE_URL": dbs.policy_url}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return credentials_cli.create(tenant=tenant, scopes=scopes, service=service, label="test")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_settings(settings, **changes):
+    """Settings for an in-process server: port 0, no fixed metrics port, fast health checks."""
+    defaults = dict(host="127.0.0.1", port=0, metrics_port=0, health_interval_seconds=0.2, auth_cache_seconds=0.0,
+                    grace_seconds=2.0)
+    defaults.update(changes)
+    return replace(settings, **defaults)
+
+
+def channel(port: int) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{port}")
