@@ -7,10 +7,9 @@ import uuid
 from dataclasses import dataclass, replace
 
 import grpc
-from sqlalchemy import create_engine, text
 
 from shared import credentials_cli, migrate
-from shared.db import normalize_url
+from scripts.pgcluster import create_postgres_database, drop_postgres_database  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -31,25 +30,6 @@ def sqlite_databases(folder) -> Databases:
 
 def postgres_admin_url() -> str | None:
     return os.environ.get("TEST_DATABASE_URL") or None
-
-
-def create_postgres_database(admin_url: str, prefix: str = "tollgate_test") -> str:
-    """A fresh, empty database on the test server; returns its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    base, _, _ = normalize_url(admin_url).rpartition("/")
-    return f"{base}/{name}"
-
-
-def drop_postgres_database(admin_url: str, url: str) -> None:
-    name = url.rpartition("/")[2]
-    engine = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
 
 
 def postgres_databases(url: str) -> Databases:
