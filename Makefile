@@ -52,7 +52,7 @@ bench: build
 	$(PY) -m bench
 
 contract-baseline: $(TOOLS_STAMP)
-	$(BUF) build --exclude-imports -o contracts/baseline.binpb
+	$(BUF) build -o contracts/baseline.binpb
 
 clean:
 	rm -rf $(VENV) gen tools/node_modules var

@@ -1,0 +1,44 @@
+"""The contract is lint-clean, formatted, and compatible with its committed baseline."""
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUF = ROOT / "tools" / "node_modules" / ".bin" / "buf"
+
+
+def buf(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BUF), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_buf_lint_finds_nothing_under_the_standard_rules():
+    result = buf("lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_buf_format_leaves_every_proto_as_it_is():
+    result = buf("format", "--diff", "--exit-code")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_contract_breaks_nothing_in_the_committed_baseline():
+    result = buf("breaking", "--against", "contracts/baseline.binpb")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_rpc_of_the_spec_is_in_the_contract():
+    from tollgate.policy.v1 import policy_pb2
+    from tollgate.usage.v1 import usage_pb2
+
+    expected = {
+        (usage_pb2, "UsageService"): {"RecordEvents", "StreamEvents", "GetUsage", "ListAggregates", "ListEvents",
+                                      "ListMetrics"},
+        (usage_pb2, "UsageAdminService"): {"RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents"},
+        (policy_pb2, "PolicyService"): {"ResolveMode", "ResolveModes", "ListActiveFeatures"},
+        (policy_pb2, "PolicyAdminService"): {
+            "ImportRoles", "ListRoles", "UpsertFeature", "ListFeatures", "UpsertPlan", "ListPlans", "GetSubscription",
+            "SetSubscription", "SetTenantPolicy", "SetOverride", "DeleteOverride", "ListOverrides", "BindRole",
+            "UnbindRole", "ListBindings", "InspectPolicy", "ListAuditRecords", "VerifyAudit"},
+    }
+    for (module, service), methods in expected.items():
+        assert set(module.DESCRIPTOR.services_by_name[service].methods_by_name) == methods
