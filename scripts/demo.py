@@ -1,0 +1,110 @@
+"""The demo catalog `make run` loads through the public API (idempotently)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tollgate.policy.v1 import policy_pb2 as p
+from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANT = "demo"
+USERS = {"alice": "OWNER", "bob": "MEMBER", "carol": "VIEWER"}
+
+FEATURES = [
+    ("lead_scoring", "Lead scoring", p.MODE_AUTONOMOUS, ["scoring.requests", "scoring.models.used"]),
+    ("lead_routing", "Lead routing", p.MODE_AMBITIOUS, ["leads.routed", "leads.processed"]),
+    ("voice_agent", "Voice agent", p.MODE_PROACTIVE, ["voice.minutes.authorized", "voice.calls.completed"]),
+    ("sla_guard", "SLA guard", p.MODE_AUTONOMOUS, ["sla.timers.started", "sla.escalations.triggered"]),
+    ("integrations_sync", "Integrations sync", p.MODE_SUGGEST, ["integrations.api.calls"]),
+]
+
+PLANS = [
+    p.Plan(plan_id="FREE", display_name="Free", default_cap=p.MODE_OBSERVE,
+           feature_caps=[p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_SUGGEST),
+                         p.FeatureCap(feature_id="voice_agent", cap=p.MODE_OFF)],
+           quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=1_000,
+                                cap=p.MODE_OBSERVE)]),
+    p.Plan(plan_id="PRO", display_name="Pro", default_cap=p.MODE_PROACTIVE,
+           feature_caps=[p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_AMBITIOUS)],
+           quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=10_000,
+                                cap=p.MODE_SUGGEST)]),
+    p.Plan(plan_id="ENTERPRISE", display_name="Enterprise", default_cap=p.MODE_AUTONOMOUS),
+]
+
+# (user, metric, quantity) per demo event; spread over the last days.
+USAGE = [("alice", "scoring.requests", 120), ("alice", "leads.routed", 40), ("bob", "scoring.requests", 30),
+         ("bob", "voice.minutes.authorized", 12), ("alice", "sla.timers.started", 8), ("carol", "leads.processed", 5)]
+
+
+def _admin_calls(policy: policy_pb2_grpc.PolicyAdminServiceStub, metadata) -> None:
+    roles = json_format.Parse((ROOT / "examples" / "roles.json").read_text(), p.ImportRolesRequest())
+    policy.ImportRoles(roles, metadata=metadata, timeout=10)
+    for feature_id, name, max_mode, metrics in FEATURES:
+        policy.UpsertFeature(p.UpsertFeatureRequest(feature=p.Feature(
+            feature_id=feature_id, display_name=name, max_mode=max_mode, metrics=metrics)), metadata=metadata,
+            timeout=10)
+    for plan in PLANS:
+        policy.UpsertPlan(p.UpsertPlanRequest(plan=plan), metadata=metadata, timeout=10)
+    policy.SetTenantPolicy(p.SetTenantPolicyRequest(tenant_policy=p.TenantPolicy(
+        tenant_id=TENANT, max_mode=p.MODE_AMBITIOUS, default_role_id="VIEWER")), metadata=metadata, timeout=10)
+    policy.SetSubscription(p.SetSubscriptionRequest(subscription=p.Subscription(
+        tenant_id=TENANT, plan_id="PRO", status=p.SUBSCRIPTION_STATUS_ACTIVE,
+        feature_flags={"integrations_sync": False})), metadata=metadata, timeout=10)
+    for user, role in USERS.items():
+        policy.BindRole(p.BindRoleRequest(tenant_id=TENANT, user_id=user, role_id=role), metadata=metadata,
+                        timeout=10)
+
+
+def _events() -> list[u.UsageEvent]:
+    # Anchored to today's midnight so a re-run on the same day repeats the same events (DUPLICATE).
+    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    events = []
+    for day in range(1, 8):
+        for index, (user, metric, quantity) in enumerate(USAGE):
+            occurred = Timestamp()
+            occurred.FromDatetime(midnight - timedelta(days=day, hours=index))
+            events.append(u.UsageEvent(
+                event_id=f"demo-{midnight:%Y%m%d}-{day}-{index}", metric=metric, quantity=quantity,
+                occurred_at=occurred, actor_id=user, source_service="demo-loader",
+                correlation_id=f"demo-{midnight:%Y%m%d}-{day}-{index}", metadata={"demo": True}))
+    return events
+
+
+def load(*, usage_addr: str, policy_addr: str, admin_token: str) -> None:
+    """Load roles, features, plans, the demo tenant and some usage."""
+    metadata = (("authorization", f"Bearer {admin_token}"),)
+    with grpc.insecure_channel(policy_addr) as channel:
+        _admin_calls(policy_pb2_grpc.PolicyAdminServiceStub(channel), metadata)
+    with grpc.insecure_channel(usage_addr) as channel:
+        stub = usage_pb2_grpc.UsageServiceStub(channel)
+        stub.RecordEvents(u.RecordEventsRequest(tenant_id=TENANT, events=_events()), metadata=metadata, timeout=30)
+
+
+def banner() -> str:
+    """What `make run` prints once both services answer: endpoints and the README's calls."""
+    calls = "\n".join(readme_calls())
+    return (
+        "\nTollgate is up.\n"
+        "  Usage   gRPC localhost:50051   metrics http://localhost:9464/metrics\n"
+        "  Policy  gRPC localhost:50052   metrics http://localhost:9465/metrics\n"
+        "  Tokens  var/admin.token (platform admin), var/demo.token (tenant 'demo')\n\n"
+        "Try (from the repo root, in another terminal, with .venv/bin on PATH for grpcurl):\n"
+        f"{calls}\n\nCtrl-C stops both services.\n"
+    )
+
+
+def readme_calls() -> list[str]:
+    """The grpcurl calls of the README, in order (tested by tests/test_readme_calls.py)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = text.split("```sh\n")[1:]
+    return [line for block in blocks for line in block.split("```")[0].splitlines() if line.startswith("grpcurl")]
+
+

@@ -1,0 +1,117 @@
+"""Policy's one door to Usage: a long-lived channel, a deadline on every call, a short circuit.
+
+Failures become `UsageUnavailable`; the caller decides what that means (rank by caps alone,
+or apply a quota's fail-open/fail-closed rule).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shared.errors import Unavailable
+from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
+
+# GetUsage is a read, so a transparent retry on UNAVAILABLE is safe; the deadline still bounds it.
+_SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": "tollgate.usage.v1.UsageService", "method": "GetUsage"}],
+        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }]
+})
+
+
+class UsageUnavailable(Unavailable):
+    """Usage could not answer in time (down, slow, erroring, or the circuit is open)."""
+
+    reason = "USAGE_UNAVAILABLE"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open range [start_us, end_us) in epoch microseconds."""
+
+    start_us: int
+    end_us: int
+
+
+class CircuitBreaker:
+    """After a failure, fail fast for `cooldown` seconds, then let one probe call through."""
+
+    def __init__(self, cooldown: float):
+        self._cooldown = cooldown
+        self._open_until = 0.0
+        self._probing = False
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._open_until and not self._probing:
+                self._probing = self._open_until > 0
+                return True
+            return False
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._open_until, self._probing = 0.0, False
+
+    def failed(self) -> None:
+        with self._lock:
+            self._open_until, self._probing = time.monotonic() + self._cooldown, False
+
+
+class UsageClient:
+    """Reads usage totals from the Usage service with Policy's own service token."""
+
+    def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0):
+        self._channel = grpc.insecure_channel(address, options=[
+            ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        self._stub = usage_pb2_grpc.UsageServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._max_timeout = max_timeout
+        self.breaker = CircuitBreaker(cooldown)
+
+    def totals(self, *, tenant_id: str, metrics: list[str], window: Window, actor_id: str = "",
+               budget: float | None = None) -> dict[str, int]:
+        """Quantity per metric over the window (one actor's when actor_id is set)."""
+        return self.many_totals(tenant_id=tenant_id, metrics=metrics, window=window,
+                                actor_ids=[actor_id], budget=budget)[0]
+
+    def many_totals(self, *, tenant_id: str, metrics: list[str], window: Window, actor_ids: list[str],
+                    budget: float | None = None) -> list[dict[str, int]]:
+        """Totals per metric for each actor id ('' = the whole tenant), fetched concurrently."""
+        if not metrics:
+            return [{} for _ in actor_ids]
+        if not self.breaker.allow():
+            raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
+        timeout = self._max_timeout if budget is None else max(0.0, min(budget, self._max_timeout))
+        calls = [self._stub.GetUsage.future(self._request(tenant_id, metrics, window, actor), timeout=timeout,
+                                            metadata=self._metadata) for actor in actor_ids]
+        try:
+            answers = [call.result() for call in calls]
+        except grpc.RpcError as error:
+            for call in calls:
+                call.cancel()
+            self.breaker.failed()
+            raise UsageUnavailable(f"usage service answered {error.code().name}") from None
+        self.breaker.succeeded()
+        return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
+
+    @staticmethod
+    def _request(tenant_id: str, metrics: list[str], window: Window, actor_id: str) -> usage_pb2.GetUsageRequest:
+        start, end = Timestamp(), Timestamp()
+        start.FromMicroseconds(window.start_us)
+        end.FromMicroseconds(window.end_us)
+        return usage_pb2.GetUsageRequest(tenant_id=tenant_id, metrics=sorted(set(metrics)), start_time=start,
+                                         end_time=end, actor_id=actor_id)
+
+    def close(self) -> None:
+        self._channel.close()
