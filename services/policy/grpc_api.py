@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from shared.auth import principal
+from services.policy import convert
+from services.policy.service import audit, catalog, grants, resolve, tenants
+from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 
 POLICY = "tollgate.policy.v1.PolicyService"
@@ -23,14 +27,137 @@ METHOD_SCOPES = {
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     """tollgate.policy.v1.PolicyService; RPCs not built yet answer UNIMPLEMENTED."""
 
-    def __init__(self, *, sessions, settings):
+    def __init__(self, *, sessions, settings, cache):
         self._sessions = sessions
         self._settings = settings
+        self._cache = cache
+
+    def ResolveMode(self, request, context):
+        resolution, version = resolve.resolve_mode(
+            request.tenant_id, request.user_id, request.feature_id, request.requested_mode,
+            request.min_policy_version, cache=self._cache, caller=principal())
+        return pb.ResolveModeResponse(resolution=convert.resolution_out(resolution), policy_version=version)
+
+    def ResolveModes(self, request, context):
+        resolutions, version = resolve.resolve_modes(
+            request.tenant_id, request.user_id, list(request.feature_ids), request.requested_mode,
+            request.min_policy_version, cache=self._cache, caller=principal())
+        return pb.ResolveModesResponse(resolutions=[convert.resolution_out(r) for r in resolutions],
+                                       policy_version=version)
 
 
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
-    """tollgate.policy.v1.PolicyAdminService; RPCs not built yet answer UNIMPLEMENTED."""
+    """tollgate.policy.v1.PolicyAdminService."""
 
-    def __init__(self, *, sessions, settings):
+    def __init__(self, *, sessions, settings, cache):
         self._sessions = sessions
         self._settings = settings
+        self._cache = cache
+
+    def _writes(self) -> dict:
+        return {"sessions": self._sessions, "cache": self._cache, "caller": principal()}
+
+    def ImportRoles(self, request, context):
+        diff, version = catalog.import_roles([convert.role_in(r) for r in request.roles], dry_run=request.dry_run,
+                                             prune=request.prune, **self._writes())
+        return pb.ImportRolesResponse(added=diff.added, changed=diff.changed, removed=diff.removed,
+                                      unchanged=diff.unchanged, dry_run=request.dry_run, policy_version=version)
+
+    def ListRoles(self, request, context):
+        roles, token = catalog.list_catalog("roles", page_size=request.page_size, page_token=request.page_token,
+                                            sessions=self._sessions)
+        return pb.ListRolesResponse(roles=[convert.role_out(r) for r in roles], next_page_token=token)
+
+    def UpsertFeature(self, request, context):
+        feature, created, version = catalog.upsert_feature(convert.feature_in(request.feature), **self._writes())
+        return pb.UpsertFeatureResponse(feature=convert.feature_out(feature), created=created, policy_version=version)
+
+    def ListFeatures(self, request, context):
+        features, token = catalog.list_catalog("features", page_size=request.page_size,
+                                               page_token=request.page_token, sessions=self._sessions)
+        return pb.ListFeaturesResponse(features=[convert.feature_out(f) for f in features], next_page_token=token)
+
+    def UpsertPlan(self, request, context):
+        plan, created, version = catalog.upsert_plan(*convert.plan_in(request.plan), **self._writes())
+        return pb.UpsertPlanResponse(plan=convert.plan_out(plan), created=created, policy_version=version)
+
+    def ListPlans(self, request, context):
+        plans, token = catalog.list_catalog("plans", page_size=request.page_size, page_token=request.page_token,
+                                            sessions=self._sessions)
+        return pb.ListPlansResponse(plans=[convert.plan_out(p) for p in plans], next_page_token=token)
+
+    def GetSubscription(self, request, context):
+        found = tenants.get_subscription(request.tenant_id, sessions=self._sessions, caller=principal())
+        return pb.GetSubscriptionResponse(subscription=convert.subscription_out(found))
+
+    def SetSubscription(self, request, context):
+        given = request.subscription
+        stored, version = tenants.set_subscription(given.tenant_id, given.plan_id, given.status,
+                                                   dict(given.feature_flags), **self._writes())
+        return pb.SetSubscriptionResponse(subscription=convert.subscription_out(stored), policy_version=version)
+
+    def SetTenantPolicy(self, request, context):
+        given = request.tenant_policy
+        stored, version = tenants.set_tenant_policy(given.tenant_id, given.max_mode, given.default_role_id,
+                                                    **self._writes())
+        return pb.SetTenantPolicyResponse(tenant_policy=convert.tenant_policy_out(stored), policy_version=version)
+
+    def SetOverride(self, request, context):
+        stored, version = grants.set_override(request.tenant_id, request.role_id, request.feature_id, request.cap,
+                                              request.reason, **self._writes())
+        return pb.SetOverrideResponse(override=convert.override_out(stored), policy_version=version)
+
+    def DeleteOverride(self, request, context):
+        version = grants.delete_override(request.tenant_id, request.override_id, **self._writes())
+        return pb.DeleteOverrideResponse(policy_version=version)
+
+    def ListOverrides(self, request, context):
+        items, token = grants.list_overrides(request.tenant_id, page_size=request.page_size,
+                                             page_token=request.page_token, sessions=self._sessions,
+                                             caller=principal())
+        return pb.ListOverridesResponse(overrides=[convert.override_out(o) for o in items], next_page_token=token)
+
+    def BindRole(self, request, context):
+        binding, version = grants.bind_role(request.tenant_id, request.user_id, request.role_id, **self._writes())
+        return pb.BindRoleResponse(binding=convert.binding_out(binding), policy_version=version)
+
+    def UnbindRole(self, request, context):
+        version = grants.unbind_role(request.tenant_id, request.user_id, request.role_id, **self._writes())
+        return pb.UnbindRoleResponse(policy_version=version)
+
+    def ListBindings(self, request, context):
+        items, token = grants.list_bindings(request.tenant_id, request.user_id, page_size=request.page_size,
+                                            page_token=request.page_token, sessions=self._sessions,
+                                            caller=principal())
+        return pb.ListBindingsResponse(bindings=[convert.binding_out(b) for b in items], next_page_token=token)
+
+    def InspectPolicy(self, request, context):
+        snapshot = tenants.inspect_policy(request.tenant_id, sessions=self._sessions, caller=principal())
+        return _inspection_out(snapshot)
+
+    def ListAuditRecords(self, request, context):
+        records, token = audit.list_records(request.tenant_id, page_size=request.page_size,
+                                            page_token=request.page_token, sessions=self._sessions,
+                                            caller=principal())
+        return pb.ListAuditRecordsResponse(records=[convert.audit_record_out(r) for r in records],
+                                           next_page_token=token)
+
+    def VerifyAudit(self, request, context):
+        result = audit.verify(sessions=self._sessions, caller=principal())
+        broken = result.first_break
+        return pb.VerifyAuditResponse(ok=result.ok, records_checked=result.records_checked,
+                                      first_broken_sequence=broken.sequence if broken else 0,
+                                      problem=broken.problem if broken else "")
+
+
+def _inspection_out(snapshot) -> pb.InspectPolicyResponse:
+    response = pb.InspectPolicyResponse(
+        tenant_policy=convert.tenant_policy_out(snapshot.tenant_policy),
+        overrides=[convert.override_out(o) for o in sorted(snapshot.overrides.values(),
+                                                           key=lambda o: (o.role_id, o.feature_id))],
+        binding_count=sum(len(roles) for roles in snapshot.bindings.values()), policy_version=snapshot.version)
+    if snapshot.subscription is not None:
+        response.subscription.CopyFrom(convert.subscription_out(snapshot.subscription))
+    if snapshot.plan is not None:
+        response.plan.CopyFrom(convert.plan_out(snapshot.plan))
+    return response

@@ -1,0 +1,131 @@
+"""ResolveMode and ResolveModes latency beside an empty unary RPC on the same server, in one run.
+
+The reference is grpc.health.v1.Health/Check on the same Policy server: the cheapest unary call
+it offers (no database work). It skips the interceptor's token check, logging and metrics, which
+ResolveMode pays, so the ratio is a conservative one. A fresh PostgreSQL database holds one tenant
+with 20 features, 4 roles, a plan, a subscription and 1,000 bindings; it is dropped at the end.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from shared import credentials, migrate
+from shared.db import create_engine_for
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+
+from services.policy import server as policy_server
+from services.policy import tables
+from services.policy.config import Settings
+
+TENANT, FEATURES, USERS = "bench", [f"feature_{n:02d}" for n in range(20)], 1000
+SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 3000, 6000, 64, 300
+
+
+def run(admin_url: str) -> None:
+    url = create_postgres_database(admin_url, prefix="tollgate_bench")
+    try:
+        migrate.upgrade("policy", url)
+        token = _token(url)
+        settings = replace(Settings(), database_url=url, host="127.0.0.1", port=0, metrics_port=None,
+                           auth_cache_seconds=5.0, log_level="WARNING")
+        running = policy_server.build(settings)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                metadata = (("authorization", f"Bearer {token}"),)
+                _seed(policy_pb2_grpc.PolicyAdminServiceStub(channel), metadata)
+                _measure(channel, metadata)
+        finally:
+            running.stop(grace=1)
+    finally:
+        drop_postgres_database(admin_url, url)
+
+
+def _token(url: str) -> str:
+    engine = create_engine_for(url, schema=tables.SCHEMA, pool_size=1)
+    token, token_id, secret_hash = credentials.mint()
+    credentials.store(engine, tables.credentials, token_id=token_id, secret_hash=secret_hash, tenant_id=None,
+                      scopes=["policy:read", "policy:admin"], label="bench")
+    engine.dispose()
+    return token
+
+
+def _seed(admin, metadata) -> None:
+    caps = [pb.FeatureCap(feature_id=f, cap=1 + n % 6) for n, f in enumerate(FEATURES)]
+    roles = [pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10]) for r, c in
+             [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]]
+    admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
+    for n, feature in enumerate(FEATURES):
+        admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3)),
+                            metadata=metadata)
+    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])),
+                     metadata=metadata)
+    admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
+        tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")), metadata=metadata)
+    admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
+        tenant_id=TENANT, plan_id="PRO", status=pb.SUBSCRIPTION_STATUS_ACTIVE, feature_flags={FEATURES[3]: False})),
+        metadata=metadata)
+    for n in range(USERS):
+        admin.BindRole(pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id),
+                       metadata=metadata)
+
+
+def _timed(call, count: int) -> list[float]:
+    samples = []
+    for n in range(count):
+        started = time.perf_counter()
+        call(n)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def _concurrent(call, count: int) -> tuple[list[float], float]:
+    """Latencies and throughput with IN_FLIGHT calls outstanding (one thread per slot)."""
+    per_slot = count // IN_FLIGHT
+    started = time.perf_counter()
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        batches = list(pool.map(lambda slot: _timed(lambda n: call(slot * per_slot + n), per_slot), range(IN_FLIGHT)))
+    elapsed = time.perf_counter() - started
+    return [s for batch in batches for s in batch], per_slot * IN_FLIGHT / elapsed
+
+
+def _pct(samples: list[float], q: float) -> float:
+    return statistics.quantiles(samples, n=100)[q - 1] * 1000 if q < 100 else max(samples) * 1000
+
+
+def _measure(channel, metadata) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    policy = policy_pb2_grpc.PolicyServiceStub(channel)
+    empty = lambda n: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # noqa: E731
+    one = lambda n: policy.ResolveMode(pb.ResolveModeRequest(  # noqa: E731
+        tenant_id=TENANT, user_id=f"user{n % (USERS + 50)}", feature_id=FEATURES[n % 20]), metadata=metadata, timeout=5)
+    many = lambda n: policy.ResolveModes(pb.ResolveModesRequest(  # noqa: E731
+        tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES), metadata=metadata, timeout=5)
+    for call in (empty, one, many):
+        _timed(call, WARMUP)
+    rows = [("empty unary (Health/Check), sequential", _timed(empty, SEQUENTIAL), None),
+            ("ResolveMode, sequential", _timed(one, SEQUENTIAL), None),
+            ("ResolveModes (20 features), sequential", _timed(many, SEQUENTIAL // 3), None)]
+    for label, call in ((f"empty unary, {IN_FLIGHT} in flight", empty), (f"ResolveMode, {IN_FLIGHT} in flight", one)):
+        samples, rate = _concurrent(call, CONCURRENT)
+        rows.append((label, samples, rate))
+    _report(rows)
+
+
+def _report(rows) -> None:
+    base = {"sequential": rows[0][1], "in flight": rows[3][1]}
+    print(f"{'case':44} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
+    for label, samples, rate in rows:
+        reference = base["in flight" if "in flight" in label else "sequential"]
+        rate = rate or len(samples) / sum(samples)
+        print(f"{label:44} {_pct(samples, 50):8.3f} {_pct(samples, 99):8.3f} {rate:9.0f} "
+              f"{_pct(samples, 50) / _pct(reference, 50):12.2f} {_pct(samples, 99) / _pct(reference, 99):12.2f}")
+    print("goal: ResolveMode <= 1.3x the empty RPC at p50 and p99")

@@ -1,0 +1,25 @@
+"""Business metrics of the Policy service; labels are bounded (modes, outcomes), never tenant or user ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+RESOLUTIONS = Counter(
+    "tollgate_policy_resolutions_total",
+    "Features resolved (ResolveMode and ResolveModes), by resulting effective mode.",
+    ["mode"],
+)
+SNAPSHOTS = Counter(
+    "tollgate_policy_snapshot_requests_total",
+    "Snapshot lookups of the resolve path, by outcome: hit (served from memory) or load (read from the database).",
+    ["outcome"],
+)
+ADMIN_WRITES = Counter(
+    "tollgate_policy_admin_writes_total",
+    "Admin writes, by action and outcome: changed (audited, version bumped) or unchanged (nothing written).",
+    ["action", "outcome"],
+)
+POLL_FAILURES = Counter(
+    "tollgate_policy_version_poll_failures_total",
+    "Failed polls of policy_versions (the cache keeps serving what it has until the next poll succeeds).",
+)

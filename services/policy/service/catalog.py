@@ -1,0 +1,111 @@
+"""Catalog use cases: import roles, upsert features and plans, list them. Platform-wide data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.credentials import Principal
+from services.policy import validation
+from services.policy.domain import RoleInUse
+from services.policy.model import Feature, Plan, Role
+from services.policy.repository import catalog, rows
+from services.policy.repository.chain import CATALOG
+from services.policy.service import access, paging
+from services.policy.service.writes import Change, audited_write
+
+
+@dataclass(frozen=True)
+class RolesDiff:
+    """How an import compares with the catalog; `removed` is filled only with prune."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    unchanged: list[str]
+
+
+def diff_roles(current: dict[str, Role], imported: list[Role], *, prune: bool) -> RolesDiff:
+    """The diff of an import; roles absent from it count as unchanged unless pruned."""
+    names = {role.role_id for role in imported}
+    added = sorted(role.role_id for role in imported if role.role_id not in current)
+    changed = sorted(role.role_id for role in imported if role.role_id in current and current[role.role_id] != role)
+    same = [role.role_id for role in imported if current.get(role.role_id) == role]
+    absent = sorted(set(current) - names)
+    removed = absent if prune else []
+    return RolesDiff(added, changed, removed, sorted(same + ([] if prune else absent)))
+
+
+def import_roles(items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bool, prune: bool, sessions, cache,
+                 caller: Principal) -> tuple[RolesDiff, int]:
+    """Make the role catalog hold `items` (idempotent); a dry run reports the diff and writes nothing."""
+    access.catalog_write(caller)
+    roles = validation.roles(items)
+
+    def apply(session, _now_us):
+        diff = diff_roles(catalog.all_roles(session), roles, prune=prune)
+        in_use = catalog.roles_in_use(session, diff.removed)
+        if in_use:
+            raise RoleInUse(in_use)
+        if dry_run or not (diff.added or diff.changed or diff.removed):
+            return None, diff
+        for role in roles:
+            if role.role_id in diff.added or role.role_id in diff.changed:
+                catalog.save_role(session, role, exists=role.role_id in diff.changed)
+        if diff.removed:
+            catalog.delete_roles(session, diff.removed)
+        written = [rows.role_row(r) for r in roles if r.role_id in diff.added or r.role_id in diff.changed]
+        return Change("catalog/roles", {"added": diff.added, "changed": diff.changed, "removed": diff.removed,
+                                        "roles": written}), diff
+
+    return audited_write(sessions=sessions, cache=cache, caller=caller, action="ImportRoles", tenant_id=CATALOG,
+                         apply=apply)
+
+
+def upsert_feature(value: Feature, *, sessions, cache, caller: Principal) -> tuple[Feature, bool, int]:
+    """Add or update a feature: (stored feature, created, catalog version)."""
+    access.catalog_write(caller)
+    feature = validation.feature(value)
+
+    def apply(session, _now_us):
+        current = catalog.get_feature(session, feature.feature_id)
+        if current == feature:
+            return None, False
+        catalog.save_feature(session, feature, exists=current is not None)
+        return Change(f"catalog/feature/{feature.feature_id}", rows.feature_row(feature)), current is None
+
+    created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertFeature",
+                                     tenant_id=CATALOG, apply=apply)
+    return feature, created, version
+
+
+def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache,
+                caller: Principal) -> tuple[Plan, bool, int]:
+    """Add or update a plan: (stored plan, created, catalog version)."""
+    access.catalog_write(caller)
+    plan = validation.plan(value, caps)
+
+    def apply(session, _now_us):
+        current = catalog.get_plan(session, plan.plan_id)
+        if current == plan:
+            return None, False
+        catalog.save_plan(session, plan, exists=current is not None)
+        return Change(f"catalog/plan/{plan.plan_id}", rows.plan_row(plan)), current is None
+
+    created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertPlan",
+                                     tenant_id=CATALOG, apply=apply)
+    return plan, created, version
+
+
+_LISTINGS = {"roles": (catalog.list_roles, lambda r: (r.role_id,)),
+             "features": (catalog.list_features, lambda f: (f.feature_id,)),
+             "plans": (catalog.list_plans, lambda p: (p.plan_id,))}
+
+
+def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> tuple[list, str]:
+    """One page of roles, features or plans ordered by id, and the token of the next page."""
+    listing, key = _LISTINGS[kind]
+    scope = {"listing": kind}
+    limit, after = paging.start(page_size, page_token, scope, width=1)
+    with sessions.begin() as session:
+        items = listing(session, after=after[0] if after else None, limit=limit + 1)
+    return paging.finish(items, limit, scope, key)

@@ -1,0 +1,97 @@
+"""Tenant use cases: tenant policy, subscription, and the inspection of everything a tenant resolves from."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from shared.credentials import Principal
+from services.policy import validation
+from services.policy.domain import NoSubscription, UnknownPlan, UnknownRole, UnknownTenant
+from services.policy.model import Snapshot, Subscription, SubscriptionStatus, TenantPolicy
+from services.policy.repository import catalog, rows, snapshot, tenants
+from services.policy.service import access
+from services.policy.service.writes import Change, audited_write
+
+
+def require_tenant_exists(session, tenant_id: str) -> TenantPolicy:
+    """The tenant's policy; UnknownTenant (NOT_FOUND) when the tenant was never set up."""
+    policy = tenants.get_tenant_policy(session, tenant_id)
+    if policy is None:
+        raise UnknownTenant(tenant_id)
+    return policy
+
+
+def set_tenant_policy(tenant_id: str, max_mode: int, default_role_id: str, *, sessions, cache,
+                      caller: Principal) -> tuple[TenantPolicy, int]:
+    """Create or update a tenant's policy (this is what makes a tenant exist)."""
+    access.platform_tenant_write(caller, "setting a tenant policy")
+    check = validation.Violations()
+    check.text(tenant_id, "tenant_policy.tenant_id", "tenant_id", required=True)
+    mode = check.mode(max_mode, "tenant_policy.max_mode")
+    check.identifier(default_role_id, "tenant_policy.default_role_id")
+    check.raise_if_any()
+
+    def apply(session, now_us):
+        if not catalog.role_exists(session, default_role_id):
+            raise UnknownRole(default_role_id)
+        current = tenants.get_tenant_policy(session, tenant_id)
+        wanted = TenantPolicy(tenant_id, mode, default_role_id, now_us)
+        if current is not None and replace(current, update_us=now_us) == wanted:
+            return None, current
+        tenants.save_tenant_policy(session, wanted, exists=current is not None)
+        return Change(f"tenant/{tenant_id}/policy", {"max_mode": int(mode), "default_role_id": default_role_id}), wanted
+
+    return audited_write(sessions=sessions, cache=cache, caller=caller, action="SetTenantPolicy",
+                         tenant_id=tenant_id, apply=apply)
+
+
+def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscription:
+    """The tenant's subscription; NOT_FOUND for an unknown tenant or one without a subscription."""
+    access.tenant(caller, tenant_id)
+    with sessions.begin() as session:
+        require_tenant_exists(session, tenant_id)
+        found = tenants.get_subscription(session, tenant_id)
+    if found is None:
+        raise NoSubscription(tenant_id)
+    return found
+
+
+def _check_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str, bool]) -> SubscriptionStatus:
+    check = validation.Violations()
+    check.text(tenant_id, "subscription.tenant_id", "tenant_id", required=True)
+    check.identifier(plan_id, "subscription.plan_id")
+    if status not in SubscriptionStatus._value2member_map_:
+        check.add("subscription.status", "must be ACTIVE, TRIALING, PAST_DUE or CANCELED")
+    for feature_id in sorted(flags):
+        check.identifier(feature_id, f"subscription.feature_flags[{feature_id!r}]")
+    check.raise_if_any()
+    return SubscriptionStatus(status)
+
+
+def set_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions, cache,
+                     caller: Principal) -> tuple[Subscription, int]:
+    """Set a tenant's plan, status and feature flags (platform only: a tenant may not upgrade itself)."""
+    access.platform_tenant_write(caller, "setting a subscription")
+    state = _check_subscription(tenant_id, plan_id, status, flags)
+
+    def apply(session, now_us):
+        require_tenant_exists(session, tenant_id)
+        if catalog.get_plan(session, plan_id) is None:
+            raise UnknownPlan(plan_id)
+        current = tenants.get_subscription(session, tenant_id)
+        wanted = Subscription(tenant_id, plan_id, state, dict(flags), now_us)
+        if current is not None and replace(current, update_us=now_us) == wanted:
+            return None, current
+        tenants.save_subscription(session, wanted, exists=current is not None)
+        change = {key: value for key, value in rows.subscription_row(wanted).items() if key != "update_us"}
+        return Change(f"tenant/{tenant_id}/subscription", change), wanted
+
+    return audited_write(sessions=sessions, cache=cache, caller=caller, action="SetSubscription",
+                         tenant_id=tenant_id, apply=apply)
+
+
+def inspect_policy(tenant_id: str, *, sessions, caller: Principal) -> Snapshot:
+    """Everything that shapes the tenant's answers, read fresh from the database in one transaction."""
+    access.tenant(caller, tenant_id)
+    with sessions.begin() as session:
+        return snapshot.load(session, tenant_id)
