@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 
 from shared.db import is_sqlite
 
 ROOT = Path(__file__).resolve().parent.parent
-ALEMBIC_INI = ROOT / "migrations" / "alembic.ini"
+# An installed (non-editable) copy, as in the container image, is told where the migrations live.
+MIGRATIONS_DIR = Path(os.environ.get("TOLLGATE_MIGRATIONS_DIR") or ROOT / "migrations")
+ALEMBIC_INI = MIGRATIONS_DIR / "alembic.ini"
 
 
 def alembic_config(service: str, url: str) -> Config:
     """The Alembic config of one service's history, pointed at `url`."""
     config = Config(str(ALEMBIC_INI), ini_section=service)
-    config.set_main_option("script_location", str(ROOT / "migrations" / service))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR / service))
     config.attributes["database_url"] = url
     return config
 
@@ -53,8 +56,6 @@ def readiness_check(engine: Engine, *, service: str, schema: str):
 
 def run_env(*, schema: str, url_variable: str) -> None:
     """The body of each history's env.py: migrate one schema, keeping its own version table."""
-    import os
-
     from alembic import context
 
     from shared.db import create_engine_for
@@ -65,9 +66,11 @@ def run_env(*, schema: str, url_variable: str) -> None:
     engine = create_engine_for(url, schema=schema, pool_size=1)
     sqlite = is_sqlite(engine)
     with engine.connect() as connection:
-        if not sqlite:
+        # Only when missing: a schema the DBA created for the service's own role needs no CREATE
+        # right on the database (docs/operations.md, "Database roles").
+        if not sqlite and not inspect(connection).has_schema(schema):
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            connection.commit()
+        connection.commit()  # end the inspection's transaction: Alembic must own the next one
         context.configure(
             connection=connection,
             version_table_schema=None if sqlite else schema,

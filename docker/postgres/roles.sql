@@ -1,0 +1,15 @@
+-- One database role per service, each owning its own schema and nothing else.
+-- Run once per database as a superuser (or the database owner), before the first migration:
+--   psql -v ON_ERROR_STOP=1 -v usage_role=tollgate_usage -v usage_password=... \
+--        -v policy_role=tollgate_policy -v policy_password=... -f docker/postgres/roles.sql DBNAME
+-- The migrations then run as the service's own role (they only create the schema when missing).
+CREATE ROLE :"usage_role" LOGIN PASSWORD :'usage_password';
+CREATE ROLE :"policy_role" LOGIN PASSWORD :'policy_password';
+CREATE SCHEMA usage AUTHORIZATION :"usage_role";
+CREATE SCHEMA policy AUTHORIZATION :"policy_role";
+ALTER ROLE :"usage_role" SET search_path = usage;
+ALTER ROLE :"policy_role" SET search_path = policy;
+-- Nobody else connects or creates objects in the public schema.
+SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database()) \gexec
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I', current_database(), :'usage_role', :'policy_role') \gexec
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
