@@ -27,6 +27,8 @@ class Settings:
     usage_token: str = ""
     usage_timeout_seconds: float = 0.25
     cache_poll_seconds: float = 1.0
+    usage_cooldown_seconds: float = 2.0
+    quota_cache_seconds: float = 2.0
 
     @property
     def address(self) -> str:
@@ -53,6 +55,9 @@ class Settings:
             usage_token=env_secret(env, "POLICY_USAGE_TOKEN"),
             usage_timeout_seconds=env_float(env, "POLICY_USAGE_TIMEOUT_SECONDS", cls.usage_timeout_seconds,
                                             low=0.01, high=60),
+            usage_cooldown_seconds=env_float(env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds,
+                                             low=0, high=600),
+            quota_cache_seconds=env_float(env, "POLICY_QUOTA_CACHE_SECONDS", cls.quota_cache_seconds, low=0, high=3600),
             cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -83,3 +83,12 @@ def resolution_out(resolution: Resolution) -> pb.Resolution:
              for e in resolution.basis]
     return pb.Resolution(feature_id=resolution.feature_id, requested_mode=int(resolution.requested),
                          effective_mode=int(resolution.effective), basis=basis)
+
+
+def active_feature_out(scored, resolution, display_name: str) -> pb.ActiveFeature:
+    """A ranked feature with the parts of its score."""
+    return pb.ActiveFeature(
+        feature_id=scored.feature_id, display_name=display_name, effective_mode=int(resolution.effective),
+        score=scored.score, parts=pb.ScoreParts(mode_score=scored.mode_score, user_quantity=scored.user_quantity,
+                                                tenant_quantity=scored.tenant_quantity,
+                                                usage_score=scored.usage_score))

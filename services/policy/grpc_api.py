@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared.auth import principal
 from services.policy import convert
-from services.policy.service import audit, catalog, grants, resolve, tenants
+from services.policy.service import active, audit, catalog, grants, resolve, tenants
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 
@@ -25,25 +25,40 @@ METHOD_SCOPES = {
 
 
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
-    """tollgate.policy.v1.PolicyService; RPCs not built yet answer UNIMPLEMENTED."""
+    """tollgate.policy.v1.PolicyService."""
 
-    def __init__(self, *, sessions, settings, cache):
+    def __init__(self, *, sessions, settings, cache, usage, quotas):
         self._sessions = sessions
         self._settings = settings
         self._cache = cache
+        self._usage = usage
+        self._quotas = quotas
 
     def ResolveMode(self, request, context):
         resolution, version = resolve.resolve_mode(
             request.tenant_id, request.user_id, request.feature_id, request.requested_mode,
-            request.min_policy_version, cache=self._cache, caller=principal())
+            request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
+            budget=context.time_remaining())
         return pb.ResolveModeResponse(resolution=convert.resolution_out(resolution), policy_version=version)
 
     def ResolveModes(self, request, context):
         resolutions, version = resolve.resolve_modes(
             request.tenant_id, request.user_id, list(request.feature_ids), request.requested_mode,
-            request.min_policy_version, cache=self._cache, caller=principal())
+            request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
+            budget=context.time_remaining())
         return pb.ResolveModesResponse(resolutions=[convert.resolution_out(r) for r in resolutions],
                                        policy_version=version)
+
+
+    def ListActiveFeatures(self, request, context):
+        found = active.list_active_features(
+            request.tenant_id, request.user_id, active.window_seconds(request.window.seconds, request.window.nanos),
+            cache=self._cache, usage=self._usage, quotas=self._quotas, caller=principal(),
+            budget=context.time_remaining())
+        return pb.ListActiveFeaturesResponse(
+            features=[convert.active_feature_out(*item) for item in found.items],
+            usage_available=found.usage_available, usage_unavailable_reason=found.unavailable_reason,
+            policy_version=found.version)
 
 
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):

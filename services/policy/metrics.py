@@ -23,3 +23,8 @@ POLL_FAILURES = Counter(
     "tollgate_policy_version_poll_failures_total",
     "Failed polls of policy_versions (the cache keeps serving what it has until the next poll succeeds).",
 )
+USAGE_FALLBACKS = Counter(
+    "tollgate_policy_usage_fallbacks_total",
+    "Answers given without usage because Usage was down, slow or erroring, by what fell back (ranking, quota).",
+    ["purpose"],
+)

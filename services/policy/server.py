@@ -13,6 +13,8 @@ from services.policy import grpc_api, tables
 from services.policy.cache import SnapshotCache, VersionPoller
 from services.policy.config import Settings
 from services.policy.repository import chain, snapshot
+from services.policy.service.quotas import QuotaUsage
+from services.policy.usage_client import UsageClient
 
 
 def build(settings: Settings) -> RunningServer:
@@ -21,10 +23,14 @@ def build(settings: Settings) -> RunningServer:
                                application_name="tollgate-policy")
     sessions = session_factory(engine)
     cache, poller = _snapshot_cache(sessions, settings)
+    usage = UsageClient(settings.usage_addr, settings.usage_token, max_timeout=settings.usage_timeout_seconds,
+                        cooldown=settings.usage_cooldown_seconds)
+    quotas = QuotaUsage(usage, ttl=settings.quota_cache_seconds)
     spec = ServerSpec(
         name="policy",
         registrations=[
-            (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(sessions=sessions, settings=settings, cache=cache)),
+            (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(
+                sessions=sessions, settings=settings, cache=cache, usage=usage, quotas=quotas)),
             (policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
              grpc_api.PolicyAdminApi(sessions=sessions, settings=settings, cache=cache)),
         ],
@@ -36,7 +42,7 @@ def build(settings: Settings) -> RunningServer:
     )
     running = build_server(spec, address=settings.address, max_workers=settings.workers,
                            metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)
-    running.on_stop.append(engine.dispose)
+    running.on_stop += [usage.close, engine.dispose]
     return running
 
 

@@ -8,6 +8,7 @@ from services.policy import metrics
 from services.policy.cache import SnapshotCache
 from services.policy.domain import Mode, Resolution, requested_mode
 from services.policy.service import access
+from services.policy.service.quotas import QuotaUsage, quota_caps
 
 MAX_FEATURES = 500
 _RESOLVED = {mode: metrics.RESOLUTIONS.labels(mode.name) for mode in Mode}
@@ -27,7 +28,8 @@ def _check(tenant_id: str, user_id: str, requested: int, min_version: int) -> li
 
 
 def resolve_mode(tenant_id: str, user_id: str, feature_id: str, requested: int, min_version: int, *,
-                 cache: SnapshotCache, caller: Principal) -> tuple[Resolution, int]:
+                 cache: SnapshotCache, caller: Principal, quotas: QuotaUsage,
+                 budget: float | None = None) -> tuple[Resolution, int]:
     """The effective mode of one feature for a user, its basis, and the policy version it reflects."""
     access.tenant(caller, tenant_id)
     problems = _check(tenant_id, user_id, requested, min_version)
@@ -36,13 +38,15 @@ def resolve_mode(tenant_id: str, user_id: str, feature_id: str, requested: int, 
     if problems:
         raise InvalidArgument(problems)
     snapshot = cache.get(tenant_id, min_version)
-    resolution = snapshot.resolve(user_id, feature_id, requested_mode(requested))
+    extra = quota_caps(snapshot, feature_id, quotas, budget=budget)
+    resolution = snapshot.resolve(user_id, feature_id, requested_mode(requested), extra)
     _RESOLVED[resolution.effective].inc()
     return resolution, snapshot.version
 
 
 def resolve_modes(tenant_id: str, user_id: str, feature_ids: list[str], requested: int, min_version: int, *,
-                  cache: SnapshotCache, caller: Principal) -> tuple[list[Resolution], int]:
+                  cache: SnapshotCache, caller: Principal, quotas: QuotaUsage,
+                  budget: float | None = None) -> tuple[list[Resolution], int]:
     """Many features from one snapshot, in the order asked (every feature by id when none is named)."""
     access.tenant(caller, tenant_id)
     problems = _check(tenant_id, user_id, requested, min_version)
@@ -53,7 +57,8 @@ def resolve_modes(tenant_id: str, user_id: str, feature_ids: list[str], requeste
         raise InvalidArgument(problems)
     snapshot = cache.get(tenant_id, min_version)
     wanted, mode = feature_ids or sorted(snapshot.features), requested_mode(requested)
-    resolutions = [snapshot.resolve(user_id, feature_id, mode) for feature_id in wanted]
+    resolutions = [snapshot.resolve(user_id, feature_id, mode, quota_caps(snapshot, feature_id, quotas, budget=budget))
+                   for feature_id in wanted]
     for resolution in resolutions:
         _RESOLVED[resolution.effective].inc()
     return resolutions, snapshot.version

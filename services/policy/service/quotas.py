@@ -1,0 +1,83 @@
+"""Quota caps (SPEC §1.2 "quota"): a plan's usage limit on a metric, read from Usage for the current period.
+
+A quota counts as exceeded once the period's usage reaches its limit. When Usage cannot answer,
+the quota fails open (no cap, said in the basis) unless the plan marks it fail_closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+from services.policy import metrics
+from services.policy.domain import HIGHEST, Cap, CapSource
+from services.policy.model import ACTIVE_STATUSES, QuotaLimit, Snapshot
+from services.policy.usage_client import UsageClient, UsageUnavailable, Window
+
+DAY, MONTH = 1, 2  # QuotaPeriod values of the proto
+
+
+def period_window(period: int, now: datetime) -> Window:
+    """[start of the current day or month in UTC, now + 1 µs)."""
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == MONTH:
+        start = start.replace(day=1)
+    return Window(int(start.timestamp() * 1_000_000), int(now.timestamp() * 1_000_000) + 1)
+
+
+def applies(quota: QuotaLimit, snapshot: Snapshot, feature_id: str) -> bool:
+    """A quota caps the features it names, or else the features its metric measures."""
+    if quota.feature_ids:
+        return feature_id in quota.feature_ids
+    return quota.metric in snapshot.feature(feature_id).metrics
+
+
+class QuotaUsage:
+    """Period usage per (tenant, metric, period), kept for `ttl` seconds so resolves stay fast."""
+
+    def __init__(self, client: UsageClient | None, *, ttl: float):
+        self._client, self._ttl = client, ttl
+        self._seen: dict[tuple[str, str, int], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def used(self, tenant_id: str, quota: QuotaLimit, *, budget: float | None) -> int:
+        """The tenant's usage of the quota's metric in the current period; UsageUnavailable if unknown."""
+        key, now = (tenant_id, quota.metric, quota.period), time.monotonic()
+        with self._lock:
+            cached = self._seen.get(key)
+        if cached and now - cached[0] < self._ttl:
+            return cached[1]
+        if self._client is None:
+            raise UsageUnavailable("no usage service configured")
+        window = period_window(quota.period, datetime.now(timezone.utc))
+        used = self._client.totals(tenant_id=tenant_id, metrics=[quota.metric], window=window,
+                                   budget=budget).get(quota.metric, 0)
+        with self._lock:
+            if len(self._seen) > 100_000:
+                self._seen.clear()
+            self._seen[key] = (now, used)
+        return used
+
+
+def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, *, budget: float | None) -> list[Cap]:
+    """One QUOTA cap per plan quota on the feature (none when the plan is not in effect)."""
+    subscription, plan = snapshot.subscription, snapshot.plan
+    if plan is None or subscription is None or subscription.status not in ACTIVE_STATUSES:
+        return []
+    return [_cap(snapshot.tenant_id, quota, usage, budget)
+            for quota in plan.quotas if applies(quota, snapshot, feature_id)]
+
+
+def _cap(tenant_id: str, quota: QuotaLimit, usage: QuotaUsage, budget: float | None) -> Cap:
+    label = f"quota {quota.metric} {quota.limit}/{'day' if quota.period == DAY else 'month'}"
+    try:
+        used = usage.used(tenant_id, quota, budget=budget)
+    except UsageUnavailable:
+        metrics.USAGE_FALLBACKS.labels("quota").inc()
+        if quota.fail_closed:
+            return Cap(CapSource.QUOTA, quota.cap, f"{label}: usage unavailable, fails closed")
+        return Cap(CapSource.QUOTA, HIGHEST, f"{label}: usage unavailable, fails open")
+    if used >= quota.limit:
+        return Cap(CapSource.QUOTA, quota.cap, f"{label} exceeded ({used} used)")
+    return Cap(CapSource.QUOTA, HIGHEST, f"{label} ({used} used)")

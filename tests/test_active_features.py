@@ -1,0 +1,226 @@
+"""Policy asks Usage: ranking by caps and usage, the fallback when Usage is down or slow, quota caps."""
+
+import time
+from concurrent import futures
+from datetime import datetime, timezone
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.policy import server as policy_server
+from services.policy.config import Settings as PolicySettings
+from services.usage import server as usage_server
+from services.usage.config import Settings as UsageSettings
+from scripts.pgcluster import free_port
+from tests import support
+from tests.conftest import status_of
+from tests.policy_support import Client, suffix
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+METRIC_A, METRIC_B = "leads.routed", "voice.calls.completed"
+
+
+def setup_tenant(admin: Client, tenant: str, *, quota: pb.QuotaLimit | None = None) -> tuple[str, str, str]:
+    """Two features (A measured by METRIC_A, B by METRIC_B) at SUGGEST for user u1; returns (a, b, role)."""
+    tag = suffix()
+    feature_a, feature_b, role = f"a_{tag}", f"b_{tag}", f"R_{tag}"
+    for feature, metric in ((feature_a, METRIC_A), (feature_b, METRIC_B)):
+        admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(
+            feature_id=feature, display_name=feature.upper(), max_mode=pb.MODE_AUTONOMOUS, metrics=[metric])))
+    admin.ImportRoles(pb.ImportRolesRequest(roles=[pb.Role(role_id=role, feature_caps=[
+        pb.FeatureCap(feature_id=feature_a, cap=pb.MODE_SUGGEST),
+        pb.FeatureCap(feature_id=feature_b, cap=pb.MODE_SUGGEST)])]))
+    plan = f"P_{tag}"
+    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan, default_cap=pb.MODE_AUTONOMOUS,
+                                                       quotas=[quota] if quota else [])))
+    admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
+        tenant_id=tenant, max_mode=pb.MODE_AUTONOMOUS, default_role_id=role)))
+    admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
+        tenant_id=tenant, plan_id=plan, status=pb.SUBSCRIPTION_STATUS_ACTIVE)))
+    admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u1", role_id=role))
+    return feature_a, feature_b, role
+
+
+def record(usage_stub, token: str, tenant: str, metric: str, quantity: int, actor: str = "u1") -> None:
+    now = Timestamp()
+    now.FromDatetime(datetime.now(timezone.utc))
+    event = u.UsageEvent(event_id=f"ev-{suffix()}", metric=metric, quantity=quantity, occurred_at=now,
+                         actor_id=actor, source_service="test")
+    result = usage_stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=[event]),
+                                     metadata=support.bearer(token), timeout=10).results[0]
+    assert result.verdict == u.VERDICT_ACCEPTED, result
+
+
+def ours(response, *features: str) -> list[str]:
+    return [item.feature_id for item in response.features if item.feature_id in features]
+
+
+@pytest.fixture
+def admin(policy_admin_stub, admin_token) -> Client:
+    return Client(policy_admin_stub, admin_token)
+
+
+def test_recording_usage_for_a_features_metric_raises_it_in_the_ranking(admin, policy_stub, usage_stub, admin_token,
+                                                                         tenant):
+    feature_a, feature_b, _role = setup_tenant(admin, tenant)
+    ask = pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1")
+    before = policy_stub.ListActiveFeatures(ask, metadata=support.bearer(admin_token), timeout=10)
+    record(usage_stub, admin_token, tenant, METRIC_B, 40)
+    after = policy_stub.ListActiveFeatures(ask, metadata=support.bearer(admin_token), timeout=10)
+    assert before.usage_available and after.usage_available
+    assert ours(before, feature_a, feature_b) == [feature_a, feature_b]  # a tie breaks by feature id
+    assert ours(after, feature_a, feature_b) == [feature_b, feature_a]
+    parts = next(item.parts for item in after.features if item.feature_id == feature_b)
+    assert (parts.user_quantity, parts.tenant_quantity) == (40, 40)
+    assert parts.usage_score > 0 and parts.mode_score == 2.0
+
+
+def test_each_ranked_item_shows_the_parts_of_its_score(admin, policy_stub, usage_stub, admin_token, tenant):
+    feature_a, _feature_b, _role = setup_tenant(admin, tenant)
+    record(usage_stub, admin_token, tenant, METRIC_A, 9, actor="someone-else")
+    answer = policy_stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                            metadata=support.bearer(admin_token), timeout=10)
+    item = next(item for item in answer.features if item.feature_id == feature_a)
+    assert (item.parts.user_quantity, item.parts.tenant_quantity) == (0, 9)
+    assert item.score == pytest.approx(item.parts.mode_score + item.parts.usage_score)
+    assert item.effective_mode == pb.MODE_SUGGEST
+
+
+def test_features_at_off_are_not_listed(admin, policy_stub, admin_token, tenant):
+    feature_a, feature_b, role = setup_tenant(admin, tenant)
+    admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=role, feature_id=feature_a, cap=pb.MODE_OFF))
+    answer = policy_stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                            metadata=support.bearer(admin_token), timeout=10)
+    assert ours(answer, feature_a, feature_b) == [feature_b]
+
+
+def test_policys_service_token_is_refused_by_usage_for_writes_and_admin_calls(usage_stub, usage_admin_stub, dbs,
+                                                                              tenant):
+    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    metadata = support.bearer(token)
+    now = Timestamp()
+    now.FromDatetime(datetime.now(timezone.utc))
+    write = u.RecordEventsRequest(tenant_id=tenant, events=[u.UsageEvent(
+        event_id="x", metric=METRIC_A, quantity=1, occurred_at=now, source_service="policy")])
+    assert status_of(lambda: usage_stub.RecordEvents(write, metadata=metadata)) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: usage_admin_stub.RunRollup(u.RunRollupRequest(), metadata=metadata)) \
+        == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(
+        metric=u.Metric(name="x.y", classification=u.CLASSIFICATION_INFO)), metadata=metadata)) \
+        == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.fixture
+def own_pair(dbs):
+    """A Usage server on a fixed free port (so it can be stopped and restarted) and a Policy reading it."""
+    port = free_port()
+    usage_settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, port=port,
+                                           rollup_interval_seconds=0)
+    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    policy = policy_server.build(support.test_settings(
+        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{port}", usage_token=token,
+        usage_timeout_seconds=0.3, quota_cache_seconds=0, usage_cooldown_seconds=0.5))
+    usage = usage_server.build(usage_settings)
+    yield usage, policy, port, usage_settings
+    policy.stop(grace=1)
+    usage.stop(grace=1)
+
+
+def test_with_usage_stopped_the_ranking_falls_back_to_caps_within_the_deadline(own_pair, admin_token, tenant):
+    usage, policy, _port, _settings = own_pair
+    with support.channel(policy.port) as channel:
+        admin = Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
+        feature_a, feature_b, _role = setup_tenant(admin, tenant)
+        usage.stop(grace=0)
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        started = time.monotonic()
+        answer = stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                         metadata=support.bearer(admin_token), timeout=2)
+        elapsed = time.monotonic() - started
+    assert answer.usage_available is False and answer.usage_unavailable_reason
+    assert ours(answer, feature_a, feature_b) == [feature_a, feature_b]
+    assert all(item.parts.usage_score == 0 for item in answer.features)
+    assert elapsed < 2
+
+
+class SlowUsageFake(usage_pb2_grpc.UsageServiceServicer):
+    """Injected fault, named as such: a Usage stand-in whose GetUsage answers only after `delay` seconds."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def GetUsage(self, request, context):
+        time.sleep(self.delay)
+        return u.GetUsageResponse()
+
+
+def test_a_usage_slower_than_the_deadline_gives_the_fallback_in_time(dbs, admin_token, tenant):
+    slow = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(SlowUsageFake(delay=3), slow)
+    port = slow.add_insecure_port("127.0.0.1:0")
+    slow.start()
+    policy = policy_server.build(support.test_settings(
+        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{port}", usage_token="tg_x_y",
+        usage_timeout_seconds=0.3))
+    try:
+        with support.channel(policy.port) as channel:
+            setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token), tenant)
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            started = time.monotonic()
+            answer = stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                             metadata=support.bearer(admin_token), timeout=2)
+            elapsed = time.monotonic() - started
+            # The circuit is open now: the next call does not wait for Usage at all.
+            started = time.monotonic()
+            again = stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                            metadata=support.bearer(admin_token), timeout=2)
+            second = time.monotonic() - started
+    finally:
+        policy.stop(grace=1)
+        slow.stop(0)
+    assert answer.usage_available is False and again.usage_available is False
+    assert elapsed < 1.5
+    assert second < 0.25
+
+
+def quota(limit: int, *, fail_closed: bool = False) -> pb.QuotaLimit:
+    return pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=pb.MODE_OBSERVE,
+                         fail_closed=fail_closed)
+
+
+def resolve(stub, token: str, tenant: str, feature: str) -> pb.Resolution:
+    return stub.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=feature),
+                            metadata=support.bearer(token), timeout=5).resolution
+
+
+def test_an_exceeded_quota_caps_the_mode_and_the_basis_shows_it(own_pair, admin_token, tenant):
+    _usage, policy, port, _settings = own_pair
+    with support.channel(policy.port) as channel, support.channel(port) as usage_channel:
+        feature_a, _b, _role = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token),
+                                            tenant, quota=quota(100))
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        under = resolve(stub, admin_token, tenant, feature_a)
+        record(usage_pb2_grpc.UsageServiceStub(usage_channel), admin_token, tenant, METRIC_A, 100)
+        over = resolve(stub, admin_token, tenant, feature_a)
+    assert under.effective_mode == pb.MODE_SUGGEST
+    quota_entry = next(entry for entry in over.basis if entry.source == pb.CAP_SOURCE_QUOTA)
+    assert over.effective_mode == pb.MODE_OBSERVE
+    assert quota_entry.binding and quota_entry.cap == pb.MODE_OBSERVE and "exceeded (100 used)" in quota_entry.detail
+    assert [entry.source for entry in over.basis][-1] == pb.CAP_SOURCE_QUOTA
+
+
+@pytest.mark.parametrize("fail_closed,expected", [(True, pb.MODE_OBSERVE), (False, pb.MODE_SUGGEST)])
+def test_with_usage_down_a_quota_fails_as_its_plan_says(own_pair, admin_token, tenant, fail_closed, expected):
+    usage, policy, _port, _settings = own_pair
+    with support.channel(policy.port) as channel:
+        feature_a, _b, _role = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token),
+                                            tenant, quota=quota(100, fail_closed=fail_closed))
+        usage.stop(grace=0)
+        resolution = resolve(policy_pb2_grpc.PolicyServiceStub(channel), admin_token, tenant, feature_a)
+    entry = next(entry for entry in resolution.basis if entry.source == pb.CAP_SOURCE_QUOTA)
+    assert resolution.effective_mode == expected
+    assert ("fails closed" if fail_closed else "fails open") in entry.detail
