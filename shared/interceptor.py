@@ -4,19 +4,22 @@ scope check, error mapping, a JSON log line, RED metrics."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
 import grpc
+from grpc_status import rpc_status
 
 from shared import auth, grpc_errors, metrics
-from shared.errors import PermissionDenied, TollgateError
+from shared.errors import PermissionDenied
 
 log = logging.getLogger("tollgate.rpc")
 
 # Health and reflection answer without a token (Kubernetes probes, grpcurl list/describe).
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
+REQUEST_ID = "x-request-id"
 
 
 class CallInterceptor(grpc.ServerInterceptor):
@@ -25,30 +28,24 @@ class CallInterceptor(grpc.ServerInterceptor):
     def __init__(self, *, authenticator: auth.Authenticator, method_scopes: dict[str, str]):
         self._authenticator = authenticator
         self._method_scopes = method_scopes
+        # Wrapped handlers are built once per method: intercept_service runs on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
-        service, _, name = method.lstrip("/").partition("/")
-        if service in OPEN_SERVICES:
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = continuation(handler_call_details)
+        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
             return handler
-        call = _Call(self, method, service, name)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                call.unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                call.unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                call.streaming(handler.unary_stream), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            call.streaming(handler.stream_stream), handler.request_deserializer, handler.response_serializer)
+        wrapped = _wrap(handler, _Call(self, method))
+        with self._lock:
+            self._wrapped[method] = wrapped
+        return wrapped
 
-    def authorize(self, method: str, context: grpc.ServicerContext):
-        metadata = dict(context.invocation_metadata())
+    def authorize(self, method: str, metadata: dict):
         principal = self._authenticator.authenticate(metadata.get("authorization"))
         scope = self._method_scopes.get(method)
         if scope is None:
@@ -57,9 +54,25 @@ class CallInterceptor(grpc.ServerInterceptor):
         return principal
 
 
+def _wrap(handler: grpc.RpcMethodHandler, call: "_Call") -> grpc.RpcMethodHandler:
+    serializers = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary), *serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary), *serializers)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(call.streaming(handler.unary_stream), *serializers)
+    return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream), *serializers)
+
+
 class _Call:
-    def __init__(self, interceptor: CallInterceptor, method: str, service: str, name: str):
-        self._interceptor, self._method, self._service, self._name = interceptor, method, service, name
+    """The per-method wrapper: everything that does not change between calls is computed once."""
+
+    def __init__(self, interceptor: CallInterceptor, method: str):
+        self._interceptor, self._method = interceptor, method
+        self._service, _, self._name = method.lstrip("/").partition("/")
+        self._seconds = metrics.RPC_SECONDS.labels(self._service, self._name)
+        self._handled: dict[grpc.StatusCode, object] = {}
 
     def unary(self, behavior):
         def wrapped(request, context):
@@ -68,7 +81,7 @@ class _Call:
                 self._begin(context, state)
                 return behavior(request, context)
             except Exception as error:  # noqa: BLE001 - the one place errors become statuses
-                self._fail(error, context)
+                self._fail(error, context, state)
             finally:
                 self._end(context, started, state)
         return wrapped
@@ -80,26 +93,28 @@ class _Call:
                 self._begin(context, state)
                 yield from behavior(request, context)
             except Exception as error:  # noqa: BLE001
-                self._fail(error, context)
+                self._fail(error, context, state)
             finally:
                 self._end(context, started, state)
         return wrapped
 
     def _begin(self, context, state: "_CallState") -> None:
-        """Stamp the request id, then authenticate (raises when the call is refused)."""
+        """Stamp the request id (sent back with the trailers), then authenticate (raises when refused)."""
         metadata = dict(context.invocation_metadata())
-        state.request_id = (metadata.get("x-request-id") or "")[:128] or uuid.uuid4().hex
-        context.send_initial_metadata((("x-request-id", state.request_id),))
-        state.principal = self._interceptor.authorize(self._method, context)
+        state.request_id = (metadata.get(REQUEST_ID) or "")[:128] or uuid.uuid4().hex
+        context.set_trailing_metadata(((REQUEST_ID, state.request_id),))
+        state.principal = self._interceptor.authorize(self._method, metadata)
         state.token = auth.set_principal(state.principal)
 
-    def _fail(self, error: Exception, context) -> None:
+    def _fail(self, error: Exception, context, state: "_CallState") -> None:
         status = grpc_errors.status_for(error)
         if status is not None:
-            grpc_errors.abort(context, status)
+            rich = rpc_status.to_status(status)
+            context.abort_with_status(_with_request_id(rich, state.request_id))
         if context.code() is not None:  # the servicer aborted on purpose
             raise error
-        log.exception("unhandled error in %s", self._method, extra={"fields": {"method": self._method}})
+        log.exception("unhandled error in %s", self._method, extra={"fields": {
+            "method": self._method, "request_id": state.request_id}})
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     def _end(self, context, started: float, state: "_CallState") -> None:
@@ -107,13 +122,23 @@ class _Call:
         if state.token is not None:
             auth.reset_principal(state.token)
         code = context.code() or grpc.StatusCode.OK
-        metrics.observe(self._service, self._name, code.name, elapsed)
-        principal = state.principal
-        log.info("rpc", extra={"fields": {
-            "service": self._service, "method": self._name, "code": code.name,
-            "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
-            "tenant": (principal.tenant_id or "*") if principal else "", "peer": context.peer(),
-        }})
+        counter = self._handled.get(code)
+        if counter is None:
+            counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._service, self._name, code.name)
+        counter.inc()
+        self._seconds.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            principal = state.principal
+            log.info("rpc", extra={"fields": {
+                "service": self._service, "method": self._name, "code": code.name,
+                "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
+                "tenant": (principal.tenant_id or "*") if principal else "", "peer": context.peer(),
+            }})
+
+
+def _with_request_id(status, request_id: str):
+    """The status with the request id beside its rich details in the trailers."""
+    return status._replace(trailing_metadata=(*status.trailing_metadata, (REQUEST_ID, request_id)))
 
 
 class _CallState:

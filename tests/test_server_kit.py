@@ -116,13 +116,25 @@ def test_a_token_without_the_scope_is_permission_denied(usage_stub, dbs, tenant)
 
 def test_the_request_id_sent_comes_back(usage_stub, admin_token):
     metadata = (*support.bearer(admin_token), ("x-request-id", "req-42"))
-    call = usage_stub.ListMetrics.future(usage_pb2.ListMetricsRequest(), metadata=metadata)
-    assert dict(call.initial_metadata())["x-request-id"] == "req-42"
+    _response, call = usage_stub.ListMetrics.with_call(usage_pb2.ListMetricsRequest(), metadata=metadata)
+    assert dict(call.trailing_metadata())["x-request-id"] == "req-42"
+
+
+def test_a_refused_call_also_sends_its_request_id_back(usage_stub):
+    try:
+        usage_stub.ListMetrics(usage_pb2.ListMetricsRequest(), metadata=(("x-request-id", "req-43"),))
+    except grpc.RpcError as error:
+        assert dict(error.trailing_metadata())["x-request-id"] == "req-43"
+        assert rpc_status.from_call(error) is not None  # the rich status survives beside it
+    else:
+        raise AssertionError("a call without a token was answered")
 
 
 def test_a_request_id_is_made_when_none_is_sent(usage_stub):
-    call = usage_stub.ListMetrics.future(usage_pb2.ListMetricsRequest())
-    assert len(dict(call.initial_metadata())["x-request-id"]) == 32
+    try:
+        usage_stub.ListMetrics(usage_pb2.ListMetricsRequest())
+    except grpc.RpcError as error:
+        assert len(dict(error.trailing_metadata())["x-request-id"]) == 32
 
 
 def test_metrics_count_calls_by_code(usage, usage_stub, tenant):
