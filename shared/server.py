@@ -19,6 +19,10 @@ from shared.interceptor import CallInterceptor
 
 log = logging.getLogger("tollgate.server")
 
+# Health name that says only "this process is alive": liveness and startup probes use it, so a
+# database outage takes pods out of rotation (readiness) without restarting them.
+LIVENESS = "liveness"
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a full batch of 1,000 events with 4 KiB metadata fits
 
 SERVER_OPTIONS = [
@@ -94,6 +98,7 @@ def build_server(spec: ServerSpec, *, address: str, max_workers: int = 16, metri
     if port == 0:
         raise OSError(f"cannot bind {address}")
     stopping = threading.Event()
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     _set_health(health_servicer, spec.service_names, spec.ready)
     threads = [_thread(f"{spec.name}-health", _watch_health, health_servicer, spec, stopping, health_interval)]
     threads += [_thread(f"{spec.name}-job", job, stopping) for job in spec.background]

@@ -124,6 +124,9 @@ def test_every_deployment_probes_grpc_health_for_liveness_readiness_and_startup(
             assert container[probe]["grpc"]["port"] == spec["port"], (name, probe)
             assert set(container[probe]) & {"httpGet", "tcpSocket", "exec"} == set(), (name, probe)
         assert container["readinessProbe"]["grpc"]["service"] == spec["health"]
+        # A database outage must take pods out of rotation, not restart them.
+        assert container["livenessProbe"]["grpc"]["service"] == "liveness"
+        assert container["startupProbe"]["grpc"]["service"] == "liveness"
         assert {p["containerPort"] for p in container["ports"]} == {spec["port"], spec["metrics"]}
 
 

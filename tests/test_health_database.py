@@ -17,14 +17,14 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def wait_for_health(port: int, wanted: int, timeout: float = 15.0) -> int | None:
+def wait_for_health(port: int, wanted: int, timeout: float = 15.0, service: str = "") -> int | None:
     """Poll health until it reads `wanted` or time runs out; None while nothing answers."""
     deadline = time.monotonic() + timeout
     with support.channel(port) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
-                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             except grpc.RpcError:
                 status = None  # not listening yet, or gone
             if status == wanted or time.monotonic() > deadline:
@@ -67,6 +67,8 @@ def test_on_sqlite_health_is_not_serving_until_the_schema_is_migrated(tmp_path):
     running = usage_server.build(support.test_settings(Settings(), database_url=url))
     try:
         assert wait_for_health(running.port, NOT_SERVING, timeout=1) == NOT_SERVING
+        # The process itself is alive: liveness stays SERVING so Kubernetes does not restart it.
+        assert wait_for_health(running.port, SERVING, timeout=1, service="liveness") == SERVING
         migrate.upgrade("usage", url)
         assert wait_for_health(running.port, SERVING) == SERVING
         migrate.downgrade("usage", url)
