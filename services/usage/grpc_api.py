@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tollgate.usage.v1 import usage_pb2_grpc
+from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
+
+from services.usage import grpc_convert as convert
+from services.usage.domain import IngestRules
+from services.usage.queries import EventFilter, UsageQuery
+from services.usage.service import catalog, ingest, reads
 
 USAGE = "tollgate.usage.v1.UsageService"
 ADMIN = "tollgate.usage.v1.UsageAdminService"
@@ -22,12 +27,59 @@ METHOD_SCOPES = {
 }
 
 
+def ingest_rules(settings) -> IngestRules:
+    """The validation settings of ingestion, in microseconds."""
+    return IngestRules(future_skew_us=settings.future_skew_seconds * 1_000_000,
+                       backfill_us=settings.backfill_days * 86_400_000_000,
+                       external_prefixes=tuple(settings.external_prefixes))
+
+
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     """tollgate.usage.v1.UsageService; RPCs not built yet answer UNIMPLEMENTED."""
 
     def __init__(self, *, sessions, settings):
         self._sessions = sessions
         self._settings = settings
+        self._rules = ingest_rules(settings)
+
+    def RecordEvents(self, request, context):
+        batch = convert.batch(request.tenant_id, request.events)
+        results = ingest.record_events(batch, sessions=self._sessions, rules=self._rules)
+        return usage_pb2.RecordEventsResponse(results=convert.results(results))
+
+    def StreamEvents(self, request_iterator, context):
+        # One batch at a time: the next message is read only once this one is stored and answered,
+        # so a slow database slows the sender through gRPC flow control and memory stays bounded.
+        for request in request_iterator:
+            batch = convert.batch(request.tenant_id, request.events)
+            results = ingest.record_events(batch, sessions=self._sessions, rules=self._rules)
+            yield usage_pb2.StreamEventsResponse(batch_id=request.batch_id, results=convert.results(results))
+
+    def GetUsage(self, request, context):
+        query = UsageQuery(
+            tenant_id=request.tenant_id, metrics=tuple(request.metrics), actor_id=request.actor_id,
+            start_us=convert.micros(request.start_time),
+            end_us=convert.micros(request.end_time),
+            group_by_actor=request.group_by_actor)
+        totals = reads.get_usage(query, sessions=self._sessions)
+        return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])
+
+    def ListEvents(self, request, context):
+        where = EventFilter(
+            tenant_id=request.tenant_id, metric=request.metric, actor_id=request.actor_id,
+            source_service=request.source_service, correlation_id=request.correlation_id,
+            start_us=convert.micros(request.start_time),
+            end_us=convert.micros(request.end_time))
+        page = reads.list_events(where, page_size=request.page_size, page_token=request.page_token,
+                                 sessions=self._sessions)
+        return usage_pb2.ListEventsResponse(events=[convert.stored_event(s) for s in page.items],
+                                            next_page_token=page.next_page_token)
+
+    def ListMetrics(self, request, context):
+        page = catalog.list_metrics(page_size=request.page_size, page_token=request.page_token,
+                                    sessions=self._sessions)
+        return usage_pb2.ListMetricsResponse(metrics=[convert.metric_to_proto(m) for m in page.items],
+                                             next_page_token=page.next_page_token)
 
 
 class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
@@ -36,3 +88,7 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
     def __init__(self, *, sessions, settings):
         self._sessions = sessions
         self._settings = settings
+
+    def UpsertMetric(self, request, context):
+        metric, created = catalog.upsert_metric(convert.metric_from_proto(request.metric), sessions=self._sessions)
+        return usage_pb2.UpsertMetricResponse(metric=convert.metric_to_proto(metric), created=created)

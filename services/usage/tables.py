@@ -1,6 +1,7 @@
 """SQLAlchemy Core tables of the `usage` schema."""
 
-from sqlalchemy import MetaData
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, MetaData, PrimaryKeyConstraint, String, Table, \
+    Text, UniqueConstraint
 
 from shared.credentials import credentials_table
 
@@ -8,3 +9,40 @@ SCHEMA = "usage"
 metadata = MetaData(schema=SCHEMA)
 
 credentials = credentials_table(metadata)
+
+# One row per accepted event. Instants are epoch microseconds (BIGINT): exact, cheap to adapt,
+# the same on both dialects. Empty correlation_id / idempotency_key are NULL so they never collide.
+events = Table(
+    "events",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("event_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("occurred_at_us", BigInteger, nullable=False),
+    Column("actor_id", String(128), nullable=False),
+    Column("source_service", String(128), nullable=False),
+    Column("correlation_id", String(128), nullable=True),
+    Column("idempotency_key", String(128), nullable=True),
+    Column("metadata", Text, nullable=True),
+    Column("classification", String(16), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "event_id", name="events_pkey"),
+    UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
+    UniqueConstraint("tenant_id", "correlation_id", "metric", "occurred_at_us", name="events_correlation"),
+    CheckConstraint("quantity > 0", name="events_quantity_positive"),
+    Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us"),
+    Index("events_by_time", "tenant_id", "occurred_at_us"),
+)
+
+# The metric catalog; global (not per tenant), seeded with the default catalog by migration usage_0002.
+metrics = Table(
+    "metrics",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("classification", String(16), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("description", String(1024), nullable=False),
+    Column("updated_at_us", BigInteger, nullable=False),
+)

@@ -1,0 +1,200 @@
+"""Ingest throughput through gRPC, beside the raw SQL idempotent ceiling and the naive approach.
+
+All figures come from one run on one fresh PostgreSQL database, each on an emptied events table;
+the ceiling and the gRPC figure alternate over ROUNDS rounds and the medians are compared, since
+other load on a 2-core machine moves single figures by a factor of two:
+1. the SQL ceiling: COPY 1,000 rows into a temp staging table + INSERT ... SELECT ... ON CONFLICT
+   DO NOTHING, 2 connections, rows prepared in advance (the database's share of the work only);
+2. naive: one INSERT per event in its own transaction, catching the unique violation (a sample,
+   extrapolated as a rate);
+3. Tollgate end to end: RecordEvents through a real gRPC channel, batches of 1,000 with all three
+   dedup keys set, several batches in flight;
+4. the same batches sent again: 100 % duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import psycopg
+from sqlalchemy import MetaData
+
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from shared import credentials, migrate
+from shared.db import create_engine_for, normalize_url
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+from services.usage import server as usage_server
+from services.usage.config import Settings
+from services.usage.domain import MAX_BATCH
+from services.usage.repository.ingest import COLUMNS
+
+EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
+IN_FLIGHT = int(os.environ.get("BENCH_INGEST_IN_FLIGHT", "4"))
+ROUNDS = int(os.environ.get("BENCH_INGEST_ROUNDS", "3"))
+NAIVE_SAMPLE = 3000
+DUPLICATE_EVENTS = 50_000
+TENANTS = [f"bench-{n}" for n in range(10)]
+METRICS = ["api.requests", "scoring.requests", "leads.processed", "sla.timers.started"]
+
+
+def run(admin_url: str) -> None:
+    url = create_postgres_database(admin_url, prefix="tollgate_bench")
+    try:
+        migrate.upgrade("usage", url)
+        rows = _rows(EVENTS)
+        naive = _naive(url, rows[:NAIVE_SAMPLE])
+        ceilings, rates, duplicate_rate = _rounds(url, rows)
+        _report(ceilings, naive, rates, duplicate_rate)
+    finally:
+        drop_postgres_database(admin_url, url)
+
+
+def _rows(count: int) -> list[tuple]:
+    """Events as (tenant, event_id, metric, quantity, occurred_at_us, actor, source, correlation, idempotency)."""
+    now_us = int(time.time() * 1_000_000)
+    rows = []
+    for n in range(count):
+        rows.append((TENANTS[n // MAX_BATCH % len(TENANTS)], uuid.uuid4().hex, METRICS[n % len(METRICS)], 1 + n % 7,
+                     now_us - 86_400_000_000 + (n * 397_000) % 86_400_000_000, f"user-{n % 500}", "crm",
+                     f"job-{n // 4}", f"idem-{uuid.uuid4().hex}"))
+    return rows
+
+
+def _truncate(url: str) -> None:
+    with psycopg.connect(_pg(url), autocommit=True) as connection:
+        connection.execute('TRUNCATE "usage".events')
+        connection.execute('VACUUM ANALYZE "usage".events')
+
+
+def _pg(url: str) -> str:
+    return normalize_url(url).replace("postgresql+psycopg://", "postgresql://")
+
+
+def _stored_row(row: tuple) -> tuple:
+    return (*row, None, "BILLABLE", "0" * 64, row[4])
+
+
+def _sql_ceiling(url: str, rows: list[tuple]) -> float:
+    _truncate(url)
+    batches = [[_stored_row(r) for r in rows[i:i + MAX_BATCH]] for i in range(0, len(rows), MAX_BATCH)]
+    stage = 'CREATE TEMP TABLE IF NOT EXISTS stage (LIKE "usage".events) ON COMMIT DELETE ROWS'
+    insert = 'INSERT INTO "usage".events SELECT * FROM stage ORDER BY event_id ON CONFLICT DO NOTHING ' \
+             'RETURNING event_id'
+
+    def worker(mine: list[list[tuple]]) -> None:
+        with psycopg.connect(_pg(url)) as connection:
+            for batch in mine:
+                with connection.transaction(), connection.cursor() as cursor:
+                    cursor.execute(stage)
+                    with cursor.copy(f"COPY stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                        for row in batch:
+                            copy.write_row(row)
+                    cursor.execute(insert)
+                    cursor.fetchall()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(batches[k::2],)) for k in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(rows) / (time.perf_counter() - started)
+
+
+def _naive(url: str, rows: list[tuple]) -> float:
+    _truncate(url)
+    insert = f'INSERT INTO "usage".events ({", ".join(COLUMNS)}) VALUES ({", ".join(["%s"] * len(COLUMNS))})'
+    started = time.perf_counter()
+    with psycopg.connect(_pg(url), autocommit=True) as connection:
+        for row in rows:
+            try:
+                connection.execute(insert, _stored_row(row))
+            except psycopg.errors.UniqueViolation:
+                pass
+    return len(rows) / (time.perf_counter() - started)
+
+
+def _requests(rows: list[tuple]) -> list[u.RecordEventsRequest]:
+    requests = []
+    for i in range(0, len(rows), MAX_BATCH):
+        request = u.RecordEventsRequest(tenant_id=rows[i][0])
+        for _t, event_id, metric, quantity, at_us, actor, source, correlation, key in rows[i:i + MAX_BATCH]:
+            event = request.events.add(event_id=event_id, metric=metric, quantity=quantity, actor_id=actor,
+                                       source_service=source, correlation_id=correlation, idempotency_key=key)
+            event.occurred_at.seconds, event.occurred_at.nanos = divmod(at_us, 1_000_000)
+            event.occurred_at.nanos *= 1000
+        requests.append(request)
+    return requests
+
+
+def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], float]:
+    """Alternate the SQL ceiling and RecordEvents through gRPC, each on an emptied table."""
+    requests = _requests(rows)
+    settings = Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None, db_pool_size=IN_FLIGHT,
+                        health_interval_seconds=5, auth_cache_seconds=60, log_level="WARNING")
+    running = usage_server.build(settings)
+    ceilings, rates = [], []
+    try:
+        token = _platform_token(url)
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = usage_pb2_grpc.UsageServiceStub(channel)
+            for _ in range(ROUNDS):
+                ceilings.append(_sql_ceiling(url, rows))
+                _truncate(url)
+                rates.append(_send(stub, token, requests, "ACCEPTED"))
+            duplicate_rate = _send(stub, token, requests[:DUPLICATE_EVENTS // MAX_BATCH], "DUPLICATE")
+    finally:
+        running.stop(grace=1)
+    return ceilings, rates, duplicate_rate
+
+
+def _platform_token(url: str) -> str:
+    engine = create_engine_for(url, schema="usage", pool_size=1)
+    token, token_id, secret_hash = credentials.mint()
+    credentials.store(engine, credentials.credentials_table(MetaData(schema="usage")), token_id=token_id,
+                      secret_hash=secret_hash, tenant_id=None, scopes=frozenset({"usage:write"}), label="bench")
+    engine.dispose()
+    return token
+
+
+def _send(stub, token: str, requests: list, expected: str) -> float:
+    metadata = (("authorization", f"Bearer {token}"),)
+    verdict = u.Verdict.Value(f"VERDICT_{expected}")
+
+    def one(request) -> int:
+        response = stub.RecordEvents(request, metadata=metadata, timeout=120)
+        assert all(r.verdict == verdict for r in response.results), f"expected every event {expected}"
+        return len(response.results)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        sent = sum(pool.map(one, requests))
+    elapsed = time.perf_counter() - started
+    print(f"  ({expected}: {sent / elapsed:,.0f} events/s; CPU of this process (client and server) "
+          f"{(time.process_time() - cpu) / sent * 1e6:.1f} us/event, wall {elapsed / sent * 1e6:.1f} us/event)")
+    return sent / elapsed
+
+
+def _report(ceilings: list[float], naive: float, rates: list[float], duplicate_rate: float) -> None:
+    ceiling, rate = statistics.median(ceilings), statistics.median(rates)
+    print(f"ingest: {EVENTS:,} events, batches of {MAX_BATCH:,}, three dedup keys, {IN_FLIGHT} batches in flight, "
+          f"median of {ROUNDS} alternating rounds")
+    print(f"  Tollgate RecordEvents via gRPC    {rate:>10,.0f} events/s   rounds: {_each(rates)}")
+    print(f"  SQL ceiling (COPY + ON CONFLICT)  {ceiling:>10,.0f} events/s   rounds: {_each(ceilings)}")
+    print(f"  naive INSERT per event            {naive:>10,.0f} events/s   ({NAIVE_SAMPLE:,}-event sample)")
+    print(f"  ratio to the SQL ceiling          {rate / ceiling:>10.2f}x          (goal >= 0.5x)")
+    print(f"  ratio to naive                    {rate / naive:>10.1f}x          (goal >= 10x)")
+    print(f"  100% duplicate batches via gRPC   {duplicate_rate:>10,.0f} events/s")
+    print(f"  goal >= 20,000 events/s: {'met' if rate >= 20_000 else 'NOT met'}")
+
+
+def _each(figures: list[float]) -> str:
+    return ", ".join(f"{f:,.0f}" for f in figures)

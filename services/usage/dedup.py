@@ -1,0 +1,80 @@
+"""Pure rules of exactly-once: the three keys of an event, rounds that keep a batch's order, judging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.usage.domain import Candidate, DedupKey, EventResult, StoredKeys, Verdict
+
+# Keys are tagged with short strings, not DedupKey members: enum hashing is a Python call, and
+# a batch hashes thousands of keys.
+_KINDS = {"id": DedupKey.EVENT_ID, "key": DedupKey.IDEMPOTENCY_KEY, "corr": DedupKey.CORRELATION}
+KEY_NAMES = {"id": "event_id", "key": "idempotency_key", "corr": "(correlation_id, metric, occurred_at)"}
+
+
+def keys_of(candidate: Candidate) -> list[tuple]:
+    """The tenant-scoped keys of an event, tagged by kind; empty optional keys are no keys."""
+    event = candidate.event
+    keys = [("id", event.event_id)]
+    if event.idempotency_key:
+        keys.append(("key", event.idempotency_key))
+    if event.correlation_id:
+        keys.append(("corr", event.correlation_id, event.metric, event.occurred_at_us))
+    return keys
+
+
+def plan_round(pending: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+    """Split pending events into those that can be stored together now and those that must wait.
+
+    An event sharing a key with an earlier pending event waits until that one is judged, so
+    collisions inside a batch are judged in order and the first wins.
+    """
+    if _all_distinct(pending):
+        return pending, []  # the usual case, checked fast
+    seen: set[tuple] = set()
+    now, later = [], []
+    for candidate in pending:
+        keys = keys_of(candidate)
+        (later if any(key in seen for key in keys) else now).append(candidate)
+        seen.update(keys)
+    return now, later
+
+
+def _all_distinct(pending: list[Candidate]) -> bool:
+    events = [candidate.event for candidate in pending]
+    for keys in ([e.event_id for e in events], [e.idempotency_key for e in events if e.idempotency_key],
+                 [(e.correlation_id, e.metric, e.occurred_at_us) for e in events if e.correlation_id]):
+        if len(set(keys)) != len(keys):
+            return False
+    return True
+
+
+class StoredIndex:
+    """Stored events by each of their keys, to judge events the database refused to insert."""
+
+    def __init__(self, rows: Iterable[StoredKeys]):
+        self._by_key: dict[tuple, StoredKeys] = {}
+        for row in rows:
+            self._by_key[("id", row.event_id)] = row
+            if row.idempotency_key is not None:
+                self._by_key[("key", row.idempotency_key)] = row
+            if row.correlation_id is not None:
+                self._by_key[("corr", row.correlation_id, row.metric, row.occurred_at_us)] = row
+
+    def judge(self, candidate: Candidate) -> EventResult | None:
+        """DUPLICATE or CONFLICT against the first key that matches, or None when none does."""
+        for key in keys_of(candidate):
+            row = self._by_key.get(key)
+            if row is None:
+                continue
+            same = row.content_hash == candidate.content_hash
+            verdict = Verdict.DUPLICATE if same else Verdict.CONFLICT
+            what = "the same content" if same else "different content"
+            message = f"event {row.event_id!r} has the same {KEY_NAMES[key[0]]} and {what}; nothing changed"
+            return EventResult(candidate.index, candidate.event.event_id, verdict, None, message, _KINDS[key[0]],
+                               row.event_id)
+        return None
+
+
+def accepted(candidate: Candidate) -> EventResult:
+    return EventResult(candidate.index, candidate.event.event_id, Verdict.ACCEPTED)

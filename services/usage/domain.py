@@ -1,0 +1,210 @@
+"""The Usage domain: events, verdicts and the pure rules that judge them. No grpc, no SQL."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from shared.errors import FieldViolation, InvalidArgument
+
+MAX_BATCH = 1000
+MAX_ID_LENGTH = 128  # tenant_id, event_id, metric, actor_id, source_service, correlation_id, idempotency_key
+MAX_METADATA_BYTES = 4096
+# A bound per event keeps every total exact in int64 (it takes ~9 million maximal events to overflow).
+MAX_QUANTITY = 10**12
+STRING_FIELDS = ("event_id", "metric", "actor_id", "source_service", "correlation_id", "idempotency_key")
+
+
+class Verdict(enum.Enum):
+    ACCEPTED = 1
+    DUPLICATE = 2
+    CONFLICT = 3
+    REJECTED = 4
+
+
+class RejectReason(enum.Enum):
+    MISSING_FIELD = 1
+    UNKNOWN_METRIC = 2
+    NON_POSITIVE_QUANTITY = 3
+    IN_FUTURE = 4
+    TOO_OLD = 5
+    FIELD_TOO_LONG = 6
+    NUL_CHARACTER = 7
+    METADATA_TOO_LARGE = 8
+    EXTERNAL_BILLABLE = 9
+    QUANTITY_TOO_LARGE = 10
+
+
+class DedupKey(enum.Enum):
+    EVENT_ID = 1
+    IDEMPOTENCY_KEY = 2
+    CORRELATION = 3
+
+
+class Classification(enum.Enum):
+    BILLABLE = 1
+    NON_BILLABLE = 2
+    INFO = 3
+
+
+class Event(NamedTuple):
+    """One usage event as the sender reports it; occurred_at_us is None when not given.
+
+    A NamedTuple rather than a frozen dataclass: as immutable, and built 1,000 times per batch at
+    a fifth of the cost (measured: 0.4 against 2 us), which matters at tens of thousands of events/s.
+    """
+
+    event_id: str
+    metric: str
+    quantity: int
+    occurred_at_us: int | None
+    actor_id: str = ""
+    source_service: str = ""
+    correlation_id: str = ""
+    idempotency_key: str = ""
+    metadata: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """One tenant's batch, as received."""
+
+    tenant_id: str
+    events: tuple[Event, ...]
+
+
+class EventResult(NamedTuple):
+    """The verdict on the event at `index` of its batch (a NamedTuple for the reason Event is one)."""
+
+    index: int
+    event_id: str
+    verdict: Verdict
+    reason: RejectReason | None = None
+    message: str = ""
+    dedup_key: DedupKey | None = None
+    existing_event_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestRules:
+    """The configurable part of validation."""
+
+    future_skew_us: int
+    backfill_us: int
+    external_prefixes: tuple[str, ...]
+
+
+class Candidate(NamedTuple):
+    """A valid event, ready to store: its classification, canonical metadata and content hash."""
+
+    index: int
+    event: Event
+    classification: Classification
+    metadata_json: str | None
+    content_hash: str
+
+
+class StoredKeys(NamedTuple):
+    """The dedup keys and content hash of a stored event."""
+
+    event_id: str
+    idempotency_key: str | None
+    correlation_id: str | None
+    metric: str
+    occurred_at_us: int
+    content_hash: str
+
+
+def check_batch(batch: EventBatch) -> None:
+    """Raise InvalidArgument for faults of the whole batch; nothing of it may be stored then."""
+    violations = []
+    if not batch.tenant_id:
+        violations.append(FieldViolation("tenant_id", "is required"))
+    elif len(batch.tenant_id) > MAX_ID_LENGTH or "\x00" in batch.tenant_id:
+        violations.append(FieldViolation("tenant_id", f"must be 1 to {MAX_ID_LENGTH} characters without NUL"))
+    if not batch.events:
+        violations.append(FieldViolation("events", "must hold at least one event"))
+    elif len(batch.events) > MAX_BATCH:
+        violations.append(FieldViolation("events", f"holds {len(batch.events)} events; at most {MAX_BATCH}"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+def rejected(index: int, event: Event, reason: RejectReason, message: str) -> EventResult:
+    """The REJECTED result of an event."""
+    return EventResult(index, event.event_id, Verdict.REJECTED, reason, message)
+
+
+def admit(index: int, event: Event, *, catalog: dict[str, Classification], rules: IngestRules,
+          now_us: int) -> Candidate | EventResult:
+    """A Candidate for a valid event, or the REJECTED result saying what is wrong with it."""
+    problem = _field_problem(event) or _value_problem(event, catalog, rules, now_us)
+    if problem:
+        return rejected(index, event, *problem)
+    metadata_json = None
+    if event.metadata:
+        if _holds_nul(event.metadata):
+            return rejected(index, event, RejectReason.NUL_CHARACTER, "metadata holds a NUL character")
+        metadata_json = json.dumps(event.metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        size = len(metadata_json.encode())
+        if size > MAX_METADATA_BYTES:
+            return rejected(index, event, RejectReason.METADATA_TOO_LARGE,
+                            f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
+    return Candidate(index, event, catalog[event.metric], metadata_json, content_hash(event, metadata_json))
+
+
+def _field_problem(event: Event) -> tuple[RejectReason, str] | None:
+    if not (event.event_id and event.metric and event.source_service and event.occurred_at_us is not None):
+        missing = next(name for name in ("event_id", "metric", "source_service", "occurred_at_us")
+                       if getattr(event, name) in ("", None))
+        return RejectReason.MISSING_FIELD, f"{missing.removesuffix('_us')} is required"
+    strings = event[:2] + event[4:8]
+    # One pass over all strings for the common case; name the field only when something is wrong.
+    if "\x00" in "".join(strings):
+        name = next(name for name, value in zip(STRING_FIELDS, strings) if "\x00" in value)
+        return RejectReason.NUL_CHARACTER, f"{name} holds a NUL character"
+    if max(map(len, strings)) > MAX_ID_LENGTH:
+        name, value = next((n, v) for n, v in zip(STRING_FIELDS, strings) if len(v) > MAX_ID_LENGTH)
+        return RejectReason.FIELD_TOO_LONG, f"{name} has {len(value)} characters; at most {MAX_ID_LENGTH}"
+    return None
+
+
+def _value_problem(event: Event, catalog, rules: IngestRules, now_us: int) -> tuple[RejectReason, str] | None:
+    classification = catalog.get(event.metric)
+    if classification is None:
+        return RejectReason.UNKNOWN_METRIC, f"metric {event.metric!r} is not in the catalog"
+    if event.quantity <= 0:
+        return RejectReason.NON_POSITIVE_QUANTITY, f"quantity must be greater than 0, got {event.quantity}"
+    if event.quantity > MAX_QUANTITY:
+        return RejectReason.QUANTITY_TOO_LARGE, f"quantity must be at most {MAX_QUANTITY}, got {event.quantity}"
+    if event.occurred_at_us > now_us + rules.future_skew_us:
+        return RejectReason.IN_FUTURE, f"occurred_at is more than {rules.future_skew_us // 1_000_000} s ahead"
+    if event.occurred_at_us < now_us - rules.backfill_us:
+        return RejectReason.TOO_OLD, f"occurred_at is older than {rules.backfill_us // 86_400_000_000} days"
+    if classification is Classification.BILLABLE and event.source_service.startswith(rules.external_prefixes):
+        return RejectReason.EXTERNAL_BILLABLE, \
+            f"external source {event.source_service!r} may not emit billable metric {event.metric!r}"
+    return None
+
+
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+def content_hash(event: Event, metadata_json: str | None) -> str:
+    """SHA-256 of what the event says happened; its identifiers (event_id, idempotency_key) are not content.
+
+    NUL cannot occur in a valid event, so it separates the fields unambiguously.
+    """
+    parts = (event.metric, str(event.quantity), str(event.occurred_at_us), event.actor_id, event.source_service,
+             event.correlation_id, metadata_json or "")
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -1,0 +1,86 @@
+"""Translations between tollgate.usage.v1 messages and the Usage domain (used by grpc_api only)."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+from tollgate.usage.v1 import usage_pb2 as pb
+
+from shared import timeconv
+
+from services.usage import domain
+from services.usage.catalog import Metric
+from services.usage.queries import StoredEvent, UsageTotal
+
+VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in domain.Verdict}
+REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in domain.RejectReason}
+KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in domain.DedupKey}
+CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in domain.Classification}
+CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
+
+
+def batch(tenant_id: str, events) -> domain.EventBatch:
+    """A domain batch from a request's tenant and repeated UsageEvent."""
+    return domain.EventBatch(tenant_id, tuple(_event(e) for e in events))
+
+
+def _event(e: pb.UsageEvent) -> domain.Event:
+    occurred = None
+    if e.HasField("occurred_at"):
+        occurred = e.occurred_at.seconds * 1_000_000 + e.occurred_at.nanos // 1000
+    metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
+    return domain.Event(e.event_id, e.metric, e.quantity, occurred, e.actor_id, e.source_service, e.correlation_id,
+                        e.idempotency_key, metadata)
+
+
+def _plain(value):
+    """Struct / ListValue to plain dicts and lists (numbers stay floats, as JSON has them)."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    return value
+
+
+def results(items: list[domain.EventResult]) -> list[pb.EventResult]:
+    out = []
+    for r in items:
+        if r.verdict is domain.Verdict.ACCEPTED:
+            out.append(pb.EventResult(index=r.index, event_id=r.event_id, verdict=pb.VERDICT_ACCEPTED))
+            continue
+        out.append(pb.EventResult(
+            index=r.index, event_id=r.event_id, verdict=VERDICTS[r.verdict], message=r.message,
+            reason=REASONS[r.reason] if r.reason else 0, dedup_key=KEYS[r.dedup_key] if r.dedup_key else 0,
+            existing_event_id=r.existing_event_id))
+    return out
+
+
+def micros(ts) -> int | None:
+    """Epoch microseconds of a Timestamp field, None when unset (the use case judges the value)."""
+    return timeconv.to_micros(ts) if timeconv.is_set(ts) else None
+
+
+def total(t: UsageTotal) -> pb.UsageTotal:
+    return pb.UsageTotal(metric=t.metric, actor_id=t.actor_id, quantity=t.quantity, event_count=t.event_count,
+                         classification=CLASSIFICATIONS.get(t.classification, 0))
+
+
+def stored_event(s: StoredEvent) -> pb.StoredEvent:
+    e = s.event
+    event = pb.UsageEvent(event_id=e.event_id, metric=e.metric, quantity=e.quantity,
+                          occurred_at=timeconv.from_micros(e.occurred_at_us), actor_id=e.actor_id,
+                          source_service=e.source_service, correlation_id=e.correlation_id,
+                          idempotency_key=e.idempotency_key)
+    if e.metadata:
+        event.metadata.update(e.metadata)
+    return pb.StoredEvent(tenant_id=s.tenant_id, event=event, classification=CLASSIFICATIONS[s.classification],
+                          received_at=timeconv.from_micros(s.received_at_us))
+
+
+def metric_to_proto(m: Metric) -> pb.Metric:
+    return pb.Metric(name=m.name, classification=CLASSIFICATIONS.get(m.classification, 0), unit=m.unit,
+                     description=m.description)
+
+
+def metric_from_proto(m: pb.Metric) -> Metric:
+    return Metric(m.name, CLASSIFICATION_OF.get(m.classification), m.unit, m.description)
+

@@ -1,0 +1,64 @@
+"""RecordEvents and StreamEvents: judge every event of a batch, store each new one exactly once."""
+
+from __future__ import annotations
+
+from shared import auth, timeconv
+from shared.errors import Unavailable
+
+from services.usage import dedup, domain, metrics
+from services.usage.domain import Candidate, EventBatch, EventResult, IngestRules
+from services.usage.repository import catalog as catalog_sql
+from services.usage.repository import in_transaction
+from services.usage.repository import ingest as ingest_sql
+
+
+def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[EventResult]:
+    """Store each new event once; report duplicates, conflicts and rejections per event, in order."""
+    auth.require_tenant(auth.principal(), batch.tenant_id)
+    domain.check_batch(batch)
+    results, classification_of = in_transaction(sessions, lambda session: _judge_batch(session, batch, rules))
+    metrics.count(results, classification_of)
+    return results
+
+
+def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[EventResult], dict[int, str]]:
+    now_us = timeconv.now_micros()
+    catalog = catalog_sql.classifications(session)
+    results: list[EventResult | None] = [None] * len(batch.events)
+    candidates = []
+    for index, event in enumerate(batch.events):
+        admitted = domain.admit(index, event, catalog=catalog, rules=rules, now_us=now_us)
+        if isinstance(admitted, Candidate):
+            candidates.append(admitted)
+        else:
+            results[index] = admitted
+    for result in _store(session, batch.tenant_id, candidates, now_us):
+        results[result.index] = result
+    classification_of = {i: catalog[e.metric].name for i, e in enumerate(batch.events) if e.metric in catalog}
+    return results, classification_of
+
+
+def _store(session, tenant_id: str, pending: list[Candidate], now_us: int) -> list[EventResult]:
+    """Insert in rounds of events sharing no key; a refused event is judged against what is stored.
+
+    Usually one round; each event sharing a key with an earlier one of its batch adds at most one.
+    An event refused by a key whose row is gone by the time we look (a concurrent purge) goes round again.
+    """
+    results = []
+    for round_number in range(len(pending) + 3):
+        if not pending:
+            return results
+        now, later = dedup.plan_round(pending)
+        inserted = ingest_sql.insert_new(session, tenant_id, now, now_us, bulk=round_number == 0)
+        refused = [c for c in now if c.event.event_id not in inserted]
+        stored = dedup.StoredIndex(ingest_sql.find_existing(session, tenant_id, refused) if refused else ())
+        unresolved = []
+        for candidate in now:
+            result = dedup.accepted(candidate) if candidate.event.event_id in inserted else stored.judge(candidate)
+            if result is None:
+                unresolved.append(candidate)
+            else:
+                results.append(result)
+        pending = sorted(unresolved + later, key=lambda c: c.index)
+    raise Unavailable("the batch kept colliding with concurrent changes; retry it")
+

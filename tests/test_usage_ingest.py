@@ -1,0 +1,215 @@
+"""RecordEvents and StreamEvents through a real channel, on SQLite and PostgreSQL: every verdict,
+every rejection reason, batch faults, tenant isolation and exactly-once under concurrent retries."""
+
+import threading
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
+from tests import support
+from tests.conftest import status_of
+from tests.usage_support import (DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals,
+                                  verdicts)
+from tollgate.usage.v1 import usage_pb2 as u
+
+
+@pytest.fixture
+def token(dbs, tenant):
+    return tenant_token(dbs, tenant)
+
+
+def test_a_new_event_is_accepted_and_counted_once(usage_stub, token, tenant):
+    results = record(usage_stub, token, tenant, [event("e1", quantity=5)])
+    assert verdicts(results) == ["ACCEPTED"]
+    assert (results[0].index, results[0].event_id) == (0, "e1")
+    assert totals(usage_stub, token, tenant) == {"api.requests": (5, 1)}
+
+
+def test_the_same_event_sent_twice_is_a_duplicate_and_counts_once(usage_stub, token, tenant):
+    record(usage_stub, token, tenant, [event("e1", quantity=5)])
+    again = record(usage_stub, token, tenant, [event("e1", quantity=5)])
+    assert verdicts(again) == ["DUPLICATE"]
+    assert again[0].dedup_key == u.DEDUP_KEY_EVENT_ID and again[0].existing_event_id == "e1"
+    assert totals(usage_stub, token, tenant) == {"api.requests": (5, 1)}
+
+
+@pytest.mark.parametrize("key,fields", [
+    (u.DEDUP_KEY_IDEMPOTENCY_KEY, {"idempotency_key": "pay-1"}),
+    (u.DEDUP_KEY_CORRELATION, {"correlation_id": "job-7"}),
+])
+def test_each_dedup_key_catches_a_resend_under_a_new_event_id(usage_stub, token, tenant, key, fields):
+    record(usage_stub, token, tenant, [event("first", quantity=3, **fields)])
+    again = record(usage_stub, token, tenant, [event("second", quantity=3, **fields)])
+    assert verdicts(again) == ["DUPLICATE"]
+    assert (again[0].dedup_key, again[0].existing_event_id) == (key, "first")
+    assert totals(usage_stub, token, tenant) == {"api.requests": (3, 1)}
+
+
+@pytest.mark.parametrize("fields", [{}, {"idempotency_key": "k"}, {"correlation_id": "c"}])
+def test_a_conflict_changes_nothing_and_leaves_the_stored_event_untouched(usage_stub, token, tenant, fields):
+    original = event("e1", quantity=3, actor_id="alice", metadata={"plan": "pro"}, **fields)
+    record(usage_stub, token, tenant, [original])
+    other_id = "e1" if not fields else "e2"
+    changed = event(other_id, quantity=4, actor_id="bob", metadata={"plan": "free"}, **fields)
+    results = record(usage_stub, token, tenant, [changed])
+    assert verdicts(results) == ["CONFLICT"]
+    assert results[0].existing_event_id == "e1"
+    stored = list_all(usage_stub, token, tenant)
+    assert [s.event for s in stored] == [original]
+    assert totals(usage_stub, token, tenant) == {"api.requests": (3, 1)}
+
+
+def test_collisions_inside_one_batch_are_judged_in_order_and_the_first_wins(usage_stub, token, tenant):
+    batch = [event("a", quantity=1), event("a", quantity=1), event("a", quantity=9),
+             event("b", quantity=2, idempotency_key="k"), event("c", quantity=7, idempotency_key="k"),
+             event("d", quantity=1)]
+    results = record(usage_stub, token, tenant, batch)
+    assert verdicts(results) == ["ACCEPTED", "DUPLICATE", "CONFLICT", "ACCEPTED", "CONFLICT", "ACCEPTED"]
+    assert [r.index for r in results] == list(range(6))
+    assert results[4].existing_event_id == "b"
+    assert totals(usage_stub, token, tenant) == {"api.requests": (4, 3)}
+
+
+def _bad(reason):
+    """An event that fails with `reason`, and nothing else."""
+    cases = {
+        u.REJECT_REASON_MISSING_FIELD: lambda: event("x", source_service=""),
+        u.REJECT_REASON_UNKNOWN_METRIC: lambda: event("x", metric="no.such.metric"),
+        u.REJECT_REASON_NON_POSITIVE_QUANTITY: lambda: event("x", quantity=0),
+        u.REJECT_REASON_IN_FUTURE: lambda: event("x", at_us=now_us() + 10 * MINUTE_US),
+        u.REJECT_REASON_TOO_OLD: lambda: event("x", at_us=now_us() - 36 * DAY_US),
+        u.REJECT_REASON_FIELD_TOO_LONG: lambda: event("x", actor_id="a" * 129),
+        u.REJECT_REASON_NUL_CHARACTER: lambda: event("x", correlation_id="c\x00d"),
+        u.REJECT_REASON_METADATA_TOO_LARGE: lambda: event("x", metadata={"blob": "z" * 4100}),
+        u.REJECT_REASON_EXTERNAL_BILLABLE: lambda: event("x", source_service="webhook:stripe"),
+        u.REJECT_REASON_QUANTITY_TOO_LARGE: lambda: event("x", quantity=10**12 + 1),
+    }
+    return cases[reason]()
+
+
+REASONS = [r for r in u.RejectReason.values() if r != u.REJECT_REASON_UNSPECIFIED]
+
+
+@pytest.mark.parametrize("reason", REASONS, ids=[u.RejectReason.Name(r) for r in REASONS])
+def test_each_rejection_reason_rejects_only_its_event_and_the_batch_goes_on(usage_stub, token, tenant, reason):
+    results = record(usage_stub, token, tenant, [event("ok-1"), _bad(reason), event("ok-2")])
+    assert verdicts(results) == ["ACCEPTED", "REJECTED", "ACCEPTED"]
+    assert results[1].reason == reason and results[1].message
+    assert results[0].reason == results[2].reason == u.REJECT_REASON_UNSPECIFIED
+    assert totals(usage_stub, token, tenant) == {"api.requests": (2, 2)}
+
+
+def test_a_missing_occurred_at_and_a_nul_in_metadata_are_rejected(usage_stub, token, tenant):
+    no_time = u.UsageEvent(event_id="t", metric="api.requests", quantity=1, source_service="crm")
+    nul_key = event("m", metadata={"a\x00b": 1})
+    results = record(usage_stub, token, tenant, [no_time, nul_key])
+    assert [r.reason for r in results] == [u.REJECT_REASON_MISSING_FIELD, u.REJECT_REASON_NUL_CHARACTER]
+    assert totals(usage_stub, token, tenant) == {}
+
+
+def test_an_external_source_may_emit_a_non_billable_metric(usage_stub, token, tenant):
+    results = record(usage_stub, token, tenant, [event("w", metric="integrations.webhooks.received",
+                                                       source_service="webhook:stripe")])
+    assert verdicts(results) == ["ACCEPTED"]
+
+
+def violations(error: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    return []
+
+
+@pytest.mark.parametrize("tenant_id,count,field", [("own", 0, "events"), ("own", 1001, "events"),
+                                                   ("", 1, "tenant_id")])
+def test_a_batch_fault_fails_the_whole_call_and_stores_nothing(usage_stub, admin_token, tenant, tenant_id, count,
+                                                               field):
+    request = u.RecordEventsRequest(tenant_id=tenant if tenant_id == "own" else tenant_id,
+                                    events=[event(f"e{n}") for n in range(count)])
+    with pytest.raises(grpc.RpcError) as raised:
+        usage_stub.RecordEvents(request, metadata=support.bearer(admin_token), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(raised.value) == [field]
+    assert totals(usage_stub, admin_token, tenant) == {}
+
+
+def test_a_token_of_tenant_a_can_neither_write_nor_read_tenant_b(dbs, usage_stub, admin_token, token, tenant):
+    other = support.new_tenant()
+    record(usage_stub, admin_token, other, [event("b-1")])
+    write = status_of(lambda: record(usage_stub, token, other, [event("a-1")]))
+    read = status_of(lambda: totals(usage_stub, token, other))
+    listing = status_of(lambda: list_all(usage_stub, token, other))
+    assert write == read == listing == grpc.StatusCode.PERMISSION_DENIED
+    assert totals(usage_stub, admin_token, other) == {"api.requests": (1, 1)}
+    assert totals(usage_stub, token, tenant) == {}
+
+
+def test_a_stream_answers_each_batch_in_order_with_its_batch_id(usage_stub, token, tenant):
+    requests = [u.StreamEventsRequest(batch_id=f"b{n}", tenant_id=tenant, events=[event(f"e{n}"), event("same")])
+                for n in range(5)]
+    responses = list(usage_stub.StreamEvents(iter(requests), metadata=support.bearer(token), timeout=30))
+    assert [r.batch_id for r in responses] == [f"b{n}" for n in range(5)]
+    assert verdicts(responses[0].results) == ["ACCEPTED", "ACCEPTED"]
+    assert all(verdicts(r.results) == ["ACCEPTED", "DUPLICATE"] for r in responses[1:])
+    assert totals(usage_stub, token, tenant) == {"api.requests": (6, 6)}
+
+
+def test_a_batch_fault_in_a_stream_ends_the_stream_with_its_status(usage_stub, token, tenant):
+    requests = [u.StreamEventsRequest(batch_id="ok", tenant_id=tenant, events=[event("e1")]),
+                u.StreamEventsRequest(batch_id="empty", tenant_id=tenant)]
+    answered = []
+    with pytest.raises(grpc.RpcError) as raised:
+        for response in usage_stub.StreamEvents(iter(requests), metadata=support.bearer(token), timeout=30):
+            answered.append(response.batch_id)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert answered == ["ok"]
+
+
+def test_eight_concurrent_senders_with_overlapping_batches_and_retries_give_exact_totals(usage_stub, token, tenant):
+    # 400 distinct events; each sender sends overlapping slices of them, twice (a retry), in its own order.
+    events = [event(f"e{n}", quantity=1 + n % 5, idempotency_key=f"k{n}", correlation_id=f"c{n // 2}",
+                    metric="api.requests" if n % 2 else "leads.routed") for n in range(400)]
+    errors = []
+
+    def sender(k: int) -> None:
+        mine = events[k * 40: k * 40 + 120] if k % 2 else list(reversed(events[k * 40: k * 40 + 120]))
+        try:
+            for _attempt in range(2):
+                for start in range(0, len(mine), 30):
+                    record(usage_stub, token, tenant, mine[start:start + 30])
+        except grpc.RpcError as error:  # noqa: PERF203 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    covered = events[: 7 * 40 + 120]
+    expected = {}
+    for e in covered:
+        quantity, count = expected.get(e.metric, (0, 0))
+        expected[e.metric] = (quantity + e.quantity, count + 1)
+    assert totals(usage_stub, token, tenant) == expected
+
+
+def test_verdicts_are_counted_by_verdict_classification_and_reason_never_by_tenant(usage_stub, token, tenant):
+    def sample(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    keys = [("tollgate_usage_events_total", {"verdict": "ACCEPTED", "classification": "NON_BILLABLE"}),
+            ("tollgate_usage_events_total", {"verdict": "REJECTED", "classification": "BILLABLE"}),
+            ("tollgate_usage_rejections_total", {"reason": "NON_POSITIVE_QUANTITY"})]
+    before = [sample(name, **labels) for name, labels in keys]
+    record(usage_stub, token, tenant, [event("s", metric="sla.timers.started"), event("q", quantity=0)])
+    assert [sample(name, **labels) - b for (name, labels), b in zip(keys, before)] == [1, 1, 1]
+    label_names = {label for family in REGISTRY.collect() if family.name.startswith("tollgate_usage")
+                   for s in family.samples for label in s.labels}
+    assert label_names == {"verdict", "classification", "reason"}

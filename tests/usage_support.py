@@ -1,0 +1,69 @@
+"""Helpers of the Usage ingest and read tests: events, calls and totals through a real stub."""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tests import support
+from tollgate.usage.v1 import usage_pb2 as u
+
+MINUTE_US = 60_000_000
+DAY_US = 24 * 60 * MINUTE_US
+
+
+def now_us() -> int:
+    """Now, in whole minutes: tests name instants around it, read at the time of each call."""
+    return int(time.time() // 60) * MINUTE_US
+
+
+def ts(micros: int) -> Timestamp:
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
+
+
+def event(event_id: str, *, metric: str = "api.requests", quantity: int = 1, at_us: int | None = None,
+          **fields) -> u.UsageEvent:
+    """A valid event (an hour ago, from `crm`) unless the fields say otherwise."""
+    fields.setdefault("source_service", "crm")
+    message = u.UsageEvent(event_id=event_id, metric=metric, quantity=quantity, **fields)
+    message.occurred_at.CopyFrom(ts(now_us() - 60 * MINUTE_US if at_us is None else at_us))
+    return message
+
+
+def record(stub, token: str, tenant: str, events, timeout: float = 30) -> list[u.EventResult]:
+    response = stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=events),
+                                 metadata=support.bearer(token), timeout=timeout)
+    return list(response.results)
+
+
+def verdicts(results) -> list[str]:
+    return [u.Verdict.Name(r.verdict).removeprefix("VERDICT_") for r in results]
+
+
+def totals(stub, token: str, tenant: str, *, start_us: int | None = None, end_us: int | None = None,
+           **fields) -> dict:
+    """{metric or (metric, actor): (quantity, event_count)} over the range (default: the last 40 days)."""
+    start_us = now_us() - 40 * DAY_US if start_us is None else start_us
+    end_us = now_us() + 60 * MINUTE_US if end_us is None else end_us
+    response = stub.GetUsage(u.GetUsageRequest(tenant_id=tenant, start_time=ts(start_us), end_time=ts(end_us),
+                                               **fields), metadata=support.bearer(token), timeout=30)
+    grouped = fields.get("group_by_actor") or fields.get("actor_id")
+    return {(t.metric, t.actor_id) if grouped else t.metric: (t.quantity, t.event_count) for t in response.totals}
+
+
+def list_all(stub, token: str, tenant: str, page_size: int = 100, **filters) -> list[u.StoredEvent]:
+    """Every event of a listing, following page tokens (bounded)."""
+    found, token_ = [], ""
+    for _ in range(1000):
+        page = stub.ListEvents(u.ListEventsRequest(tenant_id=tenant, page_size=page_size, page_token=token_,
+                                                   **filters), metadata=support.bearer(token), timeout=30)
+        found.extend(page.events)
+        token_ = page.next_page_token
+        if not token_:
+            return found
+    raise AssertionError("listing did not end")
+
+
+def tenant_token(dbs, tenant: str) -> str:
+    return support.make_token(dbs, tenant=tenant, scopes=["usage:write", "usage:read"])
