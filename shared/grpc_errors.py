@@ -21,6 +21,8 @@ _STATUS_BY_ERROR: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    # A value the database refuses (a NUL byte in text, a number out of range): the caller's input.
+    (sqlalchemy.exc.DataError, grpc.StatusCode.INVALID_ARGUMENT),
     # The database went away or the pool is exhausted: the caller may retry.
     (sqlalchemy.exc.OperationalError, grpc.StatusCode.UNAVAILABLE),
     (sqlalchemy.exc.InterfaceError, grpc.StatusCode.UNAVAILABLE),
@@ -41,6 +43,8 @@ def status_for(error: BaseException) -> status_pb2.Status | None:
 def _status(code: grpc.StatusCode, error: BaseException) -> status_pb2.Status:
     if isinstance(error, errors.TollgateError):
         message, reason = error.message, error.reason
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+        message, reason = "a value in the request is not storable (e.g. a NUL character)", "INVALID_VALUE"
     else:
         message, reason = "database unavailable", "DATABASE_UNAVAILABLE"
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]

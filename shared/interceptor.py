@@ -9,10 +9,11 @@ import time
 import uuid
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from shared import auth, grpc_errors, metrics
-from shared.errors import PermissionDenied
+from shared.errors import FieldViolation, InvalidArgument, PermissionDenied
 
 log = logging.getLogger("tollgate.rpc")
 
@@ -55,14 +56,35 @@ class CallInterceptor(grpc.ServerInterceptor):
 
 
 def _wrap(handler: grpc.RpcMethodHandler, call: "_Call") -> grpc.RpcMethodHandler:
-    serializers = (handler.request_deserializer, handler.response_serializer)
+    # Requests arrive as bytes and are parsed inside the wrapper: gRPC's own parsing would answer a
+    # malformed body INTERNAL, where it is the caller's error (INVALID_ARGUMENT).
+    one, each = _parser(handler.request_deserializer), _stream_parser(handler.request_deserializer)
+    serializers = (None, handler.response_serializer)
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary), *serializers)
+        return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary, one), *serializers)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary), *serializers)
+        return grpc.stream_unary_rpc_method_handler(call.unary(handler.stream_unary, each), *serializers)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(call.streaming(handler.unary_stream), *serializers)
-    return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream), *serializers)
+        return grpc.unary_stream_rpc_method_handler(call.streaming(handler.unary_stream, one), *serializers)
+    return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, each), *serializers)
+
+
+def _parser(deserializer):
+    """Bytes -> request message; a body that is not one is INVALID_ARGUMENT."""
+    if deserializer is None:
+        return lambda raw: raw
+
+    def parse(raw: bytes):
+        try:
+            return deserializer(raw)
+        except DecodeError as error:
+            raise InvalidArgument(FieldViolation("request", f"is not a valid message: {error}")) from None
+    return parse
+
+
+def _stream_parser(deserializer):
+    parse = _parser(deserializer)
+    return lambda messages: (parse(raw) for raw in messages)
 
 
 class _Call:
@@ -74,24 +96,24 @@ class _Call:
         self._seconds = metrics.RPC_SECONDS.labels(self._service, self._name)
         self._handled: dict[grpc.StatusCode, object] = {}
 
-    def unary(self, behavior):
+    def unary(self, behavior, parse):
         def wrapped(request, context):
             started, state = time.perf_counter(), _CallState()
             try:
                 self._begin(context, state)
-                return behavior(request, context)
+                return behavior(parse(request), context)
             except Exception as error:  # noqa: BLE001 - the one place errors become statuses
                 self._fail(error, context, state)
             finally:
                 self._end(context, started, state)
         return wrapped
 
-    def streaming(self, behavior):
+    def streaming(self, behavior, parse):
         def wrapped(request, context):
             started, state = time.perf_counter(), _CallState()
             try:
                 self._begin(context, state)
-                yield from behavior(request, context)
+                yield from behavior(parse(request), context)
             except Exception as error:  # noqa: BLE001
                 self._fail(error, context, state)
             finally:
