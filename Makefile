@@ -33,7 +33,8 @@ $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 	touch $@
 
 $(TOOLS_STAMP): tools/package.json tools/package-lock.json
-	cd tools && npm ci --no-audit --no-fund --loglevel=error
+	# npm install, not ci: the lockfile cannot list buf's binaries for other platforms on this npm.
+	cd tools && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 proto: $(GEN_STAMP)
