@@ -65,7 +65,7 @@ def test_every_readme_call_answers_as_the_readme_says(running):
     totals = json.loads(answers["tollgate.usage.v1.UsageService/GetUsage"])["totals"]
     assert any(t["metric"] == "scoring.requests" for t in totals)
     resolved = json.loads(answers["tollgate.policy.v1.PolicyService/ResolveMode"])
-    assert resolved["resolution"]["effectiveMode"].startswith("MODE_")
+    assert resolved["resolution"]["effective_mode"].startswith("MODE_"), resolved
     ranked = json.loads(answers["tollgate.policy.v1.PolicyService/ListActiveFeatures"])
-    assert ranked["usageAvailable"] is True and ranked["features"]
+    assert ranked["usage_available"] is True and ranked["features"]
     assert json.loads(answers["tollgate.policy.v1.PolicyAdminService/VerifyAudit"])["ok"] is True
