@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from tollgate.usage.v1 import usage_pb2 as pb
 
 from shared import timeconv
@@ -84,3 +84,25 @@ def metric_to_proto(m: Metric) -> pb.Metric:
 def metric_from_proto(m: pb.Metric) -> Metric:
     return Metric(m.name, CLASSIFICATION_OF.get(m.classification), m.unit, m.description)
 
+
+
+def aggregate(a) -> pb.Aggregate:
+    return pb.Aggregate(tenant_id=a.tenant_id, metric=a.metric, period=int(a.period),
+                        period_start=timeconv.from_micros(a.period_start_us), total_quantity=a.total_quantity,
+                        event_count=a.event_count, source_hash=a.source_hash,
+                        computed_at=timeconv.from_micros(a.computed_at_us), dirty=a.dirty)
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1_000_000_000))
+    return value
+
+
+def rollup_status(status) -> pb.GetRollupStatusResponse:
+    response = pb.GetRollupStatusResponse(dirty_buckets=status.dirty_buckets, last_run_buckets=status.last_run_buckets)
+    if status.oldest_dirty_us is not None:
+        response.oldest_dirty_time.CopyFrom(timeconv.from_micros(status.oldest_dirty_us))
+    if status.last_run_us is not None:
+        response.last_run_time.CopyFrom(timeconv.from_micros(status.last_run_us))
+    return response

@@ -9,6 +9,7 @@ from tollgate.usage.v1 import usage_pb2_grpc
 
 from services.usage import grpc_api, tables
 from services.usage.config import Settings
+from services.usage.service import rollups
 
 
 def build(settings: Settings) -> RunningServer:
@@ -27,6 +28,7 @@ def build(settings: Settings) -> RunningServer:
         method_scopes=grpc_api.METHOD_SCOPES,
         authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
         ready=migrate.readiness_check(engine, service="usage", schema=tables.SCHEMA),
+        background=[job for job in [rollups.scheduled_job(sessions, settings.rollup_interval_seconds)] if job],
     )
     running = build_server(spec, address=settings.address, max_workers=settings.workers,
                            metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)

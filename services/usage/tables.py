@@ -1,7 +1,7 @@
 """SQLAlchemy Core tables of the `usage` schema."""
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, MetaData, PrimaryKeyConstraint, String, Table, \
-    Text, UniqueConstraint
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, MetaData, PrimaryKeyConstraint, SmallInteger, \
+    String, Table, Text, UniqueConstraint
 
 from shared.credentials import credentials_table
 
@@ -45,4 +45,42 @@ metrics = Table(
     Column("unit", String(64), nullable=False),
     Column("description", String(1024), nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
+)
+
+
+def _bucket_columns() -> list[Column]:
+    return [Column("tenant_id", String(128), nullable=False), Column("metric", String(128), nullable=False),
+            Column("period", SmallInteger, nullable=False), Column("period_start_us", BigInteger, nullable=False)]
+
+
+# One row per rolled-up bucket (period as the proto Period: 1 hour, 2 day, 3 ISO week, 4 month).
+aggregates = Table(
+    "aggregates",
+    metadata,
+    *_bucket_columns(),
+    Column("total_quantity", BigInteger, nullable=False),
+    Column("event_count", BigInteger, nullable=False),
+    Column("source_hash", String(64), nullable=False),
+    Column("computed_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="aggregates_pkey"),
+    CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),
+)
+
+# The rollup work queue: buckets whose events changed since they were last computed.
+dirty_buckets = Table(
+    "dirty_buckets",
+    metadata,
+    *_bucket_columns(),
+    Column("marked_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="dirty_buckets_pkey"),
+)
+
+# The last rollup run per scope: a tenant id, or "" for runs over every tenant.
+rollup_runs = Table(
+    "rollup_runs",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("last_run_us", BigInteger, nullable=False),
+    Column("last_run_buckets", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", name="rollup_runs_pkey"),
 )

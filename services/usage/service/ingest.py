@@ -5,11 +5,12 @@ from __future__ import annotations
 from shared import auth, timeconv
 from shared.errors import Unavailable
 
-from services.usage import dedup, domain, metrics
-from services.usage.domain import Candidate, EventBatch, EventResult, IngestRules
+from services.usage import buckets, dedup, domain, metrics
+from services.usage.domain import Candidate, EventBatch, EventResult, IngestRules, Verdict
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository import in_transaction
 from services.usage.repository import ingest as ingest_sql
+from services.usage.repository import rollups as rollups_sql
 
 
 def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[EventResult]:
@@ -32,8 +33,13 @@ def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[E
             candidates.append(admitted)
         else:
             results[index] = admitted
+    accepted = set()
     for result in _store(session, batch.tenant_id, candidates, now_us):
         results[result.index] = result
+        if result.verdict is Verdict.ACCEPTED:
+            event = batch.events[result.index]
+            accepted.update((event.metric, period, start) for period, start in buckets.buckets_of(event.occurred_at_us))
+    rollups_sql.mark_dirty(session, batch.tenant_id, accepted, now_us)
     classification_of = {i: catalog[e.metric].name for i, e in enumerate(batch.events) if e.metric in catalog}
     return results, classification_of
 

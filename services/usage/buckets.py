@@ -1,0 +1,57 @@
+"""Rollup bucket math in UTC, on epoch microseconds: pure, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from enum import IntEnum
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+WEEK_US = 7 * DAY_US
+# 1970-01-01 was a Thursday: ISO weeks (Monday 00:00 UTC) are offset by three days from the epoch.
+_MONDAY_OFFSET_US = 3 * DAY_US
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class Period(IntEnum):
+    """Bucket lengths, numbered as the proto Period."""
+
+    HOUR = 1
+    DAY = 2
+    WEEK = 3
+    MONTH = 4
+
+
+def start_of(period: Period, micros: int) -> int:
+    """The start of the bucket of `period` holding the instant `micros`."""
+    if period is Period.HOUR:
+        return micros - micros % HOUR_US
+    if period is Period.DAY:
+        return micros - micros % DAY_US
+    if period is Period.WEEK:
+        return micros - (micros + _MONDAY_OFFSET_US) % WEEK_US
+    moment = _EPOCH + timedelta(microseconds=micros)
+    return _micros(datetime(moment.year, moment.month, 1, tzinfo=timezone.utc))
+
+
+def next_start(period: Period, start_us: int) -> int:
+    """The start of the bucket after the one starting at `start_us`."""
+    if period is Period.HOUR:
+        return start_us + HOUR_US
+    if period is Period.DAY:
+        return start_us + DAY_US
+    if period is Period.WEEK:
+        return start_us + WEEK_US
+    moment = _EPOCH + timedelta(microseconds=start_us)
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return _micros(datetime(year, month, 1, tzinfo=timezone.utc))
+
+
+def buckets_of(micros: int) -> list[tuple[Period, int]]:
+    """(period, start) of the four buckets holding the instant."""
+    return [(period, start_of(period, micros)) for period in Period]
+
+
+def _micros(value: datetime) -> int:
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

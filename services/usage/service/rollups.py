@@ -1,0 +1,155 @@
+"""RunRollup, GetRollupStatus, ListAggregates and the scheduled rollup job."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+
+from shared import auth, pagination, timeconv
+from shared.errors import FieldViolation, InvalidArgument, require
+
+from services.usage.buckets import Period
+from services.usage.domain import MAX_ID_LENGTH
+from services.usage.queries import Page
+from services.usage.repository import in_transaction
+from services.usage.repository import rollups as rollups_sql
+
+log = logging.getLogger(__name__)
+
+CLAIM_SIZE = 100  # buckets per transaction: short transactions, locks held briefly
+
+
+@dataclass(frozen=True)
+class RunReport:
+    buckets_recomputed: int
+    buckets_remaining: int
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class RollupStatus:
+    dirty_buckets: int
+    oldest_dirty_us: int | None
+    last_run_us: int | None
+    last_run_buckets: int
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    tenant_id: str
+    metric: str
+    period: Period
+    period_start_us: int
+    total_quantity: int
+    event_count: int
+    source_hash: str
+    computed_at_us: int
+    dirty: bool
+
+
+def _authorize(tenant_id: str, what: str) -> None:
+    caller = auth.principal()
+    if tenant_id:
+        _check_text("tenant_id", tenant_id)
+        auth.require_tenant(caller, tenant_id)
+    else:
+        auth.require_platform(caller, what)
+
+
+def authorize_purge(tenant_id: str) -> None:
+    """A purge of one tenant needs that tenant's (or a platform) credential; of every tenant, the platform's."""
+    _authorize(tenant_id, "a purge of every tenant")
+
+
+def run_rollup(tenant_id: str, max_buckets: int, *, sessions) -> RunReport:
+    """Recompute dirty buckets of one tenant (or of all, for the platform) now."""
+    _authorize(tenant_id, "a rollup of every tenant")
+    require(max_buckets >= 0, "max_buckets", "must not be negative")
+    return roll_up(sessions, tenant_id or None, max_buckets)
+
+
+def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
+    """Claim and recompute dirty buckets until none is left (or `max_buckets` are done).
+
+    Safe with any number of concurrent workers: on PostgreSQL a claim skips rows another worker
+    holds (FOR UPDATE SKIP LOCKED); SQLite serialises write transactions.
+    """
+    started = time.monotonic()
+    done = 0
+    while not max_buckets or done < max_buckets:
+        size = CLAIM_SIZE if not max_buckets else min(CLAIM_SIZE, max_buckets - done)
+        claimed = in_transaction(sessions, lambda session: _recompute_claimed(session, tenant_id, size))
+        done += claimed
+        if claimed < size:
+            break
+    with sessions.begin() as session:
+        rollups_sql.record_run(session, tenant_id, timeconv.now_micros(), done)
+        remaining, _ = rollups_sql.dirty_summary(session, tenant_id)
+    return RunReport(done, remaining, time.monotonic() - started)
+
+
+def _recompute_claimed(session, tenant_id: str | None, size: int) -> int:
+    now_us = timeconv.now_micros()
+    claimed = rollups_sql.claim_dirty(session, tenant_id, size)
+    for bucket in claimed:
+        rollups_sql.recompute(session, *bucket[:4], now_us)
+        rollups_sql.clear_dirty(session, bucket)
+    return len(claimed)
+
+
+def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
+    _authorize(tenant_id, "the rollup status of every tenant")
+    with sessions.begin() as session:
+        count, oldest = rollups_sql.dirty_summary(session, tenant_id or None)
+        last = rollups_sql.last_run(session, tenant_id or None)
+    return RollupStatus(count, oldest, last[0] if last else None, last[1] if last else 0)
+
+
+def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
+                    page_size: int, page_token: str, sessions) -> Page:
+    """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
+    auth.require_tenant(auth.principal(), tenant_id)
+    _check_text("tenant_id", tenant_id)
+    _check_text("metric", metric)
+    require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
+    if start_us is not None and end_us is not None:
+        require(start_us < end_us, "end_time", "must be after start_time")
+    size = pagination.page_size(page_size)
+    scope = {"tenant": tenant_id, "metric": metric, "period": period, "start": start_us, "end": end_us}
+    position = pagination.decode(page_token, scope)
+    if position is not None and (len(position) != 1 or not isinstance(position[0], int)
+                                 or isinstance(position[0], bool)):
+        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
+    with sessions.begin() as session:
+        rows = rollups_sql.list_aggregates(session, tenant_id, metric, period, start_us, end_us,
+                                           after=position[0] if position else None, limit=size + 1)
+    items = [Aggregate(r.tenant_id, r.metric, Period(r.period), r.period_start_us, r.total_quantity, r.event_count,
+                       r.source_hash, r.computed_at_us, bool(r.dirty)) for r in rows[:size]]
+    token = pagination.encode([items[-1].period_start_us], scope) if len(rows) > size else ""
+    return Page(items, token)
+
+
+def scheduled_job(sessions, interval_seconds: float):
+    """The background job running a rollup of every tenant every `interval_seconds` (None when 0)."""
+    if interval_seconds <= 0:
+        return None
+
+    def job(stopping: threading.Event) -> None:
+        while not stopping.wait(interval_seconds):
+            try:
+                report = roll_up(sessions, None)
+                log.info("rollup", extra={"fields": {"buckets": report.buckets_recomputed,
+                                                     "remaining": report.buckets_remaining}})
+            except sqlalchemy.exc.SQLAlchemyError:
+                log.exception("rollup failed; will retry at the next interval")
+    return job
+
+
+def _check_text(field: str, value: str) -> None:
+    require(bool(value), field, "is required")
+    require(len(value) <= MAX_ID_LENGTH and "\x00" not in value, field,
+            f"must be at most {MAX_ID_LENGTH} characters without NUL")
