@@ -11,6 +11,10 @@ from grpc_status import rpc_status
 from shared import errors
 
 DOMAIN = "tollgate.dev"
+# Statuses travel in HTTP/2 trailers, which peers cap at a few KiB: a request with thousands of bad
+# fields is answered with the first ones and a count, never with trailers too big to deliver.
+MAX_VIOLATIONS = 20
+MAX_MESSAGE = 1024
 
 # Order matters: the first matching class wins.
 _STATUS_BY_ERROR: list[tuple[type[BaseException], grpc.StatusCode]] = [
@@ -49,11 +53,16 @@ def _status(code: grpc.StatusCode, error: BaseException) -> status_pb2.Status:
         message, reason = "database unavailable", "DATABASE_UNAVAILABLE"
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))]
     if isinstance(error, errors.InvalidArgument):
+        shown = error.violations[:MAX_VIOLATIONS]
         violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:200])
+            for v in shown
         ]
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        if len(error.violations) > len(shown):
+            message += f"; and {len(error.violations) - len(shown)} more bad fields"
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+    message = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
 
 

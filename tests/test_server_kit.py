@@ -161,3 +161,19 @@ def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):
         "request_id") == "log-me"]
     assert len(lines) == 1
     assert lines[0]["method"] == "GetUsage" and lines[0]["code"] == "UNAUTHENTICATED"
+
+
+def test_a_request_with_thousands_of_bad_fields_gets_a_bounded_invalid_argument(policy_admin_stub, admin_token):
+    # Statuses travel in trailers: an unbounded list of violations would not be deliverable.
+    roles = [policy_pb2.Role(role_id="R1", feature_caps=[policy_pb2.FeatureCap()] * 2000)]
+    try:
+        policy_admin_stub.ImportRoles(policy_pb2.ImportRolesRequest(roles=roles),
+                                      metadata=support.bearer(admin_token), timeout=10)
+    except grpc.RpcError as error:
+        status = rpc_status.from_call(error)
+        bad = error_details_pb2.BadRequest()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert any(detail.Unpack(bad) for detail in status.details)
+        assert len(bad.field_violations) == 20 and "more bad fields" in status.message
+    else:
+        raise AssertionError("an import of 2,000 empty caps was accepted")
