@@ -58,11 +58,11 @@ def _status(code: grpc.StatusCode, error: BaseException) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:200])
             for v in shown
         ]
-        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
-        if len(error.violations) > len(shown):
-            message += f"; and {len(error.violations) - len(shown)} more bad fields"
         details.append(_pack(error_details_pb2.BadRequest(field_violations=violations)))
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
     message = message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + "..."
+    if isinstance(error, errors.InvalidArgument) and len(error.violations) > MAX_VIOLATIONS:
+        message += f" (and {len(error.violations) - MAX_VIOLATIONS} more bad fields)"
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
 
 
