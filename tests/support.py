@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, replace
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from shared import credentials_cli, migrate
 from scripts.pgcluster import create_postgres_database, drop_postgres_database  # noqa: F401
@@ -72,3 +74,14 @@ def test_settings(settings, **changes):
 
 def channel(port: int) -> grpc.Channel:
     return grpc.insecure_channel(f"127.0.0.1:{port}")
+
+
+def field_violations(error: grpc.RpcError) -> list[str]:
+    """The fields named by the BadRequest detail of a failed call (empty when it has none)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            return [v.field for v in bad.field_violations]
+    return []

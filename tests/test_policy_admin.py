@@ -2,8 +2,6 @@
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from tests import policy_support as ps
 from tests import support
@@ -22,14 +20,7 @@ def version_of(admin, tenant):
     return admin.InspectPolicy(pb.InspectPolicyRequest(tenant_id=tenant)).policy_version
 
 
-def field_violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return [v.field for v in bad.field_violations]
-    return []
+field_violations = support.field_violations
 
 
 def test_policy_version_grows_on_every_admin_write_and_only_then(admin, tenant):

@@ -5,8 +5,6 @@ import threading
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
 from tests import support
@@ -116,14 +114,7 @@ def test_an_external_source_may_emit_a_non_billable_metric(usage_stub, token, te
     assert verdicts(results) == ["ACCEPTED"]
 
 
-def violations(error: grpc.RpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return [v.field for v in bad.field_violations]
-    return []
+violations = support.field_violations
 
 
 @pytest.mark.parametrize("tenant_id,count,field", [("own", 0, "events"), ("own", 1001, "events"),
