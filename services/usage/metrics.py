@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.usage.domain import EventResult, Verdict
 
@@ -27,3 +27,19 @@ def count(results: list[EventResult], classification_of: dict[int, str]) -> None
         EVENTS.labels(verdict, classification).inc(n)
     for reason, n in Tally(r.reason.name for r in results if r.verdict is Verdict.REJECTED).items():
         REJECTIONS.labels(reason).inc(n)
+
+
+ROLLUP_DIRTY_BUCKETS = Gauge(
+    "tollgate_rollup_dirty_buckets",
+    "Rollup buckets waiting to be recomputed, every tenant, as this instance last saw them.",
+)
+ROLLUP_OLDEST_DIRTY_SECONDS = Gauge(
+    "tollgate_rollup_oldest_dirty_seconds",
+    "Age of the oldest dirty rollup bucket (0 when none), as this instance last saw it.",
+)
+
+
+def observe_backlog(dirty_buckets: int, oldest_dirty_us: int | None, now_us: int) -> None:
+    """Record the rollup backlog of every tenant (reads stay exact whatever it is; they get slower)."""
+    ROLLUP_DIRTY_BUCKETS.set(dirty_buckets)
+    ROLLUP_OLDEST_DIRTY_SECONDS.set(0 if oldest_dirty_us is None else max(0, now_us - oldest_dirty_us) / 1e6)

@@ -12,6 +12,7 @@ import sqlalchemy.exc
 from shared import auth, pagination, timeconv
 from shared.errors import FieldViolation, InvalidArgument, require
 
+from services.usage import metrics
 from services.usage.buckets import Period
 from services.usage.domain import MAX_ID_LENGTH
 from services.usage.queries import Page
@@ -86,9 +87,12 @@ def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
         done += claimed
         if claimed < size:
             break
+    now_us = timeconv.now_micros()
     with sessions.begin() as session:
-        rollups_sql.record_run(session, tenant_id, timeconv.now_micros(), done)
-        remaining, _ = rollups_sql.dirty_summary(session, tenant_id)
+        rollups_sql.record_run(session, tenant_id, now_us, done)
+        remaining, oldest = rollups_sql.dirty_summary(session, tenant_id)
+    if tenant_id is None:
+        metrics.observe_backlog(remaining, oldest, now_us)
     return RunReport(done, remaining, time.monotonic() - started)
 
 
@@ -106,6 +110,8 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
     with sessions.begin() as session:
         count, oldest = rollups_sql.dirty_summary(session, tenant_id or None)
         last = rollups_sql.last_run(session, tenant_id or None)
+    if not tenant_id:
+        metrics.observe_backlog(count, oldest, timeconv.now_micros())
     return RollupStatus(count, oldest, last[0] if last else None, last[1] if last else 0)
 
 
