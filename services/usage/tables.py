@@ -64,6 +64,7 @@ aggregates = Table(
     Column("computed_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="aggregates_pkey"),
     CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),
+    Index("aggregates_by_period", "tenant_id", "period", "period_start_us"),
 )
 
 # The rollup work queue: buckets whose events changed since they were last computed.
@@ -83,4 +84,14 @@ rollup_runs = Table(
     Column("last_run_us", BigInteger, nullable=False),
     Column("last_run_buckets", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", name="rollup_runs_pkey"),
+)
+
+# Per tenant, where the raw history starts after a purge (see docs/usage.md, "Purge").
+purge_horizons = Table(
+    "purge_horizons",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("purged_before_us", BigInteger, nullable=False),
+    Column("purged_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", name="purge_horizons_pkey"),
 )
