@@ -48,3 +48,8 @@ def micros_of(value: datetime) -> int:
 
 def now_micros() -> int:
     return micros_of(datetime.now(timezone.utc))
+
+
+def iso(micros: int) -> str:
+    """RFC 3339 in UTC, as grpcurl and protobuf JSON print a Timestamp: 2026-11-01T00:00:00Z."""
+    return from_micros(micros).ToJsonString()

@@ -1,13 +1,13 @@
-"""GetUsage and ListEvents: exact answers from raw events (rollups speed this up later)."""
+"""GetUsage and ListEvents: exact answers at any rollup lag (docs/usage.md, "Reading usage")."""
 
 from __future__ import annotations
 
 from shared import auth, pagination, timeconv
-from shared.errors import FieldViolation, InvalidArgument, require
+from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, require
 
-from services.usage.domain import MAX_ID_LENGTH
+from services.usage import read_plan
+from services.usage.domain import MAX_ID_LENGTH, Classification
 from services.usage.queries import EventFilter, Page, UsageQuery, UsageTotal
-from services.usage.repository import catalog as catalog_sql
 from services.usage.repository import reads as reads_sql
 
 MAX_METRICS = 1000
@@ -25,10 +25,24 @@ def get_usage(query: UsageQuery, *, sessions) -> list[UsageTotal]:
     _check_instant("start_time", query.start_us, required=True)
     _check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
+    by_actor = query.group_by_actor or bool(query.actor_id)
+    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not by_actor)
     with sessions.begin() as session:
-        rows = reads_sql.usage_totals(session, query)
-        catalog = catalog_sql.classifications(session)
-    return [UsageTotal(metric, actor, quantity, count, catalog.get(metric)) for metric, actor, quantity, count in rows]
+        rows, purged_before = reads_sql.usage_totals(session, query, cover)
+    if purged_before is not None and cover.raw_reaches_before(purged_before):
+        raise FailedPrecondition(_purged_message(cover, purged_before, by_actor), reason="RAW_EVENTS_PURGED")
+    return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
+            for metric, actor, quantity, count, classification in rows]
+
+
+def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: bool) -> str:
+    horizon = timeconv.iso(purged_before_us)
+    if by_actor:
+        return (f"per-actor totals are summed from raw events, and this tenant's raw events before {horizon} "
+                f"were purged; use a start_time at or after {horizon}")
+    return (f"this range needs raw events before {horizon}, which were purged for this tenant (only hourly and "
+            f"daily totals remain); use start_time and end_time on whole hours (UTC), or a start_time at or "
+            f"after {horizon}")
 
 
 def list_events(where: EventFilter, *, page_size: int, page_token: str, sessions) -> Page:

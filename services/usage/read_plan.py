@@ -1,0 +1,57 @@
+"""How GetUsage covers [start, end): raw edges, whole hours, whole days. Pure, no I/O.
+
+The range splits into at most five parts, each read from the cheapest source that is exact:
+
+    start   H1        D1                      D2        H2   end
+      |-raw-|--hours--|---------days----------|--hours--|-raw-|
+
+H1 and H2 are the first and last hour boundaries inside the range, D1 and D2 the first and last
+day boundaries inside [H1, H2). A part may be empty. Weeks and months are not used: days keep the
+plan two levels deep, and a year is only 365 day rows per metric. Which hour and day buckets are
+dirty is decided by the database in the same statement (repository/reads.py); this module only
+draws the lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.usage.buckets import DAY_US, HOUR_US
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Ranges of [start, end) by source; bucket ranges hold bucket starts."""
+
+    raw: tuple[tuple[int, int], ...]
+    hours: tuple[tuple[int, int], ...]
+    days: tuple[int, int] | None
+
+    def raw_reaches_before(self, horizon_us: int) -> bool:
+        """True when a raw part starts before `horizon_us`, where raw events may have been purged."""
+        return any(low < horizon_us for low, _ in self.raw)
+
+
+def plan(start_us: int, end_us: int, *, use_aggregates: bool = True) -> ReadPlan:
+    """The cover of [start_us, end_us); without aggregates (per-actor questions), all raw."""
+    first_hour, last_hour = _ceil(start_us, HOUR_US), _floor(end_us, HOUR_US)
+    if not use_aggregates or first_hour >= last_hour:
+        return ReadPlan(raw=((start_us, end_us),), hours=(), days=None)
+    raw = _nonempty((start_us, first_hour), (last_hour, end_us))
+    first_day, last_day = _ceil(first_hour, DAY_US), _floor(last_hour, DAY_US)
+    if first_day >= last_day:
+        return ReadPlan(raw=raw, hours=((first_hour, last_hour),), days=None)
+    return ReadPlan(raw=raw, hours=_nonempty((first_hour, first_day), (last_day, last_hour)),
+                    days=(first_day, last_day))
+
+
+def _floor(micros: int, step: int) -> int:
+    return micros - micros % step
+
+
+def _ceil(micros: int, step: int) -> int:
+    return -_floor(-micros, step)
+
+
+def _nonempty(*ranges: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    return tuple((low, high) for low, high in ranges if low < high)
