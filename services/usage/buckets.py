@@ -52,6 +52,13 @@ def buckets_of(micros: int) -> list[tuple[Period, int]]:
     return [(period, start_of(period, micros)) for period in Period]
 
 
+def reaches_before(micros: int, horizon_us: int) -> bool:
+    """True when a bucket holding the instant starts before `horizon_us` (weeks and months reach furthest)."""
+    if micros >= horizon_us + 31 * DAY_US:  # no week or month is longer: skip the calendar math
+        return False
+    return min(start_of(Period.WEEK, micros), start_of(Period.MONTH, micros)) < horizon_us
+
+
 def _micros(value: datetime) -> int:
     delta = value - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

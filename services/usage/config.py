@@ -59,7 +59,7 @@ class Settings:
             external_prefixes=prefixes,
             rollup_interval_seconds=env_float(env, "USAGE_ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds,
                                               low=0, high=86400),
-            retention_days=env_int(env, "USAGE_RETENTION_DAYS", cls.retention_days, low=1, high=36600),
+            retention_days=env_int(env, "USAGE_RETENTION_DAYS", cls.retention_days, low=0, high=36600),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"USAGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {settings.log_level!r}")

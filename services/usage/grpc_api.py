@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
-
+from shared import timeconv
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 from services.usage import grpc_convert as convert
 from services.usage.domain import IngestRules
 from services.usage.queries import EventFilter, UsageQuery
-from services.usage.service import catalog, ingest, reads, rollups
+from services.usage.service import catalog, ingest, purge, reads, rollups
 
 USAGE = "tollgate.usage.v1.UsageService"
 ADMIN = "tollgate.usage.v1.UsageAdminService"
@@ -37,7 +36,7 @@ def ingest_rules(settings) -> IngestRules:
 
 
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
-    """tollgate.usage.v1.UsageService; RPCs not built yet answer UNIMPLEMENTED."""
+    """tollgate.usage.v1.UsageService."""
 
     def __init__(self, *, sessions, settings):
         self._sessions = sessions
@@ -93,7 +92,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
 
 
 class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
-    """tollgate.usage.v1.UsageAdminService; RPCs not built yet answer UNIMPLEMENTED."""
+    """tollgate.usage.v1.UsageAdminService."""
 
     def __init__(self, *, sessions, settings):
         self._sessions = sessions
@@ -110,9 +109,13 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
                                            duration=convert.duration(report.duration_seconds))
 
     def PurgeEvents(self, request, context):
-        # Who may ask is checked first, so the answer never says more than the caller may know.
-        rollups.authorize_purge(request.tenant_id)
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "PurgeEvents is not built yet (see docs/usage.md)")
+        report = purge.purge_events(request.tenant_id, convert.micros(request.before_time), request.dry_run,
+                                    sessions=self._sessions)
+        response = usage_pb2.PurgeEventsResponse(events_deleted=report.events_deleted,
+                                                 events_kept=report.events_kept, dry_run=report.dry_run)
+        if report.purged_before_us is not None:
+            response.purged_before.CopyFrom(timeconv.from_micros(report.purged_before_us))
+        return response
 
     def GetRollupStatus(self, request, context):
         return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions))

@@ -9,7 +9,9 @@ from tollgate.usage.v1 import usage_pb2_grpc
 
 from services.usage import grpc_api, tables
 from services.usage.config import Settings
-from services.usage.service import rollups
+from services.usage.service import purge, rollups
+
+RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is plenty
 
 
 def build(settings: Settings) -> RunningServer:
@@ -28,7 +30,9 @@ def build(settings: Settings) -> RunningServer:
         method_scopes=grpc_api.METHOD_SCOPES,
         authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
         ready=migrate.readiness_check(engine, service="usage", schema=tables.SCHEMA),
-        background=[job for job in [rollups.scheduled_job(sessions, settings.rollup_interval_seconds)] if job],
+        background=[job for job in [rollups.scheduled_job(sessions, settings.rollup_interval_seconds),
+                                    purge.retention_job(sessions, settings.retention_days, RETENTION_EVERY_SECONDS)]
+                    if job],
     )
     running = build_server(spec, address=settings.address, max_workers=settings.workers,
                            metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy.exc
+from sqlalchemy.dialects import postgresql, sqlite
 
 T = TypeVar("T")
 
@@ -27,3 +28,8 @@ def in_transaction(sessions, work: Callable[..., T], *, attempts: int = 3) -> T:
 
 def is_postgres(session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
+
+
+def dialect_insert(session, table):
+    """INSERT with the dialect's ON CONFLICT clauses (PostgreSQL or SQLite)."""
+    return (postgresql.insert if is_postgres(session) else sqlite.insert)(table)

@@ -10,6 +10,7 @@ from services.usage.domain import Candidate, EventBatch, EventResult, IngestRule
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository import in_transaction
 from services.usage.repository import ingest as ingest_sql
+from services.usage.repository import purge as purge_sql
 from services.usage.repository import rollups as rollups_sql
 
 
@@ -25,10 +26,16 @@ def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[Ev
 def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[EventResult], dict[int, str]]:
     now_us = timeconv.now_micros()
     catalog = catalog_sql.classifications(session)
+    horizon = purge_sql.horizon_for_ingest(session, batch.tenant_id)
     results: list[EventResult | None] = [None] * len(batch.events)
     candidates = []
     for index, event in enumerate(batch.events):
         admitted = domain.admit(index, event, catalog=catalog, rules=rules, now_us=now_us)
+        if horizon is not None and isinstance(admitted, Candidate) and buckets.reaches_before(event.occurred_at_us,
+                                                                                              horizon):
+            admitted = domain.rejected(index, event, domain.RejectReason.TOO_OLD,
+                                       f"occurred_at falls in a week or month whose raw events were purged "
+                                       f"(this tenant's history is final before {timeconv.iso(horizon)})")
         if isinstance(admitted, Candidate):
             candidates.append(admitted)
         else:

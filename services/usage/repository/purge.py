@@ -1,0 +1,100 @@
+"""SQL of purging: the per-tenant horizon, its lock against ingest, and deleting rolled-up raw events."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, func, not_, or_, select, text
+
+from services.usage.buckets import Period, next_start
+from services.usage.repository import dialect_insert, is_postgres
+from services.usage.tables import dirty_buckets, events, purge_horizons
+
+# Ingest holds this lock shared and a purge exclusive, per tenant, so that no batch judged against
+# the old horizon can commit after a purge has moved it (see docs/usage.md, "Purge").
+_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:space, hashtext(:tenant))")
+_LOCK_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant))")
+_LOCK_SPACE = 0x54475048  # "TGPH": keeps these keys apart from any other advisory lock of the database
+
+
+def horizon_for_ingest(session, tenant_id: str) -> int | None:
+    """The tenant's horizon, read after taking the ingest side of the purge lock (PostgreSQL).
+
+    SQLite needs no lock: a write transaction there (BEGIN IMMEDIATE) excludes every other writer.
+    """
+    if is_postgres(session):
+        session.execute(_LOCK_SHARED, {"space": _LOCK_SPACE, "tenant": tenant_id})
+    return horizon(session, tenant_id)
+
+
+def move_horizon(session, tenant_id: str, before_us: int, now_us: int) -> int:
+    """Raise the tenant's horizon to `before_us` (never lower it); return the horizon now in force."""
+    if is_postgres(session):
+        session.execute(_LOCK_EXCLUSIVE, {"space": _LOCK_SPACE, "tenant": tenant_id})
+    upsert = dialect_insert(session, purge_horizons)
+    greatest = func.greatest if is_postgres(session) else func.max
+    session.execute(upsert.on_conflict_do_update(
+        index_elements=["tenant_id"],
+        set_={"purged_before_us": greatest(purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us),
+              "purged_at_us": upsert.excluded.purged_at_us}),
+        dict(tenant_id=tenant_id, purged_before_us=before_us, purged_at_us=now_us))
+    return horizon(session, tenant_id)
+
+
+def horizon(session, tenant_id: str) -> int | None:
+    return session.execute(select(purge_horizons.c.purged_before_us)
+                           .where(purge_horizons.c.tenant_id == tenant_id)).scalar_one_or_none()
+
+
+def tenants_with_events_before(session, before_us: int) -> list[str]:
+    statement = select(events.c.tenant_id).distinct().where(events.c.occurred_at_us < before_us) \
+        .order_by(events.c.tenant_id)
+    return list(session.execute(statement).scalars())
+
+
+def oldest_event_from(session, tenant_id: str, low_us: int | None, before_us: int) -> int | None:
+    """The instant of the tenant's oldest event in [low_us, before_us), or None."""
+    statement = select(func.min(events.c.occurred_at_us)).where(events.c.tenant_id == tenant_id,
+                                                                events.c.occurred_at_us < before_us)
+    if low_us is not None:
+        statement = statement.where(events.c.occurred_at_us >= low_us)
+    return session.execute(statement).scalar_one()
+
+
+def _in_dirty_buckets(session, tenant_id: str, low_us: int, high_us: int):
+    """A condition true for events inside any dirty bucket (of any period) overlapping [low, high)."""
+    marks = session.execute(select(dirty_buckets.c.metric, dirty_buckets.c.period, dirty_buckets.c.period_start_us)
+                            .where(dirty_buckets.c.tenant_id == tenant_id,
+                                   dirty_buckets.c.period_start_us < high_us)).all()
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for metric, period, start in marks:
+        end = next_start(Period(period), start)
+        if end > low_us:
+            spans.setdefault(metric, []).append((start, end))
+    clauses = [and_(events.c.metric == metric, events.c.occurred_at_us >= start, events.c.occurred_at_us < end)
+               for metric, ranges in spans.items() for start, end in _merged(ranges)]
+    return or_(*clauses) if clauses else None
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]
+
+
+def purgeable(session, tenant_id: str, low_us: int, high_us: int, *, delete: bool) -> int:
+    """Delete (or, with delete=False, count) the tenant's events in [low, high) outside dirty buckets."""
+    where = [events.c.tenant_id == tenant_id, events.c.occurred_at_us >= low_us, events.c.occurred_at_us < high_us]
+    dirty = _in_dirty_buckets(session, tenant_id, low_us, high_us)
+    if dirty is not None:
+        where.append(not_(dirty))
+    if delete:
+        return session.execute(events.delete().where(*where)).rowcount
+    return session.execute(select(func.count()).select_from(events).where(*where)).scalar_one()
+
+
+def count_before(session, tenant_id: str, before_us: int) -> int:
+    return session.execute(select(func.count()).select_from(events).where(
+        events.c.tenant_id == tenant_id, events.c.occurred_at_us < before_us)).scalar_one()

@@ -1,0 +1,103 @@
+"""PurgeEvents and the retention job: drop raw events that aggregates cover, keep every total exact.
+
+The rules (docs/usage.md, "Purge"):
+- a purge moves the tenant's horizon H up to the cutoff, then deletes events before H, except
+  those inside a bucket (of any period) that is still dirty: its aggregate does not cover them yet;
+- ingest refuses an event whose week or month starts before H, so a bucket that lost raw events is
+  never recomputed from what is left;
+- a read that needs raw events before H answers FAILED_PRECONDITION instead of a smaller number.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import sqlalchemy.exc
+
+from shared import timeconv
+from shared.errors import require
+
+from services.usage.buckets import DAY_US
+from services.usage.repository import in_transaction
+from services.usage.repository import purge as purge_sql
+from services.usage.service.rollups import authorize_purge
+
+log = logging.getLogger(__name__)
+
+SLICE_US = DAY_US  # events deleted per transaction: one day of a tenant, so locks are held briefly
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    events_deleted: int
+    events_kept: int
+    dry_run: bool
+    purged_before_us: int | None
+
+
+def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions) -> PurgeReport:
+    """Purge one tenant (or, for the platform, every tenant) before `before_us`."""
+    authorize_purge(tenant_id)
+    require(before_us is not None, "before_time", "is required")
+    require(before_us is None or timeconv.MIN_SECONDS * 1_000_000 <= before_us <= timeconv.now_micros(),
+            "before_time", "must be a past timestamp (from year 1 on)")
+    return purge(sessions, tenant_id or None, before_us, dry_run=dry_run)
+
+
+def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False) -> PurgeReport:
+    """Purge the tenant, or every tenant with events before the cutoff; the report sums them."""
+    if tenant_id:
+        return _purge_tenant(sessions, tenant_id, before_us, dry_run)
+    with sessions.begin() as session:
+        tenants = purge_sql.tenants_with_events_before(session, before_us)
+    reports = [_purge_tenant(sessions, tenant, before_us, dry_run) for tenant in tenants]
+    return PurgeReport(sum(r.events_deleted for r in reports), sum(r.events_kept for r in reports), dry_run,
+                       before_us)
+
+
+def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool) -> PurgeReport:
+    if dry_run:
+        with sessions.begin() as session:
+            current = purge_sql.horizon(session, tenant_id)
+        horizon = before_us if current is None else max(before_us, current)
+    else:
+        # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
+        # it, so the marks each slice reads below can only disappear meanwhile, never appear.
+        horizon = in_transaction(sessions, lambda session: purge_sql.move_horizon(
+            session, tenant_id, before_us, timeconv.now_micros()))
+    deleted = _delete_in_slices(sessions, tenant_id, horizon, delete=not dry_run)
+    with sessions.begin() as session:
+        left = purge_sql.count_before(session, tenant_id, horizon)
+    return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, horizon)
+
+
+def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool) -> int:
+    """Delete (or count) the purgeable events before the horizon, a slice per transaction."""
+    done, low = 0, None
+    while True:
+        with sessions.begin() as session:
+            low = purge_sql.oldest_event_from(session, tenant_id, low, horizon_us)
+        if low is None:
+            return done
+        high = min(low + SLICE_US, horizon_us)
+        done += in_transaction(sessions, lambda session: purge_sql.purgeable(
+            session, tenant_id, low, high, delete=delete))
+        low = high
+
+
+def retention_job(sessions, retention_days: int, every_seconds: float):
+    """The background job purging every tenant's events older than `retention_days` (None when 0)."""
+    if retention_days <= 0:
+        return None
+
+    def job(stopping) -> None:
+        while not stopping.wait(every_seconds):
+            cutoff = timeconv.now_micros() - retention_days * DAY_US
+            try:
+                report = purge(sessions, None, cutoff)
+                log.info("retention purge", extra={"fields": {"deleted": report.events_deleted,
+                                                              "kept": report.events_kept}})
+            except sqlalchemy.exc.SQLAlchemyError:
+                log.exception("retention purge failed; will retry at the next interval")
+    return job
