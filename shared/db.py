@@ -69,3 +69,14 @@ def _sqlite_engine(url: str, schema: str) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker:
     """Sessions for use cases: `with sessions.begin() as session: ...`."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker:
+    """Sessions for questions answered by ONE statement, which is its own snapshot on both dialects.
+
+    On PostgreSQL they run in autocommit: no BEGIN and COMMIT round trips around the statement
+    (psycopg switches autocommit on the client, without a round trip of its own).
+    """
+    if is_sqlite(engine):
+        return session_factory(engine)
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

@@ -38,8 +38,9 @@ def ingest_rules(settings) -> IngestRules:
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     """tollgate.usage.v1.UsageService."""
 
-    def __init__(self, *, sessions, settings):
+    def __init__(self, *, sessions, read_sessions, settings):
         self._sessions = sessions
+        self._reads = read_sessions  # GetUsage, ListAggregates and ListEvents are one statement each
         self._settings = settings
         self._rules = ingest_rules(settings)
 
@@ -62,14 +63,14 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request.start_time),
             end_us=convert.micros(request.end_time),
             group_by_actor=request.group_by_actor)
-        totals = reads.get_usage(query, sessions=self._sessions)
+        totals = reads.get_usage(query, sessions=self._reads)
         return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])
 
     def ListAggregates(self, request, context):
         page = rollups.list_aggregates(
             request.tenant_id, request.metric, request.period, convert.micros(request.start_time),
             convert.micros(request.end_time), page_size=request.page_size, page_token=request.page_token,
-            sessions=self._sessions)
+            sessions=self._reads)
         return usage_pb2.ListAggregatesResponse(aggregates=[convert.aggregate(a) for a in page.items],
                                                 next_page_token=page.next_page_token)
 
@@ -80,7 +81,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request.start_time),
             end_us=convert.micros(request.end_time))
         page = reads.list_events(where, page_size=request.page_size, page_token=request.page_token,
-                                 sessions=self._sessions)
+                                 sessions=self._reads)
         return usage_pb2.ListEventsResponse(events=[convert.stored_event(s) for s in page.items],
                                             next_page_token=page.next_page_token)
 
