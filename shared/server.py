@@ -117,24 +117,26 @@ def _thread(name: str, target, *args) -> threading.Thread:
     return threading.Thread(target=target, args=args, name=name, daemon=True)
 
 
-def _set_health(servicer: health.HealthServicer, names: Iterable[str], ready: Callable[[], bool]) -> bool:
+def _set_health(servicer: health.HealthServicer, names: Iterable[str],
+                ready: Callable[[], bool]) -> tuple[bool, str]:
+    """Check readiness and publish it; (ok, why not) — the caller logs changes, not every check."""
     try:
-        ok = ready()
-    except Exception:  # noqa: BLE001 - any failure to check means not ready
-        log.warning("readiness check failed", exc_info=True)
-        ok = False
+        ok, why = ready(), "schema is not at this build's migration head"
+    except Exception as error:  # noqa: BLE001 - any failure to check means not ready
+        ok, why = False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *names]:
         servicer.set(name, status)
-    return ok
+    return ok, "" if ok else why
 
 
 def _watch_health(servicer, spec: ServerSpec, stopping: threading.Event, interval: float) -> None:
     was_ok = None
     while not stopping.wait(interval):
-        ok = _set_health(servicer, spec.service_names, spec.ready)
+        ok, why = _set_health(servicer, spec.service_names, spec.ready)
         if ok != was_ok:
-            log.info("health", extra={"fields": {"service": spec.name, "serving": ok}})
+            fields = {"service": spec.name, "serving": ok} | ({"reason": why} if why else {})
+            (log.info if ok else log.warning)("health", extra={"fields": fields})
             was_ok = ok
 
 
