@@ -23,12 +23,18 @@ def is_sqlite(url_or_engine) -> bool:
     return name == "sqlite"
 
 
-def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate") -> Engine:
-    """An engine whose tables live in `schema` (on SQLite, the file stands for the schema)."""
+def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate",
+                      generic_plans: bool = False) -> Engine:
+    """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
+
+    `generic_plans` (PostgreSQL): statements psycopg has prepared (after 5 runs) reuse one plan
+    instead of being planned again for each call's values. For a large statement with cheap,
+    index-bound execution, such as GetUsage's, planning otherwise costs more than running.
+    """
     url = normalize_url(url)
     if is_sqlite(url):
         return _sqlite_engine(url, schema)
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max(2, pool_size // 2),
@@ -37,6 +43,13 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": application_name},
     )
+    if generic_plans:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET plan_cache_mode = force_generic_plan")
+            dbapi_connection.commit()
+    return engine
 
 
 def _sqlite_engine(url: str, schema: str) -> Engine:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
@@ -13,8 +14,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared import metrics
+from shared import logs, metrics
 from shared.auth import Authenticator
+from shared.config import ConfigError, process_env
 from shared.interceptor import CallInterceptor
 
 log = logging.getLogger("tollgate.server")
@@ -158,3 +160,16 @@ def serve_until_signalled(running: RunningServer, *, grace: float, drain_delay: 
         threading.Event().wait(drain_delay)
     running.stop(grace)
     log.info("stopped")
+
+
+def main(name: str, settings_class, build: Callable) -> int:
+    """The body of `python -m services.<name>`: read settings once, wire, serve until SIGTERM or Ctrl-C."""
+    try:
+        settings = settings_class.from_env(process_env())
+    except ConfigError as error:
+        print(f"{name}: configuration error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    running = build(settings)
+    serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
+    return 0

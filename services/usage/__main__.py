@@ -2,25 +2,10 @@
 
 import sys
 
-from shared import logs
-from shared.config import ConfigError, process_env
-from shared.server import serve_until_signalled
+from shared.server import main
 
 from services.usage.config import Settings
 from services.usage.server import build
 
-
-def main() -> int:
-    try:
-        settings = Settings.from_env(process_env())
-    except ConfigError as error:
-        print(f"usage: configuration error: {error}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level)
-    running = build(settings)
-    serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("usage", Settings, build))

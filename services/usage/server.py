@@ -17,7 +17,7 @@ RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is p
 def build(settings: Settings) -> RunningServer:
     """Connect, wire and start the Usage server on settings.address."""
     engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                               application_name="tollgate-usage")
+                               application_name="tollgate-usage", generic_plans=True)
     sessions = session_factory(engine)
     read_sessions = read_session_factory(engine)
     spec = ServerSpec(

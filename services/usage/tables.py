@@ -34,6 +34,7 @@ events = Table(
     CheckConstraint("quantity > 0", name="events_quantity_positive"),
     Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us"),
     Index("events_by_time", "tenant_id", "occurred_at_us"),
+    Index("events_by_actor", "tenant_id", "actor_id", "occurred_at_us", postgresql_include=["metric", "quantity"]),
 )
 
 # The metric catalog; global (not per tenant), seeded with the default catalog by migration usage_0002.

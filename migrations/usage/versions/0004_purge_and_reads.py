@@ -1,4 +1,4 @@
-"""purge_horizons, an index for range reads of aggregates, and dirty marks for events rolled up by nobody
+"""purge_horizons, indexes for range reads of aggregates and per-actor reads, and dirty marks for events rolled up by nobody
 
 Revision ID: usage_0004
 Revises: usage_0003
@@ -31,6 +31,10 @@ def upgrade() -> None:
     )
     # GetUsage reads one tenant's hour and day buckets of every metric over a range.
     op.create_index("aggregates_by_period", "aggregates", ["tenant_id", "period", "period_start_us"], schema=SCHEMA)
+    # Per-actor totals are summed from raw events (aggregates have no actor): one actor's rows only,
+    # and on PostgreSQL without visiting the table (index-only scan).
+    op.create_index("events_by_actor", "events", ["tenant_id", "actor_id", "occurred_at_us"], schema=SCHEMA,
+                    postgresql_include=["metric", "quantity"])
     _mark_unrolled_events_dirty()
 
 
@@ -56,5 +60,6 @@ def _mark_unrolled_events_dirty() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("events_by_actor", "events", schema=SCHEMA)
     op.drop_index("aggregates_by_period", "aggregates", schema=SCHEMA)
     op.drop_table("purge_horizons", schema=SCHEMA)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
-from sqlalchemy import and_, exists, func, literal, null, or_, select, union_all
+from sqlalchemy import and_, bindparam, exists, func, literal, null, or_, select, union_all
 
 from services.usage.buckets import DAY_US, HOUR_US, Period
 from services.usage.domain import Classification, Event
@@ -20,18 +21,10 @@ def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple
     commit together, as do a recomputed aggregate and the deletion of its mark), and one round trip.
     """
     by_actor = query.group_by_actor or bool(query.actor_id)
-    parts = [_raw_part(query, plan.raw, by_actor)] if plan.raw else []
-    if plan.hours or plan.days:
-        parts += _bucket_parts(query, plan)
-    union = union_all(*parts).subquery("parts")
-    keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
-    totals = select(*keys, func.sum(union.c.quantity), func.sum(union.c.event_count), metrics.c.classification) \
-        .select_from(union.outerjoin(metrics, metrics.c.name == union.c.metric)) \
-        .group_by(*keys, metrics.c.classification).having(func.sum(union.c.event_count) > 0)
-    horizon = select(null(), *([null()] if by_actor else []), purge_horizons.c.purged_before_us, literal(0), null()) \
-        .where(purge_horizons.c.tenant_id == query.tenant_id)
+    statement = _totals_statement(by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw),
+                                  bool(plan.hours or plan.days))
     rows, purged_before = [], None
-    for row in session.execute(union_all(totals, horizon)):
+    for row in session.execute(statement, _parameters(query, plan)):
         if row[0] is None:
             purged_before = int(row[-3])
         else:
@@ -39,32 +32,67 @@ def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple
     return sorted(rows, key=lambda r: (r[0], r[1])), purged_before
 
 
-def _raw_part(query: UsageQuery, ranges, by_actor: bool):
-    """Raw events of the edges (of the whole range, without aggregates)."""
+def _parameters(query: UsageQuery, plan: ReadPlan) -> dict:
+    """The plan as bind parameters of the fixed-shape statement; an absent range is empty, (0, 0)."""
+    raw = list(plan.raw) + [(0, 0)] * (2 - len(plan.raw))
+    hours = list(plan.hours) + [(0, 0)] * (2 - len(plan.hours))
+    days = plan.days or (0, 0)
+    return {"tenant": query.tenant_id, "actor": query.actor_id, "metrics": list(query.metrics),
+            "raw0_lo": raw[0][0], "raw0_hi": raw[0][1], "raw1_lo": raw[1][0], "raw1_hi": raw[1][1],
+            "hour0_lo": hours[0][0], "hour0_hi": hours[0][1], "hour1_lo": hours[1][0], "hour1_hi": hours[1][1],
+            "day_lo": days[0], "day_hi": days[1]}
+
+
+def _within(column, name: str):
+    return and_(column >= bindparam(f"{name}_lo"), column < bindparam(f"{name}_hi"))
+
+
+@functools.cache
+def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int, buckets: bool):
+    """The statement of one shape of question, built once: a call only binds its parameters.
+
+    Shapes differ only where a plan leaves a part out entirely (no raw edge, or one; no whole
+    hour): an always-empty range still costs the planner, and an OR of ranges hides a single
+    range's index scan.
+    """
+    tenant = bindparam("tenant")
+
+    def only(statement, metric_column):
+        return statement.where(metric_column.in_(bindparam("metrics", expanding=True))) if metric_filter \
+            else statement
+
     keys = [events.c.metric] + ([events.c.actor_id] if by_actor else [])
-    statement = select(*keys, func.sum(events.c.quantity).label("quantity"), func.count().label("event_count")) \
-        .where(events.c.tenant_id == query.tenant_id,
-               or_(*[and_(events.c.occurred_at_us >= low, events.c.occurred_at_us < high) for low, high in ranges])) \
-        .group_by(*keys)
-    if query.actor_id:
-        statement = statement.where(events.c.actor_id == query.actor_id)
-    return _only_metrics(statement, events.c.metric, query)
+    parts = []
+    if raw_ranges:
+        ranges = [_within(events.c.occurred_at_us, f"raw{n}") for n in range(raw_ranges)]
+        raw = select(*keys, func.sum(events.c.quantity).label("quantity"), func.count().label("event_count")) \
+            .where(events.c.tenant_id == tenant, or_(*ranges)).group_by(*keys)
+        if actor_filter:
+            raw = raw.where(events.c.actor_id == bindparam("actor"))
+        parts.append(only(raw, events.c.metric))
+    if buckets:
+        parts += [only(part, metric) for part, metric in _bucket_parts(tenant)]
+    union = union_all(*parts).subquery("parts")
+    keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
+    totals = select(*keys, func.sum(union.c.quantity), func.sum(union.c.event_count), metrics.c.classification) \
+        .select_from(union.outerjoin(metrics, metrics.c.name == union.c.metric)) \
+        .group_by(*keys, metrics.c.classification).having(func.sum(union.c.event_count) > 0)
+    horizon = select(null(), *([null()] if by_actor else []), purge_horizons.c.purged_before_us, literal(0), null()) \
+        .where(purge_horizons.c.tenant_id == tenant)
+    return union_all(totals, horizon)
 
 
-def _bucket_parts(query: UsageQuery, plan: ReadPlan) -> list:
-    """Whole hours and days: each from its aggregate when clean, else from the level below.
+def _bucket_parts(tenant) -> list[tuple]:
+    """(statement, its metric column) for whole hours and days: each from its aggregate when clean,
+    else from the level below.
 
     A dirty day is read from its clean hours and the raw events of its dirty hours; a dirty hour
-    (whole, or inside a dirty day) from its raw events. Levels are dirtied and recomputed
-    independently, so each aggregate is trusted only when its own bucket is clean.
+    (an edge hour, or one inside a dirty day) from its raw events. Periods are dirtied and
+    recomputed independently, so each aggregate is trusted only when its own bucket is clean.
     """
-    tenant = query.tenant_id
-    edge_hours = [(low, high) for low, high in plan.hours]
-    days = [plan.days] if plan.days else []
     day_mark, hour_mark = dirty_buckets.alias("day_mark"), dirty_buckets.alias("hour_mark")
-    parts = []
 
-    def clean_aggregates(period: Period, ranges, *, inside_dirty_days: bool = False):
+    def clean(period: Period, *, inside_dirty_days: bool = False):
         statement = select(aggregates.c.metric, func.sum(aggregates.c.total_quantity).label("quantity"),
                            func.sum(aggregates.c.event_count).label("event_count")) \
             .where(aggregates.c.tenant_id == tenant, aggregates.c.period == int(period),
@@ -72,45 +100,36 @@ def _bucket_parts(query: UsageQuery, plan: ReadPlan) -> list:
             .group_by(aggregates.c.metric)
         starts = aggregates.c.period_start_us
         if inside_dirty_days:
-            statement = statement.join_from(aggregates, day_mark, and_(
+            return statement.join_from(aggregates, day_mark, and_(
                 day_mark.c.tenant_id == tenant, day_mark.c.metric == aggregates.c.metric,
                 day_mark.c.period == int(Period.DAY), day_mark.c.period_start_us <= starts,
-                day_mark.c.period_start_us > starts - DAY_US))
-            starts = day_mark.c.period_start_us
-        statement = statement.where(or_(*[and_(starts >= low, starts < high) for low, high in ranges]))
-        return _only_metrics(statement, aggregates.c.metric, query)
+                day_mark.c.period_start_us > starts - DAY_US)).where(_within(day_mark.c.period_start_us, "day"))
+        if period is Period.DAY:
+            return statement.where(_within(starts, "day"))
+        return statement.where(or_(_within(starts, "hour0"), _within(starts, "hour1")))
 
-    if days:
-        parts.append(clean_aggregates(Period.DAY, days))
-        parts.append(clean_aggregates(Period.HOUR, days, inside_dirty_days=True))
-    if edge_hours:
-        parts.append(clean_aggregates(Period.HOUR, edge_hours))
-    # Raw events of dirty hours that are read at hour level: edge hours, and hours of dirty days.
     hour_start = hour_mark.c.period_start_us
-    read_at_hour_level = [and_(hour_start >= low, hour_start < high) for low, high in edge_hours]
-    read_at_hour_level += [and_(hour_start >= low, hour_start < high, exists().where(
+    day_is_dirty = exists().where(
         day_mark.c.tenant_id == tenant, day_mark.c.metric == hour_mark.c.metric, day_mark.c.period == int(Period.DAY),
-        day_mark.c.period_start_us <= hour_start, day_mark.c.period_start_us > hour_start - DAY_US))
-        for low, high in days]
+        day_mark.c.period_start_us <= hour_start, day_mark.c.period_start_us > hour_start - DAY_US)
+    # Raw events of the dirty hours read at hour level: edge hours, and hours of dirty days.
     dirty_hour_events = select(events.c.metric, func.sum(events.c.quantity).label("quantity"),
                                func.count().label("event_count")) \
         .join_from(hour_mark, events, and_(events.c.tenant_id == tenant, events.c.metric == hour_mark.c.metric,
                                            events.c.occurred_at_us >= hour_start,
                                            events.c.occurred_at_us < hour_start + HOUR_US)) \
-        .where(hour_mark.c.tenant_id == tenant, hour_mark.c.period == int(Period.HOUR), or_(*read_at_hour_level)) \
+        .where(hour_mark.c.tenant_id == tenant, hour_mark.c.period == int(Period.HOUR),
+               or_(_within(hour_start, "hour0"), _within(hour_start, "hour1"),
+                   and_(_within(hour_start, "day"), day_is_dirty))) \
         .group_by(events.c.metric)
-    parts.append(_only_metrics(dirty_hour_events, events.c.metric, query))
-    return parts
+    return [(clean(Period.DAY), aggregates.c.metric), (clean(Period.HOUR, inside_dirty_days=True), aggregates.c.metric),
+            (clean(Period.HOUR), aggregates.c.metric), (dirty_hour_events, events.c.metric)]
 
 
-def _marked(period: Period, metric_column, start_column, tenant: str):
+def _marked(period: Period, metric_column, start_column, tenant):
     mark = dirty_buckets.alias("mark")
     return exists().where(mark.c.tenant_id == tenant, mark.c.metric == metric_column,
                           mark.c.period == int(period), mark.c.period_start_us == start_column)
-
-
-def _only_metrics(statement, metric_column, query: UsageQuery):
-    return statement.where(metric_column.in_(query.metrics)) if query.metrics else statement
 
 
 def list_events(session, where: EventFilter, *, after: tuple[int, str] | None, limit: int) -> list[StoredEvent]:
