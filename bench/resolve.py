@@ -8,14 +8,12 @@ with 20 features, 4 roles, a plan, a subscription and 1,000 bindings; it is drop
 
 from __future__ import annotations
 
-import statistics
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import timing
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from shared import credentials, migrate
 from shared.db import create_engine_for
@@ -78,27 +76,10 @@ def _seed(admin, metadata) -> None:
                        metadata=metadata)
 
 
-def _timed(call, count: int) -> list[float]:
-    samples = []
-    for n in range(count):
-        started = time.perf_counter()
-        call(n)
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
-def _concurrent(call, count: int) -> tuple[list[float], float]:
-    """Latencies and throughput with IN_FLIGHT calls outstanding (one thread per slot)."""
-    per_slot = count // IN_FLIGHT
-    started = time.perf_counter()
-    with ThreadPoolExecutor(IN_FLIGHT) as pool:
-        batches = list(pool.map(lambda slot: _timed(lambda n: call(slot * per_slot + n), per_slot), range(IN_FLIGHT)))
-    elapsed = time.perf_counter() - started
-    return [s for batch in batches for s in batch], per_slot * IN_FLIGHT / elapsed
 
 
-def _pct(samples: list[float], q: float) -> float:
-    return statistics.quantiles(samples, n=100)[q - 1] * 1000 if q < 100 else max(samples) * 1000
 
 
 def _measure(channel, metadata) -> None:
@@ -110,12 +91,12 @@ def _measure(channel, metadata) -> None:
     many = lambda n: policy.ResolveModes(pb.ResolveModesRequest(  # noqa: E731
         tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES), metadata=metadata, timeout=5)
     for call in (empty, one, many):
-        _timed(call, WARMUP)
-    rows = [("empty unary (Health/Check), sequential", _timed(empty, SEQUENTIAL), None),
-            ("ResolveMode, sequential", _timed(one, SEQUENTIAL), None),
-            ("ResolveModes (20 features), sequential", _timed(many, SEQUENTIAL // 3), None)]
+        timing.timed(call, WARMUP)
+    rows = [("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
+            ("ResolveMode, sequential", timing.timed(one, SEQUENTIAL), None),
+            ("ResolveModes (20 features), sequential", timing.timed(many, SEQUENTIAL // 3), None)]
     for label, call in ((f"empty unary, {IN_FLIGHT} in flight", empty), (f"ResolveMode, {IN_FLIGHT} in flight", one)):
-        samples, rate = _concurrent(call, CONCURRENT)
+        samples, rate = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
         rows.append((label, samples, rate))
     _report(rows)
 
@@ -126,6 +107,7 @@ def _report(rows) -> None:
     for label, samples, rate in rows:
         reference = base["in flight" if "in flight" in label else "sequential"]
         rate = rate or len(samples) / sum(samples)
-        print(f"{label:44} {_pct(samples, 50):8.3f} {_pct(samples, 99):8.3f} {rate:9.0f} "
-              f"{_pct(samples, 50) / _pct(reference, 50):12.2f} {_pct(samples, 99) / _pct(reference, 99):12.2f}")
+        p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
+        print(f"{label:44} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
+              f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}")
     print("goal: ResolveMode <= 1.3x the empty RPC at p50 and p99")

@@ -79,6 +79,37 @@ def test_recording_usage_for_a_features_metric_raises_it_in_the_ranking(admin, p
     assert parts.usage_score > 0 and parts.mode_score == 2.0
 
 
+def test_a_ranking_reuses_its_usage_then_serves_it_stale_while_refreshing(dbs, usage, admin_token, tenant):
+    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    policy = policy_server.build(support.test_settings(
+        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{usage.port}", usage_token=token,
+        ranking_cache_seconds=1.0))
+    try:
+        with support.channel(policy.port) as channel, support.channel(usage.port) as usage_channel:
+            stub, usage_stub = policy_pb2_grpc.PolicyServiceStub(channel), usage_pb2_grpc.UsageServiceStub(usage_channel)
+            feature_a, feature_b, _ = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel),
+                                                          admin_token), tenant)
+
+            def order() -> list[str]:
+                answer = stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                                 metadata=support.bearer(admin_token), timeout=10)
+                return ours(answer, feature_a, feature_b)
+
+            first = order()
+            record(usage_stub, admin_token, tenant, METRIC_B, 40)
+            reused = order()
+            time.sleep(1.1)
+            stale = order()  # past the cache time: answered at once, from the old totals, while refreshing
+            deadline, refreshed = time.monotonic() + 5, stale
+            while refreshed == stale and time.monotonic() < deadline:
+                time.sleep(0.05)
+                refreshed = order()
+    finally:
+        policy.stop(grace=1)
+    assert first == reused == stale == [feature_a, feature_b]
+    assert refreshed == [feature_b, feature_a]
+
+
 def test_each_ranked_item_shows_the_parts_of_its_score(admin, policy_stub, usage_stub, admin_token, tenant):
     feature_a, _feature_b, _role = setup_tenant(admin, tenant)
     record(usage_stub, admin_token, tenant, METRIC_A, 9, actor="someone-else")

@@ -29,6 +29,7 @@ class Settings:
     cache_poll_seconds: float = 1.0
     usage_cooldown_seconds: float = 2.0
     quota_cache_seconds: float = 2.0
+    ranking_cache_seconds: float = 5.0
 
     @property
     def address(self) -> str:
@@ -58,6 +59,8 @@ class Settings:
             usage_cooldown_seconds=env_float(env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds,
                                              low=0, high=600),
             quota_cache_seconds=env_float(env, "POLICY_QUOTA_CACHE_SECONDS", cls.quota_cache_seconds, low=0, high=3600),
+            ranking_cache_seconds=env_float(env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0,
+                                            high=3600),
             cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
         )
         if settings.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

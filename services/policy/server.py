@@ -13,6 +13,7 @@ from services.policy import grpc_api, tables
 from services.policy.cache import SnapshotCache, VersionPoller
 from services.policy.config import Settings
 from services.policy.repository import chain, snapshot
+from services.policy.service.active import RankingUsage
 from services.policy.service.quotas import QuotaUsage
 from services.policy.usage_client import UsageClient
 
@@ -26,11 +27,12 @@ def build(settings: Settings) -> RunningServer:
     usage = UsageClient(settings.usage_addr, settings.usage_token, max_timeout=settings.usage_timeout_seconds,
                         cooldown=settings.usage_cooldown_seconds)
     quotas = QuotaUsage(usage, ttl=settings.quota_cache_seconds)
+    ranking_usage = RankingUsage(usage, ttl=settings.ranking_cache_seconds)
     spec = ServerSpec(
         name="policy",
         registrations=[
             (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(
-                sessions=sessions, settings=settings, cache=cache, usage=usage, quotas=quotas)),
+                sessions=sessions, settings=settings, cache=cache, usage=ranking_usage, quotas=quotas)),
             (policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
              grpc_api.PolicyAdminApi(sessions=sessions, settings=settings, cache=cache)),
         ],

@@ -1,7 +1,10 @@
 """ListActiveFeatures: a user's features above OFF, ranked by mode and usage (services/policy/ranking.py).
 
-Usage is asked once per call (the tenant's and the user's totals, concurrently) within the
-call's remaining budget; if it cannot answer, the ranking falls back to caps alone.
+Usage is asked for the tenant's and the user's totals, concurrently, within the call's remaining
+budget. The answer is fresh for POLICY_RANKING_CACHE_SECONDS, then served as long again while one
+background call refreshes it: a ranking is a soft signal, and seconds of staleness spare Usage two
+queries per page view and the caller their wait. If Usage cannot answer, the ranking
+falls back to caps alone (a failure is not reused; the client's short circuit handles repeats).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from shared.errors import FieldViolation, InvalidArgument
 from services.policy import metrics, ranking
 from services.policy.cache import SnapshotCache
 from services.policy.domain import HIGHEST, Mode, Resolution
+from services.policy.memo import Memo
 from services.policy.service import access
 from services.policy.service.quotas import QuotaUsage, quota_caps
 from services.policy.usage_client import UsageClient, UsageUnavailable, Window
@@ -39,8 +43,29 @@ def window_seconds(seconds: int, nanos: int) -> int:
     return seconds or DEFAULT_WINDOW_SECONDS
 
 
+class RankingUsage:
+    """The (tenant totals, user totals) of a ranking, fresh for `ttl` seconds per question, then
+    served up to `ttl` more while one background call refreshes them."""
+
+    def __init__(self, client: UsageClient | None, *, ttl: float):
+        self._client = client
+        self._memo: Memo[tuple[dict[str, int], dict[str, int]]] = Memo(ttl, stale_for=ttl)
+
+    def totals(self, tenant_id: str, user_id: str, metric_names: list[str], window: int,
+               budget: float | None) -> tuple[dict[str, int], dict[str, int]]:
+        def ask(budget: float | None):
+            if self._client is None:
+                raise UsageUnavailable("no usage service configured")
+            now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
+            return tuple(self._client.many_totals(
+                tenant_id=tenant_id, metrics=metric_names, window=Window(now_us - window * 1_000_000, now_us + 1),
+                actor_ids=["", user_id], budget=budget))
+        return self._memo.get((tenant_id, user_id, tuple(metric_names), window), lambda: ask(budget),
+                              refresh=lambda: ask(None))
+
+
 def list_active_features(tenant_id: str, user_id: str, window: int, *, cache: SnapshotCache,
-                         usage: UsageClient | None, quotas: QuotaUsage, caller: Principal,
+                         usage: RankingUsage, quotas: QuotaUsage, caller: Principal,
                          budget: float | None) -> ActiveFeatures:
     """Features whose effective mode is above OFF, best first, ties by feature id."""
     access.tenant(caller, tenant_id)
@@ -53,10 +78,8 @@ def list_active_features(tenant_id: str, user_id: str, window: int, *, cache: Sn
                    for feature_id in sorted(snapshot.features)]
     active = [r for r in resolutions if r.effective > Mode.OFF]
     metric_names = sorted({m for r in active for m in snapshot.features[r.feature_id].metrics})
-    now_us = int(datetime.now(timezone.utc).timestamp() * 1_000_000)
     try:
-        tenant_totals, user_totals = _totals(usage, tenant_id, user_id, metric_names,
-                                             Window(now_us - window * 1_000_000, now_us + 1), budget)
+        tenant_totals, user_totals = usage.totals(tenant_id, user_id, metric_names, window, budget)
         available, reason = True, ""
     except UsageUnavailable as error:
         metrics.USAGE_FALLBACKS.labels("ranking").inc()
@@ -72,11 +95,3 @@ def list_active_features(tenant_id: str, user_id: str, window: int, *, cache: Sn
     items.sort(key=lambda item: order[item[0].feature_id])
     return ActiveFeatures(items, available, reason, snapshot.version)
 
-
-def _totals(usage: UsageClient | None, tenant_id: str, user_id: str, metric_names: list[str], window: Window,
-            budget: float | None) -> tuple[dict[str, int], dict[str, int]]:
-    if usage is None:
-        raise UsageUnavailable("no usage service configured")
-    tenant_totals, user_totals = usage.many_totals(tenant_id=tenant_id, metrics=metric_names, window=window,
-                                                   actor_ids=["", user_id], budget=budget)
-    return tenant_totals, user_totals

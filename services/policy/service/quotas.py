@@ -6,12 +6,11 @@ the quota fails open (no cap, said in the basis) unless the plan marks it fail_c
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import datetime, timezone
 
 from services.policy import metrics
 from services.policy.domain import HIGHEST, Cap, CapSource
+from services.policy.memo import Memo
 from services.policy.model import ACTIVE_STATUSES, QuotaLimit, Snapshot
 from services.policy.usage_client import UsageClient, UsageUnavailable, Window
 
@@ -37,27 +36,18 @@ class QuotaUsage:
     """Period usage per (tenant, metric, period), kept for `ttl` seconds so resolves stay fast."""
 
     def __init__(self, client: UsageClient | None, *, ttl: float):
-        self._client, self._ttl = client, ttl
-        self._seen: dict[tuple[str, str, int], tuple[float, int]] = {}
-        self._lock = threading.Lock()
+        self._client = client
+        self._memo: Memo[int] = Memo(ttl)
 
     def used(self, tenant_id: str, quota: QuotaLimit, *, budget: float | None) -> int:
         """The tenant's usage of the quota's metric in the current period; UsageUnavailable if unknown."""
-        key, now = (tenant_id, quota.metric, quota.period), time.monotonic()
-        with self._lock:
-            cached = self._seen.get(key)
-        if cached and now - cached[0] < self._ttl:
-            return cached[1]
-        if self._client is None:
-            raise UsageUnavailable("no usage service configured")
-        window = period_window(quota.period, datetime.now(timezone.utc))
-        used = self._client.totals(tenant_id=tenant_id, metrics=[quota.metric], window=window,
-                                   budget=budget).get(quota.metric, 0)
-        with self._lock:
-            if len(self._seen) > 100_000:
-                self._seen.clear()
-            self._seen[key] = (now, used)
-        return used
+        def ask() -> int:
+            if self._client is None:
+                raise UsageUnavailable("no usage service configured")
+            window = period_window(quota.period, datetime.now(timezone.utc))
+            return self._client.totals(tenant_id=tenant_id, metrics=[quota.metric], window=window,
+                                       budget=budget).get(quota.metric, 0)
+        return self._memo.get((tenant_id, quota.metric, quota.period), ask)
 
 
 def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, *, budget: float | None) -> list[Cap]:
