@@ -1,0 +1,42 @@
+"""Paths, constants and readers shared by the deployment tests (test_deploy_*.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OVERLAYS = ["dev", "production"]
+K8S_VERSION = "1.37.0"
+SERVICES = {
+    "usage": {"port": 50051, "metrics": 9464, "health": "tollgate.usage.v1.UsageService", "prefix": "USAGE_"},
+    "policy": {"port": 50052, "metrics": 9465, "health": "tollgate.policy.v1.PolicyService", "prefix": "POLICY_"},
+}
+PLACEHOLDER = "REPLACE_ME"
+
+
+def env_variables(service: str) -> set[str]:
+    """Every variable a service's config.py reads (POLICY_USAGE_TOKEN also as ..._FILE)."""
+    source = (ROOT / "services" / service / "config.py").read_text()
+    names = set(re.findall(rf'"({service.upper()}_[A-Z_]+)"', source))
+    return names | {f"{name}_FILE" for name in names if name.endswith("_TOKEN")}
+
+
+def check_compose(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+                          capture_output=True, text=True)
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker/compose.yaml").read_text())
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any service setting (a subprocess reads only what it is given)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("USAGE_", "POLICY_"))}
