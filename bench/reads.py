@@ -1,0 +1,318 @@
+"""Rollup of a cold backlog and GetUsage latency, each beside its reference measured in the same run.
+
+One fresh PostgreSQL database holds EVENTS events of 100 tenants over 35 days ending now (five
+metrics of the default catalog, eight actors), written straight into usage.events with COPY in
+time order (as live ingest leaves the heap), plus the dirty marks ingest would have written (every
+event's hour, day, ISO week and month). It is dropped at the end, also after a failure.
+
+1. Data generation, in events/s (COPY into the table without its indexes, then the indexes rebuilt,
+   two at a time).
+2. Cold backlog: services.usage.service.rollups.roll_up(sessions, None) over every dirty bucket,
+   beside the bare hourly GROUP BY over the same rows (its result consumed on the server, so that
+   neither side pays for shipping rows to Python; run before and after the rollup, averaged); then no
+   dirty bucket may be left and each period's aggregates must add up to the events. For scale, the
+   write part alone: the same aggregates upserted again in one statement.
+3. A 30-day GetUsage through gRPC (every metric, [now - 30 d, now): edges not bucket-aligned) over
+   rotating tenants, beside (a) the raw GROUP BY of the same question run directly on PostgreSQL and
+   (b) an empty unary RPC on the same server (grpc.health.v1.Health/Check). GetUsage's answers must
+   equal the raw GROUP BY's.
+4. The same GetUsage after LATE_EVENTS late events recorded through RecordEvents without a rollup:
+   reads stay exact with dirty buckets.
+Latencies are of sequential calls; a case stops after CASE_SECONDS if it is slow (at least 200 calls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+import psycopg
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import MetaData
+
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from shared import credentials, migrate
+from shared.db import create_engine_for, normalize_url, session_factory
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+from services.usage import server as usage_server
+from services.usage.buckets import DAY_US, HOUR_US
+from services.usage.catalog import DEFAULT_CATALOG
+from services.usage.config import Settings
+from services.usage.repository.ingest import COLUMNS
+from services.usage.service import rollups
+
+EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "2000000"))
+TENANTS = [f"tenant-{n:03d}" for n in range(100)]
+METRICS = ["api.requests", "leads.processed", "scoring.requests", "voice.minutes.authorized", "sla.timers.started"]
+ACTORS = [f"user-{n}" for n in range(8)]
+DAYS = 35
+CALLS, WARMUP, RAW_CALLS, CHECKED_TENANTS, LATE_EVENTS = 3000, 100, 600, 10, 400
+CASE_SECONDS = float(os.environ.get("BENCH_READS_CASE_SECONDS", "20"))  # a slow case stops early (>= 200 calls)
+_CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG}
+_GROUP_BY_HOUR = ('SELECT count(*), sum(q), sum(n) FROM (SELECT tenant_id, metric, '
+                  'occurred_at_us - occurred_at_us % 3600000000, sum(quantity) AS q, count(*) AS n '
+                  'FROM "usage".events GROUP BY 1, 2, 3) AS hours')
+_RAW_30_DAYS = ('SELECT metric, sum(quantity), count(*) FROM "usage".events '
+                'WHERE tenant_id = %s AND occurred_at_us >= %s AND occurred_at_us < %s GROUP BY metric')
+# The marks RecordEvents writes for each accepted event (services/usage/service/ingest.py), set-based.
+_MARK_EVERY_BUCKET = """
+INSERT INTO "usage".dirty_buckets (tenant_id, metric, period, period_start_us, marked_at_us)
+SELECT DISTINCT tenant_id, metric, b.period, b.start, %(now)s::bigint
+FROM (SELECT DISTINCT tenant_id, metric, occurred_at_us - occurred_at_us %% 3600000000 AS hour
+      FROM "usage".events) AS h
+CROSS JOIN LATERAL (VALUES
+    (1, h.hour),
+    (2, h.hour - h.hour %% 86400000000),
+    (3, h.hour - (h.hour + 259200000000) %% 604800000000),
+    (4, (extract(epoch FROM date_trunc('month', to_timestamp(h.hour / 1e6) AT TIME ZONE 'UTC'))
+         * 1000000)::bigint)) AS b (period, start)
+"""
+
+
+def run(admin_url: str) -> None:
+    url = create_postgres_database(admin_url, prefix="tollgate_bench")
+    try:
+        migrate.upgrade("usage", url)
+        now_us = int(time.time() * 1_000_000)
+        _generate(url, now_us)
+        _cold_backlog(url)
+        running = usage_server.build(replace(Settings(), database_url=url, host="127.0.0.1", port=0,
+                                             metrics_port=None, rollup_interval_seconds=0, log_level="WARNING"))
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+                    psycopg.connect(_pg(url), autocommit=True) as raw:
+                _reads(channel, (("authorization", f"Bearer {_token(url)}"),), raw)
+        finally:
+            running.stop(grace=1)
+    finally:
+        drop_postgres_database(admin_url, url)
+
+
+def _pg(url: str) -> str:
+    return normalize_url(url).replace("postgresql+psycopg://", "postgresql://")
+
+
+def _lines(now_us: int, first: int, count: int) -> str:
+    """COPY text of events first..first+count-1: in time order, tenants and metrics spread evenly."""
+    start_us, step = now_us - DAYS * DAY_US, DAYS * DAY_US // EVENTS
+    lines = []
+    for n in range(first, first + count):
+        mixed = (n * 2654435761) & 0xFFFFFFFF
+        tenant, metric, actor = TENANTS[mixed % 100], METRICS[mixed // 100 % 5], ACTORS[mixed // 500 % 8]
+        quantity, at_us = 1 + mixed // 4000 % 10, start_us + n * step + mixed % step
+        content = hashlib.sha256(f"{metric}\0{quantity}\0{at_us}\0{actor}\0bench\0\0".encode()).hexdigest()
+        lines.append(f"{tenant}\te{n:09d}\t{metric}\t{quantity}\t{at_us}\t{actor}\tbench\t\\N\t\\N\t\\N\t"
+                     f"{_CLASSIFICATION[metric]}\t{content}\t{at_us}\n")
+    return "".join(lines)
+
+
+def _generate(url: str, now_us: int) -> None:
+    """Events by COPY into the bare table, indexes rebuilt, dirty marks as ingest writes them."""
+    steps = {}
+    with psycopg.connect(_pg(url), autocommit=True) as connection:
+        connection.execute("SET work_mem = '256MB'")
+        connection.execute("SET jit = off")
+        started = time.perf_counter()
+        indexes = _drop_indexes(connection)
+        with connection.cursor() as cursor, cursor.copy(f'COPY "usage".events ({", ".join(COLUMNS)}) FROM STDIN') \
+                as copy:
+            for first in range(0, EVENTS, 50_000):
+                copy.write(_lines(now_us, first, min(50_000, EVENTS - first)))
+        steps["COPY"] = time.perf_counter() - started
+        _rebuild_indexes(url, connection, indexes)
+        steps["indexes"] = time.perf_counter() - started - sum(steps.values())
+        connection.execute(_MARK_EVERY_BUCKET, {"now": now_us})
+        steps["dirty marks"] = time.perf_counter() - started - sum(steps.values())
+        connection.execute('VACUUM ANALYZE "usage".events')
+        connection.execute('VACUUM ANALYZE "usage".dirty_buckets')
+        steps["VACUUM ANALYZE"] = time.perf_counter() - started - sum(steps.values())
+        dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+    elapsed = sum(steps.values())
+    print(f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {len(ACTORS)} actors, "
+          f"{DAYS} days ending now; {dirty:,} dirty buckets")
+    print(f"  generated in {elapsed:.1f} s: {EVENTS / elapsed:,.0f} events/s ("
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()) + ")")
+
+
+def _drop_indexes(connection) -> list[tuple]:
+    """Drop the indexes (and the unique constraints they back) of usage.events; return how to rebuild them."""
+    indexes = connection.execute(
+        "SELECT index.relname, pg_get_indexdef(index.oid), con.conname, con.contype FROM pg_index AS x "
+        "JOIN pg_class AS index ON index.oid = x.indexrelid "
+        "LEFT JOIN pg_constraint AS con ON con.conindid = x.indexrelid AND con.conrelid = x.indrelid "
+        "WHERE x.indrelid = '\"usage\".events'::regclass").fetchall()
+    for name, _, constraint, _ in indexes:
+        connection.execute(f'ALTER TABLE "usage".events DROP CONSTRAINT "{constraint}"' if constraint
+                           else f'DROP INDEX "usage"."{name}"')
+    return indexes
+
+
+def _rebuild_indexes(url: str, connection, indexes: list[tuple]) -> None:
+    """Build the indexes two at a time (one connection each), then attach the constraints to theirs."""
+    def build(definition: str) -> None:
+        with psycopg.connect(_pg(url), autocommit=True) as builder:
+            builder.execute("SET maintenance_work_mem = '256MB'")
+            builder.execute(definition)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(build, [definition for _, definition, _, _ in indexes]))
+    for name, _, constraint, kind in indexes:
+        if constraint:
+            connection.execute(f'ALTER TABLE "usage".events ADD CONSTRAINT "{constraint}" '
+                               f'{"PRIMARY KEY" if kind == "p" else "UNIQUE"} USING INDEX "{name}"')
+
+
+def _cold_backlog(url: str) -> None:
+    """roll_up over every dirty bucket beside the bare hourly GROUP BY (measured before and after it)."""
+    engine = create_engine_for(url, schema="usage", pool_size=2)
+    try:
+        with psycopg.connect(_pg(url), autocommit=True) as connection:
+            dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+            before = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
+            report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None))
+            after = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
+            left = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+            _check_periods(connection)
+            floor = _timed_once(lambda: _upsert_again(connection))
+    finally:
+        engine.dispose()
+    group_by, rollup = (before[0] + after[0]) / 2, report[0]
+    assert left == 0 and report[1].buckets_remaining == 0, f"{left} dirty buckets left after the rollup"
+    print(f"cold backlog: {dirty:,} dirty buckets over {EVENTS:,} events")
+    print(f"  roll_up(sessions, None)                {rollup:8.2f} s   {report[1].buckets_recomputed:,} buckets, "
+          f"{report[1].buckets_recomputed / rollup:,.0f} buckets/s; 0 dirty left")
+    print(f"  bare GROUP BY hour (before / after)    {group_by:8.2f} s   ({before[0]:.2f} / {after[0]:.2f})")
+    print(f"  speed relative to the GROUP BY         {group_by / rollup:8.2f}x  (goal >= 0.5x)")
+    print(f"  for scale: upserting the same {dirty:,} aggregates again, one statement, nothing computed "
+          f"{floor[0]:6.2f} s ({floor[0] / group_by:.2f}x the GROUP BY)")
+
+
+def _check_periods(connection) -> None:
+    """Each period's aggregates add up to the events table: every event counted once per period."""
+    expected = connection.execute('SELECT sum(quantity), count(*) FROM "usage".events').fetchone()
+    for period, quantity, count in connection.execute(
+            'SELECT period, sum(total_quantity), sum(event_count) FROM "usage".aggregates GROUP BY period'):
+        assert (quantity, count) == expected, f"period {period} sums to {(quantity, count)}, events to {expected}"
+
+
+def _upsert_again(connection) -> None:
+    """The write part of a rollup alone: every aggregate upserted again from a copy, in one statement."""
+    with connection.transaction():
+        connection.execute('CREATE TEMP TABLE aggregates_copy ON COMMIT DROP AS SELECT * FROM "usage".aggregates')
+        connection.execute('TRUNCATE "usage".aggregates')
+        connection.execute(
+            'INSERT INTO "usage".aggregates SELECT * FROM aggregates_copy ORDER BY 1, 2, 3, 4 '
+            "ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET "
+            "total_quantity = excluded.total_quantity, event_count = excluded.event_count, "
+            "source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us")
+
+
+def _timed_once(call) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = call()
+    return time.perf_counter() - started, result
+
+
+def _token(url: str) -> str:
+    engine = create_engine_for(url, schema="usage", pool_size=1)
+    token, token_id, secret_hash = credentials.mint()
+    credentials.store(engine, credentials.credentials_table(MetaData(schema="usage")), token_id=token_id,
+                      secret_hash=secret_hash, tenant_id=None, scopes=frozenset({"usage:read", "usage:write"}),
+                      label="bench")
+    engine.dispose()
+    return token
+
+
+def _reads(channel, metadata, raw) -> None:
+    """GetUsage over 30 days beside the raw scan and an empty RPC; again after late events."""
+    usage, health = usage_pb2_grpc.UsageServiceStub(channel), health_pb2_grpc.HealthStub(channel)
+    now_us = int(time.time() * 1_000_000)
+    start_us = now_us - 30 * DAY_US
+
+    def get_usage(n: int) -> dict:
+        response = usage.GetUsage(u.GetUsageRequest(tenant_id=TENANTS[n % len(TENANTS)], start_time=_ts(start_us),
+                                                    end_time=_ts(now_us)), metadata=metadata, timeout=10)
+        return {t.metric: (t.quantity, t.event_count) for t in response.totals}
+
+    def raw_scan(n: int) -> dict:
+        rows = raw.execute(_RAW_30_DAYS, (TENANTS[n % len(TENANTS)], start_us, now_us), prepare=True).fetchall()
+        return {metric: (int(quantity), count) for metric, quantity, count in rows}
+
+    def empty(n: int) -> None:
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+
+    _check_exact(get_usage, raw_scan, range(CHECKED_TENANTS))
+    for call in (empty, get_usage, raw_scan):
+        _timed(call, WARMUP)
+    rows = [("empty unary (Health/Check)", _timed(empty, CALLS)),
+            ("GetUsage 30 days, all metrics", _timed(get_usage, CALLS)),
+            ("raw GROUP BY metric on PostgreSQL", _timed(raw_scan, RAW_CALLS))]
+    late = _record_late_events(usage, metadata, now_us)
+    dirty = raw.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+    _check_exact(get_usage, raw_scan, range(CHECKED_TENANTS))
+    rows.append((f"GetUsage with a dirty backlog ({dirty:,} buckets)", _timed(get_usage, CALLS)))
+    _report_reads(rows, late)
+
+
+def _check_exact(get_usage, raw_scan, tenants) -> None:
+    for n in tenants:
+        answer, expected = get_usage(n), raw_scan(n)
+        assert answer == expected, f"GetUsage of {TENANTS[n]} differs from the raw GROUP BY: {answer} != {expected}"
+
+
+def _record_late_events(usage, metadata, now_us: int) -> int:
+    """LATE_EVENTS events through RecordEvents, spread over the tenants and the last 30 days; no rollup."""
+    per_tenant = LATE_EVENTS // len(TENANTS)
+    for n, tenant in enumerate(TENANTS):
+        request = u.RecordEventsRequest(tenant_id=tenant)
+        for k in range(per_tenant):
+            at_us = now_us - (1 + (n * per_tenant + k) * 7919 % (29 * 24)) * HOUR_US - k * 60_000_000
+            event = request.events.add(event_id=f"late-{n}-{k}", metric=METRICS[k % len(METRICS)], quantity=1 + k,
+                                       actor_id=ACTORS[k % len(ACTORS)], source_service="bench")
+            event.occurred_at.CopyFrom(_ts(at_us))
+        response = usage.RecordEvents(request, metadata=metadata, timeout=30)
+        assert all(r.verdict == u.VERDICT_ACCEPTED for r in response.results), "a late event was not accepted"
+    return per_tenant * len(TENANTS)
+
+
+def _timed(call, count: int) -> list[float]:
+    """Latencies of `count` sequential calls, or of as many as fit in CASE_SECONDS (at least 200)."""
+    samples, deadline = [], time.perf_counter() + CASE_SECONDS
+    for n in range(count):
+        started = time.perf_counter()
+        call(n)
+        samples.append(time.perf_counter() - started)
+        if n >= 200 and started > deadline:
+            break
+    return samples
+
+
+def _pct(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100)[q - 1] * 1000
+
+
+def _report_reads(rows, late: int) -> None:
+    (_, empty), (_, get_usage), (_, raw), (_, dirty) = rows
+    print(f"reads: one tenant, every metric, [now - 30 d, now); {len(TENANTS)} tenants in rotation, answers checked "
+          f"against the raw GROUP BY")
+    print(f"  {'case':52} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
+    for label, samples in rows:
+        print(f"  {label:52} {_pct(samples, 50):8.3f} {_pct(samples, 99):8.3f} {len(samples):6}")
+    print(f"  GetUsage p99 / empty RPC p99                     {_pct(get_usage, 99) / _pct(empty, 99):8.2f}x  "
+          f"(goal <= 2x)")
+    print(f"  raw scan / GetUsage, p50 and p99                 {_pct(raw, 50) / _pct(get_usage, 50):8.1f}x "
+          f"{_pct(raw, 99) / _pct(get_usage, 99):6.1f}x  (goal >= 10x)")
+    print(f"  with a dirty backlog ({late} late events recorded, no rollup): p99 / empty p99 "
+          f"{_pct(dirty, 99) / _pct(empty, 99):.2f}x, raw / GetUsage p50 {_pct(raw, 50) / _pct(dirty, 50):.1f}x")
+
+
+def _ts(micros: int) -> Timestamp:
+    return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
