@@ -102,8 +102,8 @@ def _bucket_parts(tenant) -> list[tuple]:
         if inside_dirty_days:
             return statement.join_from(aggregates, day_mark, and_(
                 day_mark.c.tenant_id == tenant, day_mark.c.metric == aggregates.c.metric,
-                day_mark.c.period == int(Period.DAY), day_mark.c.period_start_us <= starts,
-                day_mark.c.period_start_us > starts - DAY_US)).where(_within(day_mark.c.period_start_us, "day"))
+                day_mark.c.period == int(Period.DAY), starts >= day_mark.c.period_start_us,
+                starts < day_mark.c.period_start_us + DAY_US)).where(_within(day_mark.c.period_start_us, "day"))
         if period is Period.DAY:
             return statement.where(_within(starts, "day"))
         return statement.where(or_(_within(starts, "hour0"), _within(starts, "hour1")))
