@@ -139,9 +139,11 @@ def scraped(own_dbs) -> Scrapes:
               support.make_token(own_dbs, tenant=None, scopes=["usage:read"], service="usage"))
     ports = [free_port() for _ in range(4)]
     usage = fault_support.start_usage(own_dbs.usage_url, ports[0], wait=False, metrics_port=ports[1])
-    # A generous Usage deadline: only a stopped Usage, never a busy test machine, may cause the fallback.
+    # A generous Usage deadline: only a stopped Usage, never a busy test machine, may cause the fallback;
+    # no reuse of ranking usage, so the ranking after Usage stops asks it (and falls back).
     policy = fault_support.start_policy(own_dbs.policy_url, ports[2], f"127.0.0.1:{ports[0]}", tokens[2],
-                                        wait=False, metrics_port=ports[3], usage_timeout_seconds=5)
+                                        wait=False, metrics_port=ports[3], usage_timeout_seconds=5,
+                                        ranking_cache_seconds=0)
     try:
         for port in (ports[0], ports[2]):
             assert wait_for_health(port, fault_support.SERVING, timeout=30) == fault_support.SERVING
