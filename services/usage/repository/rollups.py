@@ -137,7 +137,10 @@ FROM marks AS m LEFT JOIN totals AS t ON t.series = m.series AND t.period = m.pe
 # For a backlog: the planner's row estimates for these CTEs are off by orders of magnitude, and a sort of
 # millions of rows spills to disk; it is told to aggregate and join by hashing, in memory.
 _SCAN_SETTINGS = ("work_mem = '256MB'", "enable_sort = off", "enable_mergejoin = off")
-_APPLY_SETTINGS = ("jit = off", "enable_memoize = off")
+_APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force_custom_plan")
+# Usage's connections plan prepared statements once (generic plans, for GetUsage); a pass and its
+# applies are big, run rarely and depend on their values, so they are planned for each run.
+_PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan")
 # Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
 # marks a bucket again writes a new version), skipping those another transaction holds; delete them and
 # upsert their buckets, in one statement.
@@ -175,7 +178,7 @@ def compute_pass(session, tenant_id: str | None, limit: int, *, scan: bool) -> i
     statement = _PASS.format(hours=hours, scope="WHERE tenant_id = :tenant" if tenant_id else "")
     session.execute(text(_WORK_DDL))
     session.execute(text(f"TRUNCATE {_WORK} RESTART IDENTITY"))
-    for setting in ("jit = off",) + (_SCAN_SETTINGS if scan else ()):
+    for setting in _PASS_SETTINGS + (_SCAN_SETTINGS if scan else ()):
         session.execute(text(f"SET LOCAL {setting}"))
     found = session.execute(text(statement), {"tenant": tenant_id, "limit": limit}).rowcount
     session.execute(text(f"ANALYZE {_WORK}"))
