@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from shared import timeconv
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 from services.usage import grpc_convert as convert
@@ -110,13 +109,8 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
                                            duration=convert.duration(report.duration_seconds))
 
     def PurgeEvents(self, request, context):
-        report = purge.purge_events(request.tenant_id, convert.micros(request.before_time), request.dry_run,
-                                    sessions=self._sessions)
-        response = usage_pb2.PurgeEventsResponse(events_deleted=report.events_deleted,
-                                                 events_kept=report.events_kept, dry_run=report.dry_run)
-        if report.purged_before_us is not None:
-            response.purged_before.CopyFrom(timeconv.from_micros(report.purged_before_us))
-        return response
+        return convert.purge_report(purge.purge_events(request.tenant_id, convert.micros(request.before_time),
+                                                       request.dry_run, sessions=self._sessions))
 
     def GetRollupStatus(self, request, context):
         return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions))

@@ -106,3 +106,11 @@ def rollup_status(status) -> pb.GetRollupStatusResponse:
     if status.last_run_us is not None:
         response.last_run_time.CopyFrom(timeconv.from_micros(status.last_run_us))
     return response
+
+
+def purge_report(report) -> pb.PurgeEventsResponse:
+    response = pb.PurgeEventsResponse(events_deleted=report.events_deleted, events_kept=report.events_kept,
+                                      dry_run=report.dry_run)
+    if report.purged_before_us is not None:
+        response.purged_before.CopyFrom(timeconv.from_micros(report.purged_before_us))
+    return response

@@ -18,6 +18,11 @@ class UsageQuery:
     actor_id: str = ""
     group_by_actor: bool = False
 
+    @property
+    def by_actor(self) -> bool:
+        """Answered per actor (one named, or grouped): from raw events, aggregates have no actor."""
+        return self.group_by_actor or bool(self.actor_id)
+
 
 @dataclass(frozen=True, slots=True)
 class UsageTotal:

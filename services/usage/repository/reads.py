@@ -20,7 +20,7 @@ def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple
     One statement, so one snapshot on both dialects (a dirty mark and the events that made it
     commit together, as do a recomputed aggregate and the deletion of its mark), and one round trip.
     """
-    by_actor = query.group_by_actor or bool(query.actor_id)
+    by_actor = query.by_actor
     statement = _totals_statement(by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw),
                                   bool(plan.hours or plan.days))
     rows, purged_before = [], None

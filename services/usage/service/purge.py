@@ -40,7 +40,7 @@ def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessio
     """Purge one tenant (or, for the platform, every tenant) before `before_us`."""
     authorize_purge(tenant_id)
     require(before_us is not None, "before_time", "is required")
-    require(before_us is None or timeconv.MIN_SECONDS * 1_000_000 <= before_us <= timeconv.now_micros(),
+    require(timeconv.MIN_SECONDS * 1_000_000 <= before_us <= timeconv.now_micros(),
             "before_time", "must be a past timestamp (from year 1 on)")
     return purge(sessions, tenant_id or None, before_us, dry_run=dry_run)
 

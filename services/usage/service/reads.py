@@ -25,12 +25,11 @@ def get_usage(query: UsageQuery, *, sessions) -> list[UsageTotal]:
     _check_instant("start_time", query.start_us, required=True)
     _check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
-    by_actor = query.group_by_actor or bool(query.actor_id)
-    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not by_actor)
+    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
     with sessions.begin() as session:
         rows, purged_before = reads_sql.usage_totals(session, query, cover)
     if purged_before is not None and cover.raw_reaches_before(purged_before):
-        raise FailedPrecondition(_purged_message(cover, purged_before, by_actor), reason="RAW_EVENTS_PURGED")
+        raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
     return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
             for metric, actor, quantity, count, classification in rows]
 
