@@ -10,10 +10,7 @@ The rules (docs/usage.md, "Purge"):
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-
-import sqlalchemy.exc
 
 from shared import timeconv
 from shared.errors import require
@@ -21,9 +18,8 @@ from shared.errors import require
 from services.usage.buckets import DAY_US
 from services.usage.repository import in_transaction
 from services.usage.repository import purge as purge_sql
+from services.usage.service import schedule
 from services.usage.service.rollups import authorize_purge
-
-log = logging.getLogger(__name__)
 
 SLICE_US = DAY_US  # events deleted per transaction: one day of a tenant, so locks are held briefly
 
@@ -91,13 +87,7 @@ def retention_job(sessions, retention_days: int, every_seconds: float):
     if retention_days <= 0:
         return None
 
-    def job(stopping) -> None:
-        while not stopping.wait(every_seconds):
-            cutoff = timeconv.now_micros() - retention_days * DAY_US
-            try:
-                report = purge(sessions, None, cutoff)
-                log.info("retention purge", extra={"fields": {"deleted": report.events_deleted,
-                                                              "kept": report.events_kept}})
-            except sqlalchemy.exc.SQLAlchemyError:
-                log.exception("retention purge failed; will retry at the next interval")
-    return job
+    def run() -> dict:
+        report = purge(sessions, None, timeconv.now_micros() - retention_days * DAY_US)
+        return {"deleted": report.events_deleted, "kept": report.events_kept}
+    return schedule.every(every_seconds, "retention purge", run)

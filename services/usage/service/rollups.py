@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from dataclasses import dataclass
 from functools import partial
 
-import sqlalchemy.exc
 from sqlalchemy.orm import sessionmaker
 
 from shared import auth, pagination, timeconv
@@ -20,8 +17,7 @@ from services.usage.domain import MAX_ID_LENGTH
 from services.usage.queries import Page
 from services.usage.repository import in_transaction
 from services.usage.repository import rollups as rollups_sql
-
-log = logging.getLogger(__name__)
+from services.usage.service import schedule
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 25 ms: measured 22 us per
 # bucket), dirty marks read per pass, and the pass size from which a pass reads the events sequentially
@@ -194,15 +190,10 @@ def scheduled_job(sessions, interval_seconds: float):
     if interval_seconds <= 0:
         return None
 
-    def job(stopping: threading.Event) -> None:
-        while not stopping.wait(interval_seconds):
-            try:
-                report = roll_up(sessions, None)
-                log.info("rollup", extra={"fields": {"buckets": report.buckets_recomputed,
-                                                     "remaining": report.buckets_remaining}})
-            except sqlalchemy.exc.SQLAlchemyError:
-                log.exception("rollup failed; will retry at the next interval")
-    return job
+    def run() -> dict:
+        report = roll_up(sessions, None)
+        return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining}
+    return schedule.every(interval_seconds, "rollup", run)
 
 
 def _check_text(field: str, value: str) -> None:
