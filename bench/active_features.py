@@ -28,19 +28,17 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import timing
+from bench import timing, tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database, free_port
-from shared import credentials, migrate
-from shared.db import create_engine_for, normalize_url
+from shared import migrate
+from shared.db import normalize_url
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
 from services.policy import server as policy_server
-from services.policy import tables as policy_tables
 from services.policy.config import Settings as PolicySettings
-from services.usage import tables as usage_tables
 from services.usage.catalog import DEFAULT_CATALOG
 
 TENANT = "bench"
@@ -57,9 +55,9 @@ def run(admin_url: str) -> None:
     try:
         migrate.upgrade("usage", url)
         migrate.upgrade("policy", url)
-        admin_token = _token(url, ["usage", "policy"], {"usage:write", "usage:read", "usage:admin", "policy:read",
-                                                        "policy:admin"}, "bench admin")
-        policy_token = _token(url, ["usage"], {"usage:read"}, "policy service")
+        admin_token = tokens.token(url, {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"},
+                                   schemas=("usage", "policy"), label="bench admin")
+        policy_token = tokens.token(url, {"usage:read"}, label="policy service")
         quiet = dict(database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING")
         usage = _UsageProcess(url)
         try:
@@ -116,18 +114,6 @@ class _UsageProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-
-
-def _token(url: str, schemas: list[str], scopes: set[str], label: str) -> str:
-    """One platform token stored in each schema's credentials table."""
-    token, token_id, secret_hash = credentials.mint()
-    for schema, table in (("usage", usage_tables.credentials), ("policy", policy_tables.credentials)):
-        if schema in schemas:
-            engine = create_engine_for(url, schema=schema, pool_size=1)
-            credentials.store(engine, table, token_id=token_id, secret_hash=secret_hash, tenant_id=None,
-                              scopes=frozenset(scopes), label=label)
-            engine.dispose()
-    return token
 
 
 def _seed_policy(admin, metadata) -> None:

@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import psycopg
-from sqlalchemy import MetaData
 
+from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from shared import credentials, migrate
-from shared.db import create_engine_for, normalize_url
+from shared import migrate
+from shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -143,7 +143,7 @@ def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], floa
     running = usage_server.build(settings)
     ceilings, rates = [], []
     try:
-        token = _platform_token(url)
+        token = tokens.token(url, {"usage:write"})
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = usage_pb2_grpc.UsageServiceStub(channel)
             for _ in range(ROUNDS):
@@ -154,15 +154,6 @@ def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], floa
     finally:
         running.stop(grace=1)
     return ceilings, rates, duplicate_rate
-
-
-def _platform_token(url: str) -> str:
-    engine = create_engine_for(url, schema="usage", pool_size=1)
-    token, token_id, secret_hash = credentials.mint()
-    credentials.store(engine, credentials.credentials_table(MetaData(schema="usage")), token_id=token_id,
-                      secret_hash=secret_hash, tenant_id=None, scopes=frozenset({"usage:write"}), label="bench")
-    engine.dispose()
-    return token
 
 
 def _send(stub, token: str, requests: list, expected: str) -> float:

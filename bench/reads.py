@@ -34,10 +34,10 @@ import grpc
 import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import MetaData
 
+from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from shared import credentials, migrate
+from shared import migrate
 from shared.db import create_engine_for, normalize_url, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
@@ -90,7 +90,8 @@ def run(admin_url: str) -> None:
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
                     psycopg.connect(_pg(url), autocommit=True) as raw:
-                _reads(channel, (("authorization", f"Bearer {_token(url)}"),), raw)
+                token = tokens.token(url, {"usage:read", "usage:write"})
+                _reads(channel, (("authorization", f"Bearer {token}"),), raw)
         finally:
             running.stop(grace=1)
     finally:
@@ -230,16 +231,6 @@ def _timed_once(call) -> tuple[float, object]:
     started = time.perf_counter()
     result = call()
     return time.perf_counter() - started, result
-
-
-def _token(url: str) -> str:
-    engine = create_engine_for(url, schema="usage", pool_size=1)
-    token, token_id, secret_hash = credentials.mint()
-    credentials.store(engine, credentials.credentials_table(MetaData(schema="usage")), token_id=token_id,
-                      secret_hash=secret_hash, tenant_id=None, scopes=frozenset({"usage:read", "usage:write"}),
-                      label="bench")
-    engine.dispose()
-    return token
 
 
 def _reads(channel, metadata, raw) -> None:

@@ -20,10 +20,11 @@ import grpc
 
 from clients.recorder import UsageRecorder
 from clients.recorder.events import Pending, to_payload, to_request
+from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from services.usage import server as usage_server
 from services.usage.config import Settings
-from shared import credentials_cli, migrate
+from shared import migrate
 from tollgate.usage.v1 import usage_pb2_grpc
 
 EVENTS = int(os.environ.get("BENCH_RECORDER_EVENTS", "50000"))
@@ -38,7 +39,7 @@ def run(admin_url: str) -> None:
         migrate.upgrade("usage", url)
         server = usage_server.build(Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None,
                                              rollup_interval_seconds=0))
-        token = _token(url)
+        token = tokens.token(url, {"usage:write"})
         target = f"127.0.0.1:{server.port}"
         reference = _percentiles(_deque_append_costs(EVENTS))
         overhead, delivered = _recorder(target, token)
@@ -53,14 +54,6 @@ def run(admin_url: str) -> None:
         if server is not None:
             server.stop(grace=1)
         drop_postgres_database(admin_url, url)
-
-
-def _token(url: str) -> str:
-    os.environ["USAGE_DATABASE_URL"] = url
-    try:
-        return credentials_cli.create(tenant=None, scopes=["usage:write"], service="usage", label="bench")
-    finally:
-        os.environ.pop("USAGE_DATABASE_URL", None)
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:

@@ -13,15 +13,13 @@ from dataclasses import replace
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import timing
+from bench import timing, tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from shared import credentials, migrate
-from shared.db import create_engine_for
+from shared import migrate
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 
 from services.policy import server as policy_server
-from services.policy import tables
 from services.policy.config import Settings
 
 TENANT, FEATURES, USERS = "bench", [f"feature_{n:02d}" for n in range(20)], 1000
@@ -32,7 +30,7 @@ def run(admin_url: str) -> None:
     url = create_postgres_database(admin_url, prefix="tollgate_bench")
     try:
         migrate.upgrade("policy", url)
-        token = _token(url)
+        token = tokens.token(url, {"policy:read", "policy:admin"}, schemas=("policy",))
         settings = replace(Settings(), database_url=url, host="127.0.0.1", port=0, metrics_port=None,
                            auth_cache_seconds=5.0, log_level="WARNING")
         running = policy_server.build(settings)
@@ -45,15 +43,6 @@ def run(admin_url: str) -> None:
             running.stop(grace=1)
     finally:
         drop_postgres_database(admin_url, url)
-
-
-def _token(url: str) -> str:
-    engine = create_engine_for(url, schema=tables.SCHEMA, pool_size=1)
-    token, token_id, secret_hash = credentials.mint()
-    credentials.store(engine, tables.credentials, token_id=token_id, secret_hash=secret_hash, tenant_id=None,
-                      scopes=["policy:read", "policy:admin"], label="bench")
-    engine.dispose()
-    return token
 
 
 def _seed(admin, metadata) -> None:
@@ -74,12 +63,6 @@ def _seed(admin, metadata) -> None:
     for n in range(USERS):
         admin.BindRole(pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id),
                        metadata=metadata)
-
-
-
-
-
-
 
 
 def _measure(channel, metadata) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import grpc
 
+from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database, free_port
-from shared import credentials_cli, migrate
+from shared import migrate
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def run(admin_url: str) -> None:
     process = None
     try:
         migrate.upgrade("usage", url)
-        token = _token(url)
+        token = tokens.token(url, {"usage:write", "usage:read"}, tenant="soak", label="bench soak")
         port = free_port()
         process = _start(url, port)
         samples, sent = _soak(process.pid, port, token)
@@ -49,19 +50,6 @@ def run(admin_url: str) -> None:
                 process.kill()
                 process.wait(timeout=30)
         drop_postgres_database(admin_url, url)
-
-
-def _token(url: str) -> str:
-    saved = os.environ.get("USAGE_DATABASE_URL")
-    os.environ["USAGE_DATABASE_URL"] = url
-    try:
-        return credentials_cli.create(tenant="soak", scopes=["usage:write", "usage:read"], service="usage",
-                                      label="bench soak")
-    finally:
-        if saved is None:
-            os.environ.pop("USAGE_DATABASE_URL", None)
-        else:
-            os.environ["USAGE_DATABASE_URL"] = saved
 
 
 def _start(url: str, port: int) -> subprocess.Popen:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from dataclasses import dataclass, replace
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from shared import credentials_cli, migrate
-from scripts.pgcluster import create_postgres_database, drop_postgres_database  # noqa: F401
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,22 @@ def postgres_databases(url: str) -> Databases:
     migrate.upgrade("usage", url)
     migrate.upgrade("policy", url)
     return dbs
+
+
+@contextlib.contextmanager
+def fresh_databases(backend: str, folder):
+    """Migrated databases of `backend` for one test or module alone, removed afterwards."""
+    if backend == "sqlite":
+        yield sqlite_databases(folder)
+        return
+    admin = postgres_admin_url()
+    if not admin:
+        pytest.skip("no PostgreSQL: set TEST_DATABASE_URL or run through `make test`")
+    url = create_postgres_database(admin)
+    try:
+        yield postgres_databases(url)
+    finally:
+        drop_postgres_database(admin, url)
 
 
 def new_tenant() -> str:

@@ -48,17 +48,8 @@ class Scrapes:
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def own_dbs(request, tmp_path_factory):
     """Fresh databases for this module alone, so the rollup gauges read exactly its buckets."""
-    if request.param == "sqlite":
-        yield support.sqlite_databases(tmp_path_factory.mktemp("metrics"))
-        return
-    admin = support.postgres_admin_url()
-    if not admin:
-        pytest.skip("no PostgreSQL: set TEST_DATABASE_URL or run through `make test`")
-    url = support.create_postgres_database(admin)
-    try:
-        yield support.postgres_databases(url)
-    finally:
-        support.drop_postgres_database(admin, url)
+    with support.fresh_databases(request.param, tmp_path_factory.mktemp("metrics")) as own:
+        yield own
 
 
 def scrape(port: int) -> list:

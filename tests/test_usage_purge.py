@@ -11,7 +11,6 @@ from sqlalchemy import select
 from services.usage import tables
 from services.usage.buckets import HOUR_US, Period, start_of
 from services.usage.service import purge
-from shared import migrate
 from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, totals, ts
@@ -142,16 +141,8 @@ def test_a_purge_needs_a_past_cutoff(usage_admin_stub, admin_token, tenant):
 @pytest.fixture
 def own_usage_url(dbs, tmp_path):
     """A database of this backend for this test alone: the retention job purges every tenant."""
-    if dbs.backend == "sqlite":
-        url = f"sqlite:///{tmp_path}/usage.db"
-        migrate.upgrade("usage", url)
-        yield url
-        return
-    admin = support.postgres_admin_url()
-    url = support.create_postgres_database(admin)
-    migrate.upgrade("usage", url)
-    yield url
-    support.drop_postgres_database(admin, url)
+    with support.fresh_databases(dbs.backend, tmp_path) as own:
+        yield own.usage_url
 
 
 def test_the_retention_job_purges_what_is_older_than_the_retention(own_usage_url):
