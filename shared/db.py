@@ -24,12 +24,17 @@ def is_sqlite(url_or_engine) -> bool:
 
 
 def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate",
-                      generic_plans: bool = False) -> Engine:
+                      generic_plans: bool = False, pre_ping: bool = True) -> Engine:
     """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
 
     `generic_plans` (PostgreSQL): statements psycopg has prepared (after 5 runs) reuse one plan
     instead of being planned again for each call's values. For a large statement with cheap,
     index-bound execution, such as GetUsage's, planning otherwise costs more than running.
+
+    `pre_ping` tests every pooled connection with a round trip when it is checked out. Without it
+    (Usage's hot paths: the ping was a second round trip on every GetUsage), a connection that died
+    with its server fails the one call using it, which answers UNAVAILABLE, and SQLAlchemy then
+    discards every connection of the pool opened before the failure.
     """
     url = normalize_url(url)
     if is_sqlite(url):
@@ -39,7 +44,7 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         pool_size=pool_size,
         max_overflow=max(2, pool_size // 2),
         pool_timeout=5,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": application_name},
     )
@@ -84,12 +89,11 @@ def session_factory(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def read_session_factory(engine: Engine) -> sessionmaker:
-    """Sessions for questions answered by ONE statement, which is its own snapshot on both dialects.
+def read_engine(engine: Engine) -> Engine:
+    """Connections for questions answered by ONE statement, which is its own snapshot on both dialects.
 
-    On PostgreSQL they run in autocommit: no BEGIN and COMMIT round trips around the statement
-    (psycopg switches autocommit on the client, without a round trip of its own).
+    Use cases take `with connections.connect() as connection:`, a Core connection with no ORM session
+    around it. On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around the
+    statement (psycopg switches autocommit on the client, without a round trip of its own).
     """
-    if is_sqlite(engine):
-        return session_factory(engine)
-    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+    return engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")

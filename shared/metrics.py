@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, start_http_server
 
 RPC_HANDLED = Counter(
     "grpc_server_handled_total",
@@ -22,7 +22,10 @@ def observe(service: str, method: str, code: str, seconds: float) -> None:
     RPC_SECONDS.labels(service, method).observe(seconds)
 
 
-def serve_http(port: int, host: str = "0.0.0.0"):
-    """Start the /metrics endpoint; returns (http_server, port) so tests may pass port 0."""
+def serve_http(port: int, host: str):
+    """Start the /metrics endpoint on the gRPC server's host; returns (http_server, port) so tests may pass port 0."""
+    # A *_created series per labelled child would double what Prometheus stores, for a timestamp nobody
+    # graphs: rates come from the counters themselves.
+    disable_created_metrics()
     http_server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
     return http_server, http_server.server_port

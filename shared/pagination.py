@@ -43,3 +43,24 @@ def decode(token: str, scope: dict, field: str = "page_token") -> list | None:
     if binding != _binding(scope) or not isinstance(position, list):
         raise InvalidArgument(FieldViolation(field, "was issued for another tenant or filter"))
     return position
+
+
+def start(requested: int, page_token: str, scope: dict, *, width: int, kind: type = str) -> tuple[int, tuple | None]:
+    """(limit, position after which to resume or None) of a listing keyed by `width` values of `kind`.
+
+    Positions are checked here, before they reach SQL.
+    """
+    limit = page_size(requested)
+    position = decode(page_token, scope)
+    if position is None:
+        return limit, None
+    if len(position) != width or not all(type(item) is kind for item in position):
+        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
+    return limit, tuple(position)
+
+
+def finish(items: list, limit: int, scope: dict, key) -> tuple[list, str]:
+    """The page (items fetched with limit + 1) and the next page token ('' on the last page)."""
+    if len(items) <= limit:
+        return items, ""
+    return items[:limit], encode(list(key(items[limit - 1])), scope)

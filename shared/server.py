@@ -106,7 +106,7 @@ def build_server(spec: ServerSpec, *, address: str, max_workers: int = 16, metri
     threads += [_thread(f"{spec.name}-job", job, stopping) for job in spec.background]
     metrics_http, bound_metrics_port = (None, None)
     if metrics_port is not None:
-        metrics_http, bound_metrics_port = metrics.serve_http(metrics_port)
+        metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
     server.start()
     for thread in threads:
         thread.start()
@@ -173,3 +173,8 @@ def main(name: str, settings_class, build: Callable) -> int:
     running = build(settings)
     serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
     return 0
+
+
+def _host_of(address: str) -> str:
+    """'127.0.0.1:50051' -> '127.0.0.1', '[::]:0' -> '::': /metrics listens where gRPC does."""
+    return address.rsplit(":", 1)[0].strip("[]")

@@ -33,7 +33,8 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
     expected = {
         (usage_pb2, "UsageService"): {"RecordEvents", "StreamEvents", "GetUsage", "ListAggregates", "ListEvents",
                                       "ListMetrics"},
-        (usage_pb2, "UsageAdminService"): {"RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents"},
+        (usage_pb2, "UsageAdminService"): {"RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents",
+                                           "ListAuditRecords", "VerifyAudit"},
         (policy_pb2, "PolicyService"): {"ResolveMode", "ResolveModes", "ListActiveFeatures"},
         (policy_pb2, "PolicyAdminService"): {
             "ImportRoles", "ListRoles", "UpsertFeature", "ListFeatures", "UpsertPlan", "ListPlans", "GetSubscription",

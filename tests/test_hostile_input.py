@@ -72,7 +72,13 @@ class Env:
         for tenant, token in ((self.tenant_a, self.token_a), (self.tenant_b, self.token_b)):
             record(usage, token, tenant, [event(f"seed-{n}", correlation_id=f"c{n}") for n in range(3)])
         bearer_b = support.bearer(self.token_b)
+        usage_admin = usage_pb2_grpc.UsageAdminServiceStub(self.usage_channel)
+        for days in (400, 399):  # two audited horizon moves, far behind every seeded event
+            usage_admin.PurgeEvents(u.PurgeEventsRequest(tenant_id=self.tenant_b, before_time=ts(
+                now_us() - days * DAY_US)), metadata=bearer_b)
         pages = [usage.ListEvents(u.ListEventsRequest(tenant_id=self.tenant_b, page_size=1), metadata=bearer_b),
+                 usage_admin.ListAuditRecords(u.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1),
+                                              metadata=bearer_b),
                  admin.ListBindings(pb.ListBindingsRequest(tenant_id=self.tenant_b, page_size=1)),
                  admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1)),
                  admin.ListRoles(pb.ListRolesRequest(page_size=1)),
@@ -328,6 +334,7 @@ def named_cases(env: Env) -> list[tuple[str, str, object]]:
     cases += [(service, rpc, message(tenant_id=tenant, page_token=page_token))
               for page_token in [*env.page_tokens, base64.b64encode(b"\x00" * 40).decode(), "!!", "a" * 100_000]
               for service, rpc, message in [("UsageService", "ListEvents", u.ListEventsRequest),
+                                            ("UsageAdminService", "ListAuditRecords", u.ListAuditRecordsRequest),
                                             ("PolicyAdminService", "ListBindings", pb.ListBindingsRequest),
                                             ("PolicyAdminService", "ListOverrides", pb.ListOverridesRequest),
                                             ("PolicyAdminService", "ListAuditRecords", pb.ListAuditRecordsRequest)]]

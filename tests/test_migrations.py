@@ -1,8 +1,9 @@
 """Both migration histories upgrade and downgrade, each inside its own schema only."""
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
+from services.usage import tables
 from shared import migrate
 from shared.db import create_engine_for, normalize_url
 from tests import support
@@ -63,3 +64,21 @@ def test_on_sqlite_a_history_goes_up_down_and_up_again(tmp_path, service):
     migrate.upgrade(service, url)
     assert migrate.current_revision(engine, service) == migrate.head_revision(service)
     engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_usage_0006_marks_dirty_only_the_aggregates_holding_a_digest_of_the_old_format(tmp_path, backend):
+    """Rollups fold from stored digests from usage_0006 on; an old SHA-256 digest must be recomputed first."""
+    with support.fresh_databases(backend, tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0005")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        row = dict(tenant_id="t", metric="api.requests", period=1, total_quantity=1, event_count=1, computed_at_us=0)
+        with engine.begin() as connection:
+            connection.execute(tables.aggregates.insert(), [
+                dict(row, period_start_us=0, source_hash="a" * 64), dict(row, period_start_us=3_600_000_000,
+                                                                        source_hash="b" * 16)])
+        migrate.upgrade("usage", dbs.usage_url)
+        with engine.connect() as connection:
+            marks = connection.execute(select(tables.dirty_buckets.c.period_start_us)).scalars().all()
+        engine.dispose()
+    assert marks == [0]

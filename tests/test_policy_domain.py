@@ -5,7 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.policy.audit import ZERO_HASH, check_links, new_record
+from shared.audit import ZERO_HASH, check_links, new_record
 from services.policy.domain import Cap, CapSource, Mode, effective_mode, requested_mode
 from services.policy.model import Feature, Plan, Role, Snapshot, Subscription, SubscriptionStatus, TenantPolicy
 

@@ -1,6 +1,7 @@
 """Health, reflection, authentication, request ids and metrics on both servers, both backends."""
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -55,7 +56,7 @@ def test_reflection_lists_the_services_for_grpcurl(usage, policy):
 def test_grpcurl_describe_shows_every_rpc(usage):
     result = subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{usage.port}", "describe",
                              "tollgate.usage.v1.UsageAdminService"], capture_output=True, text=True, timeout=30)
-    for rpc in ("RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents"):
+    for rpc in ("RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents", "ListAuditRecords", "VerifyAudit"):
         assert f"rpc {rpc} " in result.stdout
 
 
@@ -149,6 +150,13 @@ def test_metrics_count_calls_by_code(usage, usage_stub, tenant):
     status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant)))
     status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant)))
     assert handled("UNAUTHENTICATED") == before + 2
+
+
+def test_the_metrics_endpoint_listens_only_where_grpc_does(usage):
+    """The test servers bind 127.0.0.1; a listener on every interface would also answer on 127.0.0.2."""
+    urllib.request.urlopen(f"http://127.0.0.1:{usage.metrics_port}/metrics", timeout=5).read()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", usage.metrics_port), timeout=5)
 
 
 def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):

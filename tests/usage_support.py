@@ -52,17 +52,23 @@ def totals(stub, token: str, tenant: str, *, start_us: int | None = None, end_us
     return {(t.metric, t.actor_id) if grouped else t.metric: (t.quantity, t.event_count) for t in response.totals}
 
 
-def list_all(stub, token: str, tenant: str, page_size: int = 100, **filters) -> list[u.StoredEvent]:
-    """Every event of a listing, following page tokens (bounded)."""
-    found, token_ = [], ""
+def every_page(list_page, field: str) -> list:
+    """Every item of a listing: `list_page(page_token)` answers one page; tokens are followed (bounded)."""
+    found, page_token = [], ""
     for _ in range(1000):
-        page = stub.ListEvents(u.ListEventsRequest(tenant_id=tenant, page_size=page_size, page_token=token_,
-                                                   **filters), metadata=support.bearer(token), timeout=30)
-        found.extend(page.events)
-        token_ = page.next_page_token
-        if not token_:
+        page = list_page(page_token)
+        found.extend(getattr(page, field))
+        page_token = page.next_page_token
+        if not page_token:
             return found
     raise AssertionError("listing did not end")
+
+
+def list_all(stub, token: str, tenant: str, page_size: int = 100, **filters) -> list[u.StoredEvent]:
+    """Every event of a listing, following page tokens (bounded)."""
+    return every_page(lambda page_token: stub.ListEvents(
+        u.ListEventsRequest(tenant_id=tenant, page_size=page_size, page_token=page_token, **filters),
+        metadata=support.bearer(token), timeout=30), "events")
 
 
 def tenant_token(dbs, tenant: str) -> str:

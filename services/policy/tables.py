@@ -7,6 +7,7 @@ Per-feature caps, metrics, quotas and flags are small documents stored as canoni
 from sqlalchemy import (BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer,
                         MetaData, String, Table, Text, UniqueConstraint)
 
+from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
 
 SCHEMA = "policy"
@@ -92,27 +93,6 @@ policy_versions = Table(
 )
 Index("policy_versions_version_idx", policy_versions.c.version)
 
-# The chain head: one row, locked FOR UPDATE by every append so concurrent writers queue.
-audit_head = Table(
-    "audit_head", metadata,
-    Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
-    Column("sequence", BigInteger, nullable=False),
-    Column("hash", String(64), nullable=False),
-)
-
-# sequence is the primary key, so two records can never claim the same place: no fork.
-audit_records = Table(
-    "audit_records", metadata,
-    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
-    Column("time_us", BigInteger, nullable=False),
-    Column("actor", String(64), nullable=False),
-    Column("action", String(64), nullable=False),
-    Column("target", String(400), nullable=False),
-    Column("tenant_id", String(128), nullable=False),
-    Column("change", Text, nullable=False),
-    Column("change_digest", String(64), nullable=False),
-    Column("previous_hash", String(64), nullable=False),
-    Column("hash", String(64), nullable=False),
-)
-Index("audit_records_tenant_idx", audit_records.c.tenant_id, audit_records.c.sequence)
+# The audit chain of policy admin writes (shared/audit_chain.py).
+audit_records, audit_head = audit_tables(metadata)
 

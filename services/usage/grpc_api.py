@@ -7,7 +7,7 @@ from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 from services.usage import grpc_convert as convert
 from services.usage.domain import IngestRules
 from services.usage.queries import EventFilter, UsageQuery
-from services.usage.service import catalog, ingest, purge, reads, rollups
+from services.usage.service import audit, catalog, ingest, purge, reads, rollups
 
 USAGE = "tollgate.usage.v1.UsageService"
 ADMIN = "tollgate.usage.v1.UsageAdminService"
@@ -24,6 +24,8 @@ METHOD_SCOPES = {
     f"/{ADMIN}/GetRollupStatus": "usage:admin",
     f"/{ADMIN}/UpsertMetric": "usage:admin",
     f"/{ADMIN}/PurgeEvents": "usage:admin",
+    f"/{ADMIN}/ListAuditRecords": "usage:admin",  # a tenant's own records; every tenant's: platform only
+    f"/{ADMIN}/VerifyAudit": "usage:admin",  # platform only
 }
 
 
@@ -37,9 +39,9 @@ def ingest_rules(settings) -> IngestRules:
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     """tollgate.usage.v1.UsageService."""
 
-    def __init__(self, *, sessions, read_sessions, settings):
+    def __init__(self, *, sessions, connections, settings):
         self._sessions = sessions
-        self._reads = read_sessions  # GetUsage, ListAggregates and ListEvents are one statement each
+        self._reads = connections  # GetUsage, ListAggregates and ListEvents are one statement each
         self._settings = settings
         self._rules = ingest_rules(settings)
 
@@ -62,14 +64,14 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request.start_time),
             end_us=convert.micros(request.end_time),
             group_by_actor=request.group_by_actor)
-        totals = reads.get_usage(query, sessions=self._reads)
+        totals = reads.get_usage(query, connections=self._reads)
         return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])
 
     def ListAggregates(self, request, context):
         page = rollups.list_aggregates(
             request.tenant_id, request.metric, request.period, convert.micros(request.start_time),
             convert.micros(request.end_time), page_size=request.page_size, page_token=request.page_token,
-            sessions=self._reads)
+            connections=self._reads)
         return usage_pb2.ListAggregatesResponse(aggregates=[convert.aggregate(a) for a in page.items],
                                                 next_page_token=page.next_page_token)
 
@@ -80,7 +82,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request.start_time),
             end_us=convert.micros(request.end_time))
         page = reads.list_events(where, page_size=request.page_size, page_token=request.page_token,
-                                 sessions=self._reads)
+                                 connections=self._reads)
         return usage_pb2.ListEventsResponse(events=[convert.stored_event(s) for s in page.items],
                                             next_page_token=page.next_page_token)
 
@@ -114,3 +116,12 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
 
     def GetRollupStatus(self, request, context):
         return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions))
+
+    def ListAuditRecords(self, request, context):
+        records, token = audit.list_records(request.tenant_id, page_size=request.page_size,
+                                            page_token=request.page_token, sessions=self._sessions)
+        return usage_pb2.ListAuditRecordsResponse(records=[convert.audit_record(r) for r in records],
+                                                  next_page_token=token)
+
+    def VerifyAudit(self, request, context):
+        return convert.verification(audit.verify(sessions=self._sessions))

@@ -6,6 +6,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from tollgate.usage.v1 import usage_pb2 as pb
 
 from shared import timeconv
+from shared.audit import AuditRecord, Verification
 
 from services.usage import domain
 from services.usage.catalog import Metric
@@ -114,3 +115,16 @@ def purge_report(report) -> pb.PurgeEventsResponse:
     if report.purged_before_us is not None:
         response.purged_before.CopyFrom(timeconv.from_micros(report.purged_before_us))
     return response
+
+
+def audit_record(r: AuditRecord) -> pb.AuditRecord:
+    return pb.AuditRecord(sequence=r.sequence, time=timeconv.from_micros(r.time_us), actor=r.actor, action=r.action,
+                          target=r.target, tenant_id=r.tenant_id, change_digest=r.change_digest,
+                          previous_hash=r.previous_hash, hash=r.hash)
+
+
+def verification(v: Verification) -> pb.VerifyAuditResponse:
+    broken = v.first_break
+    return pb.VerifyAuditResponse(ok=v.ok, records_checked=v.records_checked,
+                                  first_broken_sequence=broken.sequence if broken else 0,
+                                  problem=broken.problem if broken else "")

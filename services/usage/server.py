@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared import auth, migrate
-from shared.db import create_engine_for, read_session_factory, session_factory
+from shared.db import create_engine_for, read_engine, session_factory
 from shared.server import RunningServer, ServerSpec, build_server
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -17,14 +17,13 @@ RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is p
 def build(settings: Settings) -> RunningServer:
     """Connect, wire and start the Usage server on settings.address."""
     engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                               application_name="tollgate-usage", generic_plans=True)
+                               application_name="tollgate-usage", generic_plans=True, pre_ping=False)
     sessions = session_factory(engine)
-    read_sessions = read_session_factory(engine)
     spec = ServerSpec(
         name="usage",
         registrations=[
             (usage_pb2_grpc.add_UsageServiceServicer_to_server,
-             grpc_api.UsageApi(sessions=sessions, read_sessions=read_sessions, settings=settings)),
+             grpc_api.UsageApi(sessions=sessions, connections=read_engine(engine), settings=settings)),
             (usage_pb2_grpc.add_UsageAdminServiceServicer_to_server,
              grpc_api.UsageAdminApi(sessions=sessions, settings=settings)),
         ],

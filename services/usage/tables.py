@@ -3,6 +3,7 @@
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, MetaData, PrimaryKeyConstraint, SmallInteger, \
     String, Table, Text, UniqueConstraint
 
+from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
 
 SCHEMA = "usage"
@@ -32,7 +33,7 @@ events = Table(
     UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
     UniqueConstraint("tenant_id", "correlation_id", "metric", "occurred_at_us", name="events_correlation"),
     CheckConstraint("quantity > 0", name="events_quantity_positive"),
-    Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us"),
+    Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us", postgresql_include=["quantity"]),
     Index("events_by_time", "tenant_id", "occurred_at_us"),
     Index("events_by_actor", "tenant_id", "actor_id", "occurred_at_us", postgresql_include=["metric", "quantity"]),
 )
@@ -96,3 +97,7 @@ purge_horizons = Table(
     Column("purged_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", name="purge_horizons_pkey"),
 )
+
+# The audit chain of Usage's admin writes (UpsertMetric, PurgeEvents; shared/audit_chain.py). One chain
+# for the service, keyed by sequence; a tenant's records are found through (tenant_id, sequence).
+audit_records, audit_head = audit_tables(metadata)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from services.policy.audit import canonical_json
+from shared.audit import canonical_json
 from services.policy.domain import Mode
 from services.policy.model import (Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription,
                                    SubscriptionStatus, TenantPolicy)

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from shared.audit_chain import consistent_read
 from services.policy.domain import UnknownTenant
 from services.policy.model import Snapshot
 from services.policy.repository import catalog, chain, tenants
-
-
-def consistent_read(session) -> None:
-    """Make every statement of this transaction see one snapshot (PostgreSQL; SQLite's BEGIN already does)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
 def load(session, tenant_id: str) -> Snapshot:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared import pagination
 from shared.credentials import Principal
 from services.policy import validation
 from services.policy.domain import RoleInUse
 from services.policy.model import Feature, Plan, Role
 from services.policy.repository import catalog, rows
 from services.policy.repository.chain import CATALOG
-from services.policy.service import access, paging
+from services.policy.service import access
 from services.policy.service.writes import Change, audited_write
 
 
@@ -105,7 +106,7 @@ def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> tup
     """One page of roles, features or plans ordered by id, and the token of the next page."""
     listing, key = _LISTINGS[kind]
     scope = {"listing": kind}
-    limit, after = paging.start(page_size, page_token, scope, width=1)
+    limit, after = pagination.start(page_size, page_token, scope, width=1)
     with sessions.begin() as session:
         items = listing(session, after=after[0] if after else None, limit=limit + 1)
-    return paging.finish(items, limit, scope, key)
+    return pagination.finish(items, limit, scope, key)

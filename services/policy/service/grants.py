@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import secrets
 
+from shared import pagination
 from shared.credentials import Principal
 from services.policy import validation
 from services.policy.domain import UnknownBinding, UnknownFeature, UnknownOverride, UnknownRole
 from services.policy.model import Binding, Override
 from services.policy.repository import catalog, tenants
-from services.policy.service import access, paging
+from services.policy.service import access
 from services.policy.service.tenants import require_tenant_exists
 from services.policy.service.writes import Change, audited_write
 
@@ -68,11 +69,11 @@ def list_overrides(tenant_id: str, *, page_size: int, page_token: str, sessions,
     """One page of the tenant's overrides, by role then feature."""
     access.tenant(caller, tenant_id)
     scope = {"listing": "overrides", "tenant": tenant_id}
-    limit, after = paging.start(page_size, page_token, scope, width=2)
+    limit, after = pagination.start(page_size, page_token, scope, width=2)
     with sessions.begin() as session:
         require_tenant_exists(session, tenant_id)
         items = tenants.tenant_overrides(session, tenant_id, after=after, limit=limit + 1)
-    return paging.finish(items, limit, scope, lambda o: (o.role_id, o.feature_id))
+    return pagination.finish(items, limit, scope, lambda o: (o.role_id, o.feature_id))
 
 
 def bind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache,
@@ -117,8 +118,8 @@ def list_bindings(tenant_id: str, user_id: str, *, page_size: int, page_token: s
     """One page of the tenant's bindings (optionally one user's), by user then role."""
     access.tenant(caller, tenant_id)
     scope = {"listing": "bindings", "tenant": tenant_id, "user": user_id}
-    limit, after = paging.start(page_size, page_token, scope, width=2)
+    limit, after = pagination.start(page_size, page_token, scope, width=2)
     with sessions.begin() as session:
         require_tenant_exists(session, tenant_id)
         items = tenants.list_bindings(session, tenant_id, user_id=user_id, after=after, limit=limit + 1)
-    return paging.finish(items, limit, scope, lambda b: (b.user_id, b.role_id))
+    return pagination.finish(items, limit, scope, lambda b: (b.user_id, b.role_id))

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from shared.credentials import Principal
 from shared.timeconv import now_micros
-from services.policy import audit, metrics
+from services.policy import metrics
 from services.policy.cache import SnapshotCache
 from services.policy.repository import chain
 
@@ -31,16 +31,15 @@ def audited_write(*, sessions, cache: SnapshotCache, caller: Principal, action: 
     write that changes nothing appends nothing and leaves the version as it was.
     """
     with sessions.begin() as session:
-        sequence, previous = chain.lock_head(session)
+        head = chain.AUDIT.lock_head(session)
         now_us = now_micros()
         change, result = apply(session, now_us)
         if change is None:
             version = chain.version_of(session, tenant_id)
         else:
-            version = sequence + 1
-            chain.append(session, audit.new_record(
-                sequence=version, time_us=now_us, actor=caller.token_id, action=action, target=change.target,
-                tenant_id=tenant_id, change=change.change, previous_hash=previous))
+            version = chain.AUDIT.append_after(
+                session, head, time_us=now_us, actor=caller.token_id, action=action, target=change.target,
+                tenant_id=tenant_id, change=change.change).sequence
             chain.bump_version(session, tenant_id, version)
     if change is not None:
         cache.advance(tenant_id, version)  # before answering: this process never serves the older snapshot

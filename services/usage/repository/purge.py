@@ -25,10 +25,11 @@ def horizon_for_ingest(session, tenant_id: str) -> int | None:
     return horizon(session, tenant_id)
 
 
-def move_horizon(session, tenant_id: str, before_us: int, now_us: int) -> int:
-    """Raise the tenant's horizon to `before_us` (never lower it); return the horizon now in force."""
+def move_horizon(session, tenant_id: str, before_us: int, now_us: int) -> tuple[int | None, int]:
+    """Raise the tenant's horizon to `before_us` (never lower it): (the horizon before, the one now in force)."""
     if is_postgres(session):
         session.execute(_LOCK_EXCLUSIVE, {"space": _LOCK_SPACE, "tenant": tenant_id})
+    previous = horizon(session, tenant_id)
     upsert = dialect_insert(session, purge_horizons)
     greatest = func.greatest if is_postgres(session) else func.max
     session.execute(upsert.on_conflict_do_update(
@@ -36,7 +37,7 @@ def move_horizon(session, tenant_id: str, before_us: int, now_us: int) -> int:
         set_={"purged_before_us": greatest(purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us),
               "purged_at_us": upsert.excluded.purged_at_us}),
         dict(tenant_id=tenant_id, purged_before_us=before_us, purged_at_us=now_us))
-    return horizon(session, tenant_id)
+    return previous, horizon(session, tenant_id)
 
 
 def horizon(session, tenant_id: str) -> int | None:

@@ -13,6 +13,11 @@ from services.usage.queries import EventFilter, StoredEvent, UsageQuery
 from services.usage.read_plan import ReadPlan
 from services.usage.tables import aggregates, dirty_buckets, events, metrics, purge_horizons
 
+# Short aliases keep GetUsage's statement under psycopg's 4 KiB cache limit for converted queries
+# (MAX_CACHED_STATEMENT_LENGTH): over it, psycopg parses the whole text again on every call.
+_events, _aggregates, _metrics, _horizons = events.alias("e"), aggregates.alias("a"), metrics.alias("c"), \
+    purge_horizons.alias("p")
+
 
 def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """(metric, actor_id, quantity, event_count, classification) rows, and the tenant's purge horizon.
@@ -61,24 +66,24 @@ def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, r
         return statement.where(metric_column.in_(bindparam("metrics", expanding=True))) if metric_filter \
             else statement
 
-    keys = [events.c.metric] + ([events.c.actor_id] if by_actor else [])
+    keys = [_events.c.metric] + ([_events.c.actor_id] if by_actor else [])
     parts = []
     if raw_ranges:
-        ranges = [_within(events.c.occurred_at_us, f"raw{n}") for n in range(raw_ranges)]
-        raw = select(*keys, func.sum(events.c.quantity).label("quantity"), func.count().label("event_count")) \
-            .where(events.c.tenant_id == tenant, or_(*ranges)).group_by(*keys)
+        ranges = [_within(_events.c.occurred_at_us, f"raw{n}") for n in range(raw_ranges)]
+        raw = select(*keys, func.sum(_events.c.quantity).label("quantity"), func.count().label("event_count")) \
+            .where(_events.c.tenant_id == tenant, or_(*ranges)).group_by(*keys)
         if actor_filter:
-            raw = raw.where(events.c.actor_id == bindparam("actor"))
-        parts.append(only(raw, events.c.metric))
+            raw = raw.where(_events.c.actor_id == bindparam("actor"))
+        parts.append(only(raw, _events.c.metric))
     if buckets:
         parts += [only(part, metric) for part, metric in _bucket_parts(tenant)]
     union = union_all(*parts).subquery("parts")
     keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
-    totals = select(*keys, func.sum(union.c.quantity), func.sum(union.c.event_count), metrics.c.classification) \
-        .select_from(union.outerjoin(metrics, metrics.c.name == union.c.metric)) \
-        .group_by(*keys, metrics.c.classification).having(func.sum(union.c.event_count) > 0)
-    horizon = select(null(), *([null()] if by_actor else []), purge_horizons.c.purged_before_us, literal(0), null()) \
-        .where(purge_horizons.c.tenant_id == tenant)
+    totals = select(*keys, func.sum(union.c.quantity), func.sum(union.c.event_count), _metrics.c.classification) \
+        .select_from(union.outerjoin(_metrics, _metrics.c.name == union.c.metric)) \
+        .group_by(*keys, _metrics.c.classification).having(func.sum(union.c.event_count) > 0)
+    horizon = select(null(), *([null()] if by_actor else []), _horizons.c.purged_before_us, literal(0), null()) \
+        .where(_horizons.c.tenant_id == tenant)
     return union_all(totals, horizon)
 
 
@@ -90,18 +95,18 @@ def _bucket_parts(tenant) -> list[tuple]:
     (an edge hour, or one inside a dirty day) from its raw events. Periods are dirtied and
     recomputed independently, so each aggregate is trusted only when its own bucket is clean.
     """
-    day_mark, hour_mark = dirty_buckets.alias("day_mark"), dirty_buckets.alias("hour_mark")
+    day_mark, hour_mark = dirty_buckets.alias("dm"), dirty_buckets.alias("hm")
 
     def clean(period: Period, *, inside_dirty_days: bool = False):
-        statement = select(aggregates.c.metric, func.sum(aggregates.c.total_quantity).label("quantity"),
-                           func.sum(aggregates.c.event_count).label("event_count")) \
-            .where(aggregates.c.tenant_id == tenant, aggregates.c.period == int(period),
-                   ~_marked(period, aggregates.c.metric, aggregates.c.period_start_us, tenant)) \
-            .group_by(aggregates.c.metric)
-        starts = aggregates.c.period_start_us
+        statement = select(_aggregates.c.metric, func.sum(_aggregates.c.total_quantity).label("quantity"),
+                           func.sum(_aggregates.c.event_count).label("event_count")) \
+            .where(_aggregates.c.tenant_id == tenant, _aggregates.c.period == int(period),
+                   ~_marked(period, _aggregates.c.metric, _aggregates.c.period_start_us, tenant)) \
+            .group_by(_aggregates.c.metric)
+        starts = _aggregates.c.period_start_us
         if inside_dirty_days:
-            return statement.join_from(aggregates, day_mark, and_(
-                day_mark.c.tenant_id == tenant, day_mark.c.metric == aggregates.c.metric,
+            return statement.join_from(_aggregates, day_mark, and_(
+                day_mark.c.tenant_id == tenant, day_mark.c.metric == _aggregates.c.metric,
                 day_mark.c.period == int(Period.DAY), starts >= day_mark.c.period_start_us,
                 starts < day_mark.c.period_start_us + DAY_US)).where(_within(day_mark.c.period_start_us, "day"))
         if period is Period.DAY:
@@ -113,21 +118,21 @@ def _bucket_parts(tenant) -> list[tuple]:
         day_mark.c.tenant_id == tenant, day_mark.c.metric == hour_mark.c.metric, day_mark.c.period == int(Period.DAY),
         day_mark.c.period_start_us <= hour_start, day_mark.c.period_start_us > hour_start - DAY_US)
     # Raw events of the dirty hours read at hour level: edge hours, and hours of dirty days.
-    dirty_hour_events = select(events.c.metric, func.sum(events.c.quantity).label("quantity"),
+    dirty_hour_events = select(_events.c.metric, func.sum(_events.c.quantity).label("quantity"),
                                func.count().label("event_count")) \
-        .join_from(hour_mark, events, and_(events.c.tenant_id == tenant, events.c.metric == hour_mark.c.metric,
-                                           events.c.occurred_at_us >= hour_start,
-                                           events.c.occurred_at_us < hour_start + HOUR_US)) \
+        .join_from(hour_mark, _events, and_(_events.c.tenant_id == tenant, _events.c.metric == hour_mark.c.metric,
+                                           _events.c.occurred_at_us >= hour_start,
+                                           _events.c.occurred_at_us < hour_start + HOUR_US)) \
         .where(hour_mark.c.tenant_id == tenant, hour_mark.c.period == int(Period.HOUR),
                or_(_within(hour_start, "hour0"), _within(hour_start, "hour1"),
                    and_(_within(hour_start, "day"), day_is_dirty))) \
-        .group_by(events.c.metric)
-    return [(clean(Period.DAY), aggregates.c.metric), (clean(Period.HOUR, inside_dirty_days=True), aggregates.c.metric),
-            (clean(Period.HOUR), aggregates.c.metric), (dirty_hour_events, events.c.metric)]
+        .group_by(_events.c.metric)
+    return [(clean(Period.DAY), _aggregates.c.metric), (clean(Period.HOUR, inside_dirty_days=True), _aggregates.c.metric),
+            (clean(Period.HOUR), _aggregates.c.metric), (dirty_hour_events, _events.c.metric)]
 
 
 def _marked(period: Period, metric_column, start_column, tenant):
-    mark = dirty_buckets.alias("mark")
+    mark = dirty_buckets.alias("m")
     return exists().where(mark.c.tenant_id == tenant, mark.c.metric == metric_column,
                           mark.c.period == int(period), mark.c.period_start_us == start_column)
 

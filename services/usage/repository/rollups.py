@@ -14,22 +14,16 @@ read of the events serves the four periods. It detects change, not tampering (64
 cryptographic hash). Aggregates stored under the previous definition (SHA-256 of sorted lines, 64
 digits) get the new digest when next recomputed.
 
-On PostgreSQL a rollup runs in passes (see services/usage/service/rollups.py). `compute_pass`
-reads a batch of dirty marks and every total they need in ONE statement (one snapshot, no row
-locks: the four periods share one read of the events) into a temp table of the session. Then
-`apply_pass`, in short transactions, locks the marks that are still the row version that statement
-saw (same ctid and xmin; FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes them. An
-ingest that marks a bucket again writes a new version of its mark, so a bucket that gained events
-after the pass read them stays dirty for the next pass. SQLite, whose writers are serialised,
-recomputes bucket by bucket. (Longer than the house's ~200 lines: the pass is one statement, and
-SQLite needs PostgreSQL's hash in Python.)
+On PostgreSQL a rollup runs in passes (repository/rollup_pass.py): hours from raw events, days,
+weeks and months folded from the level below. SQLite, whose writers are serialised, recomputes
+bucket by bucket from raw events here; both give the same rows.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, select
 
-from services.usage.buckets import DAY_US, HOUR_US, WEEK_US, Period, next_start
+from services.usage.buckets import Period, next_start
 from services.usage.repository import dialect_insert, is_postgres
 from services.usage.source_hash import pg_hash_text
 from services.usage.tables import aggregates, dirty_buckets, events, rollup_runs
@@ -55,145 +49,6 @@ def mark_dirty(session, tenant_id: str, buckets: set[tuple[str, int, int]], now_
               if not is_postgres(session) else func.greatest(statement.excluded.marked_at_us,
                                                              dirty_buckets.c.marked_at_us)})
     session.execute(statement, rows)
-
-
-# --- PostgreSQL: a pass computes many buckets in one statement, short transactions apply it ------------------------
-
-_WORK = "pg_temp.usage_rollup_work"
-_WORK_DDL = """CREATE TEMP TABLE IF NOT EXISTS usage_rollup_work (
-    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, mark tid NOT NULL, version xid NOT NULL,
-    tenant_id varchar(128) NOT NULL, metric varchar(128) NOT NULL, period smallint NOT NULL,
-    period_start_us bigint NOT NULL, total_quantity bigint NOT NULL, event_count bigint NOT NULL,
-    source_hash varchar(64) NOT NULL)"""
-_NEXT_MONTH = ("(extract(epoch FROM (to_timestamp({us} / 1000000.0) AT TIME ZONE 'UTC') + interval '1 month')"
-               " * 1000000)::bigint")
-_MONTH_OF = ("(extract(epoch FROM date_trunc('month', to_timestamp({us} / 1000000.0) AT TIME ZONE 'UTC'))"
-             " * 1000000)::bigint")
-_EVENT_SUMS = (f"e.occurred_at_us - e.occurred_at_us % {HOUR_US} AS start_us, sum(e.quantity) AS quantity, "
-               "count(*) AS events, sum(hashtextextended(e.event_id || ':' || e.content_hash, 0)) AS digest")
-# The dirty marks of the pass in key order, each with the row version this statement saw (ctid and xmin), the
-# end of its bucket and a number per (tenant, metric), so that what follows joins and groups on integers.
-_MARKS = f"""marks AS MATERIALIZED (
-    SELECT dense_rank() OVER (ORDER BY tenant_id, metric) AS series, mark, version, tenant_id, metric, period,
-           period_start_us,
-           CASE period WHEN 1 THEN period_start_us + {HOUR_US} WHEN 2 THEN period_start_us + {DAY_US}
-                       WHEN 3 THEN period_start_us + {WEEK_US} ELSE {_NEXT_MONTH.format(us="period_start_us")}
-           END AS period_end_us
-    FROM (SELECT ctid AS mark, xmin AS version, tenant_id, metric, period, period_start_us
-          FROM "usage".dirty_buckets {{scope}}
-          ORDER BY tenant_id, metric, period, period_start_us LIMIT :limit) AS m),
-series AS (SELECT DISTINCT series, tenant_id, metric FROM marks)"""
-# Hourly sums of every event in the pass's time range (and tenant): one sequential read, for a backlog.
-_HOURS_BY_SCAN = f"""hours AS MATERIALIZED (
-    SELECT s.series, h.start_us, h.quantity, h.events, h.digest
-    FROM (SELECT e.tenant_id, e.metric, {_EVENT_SUMS}
-          FROM "usage".events AS e
-          WHERE e.occurred_at_us >= (SELECT min(period_start_us) FROM marks)
-            AND e.occurred_at_us < (SELECT max(period_end_us) FROM marks) {{scope}}
-          GROUP BY 1, 2, 3) AS h
-    JOIN series AS s ON s.tenant_id = h.tenant_id AND s.metric = h.metric)"""
-# Hourly sums of the events in the union of the marks' ranges per series: an index range read per span.
-_HOURS_BY_SPAN = f"""ranges AS (
-    SELECT series, period_start_us, period_end_us,
-           period_start_us > max(period_end_us) OVER (PARTITION BY series
-               ORDER BY period_start_us, period_end_us ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-           IS NOT FALSE AS opens
-    FROM marks),
-spans AS (
-    SELECT series, min(period_start_us) AS low, max(period_end_us) AS high
-    FROM (SELECT *, count(*) FILTER (WHERE opens) OVER (PARTITION BY series
-                        ORDER BY period_start_us, period_end_us ROWS UNBOUNDED PRECEDING) AS span
-          FROM ranges) AS numbered
-    GROUP BY series, span),
-hours AS MATERIALIZED (
-    SELECT s.series, h.start_us, h.quantity, h.events, h.digest
-    FROM spans JOIN series AS s USING (series) CROSS JOIN LATERAL (
-        SELECT {_EVENT_SUMS} FROM "usage".events AS e
-        WHERE e.tenant_id = s.tenant_id AND e.metric = s.metric AND e.occurred_at_us >= spans.low
-          AND e.occurred_at_us < spans.high
-        GROUP BY 1) AS h)"""
-# Days from hours; weeks and months from days; then one row per mark, numbered (seq) as written. Digests
-# are summed in numeric and folded to 64 bits at the end (to_hex of the two's complement bigint).
-_PASS = f"""WITH {_MARKS}, {{hours}},
-days AS (
-    SELECT series, start_us - start_us % {DAY_US} AS start_us, sum(quantity) AS quantity, sum(events) AS events,
-           sum(digest) AS digest
-    FROM hours GROUP BY 1, 2),
-totals AS (
-    SELECT series, 1 AS period, start_us, quantity, events, digest FROM hours
-    UNION ALL
-    SELECT d.series, b.period, b.start_us, sum(d.quantity), sum(d.events), sum(d.digest)
-    FROM days AS d CROSS JOIN LATERAL (VALUES
-        (2, d.start_us), (3, d.start_us - (d.start_us + {3 * DAY_US}) % {WEEK_US}),
-        (4, {_MONTH_OF.format(us="d.start_us")})) AS b (period, start_us)
-    GROUP BY 1, 2, 3)
-INSERT INTO {_WORK} (mark, version, tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                     source_hash)
-SELECT m.mark, m.version, m.tenant_id, m.metric, m.period, m.period_start_us,
-       coalesce(t.quantity, 0), coalesce(t.events, 0),
-       lpad(to_hex((mod(mod(coalesce(t.digest, 0), {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0')
-FROM marks AS m LEFT JOIN totals AS t ON t.series = m.series AND t.period = m.period
-     AND t.start_us = m.period_start_us"""
-# For a backlog: the planner's row estimates for these CTEs are off by orders of magnitude, and a sort of
-# millions of rows spills to disk; it is told to aggregate and join by hashing, in memory.
-_SCAN_SETTINGS = ("work_mem = '256MB'", "enable_sort = off", "enable_mergejoin = off")
-_APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force_custom_plan")
-# Usage's connections plan prepared statements once (generic plans, for GetUsage); a pass and its
-# applies are big, run rarely and depend on their values, so they are planned for each run.
-_PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan")
-# Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
-# marks a bucket again writes a new version), skipping those another transaction holds; delete them and
-# upsert their buckets, in one statement.
-_APPLY = f"""WITH chunk AS MATERIALIZED (SELECT * FROM {_WORK} WHERE seq > :after AND seq <= :until),
-held AS MATERIALIZED (
-    SELECT ctid AS mark, xmin AS version FROM "usage".dirty_buckets
-    WHERE ctid = ANY (ARRAY(SELECT mark FROM chunk))
-    FOR UPDATE SKIP LOCKED),
-claimed AS MATERIALIZED (SELECT chunk.* FROM chunk JOIN held USING (mark, version)),
-cleared AS (DELETE FROM "usage".dirty_buckets WHERE ctid = ANY (ARRAY(SELECT mark FROM claimed)))
-INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                                source_hash, computed_at_us)
-SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now
-FROM claimed ORDER BY tenant_id, metric, period, period_start_us
-ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
-    total_quantity = excluded.total_quantity, event_count = excluded.event_count,
-    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us"""
-
-
-def count_dirty(session, tenant_id: str | None, limit: int) -> int:
-    """How many dirty marks (at most `limit`) the next pass would read."""
-    scope = "WHERE tenant_id = :tenant" if tenant_id else ""
-    return session.execute(text(f'SELECT count(*) FROM (SELECT 1 FROM "usage".dirty_buckets {scope} LIMIT :limit) '
-                                "AS m"), {"tenant": tenant_id, "limit": limit}).scalar_one()
-
-
-def compute_pass(session, tenant_id: str | None, limit: int, *, scan: bool) -> int:
-    """Into the session's work table: up to `limit` dirty marks in key order, each with its bucket's totals.
-
-    One statement, so marks and events are read in one snapshot; it takes no row locks. `scan` reads
-    the events of the pass's time range sequentially (a backlog); otherwise by index, span by span.
-    """
-    hours = (_HOURS_BY_SCAN if scan else _HOURS_BY_SPAN).format(
-        scope="AND e.tenant_id = :tenant" if tenant_id and scan else "")
-    statement = _PASS.format(hours=hours, scope="WHERE tenant_id = :tenant" if tenant_id else "")
-    session.execute(text(_WORK_DDL))
-    session.execute(text(f"TRUNCATE {_WORK} RESTART IDENTITY"))
-    for setting in _PASS_SETTINGS + (_SCAN_SETTINGS if scan else ()):
-        session.execute(text(f"SET LOCAL {setting}"))
-    found = session.execute(text(statement), {"tenant": tenant_id, "limit": limit}).rowcount
-    session.execute(text(f"ANALYZE {_WORK}"))
-    return found
-
-
-def apply_pass(session, after: int, size: int, now_us: int) -> int:
-    """Store the buckets of work rows after..after+size whose marks nobody changed since the pass; clear those marks."""
-    for setting in _APPLY_SETTINGS:
-        session.execute(text(f"SET LOCAL {setting}"))
-    return session.execute(text(_APPLY), {"after": after, "until": after + size, "now": now_us}).rowcount
-
-
-def drop_work(session) -> None:
-    session.execute(text(f"DROP TABLE IF EXISTS {_WORK}"))
 
 
 # --- SQLite: writers are serialised, so a claim is simply the first marks; one bucket at a time -------------------

@@ -9,6 +9,7 @@ from services.usage import catalog
 from services.usage.catalog import Metric
 from services.usage.queries import Page
 from services.usage.repository import catalog as catalog_sql
+from services.usage.service import audit
 
 SCOPE = {"list": "metrics"}  # the catalog is global: a token is bound to the listing only
 
@@ -27,9 +28,13 @@ def list_metrics(*, page_size: int, page_token: str, sessions) -> Page:
 
 
 def upsert_metric(metric: Metric, *, sessions) -> tuple[Metric, bool]:
-    """Add or update a catalog metric (platform credentials only); returns it and whether it is new."""
-    auth.require_platform(auth.principal(), "changing the metric catalog")
+    """Add or update a catalog metric (platform credentials only), audited; returns it and whether it is new."""
+    caller = auth.principal()
+    auth.require_platform(caller, "changing the metric catalog")
     catalog.check_metric(metric)
     with sessions.begin() as session:
         created = catalog_sql.upsert_metric(session, metric, now_us=timeconv.now_micros())
+        audit.append(session, actor=caller.token_id, action="UpsertMetric", target=f"catalog/metric/{metric.name}",
+                     tenant_id="", change={"created": created, "classification": metric.classification.name,
+                                           "unit": metric.unit, "description": metric.description})
     return metric, created

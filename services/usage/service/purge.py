@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared import timeconv
+from shared import auth, timeconv
 from shared.errors import require
 
 from services.usage.buckets import DAY_US
 from services.usage.repository import in_transaction
 from services.usage.repository import purge as purge_sql
-from services.usage.service import schedule
+from services.usage.service import audit, schedule
 from services.usage.service.rollups import authorize_purge
 
 SLICE_US = DAY_US  # events deleted per transaction: one day of a tenant, so locks are held briefly
@@ -33,26 +33,30 @@ class PurgeReport:
 
 
 def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions) -> PurgeReport:
-    """Purge one tenant (or, for the platform, every tenant) before `before_us`."""
+    """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
     authorize_purge(tenant_id)
     require(before_us is not None, "before_time", "is required")
     require(timeconv.MIN_SECONDS * 1_000_000 <= before_us <= timeconv.now_micros(),
             "before_time", "must be a past timestamp (from year 1 on)")
-    return purge(sessions, tenant_id or None, before_us, dry_run=dry_run)
+    return purge(sessions, tenant_id or None, before_us, dry_run=dry_run, actor=auth.principal().token_id)
 
 
-def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False) -> PurgeReport:
-    """Purge the tenant, or every tenant with events before the cutoff; the report sums them."""
+def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False,
+          actor: str | None = None) -> PurgeReport:
+    """Purge the tenant, or every tenant with events before the cutoff; the report sums them.
+
+    With an `actor` (an admin's PurgeEvents) each tenant whose horizon moves gets an audit record.
+    """
     if tenant_id:
-        return _purge_tenant(sessions, tenant_id, before_us, dry_run)
+        return _purge_tenant(sessions, tenant_id, before_us, dry_run, actor)
     with sessions.begin() as session:
         tenants = purge_sql.tenants_with_events_before(session, before_us)
-    reports = [_purge_tenant(sessions, tenant, before_us, dry_run) for tenant in tenants]
+    reports = [_purge_tenant(sessions, tenant, before_us, dry_run, actor) for tenant in tenants]
     return PurgeReport(sum(r.events_deleted for r in reports), sum(r.events_kept for r in reports), dry_run,
                        before_us)
 
 
-def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool) -> PurgeReport:
+def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None) -> PurgeReport:
     if dry_run:
         with sessions.begin() as session:
             current = purge_sql.horizon(session, tenant_id)
@@ -60,12 +64,27 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool) -> Pu
     else:
         # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
         # it, so the marks each slice reads below can only disappear meanwhile, never appear.
-        horizon = in_transaction(sessions, lambda session: purge_sql.move_horizon(
-            session, tenant_id, before_us, timeconv.now_micros()))
+        horizon = in_transaction(sessions, lambda session: _move_horizon(session, tenant_id, before_us, actor))
     deleted = _delete_in_slices(sessions, tenant_id, horizon, delete=not dry_run)
     with sessions.begin() as session:
         left = purge_sql.count_before(session, tenant_id, horizon)
     return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, horizon)
+
+
+def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None) -> int:
+    """Move the horizon and, for an admin, record it in the same transaction: the horizon is the change.
+
+    The deletions that follow only carry it out, a slice per transaction; a purge that leaves the
+    horizon where it was changes nothing an answer depends on and appends nothing.
+    """
+    previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, timeconv.now_micros())
+    if actor is not None and horizon != previous:
+        # Counted under the purge lock: no ingest can add events before the horizon meanwhile.
+        audit.append(session, actor=actor, action="PurgeEvents", target=f"tenant/{tenant_id}/events",
+                     tenant_id=tenant_id, change={
+                         "cutoff_us": before_us, "previous_horizon_us": previous, "horizon_us": horizon,
+                         "events_before_horizon": purge_sql.count_before(session, tenant_id, horizon)})
+    return horizon
 
 
 def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool) -> int:

@@ -14,7 +14,7 @@ MAX_METRICS = 1000
 _MIN_US, _MAX_US = timeconv.MIN_SECONDS * 1_000_000, (timeconv.MAX_SECONDS + 1) * 1_000_000 - 1
 
 
-def get_usage(query: UsageQuery, *, sessions) -> list[UsageTotal]:
+def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
     """Exact totals per metric (and actor) over [start, end), read in the same database the writes commit to."""
     auth.require_tenant(auth.principal(), query.tenant_id)
     _check_text("tenant_id", query.tenant_id, required=True)
@@ -26,8 +26,8 @@ def get_usage(query: UsageQuery, *, sessions) -> list[UsageTotal]:
     _check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
     cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
-    with sessions.begin() as session:
-        rows, purged_before = reads_sql.usage_totals(session, query, cover)
+    with connections.connect() as connection:
+        rows, purged_before = reads_sql.usage_totals(connection, query, cover)
     if purged_before is not None and cover.raw_reaches_before(purged_before):
         raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
     return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
@@ -44,7 +44,7 @@ def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: 
             f"after {horizon}")
 
 
-def list_events(where: EventFilter, *, page_size: int, page_token: str, sessions) -> Page:
+def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> Page:
     """One page of the tenant's events matching the filter, oldest first."""
     auth.require_tenant(auth.principal(), where.tenant_id)
     _check_text("tenant_id", where.tenant_id, required=True)
@@ -57,8 +57,8 @@ def list_events(where: EventFilter, *, page_size: int, page_token: str, sessions
     size = pagination.page_size(page_size)
     position = pagination.decode(page_token, where.scope())
     after = _event_position(position)
-    with sessions.begin() as session:
-        found = reads_sql.list_events(session, where, after=after, limit=size + 1)
+    with connections.connect() as connection:
+        found = reads_sql.list_events(connection, where, after=after, limit=size + 1)
     items = found[:size]
     if len(found) <= size:
         return Page(items, "")

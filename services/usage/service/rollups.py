@@ -16,6 +16,7 @@ from services.usage.buckets import Period
 from services.usage.domain import MAX_ID_LENGTH
 from services.usage.queries import Page
 from services.usage.repository import in_transaction
+from services.usage.repository import rollup_pass
 from services.usage.repository import rollups as rollups_sql
 from services.usage.service import schedule
 
@@ -117,17 +118,16 @@ def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> int
                     break
         finally:
             with on_connection.begin() as session:
-                rollups_sql.drop_work(session)
+                rollup_pass.drop_work(session)
     return done
 
 
 def _compute_pass(session, *, tenant_id: str | None, limit: int) -> int:
-    backlog = rollups_sql.count_dirty(session, tenant_id, limit) >= SCAN_FROM
-    return rollups_sql.compute_pass(session, tenant_id, limit, scan=backlog)
+    return rollup_pass.compute_pass(session, tenant_id, limit, scan_from=SCAN_FROM)
 
 
 def _apply_claim(session, *, after: int) -> int:
-    return rollups_sql.apply_pass(session, after, CLAIM_SIZE, timeconv.now_micros())
+    return rollup_pass.apply_pass(session, after, CLAIM_SIZE, timeconv.now_micros())
 
 
 def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> int:
@@ -162,7 +162,7 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
 
 
 def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
-                    page_size: int, page_token: str, sessions) -> Page:
+                    page_size: int, page_token: str, connections) -> Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
     auth.require_tenant(auth.principal(), tenant_id)
     _check_text("tenant_id", tenant_id)
@@ -176,8 +176,8 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     if position is not None and (len(position) != 1 or not isinstance(position[0], int)
                                  or isinstance(position[0], bool)):
         raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
-    with sessions.begin() as session:
-        rows = rollups_sql.list_aggregates(session, tenant_id, metric, period, start_us, end_us,
+    with connections.connect() as connection:
+        rows = rollups_sql.list_aggregates(connection, tenant_id, metric, period, start_us, end_us,
                                            after=position[0] if position else None, limit=size + 1)
     items = [Aggregate(r.tenant_id, r.metric, Period(r.period), r.period_start_us, r.total_quantity, r.event_count,
                        r.source_hash, r.computed_at_us, bool(r.dirty)) for r in rows[:size]]

@@ -1,4 +1,7 @@
-"""The audit chain's arithmetic (SPEC §1.7): canonical JSON, digests, link hashes, verification. Pure."""
+"""The audit chain's arithmetic (SPEC §1.7): canonical JSON, digests, link hashes, verification. Pure.
+
+Both services keep a chain of their own (Policy's admin writes, Usage's); the arithmetic is one.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +35,15 @@ class Break:
 
     sequence: int
     problem: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of walking a whole chain."""
+
+    ok: bool
+    records_checked: int
+    first_break: Break | None
 
 
 def canonical_json(value) -> str:
@@ -83,3 +95,14 @@ def check_links(records: Iterable[AuditRecord], *, after_sequence: int, after_ha
             return sequence, previous, broken
         sequence, previous = record.sequence, record.hash
     return sequence, previous, None
+
+
+def head_break(sequence: int, last_hash: str, head_sequence: int, head_hash: str) -> Break | None:
+    """Deleting the newest records leaves a valid chain; the head row still knows how long it was."""
+    if head_sequence > sequence:
+        return Break(sequence + 1, f"record {sequence + 1} is missing (the chain head is at {head_sequence})")
+    if head_sequence < sequence:
+        return Break(head_sequence + 1, f"record {head_sequence + 1} lies beyond the chain head")
+    if head_hash != last_hash:
+        return Break(sequence, "the chain head's hash differs from the last record's hash")
+    return None

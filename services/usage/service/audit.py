@@ -1,0 +1,30 @@
+"""Usage's audit chain (SPEC §1.7): the record each admin write appends, listing and verifying.
+
+Audited: UpsertMetric and PurgeEvents (not a dry run). RunRollup and the scheduled rollup only
+recompute derived data; the retention job applies the operator's configuration, not an admin call.
+"""
+
+from __future__ import annotations
+
+from shared import audit_chain, auth, timeconv
+from shared.audit import AuditRecord, Verification
+
+from services.usage.repository.audit import CHAIN
+
+
+def append(session, *, actor: str, action: str, target: str, tenant_id: str, change: dict) -> AuditRecord:
+    """Append the record of this transaction's write; the head stays locked until commit, so writers queue."""
+    head = CHAIN.lock_head(session)
+    return CHAIN.append_after(session, head, time_us=timeconv.now_micros(), actor=actor, action=action,
+                              target=target, tenant_id=tenant_id, change=change)
+
+
+def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions) -> tuple[list[AuditRecord], str]:
+    """One page of records oldest first; a tenant's own, or with '' every one (platform only)."""
+    return audit_chain.list_records(CHAIN, tenant_id, page_size=page_size, page_token=page_token,
+                                    sessions=sessions, caller=auth.principal())
+
+
+def verify(*, sessions) -> Verification:
+    """Walk the whole chain; name the first link that does not check (platform only)."""
+    return audit_chain.verify(CHAIN, sessions=sessions, caller=auth.principal())
