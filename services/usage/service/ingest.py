@@ -40,13 +40,16 @@ def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[E
             candidates.append(admitted)
         else:
             results[index] = admitted
-    accepted = set()
+    hours = set()
     for result in _store(session, batch.tenant_id, candidates, now_us):
         results[result.index] = result
         if result.verdict is Verdict.ACCEPTED:
             event = batch.events[result.index]
-            accepted.update((event.metric, period, start) for period, start in buckets.buckets_of(event.occurred_at_us))
-    rollups_sql.mark_dirty(session, batch.tenant_id, accepted, now_us)
+            hours.add((event.metric, buckets.start_of(buckets.Period.HOUR, event.occurred_at_us)))
+    # An hour lies in one day, week and month: the buckets of its start are those of every instant in it,
+    # and a batch has far fewer distinct hours than events.
+    dirty = {(metric, period, start) for metric, hour in hours for period, start in buckets.buckets_of(hour)}
+    rollups_sql.mark_dirty(session, batch.tenant_id, dirty, now_us)
     classification_of = {i: catalog[e.metric].name for i, e in enumerate(batch.events) if e.metric in catalog}
     return results, classification_of
 
