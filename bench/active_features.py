@@ -14,13 +14,9 @@ never hides fallbacks (Policy's default deadline on Usage applies); the database
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 import psycopg
@@ -29,7 +25,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
-from scripts.pgcluster import create_postgres_database, drop_postgres_database, free_port
+from bench.processes import UsageProcess
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from shared import migrate
 from shared.db import normalize_url
 from tollgate.policy.v1 import policy_pb2 as pb
@@ -47,7 +44,6 @@ METRICS = [metric.name for metric in DEFAULT_CATALOG]
 USERS, EVENTS, BATCH, DAYS = 50, 50_000, 1000, 30
 SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP, DIRECT = 2000, 1600, 32, 200, 300
 GOAL = 4.0
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(admin_url: str) -> None:
@@ -59,7 +55,7 @@ def run(admin_url: str) -> None:
                                    schemas=("usage", "policy"), label="bench admin")
         policy_token = tokens.token(url, {"usage:read"}, label="policy service")
         quiet = dict(database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING")
-        usage = _UsageProcess(url)
+        usage = UsageProcess(url)
         try:
             policy = policy_server.build(replace(PolicySettings(), usage_addr=f"127.0.0.1:{usage.port}",
                                                  usage_token=policy_token, **quiet))
@@ -82,38 +78,6 @@ def run(admin_url: str) -> None:
             usage.stop()
     finally:
         drop_postgres_database(admin_url, url)
-
-
-class _UsageProcess:
-    """Usage in its own process, as deployed: its work does not share this process's GIL with Policy."""
-
-    def __init__(self, url: str):
-        self.port = free_port()
-        env = {**os.environ, "USAGE_DATABASE_URL": url, "USAGE_HOST": "127.0.0.1", "USAGE_PORT": str(self.port),
-               "USAGE_METRICS_PORT": "-1", "USAGE_ROLLUP_INTERVAL_SECONDS": "0", "USAGE_LOG_LEVEL": "WARNING",
-               "USAGE_HEALTH_INTERVAL_SECONDS": "0.2"}
-        self._process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env)
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health, deadline = health_pb2_grpc.HealthStub(channel), time.monotonic() + 60
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline or self._process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("the Usage process did not become SERVING")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
 
 
 def _seed_policy(admin, metadata) -> None:

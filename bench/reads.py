@@ -12,7 +12,7 @@ event's hour, day, ISO week and month). It is dropped at the end, also after a f
    neither side pays for shipping rows to Python; run before and after the rollup, averaged); then no
    dirty bucket may be left and each period's aggregates must add up to the events. For scale, the
    write part alone: the same aggregates upserted again in one statement.
-3. A 30-day GetUsage through gRPC (every metric, [now - 30 d, now): edges not bucket-aligned) over
+3. A 30-day GetUsage through gRPC from Usage in its own process, as deployed (every metric, [now - 30 d, now): edges not bucket-aligned) over
    rotating tenants, beside (a) the raw GROUP BY of the same question run directly on PostgreSQL and
    (b) an empty unary RPC on the same server (grpc.health.v1.Health/Check). GetUsage's answers must
    equal the raw GROUP BY's.
@@ -30,7 +30,6 @@ import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import grpc
 import psycopg
@@ -38,16 +37,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import tokens
+from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from shared import migrate
 from shared.db import create_engine_for, normalize_url, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-from services.usage import server as usage_server
 from services.usage.buckets import DAY_US, HOUR_US
 from services.usage.catalog import DEFAULT_CATALOG
-from services.usage.config import Settings
 from services.usage.repository.ingest import COLUMNS
 from services.usage.service import rollups
 
@@ -99,16 +97,15 @@ def run(admin_url: str) -> None:
         _generate(url, now_us)
         _cold_backlog(url)
         _settle(url)
-        running = usage_server.build(replace(Settings(), database_url=url, host="127.0.0.1", port=0,
-                                             metrics_port=None, rollup_interval_seconds=0, log_level="WARNING"))
+        usage = UsageProcess(url)
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+            with grpc.insecure_channel(f"127.0.0.1:{usage.port}") as channel, \
                     psycopg.connect(_pg(url), autocommit=True) as raw:
                 token = tokens.token(url, {"usage:read", "usage:write"})
                 _reads(channel, (("authorization", f"Bearer {token}"),), raw)
                 _late_rollup(url, raw)
         finally:
-            running.stop(grace=1)
+            usage.stop()
     finally:
         drop_postgres_database(admin_url, url)
 

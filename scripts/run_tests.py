@@ -14,7 +14,7 @@ def main() -> int:
     env = dict(os.environ)
     cluster = None
     if env.get("TEST_DATABASE_URL"):
-        print(f"PostgreSQL for tests: TEST_DATABASE_URL", flush=True)
+        print("PostgreSQL for tests: TEST_DATABASE_URL", flush=True)
     elif pgcluster.answers():
         env["TEST_DATABASE_URL"] = pgcluster.LOCAL_URL
         print(f"PostgreSQL for tests: local server {pgcluster.LOCAL_URL}", flush=True)

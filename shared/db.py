@@ -24,7 +24,7 @@ def is_sqlite(url_or_engine) -> bool:
 
 
 def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate",
-                      generic_plans: bool = False, pre_ping: bool = True) -> Engine:
+                      generic_plans: bool = False, pre_ping: bool = True, autocommit: bool = False) -> Engine:
     """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
 
     `generic_plans` (PostgreSQL): statements psycopg has prepared (after 5 runs) reuse one plan
@@ -35,6 +35,11 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
     (Usage's hot paths: the ping was a second round trip on every GetUsage), a connection that died
     with its server fails the one call using it, which answers UNAVAILABLE, and SQLAlchemy then
     discards every connection of the pool opened before the failure.
+
+    `autocommit` (PostgreSQL): every connection of the pool stays in autocommit, for questions
+    answered by ONE statement, which is its own snapshot: no BEGIN and COMMIT around it, and no
+    switching of the connection's mode at each checkout and checkin (an option on a shared pool
+    switches it both ways on every call). Use it with `connect()`, not sessions that write.
     """
     url = normalize_url(url)
     if is_sqlite(url):
@@ -47,6 +52,7 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": application_name},
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     if generic_plans:
         @event.listens_for(engine, "connect")
@@ -87,13 +93,3 @@ def _sqlite_engine(url: str, schema: str) -> Engine:
 def session_factory(engine: Engine) -> sessionmaker:
     """Sessions for use cases: `with sessions.begin() as session: ...`."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def read_engine(engine: Engine) -> Engine:
-    """Connections for questions answered by ONE statement, which is its own snapshot on both dialects.
-
-    Use cases take `with connections.connect() as connection:`, a Core connection with no ORM session
-    around it. On PostgreSQL it runs in autocommit: no BEGIN and COMMIT round trips around the
-    statement (psycopg switches autocommit on the client, without a round trip of its own).
-    """
-    return engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared import auth, migrate
-from shared.db import create_engine_for, read_engine, session_factory
+from shared.db import create_engine_for, session_factory
 from shared.server import RunningServer, ServerSpec, build_server
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -19,11 +19,15 @@ def build(settings: Settings) -> RunningServer:
     engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
                                application_name="tollgate-usage", generic_plans=True, pre_ping=False)
     sessions = session_factory(engine)
+    # GetUsage, ListAggregates and ListEvents: one statement each, on connections that stay in autocommit.
+    reads = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
+                              application_name="tollgate-usage-reads", generic_plans=True, pre_ping=False,
+                              autocommit=True)
     spec = ServerSpec(
         name="usage",
         registrations=[
             (usage_pb2_grpc.add_UsageServiceServicer_to_server,
-             grpc_api.UsageApi(sessions=sessions, connections=read_engine(engine), settings=settings)),
+             grpc_api.UsageApi(sessions=sessions, connections=reads, settings=settings)),
             (usage_pb2_grpc.add_UsageAdminServiceServicer_to_server,
              grpc_api.UsageAdminApi(sessions=sessions, settings=settings)),
         ],
@@ -37,5 +41,5 @@ def build(settings: Settings) -> RunningServer:
     )
     running = build_server(spec, address=settings.address, max_workers=settings.workers,
                            metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)
-    running.on_stop.append(engine.dispose)
+    running.on_stop += [engine.dispose, reads.dispose]
     return running
