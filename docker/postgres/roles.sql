@@ -15,4 +15,7 @@ ALTER ROLE :"usage_role" SET plan_cache_mode = force_generic_plan;
 -- Nobody else connects or creates objects in the public schema.
 SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database()) \gexec
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I', current_database(), :'usage_role', :'policy_role') \gexec
+-- Usage stages each ingest batch (COPY) and each rollup pass in temp tables that live for one
+-- transaction: it needs TEMPORARY, which the REVOKE above took from PUBLIC.
+SELECT format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), :'usage_role') \gexec
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;

@@ -1,7 +1,7 @@
 """SQL of a rollup pass on PostgreSQL: compute many dirty buckets in one snapshot, apply them in short transactions.
 
 A pass (`compute_pass`) runs in one REPEATABLE READ transaction, so every statement in it reads the
-same snapshot, and takes no row locks. Into temp tables of the session it reads
+same snapshot, and takes no row locks. Into temp tables of that transaction it reads
 
 1. up to `limit` dirty marks in key order (tenant, metric, period, start), each with the row version
    it saw (ctid and xmin);
@@ -17,8 +17,10 @@ are taken in key order and HOUR < DAY < WEEK < MONTH), so a bucket not in the pa
 it is clean. A late event thus costs its hour's events and a few dozen aggregate rows, not a re-read
 of its month.
 
-`apply_pass` then, in short transactions, locks the marks that are still the row version the pass
-saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes them. An ingest that marks a
+and it hands the result to `usage.rollup_work` (an unlogged table, rows tagged with the pass's id),
+not to a temp table: under PgBouncer's transaction pooling the transactions that follow may run on
+another server connection. `apply_pass` then, in short transactions, locks the marks that are still
+the row version the pass saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes them. An ingest that marks a
 bucket again writes a new version of its mark, so a bucket that gained events after the pass read
 them stays dirty for the next pass. Any number of workers may run passes at once.
 """
@@ -29,19 +31,21 @@ from sqlalchemy import text
 
 from services.usage.buckets import DAY_US, HOUR_US, WEEK_US
 
-_MARKS, _WORK = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work"
+_MARKS, _WORK, _PASSES = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work", '"usage".rollup_work'
+STALE_US = 3600 * 1_000_000  # a pass's rows older than this belong to a worker that died: swept
+# Dropped at commit: nothing is left on a server connection that PgBouncer hands to someone else.
 _TEMP_TABLES = (
-    """CREATE TEMP TABLE IF NOT EXISTS usage_rollup_marks (
+    """CREATE TEMP TABLE usage_rollup_marks (
         mark tid NOT NULL, version xid NOT NULL, series integer NOT NULL, tenant_id varchar(128) NOT NULL,
         metric varchar(128) NOT NULL, period smallint NOT NULL, period_start_us bigint NOT NULL,
-        period_end_us bigint NOT NULL)""",
+        period_end_us bigint NOT NULL) ON COMMIT DROP""",
     # One row per mark of the pass with its bucket's totals; `digest` is the exact sum of the events'
     # hashes (numeric), folded to 64 bits when stored.
-    """CREATE TEMP TABLE IF NOT EXISTS usage_rollup_work (
+    """CREATE TEMP TABLE usage_rollup_work (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, mark tid NOT NULL, version xid NOT NULL,
         series integer NOT NULL, tenant_id varchar(128) NOT NULL, metric varchar(128) NOT NULL,
         period smallint NOT NULL, period_start_us bigint NOT NULL, total_quantity bigint NOT NULL,
-        event_count bigint NOT NULL, digest numeric NOT NULL)""",
+        event_count bigint NOT NULL, digest numeric NOT NULL) ON COMMIT DROP""",
 )
 _MONTH_END = ("(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) AT TIME ZONE 'UTC') "
               "+ interval '1 month') * 1000000)::bigint")
@@ -127,7 +131,13 @@ FROM {_MARKS} AS m LEFT JOIN LATERAL (
                       AND w.period_start_us = a.period_start_us)) AS parts ON true
 WHERE m.period = ANY (:periods)
 GROUP BY m.mark, m.version, m.series, m.tenant_id, m.metric, m.period, m.period_start_us"""
-_INDEXES = (f"CREATE INDEX IF NOT EXISTS usage_rollup_work_key ON {_WORK} (series, period, period_start_us)",)
+_INDEXES = (f"CREATE INDEX usage_rollup_work_key ON {_WORK} (series, period, period_start_us)",)
+# The pass, handed over: the digest folded to 64 bits (to_hex of the two's complement bigint, 16 digits).
+_HAND_OVER = f"""INSERT INTO {_PASSES} (pass_id, created_at_us, mark, version, tenant_id, metric, period,
+                                      period_start_us, total_quantity, event_count, source_hash)
+SELECT :pass, :now, mark, version, tenant_id, metric, period, period_start_us, total_quantity, event_count,
+       lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0')
+FROM {_WORK} ORDER BY seq"""
 # For a backlog the planner's estimates of these temp tables are far off, and a sort of millions of rows
 # spills to disk: it is told to aggregate and join by hashing, in memory.
 _SCAN_SETTINGS = ("work_mem = '256MB'", "enable_sort = off", "enable_mergejoin = off")
@@ -137,9 +147,9 @@ _PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan")
 _APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force_custom_plan")
 # Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
 # marks a bucket again writes a new version), skipping those another transaction holds; delete them and
-# upsert their buckets, in one statement. The digest is folded to 64 bits here: to_hex of the two's
-# complement bigint, 16 digits.
-_APPLY = f"""WITH chunk AS MATERIALIZED (SELECT * FROM {_WORK} WHERE seq > :after AND seq <= :until),
+# upsert their buckets, in one statement.
+_APPLY = f"""WITH chunk AS MATERIALIZED (
+    SELECT * FROM {_PASSES} WHERE pass_id = :pass AND seq > :after AND seq <= :until),
 held AS MATERIALIZED (
     SELECT ctid AS mark, xmin AS version FROM "usage".dirty_buckets
     WHERE ctid = ANY (ARRAY(SELECT mark FROM chunk))
@@ -148,26 +158,26 @@ claimed AS MATERIALIZED (SELECT chunk.* FROM chunk JOIN held USING (mark, versio
 cleared AS (DELETE FROM "usage".dirty_buckets WHERE ctid = ANY (ARRAY(SELECT mark FROM claimed)))
 INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
                                 source_hash, computed_at_us)
-SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count,
-       lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0'), :now
+SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now
 FROM claimed ORDER BY tenant_id, metric, period, period_start_us
 ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     total_quantity = excluded.total_quantity, event_count = excluded.event_count,
     source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us"""
 
 
-def compute_pass(session, tenant_id: str | None, limit: int, *, scan_from: int) -> int:
-    """Into the session's work table: up to `limit` dirty marks, whole series first, each with its bucket's totals.
+def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, *, scan_from: int,
+                 now_us: int) -> tuple[int, int, int]:
+    """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
+    as pass `pass_id`: (marks, first seq, last seq).
 
     Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` hour marks on,
     the hours are summed from one sequential read of the events instead of index range reads.
     """
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    for statement in _TEMP_TABLES + _INDEXES:
-        session.execute(text(statement))
-    session.execute(text(f"TRUNCATE {_MARKS}, {_WORK} RESTART IDENTITY"))
     for setting in _PASS_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
+    for statement in _TEMP_TABLES + _INDEXES:
+        session.execute(text(statement))
     values = {"tenant": tenant_id, "limit": limit}
     found = session.execute(text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
                             values).rowcount
@@ -182,16 +192,20 @@ def compute_pass(session, tenant_id: str | None, limit: int, *, scan_from: int) 
     for below, periods in ((1, (2,)), (2, (3, 4))):
         session.execute(text(f"ANALYZE {_WORK}"))
         session.execute(text(_FOLD), {"below": below, "periods": list(periods)})
-    session.execute(text(f"ANALYZE {_WORK}"))
-    return found
+    session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})
+    session.execute(text(_HAND_OVER), {"pass": pass_id, "now": now_us})
+    first, last = session.execute(text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"),
+                                  {"pass": pass_id}).one()
+    return found, first or 0, last or 0
 
 
-def apply_pass(session, after: int, size: int, now_us: int) -> int:
-    """Store the buckets of work rows after..after+size whose marks nobody changed since the pass; clear those marks."""
+def apply_pass(session, pass_id: int, after: int, size: int, now_us: int) -> int:
+    """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
-    return session.execute(text(_APPLY), {"after": after, "until": after + size, "now": now_us}).rowcount
+    return session.execute(text(_APPLY), {"pass": pass_id, "after": after, "until": after + size,
+                                          "now": now_us}).rowcount
 
 
-def drop_work(session) -> None:
-    session.execute(text(f"DROP TABLE IF EXISTS {_WORK}, {_MARKS}"))
+def drop_pass(session, pass_id: int) -> None:
+    session.execute(text(f"DELETE FROM {_PASSES} WHERE pass_id = :pass"), {"pass": pass_id})

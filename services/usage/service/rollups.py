@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
 
-from sqlalchemy.orm import sessionmaker
 
 from shared import auth, pagination, timeconv
 from shared.errors import FieldViolation, InvalidArgument, require
@@ -98,36 +98,36 @@ def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
 
 
 def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> int:
-    """PostgreSQL: each pass computes up to PASS_SIZE buckets in one statement, applied CLAIM_SIZE at a time.
+    """PostgreSQL: each pass computes up to PASS_SIZE buckets in one snapshot, applied CLAIM_SIZE at a time.
 
     The pass holds no row locks, however many events it reads; each apply transaction writes at most
-    CLAIM_SIZE buckets. The work table is a temp table, so the pass and its applies share one connection.
+    CLAIM_SIZE buckets. Every transaction may run on its own connection (PgBouncer transaction pooling).
     """
     done = 0
-    with sessions.kw["bind"].connect() as connection:
-        on_connection = sessionmaker(bind=connection, expire_on_commit=False)
+    while not max_buckets or done < max_buckets:
+        limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
+        pass_id = secrets.randbits(63)
         try:
-            while not max_buckets or done < max_buckets:
-                limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
-                found = in_transaction(on_connection, partial(_compute_pass, tenant_id=tenant_id, limit=limit))
-                applied = sum(in_transaction(on_connection, partial(_apply_claim, after=after))
-                              for after in range(0, found, CLAIM_SIZE))
-                done += applied
-                # A full pass may have left marks behind it; a pass whose marks all changed meanwhile stops the run.
-                if found < limit or not applied:
-                    break
+            found, first, last = in_transaction(sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id,
+                                                                  limit=limit))
+            applied = sum(in_transaction(sessions, partial(_apply_claim, pass_id=pass_id, after=after))
+                          for after in (range(first - 1, last, CLAIM_SIZE) if found else ()))
         finally:
-            with on_connection.begin() as session:
-                rollup_pass.drop_work(session)
+            in_transaction(sessions, partial(rollup_pass.drop_pass, pass_id=pass_id))
+        done += applied
+        # A full pass may have left marks behind it; a pass whose marks all changed meanwhile stops the run.
+        if found < limit or not applied:
+            break
     return done
 
 
-def _compute_pass(session, *, tenant_id: str | None, limit: int) -> int:
-    return rollup_pass.compute_pass(session, tenant_id, limit, scan_from=SCAN_FROM)
+def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> tuple[int, int, int]:
+    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, scan_from=SCAN_FROM,
+                                    now_us=timeconv.now_micros())
 
 
-def _apply_claim(session, *, after: int) -> int:
-    return rollup_pass.apply_pass(session, after, CLAIM_SIZE, timeconv.now_micros())
+def _apply_claim(session, *, pass_id: int, after: int) -> int:
+    return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, timeconv.now_micros())
 
 
 def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> int:
