@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
+
+
+# Statements psycopg has prepared (after 5 runs) reuse one plan instead of being planned again for
+# each call's values: for a large statement with cheap, index-bound execution, such as GetUsage's,
+# planning otherwise costs more than running.
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
+# For a pool that runs only one-tenant questions, each bound by an index on tenant_id. A generic plan
+# lives as long as its connection; made while a table is small (dirty_buckets between rollups), it
+# would keep scanning that table whole long after it has grown.
+INDEXED_READS = {**GENERIC_PLANS, "enable_seqscan": "off"}
 
 
 def normalize_url(url: str) -> str:
@@ -24,12 +35,11 @@ def is_sqlite(url_or_engine) -> bool:
 
 
 def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate",
-                      generic_plans: bool = False, pre_ping: bool = True, autocommit: bool = False) -> Engine:
+                      settings: Mapping[str, str] | None = None, pre_ping: bool = True,
+                      autocommit: bool = False) -> Engine:
     """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
 
-    `generic_plans` (PostgreSQL): statements psycopg has prepared (after 5 runs) reuse one plan
-    instead of being planned again for each call's values. For a large statement with cheap,
-    index-bound execution, such as GetUsage's, planning otherwise costs more than running.
+    `settings` (PostgreSQL): set on every connection the pool opens, e.g. GENERIC_PLANS.
 
     `pre_ping` tests every pooled connection with a round trip when it is checked out. Without it
     (Usage's hot paths: the ping was a second round trip on every GetUsage), a connection that died
@@ -54,11 +64,12 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         connect_args={"connect_timeout": 5, "application_name": application_name},
         **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
-    if generic_plans:
+    if settings:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):
             with dbapi_connection.cursor() as cursor:
-                cursor.execute("SET plan_cache_mode = force_generic_plan")
+                for name, value in settings.items():
+                    cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
             dbapi_connection.commit()
     return engine
 

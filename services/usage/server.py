@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared import auth, migrate
-from shared.db import create_engine_for, session_factory
+from shared.db import GENERIC_PLANS, INDEXED_READS, create_engine_for, session_factory
 from shared.server import RunningServer, ServerSpec, build_server
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -17,11 +17,11 @@ RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is p
 def build(settings: Settings) -> RunningServer:
     """Connect, wire and start the Usage server on settings.address."""
     engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                               application_name="tollgate-usage", generic_plans=True, pre_ping=False)
+                               application_name="tollgate-usage", settings=GENERIC_PLANS, pre_ping=False)
     sessions = session_factory(engine)
     # GetUsage, ListAggregates and ListEvents: one statement each, on connections that stay in autocommit.
     reads = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                              application_name="tollgate-usage-reads", generic_plans=True, pre_ping=False,
+                              application_name="tollgate-usage-reads", settings=INDEXED_READS, pre_ping=False,
                               autocommit=True)
     spec = ServerSpec(
         name="usage",
