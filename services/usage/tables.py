@@ -88,6 +88,16 @@ rollup_runs = Table(
     PrimaryKeyConstraint("tenant_id", name="rollup_runs_pkey"),
 )
 
+# Which instance runs a scheduled job (rollup, retention) now: one at a time across replicas.
+job_leases = Table(
+    "job_leases",
+    metadata,
+    Column("name", String(64), nullable=False),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", name="job_leases_pkey"),
+)
+
 # Per tenant, where the raw history starts after a purge (see docs/usage.md, "Purge").
 purge_horizons = Table(
     "purge_horizons",

@@ -109,4 +109,4 @@ def retention_job(sessions, retention_days: int, every_seconds: float):
     def run() -> dict:
         report = purge(sessions, None, timeconv.now_micros() - retention_days * DAY_US)
         return {"deleted": report.events_deleted, "kept": report.events_kept}
-    return schedule.every(every_seconds, "retention purge", run)
+    return schedule.every(every_seconds, "retention purge", run, sessions=sessions)

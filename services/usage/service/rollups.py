@@ -193,7 +193,7 @@ def scheduled_job(sessions, interval_seconds: float):
     def run() -> dict:
         report = roll_up(sessions, None)
         return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining}
-    return schedule.every(interval_seconds, "rollup", run)
+    return schedule.every(interval_seconds, "rollup", run, sessions=sessions)
 
 
 def _check_text(field: str, value: str) -> None:

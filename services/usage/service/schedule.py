@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import sqlalchemy.exc
 
+from shared import timeconv
+
+from services.usage.repository import in_transaction
+from services.usage.repository import leases
+
 log = logging.getLogger(__name__)
 
+# A holder that dies leaves its job idle this long at most; a run that outlasts it may overlap the
+# next holder's, which stays correct (rollups and purges are safe to run at once), only wasteful.
+LEASE_SECONDS = 300.0
 
-def every(seconds: float, name: str, work: Callable[[], dict]):
-    """A job for ServerSpec.background running `work` every `seconds` until stopped.
 
-    `work` returns the fields to log. A database failure is logged and the job tries again at the
-    next interval, so an outage never ends the job.
+def every(seconds: float, name: str, work: Callable[[], dict], *, sessions):
+    """A job for ServerSpec.background running `work` every `seconds` until stopped, on one instance at a time.
+
+    Each round first takes the job's lease: with several replicas, one runs it and the others skip the
+    round instead of computing the same work. `work` returns the fields to log. A database failure is
+    logged and the job tries again at the next interval, so an outage never ends the job.
     """
+    holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
     def job(stopping: threading.Event) -> None:
         while not stopping.wait(seconds):
             try:
-                log.info(name, extra={"fields": work()})
+                run_once(name, work, sessions=sessions, holder=holder)
             except sqlalchemy.exc.SQLAlchemyError:
                 log.exception(f"{name} failed; will retry at the next interval")
     return job
+
+
+def run_once(name: str, work: Callable[[], dict], *, sessions, holder: str) -> bool:
+    """One round: `work` under the job's lease; False when another instance holds it."""
+    taken = in_transaction(sessions, partial(leases.take, name=name, holder=holder, now_us=timeconv.now_micros(),
+                                             ttl_us=int(LEASE_SECONDS * 1_000_000)))
+    if not taken:
+        log.debug(f"{name} skipped: another instance holds its lease")
+        return False
+    try:
+        log.info(name, extra={"fields": work()})
+    finally:
+        in_transaction(sessions, partial(leases.give_back, name=name, holder=holder))
+    return True
