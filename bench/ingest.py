@@ -7,8 +7,9 @@ other load on a 2-core machine moves single figures by a factor of two:
    DO NOTHING, 2 connections, rows prepared in advance (the database's share of the work only);
 2. naive: one INSERT per event in its own transaction, catching the unique violation (a sample,
    extrapolated as a rate);
-3. Tollgate end to end: RecordEvents through a real gRPC channel, batches of 1,000 with all three
-   dedup keys set, several batches in flight;
+3. Tollgate end to end: RecordEvents through a real gRPC channel to Usage in its own process, as
+   deployed (in this process its threads would share the senders' GIL), batches of 1,000 with all
+   three dedup keys set, several batches in flight;
 4. the same batches sent again: 100 % duplicates.
 """
 
@@ -25,14 +26,13 @@ import grpc
 import psycopg
 
 from bench import tokens
+from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from shared import migrate
 from shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-from services.usage import server as usage_server
-from services.usage.config import Settings
 from services.usage.domain import MAX_BATCH
 from services.usage.repository.ingest import COLUMNS
 
@@ -138,13 +138,12 @@ def _requests(rows: list[tuple]) -> list[u.RecordEventsRequest]:
 def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], float]:
     """Alternate the SQL ceiling and RecordEvents through gRPC, each on an emptied table."""
     requests = _requests(rows)
-    settings = Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None, db_pool_size=IN_FLIGHT,
-                        health_interval_seconds=5, auth_cache_seconds=60, log_level="WARNING")
-    running = usage_server.build(settings)
+    usage = UsageProcess(url, USAGE_DB_POOL_SIZE=str(IN_FLIGHT), USAGE_HEALTH_INTERVAL_SECONDS="5",
+                         USAGE_AUTH_CACHE_SECONDS="60")
     ceilings, rates = [], []
     try:
         token = tokens.token(url, {"usage:write"})
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{usage.port}") as channel:
             stub = usage_pb2_grpc.UsageServiceStub(channel)
             for _ in range(ROUNDS):
                 ceilings.append(_sql_ceiling(url, rows))
@@ -152,7 +151,7 @@ def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], floa
                 rates.append(_send(stub, token, requests, "ACCEPTED"))
             duplicate_rate = _send(stub, token, requests[:DUPLICATE_EVENTS // MAX_BATCH], "DUPLICATE")
     finally:
-        running.stop(grace=1)
+        usage.stop()
     return ceilings, rates, duplicate_rate
 
 
@@ -169,7 +168,7 @@ def _send(stub, token: str, requests: list, expected: str) -> float:
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         sent = sum(pool.map(one, requests))
     elapsed = time.perf_counter() - started
-    print(f"  ({expected}: {sent / elapsed:,.0f} events/s; CPU of this process (client and server) "
+    print(f"  ({expected}: {sent / elapsed:,.0f} events/s; CPU of the sending process "
           f"{(time.process_time() - cpu) / sent * 1e6:.1f} us/event, wall {elapsed / sent * 1e6:.1f} us/event)")
     return sent / elapsed
 
