@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from dataclasses import dataclass, replace
 
@@ -103,3 +104,13 @@ def field_violations(error: grpc.RpcError) -> list[str]:
             detail.Unpack(bad)
             return [v.field for v in bad.field_violations]
     return []
+
+
+def in_threads(target, count: int, *, timeout: float = 120) -> None:
+    """Run target(0) .. target(count - 1) in threads started together; all must end within `timeout`."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread outlived its timeout"

@@ -1,7 +1,6 @@
 """RecordEvents and StreamEvents through a real channel, on SQLite and PostgreSQL: every verdict,
 every rejection reason, batch faults, tenant isolation and exactly-once under concurrent retries."""
 
-import threading
 
 import grpc
 import pytest
@@ -177,11 +176,7 @@ def test_eight_concurrent_senders_with_overlapping_batches_and_retries_give_exac
         except grpc.RpcError as error:  # noqa: PERF203 - collected and asserted below
             errors.append(error)
 
-    threads = [threading.Thread(target=sender, args=(k,)) for k in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    support.in_threads(sender, 8)
     assert not errors
     covered = events[: 7 * 40 + 120]
     expected = {}

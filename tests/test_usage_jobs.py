@@ -49,11 +49,7 @@ def test_of_many_instances_taking_a_lease_at_once_exactly_one_gets_it(sessions):
         if _take(sessions, name, f"instance-{n}", at_us=start):
             won.append(n)
 
-    threads = [threading.Thread(target=instance, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    support.in_threads(instance, 6, timeout=30)
     assert len(won) == 1
 
 

@@ -214,11 +214,7 @@ def test_three_concurrent_rollup_workers_leave_aggregates_equal_to_raw_sums(dbs,
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    support.in_threads(worker, 3, timeout=60)
     assert not errors and sum(recomputed) > 0
     _run(usage_admin_stub, token, tenant)
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
