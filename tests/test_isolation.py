@@ -18,11 +18,10 @@ SERVICES = [
 STREAMING = {"StreamEvents"}
 
 
-def every_rpc():
-    for server, module, service, stub_class in SERVICES:
-        descriptor = module.DESCRIPTOR.services_by_name[service]
-        for method in descriptor.methods:
-            yield pytest.param(server, module, method, stub_class, id=f"{service}.{method.name}")
+def every_rpc() -> list:
+    return [pytest.param(server, module, method, stub_class, id=f"{service}.{method.name}")
+            for server, module, service, stub_class in SERVICES
+            for method in module.DESCRIPTOR.services_by_name[service].methods]
 
 
 def request_for(module, method, tenant_id: str):
