@@ -5,7 +5,9 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
+from services.usage import metrics
 from services.usage.repository import in_transaction, leases
 from services.usage.service import rollups, schedule
 from shared.db import create_engine_for, session_factory
@@ -63,16 +65,18 @@ def test_a_round_is_skipped_while_another_instance_holds_the_lease_and_gives_it_
     assert _take(sessions, name, "other", at_us=now_us())  # "me" gave it back after its round
 
 
-def test_the_scheduled_rollup_waits_while_another_instance_holds_its_lease(dbs, sessions, usage_stub,
-                                                                          usage_admin_stub, admin_token, tenant):
+def test_the_scheduled_rollup_waits_while_another_instance_holds_its_lease_and_keeps_its_gauges_fresh(
+        dbs, sessions, usage_stub, usage_admin_stub, admin_token, tenant):
     record(usage_stub, admin_token, tenant, [event("a")])
     held = _take(sessions, "rollup", "another instance", at_us=now_us(), ttl_us=3600 * SECOND_US)
+    metrics.ROLLUP_DIRTY_BUCKETS.set(-1)  # a value no skipped round may leave in place
     stopping = threading.Event()
     job = threading.Thread(target=rollups.scheduled_job(sessions, 0.05), args=(stopping,))
     job.start()
     try:
         time.sleep(0.5)  # some ten rounds, each skipped
         assert held and _dirty(usage_admin_stub, admin_token, tenant) > 0
+        assert REGISTRY.get_sample_value("tollgate_rollup_dirty_buckets") >= 4  # at least this tenant's marks
         in_transaction(sessions, lambda s: leases.give_back(s, "rollup", "another instance"))
         deadline = time.monotonic() + 10
         while _dirty(usage_admin_stub, admin_token, tenant) and time.monotonic() < deadline:

@@ -193,7 +193,13 @@ def scheduled_job(sessions, interval_seconds: float):
     def run() -> dict:
         report = roll_up(sessions, None)
         return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining}
-    return schedule.every(interval_seconds, "rollup", run, sessions=sessions)
+
+    def skipped() -> None:
+        # Another instance holds this round: the backlog gauges of this one must not go stale.
+        with sessions.begin() as session:
+            count, oldest = rollups_sql.dirty_summary(session, None)
+        metrics.observe_backlog(count, oldest, timeconv.now_micros())
+    return schedule.every(interval_seconds, "rollup", run, sessions=sessions, skipped=skipped)
 
 
 def _check_text(field: str, value: str) -> None:

@@ -24,19 +24,22 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 300.0
 
 
-def every(seconds: float, name: str, work: Callable[[], dict], *, sessions):
+def every(seconds: float, name: str, work: Callable[[], dict], *, sessions,
+          skipped: Callable[[], None] | None = None):
     """A job for ServerSpec.background running `work` every `seconds` until stopped, on one instance at a time.
 
     Each round first takes the job's lease: with several replicas, one runs it and the others skip the
-    round instead of computing the same work. `work` returns the fields to log. A database failure is
-    logged and the job tries again at the next interval, so an outage never ends the job.
+    round instead of computing the same work (and call `skipped`, if given). `work` returns the fields
+    to log. A database failure is logged and the job tries again at the next interval, so an outage
+    never ends the job.
     """
     holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
     def job(stopping: threading.Event) -> None:
         while not stopping.wait(seconds):
             try:
-                run_once(name, work, sessions=sessions, holder=holder)
+                if not run_once(name, work, sessions=sessions, holder=holder) and skipped is not None:
+                    skipped()
             except sqlalchemy.exc.SQLAlchemyError:
                 log.exception(f"{name} failed; will retry at the next interval")
     return job
