@@ -74,9 +74,12 @@ def test_the_scheduled_rollup_waits_while_another_instance_holds_its_lease_and_k
     job = threading.Thread(target=rollups.scheduled_job(sessions, 0.05), args=(stopping,))
     job.start()
     try:
-        time.sleep(0.5)  # some ten rounds, each skipped
+        deadline = time.monotonic() + 10
+        while REGISTRY.get_sample_value("tollgate_rollup_dirty_buckets") < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a skipped round refreshes the gauge: at least this tenant's four marks
+        assert REGISTRY.get_sample_value("tollgate_rollup_dirty_buckets") >= 4
+        time.sleep(0.25)  # a few more rounds, each skipped
         assert held and _dirty(usage_admin_stub, admin_token, tenant) > 0
-        assert REGISTRY.get_sample_value("tollgate_rollup_dirty_buckets") >= 4  # at least this tenant's marks
         in_transaction(sessions, lambda s: leases.give_back(s, "rollup", "another instance"))
         deadline = time.monotonic() + 10
         while _dirty(usage_admin_stub, admin_token, tenant) and time.monotonic() < deadline:
