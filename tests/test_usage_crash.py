@@ -25,7 +25,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 def start_usage(url: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "USAGE_DATABASE_URL": url, "USAGE_PORT": str(port), "USAGE_HOST": "127.0.0.1",
-           "USAGE_METRICS_PORT": "-1", "USAGE_LOG_LEVEL": "WARNING", "USAGE_HEALTH_INTERVAL_SECONDS": "0.2"}
+           "USAGE_METRICS_PORT": "-1", "USAGE_LOG_LEVEL": "WARNING", "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
+           "USAGE_ROLLUP_INTERVAL_SECONDS": "0"}  # a kill mid-round would leave the shared rollup lease held
     process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert wait_for_health(port, SERVING, timeout=30) == SERVING
