@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,7 +35,7 @@ import psycopg
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import tokens
+from bench import timing, tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from shared import migrate
@@ -328,23 +327,19 @@ def _timed(call, count: int) -> list[float]:
     return samples
 
 
-def _pct(samples: list[float], q: int) -> float:
-    return statistics.quantiles(samples, n=100)[q - 1] * 1000
-
-
 def _report_reads(rows, late: int) -> None:
     (_, empty), (_, get_usage), (_, raw), (_, dirty) = rows
     print(f"reads: one tenant, every metric, [now - 30 d, now); {len(TENANTS)} tenants in rotation, answers checked "
           f"against the raw GROUP BY")
     print(f"  {'case':52} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
     for label, samples in rows:
-        print(f"  {label:52} {_pct(samples, 50):8.3f} {_pct(samples, 99):8.3f} {len(samples):6}")
-    print(f"  GetUsage p99 / empty RPC p99                     {_pct(get_usage, 99) / _pct(empty, 99):8.2f}x  "
+        print(f"  {label:52} {timing.pct(samples, 50):8.3f} {timing.pct(samples, 99):8.3f} {len(samples):6}")
+    print(f"  GetUsage p99 / empty RPC p99                     {timing.pct(get_usage, 99) / timing.pct(empty, 99):8.2f}x  "
           f"(goal <= 2x)")
-    print(f"  raw scan / GetUsage, p50 and p99                 {_pct(raw, 50) / _pct(get_usage, 50):8.1f}x "
-          f"{_pct(raw, 99) / _pct(get_usage, 99):6.1f}x  (goal >= 10x)")
+    print(f"  raw scan / GetUsage, p50 and p99                 {timing.pct(raw, 50) / timing.pct(get_usage, 50):8.1f}x "
+          f"{timing.pct(raw, 99) / timing.pct(get_usage, 99):6.1f}x  (goal >= 10x)")
     print(f"  with a dirty backlog ({late} late events recorded, no rollup): p99 / empty p99 "
-          f"{_pct(dirty, 99) / _pct(empty, 99):.2f}x, raw / GetUsage p50 {_pct(raw, 50) / _pct(dirty, 50):.1f}x")
+          f"{timing.pct(dirty, 99) / timing.pct(empty, 99):.2f}x, raw / GetUsage p50 {timing.pct(raw, 50) / timing.pct(dirty, 50):.1f}x")
 
 
 def _ts(micros: int) -> Timestamp:
