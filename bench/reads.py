@@ -12,8 +12,8 @@ event's hour, day, ISO week and month). It is dropped at the end, also after a f
    neither side pays for shipping rows to Python; run before and after the rollup, averaged); then no
    dirty bucket may be left and each period's aggregates must add up to the events. For scale, the
    write part alone: the same aggregates upserted again in one statement.
-3. A 30-day GetUsage through gRPC from Usage in its own process, as deployed (every metric, [now - 30 d, now): edges not bucket-aligned) over
-   rotating tenants, beside (a) the raw GROUP BY of the same question run directly on PostgreSQL and
+3. A 30-day GetUsage through gRPC from Usage in its own process, as deployed (every metric,
+   [now - 30 d, now): edges not bucket-aligned) over rotating tenants, beside (a) the raw GROUP BY of the same question run directly on PostgreSQL and
    (b) an empty unary RPC on the same server (grpc.health.v1.Health/Check). GetUsage's answers must
    equal the raw GROUP BY's.
 4. The same GetUsage after LATE_EVENTS late events recorded through RecordEvents without a rollup:

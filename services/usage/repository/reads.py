@@ -127,8 +127,9 @@ def _bucket_parts(tenant) -> list[tuple]:
                or_(_within(hour_start, "hour0"), _within(hour_start, "hour1"),
                    and_(_within(hour_start, "day"), day_is_dirty))) \
         .group_by(_events.c.metric)
-    return [(clean(Period.DAY), _aggregates.c.metric), (clean(Period.HOUR, inside_dirty_days=True), _aggregates.c.metric),
-            (clean(Period.HOUR), _aggregates.c.metric), (dirty_hour_events, _events.c.metric)]
+    metric = _aggregates.c.metric
+    return [(clean(Period.DAY), metric), (clean(Period.HOUR, inside_dirty_days=True), metric),
+            (clean(Period.HOUR), metric), (dirty_hour_events, _events.c.metric)]
 
 
 def _marked(period: Period, metric_column, start_column, tenant):

@@ -1,10 +1,10 @@
 """SQL of a rollup pass on PostgreSQL: compute many dirty buckets in one snapshot, apply them in short transactions.
 
 A pass (`compute_pass`) runs in one REPEATABLE READ transaction, so every statement in it reads the
-same snapshot, and takes no row locks. Into temp tables of that transaction it reads
+same snapshot, and takes no row locks. In temp tables of that transaction it reads
 
-1. up to `limit` dirty marks in key order (tenant, metric, period, start), each with the row version
-   it saw (ctid and xmin);
+1. up to `limit` dirty marks, whole series (tenant, metric) at a time, each with the row version it
+   saw (ctid and xmin);
 2. the hours of its HOUR marks, summed from raw events: the only raw events a pass reads;
 3. its DAY marks, each folded from the day's hours: the ones just computed, and the stored hour
    aggregates of the day's clean hours;
@@ -12,17 +12,17 @@ same snapshot, and takes no row locks. Into temp tables of that transaction it r
 
 Each level trusts a stored aggregate only when the bucket has no dirty mark, the rule GetUsage
 follows too: a recomputed aggregate and the deletion of its mark commit together, so an unmarked
-aggregate is exact in the snapshot. A pass holds every mark of a series below a mark it holds (marks
-are taken in key order and HOUR < DAY < WEEK < MONTH), so a bucket not in the pass and below one in
-it is clean. A late event thus costs its hour's events and a few dozen aggregate rows, not a re-read
-of its month.
+aggregate is exact in the snapshot. A pass holds every dirty bucket of a series below any bucket of
+that series it holds (see _TAKE_MARKS), so a bucket below one in the pass and not in it is clean. A
+late event thus costs its hour's events and a few dozen aggregate rows, not a re-read of its month.
 
-and it hands the result to `usage.rollup_work` (an unlogged table, rows tagged with the pass's id),
-not to a temp table: under PgBouncer's transaction pooling the transactions that follow may run on
-another server connection. `apply_pass` then, in short transactions, locks the marks that are still
-the row version the pass saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes them. An ingest that marks a
-bucket again writes a new version of its mark, so a bucket that gained events after the pass read
-them stays dirty for the next pass. Any number of workers may run passes at once.
+The pass then hands its result to `usage.rollup_work` (an unlogged table, rows tagged with the
+pass's id), not to a temp table: under PgBouncer's transaction pooling the transactions that follow
+may run on another server connection. `apply_pass`, in short transactions, locks the marks that are
+still the row version the pass saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes
+them. An ingest that marks a bucket again writes a new version of its mark, so a bucket that gained
+events after the pass read them stays dirty for the next pass. Any number of workers may run passes
+at once. (Over the house's ~200 lines: the statements of one pass belong together.)
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ SELECT m.mark, m.version, m.series, m.tenant_id, m.metric, 1, m.period_start_us,
 FROM {_MARKS} AS m LEFT JOIN hours AS h ON h.series = m.series AND h.start_us = m.period_start_us
 WHERE m.period = 1"""
 # Marks of `period` folded from the level below: its buckets computed in this pass (in the work table),
-# plus the stored aggregates of its clean buckets (the others: the pass holds every mark of its series). A stored digest is the
-# 64-bit two's complement of the sum; adding it back as a signed bigint keeps the sum right mod 2**64.
+# plus the stored aggregates of the others, which are clean (see the module's docstring). A stored
+# digest is the 64-bit two's complement of the sum; adding it back as a signed bigint keeps the sum
+# right mod 2**64.
 _FOLD = f"""INSERT INTO {_WORK} (mark, version, series, tenant_id, metric, period, period_start_us,
                                  total_quantity, event_count, digest)
 SELECT m.mark, m.version, m.series, m.tenant_id, m.metric, m.period, m.period_start_us,
