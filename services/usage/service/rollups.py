@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-
 from shared import auth, pagination, timeconv
 from shared.errors import FieldViolation, InvalidArgument, require
 
