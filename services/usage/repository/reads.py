@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 
-from sqlalchemy import and_, bindparam, exists, func, literal, null, or_, select, union_all
+from sqlalchemy import String, and_, any_, bindparam, exists, func, literal, null, or_, select, union_all
+from sqlalchemy.dialects import postgresql
 
 from services.usage.buckets import DAY_US, HOUR_US, Period
 from services.usage.domain import Classification, Event
@@ -25,9 +26,9 @@ def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple
     One statement, so one snapshot on both dialects (a dirty mark and the events that made it
     commit together, as do a recomputed aggregate and the deletion of its mark), and one round trip.
     """
-    by_actor = query.by_actor
+    by_actor, postgres = query.by_actor, session.dialect.name == "postgresql"
     statement = _totals_statement(by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw),
-                                  bool(plan.hours or plan.days))
+                                  bool(plan.hours or plan.days), postgres)
     rows, purged_before = [], None
     for row in session.execute(statement, _parameters(query, plan)):
         if row[0] is None:
@@ -53,18 +54,24 @@ def _within(column, name: str):
 
 
 @functools.cache
-def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int, buckets: bool):
+def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int, buckets: bool,
+                      postgres: bool):
     """The statement of one shape of question, built once: a call only binds its parameters.
 
     Shapes differ only where a plan leaves a part out entirely (no raw edge, or one; no whole
     hour): an always-empty range still costs the planner, and an OR of ranges hides a single
-    range's index scan.
+    range's index scan. A list of metrics is one array parameter on PostgreSQL (`= ANY`), so the
+    text stays the same whatever the list's length: psycopg converts it once and the server plans
+    it once, where an IN list (SQLite's) made a new statement per length, 16 metrics cost ~1 ms more.
     """
     tenant = bindparam("tenant")
+    metrics = any_(bindparam("metrics", type_=postgresql.ARRAY(String))) if postgres \
+        else bindparam("metrics", expanding=True)
 
     def only(statement, metric_column):
-        return statement.where(metric_column.in_(bindparam("metrics", expanding=True))) if metric_filter \
-            else statement
+        if not metric_filter:
+            return statement
+        return statement.where(metric_column == metrics if postgres else metric_column.in_(metrics))
 
     keys = [_events.c.metric] + ([_events.c.actor_id] if by_actor else [])
     parts = []
