@@ -20,17 +20,17 @@ _events, _aggregates, _metrics, _horizons = events.alias("e"), aggregates.alias(
     purge_horizons.alias("p")
 
 
-def usage_totals(session, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
+def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """(metric, actor_id, quantity, event_count, classification) rows, and the tenant's purge horizon.
 
     One statement, so one snapshot on both dialects (a dirty mark and the events that made it
     commit together, as do a recomputed aggregate and the deletion of its mark), and one round trip.
     """
-    by_actor, postgres = query.by_actor, session.dialect.name == "postgresql"
+    by_actor, postgres = query.by_actor, connection.dialect.name == "postgresql"
     statement = _totals_statement(by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw),
                                   bool(plan.hours or plan.days), postgres)
     rows, purged_before = [], None
-    for row in session.execute(statement, _parameters(query, plan)):
+    for row in connection.execute(statement, _parameters(query, plan)):
         if row[0] is None:
             purged_before = int(row[-3])
         else:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from shared import auth, pagination, timeconv
-from shared.errors import FieldViolation, InvalidArgument, require
+from shared.errors import require
 
 from services.usage import metrics
 from services.usage.buckets import Period
@@ -169,19 +169,14 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
     if start_us is not None and end_us is not None:
         require(start_us < end_us, "end_time", "must be after start_time")
-    size = pagination.page_size(page_size)
     scope = {"tenant": tenant_id, "metric": metric, "period": period, "start": start_us, "end": end_us}
-    position = pagination.decode(page_token, scope)
-    if position is not None and (len(position) != 1 or not isinstance(position[0], int)
-                                 or isinstance(position[0], bool)):
-        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
+    size, after = pagination.start(page_size, page_token, scope, width=1, kind=int)
     with connections.connect() as connection:
         rows = rollups_sql.list_aggregates(connection, tenant_id, metric, period, start_us, end_us,
-                                           after=position[0] if position else None, limit=size + 1)
+                                           after=after[0] if after else None, limit=size + 1)
     items = [Aggregate(r.tenant_id, r.metric, Period(r.period), r.period_start_us, r.total_quantity, r.event_count,
-                       r.source_hash, r.computed_at_us, bool(r.dirty)) for r in rows[:size]]
-    token = pagination.encode([items[-1].period_start_us], scope) if len(rows) > size else ""
-    return Page(items, token)
+                       r.source_hash, r.computed_at_us, bool(r.dirty)) for r in rows]
+    return Page(*pagination.finish(items, size, scope, lambda a: (a.period_start_us,)))
 
 
 def scheduled_job(sessions, interval_seconds: float):
