@@ -73,17 +73,17 @@ SELECT count(*), sum(events) FROM (
     JOIN "usage".events AS e ON e.tenant_id = m.tenant_id AND e.metric = m.metric AND e.occurred_at_us >= m.low
      AND e.occurred_at_us < m.high
     GROUP BY 1, 2, 3) AS hours"""
-# The marks RecordEvents writes for each accepted event (services/usage/service/ingest.py), set-based.
+# The marks RecordEvents writes for each accepted event (services/usage/service/ingest.py), set-based:
+# its day (whose row holds its hours), ISO week and month.
 _MARK_EVERY_BUCKET = """
 INSERT INTO "usage".dirty_buckets (tenant_id, metric, period, period_start_us, marked_at_us)
 SELECT DISTINCT tenant_id, metric, b.period, b.start, %(now)s::bigint
-FROM (SELECT DISTINCT tenant_id, metric, occurred_at_us - occurred_at_us %% 3600000000 AS hour
-      FROM "usage".events) AS h
+FROM (SELECT DISTINCT tenant_id, metric, occurred_at_us - occurred_at_us %% 86400000000 AS day
+      FROM "usage".events) AS d
 CROSS JOIN LATERAL (VALUES
-    (1, h.hour),
-    (2, h.hour - h.hour %% 86400000000),
-    (3, h.hour - (h.hour + 259200000000) %% 604800000000),
-    (4, (extract(epoch FROM date_trunc('month', to_timestamp(h.hour / 1e6) AT TIME ZONE 'UTC'))
+    (2, d.day),
+    (3, d.day - (d.day + 259200000000) %% 604800000000),
+    (4, (extract(epoch FROM date_trunc('month', to_timestamp(d.day / 1e6) AT TIME ZONE 'UTC'))
          * 1000000)::bigint)) AS b (period, start)
 """
 
@@ -219,10 +219,13 @@ def _cold_backlog(url: str) -> None:
 
 
 def _check_periods(connection) -> None:
-    """Each period's aggregates add up to the events table: every event counted once per period."""
+    """Each period's aggregates add up to the events table: every event counted once per period (the
+    hours inside the day rows too)."""
     expected = connection.execute('SELECT sum(quantity), count(*) FROM "usage".events').fetchone()
     for period, quantity, count in connection.execute(
-            'SELECT period, sum(total_quantity), sum(event_count) FROM "usage".aggregates GROUP BY period'):
+            'SELECT period, sum(total_quantity), sum(event_count) FROM "usage".aggregates GROUP BY period '
+            'UNION ALL SELECT 1, sum(q), sum(n) FROM "usage".aggregates, unnest(hour_quantities, hour_counts) AS h(q, n)'
+            ' WHERE period = 2'):
         assert (quantity, count) == expected, f"period {period} sums to {(quantity, count)}, events to {expected}"
 
 

@@ -52,6 +52,18 @@ def buckets_of(micros: int) -> list[tuple[Period, int]]:
     return [(period, start_of(period, micros)) for period in Period]
 
 
+# The buckets a dirty mark names. An hour is stored inside its day's row (see docs/usage.md, "Storage"),
+# so a day's mark covers its hours: a late event costs its day's raw events, and a backlog one mark
+# and one row per day, not 24.
+MARKED = (Period.DAY, Period.WEEK, Period.MONTH)
+ALL_HOURS = (1 << 24) - 1  # a day mark's dirty_hours when every hour of the day is to be recomputed
+
+
+def marked_buckets_of(micros: int) -> list[tuple[Period, int]]:
+    """(period, start) of the day, ISO week and month holding the instant: the buckets ingest marks dirty."""
+    return [(period, start_of(period, micros)) for period in MARKED]
+
+
 def reaches_before(micros: int, horizon_us: int) -> bool:
     """True when a bucket holding the instant starts before `horizon_us` (weeks and months reach furthest)."""
     if micros >= horizon_us + 31 * DAY_US:  # no week or month is longer: skip the calendar math

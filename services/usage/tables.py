@@ -1,10 +1,13 @@
 """SQLAlchemy Core tables of the `usage` schema."""
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, Index, MetaData, PrimaryKeyConstraint, SmallInteger, \
-    String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, Integer, MetaData, Numeric, \
+    PrimaryKeyConstraint, SmallInteger, String, Table, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
+
+from services.usage.buckets import ALL_HOURS
 
 SCHEMA = "usage"
 metadata = MetaData(schema=SCHEMA)
@@ -55,7 +58,16 @@ def _bucket_columns() -> list[Column]:
             Column("period", SmallInteger, nullable=False), Column("period_start_us", BigInteger, nullable=False)]
 
 
-# One row per rolled-up bucket (period as the proto Period: 1 hour, 2 day, 3 ISO week, 4 month).
+def _hours_column(name: str, item) -> Column:
+    return Column(name, ARRAY(item).with_variant(JSON(none_as_null=True), "sqlite"), nullable=True)
+
+
+# One row per rolled-up day, ISO week and month (period as the proto Period: 2 day, 3 ISO week, 4 month).
+# A day row also holds its hours with events, as aligned arrays: hour_offsets[i] (0-23) is the hour of
+# the day whose totals are hour_quantities[i] and hour_counts[i], and hour_digests[i] is congruent mod
+# 2**64 to the sum of its events' hashes (its residue is the hour's source_hash). Positions follow no
+# particular order. Arrays on PostgreSQL, JSON lists on SQLite; NULL on weeks and months. One row per
+# day instead of 24 is what lets a rollup keep up with a backlog (docs/usage.md, "Storage").
 aggregates = Table(
     "aggregates",
     metadata,
@@ -64,17 +76,24 @@ aggregates = Table(
     Column("event_count", BigInteger, nullable=False),
     Column("source_hash", String(64), nullable=False),
     Column("computed_at_us", BigInteger, nullable=False),
+    _hours_column("hour_offsets", SmallInteger),
+    _hours_column("hour_quantities", BigInteger),
+    _hours_column("hour_counts", BigInteger),
+    _hours_column("hour_digests", Numeric(40, 0)),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="aggregates_pkey"),
-    CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),
+    CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),  # 1 (hour): before usage_0009
     Index("aggregates_by_period", "tenant_id", "period", "period_start_us"),
 )
 
-# The rollup work queue: buckets whose events changed since they were last computed.
+# The rollup work queue: buckets whose events changed since they were last computed. A day's mark also
+# says which of its hours changed, bit h of dirty_hours for hour h (the others still hold in the day's
+# row): a late event costs its hour, not its day. Weeks and months carry all bits.
 dirty_buckets = Table(
     "dirty_buckets",
     metadata,
     *_bucket_columns(),
     Column("marked_at_us", BigInteger, nullable=False),
+    Column("dirty_hours", Integer, nullable=False, server_default=str(ALL_HOURS)),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="dirty_buckets_pkey"),
 )
 

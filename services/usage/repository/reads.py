@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 
-from sqlalchemy import String, and_, any_, bindparam, exists, func, literal, null, or_, select, union_all
+from sqlalchemy import String, and_, any_, bindparam, exists, func, literal, literal_column, null, or_, select, true, \
+    union_all
 from sqlalchemy.dialects import postgresql
 
 from services.usage.buckets import DAY_US, HOUR_US, Period
@@ -28,7 +29,7 @@ def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tu
     """
     by_actor, postgres = query.by_actor, connection.dialect.name == "postgresql"
     statement = _totals_statement(by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw),
-                                  bool(plan.hours or plan.days), postgres)
+                                  len(plan.hours), bool(plan.days), postgres)
     rows, purged_before = [], None
     for row in connection.execute(statement, _parameters(query, plan)):
         if row[0] is None:
@@ -38,15 +39,24 @@ def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tu
     return sorted(rows, key=lambda r: (r[0], r[1])), purged_before
 
 
+# Constants written into the statement rather than bound: shorter text, nothing for the planner to guess.
+_DAY, _ZERO, _ONE = literal_column(str(int(Period.DAY))), literal_column("0"), literal_column("1")
+_HOUR_US, _DAY_US = literal_column(str(HOUR_US)), literal_column(str(DAY_US))
+
+
 def _parameters(query: UsageQuery, plan: ReadPlan) -> dict:
     """The plan as bind parameters of the fixed-shape statement; an absent range is empty, (0, 0)."""
     raw = list(plan.raw) + [(0, 0)] * (2 - len(plan.raw))
-    hours = list(plan.hours) + [(0, 0)] * (2 - len(plan.hours))
     days = plan.days or (0, 0)
-    return {"tenant": query.tenant_id, "actor": query.actor_id, "metrics": list(query.metrics),
-            "raw0_lo": raw[0][0], "raw0_hi": raw[0][1], "raw1_lo": raw[1][0], "raw1_hi": raw[1][1],
-            "hour0_lo": hours[0][0], "hour0_hi": hours[0][1], "hour1_lo": hours[1][0], "hour1_hi": hours[1][1],
-            "day_lo": days[0], "day_hi": days[1]}
+    span = plan.whole_hours() or (0, 0)
+    values = {"tenant": query.tenant_id, "actor": query.actor_id, "metrics": list(query.metrics),
+              "raw0_lo": raw[0][0], "raw0_hi": raw[0][1], "raw1_lo": raw[1][0], "raw1_hi": raw[1][1],
+              "day_lo": days[0], "day_hi": days[1], "span_lo": span[0], "span_hi": span[1]}
+    for n, (low, high) in enumerate(plan.hours):
+        day = low - low % DAY_US
+        values.update({f"hour{n}_day": day, f"hour{n}_from": (low - day) // HOUR_US,
+                       f"hour{n}_to": (high - day) // HOUR_US})
+    return values
 
 
 def _within(column, name: str):
@@ -54,8 +64,8 @@ def _within(column, name: str):
 
 
 @functools.cache
-def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int, buckets: bool,
-                      postgres: bool):
+def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int, hour_ranges: int,
+                      days: bool, postgres: bool):
     """The statement of one shape of question, built once: a call only binds its parameters.
 
     Shapes differ only where a plan leaves a part out entirely (no raw edge, or one; no whole
@@ -82,8 +92,8 @@ def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, r
         if actor_filter:
             raw = raw.where(_events.c.actor_id == bindparam("actor"))
         parts.append(only(raw, _events.c.metric))
-    if buckets:
-        parts += [only(part, metric) for part, metric in _bucket_parts(tenant)]
+    if hour_ranges or days:
+        parts += [only(part, metric) for part, metric in _bucket_parts(tenant, hour_ranges, days, postgres)]
     union = union_all(*parts).subquery("parts")
     keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
     totals = select(*keys, func.sum(union.c.quantity), func.sum(union.c.event_count), _metrics.c.classification) \
@@ -94,55 +104,81 @@ def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, r
     return union_all(totals, horizon)
 
 
-def _bucket_parts(tenant) -> list[tuple]:
-    """(statement, its metric column) for whole hours and days: each from its aggregate when clean,
-    else from the level below.
+def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[tuple]:
+    """(statement, its metric column) for the whole hours and days of the plan, [H1, H2).
 
-    A dirty day is read from its clean hours and the raw events of its dirty hours; a dirty hour
-    (an edge hour, or one inside a dirty day) from its raw events. Periods are dirtied and
-    recomputed independently, so each aggregate is trusted only when its own bucket is clean.
+    A day without a dirty mark is read from its row: whole, or the range of its hours. A marked day's
+    share of [H1, H2) is read hour by hour: its dirty hours (bits of the mark) from raw events, the
+    others from its row, which still holds for them (see tables.dirty_buckets).
     """
-    day_mark, hour_mark = dirty_buckets.alias("dm"), dirty_buckets.alias("hm")
+    day, mark = _aggregates.c, dirty_buckets.alias("dm")
+    parts = []
+    if days:
+        parts.append((_clean_days(tenant).where(_within(day.period_start_us, "day")), day.metric))
+    for n in range(hour_ranges):
+        offset, quantity, count, cells = _hour_cells(postgres)
+        hours = select(day.metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count")) \
+            .join_from(_aggregates, cells, true()) \
+            .where(day.period_start_us == bindparam(f"hour{n}_day"), offset >= bindparam(f"hour{n}_from"),
+                   offset < bindparam(f"hour{n}_to"))
+        parts.append((_clean_days(tenant, hours), day.metric))
 
-    def clean(period: Period, *, inside_dirty_days: bool = False):
-        statement = select(_aggregates.c.metric, func.sum(_aggregates.c.total_quantity).label("quantity"),
-                           func.sum(_aggregates.c.event_count).label("event_count")) \
-            .where(_aggregates.c.tenant_id == tenant, _aggregates.c.period == int(period),
-                   ~_marked(period, _aggregates.c.metric, _aggregates.c.period_start_us, tenant)) \
-            .group_by(_aggregates.c.metric)
-        starts = _aggregates.c.period_start_us
-        if inside_dirty_days:
-            return statement.join_from(_aggregates, day_mark, and_(
-                day_mark.c.tenant_id == tenant, day_mark.c.metric == _aggregates.c.metric,
-                day_mark.c.period == int(Period.DAY), starts >= day_mark.c.period_start_us,
-                starts < day_mark.c.period_start_us + DAY_US)).where(_within(day_mark.c.period_start_us, "day"))
-        if period is Period.DAY:
-            return statement.where(_within(starts, "day"))
-        return statement.where(or_(_within(starts, "hour0"), _within(starts, "hour1")))
+    def in_span(offset):
+        start = mark.c.period_start_us + offset * _HOUR_US
+        return and_(start >= bindparam("span_lo"), start < bindparam("span_hi"))
 
-    hour_start = hour_mark.c.period_start_us
-    day_is_dirty = exists().where(
-        day_mark.c.tenant_id == tenant, day_mark.c.metric == hour_mark.c.metric, day_mark.c.period == int(Period.DAY),
-        day_mark.c.period_start_us <= hour_start, day_mark.c.period_start_us > hour_start - DAY_US)
-    # Raw events of the dirty hours read at hour level: edge hours, and hours of dirty days.
-    dirty_hour_events = select(_events.c.metric, func.sum(_events.c.quantity).label("quantity"),
-                               func.count().label("event_count")) \
-        .join_from(hour_mark, _events, and_(_events.c.tenant_id == tenant, _events.c.metric == hour_mark.c.metric,
-                                           _events.c.occurred_at_us >= hour_start,
-                                           _events.c.occurred_at_us < hour_start + HOUR_US)) \
-        .where(hour_mark.c.tenant_id == tenant, hour_mark.c.period == int(Period.HOUR),
-               or_(_within(hour_start, "hour0"), _within(hour_start, "hour1"),
-                   and_(_within(hour_start, "day"), day_is_dirty))) \
-        .group_by(_events.c.metric)
-    metric = _aggregates.c.metric
-    return [(clean(Period.DAY), metric), (clean(Period.HOUR, inside_dirty_days=True), metric),
-            (clean(Period.HOUR), metric), (dirty_hour_events, _events.c.metric)]
+    marked = and_(mark.c.tenant_id == tenant, mark.c.period == _DAY,
+                  mark.c.period_start_us > bindparam("span_lo") - _DAY_US, mark.c.period_start_us < bindparam("span_hi"))
+    offset, quantity, count, cells = _hour_cells(postgres)
+    clean_hours = select(mark.c.metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count")) \
+        .join_from(mark, _aggregates, and_(day.tenant_id == tenant, day.metric == mark.c.metric,
+                                           day.period == _DAY, day.period_start_us == mark.c.period_start_us)) \
+        .join(cells, true()) \
+        .where(marked, mark.c.dirty_hours.op(">>")(offset).op("&")(_ONE) == _ZERO, in_span(offset)) \
+        .group_by(mark.c.metric)
+    hour = _day_hours(postgres)
+    start = mark.c.period_start_us + hour * _HOUR_US
+    dirty_hours = select(mark.c.metric, func.sum(_events.c.quantity).label("quantity"),
+                         func.count().label("event_count")) \
+        .join_from(mark, hour.table, true()) \
+        .join(_events, and_(_events.c.tenant_id == tenant, _events.c.metric == mark.c.metric,
+                            _events.c.occurred_at_us >= start, _events.c.occurred_at_us < start + _HOUR_US)) \
+        .where(marked, mark.c.dirty_hours.op(">>")(hour).op("&")(_ONE) == _ONE, in_span(hour)) \
+        .group_by(mark.c.metric)
+    return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
 
 
-def _marked(period: Period, metric_column, start_column, tenant):
+def _day_hours(postgres: bool):
+    """The hours of a day, 0 to 23, as a column of a FROM item (`.table`)."""
+    if postgres:
+        return func.generate_series(_ZERO, literal_column("23")).table_valued("value").render_derived(name="o").c.value
+    return func.json_each(literal(json.dumps(list(range(24))))).table_valued("value", name="o").c.value
+
+
+def _clean_days(tenant, statement=None):
+    """Sums over the tenant's day rows whose day has no dirty mark (by default, of the rows' totals)."""
+    day = _aggregates.c
+    if statement is None:
+        statement = select(day.metric, func.sum(day.total_quantity).label("quantity"),
+                           func.sum(day.event_count).label("event_count"))
     mark = dirty_buckets.alias("m")
-    return exists().where(mark.c.tenant_id == tenant, mark.c.metric == metric_column,
-                          mark.c.period == int(period), mark.c.period_start_us == start_column)
+    return statement.where(day.tenant_id == tenant, day.period == _DAY, ~exists().where(
+        mark.c.tenant_id == tenant, mark.c.metric == day.metric, mark.c.period == _DAY,
+        mark.c.period_start_us == day.period_start_us)).group_by(day.metric)
+
+
+def _hour_cells(postgres: bool):
+    """(offset, quantity, event count, FROM item) of the hours of the day row `a`, one row per hour: the
+    unnested arrays on PostgreSQL, the JSON lists walked by json_each on SQLite."""
+    day = _aggregates.c
+    if postgres:
+        cells = func.unnest(day.hour_offsets, day.hour_quantities, day.hour_counts) \
+            .table_valued("o", "q", "n").render_derived(name="h")
+        return cells.c.o, cells.c.q, cells.c.n, cells
+    cells = func.json_each(day.hour_offsets).table_valued("key", "value", name="h")
+    position = func.printf("$[%d]", cells.c.key)
+    return cells.c.value, func.json_extract(day.hour_quantities, position), \
+        func.json_extract(day.hour_counts, position), cells
 
 
 def list_events(session, where: EventFilter, *, after: tuple[int, str] | None, limit: int) -> list[StoredEvent]:

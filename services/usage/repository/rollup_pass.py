@@ -5,16 +5,16 @@ same snapshot, and takes no row locks. In temp tables of that transaction it rea
 
 1. up to `limit` dirty marks, whole series (tenant, metric) at a time, each with the row version it
    saw (ctid and xmin);
-2. the hours of its HOUR marks, summed from raw events: the only raw events a pass reads;
-3. its DAY marks, each folded from the day's hours: the ones just computed, and the stored hour
-   aggregates of the day's clean hours;
-4. its WEEK and MONTH marks, folded the same way from days.
+2. its DAY marks, each with its hours summed from raw events and packed into the day's row: the only
+   raw events a pass reads;
+3. its WEEK and MONTH marks, each folded from its days: the ones just computed, and the stored
+   aggregates of the clean ones.
 
 Each level trusts a stored aggregate only when the bucket has no dirty mark, the rule GetUsage
 follows too: a recomputed aggregate and the deletion of its mark commit together, so an unmarked
 aggregate is exact in the snapshot. A pass holds every dirty bucket of a series below any bucket of
 that series it holds (see _TAKE_MARKS), so a bucket below one in the pass and not in it is clean. A
-late event thus costs its hour's events and a few dozen aggregate rows, not a re-read of its month.
+late event thus costs its day's events and three aggregate rows, not a re-read of its month.
 
 The pass then hands its result to `usage.rollup_work` (an unlogged table, rows tagged with the
 pass's id), not to a temp table: under PgBouncer's transaction pooling the transactions that follow
@@ -29,23 +29,25 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from services.usage.buckets import DAY_US, HOUR_US, WEEK_US
+from services.usage.buckets import DAY_US, HOUR_US, WEEK_US, Period
 
 _MARKS, _WORK, _PASSES = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work", '"usage".rollup_work'
+_HOURS = "hour_offsets, hour_quantities, hour_counts, hour_digests"
 STALE_US = 3600 * 1_000_000  # a pass's rows older than this belong to a worker that died: swept
 # Dropped at commit: nothing is left on a server connection that PgBouncer hands to someone else.
 _TEMP_TABLES = (
     """CREATE TEMP TABLE usage_rollup_marks (
         mark tid NOT NULL, version xid NOT NULL, series integer NOT NULL, tenant_id varchar(128) NOT NULL,
         metric varchar(128) NOT NULL, period smallint NOT NULL, period_start_us bigint NOT NULL,
-        period_end_us bigint NOT NULL) ON COMMIT DROP""",
+        period_end_us bigint NOT NULL, dirty_hours integer NOT NULL) ON COMMIT DROP""",
     # One row per mark of the pass with its bucket's totals; `digest` is the exact sum of the events'
     # hashes (numeric), folded to 64 bits when stored.
     """CREATE TEMP TABLE usage_rollup_work (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, mark tid NOT NULL, version xid NOT NULL,
         series integer NOT NULL, tenant_id varchar(128) NOT NULL, metric varchar(128) NOT NULL,
         period smallint NOT NULL, period_start_us bigint NOT NULL, total_quantity bigint NOT NULL,
-        event_count bigint NOT NULL, digest numeric NOT NULL) ON COMMIT DROP""",
+        event_count bigint NOT NULL, digest numeric NOT NULL, hour_offsets smallint[], hour_quantities bigint[],
+        hour_counts bigint[], hour_digests numeric[]) ON COMMIT DROP""",
 )
 _MONTH_END = ("(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) AT TIME ZONE 'UTC') "
               "+ interval '1 month') * 1000000)::bigint")
@@ -54,8 +56,8 @@ _MONTH_END = ("(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) 
 # its buckets, every dirty bucket of the same series below it. Grouping the marks by series needs no
 # sort of all the marks, only of the series.
 _MARK_COLUMNS = f"""d.ctid, d.xmin, c.series, d.tenant_id, d.metric, d.period, d.period_start_us,
-    CASE d.period WHEN 1 THEN d.period_start_us + {HOUR_US} WHEN 2 THEN d.period_start_us + {DAY_US}
-                  WHEN 3 THEN d.period_start_us + {WEEK_US} ELSE {_MONTH_END} END"""
+    CASE d.period WHEN 2 THEN d.period_start_us + {DAY_US} WHEN 3 THEN d.period_start_us + {WEEK_US}
+                  ELSE {_MONTH_END} END, d.dirty_hours"""
 _TAKE_MARKS = f"""INSERT INTO {_MARKS}
 WITH per_series AS (
     SELECT tenant_id, metric, count(*) AS marks FROM "usage".dirty_buckets {{scope}} GROUP BY tenant_id, metric),
@@ -76,40 +78,53 @@ FROM chosen AS c CROSS JOIN LATERAL (
 WHERE c.taken < c.marks"""
 _EVENT_SUMS = ("sum(e.quantity) AS quantity, count(*) AS events, "
                "sum(hashtextextended(e.event_id || ':' || e.content_hash, 0)) AS digest")
-# Hour marks with their events' sums. A backlog reads the pass's time range in one sequential scan
-# and hashes it by hour; a few marks read their events by index, one range per run of adjacent hours.
-_HOURS_BY_SCAN = f"""INSERT INTO {_WORK} (mark, version, series, tenant_id, metric, period, period_start_us,
-                                          total_quantity, event_count, digest)
-SELECT m.mark, m.version, m.series, m.tenant_id, m.metric, 1, m.period_start_us, coalesce(h.quantity, 0),
-       coalesce(h.events, 0), coalesce(h.digest, 0)
+# A day's hours packed into its row (tables.aggregates): hour sums in, one row per day out. The arrays
+# are filled in the same order, so their positions stay aligned; no ORDER BY inside the aggregates, which
+# would forbid hashing the groups (a backlog sorted 2M events for it). An hour's digest is kept as the
+# exact sum (numeric), like the pass's own digests: no conversion per hour.
+_PACK_HOURS = """sum(h.quantity) AS quantity, sum(h.events) AS events, sum(h.digest) AS digest,
+    array_agg(h.offset_) AS offsets, array_agg(h.quantity) AS quantities, array_agg(h.events) AS counts,
+    array_agg(h.digest) AS digests"""
+_DAY_COLUMNS = """(mark, version, series, tenant_id, metric, period, period_start_us, total_quantity, event_count,
+                  digest, hour_offsets, hour_quantities, hour_counts, hour_digests)"""
+_DAY_VALUES = """m.mark, m.version, m.series, m.tenant_id, m.metric, 2, m.period_start_us, coalesce(d.quantity, 0),
+       coalesce(d.events, 0), coalesce(d.digest, 0), coalesce(d.offsets, ARRAY[]::smallint[]),
+       coalesce(d.quantities, ARRAY[]::bigint[]), coalesce(d.counts, ARRAY[]::bigint[]),
+       coalesce(d.digests, ARRAY[]::numeric[])"""
+# Day marks with their hours, summed from raw events. A backlog reads the pass's time range in one
+# sequential scan and hashes it by hour; a few marks read their days' events by index.
+_DAYS_BY_SCAN = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
+SELECT {_DAY_VALUES}
 FROM {_MARKS} AS m LEFT JOIN (
-    SELECT e.tenant_id, e.metric, e.occurred_at_us - e.occurred_at_us % {HOUR_US} AS start_us, {_EVENT_SUMS}
-    FROM "usage".events AS e
-    WHERE e.occurred_at_us >= (SELECT min(period_start_us) FROM {_MARKS} WHERE period = 1)
-      AND e.occurred_at_us < (SELECT max(period_end_us) FROM {_MARKS} WHERE period = 1) {{scope}}
-    GROUP BY 1, 2, 3) AS h
-  ON h.tenant_id = m.tenant_id AND h.metric = m.metric AND h.start_us = m.period_start_us
-WHERE m.period = 1"""
-_HOURS_BY_SPAN = f"""INSERT INTO {_WORK} (mark, version, series, tenant_id, metric, period, period_start_us,
-                                          total_quantity, event_count, digest)
-WITH spans AS (
-    SELECT series, tenant_id, metric, min(period_start_us) AS low, max(period_end_us) AS high
-    FROM (SELECT *, period_start_us - {HOUR_US} * row_number() OVER (PARTITION BY series ORDER BY period_start_us)
-                    AS run
-          FROM {_MARKS} WHERE period = 1) AS numbered
-    GROUP BY series, tenant_id, metric, run),
-hours AS (
-    SELECT spans.series, h.start_us, h.quantity, h.events, h.digest
-    FROM spans CROSS JOIN LATERAL (
-        SELECT e.occurred_at_us - e.occurred_at_us % {HOUR_US} AS start_us, {_EVENT_SUMS}
-        FROM "usage".events AS e
-        WHERE e.tenant_id = spans.tenant_id AND e.metric = spans.metric AND e.occurred_at_us >= spans.low
-          AND e.occurred_at_us < spans.high
-        GROUP BY 1) AS h)
-SELECT m.mark, m.version, m.series, m.tenant_id, m.metric, 1, m.period_start_us, coalesce(h.quantity, 0),
-       coalesce(h.events, 0), coalesce(h.digest, 0)
-FROM {_MARKS} AS m LEFT JOIN hours AS h ON h.series = m.series AND h.start_us = m.period_start_us
-WHERE m.period = 1"""
+    SELECT h.tenant_id, h.metric, h.day_us, {_PACK_HOURS}
+    FROM (SELECT e.tenant_id, e.metric, e.occurred_at_us - e.occurred_at_us % {DAY_US} AS day_us,
+                 (e.occurred_at_us % {DAY_US} / {HOUR_US})::smallint AS offset_, {_EVENT_SUMS}
+          FROM "usage".events AS e
+          WHERE e.occurred_at_us >= :low AND e.occurred_at_us < :high {{scope}}
+          GROUP BY 1, 2, 3, 4) AS h
+    GROUP BY 1, 2, 3) AS d
+  ON d.tenant_id = m.tenant_id AND d.metric = m.metric AND d.day_us = m.period_start_us
+WHERE m.period = 2"""
+# A few marks: each day's dirty hours read by index, one hour at a time, and its other hours taken from
+# its stored row (they had no event since it was computed: see tables.dirty_buckets).
+_DAYS_BY_INDEX = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
+SELECT {_DAY_VALUES}
+FROM {_MARKS} AS m CROSS JOIN LATERAL (
+    SELECT {_PACK_HOURS}
+    FROM (SELECT o.offset_, {_EVENT_SUMS}
+          FROM generate_series(0, 23) AS o (offset_)
+          JOIN "usage".events AS e ON e.tenant_id = m.tenant_id AND e.metric = m.metric
+           AND e.occurred_at_us >= m.period_start_us + o.offset_ * {HOUR_US}
+           AND e.occurred_at_us < m.period_start_us + (o.offset_ + 1) * {HOUR_US}
+          WHERE (m.dirty_hours >> o.offset_) & 1 = 1
+          GROUP BY o.offset_
+          UNION ALL
+          SELECT c.offset_, c.quantity, c.events, c.digest
+          FROM "usage".aggregates AS a, unnest(a.hour_offsets, a.hour_quantities, a.hour_counts, a.hour_digests)
+              AS c (offset_, quantity, events, digest)
+          WHERE a.tenant_id = m.tenant_id AND a.metric = m.metric AND a.period = 2
+            AND a.period_start_us = m.period_start_us AND (m.dirty_hours >> c.offset_) & 1 = 0) AS h) AS d
+WHERE m.period = 2"""
 # Marks of `period` folded from the level below: its buckets computed in this pass (in the work table),
 # plus the stored aggregates of the others, which are clean (see the module's docstring). A stored
 # digest is the 64-bit two's complement of the sum; adding it back as a signed bigint keeps the sum
@@ -135,13 +150,16 @@ GROUP BY m.mark, m.version, m.series, m.tenant_id, m.metric, m.period, m.period_
 _INDEXES = (f"CREATE INDEX usage_rollup_work_key ON {_WORK} (series, period, period_start_us)",)
 # The pass, handed over: the digest folded to 64 bits (to_hex of the two's complement bigint, 16 digits).
 _HAND_OVER = f"""INSERT INTO {_PASSES} (pass_id, created_at_us, mark, version, tenant_id, metric, period,
-                                      period_start_us, total_quantity, event_count, source_hash)
+                                      period_start_us, total_quantity, event_count, source_hash, {_HOURS})
 SELECT :pass, :now, mark, version, tenant_id, metric, period, period_start_us, total_quantity, event_count,
-       lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0')
+       lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0'), {_HOURS}
 FROM {_WORK} ORDER BY seq"""
-# For a backlog the planner's estimates of these temp tables are far off, and a sort of millions of rows
-# spills to disk: it is told to aggregate and join by hashing, in memory.
-_SCAN_SETTINGS = ("work_mem = '256MB'", "enable_sort = off", "enable_mergejoin = off")
+# For a backlog the planner's estimates are far off (array_agg's state counts as 8 kB per group): left
+# alone it walks an index of the events in order and sorts millions of rows. It is told to read the
+# table sequentially and aggregate and join by hashing, in memory; for that statement only.
+_SCAN_SETTINGS = ("work_mem = '256MB'", "hash_mem_multiplier = 4", "enable_sort = off",
+                  "enable_incremental_sort = off", "enable_mergejoin = off", "enable_indexscan = off",
+                  "enable_bitmapscan = off")
 # Usage's connections plan prepared statements once (generic plans, for GetUsage); a pass and its
 # applies are big, run rarely and depend on their values, so they are planned for each run.
 _PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan")
@@ -158,12 +176,14 @@ held AS MATERIALIZED (
 claimed AS MATERIALIZED (SELECT chunk.* FROM chunk JOIN held USING (mark, version)),
 cleared AS (DELETE FROM "usage".dirty_buckets WHERE ctid = ANY (ARRAY(SELECT mark FROM claimed)))
 INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                                source_hash, computed_at_us)
-SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now
+                                source_hash, computed_at_us, {_HOURS})
+SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now, {_HOURS}
 FROM claimed ORDER BY tenant_id, metric, period, period_start_us
 ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     total_quantity = excluded.total_quantity, event_count = excluded.event_count,
-    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us"""
+    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us,
+    hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
+    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
 
 
 def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, *, scan_from: int,
@@ -171,8 +191,8 @@ def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, *, sc
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
     as pass `pass_id`: (marks, first seq, last seq).
 
-    Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` hour marks on,
-    the hours are summed from one sequential read of the events instead of index range reads.
+    Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` day marks on,
+    their hours are summed from one sequential read of the events instead of index range reads.
     """
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     for setting in _PASS_SETTINGS:
@@ -183,16 +203,20 @@ def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, *, sc
     found = session.execute(text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
                             values).rowcount
     session.execute(text(f"ANALYZE {_MARKS}"))
-    hours = session.execute(text(f"SELECT count(*) FROM {_MARKS} WHERE period = 1")).scalar_one()
-    if hours >= scan_from:
+    days, low, high = session.execute(text(f"SELECT count(*), min(period_start_us), max(period_end_us) FROM {_MARKS} "
+                                           "WHERE period = 2")).one()
+    if days >= scan_from:
         for setting in _SCAN_SETTINGS:
             session.execute(text(f"SET LOCAL {setting}"))
-        session.execute(text(_HOURS_BY_SCAN.format(scope="AND e.tenant_id = :tenant" if tenant_id else "")), values)
+        # The range as values, not a subquery: the planner then sees how much of the table it covers.
+        session.execute(text(_DAYS_BY_SCAN.format(scope="AND e.tenant_id = :tenant" if tenant_id else "")),
+                        {**values, "low": low, "high": high})
+        for setting in _SCAN_SETTINGS:
+            session.execute(text(f"RESET {setting.split()[0]}"))
     else:
-        session.execute(text(_HOURS_BY_SPAN))
-    for below, periods in ((1, (2,)), (2, (3, 4))):
-        session.execute(text(f"ANALYZE {_WORK}"))
-        session.execute(text(_FOLD), {"below": below, "periods": list(periods)})
+        session.execute(text(_DAYS_BY_INDEX))
+    session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
+    session.execute(text(_FOLD), {"below": int(Period.DAY), "periods": [int(Period.WEEK), int(Period.MONTH)]})
     session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})
     session.execute(text(_HAND_OVER), {"pass": pass_id, "now": now_us})
     first, last = session.execute(text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"),

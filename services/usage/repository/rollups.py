@@ -21,40 +21,43 @@ bucket by bucket from raw events here; both give the same rows.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import and_, func, select
 
-from services.usage.buckets import Period, next_start
+from services.usage.buckets import DAY_US, HOUR_US, Period, next_start
 from services.usage.repository import dialect_insert, is_postgres
 from services.usage.source_hash import pg_hash_text
 from services.usage.tables import aggregates, dirty_buckets, events, rollup_runs
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
+HOUR_COLUMNS = ("hour_offsets", "hour_quantities", "hour_counts", "hour_digests")
 
 
-def mark_dirty(session, tenant_id: str, buckets: set[tuple[str, int, int]], now_us: int) -> None:
-    """Mark (metric, period, start) buckets dirty in one statement, in key order.
+def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int) -> None:
+    """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in one statement, in key order.
 
     DO UPDATE (not DO NOTHING) on purpose: on PostgreSQL it waits for a rollup holding the row and,
     once that rollup deleted it, inserts it again, so an event committed after the rollup read the
-    bucket always leaves it dirty.
+    bucket always leaves it dirty. The hours add to those already marked.
     """
     if not buckets:
         return
-    rows = [dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us)
-            for m, p, s in sorted(buckets)]
+    rows = [dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=bits)
+            for (m, p, s), bits in sorted(buckets.items())]
     statement = dialect_insert(session, dirty_buckets)
+    greatest = func.greatest if is_postgres(session) else func.max
     statement = statement.on_conflict_do_update(
         index_elements=list(_KEY),
-        set_={"marked_at_us": func.max(statement.excluded.marked_at_us, dirty_buckets.c.marked_at_us)
-              if not is_postgres(session) else func.greatest(statement.excluded.marked_at_us,
-                                                             dirty_buckets.c.marked_at_us)})
+        set_={"marked_at_us": greatest(statement.excluded.marked_at_us, dirty_buckets.c.marked_at_us),
+              "dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)})
     session.execute(statement, rows)
 
 
 # --- SQLite: writers are serialised, so a claim is simply the first marks; one bucket at a time -------------------
 
 def claim_dirty(session, tenant_id: str | None, limit: int) -> list[tuple]:
-    """Up to `limit` dirty buckets: (tenant, metric, period, start, marked_at)."""
+    """Up to `limit` dirty buckets: (tenant, metric, period, start, marked_at, dirty_hours)."""
     statement = select(dirty_buckets).order_by(*[dirty_buckets.c[k] for k in _KEY]).limit(limit)
     if tenant_id:
         statement = statement.where(dirty_buckets.c.tenant_id == tenant_id)
@@ -62,28 +65,38 @@ def claim_dirty(session, tenant_id: str | None, limit: int) -> list[tuple]:
 
 
 def recompute(session, tenant_id: str, metric: str, period: int, start_us: int, now_us: int) -> None:
-    """Recompute one bucket from raw events and store it (deterministic: same events, same row)."""
+    """Recompute one bucket (a day with its hours) from raw events and store it (deterministic: same events,
+    same row)."""
     end_us = next_start(Period(period), start_us)
-    statement = select(events.c.event_id, events.c.content_hash, events.c.quantity) \
+    statement = select(events.c.event_id, events.c.content_hash, events.c.quantity, events.c.occurred_at_us) \
         .where(events.c.tenant_id == tenant_id, events.c.metric == metric,
                events.c.occurred_at_us >= start_us, events.c.occurred_at_us < end_us)
-    digest, total, count = 0, 0, 0
-    for event_id, content_hash, quantity in session.execute(statement):
-        digest += pg_hash_text(f"{event_id}:{content_hash}".encode())
-        total += quantity
-        count += 1
-    row = dict(tenant_id=tenant_id, metric=metric, period=period, period_start_us=start_us, total_quantity=total,
-               event_count=count, source_hash=format(digest % 2**64, "016x"), computed_at_us=now_us)
+    hours: dict[int, list[int]] = {}  # offset -> [quantity, count, digest]
+    for event_id, content_hash, quantity, occurred_at_us in session.execute(statement):
+        cell = hours.setdefault((occurred_at_us - start_us) // HOUR_US, [0, 0, 0])
+        cell[0] += quantity
+        cell[1] += 1
+        cell[2] += pg_hash_text(f"{event_id}:{content_hash}".encode())
+    digest = sum(cell[2] for cell in hours.values())
+    row = dict(tenant_id=tenant_id, metric=metric, period=period, period_start_us=start_us,
+               total_quantity=sum(cell[0] for cell in hours.values()),
+               event_count=sum(cell[1] for cell in hours.values()), source_hash=format(digest % 2**64, "016x"),
+               computed_at_us=now_us, **dict.fromkeys(HOUR_COLUMNS))
+    if period == Period.DAY:
+        offsets = sorted(hours)
+        row.update(hour_offsets=offsets, hour_quantities=[hours[o][0] for o in offsets],
+                   hour_counts=[hours[o][1] for o in offsets], hour_digests=[hours[o][2] for o in offsets])
     upsert = dialect_insert(session, aggregates)
     session.execute(upsert.on_conflict_do_update(
         index_elements=list(_KEY),
-        set_={k: upsert.excluded[k] for k in ("total_quantity", "event_count", "source_hash", "computed_at_us")}),
+        set_={k: upsert.excluded[k] for k in ("total_quantity", "event_count", "source_hash", "computed_at_us",
+                                              *HOUR_COLUMNS)}),
         row)
 
 
 def clear_dirty(session, claimed: tuple) -> None:
     """Delete the dirty mark only if no event re-marked it since it was claimed."""
-    tenant_id, metric, period, start_us, marked_at_us = claimed
+    tenant_id, metric, period, start_us, marked_at_us = claimed[:5]
     session.execute(dirty_buckets.delete().where(
         dirty_buckets.c.tenant_id == tenant_id, dirty_buckets.c.metric == metric,
         dirty_buckets.c.period == period, dirty_buckets.c.period_start_us == start_us,
@@ -116,9 +129,25 @@ def last_run(session, tenant_id: str | None) -> tuple[int, int] | None:
     return (row[0], row[1]) if row else None
 
 
+class HourRow(NamedTuple):
+    """An hour of a day row, with the columns of an aggregate row."""
+
+    tenant_id: str
+    metric: str
+    period: int
+    period_start_us: int
+    total_quantity: int
+    event_count: int
+    source_hash: str
+    computed_at_us: int
+    dirty: bool
+
+
 def list_aggregates(session, tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None,
-                    *, after: int | None, limit: int) -> list[tuple]:
+                    *, after: int | None, limit: int) -> list:
     """Aggregate rows with a dirty flag, oldest first, resuming after the bucket starting at `after`."""
+    if period == Period.HOUR:
+        return _list_hours(session, tenant_id, metric, start_us, end_us, after=after, limit=limit)
     joined = aggregates.outerjoin(dirty_buckets, and_(*[aggregates.c[k] == dirty_buckets.c[k] for k in _KEY]))
     statement = select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty")).select_from(joined) \
         .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == period) \
@@ -130,3 +159,25 @@ def list_aggregates(session, tenant_id: str, metric: str, period: int, start_us:
     if after is not None:
         statement = statement.where(aggregates.c.period_start_us > after)
     return [row for row in session.execute(statement)]
+
+
+def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *,
+                after: int | None, limit: int) -> list[HourRow]:
+    """Hours with events, unpacked from their day rows (a dirty day's hours are dirty)."""
+    low = max(start_us, after + 1) if start_us is not None and after is not None else \
+        (after + 1 if after is not None else start_us)
+    found, day_after = [], None
+    while len(found) < limit:
+        days = list_aggregates(session, tenant_id, metric, Period.DAY, None if low is None else low - low % DAY_US,
+                               end_us, after=day_after, limit=limit)
+        for day in days:
+            for offset, quantity, count, digest in sorted(zip(day.hour_offsets or (), day.hour_quantities or (),
+                                                              day.hour_counts or (), day.hour_digests or ())):
+                start = day.period_start_us + offset * HOUR_US
+                if (low is None or start >= low) and (end_us is None or start < end_us):
+                    found.append(HourRow(tenant_id, metric, int(Period.HOUR), start, quantity, count,
+                                         format(int(digest) % 2**64, "016x"), day.computed_at_us, bool(day.dirty)))
+        if len(days) < limit:
+            break
+        day_after = days[-1].period_start_us
+    return found[:limit]

@@ -40,15 +40,20 @@ def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[E
             candidates.append(admitted)
         else:
             results[index] = admitted
-    hours = set()
+    hours: dict[tuple[str, int], int] = {}  # (metric, day) -> bits of its hours with accepted events
     for result in _store(session, batch.tenant_id, candidates, now_us):
         results[result.index] = result
         if result.verdict is Verdict.ACCEPTED:
             event = batch.events[result.index]
-            hours.add((event.metric, buckets.start_of(buckets.Period.HOUR, event.occurred_at_us)))
-    # An hour lies in one day, week and month: the buckets of its start are those of every instant in it,
-    # and a batch has far fewer distinct hours than events.
-    dirty = {(metric, period, start) for metric, hour in hours for period, start in buckets.buckets_of(hour)}
+            day = buckets.start_of(buckets.Period.DAY, event.occurred_at_us)
+            bit = 1 << (event.occurred_at_us - day) // buckets.HOUR_US
+            hours[(event.metric, day)] = hours.get((event.metric, day), 0) | bit
+    # A day lies in one ISO week and one month: the buckets of its start are those of every instant in it,
+    # and a batch has far fewer distinct days than events.
+    dirty: dict[tuple[str, int, int], int] = {}
+    for (metric, day), bits in hours.items():
+        for period, start in buckets.marked_buckets_of(day):
+            dirty[(metric, period, start)] = bits if period is buckets.Period.DAY else buckets.ALL_HOURS
     rollups_sql.mark_dirty(session, batch.tenant_id, dirty, now_us)
     classification_of = {i: catalog[e.metric].name for i, e in enumerate(batch.events) if e.metric in catalog}
     return results, classification_of
