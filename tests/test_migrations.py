@@ -82,3 +82,38 @@ def test_usage_0006_marks_dirty_only_the_aggregates_holding_a_digest_of_the_old_
             marks = connection.execute(select(tables.dirty_buckets.c.period_start_us)).scalars().all()
         engine.dispose()
     assert marks == [0]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_usage_0009_packs_hour_rows_into_their_day_and_marks_the_days_whose_hours_were_not_final(tmp_path, backend):
+    day, other_day, hour = 10 * 86_400_000_000, 11 * 86_400_000_000, 3_600_000_000
+    with support.fresh_databases(backend, tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0008")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        row = dict(tenant_id="t", metric="api.requests", computed_at_us=7)
+        hours = [dict(row, period=1, period_start_us=day + 5 * hour, total_quantity=3, event_count=2,
+                      source_hash="f" * 16),
+                 dict(row, period=1, period_start_us=day + hour, total_quantity=2, event_count=1,
+                      source_hash="0" * 15 + "9"),
+                 dict(row, period=1, period_start_us=other_day, total_quantity=4, event_count=1,
+                      source_hash="1" * 16)]
+        with engine.begin() as connection:
+            connection.execute(tables.aggregates.insert(), hours + [
+                dict(row, period=2, period_start_us=day, total_quantity=5, event_count=3, source_hash="8" * 16)])
+            connection.execute(tables.dirty_buckets.insert(), [  # a dirty hour of a day that is itself clean
+                dict(tenant_id="t", metric="api.requests", period=1, period_start_us=day + 5 * hour, marked_at_us=1)])
+        migrate.upgrade("usage", dbs.usage_url)
+        with engine.connect() as connection:
+            stored = connection.execute(select(tables.aggregates)).all()
+            marks = connection.execute(select(tables.dirty_buckets.c.period, tables.dirty_buckets.c.period_start_us,
+                                              tables.dirty_buckets.c.dirty_hours)).all()
+        migrate.downgrade("usage", dbs.usage_url, "usage_0008")
+        with engine.connect() as connection:
+            restored = connection.execute(select(*[tables.aggregates.c[k] for k in hours[0]])
+                                          .where(tables.aggregates.c.period == 1)).all()
+        engine.dispose()
+    [packed] = stored  # the hour rows are gone; the hours of the day without a row wait for a rollup
+    cells = sorted(zip(packed.hour_offsets, packed.hour_quantities, packed.hour_counts, packed.hour_digests))
+    assert [(o, q, n, int(d) % 2**64) for o, q, n, d in cells] == [(1, 2, 1, 9), (5, 3, 2, 2**64 - 1)]
+    assert sorted(marks) == [(2, day, 2**24 - 1), (2, other_day, 2**24 - 1)]
+    assert sorted(tuple(r) for r in restored) == sorted(tuple(h.values()) for h in hours[:2])

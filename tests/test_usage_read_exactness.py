@@ -74,11 +74,14 @@ def test_the_read_plan_covers_every_instant_once():
     """The cover's parts are disjoint and together are exactly [start, end), for awkward ranges."""
     base = start_of(Period.DAY, now_us())
     for low, high in [(0, 1), (1, HOUR_US), (0, HOUR_US), (HOUR_US - 1, HOUR_US + 1), (1, DAY_US - 1),
-                      (0, DAY_US), (1, 3 * DAY_US + 1), (-5 * DAY_US - 7, 2 * DAY_US + HOUR_US)]:
+                      (0, DAY_US), (1, 3 * DAY_US + 1), (-5 * DAY_US - 7, 2 * DAY_US + HOUR_US),
+                      (-3 * HOUR_US + 5, 2 * HOUR_US - 5), (-3 * HOUR_US, DAY_US + 2 * HOUR_US)]:
         cover = plan(base + low, base + high)
         pieces = list(cover.raw) + list(cover.hours) + ([cover.days] if cover.days else [])
         pieces.sort()
         assert pieces[0][0] == base + low and pieces[-1][1] == base + high
         assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
         assert all(h[0] % HOUR_US == 0 and h[1] % HOUR_US == 0 for h in cover.hours)
+        # Each range of hours lies in one day, whose row holds them.
+        assert all(start_of(Period.DAY, h[0]) == start_of(Period.DAY, h[1] - 1) for h in cover.hours)
         assert cover.days is None or (cover.days[0] % DAY_US == 0 and cover.days[1] % DAY_US == 0)

@@ -117,6 +117,31 @@ def test_a_late_event_into_a_rolled_up_week_repairs_its_hour_day_week_and_month(
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
 
 
+def test_a_late_event_marks_only_its_hour_of_a_rolled_up_day_and_the_other_hours_are_kept(
+        dbs, usage_stub, usage_admin_stub, token, tenant, week):
+    """A day's mark names its changed hours; reads and the rollup take the others from the day's row."""
+    record(usage_stub, token, tenant, [event(f"e{h}", quantity=h + 1, at_us=week + h * HOUR_US) for h in (1, 2, 7)])
+    _run(usage_admin_stub, token, tenant)
+    record(usage_stub, token, tenant, [event("late-a", quantity=10, at_us=week + 2 * HOUR_US + MINUTE_US),
+                                       event("late-b", quantity=20, at_us=week + 5 * HOUR_US)])
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    try:
+        with engine.connect() as connection:
+            marks = dict(connection.execute(select(tables.dirty_buckets.c.period, tables.dirty_buckets.c.dirty_hours)
+                                            .where(tables.dirty_buckets.c.tenant_id == tenant)).all())
+    finally:
+        engine.dispose()
+    hour0 = (week - start_of(Period.DAY, week)) // HOUR_US
+    assert marks[int(Period.DAY)] == (1 << hour0 + 2) | (1 << hour0 + 5)
+    # Exact before the rollup: hours 1 and 7 from the day's row, 2 and 5 from raw events.
+    assert totals(usage_stub, token, tenant, start_us=week, end_us=week + 8 * HOUR_US) == {"api.requests": (43, 5)}
+    _run(usage_admin_stub, token, tenant)
+    hours = {a.period_start.seconds * 1_000_000 - week: (a.total_quantity, a.event_count)
+             for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)}
+    assert hours == {HOUR_US: (2, 1), 2 * HOUR_US: (13, 2), 5 * HOUR_US: (20, 1), 7 * HOUR_US: (8, 1)}
+    _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
+
+
 def test_running_a_rollup_again_changes_nothing(dbs, usage_stub, usage_admin_stub, token, tenant, week):
     record(usage_stub, token, tenant, [event(f"e{i}", quantity=i + 1, at_us=week + i * 7 * HOUR_US)
                                        for i in range(6)])
