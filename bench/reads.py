@@ -3,7 +3,7 @@
 One fresh PostgreSQL database holds EVENTS events of 100 tenants over 35 days ending now (five
 metrics of the default catalog, eight actors), written straight into usage.events with COPY in
 time order (as live ingest leaves the heap), plus the dirty marks ingest would have written (every
-event's hour, day, ISO week and month). It is dropped at the end, also after a failure.
+event's day, with all its hours, ISO week and month). It is dropped at the end, also after a failure.
 
 1. Data generation, in events/s (COPY into the table without its indexes, then the indexes rebuilt,
    two at a time).
@@ -111,7 +111,7 @@ def run(admin_url: str) -> None:
 
 def _settle(url: str) -> None:
     """VACUUM ANALYZE, as autovacuum does within a minute (sooner for dirty_buckets, see migration
-    usage_0004): the cold rollup left 442,500 dead dirty marks that every read's "is this bucket
+    usage_0004): the cold rollup left 22,000 dead dirty marks that every read's "is this bucket
     dirty?" probe would otherwise step over, and the planner has no statistics of the aggregates."""
     with psycopg.connect(_pg(url), autocommit=True) as connection:
         started = time.perf_counter()
