@@ -14,9 +14,9 @@ read of the events serves the four periods. It detects change, not tampering (64
 cryptographic hash). Aggregates stored under the previous definition (SHA-256 of sorted lines, 64
 digits) get the new digest when next recomputed.
 
-On PostgreSQL a rollup runs in passes (repository/rollup_pass.py): hours from raw events, days,
-weeks and months folded from the level below. SQLite, whose writers are serialised, recomputes
-bucket by bucket from raw events here; both give the same rows.
+On PostgreSQL a rollup runs in passes (repository/rollup_pass.py): days with their hours from raw
+events, weeks and months folded from days. SQLite, whose writers are serialised, recomputes bucket
+by bucket (a day with all its hours) from raw events here; both give the same totals.
 """
 
 from __future__ import annotations
