@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.usage.buckets import Period
 from services.usage.domain import Classification, Event
 
 
@@ -70,3 +71,18 @@ class Page:
 
     items: list
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    """One stored bucket as ListAggregates shows it; `dirty` when a mark says it is stale."""
+
+    tenant_id: str
+    metric: str
+    period: Period
+    period_start_us: int
+    total_quantity: int
+    event_count: int
+    source_hash: str
+    computed_at_us: int
+    dirty: bool

@@ -58,6 +58,9 @@ def _bucket_columns() -> list[Column]:
             Column("period", SmallInteger, nullable=False), Column("period_start_us", BigInteger, nullable=False)]
 
 
+HOUR_COLUMNS = ("hour_offsets", "hour_quantities", "hour_counts", "hour_digests")  # a day row's hours, aligned
+
+
 def _hours_column(name: str, item) -> Column:
     return Column(name, ARRAY(item).with_variant(JSON(none_as_null=True), "sqlite"), nullable=True)
 

@@ -30,8 +30,8 @@ FROM (SELECT tenant_id, metric, period_start_us - period_start_us % {DAY_US} AS 
              array_agg((period_start_us % {DAY_US} / {HOUR_US})::smallint ORDER BY period_start_us) AS offsets,
              array_agg(total_quantity ORDER BY period_start_us) AS quantities,
              array_agg(event_count ORDER BY period_start_us) AS counts,
-             array_agg(('x' || right(lpad(source_hash, 16, '0'), 16))::bit(64)::bigint::numeric ORDER BY period_start_us)
-                 AS digests
+             array_agg(('x' || right(lpad(source_hash, 16, '0'), 16))::bit(64)::bigint::numeric
+                       ORDER BY period_start_us) AS digests
       FROM "usage".aggregates WHERE period = 1 GROUP BY 1, 2, 3) AS h
 WHERE d.tenant_id = h.tenant_id AND d.metric = h.metric AND d.period = 2 AND d.period_start_us = h.day_us"""
 _UNPACK = f"""

@@ -128,7 +128,8 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
         return and_(start >= bindparam("span_lo"), start < bindparam("span_hi"))
 
     marked = and_(mark.c.tenant_id == tenant, mark.c.period == _DAY,
-                  mark.c.period_start_us > bindparam("span_lo") - _DAY_US, mark.c.period_start_us < bindparam("span_hi"))
+                  mark.c.period_start_us > bindparam("span_lo") - _DAY_US,
+                  mark.c.period_start_us < bindparam("span_hi"))
     offset, quantity, count, cells = _hour_cells(postgres)
     clean_hours = select(mark.c.metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count")) \
         .join_from(mark, _aggregates, and_(day.tenant_id == tenant, day.metric == mark.c.metric,

@@ -30,9 +30,10 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from services.usage.buckets import DAY_US, HOUR_US, WEEK_US, Period
+from services.usage.tables import HOUR_COLUMNS
 
 _MARKS, _WORK, _PASSES = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work", '"usage".rollup_work'
-_HOURS = "hour_offsets, hour_quantities, hour_counts, hour_digests"
+_HOURS = ", ".join(HOUR_COLUMNS)
 STALE_US = 3600 * 1_000_000  # a pass's rows older than this belong to a worker that died: swept
 # Dropped at commit: nothing is left on a server connection that PgBouncer hands to someone else.
 _TEMP_TABLES = (

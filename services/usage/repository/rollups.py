@@ -21,17 +21,15 @@ by bucket (a day with all its hours) from raw events here; both give the same to
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from sqlalchemy import and_, func, select
 
 from services.usage.buckets import DAY_US, HOUR_US, Period, next_start
+from services.usage.queries import Aggregate
 from services.usage.repository import dialect_insert, is_postgres
 from services.usage.source_hash import pg_hash_text
-from services.usage.tables import aggregates, dirty_buckets, events, rollup_runs
+from services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, rollup_runs
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
-HOUR_COLUMNS = ("hour_offsets", "hour_quantities", "hour_counts", "hour_digests")
 
 
 def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int) -> None:
@@ -129,28 +127,22 @@ def last_run(session, tenant_id: str | None) -> tuple[int, int] | None:
     return (row[0], row[1]) if row else None
 
 
-class HourRow(NamedTuple):
-    """An hour of a day row, with the columns of an aggregate row."""
-
-    tenant_id: str
-    metric: str
-    period: int
-    period_start_us: int
-    total_quantity: int
-    event_count: int
-    source_hash: str
-    computed_at_us: int
-    dirty: bool
-
-
-def list_aggregates(session, tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None,
-                    *, after: int | None, limit: int) -> list:
-    """Aggregate rows with a dirty flag, oldest first, resuming after the bucket starting at `after`."""
-    if period == Period.HOUR:
+def list_aggregates(session, tenant_id: str, metric: str, period: Period, start_us: int | None,
+                    end_us: int | None, *, after: int | None, limit: int) -> list[Aggregate]:
+    """Buckets of one period with a dirty flag, oldest first, resuming after the bucket starting at `after`."""
+    if period is Period.HOUR:
         return _list_hours(session, tenant_id, metric, start_us, end_us, after=after, limit=limit)
+    return [Aggregate(r.tenant_id, r.metric, period, r.period_start_us, r.total_quantity, r.event_count,
+                      r.source_hash, r.computed_at_us, bool(r.dirty))
+            for r in _rows(session, tenant_id, metric, period, start_us, end_us, after=after, limit=limit)]
+
+
+def _rows(session, tenant_id: str, metric: str, period: Period, start_us: int | None, end_us: int | None, *,
+          after: int | None, limit: int) -> list:
+    """Stored rows of one period (day rows with their hours) and whether each is marked dirty."""
     joined = aggregates.outerjoin(dirty_buckets, and_(*[aggregates.c[k] == dirty_buckets.c[k] for k in _KEY]))
     statement = select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty")).select_from(joined) \
-        .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == period) \
+        .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == int(period)) \
         .order_by(aggregates.c.period_start_us).limit(limit)
     if start_us is not None:
         statement = statement.where(aggregates.c.period_start_us >= start_us)
@@ -158,25 +150,24 @@ def list_aggregates(session, tenant_id: str, metric: str, period: int, start_us:
         statement = statement.where(aggregates.c.period_start_us < end_us)
     if after is not None:
         statement = statement.where(aggregates.c.period_start_us > after)
-    return [row for row in session.execute(statement)]
+    return list(session.execute(statement))
 
 
 def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *,
-                after: int | None, limit: int) -> list[HourRow]:
+                after: int | None, limit: int) -> list[Aggregate]:
     """Hours with events, unpacked from their day rows (a dirty day's hours are dirty)."""
-    low = max(start_us, after + 1) if start_us is not None and after is not None else \
-        (after + 1 if after is not None else start_us)
+    low = max((v for v in (start_us, None if after is None else after + 1) if v is not None), default=None)
     found, day_after = [], None
     while len(found) < limit:
-        days = list_aggregates(session, tenant_id, metric, Period.DAY, None if low is None else low - low % DAY_US,
-                               end_us, after=day_after, limit=limit)
+        days = _rows(session, tenant_id, metric, Period.DAY, None if low is None else low - low % DAY_US, end_us,
+                     after=day_after, limit=limit)
         for day in days:
             for offset, quantity, count, digest in sorted(zip(day.hour_offsets or (), day.hour_quantities or (),
                                                               day.hour_counts or (), day.hour_digests or ())):
                 start = day.period_start_us + offset * HOUR_US
                 if (low is None or start >= low) and (end_us is None or start < end_us):
-                    found.append(HourRow(tenant_id, metric, int(Period.HOUR), start, quantity, count,
-                                         format(int(digest) % 2**64, "016x"), day.computed_at_us, bool(day.dirty)))
+                    found.append(Aggregate(tenant_id, metric, Period.HOUR, start, quantity, count,
+                                           format(int(digest) % 2**64, "016x"), day.computed_at_us, bool(day.dirty)))
         if len(days) < limit:
             break
         day_after = days[-1].period_start_us
