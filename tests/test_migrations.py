@@ -1,9 +1,10 @@
 """Both migration histories upgrade and downgrade, each inside its own schema only."""
 
 import pytest
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 
 from services.usage import tables
+from services.usage.source_hash import pg_hash_text
 from shared import migrate
 from shared.db import create_engine_for, normalize_url
 from tests import support
@@ -117,3 +118,32 @@ def test_usage_0009_packs_hour_rows_into_their_day_and_marks_the_days_whose_hour
     assert [(o, q, n, int(d) % 2**64) for o, q, n, d in cells] == [(1, 2, 1, 9), (5, 3, 2, 2**64 - 1)]
     assert sorted(marks) == [(2, day, 2**24 - 1), (2, other_day, 2**24 - 1)]
     assert sorted(tuple(r) for r in restored) == sorted(tuple(h.values()) for h in hours[:2])
+
+
+def test_usage_0010_gives_postgresql_events_their_digest_term_and_covers_it_in_events_by_metric_time(tmp_path):
+    """Rollups sum hours from events_by_metric_time alone; the digest it holds is the one source_hash sums."""
+    def covered(connection) -> str:
+        return connection.execute(text("SELECT indexdef FROM pg_indexes WHERE schemaname = 'usage' "
+                                       "AND indexname = 'events_by_metric_time'")).scalar_one()
+
+    with support.fresh_databases("postgres", tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0009")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        stored = dict(tenant_id="t", metric="api.requests", quantity=1, occurred_at_us=0, actor_id="a",
+                      source_service="s", classification="BILLABLE", content_hash="c" * 64, received_at_us=0)
+        with engine.begin() as connection:
+            connection.execute(tables.events.insert(), [dict(stored, event_id="before")])
+        migrate.upgrade("usage", dbs.usage_url)
+        with engine.begin() as connection:
+            connection.execute(tables.events.insert(), [dict(stored, event_id="after-ünï")])
+            digests = dict(connection.execute(text('SELECT event_id, digest FROM "usage".events')).all())
+            index_after = covered(connection)
+        migrate.downgrade("usage", dbs.usage_url, "usage_0009")
+        with engine.connect() as connection:
+            index_before = covered(connection)
+            columns = {c["name"] for c in inspect(connection).get_columns("events", schema="usage")}
+        engine.dispose()
+    assert {k: d % 2**64 for k, d in digests.items()} == {
+        k: pg_hash_text(f"{k}:{'c' * 64}".encode()) for k in ("before", "after-ünï")}
+    assert index_after.endswith("INCLUDE (quantity, digest)")
+    assert index_before.endswith("INCLUDE (quantity)") and "digest" not in columns

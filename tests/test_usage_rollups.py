@@ -269,17 +269,22 @@ def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub,
     assert not job.is_alive() and rollups.scheduled_job(None, 0) is None
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["by-span", "by-scan"])
+# PostgreSQL reads a day with no stored row whole, and the dirty hours of a stored day one by one.
+_DAYS = pytest.mark.parametrize("late", [False, True], ids=["new-days", "late-into-stored-days"])
+
+
+@_DAYS
 def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_raw_sums(
-        dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, scan):
-    if dbs.backend == "sqlite" and scan:
-        pytest.skip("SQLite recomputes bucket by bucket; only PostgreSQL reads a backlog by scan")
+        dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late):
     monkeypatch.setattr(rollups, "CLAIM_SIZE", 3)
     monkeypatch.setattr(rollups, "SERIAL_CLAIM_SIZE", 3)
     monkeypatch.setattr(rollups, "PASS_SIZE", 7)
-    monkeypatch.setattr(rollups, "SCAN_FROM", 1 if scan else 10**9)
-    record(usage_stub, token, tenant, [event(f"e{i}", metric=("api.requests", "leads.routed")[i % 2], quantity=i + 1,
-                                             at_us=week - 4 * DAY_US + i * 7 * HOUR_US) for i in range(30)])
+    for batch in (["early", "late"] if late else ["new"]):
+        if batch == "late":
+            _run(usage_admin_stub, token, tenant)
+        record(usage_stub, token, tenant, [
+            event(f"{batch}-{i}", metric=("api.requests", "leads.routed")[i % 2], quantity=i + 1,
+                  at_us=week - 4 * DAY_US + i * 7 * HOUR_US + len(batch) * MINUTE_US) for i in range(30)])
     dirty = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
                                              metadata=support.bearer(token), timeout=30).dirty_buckets
     assert dirty > 2 * 7
@@ -322,20 +327,22 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
     assert checked == len({bucket for at in instants for bucket in buckets_of(at)})
 
 
-@pytest.mark.parametrize("scan", [False, True], ids=["by-span", "by-scan"])
+@_DAYS
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
-        dbs, usage_stub, usage_admin_stub, token, tenant, week, scan):
+        dbs, usage_stub, usage_admin_stub, token, tenant, week, late):
     """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange."""
     if dbs.backend != "postgres":
         pytest.skip("passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute")
+    if late:
+        record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
+        _run(usage_admin_stub, token, tenant)
     record(usage_stub, token, tenant, [event("a", quantity=2, at_us=week), event("b", at_us=week + DAY_US)])
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     pass_id = int(now_us())
     try:
         with engine.connect() as computing, engine.connect() as applying:
             with sessionmaker(bind=computing).begin() as session:
-                found, first, last = rollup_pass.compute_pass(session, pass_id, tenant, 1000,
-                                                              scan_from=1 if scan else 10**9, now_us=now_us())
+                found, first, last = rollup_pass.compute_pass(session, pass_id, tenant, 1000, now_us())
             # Committed after the pass read the events: it re-marks the day, week and month of "a".
             record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
             with sessionmaker(bind=applying).begin() as session:

@@ -16,6 +16,9 @@ credentials = credentials_table(metadata)
 
 # One row per accepted event. Instants are epoch microseconds (BIGINT): exact, cheap to adapt,
 # the same on both dialects. Empty correlation_id / idempotency_key are NULL so they never collide.
+# On PostgreSQL the table also has `digest`, the event's term of its buckets' source_hash, a column
+# the server generates (migration usage_0010); it is not mapped here because nothing in Python reads or
+# writes it (SQLite computes digests in Python), and rollup_pass.py names it in its SQL.
 events = Table(
     "events",
     metadata,
@@ -36,7 +39,7 @@ events = Table(
     UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
     UniqueConstraint("tenant_id", "correlation_id", "metric", "occurred_at_us", name="events_correlation"),
     CheckConstraint("quantity > 0", name="events_quantity_positive"),
-    Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us", postgresql_include=["quantity"]),
+    Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us", postgresql_include=["quantity", "digest"]),
     Index("events_by_time", "tenant_id", "occurred_at_us"),
     Index("events_by_actor", "tenant_id", "actor_id", "occurred_at_us", postgresql_include=["metric", "quantity"]),
 )

@@ -15,7 +15,9 @@ _STAGE = "pg_temp.usage_events_stage"
 _STAGE_DDL = 'CREATE TEMP TABLE IF NOT EXISTS usage_events_stage (LIKE "usage".events) ON COMMIT DELETE ROWS'
 _COPY = f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN"
 # Sorted so that two batches sharing keys lock them in the same order (no deadlock on the PK).
-_INSERT = f'INSERT INTO "usage".events SELECT * FROM {_STAGE} ORDER BY event_id ON CONFLICT DO NOTHING ' \
+# Columns named: the table's generated digest (migration usage_0010) is PostgreSQL's to fill.
+_INSERT = f'INSERT INTO "usage".events ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM {_STAGE} ' \
+          f"ORDER BY event_id ON CONFLICT DO NOTHING " \
           f"RETURNING event_id"
 
 

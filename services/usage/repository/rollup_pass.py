@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from services.usage.buckets import DAY_US, HOUR_US, WEEK_US, Period
+from services.usage.buckets import ALL_HOURS, DAY_US, HOUR_US, WEEK_US, Period
 from services.usage.tables import HOUR_COLUMNS
 
 _MARKS, _WORK, _PASSES = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work", '"usage".rollup_work'
@@ -77,8 +77,9 @@ FROM chosen AS c CROSS JOIN LATERAL (
     SELECT ctid, xmin, * FROM "usage".dirty_buckets AS d WHERE d.tenant_id = c.tenant_id AND d.metric = c.metric
     ORDER BY d.period, d.period_start_us LIMIT c.taken) AS d
 WHERE c.taken < c.marks"""
-_EVENT_SUMS = ("sum(e.quantity) AS quantity, count(*) AS events, "
-               "sum(hashtextextended(e.event_id || ':' || e.content_hash, 0)) AS digest")
+# e.digest is the event's hashtextextended(event_id || ':' || content_hash, 0), generated on insert and
+# held in events_by_metric_time beside quantity (migration usage_0010): summing hours reads only that index.
+_EVENT_SUMS = "sum(e.quantity) AS quantity, count(*) AS events, sum(e.digest) AS digest"
 # A day's hours packed into its row (tables.aggregates): hour sums in, one row per day out. The arrays
 # are filled in the same order, so their positions stay aligned; no ORDER BY inside the aggregates, which
 # would forbid hashing the groups (a backlog sorted 2M events for it). An hour's digest is kept as the
@@ -92,23 +93,25 @@ _DAY_VALUES = """m.mark, m.version, m.series, m.tenant_id, m.metric, 2, m.period
        coalesce(d.events, 0), coalesce(d.digest, 0), coalesce(d.offsets, ARRAY[]::smallint[]),
        coalesce(d.quantities, ARRAY[]::bigint[]), coalesce(d.counts, ARRAY[]::bigint[]),
        coalesce(d.digests, ARRAY[]::numeric[])"""
-# Day marks with their hours, summed from raw events. A backlog reads the pass's time range in one
-# sequential scan and hashes it by hour; a few marks read their days' events by index.
-_DAYS_BY_SCAN = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
+# Day marks with their hours, each day read from events_by_metric_time, index only. A day with no clean
+# hour to keep (every hour dirty, as in a backlog, or no stored row yet) is read as one range, its hours
+# grouped by hashing (at most 24 groups).
+_READ_WHOLE = f"""(m.dirty_hours = {ALL_HOURS} OR NOT EXISTS (
+    SELECT FROM "usage".aggregates AS a WHERE a.tenant_id = m.tenant_id AND a.metric = m.metric AND a.period = 2
+    AND a.period_start_us = m.period_start_us))"""
+_WHOLE_DAYS = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
 SELECT {_DAY_VALUES}
-FROM {_MARKS} AS m LEFT JOIN (
-    SELECT h.tenant_id, h.metric, h.day_us, {_PACK_HOURS}
-    FROM (SELECT e.tenant_id, e.metric, e.occurred_at_us - e.occurred_at_us % {DAY_US} AS day_us,
-                 (e.occurred_at_us % {DAY_US} / {HOUR_US})::smallint AS offset_, {_EVENT_SUMS}
+FROM {_MARKS} AS m CROSS JOIN LATERAL (
+    SELECT {_PACK_HOURS}
+    FROM (SELECT (e.occurred_at_us % {DAY_US} / {HOUR_US})::smallint AS offset_, {_EVENT_SUMS}
           FROM "usage".events AS e
-          WHERE e.occurred_at_us >= :low AND e.occurred_at_us < :high {{scope}}
-          GROUP BY 1, 2, 3, 4) AS h
-    GROUP BY 1, 2, 3) AS d
-  ON d.tenant_id = m.tenant_id AND d.metric = m.metric AND d.day_us = m.period_start_us
-WHERE m.period = 2"""
-# A few marks: each day's dirty hours read by index, one hour at a time, and its other hours taken from
-# its stored row (they had no event since it was computed: see tables.dirty_buckets).
-_DAYS_BY_INDEX = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
+          WHERE e.tenant_id = m.tenant_id AND e.metric = m.metric AND e.occurred_at_us >= m.period_start_us
+            AND e.occurred_at_us < m.period_start_us + {DAY_US}
+          GROUP BY 1) AS h) AS d
+WHERE m.period = 2 AND {_READ_WHOLE}"""
+# Any other day (late or live events into a stored day) reads its dirty hours one range each and takes
+# the others from its stored row: they had no event since it was computed (see tables.dirty_buckets).
+_PARTLY_DIRTY_DAYS = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
 SELECT {_DAY_VALUES}
 FROM {_MARKS} AS m CROSS JOIN LATERAL (
     SELECT {_PACK_HOURS}
@@ -125,7 +128,7 @@ FROM {_MARKS} AS m CROSS JOIN LATERAL (
               AS c (offset_, quantity, events, digest)
           WHERE a.tenant_id = m.tenant_id AND a.metric = m.metric AND a.period = 2
             AND a.period_start_us = m.period_start_us AND (m.dirty_hours >> c.offset_) & 1 = 0) AS h) AS d
-WHERE m.period = 2"""
+WHERE m.period = 2 AND NOT {_READ_WHOLE}"""
 # Marks of `period` folded from the level below: its buckets computed in this pass (in the work table),
 # plus the stored aggregates of the others, which are clean (see the module's docstring). A stored
 # digest is the 64-bit two's complement of the sum; adding it back as a signed bigint keeps the sum
@@ -155,15 +158,9 @@ _HAND_OVER = f"""INSERT INTO {_PASSES} (pass_id, created_at_us, mark, version, t
 SELECT :pass, :now, mark, version, tenant_id, metric, period, period_start_us, total_quantity, event_count,
        lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0'), {_HOURS}
 FROM {_WORK} ORDER BY seq"""
-# For a backlog the planner's estimates are far off (array_agg's state counts as 8 kB per group): left
-# alone it walks an index of the events in order and sorts millions of rows. It is told to read the
-# table sequentially and aggregate and join by hashing, in memory; for that statement only.
-_SCAN_SETTINGS = ("work_mem = '256MB'", "hash_mem_multiplier = 4", "enable_sort = off",
-                  "enable_incremental_sort = off", "enable_mergejoin = off", "enable_indexscan = off",
-                  "enable_bitmapscan = off")
 # Usage's connections plan prepared statements once (generic plans, for GetUsage); a pass and its
 # applies are big, run rarely and depend on their values, so they are planned for each run.
-_PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan")
+_PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan", "enable_memoize = off")
 _APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force_custom_plan")
 # Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
 # marks a bucket again writes a new version), skipping those another transaction holds; delete them and
@@ -187,35 +184,22 @@ ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
 
 
-def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, *, scan_from: int,
-                 now_us: int) -> tuple[int, int, int]:
+def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_us: int) -> tuple[int, int, int]:
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
     as pass `pass_id`: (marks, first seq, last seq).
 
-    Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` day marks on,
-    their hours are summed from one sequential read of the events instead of index range reads.
+    Must be the transaction's first statement (it sets REPEATABLE READ).
     """
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     for setting in _PASS_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
     for statement in _TEMP_TABLES + _INDEXES:
         session.execute(text(statement))
-    values = {"tenant": tenant_id, "limit": limit}
     found = session.execute(text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
-                            values).rowcount
+                            {"tenant": tenant_id, "limit": limit}).rowcount
     session.execute(text(f"ANALYZE {_MARKS}"))
-    days, low, high = session.execute(text(f"SELECT count(*), min(period_start_us), max(period_end_us) FROM {_MARKS} "
-                                           "WHERE period = 2")).one()
-    if days >= scan_from:
-        for setting in _SCAN_SETTINGS:
-            session.execute(text(f"SET LOCAL {setting}"))
-        # The range as values, not a subquery: the planner then sees how much of the table it covers.
-        session.execute(text(_DAYS_BY_SCAN.format(scope="AND e.tenant_id = :tenant" if tenant_id else "")),
-                        {**values, "low": low, "high": high})
-        for setting in _SCAN_SETTINGS:
-            session.execute(text(f"RESET {setting.split()[0]}"))
-    else:
-        session.execute(text(_DAYS_BY_INDEX))
+    session.execute(text(_WHOLE_DAYS))
+    session.execute(text(_PARTLY_DIRTY_DAYS))
     session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
     session.execute(text(_FOLD), {"below": int(Period.DAY), "periods": [int(Period.WEEK), int(Period.MONTH)]})
     session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})

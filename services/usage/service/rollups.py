@@ -20,12 +20,9 @@ from services.usage.repository import rollups as rollups_sql
 from services.usage.service import schedule
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
-# with their hours applied in 0.27-0.33 s), dirty marks read per pass (which bounds the memory of its hash
-# tables: some 4 kB per day), and the number of day marks from which a pass reads the events
-# sequentially instead of day by day by index (a backlog; see repository/rollup_pass.py).
+# with their hours applied in 0.27-0.33 s) and dirty marks read per pass (which bounds its temp tables).
 CLAIM_SIZE = 1000
 PASS_SIZE = 100_000
-SCAN_FROM = 5_000
 SERIAL_CLAIM_SIZE = 100  # SQLite: buckets per transaction, recomputed one by one
 
 
@@ -109,8 +106,7 @@ def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> int
 
 
 def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> tuple[int, int, int]:
-    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, scan_from=SCAN_FROM,
-                                    now_us=timeconv.now_micros())
+    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, timeconv.now_micros())
 
 
 def _apply_claim(session, *, pass_id: int, after: int) -> int:
