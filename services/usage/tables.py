@@ -88,7 +88,8 @@ aggregates = Table(
     _hours_column("hour_digests", Numeric(40, 0)),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="aggregates_pkey"),
     CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),  # 1 (hour): before usage_0009
-    Index("aggregates_by_period", "tenant_id", "period", "period_start_us"),
+    Index("aggregates_by_period", "tenant_id", "period", "period_start_us",
+          postgresql_include=["metric", "total_quantity", "event_count"]),
 )
 
 # The rollup work queue: buckets whose events changed since they were last computed. A day's mark also
