@@ -6,7 +6,8 @@ same snapshot, and takes no row locks. In temp tables of that transaction it rea
 1. up to `limit` dirty marks, whole series (tenant, metric) at a time, each with the row version it
    saw (ctid and xmin);
 2. its DAY marks, each with its hours summed from raw events and packed into the day's row: the only
-   raw events a pass reads;
+   raw events a pass reads, each day (or each dirty hour) one range of events_by_metric_time, which
+   covers quantity and digest, so no table page is read;
 3. its WEEK and MONTH marks, each folded from its days: the ones just computed, and the stored
    aggregates of the clean ones.
 
@@ -14,7 +15,7 @@ Each level trusts a stored aggregate only when the bucket has no dirty mark, the
 follows too: a recomputed aggregate and the deletion of its mark commit together, so an unmarked
 aggregate is exact in the snapshot. A pass holds every dirty bucket of a series below any bucket of
 that series it holds (see _TAKE_MARKS), so a bucket below one in the pass and not in it is clean. A
-late event thus costs its day's events and three aggregate rows, not a re-read of its month.
+late event thus costs its hour's events and three aggregate rows, not a re-read of its month.
 
 The pass then hands its result to `usage.rollup_work` (an unlogged table, rows tagged with the
 pass's id), not to a temp table: under PgBouncer's transaction pooling the transactions that follow
