@@ -136,6 +136,11 @@ def test_usage_0010_gives_postgresql_events_their_digest_term_and_covers_it_in_e
         migrate.upgrade("usage", dbs.usage_url)
         with engine.begin() as connection:
             connection.execute(tables.events.insert(), [dict(stored, event_id="after-ünï")])
+            # The previous release's ingest: every column of a copy of the table, inserted with SELECT *.
+            connection.execute(text('CREATE TEMP TABLE stage (LIKE "usage".events) ON COMMIT DROP'))
+            connection.execute(text('INSERT INTO stage SELECT * FROM "usage".events WHERE event_id = \'before\''))
+            connection.execute(text("UPDATE stage SET event_id = 'previous-release', digest = NULL"))
+            connection.execute(text('INSERT INTO "usage".events SELECT * FROM stage'))
             digests = dict(connection.execute(text('SELECT event_id, digest FROM "usage".events')).all())
             index_after = covered(connection)
         migrate.downgrade("usage", dbs.usage_url, "usage_0009")
@@ -144,6 +149,6 @@ def test_usage_0010_gives_postgresql_events_their_digest_term_and_covers_it_in_e
             columns = {c["name"] for c in inspect(connection).get_columns("events", schema="usage")}
         engine.dispose()
     assert {k: d % 2**64 for k, d in digests.items()} == {
-        k: pg_hash_text(f"{k}:{'c' * 64}".encode()) for k in ("before", "after-ünï")}
+        k: pg_hash_text(f"{k}:{'c' * 64}".encode()) for k in ("before", "after-ünï", "previous-release")}
     assert index_after.endswith("INCLUDE (quantity, digest)")
     assert index_before.endswith("INCLUDE (quantity)") and "digest" not in columns

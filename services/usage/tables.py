@@ -16,9 +16,9 @@ credentials = credentials_table(metadata)
 
 # One row per accepted event. Instants are epoch microseconds (BIGINT): exact, cheap to adapt,
 # the same on both dialects. Empty correlation_id / idempotency_key are NULL so they never collide.
-# On PostgreSQL the table also has `digest`, the event's term of its buckets' source_hash, a column
-# the server generates (migration usage_0010); it is not mapped here because nothing in Python reads or
-# writes it (SQLite computes digests in Python), and rollup_pass.py names it in its SQL.
+# On PostgreSQL the table also has `digest`, the event's term of its buckets' source_hash, which a
+# trigger fills on insert (migration usage_0010); it is not mapped here because nothing in Python reads
+# or writes it (SQLite computes digests in Python), and rollup_pass.py names it in its SQL.
 events = Table(
     "events",
     metadata,

@@ -12,24 +12,38 @@ branch_labels = None
 depends_on = None
 
 SCHEMA = "usage"
-# The event's term of its buckets' source_hash (repository/rollups.py), computed by PostgreSQL on every
-# insert: no writer can get it wrong or leave it out. Adding it rewrites the table once.
-_ADD_DIGEST = """ALTER TABLE "usage".events ADD COLUMN digest bigint
-    GENERATED ALWAYS AS (hashtextextended(event_id || ':' || content_hash, 0)) STORED"""
+# The event's term of its buckets' source_hash (repository/rollups.py). Added as a generated column,
+# which fills the existing rows in one rewrite of the table (an UPDATE would write every row twice),
+# then made a plain column that a trigger fills on insert: the previous release's ingest inserts
+# `SELECT *` from a copy of the table's columns, which a generated column would refuse. Nullable, as
+# those copies (LIKE, also this release's) take its constraints, and their rows have no digest yet.
+_DIGEST = "hashtextextended(event_id || ':' || content_hash, 0)"
+_ADD_DIGEST = (
+    f'ALTER TABLE "usage".events ADD COLUMN digest bigint GENERATED ALWAYS AS ({_DIGEST}) STORED',
+    'ALTER TABLE "usage".events ALTER COLUMN digest DROP EXPRESSION',
+    f"""CREATE FUNCTION "usage".event_digest() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.digest := {_DIGEST.replace("event_id", "NEW.event_id").replace("content_hash", "NEW.content_hash")};
+    RETURN NEW;
+END $$""",
+    'CREATE TRIGGER event_digest BEFORE INSERT ON "usage".events FOR EACH ROW EXECUTE FUNCTION "usage".event_digest()',
+)
 
 
 def upgrade() -> None:
-    # A rollup sums each (series, hour) from events_by_metric_time in its order, reading no table page
-    # (index-only; see repository/rollup_pass.py). SQLite computes digests in Python and keeps its
-    # events as they are.
+    # A rollup sums each day's hours from events_by_metric_time alone (index only; see
+    # repository/rollup_pass.py). SQLite computes digests in Python and keeps its events as they are.
     if op.get_bind().dialect.name == "postgresql":
-        op.execute(_ADD_DIGEST)
+        for statement in _ADD_DIGEST:
+            op.execute(statement)
         _rebuild(include=["quantity", "digest"])
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         _rebuild(include=["quantity"])
+        op.execute('DROP TRIGGER event_digest ON "usage".events')
+        op.execute('DROP FUNCTION "usage".event_digest()')
         op.drop_column("events", "digest", schema=SCHEMA)
 
 
