@@ -135,6 +135,9 @@ def test_a_late_event_marks_only_its_hour_of_a_rolled_up_day_and_the_other_hours
     assert marks[int(Period.DAY)] == (1 << hour0 + 2) | (1 << hour0 + 5)
     # Exact before the rollup: hours 1 and 7 from the day's row, 2 and 5 from raw events.
     assert totals(usage_stub, token, tenant, start_us=week, end_us=week + 8 * HOUR_US) == {"api.requests": (43, 5)}
+    stored = {a.period_start.seconds * 1_000_000 - week: a.dirty
+              for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)}
+    assert stored == {HOUR_US: False, 2 * HOUR_US: True, 7 * HOUR_US: False}  # hour 5 has no stored row yet
     _run(usage_admin_stub, token, tenant)
     hours = {a.period_start.seconds * 1_000_000 - week: (a.total_quantity, a.event_count)
              for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)}

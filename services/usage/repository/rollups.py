@@ -141,7 +141,8 @@ def _rows(session, tenant_id: str, metric: str, period: Period, start_us: int | 
           after: int | None, limit: int) -> list:
     """Stored rows of one period (day rows with their hours) and whether each is marked dirty."""
     joined = aggregates.outerjoin(dirty_buckets, and_(*[aggregates.c[k] == dirty_buckets.c[k] for k in _KEY]))
-    statement = select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty")).select_from(joined) \
+    statement = select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty"),
+                       dirty_buckets.c.dirty_hours).select_from(joined) \
         .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == int(period)) \
         .order_by(aggregates.c.period_start_us).limit(limit)
     if start_us is not None:
@@ -155,7 +156,8 @@ def _rows(session, tenant_id: str, metric: str, period: Period, start_us: int | 
 
 def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *,
                 after: int | None, limit: int) -> list[Aggregate]:
-    """Hours with events, unpacked from their day rows (a dirty day's hours are dirty)."""
+    """Hours with events, unpacked from their day rows; an hour is dirty when its bit of its day's mark is set
+    (the day row still holds for the others: see tables.dirty_buckets)."""
     low = max((v for v in (start_us, None if after is None else after + 1) if v is not None), default=None)
     found, day_after = [], None
     while len(found) < limit:
@@ -167,7 +169,8 @@ def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_
                 start = day.period_start_us + offset * HOUR_US
                 if (low is None or start >= low) and (end_us is None or start < end_us):
                     found.append(Aggregate(tenant_id, metric, Period.HOUR, start, quantity, count,
-                                           format(int(digest) % 2**64, "016x"), day.computed_at_us, bool(day.dirty)))
+                                           format(int(digest) % 2**64, "016x"), day.computed_at_us,
+                                           bool(day.dirty) and bool(day.dirty_hours >> offset & 1)))
         if len(days) < limit:
             break
         day_after = days[-1].period_start_us
