@@ -9,21 +9,21 @@ from services.usage import read_plan
 from services.usage.domain import MAX_ID_LENGTH, Classification
 from services.usage.queries import EventFilter, Page, UsageQuery, UsageTotal
 from services.usage.repository import reads as reads_sql
+from services.usage.service.checks import MAX_US, MIN_US, check_instant, check_text
 
 MAX_METRICS = 1000
-_MIN_US, _MAX_US = timeconv.MIN_SECONDS * 1_000_000, (timeconv.MAX_SECONDS + 1) * 1_000_000 - 1
 
 
 def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
     """Exact totals per metric (and actor) over [start, end), read in the same database the writes commit to."""
     auth.require_tenant(auth.principal(), query.tenant_id)
-    _check_text("tenant_id", query.tenant_id, required=True)
-    _check_text("actor_id", query.actor_id)
+    check_text("tenant_id", query.tenant_id, required=True)
+    check_text("actor_id", query.actor_id)
     require(len(query.metrics) <= MAX_METRICS, "metrics", f"names at most {MAX_METRICS} metrics")
     for position, metric in enumerate(query.metrics):
-        _check_text(f"metrics[{position}]", metric, required=True)
-    _check_instant("start_time", query.start_us, required=True)
-    _check_instant("end_time", query.end_us, required=True)
+        check_text(f"metrics[{position}]", metric, required=True)
+    check_instant("start_time", query.start_us, required=True)
+    check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
     cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
     with connections.connect() as connection:
@@ -47,11 +47,11 @@ def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: 
 def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> Page:
     """One page of the tenant's events matching the filter, oldest first."""
     auth.require_tenant(auth.principal(), where.tenant_id)
-    _check_text("tenant_id", where.tenant_id, required=True)
+    check_text("tenant_id", where.tenant_id, required=True)
     for field in ("metric", "actor_id", "source_service", "correlation_id"):
-        _check_text(field, getattr(where, field))
-    _check_instant("start_time", where.start_us)
-    _check_instant("end_time", where.end_us)
+        check_text(field, getattr(where, field))
+    check_instant("start_time", where.start_us)
+    check_instant("end_time", where.end_us)
     if where.start_us is not None and where.end_us is not None:
         require(where.start_us < where.end_us, "end_time", "must be after start_time")
     size = pagination.page_size(page_size)
@@ -70,18 +70,7 @@ def _event_position(position: list | None) -> tuple[int, str] | None:
     if position is None:
         return None
     # Tokens are opaque but not signed: a forged position must still be a valid one.
-    if len(position) != 2 or not isinstance(position[0], int) or not _MIN_US <= position[0] <= _MAX_US \
+    if len(position) != 2 or not isinstance(position[0], int) or not MIN_US <= position[0] <= MAX_US \
             or not isinstance(position[1], str) or len(position[1]) > MAX_ID_LENGTH or "\x00" in position[1]:
         raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
     return position[0], position[1]
-
-
-def _check_text(field: str, value: str, *, required: bool = False) -> None:
-    require(bool(value) or not required, field, "is required")
-    require(len(value) <= MAX_ID_LENGTH and "\x00" not in value, field,
-            f"must be at most {MAX_ID_LENGTH} characters without NUL")
-
-
-def _check_instant(field: str, micros: int | None, *, required: bool = False) -> None:
-    require(micros is not None or not required, field, "is required")
-    require(micros is None or _MIN_US <= micros <= _MAX_US, field, "must be a timestamp between years 1 and 9999")

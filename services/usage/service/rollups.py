@@ -12,12 +12,12 @@ from shared.errors import require
 
 from services.usage import metrics
 from services.usage.buckets import Period
-from services.usage.domain import MAX_ID_LENGTH
 from services.usage.queries import Page
 from services.usage.repository import in_transaction
 from services.usage.repository import rollup_pass
 from services.usage.repository import rollups as rollups_sql
 from services.usage.service import schedule
+from services.usage.service.checks import check_text
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
 # with their hours applied in 0.27-0.33 s) and dirty marks read per pass (which bounds its temp tables).
@@ -44,7 +44,7 @@ class RollupStatus:
 def _authorize(tenant_id: str, what: str) -> None:
     caller = auth.principal()
     if tenant_id:
-        _check_text("tenant_id", tenant_id)
+        check_text("tenant_id", tenant_id, required=True)
         auth.require_tenant(caller, tenant_id)
     else:
         auth.require_platform(caller, what)
@@ -148,8 +148,8 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
                     page_size: int, page_token: str, connections) -> Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
     auth.require_tenant(auth.principal(), tenant_id)
-    _check_text("tenant_id", tenant_id)
-    _check_text("metric", metric)
+    check_text("tenant_id", tenant_id, required=True)
+    check_text("metric", metric, required=True)
     require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
     if start_us is not None and end_us is not None:
         require(start_us < end_us, "end_time", "must be after start_time")
@@ -176,9 +176,3 @@ def scheduled_job(sessions, interval_seconds: float):
             count, oldest = rollups_sql.dirty_summary(session, None)
         metrics.observe_backlog(count, oldest, timeconv.now_micros())
     return schedule.every(interval_seconds, "rollup", run, sessions=sessions, skipped=skipped)
-
-
-def _check_text(field: str, value: str) -> None:
-    require(bool(value), field, "is required")
-    require(len(value) <= MAX_ID_LENGTH and "\x00" not in value, field,
-            f"must be at most {MAX_ID_LENGTH} characters without NUL")

@@ -1,0 +1,21 @@
+"""Checks of request fields shared by Usage's calls; each failure is a field violation (INVALID_ARGUMENT)."""
+
+from __future__ import annotations
+
+from shared import timeconv
+from shared.errors import require
+
+from services.usage.domain import MAX_ID_LENGTH
+
+MIN_US, MAX_US = timeconv.MIN_SECONDS * 1_000_000, (timeconv.MAX_SECONDS + 1) * 1_000_000 - 1
+
+
+def check_text(field: str, value: str, *, required: bool = False) -> None:
+    require(bool(value) or not required, field, "is required")
+    require(len(value) <= MAX_ID_LENGTH and "\x00" not in value, field,
+            f"must be at most {MAX_ID_LENGTH} characters without NUL")
+
+
+def check_instant(field: str, micros: int | None, *, required: bool = False) -> None:
+    require(micros is not None or not required, field, "is required")
+    require(micros is None or MIN_US <= micros <= MAX_US, field, "must be a timestamp between years 1 and 9999")
