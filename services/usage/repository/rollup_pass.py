@@ -6,8 +6,7 @@ same snapshot, and takes no row locks. In temp tables of that transaction it rea
 1. up to `limit` dirty marks, whole series (tenant, metric) at a time, each with the row version it
    saw (ctid and xmin);
 2. its DAY marks, each with its hours summed from raw events and packed into the day's row: the only
-   raw events a pass reads, each day (or each dirty hour) one range of events_by_metric_time, which
-   covers quantity and digest, so no table page is read;
+   raw events a pass reads (see rollup_days.py);
 3. its WEEK and MONTH marks, each folded from its days: the ones just computed, and the stored
    aggregates of the clean ones.
 
@@ -23,17 +22,20 @@ may run on another server connection. `apply_pass`, in short transactions, locks
 still the row version the pass saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes
 them. An ingest that marks a bucket again writes a new version of its mark, so a bucket that gained
 events after the pass read them stays dirty for the next pass. Any number of workers may run passes
-at once. (Over the house's ~200 lines: the statements of one pass belong together.)
+at once.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import text
 
-from services.usage.buckets import ALL_HOURS, DAY_US, HOUR_US, WEEK_US, Period
+from services.usage.buckets import DAY_US, WEEK_US, Period
+from services.usage.repository import rollup_days
+from services.usage.repository.rollup_days import MARKS as _MARKS
+from services.usage.repository.rollup_days import WORK as _WORK
 from services.usage.tables import HOUR_COLUMNS
 
-_MARKS, _WORK, _PASSES = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work", '"usage".rollup_work'
+_PASSES = '"usage".rollup_work'
 _HOURS = ", ".join(HOUR_COLUMNS)
 STALE_US = 3600 * 1_000_000  # a pass's rows older than this belong to a worker that died: swept
 # Dropped at commit: nothing is left on a server connection that PgBouncer hands to someone else.
@@ -78,58 +80,6 @@ FROM chosen AS c CROSS JOIN LATERAL (
     SELECT ctid, xmin, * FROM "usage".dirty_buckets AS d WHERE d.tenant_id = c.tenant_id AND d.metric = c.metric
     ORDER BY d.period, d.period_start_us LIMIT c.taken) AS d
 WHERE c.taken < c.marks"""
-# e.digest is the event's hashtextextended(event_id || ':' || content_hash, 0), generated on insert and
-# held in events_by_metric_time beside quantity (migration usage_0010): summing hours reads only that index.
-_EVENT_SUMS = "sum(e.quantity) AS quantity, count(*) AS events, sum(e.digest) AS digest"
-# A day's hours packed into its row (tables.aggregates): hour sums in, one row per day out. The arrays
-# are filled in the same order, so their positions stay aligned; no ORDER BY inside the aggregates, which
-# would forbid hashing the groups (a backlog sorted 2M events for it). An hour's digest is kept as the
-# exact sum (numeric), like the pass's own digests: no conversion per hour.
-_PACK_HOURS = """sum(h.quantity) AS quantity, sum(h.events) AS events, sum(h.digest) AS digest,
-    array_agg(h.offset_) AS offsets, array_agg(h.quantity) AS quantities, array_agg(h.events) AS counts,
-    array_agg(h.digest) AS digests"""
-_DAY_COLUMNS = """(mark, version, series, tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                  digest, hour_offsets, hour_quantities, hour_counts, hour_digests)"""
-_DAY_VALUES = """m.mark, m.version, m.series, m.tenant_id, m.metric, 2, m.period_start_us, coalesce(d.quantity, 0),
-       coalesce(d.events, 0), coalesce(d.digest, 0), coalesce(d.offsets, ARRAY[]::smallint[]),
-       coalesce(d.quantities, ARRAY[]::bigint[]), coalesce(d.counts, ARRAY[]::bigint[]),
-       coalesce(d.digests, ARRAY[]::numeric[])"""
-# Day marks with their hours, each day read from events_by_metric_time, index only. A day with no clean
-# hour to keep (every hour dirty, as in a backlog, or no stored row yet) is read as one range, its hours
-# grouped by hashing (at most 24 groups).
-_READ_WHOLE = f"""(m.dirty_hours = {ALL_HOURS} OR NOT EXISTS (
-    SELECT FROM "usage".aggregates AS a WHERE a.tenant_id = m.tenant_id AND a.metric = m.metric AND a.period = 2
-    AND a.period_start_us = m.period_start_us))"""
-_WHOLE_DAYS = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
-SELECT {_DAY_VALUES}
-FROM {_MARKS} AS m CROSS JOIN LATERAL (
-    SELECT {_PACK_HOURS}
-    FROM (SELECT (e.occurred_at_us % {DAY_US} / {HOUR_US})::smallint AS offset_, {_EVENT_SUMS}
-          FROM "usage".events AS e
-          WHERE e.tenant_id = m.tenant_id AND e.metric = m.metric AND e.occurred_at_us >= m.period_start_us
-            AND e.occurred_at_us < m.period_start_us + {DAY_US}
-          GROUP BY 1) AS h) AS d
-WHERE m.period = 2 AND {_READ_WHOLE}"""
-# Any other day (late or live events into a stored day) reads its dirty hours one range each and takes
-# the others from its stored row: they had no event since it was computed (see tables.dirty_buckets).
-_PARTLY_DIRTY_DAYS = f"""INSERT INTO {_WORK} {_DAY_COLUMNS}
-SELECT {_DAY_VALUES}
-FROM {_MARKS} AS m CROSS JOIN LATERAL (
-    SELECT {_PACK_HOURS}
-    FROM (SELECT o.offset_, {_EVENT_SUMS}
-          FROM generate_series(0, 23) AS o (offset_)
-          JOIN "usage".events AS e ON e.tenant_id = m.tenant_id AND e.metric = m.metric
-           AND e.occurred_at_us >= m.period_start_us + o.offset_ * {HOUR_US}
-           AND e.occurred_at_us < m.period_start_us + (o.offset_ + 1) * {HOUR_US}
-          WHERE (m.dirty_hours >> o.offset_) & 1 = 1
-          GROUP BY o.offset_
-          UNION ALL
-          SELECT c.offset_, c.quantity, c.events, c.digest
-          FROM "usage".aggregates AS a, unnest(a.hour_offsets, a.hour_quantities, a.hour_counts, a.hour_digests)
-              AS c (offset_, quantity, events, digest)
-          WHERE a.tenant_id = m.tenant_id AND a.metric = m.metric AND a.period = 2
-            AND a.period_start_us = m.period_start_us AND (m.dirty_hours >> c.offset_) & 1 = 0) AS h) AS d
-WHERE m.period = 2 AND NOT {_READ_WHOLE}"""
 # Marks of `period` folded from the level below: its buckets computed in this pass (in the work table),
 # plus the stored aggregates of the others, which are clean (see the module's docstring). A stored
 # digest is the 64-bit two's complement of the sum; adding it back as a signed bigint keeps the sum
@@ -185,11 +135,14 @@ ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
 
 
-def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_us: int) -> tuple[int, int, int]:
+def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_us: int, *, scan_from: int,
+                 visible_enough: float) -> tuple[int, int, int]:
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
     as pass `pass_id`: (marks, first seq, last seq).
 
-    Must be the transaction's first statement (it sets REPEATABLE READ).
+    Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` day marks on,
+    when less than `visible_enough` of the events table is all-visible, the days read whole come from
+    one sequential scan instead of one index range each.
     """
     session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     for setting in _PASS_SETTINGS:
@@ -199,8 +152,7 @@ def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_u
     found = session.execute(text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
                             {"tenant": tenant_id, "limit": limit}).rowcount
     session.execute(text(f"ANALYZE {_MARKS}"))
-    session.execute(text(_WHOLE_DAYS))
-    session.execute(text(_PARTLY_DIRTY_DAYS))
+    rollup_days.compute_days(session, tenant_id, scan_from=scan_from, visible_enough=visible_enough)
     session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
     session.execute(text(_FOLD), {"below": int(Period.DAY), "periods": [int(Period.WEEK), int(Period.MONTH)]})
     session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})

@@ -20,9 +20,13 @@ from services.usage.service import schedule
 from services.usage.service.checks import check_text
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
-# with their hours applied in 0.27-0.33 s) and dirty marks read per pass (which bounds its temp tables).
+# with their hours applied in 0.27-0.33 s), dirty marks read per pass (which bounds its temp tables), and
+# when a pass reads its days with one sequential scan rather than one index range each: from SCAN_FROM
+# day marks on, if under VISIBLE_ENOUGH of the events table is all-visible (see repository/rollup_pass.py).
 CLAIM_SIZE = 1000
 PASS_SIZE = 100_000
+SCAN_FROM = 5_000
+VISIBLE_ENOUGH = 0.9
 SERIAL_CLAIM_SIZE = 100  # SQLite: buckets per transaction, recomputed one by one
 
 
@@ -106,7 +110,8 @@ def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> int
 
 
 def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> tuple[int, int, int]:
-    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, timeconv.now_micros())
+    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, timeconv.now_micros(), scan_from=SCAN_FROM,
+                                    visible_enough=VISIBLE_ENOUGH)
 
 
 def _apply_claim(session, *, pass_id: int, after: int) -> int:
