@@ -4,6 +4,7 @@ import grpc
 import pytest
 
 from services.usage.catalog import DEFAULT_CATALOG
+from shared.db import INDEXED_READS, create_engine_for
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import (MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts)
@@ -147,3 +148,19 @@ def test_a_bad_metric_is_invalid_and_a_tenant_may_not_change_the_catalog(dbs, us
     good = u.UpsertMetricRequest(metric=u.Metric(name="tenant.metric", classification=u.CLASSIFICATION_INFO))
     assert status_of(lambda: usage_admin_stub.UpsertMetric(good, metadata=support.bearer(tenant_admin))) \
         == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequential_scan(dbs):
+    """Its connections plan with enable_seqscan = off; a plan left with a sequential scan then costs over
+    jit_above_cost, and JIT would compile it again at every execution (0.5 s a call)."""
+    if dbs.backend != "postgres":
+        pytest.skip("PostgreSQL settings")
+    engine = create_engine_for(dbs.usage_url, schema="usage", settings=INDEXED_READS, autocommit=True)
+    try:
+        with engine.connect() as connection:
+            [[plan]] = connection.exec_driver_sql(
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT name FROM usage.metrics WHERE description LIKE '%%x%%'").all()
+    finally:
+        engine.dispose()
+    assert plan[0]["Plan"]["Node Type"] == "Seq Scan" and plan[0]["Plan"]["Total Cost"] > 100_000
+    assert "JIT" not in plan[0]
