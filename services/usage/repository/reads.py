@@ -162,13 +162,7 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
             .where(mark.c.tenant_id == tenant, mark.c.period == _DAY, _within(mark.c.period_start_us, "day"))
         parts += [(every, day.metric), (marked_rows, day.metric)]
     if hour_ranges:
-        offset, quantity, count, cells = _hour_cells(postgres)
-        ranges = [and_(day.period_start_us == bindparam(f"hour{n}_day"), offset >= bindparam(f"hour{n}_from"),
-                       offset < bindparam(f"hour{n}_to")) for n in range(hour_ranges)]
-        hours = select(day.metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count")) \
-            .join_from(_aggregates, cells, true()) \
-            .where(day.period_start_us.in_([bindparam(f"hour{n}_day") for n in range(hour_ranges)]), or_(*ranges))
-        parts.append((_unmarked_days(tenant, hours), day.metric))
+        parts.append(_end_hours(tenant, hour_ranges, postgres))
 
     def in_span(offset):
         start = mark.c.period_start_us + offset * _HOUR_US
@@ -203,14 +197,36 @@ def _day_hours(postgres: bool):
     return func.json_each(literal(json.dumps(list(range(24))))).table_valued("value", name="o").c.value
 
 
-def _unmarked_days(tenant, statement):
-    """`statement` (over day rows `a`) restricted to the tenant's day rows whose day has no dirty mark,
-    grouped by metric."""
+def _end_hours(tenant, hour_ranges: int, postgres: bool) -> tuple:
+    """(statement, its metric column) summing the range of hours of each end's day row, if unmarked."""
+    day = _aggregates.c
+    days = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
+    if postgres:
+        # The hours unnested in the select list, over day rows already found unmarked: joined to
+        # unnest() instead, the plan probed the marks once per hour as soon as dirty_buckets had rows
+        # (0.25 ms of a 0.57 ms statement with 1,200 marks).
+        rows = select(day.metric, day.period_start_us, func.unnest(day.hour_offsets).label("o"),
+                      func.unnest(day.hour_quantities).label("q"), func.unnest(day.hour_counts).label("n")) \
+            .where(_unmarked_day(tenant), day.period_start_us.in_(days)).subquery("h")
+        start, offset, quantity, count, metric = rows.c.period_start_us, rows.c.o, rows.c.q, rows.c.n, rows.c.metric
+        statement = select(metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count"))
+    else:
+        offset, quantity, count, cells = _hour_cells(postgres)
+        start, metric = day.period_start_us, day.metric
+        statement = select(metric, func.sum(quantity).label("quantity"), func.sum(count).label("event_count")) \
+            .join_from(_aggregates, cells, true()).where(_unmarked_day(tenant), start.in_(days))
+    ranges = [and_(start == days[n], offset >= bindparam(f"hour{n}_from"), offset < bindparam(f"hour{n}_to"))
+              for n in range(hour_ranges)]
+    return statement.where(or_(*ranges)).group_by(metric), metric
+
+
+def _unmarked_day(tenant):
+    """The condition on a day row `a` of the tenant: its day has no dirty mark."""
     day = _aggregates.c
     mark = dirty_buckets.alias("m")
-    return statement.where(day.tenant_id == tenant, day.period == _DAY, ~exists().where(
+    return and_(day.tenant_id == tenant, day.period == _DAY, ~exists().where(
         mark.c.tenant_id == tenant, mark.c.metric == day.metric, mark.c.period == _DAY,
-        mark.c.period_start_us == day.period_start_us)).group_by(day.metric)
+        mark.c.period_start_us == day.period_start_us))
 
 
 def _hour_cells(postgres: bool):
