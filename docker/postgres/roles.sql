@@ -9,9 +9,11 @@ CREATE SCHEMA usage AUTHORIZATION :"usage_role";
 CREATE SCHEMA policy AUTHORIZATION :"policy_role";
 ALTER ROLE :"usage_role" SET search_path = usage;
 ALTER ROLE :"policy_role" SET search_path = policy;
--- Usage's statements are large and cheap to run: plan them once (the service also sets this on
--- each connection it opens, which PgBouncer's transaction pooling would not keep).
+-- Usage's statements are large and cheap to run: plan them once, and never JIT-compile them (JIT
+-- compiles again at every execution). The service also sets both on each connection it opens, which
+-- PgBouncer's transaction pooling would not keep.
 ALTER ROLE :"usage_role" SET plan_cache_mode = force_generic_plan;
+ALTER ROLE :"usage_role" SET jit = off;
 -- Nobody else connects or creates objects in the public schema.
 SELECT format('REVOKE ALL ON DATABASE %I FROM PUBLIC', current_database()) \gexec
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I', current_database(), :'usage_role', :'policy_role') \gexec
