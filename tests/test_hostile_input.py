@@ -320,6 +320,8 @@ def named_cases(env: Env) -> list[tuple[str, str, object]]:
         ("UsageService", "ListEvents", u.ListEventsRequest(tenant_id=tenant, page_size=-1, page_token="%%%")),
         ("UsageService", "ListAggregates", u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests",
                                                                    period=999, start_time=ts(recent - DAY_US))),
+        ("UsageService", "ListAggregates", u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=2,
+                                                                   start_time=at(2**62).occurred_at)),
         ("UsageAdminService", "UpsertMetric", u.UpsertMetricRequest(metric=u.Metric(name="m.x", classification=999))),
         ("UsageAdminService", "PurgeEvents", u.PurgeEventsRequest(tenant_id=tenant,
                                                                   before_time=ts(-2**62 * 10**6 // 10**6))),

@@ -17,7 +17,7 @@ from services.usage.repository import in_transaction
 from services.usage.repository import rollup_pass
 from services.usage.repository import rollups as rollups_sql
 from services.usage.service import schedule
-from services.usage.service.checks import check_text
+from services.usage.service.checks import check_instant, check_text
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
 # with their hours applied in 0.27-0.33 s), dirty marks read per pass (which bounds its temp tables), and
@@ -156,6 +156,8 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     check_text("tenant_id", tenant_id, required=True)
     check_text("metric", metric, required=True)
     require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
+    check_instant("start_time", start_us)
+    check_instant("end_time", end_us)
     if start_us is not None and end_us is not None:
         require(start_us < end_us, "end_time", "must be after start_time")
     scope = {"tenant": tenant_id, "metric": metric, "period": period, "start": start_us, "end": end_us}
