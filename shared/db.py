@@ -51,7 +51,9 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
     `autocommit` (PostgreSQL): every connection of the pool stays in autocommit, for questions
     answered by ONE statement, which is its own snapshot: no BEGIN and COMMIT around it, and no
     switching of the connection's mode at each checkout and checkin (an option on a shared pool
-    switches it both ways on every call). Use it with `connect()`, not sessions that write.
+    switches it both ways on every call). Nor a rollback at each checkin, which has no transaction to
+    end (SQLAlchemy's reset_on_return=None, meant for pure autocommit). Use it with `connect()`, not
+    sessions that write.
     """
     url = normalize_url(url)
     if is_sqlite(url):
@@ -64,7 +66,7 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": application_name},
-        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
+        **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}),
     )
     if settings:
         @event.listens_for(engine, "connect")

@@ -152,3 +152,37 @@ def test_usage_0010_gives_postgresql_events_their_digest_term_and_covers_it_in_e
         k: pg_hash_text(f"{k}:{'c' * 64}".encode()) for k in ("before", "after-ünï", "previous-release")}
     assert index_after.endswith("INCLUDE (quantity, digest)")
     assert index_before.endswith("INCLUDE (quantity)") and "digest" not in columns
+
+
+def test_usage_0012_gives_postgresql_day_rows_running_sums_of_their_hours(tmp_path):
+    """GetUsage reads a span of a day's hours as running[to + 1] - running[from + 1]: day rows stored before
+    the migration get their sums from it, and rows written later (an upsert, as a rollup writes) from the
+    generated columns; weeks and months have none."""
+    day_row = dict(tenant_id="t", metric="api.requests", period=2, period_start_us=0, total_quantity=12,
+                   event_count=4, source_hash="h", computed_at_us=0, hour_offsets=[23, 0, 5],
+                   hour_quantities=[7, 2, 3], hour_counts=[1, 1, 2], hour_digests=[1, 2, 3])
+    week_row = dict(day_row, period=3, hour_offsets=None, hour_quantities=None, hour_counts=None, hour_digests=None)
+    running = text('SELECT period_start_us, hour_running_quantities, hour_running_counts FROM "usage".aggregates '
+                   'ORDER BY period, period_start_us')
+    with support.fresh_databases("postgres", tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0011")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        with engine.begin() as connection:
+            connection.execute(tables.aggregates.insert(), [day_row, week_row])
+        migrate.upgrade("usage", dbs.usage_url)
+        with engine.begin() as connection:
+            connection.execute(tables.aggregates.insert(), [dict(day_row, period_start_us=86_400_000_000)])
+            connection.execute(text('UPDATE "usage".aggregates SET hour_offsets = \'{4}\', hour_quantities = \'{9}\', '
+                                    "hour_counts = '{3}' WHERE period = 2 AND period_start_us > 0"))
+            found = [tuple(row) for row in connection.execute(running)]
+        migrate.downgrade("usage", dbs.usage_url, "usage_0011")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in inspect(connection).get_columns("aggregates", schema="usage")}
+        engine.dispose()
+    # [h + 1] sums the hours before hour h: hour 0 (2) from h = 1, hour 5 (3) from h = 6, hour 23 (7) at h = 24.
+    assert found == [
+        (0, [0] + [2] * 5 + [5] * 18 + [12], [0] + [1] * 5 + [3] * 18 + [4]),
+        (86_400_000_000, [0] * 5 + [9] * 20, [0] * 5 + [3] * 20),
+        (0, None, None),
+    ]
+    assert not {"hour_running_quantities", "hour_running_counts"} & columns
