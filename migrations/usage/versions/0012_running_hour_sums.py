@@ -15,7 +15,8 @@ depends_on = None
 # (h = 0..24), so hours [h1, h2) of the day sum to [h2 + 1] - [h1 + 1]. Generated columns, so every
 # writer of day rows (this release's rollups and the previous one's, during a rolling deploy) keeps them
 # right; the rollup names the columns it writes, which generated columns require. NULL on weeks and
-# months (STRICT). About 5 us a row, measured: 0.2 s over the 36,000 computed for 2M events.
+# months (STRICT). Measured on 2M events: 18,000 day rows written 0.3-0.45 s slower (about 12 us per
+# call as a generated column, 2 us in a SELECT list); the cold rollup about 14 % slower in all.
 _FUNCTION = """CREATE FUNCTION "usage".running_hour_sums(offsets smallint[], amounts bigint[]) RETURNS bigint[]
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
