@@ -169,8 +169,7 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
             .where(day.tenant_id == tenant, day.period == _DAY, _within(day.period_start_us, "day"))
         marked_rows = select(day.metric, (-day.total_quantity).label("quantity"),
                              (-day.event_count).label("event_count")) \
-            .join_from(mark, _aggregates, and_(day.tenant_id == tenant, day.metric == mark.c.metric,
-                                               day.period == _DAY, day.period_start_us == mark.c.period_start_us)) \
+            .join_from(mark, _aggregates, _row_of(mark, tenant)) \
             .where(mark.c.tenant_id == tenant, mark.c.period == _DAY, _within(mark.c.period_start_us, "day"))
         parts += [(every, day.metric), (marked_rows, day.metric)]
     if hour_ranges:
@@ -185,8 +184,7 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
                   mark.c.period_start_us < bindparam("span_hi"))
     offset, quantity, count, cells = _hour_cells(postgres)
     clean_hours = select(mark.c.metric, quantity.label("quantity"), count.label("event_count")) \
-        .join_from(mark, _aggregates, and_(day.tenant_id == tenant, day.metric == mark.c.metric,
-                                           day.period == _DAY, day.period_start_us == mark.c.period_start_us)) \
+        .join_from(mark, _aggregates, _row_of(mark, tenant)) \
         .join(cells, true()) \
         .where(marked, mark.c.dirty_hours.op(">>")(offset).op("&")(_ONE) == _ZERO, in_span(offset))
     hour = _day_hours(postgres)
@@ -197,6 +195,13 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
                             _events.c.occurred_at_us >= start, _events.c.occurred_at_us < start + _HOUR_US)) \
         .where(marked, mark.c.dirty_hours.op(">>")(hour).op("&")(_ONE) == _ONE, in_span(hour))
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
+
+
+def _row_of(mark, tenant):
+    """The join condition of a day's dirty mark to that day's row `a`."""
+    day = _aggregates.c
+    return and_(day.tenant_id == tenant, day.metric == mark.c.metric, day.period == _DAY,
+                day.period_start_us == mark.c.period_start_us)
 
 
 def _day_hours(postgres: bool):
