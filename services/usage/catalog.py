@@ -22,6 +22,7 @@ class Metric:
     classification: Classification | None
     unit: str = ""
     description: str = ""
+    business_key: bool = True  # (correlation_id, metric, occurred_at) deduplicates the metric's events
 
 
 _B, _N = Classification.BILLABLE, Classification.NON_BILLABLE

@@ -13,12 +13,13 @@ KEY_NAMES = {"id": "event_id", "key": "idempotency_key", "corr": "(correlation_i
 
 
 def keys_of(candidate: Candidate) -> list[tuple]:
-    """The tenant-scoped keys of an event, tagged by kind; empty optional keys are no keys."""
+    """The tenant-scoped keys of an event, tagged by kind; empty optional keys, and the business key of a metric
+    that turned it off, are no keys."""
     event = candidate.event
     keys = [("id", event.event_id)]
     if event.idempotency_key:
         keys.append(("key", event.idempotency_key))
-    if event.correlation_id:
+    if event.correlation_id and candidate.business_key:
         keys.append(("corr", event.correlation_id, event.metric, event.occurred_at_us))
     return keys
 
@@ -42,8 +43,9 @@ def plan_round(pending: list[Candidate]) -> tuple[list[Candidate], list[Candidat
 
 def _all_distinct(pending: list[Candidate]) -> bool:
     events = [candidate.event for candidate in pending]
-    for keys in ([e.event_id for e in events], [e.idempotency_key for e in events if e.idempotency_key],
-                 [(e.correlation_id, e.metric, e.occurred_at_us) for e in events if e.correlation_id]):
+    business = [(c.event.correlation_id, c.event.metric, c.event.occurred_at_us) for c in pending
+                if c.event.correlation_id and c.business_key]
+    for keys in ([e.event_id for e in events], [e.idempotency_key for e in events if e.idempotency_key], business):
         if len(set(keys)) != len(keys):
             return False
     return True
@@ -58,7 +60,7 @@ class StoredIndex:
             self._by_key[("id", row.event_id)] = row
             if row.idempotency_key is not None:
                 self._by_key[("key", row.idempotency_key)] = row
-            if row.correlation_id is not None:
+            if row.correlation_id is not None and row.business_key:
                 self._by_key[("corr", row.correlation_id, row.metric, row.occurred_at_us)] = row
 
     def judge(self, candidate: Candidate) -> EventResult | None:

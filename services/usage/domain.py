@@ -105,6 +105,7 @@ class Candidate(NamedTuple):
     classification: Classification
     metadata_json: str | None
     content_hash: str
+    business_key: bool = True  # whether its metric keeps (correlation_id, metric, occurred_at) as a dedup key
 
 
 class StoredKeys(NamedTuple):
@@ -116,6 +117,7 @@ class StoredKeys(NamedTuple):
     metric: str
     occurred_at_us: int
     content_hash: str
+    business_key: bool  # whether the business key held when it was stored
 
 
 def check_batch(batch: EventBatch) -> None:

@@ -79,11 +79,12 @@ def stored_event(s: StoredEvent) -> pb.StoredEvent:
 
 def metric_to_proto(m: Metric) -> pb.Metric:
     return pb.Metric(name=m.name, classification=CLASSIFICATIONS.get(m.classification, 0), unit=m.unit,
-                     description=m.description)
+                     description=m.description, business_key=m.business_key)
 
 
 def metric_from_proto(m: pb.Metric) -> Metric:
-    return Metric(m.name, CLASSIFICATION_OF.get(m.classification), m.unit, m.description)
+    return Metric(m.name, CLASSIFICATION_OF.get(m.classification), m.unit, m.description,
+                  business_key=m.business_key if m.HasField("business_key") else True)
 
 
 

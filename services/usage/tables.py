@@ -1,7 +1,7 @@
 """SQLAlchemy Core tables of the `usage` schema."""
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Index, Integer, MetaData, Numeric, \
-    PrimaryKeyConstraint, SmallInteger, String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Column, Index, Integer, MetaData, Numeric, \
+    PrimaryKeyConstraint, SmallInteger, String, Table, Text, UniqueConstraint, text, true
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from shared.audit_chain import audit_tables
@@ -35,9 +35,12 @@ events = Table(
     Column("classification", String(16), nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("received_at_us", BigInteger, nullable=False),
+    # Whether the business key held when the event was stored (its metric's catalog entry then).
+    Column("business_key", Boolean(create_constraint=False), nullable=False, server_default=true()),
     PrimaryKeyConstraint("tenant_id", "event_id", name="events_pkey"),
     UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
-    UniqueConstraint("tenant_id", "correlation_id", "metric", "occurred_at_us", name="events_correlation"),
+    Index("events_correlation", "tenant_id", "correlation_id", "metric", "occurred_at_us", unique=True,
+          postgresql_where=text("business_key"), sqlite_where=text("business_key")),
     CheckConstraint("quantity > 0", name="events_quantity_positive"),
     Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us", postgresql_include=["quantity", "digest"]),
     Index("events_by_time", "tenant_id", "occurred_at_us"),
@@ -53,6 +56,8 @@ metrics = Table(
     Column("unit", String(64), nullable=False),
     Column("description", String(1024), nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
+    # False turns the business key (correlation_id, metric, occurred_at) off for the metric's new events.
+    Column("business_key", Boolean(create_constraint=False), nullable=False, server_default=true()),
 )
 
 

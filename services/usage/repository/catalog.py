@@ -11,26 +11,31 @@ from services.usage.repository import is_postgres
 from services.usage.tables import metrics
 
 
-def classifications(session) -> dict[str, Classification]:
-    """Every catalog metric's classification, by name."""
-    rows = session.execute(select(metrics.c.name, metrics.c.classification))
-    return {name: Classification[classification] for name, classification in rows}
+def ingest_catalog(session) -> tuple[dict[str, Classification], frozenset[str]]:
+    """Every catalog metric's classification, by name, and the names of the metrics without the business key."""
+    classification_of, without_key = {}, set()
+    for name, classification, business_key in session.execute(
+            select(metrics.c.name, metrics.c.classification, metrics.c.business_key)):
+        classification_of[name] = Classification[classification]
+        if not business_key:
+            without_key.add(name)
+    return classification_of, frozenset(without_key)
 
 
 def list_metrics(session, *, after: str | None, limit: int) -> list[Metric]:
     """Catalog metrics ordered by name, starting after `after`."""
-    statement = select(metrics.c.name, metrics.c.classification, metrics.c.unit, metrics.c.description) \
-        .order_by(metrics.c.name).limit(limit)
+    statement = select(metrics.c.name, metrics.c.classification, metrics.c.unit, metrics.c.description,
+                       metrics.c.business_key).order_by(metrics.c.name).limit(limit)
     if after is not None:
         statement = statement.where(metrics.c.name > after)
-    return [Metric(name, Classification[classification], unit, description)
-            for name, classification, unit, description in session.execute(statement)]
+    return [Metric(name, Classification[classification], unit, description, business_key)
+            for name, classification, unit, description, business_key in session.execute(statement)]
 
 
 def upsert_metric(session, metric: Metric, *, now_us: int) -> bool:
     """Store the metric; True when it was new. Safe against a concurrent upsert of the same name."""
     values = {"name": metric.name, "classification": metric.classification.name, "unit": metric.unit,
-              "description": metric.description, "updated_at_us": now_us}
+              "description": metric.description, "business_key": metric.business_key, "updated_at_us": now_us}
     dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
     created = session.execute(
         dialect_insert(metrics).values(values).on_conflict_do_nothing().returning(metrics.c.name)).first()

@@ -25,7 +25,8 @@ def _row(tenant_id: str, candidate: Candidate, received_at_us: int) -> tuple:
     event = candidate.event
     return (tenant_id, event.event_id, event.metric, event.quantity, event.occurred_at_us, event.actor_id,
             event.source_service, event.correlation_id or None, event.idempotency_key or None,
-            candidate.metadata_json, candidate.classification.name, candidate.content_hash, received_at_us)
+            candidate.metadata_json, candidate.classification.name, candidate.content_hash, received_at_us,
+            candidate.business_key)
 
 
 def insert_new(session, tenant_id: str, candidates: list[Candidate], received_at_us: int, *,
@@ -68,7 +69,7 @@ def find_existing(session, tenant_id: str, candidates: list[Candidate]) -> list[
     """The stored events of the tenant that share any key with one of the candidates."""
     ids = [c.event.event_id for c in candidates]
     keys = [c.event.idempotency_key for c in candidates if c.event.idempotency_key]
-    correlations = [c.event.correlation_id for c in candidates if c.event.correlation_id]
+    correlations = [c.event.correlation_id for c in candidates if c.event.correlation_id and c.business_key]
     postgres = is_postgres(session)
     matches = [_one_of(events.c.event_id, ids, postgres)]
     if keys:
@@ -76,6 +77,6 @@ def find_existing(session, tenant_id: str, candidates: list[Candidate]) -> list[
     if correlations:
         matches.append(_one_of(events.c.correlation_id, correlations, postgres))
     statement = select(events.c.event_id, events.c.idempotency_key, events.c.correlation_id, events.c.metric,
-                       events.c.occurred_at_us, events.c.content_hash) \
+                       events.c.occurred_at_us, events.c.content_hash, events.c.business_key) \
         .where(events.c.tenant_id == tenant_id, or_(*matches))
     return [StoredKeys(*row) for row in session.execute(statement)]

@@ -36,5 +36,6 @@ def upsert_metric(metric: Metric, *, sessions) -> tuple[Metric, bool]:
         created = catalog_sql.upsert_metric(session, metric, now_us=timeconv.now_micros())
         audit.append(session, actor=caller.token_id, action="UpsertMetric", target=f"catalog/metric/{metric.name}",
                      tenant_id="", change={"created": created, "classification": metric.classification.name,
-                                           "unit": metric.unit, "description": metric.description})
+                                           "unit": metric.unit, "description": metric.description,
+                                           "business_key": metric.business_key})
     return metric, created

@@ -25,7 +25,7 @@ def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[Ev
 
 def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[EventResult], dict[int, str]]:
     now_us = timeconv.now_micros()
-    catalog = catalog_sql.classifications(session)
+    catalog, without_business_key = catalog_sql.ingest_catalog(session)
     horizon = purge_sql.horizon_for_ingest(session, batch.tenant_id)
     results: list[EventResult | None] = [None] * len(batch.events)
     candidates = []
@@ -37,6 +37,8 @@ def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[E
                                        f"occurred_at falls in a week or month whose raw events were purged "
                                        f"(this tenant's history is final before {timeconv.iso(horizon)})")
         if isinstance(admitted, Candidate):
+            if without_business_key and event.metric in without_business_key:
+                admitted = admitted._replace(business_key=False)
             candidates.append(admitted)
         else:
             results[index] = admitted
