@@ -2,6 +2,7 @@
 
 import grpc
 import pytest
+from google.rpc import code_pb2
 
 from shared import credentials_cli
 from tests import support
@@ -46,7 +47,10 @@ def call(stub_class, channel, method, request, metadata) -> grpc.StatusCode:
     rpc = getattr(stub, method.name)
     try:
         if method.name in STREAMING:
-            list(rpc(iter([request]), metadata=metadata, timeout=10))
+            # A batch refused whole is answered on the stream (its error); the stream itself goes on.
+            for answer in rpc(iter([request]), metadata=metadata, timeout=10):
+                if answer.error.code:
+                    return grpc.StatusCode[code_pb2.Code.Name(answer.error.code)]
         else:
             rpc(request, metadata=metadata, timeout=10)
     except grpc.RpcError as error:

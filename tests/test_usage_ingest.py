@@ -150,17 +150,6 @@ def test_a_stream_answers_each_batch_in_order_with_its_batch_id(usage_stub, toke
     assert totals(usage_stub, token, tenant) == {"api.requests": (6, 6)}
 
 
-def test_a_batch_fault_in_a_stream_ends_the_stream_with_its_status(usage_stub, token, tenant):
-    requests = [u.StreamEventsRequest(batch_id="ok", tenant_id=tenant, events=[event("e1")]),
-                u.StreamEventsRequest(batch_id="empty", tenant_id=tenant)]
-    answered = []
-    with pytest.raises(grpc.RpcError) as raised:
-        for response in usage_stub.StreamEvents(iter(requests), metadata=support.bearer(token), timeout=30):
-            answered.append(response.batch_id)
-    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert answered == ["ok"]
-
-
 def test_eight_concurrent_senders_with_overlapping_batches_and_retries_give_exact_totals(usage_stub, token, tenant):
     # 400 distinct events; each sender sends overlapping slices of them, twice (a retry), in its own order.
     events = [event(f"e{n}", quantity=1 + n % 5, idempotency_key=f"k{n}", correlation_id=f"c{n // 2}",

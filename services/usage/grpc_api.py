@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlalchemy.exc
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
+
+from shared import grpc_errors
+from shared.errors import TollgateError
 
 from services.usage import grpc_convert as convert
 from services.usage.domain import IngestRules
@@ -54,9 +58,20 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         # One batch at a time: the next message is read only once this one is stored and answered,
         # so a slow database slows the sender through gRPC flow control and memory stays bounded.
         for request in request_iterator:
+            yield self._answer_batch(request)
+
+    def _answer_batch(self, request) -> usage_pb2.StreamEventsResponse:
+        """A batch's results, or the status that refused it whole: a bad batch is the batch's answer, and the
+        stream goes on. Authentication happened when the stream opened (the interceptor), so it ends the stream."""
+        try:
             batch = convert.batch(request.tenant_id, request.events)
             results = ingest.record_events(batch, sessions=self._sessions, rules=self._rules)
-            yield usage_pb2.StreamEventsResponse(batch_id=request.batch_id, results=convert.results(results))
+        except (TollgateError, sqlalchemy.exc.SQLAlchemyError) as error:
+            status = grpc_errors.status_for(error)
+            if status is None:
+                raise  # a bug: the interceptor logs it and ends the stream INTERNAL
+            return usage_pb2.StreamEventsResponse(batch_id=request.batch_id, error=convert.batch_error(status))
+        return usage_pb2.StreamEventsResponse(batch_id=request.batch_id, results=convert.results(results))
 
     def GetUsage(self, request, context):
         query = UsageQuery(

@@ -77,6 +77,11 @@ def stored_event(s: StoredEvent) -> pb.StoredEvent:
                           received_at=timeconv.from_micros(s.received_at_us))
 
 
+def batch_error(status) -> pb.BatchError:
+    """A google.rpc.Status as the BatchError of a stream's answer (the same fields)."""
+    return pb.BatchError(code=status.code, message=status.message, details=status.details)
+
+
 def metric_to_proto(m: Metric) -> pb.Metric:
     return pb.Metric(name=m.name, classification=CLASSIFICATIONS.get(m.classification, 0), unit=m.unit,
                      description=m.description, business_key=m.business_key)
