@@ -13,7 +13,7 @@ import sys
 
 from sqlalchemy import MetaData
 
-from shared import credentials
+from shared import credentials, tenant_ids
 from shared.db import create_engine_for
 
 DEFAULT_URLS = {"usage": "sqlite:///var/usage.db", "policy": "sqlite:///var/policy.db"}
@@ -30,6 +30,8 @@ def _targets(service: str):
 def create(*, tenant: str | None, scopes: list[str], label: str = "", service: str = "both",
            token_id: str | None = None) -> str:
     """Mint a token, store its hash in each target service, and return the token."""
+    if tenant is not None and (problem := tenant_ids.problem(tenant)):
+        raise ValueError(f"invalid --tenant {tenant!r}: {problem}")
     scope_set = credentials.validate_scopes(scopes)
     token, token_id, secret_hash = credentials.mint(token_id)
     for _name, engine, table in _targets(service):

@@ -11,8 +11,9 @@ MIN_SECONDS = -62135596800
 MAX_SECONDS = 253402300799
 
 
-def is_set(ts: Timestamp) -> bool:
-    return ts.seconds != 0 or ts.nanos != 0
+def nanos_in_range(ts: Timestamp) -> bool:
+    """Whether the nanos make an instant: other values would count as a different second."""
+    return 0 <= ts.nanos < 1_000_000_000
 
 
 def in_range(ts: Timestamp) -> bool:
@@ -20,6 +21,7 @@ def in_range(ts: Timestamp) -> bool:
 
 
 def to_micros(ts: Timestamp) -> int:
+    """Epoch microseconds; digits below the microsecond are dropped, toward the past."""
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 

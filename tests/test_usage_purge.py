@@ -82,6 +82,18 @@ def test_a_dry_run_reports_the_same_counts_and_changes_nothing(usage_stub, usage
     assert (real.events_deleted, real.events_kept) == (dry.events_deleted, dry.events_kept)
 
 
+def test_a_dry_run_answers_the_horizon_in_force_not_its_cutoff(usage_admin_stub, admin_token, tenant, history):
+    base, _ = history
+    _roll_up(usage_admin_stub, admin_token, tenant)
+    first, later = base + 2 * DAY_US, base + 4 * DAY_US
+    never_purged = _purge(usage_admin_stub, admin_token, tenant, first, dry_run=True)
+    assert not never_purged.HasField("purged_before")
+    assert _purge(usage_admin_stub, admin_token, tenant, first).purged_before == ts(first)
+    assert _purge(usage_admin_stub, admin_token, tenant, later, dry_run=True).purged_before == ts(first)
+    every_tenant = _purge(usage_admin_stub, admin_token, "", later, dry_run=True)
+    assert every_tenant.dry_run and not every_tenant.HasField("purged_before")
+
+
 def test_events_in_dirty_buckets_are_kept_until_rolled_up(usage_stub, usage_admin_stub, admin_token, tenant,
                                                           history):
     base, instants = history

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from shared import tenant_ids
 from shared.errors import FieldViolation, InvalidArgument
 from services.policy.domain import ID_PATTERN, ID_RULE, Mode
 from services.policy.model import Feature, Plan, QuotaLimit, Role
@@ -27,7 +28,9 @@ class Violations:
             self.add(field, ID_RULE if value else "is required")
 
     def text(self, value: str, field: str, kind: str, *, required: bool = False) -> None:
-        if required and not value:
+        if kind == "tenant_id" and (value or required) and (problem := tenant_ids.problem(value)):
+            self.add(field, problem)
+        elif required and not value:
             self.add(field, "is required")
         elif len(value) > MAX_TEXT[kind] or "\x00" in value:
             self.add(field, f"must be at most {MAX_TEXT[kind]} characters, without NUL")

@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from shared import tenant_ids
 from shared.errors import FieldViolation, InvalidArgument
 
 MAX_BATCH = 1000
-MAX_ID_LENGTH = 128  # tenant_id, event_id, metric, actor_id, source_service, correlation_id, idempotency_key
+MAX_ID_LENGTH = 128  # event_id, metric, actor_id, source_service, correlation_id, idempotency_key
 MAX_METADATA_BYTES = 4096
 # A bound per event keeps every total exact in int64 (it takes ~9 million maximal events to overflow).
 MAX_QUANTITY = 10**12
@@ -123,10 +124,8 @@ class StoredKeys(NamedTuple):
 def check_batch(batch: EventBatch) -> None:
     """Raise InvalidArgument for faults of the whole batch; nothing of it may be stored then."""
     violations = []
-    if not batch.tenant_id:
-        violations.append(FieldViolation("tenant_id", "is required"))
-    elif len(batch.tenant_id) > MAX_ID_LENGTH or "\x00" in batch.tenant_id:
-        violations.append(FieldViolation("tenant_id", f"must be 1 to {MAX_ID_LENGTH} characters without NUL"))
+    if problem := tenant_ids.problem(batch.tenant_id):
+        violations.append(FieldViolation("tenant_id", problem))
     if not batch.events:
         violations.append(FieldViolation("events", "must hold at least one event"))
     elif len(batch.events) > MAX_BATCH:

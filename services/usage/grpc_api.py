@@ -76,16 +76,16 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     def GetUsage(self, request, context):
         query = UsageQuery(
             tenant_id=request.tenant_id, metrics=tuple(request.metrics), actor_id=request.actor_id,
-            start_us=convert.micros(request.start_time),
-            end_us=convert.micros(request.end_time),
+            start_us=convert.micros(request, "start_time"),
+            end_us=convert.micros(request, "end_time"),
             group_by_actor=request.group_by_actor)
         totals = reads.get_usage(query, connections=self._reads)
         return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])
 
     def ListAggregates(self, request, context):
         page = rollups.list_aggregates(
-            request.tenant_id, request.metric, request.period, convert.micros(request.start_time),
-            convert.micros(request.end_time), page_size=request.page_size, page_token=request.page_token,
+            request.tenant_id, request.metric, request.period, convert.micros(request, "start_time"),
+            convert.micros(request, "end_time"), page_size=request.page_size, page_token=request.page_token,
             connections=self._reads)
         return usage_pb2.ListAggregatesResponse(aggregates=[convert.aggregate(a) for a in page.items],
                                                 next_page_token=page.next_page_token)
@@ -94,8 +94,8 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         where = EventFilter(
             tenant_id=request.tenant_id, metric=request.metric, actor_id=request.actor_id,
             source_service=request.source_service, correlation_id=request.correlation_id,
-            start_us=convert.micros(request.start_time),
-            end_us=convert.micros(request.end_time))
+            start_us=convert.micros(request, "start_time"),
+            end_us=convert.micros(request, "end_time"))
         page = reads.list_events(where, page_size=request.page_size, page_token=request.page_token,
                                  connections=self._reads)
         return usage_pb2.ListEventsResponse(events=[convert.stored_event(s) for s in page.items],
@@ -126,7 +126,7 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
                                            duration=convert.duration(report.duration_seconds))
 
     def PurgeEvents(self, request, context):
-        return convert.purge_report(purge.purge_events(request.tenant_id, convert.micros(request.before_time),
+        return convert.purge_report(purge.purge_events(request.tenant_id, convert.micros(request, "before_time"),
                                                        request.dry_run, sessions=self._sessions))
 
     def GetRollupStatus(self, request, context):

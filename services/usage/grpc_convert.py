@@ -6,6 +6,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from tollgate.usage.v1 import usage_pb2 as pb
 
 from shared import timeconv
+from shared.errors import require
 from shared.audit import AuditRecord, Verification
 
 from services.usage import domain
@@ -21,13 +22,11 @@ CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
 
 def batch(tenant_id: str, events) -> domain.EventBatch:
     """A domain batch from a request's tenant and repeated UsageEvent."""
-    return domain.EventBatch(tenant_id, tuple(_event(e) for e in events))
+    return domain.EventBatch(tenant_id, tuple(_event(e, index) for index, e in enumerate(events)))
 
 
-def _event(e: pb.UsageEvent) -> domain.Event:
-    occurred = None
-    if e.HasField("occurred_at"):
-        occurred = e.occurred_at.seconds * 1_000_000 + e.occurred_at.nanos // 1000
+def _event(e: pb.UsageEvent, index: int) -> domain.Event:
+    occurred = micros(e, "occurred_at", path=f"events[{index}].occurred_at")
     metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
     return domain.Event(e.event_id, e.metric, e.quantity, occurred, e.actor_id, e.source_service, e.correlation_id,
                         e.idempotency_key, metadata)
@@ -55,9 +54,19 @@ def results(items: list[domain.EventResult]) -> list[pb.EventResult]:
     return out
 
 
-def micros(ts) -> int | None:
-    """Epoch microseconds of a Timestamp field, None when unset (the use case judges the value)."""
-    return timeconv.to_micros(ts) if timeconv.is_set(ts) else None
+def micros(message, field: str, *, path: str = "") -> int | None:
+    """Epoch microseconds of a message's Timestamp field, None when it is not present.
+
+    Presence, not zero, says whether it was given: the epoch is an instant like any other. Nanos
+    outside 0..999,999,999 make no instant (INVALID_ARGUMENT naming the field); digits below the
+    microsecond are dropped (docs/api.md). The use case judges the instant itself.
+    """
+    if not message.HasField(field):
+        return None
+    ts = getattr(message, field)
+    require(timeconv.nanos_in_range(ts), path or field,
+            f"has nanos {ts.nanos}; nanos must be from 0 to 999,999,999")
+    return timeconv.to_micros(ts)
 
 
 def total(t: UsageTotal) -> pb.UsageTotal:

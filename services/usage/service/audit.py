@@ -10,6 +10,7 @@ from shared import audit_chain, auth, timeconv
 from shared.audit import AuditRecord, Verification
 
 from services.usage.repository.audit import CHAIN
+from services.usage.service.checks import check_tenant
 
 
 def append(session, *, actor: str, action: str, target: str, tenant_id: str, change: dict) -> AuditRecord:
@@ -21,6 +22,8 @@ def append(session, *, actor: str, action: str, target: str, tenant_id: str, cha
 
 def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions) -> tuple[list[AuditRecord], str]:
     """One page of records oldest first; a tenant's own, or with '' every one (platform only)."""
+    if tenant_id:
+        check_tenant(tenant_id)
     return audit_chain.list_records(CHAIN, tenant_id, page_size=page_size, page_token=page_token,
                                     sessions=sessions, caller=auth.principal())
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from shared import timeconv
+from shared import tenant_ids, timeconv
 from shared.errors import require
 
 from services.usage.domain import MAX_ID_LENGTH
 
 MIN_US, MAX_US = timeconv.MIN_SECONDS * 1_000_000, (timeconv.MAX_SECONDS + 1) * 1_000_000 - 1
+
+
+def check_tenant(tenant_id: str) -> None:
+    """The tenant a call names, in the format both services share (shared/tenant_ids.py)."""
+    problem = tenant_ids.problem(tenant_id)
+    require(problem is None, "tenant_id", problem or "")
 
 
 def check_text(field: str, value: str, *, required: bool = False) -> None:

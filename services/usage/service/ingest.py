@@ -12,10 +12,12 @@ from services.usage.repository import in_transaction
 from services.usage.repository import ingest as ingest_sql
 from services.usage.repository import purge as purge_sql
 from services.usage.repository import rollups as rollups_sql
+from services.usage.service.checks import check_tenant
 
 
 def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[EventResult]:
     """Store each new event once; report duplicates, conflicts and rejections per event, in order."""
+    check_tenant(batch.tenant_id)  # before authorization: an empty or malformed tenant is no one's to deny
     auth.require_tenant(auth.principal(), batch.tenant_id)
     domain.check_batch(batch)
     results, classification_of = in_transaction(sessions, lambda session: _judge_batch(session, batch, rules))

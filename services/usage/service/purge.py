@@ -52,15 +52,17 @@ def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = Fa
     with sessions.begin() as session:
         tenants = purge_sql.tenants_with_events_before(session, before_us)
     reports = [_purge_tenant(sessions, tenant, before_us, dry_run, actor) for tenant in tenants]
+    # Each tenant has a horizon of its own: a dry run moved none; a purge raised each it purged to the cutoff at least.
     return PurgeReport(sum(r.events_deleted for r in reports), sum(r.events_kept for r in reports), dry_run,
-                       before_us)
+                       None if dry_run else before_us)
 
 
 def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None) -> PurgeReport:
+    in_force = None
     if dry_run:
         with sessions.begin() as session:
-            current = purge_sql.horizon(session, tenant_id)
-        horizon = before_us if current is None else max(before_us, current)
+            in_force = purge_sql.horizon(session, tenant_id)
+        horizon = before_us if in_force is None else max(before_us, in_force)
     else:
         # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
         # it, so the marks each slice reads below can only disappear meanwhile, never appear.
@@ -68,7 +70,8 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor
     deleted = _delete_in_slices(sessions, tenant_id, horizon, delete=not dry_run)
     with sessions.begin() as session:
         left = purge_sql.count_before(session, tenant_id, horizon)
-    return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, horizon)
+    # A dry run answers the horizon it left in force (None when the tenant was never purged), not the one it tried.
+    return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, in_force if dry_run else horizon)
 
 
 def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None) -> int:

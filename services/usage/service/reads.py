@@ -9,15 +9,15 @@ from services.usage import read_plan
 from services.usage.domain import MAX_ID_LENGTH, Classification
 from services.usage.queries import EventFilter, Page, UsageQuery, UsageTotal
 from services.usage.repository import reads as reads_sql
-from services.usage.service.checks import MAX_US, MIN_US, check_instant, check_text
+from services.usage.service.checks import MAX_US, MIN_US, check_instant, check_tenant, check_text
 
 MAX_METRICS = 1000
 
 
 def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
     """Exact totals per metric (and actor) over [start, end), read in the same database the writes commit to."""
+    check_tenant(query.tenant_id)
     auth.require_tenant(auth.principal(), query.tenant_id)
-    check_text("tenant_id", query.tenant_id, required=True)
     check_text("actor_id", query.actor_id)
     require(len(query.metrics) <= MAX_METRICS, "metrics", f"names at most {MAX_METRICS} metrics")
     for position, metric in enumerate(query.metrics):
@@ -46,8 +46,8 @@ def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: 
 
 def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> Page:
     """One page of the tenant's events matching the filter, oldest first."""
+    check_tenant(where.tenant_id)
     auth.require_tenant(auth.principal(), where.tenant_id)
-    check_text("tenant_id", where.tenant_id, required=True)
     for field in ("metric", "actor_id", "source_service", "correlation_id"):
         check_text(field, getattr(where, field))
     check_instant("start_time", where.start_us)

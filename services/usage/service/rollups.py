@@ -17,7 +17,7 @@ from services.usage.repository import in_transaction
 from services.usage.repository import rollup_pass
 from services.usage.repository import rollups as rollups_sql
 from services.usage.service import schedule
-from services.usage.service.checks import check_instant, check_text
+from services.usage.service.checks import check_instant, check_tenant, check_text
 
 # PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
 # with their hours applied in 0.27-0.33 s), dirty marks read per pass (which bounds its temp tables), and
@@ -48,7 +48,7 @@ class RollupStatus:
 def _authorize(tenant_id: str, what: str) -> None:
     caller = auth.principal()
     if tenant_id:
-        check_text("tenant_id", tenant_id, required=True)
+        check_tenant(tenant_id)
         auth.require_tenant(caller, tenant_id)
     else:
         auth.require_platform(caller, what)
@@ -152,8 +152,8 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
 def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
                     page_size: int, page_token: str, connections) -> Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
+    check_tenant(tenant_id)
     auth.require_tenant(auth.principal(), tenant_id)
-    check_text("tenant_id", tenant_id, required=True)
     check_text("metric", metric, required=True)
     require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
     check_instant("start_time", start_us)
