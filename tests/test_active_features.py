@@ -24,7 +24,8 @@ from tollgate.usage.v1 import usage_pb2_grpc
 METRIC_A, METRIC_B = "leads.routed", "voice.calls.completed"
 
 
-def setup_tenant(admin: Client, tenant: str, *, quota: pb.QuotaLimit | None = None) -> tuple[str, str, str]:
+def setup_tenant(admin: Client, tenant: str, *, quota: pb.QuotaLimit | None = None,
+                 inactive_cap: int = pb.MODE_UNSPECIFIED) -> tuple[str, str, str]:
     """Two features (A measured by METRIC_A, B by METRIC_B) at SUGGEST for user u1; returns (a, b, role)."""
     tag = suffix()
     feature_a, feature_b, role = f"a_{tag}", f"b_{tag}", f"R_{tag}"
@@ -36,7 +37,7 @@ def setup_tenant(admin: Client, tenant: str, *, quota: pb.QuotaLimit | None = No
         pb.FeatureCap(feature_id=feature_b, cap=pb.MODE_SUGGEST)])]))
     plan = f"P_{tag}"
     admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan, default_cap=pb.MODE_AUTONOMOUS,
-                                                       quotas=[quota] if quota else [])))
+                                                       inactive_cap=inactive_cap, quotas=[quota] if quota else [])))
     admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
         tenant_id=tenant, max_mode=pb.MODE_AUTONOMOUS, default_role_id=role)))
     admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
@@ -218,8 +219,8 @@ def test_a_usage_slower_than_the_deadline_gives_the_fallback_in_time(dbs, admin_
     assert second < 0.25
 
 
-def quota(limit: int, *, fail_closed: bool = False) -> pb.QuotaLimit:
-    return pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=pb.MODE_OBSERVE,
+def quota(limit: int, *, fail_closed: bool = False, cap: int = pb.MODE_OBSERVE) -> pb.QuotaLimit:
+    return pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=cap,
                          fail_closed=fail_closed)
 
 
@@ -228,20 +229,61 @@ def resolve(stub, token: str, tenant: str, feature: str) -> pb.Resolution:
                             metadata=support.bearer(token), timeout=5).resolution
 
 
-def test_an_exceeded_quota_caps_the_mode_and_the_basis_shows_it(own_pair, admin_token, tenant):
+def quota_entry(resolution: pb.Resolution) -> pb.BasisEntry:
+    return next(entry for entry in resolution.basis if entry.source == pb.CAP_SOURCE_QUOTA)
+
+
+def test_a_quota_caps_once_usage_reaches_its_limit_and_not_before(own_pair, admin_token, tenant):
     _usage, policy, port, _settings = own_pair
     with support.channel(policy.port) as channel, support.channel(port) as usage_channel:
         feature_a, _b, _role = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token),
                                             tenant, quota=quota(100))
-        stub = policy_pb2_grpc.PolicyServiceStub(channel)
-        under = resolve(stub, admin_token, tenant, feature_a)
-        record(usage_pb2_grpc.UsageServiceStub(usage_channel), admin_token, tenant, METRIC_A, 100)
-        over = resolve(stub, admin_token, tenant, feature_a)
-    assert under.effective_mode == pb.MODE_SUGGEST
-    quota_entry = next(entry for entry in over.basis if entry.source == pb.CAP_SOURCE_QUOTA)
-    assert over.effective_mode == pb.MODE_OBSERVE
-    assert quota_entry.binding and quota_entry.cap == pb.MODE_OBSERVE and "exceeded (100 used)" in quota_entry.detail
-    assert [entry.source for entry in over.basis][-1] == pb.CAP_SOURCE_QUOTA
+        stub, usage_stub = policy_pb2_grpc.PolicyServiceStub(channel), usage_pb2_grpc.UsageServiceStub(usage_channel)
+        record(usage_stub, admin_token, tenant, METRIC_A, 99)
+        below = resolve(stub, admin_token, tenant, feature_a)
+        record(usage_stub, admin_token, tenant, METRIC_A, 1)
+        at = resolve(stub, admin_token, tenant, feature_a)
+    assert below.effective_mode == pb.MODE_SUGGEST
+    assert (quota_entry(below).cap, quota_entry(below).binding) == (pb.MODE_AUTONOMOUS, False)
+    assert quota_entry(below).detail == f"quota {METRIC_A} 100/month not reached: 99 used of 100 allowed"
+    assert at.effective_mode == pb.MODE_OBSERVE
+    assert (quota_entry(at).cap, quota_entry(at).binding) == (pb.MODE_OBSERVE, True)
+    assert quota_entry(at).detail == f"quota {METRIC_A} 100/month reached: 100 used of 100 allowed"
+    assert [entry.source for entry in at.basis][-1] == pb.CAP_SOURCE_QUOTA
+
+
+@pytest.mark.parametrize("status", [pb.SUBSCRIPTION_STATUS_PAST_DUE, pb.SUBSCRIPTION_STATUS_CANCELED])
+def test_a_reached_quota_keeps_capping_when_the_subscription_stops_paying(admin, policy_stub, usage_stub,
+                                                                          admin_token, tenant, status):
+    # The plan's inactive cap (PROACTIVE) is above the quota's cap (OFF): only the quota keeps the feature off.
+    feature_a, _b, _role = setup_tenant(admin, tenant, quota=quota(10, cap=pb.MODE_OFF),
+                                        inactive_cap=pb.MODE_PROACTIVE)
+    record(usage_stub, admin_token, tenant, METRIC_A, 10)
+    plan = admin.GetSubscription(pb.GetSubscriptionRequest(tenant_id=tenant)).subscription.plan_id
+    admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
+        tenant_id=tenant, plan_id=plan, status=status)))
+    resolution = resolve(policy_stub, admin_token, tenant, feature_a)
+    plan_entry = next(entry for entry in resolution.basis if entry.source == pb.CAP_SOURCE_PLAN)
+    assert plan_entry.cap == pb.MODE_PROACTIVE and "inactive cap" in plan_entry.detail
+    assert resolution.effective_mode == pb.MODE_OFF
+    assert quota_entry(resolution).binding and quota_entry(resolution).cap == pb.MODE_OFF
+    listed = policy_stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                                            metadata=support.bearer(admin_token), timeout=10)
+    assert feature_a not in [item.feature_id for item in listed.features]
+
+
+@pytest.mark.parametrize("usage_up", [True, False])
+def test_a_limit_of_zero_always_caps_even_with_usage_down_and_failing_open(own_pair, admin_token, tenant, usage_up):
+    usage, policy, _port, _settings = own_pair
+    with support.channel(policy.port) as channel:
+        feature_a, _b, _role = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token),
+                                            tenant, quota=quota(0, fail_closed=False))
+        if not usage_up:
+            usage.stop(grace=0)
+        resolution = resolve(policy_pb2_grpc.PolicyServiceStub(channel), admin_token, tenant, feature_a)
+    assert resolution.effective_mode == pb.MODE_OBSERVE
+    assert quota_entry(resolution).binding
+    assert quota_entry(resolution).detail == f"quota {METRIC_A} 0/month reached: a limit of 0 allows nothing"
 
 
 @pytest.mark.parametrize("fail_closed,expected", [(True, pb.MODE_OBSERVE), (False, pb.MODE_SUGGEST)])

@@ -127,6 +127,7 @@ def test_unknown_tenants_roles_plans_overrides_and_bindings_are_not_found(admin,
     calls = [
         lambda: admin.InspectPolicy(pb.InspectPolicyRequest(tenant_id=stranger)),
         lambda: admin.GetSubscription(pb.GetSubscriptionRequest(tenant_id=stranger)),
+        lambda: admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=stranger)),
         lambda: admin.BindRole(pb.BindRoleRequest(tenant_id=stranger, user_id="u", role_id=member)),
         lambda: admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u", role_id="NO_SUCH_ROLE")),
         lambda: admin.UnbindRole(pb.UnbindRoleRequest(tenant_id=tenant, user_id="u", role_id=member)),

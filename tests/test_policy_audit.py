@@ -115,3 +115,16 @@ def test_only_a_platform_admin_verifies_the_chain_or_lists_every_tenants_records
     assert status_of(lambda: own.VerifyAudit(pb.VerifyAuditRequest())) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: own.ListAuditRecords(pb.ListAuditRecordsRequest())) == grpc.StatusCode.PERMISSION_DENIED
     assert status_of(lambda: reader.VerifyAudit(pb.VerifyAuditRequest())) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_listing_the_audit_records_of_an_unknown_tenant_is_not_found(dbs, policy_admin_stub, admin, tenant):
+    stranger = support.new_tenant()
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=stranger))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND and stranger in caught.value.details()
+    # Authorization still comes first: another tenant's credential learns nothing about whether it exists.
+    other = ps.Client(policy_admin_stub, support.make_token(dbs, tenant=tenant, scopes=["policy:admin"]))
+    assert status_of(lambda: other.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=stranger))) \
+        == grpc.StatusCode.PERMISSION_DENIED
+    ps.build_world(admin, stranger)
+    assert [r.action for r in tenant_records(admin, stranger)] == ["SetTenantPolicy", "SetSubscription"]

@@ -3,10 +3,13 @@
 import grpc
 import pytest
 
+from services.policy import server as policy_server
+from services.policy.config import Settings as PolicySettings
 from tests import policy_support as ps
 from tests import support
 from tests.conftest import status_of
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
 
 R, S = pb.CapSource, pb
 
@@ -188,3 +191,41 @@ def test_a_tenant_credential_resolves_its_own_tenant_only(dbs, policy_stub, admi
     assert resolve(own, world).resolution.effective_mode == S.MODE_AUTONOMOUS
     other = pb.ResolveModeRequest(tenant_id=support.new_tenant(), user_id="u", feature_id=world.feature)
     assert status_of(lambda: own.ResolveMode(other)) == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("rpc", ["ResolveMode", "ResolveModes"])
+def test_a_min_policy_version_ahead_of_the_tenants_data_is_refused_naming_both_versions(admin, resolver, tenant,
+                                                                                      rpc):
+    world = ps.build_world(admin, tenant)
+    current = resolve(resolver, world).policy_version
+    ahead = current + 1000
+    request = (pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature,
+                                     min_policy_version=ahead) if rpc == "ResolveMode" else
+               pb.ResolveModesRequest(tenant_id=tenant, user_id="u1", min_policy_version=ahead))
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(resolver, rpc)(request)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"min_policy_version {ahead}" in caught.value.details()
+    assert f"policy version {current}" in caught.value.details()
+    assert resolve(resolver, world, min_policy_version=current).policy_version == current
+
+
+def test_a_min_policy_version_from_another_replicas_write_refreshes_the_snapshot_once(dbs, admin, tenant,
+                                                                                      admin_token):
+    world = ps.build_world(admin, tenant)
+    # A second replica on the same database that would not hear of the write by polling during the test.
+    replica = policy_server.build(support.test_settings(PolicySettings(), database_url=dbs.policy_url,
+                                                        cache_poll_seconds=60))
+    try:
+        with support.channel(replica.port) as channel:
+            other = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            before = resolve(other, world)
+            written = admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
+                tenant_id=tenant, max_mode=S.MODE_SUGGEST, default_role_id=next(iter(world.roles)))))
+            cached = resolve(other, world)
+            fresh = resolve(other, world, min_policy_version=written.policy_version)
+    finally:
+        replica.stop(grace=1)
+    assert before.resolution.effective_mode == cached.resolution.effective_mode == S.MODE_AUTONOMOUS
+    assert cached.policy_version == before.policy_version < written.policy_version
+    assert (fresh.resolution.effective_mode, fresh.policy_version) == (S.MODE_SUGGEST, written.policy_version)

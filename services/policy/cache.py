@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 from services.policy import metrics
+from services.policy.domain import PolicyVersionAhead
 from services.policy.model import Snapshot
 from services.policy.repository.chain import CATALOG
 
@@ -33,7 +34,11 @@ class SnapshotCache:
         self._lock = threading.Lock()
 
     def get(self, tenant_id: str, min_version: int = 0) -> Snapshot:
-        """A snapshot at least as new as every known write to the tenant or the catalog, and min_version."""
+        """A snapshot at least as new as every known write to the tenant or the catalog, and min_version.
+
+        A min_version the fresh read still does not reach is refused (PolicyVersionAhead), never
+        answered by an older snapshot that would claim to satisfy it.
+        """
         with self._lock:
             snapshot = self._snapshots.get(tenant_id)
             floor = max(self._floor(tenant_id), min_version)
@@ -43,6 +48,8 @@ class SnapshotCache:
         metrics.SNAPSHOTS.labels("load").inc()
         snapshot = self._load(tenant_id)
         self._store(snapshot)
+        if snapshot.version < min_version:
+            raise PolicyVersionAhead(tenant_id, min_version, snapshot.version)
         return snapshot
 
     def advance(self, tenant_id: str, version: int) -> None:

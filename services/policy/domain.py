@@ -145,3 +145,23 @@ class RoleInUse(FailedPrecondition):
 
     def __init__(self, role_ids: list[str]):
         super().__init__(f"cannot prune roles still bound, overridden or used as a default role: {role_ids}")
+
+
+class PolicyVersionAhead(FailedPrecondition):
+    """A request's min_policy_version is newer than the tenant's policy version, even after a fresh read."""
+
+    reason = "POLICY_VERSION_AHEAD"
+
+    def __init__(self, tenant_id: str, wanted: int, found: int):
+        super().__init__(f"min_policy_version {wanted} is ahead of tenant {tenant_id!r}'s policy version {found}, "
+                         f"read again just now: pass the policy_version of a write's answer for this tenant")
+
+
+class UnknownMetric(FailedPrecondition):
+    """A feature or quota names metrics that Usage's catalog does not hold."""
+
+    reason = "UNKNOWN_METRIC"
+
+    def __init__(self, named: list[tuple[str, str]]):
+        listed = ", ".join(f"{field} {metric!r}" for field, metric in named)
+        super().__init__(f"not in Usage's metric catalog: {listed} (UsageAdminService/UpsertMetric adds a metric)")

@@ -64,10 +64,11 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     """tollgate.policy.v1.PolicyAdminService."""
 
-    def __init__(self, *, sessions, settings, cache):
+    def __init__(self, *, sessions, settings, cache, usage_metrics):
         self._sessions = sessions
         self._settings = settings
         self._cache = cache
+        self._usage_metrics = usage_metrics
 
     def _writes(self) -> dict:
         return {"sessions": self._sessions, "cache": self._cache, "caller": principal()}
@@ -84,8 +85,11 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         return pb.ListRolesResponse(roles=[convert.role_out(r) for r in roles], next_page_token=token)
 
     def UpsertFeature(self, request, context):
-        feature, created, version = catalog.upsert_feature(convert.feature_in(request.feature), **self._writes())
-        return pb.UpsertFeatureResponse(feature=convert.feature_out(feature), created=created, policy_version=version)
+        stored = catalog.upsert_feature(convert.feature_in(request.feature), usage_metrics=self._usage_metrics,
+                                        budget=context.time_remaining(), **self._writes())
+        return pb.UpsertFeatureResponse(feature=convert.feature_out(stored.value), created=stored.created,
+                                        policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
+                                        metrics_unchecked_reason=stored.metrics.reason)
 
     def ListFeatures(self, request, context):
         features, token = catalog.list_catalog("features", page_size=request.page_size,
@@ -93,8 +97,11 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         return pb.ListFeaturesResponse(features=[convert.feature_out(f) for f in features], next_page_token=token)
 
     def UpsertPlan(self, request, context):
-        plan, created, version = catalog.upsert_plan(*convert.plan_in(request.plan), **self._writes())
-        return pb.UpsertPlanResponse(plan=convert.plan_out(plan), created=created, policy_version=version)
+        stored = catalog.upsert_plan(*convert.plan_in(request.plan), usage_metrics=self._usage_metrics,
+                                     budget=context.time_remaining(), **self._writes())
+        return pb.UpsertPlanResponse(plan=convert.plan_out(stored.value), created=stored.created,
+                                     policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
+                                     metrics_unchecked_reason=stored.metrics.reason)
 
     def ListPlans(self, request, context):
         plans, token = catalog.list_catalog("plans", page_size=request.page_size, page_token=request.page_token,

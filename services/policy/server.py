@@ -14,6 +14,7 @@ from services.policy.cache import SnapshotCache, VersionPoller
 from services.policy.config import Settings
 from services.policy.repository import chain, snapshot
 from services.policy.service.active import RankingUsage
+from services.policy.service.metric_names import UsageMetrics
 from services.policy.service.quotas import QuotaUsage
 from services.policy.usage_client import UsageClient
 
@@ -34,7 +35,8 @@ def build(settings: Settings) -> RunningServer:
             (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(
                 sessions=sessions, settings=settings, cache=cache, usage=ranking_usage, quotas=quotas)),
             (policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
-             grpc_api.PolicyAdminApi(sessions=sessions, settings=settings, cache=cache)),
+             grpc_api.PolicyAdminApi(sessions=sessions, settings=settings, cache=cache,
+                                     usage_metrics=UsageMetrics(usage))),
         ],
         service_names=[grpc_api.POLICY, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,

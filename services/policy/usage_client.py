@@ -7,6 +7,7 @@ or apply a quota's fail-open/fail-closed rule).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from shared.errors import Unavailable
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
+
+log = logging.getLogger("tollgate.policy.usage_client")
+CATALOG_PAGE = 1000  # ListMetrics' largest page
 
 # GetUsage is a read, so a transparent retry on UNAVAILABLE is safe; the deadline still bounds it.
 _SERVICE_CONFIG = json.dumps({
@@ -42,12 +46,17 @@ class Window:
 
 
 class CircuitBreaker:
-    """After a failure, fail fast for `cooldown` seconds, then let one probe call through."""
+    """After a failure, fail fast for `cooldown` seconds, then let one probe call through.
+
+    It also knows whether Usage is down (failed since its last success), so that each outage is
+    reported once when it begins and once when it ends, however many calls fail in between.
+    """
 
     def __init__(self, cooldown: float):
         self._cooldown = cooldown
         self._open_until = 0.0
         self._probing = False
+        self._down = False
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
@@ -58,13 +67,19 @@ class CircuitBreaker:
                 return True
             return False
 
-    def succeeded(self) -> None:
+    def succeeded(self) -> bool:
+        """Close the circuit; True when this success ends an outage."""
         with self._lock:
+            recovered, self._down = self._down, False
             self._open_until, self._probing = 0.0, False
+            return recovered
 
-    def failed(self) -> None:
+    def failed(self) -> bool:
+        """Open the circuit; True when this failure begins an outage."""
         with self._lock:
+            began, self._down = not self._down, True
             self._open_until, self._probing = time.monotonic() + self._cooldown, False
+            return began
 
 
 class UsageClient:
@@ -74,6 +89,7 @@ class UsageClient:
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
             ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        self._address = address
         self._stub = usage_pb2_grpc.UsageServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._max_timeout = max_timeout
@@ -90,9 +106,8 @@ class UsageClient:
         """Totals per metric for each actor id ('' = the whole tenant), fetched concurrently."""
         if not metrics:
             return [{} for _ in actor_ids]
-        if not self.breaker.allow():
-            raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
-        timeout = self._max_timeout if budget is None else max(0.0, min(budget, self._max_timeout))
+        self._allow()
+        timeout = self._timeout(budget)
         calls = [self._stub.GetUsage.future(self._request(tenant_id, metrics, window, actor), timeout=timeout,
                                             metadata=self._metadata) for actor in actor_ids]
         try:
@@ -100,10 +115,42 @@ class UsageClient:
         except grpc.RpcError as error:
             for call in calls:
                 call.cancel()
-            self.breaker.failed()
-            raise UsageUnavailable(f"usage service answered {error.code().name}") from None
-        self.breaker.succeeded()
+            raise self._failed("GetUsage", error) from None
+        self._succeeded()
         return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
+
+    def metric_names(self, *, budget: float | None = None) -> set[str]:
+        """Every metric name in Usage's catalog, page by page."""
+        self._allow()
+        names, token = set(), ""
+        while True:
+            try:
+                page = self._stub.ListMetrics(usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
+                                              timeout=self._timeout(budget), metadata=self._metadata)
+            except grpc.RpcError as error:
+                raise self._failed("ListMetrics", error) from None
+            names.update(metric.name for metric in page.metrics)
+            token = page.next_page_token
+            if not token:
+                self._succeeded()
+                return names
+
+    def _timeout(self, budget: float | None) -> float:
+        return self._max_timeout if budget is None else max(0.0, min(budget, self._max_timeout))
+
+    def _allow(self) -> None:
+        if not self.breaker.allow():
+            raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
+
+    def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
+        if self.breaker.failed():
+            log.warning("usage service at %s became unreachable (%s answered %s); answering without usage "
+                        "until it recovers", self._address, rpc, error.code().name)
+        return UsageUnavailable(f"usage service answered {error.code().name}")
+
+    def _succeeded(self) -> None:
+        if self.breaker.succeeded():
+            log.info("usage service at %s is reachable again", self._address)
 
     @staticmethod
     def _request(tenant_id: str, metrics: list[str], window: Window, actor_id: str) -> usage_pb2.GetUsageRequest:

@@ -6,11 +6,20 @@ from shared import audit_chain
 from shared.audit import AuditRecord, Verification
 from shared.credentials import Principal
 from services.policy.repository.chain import AUDIT
+from services.policy.service import access
+from services.policy.service.tenants import require_tenant_exists
 
 
 def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions,
                  caller: Principal) -> tuple[list[AuditRecord], str]:
-    """One page of records oldest first; '' lists every tenant's and the catalog's (platform only)."""
+    """One page of records oldest first; '' lists every tenant's and the catalog's (platform only).
+
+    An unknown tenant is NOT_FOUND, as for every other call naming one, never an empty page.
+    """
+    if tenant_id:
+        access.tenant(caller, tenant_id)
+        with sessions.begin() as session:
+            require_tenant_exists(session, tenant_id)
     return audit_chain.list_records(AUDIT, tenant_id, page_size=page_size, page_token=page_token,
                                     sessions=sessions, caller=caller)
 

@@ -12,6 +12,7 @@ from services.policy.model import Feature, Plan, Role
 from services.policy.repository import catalog, rows
 from services.policy.repository.chain import CATALOG
 from services.policy.service import access
+from services.policy.service.metric_names import MetricCheck, UsageMetrics
 from services.policy.service.writes import Change, audited_write
 
 
@@ -23,6 +24,16 @@ class RolesDiff:
     changed: list[str]
     removed: list[str]
     unchanged: list[str]
+
+
+@dataclass(frozen=True)
+class Upserted:
+    """A stored feature or plan, whether it is new, the catalog version, and how its metric names were checked."""
+
+    value: Feature | Plan
+    created: bool
+    version: int
+    metrics: MetricCheck
 
 
 def diff_roles(current: dict[str, Role], imported: list[Role], *, prune: bool) -> RolesDiff:
@@ -62,10 +73,13 @@ def import_roles(items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bo
                          apply=apply)
 
 
-def upsert_feature(value: Feature, *, sessions, cache, caller: Principal) -> tuple[Feature, bool, int]:
-    """Add or update a feature: (stored feature, created, catalog version)."""
+def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage_metrics: UsageMetrics,
+                   budget: float | None) -> Upserted:
+    """Add or update a feature whose metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     feature = validation.feature(value)
+    checked = usage_metrics.check([(f"feature.metrics[{i}]", m) for i, m in enumerate(value.metrics)],
+                                  action="UpsertFeature", budget=budget)
 
     def apply(session, _now_us):
         current = catalog.get_feature(session, feature.feature_id)
@@ -76,14 +90,16 @@ def upsert_feature(value: Feature, *, sessions, cache, caller: Principal) -> tup
 
     created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertFeature",
                                      tenant_id=CATALOG, apply=apply)
-    return feature, created, version
+    return Upserted(feature, created, version, checked)
 
 
-def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache,
-                caller: Principal) -> tuple[Plan, bool, int]:
-    """Add or update a plan: (stored plan, created, catalog version)."""
+def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache, caller: Principal,
+                usage_metrics: UsageMetrics, budget: float | None) -> Upserted:
+    """Add or update a plan whose quotas' metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     plan = validation.plan(value, caps)
+    checked = usage_metrics.check([(f"plan.quotas[{i}].metric", q.metric) for i, q in enumerate(plan.quotas)],
+                                  action="UpsertPlan", budget=budget)
 
     def apply(session, _now_us):
         current = catalog.get_plan(session, plan.plan_id)
@@ -94,7 +110,7 @@ def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache,
 
     created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertPlan",
                                      tenant_id=CATALOG, apply=apply)
-    return plan, created, version
+    return Upserted(plan, created, version, checked)
 
 
 _LISTINGS = {"roles": (catalog.list_roles, lambda r: (r.role_id,)),

@@ -1,7 +1,9 @@
 """Quota caps (SPEC §1.2 "quota"): a plan's usage limit on a metric, read from Usage for the current period.
 
-A quota counts as exceeded once the period's usage reaches its limit. When Usage cannot answer,
-the quota fails open (no cap, said in the basis) unless the plan marks it fail_closed.
+The limit is the quantity allowed: a quota is reached, and caps its features, once the period's
+usage reaches the limit, so a limit of 0 always caps (without asking Usage). A plan's quotas apply
+whatever the subscription's status: falling behind on payment must never lift a cap. When Usage
+cannot answer, the quota fails open (no cap, said in the basis) unless the plan marks it fail_closed.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from datetime import datetime, timezone
 from services.policy import metrics
 from services.policy.domain import HIGHEST, Cap, CapSource
 from services.policy.memo import Memo
-from services.policy.model import ACTIVE_STATUSES, QuotaLimit, Snapshot
+from services.policy.model import QuotaLimit, Snapshot
 from services.policy.usage_client import UsageClient, UsageUnavailable, Window
 
 DAY, MONTH = 1, 2  # QuotaPeriod values of the proto
@@ -51,9 +53,9 @@ class QuotaUsage:
 
 
 def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, *, budget: float | None) -> list[Cap]:
-    """One QUOTA cap per plan quota on the feature (none when the plan is not in effect)."""
-    subscription, plan = snapshot.subscription, snapshot.plan
-    if plan is None or subscription is None or subscription.status not in ACTIVE_STATUSES:
+    """One QUOTA cap per quota of the subscribed plan on the feature, whatever the subscription's status."""
+    plan = snapshot.plan
+    if plan is None:
         return []
     return [_cap(snapshot.tenant_id, quota, usage, budget)
             for quota in plan.quotas if applies(quota, snapshot, feature_id)]
@@ -61,6 +63,8 @@ def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, *, budget
 
 def _cap(tenant_id: str, quota: QuotaLimit, usage: QuotaUsage, budget: float | None) -> Cap:
     label = f"quota {quota.metric} {quota.limit}/{'day' if quota.period == DAY else 'month'}"
+    if quota.limit == 0:
+        return Cap(CapSource.QUOTA, quota.cap, f"{label} reached: a limit of 0 allows nothing")
     try:
         used = usage.used(tenant_id, quota, budget=budget)
     except UsageUnavailable:
@@ -69,5 +73,5 @@ def _cap(tenant_id: str, quota: QuotaLimit, usage: QuotaUsage, budget: float | N
             return Cap(CapSource.QUOTA, quota.cap, f"{label}: usage unavailable, fails closed")
         return Cap(CapSource.QUOTA, HIGHEST, f"{label}: usage unavailable, fails open")
     if used >= quota.limit:
-        return Cap(CapSource.QUOTA, quota.cap, f"{label} exceeded ({used} used)")
-    return Cap(CapSource.QUOTA, HIGHEST, f"{label} ({used} used)")
+        return Cap(CapSource.QUOTA, quota.cap, f"{label} reached: {used} used of {quota.limit} allowed")
+    return Cap(CapSource.QUOTA, HIGHEST, f"{label} not reached: {used} used of {quota.limit} allowed")

@@ -1,0 +1,70 @@
+"""Policy tells operators once when Usage becomes unreachable and once when it is back, never once per call."""
+
+import logging
+import time
+
+import pytest
+
+from scripts.pgcluster import free_port
+from services.policy import server as policy_server
+from services.policy.config import Settings as PolicySettings
+from services.usage import server as usage_server
+from services.usage.config import Settings as UsageSettings
+from tests import policy_support as ps
+from tests import support
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+
+DOWN, UP = "became unreachable", "is reachable again"
+
+
+@pytest.fixture
+def pair(dbs):
+    """Usage on a fixed free port (to stop and start it again) and a Policy that asks it on every resolve."""
+    usage_settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, port=free_port(),
+                                           rollup_interval_seconds=0)
+    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    policy = policy_server.build(support.test_settings(
+        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{usage_settings.port}",
+        usage_token=token, usage_timeout_seconds=0.3, quota_cache_seconds=0, usage_cooldown_seconds=0))
+    usages = [usage_server.build(usage_settings)]
+    yield usages, usage_settings, policy
+    policy.stop(grace=1)
+    usages[-1].stop(grace=1)
+
+
+def outage_lines(caplog) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if DOWN in r.getMessage() or UP in r.getMessage()]
+
+
+def test_usage_going_down_and_coming_back_is_logged_once_each(pair, admin_token, tenant, caplog):
+    usages, usage_settings, policy = pair
+    caplog.set_level(logging.INFO)
+    with support.channel(policy.port) as channel:
+        admin = ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
+        resolver = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+        # The quota names no feature: it caps the world's feature, which its metric measures.
+        world = ps.build_world(admin, tenant, metrics=("leads.routed",), quotas=(pb.QuotaLimit(
+            metric="leads.routed", period=pb.QUOTA_PERIOD_DAY, limit=10, cap=pb.MODE_OFF),))
+
+        def quota_detail() -> str:
+            answer = resolver.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1",
+                                                                feature_id=world.feature))
+            return next(e.detail for e in answer.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA)
+
+        assert "not reached" in quota_detail()
+        healthy = outage_lines(caplog)
+        usages[-1].stop(grace=0)
+        while_down = [quota_detail() for _ in range(5)]
+        down = outage_lines(caplog)
+        usages.append(usage_server.build(usage_settings))
+        deadline = time.monotonic() + 30  # the channel reconnects after its backoff; no timing is asserted
+        while "usage unavailable" in quota_detail() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        back = [quota_detail() for _ in range(3)]
+    assert healthy == []
+    assert all("usage unavailable, fails open" in detail for detail in while_down)
+    assert [level for level, _ in down] == [logging.WARNING]
+    assert f"127.0.0.1:{usage_settings.port}" in down[0][1] and "GetUsage" in down[0][1]
+    assert all("not reached" in detail for detail in back)
+    assert [level for level, _ in outage_lines(caplog)] == [logging.WARNING, logging.INFO]
