@@ -1,6 +1,6 @@
 """Timestamps in every Usage RPC that takes one, through real servers on SQLite and PostgreSQL: presence, not
 zero, says whether one was given (the epoch is an instant); nanos outside 0..999,999,999 are INVALID_ARGUMENT
-naming the field; digits below the microsecond are dropped (docs/api.md, "Instants")."""
+naming the field; digits below the microsecond are dropped (docs/api.md, Conventions)."""
 
 import grpc
 import pytest
