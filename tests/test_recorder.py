@@ -205,14 +205,44 @@ def test_rejected_and_conflicting_events_are_counted_and_logged_and_not_retried(
     assert totals(usage_stub, writer_token, tenant) == {METRIC: (2, 1)}
 
 
-def test_a_refused_token_keeps_the_events_spooled_and_counts_an_error(usage, tenant, spool_path, caplog):
-    caplog.set_level(logging.ERROR, logger="tollgate.recorder")
-    recorder = UsageRecorder(f"127.0.0.1:{usage.port}", "tg_bad.token", tenant, spool_path, max_batch_age=0.0,
-                             backoff_cap=60)
-    try:
-        recorder.record(METRIC, 1)
-        assert wait_until(lambda: recorder.counters().errors == 1, timeout=5)
-        assert recorder.counters().spooled == 1 and recorder.counters().retries == 0
-        assert any("UNAUTHENTICATED" in r.getMessage() for r in caplog.records)
-    finally:
-        recorder.close(timeout=0.1)
+@pytest.mark.parametrize("refusal", ["UNAUTHENTICATED", "PERMISSION_DENIED"])
+def test_a_refused_credential_stops_the_sending_is_said_once_and_the_events_wait_in_the_spool(
+        dbs, usage, usage_stub, tenant, writer_token, spool_path, caplog, refusal):
+    caplog.set_level(logging.DEBUG, logger="tollgate.recorder")
+    token = "tg_bad.token" if refusal == "UNAUTHENTICATED" else \
+        support.make_token(dbs, tenant=support.new_tenant(), scopes=["usage:write"])
+    # Backoff this short would retry hundreds of times while flush() and close() wait, were refusals retried.
+    recorder = UsageRecorder(f"127.0.0.1:{usage.port}", token, tenant, spool_path, max_batch_age=0.0,
+                             backoff_base=0.01, backoff_cap=0.02)
+    recorder.record(METRIC, 1)
+    assert wait_until(lambda: recorder.counters().errors == 1, timeout=5)
+    recorder.record(METRIC, 2)
+    flushed, closed = recorder.flush(timeout=30), recorder.close(timeout=30)
+    counters = recorder.counters()
+    assert (flushed, closed) == (False, False)
+    assert (counters.errors, counters.retries, counters.spooled, counters.sent) == (1, 0, 2, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and refusal in errors[0] and "stops sending" in errors[0]
+    with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path) as successor:
+        assert successor.flush(timeout=10)
+    assert totals(usage_stub, writer_token, tenant) == {METRIC: (3, 2)}
+
+
+def test_units_merged_through_a_shared_correlation_id_are_counted_apart_and_logged_once(
+        usage, usage_stub, tenant, writer_token, spool_path, caplog):
+    caplog.set_level(logging.WARNING, logger="tollgate.recorder")
+    when = datetime.now(timezone.utc)
+    with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path, max_batch_age=60) as recorder:
+        for _ in range(3):  # three units of one request, its id given as correlation_id: the pitfall
+            recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42")
+        recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42", actor_id="other")
+        recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")
+        assert recorder.flush(timeout=10)
+        recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")  # a true redelivery
+        assert recorder.flush(timeout=10)
+        counters = recorder.counters()
+    assert (counters.sent, counters.merged, counters.duplicate, counters.conflict) == (2, 3, 1, 0)
+    merges = [r for r in caplog.records if "merged" in r.getMessage()]
+    assert [r.levelno for r in merges] == [logging.WARNING]
+    assert "3 events were merged" in merges[0].getMessage() and "correlation_id" in merges[0].getMessage()
+    assert totals(usage_stub, writer_token, tenant) == {METRIC: (2, 2)}

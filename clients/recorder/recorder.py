@@ -15,7 +15,7 @@ from clients.recorder.inbox import Inbox
 from clients.recorder.sender import SendConfig, Sender
 from clients.recorder.spool import Spool
 
-log = logging.getLogger("tollgate.recorder")
+log = logging.getLogger("tollgate.recorder.recorder")
 
 
 class UsageRecorder:
@@ -64,12 +64,18 @@ class UsageRecorder:
         return self._wait(lambda: self._inbox.in_memory() == 0, timeout)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Send everything now and wait until the server has answered for all of it, or timeout."""
+        """Send everything now and wait until the server has answered for all of it, or timeout.
+
+        Once the server has refused the credential nothing more is sent: then it waits only until every event
+        is in the spool, and answers False.
+        """
         with self._sender.changed:
             self._sender.flushing += 1
         self._inbox.wake.set()
         try:
-            return self._wait(lambda: self._inbox.held() == 0, timeout)
+            self._wait(lambda: self._inbox.held() == 0 or (self._sender.refused is not None
+                                                           and self._inbox.in_memory() == 0), timeout)
+            return self._inbox.held() == 0
         finally:
             with self._sender.changed:
                 self._sender.flushing -= 1

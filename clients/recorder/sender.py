@@ -17,12 +17,14 @@ from clients.recorder import events
 from clients.recorder.inbox import Inbox
 from clients.recorder.spool import Spool
 
-log = logging.getLogger("tollgate.recorder")
+log = logging.getLogger("tollgate.recorder.sender")
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                        grpc.StatusCode.RESOURCE_EXHAUSTED})
+# The credential itself is refused: no later attempt of this recorder can succeed, so it stops sending.
+REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 IDLE_TICK = 0.25          # longest sleep: bounds how late a drop is reported
-DROP_REPORT_EVERY = 5.0   # at most one "dropped" warning per this many seconds (plus the first)
+REPORT_EVERY = 5.0        # at most one "dropped" (or "merged") warning per this many seconds (plus the first)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng=random.random) -> float:
@@ -52,15 +54,19 @@ class Sender(threading.Thread):
         super().__init__(name="tollgate-recorder", daemon=True)
         self.spool, self.stub, self.inbox, self.config = spool, stub, inbox, config
         self.changed = threading.Condition()
-        self.counts = dict(sent=0, duplicate=0, conflict=0, rejected=0, retries=0, errors=0)
+        self.counts = dict(sent=0, duplicate=0, conflict=0, merged=0, rejected=0, retries=0, errors=0)
         self.flushing = 0
         self.stopping = False
+        self.refused: str | None = None  # why the server refused the credential; nothing is sent from then on
         self._inflight = None          # (seqs, future)
         self._attempt = 0
         self._retry_at = 0.0
         self._batch_since = None if inbox.on_disk() == 0 else float("-inf")  # leftovers go at once
         self._dropped_reported = 0
         self._drop_reported_at = float("-inf")
+        self._merged_reported = 0
+        self._merge_reported_at = float("-inf")
+        self._merge_example = ""
 
     def run(self) -> None:
         try:
@@ -88,11 +94,12 @@ class Sender(threading.Thread):
             self._retry_at = time.monotonic() + self.config.backoff_cap
             time.sleep(IDLE_TICK)
         self._report_drops()
+        self._report_merges()
         return True
 
     def _sleep_for(self) -> float:
         now = time.monotonic()
-        if self._inflight is not None or self.stopping:
+        if self._inflight is not None or self.stopping or self.refused:
             return IDLE_TICK
         if self._retry_at > now:
             return min(IDLE_TICK, self._retry_at - now)
@@ -124,7 +131,7 @@ class Sender(threading.Thread):
 
     def _send(self) -> None:
         now = time.monotonic()
-        if self._inflight is not None or now < self._retry_at or self._batch_since is None:
+        if self._inflight is not None or now < self._retry_at or self._batch_since is None or self.refused:
             return
         rows = self.spool.peek(self.config.batch_size)
         if not rows:
@@ -164,14 +171,20 @@ class Sender(threading.Thread):
         if not 0 <= result.index < len(request.events):
             return False
         verdict = result.verdict
+        event = request.events[result.index]
         if verdict == usage_pb2.VERDICT_ACCEPTED:
             self.counts["sent"] += 1
+        elif verdict in (usage_pb2.VERDICT_DUPLICATE, usage_pb2.VERDICT_CONFLICT) \
+                and result.existing_event_id not in ("", event.event_id):
+            # Matched another event through a shared key: not a redelivery, a unit that will not count alone.
+            self.counts["merged"] += 1
+            self._merge_example = (f"event {event.event_id} into {result.existing_event_id} by "
+                                   f"{usage_pb2.DedupKey.Name(result.dedup_key)}: {result.message}")
         elif verdict == usage_pb2.VERDICT_DUPLICATE:
             self.counts["duplicate"] += 1
         elif verdict in (usage_pb2.VERDICT_CONFLICT, usage_pb2.VERDICT_REJECTED):
             name = "conflict" if verdict == usage_pb2.VERDICT_CONFLICT else "rejected"
             self.counts[name] += 1
-            event = request.events[result.index]
             log.warning("usage event %s %s: metric=%r reason=%s: %s", event.event_id, name, event.metric,
                         usage_pb2.RejectReason.Name(result.reason), result.message)
         else:
@@ -180,6 +193,14 @@ class Sender(threading.Thread):
 
     def _failed(self, code: grpc.StatusCode, details: str, size: int) -> None:
         self._attempt += 1
+        if code in REFUSED:
+            # Retrying cannot help and dropping would lose accepted events: stop sending, keep them spooled for a
+            # recorder with a valid credential, and say so once.
+            self.counts["errors"] += 1
+            self.refused = f"{code.name}: {details}"
+            log.error("RecordEvents refused the credential (%s); the recorder stops sending: %d events stay spooled "
+                      "for a recorder with a valid token", self.refused, self.inbox.held())
+            return
         if code in RETRYABLE:
             self.counts["retries"] += 1
             delay = backoff_delay(self._attempt, base=self.config.backoff_base, cap=self.config.backoff_cap)
@@ -197,15 +218,24 @@ class Sender(threading.Thread):
 
     def _report_drops(self) -> None:
         dropped, now = self.inbox.dropped, time.monotonic()
-        if dropped > self._dropped_reported and now - self._drop_reported_at >= DROP_REPORT_EVERY:
+        if dropped > self._dropped_reported and now - self._drop_reported_at >= REPORT_EVERY:
             log.warning("usage recorder dropped %d events: spool full (%d held, max_spool_events=%d)",
                         dropped - self._dropped_reported, self.inbox.held(), self.inbox.capacity)
             self._dropped_reported, self._drop_reported_at = dropped, now
 
+    def _report_merges(self) -> None:
+        merged, now = self.counts["merged"], time.monotonic()
+        if merged > self._merged_reported and now - self._merge_reported_at >= REPORT_EVERY:
+            log.warning("usage recorder: %d events were merged into other events through a shared key and do not "
+                        "count on their own (last: %s); give distinct units distinct correlation_ids "
+                        "(docs/recorder.md, \"Keys\")", merged - self._merged_reported, self._merge_example)
+            self._merged_reported, self._merge_reported_at = merged, now
+
     def _shut(self) -> None:
         if self._inflight is not None:
             self._inflight[2].cancel()  # the server may have stored it: the next recorder gets DUPLICATE
-        self._drop_reported_at = float("-inf")
+        self._drop_reported_at = self._merge_reported_at = float("-inf")
         self._report_drops()
+        self._report_merges()
         with self.changed:
             self.changed.notify_all()
