@@ -120,13 +120,13 @@ class UsageClient:
         return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
 
     def metric_names(self, *, budget: float | None = None) -> set[str]:
-        """Every metric name in Usage's catalog, page by page."""
+        """Every metric name in Usage's catalog, page by page, all within one call's timeout."""
         self._allow()
-        names, token = set(), ""
+        names, token, deadline = set(), "", time.monotonic() + self._timeout(budget)
         while True:
             try:
                 page = self._stub.ListMetrics(usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
-                                              timeout=self._timeout(budget), metadata=self._metadata)
+                                              timeout=max(0.0, deadline - time.monotonic()), metadata=self._metadata)
             except grpc.RpcError as error:
                 raise self._failed("ListMetrics", error) from None
             names.update(metric.name for metric in page.metrics)
@@ -144,8 +144,8 @@ class UsageClient:
 
     def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
         if self.breaker.failed():
-            log.warning("usage service at %s became unreachable (%s answered %s); answering without usage "
-                        "until it recovers", self._address, rpc, error.code().name)
+            log.warning("usage service at %s became unreachable (%s answered %s); until it answers again, "
+                        "rankings use caps alone and quotas fail open or closed as their plans say", self._address, rpc, error.code().name)
         return UsageUnavailable(f"usage service answered {error.code().name}")
 
     def _succeeded(self) -> None:
