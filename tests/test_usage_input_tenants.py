@@ -3,11 +3,12 @@ empty tenant_id is a bad argument, not someone else's tenant. Real servers on SQ
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
 from shared import credentials_cli, tenant_ids
 from tests import support
+from tests.test_usage_stream_batches import field_violations
 from tests.usage_support import event, now_us, tenant_token, ts
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.usage.v1 import usage_pb2 as u
@@ -129,3 +130,16 @@ def test_tollgate_token_refuses_a_malformed_tenant_with_a_clear_message_and_stor
 def _listed(capsys) -> str:
     assert credentials_cli.main(["list"]) == 0
     return capsys.readouterr().out
+
+
+def test_a_streamed_batch_naming_a_malformed_or_no_tenant_is_answered_invalid_and_the_stream_goes_on(
+        dbs, usage_stub, tenant):
+    token = tenant_token(dbs, tenant)
+    answers = list(usage_stub.StreamEvents(iter([
+        u.StreamEventsRequest(batch_id="bad", tenant_id="bad tenant!", events=[event("e1")]),
+        u.StreamEventsRequest(batch_id="none", events=[event("e2")]),
+        u.StreamEventsRequest(batch_id="mine", tenant_id=tenant, events=[event("e3")])]),
+        metadata=support.bearer(token), timeout=30))
+    assert [(a.batch_id, a.error.code) for a in answers] == [
+        ("bad", code_pb2.INVALID_ARGUMENT), ("none", code_pb2.INVALID_ARGUMENT), ("mine", 0)]
+    assert [field_violations(a.error) for a in answers[:2]] == [["tenant_id"], ["tenant_id"]]

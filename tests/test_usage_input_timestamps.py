@@ -5,9 +5,11 @@ naming the field; digits below the microsecond are dropped (docs/api.md, Convent
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2
 
 from tests import support
 from tests.test_usage_input_tenants import refused, violations
+from tests.test_usage_stream_batches import field_violations
 from tests.usage_support import MINUTE_US, event, list_all, now_us, record, totals, ts, verdicts
 from tollgate.usage.v1 import usage_pb2 as u
 
@@ -131,3 +133,16 @@ def test_a_range_bound_with_sub_microsecond_digits_counts_from_its_microsecond(u
     assert [(t.metric, t.event_count) for t in response.totals] == [("api.requests", 1)]
     assert totals(usage_stub, token, tenant, start_us=at + 1, end_us=at + MINUTE_US) == {}
 
+
+
+def test_a_streamed_batch_with_nanos_out_of_range_is_answered_invalid_naming_the_field_and_the_stream_goes_on(
+        usage_stub, token, tenant):
+    bad = event("bad")
+    bad.occurred_at.nanos = -1
+    answers = list(usage_stub.StreamEvents(iter([
+        u.StreamEventsRequest(batch_id="bad", tenant_id=tenant, events=[event("ok-1"), bad]),
+        u.StreamEventsRequest(batch_id="good", tenant_id=tenant, events=[event("ok-2")])]),
+        metadata=support.bearer(token), timeout=30))
+    assert [(a.batch_id, a.error.code) for a in answers] == [("bad", code_pb2.INVALID_ARGUMENT), ("good", 0)]
+    assert field_violations(answers[0].error) == ["events[1].occurred_at"]
+    assert [s.event.event_id for s in list_all(usage_stub, token, tenant)] == ["ok-2"]
