@@ -70,7 +70,8 @@ def timestamp_fields(tenant: str) -> list[tuple[str, object, str, str]]:
     purge = u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(recent), dry_run=True)
     batch = u.RecordEventsRequest(tenant_id=tenant, events=[event("ok", at_us=recent), event("bad", at_us=recent)])
     return [("GetUsage", get_usage, "start_time", "start_time"), ("GetUsage", get_usage, "end_time", "end_time"),
-            ("ListEvents", list_events, "start_time", "start_time"), ("ListEvents", list_events, "end_time", "end_time"),
+            ("ListEvents", list_events, "start_time", "start_time"),
+            ("ListEvents", list_events, "end_time", "end_time"),
             ("ListAggregates", list_aggregates, "start_time", "start_time"),
             ("ListAggregates", list_aggregates, "end_time", "end_time"),
             ("PurgeEvents", purge, "before_time", "before_time"),
