@@ -1,4 +1,4 @@
-"""The README's grpcurl calls work as printed against `make run` (its script, on free ports)."""
+"""The README's and docs/api.md's grpcurl calls work as printed against `make run` (its script, on free ports)."""
 
 import json
 import os
@@ -69,3 +69,24 @@ def test_every_readme_call_answers_as_the_readme_says(running):
     ranked = json.loads(answers["tollgate.policy.v1.PolicyService/ListActiveFeatures"])
     assert ranked["usage_available"] is True and ranked["features"]
     assert json.loads(answers["tollgate.policy.v1.PolicyAdminService/VerifyAudit"])["ok"] is True
+
+
+def api_md_usage(home: Path, ports: dict, call: str) -> dict[tuple[str, str], int]:
+    """Run docs/api.md's setup lines, then its call of `call` (an RPC path), as printed; GetUsage's totals."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    blocks = [block.split("```")[0] for block in text.split("```sh\n")[1:]]
+    calls = {line.split()[-1]: line for block in blocks for line in block.splitlines() if line.startswith("grpcurl")}
+    result = run_call(blocks[0] + calls[f"tollgate.usage.v1.UsageService/{call}"], home, ports)
+    assert result.returncode == 0, f"{call}\n{result.stderr}"
+    if call != "GetUsage":
+        return {}
+    return {(t["metric"], t.get("actor_id", "")): int(t["quantity"]) for t in json.loads(result.stdout).get("totals", [])}
+
+
+def test_the_event_docs_api_md_records_is_counted_by_its_get_usage_call(running):
+    home, ports, _banner, _process = running
+    before = api_md_usage(home, ports, "GetUsage")
+    api_md_usage(home, ports, "RecordEvents")
+    after = api_md_usage(home, ports, "GetUsage")
+    key = ("leads.processed", "alice")
+    assert after.get(key, 0) - before.get(key, 0) == 1
