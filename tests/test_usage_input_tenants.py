@@ -101,8 +101,12 @@ def test_an_empty_tenant_id_on_an_admin_rpc_means_every_tenant_and_stays_platfor
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_policy_refuses_the_same_malformed_tenant_ids_with_the_same_rule(policy_admin_stub, admin_token):
+def test_policy_refuses_the_same_malformed_tenant_ids_with_the_same_rule(policy_stub, policy_admin_stub, admin_token):
     writes = [
+        lambda: policy_stub.ResolveMode(pb.ResolveModeRequest(tenant_id="bad tenant!", user_id="u", feature_id="f"),
+                                        metadata=support.bearer(admin_token)),
+        lambda: policy_stub.ResolveModes(pb.ResolveModesRequest(tenant_id="bad tenant!", user_id="u"),
+                                         metadata=support.bearer(admin_token)),
         lambda: policy_admin_stub.SetTenantPolicy(pb.SetTenantPolicyRequest(
             tenant_policy=pb.TenantPolicy(tenant_id="bad tenant!")), metadata=support.bearer(admin_token)),
         lambda: policy_admin_stub.BindRole(pb.BindRoleRequest(tenant_id="bad tenant!", user_id="u", role_id="r"),

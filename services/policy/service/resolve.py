@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared.credentials import Principal
+from shared import tenant_ids
 from shared.errors import FieldViolation, InvalidArgument
 from services.policy import metrics
 from services.policy.cache import SnapshotCache
@@ -16,8 +17,8 @@ _RESOLVED = {mode: metrics.RESOLUTIONS.labels(mode.name) for mode in Mode}
 
 def _check(tenant_id: str, user_id: str, requested: int, min_version: int) -> list[FieldViolation]:
     problems = []
-    if not tenant_id or len(tenant_id) > 128:
-        problems.append(FieldViolation("tenant_id", "is required, at most 128 characters"))
+    if problem := tenant_ids.problem(tenant_id):
+        problems.append(FieldViolation("tenant_id", problem))
     if not user_id or len(user_id) > 128:
         problems.append(FieldViolation("user_id", "is required, at most 128 characters"))
     if not 0 <= requested <= Mode.AUTONOMOUS:
