@@ -43,12 +43,16 @@ def plan_round(pending: list[Candidate]) -> tuple[list[Candidate], list[Candidat
 
 def _all_distinct(pending: list[Candidate]) -> bool:
     events = [candidate.event for candidate in pending]
-    business = [(c.event.correlation_id, c.event.metric, c.event.occurred_at_us) for c in pending
-                if c.event.correlation_id and c.business_key]
-    for keys in ([e.event_id for e in events], [e.idempotency_key for e in events if e.idempotency_key], business):
+    for keys in ([e.event_id for e in events], [e.idempotency_key for e in events if e.idempotency_key]):
         if len(set(keys)) != len(keys):
             return False
-    return True
+    business = [(e.correlation_id, e.metric, e.occurred_at_us) for e in events if e.correlation_id]
+    if len(set(business)) == len(business):
+        return True
+    # Rare: a shared business key; it counts only between events whose metric keeps the key.
+    business = [(c.event.correlation_id, c.event.metric, c.event.occurred_at_us) for c in pending
+                if c.event.correlation_id and c.business_key]
+    return len(set(business)) == len(business)
 
 
 class StoredIndex:
