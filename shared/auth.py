@@ -14,6 +14,25 @@ from shared.errors import PermissionDenied, Unauthenticated
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
 
+class TokenRefused(Unauthenticated):
+    """A bearer token this service does not accept; `why` and `token_id` are for the log, never the secret."""
+
+    def __init__(self, message: str, *, why: str, token_id: str = ""):
+        super().__init__(message)
+        self.why, self.token_id = why, token_id
+
+
+class AccessRefused(PermissionDenied):
+    """A valid credential asking for what it may not do; `why` and `token_id` are for the log."""
+
+    def __init__(self, message: str, *, why: str, token_id: str):
+        super().__init__(message)
+        self.why, self.token_id = why, token_id
+
+
+REFUSALS = (TokenRefused, AccessRefused)
+
+
 class Authenticator:
     """Checks bearer tokens against the service's credentials table, caching rows briefly.
 
@@ -29,16 +48,22 @@ class Authenticator:
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an `authorization: Bearer <token>` header value."""
         if not authorization:
-            raise Unauthenticated("missing authorization: Bearer <token> metadata")
+            raise TokenRefused("missing authorization: Bearer <token> metadata", why="missing token")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization metadata must read 'Bearer <token>'")
-        token_id, secret = credentials.parse(token.strip())
+            raise TokenRefused("authorization metadata must read 'Bearer <token>'", why="malformed token")
+        try:
+            token_id, secret = credentials.parse(token.strip())
+        except Unauthenticated as error:
+            raise TokenRefused(error.message, why="malformed token") from None
         credential = self._credential(token_id)
-        if credential is None or not credentials.check_secret(secret, credential.secret_hash):
-            raise Unauthenticated("unknown bearer token")
+        # The caller hears "unknown" either way: a wrong secret must not confirm that the id exists.
+        if credential is None:
+            raise TokenRefused("unknown bearer token", why="unknown token", token_id=token_id)
+        if not credentials.check_secret(secret, credential.secret_hash):
+            raise TokenRefused("unknown bearer token", why="wrong secret", token_id=token_id)
         if credential.revoked_at is not None:
-            raise Unauthenticated("revoked bearer token")
+            raise TokenRefused("revoked bearer token", why="revoked token", token_id=token_id)
         return Principal(credential.token_id, credential.tenant_id, credential.scopes)
 
     def _credential(self, token_id: str) -> Credential | None:
@@ -74,18 +99,19 @@ def principal() -> Principal:
 
 def require_scope(caller: Principal, scope: str) -> None:
     if scope not in caller.scopes:
-        raise PermissionDenied(f"credential lacks scope {scope!r}")
+        raise AccessRefused(f"credential lacks scope {scope!r}", why="missing scope", token_id=caller.token_id)
 
 
 def require_tenant(caller: Principal, tenant_id: str) -> None:
     """A tenant credential may only name its own tenant; the platform may name any."""
     if caller.tenant_id is not None and caller.tenant_id != tenant_id:
-        raise PermissionDenied(f"credential may not act for tenant {tenant_id!r}")
+        raise AccessRefused(f"credential may not act for tenant {tenant_id!r}", why="other tenant",
+                            token_id=caller.token_id)
 
 
 def require_platform(caller: Principal, what: str) -> None:
     if caller.tenant_id is not None:
-        raise PermissionDenied(f"{what} needs a platform credential")
+        raise AccessRefused(f"{what} needs a platform credential", why="platform only", token_id=caller.token_id)
 
 
 def table_authenticator(engine, table, *, cache_seconds: float) -> Authenticator:

@@ -17,6 +17,7 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, select
 from shared.errors import Unauthenticated
 
 SCOPES = frozenset({"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"})
+SERVICES = ("usage", "policy")  # a scope reads `<service>:<right>`
 PLATFORM = "*"  # tenant_id stored for platform credentials, which may act for any tenant
 
 
@@ -90,6 +91,12 @@ def validate_scopes(scopes: list[str]) -> frozenset[str]:
     if unknown or not scopes:
         raise ValueError(f"scopes must be some of {sorted(SCOPES)}, got {scopes}")
     return frozenset(scopes)
+
+
+def services_for(scopes: frozenset[str]) -> list[str]:
+    """The services a token with these scopes must be stored in: those its scopes let it call, no other."""
+    named = {scope.partition(":")[0] for scope in scopes}
+    return [service for service in SERVICES if service in named]
 
 
 def store(engine: Engine, table: Table, *, token_id: str, secret_hash: str, tenant_id: str | None,

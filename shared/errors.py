@@ -54,6 +54,12 @@ class FailedPrecondition(TollgateError):
     reason = "FAILED_PRECONDITION"
 
 
+class OutOfRange(TollgateError):
+    """The answer would not fit the contract's types (e.g. a total beyond int64); a narrower request may."""
+
+    reason = "OUT_OF_RANGE"
+
+
 class Unauthenticated(TollgateError):
     """The call carries no valid credential."""
 
@@ -64,6 +70,12 @@ class PermissionDenied(TollgateError):
     """The credential may not do this, or not for this tenant."""
 
     reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(TollgateError):
+    """The request exceeds a limit of the server (a message larger than it accepts)."""
+
+    reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(TollgateError):

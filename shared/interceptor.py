@@ -1,5 +1,5 @@
 """One server interceptor for the rules every call follows: request id, authentication,
-scope check, error mapping, a JSON log line, RED metrics."""
+scope check, message size, error mapping, a JSON log line, RED metrics."""
 
 from __future__ import annotations
 
@@ -13,44 +13,59 @@ from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from shared import auth, grpc_errors, metrics
-from shared.errors import FieldViolation, InvalidArgument, PermissionDenied
+from shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
-log = logging.getLogger("tollgate.rpc")
+log = logging.getLogger("tollgate.shared.interceptor")
 
 # Health and reflection answer without a token (Kubernetes probes, grpcurl list/describe).
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
 REQUEST_ID = "x-request-id"
+# go-grpc-prometheus's grpc_type label, by whether requests and responses stream.
+GRPC_TYPES = {(False, False): "unary", (True, False): "client_stream", (False, True): "server_stream",
+              (True, True): "bidi_stream"}
 
 
 class CallInterceptor(grpc.ServerInterceptor):
-    """Wraps each handler; `method_scopes` maps '/pkg.Service/Method' to the scope it needs."""
+    """Wraps each handler; `method_scopes` maps '/pkg.Service/Method' to the scope it needs.
 
-    def __init__(self, *, authenticator: auth.Authenticator, method_scopes: dict[str, str]):
+    `server` names the service in every log line ("usage", "policy"); a request message larger than
+    `max_message_bytes` is answered RESOURCE_EXHAUSTED, counted and logged like any other call.
+    """
+
+    def __init__(self, *, authenticator: auth.Authenticator, method_scopes: dict[str, str], server: str,
+                 max_message_bytes: int):
         self._authenticator = authenticator
         self._method_scopes = method_scopes
+        self.server = server
+        self.max_message_bytes = max_message_bytes
         # Wrapped handlers are built once per method: intercept_service runs on every call.
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, object]] = {}
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = continuation(handler_call_details)
-        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
-            return handler
-        wrapped = _wrap(handler, _Call(self, method))
-        with self._lock:
-            self._wrapped[method] = wrapped
+        known = self._wrapped.get(method)
+        if known is None:
+            handler = continuation(handler_call_details)
+            if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
+                return handler
+            call = _Call(self, method, GRPC_TYPES[handler.request_streaming, handler.response_streaming])
+            known = _wrap(handler, call), call.started
+            with self._lock:
+                self._wrapped[method] = known
+        wrapped, started = known
+        # Counted on arrival, before gRPC reads the request: a call the transport refuses before any
+        # handler runs (beyond its hard message bound, over the concurrency limit) is still counted here.
+        started.inc()
         return wrapped
 
     def authorize(self, method: str, metadata: dict):
         principal = self._authenticator.authenticate(metadata.get("authorization"))
         scope = self._method_scopes.get(method)
         if scope is None:
-            raise PermissionDenied(f"no credential may call {method}")
+            raise auth.AccessRefused(f"no credential may call {method}", why="no scope grants the method",
+                                     token_id=principal.token_id)
         auth.require_scope(principal, scope)
         return principal
 
@@ -58,7 +73,8 @@ class CallInterceptor(grpc.ServerInterceptor):
 def _wrap(handler: grpc.RpcMethodHandler, call: "_Call") -> grpc.RpcMethodHandler:
     # Requests arrive as bytes and are parsed inside the wrapper: gRPC's own parsing would answer a
     # malformed body INTERNAL, where it is the caller's error (INVALID_ARGUMENT).
-    one, each = _parser(handler.request_deserializer), _stream_parser(handler.request_deserializer)
+    one = _parser(handler.request_deserializer, call.max_message_bytes)
+    each = _stream_parser(handler.request_deserializer, call.max_message_bytes)
     serializers = (None, handler.response_serializer)
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary, one), *serializers)
@@ -69,12 +85,16 @@ def _wrap(handler: grpc.RpcMethodHandler, call: "_Call") -> grpc.RpcMethodHandle
     return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, each), *serializers)
 
 
-def _parser(deserializer):
-    """Bytes -> request message; a body that is not one is INVALID_ARGUMENT."""
-    if deserializer is None:
-        return lambda raw: raw
+def _parser(deserializer, max_bytes: int):
+    """Bytes -> request message; a body larger than `max_bytes` is RESOURCE_EXHAUSTED, one that is not a
+    message INVALID_ARGUMENT."""
 
     def parse(raw: bytes):
+        if len(raw) > max_bytes:
+            raise ResourceExhausted(f"request message of {len(raw)} bytes is larger than the {max_bytes} "
+                                    f"this server accepts; send smaller batches")
+        if deserializer is None:
+            return raw
         try:
             return deserializer(raw)
         except DecodeError as error:
@@ -82,18 +102,20 @@ def _parser(deserializer):
     return parse
 
 
-def _stream_parser(deserializer):
-    parse = _parser(deserializer)
+def _stream_parser(deserializer, max_bytes: int):
+    parse = _parser(deserializer, max_bytes)
     return lambda messages: (parse(raw) for raw in messages)
 
 
 class _Call:
     """The per-method wrapper: everything that does not change between calls is computed once."""
 
-    def __init__(self, interceptor: CallInterceptor, method: str):
-        self._interceptor, self._method = interceptor, method
+    def __init__(self, interceptor: CallInterceptor, method: str, grpc_type: str):
+        self._interceptor, self._method, self._type = interceptor, method, grpc_type
         self._service, _, self._name = method.lstrip("/").partition("/")
-        self._seconds = metrics.RPC_SECONDS.labels(self._service, self._name)
+        self.max_message_bytes = interceptor.max_message_bytes
+        self.started = metrics.RPC_STARTED.labels(grpc_type, self._service, self._name)
+        self._seconds = metrics.RPC_SECONDS.labels(grpc_type, self._service, self._name)
         self._handled: dict[grpc.StatusCode, object] = {}
 
     def unary(self, behavior, parse):
@@ -129,6 +151,13 @@ class _Call:
         state.token = auth.set_principal(state.principal)
 
     def _fail(self, error: Exception, context, state: "_CallState") -> None:
+        if isinstance(error, auth.REFUSALS):
+            state.refusal = error
+        if isinstance(error, grpc.RpcError) and not context.is_active():
+            # The request stream broke under the handler: the peer went away, or the transport cut a message
+            # beyond its hard bound. Nobody is left to answer, and no bug of ours is involved.
+            context.set_code(grpc.StatusCode.CANCELLED)
+            return
         status = grpc_errors.status_for(error)
         if status is not None:
             rich = rpc_status.to_status(status)
@@ -136,7 +165,8 @@ class _Call:
         if context.code() is not None:  # the servicer aborted on purpose
             raise error
         log.exception("unhandled error in %s", self._method, extra={"fields": {
-            "method": self._method, "request_id": state.request_id}})
+            "service": self._interceptor.server, "grpc_service": self._service, "grpc_method": self._name,
+            "request_id": state.request_id}})
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     def _end(self, context, started: float, state: "_CallState") -> None:
@@ -146,16 +176,28 @@ class _Call:
         code = context.code() or grpc.StatusCode.OK
         counter = self._handled.get(code)
         if counter is None:
-            counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._service, self._name, code.name)
+            counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._type, self._service, self._name,
+                                                                       code.name)
         counter.inc()
         self._seconds.observe(elapsed)
-        if log.isEnabledFor(logging.INFO):
-            principal = state.principal
-            log.info("rpc", extra={"fields": {
-                "service": self._service, "method": self._name, "code": code.name,
-                "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
-                "tenant": (principal.tenant_id or "*") if principal else "", "peer": context.peer(),
-            }})
+        # A refused call is a WARNING, so it shows at every level an operator would run at.
+        level = logging.INFO if state.refusal is None else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(level, "rpc", extra={"fields": self._log_fields(context, code, elapsed, state)})
+
+    def _log_fields(self, context, code: grpc.StatusCode, elapsed: float, state: "_CallState") -> dict:
+        """The call's log line: who (the credential id, never its secret), what, how it ended, and why refused."""
+        principal, refusal = state.principal, state.refusal
+        fields = {
+            "service": self._interceptor.server, "grpc_service": self._service, "grpc_method": self._name,
+            "code": code.name, "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
+            "tenant": (principal.tenant_id or "*") if principal else "",
+            "token_id": principal.token_id if principal else (refusal.token_id if refusal else ""),
+            "peer": context.peer(),
+        }
+        if refusal is not None:
+            fields["refused"] = refusal.why
+        return fields
 
 
 def _with_request_id(status, request_id: str):
@@ -164,7 +206,7 @@ def _with_request_id(status, request_id: str):
 
 
 class _CallState:
-    __slots__ = ("request_id", "principal", "token")
+    __slots__ = ("request_id", "principal", "token", "refusal")
 
     def __init__(self):
-        self.request_id, self.principal, self.token = "", None, None
+        self.request_id, self.principal, self.token, self.refusal = "", None, None, None

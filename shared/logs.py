@@ -1,4 +1,7 @@
-"""Structured JSON logs: one object per line on stderr."""
+"""Structured JSON logs: one object per line on stderr, each naming the service that wrote it.
+
+Loggers are named `tollgate.<package>.<module>` (docs/operations.md#logs).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +12,21 @@ from datetime import datetime, timezone
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object, with any `fields` passed through `extra`."""
+    """Formats a record as one JSON object, with any `fields` passed through `extra`.
+
+    `service` names the process ("usage", "policy") on every line; a record's own `service` field wins,
+    as the per-call lines of a server name theirs.
+    """
+
+    def __init__(self, service: str = ""):
+        super().__init__()
+        self._service = service
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
+            "service": self._service,
             "logger": record.name,
             "message": record.getMessage(),
         }
@@ -24,10 +36,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every log record to stderr as JSON."""
+def configure(level: str = "INFO", *, service: str = "") -> None:
+    """Send every log record to stderr as JSON naming `service`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

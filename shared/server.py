@@ -19,16 +19,20 @@ from shared.auth import Authenticator
 from shared.config import ConfigError, process_env
 from shared.interceptor import CallInterceptor
 
-log = logging.getLogger("tollgate.server")
+log = logging.getLogger("tollgate.shared.server")
 
 # Health name that says only "this process is alive": liveness and startup probes use it, so a
 # database outage takes pods out of rotation (readiness) without restarting them.
 LIVENESS = "liveness"
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a full batch of 1,000 events with 4 KiB metadata fits
+# The interceptor refuses a request above MAX_MESSAGE_BYTES itself, so the refusal is counted and logged
+# like any call; gRPC's own bound sits above it only to cap the memory one message may take, and a call
+# it cuts never reaches a handler (it shows in grpc_server_started_total alone).
+TRANSPORT_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 
 SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", TRANSPORT_MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -84,7 +88,8 @@ def build_server(spec: ServerSpec, *, address: str, max_workers: int = 16, metri
     """Build and start the server on `address` ('host:0' picks a free port)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{spec.name}-rpc"),
-        interceptors=[CallInterceptor(authenticator=spec.authenticator, method_scopes=spec.method_scopes)],
+        interceptors=[CallInterceptor(authenticator=spec.authenticator, method_scopes=spec.method_scopes,
+                                      server=spec.name, max_message_bytes=MAX_MESSAGE_BYTES)],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_workers * 8,
     )
@@ -169,7 +174,7 @@ def main(name: str, settings_class, build: Callable) -> int:
     except ConfigError as error:
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, service=name)
     running = build(settings)
     serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
     return 0

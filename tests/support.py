@@ -64,8 +64,8 @@ def new_tenant() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-def make_token(dbs: Databases, *, tenant: str | None, scopes: list[str], service: str = "both") -> str:
-    """Mint a token in the backend's credentials tables."""
+def make_token(dbs: Databases, *, tenant: str | None, scopes: list[str], service: str | None = None) -> str:
+    """Mint a token in the credentials tables of the services its scopes name."""
     env = {"USAGE_DATABASE_URL": dbs.usage_url, "POLICY_DATABASE_URL": dbs.policy_url}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)

@@ -4,6 +4,8 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 
+from services.policy.grpc_api import METHOD_SCOPES as POLICY_SCOPES
+from services.usage.grpc_api import METHOD_SCOPES as USAGE_SCOPES
 from shared import credentials_cli
 from tests import support
 from tests.conftest import ALL_SCOPES
@@ -60,7 +62,7 @@ def call(stub_class, channel, method, request, metadata) -> grpc.StatusCode:
 
 @pytest.fixture(scope="module")
 def credentials(dbs):
-    """Tokens for tenant A with every scope, a revoked one, and one with no scope of either service."""
+    """Tokens for tenant A: every scope, revoked, one service's scope each, and per scope one lacking only it."""
     tenant_a = support.new_tenant()
     revoked = support.make_token(dbs, tenant=tenant_a, scopes=ALL_SCOPES)
     env = {"USAGE_DATABASE_URL": dbs.usage_url, "POLICY_DATABASE_URL": dbs.policy_url}
@@ -74,6 +76,10 @@ def credentials(dbs):
         "revoked": revoked,
         "usage_only": support.make_token(dbs, tenant=tenant_a, scopes=["usage:write"]),
         "policy_only": support.make_token(dbs, tenant=tenant_a, scopes=["policy:read"]),
+        # Stored in the scope's service (its other scopes name it), so only the missing scope refuses it.
+        "lacking": {scope: support.make_token(dbs, tenant=tenant_a, scopes=[
+            other for other in ALL_SCOPES if other != scope and other.split(":")[0] == scope.split(":")[0]])
+            for scope in ALL_SCOPES},
     }
 
 
@@ -98,10 +104,20 @@ def test_every_rpc_refuses_missing_malformed_unknown_and_revoked_tokens(
 def test_every_rpc_refuses_a_credential_without_its_scope(
         server, module, method, stub_class, usage_channel, policy_channel, credentials):
     channel = channel_for(server, usage_channel, policy_channel)
-    wrong_service = credentials["policy_only"] if server == "usage" else credentials["usage_only"]
+    scope = {**USAGE_SCOPES, **POLICY_SCOPES}[f"/{method.containing_service.full_name}/{method.name}"]
     request = request_for(module, method, credentials["tenant_a"])
-    assert call(stub_class, channel, method, request, support.bearer(wrong_service)) \
+    assert call(stub_class, channel, method, request, support.bearer(credentials["lacking"][scope])) \
         == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("server,module,method,stub_class", every_rpc())
+def test_every_rpc_knows_no_token_whose_scopes_are_all_for_the_other_service(
+        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    channel = channel_for(server, usage_channel, policy_channel)
+    other_service = credentials["policy_only"] if server == "usage" else credentials["usage_only"]
+    request = request_for(module, method, credentials["tenant_a"])
+    assert call(stub_class, channel, method, request, support.bearer(other_service)) \
+        == grpc.StatusCode.UNAUTHENTICATED
 
 
 def tenant_scoped(method) -> bool:

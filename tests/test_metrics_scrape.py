@@ -13,6 +13,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.pgcluster import free_port
+from shared.server import MAX_MESSAGE_BYTES
 from tests import fault_support, support
 from tests.conftest import ALL_SCOPES, status_of
 from tests.policy_support import Client, suffix
@@ -27,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 USAGE, USAGE_ADMIN = "tollgate.usage.v1.UsageService", "tollgate.usage.v1.UsageAdminService"
 POLICY, POLICY_ADMIN = "tollgate.policy.v1.PolicyService", "tollgate.policy.v1.PolicyAdminService"
 # Every label a series may carry: enums and outcomes, plus the client library's own process/python series.
-BOUNDED_LABELS = {"grpc_service", "grpc_method", "grpc_code", "le", "verdict", "classification", "reason", "mode",
-                  "outcome", "action", "purpose", "implementation", "major", "minor", "patchlevel", "version",
-                  "generation"}
+BOUNDED_LABELS = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "le", "verdict", "classification",
+                  "reason", "mode", "outcome", "action", "purpose", "implementation", "major", "minor", "patchlevel",
+                  "version", "generation"}
 # The admin calls policy_world makes, each one audited write.
 WRITES = {"UpsertFeature": 2, "ImportRoles": 1, "UpsertPlan": 1, "SetTenantPolicy": 1, "SetSubscription": 1,
           "BindRole": 1}
@@ -80,8 +81,14 @@ def timed_by_method(samples) -> dict:
     return Counter(counts(samples, "grpc_server_handling_seconds_count", "grpc_service", "grpc_method"))
 
 
+def started(samples) -> dict:
+    """Calls started, by (type, service, method)."""
+    return counts(samples, "grpc_server_started_total", "grpc_type", "grpc_service", "grpc_method")
+
+
 def usage_traffic(stub, admin: Client, tenant_token: str, tenant: str) -> None:
-    """Two accepted (BILLABLE, NON_BILLABLE), two rejected, one duplicate; one read; one refused call."""
+    """Two accepted (BILLABLE, NON_BILLABLE), two rejected, one duplicate; one read; a call refused for its token,
+    one for its size."""
     first = [event("e-1"), event("e-2", metric="sla.timers.started"), event("e-3", quantity=0),
              event("e-4", metric="no.such.metric")]
     for events in (first, first[:1]):
@@ -89,6 +96,9 @@ def usage_traffic(stub, admin: Client, tenant_token: str, tenant: str) -> None:
                           metadata=support.bearer(tenant_token), timeout=10)
     assert status_of(lambda: stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant), timeout=10)) \
         == grpc.StatusCode.UNAUTHENTICATED
+    too_large = u.RecordEventsRequest(tenant_id=tenant, events=[event("e-5", source_service="x" * MAX_MESSAGE_BYTES)])
+    assert status_of(lambda: stub.RecordEvents(too_large, metadata=support.bearer(tenant_token), timeout=30)) \
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert totals(stub, tenant_token, tenant) == {"api.requests": (1, 1), "sla.timers.started": (1, 1)}
     assert status_of(lambda: admin.RunRollup(u.RunRollupRequest(max_buckets=-1))) == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -177,15 +187,27 @@ def test_the_rollup_gauges_show_the_backlog_until_a_rollup_of_every_tenant_clear
 
 
 def test_every_rpc_is_counted_by_service_method_and_code_on_its_own_server(scraped):
-    # GetUsage: one call of ours, two of Policy's ranking (the tenant's and the user's).
+    # GetUsage: one call of ours, two of Policy's ranking (the tenant's and the user's); ListMetrics: Policy
+    # checking the metrics of each of its two UpsertFeature calls against Usage's catalog.
     assert red(scraped.usage) == {
-        (USAGE, "RecordEvents", "OK"): 2, (USAGE, "RecordEvents", "UNAUTHENTICATED"): 1, (USAGE, "GetUsage", "OK"): 3,
+        (USAGE, "ListMetrics", "OK"): 2,
+        (USAGE, "RecordEvents", "OK"): 2, (USAGE, "RecordEvents", "UNAUTHENTICATED"): 1,
+        (USAGE, "RecordEvents", "RESOURCE_EXHAUSTED"): 1, (USAGE, "GetUsage", "OK"): 3,
         (USAGE_ADMIN, "RunRollup", "INVALID_ARGUMENT"): 1, (USAGE_ADMIN, "GetRollupStatus", "OK"): 1,
         (USAGE_ADMIN, "RunRollup", "OK"): 1}
     assert red(scraped.policy) == {
         **{(POLICY_ADMIN, action, "OK"): n for action, n in WRITES.items()}, (POLICY, "ResolveMode", "OK"): 4,
         (POLICY, "ResolveMode", "NOT_FOUND"): 1, (POLICY, "ResolveMode", "UNAUTHENTICATED"): 1,
         (POLICY, "ListActiveFeatures", "OK"): 2}
+
+
+def test_every_rpc_is_counted_started_by_its_grpc_type_once_per_call_handled(scraped):
+    # Every call of this traffic is unary and finished before the scrape: started equals handled.
+    for samples in (scraped.usage, scraped.policy):
+        calls = Counter()
+        for (service, method, _code), n in red(samples).items():
+            calls["unary", service, method] += n
+        assert started(samples) == calls
 
 
 def test_every_rpc_is_timed_once_by_service_and_method_whatever_its_code(scraped):

@@ -109,7 +109,7 @@ def test_a_revoked_token_is_unauthenticated(usage_stub, dbs, tenant, monkeypatch
 
 
 def test_a_token_without_the_scope_is_permission_denied(usage_stub, dbs, tenant):
-    token = support.make_token(dbs, tenant=tenant, scopes=["policy:read"])
+    token = support.make_token(dbs, tenant=tenant, scopes=["usage:write"])
     code, reason = denial(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant),
                                                       metadata=support.bearer(token)))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
@@ -142,7 +142,7 @@ def test_metrics_count_calls_by_code(usage, usage_stub, tenant):
     def handled(code: str) -> float:
         body = urllib.request.urlopen(f"http://127.0.0.1:{usage.metrics_port}/metrics", timeout=5).read().decode()
         prefix = ('grpc_server_handled_total{grpc_code="%s",grpc_method="GetUsage",'
-                  'grpc_service="tollgate.usage.v1.UsageService"} ' % code)
+                  'grpc_service="tollgate.usage.v1.UsageService",grpc_type="unary"} ' % code)
         lines = [line for line in body.splitlines() if line.startswith(prefix)]
         return float(lines[0].split()[-1]) if lines else 0.0
 
@@ -160,7 +160,7 @@ def test_the_metrics_endpoint_listens_only_where_grpc_does(usage):
 
 
 def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):
-    caplog.set_level("INFO", logger="tollgate.rpc")
+    caplog.set_level("INFO", logger="tollgate.shared.interceptor")
     metadata = (("x-request-id", "log-me"),)
     status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=metadata))
     from shared.logs import JsonFormatter
@@ -168,7 +168,7 @@ def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):
     lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "fields", {}).get(
         "request_id") == "log-me"]
     assert len(lines) == 1
-    assert lines[0]["method"] == "GetUsage" and lines[0]["code"] == "UNAUTHENTICATED"
+    assert lines[0]["grpc_method"] == "GetUsage" and lines[0]["code"] == "UNAUTHENTICATED"
 
 
 def test_a_request_with_thousands_of_bad_fields_gets_a_bounded_invalid_argument(policy_admin_stub, admin_token):

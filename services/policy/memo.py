@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 V = TypeVar("V")
 
 MAX_ENTRIES = 100_000  # bounded memory: past this the memo starts over (entries are cheap to refetch)
-log = logging.getLogger(__name__)
+log = logging.getLogger("tollgate.policy.memo")
 
 
 class Memo(Generic[V]):

@@ -17,7 +17,7 @@ from shared import timeconv
 from services.usage.repository import in_transaction
 from services.usage.repository import leases
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tollgate.usage.schedule")
 
 # A holder that dies leaves its job idle this long at most; a run that outlasts it may overlap the
 # next holder's, which stays correct (rollups and purges are safe to run at once), only wasteful.
@@ -53,7 +53,9 @@ def run_once(name: str, work: Callable[[], dict], *, sessions, holder: str) -> b
         log.debug(f"{name} skipped: another instance holds its lease")
         return False
     try:
-        log.info(name, extra={"fields": work()})
+        fields = work()
+        # A round that found nothing to do logs at DEBUG: an idle service's INFO log stays quiet.
+        log.log(logging.INFO if any(fields.values()) else logging.DEBUG, name, extra={"fields": fields})
     finally:
         in_transaction(sessions, partial(leases.give_back, name=name, holder=holder))
     return True
