@@ -37,6 +37,7 @@ ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy
 SERVICES = [u.DESCRIPTOR.services_by_name[name] for name in ("UsageService", "UsageAdminService")] + \
            [pb.DESCRIPTOR.services_by_name[name] for name in ("PolicyService", "PolicyAdminService")]
 METHODS = [(service, method) for service in SERVICES for method in service.methods]
+CODES = {code.value[0]: code for code in grpc.StatusCode}
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 SQL_SHAPED = ["'; DROP TABLE events; --", "%", "_", "\\", "'", '"', "a%b_c\\d", "1' OR '1'='1", "$1", "--", "/*x*/"]
 HUGE = ["x" * 100_000, "é" * 50_000, "\x00" * 1_000, "a\x00b"]
@@ -244,8 +245,12 @@ def call_raw(env: Env, service, method, bodies: list[bytes], token: str) -> grpc
     TRIED["calls"] += 1
     try:
         if method.client_streaming:
-            for _ in channel.stream_stream(path(service, method))(iter(bodies), **when):
-                pass
+            # A stream goes on past a refused batch: when every batch was refused, judge the call by the first refusal.
+            answers = [u.StreamEventsResponse.FromString(body)
+                       for body in channel.stream_stream(path(service, method))(iter(bodies), **when)]
+            refusals = [answer.error.code for answer in answers if answer.HasField("error")]
+            if refusals and len(refusals) == len(answers):
+                return CODES[refusals[0]]
         elif method.server_streaming:
             for _ in channel.unary_stream(path(service, method))(bodies[0], **when):
                 pass
