@@ -48,16 +48,17 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
     with its server fails the one call using it, which answers UNAVAILABLE, and SQLAlchemy then
     discards every connection of the pool opened before the failure.
 
-    `autocommit` (PostgreSQL): every connection of the pool stays in autocommit, for questions
+    `autocommit`: on PostgreSQL, every connection of the pool stays in autocommit, for questions
     answered by ONE statement, which is its own snapshot: no BEGIN and COMMIT around it, and no
     switching of the connection's mode at each checkout and checkin (an option on a shared pool
     switches it both ways on every call). Nor a rollback at each checkin, which has no transaction to
     end (SQLAlchemy's reset_on_return=None, meant for pure autocommit). Use it with `connect()`, not
-    sessions that write.
+    sessions that write. On SQLite its transactions begin DEFERRED, as readers of the WAL: they see
+    the last commit and never wait for the write lock, which a rollup or an ingest may hold.
     """
     url = normalize_url(url)
     if is_sqlite(url):
-        return _sqlite_engine(url, schema)
+        return _sqlite_engine(url, schema, begin="BEGIN" if autocommit else "BEGIN IMMEDIATE")
     engine = create_engine(
         url,
         pool_size=pool_size,
@@ -78,7 +79,7 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
     return engine
 
 
-def _sqlite_engine(url: str, schema: str) -> Engine:
+def _sqlite_engine(url: str, schema: str, *, begin: str) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def _sqlite_engine(url: str, schema: str) -> Engine:
     def _on_begin(connection):
         # IMMEDIATE takes the write lock up front, so two writers queue on busy_timeout
         # instead of failing when a read transaction tries to upgrade.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin)
 
     # SQLite has no schemas: tables declared in `schema` live in the file's main database.
     return engine.execution_options(schema_translate_map={schema: None})

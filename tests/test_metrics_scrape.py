@@ -30,7 +30,7 @@ POLICY, POLICY_ADMIN = "tollgate.policy.v1.PolicyService", "tollgate.policy.v1.P
 # Every label a series may carry: enums and outcomes, plus the client library's own process/python series.
 BOUNDED_LABELS = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "le", "verdict", "classification",
                   "reason", "mode", "outcome", "action", "purpose", "implementation", "major", "minor", "patchlevel",
-                  "version", "generation"}
+                  "version", "generation", "period"}
 # The admin calls policy_world makes, each one audited write.
 WRITES = {"UpsertFeature": 2, "ImportRoles": 1, "UpsertPlan": 1, "SetTenantPolicy": 1, "SetSubscription": 1,
           "BindRole": 1}

@@ -284,7 +284,7 @@ def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_r
     if dbs.backend == "sqlite" and scan:
         pytest.skip("SQLite recomputes bucket by bucket; only PostgreSQL reads a backlog by scan")
     monkeypatch.setattr(rollups, "CLAIM_SIZE", 3)
-    monkeypatch.setattr(rollups, "SERIAL_CLAIM_SIZE", 3)
+    monkeypatch.setattr(rollups, "SERIAL_ROWS", 3)
     monkeypatch.setattr(rollups, "PASS_SIZE", 7)
     monkeypatch.setattr(rollups, "SCAN_FROM", 1 if scan else 10**9)
     monkeypatch.setattr(rollups, "VISIBLE_ENOUGH", 2.0)  # never reached: the share is at most 1
@@ -351,8 +351,8 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
     try:
         with engine.connect() as computing, engine.connect() as applying:
             with sessionmaker(bind=computing).begin() as session:
-                found, first, last = rollup_pass.compute_pass(session, pass_id, tenant, 1000, now_us(),
-                                                              scan_from=1 if scan else 10**9, visible_enough=2.0)
+                found, first, last, _ = rollup_pass.compute_pass(session, pass_id, tenant, 1000, now_us(),
+                                                                 scan_from=1 if scan else 10**9, visible_enough=2.0)
             # Committed after the pass read the events: it re-marks the day, week and month of "a".
             record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
             with sessionmaker(bind=applying).begin() as session:

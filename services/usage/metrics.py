@@ -33,6 +33,14 @@ ROLLUP_DIRTY_BUCKETS = Gauge(
     "tollgate_rollup_dirty_buckets",
     "Rollup buckets waiting to be recomputed, every tenant, as this instance last saw them.",
 )
+ROLLUP_REFUSED_BUCKETS = Counter(
+    "tollgate_rollup_refused_buckets_total",
+    "Buckets a rollup left dirty because their total does not fit in int64, by period; counted at each run that "
+    "meets one (it is tried again at the next).",
+    ["period"],
+)
+for _period in ("DAY", "WEEK", "MONTH"):  # exposed at 0 from the start, so that an alert on its increase works
+    ROLLUP_REFUSED_BUCKETS.labels(_period)
 ROLLUP_OLDEST_DIRTY_SECONDS = Gauge(
     "tollgate_rollup_oldest_dirty_seconds",
     "Age of the oldest dirty rollup bucket (0 when none), as this instance last saw it.",

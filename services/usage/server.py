@@ -19,7 +19,8 @@ def build(settings: Settings) -> RunningServer:
     engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
                                application_name="tollgate-usage", settings=GENERIC_PLANS, pre_ping=False)
     sessions = session_factory(engine)
-    # GetUsage, ListAggregates and ListEvents: one statement each, on connections that stay in autocommit.
+    # GetUsage, ListAggregates, ListEvents, token lookups and readiness: one statement each, on connections that
+    # stay in autocommit (SQLite: readers that never wait for the write lock a rollup or an ingest holds).
     reads = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
                               application_name="tollgate-usage-reads", settings=INDEXED_READS, pre_ping=False,
                               autocommit=True)
@@ -33,8 +34,8 @@ def build(settings: Settings) -> RunningServer:
         ],
         service_names=[grpc_api.USAGE, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,
-        authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
-        ready=migrate.readiness_check(engine, service="usage", schema=tables.SCHEMA),
+        authenticator=auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds),
+        ready=migrate.readiness_check(reads, service="usage", schema=tables.SCHEMA),
         background=[job for job in [rollups.scheduled_job(sessions, settings.rollup_interval_seconds),
                                     purge.retention_job(sessions, settings.retention_days, RETENTION_EVERY_SECONDS)]
                     if job],

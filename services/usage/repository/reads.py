@@ -9,6 +9,8 @@ from sqlalchemy import BigInteger, String, and_, any_, bindparam, case, exists, 
     or_, select, true, union_all
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.selectable import Join
 
 from services.usage.buckets import DAY_US, HOUR_US, Period
 from services.usage.domain import Classification, Event
@@ -40,7 +42,8 @@ def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tu
         if row[0] is None:
             purged_before = int(row[-3])
         else:
-            rows.append((row[0], row[1] if by_actor else "", int(row[-3]), int(row[-2]), row[-1]))
+            quantity = int(row[-3]) if postgres else int(row[-4]) * _SPLIT + int(row[-3])
+            rows.append((row[0], row[1] if by_actor else "", quantity, int(row[-2]), row[-1]))
     return sorted(rows, key=lambda r: (r[0], r[1])), purged_before
 
 
@@ -88,6 +91,8 @@ def _driver_statement(shape: tuple, dialect) -> tuple[str, dict]:
 # Constants written into the statement rather than bound: shorter text, nothing for the planner to guess.
 _DAY, _ZERO, _ONE = literal_column(str(int(Period.DAY))), literal_column("0"), literal_column("1")
 _HOUR_US, _DAY_US = literal_column(str(HOUR_US)), literal_column(str(DAY_US))
+_SPLIT = 2**32
+_SPLIT_SQL = literal_column(str(_SPLIT))
 
 
 def _parameters(query: UsageQuery, plan: ReadPlan) -> dict:
@@ -144,11 +149,20 @@ def _totals_statement(by_actor: bool, actor_filter: bool, metric_filter: bool, r
     # GROUP BY per part, and the join before grouping, cost 70 us of a 450 us statement.
     union = union_all(*parts).subquery("parts")
     keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
-    sums = select(*keys, func.sum(union.c.quantity).label("quantity"), func.sum(union.c.event_count).label("events")) \
+    if postgres:  # sum(bigint) is numeric: exact beyond a bigint
+        quantity = [func.sum(union.c.quantity).label("quantity")]
+    else:
+        # SQLite's sum() fails on an integer overflow: the quantities' high and low 32 bits are summed apart
+        # (neither can overflow) and put together in Python, so a total beyond int64 is still known exactly.
+        quantity = [func.sum(union.c.quantity.op("/")(_SPLIT_SQL)).label("high"),
+                    func.sum(union.c.quantity.op("%")(_SPLIT_SQL)).label("quantity")]
+    sums = select(*keys, *quantity, func.sum(union.c.event_count).label("events")) \
         .group_by(*keys).having(func.sum(union.c.event_count) > 0).subquery("t")
-    totals = select(*[sums.c[key.name] for key in keys], sums.c.quantity, sums.c.events, _metrics.c.classification) \
+    totals = select(*[sums.c[key.name] for key in keys], *([] if postgres else [sums.c.high]), sums.c.quantity,
+                    sums.c.events, _metrics.c.classification) \
         .select_from(sums.outerjoin(_metrics, _metrics.c.name == sums.c.metric))
-    horizon = select(null(), *([null()] if by_actor else []), _horizons.c.purged_before_us, literal(0), null()) \
+    horizon = select(null(), *([null()] if by_actor else []), *([] if postgres else [literal(0)]),
+                     _horizons.c.purged_before_us, literal(0), null()) \
         .where(_horizons.c.tenant_id == tenant)
     return union_all(totals, horizon)
 
@@ -190,11 +204,27 @@ def _bucket_parts(tenant, hour_ranges: int, days: bool, postgres: bool) -> list[
     hour = _day_hours(postgres)
     start = mark.c.period_start_us + hour * _HOUR_US
     dirty_hours = select(mark.c.metric, _events.c.quantity.label("quantity"), _ONE.label("event_count")) \
-        .join_from(mark, hour.table, true()) \
-        .join(_events, and_(_events.c.tenant_id == tenant, _events.c.metric == mark.c.metric,
-                            _events.c.occurred_at_us >= start, _events.c.occurred_at_us < start + _HOUR_US)) \
+        .select_from(_HoursFirst(mark.join(hour.table, true()), _events, and_(
+            _events.c.tenant_id == tenant, _events.c.metric == mark.c.metric, _events.c.occurred_at_us >= start,
+            _events.c.occurred_at_us < start + _HOUR_US))) \
         .where(marked, mark.c.dirty_hours.op(">>")(hour).op("&")(_ONE) == _ONE, in_span(hour))
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
+
+
+class _HoursFirst(Join):
+    """A join of the marks and their hours to the events, the hours looped over first on SQLite too (CROSS JOIN),
+    so that each dirty hour reads its own range of events_by_metric_time. SQLite's planner, which cannot tell
+    how many rows json_each yields, otherwise walked every event of the tenant and each of the 24 hours for
+    each: a backlog of dirty days made a GetUsage a hundred times slower."""
+
+    inherit_cache = True
+
+
+@compiles(_HoursFirst, "sqlite")
+def _cross_join(join, compiler, **kw) -> str:
+    kw.pop("asfrom", None)
+    return (f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
+            f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}")
 
 
 def _row_of(mark, tenant):

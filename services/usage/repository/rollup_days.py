@@ -29,7 +29,7 @@ _DAY_COLUMNS = """(mark, version, series, tenant_id, metric, period, period_star
                   digest, hour_offsets, hour_quantities, hour_counts, hour_digests)"""
 _DAY_VALUES = """m.mark, m.version, m.series, m.tenant_id, m.metric, 2, m.period_start_us, coalesce(d.quantity, 0),
        coalesce(d.events, 0), coalesce(d.digest, 0), coalesce(d.offsets, ARRAY[]::smallint[]),
-       coalesce(d.quantities, ARRAY[]::bigint[]), coalesce(d.counts, ARRAY[]::bigint[]),
+       coalesce(d.quantities, ARRAY[]::numeric[]), coalesce(d.counts, ARRAY[]::bigint[]),
        coalesce(d.digests, ARRAY[]::numeric[])"""
 # Day marks with their hours, each day read from events_by_metric_time, index only. A day with no clean
 # hour to keep (every hour dirty, as in a backlog, or no stored row yet) is read as one range, its hours

@@ -27,10 +27,13 @@ at once.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import text
 
 from services.usage.buckets import DAY_US, WEEK_US, Period
 from services.usage.repository import rollup_days
+from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
 from services.usage.repository.rollup_days import MARKS as _MARKS
 from services.usage.repository.rollup_days import WORK as _WORK
 from services.usage.tables import HOUR_COLUMNS
@@ -45,12 +48,13 @@ _TEMP_TABLES = (
         metric varchar(128) NOT NULL, period smallint NOT NULL, period_start_us bigint NOT NULL,
         period_end_us bigint NOT NULL, dirty_hours integer NOT NULL) ON COMMIT DROP""",
     # One row per mark of the pass with its bucket's totals; `digest` is the exact sum of the events'
-    # hashes (numeric), folded to 64 bits when stored.
+    # hashes (numeric), folded to 64 bits when stored. Quantities are exact sums (numeric) too: a total
+    # beyond a bigint is found and left out at the hand-over, instead of failing the whole pass.
     """CREATE TEMP TABLE usage_rollup_work (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, mark tid NOT NULL, version xid NOT NULL,
         series integer NOT NULL, tenant_id varchar(128) NOT NULL, metric varchar(128) NOT NULL,
-        period smallint NOT NULL, period_start_us bigint NOT NULL, total_quantity bigint NOT NULL,
-        event_count bigint NOT NULL, digest numeric NOT NULL, hour_offsets smallint[], hour_quantities bigint[],
+        period smallint NOT NULL, period_start_us bigint NOT NULL, total_quantity numeric NOT NULL,
+        event_count bigint NOT NULL, digest numeric NOT NULL, hour_offsets smallint[], hour_quantities numeric[],
         hour_counts bigint[], hour_digests numeric[]) ON COMMIT DROP""",
 )
 _MONTH_END = ("(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) AT TIME ZONE 'UTC') "
@@ -104,11 +108,14 @@ WHERE m.period = ANY (:periods)
 GROUP BY m.mark, m.version, m.series, m.tenant_id, m.metric, m.period, m.period_start_us"""
 _INDEXES = (f"CREATE INDEX usage_rollup_work_key ON {_WORK} (series, period, period_start_us)",)
 # The pass, handed over: the digest folded to 64 bits (to_hex of the two's complement bigint, 16 digits).
+# A bucket whose total is beyond a bigint (its hours and running sums are not) stays behind, with its mark.
 _HAND_OVER = f"""INSERT INTO {_PASSES} (pass_id, created_at_us, mark, version, tenant_id, metric, period,
                                       period_start_us, total_quantity, event_count, source_hash, {_HOURS})
 SELECT :pass, :now, mark, version, tenant_id, metric, period, period_start_us, total_quantity, event_count,
        lpad(to_hex((mod(mod(digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0'), {_HOURS}
-FROM {_WORK} ORDER BY seq"""
+FROM {_WORK} WHERE total_quantity <= {MAX_TOTAL} ORDER BY seq"""
+_REFUSED = f"""SELECT tenant_id, metric, period, period_start_us, total_quantity FROM {_WORK}
+WHERE total_quantity > {MAX_TOTAL} ORDER BY tenant_id, metric, period, period_start_us"""
 # Usage's connections plan prepared statements once (generic plans, for GetUsage); a pass and its
 # applies are big, run rarely and depend on their values, so they are planned for each run.
 _PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan", "enable_memoize = off")
@@ -135,10 +142,20 @@ ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
 
 
+class Pass(NamedTuple):
+    """A computed pass: the marks it read, the seq range of its rows in usage.rollup_work, and the buckets left out
+    because their totals do not fit in a bigint (their marks stay)."""
+
+    found: int
+    first: int
+    last: int
+    refused: list[RefusedBucket]
+
+
 def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_us: int, *, scan_from: int,
-                 visible_enough: float) -> tuple[int, int, int]:
+                 visible_enough: float) -> Pass:
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
-    as pass `pass_id`: (marks, first seq, last seq).
+    as pass `pass_id`.
 
     Must be the transaction's first statement (it sets REPEATABLE READ). From `scan_from` day marks on,
     when less than `visible_enough` of the events table is all-visible, the days read whole come from
@@ -159,7 +176,8 @@ def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_u
     session.execute(text(_HAND_OVER), {"pass": pass_id, "now": now_us})
     first, last = session.execute(text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"),
                                   {"pass": pass_id}).one()
-    return found, first or 0, last or 0
+    refused = [RefusedBucket(t, m, p, s, int(q)) for t, m, p, s, q in session.execute(text(_REFUSED))]
+    return Pass(found, first or 0, last or 0, refused)
 
 
 def apply_pass(session, pass_id: int, after: int, size: int, now_us: int) -> int:

@@ -14,22 +14,36 @@ read of the events serves the four periods. It detects change, not tampering (64
 cryptographic hash). Aggregates stored under the previous definition (SHA-256 of sorted lines, 64
 digits) get the new digest when next recomputed.
 
-On PostgreSQL a rollup runs in passes (repository/rollup_pass.py): days with their hours from raw
-events, weeks and months folded from days. SQLite, whose writers are serialised, recomputes bucket
-by bucket (a day with all its hours) from raw events here; both give the same totals.
+On PostgreSQL a rollup runs in passes (repository/rollup_pass.py), on SQLite in short steps
+(repository/rollup_serial.py): both recompute days with their hours from raw events and fold weeks and
+months from days, and give the same totals. A bucket whose total does not fit in a BIGINT (MAX_TOTAL)
+is never stored: it keeps its mark and is reported as a RefusedBucket, and every other bucket is
+rolled up as usual.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sqlalchemy import and_, func, select
 
-from services.usage.buckets import DAY_US, HOUR_US, Period, next_start
+from services.usage.buckets import DAY_US, HOUR_US, Period
 from services.usage.queries import Aggregate
-from services.usage.repository import dialect_insert, is_postgres
-from services.usage.source_hash import pg_hash_text
-from services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, rollup_runs
+from services.usage.repository import dialect_insert
+from services.usage.tables import aggregates, dirty_buckets, rollup_runs
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
+MAX_TOTAL = 2**63 - 1  # the largest total an aggregate (BIGINT) stores
+
+
+class RefusedBucket(NamedTuple):
+    """A bucket a rollup could not store: its total does not fit in a BIGINT."""
+
+    tenant_id: str
+    metric: str
+    period: int
+    period_start_us: int
+    total_quantity: int
 
 
 def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int) -> None:
@@ -37,68 +51,20 @@ def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int]
 
     DO UPDATE (not DO NOTHING) on purpose: on PostgreSQL it waits for a rollup holding the row and,
     once that rollup deleted it, inserts it again, so an event committed after the rollup read the
-    bucket always leaves it dirty. The hours add to those already marked.
+    bucket always leaves it dirty; and it writes a new version of a mark that was there, which tells a
+    pass's apply (rollup_pass.py) that the bucket changed. The hours add to those already marked;
+    marked_at stays the time the bucket became dirty, so the backlog's age grows while it waits, however
+    many events keep arriving.
     """
     if not buckets:
         return
     rows = [dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=bits)
             for (m, p, s), bits in sorted(buckets.items())]
     statement = dialect_insert(session, dirty_buckets)
-    greatest = func.greatest if is_postgres(session) else func.max
     statement = statement.on_conflict_do_update(
         index_elements=list(_KEY),
-        set_={"marked_at_us": greatest(statement.excluded.marked_at_us, dirty_buckets.c.marked_at_us),
-              "dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)})
+        set_={"dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)})
     session.execute(statement, rows)
-
-
-# --- SQLite: writers are serialised, so a claim is simply the first marks; one bucket at a time -------------------
-
-def claim_dirty(session, tenant_id: str | None, limit: int) -> list[tuple]:
-    """Up to `limit` dirty buckets: (tenant, metric, period, start, marked_at, dirty_hours)."""
-    statement = select(dirty_buckets).order_by(*[dirty_buckets.c[k] for k in _KEY]).limit(limit)
-    if tenant_id:
-        statement = statement.where(dirty_buckets.c.tenant_id == tenant_id)
-    return [tuple(row) for row in session.execute(statement)]
-
-
-def recompute(session, tenant_id: str, metric: str, period: int, start_us: int, now_us: int) -> None:
-    """Recompute one bucket (a day with its hours) from raw events and store it (deterministic: same events,
-    same row)."""
-    end_us = next_start(Period(period), start_us)
-    statement = select(events.c.event_id, events.c.content_hash, events.c.quantity, events.c.occurred_at_us) \
-        .where(events.c.tenant_id == tenant_id, events.c.metric == metric,
-               events.c.occurred_at_us >= start_us, events.c.occurred_at_us < end_us)
-    hours: dict[int, list[int]] = {}  # offset -> [quantity, count, digest]
-    for event_id, content_hash, quantity, occurred_at_us in session.execute(statement):
-        cell = hours.setdefault((occurred_at_us - start_us) // HOUR_US, [0, 0, 0])
-        cell[0] += quantity
-        cell[1] += 1
-        cell[2] += pg_hash_text(f"{event_id}:{content_hash}".encode())
-    digest = sum(cell[2] for cell in hours.values())
-    row = dict(tenant_id=tenant_id, metric=metric, period=period, period_start_us=start_us,
-               total_quantity=sum(cell[0] for cell in hours.values()),
-               event_count=sum(cell[1] for cell in hours.values()), source_hash=format(digest % 2**64, "016x"),
-               computed_at_us=now_us, **dict.fromkeys(HOUR_COLUMNS))
-    if period == Period.DAY:
-        offsets = sorted(hours)
-        row.update(hour_offsets=offsets, hour_quantities=[hours[o][0] for o in offsets],
-                   hour_counts=[hours[o][1] for o in offsets], hour_digests=[hours[o][2] for o in offsets])
-    upsert = dialect_insert(session, aggregates)
-    session.execute(upsert.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={k: upsert.excluded[k] for k in ("total_quantity", "event_count", "source_hash", "computed_at_us",
-                                              *HOUR_COLUMNS)}),
-        row)
-
-
-def clear_dirty(session, claimed: tuple) -> None:
-    """Delete the dirty mark only if no event re-marked it since it was claimed."""
-    tenant_id, metric, period, start_us, marked_at_us = claimed[:5]
-    session.execute(dirty_buckets.delete().where(
-        dirty_buckets.c.tenant_id == tenant_id, dirty_buckets.c.metric == metric,
-        dirty_buckets.c.period == period, dirty_buckets.c.period_start_us == start_us,
-        dirty_buckets.c.marked_at_us == marked_at_us))
 
 
 def record_run(session, tenant_id: str | None, now_us: int, buckets: int) -> None:

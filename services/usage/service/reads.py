@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from shared import auth, pagination, timeconv
-from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, require
+from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, OutOfRange, require
 
 from services.usage import read_plan
 from services.usage.domain import MAX_ID_LENGTH, Classification
 from services.usage.queries import EventFilter, Page, UsageQuery, UsageTotal
 from services.usage.repository import reads as reads_sql
+from services.usage.repository.rollups import MAX_TOTAL
 from services.usage.service.checks import MAX_US, MIN_US, check_instant, check_tenant, check_text
 
 MAX_METRICS = 1000
@@ -30,8 +31,19 @@ def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
         rows, purged_before = reads_sql.usage_totals(connection, query, cover)
     if purged_before is not None and cover.raw_reaches_before(purged_before):
         raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
+    _check_fits(rows, query)
     return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
             for metric, actor, quantity, count, classification in rows]
+
+
+def _check_fits(rows: list[tuple], query: UsageQuery) -> None:
+    """Raise OutOfRange when a total is beyond int64, the type of UsageTotal.quantity."""
+    for metric, actor, quantity, _, _ in rows:
+        if quantity > MAX_TOTAL:
+            whose = f" of actor {actor!r}" if actor else ""
+            raise OutOfRange(f"the total of metric {metric!r}{whose} from {timeconv.iso(query.start_us)} to "
+                             f"{timeconv.iso(query.end_us)} is {quantity}, beyond the largest int64 ({MAX_TOTAL}); "
+                             "ask for a shorter range and add the totals up", reason="TOTAL_OUT_OF_RANGE")
 
 
 def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: bool) -> str:

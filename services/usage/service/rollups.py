@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from services.usage import metrics
 from services.usage.buckets import Period
 from services.usage.queries import Page
 from services.usage.repository import in_transaction
-from services.usage.repository import rollup_pass
+from services.usage.repository import rollup_pass, rollup_serial
 from services.usage.repository import rollups as rollups_sql
+from services.usage.repository.rollups import RefusedBucket
 from services.usage.service import schedule
 from services.usage.service.checks import check_instant, check_tenant, check_text
 
@@ -27,7 +29,10 @@ CLAIM_SIZE = 1000
 PASS_SIZE = 100_000
 SCAN_FROM = 5_000
 VISIBLE_ENOUGH = 0.9
-SERIAL_CLAIM_SIZE = 100  # SQLite: buckets per transaction, recomputed one by one
+# SQLite: rows (events, stored rows) a rollup step reads in its one transaction, which holds the write lock; an
+# event costs most, its digest being computed in Python.
+SERIAL_ROWS = 2000
+log = logging.getLogger("tollgate.usage.rollups")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class RunReport:
     buckets_recomputed: int
     buckets_remaining: int
     duration_seconds: float
+    buckets_refused: int = 0  # left dirty: their totals do not fit in int64
 
 
 @dataclass(frozen=True)
@@ -71,45 +77,58 @@ def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
 
     Safe with any number of concurrent workers: on PostgreSQL a mark is cleared only by the worker
     that locked it (FOR UPDATE SKIP LOCKED) still at the version its totals were computed from;
-    SQLite serialises write transactions.
+    SQLite serialises write transactions. A bucket whose total does not fit in int64 is left dirty,
+    logged and counted, and every other bucket is rolled up all the same.
     """
     started = time.monotonic()
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
-    done = (_roll_up_in_passes if postgres else _roll_up_serially)(sessions, tenant_id, max_buckets)
+    done, refused = (_roll_up_in_passes if postgres else _roll_up_serially)(sessions, tenant_id, max_buckets)
+    _report_refused(refused)
     now_us = timeconv.now_micros()
     with sessions.begin() as session:
         rollups_sql.record_run(session, tenant_id, now_us, done)
         remaining, oldest = rollups_sql.dirty_summary(session, tenant_id)
     if tenant_id is None:
         metrics.observe_backlog(remaining, oldest, now_us)
-    return RunReport(done, remaining, time.monotonic() - started)
+    return RunReport(done, remaining, time.monotonic() - started, len(refused))
 
 
-def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> int:
+def _report_refused(refused: dict[tuple, RefusedBucket]) -> None:
+    for bucket in refused.values():
+        period = Period(bucket.period).name
+        metrics.ROLLUP_REFUSED_BUCKETS.labels(period).inc()
+        log.error("rollup left a bucket dirty: its total does not fit in int64", extra={"fields": {
+            "tenant_id": bucket.tenant_id, "metric": bucket.metric, "period": period,
+            "period_start": timeconv.iso(bucket.period_start_us), "total_quantity": str(bucket.total_quantity)}})
+
+
+def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
     """PostgreSQL: each pass computes up to PASS_SIZE buckets in one snapshot, applied CLAIM_SIZE at a time.
 
     The pass holds no row locks, however many events it reads; each apply transaction writes at most
     CLAIM_SIZE buckets. Every transaction may run on its own connection (PgBouncer transaction pooling).
+    (buckets done, buckets refused by key).
     """
-    done = 0
+    done, refused = 0, {}
     while not max_buckets or done < max_buckets:
         limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
         pass_id = secrets.randbits(63)
         try:
-            found, first, last = in_transaction(sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id,
-                                                                  limit=limit))
+            computed = in_transaction(sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id,
+                                                        limit=limit))
             applied = sum(in_transaction(sessions, partial(_apply_claim, pass_id=pass_id, after=after))
-                          for after in (range(first - 1, last, CLAIM_SIZE) if found else ()))
+                          for after in (range(computed.first - 1, computed.last, CLAIM_SIZE) if computed.last else ()))
         finally:
             in_transaction(sessions, partial(rollup_pass.drop_pass, pass_id=pass_id))
         done += applied
+        refused.update((bucket[:4], bucket) for bucket in computed.refused)
         # A full pass may have left marks behind it; a pass whose marks all changed meanwhile stops the run.
-        if found < limit or not applied:
+        if computed.found < limit or not applied:
             break
-    return done
+    return done, refused
 
 
-def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> tuple[int, int, int]:
+def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
     return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, timeconv.now_micros(), scan_from=SCAN_FROM,
                                     visible_enough=VISIBLE_ENOUGH)
 
@@ -118,25 +137,24 @@ def _apply_claim(session, *, pass_id: int, after: int) -> int:
     return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, timeconv.now_micros())
 
 
-def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> int:
-    """SQLite: claim SERIAL_CLAIM_SIZE marks per transaction and recompute them bucket by bucket."""
-    done = 0
+def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
+    """SQLite: steps of one short transaction each, every mark visited once per run, in key order; a step stops
+    once it has read SERIAL_ROWS rows (events and stored rows), at the end of the hour it is in.
+    (buckets done, buckets refused by key)."""
+    done, refused, after = 0, {}, None
     while not max_buckets or done < max_buckets:
-        size = SERIAL_CLAIM_SIZE if not max_buckets else min(SERIAL_CLAIM_SIZE, max_buckets - done)
-        claimed = in_transaction(sessions, lambda session: _recompute_claimed(session, tenant_id, size))
-        done += claimed
-        if claimed < size:
+        step = in_transaction(sessions, partial(_serial_step, tenant_id=tenant_id, after=after,
+                                                max_buckets=max_buckets - done if max_buckets else 0))
+        done, after = done + step.done, step.after
+        refused.update((bucket[:4], bucket) for bucket in step.refused)
+        if step.finished:
             break
-    return done
+    return done, refused
 
 
-def _recompute_claimed(session, tenant_id: str | None, size: int) -> int:
-    now_us = timeconv.now_micros()
-    claimed = rollups_sql.claim_dirty(session, tenant_id, size)
-    for bucket in claimed:
-        rollups_sql.recompute(session, *bucket[:4], now_us)
-        rollups_sql.clear_dirty(session, bucket)
-    return len(claimed)
+def _serial_step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
+    return rollup_serial.roll_up_step(session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets,
+                                      now_us=timeconv.now_micros())
 
 
 def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
@@ -175,7 +193,8 @@ def scheduled_job(sessions, interval_seconds: float):
 
     def run() -> dict:
         report = roll_up(sessions, None)
-        return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining}
+        return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining,
+                "refused": report.buckets_refused}
 
     def skipped() -> None:
         # Another instance holds this round: the backlog gauges of this one must not go stale.
