@@ -282,7 +282,7 @@ _DAYS = pytest.mark.parametrize("late, scan", [(False, False), (True, False), (F
 def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_raw_sums(
         dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late, scan):
     if dbs.backend == "sqlite" and scan:
-        pytest.skip("SQLite recomputes bucket by bucket; only PostgreSQL reads a backlog by scan")
+        pytest.skip("only PostgreSQL reads a backlog by scan; SQLite reads a day hour by hour")
     monkeypatch.setattr(rollups, "CLAIM_SIZE", 3)
     monkeypatch.setattr(rollups, "SERIAL_ROWS", 3)
     monkeypatch.setattr(rollups, "PASS_SIZE", 7)
