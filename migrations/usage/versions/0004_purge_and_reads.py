@@ -4,11 +4,11 @@ Revision ID: usage_0004
 Revises: usage_0003
 """
 
+from datetime import datetime, timedelta, timezone
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql, sqlite
-
-from services.usage.buckets import buckets_of
 
 revision = "usage_0004"
 down_revision = "usage_0003"
@@ -17,6 +17,11 @@ depends_on = None
 
 SCHEMA = "usage"
 HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+WEEK_US = 7 * DAY_US
+# 1970-01-01 was a Thursday: ISO weeks (Monday 00:00 UTC) are offset by three days from the epoch.
+MONDAY_OFFSET_US = 3 * DAY_US
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def upgrade() -> None:
@@ -57,11 +62,23 @@ def _mark_unrolled_events_dirty() -> None:
     covered = sa.exists().where(aggregates.c.tenant_id == events.c.tenant_id, aggregates.c.metric == events.c.metric,
                                 aggregates.c.period == 1, aggregates.c.period_start_us == hour)
     hours = bind.execute(sa.select(events.c.tenant_id, events.c.metric, hour).distinct().where(~covered)).all()
-    marks = {(tenant, metric, int(period), start) for tenant, metric, at in hours for period, start in buckets_of(at)}
+    marks = {(tenant, metric, period, start) for tenant, metric, at in hours for period, start in _buckets_of(at)}
     insert = (postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert)(dirty)
     rows = [dict(tenant_id=t, metric=m, period=p, period_start_us=s, marked_at_us=0) for t, m, p, s in sorted(marks)]
     for chunk in range(0, len(rows), 1000):
         bind.execute(insert.on_conflict_do_nothing(), rows[chunk:chunk + 1000])
+
+
+def _buckets_of(micros: int) -> list[tuple[int, int]]:
+    """(period, start) of the hour (1), day (2), ISO week (3) and month (4) holding the instant.
+
+    The bucket math as this revision shipped it, copied here so that history does not move when the
+    live code does.
+    """
+    moment = EPOCH + timedelta(microseconds=micros)
+    month_start = (datetime(moment.year, moment.month, 1, tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
+    return [(1, micros - micros % HOUR_US), (2, micros - micros % DAY_US),
+            (3, micros - (micros + MONDAY_OFFSET_US) % WEEK_US), (4, month_start)]
 
 
 def downgrade() -> None:

@@ -1,5 +1,9 @@
 """Both migration histories upgrade and downgrade, each inside its own schema only."""
 
+import ast
+import sys
+from datetime import datetime, timezone
+
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
@@ -65,6 +69,68 @@ def test_on_sqlite_a_history_goes_up_down_and_up_again(tmp_path, service):
     migrate.upgrade(service, url)
     assert migrate.current_revision(engine, service) == migrate.head_revision(service)
     engine.dispose()
+
+
+def test_no_revision_imports_the_live_code():
+    """History is frozen: a revision that imported services/ or shared/ would change when they do."""
+    allowed = set(sys.stdlib_module_names) | {"sqlalchemy", "alembic"}
+    imported = {}
+    for path in sorted(migrate.MIGRATIONS_DIR.glob("*/versions/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            imported.update({f"{path.parent.parent.name}/{path.name}: {n}": n for n in names})
+    assert len(imported) > 20  # every revision was read
+    assert [k for k, name in imported.items() if name.split(".")[0] not in allowed] == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_usage_0004_marks_dirty_the_hour_day_week_and_month_of_events_no_hour_aggregate_covers(tmp_path, backend):
+    """Reads trust aggregates from usage_0004 on: events stored before rollups existed get rolled up first."""
+    def micros(*moment) -> int:
+        return int(datetime(*moment, tzinfo=timezone.utc).timestamp()) * 1_000_000
+
+    stored = dict(metric="api.requests", quantity=1, actor_id="a", source_service="s", classification="BILLABLE",
+                  content_hash="c" * 64, received_at_us=0)
+    leap_day, covered_hour = micros(2024, 2, 29, 13, 45), micros(2024, 3, 4, 9)
+    with support.fresh_databases(backend, tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0003")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        with engine.begin() as connection:
+            connection.execute(tables.events.insert(), [  # 0002's columns
+                dict(stored, tenant_id="t", event_id="1", occurred_at_us=leap_day),
+                dict(stored, tenant_id="t", event_id="2", occurred_at_us=leap_day + 60_000_000),
+                dict(stored, tenant_id="t", event_id="3", occurred_at_us=covered_hour + 1)])
+            connection.execute(tables.aggregates.insert(), [dict(  # 0003's columns: no hours yet
+                tenant_id="t", metric="api.requests", period=1, period_start_us=covered_hour, total_quantity=1,
+                event_count=1, source_hash="h", computed_at_us=0)])
+        migrate.upgrade("usage", dbs.usage_url, "usage_0004")
+        with engine.connect() as connection:
+            marks = connection.execute(select(tables.dirty_buckets.c.tenant_id, tables.dirty_buckets.c.metric,
+                                              tables.dirty_buckets.c.period, tables.dirty_buckets.c.period_start_us,
+                                              tables.dirty_buckets.c.marked_at_us)).all()
+        engine.dispose()
+    assert sorted(tuple(m) for m in marks) == [  # the covered hour's event (9:00 on 4 March) marks nothing
+        ("t", "api.requests", 1, micros(2024, 2, 29, 13), 0), ("t", "api.requests", 2, micros(2024, 2, 29), 0),
+        ("t", "api.requests", 3, micros(2024, 2, 26), 0), ("t", "api.requests", 4, micros(2024, 2, 1), 0)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_usage_0005_creates_the_audit_chain_as_declared_with_its_head_at_the_zero_hash(tmp_path, backend):
+    with support.fresh_databases(backend, tmp_path) as dbs:
+        migrate.downgrade("usage", dbs.usage_url, "usage_0004")
+        migrate.upgrade("usage", dbs.usage_url, "usage_0005")
+        engine = create_engine_for(dbs.usage_url, schema="usage")
+        with engine.connect() as connection:
+            head = connection.execute(select(tables.audit_head)).all()
+            schema = None if backend == "sqlite" else "usage"
+            columns = [c["name"] for c in inspect(connection).get_columns("audit_records", schema=schema)]
+            indexes = {i["name"]: i["column_names"] for i in inspect(connection).get_indexes("audit_records",
+                                                                                                schema=schema)}
+        engine.dispose()
+    assert [tuple(r) for r in head] == [(1, 0, "0" * 64)]
+    assert columns == [c.name for c in tables.audit_records.columns]
+    assert indexes == {"audit_records_tenant_idx": ["tenant_id", "sequence"]}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
