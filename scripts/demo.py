@@ -102,7 +102,7 @@ def banner() -> str:
 
 
 def readme_calls() -> list[str]:
-    """The grpcurl calls of the README, in order (tested by tests/test_readme_calls.py)."""
+    """The grpcurl calls of the README, in order (tested by tests/deploy/test_readme_calls.py)."""
     text = (ROOT / "README.md").read_text()
     blocks = text.split("```sh\n")[1:]
     return [line for block in blocks for line in block.split("```")[0].splitlines() if line.startswith("grpcurl")]

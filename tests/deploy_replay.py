@@ -1,4 +1,4 @@
-"""Replay a Dockerfile's steps outside Docker, into a temporary root, for tests/test_deploy_image.py.
+"""Replay a Dockerfile's steps outside Docker, into a temporary root, for tests/deploy/test_deploy_image.py.
 
 Container paths (/src, /app, /opt/...) are re-rooted under `root`; COPY, ENV, WORKDIR, SHELL
 and RUN run as Docker would run them, so a broken step fails here as it would in `docker build`.

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from services.usage import tables as usage_tables
 from shared.db import create_engine_for
 from tests import support
-from tests.test_health_database import wait_for_health
+from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import MINUTE_US, event, now_us
 from tollgate.usage.v1 import usage_pb2 as u
 from grpc_health.v1 import health_pb2

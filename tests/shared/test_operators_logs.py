@@ -21,7 +21,7 @@ from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UNKNOWN = "tg_0123456789abcdef_" + "A" * 43
 
 

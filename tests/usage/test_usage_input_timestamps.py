@@ -8,8 +8,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2
 
 from tests import support
-from tests.test_usage_input_tenants import refused, violations
-from tests.test_usage_stream_batches import field_violations
+from tests.usage.test_usage_input_tenants import refused, violations
+from tests.usage.test_usage_stream_batches import field_violations
 from tests.usage_support import MINUTE_US, event, list_all, now_us, record, totals, ts, verdicts
 from tollgate.usage.v1 import usage_pb2 as u
 

@@ -12,10 +12,10 @@ import pytest
 
 from clients.recorder import UsageRecorder
 from tests import support
-from tests.test_recorder import METRIC, dead_target, totals
+from tests.clients.test_recorder import METRIC, dead_target, totals
 
 COUNT = 3_000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_child_until_persisted_then_kill(target: str, token: str, tenant: str, spool: str) -> None:

@@ -17,14 +17,14 @@ from shared.server import MAX_MESSAGE_BYTES
 from tests import fault_support, support
 from tests.conftest import ALL_SCOPES, status_of
 from tests.policy_support import Client, suffix
-from tests.test_health_database import wait_for_health
+from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import event, totals
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 USAGE, USAGE_ADMIN = "tollgate.usage.v1.UsageService", "tollgate.usage.v1.UsageAdminService"
 POLICY, POLICY_ADMIN = "tollgate.policy.v1.PolicyService", "tollgate.policy.v1.PolicyAdminService"
 # Every label a series may carry: enums and outcomes, plus the client library's own process/python series.

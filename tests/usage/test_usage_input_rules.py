@@ -7,7 +7,7 @@ import pytest
 
 from services.usage.buckets import HOUR_US, Period, start_of
 from tests import support
-from tests.test_usage_input_tenants import refused, violations
+from tests.usage.test_usage_input_tenants import refused, violations
 from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, totals, ts, verdicts
 from tollgate.usage.v1 import usage_pb2 as u
 

@@ -13,12 +13,12 @@ from grpc_health.v1 import health_pb2
 
 from scripts.pgcluster import free_port
 from tests import support
-from tests.test_health_database import wait_for_health
+from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import event, tenant_token, totals
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BATCHES, BATCH_SIZE = 60, 200
 SERVING = health_pb2.HealthCheckResponse.SERVING
 

@@ -10,9 +10,9 @@ from grpc_health.v1 import health_pb2
 
 from scripts.pgcluster import free_port
 from shared import migrate
-from tests.test_health_database import wait_for_health
+from tests.shared.test_health_database import wait_for_health
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def start(module: str, env: dict) -> subprocess.Popen:

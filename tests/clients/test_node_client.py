@@ -12,7 +12,7 @@ import pytest
 from tests import support
 from tollgate.policy.v1 import policy_pb2 as p
 
-NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 
 
 @pytest.fixture(scope="session")
