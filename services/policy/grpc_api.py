@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.auth import principal
-from services.policy import convert
+from services.policy import grpc_convert
 from services.policy.service import active, audit, catalog, grants, resolve, tenants
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
@@ -39,14 +39,14 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.tenant_id, request.user_id, request.feature_id, request.requested_mode,
             request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
             budget=context.time_remaining())
-        return pb.ResolveModeResponse(resolution=convert.resolution_out(resolution), policy_version=version)
+        return pb.ResolveModeResponse(resolution=grpc_convert.resolution_out(resolution), policy_version=version)
 
     def ResolveModes(self, request, context):
         resolutions, version = resolve.resolve_modes(
             request.tenant_id, request.user_id, list(request.feature_ids), request.requested_mode,
             request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
             budget=context.time_remaining())
-        return pb.ResolveModesResponse(resolutions=[convert.resolution_out(r) for r in resolutions],
+        return pb.ResolveModesResponse(resolutions=[grpc_convert.resolution_out(r) for r in resolutions],
                                        policy_version=version)
 
 
@@ -56,7 +56,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             cache=self._cache, usage=self._usage, quotas=self._quotas, caller=principal(),
             budget=context.time_remaining())
         return pb.ListActiveFeaturesResponse(
-            features=[convert.active_feature_out(*item) for item in found.items],
+            features=[grpc_convert.active_feature_out(*item) for item in found.items],
             usage_available=found.usage_available, usage_unavailable_reason=found.unavailable_reason,
             policy_version=found.version)
 
@@ -74,7 +74,7 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         return {"sessions": self._sessions, "cache": self._cache, "caller": principal()}
 
     def ImportRoles(self, request, context):
-        diff, version = catalog.import_roles([convert.role_in(r) for r in request.roles], dry_run=request.dry_run,
+        diff, version = catalog.import_roles([grpc_convert.role_in(r) for r in request.roles], dry_run=request.dry_run,
                                              prune=request.prune, **self._writes())
         return pb.ImportRolesResponse(added=diff.added, changed=diff.changed, removed=diff.removed,
                                       unchanged=diff.unchanged, dry_run=request.dry_run, policy_version=version)
@@ -82,52 +82,52 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     def ListRoles(self, request, context):
         roles, token = catalog.list_catalog("roles", page_size=request.page_size, page_token=request.page_token,
                                             sessions=self._sessions)
-        return pb.ListRolesResponse(roles=[convert.role_out(r) for r in roles], next_page_token=token)
+        return pb.ListRolesResponse(roles=[grpc_convert.role_out(r) for r in roles], next_page_token=token)
 
     def UpsertFeature(self, request, context):
-        stored = catalog.upsert_feature(convert.feature_in(request.feature), usage_metrics=self._usage_metrics,
+        stored = catalog.upsert_feature(grpc_convert.feature_in(request.feature), usage_metrics=self._usage_metrics,
                                         budget=context.time_remaining(), **self._writes())
-        return pb.UpsertFeatureResponse(feature=convert.feature_out(stored.value), created=stored.created,
+        return pb.UpsertFeatureResponse(feature=grpc_convert.feature_out(stored.value), created=stored.created,
                                         policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
                                         metrics_unchecked_reason=stored.metrics.reason)
 
     def ListFeatures(self, request, context):
         features, token = catalog.list_catalog("features", page_size=request.page_size,
                                                page_token=request.page_token, sessions=self._sessions)
-        return pb.ListFeaturesResponse(features=[convert.feature_out(f) for f in features], next_page_token=token)
+        return pb.ListFeaturesResponse(features=[grpc_convert.feature_out(f) for f in features], next_page_token=token)
 
     def UpsertPlan(self, request, context):
-        stored = catalog.upsert_plan(*convert.plan_in(request.plan), usage_metrics=self._usage_metrics,
+        stored = catalog.upsert_plan(*grpc_convert.plan_in(request.plan), usage_metrics=self._usage_metrics,
                                      budget=context.time_remaining(), **self._writes())
-        return pb.UpsertPlanResponse(plan=convert.plan_out(stored.value), created=stored.created,
+        return pb.UpsertPlanResponse(plan=grpc_convert.plan_out(stored.value), created=stored.created,
                                      policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
                                      metrics_unchecked_reason=stored.metrics.reason)
 
     def ListPlans(self, request, context):
         plans, token = catalog.list_catalog("plans", page_size=request.page_size, page_token=request.page_token,
                                             sessions=self._sessions)
-        return pb.ListPlansResponse(plans=[convert.plan_out(p) for p in plans], next_page_token=token)
+        return pb.ListPlansResponse(plans=[grpc_convert.plan_out(p) for p in plans], next_page_token=token)
 
     def GetSubscription(self, request, context):
         found = tenants.get_subscription(request.tenant_id, sessions=self._sessions, caller=principal())
-        return pb.GetSubscriptionResponse(subscription=convert.subscription_out(found))
+        return pb.GetSubscriptionResponse(subscription=grpc_convert.subscription_out(found))
 
     def SetSubscription(self, request, context):
         given = request.subscription
         stored, version = tenants.set_subscription(given.tenant_id, given.plan_id, given.status,
                                                    dict(given.feature_flags), **self._writes())
-        return pb.SetSubscriptionResponse(subscription=convert.subscription_out(stored), policy_version=version)
+        return pb.SetSubscriptionResponse(subscription=grpc_convert.subscription_out(stored), policy_version=version)
 
     def SetTenantPolicy(self, request, context):
         given = request.tenant_policy
         stored, version = tenants.set_tenant_policy(given.tenant_id, given.max_mode, given.default_role_id,
                                                     **self._writes())
-        return pb.SetTenantPolicyResponse(tenant_policy=convert.tenant_policy_out(stored), policy_version=version)
+        return pb.SetTenantPolicyResponse(tenant_policy=grpc_convert.tenant_policy_out(stored), policy_version=version)
 
     def SetOverride(self, request, context):
         stored, version = grants.set_override(request.tenant_id, request.role_id, request.feature_id, request.cap,
                                               request.reason, **self._writes())
-        return pb.SetOverrideResponse(override=convert.override_out(stored), policy_version=version)
+        return pb.SetOverrideResponse(override=grpc_convert.override_out(stored), policy_version=version)
 
     def DeleteOverride(self, request, context):
         version = grants.delete_override(request.tenant_id, request.override_id, **self._writes())
@@ -137,11 +137,11 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         items, token = grants.list_overrides(request.tenant_id, page_size=request.page_size,
                                              page_token=request.page_token, sessions=self._sessions,
                                              caller=principal())
-        return pb.ListOverridesResponse(overrides=[convert.override_out(o) for o in items], next_page_token=token)
+        return pb.ListOverridesResponse(overrides=[grpc_convert.override_out(o) for o in items], next_page_token=token)
 
     def BindRole(self, request, context):
         binding, version = grants.bind_role(request.tenant_id, request.user_id, request.role_id, **self._writes())
-        return pb.BindRoleResponse(binding=convert.binding_out(binding), policy_version=version)
+        return pb.BindRoleResponse(binding=grpc_convert.binding_out(binding), policy_version=version)
 
     def UnbindRole(self, request, context):
         version = grants.unbind_role(request.tenant_id, request.user_id, request.role_id, **self._writes())
@@ -151,7 +151,7 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         items, token = grants.list_bindings(request.tenant_id, request.user_id, page_size=request.page_size,
                                             page_token=request.page_token, sessions=self._sessions,
                                             caller=principal())
-        return pb.ListBindingsResponse(bindings=[convert.binding_out(b) for b in items], next_page_token=token)
+        return pb.ListBindingsResponse(bindings=[grpc_convert.binding_out(b) for b in items], next_page_token=token)
 
     def InspectPolicy(self, request, context):
         snapshot = tenants.inspect_policy(request.tenant_id, sessions=self._sessions, caller=principal())
@@ -161,7 +161,7 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         records, token = audit.list_records(request.tenant_id, page_size=request.page_size,
                                             page_token=request.page_token, sessions=self._sessions,
                                             caller=principal())
-        return pb.ListAuditRecordsResponse(records=[convert.audit_record_out(r) for r in records],
+        return pb.ListAuditRecordsResponse(records=[grpc_convert.audit_record_out(r) for r in records],
                                            next_page_token=token)
 
     def VerifyAudit(self, request, context):
@@ -174,12 +174,12 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
 
 def _inspection_out(snapshot) -> pb.InspectPolicyResponse:
     response = pb.InspectPolicyResponse(
-        tenant_policy=convert.tenant_policy_out(snapshot.tenant_policy),
-        overrides=[convert.override_out(o) for o in sorted(snapshot.overrides.values(),
+        tenant_policy=grpc_convert.tenant_policy_out(snapshot.tenant_policy),
+        overrides=[grpc_convert.override_out(o) for o in sorted(snapshot.overrides.values(),
                                                            key=lambda o: (o.role_id, o.feature_id))],
         binding_count=sum(len(roles) for roles in snapshot.bindings.values()), policy_version=snapshot.version)
     if snapshot.subscription is not None:
-        response.subscription.CopyFrom(convert.subscription_out(snapshot.subscription))
+        response.subscription.CopyFrom(grpc_convert.subscription_out(snapshot.subscription))
     if snapshot.plan is not None:
-        response.plan.CopyFrom(convert.plan_out(snapshot.plan))
+        response.plan.CopyFrom(grpc_convert.plan_out(snapshot.plan))
     return response
