@@ -1,15 +1,72 @@
-"""AIP-158 page tokens: opaque, bound to the tenant and filter they were issued for."""
+"""AIP-158 pagination: opaque page tokens bound to the tenant and filter they were issued for, and the one
+page type every listing of both services returns.
+
+A listing reads the request with `start`, fetches `cursor.limit + 1` rows after `cursor.after`, and returns
+`cursor.page(rows, key)`:
+
+    cursor = pagination.start(page_size, page_token, scope, shape=(int, str))
+    rows = repository.list_x(session, after=cursor.after, limit=cursor.limit + 1)
+    return cursor.page(rows, lambda x: (x.time_us, x.x_id))
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from shared.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Keys are ids and names, all far shorter; a longer string cannot be a position any listing issued.
+MAX_KEY_LENGTH = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a listing and the token that continues it (empty on the last page)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a listing resumes: at most `limit` items after `after` (None: from the start), within `scope`."""
+
+    limit: int
+    after: tuple | None
+    scope: dict
+
+    def page(self, fetched: list[T], key: Callable[[T], tuple]) -> Page[T]:
+        """The page of `fetched` (read with limit + 1) and the token of the next one, keyed by `key`."""
+        if len(fetched) <= self.limit:
+            return Page(fetched, "")
+        items = fetched[:self.limit]
+        return Page(items, encode(list(key(items[-1])), self.scope))
+
+
+def start(requested: int, token: str, scope: dict, *, shape: tuple[type, ...],
+          field: str = "page_token") -> Cursor:
+    """The cursor of a request to a listing keyed by values of the types in `shape` (int or str).
+
+    Tokens are opaque but not signed: a forged position is checked here, before it reaches SQL, to be one
+    a listing could have issued (an int64 or a string without NUL for each key).
+    """
+    limit = page_size(requested)
+    position = decode(token, scope, field)
+    if position is None:
+        return Cursor(limit, None, scope)
+    if len(position) != len(shape) or not all(_fits(item, kind) for item, kind in zip(position, shape)):
+        raise InvalidArgument(FieldViolation(field, "is not a page token of this listing"))
+    return Cursor(limit, tuple(position), scope)
 
 
 def page_size(requested: int, field: str = "page_size") -> int:
@@ -17,10 +74,6 @@ def page_size(requested: int, field: str = "page_size") -> int:
     if requested < 0:
         raise InvalidArgument(FieldViolation(field, "must not be negative"))
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def _binding(scope: dict) -> str:
-    return hashlib.sha256(json.dumps(scope, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def encode(position: list, scope: dict) -> str:
@@ -45,22 +98,13 @@ def decode(token: str, scope: dict, field: str = "page_token") -> list | None:
     return position
 
 
-def start(requested: int, page_token: str, scope: dict, *, width: int, kind: type = str) -> tuple[int, tuple | None]:
-    """(limit, position after which to resume or None) of a listing keyed by `width` values of `kind`.
-
-    Positions are checked here, before they reach SQL.
-    """
-    limit = page_size(requested)
-    position = decode(page_token, scope)
-    if position is None:
-        return limit, None
-    if len(position) != width or not all(type(item) is kind for item in position):
-        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
-    return limit, tuple(position)
+def _binding(scope: dict) -> str:
+    return hashlib.sha256(json.dumps(scope, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def finish(items: list, limit: int, scope: dict, key) -> tuple[list, str]:
-    """The page (items fetched with limit + 1) and the next page token ('' on the last page)."""
-    if len(items) <= limit:
-        return items, ""
-    return items[:limit], encode(list(key(items[limit - 1])), scope)
+def _fits(item: object, kind: type) -> bool:
+    if type(item) is not kind:  # bool is an int to isinstance, never a key
+        return False
+    if kind is int:
+        return INT64_MIN <= item <= INT64_MAX
+    return len(item) <= MAX_KEY_LENGTH and "\x00" not in item

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +21,10 @@ PLACEHOLDER = "REPLACE_ME"
 
 
 def env_variables(service: str) -> set[str]:
-    """Every variable a service's config.py reads (POLICY_USAGE_TOKEN also as ..._FILE)."""
-    source = (ROOT / "services" / service / "config.py").read_text()
-    names = set(re.findall(rf'"({service.upper()}_[A-Z_]+)"', source))
-    return names | {f"{name}_FILE" for name in names if name.endswith("_TOKEN")}
+    """Every variable a service's Settings reads (POLICY_USAGE_TOKEN also as ..._FILE)."""
+    from services.policy.config import Settings as PolicySettings
+    from services.usage.config import Settings as UsageSettings
+    return set({"usage": UsageSettings, "policy": PolicySettings}[service].variables())
 
 
 def check_compose(path: Path) -> subprocess.CompletedProcess:

@@ -80,9 +80,10 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
                                       unchanged=diff.unchanged, dry_run=request.dry_run, policy_version=version)
 
     def ListRoles(self, request, context):
-        roles, token = catalog.list_catalog("roles", page_size=request.page_size, page_token=request.page_token,
-                                            sessions=self._sessions)
-        return pb.ListRolesResponse(roles=[grpc_convert.role_out(r) for r in roles], next_page_token=token)
+        page = catalog.list_catalog("roles", page_size=request.page_size, page_token=request.page_token,
+                                    sessions=self._sessions)
+        return pb.ListRolesResponse(roles=[grpc_convert.role_out(r) for r in page.items],
+                                    next_page_token=page.next_page_token)
 
     def UpsertFeature(self, request, context):
         stored = catalog.upsert_feature(grpc_convert.feature_in(request.feature), usage_metrics=self._usage_metrics,
@@ -92,9 +93,10 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
                                         metrics_unchecked_reason=stored.metrics.reason)
 
     def ListFeatures(self, request, context):
-        features, token = catalog.list_catalog("features", page_size=request.page_size,
-                                               page_token=request.page_token, sessions=self._sessions)
-        return pb.ListFeaturesResponse(features=[grpc_convert.feature_out(f) for f in features], next_page_token=token)
+        page = catalog.list_catalog("features", page_size=request.page_size, page_token=request.page_token,
+                                    sessions=self._sessions)
+        return pb.ListFeaturesResponse(features=[grpc_convert.feature_out(f) for f in page.items],
+                                       next_page_token=page.next_page_token)
 
     def UpsertPlan(self, request, context):
         stored = catalog.upsert_plan(*grpc_convert.plan_in(request.plan), usage_metrics=self._usage_metrics,
@@ -104,9 +106,10 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
                                      metrics_unchecked_reason=stored.metrics.reason)
 
     def ListPlans(self, request, context):
-        plans, token = catalog.list_catalog("plans", page_size=request.page_size, page_token=request.page_token,
-                                            sessions=self._sessions)
-        return pb.ListPlansResponse(plans=[grpc_convert.plan_out(p) for p in plans], next_page_token=token)
+        page = catalog.list_catalog("plans", page_size=request.page_size, page_token=request.page_token,
+                                    sessions=self._sessions)
+        return pb.ListPlansResponse(plans=[grpc_convert.plan_out(p) for p in page.items],
+                                    next_page_token=page.next_page_token)
 
     def GetSubscription(self, request, context):
         found = tenants.get_subscription(request.tenant_id, sessions=self._sessions, caller=principal())
@@ -134,10 +137,10 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         return pb.DeleteOverrideResponse(policy_version=version)
 
     def ListOverrides(self, request, context):
-        items, token = grants.list_overrides(request.tenant_id, page_size=request.page_size,
-                                             page_token=request.page_token, sessions=self._sessions,
-                                             caller=principal())
-        return pb.ListOverridesResponse(overrides=[grpc_convert.override_out(o) for o in items], next_page_token=token)
+        page = grants.list_overrides(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
+                                     sessions=self._sessions, caller=principal())
+        return pb.ListOverridesResponse(overrides=[grpc_convert.override_out(o) for o in page.items],
+                                        next_page_token=page.next_page_token)
 
     def BindRole(self, request, context):
         binding, version = grants.bind_role(request.tenant_id, request.user_id, request.role_id, **self._writes())
@@ -148,21 +151,20 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         return pb.UnbindRoleResponse(policy_version=version)
 
     def ListBindings(self, request, context):
-        items, token = grants.list_bindings(request.tenant_id, request.user_id, page_size=request.page_size,
-                                            page_token=request.page_token, sessions=self._sessions,
-                                            caller=principal())
-        return pb.ListBindingsResponse(bindings=[grpc_convert.binding_out(b) for b in items], next_page_token=token)
+        page = grants.list_bindings(request.tenant_id, request.user_id, page_size=request.page_size,
+                                    page_token=request.page_token, sessions=self._sessions, caller=principal())
+        return pb.ListBindingsResponse(bindings=[grpc_convert.binding_out(b) for b in page.items],
+                                       next_page_token=page.next_page_token)
 
     def InspectPolicy(self, request, context):
         snapshot = tenants.inspect_policy(request.tenant_id, sessions=self._sessions, caller=principal())
         return _inspection_out(snapshot)
 
     def ListAuditRecords(self, request, context):
-        records, token = audit.list_records(request.tenant_id, page_size=request.page_size,
-                                            page_token=request.page_token, sessions=self._sessions,
-                                            caller=principal())
-        return pb.ListAuditRecordsResponse(records=[grpc_convert.audit_record_out(r) for r in records],
-                                           next_page_token=token)
+        page = audit.list_records(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
+                                  sessions=self._sessions, caller=principal())
+        return pb.ListAuditRecordsResponse(records=[grpc_convert.audit_record_out(r) for r in page.items],
+                                           next_page_token=page.next_page_token)
 
     def VerifyAudit(self, request, context):
         result = audit.verify(sessions=self._sessions, caller=principal())

@@ -133,10 +133,10 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
         return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions))
 
     def ListAuditRecords(self, request, context):
-        records, token = audit.list_records(request.tenant_id, page_size=request.page_size,
-                                            page_token=request.page_token, sessions=self._sessions)
-        return usage_pb2.ListAuditRecordsResponse(records=[convert.audit_record(r) for r in records],
-                                                  next_page_token=token)
+        page = audit.list_records(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
+                                  sessions=self._sessions)
+        return usage_pb2.ListAuditRecordsResponse(records=[convert.audit_record(r) for r in page.items],
+                                                  next_page_token=page.next_page_token)
 
     def VerifyAudit(self, request, context):
         return convert.verification(audit.verify(sessions=self._sessions))

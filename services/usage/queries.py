@@ -66,14 +66,6 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    """One page of a listing and the token that continues it (empty on the last page)."""
-
-    items: list
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
 class Aggregate:
     """One stored bucket as ListAggregates shows it; `dirty` when a mark says it is stale."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared import audit_chain
+from shared import audit_chain, pagination
 from shared.audit import AuditRecord, Verification
 from shared.credentials import Principal
 from services.policy.repository.chain import AUDIT
@@ -11,7 +11,7 @@ from services.policy.service.tenants import require_tenant_exists
 
 
 def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions,
-                 caller: Principal) -> tuple[list[AuditRecord], str]:
+                 caller: Principal) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the catalog's (platform only).
 
     An unknown tenant is NOT_FOUND, as for every other call naming one, never an empty page.

@@ -118,11 +118,11 @@ _LISTINGS = {"roles": (catalog.list_roles, lambda r: (r.role_id,)),
              "plans": (catalog.list_plans, lambda p: (p.plan_id,))}
 
 
-def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> tuple[list, str]:
+def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> pagination.Page:
     """One page of roles, features or plans ordered by id, and the token of the next page."""
     listing, key = _LISTINGS[kind]
     scope = {"listing": kind}
-    limit, after = pagination.start(page_size, page_token, scope, width=1)
+    cursor = pagination.start(page_size, page_token, scope, shape=(str,))
     with sessions.begin() as session:
-        items = listing(session, after=after[0] if after else None, limit=limit + 1)
-    return pagination.finish(items, limit, scope, key)
+        items = listing(session, after=cursor.after[0] if cursor.after else None, limit=cursor.limit + 1)
+    return cursor.page(items, key)

@@ -65,15 +65,15 @@ def delete_override(tenant_id: str, override_id: str, *, sessions, cache, caller
 
 
 def list_overrides(tenant_id: str, *, page_size: int, page_token: str, sessions,
-                   caller: Principal) -> tuple[list[Override], str]:
+                   caller: Principal) -> pagination.Page[Override]:
     """One page of the tenant's overrides, by role then feature."""
     access.tenant(caller, tenant_id)
     scope = {"listing": "overrides", "tenant": tenant_id}
-    limit, after = pagination.start(page_size, page_token, scope, width=2)
+    cursor = pagination.start(page_size, page_token, scope, shape=(str, str))
     with sessions.begin() as session:
         require_tenant_exists(session, tenant_id)
-        items = tenants.tenant_overrides(session, tenant_id, after=after, limit=limit + 1)
-    return pagination.finish(items, limit, scope, lambda o: (o.role_id, o.feature_id))
+        items = tenants.tenant_overrides(session, tenant_id, after=cursor.after, limit=cursor.limit + 1)
+    return cursor.page(items, lambda o: (o.role_id, o.feature_id))
 
 
 def bind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache,
@@ -114,12 +114,13 @@ def unbind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache, 
 
 
 def list_bindings(tenant_id: str, user_id: str, *, page_size: int, page_token: str, sessions,
-                  caller: Principal) -> tuple[list[Binding], str]:
+                  caller: Principal) -> pagination.Page[Binding]:
     """One page of the tenant's bindings (optionally one user's), by user then role."""
     access.tenant(caller, tenant_id)
     scope = {"listing": "bindings", "tenant": tenant_id, "user": user_id}
-    limit, after = pagination.start(page_size, page_token, scope, width=2)
+    cursor = pagination.start(page_size, page_token, scope, shape=(str, str))
     with sessions.begin() as session:
         require_tenant_exists(session, tenant_id)
-        items = tenants.list_bindings(session, tenant_id, user_id=user_id, after=after, limit=limit + 1)
-    return pagination.finish(items, limit, scope, lambda b: (b.user_id, b.role_id))
+        items = tenants.list_bindings(session, tenant_id, user_id=user_id, after=cursor.after,
+                                      limit=cursor.limit + 1)
+    return cursor.page(items, lambda b: (b.user_id, b.role_id))

@@ -6,7 +6,7 @@ recompute derived data; the retention job applies the operator's configuration, 
 
 from __future__ import annotations
 
-from shared import audit_chain, auth, timeconv
+from shared import audit_chain, auth, pagination, timeconv
 from shared.audit import AuditRecord, Verification
 
 from services.usage.repository.audit import CHAIN
@@ -20,7 +20,7 @@ def append(session, *, actor: str, action: str, target: str, tenant_id: str, cha
                               target=target, tenant_id=tenant_id, change=change)
 
 
-def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions) -> tuple[list[AuditRecord], str]:
+def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; a tenant's own, or with '' every one (platform only)."""
     if tenant_id:
         check_tenant(tenant_id)

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 from shared import auth, pagination, timeconv
-from shared.errors import FieldViolation, InvalidArgument
 
 from services.usage import catalog
 from services.usage.catalog import Metric
-from services.usage.queries import Page
 from services.usage.repository import catalog as catalog_sql
 from services.usage.service import audit
 
 SCOPE = {"list": "metrics"}  # the catalog is global: a token is bound to the listing only
 
 
-def list_metrics(*, page_size: int, page_token: str, sessions) -> Page:
+def list_metrics(*, page_size: int, page_token: str, sessions) -> pagination.Page:
     """One page of the catalog, ordered by name."""
-    size = pagination.page_size(page_size)
-    position = pagination.decode(page_token, SCOPE)
-    if position is not None and (len(position) != 1 or not isinstance(position[0], str)
-                                 or len(position[0]) > 128 or "\x00" in position[0]):
-        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
+    cursor = pagination.start(page_size, page_token, SCOPE, shape=(str,))
     with sessions.begin() as session:
-        found = catalog_sql.list_metrics(session, after=position[0] if position else None, limit=size + 1)
-    items = found[:size]
-    return Page(items, pagination.encode([items[-1].name], SCOPE) if len(found) > size else "")
+        found = catalog_sql.list_metrics(session, after=cursor.after[0] if cursor.after else None,
+                                         limit=cursor.limit + 1)
+    return cursor.page(found, lambda metric: (metric.name,))
 
 
 def upsert_metric(metric: Metric, *, sessions) -> tuple[Metric, bool]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from shared import auth, pagination, timeconv
-from shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, OutOfRange, require
+from shared.errors import FailedPrecondition, OutOfRange, require
 
 from services.usage import read_plan
-from services.usage.domain import MAX_ID_LENGTH, Classification
-from services.usage.queries import EventFilter, Page, UsageQuery, UsageTotal
+from services.usage.domain import Classification
+from services.usage.queries import EventFilter, UsageQuery, UsageTotal
 from services.usage.repository import reads as reads_sql
 from services.usage.repository.rollups import MAX_TOTAL
-from services.usage.service.checks import MAX_US, MIN_US, check_instant, check_tenant, check_text
+from services.usage.service.checks import check_instant, check_tenant, check_text
 
 MAX_METRICS = 1000
 
@@ -56,7 +56,7 @@ def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: 
             f"after {horizon}")
 
 
-def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> Page:
+def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> pagination.Page:
     """One page of the tenant's events matching the filter, oldest first."""
     check_tenant(where.tenant_id)
     auth.require_tenant(auth.principal(), where.tenant_id)
@@ -66,23 +66,8 @@ def list_events(where: EventFilter, *, page_size: int, page_token: str, connecti
     check_instant("end_time", where.end_us)
     if where.start_us is not None and where.end_us is not None:
         require(where.start_us < where.end_us, "end_time", "must be after start_time")
-    size = pagination.page_size(page_size)
-    position = pagination.decode(page_token, where.scope())
-    after = _event_position(position)
+    cursor = pagination.start(page_size, page_token, where.scope(), shape=(int, str))
     with connections.connect() as connection:
-        found = reads_sql.list_events(connection, where, after=after, limit=size + 1)
-    items = found[:size]
-    if len(found) <= size:
-        return Page(items, "")
-    last = items[-1].event
-    return Page(items, pagination.encode([last.occurred_at_us, last.event_id], where.scope()))
+        found = reads_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
+    return cursor.page(found, lambda stored: (stored.event.occurred_at_us, stored.event.event_id))
 
-
-def _event_position(position: list | None) -> tuple[int, str] | None:
-    if position is None:
-        return None
-    # Tokens are opaque but not signed: a forged position must still be a valid one.
-    if len(position) != 2 or not isinstance(position[0], int) or not MIN_US <= position[0] <= MAX_US \
-            or not isinstance(position[1], str) or len(position[1]) > MAX_ID_LENGTH or "\x00" in position[1]:
-        raise InvalidArgument(FieldViolation("page_token", "is not a page token of this listing"))
-    return position[0], position[1]

@@ -13,7 +13,6 @@ from shared.errors import require
 
 from services.usage import metrics
 from services.usage.buckets import Period
-from services.usage.queries import Page
 from services.usage.repository import in_transaction
 from services.usage.repository import rollup_pass, rollup_serial
 from services.usage.repository import rollups as rollups_sql
@@ -168,7 +167,7 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
 
 
 def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
-                    page_size: int, page_token: str, connections) -> Page:
+                    page_size: int, page_token: str, connections) -> pagination.Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
     check_tenant(tenant_id)
     auth.require_tenant(auth.principal(), tenant_id)
@@ -179,11 +178,11 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     if start_us is not None and end_us is not None:
         require(start_us < end_us, "end_time", "must be after start_time")
     scope = {"tenant": tenant_id, "metric": metric, "period": period, "start": start_us, "end": end_us}
-    size, after = pagination.start(page_size, page_token, scope, width=1, kind=int)
+    cursor = pagination.start(page_size, page_token, scope, shape=(int,))
     with connections.connect() as connection:
         items = rollups_sql.list_aggregates(connection, tenant_id, metric, Period(period), start_us, end_us,
-                                            after=after[0] if after else None, limit=size + 1)
-    return Page(*pagination.finish(items, size, scope, lambda a: (a.period_start_us,)))
+                                            after=cursor.after[0] if cursor.after else None, limit=cursor.limit + 1)
+    return cursor.page(items, lambda a: (a.period_start_us,))
 
 
 def scheduled_job(sessions, interval_seconds: float):
