@@ -45,6 +45,39 @@ def test_on_postgres_each_history_touches_only_its_own_schema(fresh_postgres):
     assert after["policy"] == policy_tables
 
 
+# Where each Usage table goes on a Citus cluster (docs/operations.md, "Outgrowing one PostgreSQL: Citus").
+CITUS_DISTRIBUTED = {"events", "aggregates", "dirty_buckets", "purge_horizons", "rollup_runs"}
+CITUS_DISTRIBUTED_ONCE_KEYED_BY_TENANT = {"rollup_work"}
+CITUS_REFERENCE = {"metrics"}
+CITUS_ON_THE_COORDINATOR = {"credentials", "job_leases", "audit_records", "audit_head", "alembic_version"}
+_UNIQUE_KEYS = text("""SELECT c.relname, i.indexrelid::regclass::text, array(
+    SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
+    JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.n)
+FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid JOIN pg_namespace AS ns ON ns.oid = c.relnamespace
+WHERE ns.nspname = 'usage' AND i.indisunique""")
+
+
+def test_on_postgres_every_usage_table_has_its_place_on_citus_and_every_tenant_key_starts_with_tenant_id(
+        fresh_postgres):
+    """Citus enforces a unique key of a distributed table only when it holds the distribution column: each key
+    of a table distributed by tenant_id starts with it, and no table has a foreign key."""
+    migrate.upgrade("usage", fresh_postgres)
+    engine = create_engine(normalize_url(fresh_postgres))
+    with engine.connect() as connection:
+        found = set(connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'usage'")).scalars())
+        unique = [(table, index, columns) for table, index, columns in connection.execute(_UNIQUE_KEYS)
+                  if table in CITUS_DISTRIBUTED]
+        foreign = connection.execute(text("SELECT conname FROM pg_constraint AS c JOIN pg_namespace AS ns "
+                                          "ON ns.oid = c.connamespace WHERE ns.nspname = 'usage' AND contype = 'f'"))
+        foreign = foreign.scalars().all()
+    engine.dispose()
+    assert found == (CITUS_DISTRIBUTED | CITUS_DISTRIBUTED_ONCE_KEYED_BY_TENANT | CITUS_REFERENCE
+                     | CITUS_ON_THE_COORDINATOR)
+    assert len(unique) >= 7  # events' three keys, and the primary key of each other distributed table
+    assert [key for key in unique if key[2][0] != "tenant_id"] == []
+    assert foreign == []
+
+
 @pytest.mark.parametrize("service", ["usage", "policy"])
 def test_on_postgres_a_history_goes_up_down_and_up_again(fresh_postgres, service):
     migrate.upgrade(service, fresh_postgres)
