@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.audit import AuditRecord
-from shared.timeconv import from_micros
+from shared.proto_time import from_micros
 from services.policy.model import Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription, TenantPolicy
 from services.policy.domain import Resolution
 from tollgate.policy.v1 import policy_pb2 as pb

@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2, struct_pb2
 from tollgate.usage.v1 import usage_pb2 as pb
 
-from shared import timeconv
+from shared import proto_time
 from shared.errors import require
 from shared.audit import AuditRecord, Verification
 
@@ -64,9 +64,9 @@ def micros(message, field: str, *, path: str = "") -> int | None:
     if not message.HasField(field):
         return None
     ts = getattr(message, field)
-    require(timeconv.nanos_in_range(ts), path or field,
+    require(proto_time.nanos_in_range(ts), path or field,
             f"has nanos {ts.nanos}; nanos must be from 0 to 999,999,999")
-    return timeconv.to_micros(ts)
+    return proto_time.to_micros(ts)
 
 
 def total(t: UsageTotal) -> pb.UsageTotal:
@@ -77,13 +77,13 @@ def total(t: UsageTotal) -> pb.UsageTotal:
 def stored_event(s: StoredEvent) -> pb.StoredEvent:
     e = s.event
     event = pb.UsageEvent(event_id=e.event_id, metric=e.metric, quantity=e.quantity,
-                          occurred_at=timeconv.from_micros(e.occurred_at_us), actor_id=e.actor_id,
+                          occurred_at=proto_time.from_micros(e.occurred_at_us), actor_id=e.actor_id,
                           source_service=e.source_service, correlation_id=e.correlation_id,
                           idempotency_key=e.idempotency_key)
     if e.metadata:
         event.metadata.update(e.metadata)
     return pb.StoredEvent(tenant_id=s.tenant_id, event=event, classification=CLASSIFICATIONS[s.classification],
-                          received_at=timeconv.from_micros(s.received_at_us))
+                          received_at=proto_time.from_micros(s.received_at_us))
 
 
 def batch_error(status) -> pb.BatchError:
@@ -104,9 +104,9 @@ def metric_from_proto(m: pb.Metric) -> Metric:
 
 def aggregate(a) -> pb.Aggregate:
     return pb.Aggregate(tenant_id=a.tenant_id, metric=a.metric, period=int(a.period),
-                        period_start=timeconv.from_micros(a.period_start_us), total_quantity=a.total_quantity,
+                        period_start=proto_time.from_micros(a.period_start_us), total_quantity=a.total_quantity,
                         event_count=a.event_count, source_hash=a.source_hash,
-                        computed_at=timeconv.from_micros(a.computed_at_us), dirty=a.dirty)
+                        computed_at=proto_time.from_micros(a.computed_at_us), dirty=a.dirty)
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -118,9 +118,9 @@ def duration(seconds: float) -> duration_pb2.Duration:
 def rollup_status(status) -> pb.GetRollupStatusResponse:
     response = pb.GetRollupStatusResponse(dirty_buckets=status.dirty_buckets, last_run_buckets=status.last_run_buckets)
     if status.oldest_dirty_us is not None:
-        response.oldest_dirty_time.CopyFrom(timeconv.from_micros(status.oldest_dirty_us))
+        response.oldest_dirty_time.CopyFrom(proto_time.from_micros(status.oldest_dirty_us))
     if status.last_run_us is not None:
-        response.last_run_time.CopyFrom(timeconv.from_micros(status.last_run_us))
+        response.last_run_time.CopyFrom(proto_time.from_micros(status.last_run_us))
     return response
 
 
@@ -128,12 +128,12 @@ def purge_report(report) -> pb.PurgeEventsResponse:
     response = pb.PurgeEventsResponse(events_deleted=report.events_deleted, events_kept=report.events_kept,
                                       dry_run=report.dry_run)
     if report.purged_before_us is not None:
-        response.purged_before.CopyFrom(timeconv.from_micros(report.purged_before_us))
+        response.purged_before.CopyFrom(proto_time.from_micros(report.purged_before_us))
     return response
 
 
 def audit_record(r: AuditRecord) -> pb.AuditRecord:
-    return pb.AuditRecord(sequence=r.sequence, time=timeconv.from_micros(r.time_us), actor=r.actor, action=r.action,
+    return pb.AuditRecord(sequence=r.sequence, time=proto_time.from_micros(r.time_us), actor=r.actor, action=r.action,
                           target=r.target, tenant_id=r.tenant_id, change_digest=r.change_digest,
                           previous_hash=r.previous_hash, hash=r.hash)
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from services.usage.queries import EventFilter
 from services.usage.service import catalog
-from shared import pagination, timeconv
+from shared import pagination, proto_time
 from tests import support
 from tests.usage_support import MINUTE_US, list_all, now_us, totals
 from tollgate.usage.v1 import usage_pb2 as u
@@ -84,8 +84,8 @@ INSTANTS = st.integers(-(2**40), 2**40).map(lambda s: Timestamp(seconds=s))
 def test_generated_reads_get_an_answer_or_a_precise_status(usage_stub, admin_token, tenant, metrics, actor, start,
                                                            end, position, size):
     metadata = support.bearer(admin_token)
-    where = EventFilter(tenant_id=tenant, actor_id=actor, start_us=timeconv.to_micros(start) if start.seconds else None,
-                        end_us=timeconv.to_micros(end) if end.seconds else None)
+    where = EventFilter(tenant_id=tenant, actor_id=actor, start_us=proto_time.to_micros(start) if start.seconds else None,
+                        end_us=proto_time.to_micros(end) if end.seconds else None)
     events_token = "" if position is None else pagination.encode(position, where.scope())
     metrics_token = "" if position is None else pagination.encode(position, catalog.SCOPE)
     calls = [

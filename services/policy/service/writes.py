@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from shared.credentials import Principal
-from shared.timeconv import now_micros
+from shared.clock import now_micros
 from services.policy import metrics
 from services.policy.cache import SnapshotCache
 from services.policy.repository import chain

@@ -6,7 +6,7 @@ recompute derived data; the retention job applies the operator's configuration, 
 
 from __future__ import annotations
 
-from shared import audit_chain, auth, pagination, timeconv
+from shared import audit_chain, auth, clock, pagination
 from shared.audit import AuditRecord, Verification
 
 from services.usage.repository.audit import CHAIN
@@ -16,7 +16,7 @@ from services.usage.service.checks import check_tenant
 def append(session, *, actor: str, action: str, target: str, tenant_id: str, change: dict) -> AuditRecord:
     """Append the record of this transaction's write; the head stays locked until commit, so writers queue."""
     head = CHAIN.lock_head(session)
-    return CHAIN.append_after(session, head, time_us=timeconv.now_micros(), actor=actor, action=action,
+    return CHAIN.append_after(session, head, time_us=clock.now_micros(), actor=actor, action=action,
                               target=target, tenant_id=tenant_id, change=change)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared import auth, pagination, timeconv
+from shared import auth, clock, pagination
 
 from services.usage import catalog
 from services.usage.catalog import Metric
@@ -27,7 +27,7 @@ def upsert_metric(metric: Metric, *, sessions) -> tuple[Metric, bool]:
     auth.require_platform(caller, "changing the metric catalog")
     catalog.check_metric(metric)
     with sessions.begin() as session:
-        created = catalog_sql.upsert_metric(session, metric, now_us=timeconv.now_micros())
+        created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros())
         audit.append(session, actor=caller.token_id, action="UpsertMetric", target=f"catalog/metric/{metric.name}",
                      tenant_id="", change={"created": created, "classification": metric.classification.name,
                                            "unit": metric.unit, "description": metric.description,

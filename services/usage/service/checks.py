@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from shared import tenant_ids, timeconv
+from shared import clock, tenant_ids
 from shared.errors import require
 
 from services.usage.domain import MAX_ID_LENGTH
 
-MIN_US, MAX_US = timeconv.MIN_SECONDS * 1_000_000, (timeconv.MAX_SECONDS + 1) * 1_000_000 - 1
+MIN_US, MAX_US = clock.MIN_MICROS, clock.MAX_MICROS
 
 
 def check_tenant(tenant_id: str) -> None:

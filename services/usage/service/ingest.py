@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared import auth, timeconv
+from shared import auth, clock
 from shared.errors import Unavailable
 
 from services.usage import buckets, dedup, domain, metrics
@@ -26,7 +26,7 @@ def record_events(batch: EventBatch, *, sessions, rules: IngestRules) -> list[Ev
 
 
 def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[EventResult], dict[int, str]]:
-    now_us = timeconv.now_micros()
+    now_us = clock.now_micros()
     catalog, without_business_key = catalog_sql.ingest_catalog(session)
     horizon = purge_sql.horizon_for_ingest(session, batch.tenant_id)
     results: list[EventResult | None] = [None] * len(batch.events)
@@ -37,7 +37,7 @@ def _judge_batch(session, batch: EventBatch, rules: IngestRules) -> tuple[list[E
                                                                                               horizon):
             admitted = domain.rejected(index, event, domain.RejectReason.TOO_OLD,
                                        f"occurred_at falls in a week or month whose raw events were purged "
-                                       f"(this tenant's history is final before {timeconv.iso(horizon)})")
+                                       f"(this tenant's history is final before {clock.iso(horizon)})")
         if isinstance(admitted, Candidate):
             if without_business_key and event.metric in without_business_key:
                 admitted = admitted._replace(business_key=False)

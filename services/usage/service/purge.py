@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared import auth, timeconv
+from shared import auth, clock
 from shared.errors import require
 
 from services.usage.buckets import DAY_US
@@ -36,7 +36,7 @@ def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessio
     """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
     authorize_purge(tenant_id)
     require(before_us is not None, "before_time", "is required")
-    require(timeconv.MIN_SECONDS * 1_000_000 <= before_us <= timeconv.now_micros(),
+    require(clock.MIN_MICROS <= before_us <= clock.now_micros(),
             "before_time", "must be a past timestamp (from year 1 on)")
     return purge(sessions, tenant_id or None, before_us, dry_run=dry_run, actor=auth.principal().token_id)
 
@@ -80,7 +80,7 @@ def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None) ->
     The deletions that follow only carry it out, a slice per transaction; a purge that leaves the
     horizon where it was changes nothing an answer depends on and appends nothing.
     """
-    previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, timeconv.now_micros())
+    previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, clock.now_micros())
     if actor is not None and horizon != previous:
         # Counted under the purge lock: no ingest can add events before the horizon meanwhile.
         audit.append(session, actor=actor, action="PurgeEvents", target=f"tenant/{tenant_id}/events",
@@ -110,6 +110,6 @@ def retention_job(sessions, retention_days: int, every_seconds: float):
         return None
 
     def run() -> dict:
-        report = purge(sessions, None, timeconv.now_micros() - retention_days * DAY_US)
+        report = purge(sessions, None, clock.now_micros() - retention_days * DAY_US)
         return {"deleted": report.events_deleted, "kept": report.events_kept}
     return schedule.every(every_seconds, "retention purge", run, sessions=sessions)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared import auth, pagination, timeconv
+from shared import auth, clock, pagination
 from shared.errors import FailedPrecondition, OutOfRange, require
 
 from services.usage import read_plan
@@ -41,13 +41,13 @@ def _check_fits(rows: list[tuple], query: UsageQuery) -> None:
     for metric, actor, quantity, _, _ in rows:
         if quantity > MAX_TOTAL:
             whose = f" of actor {actor!r}" if actor else ""
-            raise OutOfRange(f"the total of metric {metric!r}{whose} from {timeconv.iso(query.start_us)} to "
-                             f"{timeconv.iso(query.end_us)} is {quantity}, beyond the largest int64 ({MAX_TOTAL}); "
+            raise OutOfRange(f"the total of metric {metric!r}{whose} from {clock.iso(query.start_us)} to "
+                             f"{clock.iso(query.end_us)} is {quantity}, beyond the largest int64 ({MAX_TOTAL}); "
                              "ask for a shorter range and add the totals up", reason="TOTAL_OUT_OF_RANGE")
 
 
 def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: bool) -> str:
-    horizon = timeconv.iso(purged_before_us)
+    horizon = clock.iso(purged_before_us)
     if by_actor:
         return (f"per-actor totals are summed from raw events, and this tenant's raw events before {horizon} "
                 f"were purged; use a start_time at or after {horizon}")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 
-from shared import auth, pagination, timeconv
+from shared import auth, clock, pagination
 from shared.errors import require
 
 from services.usage import metrics
@@ -83,7 +83,7 @@ def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
     postgres = sessions.kw["bind"].dialect.name == "postgresql"
     done, refused = (_roll_up_in_passes if postgres else _roll_up_serially)(sessions, tenant_id, max_buckets)
     _report_refused(refused)
-    now_us = timeconv.now_micros()
+    now_us = clock.now_micros()
     with sessions.begin() as session:
         rollups_sql.record_run(session, tenant_id, now_us, done)
         remaining, oldest = rollups_sql.dirty_summary(session, tenant_id)
@@ -98,7 +98,7 @@ def _report_refused(refused: dict[tuple, RefusedBucket]) -> None:
         metrics.ROLLUP_REFUSED_BUCKETS.labels(period).inc()
         log.error("rollup left a bucket dirty: its total does not fit in int64", extra={"fields": {
             "tenant_id": bucket.tenant_id, "metric": bucket.metric, "period": period,
-            "period_start": timeconv.iso(bucket.period_start_us), "total_quantity": str(bucket.total_quantity)}})
+            "period_start": clock.iso(bucket.period_start_us), "total_quantity": str(bucket.total_quantity)}})
 
 
 def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
@@ -128,12 +128,12 @@ def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> tup
 
 
 def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
-    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, timeconv.now_micros(), scan_from=SCAN_FROM,
+    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, clock.now_micros(), scan_from=SCAN_FROM,
                                     visible_enough=VISIBLE_ENOUGH)
 
 
 def _apply_claim(session, *, pass_id: int, after: int) -> int:
-    return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, timeconv.now_micros())
+    return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, clock.now_micros())
 
 
 def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
@@ -153,7 +153,7 @@ def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> tupl
 
 def _serial_step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
     return rollup_serial.roll_up_step(session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets,
-                                      now_us=timeconv.now_micros())
+                                      now_us=clock.now_micros())
 
 
 def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
@@ -162,7 +162,7 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
         count, oldest = rollups_sql.dirty_summary(session, tenant_id or None)
         last = rollups_sql.last_run(session, tenant_id or None)
     if not tenant_id:
-        metrics.observe_backlog(count, oldest, timeconv.now_micros())
+        metrics.observe_backlog(count, oldest, clock.now_micros())
     return RollupStatus(count, oldest, last[0] if last else None, last[1] if last else 0)
 
 
@@ -199,5 +199,5 @@ def scheduled_job(sessions, interval_seconds: float):
         # Another instance holds this round: the backlog gauges of this one must not go stale.
         with sessions.begin() as session:
             count, oldest = rollups_sql.dirty_summary(session, None)
-        metrics.observe_backlog(count, oldest, timeconv.now_micros())
+        metrics.observe_backlog(count, oldest, clock.now_micros())
     return schedule.every(interval_seconds, "rollup", run, sessions=sessions, skipped=skipped)

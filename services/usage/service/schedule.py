@@ -12,7 +12,7 @@ from functools import partial
 
 import sqlalchemy.exc
 
-from shared import timeconv
+from shared import clock
 
 from services.usage.repository import in_transaction
 from services.usage.repository import leases
@@ -47,7 +47,7 @@ def every(seconds: float, name: str, work: Callable[[], dict], *, sessions,
 
 def run_once(name: str, work: Callable[[], dict], *, sessions, holder: str) -> bool:
     """One round: `work` under the job's lease; False when another instance holds it."""
-    taken = in_transaction(sessions, partial(leases.take, name=name, holder=holder, now_us=timeconv.now_micros(),
+    taken = in_transaction(sessions, partial(leases.take, name=name, holder=holder, now_us=clock.now_micros(),
                                              ttl_us=int(LEASE_SECONDS * 1_000_000)))
     if not taken:
         log.debug(f"{name} skipped: another instance holds its lease")
