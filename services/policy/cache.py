@@ -13,9 +13,8 @@ import threading
 from collections.abc import Callable
 
 from services.policy import metrics
-from services.policy.domain import PolicyVersionAhead
-from services.policy.model import Snapshot
-from services.policy.repository.chain import CATALOG
+from services.policy.domain.errors import PolicyVersionAhead
+from services.policy.domain.model import CATALOG, Snapshot, VersionChange
 
 log = logging.getLogger("tollgate.policy.cache")
 
@@ -85,16 +84,16 @@ class SnapshotCache:
 class VersionPoller:
     """Advances the cache with versions written by other replicas: one query per interval."""
 
-    def __init__(self, cache: SnapshotCache, changed_since: Callable[[int], list[tuple[str, int]]], start: int,
+    def __init__(self, cache: SnapshotCache, changed_since: Callable[[int], list[VersionChange]], start: int,
                  interval: float):
         self._cache, self._changed_since, self._seen, self._interval = cache, changed_since, start, interval
 
     def poll_once(self) -> int:
         """Apply the versions written since the last poll; returns how many tenants changed."""
         changes = self._changed_since(self._seen)
-        for tenant_id, version in changes:
-            self._cache.advance(tenant_id, version)
-            self._seen = max(self._seen, version)
+        for change in changes:
+            self._cache.advance(change.tenant_id, change.version)
+            self._seen = max(self._seen, change.version)
         return len(changes)
 
     def run(self, stopping: threading.Event) -> None:

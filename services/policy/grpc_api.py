@@ -5,6 +5,7 @@ from __future__ import annotations
 from shared.auth import principal
 from services.policy import grpc_convert
 from services.policy.service import active, audit, catalog, grants, resolve, tenants
+from services.policy.usage_port import Deadline
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 
@@ -27,36 +28,32 @@ METHOD_SCOPES = {
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     """tollgate.policy.v1.PolicyService."""
 
-    def __init__(self, *, sessions, settings, cache, usage, quotas):
-        self._sessions = sessions
-        self._settings = settings
+    def __init__(self, *, cache, usage):
         self._cache = cache
         self._usage = usage
-        self._quotas = quotas
 
     def ResolveMode(self, request, context):
-        resolution, version = resolve.resolve_mode(
+        found = resolve.resolve_mode(
             request.tenant_id, request.user_id, request.feature_id, request.requested_mode,
-            request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
-            budget=context.time_remaining())
-        return pb.ResolveModeResponse(resolution=grpc_convert.resolution_out(resolution), policy_version=version)
+            request.min_policy_version, cache=self._cache, caller=principal(), usage=self._usage,
+            deadline=Deadline.after(context.time_remaining()))
+        return pb.ResolveModeResponse(resolution=grpc_convert.resolution_out(found.resolutions[0]),
+                                      policy_version=found.version)
 
     def ResolveModes(self, request, context):
-        resolutions, version = resolve.resolve_modes(
+        found = resolve.resolve_modes(
             request.tenant_id, request.user_id, list(request.feature_ids), request.requested_mode,
-            request.min_policy_version, cache=self._cache, caller=principal(), quotas=self._quotas,
-            budget=context.time_remaining())
-        return pb.ResolveModesResponse(resolutions=[grpc_convert.resolution_out(r) for r in resolutions],
-                                       policy_version=version)
-
+            request.min_policy_version, cache=self._cache, caller=principal(), usage=self._usage,
+            deadline=Deadline.after(context.time_remaining()))
+        return pb.ResolveModesResponse(resolutions=[grpc_convert.resolution_out(r) for r in found.resolutions],
+                                       policy_version=found.version)
 
     def ListActiveFeatures(self, request, context):
         found = active.list_active_features(
-            request.tenant_id, request.user_id, active.window_seconds(request.window.seconds, request.window.nanos),
-            cache=self._cache, usage=self._usage, quotas=self._quotas, caller=principal(),
-            budget=context.time_remaining())
+            request.tenant_id, request.user_id, request.window.seconds, request.window.nanos, cache=self._cache,
+            usage=self._usage, caller=principal(), deadline=Deadline.after(context.time_remaining()))
         return pb.ListActiveFeaturesResponse(
-            features=[grpc_convert.active_feature_out(*item) for item in found.items],
+            features=[grpc_convert.active_feature_out(item) for item in found.items],
             usage_available=found.usage_available, usage_unavailable_reason=found.unavailable_reason,
             policy_version=found.version)
 
@@ -64,18 +61,17 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     """tollgate.policy.v1.PolicyAdminService."""
 
-    def __init__(self, *, sessions, settings, cache, usage_metrics):
+    def __init__(self, *, sessions, cache, usage):
         self._sessions = sessions
-        self._settings = settings
         self._cache = cache
-        self._usage_metrics = usage_metrics
+        self._usage = usage
 
     def _writes(self) -> dict:
         return {"sessions": self._sessions, "cache": self._cache, "caller": principal()}
 
     def ImportRoles(self, request, context):
-        diff, version = catalog.import_roles([grpc_convert.role_in(r) for r in request.roles], dry_run=request.dry_run,
-                                             prune=request.prune, **self._writes())
+        diff, version = catalog.import_roles([grpc_convert.role_in(r) for r in request.roles],
+                                             dry_run=request.dry_run, prune=request.prune, **self._writes())
         return pb.ImportRolesResponse(added=diff.added, changed=diff.changed, removed=diff.removed,
                                       unchanged=diff.unchanged, dry_run=request.dry_run, policy_version=version)
 
@@ -86,8 +82,8 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
                                     next_page_token=page.next_page_token)
 
     def UpsertFeature(self, request, context):
-        stored = catalog.upsert_feature(grpc_convert.feature_in(request.feature), usage_metrics=self._usage_metrics,
-                                        budget=context.time_remaining(), **self._writes())
+        stored = catalog.upsert_feature(grpc_convert.feature_in(request.feature), usage=self._usage,
+                                        deadline=Deadline.after(context.time_remaining()), **self._writes())
         return pb.UpsertFeatureResponse(feature=grpc_convert.feature_out(stored.value), created=stored.created,
                                         policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
                                         metrics_unchecked_reason=stored.metrics.reason)
@@ -99,8 +95,8 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
                                        next_page_token=page.next_page_token)
 
     def UpsertPlan(self, request, context):
-        stored = catalog.upsert_plan(*grpc_convert.plan_in(request.plan), usage_metrics=self._usage_metrics,
-                                     budget=context.time_remaining(), **self._writes())
+        stored = catalog.upsert_plan(*grpc_convert.plan_in(request.plan), usage=self._usage,
+                                     deadline=Deadline.after(context.time_remaining()), **self._writes())
         return pb.UpsertPlanResponse(plan=grpc_convert.plan_out(stored.value), created=stored.created,
                                      policy_version=stored.version, unchecked_metrics=stored.metrics.unchecked,
                                      metrics_unchecked_reason=stored.metrics.reason)

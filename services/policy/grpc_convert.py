@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from shared.audit import AuditRecord
 from shared.proto_time import from_micros
-from services.policy.model import Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription, TenantPolicy
-from services.policy.domain import Resolution
+from services.policy.domain.model import Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription, TenantPolicy
+from services.policy.domain.modes import Resolution
+from services.policy.domain.ranking import ActiveFeature
 from tollgate.policy.v1 import policy_pb2 as pb
 
 
@@ -85,10 +86,11 @@ def resolution_out(resolution: Resolution) -> pb.Resolution:
                          effective_mode=int(resolution.effective), basis=basis)
 
 
-def active_feature_out(scored, resolution, display_name: str) -> pb.ActiveFeature:
+def active_feature_out(item: ActiveFeature) -> pb.ActiveFeature:
     """A ranked feature with the parts of its score."""
+    scored = item.scored
     return pb.ActiveFeature(
-        feature_id=scored.feature_id, display_name=display_name, effective_mode=int(resolution.effective),
+        feature_id=scored.feature_id, display_name=item.display_name, effective_mode=int(item.resolution.effective),
         score=scored.score, parts=pb.ScoreParts(mode_score=scored.mode_score, user_quantity=scored.user_quantity,
                                                 tenant_quantity=scored.tenant_quantity,
                                                 usage_score=scored.usage_score))

@@ -1,7 +1,8 @@
-"""Policy's one door to Usage: a long-lived channel, a deadline on every call, a short circuit.
+"""The gRPC side of Policy's one door to Usage: a long-lived channel, a timeout on every call, a short circuit.
 
-Failures become `UsageUnavailable`; the caller decides what that means (rank by caps alone,
-or apply a quota's fail-open/fail-closed rule).
+Failures become the domain's `UsageUnavailable`; the caller decides what that means (rank by caps
+alone, or apply a quota's fail-open/fail-closed rule). services/policy/usage_port.py is what use
+cases call; this module is the only one of Policy that speaks Usage's protocol.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shared.errors import Unavailable
+from services.policy.domain.errors import UsageUnavailable
+from services.policy.domain.usage import UsageQuery
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 log = logging.getLogger("tollgate.policy.usage_client")
@@ -29,20 +30,6 @@ _SERVICE_CONFIG = json.dumps({
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }]
 })
-
-
-class UsageUnavailable(Unavailable):
-    """Usage could not answer in time (down, slow, erroring, or the circuit is open)."""
-
-    reason = "USAGE_UNAVAILABLE"
-
-
-@dataclass(frozen=True)
-class Window:
-    """A half-open range [start_us, end_us) in epoch microseconds."""
-
-    start_us: int
-    end_us: int
 
 
 class CircuitBreaker:
@@ -95,21 +82,12 @@ class UsageClient:
         self._max_timeout = max_timeout
         self.breaker = CircuitBreaker(cooldown)
 
-    def totals(self, *, tenant_id: str, metrics: list[str], window: Window, actor_id: str = "",
-               budget: float | None = None) -> dict[str, int]:
-        """Quantity per metric over the window (one actor's when actor_id is set)."""
-        return self.many_totals(tenant_id=tenant_id, metrics=metrics, window=window,
-                                actor_ids=[actor_id], budget=budget)[0]
-
-    def many_totals(self, *, tenant_id: str, metrics: list[str], window: Window, actor_ids: list[str],
-                    budget: float | None = None) -> list[dict[str, int]]:
-        """Totals per metric for each actor id ('' = the whole tenant), fetched concurrently."""
-        if not metrics:
-            return [{} for _ in actor_ids]
+    def get_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[dict[str, int]]:
+        """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
+        seconds = self._timeout(timeout)
         self._allow()
-        timeout = self._timeout(budget)
-        calls = [self._stub.GetUsage.future(self._request(tenant_id, metrics, window, actor), timeout=timeout,
-                                            metadata=self._metadata) for actor in actor_ids]
+        calls = [self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata)
+                 for query in queries]
         try:
             answers = [call.result() for call in calls]
         except grpc.RpcError as error:
@@ -119,10 +97,10 @@ class UsageClient:
         self._succeeded()
         return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
 
-    def metric_names(self, *, budget: float | None = None) -> set[str]:
-        """Every metric name in Usage's catalog, page by page, all within one call's timeout."""
+    def metric_names(self, *, timeout: float | None) -> set[str]:
+        """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
+        names, token, deadline = set(), "", time.monotonic() + self._timeout(timeout)
         self._allow()
-        names, token, deadline = set(), "", time.monotonic() + self._timeout(budget)
         while True:
             try:
                 page = self._stub.ListMetrics(usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
@@ -135,8 +113,12 @@ class UsageClient:
                 self._succeeded()
                 return names
 
-    def _timeout(self, budget: float | None) -> float:
-        return self._max_timeout if budget is None else max(0.0, min(budget, self._max_timeout))
+    def _timeout(self, remaining: float | None) -> float:
+        if remaining is None:
+            return self._max_timeout
+        if remaining <= 0:  # the caller has stopped waiting: asking would only count against Usage's health
+            raise UsageUnavailable("the call's deadline passed before Usage could be asked")
+        return min(remaining, self._max_timeout)
 
     def _allow(self) -> None:
         if not self.breaker.allow():
@@ -145,20 +127,21 @@ class UsageClient:
     def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
         if self.breaker.failed():
             log.warning("usage service at %s became unreachable (%s answered %s); until it answers again, "
-                        "rankings use caps alone and quotas fail open or closed as their plans say", self._address, rpc, error.code().name)
+                        "rankings use caps alone and quotas fail open or closed as their plans say",
+                        self._address, rpc, error.code().name)
         return UsageUnavailable(f"usage service answered {error.code().name}")
 
     def _succeeded(self) -> None:
         if self.breaker.succeeded():
             log.info("usage service at %s is reachable again", self._address)
 
-    @staticmethod
-    def _request(tenant_id: str, metrics: list[str], window: Window, actor_id: str) -> usage_pb2.GetUsageRequest:
-        start, end = Timestamp(), Timestamp()
-        start.FromMicroseconds(window.start_us)
-        end.FromMicroseconds(window.end_us)
-        return usage_pb2.GetUsageRequest(tenant_id=tenant_id, metrics=sorted(set(metrics)), start_time=start,
-                                         end_time=end, actor_id=actor_id)
-
     def close(self) -> None:
         self._channel.close()
+
+
+def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:
+    start, end = Timestamp(), Timestamp()
+    start.FromMicroseconds(query.window.start_us)
+    end.FromMicroseconds(query.window.end_us)
+    return usage_pb2.GetUsageRequest(tenant_id=query.tenant_id, metrics=sorted(set(query.metrics)),
+                                     start_time=start, end_time=end, actor_id=query.actor_id)

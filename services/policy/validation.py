@@ -1,17 +1,26 @@
-"""Checks on admin input, run by use cases after authorization; each returns the normalized value. Pure."""
+"""Every check on Policy's input, run by use cases after authorization; each returns the normalized value. Pure.
+
+A check collects every problem of a request (`Violations`), so one INVALID_ARGUMENT names them all.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from shared import tenant_ids
 from shared.errors import FieldViolation, InvalidArgument
-from services.policy.domain import ID_PATTERN, ID_RULE, Mode
-from services.policy.model import Feature, Plan, QuotaLimit, Role
+from services.policy.domain.model import Feature, Plan, QuotaLimit, Role, SubscriptionStatus
+from services.policy.domain.modes import Mode, requested_mode
 
 MAX_TEXT = {"display_name": 200, "description": 2000, "reason": 500, "metric": 128, "user_id": 128, "tenant_id": 128}
 MAX_ROLES = 1000
+MAX_FEATURES = 500  # ResolveModes
 QUOTA_PERIODS = (1, 2)
+DEFAULT_WINDOW_SECONDS = 30 * 86400  # ListActiveFeatures
+MAX_WINDOW_SECONDS = 400 * 86400
+ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # roles, features, plans
+ID_RULE = "must match ^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 
 
 class Violations:
@@ -124,3 +133,83 @@ def required_ids(**values: str) -> None:
         else:
             check.identifier(value, field)
     check.raise_if_any()
+
+
+def resolve_one(tenant_id: str, user_id: str, feature_id: str, requested: int, min_version: int) -> Mode:
+    """ResolveMode's request; returns the mode asked for (unspecified: the highest)."""
+    check = Violations()
+    mode = _resolving(check, tenant_id, user_id, requested, min_version)
+    if not feature_id:
+        check.add("feature_id", "is required")
+    check.raise_if_any()
+    return mode
+
+
+def resolve_many(tenant_id: str, user_id: str, feature_ids: list[str], requested: int, min_version: int) -> Mode:
+    """ResolveModes' request; returns the mode asked for (unspecified: the highest)."""
+    check = Violations()
+    mode = _resolving(check, tenant_id, user_id, requested, min_version)
+    if len(feature_ids) > MAX_FEATURES:
+        check.add("feature_ids", f"must name at most {MAX_FEATURES} features")
+    for index, feature_id in enumerate(feature_ids):
+        if not feature_id:
+            check.add(f"feature_ids[{index}]", "is required")
+    check.raise_if_any()
+    return mode
+
+
+def _resolving(check: Violations, tenant_id: str, user_id: str, requested: int, min_version: int) -> Mode:
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(user_id, "user_id", "user_id", required=True)
+    if not 0 <= requested <= Mode.AUTONOMOUS:
+        check.add("requested_mode", "must be a mode from MODE_UNSPECIFIED to MODE_AUTONOMOUS")
+        requested = 0
+    if min_version < 0:
+        check.add("min_policy_version", "must not be negative")
+    return requested_mode(requested)
+
+
+def active_features(tenant_id: str, user_id: str, seconds: int, nanos: int) -> int:
+    """ListActiveFeatures' request; returns the ranking window in seconds (default 30 days, at most 400)."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(user_id, "user_id", "user_id", required=True)
+    if seconds < 0 or nanos < 0 or seconds > MAX_WINDOW_SECONDS:
+        check.add("window", f"must be between 0 and {MAX_WINDOW_SECONDS}s")
+    check.raise_if_any()
+    return seconds or DEFAULT_WINDOW_SECONDS
+
+
+def tenant_policy(tenant_id: str, max_mode: int, default_role_id: str) -> Mode:
+    """SetTenantPolicy's request; returns the tenant's maximum mode."""
+    check = Violations()
+    check.text(tenant_id, "tenant_policy.tenant_id", "tenant_id", required=True)
+    mode = check.mode(max_mode, "tenant_policy.max_mode")
+    check.identifier(default_role_id, "tenant_policy.default_role_id")
+    check.raise_if_any()
+    return mode
+
+
+def subscription(tenant_id: str, plan_id: str, status: int, flags: Mapping[str, bool]) -> SubscriptionStatus:
+    """SetSubscription's request; returns its status."""
+    check = Violations()
+    check.text(tenant_id, "subscription.tenant_id", "tenant_id", required=True)
+    check.identifier(plan_id, "subscription.plan_id")
+    if status not in SubscriptionStatus._value2member_map_:
+        check.add("subscription.status", "must be ACTIVE, TRIALING, PAST_DUE or CANCELED")
+    for feature_id in sorted(flags):
+        check.identifier(feature_id, f"subscription.feature_flags[{feature_id!r}]")
+    check.raise_if_any()
+    return SubscriptionStatus(status)
+
+
+def override(tenant_id: str, role_id: str, feature_id: str, cap: int, reason: str) -> Mode:
+    """SetOverride's request; returns the override's cap."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.identifier(role_id, "role_id")
+    check.identifier(feature_id, "feature_id")
+    mode = check.mode(cap, "cap")
+    check.text(reason, "reason", "reason")
+    check.raise_if_any()
+    return mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, insert, select, union_all, update
 
 from services.policy import tables
-from services.policy.model import Feature, Plan, Role
+from services.policy.domain.model import Feature, Plan, Role
 from services.policy.repository import rows
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.audit_chain import AuditChain
 from services.policy import tables
+from services.policy.domain.model import CATALOG, VersionChange
 
-CATALOG = ""  # the policy_versions key of the platform-wide catalog
 AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
 
 
@@ -27,12 +28,22 @@ def version_of(session, tenant_id: str) -> int:
     return found or 0
 
 
-def changed_since(session, version: int) -> list[tuple[str, int]]:
-    """(tenant_id, version) of every tenant (and '' for the catalog) changed after `version`."""
+def changed_since(session, version: int) -> list[VersionChange]:
+    """Every tenant (and '' for the catalog) changed after `version`, at its version now."""
     query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version) \
         .where(tables.policy_versions.c.version > version)
-    return [(row.tenant_id, row.version) for row in session.execute(query)]
+    return [VersionChange(row.tenant_id, row.version) for row in session.execute(query)]
 
 
 def latest_version(session) -> int:
     return session.execute(select(func.max(tables.policy_versions.c.version))).scalar() or 0
+
+
+def start_version(sessions) -> int:
+    """The latest version in a transaction of its own; 0 before the schema is migrated (health says NOT_SERVING
+    meanwhile, and the poller then starts from the beginning)."""
+    try:
+        with sessions.begin() as session:
+            return latest_version(session)
+    except SQLAlchemyError:
+        return 0

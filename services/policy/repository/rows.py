@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from shared.audit import canonical_json
-from services.policy.domain import Mode
-from services.policy.model import (Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription,
+from services.policy.domain.modes import Mode
+from services.policy.domain.model import (Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription,
                                    SubscriptionStatus, TenantPolicy)
 
 

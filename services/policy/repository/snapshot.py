@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from shared.audit_chain import consistent_read
-from services.policy.domain import UnknownTenant
-from services.policy.model import Snapshot
+from services.policy.domain.errors import UnknownTenant
+from services.policy.domain.model import Snapshot
 from services.policy.repository import catalog, chain, tenants
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, delete, insert, select, tuple_, update
 
 from services.policy import tables
-from services.policy.model import Binding, Override, Subscription, TenantPolicy
+from services.policy.domain.model import Binding, Override, Subscription, TenantPolicy
 from services.policy.repository import rows
 
 T = tables
@@ -109,7 +109,3 @@ def list_bindings(session, tenant_id: str, *, user_id: str = "", after: tuple[st
         query = query.limit(limit)
     return [rows.binding_of(row) for row in session.execute(query)]
 
-
-def count_bindings(session, tenant_id: str) -> int:
-    return session.execute(select(func.count()).select_from(T.bindings)
-                           .where(T.bindings.c.tenant_id == tenant_id)).scalar_one()

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from shared import pagination
 from shared.credentials import Principal
 from services.policy import validation
-from services.policy.domain import RoleInUse
-from services.policy.model import Feature, Plan, Role
+from services.policy.domain.errors import RoleInUse
+from services.policy.domain.model import Feature, Plan, Role
 from services.policy.repository import catalog, rows
-from services.policy.repository.chain import CATALOG
+from services.policy.domain.model import CATALOG
 from services.policy.service import access
-from services.policy.service.metric_names import MetricCheck, UsageMetrics
+from services.policy.service import metric_names
+from services.policy.service.metric_names import MetricCheck
 from services.policy.service.writes import Change, audited_write
+from services.policy.usage_port import Deadline, UsagePort
 
 
 @dataclass(frozen=True)
@@ -73,13 +75,13 @@ def import_roles(items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bo
                          apply=apply)
 
 
-def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage_metrics: UsageMetrics,
-                   budget: float | None) -> Upserted:
+def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage: UsagePort,
+                   deadline: Deadline) -> Upserted:
     """Add or update a feature whose metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     feature = validation.feature(value)
-    checked = usage_metrics.check([(f"feature.metrics[{i}]", m) for i, m in enumerate(value.metrics)],
-                                  action="UpsertFeature", budget=budget)
+    checked = metric_names.check([(f"feature.metrics[{i}]", m) for i, m in enumerate(value.metrics)],
+                                 usage=usage, action="UpsertFeature", deadline=deadline)
 
     def apply(session, _now_us):
         current = catalog.get_feature(session, feature.feature_id)
@@ -94,12 +96,12 @@ def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage_
 
 
 def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache, caller: Principal,
-                usage_metrics: UsageMetrics, budget: float | None) -> Upserted:
+                usage: UsagePort, deadline: Deadline) -> Upserted:
     """Add or update a plan whose quotas' metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     plan = validation.plan(value, caps)
-    checked = usage_metrics.check([(f"plan.quotas[{i}].metric", q.metric) for i, q in enumerate(plan.quotas)],
-                                  action="UpsertPlan", budget=budget)
+    checked = metric_names.check([(f"plan.quotas[{i}].metric", q.metric) for i, q in enumerate(plan.quotas)],
+                                 usage=usage, action="UpsertPlan", deadline=deadline)
 
     def apply(session, _now_us):
         current = catalog.get_plan(session, plan.plan_id)

@@ -7,8 +7,8 @@ import secrets
 from shared import pagination
 from shared.credentials import Principal
 from services.policy import validation
-from services.policy.domain import UnknownBinding, UnknownFeature, UnknownOverride, UnknownRole
-from services.policy.model import Binding, Override
+from services.policy.domain.errors import UnknownBinding, UnknownFeature, UnknownOverride, UnknownRole
+from services.policy.domain.model import Binding, Override
 from services.policy.repository import catalog, tenants
 from services.policy.service import access
 from services.policy.service.tenants import require_tenant_exists
@@ -19,13 +19,7 @@ def set_override(tenant_id: str, role_id: str, feature_id: str, cap: int, reason
                  caller: Principal) -> tuple[Override, int]:
     """Replace a role's catalog cap for a feature in one tenant; the override keeps its id across updates."""
     access.tenant(caller, tenant_id)
-    check = validation.Violations()
-    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
-    check.identifier(role_id, "role_id")
-    check.identifier(feature_id, "feature_id")
-    mode = check.mode(cap, "cap")
-    check.text(reason, "reason", "reason")
-    check.raise_if_any()
+    mode = validation.override(tenant_id, role_id, feature_id, cap, reason)
 
     def apply(session, now_us):
         require_tenant_exists(session, tenant_id)

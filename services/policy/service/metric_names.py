@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from services.policy.domain import UnknownMetric
-from services.policy.usage_client import UsageClient, UsageUnavailable
+from services.policy.domain.errors import UnknownMetric, UsageUnavailable
+from services.policy.usage_port import Deadline, UsagePort
 
 log = logging.getLogger("tollgate.policy.metric_names")
 
@@ -24,26 +24,18 @@ class MetricCheck:
     reason: str = ""
 
 
-class UsageMetrics:
-    """Usage's metric catalog, asked afresh at every check (a metric added a moment ago counts)."""
-
-    def __init__(self, client: UsageClient | None):
-        self._client = client
-
-    def check(self, named: list[tuple[str, str]], *, action: str, budget: float | None) -> MetricCheck:
-        """Refuse (UnknownMetric) the (field, metric) pairs whose metric Usage lacks; unchecked if Usage is down."""
-        if not named:
-            return MetricCheck()
-        try:
-            if self._client is None:
-                raise UsageUnavailable("no usage service configured")
-            known = self._client.metric_names(budget=budget)
-        except UsageUnavailable as error:
-            names = tuple(dict.fromkeys(metric for _field, metric in named))
-            log.warning("%s accepted metric names %s without checking them against Usage's catalog: %s",
-                        action, list(names), error.message)
-            return MetricCheck(names, error.message)
-        unknown = [(field, metric) for field, metric in named if metric not in known]
-        if unknown:
-            raise UnknownMetric(unknown)
+def check(named: list[tuple[str, str]], *, usage: UsagePort, action: str, deadline: Deadline) -> MetricCheck:
+    """Refuse (UnknownMetric) the (field, metric) pairs whose metric Usage lacks; unchecked if Usage is down."""
+    if not named:
         return MetricCheck()
+    try:
+        known = usage.metric_names(deadline=deadline)
+    except UsageUnavailable as error:
+        names = tuple(dict.fromkeys(metric for _field, metric in named))
+        log.warning("%s accepted metric names %s without checking them against Usage's catalog: %s",
+                    action, list(names), error.message)
+        return MetricCheck(names, error.message)
+    unknown = [(field, metric) for field, metric in named if metric not in known]
+    if unknown:
+        raise UnknownMetric(unknown)
+    return MetricCheck()

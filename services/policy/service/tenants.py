@@ -6,8 +6,8 @@ from dataclasses import replace
 
 from shared.credentials import Principal
 from services.policy import validation
-from services.policy.domain import NoSubscription, UnknownPlan, UnknownRole, UnknownTenant
-from services.policy.model import Snapshot, Subscription, SubscriptionStatus, TenantPolicy
+from services.policy.domain.errors import NoSubscription, UnknownPlan, UnknownRole, UnknownTenant
+from services.policy.domain.model import Snapshot, Subscription, TenantPolicy
 from services.policy.repository import catalog, rows, snapshot, tenants
 from services.policy.service import access
 from services.policy.service.writes import Change, audited_write
@@ -25,11 +25,7 @@ def set_tenant_policy(tenant_id: str, max_mode: int, default_role_id: str, *, se
                       caller: Principal) -> tuple[TenantPolicy, int]:
     """Create or update a tenant's policy (this is what makes a tenant exist)."""
     access.platform_tenant_write(caller, "setting a tenant policy")
-    check = validation.Violations()
-    check.text(tenant_id, "tenant_policy.tenant_id", "tenant_id", required=True)
-    mode = check.mode(max_mode, "tenant_policy.max_mode")
-    check.identifier(default_role_id, "tenant_policy.default_role_id")
-    check.raise_if_any()
+    mode = validation.tenant_policy(tenant_id, max_mode, default_role_id)
 
     def apply(session, now_us):
         if not catalog.role_exists(session, default_role_id):
@@ -56,23 +52,11 @@ def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscrip
     return found
 
 
-def _check_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str, bool]) -> SubscriptionStatus:
-    check = validation.Violations()
-    check.text(tenant_id, "subscription.tenant_id", "tenant_id", required=True)
-    check.identifier(plan_id, "subscription.plan_id")
-    if status not in SubscriptionStatus._value2member_map_:
-        check.add("subscription.status", "must be ACTIVE, TRIALING, PAST_DUE or CANCELED")
-    for feature_id in sorted(flags):
-        check.identifier(feature_id, f"subscription.feature_flags[{feature_id!r}]")
-    check.raise_if_any()
-    return SubscriptionStatus(status)
-
-
 def set_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions, cache,
                      caller: Principal) -> tuple[Subscription, int]:
     """Set a tenant's plan, status and feature flags (platform only: a tenant may not upgrade itself)."""
     access.platform_tenant_write(caller, "setting a subscription")
-    state = _check_subscription(tenant_id, plan_id, status, flags)
+    state = validation.subscription(tenant_id, plan_id, status, flags)
 
     def apply(session, now_us):
         require_tenant_exists(session, tenant_id)

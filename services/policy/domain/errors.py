@@ -1,90 +1,8 @@
-"""Modes, caps and the effective-mode rule of SPEC §1.2, with the domain errors. Pure Python."""
+"""Policy's domain errors: each names what was wrong with what, and maps to one status (shared/grpc_errors.py)."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import IntEnum
-
-from shared.errors import FailedPrecondition, NotFound
-
-
-class Mode(IntEnum):
-    """How much a feature may act on its own, lowest first; values match the proto enum."""
-
-    OFF = 1
-    OBSERVE = 2
-    SUGGEST = 3
-    PROACTIVE = 4
-    AMBITIOUS = 5
-    AUTONOMOUS = 6
-
-
-class CapSource(IntEnum):
-    """Where a cap comes from; the basis lists entries in this order (values match the proto enum)."""
-
-    REQUESTED = 1
-    ROLE = 2
-    FEATURE = 3
-    PLAN = 4
-    TENANT = 5
-    QUOTA = 6
-
-
-HIGHEST = Mode.AUTONOMOUS
-ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-ID_RULE = "must match ^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
-
-
-@dataclass(frozen=True)
-class Cap:
-    """One source's cap on a feature, with what set it (role id, plan id, override id...)."""
-
-    source: CapSource
-    cap: Mode
-    detail: str
-
-
-@dataclass(frozen=True)
-class BasisEntry:
-    """A cap as shown in an answer: `binding` when it set the result below the request."""
-
-    source: CapSource
-    cap: Mode
-    detail: str
-    binding: bool
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """The effective mode of one feature for one user, and why."""
-
-    feature_id: str
-    requested: Mode
-    effective: Mode
-    basis: tuple[BasisEntry, ...]
-
-
-def requested_mode(value: int) -> Mode:
-    """The mode asked for; unspecified (0) means the highest the caller may have."""
-    return Mode(value) if value else HIGHEST
-
-
-def effective_mode(requested: Mode, caps: Iterable[Cap], extra: Iterable[Cap] = ()) -> tuple[Mode, tuple[BasisEntry, ...]]:
-    """min(requested, every cap) and the basis in CapSource order; `extra` takes later sources (quotas)."""
-    considered = sorted([*caps, *extra], key=lambda cap: cap.source)  # stable: same-source caps keep their order
-    result = min([requested, *(cap.cap for cap in considered)])
-    below = result < requested
-    basis = [BasisEntry(CapSource.REQUESTED, requested, "requested", False)]
-    basis += [BasisEntry(c.source, c.cap, c.detail, below and c.cap == result) for c in considered]
-    return result, tuple(basis)
-
-
-def resolve(feature_id: str, requested: Mode, caps: Iterable[Cap], extra: Iterable[Cap] = ()) -> Resolution:
-    """A Resolution of `feature_id` from its caps."""
-    effective, basis = effective_mode(requested, caps, extra)
-    return Resolution(feature_id, requested, effective, basis)
+from shared.errors import FailedPrecondition, NotFound, Unavailable
 
 
 class UnknownTenant(NotFound):
@@ -165,3 +83,9 @@ class UnknownMetric(FailedPrecondition):
     def __init__(self, named: list[tuple[str, str]]):
         listed = ", ".join(f"{field} {metric!r}" for field, metric in named)
         super().__init__(f"not in Usage's metric catalog: {listed} (UsageAdminService/UpsertMetric adds a metric)")
+
+
+class UsageUnavailable(Unavailable):
+    """Usage could not answer in time (down, slow, erroring, or the circuit is open)."""
+
+    reason = "USAGE_UNAVAILABLE"

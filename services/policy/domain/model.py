@@ -6,7 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from services.policy.domain import Cap, CapSource, Mode, Resolution, UnknownFeature, resolve
+from services.policy.domain.errors import UnknownFeature
+from services.policy.domain.modes import Cap, CapSource, Mode, Resolution, resolve
 
 
 class SubscriptionStatus(IntEnum):
@@ -17,6 +18,8 @@ class SubscriptionStatus(IntEnum):
     PAST_DUE = 3
     CANCELED = 4
 
+
+CATALOG = ""  # the tenant_id under which the platform-wide catalog's versions and audit records are kept
 
 ACTIVE_STATUSES = frozenset({SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING})
 
@@ -96,6 +99,14 @@ class Binding:
     user_id: str
     role_id: str
     create_us: int = 0
+
+
+@dataclass(frozen=True)
+class VersionChange:
+    """A tenant's data (or the catalog's, tenant_id '') changed, and its policy version is now `version`."""
+
+    tenant_id: str
+    version: int
 
 
 @dataclass(frozen=True)

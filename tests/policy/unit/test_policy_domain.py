@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.audit import ZERO_HASH, check_links, new_record
-from services.policy.domain import Cap, CapSource, Mode, effective_mode, requested_mode
-from services.policy.model import Feature, Plan, Role, Snapshot, Subscription, SubscriptionStatus, TenantPolicy
+from services.policy.domain.modes import Cap, CapSource, Mode, effective_mode, requested_mode
+from services.policy.domain.model import Feature, Plan, Role, Snapshot, Subscription, SubscriptionStatus, TenantPolicy
 
 MODES = list(Mode)
 SOURCES = [CapSource.ROLE, CapSource.FEATURE, CapSource.PLAN, CapSource.TENANT]

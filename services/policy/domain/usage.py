@@ -1,0 +1,55 @@
+"""Usage as Policy reads it: the questions it asks Usage and the named answers it gets back. Pure Python."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open range [start_us, end_us) in epoch microseconds."""
+
+    start_us: int
+    end_us: int
+
+    @classmethod
+    def ending_at(cls, now_us: int, seconds: int) -> Window:
+        """The last `seconds` up to and including the instant `now_us`."""
+        return cls(now_us - seconds * MICROS, now_us + 1)
+
+
+@dataclass(frozen=True)
+class UsageQuery:
+    """One GetUsage: the totals of `metrics` over `window`, the whole tenant's or one actor's."""
+
+    tenant_id: str
+    metrics: tuple[str, ...]
+    window: Window
+    actor_id: str = ""  # '' = every actor of the tenant
+
+
+@dataclass(frozen=True)
+class RankingTotals:
+    """A ranking's usage per metric over its window: the whole tenant's, and the user's own."""
+
+    tenant: Mapping[str, int]
+    user: Mapping[str, int]
+
+    def of(self, metrics: tuple[str, ...]) -> tuple[int, int]:
+        """(user quantity, tenant quantity) of a feature measured by `metrics`."""
+        return sum(self.user.get(m, 0) for m in metrics), sum(self.tenant.get(m, 0) for m in metrics)
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """The quotas' usage in their current periods, by (metric, period); `unavailable` says why when unknown."""
+
+    used: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    unavailable: str = ""
+
+    def of(self, metric: str, period: int) -> int | None:
+        """The period's usage of the metric (0 without usage); None when Usage did not answer."""
+        return None if self.unavailable else self.used.get((metric, period), 0)
