@@ -82,14 +82,11 @@ class AuditChain:
 def list_records(chain: AuditChain, tenant_id: str, *, page_size: int, page_token: str, sessions,
                  caller: Principal) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the platform's (platform only)."""
-    if tenant_id:
-        auth.require_tenant(caller, tenant_id)
-    else:
-        auth.require_platform(caller, "listing every tenant's audit records")
+    tenants = auth.tenant_scope(caller, tenant_id, "listing every tenant's audit records")
     scope = {"listing": "audit", "tenant": tenant_id}
     cursor = pagination.start(page_size, page_token, scope, shape=(int,))
     with sessions.begin() as session:
-        items = chain.records(session, tenant_id=tenant_id or None, after=cursor.after[0] if cursor.after else 0,
+        items = chain.records(session, tenant_id=tenants, after=cursor.after[0] if cursor.after else 0,
                               limit=cursor.limit + 1)
     return cursor.page(items, lambda r: (r.sequence,))
 

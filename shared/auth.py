@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from shared import credentials
+from shared import credentials, tenant_ids
 from shared.credentials import Credential, Principal
-from shared.errors import PermissionDenied, Unauthenticated
+from shared.errors import PermissionDenied, Unauthenticated, require
 
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
 
@@ -104,14 +104,28 @@ def require_scope(caller: Principal, scope: str) -> None:
 
 def require_tenant(caller: Principal, tenant_id: str) -> None:
     """A tenant credential may only name its own tenant; the platform may name any."""
-    if caller.tenant_id is not None and caller.tenant_id != tenant_id:
+    if not caller.is_platform and caller.tenant_id != tenant_id:
         raise AccessRefused(f"credential may not act for tenant {tenant_id!r}", why="other tenant",
                             token_id=caller.token_id)
 
 
 def require_platform(caller: Principal, what: str) -> None:
-    if caller.tenant_id is not None:
+    """Only a platform credential may do `what`."""
+    if not caller.is_platform:
         raise AccessRefused(f"{what} needs a platform credential", why="platform only", token_id=caller.token_id)
+
+
+def tenant_scope(caller: Principal, tenant_id: str, what: str) -> str | None:
+    """The tenant an admin call acts on: the one its request names (well formed, and the caller's own unless the
+    caller is the platform), or None, every tenant, when the request leaves tenant_id empty: the platform only,
+    `what` saying what was asked for."""
+    if not tenant_id:
+        require_platform(caller, what)
+        return None
+    problem = tenant_ids.problem(tenant_id)
+    require(problem is None, "tenant_id", problem or "")
+    require_tenant(caller, tenant_id)
+    return tenant_id
 
 
 def table_authenticator(engine, table, *, cache_seconds: float) -> Authenticator:

@@ -18,7 +18,12 @@ from shared.errors import Unauthenticated
 
 SCOPES = frozenset({"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"})
 SERVICES = ("usage", "policy")  # a scope reads `<service>:<right>`
-PLATFORM = "*"  # tenant_id stored for platform credentials, which may act for any tenant
+# "The platform" (a credential that may act for every tenant) and "every tenant" (what an admin call acts on)
+# are one idea, and in code one value: None (`Principal.tenant_id`, a use case's or a repository's tenant).
+# Two spellings stay at the edges, each read in one place: an empty tenant_id in a request (proto3 strings
+# have no null; `auth.tenant_scope`), and PLATFORM where text must show it: a credentials row (tenant_id is
+# NOT NULL), a log line's tenant, `tollgate-token list` (`tenant_label`). No tenant id can be '*'.
+PLATFORM = "*"
 
 
 @dataclass(frozen=True)
@@ -26,11 +31,12 @@ class Principal:
     """Who is calling: a credential bound to one tenant (or the platform) and its scopes."""
 
     token_id: str
-    tenant_id: str | None  # None means the platform
+    tenant_id: str | None  # None: the platform
     scopes: frozenset[str]
 
     @property
     def is_platform(self) -> bool:
+        """Whether the credential may act for every tenant."""
         return self.tenant_id is None
 
 
@@ -104,9 +110,14 @@ def store(engine: Engine, table: Table, *, token_id: str, secret_hash: str, tena
     """Insert a credential row."""
     with engine.begin() as connection:
         connection.execute(table.insert().values(
-            token_id=token_id, tenant_id=tenant_id or PLATFORM, scopes=" ".join(sorted(scopes)),
+            token_id=token_id, tenant_id=tenant_label(tenant_id), scopes=" ".join(sorted(scopes)),
             secret_hash=secret_hash, label=label, created_at=datetime.now(timezone.utc), revoked_at=None,
         ))
+
+
+def tenant_label(tenant_id: str | None) -> str:
+    """How text shows a credential's tenant: the tenant id, or PLATFORM."""
+    return PLATFORM if tenant_id is None else tenant_id
 
 
 def load(engine: Engine, table: Table, token_id: str) -> Credential | None:

@@ -99,7 +99,7 @@ def _list(args, names: list[str]) -> int:
         for row in credentials.list_all(engine, table):
             state = "revoked" if row.revoked_at else "active"
             created = _utc(row.created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-            print(f"{name}\t{row.token_id}\t{row.tenant_id or '*'}\t{','.join(sorted(row.scopes))}\t{state}\t"
+            print(f"{name}\t{row.token_id}\t{credentials.tenant_label(row.tenant_id)}\t{','.join(sorted(row.scopes))}\t{state}\t"
                   f"{created}\t{row.label}")
         engine.dispose()
     return 0

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
-from shared import auth, grpc_errors, metrics
+from shared import auth, credentials, grpc_errors, metrics
 from shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
 log = logging.getLogger("tollgate.shared.interceptor")
@@ -191,7 +191,7 @@ class _Call:
         fields = {
             "service": self._interceptor.server, "grpc_service": self._service, "grpc_method": self._name,
             "code": code.name, "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
-            "tenant": (principal.tenant_id or "*") if principal else "",
+            "tenant": credentials.tenant_label(principal.tenant_id) if principal else "",
             "token_id": principal.token_id if principal else (refusal.token_id if refusal else ""),
             "peer": context.peer(),
         }

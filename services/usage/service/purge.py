@@ -34,11 +34,11 @@ class PurgeReport:
 
 def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions) -> PurgeReport:
     """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
-    authorize_purge(tenant_id)
+    tenants = authorize_purge(tenant_id)
     require(before_us is not None, "before_time", "is required")
     require(clock.MIN_MICROS <= before_us <= clock.now_micros(),
             "before_time", "must be a past timestamp (from year 1 on)")
-    return purge(sessions, tenant_id or None, before_us, dry_run=dry_run, actor=auth.principal().token_id)
+    return purge(sessions, tenants, before_us, dry_run=dry_run, actor=auth.principal().token_id)
 
 
 def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False,

@@ -50,25 +50,16 @@ class RollupStatus:
     last_run_buckets: int
 
 
-def _authorize(tenant_id: str, what: str) -> None:
-    caller = auth.principal()
-    if tenant_id:
-        check_tenant(tenant_id)
-        auth.require_tenant(caller, tenant_id)
-    else:
-        auth.require_platform(caller, what)
-
-
-def authorize_purge(tenant_id: str) -> None:
-    """A purge of one tenant needs that tenant's (or a platform) credential; of every tenant, the platform's."""
-    _authorize(tenant_id, "a purge of every tenant")
+def authorize_purge(tenant_id: str) -> str | None:
+    """A purge of one tenant needs that tenant's (or a platform) credential; of every tenant (None), the platform's."""
+    return auth.tenant_scope(auth.principal(), tenant_id, "a purge of every tenant")
 
 
 def run_rollup(tenant_id: str, max_buckets: int, *, sessions) -> RunReport:
     """Recompute dirty buckets of one tenant (or of all, for the platform) now."""
-    _authorize(tenant_id, "a rollup of every tenant")
+    tenants = auth.tenant_scope(auth.principal(), tenant_id, "a rollup of every tenant")
     require(max_buckets >= 0, "max_buckets", "must not be negative")
-    return roll_up(sessions, tenant_id or None, max_buckets)
+    return roll_up(sessions, tenants, max_buckets)
 
 
 def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
@@ -157,11 +148,11 @@ def _serial_step(session, *, tenant_id: str | None, after: tuple | None, max_buc
 
 
 def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
-    _authorize(tenant_id, "the rollup status of every tenant")
+    tenants = auth.tenant_scope(auth.principal(), tenant_id, "the rollup status of every tenant")
     with sessions.begin() as session:
-        count, oldest = rollups_sql.dirty_summary(session, tenant_id or None)
-        last = rollups_sql.last_run(session, tenant_id or None)
-    if not tenant_id:
+        count, oldest = rollups_sql.dirty_summary(session, tenants)
+        last = rollups_sql.last_run(session, tenants)
+    if tenants is None:
         metrics.observe_backlog(count, oldest, clock.now_micros())
     return RollupStatus(count, oldest, last[0] if last else None, last[1] if last else 0)
 
