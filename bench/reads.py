@@ -47,6 +47,7 @@ from tollgate.usage.v1 import usage_pb2_grpc
 from services.usage.buckets import DAY_US, HOUR_US
 from services.usage.catalog import DEFAULT_CATALOG
 from services.usage.repository.ingest import COLUMNS
+from services.usage.server import storage_for
 from services.usage.service import rollups
 from services.usage.tables import aggregates
 
@@ -202,7 +203,7 @@ def _cold_backlog(url: str) -> None:
         with psycopg.connect(_pg(url), autocommit=True) as connection:
             dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
             before = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
-            report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None))
+            report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None, storage=storage_for(engine)))
             after = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
             left = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
             _check_periods(connection)
@@ -255,7 +256,7 @@ def _late_rollup(url: str, raw) -> None:
     months = months_read[1][1] or 0
     engine = create_engine_for(url, schema="usage", pool_size=2)
     try:
-        report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None))
+        report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None, storage=storage_for(engine)))
     finally:
         engine.dispose()
     assert report[1].buckets_remaining == 0, "dirty buckets left after the late-event rollup"

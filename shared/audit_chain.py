@@ -3,8 +3,11 @@ given, and the two use cases every chain answers: list it and verify it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import (BigInteger, CheckConstraint, Column, Index, Integer, MetaData, String, Table, Text,
                         insert, select, update)
+from sqlalchemy.orm import Session
 
 from shared import audit, auth, pagination
 from shared.audit import AuditRecord, Verification
@@ -32,17 +35,29 @@ def audit_tables(metadata: MetaData) -> tuple[Table, Table]:
     return records, head
 
 
+def repeatable_read(session) -> None:
+    """Make every statement of this transaction see one snapshot (PostgreSQL's REPEATABLE READ)."""
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def as_begun(session) -> None:
+    """Leave the transaction as it began: on SQLite its BEGIN already holds one snapshot."""
+
+
 def consistent_read(session) -> None:
-    """Make every statement of this transaction see one snapshot (PostgreSQL; SQLite's BEGIN already does)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    """repeatable_read or as_begun, by the session's database, for callers that do not inject the choice."""
+    (repeatable_read if session.get_bind().dialect.name == "postgresql" else as_begun)(session)
 
 
 class AuditChain:
-    """The statements over one service's chain tables."""
+    """The statements over one service's chain tables.
 
-    def __init__(self, records: Table, head: Table):
-        self._records, self._head = records, head
+    `snapshot` makes a transaction's statements see one snapshot (repeatable_read or as_begun): the
+    backend's choice, made where the service is wired (consistent_read, which asks the session, until then).
+    """
+
+    def __init__(self, records: Table, head: Table, *, snapshot: Callable[[Session], None] = consistent_read):
+        self._records, self._head, self.snapshot = records, head, snapshot
 
     def lock_head(self, session) -> tuple[int, str]:
         """(sequence, hash) of the chain's last link, locked until commit so appends queue, never fork.
@@ -97,7 +112,7 @@ def verify(chain: AuditChain, *, sessions, caller: Principal, page: int = VERIFY
     sequence, previous = 0, audit.ZERO_HASH
     while True:
         with sessions.begin() as session:
-            consistent_read(session)  # the last page and the head must agree
+            chain.snapshot(session)  # the last page and the head must agree
             batch = chain.records(session, tenant_id=None, after=sequence, limit=page)
             head = chain.head(session)
         sequence, previous, broken = audit.check_links(batch, after_sequence=sequence, after_hash=previous)

@@ -6,6 +6,7 @@ import sqlalchemy.exc
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 from shared import grpc_errors
+from shared.auth import principal
 from shared.errors import TollgateError
 
 from services.usage import grpc_convert as convert
@@ -43,15 +44,16 @@ def ingest_rules(settings) -> IngestRules:
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     """tollgate.usage.v1.UsageService."""
 
-    def __init__(self, *, sessions, connections, settings):
-        self._sessions = sessions
+    def __init__(self, *, sessions, connections, storage, settings):
+        self._sessions, self._storage = sessions, storage
         self._reads = connections  # GetUsage, ListAggregates and ListEvents are one statement each
         self._settings = settings
         self._rules = ingest_rules(settings)
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
-        results = ingest.record_events(batch, sessions=self._sessions, rules=self._rules)
+        results = ingest.record_events(batch, sessions=self._sessions, storage=self._storage, rules=self._rules,
+                                       caller=principal())
         return usage_pb2.RecordEventsResponse(results=convert.results(results))
 
     def StreamEvents(self, request_iterator, context):
@@ -65,7 +67,8 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         stream goes on. Authentication happened when the stream opened (the interceptor), so it ends the stream."""
         try:
             batch = convert.batch(request.tenant_id, request.events)
-            results = ingest.record_events(batch, sessions=self._sessions, rules=self._rules)
+            results = ingest.record_events(batch, sessions=self._sessions, storage=self._storage, rules=self._rules,
+                                           caller=principal())
         except (TollgateError, sqlalchemy.exc.SQLAlchemyError) as error:
             status = grpc_errors.status_for(error)
             if status is None:
@@ -79,14 +82,14 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request, "start_time"),
             end_us=convert.micros(request, "end_time"),
             group_by_actor=request.group_by_actor)
-        totals = reads.get_usage(query, connections=self._reads)
+        totals = reads.get_usage(query, connections=self._reads, storage=self._storage, caller=principal())
         return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])
 
     def ListAggregates(self, request, context):
         page = rollups.list_aggregates(
             request.tenant_id, request.metric, request.period, convert.micros(request, "start_time"),
             convert.micros(request, "end_time"), page_size=request.page_size, page_token=request.page_token,
-            connections=self._reads)
+            connections=self._reads, caller=principal())
         return usage_pb2.ListAggregatesResponse(aggregates=[convert.aggregate(a) for a in page.items],
                                                 next_page_token=page.next_page_token)
 
@@ -97,7 +100,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request, "start_time"),
             end_us=convert.micros(request, "end_time"))
         page = reads.list_events(where, page_size=request.page_size, page_token=request.page_token,
-                                 connections=self._reads)
+                                 connections=self._reads, caller=principal())
         return usage_pb2.ListEventsResponse(events=[convert.stored_event(s) for s in page.items],
                                             next_page_token=page.next_page_token)
 
@@ -111,32 +114,36 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
 class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
     """tollgate.usage.v1.UsageAdminService."""
 
-    def __init__(self, *, sessions, settings):
-        self._sessions = sessions
-        self._settings = settings
+    def __init__(self, *, sessions, storage):
+        self._sessions, self._storage = sessions, storage
+
+    def _dependencies(self) -> dict:
+        """The dependencies of an admin call: the database, its backend, and the caller."""
+        return {"sessions": self._sessions, "storage": self._storage, "caller": principal()}
 
     def UpsertMetric(self, request, context):
-        metric, created = catalog.upsert_metric(convert.metric_from_proto(request.metric), sessions=self._sessions)
+        metric, created = catalog.upsert_metric(convert.metric_from_proto(request.metric), **self._dependencies())
         return usage_pb2.UpsertMetricResponse(metric=convert.metric_to_proto(metric), created=created)
 
     def RunRollup(self, request, context):
-        report = rollups.run_rollup(request.tenant_id, request.max_buckets, sessions=self._sessions)
+        report = rollups.run_rollup(request.tenant_id, request.max_buckets, **self._dependencies())
         return usage_pb2.RunRollupResponse(buckets_recomputed=report.buckets_recomputed,
                                            buckets_remaining=report.buckets_remaining,
                                            duration=convert.duration(report.duration_seconds))
 
     def PurgeEvents(self, request, context):
         return convert.purge_report(purge.purge_events(request.tenant_id, convert.micros(request, "before_time"),
-                                                       request.dry_run, sessions=self._sessions))
+                                                       request.dry_run, **self._dependencies()))
 
     def GetRollupStatus(self, request, context):
-        return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions))
+        return convert.rollup_status(rollups.rollup_status(request.tenant_id, sessions=self._sessions,
+                                                           caller=principal()))
 
     def ListAuditRecords(self, request, context):
         page = audit.list_records(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
-                                  sessions=self._sessions)
+                                  **self._dependencies())
         return usage_pb2.ListAuditRecordsResponse(records=[convert.audit_record(r) for r in page.items],
                                                   next_page_token=page.next_page_token)
 
     def VerifyAudit(self, request, context):
-        return convert.verification(audit.verify(sessions=self._sessions))
+        return convert.verification(audit.verify(**self._dependencies()))

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
 from services.usage import tables
-from services.usage.source_hash import pg_hash_text
+from services.usage.repository.sqlite.source_hash import pg_hash_text
 from shared import migrate
 from shared.db import create_engine_for, normalize_url
 from tests import support

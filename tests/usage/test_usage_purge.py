@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from services.usage import tables
 from services.usage.buckets import HOUR_US, Period, start_of
+from services.usage.server import storage_for
 from services.usage.service import purge
 from shared.db import create_engine_for, session_factory
 from tests import support
@@ -167,7 +168,8 @@ def test_the_retention_job_purges_what_is_older_than_the_retention(own_usage_url
             for tenant in ("t1", "t2") for n, at in enumerate(instants)])
     stopping = threading.Event()
     worker = threading.Thread(target=purge.retention_job(session_factory(engine), retention_days=14,
-                                                         every_seconds=0.05), args=(stopping,))
+                                                         every_seconds=0.05, storage=storage_for(engine)),
+                              args=(stopping,))
     worker.start()
     try:
         deadline = time.monotonic() + 30
@@ -178,7 +180,7 @@ def test_the_retention_job_purges_what_is_older_than_the_retention(own_usage_url
         stopping.set()
         worker.join()
         engine.dispose()
-    assert purge.retention_job(None, retention_days=0, every_seconds=1) is None
+    assert purge.retention_job(None, retention_days=0, every_seconds=1, storage=storage_for(engine)) is None
 
 
 def _event_ids(engine) -> set[tuple[str, str]]:

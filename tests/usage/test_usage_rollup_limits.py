@@ -15,8 +15,9 @@ from sqlalchemy import delete, select
 
 from services.usage import tables
 from services.usage.buckets import ALL_HOURS, DAY_US, HOUR_US, Period, marked_buckets_of, start_of
-from services.usage.repository import rollup_serial
 from services.usage.repository import rollups as rollups_sql
+from services.usage.repository.sqlite import rollup_serial
+from services.usage.server import storage_for
 from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.usage_support import MINUTE_US, event, now_us, record, totals, ts
@@ -122,7 +123,7 @@ def test_usage_is_answered_while_another_transaction_holds_the_write_lock(dbs, s
     record(usage_stub, token, tenant, [event("a", quantity=3)])
     reader = support.make_token(dbs, tenant=tenant, scopes=["usage:read"])  # never looked up yet
     with sessions() as session, session.begin():
-        rollups_sql.record_run(session, f"lock-{tenant}", now_us(), 0)
+        rollups_sql.record_run(session, f"lock-{tenant}", now_us(), 0, storage=storage_for(sessions.kw["bind"]))
         assert totals(usage_stub, reader, tenant) == {"api.requests": (3, 1)}
         session.rollback()
 
@@ -139,7 +140,7 @@ def _inject_overflow(sessions, tenant: str, at_us: int) -> None:
                for p, s in marked_buckets_of(at_us)}
     with sessions.begin() as session:
         session.execute(tables.events.insert(), rows)
-        rollups_sql.mark_dirty(session, tenant, buckets, now_us())
+        rollups_sql.mark_dirty(session, tenant, buckets, now_us(), storage=storage_for(sessions.kw["bind"]))
 
 
 def _remove(sessions, tenant: str) -> None:

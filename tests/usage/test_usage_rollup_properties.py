@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from services.usage import tables
 from services.usage.buckets import DAY_US, Period, start_of
-from services.usage.source_hash import pg_hash_text
+from services.usage.repository.sqlite.source_hash import pg_hash_text
 from shared.db import create_engine_for
 from tests import support
 from tests.usage_support import MINUTE_US, event, every_page, now_us, record

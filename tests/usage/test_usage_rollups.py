@@ -11,9 +11,11 @@ from sqlalchemy.orm import sessionmaker
 
 from services.usage import tables
 from services.usage.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
-from services.usage.repository import rollup_pass
+from services.usage.repository import postgres, sqlite
+from services.usage.repository.postgres import rollup_pass
+from services.usage.repository.sqlite.source_hash import pg_hash_text
+from services.usage.server import storage_for
 from services.usage.service import rollups
-from services.usage.source_hash import pg_hash_text
 from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.conftest import status_of
@@ -255,7 +257,8 @@ def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub,
     record(usage_stub, token, tenant, [event("a", at_us=week)])
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     stopping = threading.Event()
-    job = threading.Thread(target=rollups.scheduled_job(session_factory(engine), 0.05), args=(stopping,))
+    job = threading.Thread(target=rollups.scheduled_job(session_factory(engine), 0.05, storage=storage_for(engine)),
+                           args=(stopping,))
     job.start()
     try:
         for _ in range(100):
@@ -269,7 +272,7 @@ def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub,
         stopping.set()
         job.join(10)
         engine.dispose()
-    assert not job.is_alive() and rollups.scheduled_job(None, 0) is None
+    assert not job.is_alive() and rollups.scheduled_job(None, 0, storage=storage_for(engine)) is None
 
 
 # PostgreSQL reads a day with no stored row whole (one index range, or a backlog with one scan when the
@@ -283,11 +286,11 @@ def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_r
         dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late, scan):
     if dbs.backend == "sqlite" and scan:
         pytest.skip("only PostgreSQL reads a backlog by scan; SQLite reads a day hour by hour")
-    monkeypatch.setattr(rollups, "CLAIM_SIZE", 3)
-    monkeypatch.setattr(rollups, "SERIAL_ROWS", 3)
-    monkeypatch.setattr(rollups, "PASS_SIZE", 7)
-    monkeypatch.setattr(rollups, "SCAN_FROM", 1 if scan else 10**9)
-    monkeypatch.setattr(rollups, "VISIBLE_ENOUGH", 2.0)  # never reached: the share is at most 1
+    monkeypatch.setattr(postgres, "CLAIM_SIZE", 3)
+    monkeypatch.setattr(sqlite, "SERIAL_ROWS", 3)
+    monkeypatch.setattr(postgres, "PASS_SIZE", 7)
+    monkeypatch.setattr(postgres, "SCAN_FROM", 1 if scan else 10**9)
+    monkeypatch.setattr(postgres, "VISIBLE_ENOUGH", 2.0)  # never reached: the share is at most 1
     for batch in (["early", "late"] if late else ["new"]):
         if batch == "late":
             _run(usage_admin_stub, token, tenant)

@@ -1,4 +1,8 @@
-"""Every SQL statement of the Usage service, split by use case; plus the transaction runner."""
+"""Every SQL statement of the Usage service, split by use case; plus the transaction runner.
+
+The modules here hold the statements both backends share. What a backend writes its own way sits behind
+the seam in storage.py, implemented once per backend (postgres/, sqlite/) and chosen by the wiring.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy.dialects import postgresql, sqlite
 
 T = TypeVar("T")
 
+# What a use case may catch of the database's failures without naming SQLAlchemy.
+DatabaseError = sqlalchemy.exc.SQLAlchemyError
 # Deadlock and serialization failure: the transaction did nothing and may simply run again.
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}
 
@@ -25,11 +30,3 @@ def in_transaction(sessions, work: Callable[..., T], *, attempts: int = 3) -> T:
                 raise
     raise AssertionError("unreachable")
 
-
-def is_postgres(session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def dialect_insert(session, table):
-    """INSERT with the dialect's ON CONFLICT clauses (PostgreSQL or SQLite)."""
-    return (postgresql.insert if is_postgres(session) else sqlite.insert)(table)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from services.usage.catalog import Metric
 from services.usage.domain import Classification
-from services.usage.repository import is_postgres
+from services.usage.repository.storage import Storage
 from services.usage.tables import metrics
 
 
@@ -32,13 +31,12 @@ def list_metrics(session, *, after: str | None, limit: int) -> list[Metric]:
             for name, classification, unit, description, business_key in session.execute(statement)]
 
 
-def upsert_metric(session, metric: Metric, *, now_us: int) -> bool:
+def upsert_metric(session, metric: Metric, *, now_us: int, storage: Storage) -> bool:
     """Store the metric; True when it was new. Safe against a concurrent upsert of the same name."""
     values = {"name": metric.name, "classification": metric.classification.name, "unit": metric.unit,
               "description": metric.description, "business_key": metric.business_key, "updated_at_us": now_us}
-    dialect_insert = postgresql.insert if is_postgres(session) else sqlite.insert
     created = session.execute(
-        dialect_insert(metrics).values(values).on_conflict_do_nothing().returning(metrics.c.name)).first()
+        storage.insert(metrics).values(values).on_conflict_do_nothing().returning(metrics.c.name)).first()
     if created is None:
         session.execute(update(metrics).where(metrics.c.name == metric.name).values(values))
     return created is not None

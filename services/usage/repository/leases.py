@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from sqlalchemy import or_, update
 
-from services.usage.repository import dialect_insert
+from services.usage.repository.storage import Storage
 from services.usage.tables import job_leases
 
 
-def take(session, name: str, holder: str, now_us: int, ttl_us: int) -> bool:
+def take(session, name: str, holder: str, now_us: int, ttl_us: int, *, storage: Storage) -> bool:
     """Hold the lease of job `name` until now + ttl when it is free, expired or already the holder's.
 
     Two instances taking it at once both update the one row: the second waits for the first and
     then finds it held (PostgreSQL re-checks the condition on the row the first wrote).
     """
-    session.execute(dialect_insert(session, job_leases).on_conflict_do_nothing(),
+    session.execute(storage.insert(job_leases).on_conflict_do_nothing(),
                     dict(name=name, holder="", expires_at_us=0))
     taken = session.execute(update(job_leases).where(
         job_leases.c.name == name, or_(job_leases.c.expires_at_us < now_us, job_leases.c.holder == holder))

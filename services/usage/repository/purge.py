@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, not_, or_, select, text
+from sqlalchemy import and_, func, not_, or_, select
 
 from services.usage.buckets import Period, next_start
-from services.usage.repository import dialect_insert, is_postgres
+from services.usage.repository.storage import Storage
 from services.usage.tables import dirty_buckets, events, purge_horizons
 
-# Ingest holds this lock shared and a purge exclusive, per tenant, so that no batch judged against
-# the old horizon can commit after a purge has moved it (see docs/usage.md, "Purge").
-_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(:space, hashtext(:tenant))")
-_LOCK_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant))")
-_LOCK_SPACE = 0x54475048  # "TGPH": keeps these keys apart from any other advisory lock of the database
 
 
-def horizon_for_ingest(session, tenant_id: str) -> int | None:
-    """The tenant's horizon, read after taking the ingest side of the purge lock (PostgreSQL).
-
-    SQLite needs no lock: a write transaction there (BEGIN IMMEDIATE) excludes every other writer.
-    """
-    if is_postgres(session):
-        session.execute(_LOCK_SHARED, {"space": _LOCK_SPACE, "tenant": tenant_id})
+def horizon_for_ingest(session, tenant_id: str, *, storage: Storage) -> int | None:
+    """The tenant's horizon, read after taking the ingest side of the purge lock: no batch judged against
+    the old horizon can commit after a purge has moved it (see docs/usage.md, "Purge")."""
+    storage.lock_for_ingest(session, tenant_id)
     return horizon(session, tenant_id)
 
 
-def move_horizon(session, tenant_id: str, before_us: int, now_us: int) -> tuple[int | None, int]:
+def move_horizon(session, tenant_id: str, before_us: int, now_us: int, *,
+                 storage: Storage) -> tuple[int | None, int]:
     """Raise the tenant's horizon to `before_us` (never lower it): (the horizon before, the one now in force)."""
-    if is_postgres(session):
-        session.execute(_LOCK_EXCLUSIVE, {"space": _LOCK_SPACE, "tenant": tenant_id})
+    storage.lock_for_purge(session, tenant_id)
     previous = horizon(session, tenant_id)
-    upsert = dialect_insert(session, purge_horizons)
-    greatest = func.greatest if is_postgres(session) else func.max
+    upsert = storage.insert(purge_horizons)
     session.execute(upsert.on_conflict_do_update(
         index_elements=["tenant_id"],
-        set_={"purged_before_us": greatest(purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us),
+        set_={"purged_before_us": storage.greatest(purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us),
               "purged_at_us": upsert.excluded.purged_at_us}),
         dict(tenant_id=tenant_id, purged_before_us=before_us, purged_at_us=now_us))
     return previous, horizon(session, tenant_id)

@@ -1,7 +1,7 @@
 """SQL of rollups: mark buckets dirty, recompute them from raw events, read aggregates.
 
 source_hash, the digest of the events a bucket covers, is the same function of the events on both
-dialects: 16 lower-case hex digits (zero-padded) of
+backends: 16 lower-case hex digits (zero-padded) of
 
     ( sum over the bucket's events e of H(utf8(e.event_id + ":" + e.content_hash)) ) mod 2**64
 
@@ -14,8 +14,8 @@ read of the events serves the four periods. It detects change, not tampering (64
 cryptographic hash). Aggregates stored under the previous definition (SHA-256 of sorted lines, 64
 digits) get the new digest when next recomputed.
 
-On PostgreSQL a rollup runs in passes (repository/rollup_pass.py), on SQLite in short steps
-(repository/rollup_serial.py): both recompute days with their hours from raw events and fold weeks and
+On PostgreSQL a rollup runs in passes (repository/postgres/rollup_pass.py), on SQLite in short steps
+(repository/sqlite/rollup_serial.py): both recompute days with their hours from raw events and fold weeks and
 months from days, and give the same totals. A bucket whose total does not fit in a BIGINT (MAX_TOTAL)
 is never stored: it keeps its mark and is reported as a RefusedBucket, and every other bucket is
 rolled up as usual.
@@ -29,7 +29,7 @@ from sqlalchemy import and_, func, select
 
 from services.usage.buckets import DAY_US, HOUR_US, Period
 from services.usage.queries import Aggregate
-from services.usage.repository import dialect_insert
+from services.usage.repository.storage import Storage
 from services.usage.tables import aggregates, dirty_buckets, rollup_runs
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
@@ -46,13 +46,21 @@ class RefusedBucket(NamedTuple):
     total_quantity: int
 
 
-def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int) -> None:
+class RollupOutcome(NamedTuple):
+    """What a rollup run did: buckets recomputed, and those it left dirty because their totals do not fit."""
+
+    done: int
+    refused: list[RefusedBucket]
+
+
+def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int, *,
+               storage: Storage) -> None:
     """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in one statement, in key order.
 
     DO UPDATE (not DO NOTHING) on purpose: on PostgreSQL it waits for a rollup holding the row and,
     once that rollup deleted it, inserts it again, so an event committed after the rollup read the
     bucket always leaves it dirty; and it writes a new version of a mark that was there, which tells a
-    pass's apply (rollup_pass.py) that the bucket changed. The hours add to those already marked;
+    pass's apply (postgres/rollup_pass.py) that the bucket changed. The hours add to those already marked;
     marked_at stays the time the bucket became dirty, so the backlog's age grows while it waits, however
     many events keep arriving.
     """
@@ -60,15 +68,15 @@ def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int]
         return
     rows = [dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=bits)
             for (m, p, s), bits in sorted(buckets.items())]
-    statement = dialect_insert(session, dirty_buckets)
+    statement = storage.insert(dirty_buckets)
     statement = statement.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={"dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)})
     session.execute(statement, rows)
 
 
-def record_run(session, tenant_id: str | None, now_us: int, buckets: int) -> None:
-    upsert = dialect_insert(session, rollup_runs)
+def record_run(session, tenant_id: str | None, now_us: int, buckets: int, *, storage: Storage) -> None:
+    upsert = storage.insert(rollup_runs)
     session.execute(upsert.on_conflict_do_update(
         index_elements=["tenant_id"], set_={"last_run_us": upsert.excluded.last_run_us,
                                             "last_run_buckets": upsert.excluded.last_run_buckets}),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from shared import auth, clock, pagination
+from shared.credentials import Principal
 
 from services.usage import catalog
 from services.usage.catalog import Metric
 from services.usage.repository import catalog as catalog_sql
+from services.usage.repository.storage import Storage
 from services.usage.service import audit
 
 SCOPE = {"list": "metrics"}  # the catalog is global: a token is bound to the listing only
@@ -21,15 +23,14 @@ def list_metrics(*, page_size: int, page_token: str, sessions) -> pagination.Pag
     return cursor.page(found, lambda metric: (metric.name,))
 
 
-def upsert_metric(metric: Metric, *, sessions) -> tuple[Metric, bool]:
+def upsert_metric(metric: Metric, *, sessions, storage: Storage, caller: Principal) -> tuple[Metric, bool]:
     """Add or update a catalog metric (platform credentials only), audited; returns it and whether it is new."""
-    caller = auth.principal()
     auth.require_platform(caller, "changing the metric catalog")
     catalog.check_metric(metric)
     with sessions.begin() as session:
-        created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros())
+        created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros(), storage=storage)
         audit.append(session, actor=caller.token_id, action="UpsertMetric", target=f"catalog/metric/{metric.name}",
                      tenant_id="", change={"created": created, "classification": metric.classification.name,
                                            "unit": metric.unit, "description": metric.description,
-                                           "business_key": metric.business_key})
+                                           "business_key": metric.business_key}, storage=storage)
     return metric, created

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared import auth, clock
+from shared import clock
+from shared.credentials import Principal
 from shared.errors import require
 
 from services.usage.buckets import DAY_US
 from services.usage.repository import in_transaction
 from services.usage.repository import purge as purge_sql
+from services.usage.repository.storage import Storage
 from services.usage.service import audit, schedule
 from services.usage.service.rollups import authorize_purge
 
@@ -32,32 +34,34 @@ class PurgeReport:
     purged_before_us: int | None
 
 
-def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions) -> PurgeReport:
+def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions, storage: Storage,
+                 caller: Principal) -> PurgeReport:
     """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
-    tenants = authorize_purge(tenant_id)
+    tenants = authorize_purge(tenant_id, caller)
     require(before_us is not None, "before_time", "is required")
     require(clock.MIN_MICROS <= before_us <= clock.now_micros(),
             "before_time", "must be a past timestamp (from year 1 on)")
-    return purge(sessions, tenants, before_us, dry_run=dry_run, actor=auth.principal().token_id)
+    return purge(sessions, tenants, before_us, dry_run=dry_run, actor=caller.token_id, storage=storage)
 
 
-def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False,
-          actor: str | None = None) -> PurgeReport:
+def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False, actor: str | None = None,
+          storage: Storage) -> PurgeReport:
     """Purge the tenant, or every tenant with events before the cutoff; the report sums them.
 
     With an `actor` (an admin's PurgeEvents) each tenant whose horizon moves gets an audit record.
     """
     if tenant_id:
-        return _purge_tenant(sessions, tenant_id, before_us, dry_run, actor)
+        return _purge_tenant(sessions, tenant_id, before_us, dry_run, actor, storage)
     with sessions.begin() as session:
         tenants = purge_sql.tenants_with_events_before(session, before_us)
-    reports = [_purge_tenant(sessions, tenant, before_us, dry_run, actor) for tenant in tenants]
+    reports = [_purge_tenant(sessions, tenant, before_us, dry_run, actor, storage) for tenant in tenants]
     # Each tenant has a horizon of its own: a dry run moved none; a purge raised each it purged to the cutoff at least.
     return PurgeReport(sum(r.events_deleted for r in reports), sum(r.events_kept for r in reports), dry_run,
                        None if dry_run else before_us)
 
 
-def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None) -> PurgeReport:
+def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None,
+                  storage: Storage) -> PurgeReport:
     in_force = None
     if dry_run:
         with sessions.begin() as session:
@@ -66,7 +70,8 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor
     else:
         # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
         # it, so the marks each slice reads below can only disappear meanwhile, never appear.
-        horizon = in_transaction(sessions, lambda session: _move_horizon(session, tenant_id, before_us, actor))
+        horizon = in_transaction(sessions, lambda session: _move_horizon(session, tenant_id, before_us, actor,
+                                                                         storage))
     deleted = _delete_in_slices(sessions, tenant_id, horizon, delete=not dry_run)
     with sessions.begin() as session:
         left = purge_sql.count_before(session, tenant_id, horizon)
@@ -74,19 +79,20 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor
     return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, in_force if dry_run else horizon)
 
 
-def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None) -> int:
+def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None, storage: Storage) -> int:
     """Move the horizon and, for an admin, record it in the same transaction: the horizon is the change.
 
     The deletions that follow only carry it out, a slice per transaction; a purge that leaves the
     horizon where it was changes nothing an answer depends on and appends nothing.
     """
-    previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, clock.now_micros())
+    previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, clock.now_micros(), storage=storage)
     if actor is not None and horizon != previous:
         # Counted under the purge lock: no ingest can add events before the horizon meanwhile.
         audit.append(session, actor=actor, action="PurgeEvents", target=f"tenant/{tenant_id}/events",
                      tenant_id=tenant_id, change={
                          "cutoff_us": before_us, "previous_horizon_us": previous, "horizon_us": horizon,
-                         "events_before_horizon": purge_sql.count_before(session, tenant_id, horizon)})
+                         "events_before_horizon": purge_sql.count_before(session, tenant_id, horizon)},
+                     storage=storage)
     return horizon
 
 
@@ -104,12 +110,12 @@ def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool
         low = high
 
 
-def retention_job(sessions, retention_days: int, every_seconds: float):
+def retention_job(sessions, retention_days: int, every_seconds: float, *, storage: Storage):
     """The background job purging every tenant's events older than `retention_days` (None when 0)."""
     if retention_days <= 0:
         return None
 
     def run() -> dict:
-        report = purge(sessions, None, clock.now_micros() - retention_days * DAY_US)
+        report = purge(sessions, None, clock.now_micros() - retention_days * DAY_US, storage=storage)
         return {"deleted": report.events_deleted, "kept": report.events_kept}
-    return schedule.every(every_seconds, "retention purge", run, sessions=sessions)
+    return schedule.every(every_seconds, "retention purge", run, sessions=sessions, storage=storage)

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from shared import auth, clock, pagination
+from shared.credentials import Principal
 from shared.errors import FailedPrecondition, OutOfRange, require
 
 from services.usage import read_plan
 from services.usage.domain import Classification
 from services.usage.queries import EventFilter, UsageQuery, UsageTotal
-from services.usage.repository import reads as reads_sql
+from services.usage.repository import events as events_sql
 from services.usage.repository.rollups import MAX_TOTAL
+from services.usage.repository.storage import Storage
 from services.usage.service.checks import check_instant, check_tenant, check_text
 
 MAX_METRICS = 1000
 
 
-def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
+def get_usage(query: UsageQuery, *, connections, storage: Storage, caller: Principal) -> list[UsageTotal]:
     """Exact totals per metric (and actor) over [start, end), read in the same database the writes commit to."""
     check_tenant(query.tenant_id)
-    auth.require_tenant(auth.principal(), query.tenant_id)
+    auth.require_tenant(caller, query.tenant_id)
     check_text("actor_id", query.actor_id)
     require(len(query.metrics) <= MAX_METRICS, "metrics", f"names at most {MAX_METRICS} metrics")
     for position, metric in enumerate(query.metrics):
@@ -28,7 +30,7 @@ def get_usage(query: UsageQuery, *, connections) -> list[UsageTotal]:
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
     cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
     with connections.connect() as connection:
-        rows, purged_before = reads_sql.usage_totals(connection, query, cover)
+        rows, purged_before = storage.usage_totals(connection, query, cover)
     if purged_before is not None and cover.raw_reaches_before(purged_before):
         raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
     _check_fits(rows, query)
@@ -56,10 +58,11 @@ def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: 
             f"after {horizon}")
 
 
-def list_events(where: EventFilter, *, page_size: int, page_token: str, connections) -> pagination.Page:
+def list_events(where: EventFilter, *, page_size: int, page_token: str, connections,
+                caller: Principal) -> pagination.Page:
     """One page of the tenant's events matching the filter, oldest first."""
     check_tenant(where.tenant_id)
-    auth.require_tenant(auth.principal(), where.tenant_id)
+    auth.require_tenant(caller, where.tenant_id)
     for field in ("metric", "actor_id", "source_service", "correlation_id"):
         check_text(field, getattr(where, field))
     check_instant("start_time", where.start_us)
@@ -68,6 +71,6 @@ def list_events(where: EventFilter, *, page_size: int, page_token: str, connecti
         require(where.start_us < where.end_us, "end_time", "must be after start_time")
     cursor = pagination.start(page_size, page_token, where.scope(), shape=(int, str))
     with connections.connect() as connection:
-        found = reads_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
+        found = events_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
     return cursor.page(found, lambda stored: (stored.event.occurred_at_us, stored.event.event_id))
 

@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
-from functools import partial
 
 from shared import auth, clock, pagination
+from shared.credentials import Principal
 from shared.errors import require
 
 from services.usage import metrics
 from services.usage.buckets import Period
-from services.usage.repository import in_transaction
-from services.usage.repository import rollup_pass, rollup_serial
 from services.usage.repository import rollups as rollups_sql
 from services.usage.repository.rollups import RefusedBucket
+from services.usage.repository.storage import Storage
 from services.usage.service import schedule
 from services.usage.service.checks import check_instant, check_tenant, check_text
 
-# PostgreSQL: buckets written per apply transaction (its locks are held for some 15 ms: 22,000 day rows
-# with their hours applied in 0.27-0.33 s), dirty marks read per pass (which bounds its temp tables), and
-# when a pass reads its days with one sequential scan rather than one index range each: from SCAN_FROM
-# day marks on, if under VISIBLE_ENOUGH of the events table is all-visible (see repository/rollup_pass.py).
-CLAIM_SIZE = 1000
-PASS_SIZE = 100_000
-SCAN_FROM = 5_000
-VISIBLE_ENOUGH = 0.9
-# SQLite: rows (events, stored rows) a rollup step reads in its one transaction, which holds the write lock; an
-# event costs most, its digest being computed in Python.
-SERIAL_ROWS = 2000
 log = logging.getLogger("tollgate.usage.rollups")
 
 
@@ -50,41 +37,38 @@ class RollupStatus:
     last_run_buckets: int
 
 
-def authorize_purge(tenant_id: str) -> str | None:
+def authorize_purge(tenant_id: str, caller: Principal) -> str | None:
     """A purge of one tenant needs that tenant's (or a platform) credential; of every tenant (None), the platform's."""
-    return auth.tenant_scope(auth.principal(), tenant_id, "a purge of every tenant")
+    return auth.tenant_scope(caller, tenant_id, "a purge of every tenant")
 
 
-def run_rollup(tenant_id: str, max_buckets: int, *, sessions) -> RunReport:
+def run_rollup(tenant_id: str, max_buckets: int, *, sessions, storage: Storage, caller: Principal) -> RunReport:
     """Recompute dirty buckets of one tenant (or of all, for the platform) now."""
-    tenants = auth.tenant_scope(auth.principal(), tenant_id, "a rollup of every tenant")
+    tenants = auth.tenant_scope(caller, tenant_id, "a rollup of every tenant")
     require(max_buckets >= 0, "max_buckets", "must not be negative")
-    return roll_up(sessions, tenants, max_buckets)
+    return roll_up(sessions, tenants, max_buckets, storage=storage)
 
 
-def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0) -> RunReport:
+def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0, *, storage: Storage) -> RunReport:
     """Recompute dirty buckets until none is left (or `max_buckets` are done).
 
-    Safe with any number of concurrent workers: on PostgreSQL a mark is cleared only by the worker
-    that locked it (FOR UPDATE SKIP LOCKED) still at the version its totals were computed from;
-    SQLite serialises write transactions. A bucket whose total does not fit in int64 is left dirty,
-    logged and counted, and every other bucket is rolled up all the same.
+    Safe with any number of concurrent workers (each backend's engine sees to it). A bucket whose total
+    does not fit in int64 is left dirty, logged and counted, and every other bucket is rolled up all the same.
     """
     started = time.monotonic()
-    postgres = sessions.kw["bind"].dialect.name == "postgresql"
-    done, refused = (_roll_up_in_passes if postgres else _roll_up_serially)(sessions, tenant_id, max_buckets)
+    done, refused = storage.roll_up(sessions, tenant_id, max_buckets)
     _report_refused(refused)
     now_us = clock.now_micros()
     with sessions.begin() as session:
-        rollups_sql.record_run(session, tenant_id, now_us, done)
+        rollups_sql.record_run(session, tenant_id, now_us, done, storage=storage)
         remaining, oldest = rollups_sql.dirty_summary(session, tenant_id)
     if tenant_id is None:
         metrics.observe_backlog(remaining, oldest, now_us)
     return RunReport(done, remaining, time.monotonic() - started, len(refused))
 
 
-def _report_refused(refused: dict[tuple, RefusedBucket]) -> None:
-    for bucket in refused.values():
+def _report_refused(refused: list[RefusedBucket]) -> None:
+    for bucket in refused:
         period = Period(bucket.period).name
         metrics.ROLLUP_REFUSED_BUCKETS.labels(period).inc()
         log.error("rollup left a bucket dirty: its total does not fit in int64", extra={"fields": {
@@ -92,63 +76,8 @@ def _report_refused(refused: dict[tuple, RefusedBucket]) -> None:
             "period_start": clock.iso(bucket.period_start_us), "total_quantity": str(bucket.total_quantity)}})
 
 
-def _roll_up_in_passes(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
-    """PostgreSQL: each pass computes up to PASS_SIZE buckets in one snapshot, applied CLAIM_SIZE at a time.
-
-    The pass holds no row locks, however many events it reads; each apply transaction writes at most
-    CLAIM_SIZE buckets. Every transaction may run on its own connection (PgBouncer transaction pooling).
-    (buckets done, buckets refused by key).
-    """
-    done, refused = 0, {}
-    while not max_buckets or done < max_buckets:
-        limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
-        pass_id = secrets.randbits(63)
-        try:
-            computed = in_transaction(sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id,
-                                                        limit=limit))
-            applied = sum(in_transaction(sessions, partial(_apply_claim, pass_id=pass_id, after=after))
-                          for after in (range(computed.first - 1, computed.last, CLAIM_SIZE) if computed.last else ()))
-        finally:
-            in_transaction(sessions, partial(rollup_pass.drop_pass, pass_id=pass_id))
-        done += applied
-        refused.update((bucket[:4], bucket) for bucket in computed.refused)
-        # A full pass may have left marks behind it; a pass whose marks all changed meanwhile stops the run.
-        if computed.found < limit or not applied:
-            break
-    return done, refused
-
-
-def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
-    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, clock.now_micros(), scan_from=SCAN_FROM,
-                                    visible_enough=VISIBLE_ENOUGH)
-
-
-def _apply_claim(session, *, pass_id: int, after: int) -> int:
-    return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, clock.now_micros())
-
-
-def _roll_up_serially(sessions, tenant_id: str | None, max_buckets: int) -> tuple[int, dict]:
-    """SQLite: steps of one short transaction each, every mark visited once per run, in key order; a step stops
-    once it has read SERIAL_ROWS rows (events and stored rows), at the end of the hour it is in.
-    (buckets done, buckets refused by key)."""
-    done, refused, after = 0, {}, None
-    while not max_buckets or done < max_buckets:
-        step = in_transaction(sessions, partial(_serial_step, tenant_id=tenant_id, after=after,
-                                                max_buckets=max_buckets - done if max_buckets else 0))
-        done, after = done + step.done, step.after
-        refused.update((bucket[:4], bucket) for bucket in step.refused)
-        if step.finished:
-            break
-    return done, refused
-
-
-def _serial_step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
-    return rollup_serial.roll_up_step(session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets,
-                                      now_us=clock.now_micros())
-
-
-def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
-    tenants = auth.tenant_scope(auth.principal(), tenant_id, "the rollup status of every tenant")
+def rollup_status(tenant_id: str, *, sessions, caller: Principal) -> RollupStatus:
+    tenants = auth.tenant_scope(caller, tenant_id, "the rollup status of every tenant")
     with sessions.begin() as session:
         count, oldest = rollups_sql.dirty_summary(session, tenants)
         last = rollups_sql.last_run(session, tenants)
@@ -158,10 +87,10 @@ def rollup_status(tenant_id: str, *, sessions) -> RollupStatus:
 
 
 def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
-                    page_size: int, page_token: str, connections) -> pagination.Page:
+                    page_size: int, page_token: str, connections, caller: Principal) -> pagination.Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
     check_tenant(tenant_id)
-    auth.require_tenant(auth.principal(), tenant_id)
+    auth.require_tenant(caller, tenant_id)
     check_text("metric", metric, required=True)
     require(period in {p.value for p in Period}, "period", "must be HOUR, DAY, WEEK or MONTH")
     check_instant("start_time", start_us)
@@ -176,13 +105,13 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     return cursor.page(items, lambda a: (a.period_start_us,))
 
 
-def scheduled_job(sessions, interval_seconds: float):
+def scheduled_job(sessions, interval_seconds: float, *, storage: Storage):
     """The background job running a rollup of every tenant every `interval_seconds` (None when 0)."""
     if interval_seconds <= 0:
         return None
 
     def run() -> dict:
-        report = roll_up(sessions, None)
+        report = roll_up(sessions, None, storage=storage)
         return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining,
                 "refused": report.buckets_refused}
 
@@ -191,4 +120,4 @@ def scheduled_job(sessions, interval_seconds: float):
         with sessions.begin() as session:
             count, oldest = rollups_sql.dirty_summary(session, None)
         metrics.observe_backlog(count, oldest, clock.now_micros())
-    return schedule.every(interval_seconds, "rollup", run, sessions=sessions, skipped=skipped)
+    return schedule.every(interval_seconds, "rollup", run, sessions=sessions, storage=storage, skipped=skipped)

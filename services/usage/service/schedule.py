@@ -10,12 +10,10 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-import sqlalchemy.exc
-
 from shared import clock
 
-from services.usage.repository import in_transaction
-from services.usage.repository import leases
+from services.usage.repository import DatabaseError, in_transaction, leases
+from services.usage.repository.storage import Storage
 
 log = logging.getLogger("tollgate.usage.schedule")
 
@@ -24,7 +22,7 @@ log = logging.getLogger("tollgate.usage.schedule")
 LEASE_SECONDS = 300.0
 
 
-def every(seconds: float, name: str, work: Callable[[], dict], *, sessions,
+def every(seconds: float, name: str, work: Callable[[], dict], *, sessions, storage: Storage,
           skipped: Callable[[], None] | None = None):
     """A job for ServerSpec.background running `work` every `seconds` until stopped, on one instance at a time.
 
@@ -38,17 +36,17 @@ def every(seconds: float, name: str, work: Callable[[], dict], *, sessions,
     def job(stopping: threading.Event) -> None:
         while not stopping.wait(seconds):
             try:
-                if not run_once(name, work, sessions=sessions, holder=holder) and skipped is not None:
+                if not run_once(name, work, sessions=sessions, storage=storage, holder=holder) and skipped is not None:
                     skipped()
-            except sqlalchemy.exc.SQLAlchemyError:
+            except DatabaseError:
                 log.exception(f"{name} failed; will retry at the next interval")
     return job
 
 
-def run_once(name: str, work: Callable[[], dict], *, sessions, holder: str) -> bool:
+def run_once(name: str, work: Callable[[], dict], *, sessions, storage: Storage, holder: str) -> bool:
     """One round: `work` under the job's lease; False when another instance holds it."""
     taken = in_transaction(sessions, partial(leases.take, name=name, holder=holder, now_us=clock.now_micros(),
-                                             ttl_us=int(LEASE_SECONDS * 1_000_000)))
+                                             ttl_us=int(LEASE_SECONDS * 1_000_000), storage=storage))
     if not taken:
         log.debug(f"{name} skipped: another instance holds its lease")
         return False

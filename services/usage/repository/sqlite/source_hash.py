@@ -1,8 +1,8 @@
 """source_hash's per-event hash in Python: PostgreSQL's hashtextextended(text, 0), for SQLite.
 
 Bob Jenkins' lookup3 hash_bytes_extended with seed 0, as PostgreSQL computes it on a little-endian
-machine; tests/test_usage_rollups.py holds it to PostgreSQL's. The definition of source_hash is in
-repository/rollups.py.
+machine; tests/usage/test_usage_rollups.py holds it to PostgreSQL's. The definition of source_hash is in
+repository/rollups.py; PostgreSQL computes it in SQL, so only SQLite's rollup (rollup_serial.py) needs this.
 """
 
 from __future__ import annotations

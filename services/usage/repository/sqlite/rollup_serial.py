@@ -24,11 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.dialects import sqlite
 
 from services.usage.buckets import ALL_HOURS, HOUR_US, Period, next_start
-from services.usage.repository import dialect_insert
 from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
-from services.usage.source_hash import pg_hash_text
+from services.usage.repository.sqlite.source_hash import pg_hash_text
 from services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
@@ -181,7 +181,7 @@ def _store(session, tenant: str, metric: str, period: Period, start_us: int, hou
 
 
 def _write(session, row: dict) -> None:
-    upsert = dialect_insert(session, aggregates)
+    upsert = sqlite.insert(aggregates)
     session.execute(upsert.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={k: upsert.excluded[k] for k in ("total_quantity", "event_count", "source_hash", "computed_at_us",

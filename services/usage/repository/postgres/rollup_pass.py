@@ -32,10 +32,10 @@ from typing import NamedTuple
 from sqlalchemy import text
 
 from services.usage.buckets import DAY_US, WEEK_US, Period
-from services.usage.repository import rollup_days
+from services.usage.repository.postgres import rollup_days
+from services.usage.repository.postgres.rollup_days import MARKS as _MARKS
+from services.usage.repository.postgres.rollup_days import WORK as _WORK
 from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
-from services.usage.repository.rollup_days import MARKS as _MARKS
-from services.usage.repository.rollup_days import WORK as _WORK
 from services.usage.tables import HOUR_COLUMNS
 
 _PASSES = '"usage".rollup_work'
