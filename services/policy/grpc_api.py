@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared import grpc_audit
 from shared.auth import principal
 from services.policy import grpc_convert
 from services.policy.service import active, audit, catalog, grants, resolve, tenants
@@ -159,7 +160,7 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     def ListAuditRecords(self, request, context):
         page = audit.list_records(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
                                   sessions=self._sessions, caller=principal())
-        return pb.ListAuditRecordsResponse(records=[grpc_convert.audit_record_out(r) for r in page.items],
+        return pb.ListAuditRecordsResponse(records=[grpc_audit.record_to_proto(r) for r in page.items],
                                            next_page_token=page.next_page_token)
 
     def VerifyAudit(self, request, context):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from shared.audit import AuditRecord
 from shared.proto_time import from_micros
 from services.policy.domain.model import Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription, TenantPolicy
 from services.policy.domain.modes import Resolution
@@ -71,12 +70,6 @@ def override_out(override: Override) -> pb.Override:
 def binding_out(binding: Binding) -> pb.Binding:
     return pb.Binding(tenant_id=binding.tenant_id, user_id=binding.user_id, role_id=binding.role_id,
                       create_time=from_micros(binding.create_us))
-
-
-def audit_record_out(record: AuditRecord) -> pb.AuditRecord:
-    return pb.AuditRecord(sequence=record.sequence, time=from_micros(record.time_us), actor=record.actor,
-                          action=record.action, target=record.target, tenant_id=record.tenant_id,
-                          change_digest=record.change_digest, previous_hash=record.previous_hash, hash=record.hash)
 
 
 def resolution_out(resolution: Resolution) -> pb.Resolution:

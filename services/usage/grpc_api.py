@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy.exc
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
-from shared import grpc_errors
+from shared import grpc_audit, grpc_errors
 from shared.auth import principal
 from shared.errors import TollgateError
 
@@ -142,7 +142,7 @@ class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
     def ListAuditRecords(self, request, context):
         page = audit.list_records(request.tenant_id, page_size=request.page_size, page_token=request.page_token,
                                   **self._dependencies())
-        return usage_pb2.ListAuditRecordsResponse(records=[convert.audit_record(r) for r in page.items],
+        return usage_pb2.ListAuditRecordsResponse(records=[grpc_audit.record_to_proto(r) for r in page.items],
                                                   next_page_token=page.next_page_token)
 
     def VerifyAudit(self, request, context):

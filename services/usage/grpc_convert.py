@@ -7,7 +7,7 @@ from tollgate.usage.v1 import usage_pb2 as pb
 
 from shared import proto_time
 from shared.errors import require
-from shared.audit import AuditRecord, Verification
+from shared.audit import Verification
 
 from services.usage import domain
 from services.usage.catalog import Metric
@@ -130,12 +130,6 @@ def purge_report(report) -> pb.PurgeEventsResponse:
     if report.purged_before_us is not None:
         response.purged_before.CopyFrom(proto_time.from_micros(report.purged_before_us))
     return response
-
-
-def audit_record(r: AuditRecord) -> pb.AuditRecord:
-    return pb.AuditRecord(sequence=r.sequence, time=proto_time.from_micros(r.time_us), actor=r.actor, action=r.action,
-                          target=r.target, tenant_id=r.tenant_id, change_digest=r.change_digest,
-                          previous_hash=r.previous_hash, hash=r.hash)
 
 
 def verification(v: Verification) -> pb.VerifyAuditResponse:

@@ -43,3 +43,14 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
     }
     for (module, service), methods in expected.items():
         assert set(module.DESCRIPTOR.services_by_name[service].methods_by_name) == methods
+
+
+def test_both_services_list_their_audit_chain_as_the_one_audit_record_of_tollgate_audit_v1():
+    from tollgate.audit.v1 import audit_pb2
+    from tollgate.policy.v1 import policy_pb2
+    from tollgate.usage.v1 import usage_pb2
+
+    for module in (usage_pb2, policy_pb2):
+        records = module.ListAuditRecordsResponse.DESCRIPTOR.fields_by_name["records"]
+        assert records.message_type is audit_pb2.AuditRecord.DESCRIPTOR
+        assert "AuditRecord" not in module.DESCRIPTOR.message_types_by_name

@@ -14,6 +14,7 @@ from shared.db import create_engine_for
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import DAY_US, event, every_page, now_us, record, ts
+from tollgate.audit.v1 import audit_pb2
 from tollgate.usage.v1 import usage_pb2 as u
 
 COLUMN = tables.audit_records.c
@@ -30,7 +31,7 @@ def token_id(token: str) -> str:
     return token.split("_")[1]  # tg_<token id>_<secret>
 
 
-def records(stub, token: str, tenant: str = "") -> list[u.AuditRecord]:
+def records(stub, token: str, tenant: str = "") -> list[audit_pb2.AuditRecord]:
     """Every record of a listing ('' = the whole chain), following page tokens."""
     return every_page(lambda page_token: stub.ListAuditRecords(
         u.ListAuditRecordsRequest(tenant_id=tenant, page_size=1000, page_token=page_token),
