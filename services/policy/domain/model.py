@@ -19,6 +19,7 @@ class SubscriptionStatus(IntEnum):
     CANCELED = 4
 
 
+MAX_RESOLVED = 100_000  # answers kept per snapshot
 CATALOG = ""  # the tenant_id under which the platform-wide catalog's versions and audit records are kept
 
 ACTIVE_STATUSES = frozenset({SubscriptionStatus.ACTIVE, SubscriptionStatus.TRIALING})
@@ -122,6 +123,9 @@ class Snapshot:
     features: Mapping[str, Feature]
     overrides: Mapping[tuple[str, str], Override]  # (role_id, feature_id) -> override
     bindings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # user_id -> role ids
+    # Answers without quota caps depend only on the user's roles, the feature and the request, and a snapshot
+    # never changes: each is worked out once per snapshot (bounded by MAX_RESOLVED).
+    _resolved: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def feature(self, feature_id: str) -> Feature:
         found = self.features.get(feature_id)
@@ -137,7 +141,16 @@ class Snapshot:
 
     def resolve(self, user_id: str, feature_id: str, requested: Mode, extra: Iterable[Cap] = ()) -> Resolution:
         """The effective mode of a feature for a user; `extra` holds later sources (quota caps)."""
-        return resolve(feature_id, requested, self.caps(user_id, feature_id), extra)
+        extra = tuple(extra)
+        if extra:
+            return resolve(feature_id, requested, self.caps(user_id, feature_id), extra)
+        key = (self.bindings.get(user_id, ()), feature_id, requested)
+        found = self._resolved.get(key)
+        if found is None:
+            found = resolve(feature_id, requested, self.caps(user_id, feature_id))
+            if len(self._resolved) < MAX_RESOLVED:
+                self._resolved[key] = found
+        return found
 
     def _role_cap(self, user_id: str, feature_id: str) -> Cap:
         bound = self.bindings.get(user_id, ())

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from shared import audit_chain, pagination
+from shared import audit_chain, auth, pagination
 from shared.audit import AuditRecord, Verification
 from shared.credentials import Principal
 from services.policy.repository.chain import AUDIT
-from services.policy.service import access
 from services.policy.service.tenants import require_tenant_exists
 
 
@@ -16,10 +15,10 @@ def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions,
 
     An unknown tenant is NOT_FOUND, as for every other call naming one, never an empty page.
     """
-    if tenant_id:
-        access.tenant(caller, tenant_id)
+    tenant = auth.tenant_scope(caller, tenant_id, "listing every tenant's audit records")
+    if tenant is not None:
         with sessions.begin() as session:
-            require_tenant_exists(session, tenant_id)
+            require_tenant_exists(session, tenant)
     return audit_chain.list_records(AUDIT, tenant_id, page_size=page_size, page_token=page_token,
                                     sessions=sessions, caller=caller)
 

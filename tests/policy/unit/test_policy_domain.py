@@ -100,3 +100,17 @@ def test_an_untouched_chain_checks_and_a_changed_field_breaks_it_at_that_record(
     assert check_links(records, after_sequence=0, after_hash=ZERO_HASH) == (5, previous, None)
     tampered = records[:2] + [records[2].__class__(**{**records[2].__dict__, "actor": "mallory"})] + records[3:]
     assert check_links(tampered, after_sequence=0, after_hash=ZERO_HASH)[2].sequence == 3
+
+
+def test_a_snapshot_reuses_an_answer_only_for_the_same_roles_feature_and_request_and_never_with_quota_caps():
+    roles = {"VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
+             "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS)}
+    shared = snapshot(roles=roles, bindings={"boss": ("OWNER",), "other": ("OWNER",)})
+    assert shared.resolve("boss", "f", Mode.SUGGEST) == shared.resolve("other", "f", Mode.SUGGEST)
+    assert shared.resolve("boss", "f", Mode.SUGGEST).effective == Mode.SUGGEST
+    assert shared.resolve("boss", "f", Mode.AUTONOMOUS).effective == Mode.AUTONOMOUS
+    assert shared.resolve("someone", "f", Mode.AUTONOMOUS).effective == Mode.OBSERVE  # the default role's answer
+    quota = Cap(CapSource.QUOTA, Mode.OFF, "quota m 1/day reached")
+    capped = shared.resolve("boss", "f", Mode.AUTONOMOUS, [quota])
+    assert capped.effective == Mode.OFF and capped.basis[-1].detail == quota.detail
+    assert shared.resolve("boss", "f", Mode.AUTONOMOUS).effective == Mode.AUTONOMOUS
