@@ -4,12 +4,12 @@ The reference is grpc.health.v1.Health/Check on the Policy server, as in bench/r
 sequentially and with IN_FLIGHT calls outstanding. One fresh PostgreSQL database holds both schemas;
 a real Usage server runs in its own process, as deployed, and real Policy servers reading it with
 their own service token run in this one. One tenant has 20 features, each measured by one or two
-metrics of the default catalog (all 16 in all), and 50,000 events over the last 30 days from 50 users, rolled up once before measuring
-(the scheduled rollup is off so that it cannot land inside a measurement), then vacuumed and
-analyzed. ListActiveFeatures rotates over the 50 users, on a Policy with the default ranking cache
-(POLICY_RANKING_CACHE_SECONDS=5) and on one without (0), each beside its own empty RPC. The two
-GetUsage calls Policy makes per answer are also timed straight on Usage, to show
-where the time goes. Every answer must say usage_available and list all 20 features, so a figure
+metrics of the default catalog (all 16 in all), and 50,000 events over the last 30 days from 50
+users, rolled up once before measuring (the scheduled rollup is off so that it cannot land inside a
+measurement), then vacuumed and analyzed. ListActiveFeatures rotates over the 50 users, on a Policy
+with the default ranking cache (POLICY_RANKING_CACHE_SECONDS=5) and on one without (0), each beside
+its own empty RPC. The two GetUsage calls Policy makes per answer (the plan has no quotas) are also
+timed straight on Usage, to show where the time goes. Every answer must say usage_available and list all 20 features, so a figure
 never hides fallbacks (Policy's default deadline on Usage applies); the database is dropped at the end."""
 
 from __future__ import annotations

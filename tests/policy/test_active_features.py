@@ -87,7 +87,8 @@ def test_a_ranking_reuses_its_usage_then_serves_it_stale_while_refreshing(dbs, u
         ranking_cache_seconds=1.0))
     try:
         with support.channel(policy.port) as channel, support.channel(usage.port) as usage_channel:
-            stub, usage_stub = policy_pb2_grpc.PolicyServiceStub(channel), usage_pb2_grpc.UsageServiceStub(usage_channel)
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            usage_stub = usage_pb2_grpc.UsageServiceStub(usage_channel)
             feature_a, feature_b, _ = setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel),
                                                           admin_token), tenant)
 

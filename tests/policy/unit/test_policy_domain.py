@@ -55,7 +55,8 @@ def test_raising_any_cap_never_lowers_the_result(requested, pairs, data):
     source, mode = pairs[index]
     raised = data.draw(st.sampled_from([m for m in MODES if m >= mode]))
     before, _ = effective_mode(requested, [Cap(s, m, "") for s, m in pairs])
-    after, _ = effective_mode(requested, [Cap(s, m, "") for s, m in pairs[:index] + [(source, raised)] + pairs[index + 1:]])
+    changed = pairs[:index] + [(source, raised)] + pairs[index + 1:]
+    after, _ = effective_mode(requested, [Cap(s, m, "") for s, m in changed])
     assert after >= before
 
 
@@ -72,7 +73,8 @@ def snapshot(**changes):
         tenant_id="t", version=1, tenant_policy=TenantPolicy("t", Mode.AUTONOMOUS, "VIEWER"),
         subscription=Subscription("t", "PRO", SubscriptionStatus.ACTIVE, {}),
         plan=Plan("PRO", "Pro", {}, Mode.AUTONOMOUS),
-        roles={"VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}), "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS)},
+        roles={"VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
+               "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS)},
         features={"f": Feature("f", "F", "", Mode.AUTONOMOUS)}, overrides={}, bindings={"boss": ("OWNER",)})
     values.update(changes)
     return Snapshot(**values)
