@@ -9,8 +9,9 @@ users, rolled up once before measuring (the scheduled rollup is off so that it c
 measurement), then vacuumed and analyzed. ListActiveFeatures rotates over the 50 users, on a Policy
 with the default ranking cache (POLICY_RANKING_CACHE_SECONDS=5) and on one without (0), each beside
 its own empty RPC. The two GetUsage calls Policy makes per answer (the plan has no quotas) are also
-timed straight on Usage, to show where the time goes. Every answer must say usage_available and list all 20 features, so a figure
-never hides fallbacks (Policy's default deadline on Usage applies); the database is dropped at the end."""
+timed straight on Usage, to show where the time goes. Every answer must say usage_available and list
+all 20 features, so a figure never hides fallbacks (Policy's default deadline on Usage applies); the
+database is dropped at the end."""
 
 from __future__ import annotations
 
