@@ -54,8 +54,8 @@ class Classification(enum.Enum):
 class Event(NamedTuple):
     """One usage event as the sender reports it; occurred_at_us is None when not given.
 
-    A NamedTuple rather than a frozen dataclass: as immutable, and built 1,000 times per batch at
-    a fifth of the cost (measured: 0.4 against 2 us), which matters at tens of thousands of events/s.
+    A NamedTuple rather than a frozen dataclass: as immutable, and far cheaper to build, which matters
+    at 1,000 per batch (figures in bench/RESULTS.md).
     """
 
     event_id: str

@@ -20,7 +20,7 @@ MARKS, WORK = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work"
 _EVENT_SUMS = "sum(e.quantity) AS quantity, count(*) AS events, sum(e.digest) AS digest"
 # A day's hours packed into its row (tables.aggregates): hour sums in, one row per day out. The arrays
 # are filled in the same order, so their positions stay aligned; no ORDER BY inside the aggregates, which
-# would forbid hashing the groups (a backlog sorted 2M events for it). An hour's digest is kept as the
+# would forbid hashing the groups (a backlog would sort all its events for it). An hour's digest is kept as the
 # exact sum (numeric), like the pass's own digests: no conversion per hour.
 _PACK_HOURS = """sum(h.quantity) AS quantity, sum(h.events) AS events, sum(h.digest) AS digest,
     array_agg(h.offset_) AS offsets, array_agg(h.quantity) AS quantities, array_agg(h.events) AS counts,
@@ -49,8 +49,8 @@ FROM {MARKS} AS m CROSS JOIN LATERAL (
 WHERE m.period = 2 AND {_READ_WHOLE}"""
 # The same days read with one sequential scan of the pass's time range, hashed by (series, hour): for a
 # backlog whose events the visibility map does not yet cover (a bulk load before VACUUM), where reading
-# day by day from the index would visit each event's table page at random (6.6 s instead of 0.9 s for
-# 2,000,000 events; the scan takes about 2 s whatever the map says).
+# day by day from the index would visit each event's table page at random (figures in bench/RESULTS.md);
+# the scan takes the same time whatever the map says.
 _WHOLE_DAYS_BY_SCAN = f"""INSERT INTO {WORK} {_DAY_COLUMNS}
 SELECT {_DAY_VALUES}
 FROM {MARKS} AS m LEFT JOIN (
