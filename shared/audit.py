@@ -1,4 +1,5 @@
-"""The audit chain's arithmetic (SPEC §1.7): canonical JSON, digests, link hashes, verification. Pure.
+"""The audit chain's arithmetic (docs/policy.md, "Audit chain"): canonical JSON, digests, link hashes,
+verification. Pure.
 
 Both services keep a chain of their own (Policy's admin writes, Usage's); the arithmetic is one.
 """

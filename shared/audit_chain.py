@@ -1,5 +1,5 @@
-"""An audit chain in SQL (SPEC §1.7), for whichever service's (audit_records, audit_head) pair it is
-given, and the two use cases every chain answers: list it and verify it."""
+"""An audit chain in SQL (docs/policy.md, "Audit chain"), for whichever service's (audit_records, audit_head)
+pair it is given, and the two use cases every chain answers: list it and verify it."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from sqlalchemy.orm import sessionmaker
 # each call's values: for a large statement with cheap, index-bound execution, such as GetUsage's,
 # planning otherwise costs more than running.
 # JIT off: it compiles again at every execution of a plan whose cost passes jit_above_cost, as any plan
-# does that a disabled node (enable_seqscan = off, below) was forced into: 0.5 s per call, measured.
+# does that a disabled node (enable_seqscan = off, below) was forced into, and compiling costs far more
+# than running such a plan.
 GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 # For a pool that runs only one-tenant questions, each bound by an index on tenant_id. A generic plan
 # lives as long as its connection; made while a table is small (dirty_buckets between rollups), it

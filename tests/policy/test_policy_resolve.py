@@ -1,4 +1,5 @@
-"""ResolveMode(s) through real channels on both backends: every source of SPEC §1.2 in turn, the basis, freshness."""
+"""ResolveMode(s) through real channels on both backends: every source of the effective mode (docs/policy.md)
+in turn, the basis, freshness."""
 
 import grpc
 import pytest

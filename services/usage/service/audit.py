@@ -1,4 +1,4 @@
-"""Usage's audit chain (SPEC §1.7): the record each admin write appends, listing and verifying.
+"""Usage's audit chain (docs/usage.md, "Audit"): the record each admin write appends, listing and verifying.
 
 Audited: UpsertMetric and PurgeEvents (not a dry run). RunRollup and the scheduled rollup only
 recompute derived data; the retention job applies the operator's configuration, not an admin call.
