@@ -7,10 +7,6 @@ import os
 import grpc
 import pytest
 
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
-from services.usage import server as usage_server
-from services.usage.config import Settings as UsageSettings
 from tests import support
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2_grpc
@@ -57,6 +53,10 @@ def tenant() -> str:
 @pytest.fixture(scope="session")
 def usage(dbs):
     """A Usage server of this backend on a free port."""
+    # Imported here, not at the top: the unit tier (tests/*/unit) imports no server at all.
+    from services.usage import server as usage_server
+    from services.usage.config import Settings as UsageSettings
+
     settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, rollup_interval_seconds=0)
     running = usage_server.build(settings)
     yield running
@@ -66,6 +66,9 @@ def usage(dbs):
 @pytest.fixture(scope="session")
 def policy(dbs, usage):
     """A Policy server of this backend on a free port, reading usage from the Usage server."""
+    from services.policy import server as policy_server
+    from services.policy.config import Settings as PolicySettings
+
     token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
     # No reuse of ranking usage: tests record usage and expect the next ranking to show it.
     settings = support.test_settings(PolicySettings(), database_url=dbs.policy_url,

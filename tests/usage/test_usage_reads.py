@@ -11,6 +11,9 @@ from tests.usage_support import (MINUTE_US, event, list_all, now_us, record, ten
 from tollgate.usage.v1 import usage_pb2 as u
 
 
+POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+
+
 @pytest.fixture
 def token(dbs, tenant):
     return tenant_token(dbs, tenant)
@@ -151,11 +154,10 @@ def test_a_bad_metric_is_invalid_and_a_tenant_may_not_change_the_catalog(dbs, us
         == grpc.StatusCode.PERMISSION_DENIED
 
 
+@POSTGRES_ONLY  # PostgreSQL settings
 def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequential_scan(dbs):
     """Its connections plan with enable_seqscan = off; a plan left with a sequential scan then costs over
     jit_above_cost, and JIT would compile it again at every execution (0.5 s a call)."""
-    if dbs.backend != "postgres":
-        pytest.skip("PostgreSQL settings")
     engine = create_engine_for(dbs.usage_url, schema="usage", settings=INDEXED_READS, autocommit=True)
     try:
         with engine.connect() as connection:

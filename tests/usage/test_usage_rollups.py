@@ -25,6 +25,9 @@ from tollgate.usage.v1 import usage_pb2 as u
 HOUR_US = 60 * MINUTE_US
 
 
+POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+
+
 def _us(*args) -> int:
     return int(datetime(*args, tzinfo=timezone.utc).timestamp()) * 1_000_000
 
@@ -229,10 +232,9 @@ def test_a_rollup_of_every_tenant_needs_a_platform_credential(usage_admin_stub, 
         u.GetRollupStatusRequest(), metadata=support.bearer(admin_token), timeout=30)) == grpc.StatusCode.OK
 
 
+@POSTGRES_ONLY  # concurrent workers matter on PostgreSQL; SQLite serialises writers
 def test_three_concurrent_rollup_workers_leave_aggregates_equal_to_raw_sums(dbs, usage_stub, usage_admin_stub, token,
                                                                             tenant, week):
-    if dbs.backend != "postgres":
-        pytest.skip("concurrent workers matter on PostgreSQL; SQLite serialises writers")
     record(usage_stub, token, tenant, [event(f"e{i}", quantity=i + 1, at_us=week - 5 * DAY_US + i * 3 * HOUR_US)
                                        for i in range(60)])
     errors, recomputed = [], []
@@ -281,11 +283,14 @@ _DAYS = pytest.mark.parametrize("late, scan", [(False, False), (True, False), (F
                                 ids=["new-days", "late-into-stored-days", "new-days-by-scan"])
 
 
-@_DAYS
+# Only PostgreSQL reads a backlog by scan; SQLite reads a day hour by hour, so its scan case is not generated.
+@pytest.mark.parametrize("dbs, late, scan", [
+    pytest.param(backend, late, scan, id=f"{backend}-{name}")
+    for late, scan, name in [(False, False, "new-days"), (True, False, "late-into-stored-days"),
+                             (False, True, "new-days-by-scan")]
+    for backend in ("sqlite", "postgres") if backend == "postgres" or not scan], indirect=["dbs"])
 def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_raw_sums(
         dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late, scan):
-    if dbs.backend == "sqlite" and scan:
-        pytest.skip("only PostgreSQL reads a backlog by scan; SQLite reads a day hour by hour")
     monkeypatch.setattr(postgres, "CLAIM_SIZE", 3)
     monkeypatch.setattr(sqlite, "SERIAL_ROWS", 3)
     monkeypatch.setattr(postgres, "PASS_SIZE", 7)
@@ -339,12 +344,11 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
     assert checked == len({bucket for at in instants for bucket in buckets_of(at)})
 
 
+@POSTGRES_ONLY  # passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute
 @_DAYS
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
         dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan):
     """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange."""
-    if dbs.backend != "postgres":
-        pytest.skip("passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute")
     if late:
         record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
         _run(usage_admin_stub, token, tenant)
