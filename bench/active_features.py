@@ -37,7 +37,7 @@ from tollgate.usage.v1 import usage_pb2_grpc
 
 from services.policy import server as policy_server
 from services.policy.config import Settings as PolicySettings
-from services.usage.catalog import DEFAULT_CATALOG
+from services.usage.domain.catalog import DEFAULT_CATALOG
 
 TENANT = "bench"
 FEATURES = [f"feature_{n:02d}" for n in range(20)]

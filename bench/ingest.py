@@ -33,7 +33,7 @@ from shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-from services.usage.domain import MAX_BATCH
+from services.usage.domain.admission import MAX_BATCH
 from services.usage.repository.ingest import COLUMNS
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))

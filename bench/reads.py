@@ -44,8 +44,8 @@ from shared.db import create_engine_for, normalize_url, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-from services.usage.buckets import DAY_US, HOUR_US
-from services.usage.catalog import DEFAULT_CATALOG
+from services.usage.domain.buckets import DAY_US, HOUR_US
+from services.usage.domain.catalog import DEFAULT_CATALOG
 from services.usage.repository.ingest import COLUMNS
 from services.usage.server import storage_for
 from services.usage.service import rollups

@@ -37,8 +37,8 @@ from shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-from services.usage.buckets import ALL_HOURS, DAY_US, marked_buckets_of
-from services.usage.catalog import DEFAULT_CATALOG
+from services.usage.domain.buckets import ALL_HOURS, DAY_US, marked_buckets_of
+from services.usage.domain.catalog import DEFAULT_CATALOG
 from services.usage.tables import dirty_buckets, events
 
 EVENTS = int(os.environ.get("BENCH_ROLLUP_SQLITE_EVENTS", "40000"))

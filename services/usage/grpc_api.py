@@ -10,8 +10,8 @@ from shared.auth import principal
 from shared.errors import TollgateError
 
 from services.usage import grpc_convert as convert
-from services.usage.domain import IngestRules
-from services.usage.queries import EventFilter, UsageQuery
+from services.usage.domain.model import IngestRules
+from services.usage.domain.queries import EventFilter, UsageQuery
 from services.usage.service import audit, catalog, ingest, purge, reads, rollups
 
 USAGE = "tollgate.usage.v1.UsageService"

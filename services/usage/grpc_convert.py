@@ -9,26 +9,26 @@ from shared import proto_time
 from shared.errors import require
 from shared.audit import Verification
 
-from services.usage import domain
-from services.usage.catalog import Metric
-from services.usage.queries import StoredEvent, UsageTotal
+from services.usage.domain import model
+from services.usage.domain.catalog import Metric
+from services.usage.domain.queries import StoredEvent, UsageTotal
 
-VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in domain.Verdict}
-REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in domain.RejectReason}
-KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in domain.DedupKey}
-CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in domain.Classification}
+VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in model.Verdict}
+REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.RejectReason}
+KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in model.DedupKey}
+CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in model.Classification}
 CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
 
 
-def batch(tenant_id: str, events) -> domain.EventBatch:
+def batch(tenant_id: str, events) -> model.EventBatch:
     """A domain batch from a request's tenant and repeated UsageEvent."""
-    return domain.EventBatch(tenant_id, tuple(_event(e, index) for index, e in enumerate(events)))
+    return model.EventBatch(tenant_id, tuple(_event(e, index) for index, e in enumerate(events)))
 
 
-def _event(e: pb.UsageEvent, index: int) -> domain.Event:
+def _event(e: pb.UsageEvent, index: int) -> model.Event:
     occurred = micros(e, "occurred_at", path=f"events[{index}].occurred_at")
     metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
-    return domain.Event(e.event_id, e.metric, e.quantity, occurred, e.actor_id, e.source_service, e.correlation_id,
+    return model.Event(e.event_id, e.metric, e.quantity, occurred, e.actor_id, e.source_service, e.correlation_id,
                         e.idempotency_key, metadata)
 
 
@@ -41,10 +41,10 @@ def _plain(value):
     return value
 
 
-def results(items: list[domain.EventResult]) -> list[pb.EventResult]:
+def results(items: list[model.EventResult]) -> list[pb.EventResult]:
     out = []
     for r in items:
-        if r.verdict is domain.Verdict.ACCEPTED:
+        if r.verdict is model.Verdict.ACCEPTED:
             out.append(pb.EventResult(index=r.index, event_id=r.event_id, verdict=pb.VERDICT_ACCEPTED))
             continue
         out.append(pb.EventResult(

@@ -6,7 +6,7 @@ from collections import Counter as Tally
 
 from prometheus_client import Counter, Gauge
 
-from services.usage.domain import EventResult, Verdict
+from services.usage.domain.model import EventResult, Verdict
 
 EVENTS = Counter(
     "tollgate_usage_events_total",

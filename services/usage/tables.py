@@ -7,7 +7,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
 
-from services.usage.buckets import ALL_HOURS
+from services.usage.domain.buckets import ALL_HOURS
 
 SCHEMA = "usage"
 metadata = MetaData(schema=SCHEMA)

@@ -6,7 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.usage.queries import EventFilter
+from services.usage.domain.queries import EventFilter
 from services.usage.service import catalog
 from shared import pagination, proto_time
 from tests import support

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from services.usage import tables
-from services.usage.buckets import HOUR_US, Period, start_of
+from services.usage.domain.buckets import HOUR_US, Period, start_of
 from services.usage.server import storage_for
 from services.usage.service import purge
 from shared.db import create_engine_for, session_factory

@@ -3,7 +3,7 @@
 import grpc
 import pytest
 
-from services.usage.catalog import DEFAULT_CATALOG
+from services.usage.domain.catalog import DEFAULT_CATALOG
 from shared.db import INDEXED_READS, create_engine_for
 from tests import support
 from tests.conftest import status_of

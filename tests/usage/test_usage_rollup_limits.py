@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
 from services.usage import tables
-from services.usage.buckets import ALL_HOURS, DAY_US, HOUR_US, Period, marked_buckets_of, start_of
+from services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, Period, marked_buckets_of, start_of
 from services.usage.repository import rollups as rollups_sql
 from services.usage.repository.sqlite import rollup_serial
 from services.usage.server import storage_for

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from services.usage import tables
-from services.usage.buckets import DAY_US, Period, start_of
+from services.usage.domain.buckets import DAY_US, Period, start_of
 from services.usage.repository.sqlite.source_hash import pg_hash_text
 from shared.db import create_engine_for
 from tests import support

@@ -10,7 +10,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import sessionmaker
 
 from services.usage import tables
-from services.usage.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
+from services.usage.domain.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
 from services.usage.repository import postgres, sqlite
 from services.usage.repository.postgres import rollup_pass
 from services.usage.repository.sqlite.source_hash import pg_hash_text

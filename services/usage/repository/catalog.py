@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from services.usage.catalog import Metric
-from services.usage.domain import Classification
+from services.usage.domain.catalog import Metric
+from services.usage.domain.model import Classification
 from services.usage.repository.storage import Storage
 from services.usage.tables import metrics
 

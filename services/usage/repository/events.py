@@ -6,8 +6,8 @@ import json
 
 from sqlalchemy import and_, or_, select
 
-from services.usage.domain import Classification, Event
-from services.usage.queries import EventFilter, StoredEvent
+from services.usage.domain.model import Classification, Event
+from services.usage.domain.queries import EventFilter, StoredEvent
 from services.usage.tables import events
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import or_, select
 
-from services.usage.domain import Candidate, StoredKeys
+from services.usage.domain.model import Candidate, StoredKeys
 from services.usage.repository.storage import Storage
 from services.usage.tables import events
 

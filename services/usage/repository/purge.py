@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import and_, func, not_, or_, select
 
-from services.usage.buckets import Period, next_start
+from services.usage.domain.buckets import Period, next_start
 from services.usage.repository.storage import Storage
 from services.usage.tables import dirty_buckets, events, purge_horizons
 

@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 from sqlalchemy import and_, func, select
 
-from services.usage.buckets import DAY_US, HOUR_US, Period
-from services.usage.queries import Aggregate
+from services.usage.domain.buckets import DAY_US, HOUR_US, Period
+from services.usage.domain.queries import Aggregate
 from services.usage.repository.storage import Storage
 from services.usage.tables import aggregates, dirty_buckets, rollup_runs
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from shared.audit_chain import AuditChain
 
-    from services.usage.queries import UsageQuery
-    from services.usage.read_plan import ReadPlan
+    from services.usage.domain.queries import UsageQuery
+    from services.usage.domain.read_plan import ReadPlan
     from services.usage.repository.rollups import RollupOutcome
 
 

@@ -13,9 +13,9 @@ from sqlalchemy import and_, bindparam, exists, func, literal, literal_column, n
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.selectable import Join
 
-from services.usage.buckets import DAY_US, HOUR_US, Period
-from services.usage.queries import UsageQuery
-from services.usage.read_plan import ReadPlan
+from services.usage.domain.buckets import DAY_US, HOUR_US, Period
+from services.usage.domain.queries import UsageQuery
+from services.usage.domain.read_plan import ReadPlan
 from services.usage.tables import aggregates, dirty_buckets, events, metrics, purge_horizons
 
 # Short aliases keep GetUsage's statement under psycopg's 4 KiB cache limit for converted queries

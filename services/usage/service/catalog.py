@@ -5,8 +5,8 @@ from __future__ import annotations
 from shared import auth, clock, pagination
 from shared.credentials import Principal
 
-from services.usage import catalog
-from services.usage.catalog import Metric
+from services.usage.domain import catalog
+from services.usage.domain.catalog import Metric
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository.storage import Storage
 from services.usage.service import audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shared import clock, tenant_ids
 from shared.errors import require
 
-from services.usage.domain import MAX_ID_LENGTH
+from services.usage.domain.admission import MAX_ID_LENGTH
 
 MIN_US, MAX_US = clock.MIN_MICROS, clock.MAX_MICROS
 

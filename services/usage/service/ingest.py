@@ -8,8 +8,9 @@ from shared import auth, clock
 from shared.credentials import Principal
 from shared.errors import Unavailable
 
-from services.usage import buckets, dedup, domain, metrics
-from services.usage.domain import Candidate, EventBatch, EventResult, IngestRules, Verdict
+from services.usage import metrics
+from services.usage.domain import admission, buckets, dedup
+from services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, RejectReason, Verdict
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository import in_transaction
 from services.usage.repository import ingest as ingest_sql
@@ -24,7 +25,7 @@ def record_events(batch: EventBatch, *, sessions, storage: Storage, rules: Inges
     """Store each new event once; report duplicates, conflicts and rejections per event, in order."""
     check_tenant(batch.tenant_id)  # before authorization: an empty or malformed tenant is no one's to deny
     auth.require_tenant(caller, batch.tenant_id)
-    domain.check_batch(batch)
+    admission.check_batch(batch)
     results, classification_of = in_transaction(sessions, partial(_judge_batch, batch=batch, rules=rules,
                                                                   storage=storage))
     metrics.count(results, classification_of)
@@ -39,10 +40,10 @@ def _judge_batch(session, *, batch: EventBatch, rules: IngestRules,
     results: list[EventResult | None] = [None] * len(batch.events)
     candidates = []
     for index, event in enumerate(batch.events):
-        admitted = domain.admit(index, event, catalog=catalog, rules=rules, now_us=now_us)
+        admitted = admission.admit(index, event, catalog=catalog, rules=rules, now_us=now_us)
         if horizon is not None and isinstance(admitted, Candidate) and buckets.reaches_before(event.occurred_at_us,
                                                                                               horizon):
-            admitted = domain.rejected(index, event, domain.RejectReason.TOO_OLD,
+            admitted = admission.rejected(index, event, RejectReason.TOO_OLD,
                                        f"occurred_at falls in a week or month whose raw events were purged "
                                        f"(this tenant's history is final before {clock.iso(horizon)})")
         if isinstance(admitted, Candidate):

@@ -16,7 +16,7 @@ from shared import clock
 from shared.credentials import Principal
 from shared.errors import require
 
-from services.usage.buckets import DAY_US
+from services.usage.domain.buckets import DAY_US
 from services.usage.repository import in_transaction
 from services.usage.repository import purge as purge_sql
 from services.usage.repository.storage import Storage

@@ -6,9 +6,9 @@ from shared import auth, clock, pagination
 from shared.credentials import Principal
 from shared.errors import FailedPrecondition, OutOfRange, require
 
-from services.usage import read_plan
-from services.usage.domain import Classification
-from services.usage.queries import EventFilter, UsageQuery, UsageTotal
+from services.usage.domain import read_plan
+from services.usage.domain.model import Classification
+from services.usage.domain.queries import EventFilter, UsageQuery, UsageTotal
 from services.usage.repository import events as events_sql
 from services.usage.repository.rollups import MAX_TOTAL
 from services.usage.repository.storage import Storage

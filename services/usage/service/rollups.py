@@ -11,7 +11,7 @@ from shared.credentials import Principal
 from shared.errors import require
 
 from services.usage import metrics
-from services.usage.buckets import Period
+from services.usage.domain.buckets import Period
 from services.usage.repository import rollups as rollups_sql
 from services.usage.repository.rollups import RefusedBucket
 from services.usage.repository.storage import Storage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from services.usage.buckets import ALL_HOURS, DAY_US, HOUR_US
+from services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US
 
 # The temp tables of a pass (created by rollup_pass.compute_pass): its marks, and its computed buckets.
 MARKS, WORK = "pg_temp.usage_rollup_marks", "pg_temp.usage_rollup_work"

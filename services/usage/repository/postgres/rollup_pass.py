@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from sqlalchemy import text
 
-from services.usage.buckets import DAY_US, WEEK_US, Period
+from services.usage.domain.buckets import DAY_US, WEEK_US, Period
 from services.usage.repository.postgres import rollup_days
 from services.usage.repository.postgres.rollup_days import MARKS as _MARKS
 from services.usage.repository.postgres.rollup_days import WORK as _WORK

@@ -8,8 +8,8 @@ from sqlalchemy import BigInteger, String, any_, bindparam, case, func, literal_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 
-from services.usage.queries import UsageQuery
-from services.usage.read_plan import ReadPlan
+from services.usage.domain.queries import UsageQuery
+from services.usage.domain.read_plan import ReadPlan
 from services.usage.repository import totals
 from services.usage.repository.totals import DAY_ROWS, ONE, ZERO
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 
-from services.usage.buckets import ALL_HOURS, HOUR_US, Period, next_start
+from services.usage.domain.buckets import ALL_HOURS, HOUR_US, Period, next_start
 from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
 from services.usage.repository.sqlite.source_hash import pg_hash_text
 from services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events

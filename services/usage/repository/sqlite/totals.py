@@ -6,8 +6,8 @@ import json
 
 from sqlalchemy import and_, bindparam, func, literal, literal_column, or_, select, true
 
-from services.usage.queries import UsageQuery
-from services.usage.read_plan import ReadPlan
+from services.usage.domain.queries import UsageQuery
+from services.usage.domain.read_plan import ReadPlan
 from services.usage.repository import totals
 from services.usage.repository.totals import DAY_ROWS
 

@@ -9,7 +9,7 @@ H1 and H2 are the first and last hour boundaries inside the range, D1 and D2 the
 day boundaries inside [H1, H2). A part may be empty; each part of hours lies within one day, whose
 row holds them (tables.aggregates). Weeks and months are not used: days keep the
 plan two levels deep, and a year is only 365 day rows per metric. Which hour and day buckets are
-dirty is decided by the database in the same statement (repository/reads.py); this module only
+dirty is decided by the database in the same statement (repository/totals.py); this module only
 draws the lines.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.usage.buckets import DAY_US, HOUR_US
+from services.usage.domain.buckets import DAY_US, HOUR_US
 
 
 @dataclass(frozen=True, slots=True)

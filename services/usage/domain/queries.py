@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.usage.buckets import Period
-from services.usage.domain import Classification, Event
+from services.usage.domain.buckets import Period
+from services.usage.domain.model import Classification, Event
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.usage.domain import Candidate, DedupKey, EventResult, StoredKeys, Verdict
+from services.usage.domain.model import Candidate, DedupKey, EventResult, StoredKeys, Verdict
 
 # Keys are tagged with short strings, not DedupKey members: enum hashing is a Python call, and
 # a batch hashes thousands of keys.

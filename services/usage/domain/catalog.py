@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from shared.errors import FieldViolation, InvalidArgument
 
-from services.usage.domain import Classification
+from services.usage.domain.model import Classification
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,127}")
 MAX_UNIT = 64
