@@ -9,11 +9,13 @@ VENV_STAMP := $(VENV)/.installed
 GEN_STAMP := gen/python/.generated
 TOOLS_STAMP := tools/node_modules/.installed
 
-.PHONY: help run test proto bench contract-baseline demo-check clean
+.PHONY: help run test lint unit proto bench contract-baseline demo-check clean
 
 help:
 	@echo "make run    - build, migrate, load the demo and start both services"
-	@echo "make test   - build and run the whole suite (SQLite and PostgreSQL)"
+	@echo "make test   - build, lint and run the whole suite (SQLite and PostgreSQL)"
+	@echo "make lint   - ruff (lint and format check) and mypy"
+	@echo "make unit   - the fixture-free unit tier alone (no database, no server)"
 	@echo "make proto  - regenerate the Python stubs from proto/"
 	@echo "make bench  - run the benchmarks (PostgreSQL)"
 
@@ -46,8 +48,17 @@ build: $(GEN_STAMP) $(TOOLS_STAMP)
 run: build
 	$(PY) -m scripts.run_local
 
-test: build
+test: build lint
 	$(PY) -m scripts.run_tests
+
+# Ruff and mypy read their settings from pyproject.toml.
+lint: build
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: build
+	$(PY) -m pytest -q -p no:cacheprovider tests/usage/unit tests/policy/unit tests/shared/unit
 
 bench: build
 	$(PY) -m bench
