@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import NamedTuple
 
-from shared import tenant_ids
+from shared import clock, tenant_ids
 from shared.errors import FieldViolation, InvalidArgument
 
+from services.usage.domain import horizon
+from services.usage.domain.catalog import IngestCatalog
 from services.usage.domain.model import Candidate, Classification, Event, EventBatch, EventResult, IngestRules, \
     RejectReason, Verdict
 
@@ -30,6 +33,48 @@ def check_batch(batch: EventBatch) -> None:
         violations.append(FieldViolation("events", f"holds {len(batch.events)} events; at most {MAX_BATCH}"))
     if violations:
         raise InvalidArgument(violations)
+
+
+class Admitted(NamedTuple):
+    """A batch admitted: the events to store, and the REJECTED results of the others."""
+
+    candidates: list[Candidate]
+    rejected: list[EventResult]
+
+
+def admit_batch(batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules, now_us: int,
+                horizon_us: int | None) -> Admitted:
+    """Admit each event of the batch against the catalog, the rules and the tenant's purge horizon; a candidate keeps
+    the business key only when its metric does."""
+    candidates, rejections = [], []
+    without_business_key = catalog.without_business_key
+    for index, event in enumerate(batch.events):
+        admitted = admit(index, event, catalog=catalog.classification_of, rules=rules, now_us=now_us)
+        if isinstance(admitted, Candidate) and horizon.ingest_refuses(event.occurred_at_us, horizon_us):
+            admitted = purged(index, event, horizon_us)
+        if isinstance(admitted, EventResult):
+            rejections.append(admitted)
+        elif without_business_key and event.metric in without_business_key:
+            candidates.append(admitted._replace(business_key=False))
+        else:
+            candidates.append(admitted)
+    return Admitted(candidates, rejections)
+
+
+def purged(index: int, event: Event, horizon_us: int) -> EventResult:
+    """The REJECTED result of an event falling in a week or month of the tenant whose raw events were purged."""
+    return rejected(index, event, RejectReason.TOO_OLD, f"occurred_at falls in a week or month whose raw events "
+                    f"were purged (this tenant's history is final before {clock.iso(horizon_us)})")
+
+
+def in_order(results: list[EventResult]) -> list[EventResult]:
+    """The results of a batch, one per event, in the order of its events."""
+    return sorted(results, key=lambda result: result.index)
+
+
+def classification_names(batch: EventBatch, classification_of: dict[str, Classification]) -> dict[int, str]:
+    """The classification of each event of the batch whose metric is in the catalog, by its index."""
+    return {i: classification_of[e.metric].name for i, e in enumerate(batch.events) if e.metric in classification_of}
 
 
 def rejected(index: int, event: Event, reason: RejectReason, message: str) -> EventResult:

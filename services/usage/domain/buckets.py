@@ -57,6 +57,7 @@ def buckets_of(micros: int) -> list[tuple[Period, int]]:
 # and one row per day, not 24.
 MARKED = (Period.DAY, Period.WEEK, Period.MONTH)
 ALL_HOURS = (1 << 24) - 1  # a day mark's dirty_hours when every hour of the day is to be recomputed
+MAX_TOTAL = 2**63 - 1  # the largest total an aggregate (BIGINT) stores, and GetUsage answers (int64)
 
 
 def marked_buckets_of(micros: int) -> list[tuple[Period, int]]:
@@ -64,11 +65,19 @@ def marked_buckets_of(micros: int) -> list[tuple[Period, int]]:
     return [(period, start_of(period, micros)) for period in MARKED]
 
 
-def reaches_before(micros: int, horizon_us: int) -> bool:
-    """True when a bucket holding the instant starts before `horizon_us` (weeks and months reach furthest)."""
-    if micros >= horizon_us + 31 * DAY_US:  # no week or month is longer: skip the calendar math
-        return False
-    return min(start_of(Period.WEEK, micros), start_of(Period.MONTH, micros)) < horizon_us
+def hour_of_day(micros: int) -> int:
+    """The hour (0 to 23) of its day holding the instant: its bit in a day mark's dirty_hours."""
+    return micros % DAY_US // HOUR_US
+
+
+def hours_in(mask: int) -> list[int]:
+    """The hours of a day whose bits are set in `mask`, in order."""
+    return [hour for hour in range(24) if mask >> hour & 1]
+
+
+def holds_hour(mask: int, hour: int) -> bool:
+    """Whether the hour's bit is set in `mask`."""
+    return bool(mask >> hour & 1)
 
 
 def _micros(value: datetime) -> int:

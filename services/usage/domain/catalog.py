@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from shared.errors import FieldViolation, InvalidArgument
 
@@ -23,6 +24,13 @@ class Metric:
     unit: str = ""
     description: str = ""
     business_key: bool = True  # (correlation_id, metric, occurred_at) deduplicates the metric's events
+
+
+class IngestCatalog(NamedTuple):
+    """What ingest needs of the catalog: each metric's classification, and the metrics without the business key."""
+
+    classification_of: dict[str, Classification]
+    without_business_key: frozenset[str]
 
 
 _B, _N = Classification.BILLABLE, Classification.NON_BILLABLE

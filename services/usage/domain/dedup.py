@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from services.usage.domain.model import Candidate, DedupKey, EventResult, StoredKeys, Verdict
 
@@ -83,4 +84,41 @@ class StoredIndex:
 
 
 def accepted(candidate: Candidate) -> EventResult:
+    """The ACCEPTED result of a stored candidate."""
     return EventResult(candidate.index, candidate.event.event_id, Verdict.ACCEPTED)
+
+
+class LookupKeys(NamedTuple):
+    """The keys whose stored events may have refused some candidates: to look up, each list in candidate order."""
+
+    event_ids: list[str]
+    idempotency_keys: list[str]
+    correlation_ids: list[str]  # only of candidates whose metric keeps the business key
+
+
+def refused(candidates: list[Candidate], inserted: set[str]) -> list[Candidate]:
+    """The candidates of a round the database did not insert: some stored event shares a key with each."""
+    return [c for c in candidates if c.event.event_id not in inserted]
+
+
+def lookup_keys(candidates: list[Candidate]) -> LookupKeys:
+    """The keys of the candidates to look up among stored events (empty optional keys are no keys)."""
+    return LookupKeys([c.event.event_id for c in candidates],
+                      [c.event.idempotency_key for c in candidates if c.event.idempotency_key],
+                      [c.event.correlation_id for c in candidates if c.event.correlation_id and c.business_key])
+
+
+def judge_round(candidates: list[Candidate], inserted: set[str],
+                stored: Iterable[StoredKeys]) -> tuple[list[EventResult], list[Candidate]]:
+    """The results of a round's candidates: ACCEPTED when inserted, else DUPLICATE or CONFLICT against the stored
+    event sharing a key; and the candidates no stored event matches (it went away meanwhile: a concurrent purge),
+    to try again."""
+    index = StoredIndex(stored)
+    results, unresolved = [], []
+    for candidate in candidates:
+        result = accepted(candidate) if candidate.event.event_id in inserted else index.judge(candidate)
+        if result is None:
+            unresolved.append(candidate)
+        else:
+            results.append(result)
+    return results, unresolved

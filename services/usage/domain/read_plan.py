@@ -28,14 +28,15 @@ class ReadPlan:
     hours: tuple[tuple[int, int], ...]
     days: tuple[int, int] | None
 
-    def raw_reaches_before(self, horizon_us: int) -> bool:
-        """True when a raw part starts before `horizon_us`, where raw events may have been purged."""
-        return any(low < horizon_us for low, _ in self.raw)
-
     def whole_hours(self) -> tuple[int, int] | None:
         """[H1, H2): the span read from aggregates (hours and days), or None."""
         spans = list(self.hours) + ([self.days] if self.days else [])
         return (min(low for low, _ in spans), max(high for _, high in spans)) if spans else None
+
+    def hours_by_day(self) -> tuple[tuple[int, int, int], ...]:
+        """Each range of hours as (its day's start, its first hour, the hour after its last), hours of that day."""
+        days = ((low, high, low - low % DAY_US) for low, high in self.hours)
+        return tuple((day, (low - day) // HOUR_US, (high - day) // HOUR_US) for low, high, day in days)
 
 
 def plan(start_us: int, end_us: int, *, use_aggregates: bool = True) -> ReadPlan:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from services.usage.domain.catalog import Metric
+from services.usage.domain.catalog import IngestCatalog, Metric
 from services.usage.domain.model import Classification
 from services.usage.repository.storage import Storage
 from services.usage.tables import metrics
 
 
-def ingest_catalog(session) -> tuple[dict[str, Classification], frozenset[str]]:
+def ingest_catalog(session) -> IngestCatalog:
     """Every catalog metric's classification, by name, and the names of the metrics without the business key."""
     classification_of, without_key = {}, set()
     for name, classification, business_key in session.execute(
@@ -18,7 +18,7 @@ def ingest_catalog(session) -> tuple[dict[str, Classification], frozenset[str]]:
         classification_of[name] = Classification[classification]
         if not business_key:
             without_key.add(name)
-    return classification_of, frozenset(without_key)
+    return IngestCatalog(classification_of, frozenset(without_key))
 
 
 def list_metrics(session, *, after: str | None, limit: int) -> list[Metric]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import or_, select
 
+from services.usage.domain.dedup import LookupKeys
 from services.usage.domain.model import Candidate, StoredKeys
 from services.usage.repository.storage import Storage
 from services.usage.tables import events
@@ -38,16 +39,13 @@ def insert_rows(session, rows: list[tuple], *, storage: Storage) -> set[str]:
     return set(session.execute(statement, [dict(zip(COLUMNS, row)) for row in rows]).scalars())
 
 
-def find_existing(session, tenant_id: str, candidates: list[Candidate], *, storage: Storage) -> list[StoredKeys]:
-    """The stored events of the tenant that share any key with one of the candidates."""
-    ids = [c.event.event_id for c in candidates]
-    keys = [c.event.idempotency_key for c in candidates if c.event.idempotency_key]
-    correlations = [c.event.correlation_id for c in candidates if c.event.correlation_id and c.business_key]
-    matches = [storage.one_of(events.c.event_id, ids)]
-    if keys:
-        matches.append(storage.one_of(events.c.idempotency_key, keys))
-    if correlations:
-        matches.append(storage.one_of(events.c.correlation_id, correlations))
+def find_existing(session, tenant_id: str, keys: LookupKeys, *, storage: Storage) -> list[StoredKeys]:
+    """The stored events of the tenant holding any of the keys."""
+    matches = [storage.one_of(events.c.event_id, keys.event_ids)]
+    if keys.idempotency_keys:
+        matches.append(storage.one_of(events.c.idempotency_key, keys.idempotency_keys))
+    if keys.correlation_ids:
+        matches.append(storage.one_of(events.c.correlation_id, keys.correlation_ids))
     statement = select(events.c.event_id, events.c.idempotency_key, events.c.correlation_id, events.c.metric,
                        events.c.occurred_at_us, events.c.content_hash, events.c.business_key) \
         .where(events.c.tenant_id == tenant_id, or_(*matches))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import and_, func, not_, or_, select
 
-from services.usage.domain.buckets import Period, next_start
+from services.usage.domain.horizon import kept_spans
 from services.usage.repository.storage import Storage
 from services.usage.tables import dirty_buckets, events, purge_horizons
 
@@ -56,24 +56,9 @@ def _in_dirty_buckets(session, tenant_id: str, low_us: int, high_us: int):
     marks = session.execute(select(dirty_buckets.c.metric, dirty_buckets.c.period, dirty_buckets.c.period_start_us)
                             .where(dirty_buckets.c.tenant_id == tenant_id,
                                    dirty_buckets.c.period_start_us < high_us)).all()
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for metric, period, start in marks:
-        end = next_start(Period(period), start)
-        if end > low_us:
-            spans.setdefault(metric, []).append((start, end))
     clauses = [and_(events.c.metric == metric, events.c.occurred_at_us >= start, events.c.occurred_at_us < end)
-               for metric, ranges in spans.items() for start, end in _merged(ranges)]
+               for metric, spans in kept_spans(marks, low_us, high_us).items() for start, end in spans]
     return or_(*clauses) if clauses else None
-
-
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[list[int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [(start, end) for start, end in merged]
 
 
 def purgeable(session, tenant_id: str, low_us: int, high_us: int, *, delete: bool) -> int:

@@ -1,24 +1,17 @@
 """SQL of rollups: mark buckets dirty, recompute them from raw events, read aggregates.
 
-source_hash, the digest of the events a bucket covers, is the same function of the events on both
-backends: 16 lower-case hex digits (zero-padded) of
-
-    ( sum over the bucket's events e of H(utf8(e.event_id + ":" + e.content_hash)) ) mod 2**64
-
-where H(b) is PostgreSQL's hashtextextended(b, 0) read as an unsigned 64-bit integer: Bob Jenkins'
-lookup3 hash_bytes_extended of the bytes with seed 0, as PostgreSQL computes it on a little-endian
-machine in a UTF-8 database. `pg_hash_text` ports it to Python for SQLite; the tests hold it to
-PostgreSQL's. A bucket without events has "0000000000000000". The sum is a digest of the set (event
-ids are unique per tenant), needs no sort, and composes: a day's is the sum of its hours', so one
-read of the events serves the four periods. It detects change, not tampering (64 bits, not a
-cryptographic hash). Aggregates stored under the previous definition (SHA-256 of sorted lines, 64
-digits) get the new digest when next recomputed.
+source_hash, the digest of the events a bucket covers, is the same function of the events on both backends
+(domain/digests.py defines it). H is PostgreSQL's hashtextextended(b, 0): Bob Jenkins' lookup3
+hash_bytes_extended of the bytes with seed 0, as PostgreSQL computes it on a little-endian machine in a
+UTF-8 database; `pg_hash_text` ports it to Python for SQLite, and the tests hold it to PostgreSQL's.
+Aggregates stored under the previous definition (SHA-256 of sorted lines, 64 digits) get the new digest
+when next recomputed.
 
 On PostgreSQL a rollup runs in passes (repository/postgres/rollup_pass.py), on SQLite in short steps
 (repository/sqlite/rollup_serial.py): both recompute days with their hours from raw events and fold weeks and
-months from days, and give the same totals. A bucket whose total does not fit in a BIGINT (MAX_TOTAL)
-is never stored: it keeps its mark and is reported as a RefusedBucket, and every other bucket is
-rolled up as usual.
+months from days, and give the same totals. A bucket whose total does not fit in a BIGINT (MAX_TOTAL, in
+domain/buckets.py) is never stored: it keeps its mark and is reported as a RefusedBucket, and every other
+bucket is rolled up as usual.
 """
 
 from __future__ import annotations
@@ -27,13 +20,13 @@ from typing import NamedTuple
 
 from sqlalchemy import and_, func, select
 
-from services.usage.domain.buckets import DAY_US, HOUR_US, Period
+from services.usage.domain import digests
+from services.usage.domain.buckets import HOUR_US, Period, holds_hour, start_of
 from services.usage.domain.queries import Aggregate
 from services.usage.repository.storage import Storage
 from services.usage.tables import aggregates, dirty_buckets, rollup_runs
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
-MAX_TOTAL = 2**63 - 1  # the largest total an aggregate (BIGINT) stores
 
 
 class RefusedBucket(NamedTuple):
@@ -135,16 +128,16 @@ def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_
     low = max((v for v in (start_us, None if after is None else after + 1) if v is not None), default=None)
     found, day_after = [], None
     while len(found) < limit:
-        days = _rows(session, tenant_id, metric, Period.DAY, None if low is None else low - low % DAY_US, end_us,
-                     after=day_after, limit=limit)
+        first_day = None if low is None else start_of(Period.DAY, low)
+        days = _rows(session, tenant_id, metric, Period.DAY, first_day, end_us, after=day_after, limit=limit)
         for day in days:
             for offset, quantity, count, digest in sorted(zip(day.hour_offsets or (), day.hour_quantities or (),
                                                               day.hour_counts or (), day.hour_digests or ())):
                 start = day.period_start_us + offset * HOUR_US
                 if (low is None or start >= low) and (end_us is None or start < end_us):
                     found.append(Aggregate(tenant_id, metric, Period.HOUR, start, quantity, count,
-                                           format(int(digest) % 2**64, "016x"), day.computed_at_us,
-                                           bool(day.dirty) and bool(day.dirty_hours >> offset & 1)))
+                                           digests.shown(int(digest)), day.computed_at_us,
+                                           bool(day.dirty) and holds_hour(day.dirty_hours, offset)))
         if len(days) < limit:
             break
         day_after = days[-1].period_start_us

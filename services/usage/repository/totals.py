@@ -70,10 +70,8 @@ def parameters(query: UsageQuery, plan: ReadPlan) -> dict:
     values = {"tenant": query.tenant_id, "actor": query.actor_id, "metrics": list(query.metrics),
               "raw0_lo": raw[0][0], "raw0_hi": raw[0][1], "raw1_lo": raw[1][0], "raw1_hi": raw[1][1],
               "day_lo": days[0], "day_hi": days[1], "span_lo": span[0], "span_hi": span[1]}
-    for n, (low, high) in enumerate(plan.hours):
-        day = low - low % DAY_US
-        values.update({f"hour{n}_day": day, f"hour{n}_from": (low - day) // HOUR_US,
-                       f"hour{n}_to": (high - day) // HOUR_US})
+    for n, (day, first, end) in enumerate(plan.hours_by_day()):
+        values.update({f"hour{n}_day": day, f"hour{n}_from": first, f"hour{n}_to": end})
     return values
 
 

@@ -9,8 +9,8 @@ from shared.credentials import Principal
 from shared.errors import Unavailable
 
 from services.usage import metrics
-from services.usage.domain import admission, buckets, dedup
-from services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, RejectReason, Verdict
+from services.usage.domain import admission, dedup, marks
+from services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, Verdict
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository import in_transaction
 from services.usage.repository import ingest as ingest_sql
@@ -34,41 +34,17 @@ def record_events(batch: EventBatch, *, sessions, storage: Storage, rules: Inges
 
 def _judge_batch(session, *, batch: EventBatch, rules: IngestRules,
                  storage: Storage) -> tuple[list[EventResult], dict[int, str]]:
+    """Admit the batch against the catalog and the tenant's purge horizon, store the new events, mark their buckets
+    dirty; the results in order, and the classification of each event by index (for the metrics)."""
     now_us = clock.now_micros()
-    catalog, without_business_key = catalog_sql.ingest_catalog(session)
-    horizon = purge_sql.horizon_for_ingest(session, batch.tenant_id, storage=storage)
-    results: list[EventResult | None] = [None] * len(batch.events)
-    candidates = []
-    for index, event in enumerate(batch.events):
-        admitted = admission.admit(index, event, catalog=catalog, rules=rules, now_us=now_us)
-        if horizon is not None and isinstance(admitted, Candidate) and buckets.reaches_before(event.occurred_at_us,
-                                                                                              horizon):
-            admitted = admission.rejected(index, event, RejectReason.TOO_OLD,
-                                       f"occurred_at falls in a week or month whose raw events were purged "
-                                       f"(this tenant's history is final before {clock.iso(horizon)})")
-        if isinstance(admitted, Candidate):
-            if without_business_key and event.metric in without_business_key:
-                admitted = admitted._replace(business_key=False)
-            candidates.append(admitted)
-        else:
-            results[index] = admitted
-    hours: dict[tuple[str, int], int] = {}  # (metric, day) -> bits of its hours with accepted events
-    for result in _store(session, batch.tenant_id, candidates, now_us, storage):
-        results[result.index] = result
-        if result.verdict is Verdict.ACCEPTED:
-            event = batch.events[result.index]
-            day = buckets.start_of(buckets.Period.DAY, event.occurred_at_us)
-            bit = 1 << (event.occurred_at_us - day) // buckets.HOUR_US
-            hours[(event.metric, day)] = hours.get((event.metric, day), 0) | bit
-    # A day lies in one ISO week and one month: the buckets of its start are those of every instant in it,
-    # and a batch has far fewer distinct days than events.
-    dirty: dict[tuple[str, int, int], int] = {}
-    for (metric, day), bits in hours.items():
-        for period, start in buckets.marked_buckets_of(day):
-            dirty[(metric, period, start)] = bits if period is buckets.Period.DAY else buckets.ALL_HOURS
-    rollups_sql.mark_dirty(session, batch.tenant_id, dirty, now_us, storage=storage)
-    classification_of = {i: catalog[e.metric].name for i, e in enumerate(batch.events) if e.metric in catalog}
-    return results, classification_of
+    catalog = catalog_sql.ingest_catalog(session)
+    horizon_us = purge_sql.horizon_for_ingest(session, batch.tenant_id, storage=storage)
+    admitted = admission.admit_batch(batch, catalog=catalog, rules=rules, now_us=now_us, horizon_us=horizon_us)
+    stored = _store(session, batch.tenant_id, admitted.candidates, now_us, storage)
+    accepted = [batch.events[result.index] for result in stored if result.verdict is Verdict.ACCEPTED]
+    rollups_sql.mark_dirty(session, batch.tenant_id, marks.dirty_marks(accepted), now_us, storage=storage)
+    return admission.in_order(admitted.rejected + stored), \
+        admission.classification_names(batch, catalog.classification_of)
 
 
 def _store(session, tenant_id: str, pending: list[Candidate], now_us: int, storage: Storage) -> list[EventResult]:
@@ -83,16 +59,10 @@ def _store(session, tenant_id: str, pending: list[Candidate], now_us: int, stora
             return results
         now, later = dedup.plan_round(pending)
         inserted = ingest_sql.insert_new(session, tenant_id, now, now_us, bulk=round_number == 0, storage=storage)
-        refused = [c for c in now if c.event.event_id not in inserted]
-        stored = dedup.StoredIndex(ingest_sql.find_existing(session, tenant_id, refused, storage=storage)
-                                   if refused else ())
-        unresolved = []
-        for candidate in now:
-            result = dedup.accepted(candidate) if candidate.event.event_id in inserted else stored.judge(candidate)
-            if result is None:
-                unresolved.append(candidate)
-            else:
-                results.append(result)
+        refused = dedup.refused(now, inserted)
+        stored = ingest_sql.find_existing(session, tenant_id, dedup.lookup_keys(refused), storage=storage) \
+            if refused else ()
+        judged, unresolved = dedup.judge_round(now, inserted, stored)
+        results += judged
         pending = sorted(unresolved + later, key=lambda c: c.index)
     raise Unavailable("the batch kept colliding with concurrent changes; retry it")
-

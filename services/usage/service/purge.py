@@ -17,6 +17,7 @@ from shared.credentials import Principal
 from shared.errors import require
 
 from services.usage.domain.buckets import DAY_US
+from services.usage.domain.horizon import in_force_after
 from services.usage.repository import in_transaction
 from services.usage.repository import purge as purge_sql
 from services.usage.repository.storage import Storage
@@ -66,7 +67,7 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor
     if dry_run:
         with sessions.begin() as session:
             in_force = purge_sql.horizon(session, tenant_id)
-        horizon = before_us if in_force is None else max(before_us, in_force)
+        horizon = in_force_after(before_us, in_force)
     else:
         # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
         # it, so the marks each slice reads below can only disappear meanwhile, never appear.

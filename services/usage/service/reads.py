@@ -6,11 +6,11 @@ from shared import auth, clock, pagination
 from shared.credentials import Principal
 from shared.errors import FailedPrecondition, OutOfRange, require
 
-from services.usage.domain import read_plan
+from services.usage.domain import horizon, read_plan
+from services.usage.domain.buckets import MAX_TOTAL
 from services.usage.domain.model import Classification
 from services.usage.domain.queries import EventFilter, UsageQuery, UsageTotal
 from services.usage.repository import events as events_sql
-from services.usage.repository.rollups import MAX_TOTAL
 from services.usage.repository.storage import Storage
 from services.usage.service.checks import check_instant, check_tenant, check_text
 
@@ -21,6 +21,18 @@ def get_usage(query: UsageQuery, *, connections, storage: Storage, caller: Princ
     """Exact totals per metric (and actor) over [start, end), read in the same database the writes commit to."""
     check_tenant(query.tenant_id)
     auth.require_tenant(caller, query.tenant_id)
+    _check_query(query)
+    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
+    with connections.connect() as connection:
+        rows, purged_before = storage.usage_totals(connection, query, cover)
+    if not horizon.serves(cover, purged_before):
+        raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
+    _check_fits(rows, query)
+    return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
+            for metric, actor, quantity, count, classification in rows]
+
+
+def _check_query(query: UsageQuery) -> None:
     check_text("actor_id", query.actor_id)
     require(len(query.metrics) <= MAX_METRICS, "metrics", f"names at most {MAX_METRICS} metrics")
     for position, metric in enumerate(query.metrics):
@@ -28,14 +40,6 @@ def get_usage(query: UsageQuery, *, connections, storage: Storage, caller: Princ
     check_instant("start_time", query.start_us, required=True)
     check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
-    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
-    with connections.connect() as connection:
-        rows, purged_before = storage.usage_totals(connection, query, cover)
-    if purged_before is not None and cover.raw_reaches_before(purged_before):
-        raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
-    _check_fits(rows, query)
-    return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
-            for metric, actor, quantity, count, classification in rows]
 
 
 def _check_fits(rows: list[tuple], query: UsageQuery) -> None:
@@ -63,14 +67,18 @@ def list_events(where: EventFilter, *, page_size: int, page_token: str, connecti
     """One page of the tenant's events matching the filter, oldest first."""
     check_tenant(where.tenant_id)
     auth.require_tenant(caller, where.tenant_id)
+    _check_filter(where)
+    cursor = pagination.start(page_size, page_token, where.scope(), shape=(int, str))
+    with connections.connect() as connection:
+        found = events_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
+    return cursor.page(found, lambda stored: (stored.event.occurred_at_us, stored.event.event_id))
+
+
+
+def _check_filter(where: EventFilter) -> None:
     for field in ("metric", "actor_id", "source_service", "correlation_id"):
         check_text(field, getattr(where, field))
     check_instant("start_time", where.start_us)
     check_instant("end_time", where.end_us)
     if where.start_us is not None and where.end_us is not None:
         require(where.start_us < where.end_us, "end_time", "must be after start_time")
-    cursor = pagination.start(page_size, page_token, where.scope(), shape=(int, str))
-    with connections.connect() as connection:
-        found = events_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
-    return cursor.page(found, lambda stored: (stored.event.occurred_at_us, stored.event.event_id))
-

@@ -31,11 +31,11 @@ from typing import NamedTuple
 
 from sqlalchemy import text
 
-from services.usage.domain.buckets import DAY_US, WEEK_US, Period
+from services.usage.domain.buckets import DAY_US, MAX_TOTAL, WEEK_US, Period
 from services.usage.repository.postgres import rollup_days
 from services.usage.repository.postgres.rollup_days import MARKS as _MARKS
 from services.usage.repository.postgres.rollup_days import WORK as _WORK
-from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
+from services.usage.repository.rollups import RefusedBucket
 from services.usage.tables import HOUR_COLUMNS
 
 _PASSES = '"usage".rollup_work'

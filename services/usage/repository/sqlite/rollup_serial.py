@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 
-from services.usage.domain.buckets import ALL_HOURS, HOUR_US, Period, next_start
-from services.usage.repository.rollups import MAX_TOTAL, RefusedBucket
+from services.usage.domain import digests
+from services.usage.domain.buckets import HOUR_US, MAX_TOTAL, Period, hours_in, next_start
+from services.usage.domain.marks import recomputed_hours
+from services.usage.repository.rollups import RefusedBucket
 from services.usage.repository.sqlite.source_hash import pg_hash_text
 from services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events
 
@@ -90,9 +92,9 @@ def _day(session, tenant: str, metric: str, start_us: int, dirty_hours: int, bud
     """Recompute the day's dirty hours, in order, until `budget` events were read (at least one hour); store
     them in its row. (rows read, hours still dirty, the total when it does not fit, else None)."""
     stored = _stored_hours(session, tenant, metric, start_us)
-    todo = dirty_hours if stored is not None else ALL_HOURS
+    todo = recomputed_hours(dirty_hours, has_row=stored is not None)
     hours, read, done = dict(stored or {}), 1, 0
-    for offset in (h for h in range(24) if todo >> h & 1):
+    for offset in hours_in(todo):
         if read >= budget and done:
             break
         cell = _raw_hour(session, tenant, metric, start_us + offset * HOUR_US)
@@ -130,20 +132,19 @@ def _fold(session, tenant: str, metric: str, period: Period, start_us: int,
     for row in rows:
         if row.period_start_us not in marks:
             quantity, count, digest = quantity + row.total_quantity, count + row.event_count, \
-                digest + int(row.source_hash, 16)
+                digest + digests.value(row.source_hash)
     for day_us, dirty_hours in marks.items():
         row = next((r for r in rows if r.period_start_us == day_us), None)
         hours = _hours_of(row) if row is not None else {}
-        for offset in range(24):
-            if row is None or dirty_hours >> offset & 1:
-                hours[offset] = _raw_hour(session, tenant, metric, day_us + offset * HOUR_US)
-                read += hours[offset][1]
+        for offset in hours_in(recomputed_hours(dirty_hours, has_row=row is not None)):
+            hours[offset] = _raw_hour(session, tenant, metric, day_us + offset * HOUR_US)
+            read += hours[offset][1]
         for q, n, d in hours.values():
             quantity, count, digest = quantity + q, count + n, digest + d
     if quantity > MAX_TOTAL:
         return read, 0, quantity
     _write(session, dict(tenant_id=tenant, metric=metric, period=int(period), period_start_us=start_us,
-                         total_quantity=quantity, event_count=count, source_hash=format(digest % 2**64, "016x"),
+                         total_quantity=quantity, event_count=count, source_hash=digests.shown(digest),
                          computed_at_us=now_us, **dict.fromkeys(HOUR_COLUMNS)))
     return read, 0, None
 
@@ -175,7 +176,7 @@ def _store(session, tenant: str, metric: str, period: Period, start_us: int, hou
     digest = sum(d for _, _, d in hours.values())
     _write(session, dict(tenant_id=tenant, metric=metric, period=int(period), period_start_us=start_us,
                          total_quantity=sum(q for q, _, _ in hours.values()),
-                         event_count=sum(n for _, n, _ in hours.values()), source_hash=format(digest % 2**64, "016x"),
+                         event_count=sum(n for _, n, _ in hours.values()), source_hash=digests.shown(digest),
                          computed_at_us=now_us, hour_offsets=offsets, hour_quantities=[hours[o][0] for o in offsets],
                          hour_counts=[hours[o][1] for o in offsets], hour_digests=[hours[o][2] for o in offsets]))
 
