@@ -56,15 +56,31 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def link_hash(sequence: int, time_us: int, actor: str, action: str, target: str, tenant_id: str,
-              change_digest: str, previous_hash: str) -> str:
+def link_hash(
+    sequence: int,
+    time_us: int,
+    actor: str,
+    action: str,
+    target: str,
+    tenant_id: str,
+    change_digest: str,
+    previous_hash: str,
+) -> str:
     """SHA-256 over the record's canonical fields and the previous hash."""
-    return sha256(canonical_json([sequence, time_us, actor, action, target, tenant_id, change_digest,
-                                  previous_hash]))
+    return sha256(canonical_json([sequence, time_us, actor, action, target, tenant_id, change_digest, previous_hash]))
 
 
-def new_record(*, sequence: int, time_us: int, actor: str, action: str, target: str, tenant_id: str, change: dict,
-               previous_hash: str) -> AuditRecord:
+def new_record(
+    *,
+    sequence: int,
+    time_us: int,
+    actor: str,
+    action: str,
+    target: str,
+    tenant_id: str,
+    change: dict,
+    previous_hash: str,
+) -> AuditRecord:
     """The record that follows a link whose hash is `previous_hash`."""
     text = canonical_json(change)
     digest = sha256(text)
@@ -80,14 +96,24 @@ def check_link(record: AuditRecord, expected_sequence: int, expected_previous: s
         return Break(record.sequence, "previous_hash does not match the hash of the record before")
     if sha256(record.change) != record.change_digest:
         return Break(record.sequence, "change_digest does not match the stored change")
-    recomputed = link_hash(record.sequence, record.time_us, record.actor, record.action, record.target,
-                           record.tenant_id, record.change_digest, record.previous_hash)
+    recomputed = link_hash(
+        record.sequence,
+        record.time_us,
+        record.actor,
+        record.action,
+        record.target,
+        record.tenant_id,
+        record.change_digest,
+        record.previous_hash,
+    )
     if recomputed != record.hash:
         return Break(record.sequence, "hash does not match the record's fields")
     return None
 
 
-def check_links(records: Iterable[AuditRecord], *, after_sequence: int, after_hash: str) -> tuple[int, str, Break | None]:
+def check_links(
+    records: Iterable[AuditRecord], *, after_sequence: int, after_hash: str
+) -> tuple[int, str, Break | None]:
     """Walk a page of records following (after_sequence, after_hash): (last sequence, last hash, first break)."""
     sequence, previous = after_sequence, after_hash
     for record in records:

@@ -5,8 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import (BigInteger, CheckConstraint, Column, Index, Integer, MetaData, String, Table, Text,
-                        insert, select, update)
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared import audit, auth, pagination
@@ -23,15 +35,32 @@ def audit_tables(metadata: MetaData) -> tuple[Table, Table]:
     a new shape of the chain is a new declaration and a migration in each service, never an edit here.
     """
     # sequence is the primary key, so two records can never claim the same place: no fork.
-    fields = [("time_us", BigInteger), ("actor", String(64)), ("action", String(64)), ("target", String(400)),
-              ("tenant_id", String(128)), ("change", Text), ("change_digest", String(64)),
-              ("previous_hash", String(64)), ("hash", String(64))]
-    records = Table("audit_records", metadata, Column("sequence", BigInteger, primary_key=True, autoincrement=False),
-                    *(Column(name, kind, nullable=False) for name, kind in fields))
+    fields = [
+        ("time_us", BigInteger),
+        ("actor", String(64)),
+        ("action", String(64)),
+        ("target", String(400)),
+        ("tenant_id", String(128)),
+        ("change", Text),
+        ("change_digest", String(64)),
+        ("previous_hash", String(64)),
+        ("hash", String(64)),
+    ]
+    records = Table(
+        "audit_records",
+        metadata,
+        Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+        *(Column(name, kind, nullable=False) for name, kind in fields),
+    )
     Index("audit_records_tenant_idx", records.c.tenant_id, records.c.sequence)
     # The chain head: one row, locked FOR UPDATE by every append so concurrent writers queue.
-    head = Table("audit_head", metadata, Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
-                 Column("sequence", BigInteger, nullable=False), Column("hash", String(64), nullable=False))
+    head = Table(
+        "audit_head",
+        metadata,
+        Column("id", Integer, CheckConstraint("id = 1"), primary_key=True),
+        Column("sequence", BigInteger, nullable=False),
+        Column("hash", String(64), nullable=False),
+    )
     return records, head
 
 
@@ -74,15 +103,34 @@ class AuditChain:
         row = session.execute(query.with_for_update() if lock else query).one()
         return row.sequence, row.hash
 
-    def append_after(self, session, head: tuple[int, str], *, time_us: int, actor: str, action: str, target: str,
-                     tenant_id: str, change: dict) -> AuditRecord:
+    def append_after(
+        self,
+        session,
+        head: tuple[int, str],
+        *,
+        time_us: int,
+        actor: str,
+        action: str,
+        target: str,
+        tenant_id: str,
+        change: dict,
+    ) -> AuditRecord:
         """Append the link after `head` (which the caller has locked) and move the head to it."""
         sequence, previous = head
-        record = audit.new_record(sequence=sequence + 1, time_us=time_us, actor=actor, action=action, target=target,
-                                  tenant_id=tenant_id, change=change, previous_hash=previous)
+        record = audit.new_record(
+            sequence=sequence + 1,
+            time_us=time_us,
+            actor=actor,
+            action=action,
+            target=target,
+            tenant_id=tenant_id,
+            change=change,
+            previous_hash=previous,
+        )
         session.execute(insert(self._records).values(**record.__dict__))
-        session.execute(update(self._head).where(self._head.c.id == 1)
-                        .values(sequence=record.sequence, hash=record.hash))
+        session.execute(
+            update(self._head).where(self._head.c.id == 1).values(sequence=record.sequence, hash=record.hash)
+        )
         return record
 
     def records(self, session, *, tenant_id: str | None, after: int, limit: int) -> list[AuditRecord]:
@@ -94,15 +142,17 @@ class AuditChain:
         return [AuditRecord(**row._mapping) for row in session.execute(query)]
 
 
-def list_records(chain: AuditChain, tenant_id: str, *, page_size: int, page_token: str, sessions,
-                 caller: Principal) -> pagination.Page[AuditRecord]:
+def list_records(
+    chain: AuditChain, tenant_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the platform's (platform only)."""
     tenants = auth.tenant_scope(caller, tenant_id, "listing every tenant's audit records")
     scope = {"listing": "audit", "tenant": tenant_id}
     cursor = pagination.start(page_size, page_token, scope, shape=(int,))
     with sessions.begin() as session:
-        items = chain.records(session, tenant_id=tenants, after=cursor.after[0] if cursor.after else 0,
-                              limit=cursor.limit + 1)
+        items = chain.records(
+            session, tenant_id=tenants, after=cursor.after[0] if cursor.after else 0, limit=cursor.limit + 1
+        )
     return cursor.page(items, lambda r: (r.sequence,))
 
 

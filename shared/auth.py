@@ -105,8 +105,9 @@ def require_scope(caller: Principal, scope: str) -> None:
 def require_tenant(caller: Principal, tenant_id: str) -> None:
     """A tenant credential may only name its own tenant; the platform may name any."""
     if not caller.is_platform and caller.tenant_id != tenant_id:
-        raise AccessRefused(f"credential may not act for tenant {tenant_id!r}", why="other tenant",
-                            token_id=caller.token_id)
+        raise AccessRefused(
+            f"credential may not act for tenant {tenant_id!r}", why="other tenant", token_id=caller.token_id
+        )
 
 
 def require_platform(caller: Principal, what: str) -> None:

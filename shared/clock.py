@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 # google.protobuf.Timestamp allows years 1..9999, as datetime does: the instants any field can carry.
 MIN_MICROS = -62_135_596_800 * 1_000_000
 MAX_MICROS = 253_402_300_800 * 1_000_000 - 1
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def now_micros() -> int:

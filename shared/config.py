@@ -129,8 +129,9 @@ class ServiceSettings:
     def _common_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
         p = cls.PREFIX
         # -1 turns the metrics endpoint off: an empty variable means the default, as everywhere.
-        metrics_port = env_int(env, f"{p}_METRICS_PORT", -1 if cls.metrics_port is None else cls.metrics_port,
-                               low=-1, high=65535)
+        metrics_port = env_int(
+            env, f"{p}_METRICS_PORT", -1 if cls.metrics_port is None else cls.metrics_port, low=-1, high=65535
+        )
         return dict(
             database_url=env_database_url(env, f"{p}_DATABASE_URL", cls.database_url),
             host=env_str(env, f"{p}_HOST", cls.host),
@@ -140,8 +141,9 @@ class ServiceSettings:
             db_pool_size=env_int(env, f"{p}_DB_POOL_SIZE", cls.db_pool_size, low=1, high=256),
             grace_seconds=env_float(env, f"{p}_GRACE_SECONDS", cls.grace_seconds, low=0, high=600),
             drain_seconds=env_float(env, f"{p}_DRAIN_SECONDS", cls.drain_seconds, low=0, high=600),
-            health_interval_seconds=env_float(env, f"{p}_HEALTH_INTERVAL_SECONDS", cls.health_interval_seconds,
-                                              low=0.05, high=300),
+            health_interval_seconds=env_float(
+                env, f"{p}_HEALTH_INTERVAL_SECONDS", cls.health_interval_seconds, low=0.05, high=300
+            ),
             auth_cache_seconds=env_float(env, f"{p}_AUTH_CACHE_SECONDS", cls.auth_cache_seconds, low=0, high=3600),
             log_level=env_choice(env, f"{p}_LOG_LEVEL", cls.log_level, LOG_LEVELS),
         )

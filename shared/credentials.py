@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, select, update
 
@@ -105,14 +105,29 @@ def services_for(scopes: frozenset[str]) -> list[str]:
     return [service for service in SERVICES if service in named]
 
 
-def store(engine: Engine, table: Table, *, token_id: str, secret_hash: str, tenant_id: str | None,
-          scopes: frozenset[str], label: str = "") -> None:
+def store(
+    engine: Engine,
+    table: Table,
+    *,
+    token_id: str,
+    secret_hash: str,
+    tenant_id: str | None,
+    scopes: frozenset[str],
+    label: str = "",
+) -> None:
     """Insert a credential row."""
     with engine.begin() as connection:
-        connection.execute(table.insert().values(
-            token_id=token_id, tenant_id=tenant_label(tenant_id), scopes=" ".join(sorted(scopes)),
-            secret_hash=secret_hash, label=label, created_at=datetime.now(timezone.utc), revoked_at=None,
-        ))
+        connection.execute(
+            table.insert().values(
+                token_id=token_id,
+                tenant_id=tenant_label(tenant_id),
+                scopes=" ".join(sorted(scopes)),
+                secret_hash=secret_hash,
+                label=label,
+                created_at=datetime.now(UTC),
+                revoked_at=None,
+            )
+        )
 
 
 def tenant_label(tenant_id: str | None) -> str:
@@ -137,8 +152,9 @@ def revoke(engine: Engine, table: Table, token_id: str) -> bool:
     """Mark a credential revoked; False when no live credential has that id."""
     with engine.begin() as connection:
         result = connection.execute(
-            update(table).where(table.c.token_id == token_id, table.c.revoked_at.is_(None))
-            .values(revoked_at=datetime.now(timezone.utc))
+            update(table)
+            .where(table.c.token_id == token_id, table.c.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(UTC))
         )
     return result.rowcount == 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import timezone
+from datetime import UTC
 
 from sqlalchemy import MetaData
 
@@ -32,8 +32,9 @@ def _targets(names: list[str]):
         yield name, engine, credentials.credentials_table(MetaData(schema=name))
 
 
-def create(*, tenant: str | None, scopes: list[str], label: str = "", service: str | None = None,
-           token_id: str | None = None) -> str:
+def create(
+    *, tenant: str | None, scopes: list[str], label: str = "", service: str | None = None, token_id: str | None = None
+) -> str:
     """Mint a token, store its hash in each service its scopes name, and return the token.
 
     `service` ("usage", "policy" or "both"), when given, must name exactly those services.
@@ -43,12 +44,15 @@ def create(*, tenant: str | None, scopes: list[str], label: str = "", service: s
     scope_set = credentials.validate_scopes(scopes)
     names = credentials.services_for(scope_set)
     if service is not None and _names(service) != names:
-        raise ValueError(f"--service {service} does not match scopes {','.join(sorted(scope_set))}, which are "
-                         f"for {' and '.join(names)}: a token is stored only where its scopes let it call")
+        raise ValueError(
+            f"--service {service} does not match scopes {','.join(sorted(scope_set))}, which are "
+            f"for {' and '.join(names)}: a token is stored only where its scopes let it call"
+        )
     token, token_id, secret_hash = credentials.mint(token_id)
     for _name, engine, table in _targets(names):
-        credentials.store(engine, table, token_id=token_id, secret_hash=secret_hash, tenant_id=tenant,
-                          scopes=scope_set, label=label)
+        credentials.store(
+            engine, table, token_id=token_id, secret_hash=secret_hash, tenant_id=tenant, scopes=scope_set, label=label
+        )
         engine.dispose()
     return token
 
@@ -60,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     made.add_argument("--tenant", help="tenant the token acts for; omit for a platform token")
     made.add_argument("--scopes", required=True, help="comma-separated, e.g. usage:write,usage:read")
     made.add_argument("--label", default="")
-    made.add_argument("--service", choices=["usage", "policy", "both"],
-                      help="optional check: the services the scopes name (the token is stored in those)")
+    made.add_argument(
+        "--service",
+        choices=["usage", "policy", "both"],
+        help="optional check: the services the scopes name (the token is stored in those)",
+    )
     listed = commands.add_parser("list", help="list tokens (never their secrets)")
     listed.add_argument("--service", choices=["usage", "policy", "both"], default="both")
     revoked = commands.add_parser("revoke", help="revoke a token by its id")
@@ -85,11 +92,13 @@ def _create(args) -> int:
     print(token)
     token_id, _secret = credentials.parse(token)
     stored = " and ".join(credentials.services_for(frozenset(scopes)))
-    print(f"created token id {token_id} for {f'tenant {args.tenant}' if args.tenant else 'the platform'}, "
-          f"scopes {','.join(sorted(set(scopes)))}, stored in {stored}.\n"
-          f"The token (printed on stdout) holds its secret and is shown only this once: keep it now (a secret "
-          f"store, a 0600 file); only its hash is stored. Revoke it with: tollgate-token revoke {token_id}",
-          file=sys.stderr)
+    print(
+        f"created token id {token_id} for {f'tenant {args.tenant}' if args.tenant else 'the platform'}, "
+        f"scopes {','.join(sorted(set(scopes)))}, stored in {stored}.\n"
+        f"The token (printed on stdout) holds its secret and is shown only this once: keep it now (a secret "
+        f"store, a 0600 file); only its hash is stored. Revoke it with: tollgate-token revoke {token_id}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -99,15 +108,17 @@ def _list(args, names: list[str]) -> int:
         for row in credentials.list_all(engine, table):
             state = "revoked" if row.revoked_at else "active"
             created = _utc(row.created_at).strftime("%Y-%m-%dT%H:%M:%SZ")
-            print(f"{name}\t{row.token_id}\t{credentials.tenant_label(row.tenant_id)}\t{','.join(sorted(row.scopes))}\t{state}\t"
-                  f"{created}\t{row.label}")
+            print(
+                f"{name}\t{row.token_id}\t{credentials.tenant_label(row.tenant_id)}\t{','.join(sorted(row.scopes))}\t{state}\t"
+                f"{created}\t{row.label}"
+            )
         engine.dispose()
     return 0
 
 
 def _utc(moment):
     """SQLite hands back the stored UTC time without its zone; PostgreSQL in the session's zone."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _revoke(args, names: list[str]) -> int:
@@ -119,8 +130,10 @@ def _revoke(args, names: list[str]) -> int:
     if not revoked:
         print(f"tollgate-token: no active token {args.token_id!r}", file=sys.stderr)
         return 1
-    print(f"revoked token id {args.token_id} in {' and '.join(revoked)}; services refuse it within their "
-          f"*_AUTH_CACHE_SECONDS (5 s by default)")
+    print(
+        f"revoked token id {args.token_id} in {' and '.join(revoked)}; services refuse it within their "
+        f"*_AUTH_CACHE_SECONDS (5 s by default)"
+    )
     return 0
 
 

@@ -9,7 +9,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
-
 # Statements psycopg has prepared (after 5 runs) reuse one plan instead of being planned again for
 # each call's values: for a large statement with cheap, index-bound execution, such as GetUsage's,
 # planning otherwise costs more than running.
@@ -27,19 +26,30 @@ def normalize_url(url: str) -> str:
     """Route postgres URLs to the psycopg 3 driver."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
 def is_sqlite(url_or_engine) -> bool:
     """True for a SQLite URL or engine."""
-    name = url_or_engine.dialect.name if hasattr(url_or_engine, "dialect") else make_url(normalize_url(url_or_engine)).get_backend_name()
+    name = (
+        url_or_engine.dialect.name
+        if hasattr(url_or_engine, "dialect")
+        else make_url(normalize_url(url_or_engine)).get_backend_name()
+    )
     return name == "sqlite"
 
 
-def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_name: str = "tollgate",
-                      settings: Mapping[str, str] | None = None, pre_ping: bool = True,
-                      autocommit: bool = False) -> Engine:
+def create_engine_for(
+    url: str,
+    *,
+    schema: str,
+    pool_size: int = 8,
+    application_name: str = "tollgate",
+    settings: Mapping[str, str] | None = None,
+    pre_ping: bool = True,
+    autocommit: bool = False,
+) -> Engine:
     """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
 
     `settings` (PostgreSQL): set on every connection the pool opens, e.g. GENERIC_PLANS.
@@ -71,12 +81,14 @@ def create_engine_for(url: str, *, schema: str, pool_size: int = 8, application_
         **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}),
     )
     if settings:
+
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection, _record):
             with dbapi_connection.cursor() as cursor:
                 for name, value in settings.items():
                     cursor.execute("SELECT set_config(%s, %s, false)", (name, value))
             dbapi_connection.commit()
+
     return engine
 
 

@@ -18,12 +18,19 @@ from shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
 log = logging.getLogger("tollgate.shared.interceptor")
 
 # Health and reflection answer without a token (Kubernetes probes, grpcurl list/describe).
-OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                 "grpc.reflection.v1.ServerReflection")
+OPEN_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 REQUEST_ID = "x-request-id"
 # go-grpc-prometheus's grpc_type label, by whether requests and responses stream.
-GRPC_TYPES = {(False, False): "unary", (True, False): "client_stream", (False, True): "server_stream",
-              (True, True): "bidi_stream"}
+GRPC_TYPES = {
+    (False, False): "unary",
+    (True, False): "client_stream",
+    (False, True): "server_stream",
+    (True, True): "bidi_stream",
+}
 
 
 class CallInterceptor(grpc.ServerInterceptor):
@@ -33,8 +40,9 @@ class CallInterceptor(grpc.ServerInterceptor):
     `max_message_bytes` is answered RESOURCE_EXHAUSTED, counted and logged like any other call.
     """
 
-    def __init__(self, *, authenticator: auth.Authenticator, method_scopes: dict[str, str], server: str,
-                 max_message_bytes: int):
+    def __init__(
+        self, *, authenticator: auth.Authenticator, method_scopes: dict[str, str], server: str, max_message_bytes: int
+    ):
         self._authenticator = authenticator
         self._method_scopes = method_scopes
         self.server = server
@@ -64,13 +72,14 @@ class CallInterceptor(grpc.ServerInterceptor):
         principal = self._authenticator.authenticate(metadata.get("authorization"))
         scope = self._method_scopes.get(method)
         if scope is None:
-            raise auth.AccessRefused(f"no credential may call {method}", why="no scope grants the method",
-                                     token_id=principal.token_id)
+            raise auth.AccessRefused(
+                f"no credential may call {method}", why="no scope grants the method", token_id=principal.token_id
+            )
         auth.require_scope(principal, scope)
         return principal
 
 
-def _wrap(handler: grpc.RpcMethodHandler, call: "_Call") -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
     # Requests arrive as bytes and are parsed inside the wrapper: gRPC's own parsing would answer a
     # malformed body INTERNAL, where it is the caller's error (INVALID_ARGUMENT).
     one = _parser(handler.request_deserializer, call.max_message_bytes)
@@ -91,14 +100,17 @@ def _parser(deserializer, max_bytes: int):
 
     def parse(raw: bytes):
         if len(raw) > max_bytes:
-            raise ResourceExhausted(f"request message of {len(raw)} bytes is larger than the {max_bytes} "
-                                    f"this server accepts; send smaller batches")
+            raise ResourceExhausted(
+                f"request message of {len(raw)} bytes is larger than the {max_bytes} "
+                f"this server accepts; send smaller batches"
+            )
         if deserializer is None:
             return raw
         try:
             return deserializer(raw)
         except DecodeError as error:
             raise InvalidArgument(FieldViolation("request", f"is not a valid message: {error}")) from None
+
     return parse
 
 
@@ -128,6 +140,7 @@ class _Call:
                 self._fail(error, context, state)
             finally:
                 self._end(context, started, state)
+
         return wrapped
 
     def streaming(self, behavior, parse):
@@ -140,9 +153,10 @@ class _Call:
                 self._fail(error, context, state)
             finally:
                 self._end(context, started, state)
+
         return wrapped
 
-    def _begin(self, context, state: "_CallState") -> None:
+    def _begin(self, context, state: _CallState) -> None:
         """Stamp the request id (sent back with the trailers), then authenticate (raises when refused)."""
         metadata = dict(context.invocation_metadata())
         state.request_id = (metadata.get(REQUEST_ID) or "")[:128] or uuid.uuid4().hex
@@ -150,7 +164,7 @@ class _Call:
         state.principal = self._interceptor.authorize(self._method, metadata)
         state.token = auth.set_principal(state.principal)
 
-    def _fail(self, error: Exception, context, state: "_CallState") -> None:
+    def _fail(self, error: Exception, context, state: _CallState) -> None:
         if isinstance(error, auth.REFUSALS):
             state.refusal = error
         if isinstance(error, grpc.RpcError) and not context.is_active():
@@ -164,20 +178,28 @@ class _Call:
             context.abort_with_status(_with_request_id(rich, state.request_id))
         if context.code() is not None:  # the servicer aborted on purpose
             raise error
-        log.exception("unhandled error in %s", self._method, extra={"fields": {
-            "service": self._interceptor.server, "grpc_service": self._service, "grpc_method": self._name,
-            "request_id": state.request_id}})
+        log.exception(
+            "unhandled error in %s",
+            self._method,
+            extra={
+                "fields": {
+                    "service": self._interceptor.server,
+                    "grpc_service": self._service,
+                    "grpc_method": self._name,
+                    "request_id": state.request_id,
+                }
+            },
+        )
         context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
-    def _end(self, context, started: float, state: "_CallState") -> None:
+    def _end(self, context, started: float, state: _CallState) -> None:
         elapsed = time.perf_counter() - started
         if state.token is not None:
             auth.reset_principal(state.token)
         code = context.code() or grpc.StatusCode.OK
         counter = self._handled.get(code)
         if counter is None:
-            counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._type, self._service, self._name,
-                                                                       code.name)
+            counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._type, self._service, self._name, code.name)
         counter.inc()
         self._seconds.observe(elapsed)
         # A refused call is a WARNING, so it shows at every level an operator would run at.
@@ -185,12 +207,16 @@ class _Call:
         if log.isEnabledFor(level):
             log.log(level, "rpc", extra={"fields": self._log_fields(context, code, elapsed, state)})
 
-    def _log_fields(self, context, code: grpc.StatusCode, elapsed: float, state: "_CallState") -> dict:
+    def _log_fields(self, context, code: grpc.StatusCode, elapsed: float, state: _CallState) -> dict:
         """The call's log line: who (the credential id, never its secret), what, how it ended, and why refused."""
         principal, refusal = state.principal, state.refusal
         fields = {
-            "service": self._interceptor.server, "grpc_service": self._service, "grpc_method": self._name,
-            "code": code.name, "duration_ms": round(elapsed * 1000, 3), "request_id": state.request_id,
+            "service": self._interceptor.server,
+            "grpc_service": self._service,
+            "grpc_method": self._name,
+            "code": code.name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "request_id": state.request_id,
             "tenant": credentials.tenant_label(principal.tenant_id) if principal else "",
             "token_id": principal.token_id if principal else (refusal.token_id if refusal else ""),
             "peer": context.peer(),

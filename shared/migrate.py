@@ -61,8 +61,12 @@ def run_env(*, schema: str, url_variable: str) -> None:
     from shared.db import create_engine_for
 
     config = context.config
-    url = config.attributes.get("database_url") or context.get_x_argument(as_dictionary=True).get("url") \
-        or os.environ.get(url_variable) or f"sqlite:///var/{schema}.db"
+    url = (
+        config.attributes.get("database_url")
+        or context.get_x_argument(as_dictionary=True).get("url")
+        or os.environ.get(url_variable)
+        or f"sqlite:///var/{schema}.db"
+    )
     engine = create_engine_for(url, schema=schema, pool_size=1)
     sqlite = is_sqlite(engine)
     with engine.connect() as connection:

@@ -49,12 +49,11 @@ class Cursor:
         """The page of `fetched` (read with limit + 1) and the token of the next one, keyed by `key`."""
         if len(fetched) <= self.limit:
             return Page(fetched, "")
-        items = fetched[:self.limit]
+        items = fetched[: self.limit]
         return Page(items, encode(list(key(items[-1])), self.scope))
 
 
-def start(requested: int, token: str, scope: dict, *, shape: tuple[type, ...],
-          field: str = "page_token") -> Cursor:
+def start(requested: int, token: str, scope: dict, *, shape: tuple[type, ...], field: str = "page_token") -> Cursor:
     """The cursor of a request to a listing keyed by values of the types in `shape` (int or str).
 
     Tokens are opaque but not signed: a forged position is checked here, before it reaches SQL, to be one

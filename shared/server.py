@@ -83,13 +83,25 @@ class RunningServer:
             callback()
 
 
-def build_server(spec: ServerSpec, *, address: str, max_workers: int = 16, metrics_port: int | None = None,
-                 health_interval: float = 2.0) -> RunningServer:
+def build_server(
+    spec: ServerSpec,
+    *,
+    address: str,
+    max_workers: int = 16,
+    metrics_port: int | None = None,
+    health_interval: float = 2.0,
+) -> RunningServer:
     """Build and start the server on `address` ('host:0' picks a free port)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{spec.name}-rpc"),
-        interceptors=[CallInterceptor(authenticator=spec.authenticator, method_scopes=spec.method_scopes,
-                                      server=spec.name, max_message_bytes=MAX_MESSAGE_BYTES)],
+        interceptors=[
+            CallInterceptor(
+                authenticator=spec.authenticator,
+                method_scopes=spec.method_scopes,
+                server=spec.name,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+            )
+        ],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_workers * 8,
     )
@@ -116,16 +128,16 @@ def build_server(spec: ServerSpec, *, address: str, max_workers: int = 16, metri
     for thread in threads:
         thread.start()
     log.info("serving", extra={"fields": {"service": spec.name, "port": port, "metrics_port": bound_metrics_port}})
-    return RunningServer(server, port, health_servicer, bound_metrics_port, stopping, threads, metrics_http,
-                         spec.service_names)
+    return RunningServer(
+        server, port, health_servicer, bound_metrics_port, stopping, threads, metrics_http, spec.service_names
+    )
 
 
 def _thread(name: str, target, *args) -> threading.Thread:
     return threading.Thread(target=target, args=args, name=name, daemon=True)
 
 
-def _set_health(servicer: health.HealthServicer, names: Iterable[str],
-                ready: Callable[[], bool]) -> tuple[bool, str]:
+def _set_health(servicer: health.HealthServicer, names: Iterable[str], ready: Callable[[], bool]) -> tuple[bool, str]:
     """Check readiness and publish it; (ok, why not) — the caller logs changes, not every check."""
     try:
         ok, why = ready(), "schema is not at this build's migration head"

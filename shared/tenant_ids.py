@@ -11,8 +11,10 @@ import re
 
 MAX_LENGTH = 128
 PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-RULE = (f"must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}$: 1 to {MAX_LENGTH} ASCII letters, digits, '_', '.' "
-        f"or '-', the first a letter or digit")
+RULE = (
+    f"must match ^[A-Za-z0-9][A-Za-z0-9_.-]{{0,127}}$: 1 to {MAX_LENGTH} ASCII letters, digits, '_', '.' "
+    f"or '-', the first a letter or digit"
+)
 
 
 def problem(tenant_id: str) -> str | None:
