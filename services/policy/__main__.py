@@ -2,10 +2,9 @@
 
 import sys
 
-from shared.server import main
-
 from services.policy.config import Settings
 from services.policy.server import build
+from shared.server import main
 
 if __name__ == "__main__":
     sys.exit(main("policy", Settings, build))

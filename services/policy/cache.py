@@ -84,8 +84,9 @@ class SnapshotCache:
 class VersionPoller:
     """Advances the cache with versions written by other replicas: one query per interval."""
 
-    def __init__(self, cache: SnapshotCache, changed_since: Callable[[int], list[VersionChange]], start: int,
-                 interval: float):
+    def __init__(
+        self, cache: SnapshotCache, changed_since: Callable[[int], list[VersionChange]], start: int, interval: float
+    ):
         self._cache, self._changed_since, self._seen, self._interval = cache, changed_since, start, interval
 
     def poll_once(self) -> int:

@@ -31,12 +31,15 @@ class Settings(ServiceSettings):
         return dict(
             usage_addr=env_str(env, "POLICY_USAGE_ADDR", cls.usage_addr),
             usage_token=env_secret(env, "POLICY_USAGE_TOKEN"),
-            usage_timeout_seconds=env_float(env, "POLICY_USAGE_TIMEOUT_SECONDS", cls.usage_timeout_seconds,
-                                            low=0.01, high=60),
-            usage_cooldown_seconds=env_float(env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds,
-                                             low=0, high=600),
+            usage_timeout_seconds=env_float(
+                env, "POLICY_USAGE_TIMEOUT_SECONDS", cls.usage_timeout_seconds, low=0.01, high=60
+            ),
+            usage_cooldown_seconds=env_float(
+                env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds, low=0, high=600
+            ),
             quota_cache_seconds=env_float(env, "POLICY_QUOTA_CACHE_SECONDS", cls.quota_cache_seconds, low=0, high=3600),
-            ranking_cache_seconds=env_float(env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0,
-                                            high=3600),
+            ranking_cache_seconds=env_float(
+                env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0, high=3600
+            ),
             cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
         )

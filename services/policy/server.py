@@ -4,36 +4,46 @@ from __future__ import annotations
 
 from functools import partial
 
-from shared import auth, migrate
-from shared.db import create_engine_for, session_factory
-from shared.server import RunningServer, ServerSpec, build_server
-from tollgate.policy.v1 import policy_pb2_grpc
-
 from services.policy import grpc_api, tables
 from services.policy.cache import SnapshotCache, VersionPoller
 from services.policy.config import Settings
 from services.policy.service import snapshots
 from services.policy.usage_client import UsageClient
 from services.policy.usage_port import UsagePort
+from shared import auth, migrate
+from shared.db import create_engine_for, session_factory
+from shared.server import RunningServer, ServerSpec, build_server
+from tollgate.policy.v1 import policy_pb2_grpc
 
 
 def build(settings: Settings) -> RunningServer:
     """Connect, wire and start the Policy server on settings.address."""
-    engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                               application_name="tollgate-policy")
+    engine = create_engine_for(
+        settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size, application_name="tollgate-policy"
+    )
     sessions = session_factory(engine)
     cache = SnapshotCache(partial(snapshots.load, sessions=sessions))
-    poller = VersionPoller(cache, partial(snapshots.changed_since, sessions=sessions),
-                           snapshots.start_version(sessions=sessions), settings.cache_poll_seconds)
-    client = UsageClient(settings.usage_addr, settings.usage_token, max_timeout=settings.usage_timeout_seconds,
-                         cooldown=settings.usage_cooldown_seconds)
+    poller = VersionPoller(
+        cache,
+        partial(snapshots.changed_since, sessions=sessions),
+        snapshots.start_version(sessions=sessions),
+        settings.cache_poll_seconds,
+    )
+    client = UsageClient(
+        settings.usage_addr,
+        settings.usage_token,
+        max_timeout=settings.usage_timeout_seconds,
+        cooldown=settings.usage_cooldown_seconds,
+    )
     usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
     spec = ServerSpec(
         name="policy",
         registrations=[
             (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(cache=cache, usage=usage)),
-            (policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
-             grpc_api.PolicyAdminApi(sessions=sessions, cache=cache, usage=usage)),
+            (
+                policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
+                grpc_api.PolicyAdminApi(sessions=sessions, cache=cache, usage=usage),
+            ),
         ],
         service_names=[grpc_api.POLICY, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,
@@ -41,7 +51,12 @@ def build(settings: Settings) -> RunningServer:
         ready=migrate.readiness_check(engine, service="policy", schema=tables.SCHEMA),
         background=[poller.run],
     )
-    running = build_server(spec, address=settings.address, max_workers=settings.workers,
-                           metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)
+    running = build_server(
+        spec,
+        address=settings.address,
+        max_workers=settings.workers,
+        metrics_port=settings.metrics_port,
+        health_interval=settings.health_interval_seconds,
+    )
     running.on_stop += [client.close, engine.dispose]
     return running

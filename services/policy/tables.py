@@ -4,8 +4,19 @@ Catalog tables (roles, features, plans) are platform-wide; tenant tables key on 
 Per-feature caps, metrics, quotas and flags are small documents stored as canonical JSON text.
 """
 
-from sqlalchemy import (BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer,
-                        MetaData, String, Table, Text, UniqueConstraint)
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
@@ -21,7 +32,8 @@ def _mode(name: str, nullable: bool = False) -> Column:
 
 
 roles = Table(
-    "roles", metadata,
+    "roles",
+    metadata,
     Column("role_id", String(64), primary_key=True),
     Column("display_name", String(200), nullable=False),
     _mode("default_cap"),
@@ -29,7 +41,8 @@ roles = Table(
 )
 
 features = Table(
-    "features", metadata,
+    "features",
+    metadata,
     Column("feature_id", String(64), primary_key=True),
     Column("display_name", String(200), nullable=False),
     Column("description", String(2000), nullable=False),
@@ -38,7 +51,8 @@ features = Table(
 )
 
 plans = Table(
-    "plans", metadata,
+    "plans",
+    metadata,
     Column("plan_id", String(64), primary_key=True),
     Column("display_name", String(200), nullable=False),
     _mode("default_cap"),
@@ -48,7 +62,8 @@ plans = Table(
 )
 
 tenant_policies = Table(
-    "tenant_policies", metadata,
+    "tenant_policies",
+    metadata,
     Column("tenant_id", String(128), primary_key=True),
     _mode("max_mode"),
     Column("default_role_id", String(64), ForeignKey("policy.roles.role_id"), nullable=False),
@@ -56,7 +71,8 @@ tenant_policies = Table(
 )
 
 subscriptions = Table(
-    "subscriptions", metadata,
+    "subscriptions",
+    metadata,
     Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
     Column("plan_id", String(64), ForeignKey("policy.plans.plan_id"), nullable=False),
     Column("status", Integer, CheckConstraint("status BETWEEN 1 AND 4"), nullable=False),
@@ -65,7 +81,8 @@ subscriptions = Table(
 )
 
 overrides = Table(
-    "overrides", metadata,
+    "overrides",
+    metadata,
     Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
     Column("override_id", String(40), primary_key=True),
     Column("role_id", String(64), ForeignKey("policy.roles.role_id"), nullable=False),
@@ -77,7 +94,8 @@ overrides = Table(
 )
 
 bindings = Table(
-    "bindings", metadata,
+    "bindings",
+    metadata,
     Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
     Column("user_id", String(128), primary_key=True),
     Column("role_id", String(64), ForeignKey("policy.roles.role_id"), primary_key=True),
@@ -87,7 +105,8 @@ Index("bindings_role_idx", bindings.c.role_id)
 
 # One row per tenant ('' = the catalog): the audit sequence of its latest change.
 policy_versions = Table(
-    "policy_versions", metadata,
+    "policy_versions",
+    metadata,
     Column("tenant_id", String(128), primary_key=True),
     Column("version", BigInteger, nullable=False),
 )
@@ -95,4 +114,3 @@ Index("policy_versions_version_idx", policy_versions.c.version)
 
 # The audit chain of policy admin writes (shared/audit_chain.py).
 audit_records, audit_head = audit_tables(metadata)
-

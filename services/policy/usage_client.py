@@ -23,13 +23,22 @@ log = logging.getLogger("tollgate.policy.usage_client")
 CATALOG_PAGE = 1000  # ListMetrics' largest page
 
 # GetUsage is a read, so a transparent retry on UNAVAILABLE is safe; the deadline still bounds it.
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{"service": "tollgate.usage.v1.UsageService", "method": "GetUsage"}],
-        "retryPolicy": {"maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.05s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
-    }]
-})
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "tollgate.usage.v1.UsageService", "method": "GetUsage"}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
 
 
 class CircuitBreaker:
@@ -73,9 +82,15 @@ class UsageClient:
     """Reads usage totals from the Usage service with Policy's own service token."""
 
     def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0):
-        self._channel = grpc.insecure_channel(address, options=[
-            ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
-            ("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.service_config", _SERVICE_CONFIG),
+                ("grpc.enable_retries", 1),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ],
+        )
         self._address = address
         self._stub = usage_pb2_grpc.UsageServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -86,8 +101,9 @@ class UsageClient:
         """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
         seconds = self._timeout(timeout)
         self._allow()
-        calls = [self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata)
-                 for query in queries]
+        calls = [
+            self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata) for query in queries
+        ]
         try:
             answers = [call.result() for call in calls]
         except grpc.RpcError as error:
@@ -103,8 +119,11 @@ class UsageClient:
         self._allow()
         while True:
             try:
-                page = self._stub.ListMetrics(usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
-                                              timeout=max(0.0, deadline - time.monotonic()), metadata=self._metadata)
+                page = self._stub.ListMetrics(
+                    usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    metadata=self._metadata,
+                )
             except grpc.RpcError as error:
                 raise self._failed("ListMetrics", error) from None
             names.update(metric.name for metric in page.metrics)
@@ -126,9 +145,13 @@ class UsageClient:
 
     def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
         if self.breaker.failed():
-            log.warning("usage service at %s became unreachable (%s answered %s); until it answers again, "
-                        "rankings use caps alone and quotas fail open or closed as their plans say",
-                        self._address, rpc, error.code().name)
+            log.warning(
+                "usage service at %s became unreachable (%s answered %s); until it answers again, "
+                "rankings use caps alone and quotas fail open or closed as their plans say",
+                self._address,
+                rpc,
+                error.code().name,
+            )
         return UsageUnavailable(f"usage service answered {error.code().name}")
 
     def _succeeded(self) -> None:
@@ -143,5 +166,10 @@ def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:
     start, end = Timestamp(), Timestamp()
     start.FromMicroseconds(query.window.start_us)
     end.FromMicroseconds(query.window.end_us)
-    return usage_pb2.GetUsageRequest(tenant_id=query.tenant_id, metrics=sorted(set(query.metrics)),
-                                     start_time=start, end_time=end, actor_id=query.actor_id)
+    return usage_pb2.GetUsageRequest(
+        tenant_id=query.tenant_id,
+        metrics=sorted(set(query.metrics)),
+        start_time=start,
+        end_time=end,
+        actor_id=query.actor_id,
+    )

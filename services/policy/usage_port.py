@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from services.policy.domain import quotas as quota_rules
@@ -56,22 +56,33 @@ class UsagePort:
     def quota_usage(self, tenant_id: str, quotas: Sequence[QuotaLimit], *, deadline: Deadline) -> QuotaUsage:
         """This period's usage of each quota's metric: one GetUsage per period naming all of its metrics,
         the periods asked concurrently."""
-        periods = {period: tuple(sorted({q.metric for q in quotas if q.period == period}))
-                   for period in sorted({q.period for q in quotas})}
+        periods = {
+            period: tuple(sorted({q.metric for q in quotas if q.period == period}))
+            for period in sorted({q.period for q in quotas})
+        }
         if not periods:
             return QuotaUsage()
 
         def ask() -> QuotaUsage:
-            now = datetime.now(timezone.utc)
-            queries = [UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now))
-                       for period, metrics in periods.items()]
+            now = datetime.now(UTC)
+            queries = [
+                UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now))
+                for period, metrics in periods.items()
+            ]
             answers = self._client.get_usage(queries, timeout=deadline.remaining())
-            return QuotaUsage({(metric, period): quantity
-                               for period, answer in zip(periods, answers) for metric, quantity in answer.items()})
+            return QuotaUsage(
+                {
+                    (metric, period): quantity
+                    for period, answer in zip(periods, answers)
+                    for metric, quantity in answer.items()
+                }
+            )
+
         return self._quotas.get((tenant_id, tuple(periods.items())), ask)
 
-    def ranking_totals(self, tenant_id: str, user_id: str, metrics: Sequence[str], window_seconds: int, *,
-                       deadline: Deadline) -> RankingTotals:
+    def ranking_totals(
+        self, tenant_id: str, user_id: str, metrics: Sequence[str], window_seconds: int, *, deadline: Deadline
+    ) -> RankingTotals:
         """The tenant's and the user's totals of `metrics` over the last `window_seconds`, asked concurrently."""
         names = tuple(sorted(set(metrics)))
         if not names:
@@ -81,10 +92,13 @@ class UsagePort:
             window = Window.ending_at(int(time.time() * MICROS), window_seconds)
             tenant, user = self._client.get_usage(
                 [UsageQuery(tenant_id, names, window), UsageQuery(tenant_id, names, window, user_id)],
-                timeout=within.remaining())
+                timeout=within.remaining(),
+            )
             return RankingTotals(tenant, user)
-        return self._rankings.get((tenant_id, user_id, names, window_seconds), lambda: ask(deadline),
-                                  refresh=lambda: ask(NO_DEADLINE))
+
+        return self._rankings.get(
+            (tenant_id, user_id, names, window_seconds), lambda: ask(deadline), refresh=lambda: ask(NO_DEADLINE)
+        )
 
     def metric_names(self, *, deadline: Deadline) -> set[str]:
         """Every metric name in Usage's catalog, asked afresh (a metric added a moment ago counts)."""

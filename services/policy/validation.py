@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from shared import tenant_ids
-from shared.errors import FieldViolation, InvalidArgument
 from services.policy.domain.model import Feature, Plan, QuotaLimit, Role, SubscriptionStatus
 from services.policy.domain.modes import Mode, requested_mode
+from shared import tenant_ids
+from shared.errors import FieldViolation, InvalidArgument
 
 MAX_TEXT = {"display_name": 200, "description": 2000, "reason": 500, "metric": 128, "user_id": 128, "tenant_id": 128}
 MAX_ROLES = 1000
@@ -78,8 +78,14 @@ def roles(items: list[tuple[Role, list[tuple[str, int]]]]) -> list[Role]:
             check.add(f"{path}.role_id", f"repeats role {role.role_id!r}")
         seen.add(role.role_id)
         check.text(role.display_name, f"{path}.display_name", "display_name")
-        result.append(Role(role.role_id, role.display_name or role.role_id, check.caps(caps, f"{path}.feature_caps"),
-                           check.mode(role.default_cap, f"{path}.default_cap", default=Mode.OFF)))
+        result.append(
+            Role(
+                role.role_id,
+                role.display_name or role.role_id,
+                check.caps(caps, f"{path}.feature_caps"),
+                check.mode(role.default_cap, f"{path}.default_cap", default=Mode.OFF),
+            )
+        )
     check.raise_if_any()
     return result
 
@@ -94,8 +100,13 @@ def feature(value: Feature) -> Feature:
     for index, metric in enumerate(value.metrics):
         check.text(metric, f"feature.metrics[{index}]", "metric", required=True)
     check.raise_if_any()
-    return Feature(value.feature_id, value.display_name or value.feature_id, value.description, max_mode,
-                   tuple(dict.fromkeys(value.metrics)))
+    return Feature(
+        value.feature_id,
+        value.display_name or value.feature_id,
+        value.description,
+        max_mode,
+        tuple(dict.fromkeys(value.metrics)),
+    )
 
 
 def plan(value: Plan, caps: list[tuple[str, int]]) -> Plan:
@@ -105,9 +116,14 @@ def plan(value: Plan, caps: list[tuple[str, int]]) -> Plan:
     check.text(value.display_name, "plan.display_name", "display_name")
     feature_caps = check.caps(caps, "plan.feature_caps")
     quotas = tuple(_quota(check, quota, f"plan.quotas[{index}]") for index, quota in enumerate(value.quotas))
-    result = Plan(value.plan_id, value.display_name or value.plan_id, feature_caps,
-                  check.mode(value.default_cap, "plan.default_cap", default=Mode.OFF),
-                  check.mode(value.inactive_cap, "plan.inactive_cap", default=Mode.OFF), quotas)
+    result = Plan(
+        value.plan_id,
+        value.display_name or value.plan_id,
+        feature_caps,
+        check.mode(value.default_cap, "plan.default_cap", default=Mode.OFF),
+        check.mode(value.inactive_cap, "plan.inactive_cap", default=Mode.OFF),
+        quotas,
+    )
     check.raise_if_any()
     return result
 
@@ -120,8 +136,14 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
         check.add(f"{path}.limit", "must not be negative")
     for index, feature_id in enumerate(quota.feature_ids):
         check.identifier(feature_id, f"{path}.feature_ids[{index}]")
-    return QuotaLimit(quota.metric, quota.period, quota.limit, check.mode(quota.cap, f"{path}.cap"),
-                      tuple(quota.feature_ids), quota.fail_closed)
+    return QuotaLimit(
+        quota.metric,
+        quota.period,
+        quota.limit,
+        check.mode(quota.cap, f"{path}.cap"),
+        tuple(quota.feature_ids),
+        quota.fail_closed,
+    )
 
 
 def required_ids(**values: str) -> None:

@@ -71,8 +71,10 @@ class PolicyVersionAhead(FailedPrecondition):
     reason = "POLICY_VERSION_AHEAD"
 
     def __init__(self, tenant_id: str, wanted: int, found: int):
-        super().__init__(f"min_policy_version {wanted} is ahead of tenant {tenant_id!r}'s policy version {found}, "
-                         f"read again just now: pass the policy_version of a write's answer for this tenant")
+        super().__init__(
+            f"min_policy_version {wanted} is ahead of tenant {tenant_id!r}'s policy version {found}, "
+            f"read again just now: pass the policy_version of a write's answer for this tenant"
+        )
 
 
 class UnknownMetric(FailedPrecondition):

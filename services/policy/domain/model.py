@@ -136,8 +136,12 @@ class Snapshot:
     def caps(self, user_id: str, feature_id: str) -> list[Cap]:
         """The role, feature, plan and tenant caps on a feature for a user, in CapSource order."""
         feature = self.feature(feature_id)
-        return [self._role_cap(user_id, feature_id), self._feature_cap(feature), self._plan_cap(feature_id),
-                Cap(CapSource.TENANT, self.tenant_policy.max_mode, f"tenant {self.tenant_id} maximum")]
+        return [
+            self._role_cap(user_id, feature_id),
+            self._feature_cap(feature),
+            self._plan_cap(feature_id),
+            Cap(CapSource.TENANT, self.tenant_policy.max_mode, f"tenant {self.tenant_id} maximum"),
+        ]
 
     def resolve(self, user_id: str, feature_id: str, requested: Mode, extra: Iterable[Cap] = ()) -> Resolution:
         """The effective mode of a feature for a user; `extra` holds later sources (quota caps)."""
@@ -155,8 +159,9 @@ class Snapshot:
     def _role_cap(self, user_id: str, feature_id: str) -> Cap:
         bound = self.bindings.get(user_id, ())
         role_ids = bound or (self.tenant_policy.default_role_id,)
-        caps = sorted((self._one_role_cap(role_id, feature_id) for role_id in role_ids),
-                      key=lambda item: (-item[0], item[1]))
+        caps = sorted(
+            (self._one_role_cap(role_id, feature_id) for role_id in role_ids), key=lambda item: (-item[0], item[1])
+        )
         cap, detail = caps[0]
         if not bound:
             return Cap(CapSource.ROLE, cap, f"default {detail} (no binding)")
@@ -184,8 +189,11 @@ class Snapshot:
         if subscription is None or plan is None:
             return Cap(CapSource.PLAN, Mode.OFF, "no subscription")
         if subscription.status not in ACTIVE_STATUSES:
-            return Cap(CapSource.PLAN, plan.inactive_cap,
-                       f"plan {plan.plan_id} inactive cap (subscription {subscription.status.name})")
+            return Cap(
+                CapSource.PLAN,
+                plan.inactive_cap,
+                f"plan {plan.plan_id} inactive cap (subscription {subscription.status.name})",
+            )
         if feature_id in plan.feature_caps:
             return Cap(CapSource.PLAN, plan.feature_caps[feature_id], f"plan {plan.plan_id}")
         return Cap(CapSource.PLAN, plan.default_cap, f"plan {plan.plan_id} default cap")

@@ -66,8 +66,9 @@ def requested_mode(value: int) -> Mode:
     return Mode(value) if value else HIGHEST
 
 
-def effective_mode(requested: Mode, caps: Iterable[Cap],
-                   extra: Iterable[Cap] = ()) -> tuple[Mode, tuple[BasisEntry, ...]]:
+def effective_mode(
+    requested: Mode, caps: Iterable[Cap], extra: Iterable[Cap] = ()
+) -> tuple[Mode, tuple[BasisEntry, ...]]:
     """min(requested, every cap) and the basis in CapSource order; `extra` takes later sources (quotas)."""
     considered = sorted([*caps, *extra], key=lambda cap: cap.source)  # stable: same-source caps keep their order
     result = min([requested, *(cap.cap for cap in considered)])

@@ -33,8 +33,9 @@ class Scored:
 
 def score(feature_id: str, mode_rank: int, user_quantity: int, tenant_quantity: int, *, usage: bool) -> Scored:
     """score = mode rank + 2·log10(1 + user usage) + log10(1 + tenant usage); usage terms 0 without usage."""
-    usage_score = (USER_WEIGHT * math.log10(1 + user_quantity) + TENANT_WEIGHT * math.log10(1 + tenant_quantity)
-                   if usage else 0.0)
+    usage_score = (
+        USER_WEIGHT * math.log10(1 + user_quantity) + TENANT_WEIGHT * math.log10(1 + tenant_quantity) if usage else 0.0
+    )
     return Scored(feature_id, mode_rank, user_quantity, tenant_quantity, float(mode_rank), round(usage_score, 6))
 
 
@@ -57,8 +58,9 @@ def active(resolutions: Iterable[Resolution]) -> list[Resolution]:
     return [resolution for resolution in resolutions if resolution.effective > Mode.OFF]
 
 
-def rank_active(snapshot: Snapshot, resolutions: Iterable[Resolution],
-                totals: RankingTotals | None) -> list[ActiveFeature]:
+def rank_active(
+    snapshot: Snapshot, resolutions: Iterable[Resolution], totals: RankingTotals | None
+) -> list[ActiveFeature]:
     """The active features best first, each scored from its mode and its metrics' totals (None: no usage)."""
     items = {}
     for resolution in active(resolutions):

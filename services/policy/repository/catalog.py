@@ -65,8 +65,7 @@ def get_feature(session, feature_id: str) -> Feature | None:
 
 
 def list_features(session, *, after: str | None, limit: int) -> list[Feature]:
-    return [rows.feature_of(row) for row in _page(session, tables.features, tables.features.c.feature_id, after,
-                                                     limit)]
+    return [rows.feature_of(row) for row in _page(session, tables.features, tables.features.c.feature_id, after, limit)]
 
 
 def save_feature(session, feature: Feature, *, exists: bool) -> None:
@@ -84,4 +83,3 @@ def list_plans(session, *, after: str | None, limit: int) -> list[Plan]:
 
 def save_plan(session, plan: Plan, *, exists: bool) -> None:
     _upsert(session, tables.plans, tables.plans.c.plan_id, rows.plan_row(plan), exists)
-

@@ -5,17 +5,18 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared.audit_chain import AuditChain
 from services.policy import tables
 from services.policy.domain.model import CATALOG, VersionChange
+from shared.audit_chain import AuditChain
 
 AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
 
 
 def bump_version(session, tenant_id: str, version: int) -> None:
     """Set a tenant's (or the catalog's) policy version to the sequence of its latest change."""
-    updated = session.execute(update(tables.policy_versions).where(tables.policy_versions.c.tenant_id == tenant_id)
-                              .values(version=version)).rowcount
+    updated = session.execute(
+        update(tables.policy_versions).where(tables.policy_versions.c.tenant_id == tenant_id).values(version=version)
+    ).rowcount
     if not updated:
         session.execute(insert(tables.policy_versions).values(tenant_id=tenant_id, version=version))
 
@@ -23,15 +24,17 @@ def bump_version(session, tenant_id: str, version: int) -> None:
 def version_of(session, tenant_id: str) -> int:
     """The tenant's policy version: the latest change to its data or to the catalog ('' = catalog only)."""
     keys = {CATALOG, tenant_id}
-    found = session.execute(select(func.max(tables.policy_versions.c.version))
-                            .where(tables.policy_versions.c.tenant_id.in_(keys))).scalar()
+    found = session.execute(
+        select(func.max(tables.policy_versions.c.version)).where(tables.policy_versions.c.tenant_id.in_(keys))
+    ).scalar()
     return found or 0
 
 
 def changed_since(session, version: int) -> list[VersionChange]:
     """Every tenant (and '' for the catalog) changed after `version`, at its version now."""
-    query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version) \
-        .where(tables.policy_versions.c.version > version)
+    query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
+        tables.policy_versions.c.version > version
+    )
     return [VersionChange(row.tenant_id, row.version) for row in session.execute(query)]
 
 

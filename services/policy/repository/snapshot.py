@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from shared.audit_chain import consistent_read
 from services.policy.domain.errors import UnknownTenant
 from services.policy.domain.model import Snapshot
 from services.policy.repository import catalog, chain, tenants
+from shared.audit_chain import consistent_read
 
 
 def load(session, tenant_id: str) -> Snapshot:
@@ -23,5 +23,14 @@ def load(session, tenant_id: str) -> Snapshot:
     by_user: dict[str, list[str]] = defaultdict(list)
     for binding in tenants.list_bindings(session, tenant_id):
         by_user[binding.user_id].append(binding.role_id)
-    return Snapshot(tenant_id, version, policy, subscription, plan, catalog.all_roles(session),
-                    catalog.all_features(session), overrides, {user: tuple(r) for user, r in by_user.items()})
+    return Snapshot(
+        tenant_id,
+        version,
+        policy,
+        subscription,
+        plan,
+        catalog.all_roles(session),
+        catalog.all_features(session),
+        overrides,
+        {user: tuple(r) for user, r in by_user.items()},
+    )

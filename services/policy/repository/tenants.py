@@ -17,11 +17,16 @@ def get_tenant_policy(session, tenant_id: str) -> TenantPolicy | None:
 
 
 def save_tenant_policy(session, policy: TenantPolicy, *, exists: bool) -> None:
-    values = {"tenant_id": policy.tenant_id, "max_mode": int(policy.max_mode),
-              "default_role_id": policy.default_role_id, "update_us": policy.update_us}
+    values = {
+        "tenant_id": policy.tenant_id,
+        "max_mode": int(policy.max_mode),
+        "default_role_id": policy.default_role_id,
+        "update_us": policy.update_us,
+    }
     if exists:
-        session.execute(update(T.tenant_policies).where(T.tenant_policies.c.tenant_id == policy.tenant_id)
-                        .values(values))
+        session.execute(
+            update(T.tenant_policies).where(T.tenant_policies.c.tenant_id == policy.tenant_id).values(values)
+        )
     else:
         session.execute(insert(T.tenant_policies).values(values))
 
@@ -34,16 +39,21 @@ def get_subscription(session, tenant_id: str) -> Subscription | None:
 def save_subscription(session, subscription: Subscription, *, exists: bool) -> None:
     values = rows.subscription_row(subscription)
     if exists:
-        session.execute(update(T.subscriptions).where(T.subscriptions.c.tenant_id == subscription.tenant_id)
-                        .values(values))
+        session.execute(
+            update(T.subscriptions).where(T.subscriptions.c.tenant_id == subscription.tenant_id).values(values)
+        )
     else:
         session.execute(insert(T.subscriptions).values(values))
 
 
-def tenant_overrides(session, tenant_id: str, *, after: tuple[str, str] | None = None,
-                     limit: int | None = None) -> list[Override]:
-    query = (select(T.overrides).where(T.overrides.c.tenant_id == tenant_id)
-             .order_by(T.overrides.c.role_id, T.overrides.c.feature_id))
+def tenant_overrides(
+    session, tenant_id: str, *, after: tuple[str, str] | None = None, limit: int | None = None
+) -> list[Override]:
+    query = (
+        select(T.overrides)
+        .where(T.overrides.c.tenant_id == tenant_id)
+        .order_by(T.overrides.c.role_id, T.overrides.c.feature_id)
+    )
     if after is not None:
         query = query.where(tuple_(T.overrides.c.role_id, T.overrides.c.feature_id) > tuple_(*after))
     if limit is not None:
@@ -51,8 +61,9 @@ def tenant_overrides(session, tenant_id: str, *, after: tuple[str, str] | None =
     return [rows.override_of(row) for row in session.execute(query)]
 
 
-def find_override(session, tenant_id: str, *, override_id: str | None = None,
-                  role_feature: tuple[str, str] | None = None) -> Override | None:
+def find_override(
+    session, tenant_id: str, *, override_id: str | None = None, role_feature: tuple[str, str] | None = None
+) -> Override | None:
     where = [T.overrides.c.tenant_id == tenant_id]
     if override_id is not None:
         where.append(T.overrides.c.override_id == override_id)
@@ -63,19 +74,29 @@ def find_override(session, tenant_id: str, *, override_id: str | None = None,
 
 
 def save_override(session, override: Override, *, exists: bool) -> None:
-    values = {"tenant_id": override.tenant_id, "override_id": override.override_id, "role_id": override.role_id,
-              "feature_id": override.feature_id, "cap": int(override.cap), "reason": override.reason,
-              "update_us": override.update_us}
+    values = {
+        "tenant_id": override.tenant_id,
+        "override_id": override.override_id,
+        "role_id": override.role_id,
+        "feature_id": override.feature_id,
+        "cap": int(override.cap),
+        "reason": override.reason,
+        "update_us": override.update_us,
+    }
     if exists:
-        session.execute(update(T.overrides).where(T.overrides.c.tenant_id == override.tenant_id,
-                                                  T.overrides.c.override_id == override.override_id).values(values))
+        session.execute(
+            update(T.overrides)
+            .where(T.overrides.c.tenant_id == override.tenant_id, T.overrides.c.override_id == override.override_id)
+            .values(values)
+        )
     else:
         session.execute(insert(T.overrides).values(values))
 
 
 def delete_override(session, tenant_id: str, override_id: str) -> None:
-    session.execute(delete(T.overrides).where(T.overrides.c.tenant_id == tenant_id,
-                                              T.overrides.c.override_id == override_id))
+    session.execute(
+        delete(T.overrides).where(T.overrides.c.tenant_id == tenant_id, T.overrides.c.override_id == override_id)
+    )
 
 
 def _binding_key(tenant_id: str, user_id: str, role_id: str):
@@ -89,16 +110,20 @@ def get_binding(session, tenant_id: str, user_id: str, role_id: str) -> Binding 
 
 
 def insert_binding(session, binding: Binding) -> None:
-    session.execute(insert(T.bindings).values(tenant_id=binding.tenant_id, user_id=binding.user_id,
-                                              role_id=binding.role_id, create_us=binding.create_us))
+    session.execute(
+        insert(T.bindings).values(
+            tenant_id=binding.tenant_id, user_id=binding.user_id, role_id=binding.role_id, create_us=binding.create_us
+        )
+    )
 
 
 def delete_binding(session, tenant_id: str, user_id: str, role_id: str) -> None:
     session.execute(delete(T.bindings).where(_binding_key(tenant_id, user_id, role_id)))
 
 
-def list_bindings(session, tenant_id: str, *, user_id: str = "", after: tuple[str, str] | None = None,
-                  limit: int | None = None) -> list[Binding]:
+def list_bindings(
+    session, tenant_id: str, *, user_id: str = "", after: tuple[str, str] | None = None, limit: int | None = None
+) -> list[Binding]:
     c = T.bindings.c
     query = select(T.bindings).where(c.tenant_id == tenant_id).order_by(c.user_id, c.role_id)
     if user_id:
@@ -108,4 +133,3 @@ def list_bindings(session, tenant_id: str, *, user_id: str = "", after: tuple[st
     if limit is not None:
         query = query.limit(limit)
     return [rows.binding_of(row) for row in session.execute(query)]
-

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.credentials import Principal
 from services.policy import metrics, validation
 from services.policy.cache import SnapshotCache
 from services.policy.domain import ranking
@@ -19,6 +18,7 @@ from services.policy.domain.usage import RankingTotals
 from services.policy.service import access
 from services.policy.service.quotas import read_usage
 from services.policy.usage_port import Deadline, UsagePort
+from shared.credentials import Principal
 
 
 @dataclass(frozen=True)
@@ -31,17 +31,29 @@ class ActiveFeatures:
     version: int
 
 
-def list_active_features(tenant_id: str, user_id: str, window_seconds: int, window_nanos: int, *,
-                         cache: SnapshotCache, usage: UsagePort, caller: Principal,
-                         deadline: Deadline) -> ActiveFeatures:
+def list_active_features(
+    tenant_id: str,
+    user_id: str,
+    window_seconds: int,
+    window_nanos: int,
+    *,
+    cache: SnapshotCache,
+    usage: UsagePort,
+    caller: Principal,
+    deadline: Deadline,
+) -> ActiveFeatures:
     """Features whose effective mode is above OFF, best first, ties by feature id."""
     access.tenant(caller, tenant_id)
     window = validation.active_features(tenant_id, user_id, window_seconds, window_nanos)
     snapshot = cache.get(tenant_id)
     features = sorted(snapshot.features)
     used = read_usage(snapshot, features, usage=usage, deadline=deadline)
-    resolutions = ranking.active([snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used))
-                                  for feature_id in features])
+    resolutions = ranking.active(
+        [
+            snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used))
+            for feature_id in features
+        ]
+    )
     metric_names = sorted({metric for r in resolutions for metric in snapshot.features[r.feature_id].metrics})
     totals: RankingTotals | None
     try:
@@ -49,5 +61,6 @@ def list_active_features(tenant_id: str, user_id: str, window_seconds: int, wind
     except UsageUnavailable as error:
         metrics.USAGE_FALLBACKS.labels("ranking").inc()
         totals, reason = None, error.message
-    return ActiveFeatures(ranking.rank_active(snapshot, resolutions, totals), totals is not None, reason,
-                          snapshot.version)
+    return ActiveFeatures(
+        ranking.rank_active(snapshot, resolutions, totals), totals is not None, reason, snapshot.version
+    )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from services.policy.repository.chain import AUDIT
+from services.policy.service.tenants import require_tenant_exists
 from shared import audit_chain, auth, pagination
 from shared.audit import AuditRecord, Verification
 from shared.credentials import Principal
-from services.policy.repository.chain import AUDIT
-from services.policy.service.tenants import require_tenant_exists
 
 
-def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions,
-                 caller: Principal) -> pagination.Page[AuditRecord]:
+def list_records(
+    tenant_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the catalog's (platform only).
 
     An unknown tenant is NOT_FOUND, as for every other call naming one, never an empty page.
@@ -19,8 +20,9 @@ def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions,
     if tenant is not None:
         with sessions.begin() as session:
             require_tenant_exists(session, tenant)
-    return audit_chain.list_records(AUDIT, tenant_id, page_size=page_size, page_token=page_token,
-                                    sessions=sessions, caller=caller)
+    return audit_chain.list_records(
+        AUDIT, tenant_id, page_size=page_size, page_token=page_token, sessions=sessions, caller=caller
+    )
 
 
 def verify(*, sessions, caller: Principal) -> Verification:

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared import pagination
-from shared.credentials import Principal
 from services.policy import validation
 from services.policy.domain.errors import RoleInUse
-from services.policy.domain.model import Feature, Plan, Role
+from services.policy.domain.model import CATALOG, Feature, Plan, Role
 from services.policy.repository import catalog, rows
-from services.policy.domain.model import CATALOG
-from services.policy.service import access
-from services.policy.service import metric_names
+from services.policy.service import access, metric_names
 from services.policy.service.metric_names import MetricCheck
 from services.policy.service.writes import Change, audited_write
 from services.policy.usage_port import Deadline, UsagePort
+from shared import pagination
+from shared.credentials import Principal
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,9 @@ def diff_roles(current: dict[str, Role], imported: list[Role], *, prune: bool) -
     return RolesDiff(added, changed, removed, sorted(same + ([] if prune else absent)))
 
 
-def import_roles(items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bool, prune: bool, sessions, cache,
-                 caller: Principal) -> tuple[RolesDiff, int]:
+def import_roles(
+    items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bool, prune: bool, sessions, cache, caller: Principal
+) -> tuple[RolesDiff, int]:
     """Make the role catalog hold `items` (idempotent); a dry run reports the diff and writes nothing."""
     access.catalog_write(caller)
     roles = validation.roles(items)
@@ -68,20 +67,27 @@ def import_roles(items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bo
         if diff.removed:
             catalog.delete_roles(session, diff.removed)
         written = [rows.role_row(r) for r in roles if r.role_id in diff.added or r.role_id in diff.changed]
-        return Change("catalog/roles", {"added": diff.added, "changed": diff.changed, "removed": diff.removed,
-                                        "roles": written}), diff
+        return Change(
+            "catalog/roles", {"added": diff.added, "changed": diff.changed, "removed": diff.removed, "roles": written}
+        ), diff
 
-    return audited_write(sessions=sessions, cache=cache, caller=caller, action="ImportRoles", tenant_id=CATALOG,
-                         apply=apply)
+    return audited_write(
+        sessions=sessions, cache=cache, caller=caller, action="ImportRoles", tenant_id=CATALOG, apply=apply
+    )
 
 
-def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage: UsagePort,
-                   deadline: Deadline) -> Upserted:
+def upsert_feature(
+    value: Feature, *, sessions, cache, caller: Principal, usage: UsagePort, deadline: Deadline
+) -> Upserted:
     """Add or update a feature whose metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     feature = validation.feature(value)
-    checked = metric_names.check([(f"feature.metrics[{i}]", m) for i, m in enumerate(value.metrics)],
-                                 usage=usage, action="UpsertFeature", deadline=deadline)
+    checked = metric_names.check(
+        [(f"feature.metrics[{i}]", m) for i, m in enumerate(value.metrics)],
+        usage=usage,
+        action="UpsertFeature",
+        deadline=deadline,
+    )
 
     def apply(session, _now_us):
         current = catalog.get_feature(session, feature.feature_id)
@@ -90,18 +96,31 @@ def upsert_feature(value: Feature, *, sessions, cache, caller: Principal, usage:
         catalog.save_feature(session, feature, exists=current is not None)
         return Change(f"catalog/feature/{feature.feature_id}", rows.feature_row(feature)), current is None
 
-    created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertFeature",
-                                     tenant_id=CATALOG, apply=apply)
+    created, version = audited_write(
+        sessions=sessions, cache=cache, caller=caller, action="UpsertFeature", tenant_id=CATALOG, apply=apply
+    )
     return Upserted(feature, created, version, checked)
 
 
-def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache, caller: Principal,
-                usage: UsagePort, deadline: Deadline) -> Upserted:
+def upsert_plan(
+    value: Plan,
+    caps: list[tuple[str, int]],
+    *,
+    sessions,
+    cache,
+    caller: Principal,
+    usage: UsagePort,
+    deadline: Deadline,
+) -> Upserted:
     """Add or update a plan whose quotas' metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     plan = validation.plan(value, caps)
-    checked = metric_names.check([(f"plan.quotas[{i}].metric", q.metric) for i, q in enumerate(plan.quotas)],
-                                 usage=usage, action="UpsertPlan", deadline=deadline)
+    checked = metric_names.check(
+        [(f"plan.quotas[{i}].metric", q.metric) for i, q in enumerate(plan.quotas)],
+        usage=usage,
+        action="UpsertPlan",
+        deadline=deadline,
+    )
 
     def apply(session, _now_us):
         current = catalog.get_plan(session, plan.plan_id)
@@ -110,14 +129,17 @@ def upsert_plan(value: Plan, caps: list[tuple[str, int]], *, sessions, cache, ca
         catalog.save_plan(session, plan, exists=current is not None)
         return Change(f"catalog/plan/{plan.plan_id}", rows.plan_row(plan)), current is None
 
-    created, version = audited_write(sessions=sessions, cache=cache, caller=caller, action="UpsertPlan",
-                                     tenant_id=CATALOG, apply=apply)
+    created, version = audited_write(
+        sessions=sessions, cache=cache, caller=caller, action="UpsertPlan", tenant_id=CATALOG, apply=apply
+    )
     return Upserted(plan, created, version, checked)
 
 
-_LISTINGS = {"roles": (catalog.list_roles, lambda r: (r.role_id,)),
-             "features": (catalog.list_features, lambda f: (f.feature_id,)),
-             "plans": (catalog.list_plans, lambda p: (p.plan_id,))}
+_LISTINGS = {
+    "roles": (catalog.list_roles, lambda r: (r.role_id,)),
+    "features": (catalog.list_features, lambda f: (f.feature_id,)),
+    "plans": (catalog.list_plans, lambda p: (p.plan_id,)),
+}
 
 
 def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> pagination.Page:

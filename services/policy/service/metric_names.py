@@ -32,8 +32,12 @@ def check(named: list[tuple[str, str]], *, usage: UsagePort, action: str, deadli
         known = usage.metric_names(deadline=deadline)
     except UsageUnavailable as error:
         names = tuple(dict.fromkeys(metric for _field, metric in named))
-        log.warning("%s accepted metric names %s without checking them against Usage's catalog: %s",
-                    action, list(names), error.message)
+        log.warning(
+            "%s accepted metric names %s without checking them against Usage's catalog: %s",
+            action,
+            list(names),
+            error.message,
+        )
         return MetricCheck(names, error.message)
     unknown = [(field, metric) for field, metric in named if metric not in known]
     if unknown:

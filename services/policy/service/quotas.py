@@ -12,8 +12,7 @@ from services.policy.domain.usage import QuotaUsage
 from services.policy.usage_port import Deadline, UsagePort
 
 
-def read_usage(snapshot: Snapshot, feature_ids: Iterable[str], *, usage: UsagePort,
-               deadline: Deadline) -> QuotaUsage:
+def read_usage(snapshot: Snapshot, feature_ids: Iterable[str], *, usage: UsagePort, deadline: Deadline) -> QuotaUsage:
     """The usage the quotas on `feature_ids` need; unknown (and counted as a fallback) when Usage does not answer."""
     needed = quotas.to_read(snapshot, feature_ids)
     if not needed:

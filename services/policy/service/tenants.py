@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from shared.credentials import Principal
 from services.policy import validation
 from services.policy.domain.errors import NoSubscription, UnknownPlan, UnknownRole, UnknownTenant
 from services.policy.domain.model import Snapshot, Subscription, TenantPolicy
 from services.policy.repository import catalog, rows, snapshot, tenants
 from services.policy.service import access
 from services.policy.service.writes import Change, audited_write
+from shared.credentials import Principal
 
 
 def require_tenant_exists(session, tenant_id: str) -> TenantPolicy:
@@ -21,8 +21,9 @@ def require_tenant_exists(session, tenant_id: str) -> TenantPolicy:
     return policy
 
 
-def set_tenant_policy(tenant_id: str, max_mode: int, default_role_id: str, *, sessions, cache,
-                      caller: Principal) -> tuple[TenantPolicy, int]:
+def set_tenant_policy(
+    tenant_id: str, max_mode: int, default_role_id: str, *, sessions, cache, caller: Principal
+) -> tuple[TenantPolicy, int]:
     """Create or update a tenant's policy (this is what makes a tenant exist)."""
     access.platform_tenant_write(caller, "setting a tenant policy")
     mode = validation.tenant_policy(tenant_id, max_mode, default_role_id)
@@ -37,8 +38,9 @@ def set_tenant_policy(tenant_id: str, max_mode: int, default_role_id: str, *, se
         tenants.save_tenant_policy(session, wanted, exists=current is not None)
         return Change(f"tenant/{tenant_id}/policy", {"max_mode": int(mode), "default_role_id": default_role_id}), wanted
 
-    return audited_write(sessions=sessions, cache=cache, caller=caller, action="SetTenantPolicy",
-                         tenant_id=tenant_id, apply=apply)
+    return audited_write(
+        sessions=sessions, cache=cache, caller=caller, action="SetTenantPolicy", tenant_id=tenant_id, apply=apply
+    )
 
 
 def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscription:
@@ -52,8 +54,9 @@ def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscrip
     return found
 
 
-def set_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions, cache,
-                     caller: Principal) -> tuple[Subscription, int]:
+def set_subscription(
+    tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions, cache, caller: Principal
+) -> tuple[Subscription, int]:
     """Set a tenant's plan, status and feature flags (platform only: a tenant may not upgrade itself)."""
     access.platform_tenant_write(caller, "setting a subscription")
     state = validation.subscription(tenant_id, plan_id, status, flags)
@@ -70,8 +73,9 @@ def set_subscription(tenant_id: str, plan_id: str, status: int, flags: dict[str,
         change = {key: value for key, value in rows.subscription_row(wanted).items() if key != "update_us"}
         return Change(f"tenant/{tenant_id}/subscription", change), wanted
 
-    return audited_write(sessions=sessions, cache=cache, caller=caller, action="SetSubscription",
-                         tenant_id=tenant_id, apply=apply)
+    return audited_write(
+        sessions=sessions, cache=cache, caller=caller, action="SetSubscription", tenant_id=tenant_id, apply=apply
+    )
 
 
 def inspect_policy(tenant_id: str, *, sessions, caller: Principal) -> Snapshot:

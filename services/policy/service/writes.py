@@ -6,11 +6,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.credentials import Principal
-from shared.clock import now_micros
 from services.policy import metrics
 from services.policy.cache import SnapshotCache
 from services.policy.repository import chain
+from shared.clock import now_micros
+from shared.credentials import Principal
 
 R = TypeVar("R")
 
@@ -23,8 +23,15 @@ class Change:
     change: dict
 
 
-def audited_write(*, sessions, cache: SnapshotCache, caller: Principal, action: str, tenant_id: str,
-                  apply: Callable[[object, int], tuple[Change | None, R]]) -> tuple[R, int]:
+def audited_write(
+    *,
+    sessions,
+    cache: SnapshotCache,
+    caller: Principal,
+    action: str,
+    tenant_id: str,
+    apply: Callable[[object, int], tuple[Change | None, R]],
+) -> tuple[R, int]:
     """Run `apply(session, now_us)`; when it reports a change, append the audit record and bump the version.
 
     `tenant_id` '' is the catalog. Returns apply's result and the policy version after the write; a
@@ -38,8 +45,15 @@ def audited_write(*, sessions, cache: SnapshotCache, caller: Principal, action: 
             version = chain.version_of(session, tenant_id)
         else:
             version = chain.AUDIT.append_after(
-                session, head, time_us=now_us, actor=caller.token_id, action=action, target=change.target,
-                tenant_id=tenant_id, change=change.change).sequence
+                session,
+                head,
+                time_us=now_us,
+                actor=caller.token_id,
+                action=action,
+                target=change.target,
+                tenant_id=tenant_id,
+                change=change.change,
+            ).sequence
             chain.bump_version(session, tenant_id, version)
     if change is not None:
         cache.advance(tenant_id, version)  # before answering: this process never serves the older snapshot
