@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from tollgate.usage.v1 import usage_pb2
@@ -36,7 +36,7 @@ def to_payload(pending: Pending, *, source_service: str) -> tuple[str, bytes]:
     when = pending.occurred_at
     if isinstance(when, datetime):
         # A naive datetime is taken as UTC, the service's only clock.
-        event.occurred_at.FromDatetime(when if when.tzinfo else when.replace(tzinfo=timezone.utc))
+        event.occurred_at.FromDatetime(when if when.tzinfo else when.replace(tzinfo=UTC))
     elif isinstance(when, (int, float)) and not isinstance(when, bool):
         event.occurred_at.FromNanoseconds(int(when * 1_000_000_000))
     else:  # checked first: a str times 10^9 is a 10 GB string, not an error
@@ -48,5 +48,6 @@ def to_payload(pending: Pending, *, source_service: str) -> tuple[str, bytes]:
 
 def to_request(tenant_id: str, payloads: list[bytes]) -> usage_pb2.RecordEventsRequest:
     """A RecordEvents batch of spooled events, in spool order."""
-    return usage_pb2.RecordEventsRequest(tenant_id=tenant_id,
-                                         events=[usage_pb2.UsageEvent.FromString(p) for p in payloads])
+    return usage_pb2.RecordEventsRequest(
+        tenant_id=tenant_id, events=[usage_pb2.UsageEvent.FromString(p) for p in payloads]
+    )

@@ -12,8 +12,8 @@ class Inbox:
     def __init__(self, *, capacity: int, on_disk: int):
         self._lock = threading.Lock()
         self._items: deque = deque()
-        self._in_transit = 0      # taken by the background thread, not yet committed to the spool
-        self._on_disk = on_disk   # committed to the spool, not yet answered by the server
+        self._in_transit = 0  # taken by the background thread, not yet committed to the spool
+        self._on_disk = on_disk  # committed to the spool, not yet answered by the server
         self.capacity = capacity
         self.dropped = 0
         self.closed = False

@@ -7,13 +7,12 @@ import time
 
 import grpc
 
-from tollgate.usage.v1 import usage_pb2_grpc
-
 from clients.recorder.counters import Counters
 from clients.recorder.events import Pending
 from clients.recorder.inbox import Inbox
 from clients.recorder.sender import SendConfig, Sender
 from clients.recorder.spool import Spool
+from tollgate.usage.v1 import usage_pb2_grpc
 
 log = logging.getLogger("tollgate.recorder.recorder")
 
@@ -21,36 +20,78 @@ log = logging.getLogger("tollgate.recorder.recorder")
 class UsageRecorder:
     """Fire-and-forget usage recording through a durable SQLite spool; see docs/recorder.md."""
 
-    def __init__(self, target: str, token: str, tenant_id: str, spool_path: str, *, batch_size: int = 500,
-                 max_batch_age: float = 0.5, max_spool_events: int = 100_000, deadline: float = 5.0,
-                 source_service: str = "tollgate-recorder", backoff_base: float = 0.1, backoff_cap: float = 30.0,
-                 credentials: grpc.ChannelCredentials | None = None):
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        tenant_id: str,
+        spool_path: str,
+        *,
+        batch_size: int = 500,
+        max_batch_age: float = 0.5,
+        max_spool_events: int = 100_000,
+        deadline: float = 5.0,
+        source_service: str = "tollgate-recorder",
+        backoff_base: float = 0.1,
+        backoff_cap: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         if not 1 <= batch_size <= 1000:
             raise ValueError(f"batch_size must be 1 to 1000 (RecordEvents' limit), got {batch_size}")
         self._spool = Spool(spool_path, tenant_id=tenant_id)
         self._inbox = Inbox(capacity=max_spool_events, on_disk=self._spool.count())
         # gRPC's own reconnect backoff (up to 120 s by default) would keep failing calls fast long after
         # the server is back; bound it by ours so recovery follows the recorder's backoff.
-        options = [("grpc.initial_reconnect_backoff_ms", max(1, int(backoff_base * 1000))),
-                   ("grpc.min_reconnect_backoff_ms", max(1, int(backoff_base * 1000))),
-                   ("grpc.max_reconnect_backoff_ms", max(1, int(backoff_cap * 1000)))]
-        self._channel = (grpc.secure_channel(target, credentials, options) if credentials
-                         else grpc.insecure_channel(target, options))
-        config = SendConfig(tenant_id=tenant_id, source_service=source_service,
-                            metadata=(("authorization", f"Bearer {token}"),), batch_size=batch_size,
-                            max_batch_age=max_batch_age, deadline=deadline, backoff_base=backoff_base,
-                            backoff_cap=backoff_cap)
-        self._sender = Sender(spool=self._spool, stub=usage_pb2_grpc.UsageServiceStub(self._channel),
-                              inbox=self._inbox, config=config)
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff_base * 1000))),
+            ("grpc.min_reconnect_backoff_ms", max(1, int(backoff_base * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, int(backoff_cap * 1000))),
+        ]
+        self._channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
+        config = SendConfig(
+            tenant_id=tenant_id,
+            source_service=source_service,
+            metadata=(("authorization", f"Bearer {token}"),),
+            batch_size=batch_size,
+            max_batch_age=max_batch_age,
+            deadline=deadline,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self._sender = Sender(
+            spool=self._spool, stub=usage_pb2_grpc.UsageServiceStub(self._channel), inbox=self._inbox, config=config
+        )
         self._closed_logged = False
         self._sender.start()
 
-    def record(self, metric: str, quantity: int, *, occurred_at=None, actor_id: str = "", correlation_id: str = "",
-               idempotency_key: str = "", metadata: dict | None = None, event_id: str | None = None) -> bool:
+    def record(
+        self,
+        metric: str,
+        quantity: int,
+        *,
+        occurred_at=None,
+        actor_id: str = "",
+        correlation_id: str = "",
+        idempotency_key: str = "",
+        metadata: dict | None = None,
+        event_id: str | None = None,
+    ) -> bool:
         """Queue one event; True when accepted (it will be delivered), False when dropped. Never raises."""
         try:
-            accepted = self._inbox.put(Pending(metric, quantity, time.time() if occurred_at is None else occurred_at,
-                                               actor_id, correlation_id, idempotency_key, metadata, event_id))
+            accepted = self._inbox.put(
+                Pending(
+                    metric,
+                    quantity,
+                    time.time() if occurred_at is None else occurred_at,
+                    actor_id,
+                    correlation_id,
+                    idempotency_key,
+                    metadata,
+                    event_id,
+                )
+            )
         except Exception:  # noqa: BLE001 - the contract: recording never breaks the caller's business logic
             self._inbox.dropped += 1
             return False
@@ -73,8 +114,10 @@ class UsageRecorder:
             self._sender.flushing += 1
         self._inbox.wake.set()
         try:
-            self._wait(lambda: self._inbox.held() == 0 or (self._sender.refused is not None
-                                                           and self._inbox.in_memory() == 0), timeout)
+            self._wait(
+                lambda: self._inbox.held() == 0 or (self._sender.refused is not None and self._inbox.in_memory() == 0),
+                timeout,
+            )
             return self._inbox.held() == 0
         finally:
             with self._sender.changed:
@@ -99,7 +142,7 @@ class UsageRecorder:
         counts = dict(self._sender.counts)
         return Counters(spooled=self._inbox.held(), dropped=self._inbox.dropped, **counts)
 
-    def __enter__(self) -> "UsageRecorder":
+    def __enter__(self) -> UsageRecorder:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -11,20 +11,20 @@ from dataclasses import dataclass
 
 import grpc
 
-from tollgate.usage.v1 import usage_pb2
-
 from clients.recorder import events
 from clients.recorder.inbox import Inbox
 from clients.recorder.spool import Spool
+from tollgate.usage.v1 import usage_pb2
 
 log = logging.getLogger("tollgate.recorder.sender")
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                       grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 # The credential itself is refused: no later attempt of this recorder can succeed, so it stops sending.
 REFUSED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
-IDLE_TICK = 0.25          # longest sleep: bounds how late a drop is reported
-REPORT_EVERY = 5.0        # at most one "dropped" (or "merged") warning per this many seconds (plus the first)
+IDLE_TICK = 0.25  # longest sleep: bounds how late a drop is reported
+REPORT_EVERY = 5.0  # at most one "dropped" (or "merged") warning per this many seconds (plus the first)
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng=random.random) -> float:
@@ -58,7 +58,7 @@ class Sender(threading.Thread):
         self.flushing = 0
         self.stopping = False
         self.refused: str | None = None  # why the server refused the credential; nothing is sent from then on
-        self._inflight = None          # (seqs, future)
+        self._inflight = None  # (seqs, future)
         self._attempt = 0
         self._retry_at = 0.0
         self._batch_since = None if inbox.on_disk() == 0 else float("-inf")  # leftovers go at once
@@ -174,19 +174,29 @@ class Sender(threading.Thread):
         event = request.events[result.index]
         if verdict == usage_pb2.VERDICT_ACCEPTED:
             self.counts["sent"] += 1
-        elif verdict in (usage_pb2.VERDICT_DUPLICATE, usage_pb2.VERDICT_CONFLICT) \
-                and result.existing_event_id not in ("", event.event_id):
+        elif verdict in (usage_pb2.VERDICT_DUPLICATE, usage_pb2.VERDICT_CONFLICT) and result.existing_event_id not in (
+            "",
+            event.event_id,
+        ):
             # Matched another event through a shared key: not a redelivery, a unit that will not count alone.
             self.counts["merged"] += 1
-            self._merge_example = (f"event {event.event_id} into {result.existing_event_id} by "
-                                   f"{usage_pb2.DedupKey.Name(result.dedup_key)}: {result.message}")
+            self._merge_example = (
+                f"event {event.event_id} into {result.existing_event_id} by "
+                f"{usage_pb2.DedupKey.Name(result.dedup_key)}: {result.message}"
+            )
         elif verdict == usage_pb2.VERDICT_DUPLICATE:
             self.counts["duplicate"] += 1
         elif verdict in (usage_pb2.VERDICT_CONFLICT, usage_pb2.VERDICT_REJECTED):
             name = "conflict" if verdict == usage_pb2.VERDICT_CONFLICT else "rejected"
             self.counts[name] += 1
-            log.warning("usage event %s %s: metric=%r reason=%s: %s", event.event_id, name, event.metric,
-                        usage_pb2.RejectReason.Name(result.reason), result.message)
+            log.warning(
+                "usage event %s %s: metric=%r reason=%s: %s",
+                event.event_id,
+                name,
+                event.metric,
+                usage_pb2.RejectReason.Name(result.reason),
+                result.message,
+            )
         else:
             return False  # no verdict we know: keep it spooled and send it again
         return True
@@ -198,37 +208,61 @@ class Sender(threading.Thread):
             # recorder with a valid credential, and say so once.
             self.counts["errors"] += 1
             self.refused = f"{code.name}: {details}"
-            log.error("RecordEvents refused the credential (%s); the recorder stops sending: %d events stay spooled "
-                      "for a recorder with a valid token", self.refused, self.inbox.held())
+            log.error(
+                "RecordEvents refused the credential (%s); the recorder stops sending: %d events stay spooled "
+                "for a recorder with a valid token",
+                self.refused,
+                self.inbox.held(),
+            )
             return
         if code in RETRYABLE:
             self.counts["retries"] += 1
             delay = backoff_delay(self._attempt, base=self.config.backoff_base, cap=self.config.backoff_cap)
             level = logging.WARNING if self._attempt == 1 else logging.DEBUG
-            log.log(level, "RecordEvents failed (%s: %s); %d events stay spooled; retry %d in %.3fs",
-                    code.name, details, size, self._attempt, delay)
+            log.log(
+                level,
+                "RecordEvents failed (%s: %s); %d events stay spooled; retry %d in %.3fs",
+                code.name,
+                details,
+                size,
+                self._attempt,
+                delay,
+            )
         else:
             # The whole batch was refused (bad token, wrong tenant, …): retrying soon cannot help, and
             # dropping would lose accepted events, so keep them spooled and wait the longest step.
             self.counts["errors"] += 1
             delay = self.config.backoff_cap
-            log.error("RecordEvents refused the batch (%s: %s); %d events stay spooled; next try in %.1fs",
-                      code.name, details, size, delay)
+            log.error(
+                "RecordEvents refused the batch (%s: %s); %d events stay spooled; next try in %.1fs",
+                code.name,
+                details,
+                size,
+                delay,
+            )
         self._retry_at = time.monotonic() + delay
 
     def _report_drops(self) -> None:
         dropped, now = self.inbox.dropped, time.monotonic()
         if dropped > self._dropped_reported and now - self._drop_reported_at >= REPORT_EVERY:
-            log.warning("usage recorder dropped %d events: spool full (%d held, max_spool_events=%d)",
-                        dropped - self._dropped_reported, self.inbox.held(), self.inbox.capacity)
+            log.warning(
+                "usage recorder dropped %d events: spool full (%d held, max_spool_events=%d)",
+                dropped - self._dropped_reported,
+                self.inbox.held(),
+                self.inbox.capacity,
+            )
             self._dropped_reported, self._drop_reported_at = dropped, now
 
     def _report_merges(self) -> None:
         merged, now = self.counts["merged"], time.monotonic()
         if merged > self._merged_reported and now - self._merge_reported_at >= REPORT_EVERY:
-            log.warning("usage recorder: %d events were merged into other events through a shared key and do not "
-                        "count on their own (last: %s); give distinct units distinct correlation_ids "
-                        "(docs/recorder.md, \"Keys\")", merged - self._merged_reported, self._merge_example)
+            log.warning(
+                "usage recorder: %d events were merged into other events through a shared key and do not "
+                "count on their own (last: %s); give distinct units distinct correlation_ids "
+                '(docs/recorder.md, "Keys")',
+                merged - self._merged_reported,
+                self._merge_example,
+            )
             self._merged_reported, self._merge_reported_at = merged, now
 
     def _shut(self) -> None:

@@ -48,8 +48,10 @@ class Spool:
         """Store (event_id, payload) rows in one commit."""
         now = time.time()
         with self._transaction():
-            self._db.executemany("INSERT INTO spooled_events (event_id, payload, spooled_at) VALUES (?, ?, ?)",
-                                 [(event_id, payload, now) for event_id, payload in rows])
+            self._db.executemany(
+                "INSERT INTO spooled_events (event_id, payload, spooled_at) VALUES (?, ?, ?)",
+                [(event_id, payload, now) for event_id, payload in rows],
+            )
 
     def peek(self, limit: int) -> list[tuple[int, bytes]]:
         """The oldest `limit` rows as (seq, payload)."""
