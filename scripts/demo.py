@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -27,54 +27,93 @@ FEATURES = [
 ]
 
 PLANS = [
-    p.Plan(plan_id="FREE", display_name="Free", default_cap=p.MODE_OBSERVE,
-           feature_caps=[p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_SUGGEST),
-                         p.FeatureCap(feature_id="voice_agent", cap=p.MODE_OFF)],
-           quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=1_000,
-                                cap=p.MODE_OBSERVE)]),
-    p.Plan(plan_id="PRO", display_name="Pro", default_cap=p.MODE_PROACTIVE,
-           feature_caps=[p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_AMBITIOUS)],
-           quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=10_000,
-                                cap=p.MODE_SUGGEST)]),
+    p.Plan(
+        plan_id="FREE",
+        display_name="Free",
+        default_cap=p.MODE_OBSERVE,
+        feature_caps=[
+            p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_SUGGEST),
+            p.FeatureCap(feature_id="voice_agent", cap=p.MODE_OFF),
+        ],
+        quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=1_000, cap=p.MODE_OBSERVE)],
+    ),
+    p.Plan(
+        plan_id="PRO",
+        display_name="Pro",
+        default_cap=p.MODE_PROACTIVE,
+        feature_caps=[p.FeatureCap(feature_id="lead_scoring", cap=p.MODE_AMBITIOUS)],
+        quotas=[p.QuotaLimit(metric="scoring.requests", period=p.QUOTA_PERIOD_MONTH, limit=10_000, cap=p.MODE_SUGGEST)],
+    ),
     p.Plan(plan_id="ENTERPRISE", display_name="Enterprise", default_cap=p.MODE_AUTONOMOUS),
 ]
 
 # (user, metric, quantity) per demo event; spread over the last days.
-USAGE = [("alice", "scoring.requests", 120), ("alice", "leads.routed", 40), ("bob", "scoring.requests", 30),
-         ("bob", "voice.minutes.authorized", 12), ("alice", "sla.timers.started", 8), ("carol", "leads.processed", 5)]
+USAGE = [
+    ("alice", "scoring.requests", 120),
+    ("alice", "leads.routed", 40),
+    ("bob", "scoring.requests", 30),
+    ("bob", "voice.minutes.authorized", 12),
+    ("alice", "sla.timers.started", 8),
+    ("carol", "leads.processed", 5),
+]
 
 
 def _admin_calls(policy: policy_pb2_grpc.PolicyAdminServiceStub, metadata) -> None:
     roles = json_format.Parse((ROOT / "examples" / "roles.json").read_text(), p.ImportRolesRequest())
     policy.ImportRoles(roles, metadata=metadata, timeout=10)
     for feature_id, name, max_mode, metrics in FEATURES:
-        policy.UpsertFeature(p.UpsertFeatureRequest(feature=p.Feature(
-            feature_id=feature_id, display_name=name, max_mode=max_mode, metrics=metrics)), metadata=metadata,
-            timeout=10)
+        policy.UpsertFeature(
+            p.UpsertFeatureRequest(
+                feature=p.Feature(feature_id=feature_id, display_name=name, max_mode=max_mode, metrics=metrics)
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
     for plan in PLANS:
         policy.UpsertPlan(p.UpsertPlanRequest(plan=plan), metadata=metadata, timeout=10)
-    policy.SetTenantPolicy(p.SetTenantPolicyRequest(tenant_policy=p.TenantPolicy(
-        tenant_id=TENANT, max_mode=p.MODE_AMBITIOUS, default_role_id="VIEWER")), metadata=metadata, timeout=10)
-    policy.SetSubscription(p.SetSubscriptionRequest(subscription=p.Subscription(
-        tenant_id=TENANT, plan_id="PRO", status=p.SUBSCRIPTION_STATUS_ACTIVE,
-        feature_flags={"integrations_sync": False})), metadata=metadata, timeout=10)
+    policy.SetTenantPolicy(
+        p.SetTenantPolicyRequest(
+            tenant_policy=p.TenantPolicy(tenant_id=TENANT, max_mode=p.MODE_AMBITIOUS, default_role_id="VIEWER")
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    policy.SetSubscription(
+        p.SetSubscriptionRequest(
+            subscription=p.Subscription(
+                tenant_id=TENANT,
+                plan_id="PRO",
+                status=p.SUBSCRIPTION_STATUS_ACTIVE,
+                feature_flags={"integrations_sync": False},
+            )
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
     for user, role in USERS.items():
-        policy.BindRole(p.BindRoleRequest(tenant_id=TENANT, user_id=user, role_id=role), metadata=metadata,
-                        timeout=10)
+        policy.BindRole(p.BindRoleRequest(tenant_id=TENANT, user_id=user, role_id=role), metadata=metadata, timeout=10)
 
 
 def _events() -> list[u.UsageEvent]:
     # Anchored to today's midnight so a re-run on the same day repeats the same events (DUPLICATE).
-    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     events = []
     for day in range(1, 8):
         for index, (user, metric, quantity) in enumerate(USAGE):
             occurred = Timestamp()
             occurred.FromDatetime(midnight - timedelta(days=day, hours=index))
-            events.append(u.UsageEvent(
-                event_id=f"demo-{midnight:%Y%m%d}-{day}-{index}", metric=metric, quantity=quantity,
-                occurred_at=occurred, actor_id=user, source_service="demo-loader",
-                correlation_id=f"demo-{midnight:%Y%m%d}-{day}-{index}", metadata={"demo": True}))
+            events.append(
+                u.UsageEvent(
+                    event_id=f"demo-{midnight:%Y%m%d}-{day}-{index}",
+                    metric=metric,
+                    quantity=quantity,
+                    occurred_at=occurred,
+                    actor_id=user,
+                    source_service="demo-loader",
+                    correlation_id=f"demo-{midnight:%Y%m%d}-{day}-{index}",
+                    metadata={"demo": True},
+                )
+            )
     return events
 
 
@@ -106,5 +145,3 @@ def readme_calls() -> list[str]:
     text = (ROOT / "README.md").read_text()
     blocks = text.split("```sh\n")[1:]
     return [line for block in blocks for line in block.split("```")[0].splitlines() if line.startswith("grpcurl")]
-
-

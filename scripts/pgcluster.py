@@ -63,11 +63,11 @@ class ThrowawayCluster:
         command = ["runuser", "-u", "postgres", "--", *args] if self._as_postgres else list(args)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def init(self) -> "ThrowawayCluster":
+    def init(self) -> ThrowawayCluster:
         self._run(_bin("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         return self
 
-    def start(self) -> "ThrowawayCluster":
+    def start(self) -> ThrowawayCluster:
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         self._run(_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
         deadline = time.monotonic() + 30

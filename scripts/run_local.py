@@ -54,13 +54,19 @@ def main() -> int:
     migrate.upgrade("usage", env["USAGE_DATABASE_URL"])
     migrate.upgrade("policy", env["POLICY_DATABASE_URL"])
     admin = tokens.ensure(VAR / "admin.token", tenant=None, scopes=ALL_SCOPES, service="both", label="make run admin")
-    tokens.ensure(VAR / "policy-usage.token", tenant=None, scopes=["usage:read"], service="usage",
-                  label="policy service")
-    tokens.ensure(VAR / "demo.token", tenant=demo.TENANT,
-                                 scopes=["usage:write", "usage:read", "policy:read"], service="both",
-                                 label="demo tenant")
-    children = [subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env)
-                for name in ("usage", "policy")]
+    tokens.ensure(
+        VAR / "policy-usage.token", tenant=None, scopes=["usage:read"], service="usage", label="policy service"
+    )
+    tokens.ensure(
+        VAR / "demo.token",
+        tenant=demo.TENANT,
+        scopes=["usage:write", "usage:read", "policy:read"],
+        service="both",
+        label="demo tenant",
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env) for name in ("usage", "policy")
+    ]
     try:
         usage_port, policy_port = int(env.get("USAGE_PORT", 50051)), int(env.get("POLICY_PORT", 50052))
         _wait_serving(usage_port, children[0])
