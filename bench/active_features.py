@@ -28,16 +28,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench import timing, tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from services.policy import server as policy_server
+from services.policy.config import Settings as PolicySettings
+from services.usage.domain.catalog import DEFAULT_CATALOG
 from shared import migrate
 from shared.db import normalize_url
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
-
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
-from services.usage.domain.catalog import DEFAULT_CATALOG
 
 TENANT = "bench"
 FEATURES = [f"feature_{n:02d}" for n in range(20)]
@@ -52,26 +51,43 @@ def run(admin_url: str) -> None:
     try:
         migrate.upgrade("usage", url)
         migrate.upgrade("policy", url)
-        admin_token = tokens.token(url, {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"},
-                                   schemas=("usage", "policy"), label="bench admin")
+        admin_token = tokens.token(
+            url,
+            {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"},
+            schemas=("usage", "policy"),
+            label="bench admin",
+        )
         policy_token = tokens.token(url, {"usage:read"}, label="policy service")
         quiet = dict(database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING")
         usage = UsageProcess(url)
         try:
-            policy = policy_server.build(replace(PolicySettings(), usage_addr=f"127.0.0.1:{usage.port}",
-                                                 usage_token=policy_token, **quiet))
-            uncached = policy_server.build(replace(PolicySettings(), usage_addr=f"127.0.0.1:{usage.port}",
-                                                   usage_token=policy_token, ranking_cache_seconds=0, **quiet))
+            policy = policy_server.build(
+                replace(PolicySettings(), usage_addr=f"127.0.0.1:{usage.port}", usage_token=policy_token, **quiet)
+            )
+            uncached = policy_server.build(
+                replace(
+                    PolicySettings(),
+                    usage_addr=f"127.0.0.1:{usage.port}",
+                    usage_token=policy_token,
+                    ranking_cache_seconds=0,
+                    **quiet,
+                )
+            )
             try:
                 metadata = (("authorization", f"Bearer {admin_token}"),)
-                with grpc.insecure_channel(f"127.0.0.1:{usage.port}") as usage_channel, \
-                        grpc.insecure_channel(f"127.0.0.1:{policy.port}") as policy_channel, \
-                        grpc.insecure_channel(f"127.0.0.1:{uncached.port}") as uncached_channel:
+                with (
+                    grpc.insecure_channel(f"127.0.0.1:{usage.port}") as usage_channel,
+                    grpc.insecure_channel(f"127.0.0.1:{policy.port}") as policy_channel,
+                    grpc.insecure_channel(f"127.0.0.1:{uncached.port}") as uncached_channel,
+                ):
                     _seed_policy(policy_pb2_grpc.PolicyAdminServiceStub(policy_channel), metadata)
                     _seed_usage(usage_channel, metadata)
                     _settle(url)
-                    _measure({"ranking cache 5 s": policy_channel, "ranking cache off": uncached_channel},
-                             usage_channel, metadata)
+                    _measure(
+                        {"ranking cache 5 s": policy_channel, "ranking cache off": uncached_channel},
+                        usage_channel,
+                        metadata,
+                    )
             finally:
                 policy.stop(grace=1)
                 uncached.stop(grace=1)
@@ -84,22 +100,36 @@ def run(admin_url: str) -> None:
 def _seed_policy(admin, metadata) -> None:
     """bench/resolve.py's catalog, with every cap above OFF so that all 20 features are active."""
     caps = [pb.FeatureCap(feature_id=f, cap=2 + n % 5) for n, f in enumerate(FEATURES)]
-    roles = [pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10]) for r, c in
-             [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]]
+    roles = [
+        pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
+        for r, c in [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]
+    ]
     admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
     for n, feature in enumerate(FEATURES):
         measured_by = sorted({METRICS[n % len(METRICS)], METRICS[(n * 7) % len(METRICS)]})
-        admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(
-            feature_id=feature, max_mode=6 - n % 3, metrics=measured_by)), metadata=metadata)
-    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])),
-                     metadata=metadata)
-    admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-        tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")), metadata=metadata)
-    admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
-        tenant_id=TENANT, plan_id="PRO", status=pb.SUBSCRIPTION_STATUS_ACTIVE)), metadata=metadata)
+        admin.UpsertFeature(
+            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3, metrics=measured_by)),
+            metadata=metadata,
+        )
+    admin.UpsertPlan(
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])), metadata=metadata
+    )
+    admin.SetTenantPolicy(
+        pb.SetTenantPolicyRequest(
+            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")
+        ),
+        metadata=metadata,
+    )
+    admin.SetSubscription(
+        pb.SetSubscriptionRequest(
+            subscription=pb.Subscription(tenant_id=TENANT, plan_id="PRO", status=pb.SUBSCRIPTION_STATUS_ACTIVE)
+        ),
+        metadata=metadata,
+    )
     for n in range(USERS):
-        admin.BindRole(pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id),
-                       metadata=metadata)
+        admin.BindRole(
+            pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id), metadata=metadata
+        )
 
 
 def _seed_usage(channel, metadata) -> None:
@@ -113,32 +143,46 @@ def _seed_usage(channel, metadata) -> None:
         for n in range(first, min(first + BATCH, EVENTS)):
             occurred = Timestamp()
             occurred.FromMicroseconds(now_us - 60_000_000 - rng.randrange(span_us))
-            events.append(u.UsageEvent(event_id=f"ev-{n}", metric=rng.choice(METRICS), quantity=rng.randint(1, 20),
-                                       occurred_at=occurred, actor_id=f"user{rng.randrange(USERS)}",
-                                       source_service="bench"))
-        results = stub.RecordEvents(u.RecordEventsRequest(tenant_id=TENANT, events=events), metadata=metadata,
-                                    timeout=60).results
+            events.append(
+                u.UsageEvent(
+                    event_id=f"ev-{n}",
+                    metric=rng.choice(METRICS),
+                    quantity=rng.randint(1, 20),
+                    occurred_at=occurred,
+                    actor_id=f"user{rng.randrange(USERS)}",
+                    source_service="bench",
+                )
+            )
+        results = stub.RecordEvents(
+            u.RecordEventsRequest(tenant_id=TENANT, events=events), metadata=metadata, timeout=60
+        ).results
         refused = [r for r in results if r.verdict != u.VERDICT_ACCEPTED]
         assert not refused, f"{len(refused)} events not accepted, e.g. {refused[0]}"
     recorded = time.perf_counter() - started
     report = admin.RunRollup(u.RunRollupRequest(tenant_id=TENANT), metadata=metadata, timeout=300)
-    print(f"seeded {EVENTS} events in {recorded:.1f}s; rollup recomputed {report.buckets_recomputed} buckets "
-          f"in {time.perf_counter() - started - recorded:.1f}s", flush=True)
+    print(
+        f"seeded {EVENTS} events in {recorded:.1f}s; rollup recomputed {report.buckets_recomputed} buckets "
+        f"in {time.perf_counter() - started - recorded:.1f}s",
+        flush=True,
+    )
 
 
 def _settle(url: str) -> None:
     """VACUUM ANALYZE, as autovacuum would within a minute: planner statistics for the fresh tables,
     and no dead dirty-bucket marks left by the one big rollup, so the figures do not move mid-run."""
-    with psycopg.connect(normalize_url(url).replace("postgresql+psycopg://", "postgresql://"),
-                         autocommit=True) as connection:
+    with psycopg.connect(
+        normalize_url(url).replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    ) as connection:
         connection.execute("VACUUM ANALYZE")
 
 
 def _measure(policies: dict, usage_channel, metadata) -> None:
     """Each Policy configuration beside the empty RPC on its own server; the default one must never fall back."""
     usage = usage_pb2_grpc.UsageServiceStub(usage_channel)
-    direct = {"tenant": lambda n: usage.GetUsage(_usage_request(""), metadata=metadata, timeout=5),
-              "user": lambda n: usage.GetUsage(_usage_request(f"user{n % USERS}"), metadata=metadata, timeout=5)}
+    direct = {
+        "tenant": lambda n: usage.GetUsage(_usage_request(""), metadata=metadata, timeout=5),
+        "user": lambda n: usage.GetUsage(_usage_request(f"user{n % USERS}"), metadata=metadata, timeout=5),
+    }
     print(f"{'case':50} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
     empty_reference = None
     for name, channel in policies.items():
@@ -155,13 +199,19 @@ def _measure(policies: dict, usage_channel, metadata) -> None:
         _row(f"ListActiveFeatures, {name}, sequential", active_seq, empty_seq, None)
         _row(f"empty unary, {IN_FLIGHT} in flight", empty_many, empty_many, empty_rate)
         _row(f"ListActiveFeatures, {name}, {IN_FLIGHT} in flight", active_many, empty_many, active_rate)
-        for label, samples, reference in [("sequential", active_seq, empty_seq),
-                                          (f"{IN_FLIGHT} in flight", active_many, empty_many)]:
+        for label, samples, reference in [
+            ("sequential", active_seq, empty_seq),
+            (f"{IN_FLIGHT} in flight", active_many, empty_many),
+        ]:
             ratio = timing.pct(samples, 99) / timing.pct(reference, 99)
-            print(f"goal: ListActiveFeatures ({name}) p99 <= {GOAL:g}x the empty RPC, {label}: {ratio:.2f}x, "
-                  f"{'met' if ratio <= GOAL else 'MISSED'}")
-        print(f"answers without usage or without all {len(FEATURES)} features ({name}): {wrong_alone} of "
-              f"{SEQUENTIAL} sequential, {len(wrong) - wrong_alone} of {CONCURRENT} in flight")
+            print(
+                f"goal: ListActiveFeatures ({name}) p99 <= {GOAL:g}x the empty RPC, {label}: {ratio:.2f}x, "
+                f"{'met' if ratio <= GOAL else 'MISSED'}"
+            )
+        print(
+            f"answers without usage or without all {len(FEATURES)} features ({name}): {wrong_alone} of "
+            f"{SEQUENTIAL} sequential, {len(wrong) - wrong_alone} of {CONCURRENT} in flight"
+        )
         if name == next(iter(policies)):
             assert not wrong, f"the default configuration fell back or lost features, e.g. {wrong[0]}"
     for label, call in direct.items():
@@ -176,12 +226,15 @@ def _calls(policy_channel, metadata) -> tuple:
     wrong: list[str] = []
 
     def active(n: int) -> None:
-        request = pb.ListActiveFeaturesRequest(tenant_id=TENANT, user_id=f"user{n % USERS}",
-                                               window=Duration(seconds=DAYS * 86400))
+        request = pb.ListActiveFeaturesRequest(
+            tenant_id=TENANT, user_id=f"user{n % USERS}", window=Duration(seconds=DAYS * 86400)
+        )
         answer = policy.ListActiveFeatures(request, metadata=metadata, timeout=5)
         if not answer.usage_available or len(answer.features) != len(FEATURES):
-            wrong.append(f"usage_available={answer.usage_available} ({answer.usage_unavailable_reason!r}), "
-                         f"{len(answer.features)} features")
+            wrong.append(
+                f"usage_available={answer.usage_available} ({answer.usage_unavailable_reason!r}), "
+                f"{len(answer.features)} features"
+            )
 
     return lambda n: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5), active, wrong
 
@@ -192,12 +245,15 @@ def _usage_request(actor_id: str) -> u.GetUsageRequest:
     now_us = int(time.time() * 1_000_000)
     start.FromMicroseconds(now_us - DAYS * 86400 * 1_000_000)
     end.FromMicroseconds(now_us + 1)
-    return u.GetUsageRequest(tenant_id=TENANT, metrics=sorted(METRICS), start_time=start, end_time=end,
-                             actor_id=actor_id)
+    return u.GetUsageRequest(
+        tenant_id=TENANT, metrics=sorted(METRICS), start_time=start, end_time=end, actor_id=actor_id
+    )
 
 
 def _row(label: str, samples: list[float], reference: list[float], rate: float | None) -> None:
     rate = rate or len(samples) / sum(samples)
     p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
-    print(f"{label:50} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
-          f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}")
+    print(
+        f"{label:50} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
+        f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}"
+    )

@@ -28,13 +28,12 @@ import psycopg
 from bench import tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from services.usage.domain.admission import MAX_BATCH
+from services.usage.repository.ingest import COLUMNS
 from shared import migrate
 from shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
-
-from services.usage.domain.admission import MAX_BATCH
-from services.usage.repository.ingest import COLUMNS
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
 IN_FLIGHT = int(os.environ.get("BENCH_INGEST_IN_FLIGHT", "4"))
@@ -62,9 +61,19 @@ def _rows(count: int) -> list[tuple]:
     now_us = int(time.time() * 1_000_000)
     rows = []
     for n in range(count):
-        rows.append((TENANTS[n // MAX_BATCH % len(TENANTS)], uuid.uuid4().hex, METRICS[n % len(METRICS)], 1 + n % 7,
-                     now_us - 86_400_000_000 + (n * 397_000) % 86_400_000_000, f"user-{n % 500}", "crm",
-                     f"job-{n // 4}", f"idem-{uuid.uuid4().hex}"))
+        rows.append(
+            (
+                TENANTS[n // MAX_BATCH % len(TENANTS)],
+                uuid.uuid4().hex,
+                METRICS[n % len(METRICS)],
+                1 + n % 7,
+                now_us - 86_400_000_000 + (n * 397_000) % 86_400_000_000,
+                f"user-{n % 500}",
+                "crm",
+                f"job-{n // 4}",
+                f"idem-{uuid.uuid4().hex}",
+            )
+        )
     return rows
 
 
@@ -84,10 +93,11 @@ def _stored_row(row: tuple) -> tuple:
 
 def _sql_ceiling(url: str, rows: list[tuple]) -> float:
     _truncate(url)
-    batches = [[_stored_row(r) for r in rows[i:i + MAX_BATCH]] for i in range(0, len(rows), MAX_BATCH)]
+    batches = [[_stored_row(r) for r in rows[i : i + MAX_BATCH]] for i in range(0, len(rows), MAX_BATCH)]
     stage = 'CREATE TEMP TABLE IF NOT EXISTS stage (LIKE "usage".events) ON COMMIT DELETE ROWS'
-    insert = 'INSERT INTO "usage".events SELECT * FROM stage ORDER BY event_id ON CONFLICT DO NOTHING ' \
-             'RETURNING event_id'
+    insert = (
+        'INSERT INTO "usage".events SELECT * FROM stage ORDER BY event_id ON CONFLICT DO NOTHING RETURNING event_id'
+    )
 
     def worker(mine: list[list[tuple]]) -> None:
         with psycopg.connect(_pg(url)) as connection:
@@ -126,9 +136,16 @@ def _requests(rows: list[tuple]) -> list[u.RecordEventsRequest]:
     requests = []
     for i in range(0, len(rows), MAX_BATCH):
         request = u.RecordEventsRequest(tenant_id=rows[i][0])
-        for _t, event_id, metric, quantity, at_us, actor, source, correlation, key in rows[i:i + MAX_BATCH]:
-            event = request.events.add(event_id=event_id, metric=metric, quantity=quantity, actor_id=actor,
-                                       source_service=source, correlation_id=correlation, idempotency_key=key)
+        for _t, event_id, metric, quantity, at_us, actor, source, correlation, key in rows[i : i + MAX_BATCH]:
+            event = request.events.add(
+                event_id=event_id,
+                metric=metric,
+                quantity=quantity,
+                actor_id=actor,
+                source_service=source,
+                correlation_id=correlation,
+                idempotency_key=key,
+            )
             event.occurred_at.seconds, event.occurred_at.nanos = divmod(at_us, 1_000_000)
             event.occurred_at.nanos *= 1000
         requests.append(request)
@@ -138,8 +155,9 @@ def _requests(rows: list[tuple]) -> list[u.RecordEventsRequest]:
 def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], float]:
     """Alternate the SQL ceiling and RecordEvents through gRPC, each on an emptied table."""
     requests = _requests(rows)
-    usage = UsageProcess(url, USAGE_DB_POOL_SIZE=str(IN_FLIGHT), USAGE_HEALTH_INTERVAL_SECONDS="5",
-                         USAGE_AUTH_CACHE_SECONDS="60")
+    usage = UsageProcess(
+        url, USAGE_DB_POOL_SIZE=str(IN_FLIGHT), USAGE_HEALTH_INTERVAL_SECONDS="5", USAGE_AUTH_CACHE_SECONDS="60"
+    )
     ceilings, rates = [], []
     try:
         token = tokens.token(url, {"usage:write"})
@@ -149,7 +167,7 @@ def _rounds(url: str, rows: list[tuple]) -> tuple[list[float], list[float], floa
                 ceilings.append(_sql_ceiling(url, rows))
                 _truncate(url)
                 rates.append(_send(stub, token, requests, "ACCEPTED"))
-            duplicate_rate = _send(stub, token, requests[:DUPLICATE_EVENTS // MAX_BATCH], "DUPLICATE")
+            duplicate_rate = _send(stub, token, requests[: DUPLICATE_EVENTS // MAX_BATCH], "DUPLICATE")
     finally:
         usage.stop()
     return ceilings, rates, duplicate_rate
@@ -168,15 +186,19 @@ def _send(stub, token: str, requests: list, expected: str) -> float:
     with ThreadPoolExecutor(IN_FLIGHT) as pool:
         sent = sum(pool.map(one, requests))
     elapsed = time.perf_counter() - started
-    print(f"  ({expected}: {sent / elapsed:,.0f} events/s; CPU of the sending process "
-          f"{(time.process_time() - cpu) / sent * 1e6:.1f} us/event, wall {elapsed / sent * 1e6:.1f} us/event)")
+    print(
+        f"  ({expected}: {sent / elapsed:,.0f} events/s; CPU of the sending process "
+        f"{(time.process_time() - cpu) / sent * 1e6:.1f} us/event, wall {elapsed / sent * 1e6:.1f} us/event)"
+    )
     return sent / elapsed
 
 
 def _report(ceilings: list[float], naive: float, rates: list[float], duplicate_rate: float) -> None:
     ceiling, rate = statistics.median(ceilings), statistics.median(rates)
-    print(f"ingest: {EVENTS:,} events, batches of {MAX_BATCH:,}, three dedup keys, {IN_FLIGHT} batches in flight, "
-          f"median of {ROUNDS} alternating rounds")
+    print(
+        f"ingest: {EVENTS:,} events, batches of {MAX_BATCH:,}, three dedup keys, {IN_FLIGHT} batches in flight, "
+        f"median of {ROUNDS} alternating rounds"
+    )
     print(f"  Tollgate RecordEvents via gRPC    {rate:>10,.0f} events/s   rounds: {_each(rates)}")
     print(f"  SQL ceiling (COPY + ON CONFLICT)  {ceiling:>10,.0f} events/s   rounds: {_each(ceilings)}")
     print(f"  naive INSERT per event            {naive:>10,.0f} events/s   ({NAIVE_SAMPLE:,}-event sample)")

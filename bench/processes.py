@@ -22,16 +22,26 @@ class UsageProcess:
     def __init__(self, url: str, **settings: str):
         """`settings`: more USAGE_* variables, which win over these defaults."""
         self.port = free_port()
-        env = {**os.environ, "USAGE_DATABASE_URL": url, "USAGE_HOST": "127.0.0.1", "USAGE_PORT": str(self.port),
-               "USAGE_METRICS_PORT": "-1", "USAGE_ROLLUP_INTERVAL_SECONDS": "0", "USAGE_LOG_LEVEL": "WARNING",
-               "USAGE_HEALTH_INTERVAL_SECONDS": "0.2", **settings}
+        env = {
+            **os.environ,
+            "USAGE_DATABASE_URL": url,
+            "USAGE_HOST": "127.0.0.1",
+            "USAGE_PORT": str(self.port),
+            "USAGE_METRICS_PORT": "-1",
+            "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
+            "USAGE_LOG_LEVEL": "WARNING",
+            "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
+            **settings,
+        }
         self._process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             health, deadline = health_pb2_grpc.HealthStub(channel), time.monotonic() + 60
             while True:
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass

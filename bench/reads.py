@@ -39,17 +39,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench import timing, tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from shared import migrate
-from shared.db import create_engine_for, normalize_url, session_factory
-from tollgate.usage.v1 import usage_pb2 as u
-from tollgate.usage.v1 import usage_pb2_grpc
-
 from services.usage.domain.buckets import DAY_US, HOUR_US
 from services.usage.domain.catalog import DEFAULT_CATALOG
 from services.usage.repository.ingest import COLUMNS
 from services.usage.server import storage_for
 from services.usage.service import rollups
 from services.usage.tables import aggregates
+from shared import migrate
+from shared.db import create_engine_for, normalize_url, session_factory
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
 
 EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "2000000"))
 TENANTS = [f"tenant-{n:03d}" for n in range(100)]
@@ -59,11 +58,15 @@ DAYS = 35
 CALLS, WARMUP, RAW_CALLS, CHECKED_TENANTS, LATE_EVENTS = 5000, 200, 600, 10, 400
 CASE_SECONDS = float(os.environ.get("BENCH_READS_CASE_SECONDS", "20"))  # a slow case stops early (>= 200 calls)
 _CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG}
-_GROUP_BY_HOUR = ('SELECT count(*), sum(q), sum(n) FROM (SELECT tenant_id, metric, '
-                  'occurred_at_us - occurred_at_us % 3600000000, sum(quantity) AS q, count(*) AS n '
-                  'FROM "usage".events GROUP BY 1, 2, 3) AS hours')
-_RAW_30_DAYS = ('SELECT metric, sum(quantity), count(*) FROM "usage".events '
-                'WHERE tenant_id = %s AND occurred_at_us >= %s AND occurred_at_us < %s GROUP BY metric')
+_GROUP_BY_HOUR = (
+    "SELECT count(*), sum(q), sum(n) FROM (SELECT tenant_id, metric, "
+    "occurred_at_us - occurred_at_us % 3600000000, sum(quantity) AS q, count(*) AS n "
+    'FROM "usage".events GROUP BY 1, 2, 3) AS hours'
+)
+_RAW_30_DAYS = (
+    'SELECT metric, sum(quantity), count(*) FROM "usage".events '
+    "WHERE tenant_id = %s AND occurred_at_us >= %s AND occurred_at_us < %s GROUP BY metric"
+)
 # Hourly sums and digests of the raw events of every (tenant, metric, month) with a dirty mark: what a
 # rollup recomputing its months from raw events (this service's first design) computed.
 _MONTHS_OF_MARKS = """
@@ -101,8 +104,10 @@ def run(admin_url: str) -> None:
         _settle(url)
         usage = UsageProcess(url)
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{usage.port}") as channel, \
-                    psycopg.connect(_pg(url), autocommit=True) as raw:
+            with (
+                grpc.insecure_channel(f"127.0.0.1:{usage.port}") as channel,
+                psycopg.connect(_pg(url), autocommit=True) as raw,
+            ):
                 token = tokens.token(url, {"usage:read", "usage:write"})
                 _reads(channel, (("authorization", f"Bearer {token}"),), raw)
                 _late_rollup(url, raw)
@@ -135,8 +140,10 @@ def _lines(now_us: int, first: int, count: int) -> str:
         tenant, metric, actor = TENANTS[mixed % 100], METRICS[mixed // 100 % 5], ACTORS[mixed // 500 % 8]
         quantity, at_us = 1 + mixed // 4000 % 10, start_us + n * step + mixed % step
         content = hashlib.sha256(f"{metric}\0{quantity}\0{at_us}\0{actor}\0bench\0\0".encode()).hexdigest()
-        lines.append(f"{tenant}\te{n:09d}\t{metric}\t{quantity}\t{at_us}\t{actor}\tbench\t\\N\t\\N\t\\N\t"
-                     f"{_CLASSIFICATION[metric]}\t{content}\t{at_us}\n")
+        lines.append(
+            f"{tenant}\te{n:09d}\t{metric}\t{quantity}\t{at_us}\t{actor}\tbench\t\\N\t\\N\t\\N\t"
+            f"{_CLASSIFICATION[metric]}\t{content}\t{at_us}\n"
+        )
     return "".join(lines)
 
 
@@ -148,8 +155,10 @@ def _generate(url: str, now_us: int) -> None:
         connection.execute("SET jit = off")
         started = time.perf_counter()
         indexes = _drop_indexes(connection)
-        with connection.cursor() as cursor, cursor.copy(f'COPY "usage".events ({", ".join(COLUMNS)}) FROM STDIN') \
-                as copy:
+        with (
+            connection.cursor() as cursor,
+            cursor.copy(f'COPY "usage".events ({", ".join(COLUMNS)}) FROM STDIN') as copy,
+        ):
             for first in range(0, EVENTS, 50_000):
                 copy.write(_lines(now_us, first, min(50_000, EVENTS - first)))
         steps["COPY"] = time.perf_counter() - started
@@ -162,10 +171,15 @@ def _generate(url: str, now_us: int) -> None:
         steps["VACUUM ANALYZE"] = time.perf_counter() - started - sum(steps.values())
         dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
     elapsed = sum(steps.values())
-    print(f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {len(ACTORS)} actors, "
-          f"{DAYS} days ending now; {dirty:,} dirty buckets")
-    print(f"  generated in {elapsed:.1f} s: {EVENTS / elapsed:,.0f} events/s ("
-          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()) + ")")
+    print(
+        f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {len(ACTORS)} actors, "
+        f"{DAYS} days ending now; {dirty:,} dirty buckets"
+    )
+    print(
+        f"  generated in {elapsed:.1f} s: {EVENTS / elapsed:,.0f} events/s ("
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items())
+        + ")"
+    )
 
 
 def _drop_indexes(connection) -> list[tuple]:
@@ -174,15 +188,20 @@ def _drop_indexes(connection) -> list[tuple]:
         "SELECT index.relname, pg_get_indexdef(index.oid), con.conname, con.contype FROM pg_index AS x "
         "JOIN pg_class AS index ON index.oid = x.indexrelid "
         "LEFT JOIN pg_constraint AS con ON con.conindid = x.indexrelid AND con.conrelid = x.indrelid "
-        "WHERE x.indrelid = '\"usage\".events'::regclass").fetchall()
+        "WHERE x.indrelid = '\"usage\".events'::regclass"
+    ).fetchall()
     for name, _, constraint, _ in indexes:
-        connection.execute(f'ALTER TABLE "usage".events DROP CONSTRAINT "{constraint}"' if constraint
-                           else f'DROP INDEX "usage"."{name}"')
+        connection.execute(
+            f'ALTER TABLE "usage".events DROP CONSTRAINT "{constraint}"'
+            if constraint
+            else f'DROP INDEX "usage"."{name}"'
+        )
     return indexes
 
 
 def _rebuild_indexes(url: str, connection, indexes: list[tuple]) -> None:
     """Build the indexes two at a time (one connection each), then attach the constraints to theirs."""
+
     def build(definition: str) -> None:
         with psycopg.connect(_pg(url), autocommit=True) as builder:
             builder.execute("SET maintenance_work_mem = '256MB'")
@@ -192,8 +211,10 @@ def _rebuild_indexes(url: str, connection, indexes: list[tuple]) -> None:
         list(pool.map(build, [definition for _, definition, _, _ in indexes]))
     for name, _, constraint, kind in indexes:
         if constraint:
-            connection.execute(f'ALTER TABLE "usage".events ADD CONSTRAINT "{constraint}" '
-                               f'{"PRIMARY KEY" if kind == "p" else "UNIQUE"} USING INDEX "{name}"')
+            connection.execute(
+                f'ALTER TABLE "usage".events ADD CONSTRAINT "{constraint}" '
+                f'{"PRIMARY KEY" if kind == "p" else "UNIQUE"} USING INDEX "{name}"'
+            )
 
 
 def _cold_backlog(url: str) -> None:
@@ -213,12 +234,16 @@ def _cold_backlog(url: str) -> None:
     group_by, rollup = (before[0] + after[0]) / 2, report[0]
     assert left == 0 and report[1].buckets_remaining == 0, f"{left} dirty buckets left after the rollup"
     print(f"cold backlog: {dirty:,} dirty buckets over {EVENTS:,} events")
-    print(f"  roll_up(sessions, None)                {rollup:8.2f} s   {report[1].buckets_recomputed:,} buckets, "
-          f"{report[1].buckets_recomputed / rollup:,.0f} buckets/s; 0 dirty left")
+    print(
+        f"  roll_up(sessions, None)                {rollup:8.2f} s   {report[1].buckets_recomputed:,} buckets, "
+        f"{report[1].buckets_recomputed / rollup:,.0f} buckets/s; 0 dirty left"
+    )
     print(f"  bare GROUP BY hour (before / after)    {group_by:8.2f} s   ({before[0]:.2f} / {after[0]:.2f})")
     print(f"  speed relative to the GROUP BY         {group_by / rollup:8.2f}x  (goal >= 0.5x)")
-    print(f"  for scale: upserting the same {dirty:,} aggregates again, one statement, nothing computed "
-          f"{floor[0]:6.2f} s ({floor[0] / group_by:.2f}x the GROUP BY)")
+    print(
+        f"  for scale: upserting the same {dirty:,} aggregates again, one statement, nothing computed "
+        f"{floor[0]:6.2f} s ({floor[0] / group_by:.2f}x the GROUP BY)"
+    )
 
 
 def _check_periods(connection) -> None:
@@ -226,10 +251,11 @@ def _check_periods(connection) -> None:
     hours inside the day rows too, and the last of their running sums, as period 0)."""
     expected = connection.execute('SELECT sum(quantity), count(*) FROM "usage".events').fetchone()
     for period, quantity, count in connection.execute(
-            'SELECT period, sum(total_quantity), sum(event_count) FROM "usage".aggregates GROUP BY period '
-            'UNION ALL SELECT 1, sum(q), sum(n) FROM "usage".aggregates, unnest(hour_quantities, hour_counts) AS h(q, n)'
-            ' WHERE period = 2 UNION ALL SELECT 0, sum(hour_running_quantities[25]), sum(hour_running_counts[25]) '
-            'FROM "usage".aggregates WHERE period = 2'):
+        'SELECT period, sum(total_quantity), sum(event_count) FROM "usage".aggregates GROUP BY period '
+        'UNION ALL SELECT 1, sum(q), sum(n) FROM "usage".aggregates, unnest(hour_quantities, hour_counts) AS h(q, n)'
+        " WHERE period = 2 UNION ALL SELECT 0, sum(hour_running_quantities[25]), sum(hour_running_counts[25]) "
+        'FROM "usage".aggregates WHERE period = 2'
+    ):
         assert (quantity, count) == expected, f"period {period} sums to {(quantity, count)}, events to {expected}"
 
 
@@ -238,14 +264,16 @@ def _upsert_again(connection) -> None:
     with connection.transaction():
         # Named columns: the running sums are generated (migration usage_0012), as a rollup's upsert leaves them.
         columns = ", ".join(column.name for column in aggregates.columns)
-        connection.execute(f'CREATE TEMP TABLE aggregates_copy ON COMMIT DROP AS SELECT {columns} '
-                           'FROM "usage".aggregates')
+        connection.execute(
+            f'CREATE TEMP TABLE aggregates_copy ON COMMIT DROP AS SELECT {columns} FROM "usage".aggregates'
+        )
         connection.execute('TRUNCATE "usage".aggregates')
         connection.execute(
             f'INSERT INTO "usage".aggregates ({columns}) SELECT * FROM aggregates_copy ORDER BY 1, 2, 3, 4 '
             "ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET "
             "total_quantity = excluded.total_quantity, event_count = excluded.event_count, "
-            "source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us")
+            "source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us"
+        )
 
 
 def _late_rollup(url: str, raw) -> None:
@@ -263,8 +291,10 @@ def _late_rollup(url: str, raw) -> None:
     seconds, done = report[0], report[1].buckets_recomputed
     print(f"late-event rollup: {done:,} dirty buckets of the late events above, folded from stored hours and days")
     print(f"  roll_up(sessions, None)                {seconds * 1000:8.1f} ms")
-    print(f"  hourly sums of the months they touch   {months_read[0] * 1000:8.1f} ms   ({months:,} raw events: what "
-          f"recomputing months from raw events computes) -> rollup {months_read[0] / seconds:.1f}x faster")
+    print(
+        f"  hourly sums of the months they touch   {months_read[0] * 1000:8.1f} ms   ({months:,} raw events: what "
+        f"recomputing months from raw events computes) -> rollup {months_read[0] / seconds:.1f}x faster"
+    )
 
 
 def _timed_once(call) -> tuple[float, object]:
@@ -282,8 +312,9 @@ def _reads(channel, metadata, raw) -> None:
     usage, health = usage_pb2_grpc.UsageServiceStub(channel), health_pb2_grpc.HealthStub(channel)
     now_us = int(time.time() * 1_000_000)
     start_us = now_us - 30 * DAY_US
-    requests = [u.GetUsageRequest(tenant_id=tenant, start_time=_ts(start_us), end_time=_ts(now_us))
-                for tenant in TENANTS]
+    requests = [
+        u.GetUsageRequest(tenant_id=tenant, start_time=_ts(start_us), end_time=_ts(now_us)) for tenant in TENANTS
+    ]
     probe = health_pb2.HealthCheckRequest(service="")
 
     def get_usage(n: int):
@@ -303,14 +334,19 @@ def _reads(channel, metadata, raw) -> None:
     _alternating(empty, get_usage, WARMUP)
     _timed(raw_scan, WARMUP)
     empty_samples, usage_samples = _alternating(empty, get_usage, CALLS)
-    rows = [("empty unary (Health/Check)", empty_samples), ("GetUsage 30 days, all metrics", usage_samples),
-            ("raw GROUP BY metric on PostgreSQL", _timed(raw_scan, RAW_CALLS))]
+    rows = [
+        ("empty unary (Health/Check)", empty_samples),
+        ("GetUsage 30 days, all metrics", usage_samples),
+        ("raw GROUP BY metric on PostgreSQL", _timed(raw_scan, RAW_CALLS)),
+    ]
     late = _record_late_events(usage, metadata, now_us)
     dirty = raw.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
     _check_exact(totals, raw_scan, range(CHECKED_TENANTS))
     empty_samples, usage_samples = _alternating(empty, get_usage, CALLS)
-    rows += [("empty unary, beside the next case", empty_samples),
-             (f"GetUsage with a dirty backlog ({dirty:,} buckets)", usage_samples)]
+    rows += [
+        ("empty unary, beside the next case", empty_samples),
+        (f"GetUsage with a dirty backlog ({dirty:,} buckets)", usage_samples),
+    ]
     _report_reads(rows, late)
 
 
@@ -327,8 +363,13 @@ def _record_late_events(usage, metadata, now_us: int) -> int:
         request = u.RecordEventsRequest(tenant_id=tenant)
         for k in range(per_tenant):
             at_us = now_us - (1 + (n * per_tenant + k) * 7919 % (29 * 24)) * HOUR_US - k * 60_000_000
-            event = request.events.add(event_id=f"late-{n}-{k}", metric=METRICS[k % len(METRICS)], quantity=1 + k,
-                                       actor_id=ACTORS[k % len(ACTORS)], source_service="bench")
+            event = request.events.add(
+                event_id=f"late-{n}-{k}",
+                metric=METRICS[k % len(METRICS)],
+                quantity=1 + k,
+                actor_id=ACTORS[k % len(ACTORS)],
+                source_service="bench",
+            )
             event.occurred_at.CopyFrom(_ts(at_us))
         response = usage.RecordEvents(request, metadata=metadata, timeout=30)
         assert all(r.verdict == u.VERDICT_ACCEPTED for r in response.results), "a late event was not accepted"
@@ -357,18 +398,26 @@ def _alternating(first, second, count: int) -> tuple[list[float], list[float]]:
 
 def _report_reads(rows, late: int) -> None:
     (_, empty), (_, get_usage), (_, raw), (_, empty_beside_dirty), (_, dirty) = rows
-    print(f"reads: one tenant, every metric, [now - 30 d, now); {len(TENANTS)} tenants in rotation, answers checked "
-          f"against the raw GROUP BY; GetUsage and the empty RPC timed in alternation")
+    print(
+        f"reads: one tenant, every metric, [now - 30 d, now); {len(TENANTS)} tenants in rotation, answers checked "
+        f"against the raw GROUP BY; GetUsage and the empty RPC timed in alternation"
+    )
     print(f"  {'case':52} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
     for label, samples in rows:
         print(f"  {label:52} {timing.pct(samples, 50):8.3f} {timing.pct(samples, 99):8.3f} {len(samples):6}")
-    print(f"  GetUsage p99 / empty RPC p99                     {timing.pct(get_usage, 99) / timing.pct(empty, 99):8.2f}x  "
-          f"(goal <= 2x; p50 / p50 {timing.pct(get_usage, 50) / timing.pct(empty, 50):.2f}x)")
-    print(f"  raw scan / GetUsage, p50 and p99                 {timing.pct(raw, 50) / timing.pct(get_usage, 50):8.1f}x "
-          f"{timing.pct(raw, 99) / timing.pct(get_usage, 99):6.1f}x  (goal >= 10x)")
-    print(f"  with a dirty backlog ({late} late events recorded, no rollup): p99 / empty p99 "
-          f"{timing.pct(dirty, 99) / timing.pct(empty_beside_dirty, 99):.2f}x, "
-          f"raw / GetUsage p50 {timing.pct(raw, 50) / timing.pct(dirty, 50):.1f}x")
+    print(
+        f"  GetUsage p99 / empty RPC p99                     {timing.pct(get_usage, 99) / timing.pct(empty, 99):8.2f}x  "
+        f"(goal <= 2x; p50 / p50 {timing.pct(get_usage, 50) / timing.pct(empty, 50):.2f}x)"
+    )
+    print(
+        f"  raw scan / GetUsage, p50 and p99                 {timing.pct(raw, 50) / timing.pct(get_usage, 50):8.1f}x "
+        f"{timing.pct(raw, 99) / timing.pct(get_usage, 99):6.1f}x  (goal >= 10x)"
+    )
+    print(
+        f"  with a dirty backlog ({late} late events recorded, no rollup): p99 / empty p99 "
+        f"{timing.pct(dirty, 99) / timing.pct(empty_beside_dirty, 99):.2f}x, "
+        f"raw / GetUsage p50 {timing.pct(raw, 50) / timing.pct(dirty, 50):.1f}x"
+    )
 
 
 def _ts(micros: int) -> Timestamp:

@@ -18,9 +18,9 @@ from collections import deque
 
 import grpc
 
+from bench import tokens
 from clients.recorder import UsageRecorder
 from clients.recorder.events import Pending, to_payload, to_request
-from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from services.usage import server as usage_server
 from services.usage.config import Settings
@@ -37,19 +37,24 @@ def run(admin_url: str) -> None:
     server = None
     try:
         migrate.upgrade("usage", url)
-        server = usage_server.build(Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None,
-                                             rollup_interval_seconds=0))
+        server = usage_server.build(
+            Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None, rollup_interval_seconds=0)
+        )
         token = tokens.token(url, {"usage:write"})
         target = f"127.0.0.1:{server.port}"
         reference = _percentiles(_deque_append_costs(EVENTS))
         overhead, delivered = _recorder(target, token)
         direct = _direct(target, token)
-        print(f"record() on the caller's thread: p50 {overhead[0]:.2f} us, p99 {overhead[1]:.2f} us "
-              f"(deque.append + time.time(): p50 {reference[0]:.2f} us, p99 {reference[1]:.2f} us; "
-              f"ratio p50 {overhead[0] / reference[0]:.1f}x)")
-        print(f"delivered end to end: {delivered:,.0f} events/s "
-              f"(direct RecordEvents, batches of {BATCH}, one in flight: {direct:,.0f} events/s; "
-              f"ratio {delivered / direct:.2f})")
+        print(
+            f"record() on the caller's thread: p50 {overhead[0]:.2f} us, p99 {overhead[1]:.2f} us "
+            f"(deque.append + time.time(): p50 {reference[0]:.2f} us, p99 {reference[1]:.2f} us; "
+            f"ratio p50 {overhead[0] / reference[0]:.1f}x)"
+        )
+        print(
+            f"delivered end to end: {delivered:,.0f} events/s "
+            f"(direct RecordEvents, batches of {BATCH}, one in flight: {direct:,.0f} events/s; "
+            f"ratio {delivered / direct:.2f})"
+        )
     finally:
         if server is not None:
             server.stop(grace=1)
@@ -72,8 +77,14 @@ def _deque_append_costs(count: int) -> list[float]:
 
 def _recorder(target: str, token: str) -> tuple[tuple[float, float], float]:
     with tempfile.TemporaryDirectory() as folder:
-        recorder = UsageRecorder(target, token, f"bench-{uuid.uuid4().hex[:8]}", f"{folder}/spool.db",
-                                 batch_size=BATCH, max_spool_events=EVENTS * 2)
+        recorder = UsageRecorder(
+            target,
+            token,
+            f"bench-{uuid.uuid4().hex[:8]}",
+            f"{folder}/spool.db",
+            batch_size=BATCH,
+            max_spool_events=EVENTS * 2,
+        )
         clock, costs = time.perf_counter, []
         began = clock()
         for _ in range(EVENTS):
@@ -92,9 +103,16 @@ def _recorder(target: str, token: str) -> tuple[tuple[float, float], float]:
 def _direct(target: str, token: str) -> float:
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     now = time.time()
-    batches = [to_request(tenant, [to_payload(Pending(METRIC, 1, now, "", "", "", None, None),
-                                              source_service="bench")[1] for _ in range(BATCH)])
-               for _ in range(EVENTS // BATCH)]
+    batches = [
+        to_request(
+            tenant,
+            [
+                to_payload(Pending(METRIC, 1, now, "", "", "", None, None), source_service="bench")[1]
+                for _ in range(BATCH)
+            ],
+        )
+        for _ in range(EVENTS // BATCH)
+    ]
     with grpc.insecure_channel(target) as channel:
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         began = time.perf_counter()

@@ -15,12 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from services.policy import server as policy_server
+from services.policy.config import Settings
 from shared import migrate
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
-
-from services.policy import server as policy_server
-from services.policy.config import Settings
 
 TENANT, FEATURES, USERS = "bench", [f"feature_{n:02d}" for n in range(20)], 1000
 SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 3000, 6000, 64, 300
@@ -31,8 +30,15 @@ def run(admin_url: str) -> None:
     try:
         migrate.upgrade("policy", url)
         token = tokens.token(url, {"policy:read", "policy:admin"}, schemas=("policy",))
-        settings = replace(Settings(), database_url=url, host="127.0.0.1", port=0, metrics_port=None,
-                           auth_cache_seconds=5.0, log_level="WARNING")
+        settings = replace(
+            Settings(),
+            database_url=url,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=None,
+            auth_cache_seconds=5.0,
+            log_level="WARNING",
+        )
         running = policy_server.build(settings)
         try:
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -47,37 +53,66 @@ def run(admin_url: str) -> None:
 
 def _seed(admin, metadata) -> None:
     caps = [pb.FeatureCap(feature_id=f, cap=1 + n % 6) for n, f in enumerate(FEATURES)]
-    roles = [pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10]) for r, c in
-             [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]]
+    roles = [
+        pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
+        for r, c in [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]
+    ]
     admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
     for n, feature in enumerate(FEATURES):
-        admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3)),
-                            metadata=metadata)
-    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])),
-                     metadata=metadata)
-    admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-        tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")), metadata=metadata)
-    admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
-        tenant_id=TENANT, plan_id="PRO", status=pb.SUBSCRIPTION_STATUS_ACTIVE, feature_flags={FEATURES[3]: False})),
-        metadata=metadata)
+        admin.UpsertFeature(
+            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3)), metadata=metadata
+        )
+    admin.UpsertPlan(
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])), metadata=metadata
+    )
+    admin.SetTenantPolicy(
+        pb.SetTenantPolicyRequest(
+            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")
+        ),
+        metadata=metadata,
+    )
+    admin.SetSubscription(
+        pb.SetSubscriptionRequest(
+            subscription=pb.Subscription(
+                tenant_id=TENANT,
+                plan_id="PRO",
+                status=pb.SUBSCRIPTION_STATUS_ACTIVE,
+                feature_flags={FEATURES[3]: False},
+            )
+        ),
+        metadata=metadata,
+    )
     for n in range(USERS):
-        admin.BindRole(pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id),
-                       metadata=metadata)
+        admin.BindRole(
+            pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id), metadata=metadata
+        )
 
 
 def _measure(channel, metadata) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     policy = policy_pb2_grpc.PolicyServiceStub(channel)
     empty = lambda n: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # noqa: E731
-    one = lambda n: policy.ResolveMode(pb.ResolveModeRequest(  # noqa: E731
-        tenant_id=TENANT, user_id=f"user{n % (USERS + 50)}", feature_id=FEATURES[n % 20]), metadata=metadata, timeout=5)
-    many = lambda n: policy.ResolveModes(pb.ResolveModesRequest(  # noqa: E731
-        tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES), metadata=metadata, timeout=5)
+    one = lambda n: policy.ResolveMode(
+        pb.ResolveModeRequest(  # noqa: E731
+            tenant_id=TENANT, user_id=f"user{n % (USERS + 50)}", feature_id=FEATURES[n % 20]
+        ),
+        metadata=metadata,
+        timeout=5,
+    )
+    many = lambda n: policy.ResolveModes(
+        pb.ResolveModesRequest(  # noqa: E731
+            tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES
+        ),
+        metadata=metadata,
+        timeout=5,
+    )
     for call in (empty, one, many):
         timing.timed(call, WARMUP)
-    rows = [("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
-            ("ResolveMode, sequential", timing.timed(one, SEQUENTIAL), None),
-            ("ResolveModes (20 features), sequential", timing.timed(many, SEQUENTIAL // 3), None)]
+    rows = [
+        ("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
+        ("ResolveMode, sequential", timing.timed(one, SEQUENTIAL), None),
+        ("ResolveModes (20 features), sequential", timing.timed(many, SEQUENTIAL // 3), None),
+    ]
     for label, call in ((f"empty unary, {IN_FLIGHT} in flight", empty), (f"ResolveMode, {IN_FLIGHT} in flight", one)):
         samples, rate = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
         rows.append((label, samples, rate))
@@ -91,6 +126,8 @@ def _report(rows) -> None:
         reference = base["in flight" if "in flight" in label else "sequential"]
         rate = rate or len(samples) / sum(samples)
         p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
-        print(f"{label:44} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
-              f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}")
+        print(
+            f"{label:44} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
+            f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}"
+        )
     print("goal: ResolveMode <= 1.3x the empty RPC at p50 and p99")

@@ -32,14 +32,13 @@ from sqlalchemy import func, select
 
 from bench import timing, tokens
 from bench.processes import UsageProcess
+from services.usage.domain.buckets import ALL_HOURS, DAY_US, marked_buckets_of
+from services.usage.domain.catalog import DEFAULT_CATALOG
+from services.usage.tables import dirty_buckets, events
 from shared import migrate
 from shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
-
-from services.usage.domain.buckets import ALL_HOURS, DAY_US, marked_buckets_of
-from services.usage.domain.catalog import DEFAULT_CATALOG
-from services.usage.tables import dirty_buckets, events
 
 EVENTS = int(os.environ.get("BENCH_ROLLUP_SQLITE_EVENTS", "40000"))
 TENANTS = [f"tenant-{n}" for n in range(8)]
@@ -75,22 +74,39 @@ def _generate(engine, now_us: int) -> tuple[dict, list[dict]]:
         tenant, metric = TENANTS[mixed % len(TENANTS)], METRICS[mixed // 8 % len(METRICS)]
         quantity, at_us = 1 + mixed // 64 % 10, start_us + n * step + mixed % step
         content = hashlib.sha256(f"{metric}\0{quantity}\0{at_us}\0bench".encode()).hexdigest()
-        rows.append(dict(tenant_id=tenant, event_id=f"e{n:09d}", metric=metric, quantity=quantity,
-                         occurred_at_us=at_us, actor_id="user", source_service="bench", correlation_id=None,
-                         idempotency_key=None, metadata=None, classification=_CLASSIFICATION[metric],
-                         content_hash=content, received_at_us=at_us))
+        rows.append(
+            dict(
+                tenant_id=tenant,
+                event_id=f"e{n:09d}",
+                metric=metric,
+                quantity=quantity,
+                occurred_at_us=at_us,
+                actor_id="user",
+                source_service="bench",
+                correlation_id=None,
+                idempotency_key=None,
+                metadata=None,
+                classification=_CLASSIFICATION[metric],
+                content_hash=content,
+                received_at_us=at_us,
+            )
+        )
         totals = expected.setdefault(tenant, {}).setdefault(metric, [0, 0])
         if at_us >= now_us - 30 * DAY_US:
             totals[0], totals[1] = totals[0] + quantity, totals[1] + 1
         buckets.update((tenant, metric, int(period), start) for period, start in marked_buckets_of(at_us))
-    marks = [dict(tenant_id=t, metric=m, period=p, period_start_us=s, marked_at_us=now_us,
-                  dirty_hours=ALL_HOURS) for t, m, p, s in sorted(buckets)]
+    marks = [
+        dict(tenant_id=t, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=ALL_HOURS)
+        for t, m, p, s in sorted(buckets)
+    ]
     started = time.perf_counter()
     with engine.begin() as connection:
         connection.execute(events.insert(), rows)
         connection.execute(dirty_buckets.insert(), marks)
-    print(f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {DAYS} days ending now; "
-          f"{len(marks)} dirty buckets (written in {time.perf_counter() - started:.1f} s)")
+    print(
+        f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {DAYS} days ending now; "
+        f"{len(marks)} dirty buckets (written in {time.perf_counter() - started:.1f} s)"
+    )
     return {t: {m: tuple(v) for m, v in by.items()} for t, by in expected.items()}, marks
 
 
@@ -99,8 +115,9 @@ def _measure(channel, url: str, engine, now_us: int, expected: dict, marks: list
     admin = (("authorization", f"Bearer {tokens.token(url, {'usage:admin'})}"),)
     usage, health = usage_pb2_grpc.UsageServiceStub(channel), health_pb2_grpc.HealthStub(channel)
     admin_stub = usage_pb2_grpc.UsageAdminServiceStub(channel)
-    requests = [u.GetUsageRequest(tenant_id=t, start_time=_ts(now_us - 30 * DAY_US), end_time=_ts(now_us))
-                for t in TENANTS]
+    requests = [
+        u.GetUsageRequest(tenant_id=t, start_time=_ts(now_us - 30 * DAY_US), end_time=_ts(now_us)) for t in TENANTS
+    ]
     probe = health_pb2.HealthCheckRequest(service="")
 
     def get_usage(n: int) -> None:
@@ -112,8 +129,12 @@ def _measure(channel, url: str, engine, now_us: int, expected: dict, marks: list
         health.Check(probe, timeout=60)
 
     _alternating(empty, get_usage, 50)
-    rows = list(zip(("empty unary (Health/Check)", f"GetUsage, no rollup, {len(marks)} buckets dirty"),
-                    _alternating(empty, get_usage, CALLS)))
+    rows = list(
+        zip(
+            ("empty unary (Health/Check)", f"GetUsage, no rollup, {len(marks)} buckets dirty"),
+            _alternating(empty, get_usage, CALLS),
+        )
+    )
     during, rollups = [], []
     for _ in range(ROUNDS):
         with engine.begin() as connection:
@@ -124,8 +145,12 @@ def _measure(channel, url: str, engine, now_us: int, expected: dict, marks: list
         left = connection.execute(select(func.count()).select_from(dirty_buckets)).scalar_one()
     assert left == 0, f"{left} dirty buckets left after the rollups"
     rows.append((f"GetUsage during a rollup of {len(marks)} buckets", during))
-    rows += list(zip(("empty unary, beside the next case", "GetUsage, no rollup, every bucket clean"),
-                     _alternating(empty, get_usage, CALLS)))
+    rows += list(
+        zip(
+            ("empty unary, beside the next case", "GetUsage, no rollup, every bucket clean"),
+            _alternating(empty, get_usage, CALLS),
+        )
+    )
     _report(rows, rollups)
 
 
@@ -161,15 +186,21 @@ def _alternating(first, second, count: int) -> tuple[list[float], list[float]]:
 
 def _report(rows, rollups) -> None:
     seconds = [s for s, _ in rollups]
-    print(f"rollups: {len(rollups)} rounds of {rollups[0][1]} buckets (RunRollup, every tenant), "
-          f"{min(seconds):.2f}-{max(seconds):.2f} s each")
+    print(
+        f"rollups: {len(rollups)} rounds of {rollups[0][1]} buckets (RunRollup, every tenant), "
+        f"{min(seconds):.2f}-{max(seconds):.2f} s each"
+    )
     print(f"  {'case':52} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'calls':>6}")
     for label, samples in rows:
-        print(f"  {label:52} {timing.pct(samples, 50):8.2f} {timing.pct(samples, 99):8.2f} "
-              f"{timing.pct(samples, 100):8.2f} {len(samples):6}")
+        print(
+            f"  {label:52} {timing.pct(samples, 50):8.2f} {timing.pct(samples, 99):8.2f} "
+            f"{timing.pct(samples, 100):8.2f} {len(samples):6}"
+        )
     quiet, during = rows[1][1], rows[2][1]
-    print(f"  GetUsage p99 during a rollup / without one (backlog dirty) "
-          f"{timing.pct(during, 99) / timing.pct(quiet, 99):8.2f}x")
+    print(
+        f"  GetUsage p99 during a rollup / without one (backlog dirty) "
+        f"{timing.pct(during, 99) / timing.pct(quiet, 99):8.2f}x"
+    )
 
 
 def _ts(micros: int) -> Timestamp:

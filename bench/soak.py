@@ -53,10 +53,22 @@ def run(admin_url: str) -> None:
 
 
 def _start(url: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "USAGE_DATABASE_URL": url, "USAGE_PORT": str(port), "USAGE_HOST": "127.0.0.1",
-           "USAGE_METRICS_PORT": "-1", "USAGE_LOG_LEVEL": "WARNING", "USAGE_ROLLUP_INTERVAL_SECONDS": "30"}
-    process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "USAGE_DATABASE_URL": url,
+        "USAGE_PORT": str(port),
+        "USAGE_HOST": "127.0.0.1",
+        "USAGE_METRICS_PORT": "-1",
+        "USAGE_LOG_LEVEL": "WARNING",
+        "USAGE_ROLLUP_INTERVAL_SECONDS": "30",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.usage"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)
     return process
@@ -74,9 +86,15 @@ def _batch(sender: int, number: int) -> usage_pb2.RecordEventsRequest:
     now = time.time_ns() // 1000 - 60_000_000
     request = usage_pb2.RecordEventsRequest(tenant_id="soak")
     for n in range(BATCH):
-        e = request.events.add(event_id=f"{sender}-{number}-{n}-{uuid.uuid4().hex[:8]}", metric=METRICS[n % 3],
-                               quantity=1 + n % 5, source_service="soak", actor_id=f"actor-{n % 50}",
-                               correlation_id=f"c-{sender}-{number}-{n}", idempotency_key=f"k-{sender}-{number}-{n}")
+        e = request.events.add(
+            event_id=f"{sender}-{number}-{n}-{uuid.uuid4().hex[:8]}",
+            metric=METRICS[n % 3],
+            quantity=1 + n % 5,
+            source_service="soak",
+            actor_id=f"actor-{n % 50}",
+            correlation_id=f"c-{sender}-{number}-{n}",
+            idempotency_key=f"k-{sender}-{number}-{n}",
+        )
         e.occurred_at.FromMicroseconds(now - n)
         e.metadata.update({"n": n, "tag": "soak"})
     return request
@@ -87,8 +105,9 @@ def _send(port: int, token: str, sender: int, until: float, counts: list[int]) -
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         number = 0
         while time.monotonic() < until:
-            response = stub.RecordEvents(_batch(sender, number), metadata=(("authorization", f"Bearer {token}"),),
-                                         timeout=60)
+            response = stub.RecordEvents(
+                _batch(sender, number), metadata=(("authorization", f"Bearer {token}"),), timeout=60
+            )
             counts[sender] += sum(r.verdict == usage_pb2.VERDICT_ACCEPTED for r in response.results)
             number += 1
 
@@ -97,8 +116,9 @@ def _soak(pid: int, port: int, token: str) -> tuple[list[tuple[float, int]], int
     started = time.monotonic()
     until = started + SECONDS
     counts = [0] * SENDERS
-    senders = [threading.Thread(target=_send, args=(port, token, s, until, counts), daemon=True)
-               for s in range(SENDERS)]
+    senders = [
+        threading.Thread(target=_send, args=(port, token, s, until, counts), daemon=True) for s in range(SENDERS)
+    ]
     for sender in senders:
         sender.start()
     samples = []
@@ -123,11 +143,14 @@ def _report(samples: list[tuple[float, int]], sent: int) -> None:
     flat, low, high = verdict(samples)
     peak = max(samples, key=lambda s: s[1])
     print(f"soak: {SECONDS:.0f} s of ingest, {SENDERS} senders, batches of {BATCH}, {len(samples)} RSS samples")
-    print(f"RSS start {samples[0][1] / 1024:.1f} MiB, after warm-up "
-          f"{next(r for a, r in samples if a >= WARM_UP * SECONDS) / 1024:.1f} MiB, peak {peak[1] / 1024:.1f} MiB "
-          f"at {peak[0]:.0f} s, end {samples[-1][1] / 1024:.1f} MiB")
-    print(f"after warm-up: {low:+.1%} .. {high:+.1%} of the median (band ±{BAND:.0%}): "
-          f"{'FLAT' if flat else 'NOT FLAT'}")
+    print(
+        f"RSS start {samples[0][1] / 1024:.1f} MiB, after warm-up "
+        f"{next(r for a, r in samples if a >= WARM_UP * SECONDS) / 1024:.1f} MiB, peak {peak[1] / 1024:.1f} MiB "
+        f"at {peak[0]:.0f} s, end {samples[-1][1] / 1024:.1f} MiB"
+    )
+    print(
+        f"after warm-up: {low:+.1%} .. {high:+.1%} of the median (band ±{BAND:.0%}): {'FLAT' if flat else 'NOT FLAT'}"
+    )
     print(f"ingest: {sent:,} events accepted, {sent / SECONDS:,.0f} events/s")
     curve = " ".join(f"{rss / 1024:.0f}" for _, rss in samples[:: max(1, len(samples) // 20)])
     print(f"RSS curve (MiB): {curve}")

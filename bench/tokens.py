@@ -8,15 +8,28 @@ from shared import credentials
 from shared.db import create_engine_for
 
 
-def token(url: str, scopes: set[str], *, schemas: tuple[str, ...] = ("usage",), tenant: str | None = None,
-          label: str = "bench") -> str:
+def token(
+    url: str,
+    scopes: set[str],
+    *,
+    schemas: tuple[str, ...] = ("usage",),
+    tenant: str | None = None,
+    label: str = "bench",
+) -> str:
     """A token of `tenant` (None: the platform) with `scopes`, accepted by each service in `schemas`."""
     secret, token_id, secret_hash = credentials.mint()
     for schema in schemas:
         engine = create_engine_for(url, schema=schema, pool_size=1)
         try:
-            credentials.store(engine, credentials.credentials_table(MetaData(schema=schema)), token_id=token_id,
-                              secret_hash=secret_hash, tenant_id=tenant, scopes=frozenset(scopes), label=label)
+            credentials.store(
+                engine,
+                credentials.credentials_table(MetaData(schema=schema)),
+                token_id=token_id,
+                secret_hash=secret_hash,
+                tenant_id=tenant,
+                scopes=frozenset(scopes),
+                label=label,
+            )
         finally:
             engine.dispose()
     return secret
