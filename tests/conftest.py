@@ -71,8 +71,13 @@ def policy(dbs, usage):
 
     token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
     # No reuse of ranking usage: tests record usage and expect the next ranking to show it.
-    settings = support.test_settings(PolicySettings(), database_url=dbs.policy_url,
-                                     usage_addr=f"127.0.0.1:{usage.port}", usage_token=token, ranking_cache_seconds=0)
+    settings = support.test_settings(
+        PolicySettings(),
+        database_url=dbs.policy_url,
+        usage_addr=f"127.0.0.1:{usage.port}",
+        usage_token=token,
+        ranking_cache_seconds=0,
+    )
     running = policy_server.build(settings)
     yield running
     running.stop(grace=1)

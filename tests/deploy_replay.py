@@ -88,14 +88,25 @@ class Image:
         return [rebase(part, self.root) for part in command]
 
     def run(self, command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(self._command(command), cwd=self.workdir, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            self._command(command),
+            cwd=self.workdir,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     def start(self, command: list[str], env: dict[str, str]) -> Process:
         log = self.root / f"process-{len(list(self.root.glob('process-*')))}.log"
         with log.open("w") as handle:
-            popen = subprocess.Popen(self._command(command), cwd=self.workdir, env={**self.env, **env},
-                                     stdout=handle, stderr=subprocess.STDOUT)
+            popen = subprocess.Popen(
+                self._command(command),
+                cwd=self.workdir,
+                env={**self.env, **env},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+            )
         return Process(popen, log)
 
 

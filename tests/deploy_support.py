@@ -24,12 +24,16 @@ def env_variables(service: str) -> set[str]:
     """Every variable a service's Settings reads (POLICY_USAGE_TOKEN also as ..._FILE)."""
     from services.policy.config import Settings as PolicySettings
     from services.usage.config import Settings as UsageSettings
+
     return set({"usage": UsageSettings, "policy": PolicySettings}[service].variables())
 
 
 def check_compose(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+    )
 
 
 def compose() -> dict:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
 from sqlalchemy import func, select
 
 from services.usage import tables as usage_tables
@@ -20,7 +21,6 @@ from tests import support
 from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import MINUTE_US, event, now_us
 from tollgate.usage.v1 import usage_pb2 as u
-from grpc_health.v1 import health_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -29,12 +29,18 @@ METRICS = ("api.requests", "leads.processed", "scoring.requests")
 
 
 def _start(module: str, prefix: str, port: int, settings: dict[str, str], wait: bool) -> subprocess.Popen:
-    env = {**os.environ, f"{prefix}_PORT": str(port), f"{prefix}_HOST": "127.0.0.1", f"{prefix}_METRICS_PORT": "-1",
-           f"{prefix}_LOG_LEVEL": "WARNING", f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2", **settings}
+    env = {
+        **os.environ,
+        f"{prefix}_PORT": str(port),
+        f"{prefix}_HOST": "127.0.0.1",
+        f"{prefix}_METRICS_PORT": "-1",
+        f"{prefix}_LOG_LEVEL": "WARNING",
+        f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2",
+        **settings,
+    }
     # The log goes to a file, never a pipe nobody reads: a full pipe would block the process's logging.
     log = tempfile.TemporaryFile()
-    process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=log)
+    process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
     process.log = log
     if wait and wait_for_health(port, SERVING, timeout=30) != SERVING:
         end(process)
@@ -51,16 +57,24 @@ def log_tail(process: subprocess.Popen, size: int = 2000) -> bytes:
 
 def start_usage(url: str, port: int, wait: bool = True, **settings: str) -> subprocess.Popen:
     """`python -m services.usage` on 127.0.0.1:port; settings are USAGE_* names without the prefix."""
-    env = {"USAGE_DATABASE_URL": url, "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
-           **{f"USAGE_{k.upper()}": str(v) for k, v in settings.items()}}
+    env = {
+        "USAGE_DATABASE_URL": url,
+        "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
+        **{f"USAGE_{k.upper()}": str(v) for k, v in settings.items()},
+    }
     return _start("services.usage", "USAGE", port, env, wait)
 
 
-def start_policy(url: str, port: int, usage_addr: str, usage_token: str, wait: bool = True,
-                 **settings: str) -> subprocess.Popen:
+def start_policy(
+    url: str, port: int, usage_addr: str, usage_token: str, wait: bool = True, **settings: str
+) -> subprocess.Popen:
     """`python -m services.policy` on 127.0.0.1:port, asking Usage at usage_addr."""
-    env = {"POLICY_DATABASE_URL": url, "POLICY_USAGE_ADDR": usage_addr, "POLICY_USAGE_TOKEN": usage_token,
-           **{f"POLICY_{k.upper()}": str(v) for k, v in settings.items()}}
+    env = {
+        "POLICY_DATABASE_URL": url,
+        "POLICY_USAGE_ADDR": usage_addr,
+        "POLICY_USAGE_TOKEN": usage_token,
+        **{f"POLICY_{k.upper()}": str(v) for k, v in settings.items()},
+    }
     return _start("services.policy", "POLICY", port, env, wait)
 
 
@@ -74,10 +88,21 @@ def end(process: subprocess.Popen) -> None:
 def batch(tenant: str, tag: str, size: int) -> u.RecordEventsRequest:
     """A batch whose events set all three keys (event id, idempotency key, correlation) and vary metric and quantity."""
     base = now_us() - 90 * MINUTE_US
-    return u.RecordEventsRequest(tenant_id=tenant, events=[
-        event(f"{tag}-{n}", metric=METRICS[n % 3], quantity=1 + n % 7, at_us=base + n, idempotency_key=f"k-{tag}-{n}",
-              correlation_id=f"c-{tag}-{n}", actor_id=f"actor-{n % 5}")
-        for n in range(size)])
+    return u.RecordEventsRequest(
+        tenant_id=tenant,
+        events=[
+            event(
+                f"{tag}-{n}",
+                metric=METRICS[n % 3],
+                quantity=1 + n % 7,
+                at_us=base + n,
+                idempotency_key=f"k-{tag}-{n}",
+                correlation_id=f"c-{tag}-{n}",
+                actor_id=f"actor-{n % 5}",
+            )
+            for n in range(size)
+        ],
+    )
 
 
 def expected_totals(requests) -> dict[str, tuple[int, int]]:
@@ -101,7 +126,9 @@ def stored_rows(url: str, tenant: str) -> dict[str, tuple[int, int]]:
         with engine.connect() as connection:
             rows = connection.execute(
                 select(events.c.metric, func.sum(events.c.quantity), func.count())
-                .where(events.c.tenant_id == tenant).group_by(events.c.metric)).all()
+                .where(events.c.tenant_id == tenant)
+                .group_by(events.c.metric)
+            ).all()
     finally:
         engine.dispose()
     return {metric: (int(quantity), int(count)) for metric, quantity, count in rows}
@@ -120,10 +147,14 @@ def stored_event_ids(url: str, tenant: str) -> set[str]:
 def health_of(port: int, service: str = "", timeout: float = 1.0) -> int | None:
     """One health check; None when nothing answers."""
     from grpc_health.v1 import health_pb2_grpc
+
     with support.channel(port) as channel:
         try:
-            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                             timeout=timeout).status
+            return (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                .status
+            )
         except grpc.RpcError:
             return None
 

@@ -12,8 +12,9 @@ from clients.recorder import UsageRecorder
 
 
 def main(target: str, token: str, tenant: str, spool: str, count: str) -> None:
-    recorder = UsageRecorder(target, token, tenant, spool, batch_size=100, max_batch_age=0.0,
-                             backoff_base=0.05, backoff_cap=0.2)
+    recorder = UsageRecorder(
+        target, token, tenant, spool, batch_size=100, max_batch_age=0.0, backoff_base=0.05, backoff_cap=0.2
+    )
     for i in range(int(count)):
         recorder.record("leads.processed", 1 + i % 5, actor_id=f"u{i % 3}")
     # The guarantee under test: after persist() returns True, a crash loses nothing.

@@ -13,8 +13,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from shared import credentials_cli, migrate
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from shared import credentials_cli, migrate
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,9 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 def test_settings(settings, **changes):
     """Settings for an in-process server: port 0, no fixed metrics port, fast health checks."""
-    defaults = dict(host="127.0.0.1", port=0, metrics_port=0, health_interval_seconds=0.2, auth_cache_seconds=0.0,
-                    grace_seconds=2.0)
+    defaults = dict(
+        host="127.0.0.1", port=0, metrics_port=0, health_interval_seconds=0.2, auth_cache_seconds=0.0, grace_seconds=2.0
+    )
     defaults.update(changes)
     return replace(settings, **defaults)
 

@@ -22,8 +22,9 @@ def ts(micros: int) -> Timestamp:
     return Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
 
 
-def event(event_id: str, *, metric: str = "api.requests", quantity: int = 1, at_us: int | None = None,
-          **fields) -> u.UsageEvent:
+def event(
+    event_id: str, *, metric: str = "api.requests", quantity: int = 1, at_us: int | None = None, **fields
+) -> u.UsageEvent:
     """A valid event (an hour ago, from `crm`) unless the fields say otherwise."""
     fields.setdefault("source_service", "crm")
     message = u.UsageEvent(event_id=event_id, metric=metric, quantity=quantity, **fields)
@@ -32,8 +33,9 @@ def event(event_id: str, *, metric: str = "api.requests", quantity: int = 1, at_
 
 
 def record(stub, token: str, tenant: str, events, timeout: float = 30) -> list[u.EventResult]:
-    response = stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=events),
-                                 metadata=support.bearer(token), timeout=timeout)
+    response = stub.RecordEvents(
+        u.RecordEventsRequest(tenant_id=tenant, events=events), metadata=support.bearer(token), timeout=timeout
+    )
     return list(response.results)
 
 
@@ -41,13 +43,15 @@ def verdicts(results) -> list[str]:
     return [u.Verdict.Name(r.verdict).removeprefix("VERDICT_") for r in results]
 
 
-def totals(stub, token: str, tenant: str, *, start_us: int | None = None, end_us: int | None = None,
-           **fields) -> dict:
+def totals(stub, token: str, tenant: str, *, start_us: int | None = None, end_us: int | None = None, **fields) -> dict:
     """{metric or (metric, actor): (quantity, event_count)} over the range (default: the last 40 days)."""
     start_us = now_us() - 40 * DAY_US if start_us is None else start_us
     end_us = now_us() + 60 * MINUTE_US if end_us is None else end_us
-    response = stub.GetUsage(u.GetUsageRequest(tenant_id=tenant, start_time=ts(start_us), end_time=ts(end_us),
-                                               **fields), metadata=support.bearer(token), timeout=30)
+    response = stub.GetUsage(
+        u.GetUsageRequest(tenant_id=tenant, start_time=ts(start_us), end_time=ts(end_us), **fields),
+        metadata=support.bearer(token),
+        timeout=30,
+    )
     grouped = fields.get("group_by_actor") or fields.get("actor_id")
     return {(t.metric, t.actor_id) if grouped else t.metric: (t.quantity, t.event_count) for t in response.totals}
 
@@ -66,9 +70,14 @@ def every_page(list_page, field: str) -> list:
 
 def list_all(stub, token: str, tenant: str, page_size: int = 100, **filters) -> list[u.StoredEvent]:
     """Every event of a listing, following page tokens (bounded)."""
-    return every_page(lambda page_token: stub.ListEvents(
-        u.ListEventsRequest(tenant_id=tenant, page_size=page_size, page_token=page_token, **filters),
-        metadata=support.bearer(token), timeout=30), "events")
+    return every_page(
+        lambda page_token: stub.ListEvents(
+            u.ListEventsRequest(tenant_id=tenant, page_size=page_size, page_token=page_token, **filters),
+            metadata=support.bearer(token),
+            timeout=30,
+        ),
+        "events",
+    )
 
 
 def tenant_token(dbs, tenant: str) -> str:

@@ -6,7 +6,7 @@ import logging
 import re
 import sqlite3
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -25,7 +25,7 @@ RECORD_BOUND = 0.05  # seconds: record() must return within this, whatever the s
 
 def totals(stub, token, tenant) -> dict[str, tuple[int, int]]:
     """GetUsage over a window around now: {metric: (quantity, event_count)}."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     request = usage_pb2.GetUsageRequest(tenant_id=tenant)
     request.start_time.FromDatetime(now - timedelta(days=1))
     request.end_time.FromDatetime(now + timedelta(days=1))
@@ -66,8 +66,9 @@ def test_backoff_delays_grow_with_each_attempt_and_never_pass_the_cap():
 
 def test_record_never_raises_nor_blocks_past_its_bound_with_the_server_gone_and_the_spool_full(spool_path, caplog):
     caplog.set_level(logging.WARNING, logger="tollgate.recorder")
-    recorder = UsageRecorder(dead_target(), "tg_nobody", "t-gone", spool_path, max_spool_events=200,
-                             backoff_base=0.01, backoff_cap=0.05)
+    recorder = UsageRecorder(
+        dead_target(), "tg_nobody", "t-gone", spool_path, max_spool_events=200, backoff_base=0.01, backoff_cap=0.05
+    )
     try:
         slowest, verdicts = 0.0, []
         for i in range(2_000):
@@ -80,8 +81,10 @@ def test_record_never_raises_nor_blocks_past_its_bound_with_the_server_gone_and_
         assert slowest < RECORD_BOUND
         assert verdicts.count(True) == 200 and verdicts.count(False) == 1_800 and odd is False
         assert recorder.counters().dropped == 1_801 and recorder.counters().spooled == 200
-        assert wait_until(lambda: any("dropped" in r.getMessage() and "spool full" in r.getMessage()
-                                      for r in caplog.records), timeout=5)
+        assert wait_until(
+            lambda: any("dropped" in r.getMessage() and "spool full" in r.getMessage() for r in caplog.records),
+            timeout=5,
+        )
     finally:
         recorder.close(timeout=0.1)
 
@@ -121,8 +124,9 @@ def test_a_spool_file_of_another_tenant_is_refused_at_construction(spool_path):
 
 def test_retries_are_counted_and_their_delays_grow_up_to_the_cap(spool_path, caplog):
     caplog.set_level(logging.DEBUG, logger="tollgate.recorder")
-    recorder = UsageRecorder(dead_target(), "tg_nobody", "t-gone", spool_path, max_batch_age=0.0,
-                             backoff_base=0.02, backoff_cap=0.16)
+    recorder = UsageRecorder(
+        dead_target(), "tg_nobody", "t-gone", spool_path, max_batch_age=0.0, backoff_base=0.02, backoff_cap=0.16
+    )
     try:
         recorder.record(METRIC, 1)
         assert wait_until(lambda: recorder.counters().retries >= 8, timeout=10)
@@ -138,8 +142,9 @@ class StoppableUsage:
 
     def __init__(self, dbs):
         self.port = free_port()
-        self.settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url,
-                                              rollup_interval_seconds=0, port=self.port)
+        self.settings = support.test_settings(
+            UsageSettings(), database_url=dbs.usage_url, rollup_interval_seconds=0, port=self.port
+        )
         self.running = None
 
     def start(self) -> None:
@@ -150,12 +155,14 @@ class StoppableUsage:
         self.running = None
 
 
-def test_events_recorded_while_usage_is_down_are_counted_exactly_once_after_it_returns(dbs, tenant, writer_token,
-                                                                                      spool_path, usage_stub):
+def test_events_recorded_while_usage_is_down_are_counted_exactly_once_after_it_returns(
+    dbs, tenant, writer_token, spool_path, usage_stub
+):
     outage = StoppableUsage(dbs)
     outage.start()
-    recorder = UsageRecorder(f"127.0.0.1:{outage.port}", writer_token, tenant, spool_path,
-                             backoff_base=0.05, backoff_cap=0.5)
+    recorder = UsageRecorder(
+        f"127.0.0.1:{outage.port}", writer_token, tenant, spool_path, backoff_base=0.05, backoff_cap=0.5
+    )
     try:
         for i in range(2_000):
             assert recorder.record(METRIC, 1 + i % 3, actor_id=f"u{i % 7}")
@@ -175,8 +182,9 @@ def test_events_recorded_while_usage_is_down_are_counted_exactly_once_after_it_r
 
 
 def test_a_batch_goes_out_when_it_is_full_or_old_enough(usage, tenant, writer_token, spool_path):
-    with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path, batch_size=10,
-                       max_batch_age=0.6) as recorder:
+    with UsageRecorder(
+        f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path, batch_size=10, max_batch_age=0.6
+    ) as recorder:
         for _ in range(13):
             recorder.record(METRIC, 1)
         assert wait_until(lambda: recorder.counters().sent == 10, timeout=5)
@@ -185,11 +193,12 @@ def test_a_batch_goes_out_when_it_is_full_or_old_enough(usage, tenant, writer_to
         assert wait_until(lambda: recorder.counters().sent == 13, timeout=5)
 
 
-def test_rejected_and_conflicting_events_are_counted_and_logged_and_not_retried(usage, usage_stub, tenant,
-                                                                                 writer_token, spool_path, caplog):
+def test_rejected_and_conflicting_events_are_counted_and_logged_and_not_retried(
+    usage, usage_stub, tenant, writer_token, spool_path, caplog
+):
     caplog.set_level(logging.WARNING, logger="tollgate.recorder")
     with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path) as recorder:
-        when = datetime.now(timezone.utc)
+        when = datetime.now(UTC)
         recorder.record(METRIC, 2, event_id="same-id", occurred_at=when)
         recorder.record("no.such.metric", 1)
         assert recorder.flush(timeout=10)
@@ -207,13 +216,18 @@ def test_rejected_and_conflicting_events_are_counted_and_logged_and_not_retried(
 
 @pytest.mark.parametrize("refusal", ["UNAUTHENTICATED", "PERMISSION_DENIED"])
 def test_a_refused_credential_stops_the_sending_is_said_once_and_the_events_wait_in_the_spool(
-        dbs, usage, usage_stub, tenant, writer_token, spool_path, caplog, refusal):
+    dbs, usage, usage_stub, tenant, writer_token, spool_path, caplog, refusal
+):
     caplog.set_level(logging.DEBUG, logger="tollgate.recorder")
-    token = "tg_bad.token" if refusal == "UNAUTHENTICATED" else \
-        support.make_token(dbs, tenant=support.new_tenant(), scopes=["usage:write"])
+    token = (
+        "tg_bad.token"
+        if refusal == "UNAUTHENTICATED"
+        else support.make_token(dbs, tenant=support.new_tenant(), scopes=["usage:write"])
+    )
     # Backoff this short would retry hundreds of times while flush() and close() wait, were refusals retried.
-    recorder = UsageRecorder(f"127.0.0.1:{usage.port}", token, tenant, spool_path, max_batch_age=0.0,
-                             backoff_base=0.01, backoff_cap=0.02)
+    recorder = UsageRecorder(
+        f"127.0.0.1:{usage.port}", token, tenant, spool_path, max_batch_age=0.0, backoff_base=0.01, backoff_cap=0.02
+    )
     recorder.record(METRIC, 1)
     assert wait_until(lambda: recorder.counters().errors == 1, timeout=5)
     recorder.record(METRIC, 2)
@@ -229,9 +243,10 @@ def test_a_refused_credential_stops_the_sending_is_said_once_and_the_events_wait
 
 
 def test_units_merged_through_a_shared_correlation_id_are_counted_apart_and_logged_once(
-        usage, usage_stub, tenant, writer_token, spool_path, caplog):
+    usage, usage_stub, tenant, writer_token, spool_path, caplog
+):
     caplog.set_level(logging.WARNING, logger="tollgate.recorder")
-    when = datetime.now(timezone.utc)
+    when = datetime.now(UTC)
     with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path, max_batch_age=60) as recorder:
         for _ in range(3):  # three units of one request, its id given as correlation_id: the pitfall
             recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42")

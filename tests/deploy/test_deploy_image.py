@@ -40,12 +40,18 @@ def test_compose_migrates_each_schema_once_before_its_service_starts():
         condition = services[name]["depends_on"][f"{name}-migrate"]["condition"]
         assert condition == "service_completed_successfully"
         probe = services[name]["healthcheck"]["test"]
-        assert probe == ["CMD", "python", "/app/grpc_health_probe.py", f"localhost:{SERVICES[name]['port']}",
-                         SERVICES[name]["health"]]
+        assert probe == [
+            "CMD",
+            "python",
+            "/app/grpc_health_probe.py",
+            f"localhost:{SERVICES[name]['port']}",
+            SERVICES[name]["health"],
+        ]
     assert services["policy"]["environment"]["POLICY_USAGE_ADDR"] == "usage:50051"
 
 
 # Dockerfile ---------------------------------------------------------------------------------------
+
 
 def hadolint(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "hadolint"), "--no-color", str(path)], capture_output=True, text=True)
@@ -94,6 +100,7 @@ def test_replaying_a_failing_build_step_raises(tmp_path):
 
 # The image's build steps, replayed outside Docker --------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> deploy_replay.Image:
     """The Dockerfile replayed into a temporary root: a clean venv built by the image's own steps."""
@@ -124,16 +131,26 @@ def test_the_image_entrypoints_serve_health_and_stop_cleanly_on_sigterm(image, t
         prefix = name.upper()
         url = f"sqlite:///{tmp_path}/{name}.db"
         assert image.run(services[f"{name}-migrate"]["command"], env={f"{prefix}_DATABASE_URL": url}).returncode == 0
-        env.update({f"{prefix}_DATABASE_URL": url, f"{prefix}_HOST": "127.0.0.1", f"{prefix}_PORT": str(ports[name]),
-                    f"{prefix}_METRICS_PORT": "-1", f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2"})
+        env.update(
+            {
+                f"{prefix}_DATABASE_URL": url,
+                f"{prefix}_HOST": "127.0.0.1",
+                f"{prefix}_PORT": str(ports[name]),
+                f"{prefix}_METRICS_PORT": "-1",
+                f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2",
+            }
+        )
     env["POLICY_USAGE_ADDR"] = f"127.0.0.1:{ports['usage']}"
     processes = {name: image.start(services[name]["command"], env=env) for name in SERVICES}
     try:
         for name, spec in SERVICES.items():
-            probe = [part.replace(f"localhost:{spec['port']}", f"127.0.0.1:{ports[name]}")
-                     for part in services[name]["healthcheck"]["test"][1:]]
-            assert deploy_replay.wait_until(lambda: image.run(probe).returncode == 0, seconds=30), \
-                processes[name].stderr_text()
+            probe = [
+                part.replace(f"localhost:{spec['port']}", f"127.0.0.1:{ports[name]}")
+                for part in services[name]["healthcheck"]["test"][1:]
+            ]
+            assert deploy_replay.wait_until(lambda: image.run(probe).returncode == 0, seconds=30), processes[
+                name
+            ].stderr_text()
             assert deploy_replay.health_status(ports[name], spec["health"]) == "SERVING"
         for name, process in processes.items():
             assert process.terminate_and_wait(timeout=20) == 0, process.stderr_text()

@@ -22,8 +22,12 @@ from tests.deploy_support import BIN, K8S_VERSION, OVERLAYS, PLACEHOLDER, ROOT, 
 @functools.cache
 def rendered(overlay: str) -> tuple[dict, ...]:
     """Every object `kubectl kustomize` renders for an overlay."""
-    out = subprocess.run([str(BIN / "kubectl"), "kustomize", str(ROOT / "docker/k8s/overlays" / overlay)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [str(BIN / "kubectl"), "kustomize", str(ROOT / "docker/k8s/overlays" / overlay)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
 
@@ -33,8 +37,11 @@ def objects(overlay: str, kind: str) -> list[dict]:
 
 def pod_specs(overlay: str) -> list[tuple[str, dict]]:
     """(name, pod spec) of every Deployment and Job."""
-    return [(f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"])
-            for obj in rendered(overlay) if obj["kind"] in ("Deployment", "Job")]
+    return [
+        (f"{obj['kind']}/{obj['metadata']['name']}", obj["spec"]["template"]["spec"])
+        for obj in rendered(overlay)
+        if obj["kind"] in ("Deployment", "Job")
+    ]
 
 
 def deployment(overlay: str, name: str) -> dict:
@@ -74,6 +81,7 @@ def server_labels(name: str) -> dict:
 
 # Kubernetes ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_rendered_object_is_valid_against_the_kubernetes_schema_strictly(overlay):
     for obj in rendered(overlay):
@@ -90,8 +98,14 @@ def test_the_strict_schema_check_rejects_an_unknown_field():
 def test_each_overlay_renders_everything_an_operator_needs(overlay):
     names = {(obj["kind"], obj["metadata"]["name"]) for obj in rendered(overlay)}
     for service in SERVICES:
-        for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
-                     "ServiceAccount"):
+        for kind in (
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "ServiceAccount",
+        ):
             assert (kind, service) in names
         assert ("Job", f"{service}-migrate") in names
     assert ("Secret", "tollgate-secrets") in names
@@ -150,33 +164,48 @@ def test_termination_grace_outlasts_the_drain_plus_grace_seconds_of_the_configma
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_usage_grpc_port_admits_only_policy_pods_and_the_ingress_controller(overlay):
-    peers = [peer for rule in rules_for_port(overlay, server_labels("usage"), 50051) for peer in rule.get("from", [None])]
-    policy_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "policy",
-                                                   "app.kubernetes.io/component": "server"}}}
-    ingress_controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
-                          "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}
+    peers = [
+        peer for rule in rules_for_port(overlay, server_labels("usage"), 50051) for peer in rule.get("from", [None])
+    ]
+    policy_pods = {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "policy", "app.kubernetes.io/component": "server"}}
+    }
+    ingress_controller = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+    }
     assert sorted(map(canonical, peers)) == sorted(map(canonical, [policy_pods, ingress_controller]))
     assert selects(policy_pods["podSelector"], server_labels("policy"))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_policy_grpc_port_admits_the_ingress_and_labelled_client_namespaces_only(overlay):
-    peers = [peer for rule in rules_for_port(overlay, server_labels("policy"), 50052) for peer in rule.get("from", [None])]
+    peers = [
+        peer for rule in rules_for_port(overlay, server_labels("policy"), 50052) for peer in rule.get("from", [None])
+    ]
     selectors = sorted(str(p["namespaceSelector"]["matchLabels"]) for p in peers)
-    assert selectors == sorted([str({"kubernetes.io/metadata.name": "ingress-nginx"}), str({"tollgate/client": "true"})])
+    assert selectors == sorted(
+        [str({"kubernetes.io/metadata.name": "ingress-nginx"}), str({"tollgate/client": "true"})]
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_metrics_ports_admit_only_the_monitoring_namespace(overlay):
     for name, spec in SERVICES.items():
-        peers = [p for rule in rules_for_port(overlay, server_labels(name), spec["metrics"]) for p in rule.get("from", [None])]
+        peers = [
+            p
+            for rule in rules_for_port(overlay, server_labels(name), spec["metrics"])
+            for p in rule.get("from", [None])
+        ]
         assert peers == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}], name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_other_pod_in_the_namespace_is_closed_to_ingress_by_default(overlay):
-    assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")
-               for p in objects(overlay, "NetworkPolicy"))
+    assert any(
+        p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] and not p["spec"].get("ingress")
+        for p in objects(overlay, "NetworkPolicy")
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -233,4 +262,6 @@ def test_compose_and_the_kubernetes_jobs_run_the_same_migration_command():
     for overlay in OVERLAYS:
         for job in objects(overlay, "Job"):
             service = job["metadata"]["name"].removesuffix("-migrate")
-            assert job["spec"]["template"]["spec"]["containers"][0]["command"] == services[f"{service}-migrate"]["command"]
+            assert (
+                job["spec"]["template"]["spec"]["containers"][0]["command"] == services[f"{service}-migrate"]["command"]
+            )

@@ -20,14 +20,26 @@ def running(tmp_path_factory):
     """scripts.run_local (what `make run` starts) with its var/ in a temp folder."""
     home = tmp_path_factory.mktemp("readme")
     ports = {"usage": free_port(), "policy": free_port()}
-    env = {**os.environ, "TOLLGATE_VAR_DIR": str(home / "var"), "USAGE_PORT": str(ports["usage"]),
-           "POLICY_PORT": str(ports["policy"]), "USAGE_METRICS_PORT": "-1", "POLICY_METRICS_PORT": "-1"}
+    env = {
+        **os.environ,
+        "TOLLGATE_VAR_DIR": str(home / "var"),
+        "USAGE_PORT": str(ports["usage"]),
+        "POLICY_PORT": str(ports["policy"]),
+        "USAGE_METRICS_PORT": "-1",
+        "POLICY_METRICS_PORT": "-1",
+    }
     for name in ("USAGE_DATABASE_URL", "POLICY_DATABASE_URL"):
         env.pop(name, None)
     env["USAGE_DATABASE_URL"] = f"sqlite:///{home}/var/usage.db"
     env["POLICY_DATABASE_URL"] = f"sqlite:///{home}/var/policy.db"
-    process = subprocess.Popen([sys.executable, "-m", "scripts.run_local"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.run_local"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     banner = []
     deadline = time.monotonic() + 90
     for line in process.stdout:
@@ -80,7 +92,9 @@ def api_md_usage(home: Path, ports: dict, call: str) -> dict[tuple[str, str], in
     assert result.returncode == 0, f"{call}\n{result.stderr}"
     if call != "GetUsage":
         return {}
-    return {(t["metric"], t.get("actor_id", "")): int(t["quantity"]) for t in json.loads(result.stdout).get("totals", [])}
+    return {
+        (t["metric"], t.get("actor_id", "")): int(t["quantity"]) for t in json.loads(result.stdout).get("totals", [])
+    }
 
 
 def test_the_event_docs_api_md_records_is_counted_by_its_get_usage_call(running):

@@ -38,9 +38,15 @@ def admin_writes(admin: Client, world, writer: int, errors: list) -> None:
     for n in range(WRITES_PER_WRITER):
         try:
             admin.BindRole(pb.BindRoleRequest(tenant_id=world.tenant, user_id=f"w{writer}-u{n}", role_id=role))
-            admin.SetOverride(pb.SetOverrideRequest(tenant_id=world.tenant, role_id=role, feature_id=world.feature,
-                                                    cap=pb.MODE_SUGGEST if n % 2 else pb.MODE_OBSERVE,
-                                                    reason=f"writer {writer} write {n}"))
+            admin.SetOverride(
+                pb.SetOverrideRequest(
+                    tenant_id=world.tenant,
+                    role_id=role,
+                    feature_id=world.feature,
+                    cap=pb.MODE_SUGGEST if n % 2 else pb.MODE_OBSERVE,
+                    reason=f"writer {writer} write {n}",
+                )
+            )
         except grpc.RpcError as error:
             errors.append(error.code())
 
@@ -67,15 +73,18 @@ def audit_count(admin: Client, tenant: str) -> int:
 
 @pytest.mark.slow
 def test_a_duplicate_storm_beside_concurrent_admin_writes_counts_once_and_keeps_the_audit_chain_whole(
-        dbs, usage_stub, policy_admin_stub, admin_token, tenant):
+    dbs, usage_stub, policy_admin_stub, admin_token, tenant
+):
     token = tenant_token(dbs, tenant)
     admin = Client(policy_admin_stub, admin_token)
     world = build_world(admin, tenant, role_caps={f"R{w}": pb.MODE_AUTONOMOUS for w in range(WRITERS)})
     requests = [fs.batch(tenant, f"storm{b}", BATCH_SIZE) for b in range(BATCHES)]
     records_before = audit_count(admin, tenant)
     answers, errors = [], []
-    run_all([(storm, (usage_stub, token, requests, s, answers, errors)) for s in range(SENDERS)]
-            + [(admin_writes, (admin, world, w, errors)) for w in range(WRITERS)])
+    run_all(
+        [(storm, (usage_stub, token, requests, s, answers, errors)) for s in range(SENDERS)]
+        + [(admin_writes, (admin, world, w, errors)) for w in range(WRITERS)]
+    )
 
     assert errors == []
     verdicts = {}
@@ -85,8 +94,10 @@ def test_a_duplicate_storm_beside_concurrent_admin_writes_counts_once_and_keeps_
     assert len(answers) == SENDERS * BATCHES * SENDS_PER_BATCH
     assert len(verdicts) == BATCHES * BATCH_SIZE
     # Each event: exactly one ACCEPTED among its 16 sends, every other send DUPLICATE, never CONFLICT.
-    assert all(sorted(v) == [u.VERDICT_ACCEPTED] + [u.VERDICT_DUPLICATE] * (SENDERS * SENDS_PER_BATCH - 1)
-               for v in verdicts.values())
+    assert all(
+        sorted(v) == [u.VERDICT_ACCEPTED] + [u.VERDICT_DUPLICATE] * (SENDERS * SENDS_PER_BATCH - 1)
+        for v in verdicts.values()
+    )
     expected = fs.expected_totals(requests)
     assert totals(usage_stub, token, tenant) == expected
     assert fs.stored_rows(dbs.usage_url, tenant) == expected
@@ -94,16 +105,19 @@ def test_a_duplicate_storm_beside_concurrent_admin_writes_counts_once_and_keeps_
     verified = admin.VerifyAudit(pb.VerifyAuditRequest())
     assert verified.ok and verified.first_broken_sequence == 0, verified.problem
     assert audit_count(admin, tenant) - records_before == WRITERS * WRITES_PER_WRITER * 2
-    print(f"\nconcurrency: {len(answers)} batch sends of {BATCH_SIZE} ({len(verdicts)} distinct events, each sent "
-          f"{SENDERS * SENDS_PER_BATCH}x) beside {WRITERS * WRITES_PER_WRITER * 2} admin writes; "
-          f"audit records checked {verified.records_checked}")
+    print(
+        f"\nconcurrency: {len(answers)} batch sends of {BATCH_SIZE} ({len(verdicts)} distinct events, each sent "
+        f"{SENDERS * SENDS_PER_BATCH}x) beside {WRITERS * WRITES_PER_WRITER * 2} admin writes; "
+        f"audit records checked {verified.records_checked}"
+    )
     bindings = admin.ListBindings(pb.ListBindingsRequest(tenant_id=tenant, page_size=1000)).bindings
     assert {b.user_id for b in bindings} >= {f"w{w}-u{n}" for w in range(WRITERS) for n in range(WRITES_PER_WRITER)}
 
 
 @pytest.mark.slow
 def test_concurrent_rollups_during_a_duplicate_storm_leave_aggregates_equal_to_the_raw_totals(
-        dbs, usage_stub, usage_admin_stub, admin_token, tenant):
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant
+):
     assert run_rollup(usage_admin_stub, admin_token, tenant) == grpc.StatusCode.OK
     token = tenant_token(dbs, tenant)
     requests = [fs.batch(tenant, f"roll{b}", BATCH_SIZE) for b in range(BATCHES // 2)]
@@ -137,8 +151,9 @@ def test_concurrent_rollups_during_a_duplicate_storm_leave_aggregates_equal_to_t
 
 
 def run_rollup(stub, token: str, tenant: str) -> grpc.StatusCode:
-    code, _ = fs.timed_code(lambda: stub.RunRollup(u.RunRollupRequest(tenant_id=tenant),
-                                                   metadata=support.bearer(token), timeout=60))
+    code, _ = fs.timed_code(
+        lambda: stub.RunRollup(u.RunRollupRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=60)
+    )
     return code
 
 
@@ -146,10 +161,19 @@ def day_aggregates(stub, token: str, tenant: str, metric: str) -> list:
     """Every DAY aggregate of the metric over the last 40 days, following page tokens (bounded)."""
     found, page_token = [], ""
     for _ in range(100):
-        page = stub.ListAggregates(u.ListAggregatesRequest(
-            tenant_id=tenant, metric=metric, period=u.PERIOD_DAY, start_time=ts(now_us() - 40 * DAY_US),
-            end_time=ts(now_us() + 60 * MINUTE_US), page_size=100, page_token=page_token),
-            metadata=support.bearer(token), timeout=30)
+        page = stub.ListAggregates(
+            u.ListAggregatesRequest(
+                tenant_id=tenant,
+                metric=metric,
+                period=u.PERIOD_DAY,
+                start_time=ts(now_us() - 40 * DAY_US),
+                end_time=ts(now_us() + 60 * MINUTE_US),
+                page_size=100,
+                page_token=page_token,
+            ),
+            metadata=support.bearer(token),
+            timeout=30,
+        )
         found.extend(page.aggregates)
         page_token = page.next_page_token
         if not page_token:

@@ -28,8 +28,9 @@ def send(port: int, token: str, requests: list, answered: dict, stop: threading.
             if stop.is_set():
                 return
             try:
-                answered[request.events[0].event_id] = stub.RecordEvents(request, metadata=support.bearer(token),
-                                                                         timeout=20)
+                answered[request.events[0].event_id] = stub.RecordEvents(
+                    request, metadata=support.bearer(token), timeout=20
+                )
             except grpc.RpcError:
                 return
 
@@ -65,20 +66,24 @@ def test_a_process_killed_under_four_senders_then_resent_counts_every_event_exac
         resent_acknowledged = acknowledged[::2]
         with support.channel(port) as channel:
             stub = usage_pb2_grpc.UsageServiceStub(channel)
-            replies = [stub.RecordEvents(r, metadata=support.bearer(token), timeout=60)
-                       for r in unanswered + resent_acknowledged]
+            replies = [
+                stub.RecordEvents(r, metadata=support.bearer(token), timeout=60)
+                for r in unanswered + resent_acknowledged
+            ]
             expected = fs.expected_totals(everything)
             assert totals(stub, token, tenant) == expected
         # A batch is stored whole or not at all: even the ones the kill cut off answer all-new or all-seen.
-        for reply in replies[:len(unanswered)]:
+        for reply in replies[: len(unanswered)]:
             assert {r.verdict for r in reply.results} in ({u.VERDICT_ACCEPTED}, {u.VERDICT_DUPLICATE})
-        for reply in replies[len(unanswered):]:
+        for reply in replies[len(unanswered) :]:
             assert {r.verdict for r in reply.results} == {u.VERDICT_DUPLICATE}
         assert fs.stored_rows(dbs.usage_url, tenant) == expected  # 0 lost, 0 double, counted in the table
         assert sum(count for _, count in expected.values()) == SENDERS * BATCHES_PER_SENDER * BATCH_SIZE
-        print(f"\ncrash: {len(everything) * BATCH_SIZE} events in {len(everything)} batches from {SENDERS} senders; "
-              f"killed after {len(answered)} answered; resent {len(unanswered)} unanswered + "
-              f"{len(resent_acknowledged)} answered batches; lost 0, double 0")
+        print(
+            f"\ncrash: {len(everything) * BATCH_SIZE} events in {len(everything)} batches from {SENDERS} senders; "
+            f"killed after {len(answered)} answered; resent {len(unanswered)} unanswered + "
+            f"{len(resent_acknowledged)} answered batches; lost 0, double 0"
+        )
     finally:
         stop.set()
         fs.end(process)

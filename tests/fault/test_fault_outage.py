@@ -46,8 +46,9 @@ def feed(recorder: UsageRecorder, stop: threading.Event, recorded: list) -> None
         if stop.is_set():
             return
         quantity = 1 + i % 4
-        if recorder.record("api.requests", quantity, event_id=f"rec-{i}", idempotency_key=f"rk-{i}",
-                           correlation_id=f"rc-{i}"):
+        if recorder.record(
+            "api.requests", quantity, event_id=f"rec-{i}", idempotency_key=f"rk-{i}", correlation_id=f"rc-{i}"
+        ):
             recorded.append(quantity)
         if i % 10 == 9:
             time.sleep(0.025)
@@ -65,30 +66,52 @@ def probes(usage_port: int, policy_port: int, tenant: str, token: str, admin: st
         as_admin = dict(metadata=support.bearer(admin), timeout=DEADLINE)
         return {
             "RecordEvents": fs.timed_code(lambda: usage.RecordEvents(batch, **when)),
-            "GetUsage": fs.timed_code(lambda: usage.GetUsage(u.GetUsageRequest(
-                tenant_id=tenant, start_time=ts(now_us() - DAY_US), end_time=ts(now_us() + DAY_US)), **when)),
+            "GetUsage": fs.timed_code(
+                lambda: usage.GetUsage(
+                    u.GetUsageRequest(
+                        tenant_id=tenant, start_time=ts(now_us() - DAY_US), end_time=ts(now_us() + DAY_US)
+                    ),
+                    **when,
+                )
+            ),
             "ListEvents": fs.timed_code(lambda: usage.ListEvents(u.ListEventsRequest(tenant_id=tenant), **when)),
-            "SetOverride": fs.timed_code(lambda: policy_admin.SetOverride(pb.SetOverrideRequest(
-                tenant_id=tenant, role_id=role, feature_id=world.feature, cap=pb.MODE_SUGGEST, reason="outage"),
-                **as_admin)),
-            "ListBindings": fs.timed_code(lambda: policy_admin.ListBindings(pb.ListBindingsRequest(tenant_id=tenant),
-                                                                            **when)),
-            "ResolveMode(uncached tenant)": fs.timed_code(lambda: policy.ResolveMode(pb.ResolveModeRequest(
-                tenant_id=support.new_tenant(), user_id="u1", feature_id=world.feature), **as_admin)),
-            "ResolveMode(cached)": fs.timed_code(lambda: policy.ResolveMode(pb.ResolveModeRequest(
-                tenant_id=tenant, user_id="u1", feature_id=world.feature), **when)),
+            "SetOverride": fs.timed_code(
+                lambda: policy_admin.SetOverride(
+                    pb.SetOverrideRequest(
+                        tenant_id=tenant, role_id=role, feature_id=world.feature, cap=pb.MODE_SUGGEST, reason="outage"
+                    ),
+                    **as_admin,
+                )
+            ),
+            "ListBindings": fs.timed_code(
+                lambda: policy_admin.ListBindings(pb.ListBindingsRequest(tenant_id=tenant), **when)
+            ),
+            "ResolveMode(uncached tenant)": fs.timed_code(
+                lambda: policy.ResolveMode(
+                    pb.ResolveModeRequest(tenant_id=support.new_tenant(), user_id="u1", feature_id=world.feature),
+                    **as_admin,
+                )
+            ),
+            "ResolveMode(cached)": fs.timed_code(
+                lambda: policy.ResolveMode(
+                    pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature), **when
+                )
+            ),
         }
 
 
 def answered_normally(round_: dict) -> bool:
     """Every probe answered as with the database up (a tenant no one created is NOT_FOUND)."""
-    return all(code == (grpc.StatusCode.NOT_FOUND if name == "ResolveMode(uncached tenant)" else grpc.StatusCode.OK)
-               for name, (code, _) in round_.items())
+    return all(
+        code == (grpc.StatusCode.NOT_FOUND if name == "ResolveMode(uncached tenant)" else grpc.StatusCode.OK)
+        for name, (code, _) in round_.items()
+    )
 
 
 @pytest.mark.slow
 def test_a_database_outage_fails_calls_fast_turns_health_off_then_recovers_and_the_recorder_loses_nothing(
-        cluster, tmp_path):
+    cluster, tmp_path
+):
     dbs = support.postgres_databases(cluster.url)
     tenant = support.new_tenant()
     token = support.make_token(dbs, tenant=tenant, scopes=ALL_SCOPES)
@@ -97,8 +120,9 @@ def test_a_database_outage_fails_calls_fast_turns_health_off_then_recovers_and_t
     usage_port, policy_port = free_port(), free_port()
     usage_process = fs.start_usage(cluster.url, usage_port)
     # Tokens are cached for a minute here so the cached-snapshot case below is about the snapshot cache.
-    policy_process = fs.start_policy(cluster.url, policy_port, f"127.0.0.1:{usage_port}", usage_token,
-                                     auth_cache_seconds="60")
+    policy_process = fs.start_policy(
+        cluster.url, policy_port, f"127.0.0.1:{usage_port}", usage_token, auth_cache_seconds="60"
+    )
     recorder, stop, recorded = None, threading.Event(), []
     try:
         with support.channel(policy_port) as channel:
@@ -107,12 +131,23 @@ def test_a_database_outage_fails_calls_fast_turns_health_off_then_recovers_and_t
         before = probes(usage_port, policy_port, tenant, token, admin, world)  # also caps the feature by override
         assert answered_normally(before)
         with support.channel(policy_port) as channel:  # this tenant's snapshot is now in Policy's memory
-            resolved = policy_pb2_grpc.PolicyServiceStub(channel).ResolveMode(pb.ResolveModeRequest(
-                tenant_id=tenant, user_id="u1", feature_id=world.feature), metadata=support.bearer(token), timeout=10)
+            resolved = policy_pb2_grpc.PolicyServiceStub(channel).ResolveMode(
+                pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature),
+                metadata=support.bearer(token),
+                timeout=10,
+            )
 
-        recorder = UsageRecorder(f"127.0.0.1:{usage_port}", token, tenant, str(tmp_path / "spool.db"),
-                                 batch_size=200, max_batch_age=0.2, deadline=DEADLINE, backoff_base=0.1,
-                                 backoff_cap=1.0)
+        recorder = UsageRecorder(
+            f"127.0.0.1:{usage_port}",
+            token,
+            tenant,
+            str(tmp_path / "spool.db"),
+            batch_size=200,
+            max_batch_age=0.2,
+            deadline=DEADLINE,
+            backoff_base=0.1,
+            backoff_cap=1.0,
+        )
         feeder = threading.Thread(target=feed, args=(recorder, stop, recorded))
         feeder.start()
         time.sleep(1.0)  # load flowing before the fault
@@ -124,8 +159,11 @@ def test_a_database_outage_fails_calls_fast_turns_health_off_then_recovers_and_t
             health.append((fs.health_of(usage_port), fs.health_of(policy_port)))
             time.sleep(0.2)
         with support.channel(policy_port) as channel:  # the cached answer is the very answer of before
-            during_outage = policy_pb2_grpc.PolicyServiceStub(channel).ResolveMode(pb.ResolveModeRequest(
-                tenant_id=tenant, user_id="u1", feature_id=world.feature), metadata=support.bearer(token), timeout=2)
+            during_outage = policy_pb2_grpc.PolicyServiceStub(channel).ResolveMode(
+                pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature),
+                metadata=support.bearer(token),
+                timeout=2,
+            )
         cluster.start()
         outage = time.monotonic() - down_at
         assert during_outage == resolved and resolved.resolution.effective_mode == pb.MODE_SUGGEST
@@ -160,10 +198,12 @@ def test_a_database_outage_fails_calls_fast_turns_health_off_then_recovers_and_t
             assert totals(usage_pb2_grpc.UsageServiceStub(channel), token, tenant) == {"api.requests": expected}
         assert fs.stored_rows(cluster.url, tenant) == {"api.requests": expected}
         slowest = max(seconds for round_ in during for name, (_, seconds) in round_.items())
-        print(f"\noutage: PostgreSQL down {outage:.1f} s; {len(during)} probe rounds x {len(during[0])} RPCs, slowest "
-              f"UNAVAILABLE/cached answer {slowest * 1000:.0f} ms (deadline {DEADLINE:.0f} s); recorder "
-              f"{FEED_EVENTS} events, {counters.retries} retried batches, sent {counters.sent} + duplicate "
-              f"{counters.duplicate}; lost 0, double 0")
+        print(
+            f"\noutage: PostgreSQL down {outage:.1f} s; {len(during)} probe rounds x {len(during[0])} RPCs, slowest "
+            f"UNAVAILABLE/cached answer {slowest * 1000:.0f} ms (deadline {DEADLINE:.0f} s); recorder "
+            f"{FEED_EVENTS} events, {counters.retries} retried batches, sent {counters.sent} + duplicate "
+            f"{counters.duplicate}; lost 0, double 0"
+        )
     finally:
         stop.set()
         if recorder is not None:

@@ -55,8 +55,7 @@ def watch_health(port: int, log: Log, stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_under_load_turns_not_serving_first_completes_in_flight_calls_loses_nothing_and_exits_zero(
-        dbs, tenant):
+def test_sigterm_under_load_turns_not_serving_first_completes_in_flight_calls_loses_nothing_and_exits_zero(dbs, tenant):
     token = tenant_token(dbs, tenant)
     port = free_port()
     process = fs.start_usage(dbs.usage_url, port, drain_seconds=DRAIN, grace_seconds=GRACE)
@@ -95,8 +94,13 @@ def test_sigterm_under_load_turns_not_serving_first_completes_in_flight_calls_lo
     # races gRPC's own shutdown; either way it began after the drain and stored nothing (checked below).
     late = {code for start, _, code, _ in log.calls if start >= signalled + DRAIN * 0.9}
     assert late <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-    acknowledged = {r.event_id for *_, response in log.calls if response is not None for r in response.results
-                    if r.verdict in (u.VERDICT_ACCEPTED, u.VERDICT_DUPLICATE)}
+    acknowledged = {
+        r.event_id
+        for *_, response in log.calls
+        if response is not None
+        for r in response.results
+        if r.verdict in (u.VERDICT_ACCEPTED, u.VERDICT_DUPLICATE)
+    }
     sent_ok = sum(len(response.results) for *_, response in log.calls if response is not None)
     assert len(acknowledged) == sent_ok > 0
     stored = fs.stored_event_ids(dbs.usage_url, tenant)
@@ -104,5 +108,7 @@ def test_sigterm_under_load_turns_not_serving_first_completes_in_flight_calls_lo
     # A refused batch stored nothing: the table holds exactly the acknowledged events.
     assert stored == acknowledged
     refused = sum(code != grpc.StatusCode.OK for *_, code, _ in log.calls)
-    print(f"\nshutdown ({dbs.backend}): {len(log.calls)} calls, {refused} refused after the drain, "
-          f"{len(acknowledged)} events acknowledged and stored; exit 0 after {exited - signalled:.1f} s")
+    print(
+        f"\nshutdown ({dbs.backend}): {len(log.calls)} calls, {refused} refused after the drain, "
+        f"{len(acknowledged)} events acknowledged and stored; exit 0 after {exited - signalled:.1f} s"
+    )

@@ -19,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_child_until_persisted_then_kill(target: str, token: str, tenant: str, spool: str) -> None:
-    child = subprocess.Popen([sys.executable, "-m", "tests.recorder_child", target, token, tenant, spool, str(COUNT)],
-                             cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.recorder_child", target, token, tenant, spool, str(COUNT)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert child.stdout.readline().strip() == "persisted"
     finally:
@@ -32,7 +37,8 @@ def run_child_until_persisted_then_kill(target: str, token: str, tenant: str, sp
 @pytest.mark.slow
 @pytest.mark.parametrize("server_up_for_the_child", [False, True], ids=["usage-down", "usage-up"])
 def test_a_recorder_killed_with_sigkill_delivers_its_spool_after_restart_with_no_double_count(
-        dbs, usage, usage_stub, tenant, tmp_path, server_up_for_the_child):
+    dbs, usage, usage_stub, tenant, tmp_path, server_up_for_the_child
+):
     token = support.make_token(dbs, tenant=tenant, scopes=["usage:write", "usage:read"])
     spool = str(tmp_path / "spool.db")
     # Usage up: the child is killed while some batches are answered, some in flight, some still spooled.

@@ -24,19 +24,38 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def start_usage(url: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "USAGE_DATABASE_URL": url, "USAGE_PORT": str(port), "USAGE_HOST": "127.0.0.1",
-           "USAGE_METRICS_PORT": "-1", "USAGE_LOG_LEVEL": "WARNING", "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
-           "USAGE_ROLLUP_INTERVAL_SECONDS": "0"}  # a kill mid-round would leave the shared rollup lease held
-    process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "USAGE_DATABASE_URL": url,
+        "USAGE_PORT": str(port),
+        "USAGE_HOST": "127.0.0.1",
+        "USAGE_METRICS_PORT": "-1",
+        "USAGE_LOG_LEVEL": "WARNING",
+        "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
+        "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
+    }  # a kill mid-round would leave the shared rollup lease held
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.usage"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert wait_for_health(port, SERVING, timeout=30) == SERVING
     return process
 
 
 def batches(tenant: str) -> list[u.RecordEventsRequest]:
-    return [u.RecordEventsRequest(tenant_id=tenant, events=[
-        event(f"e{b}-{n}", quantity=1 + n % 3, idempotency_key=f"k{b}-{n}", correlation_id=f"c{b}-{n}")
-        for n in range(BATCH_SIZE)]) for b in range(BATCHES)]
+    return [
+        u.RecordEventsRequest(
+            tenant_id=tenant,
+            events=[
+                event(f"e{b}-{n}", quantity=1 + n % 3, idempotency_key=f"k{b}-{n}", correlation_id=f"c{b}-{n}")
+                for n in range(BATCH_SIZE)
+            ],
+        )
+        for b in range(BATCHES)
+    ]
 
 
 def send_until_killed(port: int, token: str, requests, acknowledged: list[int], stop: threading.Event) -> None:

@@ -28,14 +28,24 @@ def test_policy_version_grows_on_every_admin_write_and_only_then(admin, tenant):
     member = next(iter(world.roles))
     writes = [
         lambda: admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u", role_id=member)),
-        lambda: admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature,
-                                                        cap=S.MODE_SUGGEST)),
-        lambda: admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-            tenant_id=tenant, max_mode=S.MODE_PROACTIVE, default_role_id=member))),
-        lambda: admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
-            tenant_id=tenant, plan_id=world.plan, status=S.SUBSCRIPTION_STATUS_TRIALING))),
-        lambda: admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(
-            feature_id=world.feature, max_mode=S.MODE_AMBITIOUS))),
+        lambda: admin.SetOverride(
+            pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature, cap=S.MODE_SUGGEST)
+        ),
+        lambda: admin.SetTenantPolicy(
+            pb.SetTenantPolicyRequest(
+                tenant_policy=pb.TenantPolicy(tenant_id=tenant, max_mode=S.MODE_PROACTIVE, default_role_id=member)
+            )
+        ),
+        lambda: admin.SetSubscription(
+            pb.SetSubscriptionRequest(
+                subscription=pb.Subscription(
+                    tenant_id=tenant, plan_id=world.plan, status=S.SUBSCRIPTION_STATUS_TRIALING
+                )
+            )
+        ),
+        lambda: admin.UpsertFeature(
+            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=world.feature, max_mode=S.MODE_AMBITIOUS))
+        ),
         lambda: admin.UnbindRole(pb.UnbindRoleRequest(tenant_id=tenant, user_id="u", role_id=member)),
     ]
     for write in writes:
@@ -50,10 +60,17 @@ def test_policy_version_grows_on_every_admin_write_and_only_then(admin, tenant):
 
 
 def roles_request(tag, **flags):
-    return pb.ImportRolesRequest(roles=[
-        pb.Role(role_id=f"OWNER_{tag}", default_cap=S.MODE_AUTONOMOUS),
-        pb.Role(role_id=f"VIEWER_{tag}", default_cap=S.MODE_OBSERVE,
-                feature_caps=[pb.FeatureCap(feature_id="voice_agent", cap=S.MODE_OFF)])], **flags)
+    return pb.ImportRolesRequest(
+        roles=[
+            pb.Role(role_id=f"OWNER_{tag}", default_cap=S.MODE_AUTONOMOUS),
+            pb.Role(
+                role_id=f"VIEWER_{tag}",
+                default_cap=S.MODE_OBSERVE,
+                feature_caps=[pb.FeatureCap(feature_id="voice_agent", cap=S.MODE_OFF)],
+            ),
+        ],
+        **flags,
+    )
 
 
 def audit_count(admin):
@@ -90,32 +107,45 @@ def test_prune_removes_absent_roles_but_refuses_roles_still_in_use(admin, tenant
     world = ps.build_world(admin, tenant, role_caps={"MEMBER": S.MODE_SUGGEST})
     member = next(iter(world.roles))
     everything = admin.ListRoles(pb.ListRolesRequest(page_size=1000)).roles
-    keep_all_but_member = pb.ImportRolesRequest(roles=[r for r in everything if r.role_id != member], prune=True,
-                                                dry_run=True)
+    keep_all_but_member = pb.ImportRolesRequest(
+        roles=[r for r in everything if r.role_id != member], prune=True, dry_run=True
+    )
     with pytest.raises(grpc.RpcError) as caught:
         admin.ImportRoles(keep_all_but_member)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and member in caught.value.details()
     tag = ps.suffix()
     admin.ImportRoles(roles_request(tag))
-    without_viewer = pb.ImportRolesRequest(roles=[r for r in admin.ListRoles(pb.ListRolesRequest(page_size=1000)).roles
-                                                  if r.role_id != f"VIEWER_{tag}"], prune=True)
+    without_viewer = pb.ImportRolesRequest(
+        roles=[r for r in admin.ListRoles(pb.ListRolesRequest(page_size=1000)).roles if r.role_id != f"VIEWER_{tag}"],
+        prune=True,
+    )
     assert list(admin.ImportRoles(without_viewer).removed) == [f"VIEWER_{tag}"]
 
 
 def test_bad_roles_are_refused_with_a_field_violation_per_problem(admin):
-    request = pb.ImportRolesRequest(roles=[pb.Role(role_id="OK"), pb.Role(role_id="9bad"), pb.Role(role_id="OK"),
-                                           pb.Role(role_id="X", feature_caps=[pb.FeatureCap(feature_id="f")])])
+    request = pb.ImportRolesRequest(
+        roles=[
+            pb.Role(role_id="OK"),
+            pb.Role(role_id="9bad"),
+            pb.Role(role_id="OK"),
+            pb.Role(role_id="X", feature_caps=[pb.FeatureCap(feature_id="f")]),
+        ]
+    )
     with pytest.raises(grpc.RpcError) as caught:
         admin.ImportRoles(request)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == ["roles[1].role_id", "roles[2].role_id", "roles[3].feature_caps[0].cap"]
 
 
-@pytest.mark.parametrize("request_", [
-    pb.UpsertFeatureRequest(feature=pb.Feature(feature_id="ok_feature")),
-    pb.UpsertFeatureRequest(feature=pb.Feature(feature_id="", max_mode=S.MODE_OFF)),
-    pb.UpsertPlanRequest(plan=pb.Plan(plan_id="P", quotas=[pb.QuotaLimit(metric="m", limit=-1, cap=S.MODE_OFF)])),
-], ids=["feature without max mode", "feature without id", "plan with a bad quota"])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.UpsertFeatureRequest(feature=pb.Feature(feature_id="ok_feature")),
+        pb.UpsertFeatureRequest(feature=pb.Feature(feature_id="", max_mode=S.MODE_OFF)),
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="P", quotas=[pb.QuotaLimit(metric="m", limit=-1, cap=S.MODE_OFF)])),
+    ],
+    ids=["feature without max mode", "feature without id", "plan with a bad quota"],
+)
 def test_bad_catalog_entries_are_invalid_arguments(admin, request_):
     rpc = admin.UpsertFeature if isinstance(request_, pb.UpsertFeatureRequest) else admin.UpsertPlan
     assert status_of(lambda: rpc(request_)) == grpc.StatusCode.INVALID_ARGUMENT
@@ -132,10 +162,16 @@ def test_unknown_tenants_roles_plans_overrides_and_bindings_are_not_found(admin,
         lambda: admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u", role_id="NO_SUCH_ROLE")),
         lambda: admin.UnbindRole(pb.UnbindRoleRequest(tenant_id=tenant, user_id="u", role_id=member)),
         lambda: admin.DeleteOverride(pb.DeleteOverrideRequest(tenant_id=tenant, override_id="ov_missing")),
-        lambda: admin.SetSubscription(pb.SetSubscriptionRequest(subscription=pb.Subscription(
-            tenant_id=tenant, plan_id="NO_SUCH_PLAN", status=S.SUBSCRIPTION_STATUS_ACTIVE))),
-        lambda: admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id="nope",
-                                                        cap=S.MODE_OFF)),
+        lambda: admin.SetSubscription(
+            pb.SetSubscriptionRequest(
+                subscription=pb.Subscription(
+                    tenant_id=tenant, plan_id="NO_SUCH_PLAN", status=S.SUBSCRIPTION_STATUS_ACTIVE
+                )
+            )
+        ),
+        lambda: admin.SetOverride(
+            pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id="nope", cap=S.MODE_OFF)
+        ),
     ]
     assert [status_of(call) for call in calls] == [grpc.StatusCode.NOT_FOUND] * len(calls)
 
@@ -146,8 +182,9 @@ def test_a_tenant_admin_manages_its_own_bindings_and_overrides_but_not_its_plan(
     own = ps.Client(policy_admin_stub, support.make_token(dbs, tenant=tenant, scopes=["policy:admin", "policy:read"]))
     assert own.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u", role_id=member)).policy_version > 0
     own.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature, cap=S.MODE_OFF))
-    upgrade = pb.SetSubscriptionRequest(subscription=pb.Subscription(
-        tenant_id=tenant, plan_id=world.plan, status=S.SUBSCRIPTION_STATUS_ACTIVE))
+    upgrade = pb.SetSubscriptionRequest(
+        subscription=pb.Subscription(tenant_id=tenant, plan_id=world.plan, status=S.SUBSCRIPTION_STATUS_ACTIVE)
+    )
     assert status_of(lambda: own.SetSubscription(upgrade)) == grpc.StatusCode.PERMISSION_DENIED
     other = pb.BindRoleRequest(tenant_id=support.new_tenant(), user_id="u", role_id=member)
     assert status_of(lambda: own.BindRole(other)) == grpc.StatusCode.PERMISSION_DENIED
@@ -185,8 +222,11 @@ def test_inspect_policy_shows_everything_a_tenants_answers_come_from(admin, tena
     world = ps.build_world(admin, tenant, tenant_max=S.MODE_PROACTIVE)
     member = next(iter(world.roles))
     admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u", role_id=member))
-    admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature,
-                                            cap=S.MODE_OFF, reason="why not"))
+    admin.SetOverride(
+        pb.SetOverrideRequest(
+            tenant_id=tenant, role_id=member, feature_id=world.feature, cap=S.MODE_OFF, reason="why not"
+        )
+    )
     seen = admin.InspectPolicy(pb.InspectPolicyRequest(tenant_id=tenant))
     assert seen.tenant_policy.max_mode == S.MODE_PROACTIVE and seen.plan.plan_id == world.plan
     assert seen.subscription.plan_id == world.plan and seen.binding_count == 1

@@ -81,8 +81,10 @@ def test_eight_concurrent_admin_writers_leave_one_unbroken_chain(admin, tenant):
     role = next(iter(world.roles))
 
     def writer(index: int) -> list[int]:
-        return [admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id=f"w{index}-{n}", role_id=role))
-                .policy_version for n in range(5)]
+        return [
+            admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id=f"w{index}-{n}", role_id=role)).policy_version
+            for n in range(5)
+        ]
 
     with ThreadPoolExecutor(8) as pool:
         versions = [v for batch in pool.map(writer, range(8)) for v in batch]
@@ -124,7 +126,9 @@ def test_listing_the_audit_records_of_an_unknown_tenant_is_not_found(dbs, policy
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND and stranger in caught.value.details()
     # Authorization still comes first: another tenant's credential learns nothing about whether it exists.
     other = ps.Client(policy_admin_stub, support.make_token(dbs, tenant=tenant, scopes=["policy:admin"]))
-    assert status_of(lambda: other.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=stranger))) \
+    assert (
+        status_of(lambda: other.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=stranger)))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
     ps.build_world(admin, stranger)
     assert [r.action for r in tenant_records(admin, stranger)] == ["SetTenantPolicy", "SetSubscription"]

@@ -21,13 +21,20 @@ def admin(policy_admin_stub, admin_token):
 
 
 def feature(metrics: list[str], feature_id: str = "") -> pb.UpsertFeatureRequest:
-    return pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature_id or f"f_{ps.suffix()}",
-                                                      max_mode=pb.MODE_AUTONOMOUS, metrics=metrics))
+    return pb.UpsertFeatureRequest(
+        feature=pb.Feature(feature_id=feature_id or f"f_{ps.suffix()}", max_mode=pb.MODE_AUTONOMOUS, metrics=metrics)
+    )
 
 
 def plan(metrics: list[str], plan_id: str = "") -> pb.UpsertPlanRequest:
-    return pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan_id or f"P_{ps.suffix()}", quotas=[
-        pb.QuotaLimit(metric=metric, period=pb.QUOTA_PERIOD_DAY, limit=5, cap=pb.MODE_OFF) for metric in metrics]))
+    return pb.UpsertPlanRequest(
+        plan=pb.Plan(
+            plan_id=plan_id or f"P_{ps.suffix()}",
+            quotas=[
+                pb.QuotaLimit(metric=metric, period=pb.QUOTA_PERIOD_DAY, limit=5, cap=pb.MODE_OFF) for metric in metrics
+            ],
+        )
+    )
 
 
 def refusal(call) -> grpc.RpcError:
@@ -57,9 +64,11 @@ def test_a_quota_naming_a_metric_usage_does_not_know_is_refused_naming_it_and_no
 def test_a_metric_added_to_usage_a_moment_ago_is_accepted(admin, usage_admin_stub, admin_token):
     name = f"test.metric.{ps.suffix()}"
     assert refusal(lambda: admin.UpsertFeature(feature([name]))).code() == grpc.StatusCode.FAILED_PRECONDITION
-    usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=u.Metric(name=name,
-                                                                        classification=u.CLASSIFICATION_BILLABLE)),
-                                  metadata=support.bearer(admin_token), timeout=10)
+    usage_admin_stub.UpsertMetric(
+        u.UpsertMetricRequest(metric=u.Metric(name=name, classification=u.CLASSIFICATION_BILLABLE)),
+        metadata=support.bearer(admin_token),
+        timeout=10,
+    )
     assert admin.UpsertFeature(feature([name])).created
     assert admin.UpsertPlan(plan([name])).created
 
@@ -67,24 +76,34 @@ def test_a_metric_added_to_usage_a_moment_ago_is_accepted(admin, usage_admin_stu
 @pytest.fixture
 def policy_without_usage(dbs, admin_token):
     """A Policy server whose Usage address is a port nobody listens on."""
-    running = policy_server.build(support.test_settings(
-        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{free_port()}", usage_token="tg_x_y",
-        usage_timeout_seconds=0.3))
+    running = policy_server.build(
+        support.test_settings(
+            PolicySettings(),
+            database_url=dbs.policy_url,
+            usage_addr=f"127.0.0.1:{free_port()}",
+            usage_token="tg_x_y",
+            usage_timeout_seconds=0.3,
+        )
+    )
     with support.channel(running.port) as channel:
         yield ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
     running.stop(grace=1)
 
 
-def test_with_usage_unreachable_names_are_accepted_unchecked_and_the_answer_and_log_say_so(policy_without_usage,
-                                                                                           caplog):
+def test_with_usage_unreachable_names_are_accepted_unchecked_and_the_answer_and_log_say_so(
+    policy_without_usage, caplog
+):
     caplog.set_level(logging.WARNING)
     stored_feature = policy_without_usage.UpsertFeature(feature(["no.such.metric", "leads.routed"]))
     stored_plan = policy_without_usage.UpsertPlan(plan(["no.such.quota.metric"]))
     assert stored_feature.created and list(stored_feature.unchecked_metrics) == ["no.such.metric", "leads.routed"]
     assert list(stored_plan.unchecked_metrics) == ["no.such.quota.metric"]
     assert "usage service" in stored_feature.metrics_unchecked_reason and stored_plan.metrics_unchecked_reason
-    unchecked = [r.getMessage() for r in caplog.records
-                 if r.levelno == logging.WARNING and "without checking them against Usage's catalog" in r.getMessage()]
+    unchecked = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "without checking them against Usage's catalog" in r.getMessage()
+    ]
     assert len(unchecked) == 2
     assert "UpsertFeature" in unchecked[0] and "no.such.metric" in unchecked[0]
     assert "UpsertPlan" in unchecked[1] and "no.such.quota.metric" in unchecked[1]

@@ -26,8 +26,11 @@ def resolver(policy_stub, admin_token):
 
 
 def resolve(resolver, world, user="u1", requested=0, **extra):
-    return resolver.ResolveMode(pb.ResolveModeRequest(tenant_id=world.tenant, user_id=user, feature_id=world.feature,
-                                                      requested_mode=requested, **extra))
+    return resolver.ResolveMode(
+        pb.ResolveModeRequest(
+            tenant_id=world.tenant, user_id=user, feature_id=world.feature, requested_mode=requested, **extra
+        )
+    )
 
 
 def binding_sources(response):
@@ -57,8 +60,11 @@ def test_a_tenant_override_replaces_the_roles_catalog_cap_and_the_basis_names_it
     world = ps.build_world(admin, tenant, role_caps={"MEMBER": S.MODE_AUTONOMOUS})
     member = ps.role(world, "MEMBER")
     admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="u1", role_id=member))
-    override = admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature,
-                                                       cap=S.MODE_OBSERVE, reason="pilot")).override
+    override = admin.SetOverride(
+        pb.SetOverrideRequest(
+            tenant_id=tenant, role_id=member, feature_id=world.feature, cap=S.MODE_OBSERVE, reason="pilot"
+        )
+    ).override
     response = resolve(resolver, world)
     assert response.resolution.effective_mode == S.MODE_OBSERVE
     assert binding_sources(response) == [R.CAP_SOURCE_ROLE]
@@ -109,12 +115,18 @@ def test_a_modest_request_is_granted_and_nothing_binds(admin, resolver, tenant):
     assert response.resolution.effective_mode == S.MODE_SUGGEST
     assert binding_sources(response) == []
     assert [entry.source for entry in response.resolution.basis] == [
-        R.CAP_SOURCE_REQUESTED, R.CAP_SOURCE_ROLE, R.CAP_SOURCE_FEATURE, R.CAP_SOURCE_PLAN, R.CAP_SOURCE_TENANT]
+        R.CAP_SOURCE_REQUESTED,
+        R.CAP_SOURCE_ROLE,
+        R.CAP_SOURCE_FEATURE,
+        R.CAP_SOURCE_PLAN,
+        R.CAP_SOURCE_TENANT,
+    ]
 
 
 def test_a_user_with_no_binding_gets_the_default_role_never_an_elevated_one(admin, resolver, tenant):
-    world = ps.build_world(admin, tenant, role_caps={"VIEWER": S.MODE_OBSERVE, "OWNER": S.MODE_AUTONOMOUS},
-                           default_role="VIEWER")
+    world = ps.build_world(
+        admin, tenant, role_caps={"VIEWER": S.MODE_OBSERVE, "OWNER": S.MODE_AUTONOMOUS}, default_role="VIEWER"
+    )
     admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id="boss", role_id=ps.role(world, "OWNER")))
     response = resolve(resolver, world, user="stranger")
     assert response.resolution.effective_mode == S.MODE_OBSERVE
@@ -124,8 +136,13 @@ def test_a_user_with_no_binding_gets_the_default_role_never_an_elevated_one(admi
 def test_a_tenant_without_a_subscription_resolves_to_off_and_says_no_subscription(admin, resolver, tenant):
     world = ps.build_world(admin, tenant)
     other = support.new_tenant()
-    admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-        tenant_id=other, max_mode=S.MODE_AUTONOMOUS, default_role_id=next(iter(world.roles)))))
+    admin.SetTenantPolicy(
+        pb.SetTenantPolicyRequest(
+            tenant_policy=pb.TenantPolicy(
+                tenant_id=other, max_mode=S.MODE_AUTONOMOUS, default_role_id=next(iter(world.roles))
+            )
+        )
+    )
     response = resolver.ResolveMode(pb.ResolveModeRequest(tenant_id=other, user_id="u", feature_id=world.feature))
     assert response.resolution.effective_mode == S.MODE_OFF
     assert response.resolution.basis[3].detail == "no subscription" and response.resolution.basis[3].binding
@@ -144,8 +161,9 @@ def test_a_write_through_the_api_shows_in_the_very_next_answer(admin, resolver, 
     member = ps.role(world, "MEMBER")
     for cap in (S.MODE_OBSERVE, S.MODE_PROACTIVE, S.MODE_OFF, S.MODE_AMBITIOUS):
         assert resolve(resolver, world).resolution.effective_mode != cap  # warm the cache with the old answer
-        written = admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature,
-                                                          cap=cap))
+        written = admin.SetOverride(
+            pb.SetOverrideRequest(tenant_id=tenant, role_id=member, feature_id=world.feature, cap=cap)
+        )
         response = resolve(resolver, world)
         assert response.resolution.effective_mode == cap
         assert response.policy_version >= written.policy_version
@@ -155,8 +173,9 @@ def test_resolve_modes_answers_every_feature_from_one_snapshot_in_the_order_aske
     world = ps.build_world(admin, tenant, tenant_max=S.MODE_PROACTIVE)
     extra = f"{world.feature}_b"
     admin.UpsertFeature(pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=extra, max_mode=S.MODE_OBSERVE)))
-    response = resolver.ResolveModes(pb.ResolveModesRequest(tenant_id=tenant, user_id="u",
-                                                            feature_ids=[extra, world.feature]))
+    response = resolver.ResolveModes(
+        pb.ResolveModesRequest(tenant_id=tenant, user_id="u", feature_ids=[extra, world.feature])
+    )
     assert [r.feature_id for r in response.resolutions] == [extra, world.feature]
     # the roles have no entry for the new feature, so their default cap (OFF) binds it
     assert [r.effective_mode for r in response.resolutions] == [S.MODE_OFF, S.MODE_PROACTIVE]
@@ -172,8 +191,13 @@ def test_resolve_modes_with_an_unknown_feature_is_not_found(admin, resolver, ten
 
 def test_a_min_policy_version_from_a_write_is_honoured(admin, resolver, tenant):
     world = ps.build_world(admin, tenant)
-    written = admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-        tenant_id=tenant, max_mode=S.MODE_SUGGEST, default_role_id=next(iter(world.roles)))))
+    written = admin.SetTenantPolicy(
+        pb.SetTenantPolicyRequest(
+            tenant_policy=pb.TenantPolicy(
+                tenant_id=tenant, max_mode=S.MODE_SUGGEST, default_role_id=next(iter(world.roles))
+            )
+        )
+    )
     response = resolve(resolver, world, min_policy_version=written.policy_version)
     assert response.policy_version >= written.policy_version
     assert response.resolution.effective_mode == S.MODE_SUGGEST
@@ -195,14 +219,15 @@ def test_a_tenant_credential_resolves_its_own_tenant_only(dbs, policy_stub, admi
 
 
 @pytest.mark.parametrize("rpc", ["ResolveMode", "ResolveModes"])
-def test_a_min_policy_version_ahead_of_the_tenants_data_is_refused_naming_both_versions(admin, resolver, tenant,
-                                                                                      rpc):
+def test_a_min_policy_version_ahead_of_the_tenants_data_is_refused_naming_both_versions(admin, resolver, tenant, rpc):
     world = ps.build_world(admin, tenant)
     current = resolve(resolver, world).policy_version
     ahead = current + 1000
-    request = (pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature,
-                                     min_policy_version=ahead) if rpc == "ResolveMode" else
-               pb.ResolveModesRequest(tenant_id=tenant, user_id="u1", min_policy_version=ahead))
+    request = (
+        pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature, min_policy_version=ahead)
+        if rpc == "ResolveMode"
+        else pb.ResolveModesRequest(tenant_id=tenant, user_id="u1", min_policy_version=ahead)
+    )
     with pytest.raises(grpc.RpcError) as caught:
         getattr(resolver, rpc)(request)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -211,18 +236,23 @@ def test_a_min_policy_version_ahead_of_the_tenants_data_is_refused_naming_both_v
     assert resolve(resolver, world, min_policy_version=current).policy_version == current
 
 
-def test_a_min_policy_version_from_another_replicas_write_refreshes_the_snapshot_once(dbs, admin, tenant,
-                                                                                      admin_token):
+def test_a_min_policy_version_from_another_replicas_write_refreshes_the_snapshot_once(dbs, admin, tenant, admin_token):
     world = ps.build_world(admin, tenant)
     # A second replica on the same database that would not hear of the write by polling during the test.
-    replica = policy_server.build(support.test_settings(PolicySettings(), database_url=dbs.policy_url,
-                                                        cache_poll_seconds=60))
+    replica = policy_server.build(
+        support.test_settings(PolicySettings(), database_url=dbs.policy_url, cache_poll_seconds=60)
+    )
     try:
         with support.channel(replica.port) as channel:
             other = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
             before = resolve(other, world)
-            written = admin.SetTenantPolicy(pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(
-                tenant_id=tenant, max_mode=S.MODE_SUGGEST, default_role_id=next(iter(world.roles)))))
+            written = admin.SetTenantPolicy(
+                pb.SetTenantPolicyRequest(
+                    tenant_policy=pb.TenantPolicy(
+                        tenant_id=tenant, max_mode=S.MODE_SUGGEST, default_role_id=next(iter(world.roles))
+                    )
+                )
+            )
             cached = resolve(other, world)
             fresh = resolve(other, world, min_policy_version=written.policy_version)
     finally:

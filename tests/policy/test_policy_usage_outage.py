@@ -21,12 +21,21 @@ DOWN, UP = "became unreachable", "is reachable again"
 @pytest.fixture
 def pair(dbs):
     """Usage on a fixed free port (to stop and start it again) and a Policy that asks it on every resolve."""
-    usage_settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, port=free_port(),
-                                           rollup_interval_seconds=0)
+    usage_settings = support.test_settings(
+        UsageSettings(), database_url=dbs.usage_url, port=free_port(), rollup_interval_seconds=0
+    )
     token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    policy = policy_server.build(support.test_settings(
-        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{usage_settings.port}",
-        usage_token=token, usage_timeout_seconds=0.3, quota_cache_seconds=0, usage_cooldown_seconds=0))
+    policy = policy_server.build(
+        support.test_settings(
+            PolicySettings(),
+            database_url=dbs.policy_url,
+            usage_addr=f"127.0.0.1:{usage_settings.port}",
+            usage_token=token,
+            usage_timeout_seconds=0.3,
+            quota_cache_seconds=0,
+            usage_cooldown_seconds=0,
+        )
+    )
     usages = [usage_server.build(usage_settings)]
     yield usages, usage_settings, policy
     policy.stop(grace=1)
@@ -44,12 +53,17 @@ def test_usage_going_down_and_coming_back_is_logged_once_each(pair, admin_token,
         admin = ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
         resolver = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
         # The quota names no feature: it caps the world's feature, which its metric measures.
-        world = ps.build_world(admin, tenant, metrics=("leads.routed",), quotas=(pb.QuotaLimit(
-            metric="leads.routed", period=pb.QUOTA_PERIOD_DAY, limit=10, cap=pb.MODE_OFF),))
+        world = ps.build_world(
+            admin,
+            tenant,
+            metrics=("leads.routed",),
+            quotas=(pb.QuotaLimit(metric="leads.routed", period=pb.QUOTA_PERIOD_DAY, limit=10, cap=pb.MODE_OFF),),
+        )
 
         def quota_detail() -> str:
-            answer = resolver.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1",
-                                                                feature_id=world.feature))
+            answer = resolver.ResolveMode(
+                pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=world.feature)
+            )
             return next(e.detail for e in answer.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA)
 
         assert "not reached" in quota_detail()

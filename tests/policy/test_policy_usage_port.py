@@ -29,58 +29,78 @@ def get_usage_calls() -> float:
 def uncached(dbs, usage):
     """A Policy that reuses no usage at all, so that every answer shows what it asks Usage."""
     token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    running = policy_server.build(support.test_settings(
-        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{usage.port}", usage_token=token,
-        quota_cache_seconds=0, ranking_cache_seconds=0, usage_timeout_seconds=5))
+    running = policy_server.build(
+        support.test_settings(
+            PolicySettings(),
+            database_url=dbs.policy_url,
+            usage_addr=f"127.0.0.1:{usage.port}",
+            usage_token=token,
+            quota_cache_seconds=0,
+            ranking_cache_seconds=0,
+            usage_timeout_seconds=5,
+        )
+    )
     yield running
     running.stop(grace=1)
 
 
 def quotas() -> list[pb.QuotaLimit]:
     """Three quotas over two periods: two monthly (one per metric) and one daily."""
-    return [pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_MONTH, limit=100, cap=pb.MODE_OBSERVE),
-            pb.QuotaLimit(metric=METRIC_B, period=pb.QUOTA_PERIOD_MONTH, limit=100, cap=pb.MODE_OBSERVE),
-            pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_DAY, limit=50, cap=pb.MODE_OFF)]
+    return [
+        pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_MONTH, limit=100, cap=pb.MODE_OBSERVE),
+        pb.QuotaLimit(metric=METRIC_B, period=pb.QUOTA_PERIOD_MONTH, limit=100, cap=pb.MODE_OBSERVE),
+        pb.QuotaLimit(metric=METRIC_A, period=pb.QUOTA_PERIOD_DAY, limit=50, cap=pb.MODE_OFF),
+    ]
 
 
 def with_quotas(admin: Client, tenant: str) -> tuple[str, str]:
     feature_a, feature_b, _role = setup_tenant(admin, tenant)
     plan = admin.GetSubscription(pb.GetSubscriptionRequest(tenant_id=tenant)).subscription.plan_id
-    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan, default_cap=pb.MODE_AUTONOMOUS,
-                                                       quotas=quotas())))
+    admin.UpsertPlan(pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan, default_cap=pb.MODE_AUTONOMOUS, quotas=quotas())))
     return feature_a, feature_b
 
 
-def test_a_resolve_asks_usage_once_per_quota_period_however_many_quotas_and_features(uncached, usage_stub,
-                                                                                     admin_token, tenant):
+def test_a_resolve_asks_usage_once_per_quota_period_however_many_quotas_and_features(
+    uncached, usage_stub, admin_token, tenant
+):
     with support.channel(uncached.port) as channel:
         admin = Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
         feature_a, feature_b = with_quotas(admin, tenant)
         record(usage_stub, admin_token, tenant, METRIC_A, 60)
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         before = get_usage_calls()
-        answer = stub.ResolveModes(pb.ResolveModesRequest(tenant_id=tenant, user_id="u1",
-                                                          feature_ids=[feature_a, feature_b]),
-                                   metadata=support.bearer(admin_token), timeout=10)
+        answer = stub.ResolveModes(
+            pb.ResolveModesRequest(tenant_id=tenant, user_id="u1", feature_ids=[feature_a, feature_b]),
+            metadata=support.bearer(admin_token),
+            timeout=10,
+        )
         calls = get_usage_calls() - before
     assert calls == 2  # the month's two metrics in one GetUsage, the day's in another
-    quota_details = [[entry.detail for entry in r.basis if entry.source == pb.CAP_SOURCE_QUOTA]
-                     for r in answer.resolutions]
+    quota_details = [
+        [entry.detail for entry in r.basis if entry.source == pb.CAP_SOURCE_QUOTA] for r in answer.resolutions
+    ]
     assert quota_details == [
-        [f"quota {METRIC_A} 100/month not reached: 60 used of 100 allowed",
-         f"quota {METRIC_A} 50/day reached: 60 used of 50 allowed"],
-        [f"quota {METRIC_B} 100/month not reached: 0 used of 100 allowed"]]
+        [
+            f"quota {METRIC_A} 100/month not reached: 60 used of 100 allowed",
+            f"quota {METRIC_A} 50/day reached: 60 used of 50 allowed",
+        ],
+        [f"quota {METRIC_B} 100/month not reached: 0 used of 100 allowed"],
+    ]
     assert [r.effective_mode for r in answer.resolutions] == [pb.MODE_OFF, pb.MODE_SUGGEST]
 
 
 def test_a_ranking_asks_usage_once_per_quota_period_then_once_for_the_tenant_and_once_for_the_user(
-        uncached, admin_token, tenant):
+    uncached, admin_token, tenant
+):
     with support.channel(uncached.port) as channel:
         with_quotas(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token), tenant)
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
         before = get_usage_calls()
-        answer = stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
-                                         metadata=support.bearer(admin_token), timeout=10)
+        answer = stub.ListActiveFeatures(
+            pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+            metadata=support.bearer(admin_token),
+            timeout=10,
+        )
         calls = get_usage_calls() - before
     assert answer.usage_available
     assert calls == 2 + 2
@@ -106,16 +126,28 @@ def test_a_later_read_within_one_call_gets_only_what_is_left_of_the_calls_deadli
     port = slow.add_insecure_port("127.0.0.1:0")
     slow.start()
     # Each read may take up to 0.7 s of a 1.2 s call: the quota reads use 0.7, leaving the ranking at most 0.5.
-    policy = policy_server.build(support.test_settings(
-        PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{port}", usage_token="tg_x_y",
-        usage_timeout_seconds=0.7, usage_cooldown_seconds=0, quota_cache_seconds=0, ranking_cache_seconds=0))
+    policy = policy_server.build(
+        support.test_settings(
+            PolicySettings(),
+            database_url=dbs.policy_url,
+            usage_addr=f"127.0.0.1:{port}",
+            usage_token="tg_x_y",
+            usage_timeout_seconds=0.7,
+            usage_cooldown_seconds=0,
+            quota_cache_seconds=0,
+            ranking_cache_seconds=0,
+        )
+    )
     try:
         with support.channel(policy.port) as channel:
             with_quotas(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token), tenant)
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
             try:
-                stub.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
-                                        metadata=support.bearer(admin_token), timeout=1.2)
+                stub.ListActiveFeatures(
+                    pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"),
+                    metadata=support.bearer(admin_token),
+                    timeout=1.2,
+                )
             except grpc.RpcError:
                 pass  # whether the fallback answer makes it back in time is not what this test is about
     finally:

@@ -31,15 +31,43 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
     from tollgate.usage.v1 import usage_pb2
 
     expected = {
-        (usage_pb2, "UsageService"): {"RecordEvents", "StreamEvents", "GetUsage", "ListAggregates", "ListEvents",
-                                      "ListMetrics"},
-        (usage_pb2, "UsageAdminService"): {"RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents",
-                                           "ListAuditRecords", "VerifyAudit"},
+        (usage_pb2, "UsageService"): {
+            "RecordEvents",
+            "StreamEvents",
+            "GetUsage",
+            "ListAggregates",
+            "ListEvents",
+            "ListMetrics",
+        },
+        (usage_pb2, "UsageAdminService"): {
+            "RunRollup",
+            "GetRollupStatus",
+            "UpsertMetric",
+            "PurgeEvents",
+            "ListAuditRecords",
+            "VerifyAudit",
+        },
         (policy_pb2, "PolicyService"): {"ResolveMode", "ResolveModes", "ListActiveFeatures"},
         (policy_pb2, "PolicyAdminService"): {
-            "ImportRoles", "ListRoles", "UpsertFeature", "ListFeatures", "UpsertPlan", "ListPlans", "GetSubscription",
-            "SetSubscription", "SetTenantPolicy", "SetOverride", "DeleteOverride", "ListOverrides", "BindRole",
-            "UnbindRole", "ListBindings", "InspectPolicy", "ListAuditRecords", "VerifyAudit"},
+            "ImportRoles",
+            "ListRoles",
+            "UpsertFeature",
+            "ListFeatures",
+            "UpsertPlan",
+            "ListPlans",
+            "GetSubscription",
+            "SetSubscription",
+            "SetTenantPolicy",
+            "SetOverride",
+            "DeleteOverride",
+            "ListOverrides",
+            "BindRole",
+            "UnbindRole",
+            "ListBindings",
+            "InspectPolicy",
+            "ListAuditRecords",
+            "VerifyAudit",
+        },
     }
     for (module, service), methods in expected.items():
         assert set(module.DESCRIPTOR.services_by_name[service].methods_by_name) == methods

@@ -51,8 +51,11 @@ def test_on_postgres_health_turns_not_serving_when_the_database_goes_away_and_ba
     try:
         assert wait_for_health(running.port, SERVING) == SERVING
         # The database refuses every connection and drops the open ones: it is gone for the service.
-        admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-                  f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        admin_sql(
+            admin,
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
         assert wait_for_health(running.port, NOT_SERVING) == NOT_SERVING
         admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         assert wait_for_health(running.port, SERVING) == SERVING

@@ -73,27 +73,43 @@ def refuse(call, request_id: str, metadata=()) -> grpc.StatusCode:
 def logs(own_dbs) -> Logs:
     tenant, other = support.new_tenant(), support.new_tenant()
     make = lambda **kw: support.make_token(own_dbs, **kw)  # noqa: E731
-    tokens = {"platform": make(tenant=None, scopes=["usage:read", "usage:admin", "policy:read"]),
-              "writer": make(tenant=tenant, scopes=["usage:write"]),
-              "tenant_admin": make(tenant=tenant, scopes=["usage:admin"]),
-              "policy_only": make(tenant=tenant, scopes=["policy:read"]),
-              "revoked": make(tenant=tenant, scopes=["usage:read"]),
-              "policy_usage": make(tenant=None, scopes=["usage:read"])}
+    tokens = {
+        "platform": make(tenant=None, scopes=["usage:read", "usage:admin", "policy:read"]),
+        "writer": make(tenant=tenant, scopes=["usage:write"]),
+        "tenant_admin": make(tenant=tenant, scopes=["usage:admin"]),
+        "policy_only": make(tenant=tenant, scopes=["policy:read"]),
+        "revoked": make(tenant=tenant, scopes=["usage:read"]),
+        "policy_usage": make(tenant=None, scopes=["usage:read"]),
+    }
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("USAGE_DATABASE_URL", own_dbs.usage_url)
         patch.setenv("POLICY_DATABASE_URL", own_dbs.policy_url)
         assert credentials_cli.main(["revoke", token_id(tokens["revoked"])]) == 0
     usage_port, policy_port = free_port(), free_port()
-    usage = fault_support.start_usage(own_dbs.usage_url, usage_port, log_level="DEBUG", rollup_interval_seconds=0.2,
-                                      auth_cache_seconds=0)
-    policy = fault_support.start_policy(own_dbs.policy_url, policy_port, f"127.0.0.1:{usage_port}",
-                                        tokens["policy_usage"], log_level="INFO", auth_cache_seconds=0)
+    usage = fault_support.start_usage(
+        own_dbs.usage_url, usage_port, log_level="DEBUG", rollup_interval_seconds=0.2, auth_cache_seconds=0
+    )
+    policy = fault_support.start_policy(
+        own_dbs.policy_url,
+        policy_port,
+        f"127.0.0.1:{usage_port}",
+        tokens["policy_usage"],
+        log_level="INFO",
+        auth_cache_seconds=0,
+    )
     try:
         refused = usage_calls(usage_port, tokens, tenant, other)
         # Nothing dirty until the event above: the rounds before it found nothing; one after rolls it up.
         wait_for_line(usage, lambda line: line["message"] == "rollup" and line.get("buckets"), "rollup with work")
-        wait_for_line(usage, lambda line: line["message"] == "rollup" and line["level"] == "debug"
-                      and line["time"] > first_busy_round(read_lines(usage)), "idle rollup round after it")
+        wait_for_line(
+            usage,
+            lambda line: (
+                line["message"] == "rollup"
+                and line["level"] == "debug"
+                and line["time"] > first_busy_round(read_lines(usage))
+            ),
+            "idle rollup round after it",
+        )
         with support.channel(policy_port) as channel:
             stub = policy_pb2_grpc.PolicyAdminServiceStub(channel)
             features = lambda **kw: stub.ListFeatures(pb.ListFeaturesRequest(), timeout=10, **kw)  # noqa: E731
@@ -122,21 +138,38 @@ def usage_calls(port: int, tokens: dict, tenant: str, other: str) -> dict[str, t
             "unknown": (metrics, support.bearer(UNKNOWN), "unknown token", "0123456789abcdef"),
             "forged": (metrics, support.bearer(forged), "wrong secret", token_id(forged)),
             "revoked": (metrics, support.bearer(tokens["revoked"]), "revoked token", token_id(tokens["revoked"])),
-            "other-service": (metrics, support.bearer(tokens["policy_only"]), "unknown token",
-                              token_id(tokens["policy_only"])),
+            "other-service": (
+                metrics,
+                support.bearer(tokens["policy_only"]),
+                "unknown token",
+                token_id(tokens["policy_only"]),
+            ),
             "no-scope": (metrics, support.bearer(tokens["writer"]), "missing scope", token_id(tokens["writer"])),
-            "other-tenant": (lambda **kw: stub.RecordEvents(u.RecordEventsRequest(
-                tenant_id=other, events=[event("e-other")]), timeout=10, **kw),
-                support.bearer(tokens["writer"]), "other tenant", token_id(tokens["writer"])),
-            "platform-only": (lambda **kw: admin.VerifyAudit(u.VerifyAuditRequest(), timeout=10, **kw),
-                              support.bearer(tokens["tenant_admin"]), "platform only",
-                              token_id(tokens["tenant_admin"])),
+            "other-tenant": (
+                lambda **kw: stub.RecordEvents(
+                    u.RecordEventsRequest(tenant_id=other, events=[event("e-other")]), timeout=10, **kw
+                ),
+                support.bearer(tokens["writer"]),
+                "other tenant",
+                token_id(tokens["writer"]),
+            ),
+            "platform-only": (
+                lambda **kw: admin.VerifyAudit(u.VerifyAuditRequest(), timeout=10, **kw),
+                support.bearer(tokens["tenant_admin"]),
+                "platform only",
+                token_id(tokens["tenant_admin"]),
+            ),
         }
         for request_id, (call, metadata, _why, _id) in cases.items():
-            assert refuse(call, request_id, metadata) in {grpc.StatusCode.UNAUTHENTICATED,
-                                                          grpc.StatusCode.PERMISSION_DENIED}, request_id
-        stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=[event("e-1")]),
-                          metadata=(*support.bearer(tokens["writer"]), ("x-request-id", "accepted")), timeout=10)
+            assert refuse(call, request_id, metadata) in {
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            }, request_id
+        stub.RecordEvents(
+            u.RecordEventsRequest(tenant_id=tenant, events=[event("e-1")]),
+            metadata=(*support.bearer(tokens["writer"]), ("x-request-id", "accepted")),
+            timeout=10,
+        )
     return {request_id: (why, token) for request_id, (_call, _metadata, why, token) in cases.items()}
 
 

@@ -23,6 +23,7 @@ def cli(dbs, monkeypatch, capsys):
         code = credentials_cli.main(list(args))
         out, err = capsys.readouterr()
         return code, out, err
+
     return run
 
 
@@ -49,9 +50,16 @@ def test_create_prints_the_token_alone_on_stdout_and_its_id_and_a_shown_once_war
     assert _secret not in err
 
 
-@pytest.mark.parametrize("scopes,services", [("usage:read", ["usage"]), ("usage:write,usage:admin", ["usage"]),
-                                             ("policy:read", ["policy"]), ("policy:admin,policy:read", ["policy"]),
-                                             ("usage:read,policy:read", ["usage", "policy"])])
+@pytest.mark.parametrize(
+    "scopes,services",
+    [
+        ("usage:read", ["usage"]),
+        ("usage:write,usage:admin", ["usage"]),
+        ("policy:read", ["policy"]),
+        ("policy:admin,policy:read", ["policy"]),
+        ("usage:read,policy:read", ["usage", "policy"]),
+    ],
+)
 def test_a_token_is_stored_only_in_the_services_its_scopes_name(cli, dbs, tenant, scopes, services):
     code, out, _err = cli("create", "--tenant", tenant, "--scopes", scopes)
     assert code == 0
@@ -61,14 +69,22 @@ def test_a_token_is_stored_only_in_the_services_its_scopes_name(cli, dbs, tenant
 def test_a_usage_only_token_works_on_usage_and_is_unknown_to_policy(cli, tenant, usage_stub, policy_stub):
     _code, out, _err = cli("create", "--tenant", tenant, "--scopes", "usage:read")
     metadata = support.bearer(out.strip())
-    assert status_of(lambda: usage_stub.ListMetrics(u.ListMetricsRequest(), metadata=metadata, timeout=10)) \
+    assert (
+        status_of(lambda: usage_stub.ListMetrics(u.ListMetricsRequest(), metadata=metadata, timeout=10))
         == grpc.StatusCode.OK
-    assert status_of(lambda: policy_stub.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant), metadata=metadata,
-                                                     timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        status_of(
+            lambda: policy_stub.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant), metadata=metadata, timeout=10)
+        )
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
-@pytest.mark.parametrize("scopes,service", [("usage:read", "both"), ("usage:read", "policy"),
-                                            ("usage:read,policy:read", "usage"), ("policy:read", "usage")])
+@pytest.mark.parametrize(
+    "scopes,service",
+    [("usage:read", "both"), ("usage:read", "policy"), ("usage:read,policy:read", "usage"), ("policy:read", "usage")],
+)
 def test_a_service_that_does_not_match_the_scopes_stores_nothing_and_says_why(cli, dbs, tenant, scopes, service):
     label = f"mismatch-{tenant}"
     code, out, err = cli("create", "--tenant", tenant, "--scopes", scopes, "--service", service, "--label", label)
@@ -92,7 +108,8 @@ def test_list_has_a_header_and_one_row_per_service_holding_the_token(cli, tenant
     ours = [row.split("\t") for row in rows if f"\t{token_id}\t" in row]
     assert [(r[0], r[2], r[3], r[4], r[6]) for r in ours] == [
         ("usage", tenant, "policy:read,usage:read", "active", "both"),
-        ("policy", tenant, "policy:read,usage:read", "active", "both")]
+        ("policy", tenant, "policy:read,usage:read", "active", "both"),
+    ]
     assert all(len(r[5]) == 20 and r[5].endswith("Z") for r in ours)
 
 

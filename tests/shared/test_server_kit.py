@@ -38,24 +38,32 @@ def test_health_answers_serving_for_the_server_and_each_service(server):
 
 
 def test_health_needs_no_token_but_every_rpc_does(usage_stub, tenant):
-    assert status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant))) \
+    assert (
+        status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant)))
         == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
 def test_reflection_lists_the_services_for_grpcurl(usage, policy):
     listed = {}
     for running in (usage, policy):
-        result = subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{running.port}", "list"],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [GRPCURL, "-plaintext", f"127.0.0.1:{running.port}", "list"], capture_output=True, text=True, timeout=30
+        )
         listed[running.port] = set(result.stdout.split())
-    assert {"tollgate.usage.v1.UsageService", "tollgate.usage.v1.UsageAdminService",
-            "grpc.health.v1.Health"} <= listed[usage.port]
+    assert {"tollgate.usage.v1.UsageService", "tollgate.usage.v1.UsageAdminService", "grpc.health.v1.Health"} <= listed[
+        usage.port
+    ]
     assert {"tollgate.policy.v1.PolicyService", "tollgate.policy.v1.PolicyAdminService"} <= listed[policy.port]
 
 
 def test_grpcurl_describe_shows_every_rpc(usage):
-    result = subprocess.run([GRPCURL, "-plaintext", f"127.0.0.1:{usage.port}", "describe",
-                             "tollgate.usage.v1.UsageAdminService"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [GRPCURL, "-plaintext", f"127.0.0.1:{usage.port}", "describe", "tollgate.usage.v1.UsageAdminService"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     for rpc in ("RunRollup", "GetRollupStatus", "UpsertMetric", "PurgeEvents", "ListAuditRecords", "VerifyAudit"):
         assert f"rpc {rpc} " in result.stdout
 
@@ -79,19 +87,26 @@ def test_a_call_without_a_token_is_unauthenticated_with_error_info(policy_stub, 
     assert (code, reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
-@pytest.mark.parametrize("header", ["Bearer", "Basic abc", "Bearer not-a-token", "Bearer tg_abc_def",
-                                    "Bearer tg_" + "x" * 300])
+@pytest.mark.parametrize(
+    "header", ["Bearer", "Basic abc", "Bearer not-a-token", "Bearer tg_abc_def", "Bearer tg_" + "x" * 300]
+)
 def test_a_malformed_or_unknown_token_is_unauthenticated(usage_stub, tenant, header):
     metadata = (("authorization", header),)
-    assert status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=metadata)) \
+    assert (
+        status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=metadata))
         == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
 def test_a_token_with_a_wrong_secret_is_unauthenticated(usage_stub, dbs, tenant):
     token = support.make_token(dbs, tenant=tenant, scopes=["usage:read"])
     forged = token[: token.rindex("_") + 1] + "forged-secret"
-    assert status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant),
-                                                 metadata=support.bearer(forged))) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        status_of(
+            lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=support.bearer(forged))
+        )
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
 
 
 def test_a_revoked_token_is_unauthenticated(usage_stub, dbs, tenant, monkeypatch):
@@ -110,8 +125,9 @@ def test_a_revoked_token_is_unauthenticated(usage_stub, dbs, tenant, monkeypatch
 
 def test_a_token_without_the_scope_is_permission_denied(usage_stub, dbs, tenant):
     token = support.make_token(dbs, tenant=tenant, scopes=["usage:write"])
-    code, reason = denial(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant),
-                                                      metadata=support.bearer(token)))
+    code, reason = denial(
+        lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=support.bearer(token))
+    )
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
 
 
@@ -141,8 +157,10 @@ def test_a_request_id_is_made_when_none_is_sent(usage_stub):
 def test_metrics_count_calls_by_code(usage, usage_stub, tenant):
     def handled(code: str) -> float:
         body = urllib.request.urlopen(f"http://127.0.0.1:{usage.metrics_port}/metrics", timeout=5).read().decode()
-        prefix = ('grpc_server_handled_total{grpc_code="%s",grpc_method="GetUsage",'
-                  'grpc_service="tollgate.usage.v1.UsageService",grpc_type="unary"} ' % code)
+        prefix = (
+            'grpc_server_handled_total{grpc_code="%s",grpc_method="GetUsage",'
+            'grpc_service="tollgate.usage.v1.UsageService",grpc_type="unary"} ' % code
+        )
         lines = [line for line in body.splitlines() if line.startswith(prefix)]
         return float(lines[0].split()[-1]) if lines else 0.0
 
@@ -165,8 +183,11 @@ def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):
     status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=metadata))
     from shared.logs import JsonFormatter
 
-    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "fields", {}).get(
-        "request_id") == "log-me"]
+    lines = [
+        json.loads(JsonFormatter().format(r))
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("request_id") == "log-me"
+    ]
     assert len(lines) == 1
     assert lines[0]["grpc_method"] == "GetUsage" and lines[0]["code"] == "UNAUTHENTICATED"
 
@@ -175,8 +196,9 @@ def test_a_request_with_thousands_of_bad_fields_gets_a_bounded_invalid_argument(
     # Statuses travel in trailers: an unbounded list of violations would not be deliverable.
     roles = [policy_pb2.Role(role_id="R1", feature_caps=[policy_pb2.FeatureCap()] * 2000)]
     try:
-        policy_admin_stub.ImportRoles(policy_pb2.ImportRolesRequest(roles=roles),
-                                      metadata=support.bearer(admin_token), timeout=10)
+        policy_admin_stub.ImportRoles(
+            policy_pb2.ImportRolesRequest(roles=roles), metadata=support.bearer(admin_token), timeout=10
+        )
     except grpc.RpcError as error:
         status = rpc_status.from_call(error)
         bad = error_details_pb2.BadRequest()

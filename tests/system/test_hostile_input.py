@@ -34,15 +34,16 @@ from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
 ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
-SERVICES = [u.DESCRIPTOR.services_by_name[name] for name in ("UsageService", "UsageAdminService")] + \
-           [pb.DESCRIPTOR.services_by_name[name] for name in ("PolicyService", "PolicyAdminService")]
+SERVICES = [u.DESCRIPTOR.services_by_name[name] for name in ("UsageService", "UsageAdminService")] + [
+    pb.DESCRIPTOR.services_by_name[name] for name in ("PolicyService", "PolicyAdminService")
+]
 METHODS = [(service, method) for service in SERVICES for method in service.methods]
 CODES = {code.value[0]: code for code in grpc.StatusCode}
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 SQL_SHAPED = ["'; DROP TABLE events; --", "%", "_", "\\", "'", '"', "a%b_c\\d", "1' OR '1'='1", "$1", "--", "/*x*/"]
 HUGE = ["x" * 100_000, "é" * 50_000, "\x00" * 1_000, "a\x00b"]
-INTS = [0, 1, -1, 2**31 - 1, -2**31, 2**62, -2**62, 2**63 - 1, -2**63, 999, 1000, 1001, 10**18]
-NANOS = [0, -1, 999_999_999, 1_000_000_000, 2**31 - 1, -2**31]
+INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**62, -(2**62), 2**63 - 1, -(2**63), 999, 1000, 1001, 10**18]
+NANOS = [0, -1, 999_999_999, 1_000_000_000, 2**31 - 1, -(2**31)]
 TRIED = {"calls": 0}  # how many hostile calls this run made (printed with -s, reported in docs/reliability.md)
 
 
@@ -51,19 +52,27 @@ class Env:
 
     def __init__(self, dbs: support.Databases):
         self.dbs = dbs
-        self.usage = usage_server.build(support.test_settings(UsageSettings(), database_url=dbs.usage_url,
-                                                              rollup_interval_seconds=0))
+        self.usage = usage_server.build(
+            support.test_settings(UsageSettings(), database_url=dbs.usage_url, rollup_interval_seconds=0)
+        )
         self.admin = support.make_token(dbs, tenant=None, scopes=ALL_SCOPES)
         usage_token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-        self.policy = policy_server.build(support.test_settings(
-            PolicySettings(), database_url=dbs.policy_url, usage_addr=f"127.0.0.1:{self.usage.port}",
-            usage_token=usage_token))
+        self.policy = policy_server.build(
+            support.test_settings(
+                PolicySettings(),
+                database_url=dbs.policy_url,
+                usage_addr=f"127.0.0.1:{self.usage.port}",
+                usage_token=usage_token,
+            )
+        )
         self.tenant_a, self.tenant_b = support.new_tenant(), support.new_tenant()
         self.token_a = support.make_token(dbs, tenant=self.tenant_a, scopes=ALL_SCOPES)
         self.token_b = support.make_token(dbs, tenant=self.tenant_b, scopes=ALL_SCOPES)
         self.usage_channel, self.policy_channel = support.channel(self.usage.port), support.channel(self.policy.port)
-        self.engines = [create_engine_for(dbs.usage_url, schema=usage_tables.SCHEMA, pool_size=1),
-                        create_engine_for(dbs.policy_url, schema=policy_tables.SCHEMA, pool_size=1)]
+        self.engines = [
+            create_engine_for(dbs.usage_url, schema=usage_tables.SCHEMA, pool_size=1),
+            create_engine_for(dbs.policy_url, schema=policy_tables.SCHEMA, pool_size=1),
+        ]
         self._seed()
 
     def _seed(self) -> None:
@@ -75,19 +84,34 @@ class Env:
         bearer_b = support.bearer(self.token_b)
         usage_admin = usage_pb2_grpc.UsageAdminServiceStub(self.usage_channel)
         for days in (400, 399):  # two audited horizon moves, far behind every seeded event
-            usage_admin.PurgeEvents(u.PurgeEventsRequest(tenant_id=self.tenant_b, before_time=ts(
-                now_us() - days * DAY_US)), metadata=bearer_b)
-        pages = [usage.ListEvents(u.ListEventsRequest(tenant_id=self.tenant_b, page_size=1), metadata=bearer_b),
-                 usage_admin.ListAuditRecords(u.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1),
-                                              metadata=bearer_b),
-                 admin.ListBindings(pb.ListBindingsRequest(tenant_id=self.tenant_b, page_size=1)),
-                 admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1)),
-                 admin.ListRoles(pb.ListRolesRequest(page_size=1)),
-                 usage.ListMetrics(u.ListMetricsRequest(page_size=1), metadata=bearer_b)]
+            usage_admin.PurgeEvents(
+                u.PurgeEventsRequest(tenant_id=self.tenant_b, before_time=ts(now_us() - days * DAY_US)),
+                metadata=bearer_b,
+            )
+        pages = [
+            usage.ListEvents(u.ListEventsRequest(tenant_id=self.tenant_b, page_size=1), metadata=bearer_b),
+            usage_admin.ListAuditRecords(
+                u.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1), metadata=bearer_b
+            ),
+            admin.ListBindings(pb.ListBindingsRequest(tenant_id=self.tenant_b, page_size=1)),
+            admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=self.tenant_b, page_size=1)),
+            admin.ListRoles(pb.ListRolesRequest(page_size=1)),
+            usage.ListMetrics(u.ListMetricsRequest(page_size=1), metadata=bearer_b),
+        ]
         self.page_tokens = [page.next_page_token for page in pages if page.next_page_token]
         world = self.worlds[0]
-        self.names = [self.tenant_a, self.tenant_b, world.feature, world.plan, *world.roles, "api.requests", "u1",
-                      "", "PERIOD_DAY", *self.page_tokens]
+        self.names = [
+            self.tenant_a,
+            self.tenant_b,
+            world.feature,
+            world.plan,
+            *world.roles,
+            "api.requests",
+            "u1",
+            "",
+            "PERIOD_DAY",
+            *self.page_tokens,
+        ]
 
     def channel_for(self, service) -> grpc.Channel:
         return self.usage_channel if service.file is u.DESCRIPTOR else self.policy_channel
@@ -133,18 +157,25 @@ def env(request, tmp_path_factory):
 
 # ---- strategies built from descriptors ----
 
+
 def strings(env: Env):
-    return st.one_of(st.sampled_from(env.names), st.sampled_from(SQL_SHAPED + HUGE), st.text(max_size=40),
-                     st.binary(min_size=1, max_size=48).map(lambda b: base64.urlsafe_b64encode(b).decode()))
+    return st.one_of(
+        st.sampled_from(env.names),
+        st.sampled_from(SQL_SHAPED + HUGE),
+        st.text(max_size=40),
+        st.binary(min_size=1, max_size=48).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+    )
 
 
 def ints(low: int, high: int):
     return st.one_of(st.sampled_from([i for i in INTS if low <= i <= high]), st.integers(low, high))
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-                    max_leaves=20)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
 
 
 def deep(levels: int) -> dict:
@@ -155,15 +186,32 @@ def deep(levels: int) -> dict:
 
 
 def structs():
-    return st.one_of(st.dictionaries(st.text(max_size=20), JSON, max_size=6),
-                     st.sampled_from([{"big": "y" * 5000}, {"k" + str(i): i for i in range(400)}, deep(10),
-                                      deep(30), {"sql": SQL_SHAPED[0], "nul": "\x00"}]))
+    return st.one_of(
+        st.dictionaries(st.text(max_size=20), JSON, max_size=6),
+        st.sampled_from(
+            [
+                {"big": "y" * 5000},
+                {"k" + str(i): i for i in range(400)},
+                deep(10),
+                deep(30),
+                {"sql": SQL_SHAPED[0], "nul": "\x00"},
+            ]
+        ),
+    )
 
 
-_RANGES = {F.TYPE_INT32: (-2**31, 2**31 - 1), F.TYPE_SINT32: (-2**31, 2**31 - 1), F.TYPE_SFIXED32: (-2**31, 2**31 - 1),
-           F.TYPE_INT64: (-2**63, 2**63 - 1), F.TYPE_SINT64: (-2**63, 2**63 - 1), F.TYPE_SFIXED64: (-2**63, 2**63 - 1),
-           F.TYPE_UINT32: (0, 2**32 - 1), F.TYPE_FIXED32: (0, 2**32 - 1), F.TYPE_UINT64: (0, 2**64 - 1),
-           F.TYPE_FIXED64: (0, 2**64 - 1)}
+_RANGES = {
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_FIXED32: (0, 2**32 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
+}
 
 
 def value_of(field, env: Env, depth: int):
@@ -187,8 +235,8 @@ def message_of(descriptor, env: Env, depth: int = 0):
     if descriptor.full_name == "google.protobuf.Struct":
         return structs().map(lambda d: _struct(cls, d))
     if descriptor.full_name in ("google.protobuf.Timestamp", "google.protobuf.Duration"):
-        seconds = ints(-2**63, 2**63 - 1) | st.integers(-(2**40), 2**40) | st.just(now_us() // 1_000_000)
-        return st.builds(cls, seconds=seconds, nanos=st.sampled_from(NANOS) | st.integers(-2**31, 2**31 - 1))
+        seconds = ints(-(2**63), 2**63 - 1) | st.integers(-(2**40), 2**40) | st.just(now_us() // 1_000_000)
+        return st.builds(cls, seconds=seconds, nanos=st.sampled_from(NANOS) | st.integers(-(2**31), 2**31 - 1))
     fields = [f for f in descriptor.fields if depth < 3 or f.type != F.TYPE_MESSAGE]
 
     @st.composite
@@ -199,6 +247,7 @@ def message_of(descriptor, env: Env, depth: int = 0):
                 continue
             _assign(message, field, draw, env, depth)
         return message
+
     return build()
 
 
@@ -234,6 +283,7 @@ def _assign(message, field, draw, env: Env, depth: int) -> None:
 
 # ---- calling and judging ----
 
+
 def path(service, method) -> str:
     return f"/{service.full_name}/{method.name}"
 
@@ -246,8 +296,10 @@ def call_raw(env: Env, service, method, bodies: list[bytes], token: str) -> grpc
     try:
         if method.client_streaming:
             # A stream goes on past a refused batch: when every batch was refused, judge the call by the first refusal.
-            answers = [u.StreamEventsResponse.FromString(body)
-                       for body in channel.stream_stream(path(service, method))(iter(bodies), **when)]
+            answers = [
+                u.StreamEventsResponse.FromString(body)
+                for body in channel.stream_stream(path(service, method))(iter(bodies), **when)
+            ]
             refusals = [answer.error.code for answer in answers if answer.HasField("error")]
             if refusals and len(refusals) == len(answers):
                 return CODES[refusals[0]]
@@ -271,18 +323,26 @@ def judge(env: Env, service, method, bodies: list[bytes], token: str) -> grpc.St
     return code
 
 
-HYPOTHESIS = settings(max_examples=40, deadline=None, derandomize=True,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                              HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
+HYPOTHESIS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.large_base_example,
+    ],
+)
 
 
 @pytest.mark.parametrize("service,method", METHODS, ids=[f"{s.name}.{m.name}" for s, m in METHODS])
 @HYPOTHESIS
 @given(data=st.data())
-def test_arbitrary_messages_never_answer_internal_or_unknown_and_an_error_changes_nothing(env, service, method,
-                                                                                        data):
-    requests = data.draw(st.lists(message_of(method.input_type, env), min_size=1,
-                                  max_size=3 if method.client_streaming else 1))
+def test_arbitrary_messages_never_answer_internal_or_unknown_and_an_error_changes_nothing(env, service, method, data):
+    requests = data.draw(
+        st.lists(message_of(method.input_type, env), min_size=1, max_size=3 if method.client_streaming else 1)
+    )
     token = data.draw(st.sampled_from([env.admin, env.token_a, env.token_b]))
     judge(env, service, method, [r.SerializeToString() for r in requests], token)
 
@@ -315,39 +375,82 @@ def named_cases(env: Env) -> list[tuple[str, str, object]]:
     cases = [
         ("UsageService", "RecordEvents", events(*[event(f"over-{n}") for n in range(1001)])),
         ("UsageService", "RecordEvents", events(deep_meta, big_meta)),
-        ("UsageService", "RecordEvents", events(at(2**62), at(-2**62), at(0, -1), at(recent // 10**6, 10**9),
-                                                at(2**63 - 1, 2**31 - 1))),
-        ("UsageService", "RecordEvents", events(event("x" * 100_000), event("nul\x00id"),
-                                                event("huge-actor", actor_id="a" * 100_000))),
+        (
+            "UsageService",
+            "RecordEvents",
+            events(at(2**62), at(-(2**62)), at(0, -1), at(recent // 10**6, 10**9), at(2**63 - 1, 2**31 - 1)),
+        ),
+        (
+            "UsageService",
+            "RecordEvents",
+            events(event("x" * 100_000), event("nul\x00id"), event("huge-actor", actor_id="a" * 100_000)),
+        ),
         ("UsageService", "RecordEvents", u.RecordEventsRequest(tenant_id="t\x00" * 50_000, events=[event("e")])),
         ("UsageService", "GetUsage", u.GetUsageRequest(tenant_id=tenant, start_time=ts(0), end_time=ts(2**62))),
         ("UsageService", "GetUsage", u.GetUsageRequest(tenant_id=tenant, metrics=["m"] * 10_000)),
-        ("UsageService", "GetUsage", u.GetUsageRequest(tenant_id="bad tenant!", start_time=at(0, 0).occurred_at,
-                                                       end_time=at(0, -1).occurred_at)),
+        (
+            "UsageService",
+            "GetUsage",
+            u.GetUsageRequest(tenant_id="bad tenant!", start_time=at(0, 0).occurred_at, end_time=at(0, -1).occurred_at),
+        ),
         ("UsageService", "ListEvents", u.ListEventsRequest(tenant_id=tenant, end_time=at(0, 2**31 - 1).occurred_at)),
         ("UsageService", "ListEvents", u.ListEventsRequest(tenant_id=tenant, page_size=-1, page_token="%%%")),
-        ("UsageService", "ListAggregates", u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests",
-                                                                   period=999, start_time=ts(recent - DAY_US))),
-        ("UsageService", "ListAggregates", u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=2,
-                                                                   start_time=at(2**62).occurred_at)),
+        (
+            "UsageService",
+            "ListAggregates",
+            u.ListAggregatesRequest(
+                tenant_id=tenant, metric="api.requests", period=999, start_time=ts(recent - DAY_US)
+            ),
+        ),
+        (
+            "UsageService",
+            "ListAggregates",
+            u.ListAggregatesRequest(
+                tenant_id=tenant, metric="api.requests", period=2, start_time=at(2**62).occurred_at
+            ),
+        ),
         ("UsageAdminService", "UpsertMetric", u.UpsertMetricRequest(metric=u.Metric(name="m.x", classification=999))),
-        ("UsageAdminService", "PurgeEvents", u.PurgeEventsRequest(tenant_id=tenant,
-                                                                  before_time=ts(-2**62 * 10**6 // 10**6))),
-        ("PolicyService", "ResolveMode", pb.ResolveModeRequest(tenant_id=tenant, user_id="u", feature_id="f",
-                                                               requested_mode=999, min_policy_version=2**63 - 1)),
-        ("PolicyService", "ResolveModes", pb.ResolveModesRequest(tenant_id=tenant, user_id="u",
-                                                                 feature_ids=["f"] * 1001)),
-        ("PolicyAdminService", "SetOverride", pb.SetOverrideRequest(tenant_id=tenant, role_id=next(iter(
-            env.worlds[0].roles)), feature_id=env.worlds[0].feature, cap=999, reason="r" * 100_000)),
+        (
+            "UsageAdminService",
+            "PurgeEvents",
+            u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(-(2**62) * 10**6 // 10**6)),
+        ),
+        (
+            "PolicyService",
+            "ResolveMode",
+            pb.ResolveModeRequest(
+                tenant_id=tenant, user_id="u", feature_id="f", requested_mode=999, min_policy_version=2**63 - 1
+            ),
+        ),
+        (
+            "PolicyService",
+            "ResolveModes",
+            pb.ResolveModesRequest(tenant_id=tenant, user_id="u", feature_ids=["f"] * 1001),
+        ),
+        (
+            "PolicyAdminService",
+            "SetOverride",
+            pb.SetOverrideRequest(
+                tenant_id=tenant,
+                role_id=next(iter(env.worlds[0].roles)),
+                feature_id=env.worlds[0].feature,
+                cap=999,
+                reason="r" * 100_000,
+            ),
+        ),
         ("PolicyAdminService", "ImportRoles", pb.ImportRolesRequest(roles=[pb.Role(role_id="R\x00", default_cap=-1)])),
     ]
-    cases += [(service, rpc, message(tenant_id=tenant, page_token=page_token))
-              for page_token in [*env.page_tokens, base64.b64encode(b"\x00" * 40).decode(), "!!", "a" * 100_000]
-              for service, rpc, message in [("UsageService", "ListEvents", u.ListEventsRequest),
-                                            ("UsageAdminService", "ListAuditRecords", u.ListAuditRecordsRequest),
-                                            ("PolicyAdminService", "ListBindings", pb.ListBindingsRequest),
-                                            ("PolicyAdminService", "ListOverrides", pb.ListOverridesRequest),
-                                            ("PolicyAdminService", "ListAuditRecords", pb.ListAuditRecordsRequest)]]
+    cases += [
+        (service, rpc, message(tenant_id=tenant, page_token=page_token))
+        for page_token in [*env.page_tokens, base64.b64encode(b"\x00" * 40).decode(), "!!", "a" * 100_000]
+        for service, rpc, message in [
+            ("UsageService", "ListEvents", u.ListEventsRequest),
+            ("UsageAdminService", "ListAuditRecords", u.ListAuditRecordsRequest),
+            ("PolicyAdminService", "ListBindings", pb.ListBindingsRequest),
+            ("PolicyAdminService", "ListOverrides", pb.ListOverridesRequest),
+            ("PolicyAdminService", "ListAuditRecords", pb.ListAuditRecordsRequest),
+        ]
+    ]
     return cases
 
 
@@ -377,14 +480,19 @@ def test_named_worst_cases_never_answer_internal_or_unknown_and_other_tenants_pa
             judge(env, service, method, [request.SerializeToString()], token)
     # Metadata nested 200 deep, past what the parser accepts: built by hand, as no client library would.
     record_events = by_name[("UsageService", "RecordEvents")]
-    assert judge(env, *record_events, [nested_metadata_request(env.tenant_a, 200)], env.admin) \
+    assert (
+        judge(env, *record_events, [nested_metadata_request(env.tenant_a, 200)], env.admin)
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
     # Tenant B's page tokens, replayed for tenant A, are refused: a token belongs to its listing.
     usage = usage_pb2_grpc.UsageServiceStub(env.usage_channel)
     stolen = env.page_tokens[0]
     with pytest.raises(grpc.RpcError) as refused:
-        usage.ListEvents(u.ListEventsRequest(tenant_id=env.tenant_a, page_size=1, page_token=stolen),
-                         metadata=support.bearer(env.admin), timeout=10)
+        usage.ListEvents(
+            u.ListEventsRequest(tenant_id=env.tenant_a, page_size=1, page_token=stolen),
+            metadata=support.bearer(env.admin),
+            timeout=10,
+        )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -394,8 +502,7 @@ def test_sql_shaped_strings_are_stored_and_returned_literally(env):
     events_tenant, token = support.new_tenant(), env.admin
     sent = []
     for n, text in enumerate(SQL_SHAPED):
-        e = event(f"sql-{n}-{text}", actor_id=text, correlation_id=f"corr {text}",
-                  at_us=now_us() - 2 * MINUTE_US - n)
+        e = event(f"sql-{n}-{text}", actor_id=text, correlation_id=f"corr {text}", at_us=now_us() - 2 * MINUTE_US - n)
         e.metadata.update({"text": text, text: [text]})
         sent.append(e)
     assert {r.verdict for r in record(usage, token, events_tenant, sent)} == {u.VERDICT_ACCEPTED}
@@ -412,8 +519,11 @@ def test_sql_shaped_strings_are_stored_and_returned_literally(env):
     role = next(iter(world.roles))
     for text in SQL_SHAPED:
         admin.BindRole(pb.BindRoleRequest(tenant_id=tenant, user_id=f"user {text}", role_id=role))
-    override = admin.SetOverride(pb.SetOverrideRequest(tenant_id=tenant, role_id=role, feature_id=world.feature,
-                                                       cap=pb.MODE_OBSERVE, reason=" | ".join(SQL_SHAPED)))
+    override = admin.SetOverride(
+        pb.SetOverrideRequest(
+            tenant_id=tenant, role_id=role, feature_id=world.feature, cap=pb.MODE_OBSERVE, reason=" | ".join(SQL_SHAPED)
+        )
+    )
     listed = admin.ListOverrides(pb.ListOverridesRequest(tenant_id=tenant)).overrides
     assert [o.reason for o in listed if o.override_id == override.override.override_id] == [" | ".join(SQL_SHAPED)]
     users = {b.user_id for b in admin.ListBindings(pb.ListBindingsRequest(tenant_id=tenant, page_size=1000)).bindings}

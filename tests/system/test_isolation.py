@@ -22,9 +22,11 @@ STREAMING = {"StreamEvents"}
 
 
 def every_rpc() -> list:
-    return [pytest.param(server, module, method, stub_class, id=f"{service}.{method.name}")
-            for server, module, service, stub_class in SERVICES
-            for method in module.DESCRIPTOR.services_by_name[service].methods]
+    return [
+        pytest.param(server, module, method, stub_class, id=f"{service}.{method.name}")
+        for server, module, service, stub_class in SERVICES
+        for method in module.DESCRIPTOR.services_by_name[service].methods
+    ]
 
 
 def request_for(module, method, tenant_id: str):
@@ -37,10 +39,13 @@ def request_for(module, method, tenant_id: str):
 def _name_tenant(message, tenant_id: str) -> None:
     for field in message.DESCRIPTOR.fields:
         if field.name == "tenant_id":
-            setattr(message, "tenant_id", tenant_id)
-        elif field.message_type is not None and not field.is_repeated \
-                and not field.message_type.GetOptions().map_entry \
-                and field.message_type.full_name.startswith("tollgate."):
+            message.tenant_id = tenant_id
+        elif (
+            field.message_type is not None
+            and not field.is_repeated
+            and not field.message_type.GetOptions().map_entry
+            and field.message_type.full_name.startswith("tollgate.")
+        ):
             _name_tenant(getattr(message, field.name), tenant_id)
 
 
@@ -77,9 +82,14 @@ def credentials(dbs):
         "usage_only": support.make_token(dbs, tenant=tenant_a, scopes=["usage:write"]),
         "policy_only": support.make_token(dbs, tenant=tenant_a, scopes=["policy:read"]),
         # Stored in the scope's service (its other scopes name it), so only the missing scope refuses it.
-        "lacking": {scope: support.make_token(dbs, tenant=tenant_a, scopes=[
-            other for other in ALL_SCOPES if other != scope and other.split(":")[0] == scope.split(":")[0]])
-            for scope in ALL_SCOPES},
+        "lacking": {
+            scope: support.make_token(
+                dbs,
+                tenant=tenant_a,
+                scopes=[other for other in ALL_SCOPES if other != scope and other.split(":")[0] == scope.split(":")[0]],
+            )
+            for scope in ALL_SCOPES
+        },
     }
 
 
@@ -89,41 +99,52 @@ def channel_for(server, usage_channel, policy_channel):
 
 @pytest.mark.parametrize("server,module,method,stub_class", every_rpc())
 def test_every_rpc_refuses_missing_malformed_unknown_and_revoked_tokens(
-        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    server, module, method, stub_class, usage_channel, policy_channel, credentials
+):
     channel = channel_for(server, usage_channel, policy_channel)
     request = request_for(module, method, credentials["tenant_a"])
     unknown = "tg_0123456789abcdef_" + "A" * 43
-    cases = {"none": (), "malformed": (("authorization", "Bearer nonsense"),),
-             "not bearer": (("authorization", "Basic dXNlcjpwYXNz"),),
-             "unknown": support.bearer(unknown), "revoked": support.bearer(credentials["revoked"])}
+    cases = {
+        "none": (),
+        "malformed": (("authorization", "Bearer nonsense"),),
+        "not bearer": (("authorization", "Basic dXNlcjpwYXNz"),),
+        "unknown": support.bearer(unknown),
+        "revoked": support.bearer(credentials["revoked"]),
+    }
     codes = {name: call(stub_class, channel, method, request, metadata) for name, metadata in cases.items()}
     assert codes == {name: grpc.StatusCode.UNAUTHENTICATED for name in cases}
 
 
 @pytest.mark.parametrize("server,module,method,stub_class", every_rpc())
 def test_every_rpc_refuses_a_credential_without_its_scope(
-        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    server, module, method, stub_class, usage_channel, policy_channel, credentials
+):
     channel = channel_for(server, usage_channel, policy_channel)
     scope = {**USAGE_SCOPES, **POLICY_SCOPES}[f"/{method.containing_service.full_name}/{method.name}"]
     request = request_for(module, method, credentials["tenant_a"])
-    assert call(stub_class, channel, method, request, support.bearer(credentials["lacking"][scope])) \
+    assert (
+        call(stub_class, channel, method, request, support.bearer(credentials["lacking"][scope]))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 @pytest.mark.parametrize("server,module,method,stub_class", every_rpc())
 def test_every_rpc_knows_no_token_whose_scopes_are_all_for_the_other_service(
-        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    server, module, method, stub_class, usage_channel, policy_channel, credentials
+):
     channel = channel_for(server, usage_channel, policy_channel)
     other_service = credentials["policy_only"] if server == "usage" else credentials["usage_only"]
     request = request_for(module, method, credentials["tenant_a"])
-    assert call(stub_class, channel, method, request, support.bearer(other_service)) \
-        == grpc.StatusCode.UNAUTHENTICATED
+    assert call(stub_class, channel, method, request, support.bearer(other_service)) == grpc.StatusCode.UNAUTHENTICATED
 
 
 def tenant_scoped(method) -> bool:
     return any(f.name == "tenant_id" for f in method.input_type.fields) or any(
-        f.message_type is not None and f.message_type.full_name.startswith("tollgate.")
-        and any(g.name == "tenant_id" for g in f.message_type.fields) for f in method.input_type.fields)
+        f.message_type is not None
+        and f.message_type.full_name.startswith("tollgate.")
+        and any(g.name == "tenant_id" for g in f.message_type.fields)
+        for f in method.input_type.fields
+    )
 
 
 def tenant_rpcs():
@@ -131,27 +152,48 @@ def tenant_rpcs():
 
 
 # RPCs that act on the catalog or on every tenant: a tenant credential, even with every scope, is refused.
-PLATFORM_ONLY = {"UpsertMetric", "ImportRoles", "UpsertFeature", "UpsertPlan", "VerifyAudit", "SetSubscription",
-                 "SetTenantPolicy"}
+PLATFORM_ONLY = {
+    "UpsertMetric",
+    "ImportRoles",
+    "UpsertFeature",
+    "UpsertPlan",
+    "VerifyAudit",
+    "SetSubscription",
+    "SetTenantPolicy",
+}
 
 
 @pytest.mark.parametrize("server,module,method,stub_class", tenant_rpcs())
 def test_every_tenant_rpc_refuses_another_tenants_credential(
-        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    server, module, method, stub_class, usage_channel, policy_channel, credentials
+):
     channel = channel_for(server, usage_channel, policy_channel)
     request = request_for(module, method, support.new_tenant())
-    assert call(stub_class, channel, method, request, support.bearer(credentials["a_all"])) \
+    assert (
+        call(stub_class, channel, method, request, support.bearer(credentials["a_all"]))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
-@pytest.mark.parametrize("server,module,method,stub_class",
-                         [p for p in every_rpc() if p.values[2].name in PLATFORM_ONLY
-                          or (tenant_scoped(p.values[2]) and p.values[2].name in
-                              {"RunRollup", "GetRollupStatus", "PurgeEvents", "ListAuditRecords"})])
+@pytest.mark.parametrize(
+    "server,module,method,stub_class",
+    [
+        p
+        for p in every_rpc()
+        if p.values[2].name in PLATFORM_ONLY
+        or (
+            tenant_scoped(p.values[2])
+            and p.values[2].name in {"RunRollup", "GetRollupStatus", "PurgeEvents", "ListAuditRecords"}
+        )
+    ],
+)
 def test_platform_wide_rpcs_refuse_a_tenant_credential(
-        server, module, method, stub_class, usage_channel, policy_channel, credentials):
+    server, module, method, stub_class, usage_channel, policy_channel, credentials
+):
     channel = channel_for(server, usage_channel, policy_channel)
     request = request_for(module, method, "")  # no tenant named: the whole platform
     _name_tenant(request, credentials["tenant_a"]) if method.name in {"SetSubscription", "SetTenantPolicy"} else None
-    assert call(stub_class, channel, method, request, support.bearer(credentials["a_all"])) \
+    assert (
+        call(stub_class, channel, method, request, support.bearer(credentials["a_all"]))
         == grpc.StatusCode.PERMISSION_DENIED
+    )

@@ -5,9 +5,9 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.audit import ZERO_HASH, check_links, new_record
-from services.policy.domain.modes import Cap, CapSource, Mode, effective_mode, requested_mode
 from services.policy.domain.model import Feature, Plan, Role, Snapshot, Subscription, SubscriptionStatus, TenantPolicy
+from services.policy.domain.modes import Cap, CapSource, Mode, effective_mode, requested_mode
+from shared.audit import ZERO_HASH, check_links, new_record
 
 MODES = list(Mode)
 SOURCES = [CapSource.ROLE, CapSource.FEATURE, CapSource.PLAN, CapSource.TENANT]
@@ -55,7 +55,7 @@ def test_raising_any_cap_never_lowers_the_result(requested, pairs, data):
     source, mode = pairs[index]
     raised = data.draw(st.sampled_from([m for m in MODES if m >= mode]))
     before, _ = effective_mode(requested, [Cap(s, m, "") for s, m in pairs])
-    changed = pairs[:index] + [(source, raised)] + pairs[index + 1:]
+    changed = pairs[:index] + [(source, raised)] + pairs[index + 1 :]
     after, _ = effective_mode(requested, [Cap(s, m, "") for s, m in changed])
     assert after >= before
 
@@ -70,12 +70,19 @@ def test_the_entries_marked_binding_are_exactly_those_below_the_request_at_the_r
 
 def snapshot(**changes):
     values = dict(
-        tenant_id="t", version=1, tenant_policy=TenantPolicy("t", Mode.AUTONOMOUS, "VIEWER"),
+        tenant_id="t",
+        version=1,
+        tenant_policy=TenantPolicy("t", Mode.AUTONOMOUS, "VIEWER"),
         subscription=Subscription("t", "PRO", SubscriptionStatus.ACTIVE, {}),
         plan=Plan("PRO", "Pro", {}, Mode.AUTONOMOUS),
-        roles={"VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
-               "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS)},
-        features={"f": Feature("f", "F", "", Mode.AUTONOMOUS)}, overrides={}, bindings={"boss": ("OWNER",)})
+        roles={
+            "VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
+            "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS),
+        },
+        features={"f": Feature("f", "F", "", Mode.AUTONOMOUS)},
+        overrides={},
+        bindings={"boss": ("OWNER",)},
+    )
     values.update(changes)
     return Snapshot(**values)
 
@@ -95,8 +102,16 @@ def test_a_canceled_subscription_without_inactive_cap_gives_off():
 def test_an_untouched_chain_checks_and_a_changed_field_breaks_it_at_that_record():
     records, previous = [], ZERO_HASH
     for sequence in range(1, 6):
-        record = new_record(sequence=sequence, time_us=sequence, actor="a", action="SetOverride", target="x",
-                            tenant_id="t", change={"n": sequence}, previous_hash=previous)
+        record = new_record(
+            sequence=sequence,
+            time_us=sequence,
+            actor="a",
+            action="SetOverride",
+            target="x",
+            tenant_id="t",
+            change={"n": sequence},
+            previous_hash=previous,
+        )
         records.append(record)
         previous = record.hash
     assert check_links(records, after_sequence=0, after_hash=ZERO_HASH) == (5, previous, None)
@@ -105,8 +120,10 @@ def test_an_untouched_chain_checks_and_a_changed_field_breaks_it_at_that_record(
 
 
 def test_a_snapshot_reuses_an_answer_only_for_the_same_roles_feature_and_request_and_never_with_quota_caps():
-    roles = {"VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
-             "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS)}
+    roles = {
+        "VIEWER": Role("VIEWER", "Viewer", {"f": Mode.OBSERVE}),
+        "OWNER": Role("OWNER", "Owner", {}, Mode.AUTONOMOUS),
+    }
     shared = snapshot(roles=roles, bindings={"boss": ("OWNER",), "other": ("OWNER",)})
     assert shared.resolve("boss", "f", Mode.SUGGEST) == shared.resolve("other", "f", Mode.SUGGEST)
     assert shared.resolve("boss", "f", Mode.SUGGEST).effective == Mode.SUGGEST

@@ -1,7 +1,7 @@
 """The quota rule, pure: every case of a quota's cap, which quotas a resolve reads, and the period windows."""
 
 import itertools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from services.policy.domain.model import Feature, Plan, QuotaLimit, Role, Snapshot, TenantPolicy
 from services.policy.domain.modes import HIGHEST, CapSource, Mode
@@ -12,16 +12,27 @@ MICROS = 1_000_000
 
 
 def plan_snapshot(*quotas: QuotaLimit) -> Snapshot:
-    features = {"a": Feature("a", "A", "", Mode.AUTONOMOUS, ("m.a",)), "b": Feature("b", "B", "", Mode.AUTONOMOUS,
-                                                                                  ("m.b",)),
-                "c": Feature("c", "C", "", Mode.AUTONOMOUS)}
-    return Snapshot("t", 1, TenantPolicy("t", Mode.AUTONOMOUS, "R"), None, Plan("P", "P", {}, quotas=quotas),
-                    {"R": Role("R", "R", {}, Mode.AUTONOMOUS)}, features, {})
+    features = {
+        "a": Feature("a", "A", "", Mode.AUTONOMOUS, ("m.a",)),
+        "b": Feature("b", "B", "", Mode.AUTONOMOUS, ("m.b",)),
+        "c": Feature("c", "C", "", Mode.AUTONOMOUS),
+    }
+    return Snapshot(
+        "t",
+        1,
+        TenantPolicy("t", Mode.AUTONOMOUS, "R"),
+        None,
+        Plan("P", "P", {}, quotas=quotas),
+        {"R": Role("R", "R", {}, Mode.AUTONOMOUS)},
+        features,
+        {},
+    )
 
 
 def test_every_quota_case_gives_its_cap_exactly_when_reached_or_unknown_and_failing_closed():
-    for limit, used, fail_closed, period in itertools.product([0, 1, 100], [None, 0, 99, 100, 101], [False, True],
-                                                              [DAY, MONTH]):
+    for limit, used, fail_closed, period in itertools.product(
+        [0, 1, 100], [None, 0, 99, 100, 101], [False, True], [DAY, MONTH]
+    ):
         quota = QuotaLimit("m.a", period, limit, Mode.OBSERVE, fail_closed=fail_closed)
         usage = QuotaUsage(unavailable="down") if used is None else QuotaUsage({("m.a", period): used})
         cap = quota_cap(quota, usage)
@@ -43,8 +54,7 @@ def test_a_quota_caps_the_features_it_names_else_those_its_metric_measures():
     snapshot = plan_snapshot(named, by_metric)
     usage = QuotaUsage({("m.a", MONTH): 10, ("m.a", DAY): 10})
     assert [c.detail for c in quota_caps(snapshot, "a", usage)] == ["quota m.a 10/day reached: 10 used of 10 allowed"]
-    assert [c.detail for c in quota_caps(snapshot, "b", usage)] == [
-        "quota m.a 10/month reached: 10 used of 10 allowed"]
+    assert [c.detail for c in quota_caps(snapshot, "b", usage)] == ["quota m.a 10/month reached: 10 used of 10 allowed"]
     assert quota_caps(snapshot, "c", usage) == []
 
 
@@ -60,10 +70,10 @@ def test_a_resolve_reads_every_quota_with_a_limit_once_any_applies_and_none_othe
 
 
 def test_the_period_window_starts_at_the_utc_day_or_month_and_ends_just_after_now():
-    now = datetime(2026, 3, 17, 13, 45, 10, 5, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 17, 13, 45, 10, 5, tzinfo=UTC)
     end = int(now.timestamp() * MICROS) + 1
-    day = int(datetime(2026, 3, 17, tzinfo=timezone.utc).timestamp() * MICROS)
-    month = int(datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp() * MICROS)
+    day = int(datetime(2026, 3, 17, tzinfo=UTC).timestamp() * MICROS)
+    month = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * MICROS)
     assert period_window(DAY, now) == Window(day, end)
     assert period_window(MONTH, now) == Window(month, end)
     assert Window.ending_at(end - 1, 60) == Window(end - 1 - 60 * MICROS, end)

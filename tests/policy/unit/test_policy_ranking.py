@@ -10,8 +10,16 @@ from services.policy.domain.usage import RankingTotals
 
 
 def snapshot(*features: Feature) -> Snapshot:
-    return Snapshot("t", 1, TenantPolicy("t", Mode.AUTONOMOUS, "R"), None, Plan("P", "P", {}),
-                    {"R": Role("R", "R", {}, Mode.AUTONOMOUS)}, {f.feature_id: f for f in features}, {})
+    return Snapshot(
+        "t",
+        1,
+        TenantPolicy("t", Mode.AUTONOMOUS, "R"),
+        None,
+        Plan("P", "P", {}),
+        {"R": Role("R", "R", {}, Mode.AUTONOMOUS)},
+        {f.feature_id: f for f in features},
+        {},
+    )
 
 
 def test_the_score_is_the_mode_rank_plus_twice_the_users_and_once_the_tenants_log_usage():
@@ -21,10 +29,18 @@ def test_the_score_is_the_mode_rank_plus_twice_the_users_and_once_the_tenants_lo
 
 
 def test_features_at_off_are_dropped_and_the_rest_ranked_by_score_then_id():
-    features = [Feature("a", "A", "", Mode.AUTONOMOUS, ("m.a",)), Feature("b", "B", "", Mode.AUTONOMOUS, ("m.b",)),
-                Feature("c", "C", "", Mode.AUTONOMOUS, ("m.a", "m.b")), Feature("d", "D", "", Mode.AUTONOMOUS)]
-    resolutions = [resolve("a", Mode.SUGGEST, []), resolve("b", Mode.SUGGEST, []), resolve("c", Mode.OFF, []),
-                   resolve("d", Mode.SUGGEST, [])]
+    features = [
+        Feature("a", "A", "", Mode.AUTONOMOUS, ("m.a",)),
+        Feature("b", "B", "", Mode.AUTONOMOUS, ("m.b",)),
+        Feature("c", "C", "", Mode.AUTONOMOUS, ("m.a", "m.b")),
+        Feature("d", "D", "", Mode.AUTONOMOUS),
+    ]
+    resolutions = [
+        resolve("a", Mode.SUGGEST, []),
+        resolve("b", Mode.SUGGEST, []),
+        resolve("c", Mode.OFF, []),
+        resolve("d", Mode.SUGGEST, []),
+    ]
     totals = RankingTotals({"m.a": 9, "m.b": 99}, {"m.b": 9})
     ranked = ranking.rank_active(snapshot(*features), resolutions, totals)
     assert [item.scored.feature_id for item in ranked] == ["b", "a", "d"]
@@ -42,5 +58,7 @@ def test_a_features_quantities_sum_its_metrics():
 @settings(max_examples=200, deadline=None)
 @given(st.integers(0, 5), st.integers(0, 10**12), st.integers(0, 10**12), st.integers(1, 10**6))
 def test_more_usage_of_the_users_own_never_lowers_a_score(rank, user, tenant, more):
-    assert ranking.score("f", rank, user + more, tenant + more, usage=True).score >= \
-        ranking.score("f", rank, user, tenant, usage=True).score
+    assert (
+        ranking.score("f", rank, user + more, tenant + more, usage=True).score
+        >= ranking.score("f", rank, user, tenant, usage=True).score
+    )

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from shared.errors import InvalidArgument
 from services.policy import validation
 from services.policy.domain.model import SubscriptionStatus
 from services.policy.domain.modes import Mode
 from services.policy.usage_port import NO_DEADLINE, Deadline
+from shared.errors import InvalidArgument
 
 
 def fields(call) -> list[str]:
@@ -19,9 +19,17 @@ def fields(call) -> list[str]:
 
 def test_a_resolve_names_every_bad_field_at_once():
     assert fields(lambda: validation.resolve_one("", "u" * 129, "", 7, -1)) == [
-        "tenant_id", "user_id", "requested_mode", "min_policy_version", "feature_id"]
+        "tenant_id",
+        "user_id",
+        "requested_mode",
+        "min_policy_version",
+        "feature_id",
+    ]
     assert fields(lambda: validation.resolve_many("t", "", ["f", "", *["g"] * 499], 0, 0)) == [
-        "user_id", "feature_ids", "feature_ids[1]"]
+        "user_id",
+        "feature_ids",
+        "feature_ids[1]",
+    ]
 
 
 def test_a_resolve_asks_for_the_highest_mode_when_none_is_named():
@@ -32,16 +40,21 @@ def test_a_resolve_asks_for_the_highest_mode_when_none_is_named():
 def test_the_ranking_window_defaults_to_30_days_and_stops_at_400():
     assert validation.active_features("t", "u", 0, 0) == 30 * 86400
     assert validation.active_features("t", "u", 400 * 86400, 0) == 400 * 86400
-    assert fields(lambda: validation.active_features("", "", 400 * 86400 + 1, 0)) == ["tenant_id", "user_id",
-                                                                                    "window"]
+    assert fields(lambda: validation.active_features("", "", 400 * 86400 + 1, 0)) == ["tenant_id", "user_id", "window"]
     assert fields(lambda: validation.active_features("t", "u", 5, -1)) == ["window"]
 
 
 def test_tenant_writes_name_their_fields_under_the_message_they_sit_in():
     assert fields(lambda: validation.tenant_policy("", 9, "bad id")) == [
-        "tenant_policy.tenant_id", "tenant_policy.max_mode", "tenant_policy.default_role_id"]
+        "tenant_policy.tenant_id",
+        "tenant_policy.max_mode",
+        "tenant_policy.default_role_id",
+    ]
     assert fields(lambda: validation.subscription("t", "", 9, {"1x": True})) == [
-        "subscription.plan_id", "subscription.status", "subscription.feature_flags['1x']"]
+        "subscription.plan_id",
+        "subscription.status",
+        "subscription.feature_flags['1x']",
+    ]
     assert validation.subscription("t", "PRO", 3, {}) == SubscriptionStatus.PAST_DUE
     assert fields(lambda: validation.override("t", "R", "f", 0, "x" * 501)) == ["cap", "reason"]
     assert validation.override("t", "R", "f", Mode.OBSERVE, "") == Mode.OBSERVE

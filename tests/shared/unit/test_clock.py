@@ -36,8 +36,12 @@ def test_digits_below_the_microsecond_are_dropped_toward_the_past(seconds, nanos
 
 
 def test_nanos_outside_one_second_are_not_an_instant():
-    assert [proto_time.nanos_in_range(Timestamp(nanos=n)) for n in (-1, 0, 999_999_999, 1_000_000_000)] \
-        == [False, True, True, False]
+    assert [proto_time.nanos_in_range(Timestamp(nanos=n)) for n in (-1, 0, 999_999_999, 1_000_000_000)] == [
+        False,
+        True,
+        True,
+        False,
+    ]
 
 
 def test_the_clock_reads_microseconds_near_the_system_time():

@@ -12,22 +12,36 @@ from services.usage.config import Settings as UsageSettings
 from shared.config import ConfigError
 
 # Every variable docs/operations.md documents, with a value other than its default, and the field it sets.
-COMMON = {"DATABASE_URL": ("database_url", "postgresql://db/x"), "HOST": ("host", "127.0.0.1"),
-          "PORT": ("port", 7000), "METRICS_PORT": ("metrics_port", 7001), "WORKERS": ("workers", 3),
-          "DB_POOL_SIZE": ("db_pool_size", 4), "GRACE_SECONDS": ("grace_seconds", 1.5),
-          "DRAIN_SECONDS": ("drain_seconds", 2.5), "HEALTH_INTERVAL_SECONDS": ("health_interval_seconds", 0.5),
-          "AUTH_CACHE_SECONDS": ("auth_cache_seconds", 7.0), "LOG_LEVEL": ("log_level", "WARNING")}
+COMMON = {
+    "DATABASE_URL": ("database_url", "postgresql://db/x"),
+    "HOST": ("host", "127.0.0.1"),
+    "PORT": ("port", 7000),
+    "METRICS_PORT": ("metrics_port", 7001),
+    "WORKERS": ("workers", 3),
+    "DB_POOL_SIZE": ("db_pool_size", 4),
+    "GRACE_SECONDS": ("grace_seconds", 1.5),
+    "DRAIN_SECONDS": ("drain_seconds", 2.5),
+    "HEALTH_INTERVAL_SECONDS": ("health_interval_seconds", 0.5),
+    "AUTH_CACHE_SECONDS": ("auth_cache_seconds", 7.0),
+    "LOG_LEVEL": ("log_level", "WARNING"),
+}
 OWN = {
-    UsageSettings: {"USAGE_BACKFILL_DAYS": ("backfill_days", 9), "USAGE_FUTURE_SKEW_SECONDS": ("future_skew_seconds", 9),
-                    "USAGE_EXTERNAL_SOURCE_PREFIXES": ("external_prefixes", ("a:", "b:")),
-                    "USAGE_ROLLUP_INTERVAL_SECONDS": ("rollup_interval_seconds", 9.0),
-                    "USAGE_RETENTION_DAYS": ("retention_days", 9)},
-    PolicySettings: {"POLICY_USAGE_ADDR": ("usage_addr", "usage:1"), "POLICY_USAGE_TOKEN": ("usage_token", "tg_a_b"),
-                     "POLICY_USAGE_TIMEOUT_SECONDS": ("usage_timeout_seconds", 0.5),
-                     "POLICY_CACHE_POLL_SECONDS": ("cache_poll_seconds", 0.5),
-                     "POLICY_USAGE_COOLDOWN_SECONDS": ("usage_cooldown_seconds", 0.5),
-                     "POLICY_QUOTA_CACHE_SECONDS": ("quota_cache_seconds", 0.5),
-                     "POLICY_RANKING_CACHE_SECONDS": ("ranking_cache_seconds", 0.5)},
+    UsageSettings: {
+        "USAGE_BACKFILL_DAYS": ("backfill_days", 9),
+        "USAGE_FUTURE_SKEW_SECONDS": ("future_skew_seconds", 9),
+        "USAGE_EXTERNAL_SOURCE_PREFIXES": ("external_prefixes", ("a:", "b:")),
+        "USAGE_ROLLUP_INTERVAL_SECONDS": ("rollup_interval_seconds", 9.0),
+        "USAGE_RETENTION_DAYS": ("retention_days", 9),
+    },
+    PolicySettings: {
+        "POLICY_USAGE_ADDR": ("usage_addr", "usage:1"),
+        "POLICY_USAGE_TOKEN": ("usage_token", "tg_a_b"),
+        "POLICY_USAGE_TIMEOUT_SECONDS": ("usage_timeout_seconds", 0.5),
+        "POLICY_CACHE_POLL_SECONDS": ("cache_poll_seconds", 0.5),
+        "POLICY_USAGE_COOLDOWN_SECONDS": ("usage_cooldown_seconds", 0.5),
+        "POLICY_QUOTA_CACHE_SECONDS": ("quota_cache_seconds", 0.5),
+        "POLICY_RANKING_CACHE_SECONDS": ("ranking_cache_seconds", 0.5),
+    },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]
 
@@ -60,8 +74,16 @@ def test_an_empty_environment_gives_the_defaults_and_each_service_its_own_ports_
 
 
 @pytest.mark.parametrize("settings_class, prefix", SERVICES)
-@pytest.mark.parametrize("name, raw", [("PORT", "70000"), ("WORKERS", "many"), ("GRACE_SECONDS", "-1"),
-                                       ("DATABASE_URL", "mysql://db"), ("LOG_LEVEL", "LOUD")])
+@pytest.mark.parametrize(
+    "name, raw",
+    [
+        ("PORT", "70000"),
+        ("WORKERS", "many"),
+        ("GRACE_SECONDS", "-1"),
+        ("DATABASE_URL", "mysql://db"),
+        ("LOG_LEVEL", "LOUD"),
+    ],
+)
 def test_a_bad_value_fails_fast_naming_the_variable(settings_class, prefix, name, raw):
     with pytest.raises(ConfigError, match=f"^{prefix}_{name} must"):
         settings_class.from_env({f"{prefix}_{name}": raw})

@@ -14,8 +14,12 @@ DECLARED = re.compile(r'\breason\s*=\s*"([A-Z][A-Z_]+)"|message, reason = "[^"]*
 # answer (Policy answers without usage instead).
 NEVER_SENT = {"ERROR", "USAGE_UNAVAILABLE"}
 # Base classes whose own reason is sent only when something raises them (or a subclass without its own reason).
-BASES = {"AlreadyExists": "ALREADY_EXISTS", "NotFound": "NOT_FOUND", "FailedPrecondition": "FAILED_PRECONDITION",
-         "OutOfRange": "OUT_OF_RANGE"}
+BASES = {
+    "AlreadyExists": "ALREADY_EXISTS",
+    "NotFound": "NOT_FOUND",
+    "FailedPrecondition": "FAILED_PRECONDITION",
+    "OutOfRange": "OUT_OF_RANGE",
+}
 RAISED_PLAIN = set(BASES.values())
 
 

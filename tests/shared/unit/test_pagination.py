@@ -35,7 +35,7 @@ def test_walking_the_pages_lists_every_item_once_in_order(items, limit):
     while True:
         cursor = pagination.start(limit, token, SCOPE, shape=(int,))
         after = cursor.after[0] if cursor.after else -1
-        page = cursor.page([i for i in items if i > after][:cursor.limit + 1], lambda i: (i,))
+        page = cursor.page([i for i in items if i > after][: cursor.limit + 1], lambda i: (i,))
         assert len(page.items) <= limit
         listed += page.items
         token = page.next_page_token
@@ -65,11 +65,22 @@ def test_a_token_that_is_not_ours_is_refused(token):
     assert _violation(refused)[0] == "page_token"
 
 
-@pytest.mark.parametrize("position, shape", [
-    ([1], (str,)), (["a"], (int,)), ([True], (int,)), ([1, "a"], (int,)), ([1], (int, str)),
-    ([2**63], (int,)), ([-(2**63) - 1], (int,)), (["a\x00"], (str,)),
-    (["x" * (pagination.MAX_KEY_LENGTH + 1)], (str,)), ([None], (str,)), ([[1]], (int,)),
-])
+@pytest.mark.parametrize(
+    "position, shape",
+    [
+        ([1], (str,)),
+        (["a"], (int,)),
+        ([True], (int,)),
+        ([1, "a"], (int,)),
+        ([1], (int, str)),
+        ([2**63], (int,)),
+        ([-(2**63) - 1], (int,)),
+        (["a\x00"], (str,)),
+        (["x" * (pagination.MAX_KEY_LENGTH + 1)], (str,)),
+        ([None], (str,)),
+        ([[1]], (int,)),
+    ],
+)
 def test_a_forged_position_a_listing_could_not_have_issued_is_refused_before_sql(position, shape):
     token = pagination.encode(position, SCOPE)
     with pytest.raises(InvalidArgument) as refused:
@@ -77,9 +88,14 @@ def test_a_forged_position_a_listing_could_not_have_issued_is_refused_before_sql
     assert _violation(refused) == ("page_token", "is not a page token of this listing")
 
 
-@pytest.mark.parametrize("position, shape", [
-    ([2**63 - 1, "e" * pagination.MAX_KEY_LENGTH], (int, str)), ([-(2**63), ""], (int, str)), (["r", "f"], (str, str)),
-])
+@pytest.mark.parametrize(
+    "position, shape",
+    [
+        ([2**63 - 1, "e" * pagination.MAX_KEY_LENGTH], (int, str)),
+        ([-(2**63), ""], (int, str)),
+        (["r", "f"], (str, str)),
+    ],
+)
 def test_any_position_a_listing_could_issue_resumes_there(position, shape):
     cursor = pagination.start(1, pagination.encode(position, SCOPE), SCOPE, shape=shape)
     assert cursor.after == tuple(position)

@@ -12,8 +12,13 @@ from shared.errors import InvalidArgument
 PLATFORM = Principal("tok_p", None, frozenset())
 TENANT_A = Principal("tok_a", "a", frozenset())
 EXPECTED = {  # (caller, tenant_id in the request) -> the tenants the call acts on, or the error
-    (PLATFORM, ""): None, (PLATFORM, "a"): "a", (PLATFORM, "b"): "b", (PLATFORM, "*"): InvalidArgument,
-    (TENANT_A, ""): AccessRefused, (TENANT_A, "a"): "a", (TENANT_A, "b"): AccessRefused,
+    (PLATFORM, ""): None,
+    (PLATFORM, "a"): "a",
+    (PLATFORM, "b"): "b",
+    (PLATFORM, "*"): InvalidArgument,
+    (TENANT_A, ""): AccessRefused,
+    (TENANT_A, "a"): "a",
+    (TENANT_A, "b"): AccessRefused,
     (TENANT_A, "*"): InvalidArgument,
 }
 
