@@ -17,8 +17,7 @@ def main(argv: list[str]) -> int:
     service = argv[2] if len(argv) == 3 else ""
     with grpc.insecure_channel(argv[1]) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                              timeout=2)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
         except grpc.RpcError as error:
             print(f"{argv[1]} {service!r}: {error.code().name}", file=sys.stderr)
             return 1

@@ -131,6 +131,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("audit_records", "audit_head", "policy_versions", "bindings", "overrides", "subscriptions",
-                 "tenant_policies", "plans", "features", "roles"):
+    for name in (
+        "audit_records",
+        "audit_head",
+        "policy_versions",
+        "bindings",
+        "overrides",
+        "subscriptions",
+        "tenant_policies",
+        "plans",
+        "features",
+        "roles",
+    ):
         op.drop_table(name, schema=SCHEMA)

@@ -72,11 +72,19 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     now_us = int(time.time() * 1_000_000)
-    op.bulk_insert(metrics, [
-        {"name": name, "classification": classification, "unit": unit, "description": description,
-         "updated_at_us": now_us}
-        for name, classification, unit, description in DEFAULT_CATALOG
-    ])
+    op.bulk_insert(
+        metrics,
+        [
+            {
+                "name": name,
+                "classification": classification,
+                "unit": unit,
+                "description": description,
+                "updated_at_us": now_us,
+            }
+            for name, classification, unit, description in DEFAULT_CATALOG
+        ],
+    )
 
 
 def downgrade() -> None:

@@ -35,21 +35,45 @@ def _mark_legacy_digests_dirty() -> None:
     must be the 16-digit sum; an aggregate still holding the SHA-256 of an early build is recomputed."""
     bind = op.get_bind()
     schema = None if bind.dialect.name == "sqlite" else SCHEMA  # SQLite has no schemas
-    aggregates = sa.table("aggregates", sa.column("tenant_id"), sa.column("metric"), sa.column("period"),
-                          sa.column("period_start_us"), sa.column("source_hash"), schema=schema)
-    dirty = sa.table("dirty_buckets", sa.column("tenant_id"), sa.column("metric"), sa.column("period"),
-                     sa.column("period_start_us"), sa.column("marked_at_us"), schema=schema)
-    legacy = sa.select(aggregates.c.tenant_id, aggregates.c.metric, aggregates.c.period, aggregates.c.period_start_us,
-                       sa.literal(0)).where(sa.func.length(aggregates.c.source_hash) != 16)
-    marked = sa.exists().where(*[dirty.c[k] == aggregates.c[k]
-                                 for k in ("tenant_id", "metric", "period", "period_start_us")])
-    bind.execute(dirty.insert().from_select(["tenant_id", "metric", "period", "period_start_us", "marked_at_us"],
-                                            legacy.where(~marked)))
+    aggregates = sa.table(
+        "aggregates",
+        sa.column("tenant_id"),
+        sa.column("metric"),
+        sa.column("period"),
+        sa.column("period_start_us"),
+        sa.column("source_hash"),
+        schema=schema,
+    )
+    dirty = sa.table(
+        "dirty_buckets",
+        sa.column("tenant_id"),
+        sa.column("metric"),
+        sa.column("period"),
+        sa.column("period_start_us"),
+        sa.column("marked_at_us"),
+        schema=schema,
+    )
+    legacy = sa.select(
+        aggregates.c.tenant_id, aggregates.c.metric, aggregates.c.period, aggregates.c.period_start_us, sa.literal(0)
+    ).where(sa.func.length(aggregates.c.source_hash) != 16)
+    marked = sa.exists().where(
+        *[dirty.c[k] == aggregates.c[k] for k in ("tenant_id", "metric", "period", "period_start_us")]
+    )
+    bind.execute(
+        dirty.insert().from_select(
+            ["tenant_id", "metric", "period", "period_start_us", "marked_at_us"], legacy.where(~marked)
+        )
+    )
 
 
 def _rebuild(include: list[str] | None) -> None:
     """Build the new index beside the old one, then swap names, so reads always have one."""
-    op.create_index("events_by_metric_time_next", "events", ["tenant_id", "metric", "occurred_at_us"], schema=SCHEMA,
-                    postgresql_include=include or [])
+    op.create_index(
+        "events_by_metric_time_next",
+        "events",
+        ["tenant_id", "metric", "occurred_at_us"],
+        schema=SCHEMA,
+        postgresql_include=include or [],
+    )
     op.drop_index("events_by_metric_time", table_name="events", schema=SCHEMA)
     op.execute('ALTER INDEX "usage".events_by_metric_time_next RENAME TO events_by_metric_time')

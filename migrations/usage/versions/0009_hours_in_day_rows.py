@@ -19,8 +19,12 @@ depends_on = None
 SCHEMA = "usage"
 HOUR_US, DAY_US = 3_600_000_000, 86_400_000_000
 ALL_HOURS = (1 << 24) - 1
-_ARRAYS = (("hour_offsets", sa.SmallInteger), ("hour_quantities", sa.BigInteger), ("hour_counts", sa.BigInteger),
-           ("hour_digests", sa.Numeric(40, 0)))
+_ARRAYS = (
+    ("hour_offsets", sa.SmallInteger),
+    ("hour_quantities", sa.BigInteger),
+    ("hour_counts", sa.BigInteger),
+    ("hour_digests", sa.Numeric(40, 0)),
+)
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
 # Every hour row of a day, packed into the day's row in hour order (PostgreSQL; SQLite packs in Python).
 _PACK = f"""
@@ -49,14 +53,20 @@ WHERE d.period = 2"""
 def upgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     for name, item in _ARRAYS:
-        op.add_column("aggregates", sa.Column(name, postgresql.ARRAY(item) if postgres else sa.JSON(), nullable=True),
-                      schema=_schema())
+        op.add_column(
+            "aggregates",
+            sa.Column(name, postgresql.ARRAY(item) if postgres else sa.JSON(), nullable=True),
+            schema=_schema(),
+        )
         if postgres:
             # Scratch rows of a pass (usage_0007), which now carry a day's hours too.
             op.add_column("rollup_work", sa.Column(name, postgresql.ARRAY(item), nullable=True), schema=SCHEMA)
     # Which hours of a marked day changed; every hour of the marks already there.
-    op.add_column("dirty_buckets", sa.Column("dirty_hours", sa.Integer, nullable=False,
-                                             server_default=str(ALL_HOURS)), schema=_schema())
+    op.add_column(
+        "dirty_buckets",
+        sa.Column("dirty_hours", sa.Integer, nullable=False, server_default=str(ALL_HOURS)),
+        schema=_schema(),
+    )
     if postgres:
         op.execute(_PACK)
     else:
@@ -75,11 +85,14 @@ def downgrade() -> None:
         _unpack_in_python()
     # The old rollup expects an hour mark beside each day mark it recomputes; days are recomputed whole.
     aggregates, dirty = _tables()
-    hours = sa.select(aggregates.c.tenant_id, aggregates.c.metric, sa.literal(1), aggregates.c.period_start_us,
-                      sa.literal(0)).where(aggregates.c.period == 1,
-                                           sa.tuple_(aggregates.c.tenant_id, aggregates.c.metric).in_(
-                                               sa.select(dirty.c.tenant_id, dirty.c.metric)
-                                               .where(dirty.c.period == 2)))
+    hours = sa.select(
+        aggregates.c.tenant_id, aggregates.c.metric, sa.literal(1), aggregates.c.period_start_us, sa.literal(0)
+    ).where(
+        aggregates.c.period == 1,
+        sa.tuple_(aggregates.c.tenant_id, aggregates.c.metric).in_(
+            sa.select(dirty.c.tenant_id, dirty.c.metric).where(dirty.c.period == 2)
+        ),
+    )
     op.get_bind().execute(dirty.insert().from_select(list(_KEY) + ["marked_at_us"], hours))
     with op.batch_alter_table("aggregates", schema=_schema()) as batch:  # SQLite: a copy of the table
         for name, _ in _ARRAYS:
@@ -97,9 +110,16 @@ def _schema() -> str | None:
 
 def _tables():
     schema = _schema()
-    aggregates = sa.table("aggregates", *[sa.column(k) for k in _KEY], sa.column("total_quantity"),
-                          sa.column("event_count"), sa.column("source_hash"), sa.column("computed_at_us"),
-                          *[sa.column(name) for name, _ in _ARRAYS], schema=schema)
+    aggregates = sa.table(
+        "aggregates",
+        *[sa.column(k) for k in _KEY],
+        sa.column("total_quantity"),
+        sa.column("event_count"),
+        sa.column("source_hash"),
+        sa.column("computed_at_us"),
+        *[sa.column(name) for name, _ in _ARRAYS],
+        schema=schema,
+    )
     dirty = sa.table("dirty_buckets", *[sa.column(k) for k in _KEY], sa.column("marked_at_us"), schema=schema)
     return aggregates, dirty
 
@@ -115,19 +135,30 @@ def _mark_days_to_recompute() -> None:
         return start - start % DAY_US
 
     days = sa.union(
-        sa.select(dirty.c.tenant_id, dirty.c.metric, day_of(dirty.c.period_start_us).label("day_us"))
-        .where(dirty.c.period == 1),
+        sa.select(dirty.c.tenant_id, dirty.c.metric, day_of(dirty.c.period_start_us).label("day_us")).where(
+            dirty.c.period == 1
+        ),
         sa.select(aggregates.c.tenant_id, aggregates.c.metric, day_of(aggregates.c.period_start_us)).where(
             aggregates.c.period == 1,
-            ~sa.exists().where(day_row.c.tenant_id == aggregates.c.tenant_id, day_row.c.metric == aggregates.c.metric,
-                               day_row.c.period == 2,
-                               day_row.c.period_start_us == day_of(aggregates.c.period_start_us))),
-        sa.select(aggregates.c.tenant_id, aggregates.c.metric, aggregates.c.period_start_us)
-        .where(aggregates.c.period == 2, aggregates.c.hour_offsets.is_(None)),
+            ~sa.exists().where(
+                day_row.c.tenant_id == aggregates.c.tenant_id,
+                day_row.c.metric == aggregates.c.metric,
+                day_row.c.period == 2,
+                day_row.c.period_start_us == day_of(aggregates.c.period_start_us),
+            ),
+        ),
+        sa.select(aggregates.c.tenant_id, aggregates.c.metric, aggregates.c.period_start_us).where(
+            aggregates.c.period == 2, aggregates.c.hour_offsets.is_(None)
+        ),
     ).subquery("days")
     unmarked = sa.select(days.c.tenant_id, days.c.metric, sa.literal(2), days.c.day_us, sa.literal(0)).where(
-        ~sa.exists().where(mark.c.tenant_id == days.c.tenant_id, mark.c.metric == days.c.metric, mark.c.period == 2,
-                           mark.c.period_start_us == days.c.day_us))
+        ~sa.exists().where(
+            mark.c.tenant_id == days.c.tenant_id,
+            mark.c.metric == days.c.metric,
+            mark.c.period == 2,
+            mark.c.period_start_us == days.c.day_us,
+        )
+    )
     op.get_bind().execute(dirty.insert().from_select(list(_KEY) + ["marked_at_us"], unmarked))
 
 
@@ -137,29 +168,53 @@ def _pack_in_python() -> None:
     aggregates, _ = _tables()
     days = defaultdict(lambda: ([], [], [], []))
     for tenant, metric, start, quantity, count, digest in bind.execute(
-            sa.select(aggregates.c.tenant_id, aggregates.c.metric, aggregates.c.period_start_us,
-                      aggregates.c.total_quantity, aggregates.c.event_count, aggregates.c.source_hash)
-            .where(aggregates.c.period == 1).order_by(aggregates.c.period_start_us)):
+        sa.select(
+            aggregates.c.tenant_id,
+            aggregates.c.metric,
+            aggregates.c.period_start_us,
+            aggregates.c.total_quantity,
+            aggregates.c.event_count,
+            aggregates.c.source_hash,
+        )
+        .where(aggregates.c.period == 1)
+        .order_by(aggregates.c.period_start_us)
+    ):
         cells = days[(tenant, metric, start - start % DAY_US)]
         for cell, item in zip(cells, (start % DAY_US // HOUR_US, quantity, count, int(digest[-16:], 16))):
             cell.append(item)
     for (tenant, metric, day), cells in days.items():
-        bind.execute(aggregates.update().where(aggregates.c.tenant_id == tenant, aggregates.c.metric == metric,
-                                               aggregates.c.period == 2, aggregates.c.period_start_us == day)
-                     .values({name: json.dumps(cell) for (name, _), cell in zip(_ARRAYS, cells)}))
+        bind.execute(
+            aggregates.update()
+            .where(
+                aggregates.c.tenant_id == tenant,
+                aggregates.c.metric == metric,
+                aggregates.c.period == 2,
+                aggregates.c.period_start_us == day,
+            )
+            .values({name: json.dumps(cell) for (name, _), cell in zip(_ARRAYS, cells)})
+        )
 
 
 def _unpack_in_python() -> None:
     bind = op.get_bind()
     aggregates, _ = _tables()
     rows = []
-    for row in bind.execute(sa.select(aggregates).where(aggregates.c.period == 2,
-                                                        aggregates.c.hour_offsets.is_not(None))):
+    for row in bind.execute(
+        sa.select(aggregates).where(aggregates.c.period == 2, aggregates.c.hour_offsets.is_not(None))
+    ):
         cells = [json.loads(row._mapping[name]) for name, _ in _ARRAYS]
         for offset, quantity, count, digest in zip(*cells):
-            rows.append(dict(tenant_id=row.tenant_id, metric=row.metric, period=1,
-                             period_start_us=row.period_start_us + offset * HOUR_US, total_quantity=quantity,
-                             event_count=count, source_hash=format(digest % 2**64, "016x"),
-                             computed_at_us=row.computed_at_us))
+            rows.append(
+                dict(
+                    tenant_id=row.tenant_id,
+                    metric=row.metric,
+                    period=1,
+                    period_start_us=row.period_start_us + offset * HOUR_US,
+                    total_quantity=quantity,
+                    event_count=count,
+                    source_hash=format(digest % 2**64, "016x"),
+                    computed_at_us=row.computed_at_us,
+                )
+            )
     if rows:
         bind.execute(aggregates.insert(), rows)

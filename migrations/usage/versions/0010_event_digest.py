@@ -49,7 +49,12 @@ def downgrade() -> None:
 
 def _rebuild(include: list[str]) -> None:
     """Build the new index beside the old one, then swap names, so reads always have one."""
-    op.create_index("events_by_metric_time_next", "events", ["tenant_id", "metric", "occurred_at_us"], schema=SCHEMA,
-                    postgresql_include=include)
+    op.create_index(
+        "events_by_metric_time_next",
+        "events",
+        ["tenant_id", "metric", "occurred_at_us"],
+        schema=SCHEMA,
+        postgresql_include=include,
+    )
     op.drop_index("events_by_metric_time", table_name="events", schema=SCHEMA)
     op.execute('ALTER INDEX "usage".events_by_metric_time_next RENAME TO events_by_metric_time')

@@ -28,7 +28,12 @@ def downgrade() -> None:
 
 def _rebuild(include: list[str]) -> None:
     """Build the new index beside the old one, then swap names, so reads always have one."""
-    op.create_index("aggregates_by_period_next", "aggregates", ["tenant_id", "period", "period_start_us"],
-                    schema=SCHEMA, postgresql_include=include)
+    op.create_index(
+        "aggregates_by_period_next",
+        "aggregates",
+        ["tenant_id", "period", "period_start_us"],
+        schema=SCHEMA,
+        postgresql_include=include,
+    )
     op.drop_index("aggregates_by_period", table_name="aggregates", schema=SCHEMA)
     op.execute('ALTER INDEX "usage".aggregates_by_period_next RENAME TO aggregates_by_period')

@@ -39,9 +39,13 @@ def upgrade() -> None:
         return
     op.execute(_FUNCTION)
     # One rewrite of the aggregates table, under an exclusive lock (docs/operations.md).
-    op.execute('ALTER TABLE "usage".aggregates ' + ", ".join(
-        f'ADD COLUMN {column} bigint[] GENERATED ALWAYS AS ("usage".running_hour_sums(hour_offsets, {source})) STORED'
-        for column, source in _COLUMNS.items()))
+    op.execute(
+        'ALTER TABLE "usage".aggregates '
+        + ", ".join(
+            f'ADD COLUMN {column} bigint[] GENERATED ALWAYS AS ("usage".running_hour_sums(hour_offsets, {source})) STORED'
+            for column, source in _COLUMNS.items()
+        )
+    )
 
 
 def downgrade() -> None:

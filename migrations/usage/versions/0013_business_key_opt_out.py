@@ -30,8 +30,14 @@ def upgrade() -> None:
     op.add_column("events", _flag(), schema=schema)
     if postgres:
         # Built beside the old constraint, then swapped, so ingest is never without the key.
-        op.create_index("events_correlation_next", "events", _KEY, unique=True, schema=SCHEMA,
-                        postgresql_where=sa.text("business_key"))
+        op.create_index(
+            "events_correlation_next",
+            "events",
+            _KEY,
+            unique=True,
+            schema=SCHEMA,
+            postgresql_where=sa.text("business_key"),
+        )
         op.drop_constraint("events_correlation", "events", schema=SCHEMA, type_="unique")
         op.execute('ALTER INDEX "usage".events_correlation_next RENAME TO events_correlation')
     else:
@@ -44,13 +50,24 @@ def downgrade() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     schema = SCHEMA if postgres else None
     events = sa.table("events", *[sa.column(name) for name in _KEY], sa.column("business_key"), schema=schema)
-    shared = op.get_bind().execute(
-        sa.select(sa.func.count()).select_from(
-            sa.select(*[events.c[name] for name in _KEY]).where(events.c.correlation_id.is_not(None))
-            .group_by(*[events.c[name] for name in _KEY]).having(sa.func.count() > 1).subquery())).scalar_one()
+    shared = (
+        op.get_bind()
+        .execute(
+            sa.select(sa.func.count()).select_from(
+                sa.select(*[events.c[name] for name in _KEY])
+                .where(events.c.correlation_id.is_not(None))
+                .group_by(*[events.c[name] for name in _KEY])
+                .having(sa.func.count() > 1)
+                .subquery()
+            )
+        )
+        .scalar_one()
+    )
     if shared:
-        raise RuntimeError(f"cannot downgrade below usage_0013: {shared} business keys are shared by several events "
-                           "stored while their metric had the key off, and the old unique constraint would refuse them")
+        raise RuntimeError(
+            f"cannot downgrade below usage_0013: {shared} business keys are shared by several events "
+            "stored while their metric had the key off, and the old unique constraint would refuse them"
+        )
     op.drop_index("events_correlation", table_name="events", schema=schema)
     with op.batch_alter_table("events", schema=schema) as batch:  # SQLite: a copy of the table
         batch.create_unique_constraint("events_correlation", _KEY)
