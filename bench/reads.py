@@ -406,7 +406,8 @@ def _report_reads(rows, late: int) -> None:
     for label, samples in rows:
         print(f"  {label:52} {timing.pct(samples, 50):8.3f} {timing.pct(samples, 99):8.3f} {len(samples):6}")
     print(
-        f"  GetUsage p99 / empty RPC p99                     {timing.pct(get_usage, 99) / timing.pct(empty, 99):8.2f}x  "
+        f"  GetUsage p99 / empty RPC p99                     "
+        f"{timing.pct(get_usage, 99) / timing.pct(empty, 99):8.2f}x  "
         f"(goal <= 2x; p50 / p50 {timing.pct(get_usage, 50) / timing.pct(empty, 50):.2f}x)"
     )
     print(

@@ -91,21 +91,20 @@ def _seed(admin, metadata) -> None:
 def _measure(channel, metadata) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     policy = policy_pb2_grpc.PolicyServiceStub(channel)
-    empty = lambda n: health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)  # noqa: E731
-    one = lambda n: policy.ResolveMode(
-        pb.ResolveModeRequest(  # noqa: E731
+
+    def empty(n: int) -> None:
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+
+    def one(n: int) -> None:
+        request = pb.ResolveModeRequest(
             tenant_id=TENANT, user_id=f"user{n % (USERS + 50)}", feature_id=FEATURES[n % 20]
-        ),
-        metadata=metadata,
-        timeout=5,
-    )
-    many = lambda n: policy.ResolveModes(
-        pb.ResolveModesRequest(  # noqa: E731
-            tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES
-        ),
-        metadata=metadata,
-        timeout=5,
-    )
+        )
+        policy.ResolveMode(request, metadata=metadata, timeout=5)
+
+    def many(n: int) -> None:
+        request = pb.ResolveModesRequest(tenant_id=TENANT, user_id=f"user{n % USERS}", feature_ids=FEATURES)
+        policy.ResolveModes(request, metadata=metadata, timeout=5)
+
     for call in (empty, one, many):
         timing.timed(call, WARMUP)
     rows = [

@@ -148,11 +148,11 @@ def test_the_image_entrypoints_serve_health_and_stop_cleanly_on_sigterm(image, t
                 part.replace(f"localhost:{spec['port']}", f"127.0.0.1:{ports[name]}")
                 for part in services[name]["healthcheck"]["test"][1:]
             ]
-            assert deploy_replay.wait_until(lambda: image.run(probe).returncode == 0, seconds=30), processes[
-                name
-            ].stderr_text()
+            assert deploy_replay.wait_until(lambda probe=probe: image.run(probe).returncode == 0, seconds=30), (
+                processes[name].stderr_text()
+            )
             assert deploy_replay.health_status(ports[name], spec["health"]) == "SERVING"
-        for name, process in processes.items():
+        for process in processes.values():
             assert process.terminate_and_wait(timeout=20) == 0, process.stderr_text()
     finally:
         for process in processes.values():

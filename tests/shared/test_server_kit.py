@@ -158,8 +158,8 @@ def test_metrics_count_calls_by_code(usage, usage_stub, tenant):
     def handled(code: str) -> float:
         body = urllib.request.urlopen(f"http://127.0.0.1:{usage.metrics_port}/metrics", timeout=5).read().decode()
         prefix = (
-            'grpc_server_handled_total{grpc_code="%s",grpc_method="GetUsage",'
-            'grpc_service="tollgate.usage.v1.UsageService",grpc_type="unary"} ' % code
+            f'grpc_server_handled_total{{grpc_code="{code}",grpc_method="GetUsage",'
+            'grpc_service="tollgate.usage.v1.UsageService",grpc_type="unary"} '
         )
         lines = [line for line in body.splitlines() if line.startswith(prefix)]
         return float(lines[0].split()[-1]) if lines else 0.0

@@ -1,4 +1,4 @@
-"""purge_horizons, indexes for range reads of aggregates and per-actor reads, and dirty marks for events rolled up by nobody
+"""purge_horizons, indexes for range reads of aggregates and per-actor reads, dirty marks for events rolled up by nobody
 
 Revision ID: usage_0004
 Revises: usage_0003

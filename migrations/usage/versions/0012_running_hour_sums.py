@@ -42,7 +42,8 @@ def upgrade() -> None:
     op.execute(
         'ALTER TABLE "usage".aggregates '
         + ", ".join(
-            f'ADD COLUMN {column} bigint[] GENERATED ALWAYS AS ("usage".running_hour_sums(hour_offsets, {source})) STORED'
+            f"ADD COLUMN {column} bigint[] GENERATED ALWAYS AS "
+            f'("usage".running_hour_sums(hour_offsets, {source})) STORED'
             for column, source in _COLUMNS.items()
         )
     )
