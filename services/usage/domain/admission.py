@@ -6,13 +6,20 @@ import hashlib
 import json
 from typing import NamedTuple
 
-from shared import clock, tenant_ids
-from shared.errors import FieldViolation, InvalidArgument
-
 from services.usage.domain import horizon
 from services.usage.domain.catalog import IngestCatalog
-from services.usage.domain.model import Candidate, Classification, Event, EventBatch, EventResult, IngestRules, \
-    RejectReason, Verdict
+from services.usage.domain.model import (
+    Candidate,
+    Classification,
+    Event,
+    EventBatch,
+    EventResult,
+    IngestRules,
+    RejectReason,
+    Verdict,
+)
+from shared import clock, tenant_ids
+from shared.errors import FieldViolation, InvalidArgument
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 128  # event_id, metric, actor_id, source_service, correlation_id, idempotency_key
@@ -50,7 +57,7 @@ def admit_batch(batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules
     without_business_key = catalog.without_business_key
     for index, event in enumerate(batch.events):
         admitted = admit(index, event, catalog=catalog.classification_of, rules=rules, now_us=now_us)
-        if isinstance(admitted, Candidate) and horizon.ingest_refuses(event.occurred_at_us, horizon_us):
+        if isinstance(admitted, Candidate) and horizon_us is not None and _before(admitted, horizon_us):
             admitted = purged(index, event, horizon_us)
         if isinstance(admitted, EventResult):
             rejections.append(admitted)
@@ -59,6 +66,12 @@ def admit_batch(batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules
         else:
             candidates.append(admitted)
     return Admitted(candidates, rejections)
+
+
+def _before(candidate: Candidate, horizon_us: int) -> bool:
+    at = candidate.event.occurred_at_us
+    assert at is not None  # admit() rejects an event without one
+    return horizon.ingest_refuses(at, horizon_us)
 
 
 def purged(index: int, event: Event, horizon_us: int) -> EventResult:

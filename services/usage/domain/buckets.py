@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 
 HOUR_US = 3_600_000_000
@@ -10,7 +10,7 @@ DAY_US = 24 * HOUR_US
 WEEK_US = 7 * DAY_US
 # 1970-01-01 was a Thursday: ISO weeks (Monday 00:00 UTC) are offset by three days from the epoch.
 _MONDAY_OFFSET_US = 3 * DAY_US
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Period(IntEnum):
@@ -31,7 +31,7 @@ def start_of(period: Period, micros: int) -> int:
     if period is Period.WEEK:
         return micros - (micros + _MONDAY_OFFSET_US) % WEEK_US
     moment = _EPOCH + timedelta(microseconds=micros)
-    return _micros(datetime(moment.year, moment.month, 1, tzinfo=timezone.utc))
+    return _micros(datetime(moment.year, moment.month, 1, tzinfo=UTC))
 
 
 def next_start(period: Period, start_us: int) -> int:
@@ -44,7 +44,7 @@ def next_start(period: Period, start_us: int) -> int:
         return start_us + WEEK_US
     moment = _EPOCH + timedelta(microseconds=start_us)
     year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-    return _micros(datetime(year, month, 1, tzinfo=timezone.utc))
+    return _micros(datetime(year, month, 1, tzinfo=UTC))
 
 
 def buckets_of(micros: int) -> list[tuple[Period, int]]:

@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from shared.errors import FieldViolation, InvalidArgument
-
 from services.usage.domain.model import Classification
+from shared.errors import FieldViolation, InvalidArgument
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,127}")
 MAX_UNIT = 64

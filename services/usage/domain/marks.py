@@ -16,6 +16,7 @@ def day_hours(events: Iterable[Event]) -> dict[tuple[str, int], int]:
     hours: dict[tuple[str, int], int] = {}
     for event in events:
         at = event.occurred_at_us
+        assert at is not None  # only admitted events are stored
         day = at - at % DAY_US
         key = (event.metric, day)
         hours[key] = hours.get(key, 0) | 1 << (at - day) // HOUR_US
