@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
 from bench.processes import UsageProcess
+from bench.resolve import MODES
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from services.policy import server as policy_server
 from services.policy.config import Settings as PolicySettings
@@ -58,19 +59,18 @@ def run(admin_url: str) -> None:
             label="bench admin",
         )
         policy_token = tokens.token(url, {"usage:read"}, label="policy service")
-        quiet = dict(database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING")
+        quiet = replace(
+            PolicySettings(), database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING"
+        )
         usage = UsageProcess(url)
         try:
-            policy = policy_server.build(
-                replace(PolicySettings(), usage_addr=f"127.0.0.1:{usage.port}", usage_token=policy_token, **quiet)
-            )
+            policy = policy_server.build(replace(quiet, usage_addr=f"127.0.0.1:{usage.port}", usage_token=policy_token))
             uncached = policy_server.build(
                 replace(
-                    PolicySettings(),
+                    quiet,
                     usage_addr=f"127.0.0.1:{usage.port}",
                     usage_token=policy_token,
                     ranking_cache_seconds=0,
-                    **quiet,
                 )
             )
             try:
@@ -99,24 +99,32 @@ def run(admin_url: str) -> None:
 
 def _seed_policy(admin, metadata) -> None:
     """bench/resolve.py's catalog, with every cap above OFF so that all 20 features are active."""
-    caps = [pb.FeatureCap(feature_id=f, cap=2 + n % 5) for n, f in enumerate(FEATURES)]
+    caps = [pb.FeatureCap(feature_id=f, cap=MODES[1 + n % 5]) for n, f in enumerate(FEATURES)]
     roles = [
         pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
-        for r, c in [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]
+        for r, c in [
+            ("OWNER", pb.MODE_AUTONOMOUS),
+            ("ADMIN", pb.MODE_AMBITIOUS),
+            ("MEMBER", pb.MODE_SUGGEST),
+            ("VIEWER", pb.MODE_OBSERVE),
+        ]
     ]
     admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
     for n, feature in enumerate(FEATURES):
         measured_by = sorted({METRICS[n % len(METRICS)], METRICS[(n * 7) % len(METRICS)]})
         admin.UpsertFeature(
-            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3, metrics=measured_by)),
+            pb.UpsertFeatureRequest(
+                feature=pb.Feature(feature_id=feature, max_mode=MODES[5 - n % 3], metrics=measured_by)
+            ),
             metadata=metadata,
         )
     admin.UpsertPlan(
-        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])), metadata=metadata
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=pb.MODE_AMBITIOUS, feature_caps=caps[5:15])),
+        metadata=metadata,
     )
     admin.SetTenantPolicy(
         pb.SetTenantPolicyRequest(
-            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")
+            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=pb.MODE_AMBITIOUS, default_role_id="VIEWER")
         ),
         metadata=metadata,
     )
@@ -184,7 +192,7 @@ def _measure(policies: dict, usage_channel, metadata) -> None:
         "user": lambda n: usage.GetUsage(_usage_request(f"user{n % USERS}"), metadata=metadata, timeout=5),
     }
     print(f"{'case':50} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
-    empty_reference = None
+    empty_reference: list[float] = []
     for name, channel in policies.items():
         empty, active, wrong = _calls(channel, metadata)
         for call in (empty, active):

@@ -29,7 +29,9 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import grpc
 import psycopg
@@ -50,6 +52,8 @@ from shared.db import create_engine_for, normalize_url, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
+T = TypeVar("T")
+
 EVENTS = int(os.environ.get("BENCH_READS_EVENTS", "2000000"))
 TENANTS = [f"tenant-{n:03d}" for n in range(100)]
 METRICS = ["api.requests", "leads.processed", "scoring.requests", "voice.minutes.authorized", "sla.timers.started"]
@@ -57,7 +61,7 @@ ACTORS = [f"user-{n}" for n in range(8)]
 DAYS = 35
 CALLS, WARMUP, RAW_CALLS, CHECKED_TENANTS, LATE_EVENTS = 5000, 200, 600, 10, 400
 CASE_SECONDS = float(os.environ.get("BENCH_READS_CASE_SECONDS", "20"))  # a slow case stops early (>= 200 calls)
-_CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG}
+_CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG if m.classification}
 _GROUP_BY_HOUR = (
     "SELECT count(*), sum(q), sum(n) FROM (SELECT tenant_id, metric, "
     "occurred_at_us - occurred_at_us % 3600000000, sum(quantity) AS q, count(*) AS n "
@@ -169,7 +173,7 @@ def _generate(url: str, now_us: int) -> None:
         connection.execute('VACUUM ANALYZE "usage".events')
         connection.execute('VACUUM ANALYZE "usage".dirty_buckets')
         steps["VACUUM ANALYZE"] = time.perf_counter() - started - sum(steps.values())
-        dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+        dirty = _dirty_marks(connection)
     elapsed = sum(steps.values())
     print(
         f"data: {EVENTS:,} events, {len(TENANTS)} tenants, {len(METRICS)} metrics, {len(ACTORS)} actors, "
@@ -222,11 +226,11 @@ def _cold_backlog(url: str) -> None:
     engine = create_engine_for(url, schema="usage", pool_size=2)
     try:
         with psycopg.connect(_pg(url), autocommit=True) as connection:
-            dirty = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+            dirty = _dirty_marks(connection)
             before = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
             report = _timed_once(lambda: rollups.roll_up(session_factory(engine), None, storage=storage_for(engine)))
             after = _timed_once(lambda: connection.execute(_GROUP_BY_HOUR).fetchall())
-            left = connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+            left = _dirty_marks(connection)
             _check_periods(connection)
             floor = _timed_once(lambda: _upsert_again(connection))
     finally:
@@ -297,7 +301,11 @@ def _late_rollup(url: str, raw) -> None:
     )
 
 
-def _timed_once(call) -> tuple[float, object]:
+def _dirty_marks(connection) -> int:
+    return connection.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+
+
+def _timed_once(call: Callable[[], T]) -> tuple[float, T]:
     started = time.perf_counter()
     result = call()
     return time.perf_counter() - started, result
@@ -340,7 +348,7 @@ def _reads(channel, metadata, raw) -> None:
         ("raw GROUP BY metric on PostgreSQL", _timed(raw_scan, RAW_CALLS)),
     ]
     late = _record_late_events(usage, metadata, now_us)
-    dirty = raw.execute('SELECT count(*) FROM "usage".dirty_buckets').fetchone()[0]
+    dirty = _dirty_marks(raw)
     _check_exact(totals, raw_scan, range(CHECKED_TENANTS))
     empty_samples, usage_samples = _alternating(empty, get_usage, CALLS)
     rows += [
@@ -384,7 +392,8 @@ def _timed(call, count: int) -> list[float]:
 def _alternating(first, second, count: int) -> tuple[list[float], list[float]]:
     """Latencies of first(n) and second(n) called in turn (second may be None), `count` each, or as many as
     fit in CASE_SECONDS (at least 200)."""
-    samples, deadline = ([], []), time.perf_counter() + CASE_SECONDS
+    samples: tuple[list[float], list[float]] = ([], [])
+    deadline = time.perf_counter() + CASE_SECONDS
     for n in range(count):
         for call, kept in zip((first, second), samples):
             if call is not None:

@@ -67,7 +67,8 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def _deque_append_costs(count: int) -> list[float]:
-    queue, clock, costs = deque(), time.perf_counter, []
+    queue: deque[tuple[str, int, float]] = deque()
+    clock, costs = time.perf_counter, []
     for _ in range(count):
         started = clock()
         queue.append((METRIC, 1, time.time()))

@@ -21,6 +21,9 @@ from shared import migrate
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 
+# The modes lowest first (MODES[0] is MODE_OFF, number 1).
+MODES = [pb.MODE_OFF, pb.MODE_OBSERVE, pb.MODE_SUGGEST, pb.MODE_PROACTIVE, pb.MODE_AMBITIOUS, pb.MODE_AUTONOMOUS]
+
 TENANT, FEATURES, USERS = "bench", [f"feature_{n:02d}" for n in range(20)], 1000
 SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 3000, 6000, 64, 300
 
@@ -52,22 +55,29 @@ def run(admin_url: str) -> None:
 
 
 def _seed(admin, metadata) -> None:
-    caps = [pb.FeatureCap(feature_id=f, cap=1 + n % 6) for n, f in enumerate(FEATURES)]
+    caps = [pb.FeatureCap(feature_id=f, cap=MODES[n % 6]) for n, f in enumerate(FEATURES)]
     roles = [
         pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
-        for r, c in [("OWNER", 6), ("ADMIN", 5), ("MEMBER", 3), ("VIEWER", 2)]
+        for r, c in [
+            ("OWNER", pb.MODE_AUTONOMOUS),
+            ("ADMIN", pb.MODE_AMBITIOUS),
+            ("MEMBER", pb.MODE_SUGGEST),
+            ("VIEWER", pb.MODE_OBSERVE),
+        ]
     ]
     admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
     for n, feature in enumerate(FEATURES):
         admin.UpsertFeature(
-            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=6 - n % 3)), metadata=metadata
+            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=MODES[5 - n % 3])),
+            metadata=metadata,
         )
     admin.UpsertPlan(
-        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=5, feature_caps=caps[5:15])), metadata=metadata
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=pb.MODE_AMBITIOUS, feature_caps=caps[5:15])),
+        metadata=metadata,
     )
     admin.SetTenantPolicy(
         pb.SetTenantPolicyRequest(
-            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=5, default_role_id="VIEWER")
+            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=pb.MODE_AMBITIOUS, default_role_id="VIEWER")
         ),
         metadata=metadata,
     )
@@ -107,7 +117,7 @@ def _measure(channel, metadata) -> None:
 
     for call in (empty, one, many):
         timing.timed(call, WARMUP)
-    rows = [
+    rows: list[tuple[str, list[float], float | None]] = [
         ("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
         ("ResolveMode, sequential", timing.timed(one, SEQUENTIAL), None),
         ("ResolveModes (20 features), sequential", timing.timed(many, SEQUENTIAL // 3), None),

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -44,7 +45,7 @@ EVENTS = int(os.environ.get("BENCH_ROLLUP_SQLITE_EVENTS", "40000"))
 TENANTS = [f"tenant-{n}" for n in range(8)]
 METRICS = ["api.requests", "leads.processed"]
 DAYS, ROUNDS, CALLS = 21, 4, 600
-_CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG}
+_CLASSIFICATION = {m.name: m.classification.name for m in DEFAULT_CATALOG if m.classification}
 
 
 def run(_admin_url: str) -> None:
@@ -68,7 +69,9 @@ def run(_admin_url: str) -> None:
 def _generate(engine, now_us: int) -> tuple[dict, list[dict]]:
     """Events in time order, tenants and metrics spread evenly, and the marks ingest writes for them."""
     start_us, step = now_us - DAYS * DAY_US, DAYS * DAY_US // EVENTS
-    rows, expected, buckets = [], {}, set()
+    rows: list[dict] = []
+    expected: dict[str, dict[str, list[int]]] = {}
+    buckets: set[tuple[str, str, int, int]] = set()
     for n in range(EVENTS):
         mixed = (n * 2654435761) & 0xFFFFFFFF
         tenant, metric = TENANTS[mixed % len(TENANTS)], METRICS[mixed // 8 % len(METRICS)]
@@ -135,7 +138,8 @@ def _measure(channel, url: str, engine, now_us: int, expected: dict, marks: list
             _alternating(empty, get_usage, CALLS),
         )
     )
-    during, rollups = [], []
+    during: list[float] = []
+    rollups: list[tuple[float, int]] = []
     for _ in range(ROUNDS):
         with engine.begin() as connection:
             connection.execute(dirty_buckets.delete())
@@ -156,7 +160,7 @@ def _measure(channel, url: str, engine, now_us: int, expected: dict, marks: list
 
 def _during_rollup(admin_stub, admin, get_usage, samples: list[float]) -> tuple[float, int]:
     """GetUsage timed in a loop while RunRollup of every tenant runs: (the rollup's seconds, its buckets)."""
-    report = {}
+    report: dict[str, Any] = {}
 
     def roll_up() -> None:
         response = admin_stub.RunRollup(u.RunRollupRequest(), metadata=admin, timeout=600)
@@ -175,7 +179,7 @@ def _during_rollup(admin_stub, admin, get_usage, samples: list[float]) -> tuple[
 
 
 def _alternating(first, second, count: int) -> tuple[list[float], list[float]]:
-    samples = ([], [])
+    samples: tuple[list[float], list[float]] = ([], [])
     for n in range(count):
         for call, kept in zip((first, second), samples):
             started = time.perf_counter()

@@ -4,6 +4,7 @@ pair it is given, and the two use cases every chain answers: list it and verify 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from shared import audit, auth, pagination
 from shared.audit import AuditRecord, Verification
@@ -35,7 +37,7 @@ def audit_tables(metadata: MetaData) -> tuple[Table, Table]:
     a new shape of the chain is a new declaration and a migration in each service, never an edit here.
     """
     # sequence is the primary key, so two records can never claim the same place: no fork.
-    fields = [
+    fields: list[tuple[str, type[TypeEngine[Any]] | TypeEngine[Any]]] = [
         ("time_us", BigInteger),
         ("actor", String(64)),
         ("action", String(64)),

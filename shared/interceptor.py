@@ -11,6 +11,7 @@ import uuid
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
+from prometheus_client import Counter
 
 from shared import auth, credentials, grpc_errors, metrics
 from shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
@@ -48,7 +49,7 @@ class CallInterceptor(grpc.ServerInterceptor):
         self.server = server
         self.max_message_bytes = max_message_bytes
         # Wrapped handlers are built once per method: intercept_service runs on every call.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, object]] = {}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, Counter]] = {}
         self._lock = threading.Lock()
 
     def intercept_service(self, continuation, handler_call_details):
@@ -128,7 +129,7 @@ class _Call:
         self.max_message_bytes = interceptor.max_message_bytes
         self.started = metrics.RPC_STARTED.labels(grpc_type, self._service, self._name)
         self._seconds = metrics.RPC_SECONDS.labels(grpc_type, self._service, self._name)
-        self._handled: dict[grpc.StatusCode, object] = {}
+        self._handled: dict[grpc.StatusCode, Counter] = {}
 
     def unary(self, behavior, parse):
         def wrapped(request, context):

@@ -3,6 +3,8 @@ endpoint that serves them."""
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, start_http_server
 
 RPC_STARTED = Counter(
@@ -23,7 +25,7 @@ RPC_SECONDS = Histogram(
 )
 
 
-def serve_http(port: int, host: str):
+def serve_http(port: int, host: str) -> tuple[WSGIServer, int]:
     """Start the /metrics endpoint on the gRPC server's host; returns (http_server, port) so tests may pass port 0."""
     # A *_created series per labelled child would double what Prometheus stores, for a timestamp nobody
     # graphs: rates come from the counters themselves.

@@ -34,7 +34,7 @@ def downgrade(service: str, url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(service, url), revision)
 
 
-def head_revision(service: str) -> str:
+def head_revision(service: str) -> str | None:
     return ScriptDirectory.from_config(alembic_config(service, "")).get_current_head()
 
 

@@ -104,6 +104,6 @@ def _binding(scope: dict) -> str:
 def _fits(item: object, kind: type) -> bool:
     if type(item) is not kind:  # bool is an int to isinstance, never a key
         return False
-    if kind is int:
+    if isinstance(item, int):
         return INT64_MIN <= item <= INT64_MAX
-    return len(item) <= MAX_KEY_LENGTH and "\x00" not in item
+    return isinstance(item, str) and len(item) <= MAX_KEY_LENGTH and "\x00" not in item

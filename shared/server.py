@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,7 +66,7 @@ class RunningServer:
     metrics_port: int | None
     stopping: threading.Event
     _threads: list[threading.Thread]
-    _metrics_http: object | None
+    _metrics_http: WSGIServer | None
     _service_names: list[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
 

@@ -58,7 +58,7 @@ class Sender(threading.Thread):
         self.flushing = 0
         self.stopping = False
         self.refused: str | None = None  # why the server refused the credential; nothing is sent from then on
-        self._inflight = None  # (seqs, future)
+        self._inflight: tuple[list[int], usage_pb2.RecordEventsRequest, grpc.Future] | None = None
         self._attempt = 0
         self._retry_at = 0.0
         self._batch_since = None if inbox.on_disk() == 0 else float("-inf")  # leftovers go at once

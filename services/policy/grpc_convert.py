@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from services.policy.domain.model import Binding, Feature, Override, Plan, QuotaLimit, Role, Subscription, TenantPolicy
-from services.policy.domain.modes import Resolution
+from services.policy.domain.modes import Mode, Resolution
 from services.policy.domain.ranking import ActiveFeature
 from shared.proto_time import from_micros
 from tollgate.policy.v1 import policy_pb2 as pb
+
+
+# A proto enum is a plain int on the wire and in Python; the stubs give each its own int class, and the domain
+# enums carry the same numbers (domain/modes.py). In, an enum stays the number it was sent as until validation
+# turns it into a Mode or names the field; out, each domain enum is its number.
+def _mode_in(value: int) -> Mode:
+    return cast(Mode, value)
+
+
+def _mode_out(value: Mode) -> pb.Mode:
+    return cast(pb.Mode, int(value))
 
 
 def _caps_in(caps) -> list[tuple[str, int]]:
@@ -14,11 +27,13 @@ def _caps_in(caps) -> list[tuple[str, int]]:
 
 
 def _caps_out(caps) -> list[pb.FeatureCap]:
-    return [pb.FeatureCap(feature_id=feature_id, cap=int(cap)) for feature_id, cap in sorted(caps.items())]
+    return [pb.FeatureCap(feature_id=feature_id, cap=_mode_out(cap)) for feature_id, cap in sorted(caps.items())]
 
 
 def role_in(message: pb.Role) -> tuple[Role, list[tuple[str, int]]]:
-    return Role(message.role_id, message.display_name, {}, message.default_cap), _caps_in(message.feature_caps)
+    return Role(message.role_id, message.display_name, {}, _mode_in(message.default_cap)), _caps_in(
+        message.feature_caps
+    )
 
 
 def role_out(role: Role) -> pb.Role:
@@ -26,13 +41,17 @@ def role_out(role: Role) -> pb.Role:
         role_id=role.role_id,
         display_name=role.display_name,
         feature_caps=_caps_out(role.feature_caps),
-        default_cap=int(role.default_cap),
+        default_cap=_mode_out(role.default_cap),
     )
 
 
 def feature_in(message: pb.Feature) -> Feature:
     return Feature(
-        message.feature_id, message.display_name, message.description, message.max_mode, tuple(message.metrics)
+        message.feature_id,
+        message.display_name,
+        message.description,
+        _mode_in(message.max_mode),
+        tuple(message.metrics),
     )
 
 
@@ -41,7 +60,7 @@ def feature_out(feature: Feature) -> pb.Feature:
         feature_id=feature.feature_id,
         display_name=feature.display_name,
         description=feature.description,
-        max_mode=int(feature.max_mode),
+        max_mode=_mode_out(feature.max_mode),
         metrics=list(feature.metrics),
     )
 
@@ -51,7 +70,14 @@ def plan_in(message: pb.Plan) -> tuple[Plan, list[tuple[str, int]]]:
         QuotaLimit(q.metric, q.period, q.limit, q.cap, tuple(q.feature_ids), q.fail_closed) for q in message.quotas
     )
     return (
-        Plan(message.plan_id, message.display_name, {}, message.default_cap, message.inactive_cap, quotas),
+        Plan(
+            message.plan_id,
+            message.display_name,
+            {},
+            _mode_in(message.default_cap),
+            _mode_in(message.inactive_cap),
+            quotas,
+        ),
         _caps_in(message.feature_caps),
     )
 
@@ -60,9 +86,9 @@ def plan_out(plan: Plan) -> pb.Plan:
     quotas = [
         pb.QuotaLimit(
             metric=q.metric,
-            period=q.period,
+            period=cast(pb.QuotaPeriod, q.period),
             limit=q.limit,
-            cap=int(q.cap),
+            cap=_mode_out(q.cap),
             feature_ids=list(q.feature_ids),
             fail_closed=q.fail_closed,
         )
@@ -72,8 +98,8 @@ def plan_out(plan: Plan) -> pb.Plan:
         plan_id=plan.plan_id,
         display_name=plan.display_name,
         feature_caps=_caps_out(plan.feature_caps),
-        default_cap=int(plan.default_cap),
-        inactive_cap=int(plan.inactive_cap),
+        default_cap=_mode_out(plan.default_cap),
+        inactive_cap=_mode_out(plan.inactive_cap),
         quotas=quotas,
     )
 
@@ -82,7 +108,7 @@ def subscription_out(subscription: Subscription) -> pb.Subscription:
     return pb.Subscription(
         tenant_id=subscription.tenant_id,
         plan_id=subscription.plan_id,
-        status=int(subscription.status),
+        status=cast(pb.SubscriptionStatus, int(subscription.status)),
         feature_flags=dict(subscription.feature_flags),
         update_time=from_micros(subscription.update_us),
     )
@@ -91,7 +117,7 @@ def subscription_out(subscription: Subscription) -> pb.Subscription:
 def tenant_policy_out(policy: TenantPolicy) -> pb.TenantPolicy:
     return pb.TenantPolicy(
         tenant_id=policy.tenant_id,
-        max_mode=int(policy.max_mode),
+        max_mode=_mode_out(policy.max_mode),
         default_role_id=policy.default_role_id,
         update_time=from_micros(policy.update_us),
     )
@@ -103,7 +129,7 @@ def override_out(override: Override) -> pb.Override:
         tenant_id=override.tenant_id,
         role_id=override.role_id,
         feature_id=override.feature_id,
-        cap=int(override.cap),
+        cap=_mode_out(override.cap),
         reason=override.reason,
         update_time=from_micros(override.update_us),
     )
@@ -120,13 +146,15 @@ def binding_out(binding: Binding) -> pb.Binding:
 
 def resolution_out(resolution: Resolution) -> pb.Resolution:
     basis = [
-        pb.BasisEntry(source=int(e.source), cap=int(e.cap), detail=e.detail, binding=e.binding)
+        pb.BasisEntry(
+            source=cast(pb.CapSource, int(e.source)), cap=_mode_out(e.cap), detail=e.detail, binding=e.binding
+        )
         for e in resolution.basis
     ]
     return pb.Resolution(
         feature_id=resolution.feature_id,
-        requested_mode=int(resolution.requested),
-        effective_mode=int(resolution.effective),
+        requested_mode=_mode_out(resolution.requested),
+        effective_mode=_mode_out(resolution.effective),
         basis=basis,
     )
 
@@ -137,7 +165,7 @@ def active_feature_out(item: ActiveFeature) -> pb.ActiveFeature:
     return pb.ActiveFeature(
         feature_id=scored.feature_id,
         display_name=item.display_name,
-        effective_mode=int(item.resolution.effective),
+        effective_mode=_mode_out(item.resolution.effective),
         score=scored.score,
         parts=pb.ScoreParts(
             mode_score=scored.mode_score,

@@ -44,7 +44,7 @@ class Memo(Generic[V]):
             if age < self._ttl:
                 return found[1]
             if self._refresher is not None and age < self._ttl + self._stale_for:
-                self._refresh_soon(key, refresh or compute)
+                self._refresh_soon(self._refresher, key, refresh or compute)
                 return found[1]
         value = compute()
         self._store(key, now, value)
@@ -58,7 +58,7 @@ class Memo(Generic[V]):
                 self._entries.clear()
             self._entries[key] = (at, value)
 
-    def _refresh_soon(self, key: Hashable, compute: Callable[[], V]) -> None:
+    def _refresh_soon(self, refresher: ThreadPoolExecutor, key: Hashable, compute: Callable[[], V]) -> None:
         with self._lock:
             if key in self._refreshing:
                 return
@@ -74,4 +74,4 @@ class Memo(Generic[V]):
                 with self._lock:
                     self._refreshing.discard(key)
 
-        self._refresher.submit(run)
+        refresher.submit(run)

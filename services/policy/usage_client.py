@@ -115,7 +115,8 @@ class UsageClient:
 
     def metric_names(self, *, timeout: float | None) -> set[str]:
         """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
-        names, token, deadline = set(), "", time.monotonic() + self._timeout(timeout)
+        names: set[str] = set()
+        token, deadline = "", time.monotonic() + self._timeout(timeout)
         self._allow()
         while True:
             try:

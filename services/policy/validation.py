@@ -6,7 +6,7 @@ A check collects every problem of a request (`Violations`), so one INVALID_ARGUM
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from services.policy.domain.model import Feature, Plan, QuotaLimit, Role, SubscriptionStatus
 from services.policy.domain.modes import Mode, requested_mode
@@ -52,7 +52,7 @@ class Violations:
             return Mode.OFF
         return Mode(value)
 
-    def caps(self, caps: Mapping[str, int] | list[tuple[str, int]], field: str) -> dict[str, Mode]:
+    def caps(self, caps: Iterable[tuple[str, int]], field: str) -> dict[str, Mode]:
         result: dict[str, Mode] = {}
         for index, (feature_id, cap) in enumerate(caps):
             self.identifier(feature_id, f"{field}[{index}].feature_id")

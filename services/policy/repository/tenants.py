@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, delete, insert, select, tuple_, update
+from sqlalchemy import and_, delete, insert, literal, select, tuple_, update
 
 from services.policy import tables
 from services.policy.domain.model import Binding, Override, Subscription, TenantPolicy
@@ -55,7 +55,7 @@ def tenant_overrides(
         .order_by(T.overrides.c.role_id, T.overrides.c.feature_id)
     )
     if after is not None:
-        query = query.where(tuple_(T.overrides.c.role_id, T.overrides.c.feature_id) > tuple_(*after))
+        query = query.where(tuple_(T.overrides.c.role_id, T.overrides.c.feature_id) > tuple_(*map(literal, after)))
     if limit is not None:
         query = query.limit(limit)
     return [rows.override_of(row) for row in session.execute(query)]
@@ -129,7 +129,7 @@ def list_bindings(
     if user_id:
         query = query.where(c.user_id == user_id)
     if after is not None:
-        query = query.where(tuple_(c.user_id, c.role_id) > tuple_(*after))
+        query = query.where(tuple_(c.user_id, c.role_id) > tuple_(*map(literal, after)))
     if limit is not None:
         query = query.limit(limit)
     return [rows.binding_of(row) for row in session.execute(query)]

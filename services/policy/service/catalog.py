@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from services.policy import validation
 from services.policy.domain.errors import RoleInUse
@@ -14,6 +16,8 @@ from services.policy.service.writes import Change, audited_write
 from services.policy.usage_port import Deadline, UsagePort
 from shared import pagination
 from shared.credentials import Principal
+
+Item = TypeVar("Item", Feature, Plan)
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,10 @@ class RolesDiff:
 
 
 @dataclass(frozen=True)
-class Upserted:
+class Upserted(Generic[Item]):
     """A stored feature or plan, whether it is new, the catalog version, and how its metric names were checked."""
 
-    value: Feature | Plan
+    value: Item
     created: bool
     version: int
     metrics: MetricCheck
@@ -78,7 +82,7 @@ def import_roles(
 
 def upsert_feature(
     value: Feature, *, sessions, cache, caller: Principal, usage: UsagePort, deadline: Deadline
-) -> Upserted:
+) -> Upserted[Feature]:
     """Add or update a feature whose metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     feature = validation.feature(value)
@@ -111,7 +115,7 @@ def upsert_plan(
     caller: Principal,
     usage: UsagePort,
     deadline: Deadline,
-) -> Upserted:
+) -> Upserted[Plan]:
     """Add or update a plan whose quotas' metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
     plan = validation.plan(value, caps)
@@ -135,7 +139,7 @@ def upsert_plan(
     return Upserted(plan, created, version, checked)
 
 
-_LISTINGS = {
+_LISTINGS: dict[str, tuple[Callable[..., list[Any]], Callable[[Any], tuple[str]]]] = {
     "roles": (catalog.list_roles, lambda r: (r.role_id,)),
     "features": (catalog.list_features, lambda f: (f.feature_id,)),
     "plans": (catalog.list_plans, lambda p: (p.plan_id,)),
