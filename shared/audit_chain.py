@@ -20,7 +20,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeEngine
 
 from shared import audit, auth, pagination
@@ -66,16 +66,16 @@ def audit_tables(metadata: MetaData) -> tuple[Table, Table]:
     return records, head
 
 
-def repeatable_read(session) -> None:
+def repeatable_read(session: Session) -> None:
     """Make every statement of this transaction see one snapshot (PostgreSQL's REPEATABLE READ)."""
     session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 
-def as_begun(session) -> None:
+def as_begun(session: Session) -> None:
     """Leave the transaction as it began: on SQLite its BEGIN already holds one snapshot."""
 
 
-def consistent_read(session) -> None:
+def consistent_read(session: Session) -> None:
     """repeatable_read or as_begun, by the session's database, for callers that do not inject the choice."""
     (repeatable_read if session.get_bind().dialect.name == "postgresql" else as_begun)(session)
 
@@ -90,24 +90,24 @@ class AuditChain:
     def __init__(self, records: Table, head: Table, *, snapshot: Callable[[Session], None] = consistent_read):
         self._records, self._head, self.snapshot = records, head, snapshot
 
-    def lock_head(self, session) -> tuple[int, str]:
+    def lock_head(self, session: Session) -> tuple[int, str]:
         """(sequence, hash) of the chain's last link, locked until commit so appends queue, never fork.
 
         On SQLite FOR UPDATE is ignored: BEGIN IMMEDIATE has already made this the only writer.
         """
         return self._read_head(session, lock=True)
 
-    def head(self, session) -> tuple[int, str]:
+    def head(self, session: Session) -> tuple[int, str]:
         return self._read_head(session, lock=False)
 
-    def _read_head(self, session, *, lock: bool) -> tuple[int, str]:
+    def _read_head(self, session: Session, *, lock: bool) -> tuple[int, str]:
         query = select(self._head.c.sequence, self._head.c.hash).where(self._head.c.id == 1)
         row = session.execute(query.with_for_update() if lock else query).one()
         return row.sequence, row.hash
 
     def append_after(
         self,
-        session,
+        session: Session,
         head: tuple[int, str],
         *,
         time_us: int,
@@ -135,7 +135,7 @@ class AuditChain:
         )
         return record
 
-    def records(self, session, *, tenant_id: str | None, after: int, limit: int) -> list[AuditRecord]:
+    def records(self, session: Session, *, tenant_id: str | None, after: int, limit: int) -> list[AuditRecord]:
         """Records after a sequence, oldest first; only one tenant's when tenant_id is given."""
         r = self._records
         query = select(r).where(r.c.sequence > after).order_by(r.c.sequence).limit(limit)
@@ -145,7 +145,13 @@ class AuditChain:
 
 
 def list_records(
-    chain: AuditChain, tenant_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+    chain: AuditChain,
+    tenant_id: str,
+    *,
+    page_size: int,
+    page_token: str,
+    sessions: sessionmaker[Session],
+    caller: Principal,
 ) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the platform's (platform only)."""
     tenants = auth.tenant_scope(caller, tenant_id, "listing every tenant's audit records")
@@ -158,7 +164,9 @@ def list_records(
     return cursor.page(items, lambda r: (r.sequence,))
 
 
-def verify(chain: AuditChain, *, sessions, caller: Principal, page: int = VERIFY_PAGE) -> Verification:
+def verify(
+    chain: AuditChain, *, sessions: sessionmaker[Session], caller: Principal, page: int = VERIFY_PAGE
+) -> Verification:
     """Walk the whole chain from the first record to the head; name the first link that does not check."""
     auth.require_platform(caller, "verifying the audit chain")
     sequence, previous = 0, audit.ZERO_HASH

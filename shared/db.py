@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 # Statements psycopg has prepared (after 5 runs) reuse one plan instead of being planned again for
 # each call's values: for a large statement with cheap, index-bound execution, such as GetUsage's,
@@ -119,6 +119,6 @@ def _sqlite_engine(url: str, schema: str, *, begin: str) -> Engine:
     return engine.execution_options(schema_translate_map={schema: None})
 
 
-def session_factory(engine: Engine) -> sessionmaker:
+def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions for use cases: `with sessions.begin() as session: ...`."""
     return sessionmaker(engine, expire_on_commit=False)

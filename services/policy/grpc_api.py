@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.policy import grpc_convert
+from services.policy.repository import Sessions
 from services.policy.service import active, audit, catalog, grants, resolve, tenants
 from services.policy.usage_port import Deadline
 from shared import grpc_audit
@@ -97,7 +98,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     """tollgate.policy.v1.PolicyAdminService."""
 
-    def __init__(self, *, sessions, cache, usage):
+    def __init__(self, *, sessions: Sessions, cache, usage):
         self._sessions = sessions
         self._cache = cache
         self._usage = usage

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select, update
+from typing import cast
+
+from sqlalchemy import CursorResult, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from services.policy import tables
 from services.policy.domain.model import CATALOG, VersionChange
+from services.policy.repository import Sessions
 from shared.audit_chain import AuditChain
 
 AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
 
 
-def bump_version(session, tenant_id: str, version: int) -> None:
+def bump_version(session: Session, tenant_id: str, version: int) -> None:
     """Set a tenant's (or the catalog's) policy version to the sequence of its latest change."""
-    updated = session.execute(
-        update(tables.policy_versions).where(tables.policy_versions.c.tenant_id == tenant_id).values(version=version)
+    # Session.execute is typed as returning a Result; an UPDATE's is a CursorResult, which has the rowcount.
+    updated = cast(
+        CursorResult,
+        session.execute(
+            update(tables.policy_versions)
+            .where(tables.policy_versions.c.tenant_id == tenant_id)
+            .values(version=version)
+        ),
     ).rowcount
     if not updated:
         session.execute(insert(tables.policy_versions).values(tenant_id=tenant_id, version=version))
 
 
-def version_of(session, tenant_id: str) -> int:
+def version_of(session: Session, tenant_id: str) -> int:
     """The tenant's policy version: the latest change to its data or to the catalog ('' = catalog only)."""
     keys = {CATALOG, tenant_id}
     found = session.execute(
@@ -30,7 +40,7 @@ def version_of(session, tenant_id: str) -> int:
     return found or 0
 
 
-def changed_since(session, version: int) -> list[VersionChange]:
+def changed_since(session: Session, version: int) -> list[VersionChange]:
     """Every tenant (and '' for the catalog) changed after `version`, at its version now."""
     query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
         tables.policy_versions.c.version > version
@@ -38,11 +48,11 @@ def changed_since(session, version: int) -> list[VersionChange]:
     return [VersionChange(row.tenant_id, row.version) for row in session.execute(query)]
 
 
-def latest_version(session) -> int:
+def latest_version(session: Session) -> int:
     return session.execute(select(func.max(tables.policy_versions.c.version))).scalar() or 0
 
 
-def start_version(sessions) -> int:
+def start_version(sessions: Sessions) -> int:
     """The latest version in a transaction of its own; 0 before the schema is migrated (health says NOT_SERVING
     meanwhile, and the poller then starts from the beginning)."""
     try:

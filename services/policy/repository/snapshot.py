@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from sqlalchemy.orm import Session
+
 from services.policy.domain.errors import UnknownTenant
 from services.policy.domain.model import Snapshot
 from services.policy.repository import catalog, chain, tenants
 from shared.audit_chain import consistent_read
 
 
-def load(session, tenant_id: str) -> Snapshot:
+def load(session: Session, tenant_id: str) -> Snapshot:
     """Everything that shapes the tenant's answers, tagged with the policy version it was read at."""
     consistent_read(session)
     version = chain.version_of(session, tenant_id)

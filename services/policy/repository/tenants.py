@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import and_, delete, insert, literal, select, tuple_, update
+from sqlalchemy.orm import Session
 
 from services.policy import tables
 from services.policy.domain.model import Binding, Override, Subscription, TenantPolicy
@@ -11,12 +12,12 @@ from services.policy.repository import rows
 T = tables
 
 
-def get_tenant_policy(session, tenant_id: str) -> TenantPolicy | None:
+def get_tenant_policy(session: Session, tenant_id: str) -> TenantPolicy | None:
     row = session.execute(select(T.tenant_policies).where(T.tenant_policies.c.tenant_id == tenant_id)).first()
     return rows.tenant_policy_of(row) if row else None
 
 
-def save_tenant_policy(session, policy: TenantPolicy, *, exists: bool) -> None:
+def save_tenant_policy(session: Session, policy: TenantPolicy, *, exists: bool) -> None:
     values = {
         "tenant_id": policy.tenant_id,
         "max_mode": int(policy.max_mode),
@@ -31,12 +32,12 @@ def save_tenant_policy(session, policy: TenantPolicy, *, exists: bool) -> None:
         session.execute(insert(T.tenant_policies).values(values))
 
 
-def get_subscription(session, tenant_id: str) -> Subscription | None:
+def get_subscription(session: Session, tenant_id: str) -> Subscription | None:
     row = session.execute(select(T.subscriptions).where(T.subscriptions.c.tenant_id == tenant_id)).first()
     return rows.subscription_of(row) if row else None
 
 
-def save_subscription(session, subscription: Subscription, *, exists: bool) -> None:
+def save_subscription(session: Session, subscription: Subscription, *, exists: bool) -> None:
     values = rows.subscription_row(subscription)
     if exists:
         session.execute(
@@ -47,7 +48,7 @@ def save_subscription(session, subscription: Subscription, *, exists: bool) -> N
 
 
 def tenant_overrides(
-    session, tenant_id: str, *, after: tuple[str, str] | None = None, limit: int | None = None
+    session: Session, tenant_id: str, *, after: tuple[str, str] | None = None, limit: int | None = None
 ) -> list[Override]:
     query = (
         select(T.overrides)
@@ -62,7 +63,7 @@ def tenant_overrides(
 
 
 def find_override(
-    session, tenant_id: str, *, override_id: str | None = None, role_feature: tuple[str, str] | None = None
+    session: Session, tenant_id: str, *, override_id: str | None = None, role_feature: tuple[str, str] | None = None
 ) -> Override | None:
     where = [T.overrides.c.tenant_id == tenant_id]
     if override_id is not None:
@@ -73,7 +74,7 @@ def find_override(
     return rows.override_of(row) if row else None
 
 
-def save_override(session, override: Override, *, exists: bool) -> None:
+def save_override(session: Session, override: Override, *, exists: bool) -> None:
     values = {
         "tenant_id": override.tenant_id,
         "override_id": override.override_id,
@@ -93,7 +94,7 @@ def save_override(session, override: Override, *, exists: bool) -> None:
         session.execute(insert(T.overrides).values(values))
 
 
-def delete_override(session, tenant_id: str, override_id: str) -> None:
+def delete_override(session: Session, tenant_id: str, override_id: str) -> None:
     session.execute(
         delete(T.overrides).where(T.overrides.c.tenant_id == tenant_id, T.overrides.c.override_id == override_id)
     )
@@ -104,12 +105,12 @@ def _binding_key(tenant_id: str, user_id: str, role_id: str):
     return and_(c.tenant_id == tenant_id, c.user_id == user_id, c.role_id == role_id)
 
 
-def get_binding(session, tenant_id: str, user_id: str, role_id: str) -> Binding | None:
+def get_binding(session: Session, tenant_id: str, user_id: str, role_id: str) -> Binding | None:
     row = session.execute(select(T.bindings).where(_binding_key(tenant_id, user_id, role_id))).first()
     return rows.binding_of(row) if row else None
 
 
-def insert_binding(session, binding: Binding) -> None:
+def insert_binding(session: Session, binding: Binding) -> None:
     session.execute(
         insert(T.bindings).values(
             tenant_id=binding.tenant_id, user_id=binding.user_id, role_id=binding.role_id, create_us=binding.create_us
@@ -117,12 +118,17 @@ def insert_binding(session, binding: Binding) -> None:
     )
 
 
-def delete_binding(session, tenant_id: str, user_id: str, role_id: str) -> None:
+def delete_binding(session: Session, tenant_id: str, user_id: str, role_id: str) -> None:
     session.execute(delete(T.bindings).where(_binding_key(tenant_id, user_id, role_id)))
 
 
 def list_bindings(
-    session, tenant_id: str, *, user_id: str = "", after: tuple[str, str] | None = None, limit: int | None = None
+    session: Session,
+    tenant_id: str,
+    *,
+    user_id: str = "",
+    after: tuple[str, str] | None = None,
+    limit: int | None = None,
 ) -> list[Binding]:
     c = T.bindings.c
     query = select(T.bindings).where(c.tenant_id == tenant_id).order_by(c.user_id, c.role_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.policy.repository import Sessions
 from services.policy.repository.chain import AUDIT
 from services.policy.service.tenants import require_tenant_exists
 from shared import audit_chain, auth, pagination
@@ -10,7 +11,7 @@ from shared.credentials import Principal
 
 
 def list_records(
-    tenant_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+    tenant_id: str, *, page_size: int, page_token: str, sessions: Sessions, caller: Principal
 ) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; '' lists every tenant's and the catalog's (platform only).
 
@@ -25,6 +26,6 @@ def list_records(
     )
 
 
-def verify(*, sessions, caller: Principal) -> Verification:
+def verify(*, sessions: Sessions, caller: Principal) -> Verification:
     """Walk the whole chain; name the first link that does not check (platform only)."""
     return audit_chain.verify(AUDIT, sessions=sessions, caller=caller)

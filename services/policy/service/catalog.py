@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 from services.policy import validation
 from services.policy.domain.errors import RoleInUse
 from services.policy.domain.model import CATALOG, Feature, Plan, Role
-from services.policy.repository import catalog, rows
+from services.policy.repository import Session, Sessions, catalog, rows
 from services.policy.service import access, metric_names
 from services.policy.service.metric_names import MetricCheck
 from services.policy.service.writes import Change, audited_write
@@ -52,13 +52,19 @@ def diff_roles(current: dict[str, Role], imported: list[Role], *, prune: bool) -
 
 
 def import_roles(
-    items: list[tuple[Role, list[tuple[str, int]]]], *, dry_run: bool, prune: bool, sessions, cache, caller: Principal
+    items: list[tuple[Role, list[tuple[str, int]]]],
+    *,
+    dry_run: bool,
+    prune: bool,
+    sessions: Sessions,
+    cache,
+    caller: Principal,
 ) -> tuple[RolesDiff, int]:
     """Make the role catalog hold `items` (idempotent); a dry run reports the diff and writes nothing."""
     access.catalog_write(caller)
     roles = validation.roles(items)
 
-    def apply(session, _now_us):
+    def apply(session: Session, _now_us: int):
         diff = diff_roles(catalog.all_roles(session), roles, prune=prune)
         in_use = catalog.roles_in_use(session, diff.removed)
         if in_use:
@@ -81,7 +87,7 @@ def import_roles(
 
 
 def upsert_feature(
-    value: Feature, *, sessions, cache, caller: Principal, usage: UsagePort, deadline: Deadline
+    value: Feature, *, sessions: Sessions, cache, caller: Principal, usage: UsagePort, deadline: Deadline
 ) -> Upserted[Feature]:
     """Add or update a feature whose metrics Usage knows (or could not be asked about)."""
     access.catalog_write(caller)
@@ -93,7 +99,7 @@ def upsert_feature(
         deadline=deadline,
     )
 
-    def apply(session, _now_us):
+    def apply(session: Session, _now_us: int):
         current = catalog.get_feature(session, feature.feature_id)
         if current == feature:
             return None, False
@@ -110,7 +116,7 @@ def upsert_plan(
     value: Plan,
     caps: list[tuple[str, int]],
     *,
-    sessions,
+    sessions: Sessions,
     cache,
     caller: Principal,
     usage: UsagePort,
@@ -126,7 +132,7 @@ def upsert_plan(
         deadline=deadline,
     )
 
-    def apply(session, _now_us):
+    def apply(session: Session, _now_us: int):
         current = catalog.get_plan(session, plan.plan_id)
         if current == plan:
             return None, False
@@ -146,7 +152,7 @@ _LISTINGS: dict[str, tuple[Callable[..., list[Any]], Callable[[Any], tuple[str]]
 }
 
 
-def list_catalog(kind: str, *, page_size: int, page_token: str, sessions) -> pagination.Page:
+def list_catalog(kind: str, *, page_size: int, page_token: str, sessions: Sessions) -> pagination.Page:
     """One page of roles, features or plans ordered by id, and the token of the next page."""
     listing, key = _LISTINGS[kind]
     scope = {"listing": kind}

@@ -7,7 +7,7 @@ import secrets
 from services.policy import validation
 from services.policy.domain.errors import UnknownBinding, UnknownFeature, UnknownOverride, UnknownRole
 from services.policy.domain.model import Binding, Override
-from services.policy.repository import catalog, tenants
+from services.policy.repository import Session, Sessions, catalog, tenants
 from services.policy.service import access
 from services.policy.service.tenants import require_tenant_exists
 from services.policy.service.writes import Change, audited_write
@@ -16,13 +16,21 @@ from shared.credentials import Principal
 
 
 def set_override(
-    tenant_id: str, role_id: str, feature_id: str, cap: int, reason: str, *, sessions, cache, caller: Principal
+    tenant_id: str,
+    role_id: str,
+    feature_id: str,
+    cap: int,
+    reason: str,
+    *,
+    sessions: Sessions,
+    cache,
+    caller: Principal,
 ) -> tuple[Override, int]:
     """Replace a role's catalog cap for a feature in one tenant; the override keeps its id across updates."""
     access.tenant(caller, tenant_id)
     mode = validation.override(tenant_id, role_id, feature_id, cap, reason)
 
-    def apply(session, now_us):
+    def apply(session: Session, now_us: int):
         require_tenant_exists(session, tenant_id)
         if not catalog.role_exists(session, role_id):
             raise UnknownRole(role_id)
@@ -44,12 +52,12 @@ def set_override(
     )
 
 
-def delete_override(tenant_id: str, override_id: str, *, sessions, cache, caller: Principal) -> int:
+def delete_override(tenant_id: str, override_id: str, *, sessions: Sessions, cache, caller: Principal) -> int:
     """Remove an override; NOT_FOUND when the tenant has no such override."""
     access.tenant(caller, tenant_id)
     validation.required_ids(tenant_id=tenant_id, override_id=override_id)
 
-    def apply(session, _now_us):
+    def apply(session: Session, _now_us: int):
         require_tenant_exists(session, tenant_id)
         current = tenants.find_override(session, tenant_id, override_id=override_id)
         if current is None:
@@ -66,7 +74,7 @@ def delete_override(tenant_id: str, override_id: str, *, sessions, cache, caller
 
 
 def list_overrides(
-    tenant_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+    tenant_id: str, *, page_size: int, page_token: str, sessions: Sessions, caller: Principal
 ) -> pagination.Page[Override]:
     """One page of the tenant's overrides, by role then feature."""
     access.tenant(caller, tenant_id)
@@ -78,12 +86,14 @@ def list_overrides(
     return cursor.page(items, lambda o: (o.role_id, o.feature_id))
 
 
-def bind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache, caller: Principal) -> tuple[Binding, int]:
+def bind_role(
+    tenant_id: str, user_id: str, role_id: str, *, sessions: Sessions, cache, caller: Principal
+) -> tuple[Binding, int]:
     """Give a user a role in a tenant; binding twice is a no-op answering the existing binding."""
     access.tenant(caller, tenant_id)
     validation.required_ids(tenant_id=tenant_id, user_id=user_id, role_id=role_id)
 
-    def apply(session, now_us):
+    def apply(session: Session, now_us: int):
         require_tenant_exists(session, tenant_id)
         if not catalog.role_exists(session, role_id):
             raise UnknownRole(role_id)
@@ -99,12 +109,12 @@ def bind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache, ca
     )
 
 
-def unbind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache, caller: Principal) -> int:
+def unbind_role(tenant_id: str, user_id: str, role_id: str, *, sessions: Sessions, cache, caller: Principal) -> int:
     """Take a role from a user; NOT_FOUND when the user does not have it."""
     access.tenant(caller, tenant_id)
     validation.required_ids(tenant_id=tenant_id, user_id=user_id, role_id=role_id)
 
-    def apply(session, _now_us):
+    def apply(session: Session, _now_us: int):
         require_tenant_exists(session, tenant_id)
         if tenants.get_binding(session, tenant_id, user_id, role_id) is None:
             raise UnknownBinding(tenant_id, user_id, role_id)
@@ -117,7 +127,7 @@ def unbind_role(tenant_id: str, user_id: str, role_id: str, *, sessions, cache, 
 
 
 def list_bindings(
-    tenant_id: str, user_id: str, *, page_size: int, page_token: str, sessions, caller: Principal
+    tenant_id: str, user_id: str, *, page_size: int, page_token: str, sessions: Sessions, caller: Principal
 ) -> pagination.Page[Binding]:
     """One page of the tenant's bindings (optionally one user's), by user then role."""
     access.tenant(caller, tenant_id)

@@ -7,13 +7,13 @@ from dataclasses import replace
 from services.policy import validation
 from services.policy.domain.errors import NoSubscription, UnknownPlan, UnknownRole, UnknownTenant
 from services.policy.domain.model import Snapshot, Subscription, TenantPolicy
-from services.policy.repository import catalog, rows, snapshot, tenants
+from services.policy.repository import Session, Sessions, catalog, rows, snapshot, tenants
 from services.policy.service import access
 from services.policy.service.writes import Change, audited_write
 from shared.credentials import Principal
 
 
-def require_tenant_exists(session, tenant_id: str) -> TenantPolicy:
+def require_tenant_exists(session: Session, tenant_id: str) -> TenantPolicy:
     """The tenant's policy; UnknownTenant (NOT_FOUND) when the tenant was never set up."""
     policy = tenants.get_tenant_policy(session, tenant_id)
     if policy is None:
@@ -22,13 +22,13 @@ def require_tenant_exists(session, tenant_id: str) -> TenantPolicy:
 
 
 def set_tenant_policy(
-    tenant_id: str, max_mode: int, default_role_id: str, *, sessions, cache, caller: Principal
+    tenant_id: str, max_mode: int, default_role_id: str, *, sessions: Sessions, cache, caller: Principal
 ) -> tuple[TenantPolicy, int]:
     """Create or update a tenant's policy (this is what makes a tenant exist)."""
     access.platform_tenant_write(caller, "setting a tenant policy")
     mode = validation.tenant_policy(tenant_id, max_mode, default_role_id)
 
-    def apply(session, now_us):
+    def apply(session: Session, now_us: int):
         if not catalog.role_exists(session, default_role_id):
             raise UnknownRole(default_role_id)
         current = tenants.get_tenant_policy(session, tenant_id)
@@ -43,7 +43,7 @@ def set_tenant_policy(
     )
 
 
-def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscription:
+def get_subscription(tenant_id: str, *, sessions: Sessions, caller: Principal) -> Subscription:
     """The tenant's subscription; NOT_FOUND for an unknown tenant or one without a subscription."""
     access.tenant(caller, tenant_id)
     with sessions.begin() as session:
@@ -55,13 +55,13 @@ def get_subscription(tenant_id: str, *, sessions, caller: Principal) -> Subscrip
 
 
 def set_subscription(
-    tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions, cache, caller: Principal
+    tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions: Sessions, cache, caller: Principal
 ) -> tuple[Subscription, int]:
     """Set a tenant's plan, status and feature flags (platform only: a tenant may not upgrade itself)."""
     access.platform_tenant_write(caller, "setting a subscription")
     state = validation.subscription(tenant_id, plan_id, status, flags)
 
-    def apply(session, now_us):
+    def apply(session: Session, now_us: int):
         require_tenant_exists(session, tenant_id)
         if catalog.get_plan(session, plan_id) is None:
             raise UnknownPlan(plan_id)
@@ -78,7 +78,7 @@ def set_subscription(
     )
 
 
-def inspect_policy(tenant_id: str, *, sessions, caller: Principal) -> Snapshot:
+def inspect_policy(tenant_id: str, *, sessions: Sessions, caller: Principal) -> Snapshot:
     """Everything that shapes the tenant's answers, read fresh from the database in one transaction."""
     access.tenant(caller, tenant_id)
     with sessions.begin() as session:

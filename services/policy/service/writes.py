@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from services.policy import metrics
 from services.policy.cache import SnapshotCache
-from services.policy.repository import chain
+from services.policy.repository import Session, Sessions, chain
 from shared.clock import now_micros
 from shared.credentials import Principal
 
@@ -25,12 +25,12 @@ class Change:
 
 def audited_write(
     *,
-    sessions,
+    sessions: Sessions,
     cache: SnapshotCache,
     caller: Principal,
     action: str,
     tenant_id: str,
-    apply: Callable[[object, int], tuple[Change | None, R]],
+    apply: Callable[[Session, int], tuple[Change | None, R]],
 ) -> tuple[R, int]:
     """Run `apply(session, now_us)`; when it reports a change, append the audit record and bump the version.
 
