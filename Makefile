@@ -67,4 +67,4 @@ contract-baseline: $(TOOLS_STAMP)
 	$(BUF) build -o contracts/baseline.binpb
 
 clean:
-	rm -rf $(VENV) gen tools/node_modules var
+	rm -rf $(VENV) gen tools/node_modules var .mypy_cache .ruff_cache
