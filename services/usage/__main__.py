@@ -2,10 +2,9 @@
 
 import sys
 
-from shared.server import main
-
 from services.usage.config import Settings
 from services.usage.server import build
+from shared.server import main
 
 if __name__ == "__main__":
     sys.exit(main("usage", Settings, build))

@@ -33,7 +33,8 @@ class Settings(ServiceSettings):
             backfill_days=env_int(env, "USAGE_BACKFILL_DAYS", cls.backfill_days, low=1, high=3660),
             future_skew_seconds=env_int(env, "USAGE_FUTURE_SKEW_SECONDS", cls.future_skew_seconds, low=0, high=86400),
             external_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip()),
-            rollup_interval_seconds=env_float(env, "USAGE_ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds,
-                                              low=0, high=86400),
+            rollup_interval_seconds=env_float(
+                env, "USAGE_ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds, low=0, high=86400
+            ),
             retention_days=env_int(env, "USAGE_RETENTION_DAYS", cls.retention_days, low=0, high=36600),
         )

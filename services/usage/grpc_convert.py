@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from google.protobuf import duration_pb2, struct_pb2
-from tollgate.usage.v1 import usage_pb2 as pb
-
-from shared import proto_time
-from shared.errors import require
-from shared.audit import Verification
 
 from services.usage.domain import model
 from services.usage.domain.catalog import Metric
 from services.usage.domain.queries import StoredEvent, UsageTotal
+from shared import proto_time
+from shared.audit import Verification
+from shared.errors import require
+from tollgate.usage.v1 import usage_pb2 as pb
 
 VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in model.Verdict}
 REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.RejectReason}
@@ -28,8 +27,17 @@ def batch(tenant_id: str, events) -> model.EventBatch:
 def _event(e: pb.UsageEvent, index: int) -> model.Event:
     occurred = micros(e, "occurred_at", path=f"events[{index}].occurred_at")
     metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
-    return model.Event(e.event_id, e.metric, e.quantity, occurred, e.actor_id, e.source_service, e.correlation_id,
-                        e.idempotency_key, metadata)
+    return model.Event(
+        e.event_id,
+        e.metric,
+        e.quantity,
+        occurred,
+        e.actor_id,
+        e.source_service,
+        e.correlation_id,
+        e.idempotency_key,
+        metadata,
+    )
 
 
 def _plain(value):
@@ -47,10 +55,17 @@ def results(items: list[model.EventResult]) -> list[pb.EventResult]:
         if r.verdict is model.Verdict.ACCEPTED:
             out.append(pb.EventResult(index=r.index, event_id=r.event_id, verdict=pb.VERDICT_ACCEPTED))
             continue
-        out.append(pb.EventResult(
-            index=r.index, event_id=r.event_id, verdict=VERDICTS[r.verdict], message=r.message,
-            reason=REASONS[r.reason] if r.reason else 0, dedup_key=KEYS[r.dedup_key] if r.dedup_key else 0,
-            existing_event_id=r.existing_event_id))
+        out.append(
+            pb.EventResult(
+                index=r.index,
+                event_id=r.event_id,
+                verdict=VERDICTS[r.verdict],
+                message=r.message,
+                reason=REASONS[r.reason] if r.reason else 0,
+                dedup_key=KEYS[r.dedup_key] if r.dedup_key else 0,
+                existing_event_id=r.existing_event_id,
+            )
+        )
     return out
 
 
@@ -64,26 +79,40 @@ def micros(message, field: str, *, path: str = "") -> int | None:
     if not message.HasField(field):
         return None
     ts = getattr(message, field)
-    require(proto_time.nanos_in_range(ts), path or field,
-            f"has nanos {ts.nanos}; nanos must be from 0 to 999,999,999")
+    require(proto_time.nanos_in_range(ts), path or field, f"has nanos {ts.nanos}; nanos must be from 0 to 999,999,999")
     return proto_time.to_micros(ts)
 
 
 def total(t: UsageTotal) -> pb.UsageTotal:
-    return pb.UsageTotal(metric=t.metric, actor_id=t.actor_id, quantity=t.quantity, event_count=t.event_count,
-                         classification=CLASSIFICATIONS.get(t.classification, 0))
+    return pb.UsageTotal(
+        metric=t.metric,
+        actor_id=t.actor_id,
+        quantity=t.quantity,
+        event_count=t.event_count,
+        classification=CLASSIFICATIONS.get(t.classification, 0),
+    )
 
 
 def stored_event(s: StoredEvent) -> pb.StoredEvent:
     e = s.event
-    event = pb.UsageEvent(event_id=e.event_id, metric=e.metric, quantity=e.quantity,
-                          occurred_at=proto_time.from_micros(e.occurred_at_us), actor_id=e.actor_id,
-                          source_service=e.source_service, correlation_id=e.correlation_id,
-                          idempotency_key=e.idempotency_key)
+    event = pb.UsageEvent(
+        event_id=e.event_id,
+        metric=e.metric,
+        quantity=e.quantity,
+        occurred_at=proto_time.from_micros(e.occurred_at_us),
+        actor_id=e.actor_id,
+        source_service=e.source_service,
+        correlation_id=e.correlation_id,
+        idempotency_key=e.idempotency_key,
+    )
     if e.metadata:
         event.metadata.update(e.metadata)
-    return pb.StoredEvent(tenant_id=s.tenant_id, event=event, classification=CLASSIFICATIONS[s.classification],
-                          received_at=proto_time.from_micros(s.received_at_us))
+    return pb.StoredEvent(
+        tenant_id=s.tenant_id,
+        event=event,
+        classification=CLASSIFICATIONS[s.classification],
+        received_at=proto_time.from_micros(s.received_at_us),
+    )
 
 
 def batch_error(status) -> pb.BatchError:
@@ -92,21 +121,37 @@ def batch_error(status) -> pb.BatchError:
 
 
 def metric_to_proto(m: Metric) -> pb.Metric:
-    return pb.Metric(name=m.name, classification=CLASSIFICATIONS.get(m.classification, 0), unit=m.unit,
-                     description=m.description, business_key=m.business_key)
+    return pb.Metric(
+        name=m.name,
+        classification=CLASSIFICATIONS.get(m.classification, 0),
+        unit=m.unit,
+        description=m.description,
+        business_key=m.business_key,
+    )
 
 
 def metric_from_proto(m: pb.Metric) -> Metric:
-    return Metric(m.name, CLASSIFICATION_OF.get(m.classification), m.unit, m.description,
-                  business_key=m.business_key if m.HasField("business_key") else True)
-
+    return Metric(
+        m.name,
+        CLASSIFICATION_OF.get(m.classification),
+        m.unit,
+        m.description,
+        business_key=m.business_key if m.HasField("business_key") else True,
+    )
 
 
 def aggregate(a) -> pb.Aggregate:
-    return pb.Aggregate(tenant_id=a.tenant_id, metric=a.metric, period=int(a.period),
-                        period_start=proto_time.from_micros(a.period_start_us), total_quantity=a.total_quantity,
-                        event_count=a.event_count, source_hash=a.source_hash,
-                        computed_at=proto_time.from_micros(a.computed_at_us), dirty=a.dirty)
+    return pb.Aggregate(
+        tenant_id=a.tenant_id,
+        metric=a.metric,
+        period=int(a.period),
+        period_start=proto_time.from_micros(a.period_start_us),
+        total_quantity=a.total_quantity,
+        event_count=a.event_count,
+        source_hash=a.source_hash,
+        computed_at=proto_time.from_micros(a.computed_at_us),
+        dirty=a.dirty,
+    )
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -125,8 +170,9 @@ def rollup_status(status) -> pb.GetRollupStatusResponse:
 
 
 def purge_report(report) -> pb.PurgeEventsResponse:
-    response = pb.PurgeEventsResponse(events_deleted=report.events_deleted, events_kept=report.events_kept,
-                                      dry_run=report.dry_run)
+    response = pb.PurgeEventsResponse(
+        events_deleted=report.events_deleted, events_kept=report.events_kept, dry_run=report.dry_run
+    )
     if report.purged_before_us is not None:
         response.purged_before.CopyFrom(proto_time.from_micros(report.purged_before_us))
     return response
@@ -134,6 +180,9 @@ def purge_report(report) -> pb.PurgeEventsResponse:
 
 def verification(v: Verification) -> pb.VerifyAuditResponse:
     broken = v.first_break
-    return pb.VerifyAuditResponse(ok=v.ok, records_checked=v.records_checked,
-                                  first_broken_sequence=broken.sequence if broken else 0,
-                                  problem=broken.problem if broken else "")
+    return pb.VerifyAuditResponse(
+        ok=v.ok,
+        records_checked=v.records_checked,
+        first_broken_sequence=broken.sequence if broken else 0,
+        problem=broken.problem if broken else "",
+    )

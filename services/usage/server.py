@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from shared import auth, migrate
-from shared.db import GENERIC_PLANS, INDEXED_READS, create_engine_for, is_sqlite, session_factory
-from shared.server import RunningServer, ServerSpec, build_server
-from tollgate.usage.v1 import usage_pb2_grpc
-
 from services.usage import grpc_api, tables
 from services.usage.config import Settings
 from services.usage.repository.postgres import POSTGRES
 from services.usage.repository.sqlite import SQLITE
 from services.usage.repository.storage import Storage
 from services.usage.service import purge, rollups
+from shared import auth, migrate
+from shared.db import GENERIC_PLANS, INDEXED_READS, create_engine_for, is_sqlite, session_factory
+from shared.server import RunningServer, ServerSpec, build_server
+from tollgate.usage.v1 import usage_pb2_grpc
 
 RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is plenty
 
@@ -24,31 +23,57 @@ def storage_for(engine) -> Storage:
 
 def build(settings: Settings) -> RunningServer:
     """Connect, wire and start the Usage server on settings.address."""
-    engine = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                               application_name="tollgate-usage", settings=GENERIC_PLANS, pre_ping=False)
+    engine = create_engine_for(
+        settings.database_url,
+        schema=tables.SCHEMA,
+        pool_size=settings.db_pool_size,
+        application_name="tollgate-usage",
+        settings=GENERIC_PLANS,
+        pre_ping=False,
+    )
     sessions, storage = session_factory(engine), storage_for(engine)
     # GetUsage, ListAggregates, ListEvents, token lookups and readiness: one statement each, on connections that
     # stay in autocommit (SQLite: readers that never wait for the write lock a rollup or an ingest holds).
-    reads = create_engine_for(settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size,
-                              application_name="tollgate-usage-reads", settings=INDEXED_READS, pre_ping=False,
-                              autocommit=True)
+    reads = create_engine_for(
+        settings.database_url,
+        schema=tables.SCHEMA,
+        pool_size=settings.db_pool_size,
+        application_name="tollgate-usage-reads",
+        settings=INDEXED_READS,
+        pre_ping=False,
+        autocommit=True,
+    )
     spec = ServerSpec(
         name="usage",
         registrations=[
-            (usage_pb2_grpc.add_UsageServiceServicer_to_server,
-             grpc_api.UsageApi(sessions=sessions, connections=reads, storage=storage, settings=settings)),
-            (usage_pb2_grpc.add_UsageAdminServiceServicer_to_server,
-             grpc_api.UsageAdminApi(sessions=sessions, storage=storage)),
+            (
+                usage_pb2_grpc.add_UsageServiceServicer_to_server,
+                grpc_api.UsageApi(sessions=sessions, connections=reads, storage=storage, settings=settings),
+            ),
+            (
+                usage_pb2_grpc.add_UsageAdminServiceServicer_to_server,
+                grpc_api.UsageAdminApi(sessions=sessions, storage=storage),
+            ),
         ],
         service_names=[grpc_api.USAGE, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,
         authenticator=auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds),
         ready=migrate.readiness_check(reads, service="usage", schema=tables.SCHEMA),
-        background=[job for job in [
-            rollups.scheduled_job(sessions, settings.rollup_interval_seconds, storage=storage),
-            purge.retention_job(sessions, settings.retention_days, RETENTION_EVERY_SECONDS, storage=storage)] if job],
+        background=[
+            job
+            for job in [
+                rollups.scheduled_job(sessions, settings.rollup_interval_seconds, storage=storage),
+                purge.retention_job(sessions, settings.retention_days, RETENTION_EVERY_SECONDS, storage=storage),
+            ]
+            if job
+        ],
     )
-    running = build_server(spec, address=settings.address, max_workers=settings.workers,
-                           metrics_port=settings.metrics_port, health_interval=settings.health_interval_seconds)
+    running = build_server(
+        spec,
+        address=settings.address,
+        max_workers=settings.workers,
+        metrics_port=settings.metrics_port,
+        health_interval=settings.health_interval_seconds,
+    )
     running.on_stop += [engine.dispose, reads.dispose]
     return running

@@ -1,13 +1,29 @@
 """SQLAlchemy Core tables of the `usage` schema."""
 
-from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Column, Index, Integer, MetaData, Numeric, \
-    PrimaryKeyConstraint, SmallInteger, String, Table, Text, UniqueConstraint, text, true
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+    true,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from services.usage.domain.buckets import ALL_HOURS
 from shared.audit_chain import audit_tables
 from shared.credentials import credentials_table
-
-from services.usage.domain.buckets import ALL_HOURS
 
 SCHEMA = "usage"
 metadata = MetaData(schema=SCHEMA)
@@ -39,8 +55,16 @@ events = Table(
     Column("business_key", Boolean(create_constraint=False), nullable=False, server_default=true()),
     PrimaryKeyConstraint("tenant_id", "event_id", name="events_pkey"),
     UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
-    Index("events_correlation", "tenant_id", "correlation_id", "metric", "occurred_at_us", unique=True,
-          postgresql_where=text("business_key"), sqlite_where=text("business_key")),
+    Index(
+        "events_correlation",
+        "tenant_id",
+        "correlation_id",
+        "metric",
+        "occurred_at_us",
+        unique=True,
+        postgresql_where=text("business_key"),
+        sqlite_where=text("business_key"),
+    ),
     CheckConstraint("quantity > 0", name="events_quantity_positive"),
     Index("events_by_metric_time", "tenant_id", "metric", "occurred_at_us", postgresql_include=["quantity", "digest"]),
     Index("events_by_time", "tenant_id", "occurred_at_us"),
@@ -62,8 +86,12 @@ metrics = Table(
 
 
 def _bucket_columns() -> list[Column]:
-    return [Column("tenant_id", String(128), nullable=False), Column("metric", String(128), nullable=False),
-            Column("period", SmallInteger, nullable=False), Column("period_start_us", BigInteger, nullable=False)]
+    return [
+        Column("tenant_id", String(128), nullable=False),
+        Column("metric", String(128), nullable=False),
+        Column("period", SmallInteger, nullable=False),
+        Column("period_start_us", BigInteger, nullable=False),
+    ]
 
 
 HOUR_COLUMNS = ("hour_offsets", "hour_quantities", "hour_counts", "hour_digests")  # a day row's hours, aligned
@@ -93,8 +121,13 @@ aggregates = Table(
     _hours_column("hour_digests", Numeric(40, 0)),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="aggregates_pkey"),
     CheckConstraint("period BETWEEN 1 AND 4", name="aggregates_period_known"),  # 1 (hour): before usage_0009
-    Index("aggregates_by_period", "tenant_id", "period", "period_start_us",
-          postgresql_include=["metric", "total_quantity", "event_count"]),
+    Index(
+        "aggregates_by_period",
+        "tenant_id",
+        "period",
+        "period_start_us",
+        postgresql_include=["metric", "total_quantity", "event_count"],
+    ),
 )
 
 # The rollup work queue: buckets whose events changed since they were last computed. A day's mark also

@@ -1,15 +1,13 @@
 """RecordEvents and StreamEvents through a real channel, on SQLite and PostgreSQL: every verdict,
 every rejection reason, batch faults, tenant isolation and exactly-once under concurrent retries."""
 
-
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from tests import support
 from tests.conftest import status_of
-from tests.usage_support import (DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals,
-                                  verdicts)
+from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals, verdicts
 from tollgate.usage.v1 import usage_pb2 as u
 
 
@@ -33,10 +31,13 @@ def test_the_same_event_sent_twice_is_a_duplicate_and_counts_once(usage_stub, to
     assert totals(usage_stub, token, tenant) == {"api.requests": (5, 1)}
 
 
-@pytest.mark.parametrize("key,fields", [
-    (u.DEDUP_KEY_IDEMPOTENCY_KEY, {"idempotency_key": "pay-1"}),
-    (u.DEDUP_KEY_CORRELATION, {"correlation_id": "job-7"}),
-])
+@pytest.mark.parametrize(
+    "key,fields",
+    [
+        (u.DEDUP_KEY_IDEMPOTENCY_KEY, {"idempotency_key": "pay-1"}),
+        (u.DEDUP_KEY_CORRELATION, {"correlation_id": "job-7"}),
+    ],
+)
 def test_each_dedup_key_catches_a_resend_under_a_new_event_id(usage_stub, token, tenant, key, fields):
     record(usage_stub, token, tenant, [event("first", quantity=3, **fields)])
     again = record(usage_stub, token, tenant, [event("second", quantity=3, **fields)])
@@ -60,9 +61,14 @@ def test_a_conflict_changes_nothing_and_leaves_the_stored_event_untouched(usage_
 
 
 def test_collisions_inside_one_batch_are_judged_in_order_and_the_first_wins(usage_stub, token, tenant):
-    batch = [event("a", quantity=1), event("a", quantity=1), event("a", quantity=9),
-             event("b", quantity=2, idempotency_key="k"), event("c", quantity=7, idempotency_key="k"),
-             event("d", quantity=1)]
+    batch = [
+        event("a", quantity=1),
+        event("a", quantity=1),
+        event("a", quantity=9),
+        event("b", quantity=2, idempotency_key="k"),
+        event("c", quantity=7, idempotency_key="k"),
+        event("d", quantity=1),
+    ]
     results = record(usage_stub, token, tenant, batch)
     assert verdicts(results) == ["ACCEPTED", "DUPLICATE", "CONFLICT", "ACCEPTED", "CONFLICT", "ACCEPTED"]
     assert [r.index for r in results] == list(range(6))
@@ -108,20 +114,25 @@ def test_a_missing_occurred_at_and_a_nul_in_metadata_are_rejected(usage_stub, to
 
 
 def test_an_external_source_may_emit_a_non_billable_metric(usage_stub, token, tenant):
-    results = record(usage_stub, token, tenant, [event("w", metric="integrations.webhooks.received",
-                                                       source_service="webhook:stripe")])
+    results = record(
+        usage_stub,
+        token,
+        tenant,
+        [event("w", metric="integrations.webhooks.received", source_service="webhook:stripe")],
+    )
     assert verdicts(results) == ["ACCEPTED"]
 
 
 violations = support.field_violations
 
 
-@pytest.mark.parametrize("tenant_id,count,field", [("own", 0, "events"), ("own", 1001, "events"),
-                                                   ("", 1, "tenant_id")])
-def test_a_batch_fault_fails_the_whole_call_and_stores_nothing(usage_stub, admin_token, tenant, tenant_id, count,
-                                                               field):
-    request = u.RecordEventsRequest(tenant_id=tenant if tenant_id == "own" else tenant_id,
-                                    events=[event(f"e{n}") for n in range(count)])
+@pytest.mark.parametrize("tenant_id,count,field", [("own", 0, "events"), ("own", 1001, "events"), ("", 1, "tenant_id")])
+def test_a_batch_fault_fails_the_whole_call_and_stores_nothing(
+    usage_stub, admin_token, tenant, tenant_id, count, field
+):
+    request = u.RecordEventsRequest(
+        tenant_id=tenant if tenant_id == "own" else tenant_id, events=[event(f"e{n}") for n in range(count)]
+    )
     with pytest.raises(grpc.RpcError) as raised:
         usage_stub.RecordEvents(request, metadata=support.bearer(admin_token), timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -141,8 +152,10 @@ def test_a_token_of_tenant_a_can_neither_write_nor_read_tenant_b(dbs, usage_stub
 
 
 def test_a_stream_answers_each_batch_in_order_with_its_batch_id(usage_stub, token, tenant):
-    requests = [u.StreamEventsRequest(batch_id=f"b{n}", tenant_id=tenant, events=[event(f"e{n}"), event("same")])
-                for n in range(5)]
+    requests = [
+        u.StreamEventsRequest(batch_id=f"b{n}", tenant_id=tenant, events=[event(f"e{n}"), event("same")])
+        for n in range(5)
+    ]
     responses = list(usage_stub.StreamEvents(iter(requests), metadata=support.bearer(token), timeout=30))
     assert [r.batch_id for r in responses] == [f"b{n}" for n in range(5)]
     assert verdicts(responses[0].results) == ["ACCEPTED", "ACCEPTED"]
@@ -152,16 +165,24 @@ def test_a_stream_answers_each_batch_in_order_with_its_batch_id(usage_stub, toke
 
 def test_eight_concurrent_senders_with_overlapping_batches_and_retries_give_exact_totals(usage_stub, token, tenant):
     # 400 distinct events; each sender sends overlapping slices of them, twice (a retry), in its own order.
-    events = [event(f"e{n}", quantity=1 + n % 5, idempotency_key=f"k{n}", correlation_id=f"c{n // 2}",
-                    metric="api.requests" if n % 2 else "leads.routed") for n in range(400)]
+    events = [
+        event(
+            f"e{n}",
+            quantity=1 + n % 5,
+            idempotency_key=f"k{n}",
+            correlation_id=f"c{n // 2}",
+            metric="api.requests" if n % 2 else "leads.routed",
+        )
+        for n in range(400)
+    ]
     errors = []
 
     def sender(k: int) -> None:
-        mine = events[k * 40: k * 40 + 120] if k % 2 else list(reversed(events[k * 40: k * 40 + 120]))
+        mine = events[k * 40 : k * 40 + 120] if k % 2 else list(reversed(events[k * 40 : k * 40 + 120]))
         try:
             for _attempt in range(2):
                 for start in range(0, len(mine), 30):
-                    record(usage_stub, token, tenant, mine[start:start + 30])
+                    record(usage_stub, token, tenant, mine[start : start + 30])
         except grpc.RpcError as error:  # noqa: PERF203 - collected and asserted below
             errors.append(error)
 
@@ -179,12 +200,19 @@ def test_verdicts_are_counted_by_verdict_classification_and_reason_never_by_tena
     def sample(name: str, **labels) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    keys = [("tollgate_usage_events_total", {"verdict": "ACCEPTED", "classification": "NON_BILLABLE"}),
-            ("tollgate_usage_events_total", {"verdict": "REJECTED", "classification": "BILLABLE"}),
-            ("tollgate_usage_rejections_total", {"reason": "NON_POSITIVE_QUANTITY"})]
+    keys = [
+        ("tollgate_usage_events_total", {"verdict": "ACCEPTED", "classification": "NON_BILLABLE"}),
+        ("tollgate_usage_events_total", {"verdict": "REJECTED", "classification": "BILLABLE"}),
+        ("tollgate_usage_rejections_total", {"reason": "NON_POSITIVE_QUANTITY"}),
+    ]
     before = [sample(name, **labels) for name, labels in keys]
     record(usage_stub, token, tenant, [event("s", metric="sla.timers.started"), event("q", quantity=0)])
     assert [sample(name, **labels) - b for (name, labels), b in zip(keys, before)] == [1, 1, 1]
-    label_names = {label for family in REGISTRY.collect() if family.name.startswith("tollgate_usage")
-                   for s in family.samples for label in s.labels}
+    label_names = {
+        label
+        for family in REGISTRY.collect()
+        if family.name.startswith("tollgate_usage")
+        for s in family.samples
+        for label in s.labels
+    }
     assert label_names == {"verdict", "classification", "reason"}

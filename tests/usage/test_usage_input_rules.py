@@ -18,33 +18,59 @@ def token(dbs, tenant):
 
 
 def outcome(result) -> tuple:
-    return (u.Verdict.Name(result.verdict).removeprefix("VERDICT_"),
-            u.DedupKey.Name(result.dedup_key).removeprefix("DEDUP_KEY_"), result.existing_event_id)
+    return (
+        u.Verdict.Name(result.verdict).removeprefix("VERDICT_"),
+        u.DedupKey.Name(result.dedup_key).removeprefix("DEDUP_KEY_"),
+        result.existing_event_id,
+    )
 
 
 # ---- what "the same content" means ----
 
-@pytest.mark.parametrize("first,again", [
-    ({"metadata": {}}, {}),  # {} is no metadata
-    ({"metadata": {"a": 1, "b": [1, "x"]}}, {"metadata": {"b": [1.0, "x"], "a": 1.0}}),  # key order; 1 is 1.0
-    ({"idempotency_key": "k1"}, {"idempotency_key": "k2"}),  # identifiers are not content
-])
+
+@pytest.mark.parametrize(
+    "first,again",
+    [
+        ({"metadata": {}}, {}),  # {} is no metadata
+        ({"metadata": {"a": 1, "b": [1, "x"]}}, {"metadata": {"b": [1.0, "x"], "a": 1.0}}),  # key order; 1 is 1.0
+        ({"idempotency_key": "k1"}, {"idempotency_key": "k2"}),  # identifiers are not content
+    ],
+)
 def test_events_differing_only_in_what_is_not_content_are_duplicates(usage_stub, token, tenant, first, again):
     at = now_us() - 60 * MINUTE_US
     record(usage_stub, token, tenant, [event("e1", at_us=at, **first)])
     assert outcome(record(usage_stub, token, tenant, [event("e1", at_us=at, **again)])[0]) == (
-        "DUPLICATE", "EVENT_ID", "e1")
+        "DUPLICATE",
+        "EVENT_ID",
+        "e1",
+    )
     [stored] = list_all(usage_stub, token, tenant)
     assert stored.event.HasField("metadata") == bool(first.get("metadata"))
 
 
-@pytest.mark.parametrize("field,value", [("metric", "leads.routed"), ("quantity", 2), ("actor_id", "bob"),
-                                         ("source_service", "billing"), ("correlation_id", "job-2"),
-                                         ("metadata", {"a": 2}), ("at_us", 1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("metric", "leads.routed"),
+        ("quantity", 2),
+        ("actor_id", "bob"),
+        ("source_service", "billing"),
+        ("correlation_id", "job-2"),
+        ("metadata", {"a": 2}),
+        ("at_us", 1),
+    ],
+)
 def test_every_content_field_makes_a_resend_a_conflict(usage_stub, token, tenant, field, value):
     at = now_us() - 60 * MINUTE_US
-    base = dict(metric="api.requests", quantity=1, actor_id="alice", source_service="crm", correlation_id="job-1",
-                metadata={"a": 1}, at_us=at)
+    base = dict(
+        metric="api.requests",
+        quantity=1,
+        actor_id="alice",
+        source_service="crm",
+        correlation_id="job-1",
+        metadata={"a": 1},
+        at_us=at,
+    )
     record(usage_stub, token, tenant, [event("e1", **base)])
     changed = dict(base, **{field: at + value if field == "at_us" else value})
     assert outcome(record(usage_stub, token, tenant, [event("e1", **changed)])[0])[0] == "CONFLICT"
@@ -52,27 +78,37 @@ def test_every_content_field_makes_a_resend_a_conflict(usage_stub, token, tenant
 
 # ---- which key wins ----
 
+
 def test_an_event_matching_stored_events_through_different_keys_is_judged_against_event_id_then_idempotency_key(
-        usage_stub, token, tenant):
+    usage_stub, token, tenant
+):
     at = now_us() - 60 * MINUTE_US
-    stored = [event("A", at_us=at, quantity=1), event("B", at_us=at, quantity=2, idempotency_key="key-B"),
-              event("C", at_us=at + MINUTE_US, quantity=3, correlation_id="job-C")]
+    stored = [
+        event("A", at_us=at, quantity=1),
+        event("B", at_us=at, quantity=2, idempotency_key="key-B"),
+        event("C", at_us=at + MINUTE_US, quantity=3, correlation_id="job-C"),
+    ]
     assert verdicts(record(usage_stub, token, tenant, stored)) == ["ACCEPTED"] * 3
     # The content of B, the id of A: judged against A, whose content differs.
     by_id = event("A", at_us=at, quantity=2, idempotency_key="key-B")
     # The content of C, B's idempotency key and C's business key: judged against B.
     by_key = event("D", at_us=at + MINUTE_US, quantity=3, correlation_id="job-C", idempotency_key="key-B")
     assert [outcome(r) for r in record(usage_stub, token, tenant, [by_id, by_key])] == [
-        ("CONFLICT", "EVENT_ID", "A"), ("CONFLICT", "IDEMPOTENCY_KEY", "B")]
+        ("CONFLICT", "EVENT_ID", "A"),
+        ("CONFLICT", "IDEMPOTENCY_KEY", "B"),
+    ]
     assert totals(usage_stub, token, tenant) == {"api.requests": (6, 3)}
 
 
 # ---- bounds ----
 
+
 def test_strings_are_bounded_in_characters_not_bytes(usage_stub, token, tenant):
     results = record(usage_stub, token, tenant, [event("e1", actor_id="é" * 128), event("e2", actor_id="é" * 129)])
     assert [(outcome(r)[0], r.reason) for r in results] == [
-        ("ACCEPTED", u.REJECT_REASON_UNSPECIFIED), ("REJECTED", u.REJECT_REASON_FIELD_TOO_LONG)]
+        ("ACCEPTED", u.REJECT_REASON_UNSPECIFIED),
+        ("REJECTED", u.REJECT_REASON_FIELD_TOO_LONG),
+    ]
     assert [s.event.actor_id for s in list_all(usage_stub, token, tenant)] == ["é" * 128]
 
 
@@ -81,10 +117,17 @@ def test_metadata_is_measured_in_utf8_bytes_of_its_compact_sorted_json(usage_stu
     fits = {"b": "é" * 2044}  # 4,096 bytes, 2,052 characters
     over = {"b": "é" * 2044 + "x"}  # 4,097 bytes
     number = {"b": "x" * 4084, "n": 1}  # {"b":"...","n":1.0}: 4,084 + 16 = 4,100 bytes
-    results = record(usage_stub, token, tenant, [event("fits", metadata=fits), event("over", metadata=over),
-                                                 event("number", metadata=number)])
-    assert [r.reason for r in results] == [u.REJECT_REASON_UNSPECIFIED, u.REJECT_REASON_METADATA_TOO_LARGE,
-                                           u.REJECT_REASON_METADATA_TOO_LARGE]
+    results = record(
+        usage_stub,
+        token,
+        tenant,
+        [event("fits", metadata=fits), event("over", metadata=over), event("number", metadata=number)],
+    )
+    assert [r.reason for r in results] == [
+        u.REJECT_REASON_UNSPECIFIED,
+        u.REJECT_REASON_METADATA_TOO_LARGE,
+        u.REJECT_REASON_METADATA_TOO_LARGE,
+    ]
     assert "4097 bytes" in results[1].message and "4100 bytes" in results[2].message
 
 
@@ -104,8 +147,9 @@ FAULTS = [
 
 
 @pytest.mark.parametrize("first", range(len(FAULTS)), ids=[u.RejectReason.Name(r) for r, _ in FAULTS])
-def test_an_event_with_several_faults_is_rejected_for_the_first_in_the_documented_order(usage_stub, token, tenant,
-                                                                                         first):
+def test_an_event_with_several_faults_is_rejected_for_the_first_in_the_documented_order(
+    usage_stub, token, tenant, first
+):
     fields = {}
     for _, fault in reversed(FAULTS[first:]):  # earlier faults win a shared field (source_service)
         fields.update(fault)
@@ -116,22 +160,36 @@ def test_an_event_with_several_faults_is_rejected_for_the_first_in_the_documente
 
 
 def test_a_quantity_too_large_is_judged_before_the_time_and_too_old_before_the_source(usage_stub, token, tenant):
-    results = record(usage_stub, token, tenant, [
-        event("big", quantity=10**12 + 1, at_us=now_us() + 10 * MINUTE_US),
-        event("old", at_us=now_us() - 40 * DAY_US, source_service="webhook:stripe")])
+    results = record(
+        usage_stub,
+        token,
+        tenant,
+        [
+            event("big", quantity=10**12 + 1, at_us=now_us() + 10 * MINUTE_US),
+            event("old", at_us=now_us() - 40 * DAY_US, source_service="webhook:stripe"),
+        ],
+    )
     assert [r.reason for r in results] == [u.REJECT_REASON_QUANTITY_TOO_LARGE, u.REJECT_REASON_TOO_OLD]
 
 
 # ---- ranges and answers ----
 
+
 def test_an_empty_range_start_equal_to_end_is_invalid_in_every_listing(usage_stub, token, tenant):
     at = ts(now_us())
-    calls = {"GetUsage": u.GetUsageRequest(tenant_id=tenant, start_time=at, end_time=at),
-             "ListEvents": u.ListEventsRequest(tenant_id=tenant, start_time=at, end_time=at),
-             "ListAggregates": u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=u.PERIOD_DAY,
-                                                       start_time=at, end_time=at)}
+    calls = {
+        "GetUsage": u.GetUsageRequest(tenant_id=tenant, start_time=at, end_time=at),
+        "ListEvents": u.ListEventsRequest(tenant_id=tenant, start_time=at, end_time=at),
+        "ListAggregates": u.ListAggregatesRequest(
+            tenant_id=tenant, metric="api.requests", period=u.PERIOD_DAY, start_time=at, end_time=at
+        ),
+    }
     for rpc, request in calls.items():
-        error = refused(lambda: getattr(usage_stub, rpc)(request, metadata=support.bearer(token), timeout=30))
+        error = refused(
+            lambda rpc=rpc, request=request: getattr(usage_stub, rpc)(
+                request, metadata=support.bearer(token), timeout=30
+            )
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert violations(error) == {"end_time": "must be after start_time"}
 
@@ -140,20 +198,21 @@ def test_a_metric_named_in_get_usage_without_usage_in_the_range_is_omitted_not_z
     record(usage_stub, token, tenant, [event("e1", quantity=5, actor_id="alice")])
     named = ["api.requests", "leads.routed", "no.such.metric"]
     assert totals(usage_stub, token, tenant, metrics=named) == {"api.requests": (5, 1)}
-    assert totals(usage_stub, token, tenant, metrics=named, group_by_actor=True) == {
-        ("api.requests", "alice"): (5, 1)}
+    assert totals(usage_stub, token, tenant, metrics=named, group_by_actor=True) == {("api.requests", "alice"): (5, 1)}
     assert totals(usage_stub, token, tenant, metrics=["leads.routed"]) == {}
 
 
 def test_a_purged_events_id_may_be_reused_and_a_resend_of_it_is_too_old_not_counted_again(
-        usage_stub, usage_admin_stub, token, tenant):
+    usage_stub, usage_admin_stub, token, tenant
+):
     # The horizon starts this week and this month, so events from it on are open to ingest whatever the date.
     horizon = min(start_of(Period.WEEK, now_us()), start_of(Period.MONTH, now_us()))
     old = event("e1", quantity=3, at_us=horizon - DAY_US)
     assert verdicts(record(usage_stub, token, tenant, [old])) == ["ACCEPTED"]
     usage_admin_stub.RunRollup(u.RunRollupRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=60)
-    purged = usage_admin_stub.PurgeEvents(u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(horizon)),
-                                          metadata=support.bearer(token), timeout=60)
+    purged = usage_admin_stub.PurgeEvents(
+        u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(horizon)), metadata=support.bearer(token), timeout=60
+    )
     assert purged.events_deleted == 1
     resend = record(usage_stub, token, tenant, [old])
     assert (outcome(resend[0])[0], resend[0].reason) == ("REJECTED", u.REJECT_REASON_TOO_OLD)
@@ -161,4 +220,5 @@ def test_a_purged_events_id_may_be_reused_and_a_resend_of_it_is_too_old_not_coun
     assert verdicts(reused) == ["ACCEPTED"]
     whole_hours = start_of(Period.HOUR, now_us()) + HOUR_US
     assert totals(usage_stub, token, tenant, start_us=horizon - 2 * DAY_US, end_us=whole_hours) == {
-        "api.requests": (7, 2)}
+        "api.requests": (7, 2)
+    }

@@ -50,8 +50,10 @@ def usage_calls(tenant_id: str) -> dict:
         "RecordEvents": ("usage", u.RecordEventsRequest(tenant_id=tenant_id, events=[event("e1")])),
         "GetUsage": ("usage", u.GetUsageRequest(tenant_id=tenant_id, start_time=start, end_time=end)),
         "ListEvents": ("usage", u.ListEventsRequest(tenant_id=tenant_id)),
-        "ListAggregates": ("usage", u.ListAggregatesRequest(tenant_id=tenant_id, metric="api.requests",
-                                                            period=u.PERIOD_DAY)),
+        "ListAggregates": (
+            "usage",
+            u.ListAggregatesRequest(tenant_id=tenant_id, metric="api.requests", period=u.PERIOD_DAY),
+        ),
         "RunRollup": ("admin", u.RunRollupRequest(tenant_id=tenant_id)),
         "GetRollupStatus": ("admin", u.GetRollupStatusRequest(tenant_id=tenant_id)),
         "PurgeEvents": ("admin", u.PurgeEventsRequest(tenant_id=tenant_id, before_time=start, dry_run=True)),
@@ -65,7 +67,8 @@ RPCS = list(usage_calls("t"))
 @pytest.mark.parametrize("rpc", RPCS)
 @pytest.mark.parametrize("bad", ["bad tenant!", "é"])
 def test_every_usage_rpc_refuses_a_malformed_tenant_id_naming_the_field_and_the_rule(
-        usage_stub, usage_admin_stub, admin_token, rpc, bad):
+    usage_stub, usage_admin_stub, admin_token, rpc, bad
+):
     which, request = usage_calls(bad)[rpc]
     stub = usage_stub if which == "usage" else usage_admin_stub
     error = refused(lambda: getattr(stub, rpc)(request, metadata=support.bearer(admin_token), timeout=30))
@@ -77,14 +80,16 @@ def test_a_malformed_tenant_is_refused_before_anything_is_stored(usage_stub, adm
     request = u.RecordEventsRequest(tenant_id="bad tenant!", events=[event("e1")])
     refused(lambda: usage_stub.RecordEvents(request, metadata=support.bearer(admin_token), timeout=30))
     # Listing the same tenant is refused too, so no row of it can ever be read or written.
-    error = refused(lambda: usage_stub.ListEvents(u.ListEventsRequest(tenant_id="bad tenant!"),
-                                                  metadata=support.bearer(admin_token), timeout=30))
+    error = refused(
+        lambda: usage_stub.ListEvents(
+            u.ListEventsRequest(tenant_id="bad tenant!"), metadata=support.bearer(admin_token), timeout=30
+        )
+    )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("rpc", ["RecordEvents", "GetUsage", "ListEvents", "ListAggregates"])
-def test_an_empty_tenant_id_with_a_tenant_token_is_an_invalid_argument_not_a_denial(
-        dbs, usage_stub, tenant, rpc):
+def test_an_empty_tenant_id_with_a_tenant_token_is_an_invalid_argument_not_a_denial(dbs, usage_stub, tenant, rpc):
     token = tenant_token(dbs, tenant)
     _, request = usage_calls("")[rpc]
     error = refused(lambda: getattr(usage_stub, rpc)(request, metadata=support.bearer(token), timeout=30))
@@ -94,7 +99,8 @@ def test_an_empty_tenant_id_with_a_tenant_token_is_an_invalid_argument_not_a_den
 
 @pytest.mark.parametrize("rpc", ["RunRollup", "GetRollupStatus", "PurgeEvents", "ListAuditRecords"])
 def test_an_empty_tenant_id_on_an_admin_rpc_means_every_tenant_and_stays_platform_only(
-        dbs, usage_admin_stub, tenant, rpc):
+    dbs, usage_admin_stub, tenant, rpc
+):
     token = support.make_token(dbs, tenant=tenant, scopes=["usage:admin"])
     _, request = usage_calls("")[rpc]
     error = refused(lambda: getattr(usage_admin_stub, rpc)(request, metadata=support.bearer(token), timeout=30))
@@ -103,14 +109,20 @@ def test_an_empty_tenant_id_on_an_admin_rpc_means_every_tenant_and_stays_platfor
 
 def test_policy_refuses_the_same_malformed_tenant_ids_with_the_same_rule(policy_stub, policy_admin_stub, admin_token):
     writes = [
-        lambda: policy_stub.ResolveMode(pb.ResolveModeRequest(tenant_id="bad tenant!", user_id="u", feature_id="f"),
-                                        metadata=support.bearer(admin_token)),
-        lambda: policy_stub.ResolveModes(pb.ResolveModesRequest(tenant_id="bad tenant!", user_id="u"),
-                                         metadata=support.bearer(admin_token)),
-        lambda: policy_admin_stub.SetTenantPolicy(pb.SetTenantPolicyRequest(
-            tenant_policy=pb.TenantPolicy(tenant_id="bad tenant!")), metadata=support.bearer(admin_token)),
-        lambda: policy_admin_stub.BindRole(pb.BindRoleRequest(tenant_id="bad tenant!", user_id="u", role_id="r"),
-                                           metadata=support.bearer(admin_token)),
+        lambda: policy_stub.ResolveMode(
+            pb.ResolveModeRequest(tenant_id="bad tenant!", user_id="u", feature_id="f"),
+            metadata=support.bearer(admin_token),
+        ),
+        lambda: policy_stub.ResolveModes(
+            pb.ResolveModesRequest(tenant_id="bad tenant!", user_id="u"), metadata=support.bearer(admin_token)
+        ),
+        lambda: policy_admin_stub.SetTenantPolicy(
+            pb.SetTenantPolicyRequest(tenant_policy=pb.TenantPolicy(tenant_id="bad tenant!")),
+            metadata=support.bearer(admin_token),
+        ),
+        lambda: policy_admin_stub.BindRole(
+            pb.BindRoleRequest(tenant_id="bad tenant!", user_id="u", role_id="r"), metadata=support.bearer(admin_token)
+        ),
     ]
     for write in writes:
         error = refused(write)
@@ -118,8 +130,7 @@ def test_policy_refuses_the_same_malformed_tenant_ids_with_the_same_rule(policy_
         assert tenant_ids.RULE in violations(error).values()
 
 
-def test_tollgate_token_refuses_a_malformed_tenant_with_a_clear_message_and_stores_nothing(
-        dbs, monkeypatch, capsys):
+def test_tollgate_token_refuses_a_malformed_tenant_with_a_clear_message_and_stores_nothing(dbs, monkeypatch, capsys):
     monkeypatch.setenv("USAGE_DATABASE_URL", dbs.usage_url)
     monkeypatch.setenv("POLICY_DATABASE_URL", dbs.policy_url)
     before = _listed(capsys)
@@ -137,13 +148,25 @@ def _listed(capsys) -> str:
 
 
 def test_a_streamed_batch_naming_a_malformed_or_no_tenant_is_answered_invalid_and_the_stream_goes_on(
-        dbs, usage_stub, tenant):
+    dbs, usage_stub, tenant
+):
     token = tenant_token(dbs, tenant)
-    answers = list(usage_stub.StreamEvents(iter([
-        u.StreamEventsRequest(batch_id="bad", tenant_id="bad tenant!", events=[event("e1")]),
-        u.StreamEventsRequest(batch_id="none", events=[event("e2")]),
-        u.StreamEventsRequest(batch_id="mine", tenant_id=tenant, events=[event("e3")])]),
-        metadata=support.bearer(token), timeout=30))
+    answers = list(
+        usage_stub.StreamEvents(
+            iter(
+                [
+                    u.StreamEventsRequest(batch_id="bad", tenant_id="bad tenant!", events=[event("e1")]),
+                    u.StreamEventsRequest(batch_id="none", events=[event("e2")]),
+                    u.StreamEventsRequest(batch_id="mine", tenant_id=tenant, events=[event("e3")]),
+                ]
+            ),
+            metadata=support.bearer(token),
+            timeout=30,
+        )
+    )
     assert [(a.batch_id, a.error.code) for a in answers] == [
-        ("bad", code_pb2.INVALID_ARGUMENT), ("none", code_pb2.INVALID_ARGUMENT), ("mine", 0)]
+        ("bad", code_pb2.INVALID_ARGUMENT),
+        ("none", code_pb2.INVALID_ARGUMENT),
+        ("mine", 0),
+    ]
     assert [field_violations(a.error) for a in answers[:2]] == [["tenant_id"], ["tenant_id"]]

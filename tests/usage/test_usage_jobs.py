@@ -27,8 +27,9 @@ def sessions(dbs):
 
 
 def _take(sessions, name, holder, *, at_us, ttl_us=60 * SECOND_US) -> bool:
-    return in_transaction(sessions, lambda s: leases.take(s, name, holder, at_us, ttl_us,
-                                                          storage=storage_for(sessions.kw["bind"])))
+    return in_transaction(
+        sessions, lambda s: leases.take(s, name, holder, at_us, ttl_us, storage=storage_for(sessions.kw["bind"]))
+    )
 
 
 def test_a_lease_has_one_holder_until_it_expires_or_is_given_back(sessions):
@@ -60,23 +61,27 @@ def test_of_many_instances_taking_a_lease_at_once_exactly_one_gets_it(sessions):
 def test_a_round_is_skipped_while_another_instance_holds_the_lease_and_gives_it_back_after_running(sessions):
     name, runs = f"job-{uuid.uuid4().hex[:8]}", []
     assert _take(sessions, name, "other", at_us=now_us())
-    assert not schedule.run_once(name, lambda: runs.append(1) or {}, sessions=sessions, storage=storage_for(sessions.kw["bind"]),
-                                 holder="me")
+    assert not schedule.run_once(
+        name, lambda: runs.append(1) or {}, sessions=sessions, storage=storage_for(sessions.kw["bind"]), holder="me"
+    )
     in_transaction(sessions, lambda s: leases.give_back(s, name, "other"))
-    assert schedule.run_once(name, lambda: runs.append(1) or {}, sessions=sessions, storage=storage_for(sessions.kw["bind"]),
-                                 holder="me")
+    assert schedule.run_once(
+        name, lambda: runs.append(1) or {}, sessions=sessions, storage=storage_for(sessions.kw["bind"]), holder="me"
+    )
     assert runs == [1]
     assert _take(sessions, name, "other", at_us=now_us())  # "me" gave it back after its round
 
 
 def test_the_scheduled_rollup_waits_while_another_instance_holds_its_lease_and_keeps_its_gauges_fresh(
-        dbs, sessions, usage_stub, usage_admin_stub, admin_token, tenant):
+    dbs, sessions, usage_stub, usage_admin_stub, admin_token, tenant
+):
     record(usage_stub, admin_token, tenant, [event("a")])
     held = _take(sessions, "rollup", "another instance", at_us=now_us(), ttl_us=3600 * SECOND_US)
     metrics.ROLLUP_DIRTY_BUCKETS.set(-1)  # a value no skipped round may leave in place
     stopping = threading.Event()
-    job = threading.Thread(target=rollups.scheduled_job(sessions, 0.05, storage=storage_for(sessions.kw["bind"])),
-                           args=(stopping,))
+    job = threading.Thread(
+        target=rollups.scheduled_job(sessions, 0.05, storage=storage_for(sessions.kw["bind"])), args=(stopping,)
+    )
     job.start()
     try:
         deadline = time.monotonic() + 10
@@ -97,5 +102,6 @@ def test_the_scheduled_rollup_waits_while_another_instance_holds_its_lease_and_k
 
 
 def _dirty(admin_stub, token, tenant) -> int:
-    return admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token),
-                                      timeout=30).dirty_buckets
+    return admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    ).dirty_buckets

@@ -17,8 +17,9 @@ TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6) | st.sam
 IDS = st.sampled_from(["e1", "e2", "e3", "", "e\x00", "i" * 129]) | st.text(max_size=4)
 METRICS = st.sampled_from(["api.requests", "leads.routed", "sla.timers.started", "no.such", "", "m" * 200])
 SOURCES = st.sampled_from(["crm", "webhook:x", "adapter:y", "", "s\x00"])
-OFFSETS_US = st.sampled_from([-60, -1, 0, 4, 6, -35 * 24 * 60, -36 * 24 * 60]).map(lambda m: m * MINUTE_US) \
-    | st.integers(-(2**62), 2**62)
+OFFSETS_US = st.sampled_from([-60, -1, 0, 4, 6, -35 * 24 * 60, -36 * 24 * 60]).map(
+    lambda m: m * MINUTE_US
+) | st.integers(-(2**62), 2**62)
 JSON = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
@@ -29,9 +30,14 @@ JSON = st.recursive(
 @st.composite
 def events(draw):
     message = u.UsageEvent(
-        event_id=draw(IDS), metric=draw(METRICS), quantity=draw(st.integers(-3, 10**12 + 2) | st.just(2**63 - 1)),
-        actor_id=draw(TEXT), source_service=draw(SOURCES), correlation_id=draw(st.sampled_from(["", "c1", "c2"])),
-        idempotency_key=draw(st.sampled_from(["", "k1", "k2"])))
+        event_id=draw(IDS),
+        metric=draw(METRICS),
+        quantity=draw(st.integers(-3, 10**12 + 2) | st.just(2**63 - 1)),
+        actor_id=draw(TEXT),
+        source_service=draw(SOURCES),
+        correlation_id=draw(st.sampled_from(["", "c1", "c2"])),
+        idempotency_key=draw(st.sampled_from(["", "k1", "k2"])),
+    )
     if draw(st.booleans()):
         at_us = now_us() + draw(OFFSETS_US)
         message.occurred_at.CopyFrom(Timestamp(seconds=at_us // 1_000_000, nanos=draw(st.integers(0, 999_999_999))))
@@ -51,8 +57,9 @@ def test_generated_batches_get_one_verdict_each_and_only_accepted_events_count(u
     tenant = support.new_tenant()
     metadata = support.bearer(admin_token)
     try:
-        response = usage_stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=batch),
-                                           metadata=metadata, timeout=30)
+        response = usage_stub.RecordEvents(
+            u.RecordEventsRequest(tenant_id=tenant, events=batch), metadata=metadata, timeout=30
+        )
     except grpc.RpcError as error:
         raise AssertionError(f"{error.code()}: {error.details()}") from None
     results = list(response.results)
@@ -65,10 +72,12 @@ def test_generated_batches_get_one_verdict_each_and_only_accepted_events_count(u
         quantity, count = expected.get(e.metric, (0, 0))
         expected[e.metric] = (quantity + e.quantity, count + 1)
     assert totals(usage_stub, admin_token, tenant) == expected
-    assert sorted(s.event.event_id for s in list_all(usage_stub, admin_token, tenant)) == \
-        sorted(e.event_id for e in accepted)
-    again = usage_stub.RecordEvents(u.RecordEventsRequest(tenant_id=tenant, events=batch), metadata=metadata,
-                                    timeout=30)
+    assert sorted(s.event.event_id for s in list_all(usage_stub, admin_token, tenant)) == sorted(
+        e.event_id for e in accepted
+    )
+    again = usage_stub.RecordEvents(
+        u.RecordEventsRequest(tenant_id=tenant, events=batch), metadata=metadata, timeout=30
+    )
     assert u.VERDICT_ACCEPTED not in [r.verdict for r in again.results]
     assert totals(usage_stub, admin_token, tenant) == expected
 
@@ -79,26 +88,51 @@ INSTANTS = st.integers(-(2**40), 2**40).map(lambda s: Timestamp(seconds=s))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(tenant=TEXT, metrics=st.lists(TEXT, max_size=3), actor=TEXT, start=INSTANTS, end=INSTANTS,
-       position=POSITIONS, size=st.integers(-5, 5000))
-def test_generated_reads_get_an_answer_or_a_precise_status(usage_stub, admin_token, tenant, metrics, actor, start,
-                                                           end, position, size):
+@given(
+    tenant=TEXT,
+    metrics=st.lists(TEXT, max_size=3),
+    actor=TEXT,
+    start=INSTANTS,
+    end=INSTANTS,
+    position=POSITIONS,
+    size=st.integers(-5, 5000),
+)
+def test_generated_reads_get_an_answer_or_a_precise_status(
+    usage_stub, admin_token, tenant, metrics, actor, start, end, position, size
+):
     metadata = support.bearer(admin_token)
-    where = EventFilter(tenant_id=tenant, actor_id=actor, start_us=proto_time.to_micros(start) if start.seconds else None,
-                        end_us=proto_time.to_micros(end) if end.seconds else None)
+    where = EventFilter(
+        tenant_id=tenant,
+        actor_id=actor,
+        start_us=proto_time.to_micros(start) if start.seconds else None,
+        end_us=proto_time.to_micros(end) if end.seconds else None,
+    )
     events_token = "" if position is None else pagination.encode(position, where.scope())
     metrics_token = "" if position is None else pagination.encode(position, catalog.SCOPE)
     calls = [
-        lambda: usage_stub.GetUsage(u.GetUsageRequest(tenant_id=tenant, metrics=metrics, actor_id=actor,
-                                                      start_time=start, end_time=end), metadata=metadata),
-        lambda: usage_stub.ListEvents(u.ListEventsRequest(tenant_id=tenant, actor_id=actor, start_time=start,
-                                                          end_time=end, page_size=size, page_token=events_token),
-                                      metadata=metadata),
-        lambda: usage_stub.ListMetrics(u.ListMetricsRequest(page_size=size, page_token=metrics_token), metadata=metadata),
+        lambda: usage_stub.GetUsage(
+            u.GetUsageRequest(tenant_id=tenant, metrics=metrics, actor_id=actor, start_time=start, end_time=end),
+            metadata=metadata,
+        ),
+        lambda: usage_stub.ListEvents(
+            u.ListEventsRequest(
+                tenant_id=tenant,
+                actor_id=actor,
+                start_time=start,
+                end_time=end,
+                page_size=size,
+                page_token=events_token,
+            ),
+            metadata=metadata,
+        ),
+        lambda: usage_stub.ListMetrics(
+            u.ListMetricsRequest(page_size=size, page_token=metrics_token), metadata=metadata
+        ),
     ]
     for call in calls:
         try:
             call()
         except grpc.RpcError as error:
-            assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), \
+            assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), (
                 f"{error.code()}: {error.details()}"
+            )

@@ -29,8 +29,11 @@ def history(usage_stub, usage_admin_stub, admin_token, tenant):
 
 
 def _purge(admin_stub, token, tenant, before_us, dry_run=False):
-    return admin_stub.PurgeEvents(u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(before_us), dry_run=dry_run),
-                                  metadata=support.bearer(token), timeout=60)
+    return admin_stub.PurgeEvents(
+        u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(before_us), dry_run=dry_run),
+        metadata=support.bearer(token),
+        timeout=60,
+    )
 
 
 def _roll_up(admin_stub, token, tenant):
@@ -44,7 +47,8 @@ def _refused(call) -> grpc.RpcError:
 
 
 def test_purge_keeps_aligned_totals_exact_and_refuses_ranges_that_need_purged_rows(
-        usage_stub, usage_admin_stub, admin_token, tenant, history):
+    usage_stub, usage_admin_stub, admin_token, tenant, history
+):
     base, instants = history
     _roll_up(usage_admin_stub, admin_token, tenant)
     end = now_us()
@@ -61,16 +65,24 @@ def test_purge_keeps_aligned_totals_exact_and_refuses_ranges_that_need_purged_ro
     after_cutoff = {"api.requests": (sum(k + 1 for k, at in enumerate(instants) if at >= cutoff), 40 - purged)}
     assert totals(usage_stub, admin_token, tenant, start_us=cutoff, end_us=end) == after_cutoff
     for start, fields in [(base + 30 * MINUTE_US, {}), (base, {"actor_id": "a1"}), (base, {"group_by_actor": True})]:
-        error = _refused(lambda: totals(usage_stub, admin_token, tenant, start_us=start, end_us=end, **fields))
+        error = _refused(
+            lambda start=start, fields=fields: totals(
+                usage_stub, admin_token, tenant, start_us=start, end_us=end, **fields
+            )
+        )
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert ts(cutoff).ToJsonString() in error.details()
     assert totals(usage_stub, admin_token, tenant, start_us=cutoff, end_us=end, actor_id="a1") == {
-        ("api.requests", "a1"): (sum(k + 1 for k, at in enumerate(instants) if at >= cutoff and k % 3 == 1),
-                                 sum(1 for k, at in enumerate(instants) if at >= cutoff and k % 3 == 1))}
+        ("api.requests", "a1"): (
+            sum(k + 1 for k, at in enumerate(instants) if at >= cutoff and k % 3 == 1),
+            sum(1 for k, at in enumerate(instants) if at >= cutoff and k % 3 == 1),
+        )
+    }
 
 
-def test_a_dry_run_reports_the_same_counts_and_changes_nothing(usage_stub, usage_admin_stub, admin_token, tenant,
-                                                               history):
+def test_a_dry_run_reports_the_same_counts_and_changes_nothing(
+    usage_stub, usage_admin_stub, admin_token, tenant, history
+):
     base, instants = history
     _roll_up(usage_admin_stub, admin_token, tenant)
     cutoff = base + 3 * DAY_US + 30 * MINUTE_US
@@ -95,8 +107,7 @@ def test_a_dry_run_answers_the_horizon_in_force_not_its_cutoff(usage_admin_stub,
     assert every_tenant.dry_run and not every_tenant.HasField("purged_before")
 
 
-def test_events_in_dirty_buckets_are_kept_until_rolled_up(usage_stub, usage_admin_stub, admin_token, tenant,
-                                                          history):
+def test_events_in_dirty_buckets_are_kept_until_rolled_up(usage_stub, usage_admin_stub, admin_token, tenant, history):
     base, instants = history
     end = now_us()
     before = totals(usage_stub, admin_token, tenant, start_us=base, end_us=end)
@@ -137,7 +148,8 @@ def test_a_purge_of_one_tenant_leaves_the_others_alone(usage_stub, usage_admin_s
     _purge(usage_admin_stub, admin_token, tenant, base + 10 * DAY_US)
     assert [e.event.event_id for e in list_all(usage_stub, admin_token, other)] == ["o1"]
     assert totals(usage_stub, admin_token, other, start_us=base + 30 * MINUTE_US, end_us=now_us()) == {
-        "api.requests": (1, 1)}
+        "api.requests": (1, 1)
+    }
 
 
 def test_a_purge_needs_a_past_cutoff(usage_admin_stub, admin_token, tenant):
@@ -145,8 +157,11 @@ def test_a_purge_needs_a_past_cutoff(usage_admin_stub, admin_token, tenant):
         request = u.PurgeEventsRequest(tenant_id=tenant)
         if before is not None:
             request.before_time.CopyFrom(ts(before))
-        error = _refused(lambda: usage_admin_stub.PurgeEvents(request, metadata=support.bearer(admin_token),
-                                                              timeout=30))
+        error = _refused(
+            lambda request=request: usage_admin_stub.PurgeEvents(
+                request, metadata=support.bearer(admin_token), timeout=30
+            )
+        )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert support.field_violations(error) == ["before_time"]
 
@@ -162,14 +177,32 @@ def test_the_retention_job_purges_what_is_older_than_the_retention(own_usage_url
     engine = create_engine_for(own_usage_url, schema=tables.SCHEMA, pool_size=1)
     instants = [now_us() - days * DAY_US for days in (30, 20, 15, 13, 1)]
     with engine.begin() as connection:
-        connection.execute(tables.events.insert(), [
-            dict(tenant_id=tenant, event_id=f"e{n}", metric="api.requests", quantity=1, occurred_at_us=at,
-                 actor_id="", source_service="crm", classification="BILLABLE", content_hash="-", received_at_us=at)
-            for tenant in ("t1", "t2") for n, at in enumerate(instants)])
+        connection.execute(
+            tables.events.insert(),
+            [
+                dict(
+                    tenant_id=tenant,
+                    event_id=f"e{n}",
+                    metric="api.requests",
+                    quantity=1,
+                    occurred_at_us=at,
+                    actor_id="",
+                    source_service="crm",
+                    classification="BILLABLE",
+                    content_hash="-",
+                    received_at_us=at,
+                )
+                for tenant in ("t1", "t2")
+                for n, at in enumerate(instants)
+            ],
+        )
     stopping = threading.Event()
-    worker = threading.Thread(target=purge.retention_job(session_factory(engine), retention_days=14,
-                                                         every_seconds=0.05, storage=storage_for(engine)),
-                              args=(stopping,))
+    worker = threading.Thread(
+        target=purge.retention_job(
+            session_factory(engine), retention_days=14, every_seconds=0.05, storage=storage_for(engine)
+        ),
+        args=(stopping,),
+    )
     worker.start()
     try:
         deadline = time.monotonic() + 30

@@ -7,9 +7,8 @@ from services.usage.domain.catalog import DEFAULT_CATALOG
 from shared.db import INDEXED_READS, create_engine_for
 from tests import support
 from tests.conftest import status_of
-from tests.usage_support import (MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts)
+from tests.usage_support import MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts
 from tollgate.usage.v1 import usage_pb2 as u
-
 
 POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
 
@@ -32,8 +31,15 @@ def recorded(usage_stub, token, tenant, base):
         event("e0", metric="api.requests", quantity=1, actor_id="alice", at_us=base),
         event("e1", metric="api.requests", quantity=2, actor_id="bob", at_us=base + MINUTE_US),
         event("e2", metric="leads.routed", quantity=4, actor_id="alice", at_us=base + 2 * MINUTE_US),
-        event("e3", metric="api.requests", quantity=8, actor_id="alice", at_us=base + 3 * MINUTE_US,
-              source_service="billing", correlation_id="job-1"),
+        event(
+            "e3",
+            metric="api.requests",
+            quantity=8,
+            actor_id="alice",
+            at_us=base + 3 * MINUTE_US,
+            source_service="billing",
+            correlation_id="job-1",
+        ),
         event("e4", metric="sla.timers.started", quantity=16, at_us=base + 4 * MINUTE_US),
         event("e5", metric="api.requests", quantity=32, actor_id="bob", at_us=base + 5 * MINUTE_US),
     ]
@@ -47,19 +53,29 @@ def test_totals_are_exact_per_metric_over_a_half_open_range(usage_stub, token, t
 
 
 def test_totals_carry_the_catalog_classification_and_come_ordered_by_metric(usage_stub, token, tenant, recorded):
-    response = usage_stub.GetUsage(u.GetUsageRequest(tenant_id=tenant, start_time=ts(1), end_time=ts(now_us())),
-                                   metadata=support.bearer(token), timeout=30)
+    response = usage_stub.GetUsage(
+        u.GetUsageRequest(tenant_id=tenant, start_time=ts(1), end_time=ts(now_us())),
+        metadata=support.bearer(token),
+        timeout=30,
+    )
     assert [(t.metric, t.classification) for t in response.totals] == [
-        ("api.requests", u.CLASSIFICATION_BILLABLE), ("leads.routed", u.CLASSIFICATION_BILLABLE),
-        ("sla.timers.started", u.CLASSIFICATION_NON_BILLABLE)]
+        ("api.requests", u.CLASSIFICATION_BILLABLE),
+        ("leads.routed", u.CLASSIFICATION_BILLABLE),
+        ("sla.timers.started", u.CLASSIFICATION_NON_BILLABLE),
+    ]
 
 
 def test_totals_for_one_actor_and_grouped_by_actor(usage_stub, token, tenant, recorded):
-    assert totals(usage_stub, token, tenant, actor_id="alice") == {("api.requests", "alice"): (9, 2),
-                                                                    ("leads.routed", "alice"): (4, 1)}
+    assert totals(usage_stub, token, tenant, actor_id="alice") == {
+        ("api.requests", "alice"): (9, 2),
+        ("leads.routed", "alice"): (4, 1),
+    }
     grouped = totals(usage_stub, token, tenant, group_by_actor=True, metrics=["api.requests", "sla.timers.started"])
-    assert grouped == {("api.requests", "alice"): (9, 2), ("api.requests", "bob"): (34, 2),
-                       ("sla.timers.started", ""): (16, 1)}
+    assert grouped == {
+        ("api.requests", "alice"): (9, 2),
+        ("api.requests", "bob"): (34, 2),
+        ("sla.timers.started", ""): (16, 1),
+    }
 
 
 def test_a_total_read_after_an_acknowledged_write_includes_it(usage_stub, token, tenant):
@@ -68,40 +84,49 @@ def test_a_total_read_after_an_acknowledged_write_includes_it(usage_stub, token,
         assert totals(usage_stub, token, tenant) == {"api.requests": (sum(range(1, n + 2)), n + 1)}
 
 
-@pytest.mark.parametrize("start,end", [(None, 10), (10, None), (10, 10), (20, 10), (-10**13, 10)])
+@pytest.mark.parametrize("start,end", [(None, 10), (10, None), (10, 10), (20, 10), (-(10**13), 10)])
 def test_a_missing_or_empty_range_is_invalid(usage_stub, token, tenant, start, end):
     request = u.GetUsageRequest(tenant_id=tenant)
     if start is not None:
         request.start_time.CopyFrom(ts(start * 1_000_000))
     if end is not None:
         request.end_time.CopyFrom(ts(end * 1_000_000))
-    assert status_of(lambda: usage_stub.GetUsage(request, metadata=support.bearer(token), timeout=30)) \
+    assert (
+        status_of(lambda: usage_stub.GetUsage(request, metadata=support.bearer(token), timeout=30))
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 def test_listing_pages_through_every_event_in_order_with_filters(usage_stub, token, tenant, base, recorded):
     listed = list_all(usage_stub, token, tenant, page_size=2)
     assert [s.event for s in listed] == recorded
     assert all(s.tenant_id == tenant and s.received_at.seconds > 0 for s in listed)
-    assert [s.event.event_id for s in list_all(usage_stub, token, tenant, page_size=1, metric="api.requests",
-                                               actor_id="bob")] == ["e1", "e5"]
-    assert [s.event.event_id for s in list_all(usage_stub, token, tenant, source_service="billing",
-                                               correlation_id="job-1")] == ["e3"]
+    assert [
+        s.event.event_id
+        for s in list_all(usage_stub, token, tenant, page_size=1, metric="api.requests", actor_id="bob")
+    ] == ["e1", "e5"]
+    assert [
+        s.event.event_id for s in list_all(usage_stub, token, tenant, source_service="billing", correlation_id="job-1")
+    ] == ["e3"]
     window = list_all(usage_stub, token, tenant, start_time=ts(base + MINUTE_US), end_time=ts(base + 3 * MINUTE_US))
     assert [s.event.event_id for s in window] == ["e1", "e2"]
 
 
-def test_a_page_token_reused_with_another_filter_or_tenant_is_invalid(dbs, usage_stub, admin_token, token, tenant,
-                                                                      recorded):
+def test_a_page_token_reused_with_another_filter_or_tenant_is_invalid(
+    dbs, usage_stub, admin_token, token, tenant, recorded
+):
     first = usage_stub.ListEvents(u.ListEventsRequest(tenant_id=tenant, page_size=2), metadata=support.bearer(token))
     assert first.next_page_token
-    other_filter = u.ListEventsRequest(tenant_id=tenant, page_size=2, metric="leads.routed",
-                                       page_token=first.next_page_token)
+    other_filter = u.ListEventsRequest(
+        tenant_id=tenant, page_size=2, metric="leads.routed", page_token=first.next_page_token
+    )
     other_tenant = u.ListEventsRequest(tenant_id=support.new_tenant(), page_size=2, page_token=first.next_page_token)
     garbage = u.ListEventsRequest(tenant_id=tenant, page_token="not-a-token")
     for request in (other_filter, other_tenant, garbage):
-        assert status_of(lambda: usage_stub.ListEvents(request, metadata=support.bearer(admin_token))) \
+        assert (
+            status_of(lambda request=request: usage_stub.ListEvents(request, metadata=support.bearer(admin_token)))
             == grpc.StatusCode.INVALID_ARGUMENT
+        )
 
 
 def test_no_answer_for_one_tenant_holds_another_tenants_rows(dbs, usage_stub, admin_token, token, tenant, recorded):
@@ -115,8 +140,9 @@ def test_no_answer_for_one_tenant_holds_another_tenants_rows(dbs, usage_stub, ad
 def test_the_default_catalog_ships_with_the_service_and_lists_in_pages(usage_stub, token):
     listed, page_token = [], ""
     for _ in range(100):
-        page = usage_stub.ListMetrics(u.ListMetricsRequest(page_size=5, page_token=page_token),
-                                      metadata=support.bearer(token))
+        page = usage_stub.ListMetrics(
+            u.ListMetricsRequest(page_size=5, page_token=page_token), metadata=support.bearer(token)
+        )
         listed.extend(page.metrics)
         page_token = page.next_page_token
         if not page_token:
@@ -127,8 +153,9 @@ def test_the_default_catalog_ships_with_the_service_and_lists_in_pages(usage_stu
     assert {m.name: m.classification.name for m in DEFAULT_CATALOG}.items() <= by_name.items()
 
 
-def test_an_upserted_metric_is_created_then_updated_and_classifies_new_events(dbs, usage_stub, usage_admin_stub,
-                                                                              admin_token, token, tenant):
+def test_an_upserted_metric_is_created_then_updated_and_classifies_new_events(
+    dbs, usage_stub, usage_admin_stub, admin_token, token, tenant
+):
     name = f"custom.{tenant}"
     metric = u.Metric(name=name, classification=u.CLASSIFICATION_INFO, unit="thing", description="Things.")
     created = usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=metric), metadata=support.bearer(admin_token))
@@ -141,17 +168,24 @@ def test_an_upserted_metric_is_created_then_updated_and_classifies_new_events(db
     assert list_all(usage_stub, token, tenant)[0].classification == u.CLASSIFICATION_BILLABLE
 
 
-@pytest.mark.parametrize("name,classification", [("Bad Name", u.CLASSIFICATION_INFO), ("", u.CLASSIFICATION_INFO),
-                                                 ("ok.name", u.CLASSIFICATION_UNSPECIFIED)])
-def test_a_bad_metric_is_invalid_and_a_tenant_may_not_change_the_catalog(dbs, usage_admin_stub, admin_token, tenant,
-                                                                         name, classification):
+@pytest.mark.parametrize(
+    "name,classification",
+    [("Bad Name", u.CLASSIFICATION_INFO), ("", u.CLASSIFICATION_INFO), ("ok.name", u.CLASSIFICATION_UNSPECIFIED)],
+)
+def test_a_bad_metric_is_invalid_and_a_tenant_may_not_change_the_catalog(
+    dbs, usage_admin_stub, admin_token, tenant, name, classification
+):
     bad = u.UpsertMetricRequest(metric=u.Metric(name=name, classification=classification))
-    assert status_of(lambda: usage_admin_stub.UpsertMetric(bad, metadata=support.bearer(admin_token))) \
+    assert (
+        status_of(lambda: usage_admin_stub.UpsertMetric(bad, metadata=support.bearer(admin_token)))
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
     tenant_admin = support.make_token(dbs, tenant=tenant, scopes=["usage:admin"])
     good = u.UpsertMetricRequest(metric=u.Metric(name="tenant.metric", classification=u.CLASSIFICATION_INFO))
-    assert status_of(lambda: usage_admin_stub.UpsertMetric(good, metadata=support.bearer(tenant_admin))) \
+    assert (
+        status_of(lambda: usage_admin_stub.UpsertMetric(good, metadata=support.bearer(tenant_admin)))
         == grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 @POSTGRES_ONLY  # PostgreSQL settings
@@ -162,7 +196,8 @@ def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequen
     try:
         with engine.connect() as connection:
             [[plan]] = connection.exec_driver_sql(
-                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT name FROM usage.metrics WHERE description LIKE '%%x%%'").all()
+                "EXPLAIN (ANALYZE, FORMAT JSON) SELECT name FROM usage.metrics WHERE description LIKE '%%x%%'"
+            ).all()
     finally:
         engine.dispose()
     assert plan[0]["Plan"]["Node Type"] == "Seq Scan" and plan[0]["Plan"]["Total Cost"] > 100_000

@@ -29,14 +29,21 @@ RUNS = st.none() | st.just(0) | st.integers(1, 30)  # None: no run; 0: until cle
 @settings(max_examples=25, deadline=None)
 @given(steps=st.lists(st.tuples(BATCHES, RUNS), min_size=1, max_size=5))
 def test_after_any_interleaving_of_late_events_and_cut_runs_every_aggregate_equals_its_raw_events(
-        dbs, usage_stub, usage_admin_stub, admin_token, steps):
+    dbs, usage_stub, usage_admin_stub, admin_token, steps
+):
     tenant = support.new_tenant()
     base = start_of(Period.DAY, now_us() - SPAN_DAYS * DAY_US)
     sent = 0
     for batch, run in steps:
-        results = record(usage_stub, admin_token, tenant, [
-            event(f"e{sent + n}", metric=m, quantity=q, at_us=base + minute * MINUTE_US)
-            for n, (m, q, minute) in enumerate(batch)])
+        results = record(
+            usage_stub,
+            admin_token,
+            tenant,
+            [
+                event(f"e{sent + n}", metric=m, quantity=q, at_us=base + minute * MINUTE_US)
+                for n, (m, q, minute) in enumerate(batch)
+            ],
+        )
         sent += len(batch)
         assert all(r.verdict == u.VERDICT_ACCEPTED for r in results)
         if run is not None:
@@ -50,21 +57,32 @@ def test_after_any_interleaving_of_late_events_and_cut_runs_every_aggregate_equa
         found = {}
         for period in Period:
             for a in _aggregates(usage_stub, admin_token, tenant, metric, int(period)):
-                found[(int(period), a.period_start.seconds * 1_000_000)] = (a.total_quantity, a.event_count,
-                                                                             a.source_hash)
+                found[(int(period), a.period_start.seconds * 1_000_000)] = (
+                    a.total_quantity,
+                    a.event_count,
+                    a.source_hash,
+                )
                 assert not a.dirty
         assert found == expected
 
 
 def _run(admin_stub, token, tenant, max_buckets):
-    return admin_stub.RunRollup(u.RunRollupRequest(tenant_id=tenant, max_buckets=max_buckets),
-                                metadata=support.bearer(token), timeout=60)
+    return admin_stub.RunRollup(
+        u.RunRollupRequest(tenant_id=tenant, max_buckets=max_buckets), metadata=support.bearer(token), timeout=60
+    )
 
 
 def _aggregates(stub, token, tenant, metric, period):
-    return every_page(lambda page_token: stub.ListAggregates(
-        u.ListAggregatesRequest(tenant_id=tenant, metric=metric, period=period, page_size=1000,
-                                page_token=page_token), metadata=support.bearer(token), timeout=30), "aggregates")
+    return every_page(
+        lambda page_token: stub.ListAggregates(
+            u.ListAggregatesRequest(
+                tenant_id=tenant, metric=metric, period=period, page_size=1000, page_token=page_token
+            ),
+            metadata=support.bearer(token),
+            timeout=30,
+        ),
+        "aggregates",
+    )
 
 
 def _stored_events(dbs, tenant) -> list[tuple]:
@@ -73,9 +91,14 @@ def _stored_events(dbs, tenant) -> list[tuple]:
     try:
         with engine.connect() as connection:
             e = tables.events.c
-            return [tuple(row) for row in connection.execute(
-                select(e.metric, e.quantity, e.occurred_at_us, e.event_id, e.content_hash)
-                .where(e.tenant_id == tenant))]
+            return [
+                tuple(row)
+                for row in connection.execute(
+                    select(e.metric, e.quantity, e.occurred_at_us, e.event_id, e.content_hash).where(
+                        e.tenant_id == tenant
+                    )
+                )
+            ]
     finally:
         engine.dispose()
 

@@ -2,7 +2,7 @@
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -29,7 +29,7 @@ POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
 
 
 def _us(*args) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp()) * 1_000_000
+    return int(datetime(*args, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 @pytest.fixture
@@ -44,16 +44,21 @@ def week():
 
 
 def _run(admin_stub, token, tenant="", max_buckets=0):
-    return admin_stub.RunRollup(u.RunRollupRequest(tenant_id=tenant, max_buckets=max_buckets),
-                                metadata=support.bearer(token), timeout=60)
+    return admin_stub.RunRollup(
+        u.RunRollupRequest(tenant_id=tenant, max_buckets=max_buckets), metadata=support.bearer(token), timeout=60
+    )
 
 
 def _aggregates(stub, token, tenant, metric, period, page_size=1000, **range_):
     found, page_token = [], ""
     while True:
-        page = stub.ListAggregates(u.ListAggregatesRequest(tenant_id=tenant, metric=metric, period=period,
-                                                           page_size=page_size, page_token=page_token, **range_),
-                                   metadata=support.bearer(token), timeout=30)
+        page = stub.ListAggregates(
+            u.ListAggregatesRequest(
+                tenant_id=tenant, metric=metric, period=period, page_size=page_size, page_token=page_token, **range_
+            ),
+            metadata=support.bearer(token),
+            timeout=30,
+        )
         found.extend(page.aggregates)
         page_token = page.next_page_token
         if not page_token:
@@ -61,8 +66,9 @@ def _aggregates(stub, token, tenant, metric, period, page_size=1000, **range_):
 
 
 def _bucket(stub, token, tenant, metric, period, start_us):
-    rows = [a for a in _aggregates(stub, token, tenant, metric, period)
-            if a.period_start.seconds * 1_000_000 == start_us]
+    rows = [
+        a for a in _aggregates(stub, token, tenant, metric, period) if a.period_start.seconds * 1_000_000 == start_us
+    ]
     return rows[0] if rows else None
 
 
@@ -84,9 +90,19 @@ def _mark_every_bucket_dirty(dbs, tenant):
     try:
         with engine.begin() as connection:
             rows = connection.execute(select(tables.aggregates).where(tables.aggregates.c.tenant_id == tenant))
-            connection.execute(tables.dirty_buckets.insert(), [
-                dict(tenant_id=r.tenant_id, metric=r.metric, period=r.period, period_start_us=r.period_start_us,
-                     marked_at_us=1) for r in rows])
+            connection.execute(
+                tables.dirty_buckets.insert(),
+                [
+                    dict(
+                        tenant_id=r.tenant_id,
+                        metric=r.metric,
+                        period=r.period,
+                        period_start_us=r.period_start_us,
+                        marked_at_us=1,
+                    )
+                    for r in rows
+                ],
+            )
     finally:
         engine.dispose()
 
@@ -103,8 +119,9 @@ def test_bucket_starts_are_utc_hours_days_iso_weeks_and_months():
     assert [p for p, _ in buckets_of(instant)] == list(Period)
 
 
-def test_a_late_event_into_a_rolled_up_week_repairs_its_hour_day_week_and_month(usage_stub, usage_admin_stub, token,
-                                                                                  tenant, week):
+def test_a_late_event_into_a_rolled_up_week_repairs_its_hour_day_week_and_month(
+    usage_stub, usage_admin_stub, token, tenant, week
+):
     record(usage_stub, token, tenant, [event("a", quantity=3, at_us=week), event("b", quantity=4, at_us=week + DAY_US)])
     _run(usage_admin_stub, token, tenant)
     before = {p: _bucket(usage_stub, token, tenant, "api.requests", int(p), start_of(p, week)) for p in Period}
@@ -123,54 +140,88 @@ def test_a_late_event_into_a_rolled_up_week_repairs_its_hour_day_week_and_month(
 
 
 def test_a_late_event_marks_only_its_hour_of_a_rolled_up_day_and_the_other_hours_are_kept(
-        dbs, usage_stub, usage_admin_stub, token, tenant, week):
+    dbs, usage_stub, usage_admin_stub, token, tenant, week
+):
     """A day's mark names its changed hours; reads and the rollup take the others from the day's row."""
     record(usage_stub, token, tenant, [event(f"e{h}", quantity=h + 1, at_us=week + h * HOUR_US) for h in (1, 2, 7)])
     _run(usage_admin_stub, token, tenant)
-    record(usage_stub, token, tenant, [event("late-a", quantity=10, at_us=week + 2 * HOUR_US + MINUTE_US),
-                                       event("late-b", quantity=20, at_us=week + 5 * HOUR_US)])
+    record(
+        usage_stub,
+        token,
+        tenant,
+        [
+            event("late-a", quantity=10, at_us=week + 2 * HOUR_US + MINUTE_US),
+            event("late-b", quantity=20, at_us=week + 5 * HOUR_US),
+        ],
+    )
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     try:
         with engine.connect() as connection:
-            marks = dict(connection.execute(select(tables.dirty_buckets.c.period, tables.dirty_buckets.c.dirty_hours)
-                                            .where(tables.dirty_buckets.c.tenant_id == tenant)).all())
+            marks = dict(
+                connection.execute(
+                    select(tables.dirty_buckets.c.period, tables.dirty_buckets.c.dirty_hours).where(
+                        tables.dirty_buckets.c.tenant_id == tenant
+                    )
+                ).all()
+            )
     finally:
         engine.dispose()
     hour0 = (week - start_of(Period.DAY, week)) // HOUR_US
     assert marks[int(Period.DAY)] == (1 << hour0 + 2) | (1 << hour0 + 5)
     # Exact before the rollup: hours 1 and 7 from the day's row, 2 and 5 from raw events.
     assert totals(usage_stub, token, tenant, start_us=week, end_us=week + 8 * HOUR_US) == {"api.requests": (43, 5)}
-    stored = {a.period_start.seconds * 1_000_000 - week: a.dirty
-              for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)}
+    stored = {
+        a.period_start.seconds * 1_000_000 - week: a.dirty
+        for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)
+    }
     assert stored == {HOUR_US: False, 2 * HOUR_US: True, 7 * HOUR_US: False}  # hour 5 has no stored row yet
     _run(usage_admin_stub, token, tenant)
-    hours = {a.period_start.seconds * 1_000_000 - week: (a.total_quantity, a.event_count)
-             for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)}
+    hours = {
+        a.period_start.seconds * 1_000_000 - week: (a.total_quantity, a.event_count)
+        for a in _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR)
+    }
     assert hours == {HOUR_US: (2, 1), 2 * HOUR_US: (13, 2), 5 * HOUR_US: (20, 1), 7 * HOUR_US: (8, 1)}
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
 
 
 def test_running_a_rollup_again_changes_nothing(dbs, usage_stub, usage_admin_stub, token, tenant, week):
-    record(usage_stub, token, tenant, [event(f"e{i}", quantity=i + 1, at_us=week + i * 7 * HOUR_US)
-                                       for i in range(6)])
+    record(usage_stub, token, tenant, [event(f"e{i}", quantity=i + 1, at_us=week + i * 7 * HOUR_US) for i in range(6)])
     _run(usage_admin_stub, token, tenant)
-    first = {p: [(a.period_start.seconds, a.total_quantity, a.event_count, a.source_hash)
-                 for a in _aggregates(usage_stub, token, tenant, "api.requests", int(p))] for p in Period}
+    first = {
+        p: [
+            (a.period_start.seconds, a.total_quantity, a.event_count, a.source_hash)
+            for a in _aggregates(usage_stub, token, tenant, "api.requests", int(p))
+        ]
+        for p in Period
+    }
     assert _run(usage_admin_stub, token, tenant).buckets_recomputed == 0
     # A duplicate marks nothing dirty; marking every bucket dirty by hand recomputes them all from the same events.
     record(usage_stub, token, tenant, [event("e0", quantity=1, at_us=week)])
     _mark_every_bucket_dirty(dbs, tenant)
     # Hours are stored in their day's row, recomputed with it.
-    assert _run(usage_admin_stub, token, tenant).buckets_recomputed == \
-        sum(len(rows) for period, rows in first.items() if period is not Period.HOUR)
-    again = {p: [(a.period_start.seconds, a.total_quantity, a.event_count, a.source_hash)
-                 for a in _aggregates(usage_stub, token, tenant, "api.requests", int(p))] for p in Period}
+    assert _run(usage_admin_stub, token, tenant).buckets_recomputed == sum(
+        len(rows) for period, rows in first.items() if period is not Period.HOUR
+    )
+    again = {
+        p: [
+            (a.period_start.seconds, a.total_quantity, a.event_count, a.source_hash)
+            for a in _aggregates(usage_stub, token, tenant, "api.requests", int(p))
+        ]
+        for p in Period
+    }
     assert again == first
 
 
 def test_aggregates_equal_raw_sums_after_a_rollup(usage_stub, usage_admin_stub, token, tenant, week):
-    events = [event(f"e{i}", metric=("api.requests", "leads.routed")[i % 2], quantity=i + 1,
-                    at_us=week - 3 * DAY_US + i * 5 * HOUR_US + i * MINUTE_US) for i in range(40)]
+    events = [
+        event(
+            f"e{i}",
+            metric=("api.requests", "leads.routed")[i % 2],
+            quantity=i + 1,
+            at_us=week - 3 * DAY_US + i * 5 * HOUR_US + i * MINUTE_US,
+        )
+        for i in range(40)
+    ]
     record(usage_stub, token, tenant, events)
     report = _run(usage_admin_stub, token, tenant)
     assert report.buckets_recomputed > 0 and report.buckets_remaining == 0
@@ -178,65 +229,123 @@ def test_aggregates_equal_raw_sums_after_a_rollup(usage_stub, usage_admin_stub, 
         assert _assert_aggregates_match_raw(usage_stub, token, tenant, metric) > 8
 
 
-def test_list_aggregates_pages_and_refuses_another_tenants_token(dbs, usage_stub, usage_admin_stub, token, tenant,
-                                                                 week):
+def test_list_aggregates_pages_and_refuses_another_tenants_token(
+    dbs, usage_stub, usage_admin_stub, token, tenant, week
+):
     record(usage_stub, token, tenant, [event(f"e{i}", at_us=week + i * HOUR_US) for i in range(5)])
     _run(usage_admin_stub, token, tenant)
     hours = _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR, page_size=2)
     assert [a.period_start.seconds * 1_000_000 for a in hours] == [week + i * HOUR_US for i in range(5)]
-    ranged = _aggregates(usage_stub, token, tenant, "api.requests", u.PERIOD_HOUR, page_size=2,
-                         start_time=ts(week + HOUR_US), end_time=ts(week + 3 * HOUR_US))
+    ranged = _aggregates(
+        usage_stub,
+        token,
+        tenant,
+        "api.requests",
+        u.PERIOD_HOUR,
+        page_size=2,
+        start_time=ts(week + HOUR_US),
+        end_time=ts(week + 3 * HOUR_US),
+    )
     assert len(ranged) == 2
 
-    first = usage_stub.ListAggregates(u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests",
-                                                              period=u.PERIOD_HOUR, page_size=2),
-                                      metadata=support.bearer(token), timeout=30)
+    first = usage_stub.ListAggregates(
+        u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=u.PERIOD_HOUR, page_size=2),
+        metadata=support.bearer(token),
+        timeout=30,
+    )
     other = support.new_tenant()
     other_token = support.make_token(dbs, tenant=other, scopes=["usage:read"])
-    assert status_of(lambda: usage_stub.ListAggregates(
-        u.ListAggregatesRequest(tenant_id=other, metric="api.requests", period=u.PERIOD_HOUR,
-                                page_token=first.next_page_token),
-        metadata=support.bearer(other_token), timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
-    assert status_of(lambda: usage_stub.ListAggregates(
-        u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=u.PERIOD_HOUR),
-        metadata=support.bearer(other_token), timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
-    assert status_of(lambda: usage_stub.ListAggregates(
-        u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests"),
-        metadata=support.bearer(token), timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        status_of(
+            lambda: usage_stub.ListAggregates(
+                u.ListAggregatesRequest(
+                    tenant_id=other, metric="api.requests", period=u.PERIOD_HOUR, page_token=first.next_page_token
+                ),
+                metadata=support.bearer(other_token),
+                timeout=30,
+            )
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        status_of(
+            lambda: usage_stub.ListAggregates(
+                u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests", period=u.PERIOD_HOUR),
+                metadata=support.bearer(other_token),
+                timeout=30,
+            )
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        status_of(
+            lambda: usage_stub.ListAggregates(
+                u.ListAggregatesRequest(tenant_id=tenant, metric="api.requests"),
+                metadata=support.bearer(token),
+                timeout=30,
+            )
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
-def test_rollup_status_counts_dirty_buckets_before_a_run_and_none_after(usage_stub, usage_admin_stub, token, tenant,
-                                                                        week):
-    record(usage_stub, token, tenant, [event("a", at_us=week), event("b", at_us=week + 10 * MINUTE_US),
-                                       event("c", at_us=week + DAY_US)])
-    status = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                              metadata=support.bearer(token), timeout=30)
+def test_rollup_status_counts_dirty_buckets_before_a_run_and_none_after(
+    usage_stub, usage_admin_stub, token, tenant, week
+):
+    record(
+        usage_stub,
+        token,
+        tenant,
+        [event("a", at_us=week), event("b", at_us=week + 10 * MINUTE_US), event("c", at_us=week + DAY_US)],
+    )
+    status = usage_admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    )
     assert status.dirty_buckets == 2 + 1 + 1  # two days (a day's mark covers its hours), one week, one month
     assert status.HasField("oldest_dirty_time")
     _run(usage_admin_stub, token, tenant, max_buckets=2)
-    status = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                              metadata=support.bearer(token), timeout=30)
+    status = usage_admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    )
     assert status.dirty_buckets == 2 and status.last_run_buckets == 2
     _run(usage_admin_stub, token, tenant)
-    status = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                              metadata=support.bearer(token), timeout=30)
+    status = usage_admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    )
     assert status.dirty_buckets == 0 and not status.HasField("oldest_dirty_time")
     assert status.HasField("last_run_time")
 
 
 def test_a_rollup_of_every_tenant_needs_a_platform_credential(usage_admin_stub, token, admin_token):
     assert status_of(lambda: _run(usage_admin_stub, token)) == grpc.StatusCode.PERMISSION_DENIED
-    assert status_of(lambda: usage_admin_stub.GetRollupStatus(
-        u.GetRollupStatusRequest(), metadata=support.bearer(token), timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
-    assert status_of(lambda: usage_admin_stub.GetRollupStatus(
-        u.GetRollupStatusRequest(), metadata=support.bearer(admin_token), timeout=30)) == grpc.StatusCode.OK
+    assert (
+        status_of(
+            lambda: usage_admin_stub.GetRollupStatus(
+                u.GetRollupStatusRequest(), metadata=support.bearer(token), timeout=30
+            )
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        status_of(
+            lambda: usage_admin_stub.GetRollupStatus(
+                u.GetRollupStatusRequest(), metadata=support.bearer(admin_token), timeout=30
+            )
+        )
+        == grpc.StatusCode.OK
+    )
 
 
 @POSTGRES_ONLY  # concurrent workers matter on PostgreSQL; SQLite serialises writers
-def test_three_concurrent_rollup_workers_leave_aggregates_equal_to_raw_sums(dbs, usage_stub, usage_admin_stub, token,
-                                                                            tenant, week):
-    record(usage_stub, token, tenant, [event(f"e{i}", quantity=i + 1, at_us=week - 5 * DAY_US + i * 3 * HOUR_US)
-                                       for i in range(60)])
+def test_three_concurrent_rollup_workers_leave_aggregates_equal_to_raw_sums(
+    dbs, usage_stub, usage_admin_stub, token, tenant, week
+):
+    record(
+        usage_stub,
+        token,
+        tenant,
+        [event(f"e{i}", quantity=i + 1, at_us=week - 5 * DAY_US + i * 3 * HOUR_US) for i in range(60)],
+    )
     errors, recomputed = [], []
 
     def worker(n):
@@ -254,18 +363,19 @@ def test_three_concurrent_rollup_workers_leave_aggregates_equal_to_raw_sums(dbs,
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
 
 
-def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub, usage_admin_stub, token, tenant,
-                                                                week):
+def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub, usage_admin_stub, token, tenant, week):
     record(usage_stub, token, tenant, [event("a", at_us=week)])
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     stopping = threading.Event()
-    job = threading.Thread(target=rollups.scheduled_job(session_factory(engine), 0.05, storage=storage_for(engine)),
-                           args=(stopping,))
+    job = threading.Thread(
+        target=rollups.scheduled_job(session_factory(engine), 0.05, storage=storage_for(engine)), args=(stopping,)
+    )
     job.start()
     try:
         for _ in range(100):
-            status = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                                      metadata=support.bearer(token), timeout=30)
+            status = usage_admin_stub.GetRollupStatus(
+                u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+            )
             if status.dirty_buckets == 0:
                 break
             time.sleep(0.05)
@@ -279,31 +389,56 @@ def test_the_scheduled_job_rolls_up_dirty_buckets_until_stopped(dbs, usage_stub,
 
 # PostgreSQL reads a day with no stored row whole (one index range, or a backlog with one scan when the
 # visibility map lags), and the dirty hours of a stored day one by one.
-_DAYS = pytest.mark.parametrize("late, scan", [(False, False), (True, False), (False, True)],
-                                ids=["new-days", "late-into-stored-days", "new-days-by-scan"])
+_DAYS = pytest.mark.parametrize(
+    "late, scan",
+    [(False, False), (True, False), (False, True)],
+    ids=["new-days", "late-into-stored-days", "new-days-by-scan"],
+)
 
 
 # Only PostgreSQL reads a backlog by scan; SQLite reads a day hour by hour, so its scan case is not generated.
-@pytest.mark.parametrize("dbs, late, scan", [
-    pytest.param(backend, late, scan, id=f"{backend}-{name}")
-    for late, scan, name in [(False, False, "new-days"), (True, False, "late-into-stored-days"),
-                             (False, True, "new-days-by-scan")]
-    for backend in ("sqlite", "postgres") if backend == "postgres" or not scan], indirect=["dbs"])
+@pytest.mark.parametrize(
+    "dbs, late, scan",
+    [
+        pytest.param(backend, late, scan, id=f"{backend}-{name}")
+        for late, scan, name in [
+            (False, False, "new-days"),
+            (True, False, "late-into-stored-days"),
+            (False, True, "new-days-by-scan"),
+        ]
+        for backend in ("sqlite", "postgres")
+        if backend == "postgres" or not scan
+    ],
+    indirect=["dbs"],
+)
 def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_raw_sums(
-        dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late, scan):
+    dbs, usage_stub, usage_admin_stub, token, tenant, week, monkeypatch, late, scan
+):
     monkeypatch.setattr(postgres, "CLAIM_SIZE", 3)
     monkeypatch.setattr(sqlite, "SERIAL_ROWS", 3)
     monkeypatch.setattr(postgres, "PASS_SIZE", 7)
     monkeypatch.setattr(postgres, "SCAN_FROM", 1 if scan else 10**9)
     monkeypatch.setattr(postgres, "VISIBLE_ENOUGH", 2.0)  # never reached: the share is at most 1
-    for batch in (["early", "late"] if late else ["new"]):
+    for batch in ["early", "late"] if late else ["new"]:
         if batch == "late":
             _run(usage_admin_stub, token, tenant)
-        record(usage_stub, token, tenant, [
-            event(f"{batch}-{i}", metric=("api.requests", "leads.routed")[i % 2], quantity=i + 1,
-                  at_us=week - 4 * DAY_US + i * 7 * HOUR_US + len(batch) * MINUTE_US) for i in range(30)])
-    dirty = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                             metadata=support.bearer(token), timeout=30).dirty_buckets
+        record(
+            usage_stub,
+            token,
+            tenant,
+            [
+                event(
+                    f"{batch}-{i}",
+                    metric=("api.requests", "leads.routed")[i % 2],
+                    quantity=i + 1,
+                    at_us=week - 4 * DAY_US + i * 7 * HOUR_US + len(batch) * MINUTE_US,
+                )
+                for i in range(30)
+            ],
+        )
+    dirty = usage_admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    ).dirty_buckets
     assert dirty > 2 * 7
 
     first = _run(usage_admin_stub, token, tenant, max_buckets=10)  # a pass of 7, then one of 3
@@ -316,20 +451,35 @@ def test_a_rollup_split_into_many_passes_and_claims_leaves_aggregates_equal_to_r
 
 def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usage_admin_stub, token, tenant, week):
     instants = [week, week + 5 * MINUTE_US, week + DAY_US, week + 3 * DAY_US]
-    record(usage_stub, token, tenant, [
-        event("plain", quantity=2, at_us=instants[0]), event("ünïcødé-✓", quantity=3, at_us=instants[1]),
-        event("x" * 128, at_us=instants[2], metadata={"k": "v"}), event("later-that-week", at_us=instants[3])])
+    record(
+        usage_stub,
+        token,
+        tenant,
+        [
+            event("plain", quantity=2, at_us=instants[0]),
+            event("ünïcødé-✓", quantity=3, at_us=instants[1]),
+            event("x" * 128, at_us=instants[2], metadata={"k": "v"}),
+            event("later-that-week", at_us=instants[3]),
+        ],
+    )
     _run(usage_admin_stub, token, tenant)
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     try:
         with engine.connect() as connection:
-            stored = connection.execute(select(tables.events.c.event_id, tables.events.c.content_hash,
-                                               tables.events.c.occurred_at_us)
-                                        .where(tables.events.c.tenant_id == tenant)).all()
+            stored = connection.execute(
+                select(tables.events.c.event_id, tables.events.c.content_hash, tables.events.c.occurred_at_us).where(
+                    tables.events.c.tenant_id == tenant
+                )
+            ).all()
             if dbs.backend == "postgres":
                 samples = ["", "a", "é", "日本語", "e:" + "f" * 64] + ["k" * n for n in range(1, 40)]
-                pg = connection.execute(text("SELECT hashtextextended(s, 0) FROM unnest(CAST(:s AS text[])) "
-                                             "WITH ORDINALITY AS u (s, n) ORDER BY n"), {"s": samples}).scalars()
+                pg = connection.execute(
+                    text(
+                        "SELECT hashtextextended(s, 0) FROM unnest(CAST(:s AS text[])) "
+                        "WITH ORDINALITY AS u (s, n) ORDER BY n"
+                    ),
+                    {"s": samples},
+                ).scalars()
                 assert [h % 2**64 for h in pg] == [pg_hash_text(s.encode()) for s in samples]
     finally:
         engine.dispose()
@@ -337,8 +487,11 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
     for period in Period:
         for a in _aggregates(usage_stub, token, tenant, "api.requests", int(period)):
             start = a.period_start.seconds * 1_000_000
-            digest = sum(pg_hash_text(f"{event_id}:{content}".encode())
-                         for event_id, content, at in stored if start <= at < next_start(period, start))
+            digest = sum(
+                pg_hash_text(f"{event_id}:{content}".encode())
+                for event_id, content, at in stored
+                if start <= at < next_start(period, start)
+            )
             assert a.source_hash == format(digest % 2**64, "016x")
             checked += 1
     assert checked == len({bucket for at in instants for bucket in buckets_of(at)})
@@ -347,7 +500,8 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
 @POSTGRES_ONLY  # passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute
 @_DAYS
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
-        dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan):
+    dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan
+):
     """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange."""
     if late:
         record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
@@ -358,22 +512,25 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
     try:
         with engine.connect() as computing, engine.connect() as applying:
             with sessionmaker(bind=computing).begin() as session:
-                found, first, last, _ = rollup_pass.compute_pass(session, pass_id, tenant, 1000, now_us(),
-                                                                 scan_from=1 if scan else 10**9, visible_enough=2.0)
+                found, first, last, _ = rollup_pass.compute_pass(
+                    session, pass_id, tenant, 1000, now_us(), scan_from=1 if scan else 10**9, visible_enough=2.0
+                )
             # Committed after the pass read the events: it re-marks the day, week and month of "a".
             record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
             with sessionmaker(bind=applying).begin() as session:
                 applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
                 rollup_pass.drop_pass(session, pass_id)
-                left = session.execute(text('SELECT count(*) FROM "usage".rollup_work WHERE pass_id = :p'),
-                                       {"p": pass_id}).scalar_one()
+                left = session.execute(
+                    text('SELECT count(*) FROM "usage".rollup_work WHERE pass_id = :p'), {"p": pass_id}
+                ).scalar_one()
     finally:
         engine.dispose()
     assert left == 0
     assert found == len(set(marked_buckets_of(week)) | set(marked_buckets_of(week + DAY_US)))
     assert applied == found - 3
-    status = usage_admin_stub.GetRollupStatus(u.GetRollupStatusRequest(tenant_id=tenant),
-                                              metadata=support.bearer(token), timeout=30)
+    status = usage_admin_stub.GetRollupStatus(
+        u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
+    )
     assert status.dirty_buckets == 3
     assert _run(usage_admin_stub, token, tenant).buckets_recomputed == 3
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")

@@ -32,11 +32,15 @@ def field_violations(error: u.BatchError) -> list[str]:
 
 
 def test_a_stream_of_good_bad_good_batches_gets_three_answers_and_stores_the_good_ones(usage_stub, token, tenant):
-    answers = stream(usage_stub, token, [
-        u.StreamEventsRequest(batch_id="good-1", tenant_id=tenant, events=[event("e1")]),
-        u.StreamEventsRequest(batch_id="empty", tenant_id=tenant),
-        u.StreamEventsRequest(batch_id="good-2", tenant_id=tenant, events=[event("e2"), event("e1")]),
-    ])
+    answers = stream(
+        usage_stub,
+        token,
+        [
+            u.StreamEventsRequest(batch_id="good-1", tenant_id=tenant, events=[event("e1")]),
+            u.StreamEventsRequest(batch_id="empty", tenant_id=tenant),
+            u.StreamEventsRequest(batch_id="good-2", tenant_id=tenant, events=[event("e2"), event("e1")]),
+        ],
+    )
     assert [a.batch_id for a in answers] == ["good-1", "empty", "good-2"]
     assert [a.HasField("error") for a in answers] == [False, True, False]
     assert verdicts(answers[0].results) == ["ACCEPTED"] and verdicts(answers[2].results) == ["ACCEPTED", "DUPLICATE"]
@@ -48,10 +52,14 @@ def test_a_stream_of_good_bad_good_batches_gets_three_answers_and_stores_the_goo
 
 def test_a_batch_for_a_tenant_the_credential_may_not_write_is_refused_alone(usage_stub, token, tenant):
     other = support.new_tenant()
-    answers = stream(usage_stub, token, [
-        u.StreamEventsRequest(batch_id="theirs", tenant_id=other, events=[event("x1")]),
-        u.StreamEventsRequest(batch_id="mine", tenant_id=tenant, events=[event("m1")]),
-    ])
+    answers = stream(
+        usage_stub,
+        token,
+        [
+            u.StreamEventsRequest(batch_id="theirs", tenant_id=other, events=[event("x1")]),
+            u.StreamEventsRequest(batch_id="mine", tenant_id=tenant, events=[event("m1")]),
+        ],
+    )
     assert [(a.batch_id, a.error.code) for a in answers] == [("theirs", code_pb2.PERMISSION_DENIED), ("mine", 0)]
     assert verdicts(answers[1].results) == ["ACCEPTED"]
     assert totals(usage_stub, token, tenant) == {"api.requests": (1, 1)}
@@ -61,9 +69,11 @@ def test_a_stream_whose_credential_is_refused_ends_at_once_unauthenticated(usage
     unknown = "tg_0123456789abcdef_" + "A" * 43
     answered = []
     with pytest.raises(grpc.RpcError) as raised:
-        for answer in usage_stub.StreamEvents(iter([u.StreamEventsRequest(batch_id="b", tenant_id=tenant,
-                                                                          events=[event("e1")])]),
-                                              metadata=support.bearer(unknown), timeout=30):
+        for answer in usage_stub.StreamEvents(
+            iter([u.StreamEventsRequest(batch_id="b", tenant_id=tenant, events=[event("e1")])]),
+            metadata=support.bearer(unknown),
+            timeout=30,
+        ):
             answered.append(answer)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert answered == []

@@ -49,8 +49,9 @@ class Admitted(NamedTuple):
     rejected: list[EventResult]
 
 
-def admit_batch(batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules, now_us: int,
-                horizon_us: int | None) -> Admitted:
+def admit_batch(
+    batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules, now_us: int, horizon_us: int | None
+) -> Admitted:
     """Admit each event of the batch against the catalog, the rules and the tenant's purge horizon; a candidate keeps
     the business key only when its metric does."""
     candidates, rejections = [], []
@@ -76,8 +77,13 @@ def _before(candidate: Candidate, horizon_us: int) -> bool:
 
 def purged(index: int, event: Event, horizon_us: int) -> EventResult:
     """The REJECTED result of an event falling in a week or month of the tenant whose raw events were purged."""
-    return rejected(index, event, RejectReason.TOO_OLD, f"occurred_at falls in a week or month whose raw events "
-                    f"were purged (this tenant's history is final before {clock.iso(horizon_us)})")
+    return rejected(
+        index,
+        event,
+        RejectReason.TOO_OLD,
+        f"occurred_at falls in a week or month whose raw events "
+        f"were purged (this tenant's history is final before {clock.iso(horizon_us)})",
+    )
 
 
 def in_order(results: list[EventResult]) -> list[EventResult]:
@@ -95,8 +101,9 @@ def rejected(index: int, event: Event, reason: RejectReason, message: str) -> Ev
     return EventResult(index, event.event_id, Verdict.REJECTED, reason, message)
 
 
-def admit(index: int, event: Event, *, catalog: dict[str, Classification], rules: IngestRules,
-          now_us: int) -> Candidate | EventResult:
+def admit(
+    index: int, event: Event, *, catalog: dict[str, Classification], rules: IngestRules, now_us: int
+) -> Candidate | EventResult:
     """A Candidate for a valid event, or the REJECTED result saying what is wrong with it."""
     problem = _field_problem(event) or _value_problem(event, catalog, rules, now_us)
     if problem:
@@ -108,15 +115,22 @@ def admit(index: int, event: Event, *, catalog: dict[str, Classification], rules
         metadata_json = json.dumps(event.metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         size = len(metadata_json.encode())
         if size > MAX_METADATA_BYTES:
-            return rejected(index, event, RejectReason.METADATA_TOO_LARGE,
-                            f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
+            return rejected(
+                index,
+                event,
+                RejectReason.METADATA_TOO_LARGE,
+                f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}",
+            )
     return Candidate(index, event, catalog[event.metric], metadata_json, content_hash(event, metadata_json))
 
 
 def _field_problem(event: Event) -> tuple[RejectReason, str] | None:
     if not (event.event_id and event.metric and event.source_service and event.occurred_at_us is not None):
-        missing = next(name for name in ("event_id", "metric", "source_service", "occurred_at_us")
-                       if getattr(event, name) in ("", None))
+        missing = next(
+            name
+            for name in ("event_id", "metric", "source_service", "occurred_at_us")
+            if getattr(event, name) in ("", None)
+        )
         return RejectReason.MISSING_FIELD, f"{missing.removesuffix('_us')} is required"
     strings = event[:2] + event[4:8]
     # One pass over all strings for the common case; name the field only when something is wrong.
@@ -142,8 +156,10 @@ def _value_problem(event: Event, catalog, rules: IngestRules, now_us: int) -> tu
     if event.occurred_at_us < now_us - rules.backfill_us:
         return RejectReason.TOO_OLD, f"occurred_at is older than {rules.backfill_us // 86_400_000_000} days"
     if classification is Classification.BILLABLE and event.source_service.startswith(rules.external_prefixes):
-        return RejectReason.EXTERNAL_BILLABLE, \
-            f"external source {event.source_service!r} may not emit billable metric {event.metric!r}"
+        return (
+            RejectReason.EXTERNAL_BILLABLE,
+            f"external source {event.source_service!r} may not emit billable metric {event.metric!r}",
+        )
     return None
 
 
@@ -162,6 +178,13 @@ def content_hash(event: Event, metadata_json: str | None) -> str:
 
     NUL cannot occur in a valid event, so it separates the fields unambiguously.
     """
-    parts = (event.metric, str(event.quantity), str(event.occurred_at_us), event.actor_id, event.source_service,
-             event.correlation_id, metadata_json or "")
+    parts = (
+        event.metric,
+        str(event.quantity),
+        str(event.occurred_at_us),
+        event.actor_id,
+        event.source_service,
+        event.correlation_id,
+        metadata_json or "",
+    )
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

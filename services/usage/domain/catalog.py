@@ -59,12 +59,12 @@ def check_metric(metric: Metric) -> None:
     """Raise InvalidArgument naming every bad field of a metric to upsert."""
     violations = []
     if not NAME_PATTERN.fullmatch(metric.name):
-        violations.append(FieldViolation(
-            "metric.name", "must match ^[a-z][a-z0-9_.-]{0,127}$ (lower case, digits, '.', '_', '-')"))
+        violations.append(
+            FieldViolation("metric.name", "must match ^[a-z][a-z0-9_.-]{0,127}$ (lower case, digits, '.', '_', '-')")
+        )
     if metric.classification is None:
         violations.append(FieldViolation("metric.classification", "is required"))
-    for field, value, bound in (("unit", metric.unit, MAX_UNIT), ("description", metric.description,
-                                                                    MAX_DESCRIPTION)):
+    for field, value, bound in (("unit", metric.unit, MAX_UNIT), ("description", metric.description, MAX_DESCRIPTION)):
         if len(value) > bound or "\x00" in value:
             violations.append(FieldViolation(f"metric.{field}", f"must be at most {bound} characters without NUL"))
     if violations:

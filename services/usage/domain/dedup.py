@@ -51,8 +51,11 @@ def _all_distinct(pending: list[Candidate]) -> bool:
     if len(set(business)) == len(business):
         return True
     # Rare: a shared business key; it counts only between events whose metric keeps the key.
-    business = [(c.event.correlation_id, c.event.metric, c.event.occurred_at_us) for c in pending
-                if c.event.correlation_id and c.business_key]
+    business = [
+        (c.event.correlation_id, c.event.metric, c.event.occurred_at_us)
+        for c in pending
+        if c.event.correlation_id and c.business_key
+    ]
     return len(set(business)) == len(business)
 
 
@@ -78,8 +81,9 @@ class StoredIndex:
             verdict = Verdict.DUPLICATE if same else Verdict.CONFLICT
             what = "the same content" if same else "different content"
             message = f"event {row.event_id!r} has the same {KEY_NAMES[key[0]]} and {what}; nothing changed"
-            return EventResult(candidate.index, candidate.event.event_id, verdict, None, message, _KINDS[key[0]],
-                               row.event_id)
+            return EventResult(
+                candidate.index, candidate.event.event_id, verdict, None, message, _KINDS[key[0]], row.event_id
+            )
         return None
 
 
@@ -103,13 +107,16 @@ def refused(candidates: list[Candidate], inserted: set[str]) -> list[Candidate]:
 
 def lookup_keys(candidates: list[Candidate]) -> LookupKeys:
     """The keys of the candidates to look up among stored events (empty optional keys are no keys)."""
-    return LookupKeys([c.event.event_id for c in candidates],
-                      [c.event.idempotency_key for c in candidates if c.event.idempotency_key],
-                      [c.event.correlation_id for c in candidates if c.event.correlation_id and c.business_key])
+    return LookupKeys(
+        [c.event.event_id for c in candidates],
+        [c.event.idempotency_key for c in candidates if c.event.idempotency_key],
+        [c.event.correlation_id for c in candidates if c.event.correlation_id and c.business_key],
+    )
 
 
-def judge_round(candidates: list[Candidate], inserted: set[str],
-                stored: Iterable[StoredKeys]) -> tuple[list[EventResult], list[Candidate]]:
+def judge_round(
+    candidates: list[Candidate], inserted: set[str], stored: Iterable[StoredKeys]
+) -> tuple[list[EventResult], list[Candidate]]:
     """The results of a round's candidates: ACCEPTED when inserted, else DUPLICATE or CONFLICT against the stored
     event sharing a key; and the candidates no stored event matches (it went away meanwhile: a concurrent purge),
     to try again."""

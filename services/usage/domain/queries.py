@@ -50,9 +50,16 @@ class EventFilter:
 
     def scope(self) -> dict:
         """What a page token is bound to: the tenant and every filter."""
-        return {"list": "events", "tenant": self.tenant_id, "metric": self.metric, "actor": self.actor_id,
-                "source": self.source_service, "correlation": self.correlation_id, "start": self.start_us,
-                "end": self.end_us}
+        return {
+            "list": "events",
+            "tenant": self.tenant_id,
+            "metric": self.metric,
+            "actor": self.actor_id,
+            "source": self.source_service,
+            "correlation": self.correlation_id,
+            "start": self.start_us,
+            "end": self.end_us,
+        }
 
 
 @dataclass(frozen=True, slots=True)

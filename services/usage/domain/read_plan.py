@@ -48,8 +48,11 @@ def plan(start_us: int, end_us: int, *, use_aggregates: bool = True) -> ReadPlan
     first_day, last_day = _ceil(first_hour, DAY_US), _floor(last_hour, DAY_US)
     if first_day > last_day:  # no day boundary inside: the hours lie in one day
         return ReadPlan(raw=raw, hours=((first_hour, last_hour),), days=None)
-    return ReadPlan(raw=raw, hours=_nonempty((first_hour, first_day), (last_day, last_hour)),
-                    days=(first_day, last_day) if first_day < last_day else None)
+    return ReadPlan(
+        raw=raw,
+        hours=_nonempty((first_hour, first_day), (last_day, last_hour)),
+        days=(first_day, last_day) if first_day < last_day else None,
+    )
 
 
 def _floor(micros: int, step: int) -> int:

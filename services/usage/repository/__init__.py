@@ -29,4 +29,3 @@ def in_transaction(sessions, work: Callable[..., T], *, attempts: int = 3) -> T:
             if getattr(error.orig, "sqlstate", None) not in _TRANSIENT_SQLSTATES or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
-

@@ -14,14 +14,27 @@ COLUMNS = [column.name for column in events.columns]
 
 def _row(tenant_id: str, candidate: Candidate, received_at_us: int) -> tuple:
     event = candidate.event
-    return (tenant_id, event.event_id, event.metric, event.quantity, event.occurred_at_us, event.actor_id,
-            event.source_service, event.correlation_id or None, event.idempotency_key or None,
-            candidate.metadata_json, candidate.classification.name, candidate.content_hash, received_at_us,
-            candidate.business_key)
+    return (
+        tenant_id,
+        event.event_id,
+        event.metric,
+        event.quantity,
+        event.occurred_at_us,
+        event.actor_id,
+        event.source_service,
+        event.correlation_id or None,
+        event.idempotency_key or None,
+        candidate.metadata_json,
+        candidate.classification.name,
+        candidate.content_hash,
+        received_at_us,
+        candidate.business_key,
+    )
 
 
-def insert_new(session, tenant_id: str, candidates: list[Candidate], received_at_us: int, *, bulk: bool = True,
-               storage: Storage) -> set[str]:
+def insert_new(
+    session, tenant_id: str, candidates: list[Candidate], received_at_us: int, *, bulk: bool = True, storage: Storage
+) -> set[str]:
     """Insert the events no unique key refuses; return the event ids inserted.
 
     The candidates share no key with each other, so an event id in the answer is an insert of this call.
@@ -46,7 +59,13 @@ def find_existing(session, tenant_id: str, keys: LookupKeys, *, storage: Storage
         matches.append(storage.one_of(events.c.idempotency_key, keys.idempotency_keys))
     if keys.correlation_ids:
         matches.append(storage.one_of(events.c.correlation_id, keys.correlation_ids))
-    statement = select(events.c.event_id, events.c.idempotency_key, events.c.correlation_id, events.c.metric,
-                       events.c.occurred_at_us, events.c.content_hash, events.c.business_key) \
-        .where(events.c.tenant_id == tenant_id, or_(*matches))
+    statement = select(
+        events.c.event_id,
+        events.c.idempotency_key,
+        events.c.correlation_id,
+        events.c.metric,
+        events.c.occurred_at_us,
+        events.c.content_hash,
+        events.c.business_key,
+    ).where(events.c.tenant_id == tenant_id, or_(*matches))
     return [StoredKeys(*row) for row in session.execute(statement)]

@@ -14,15 +14,17 @@ def take(session, name: str, holder: str, now_us: int, ttl_us: int, *, storage: 
     Two instances taking it at once both update the one row: the second waits for the first and
     then finds it held (PostgreSQL re-checks the condition on the row the first wrote).
     """
-    session.execute(storage.insert(job_leases).on_conflict_do_nothing(),
-                    dict(name=name, holder="", expires_at_us=0))
-    taken = session.execute(update(job_leases).where(
-        job_leases.c.name == name, or_(job_leases.c.expires_at_us < now_us, job_leases.c.holder == holder))
-        .values(holder=holder, expires_at_us=now_us + ttl_us)).rowcount
+    session.execute(storage.insert(job_leases).on_conflict_do_nothing(), dict(name=name, holder="", expires_at_us=0))
+    taken = session.execute(
+        update(job_leases)
+        .where(job_leases.c.name == name, or_(job_leases.c.expires_at_us < now_us, job_leases.c.holder == holder))
+        .values(holder=holder, expires_at_us=now_us + ttl_us)
+    ).rowcount
     return taken == 1
 
 
 def give_back(session, name: str, holder: str) -> None:
     """Free the lease now, if `holder` still holds it."""
-    session.execute(update(job_leases).where(job_leases.c.name == name, job_leases.c.holder == holder)
-                    .values(expires_at_us=0))
+    session.execute(
+        update(job_leases).where(job_leases.c.name == name, job_leases.c.holder == holder).values(expires_at_us=0)
+    )

@@ -9,7 +9,6 @@ from services.usage.repository.storage import Storage
 from services.usage.tables import dirty_buckets, events, purge_horizons
 
 
-
 def horizon_for_ingest(session, tenant_id: str, *, storage: Storage) -> int | None:
     """The tenant's horizon, read after taking the ingest side of the purge lock: no batch judged against
     the old horizon can commit after a purge has moved it (see docs/usage.md, "Purge")."""
@@ -17,35 +16,44 @@ def horizon_for_ingest(session, tenant_id: str, *, storage: Storage) -> int | No
     return horizon(session, tenant_id)
 
 
-def move_horizon(session, tenant_id: str, before_us: int, now_us: int, *,
-                 storage: Storage) -> tuple[int | None, int]:
+def move_horizon(session, tenant_id: str, before_us: int, now_us: int, *, storage: Storage) -> tuple[int | None, int]:
     """Raise the tenant's horizon to `before_us` (never lower it): (the horizon before, the one now in force)."""
     storage.lock_for_purge(session, tenant_id)
     previous = horizon(session, tenant_id)
     upsert = storage.insert(purge_horizons)
-    session.execute(upsert.on_conflict_do_update(
-        index_elements=["tenant_id"],
-        set_={"purged_before_us": storage.greatest(purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us),
-              "purged_at_us": upsert.excluded.purged_at_us}),
-        dict(tenant_id=tenant_id, purged_before_us=before_us, purged_at_us=now_us))
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={
+                "purged_before_us": storage.greatest(
+                    purge_horizons.c.purged_before_us, upsert.excluded.purged_before_us
+                ),
+                "purged_at_us": upsert.excluded.purged_at_us,
+            },
+        ),
+        dict(tenant_id=tenant_id, purged_before_us=before_us, purged_at_us=now_us),
+    )
     return previous, horizon(session, tenant_id)
 
 
 def horizon(session, tenant_id: str) -> int | None:
-    return session.execute(select(purge_horizons.c.purged_before_us)
-                           .where(purge_horizons.c.tenant_id == tenant_id)).scalar_one_or_none()
+    return session.execute(
+        select(purge_horizons.c.purged_before_us).where(purge_horizons.c.tenant_id == tenant_id)
+    ).scalar_one_or_none()
 
 
 def tenants_with_events_before(session, before_us: int) -> list[str]:
-    statement = select(events.c.tenant_id).distinct().where(events.c.occurred_at_us < before_us) \
-        .order_by(events.c.tenant_id)
+    statement = (
+        select(events.c.tenant_id).distinct().where(events.c.occurred_at_us < before_us).order_by(events.c.tenant_id)
+    )
     return list(session.execute(statement).scalars())
 
 
 def oldest_event_from(session, tenant_id: str, low_us: int | None, before_us: int) -> int | None:
     """The instant of the tenant's oldest event in [low_us, before_us), or None."""
-    statement = select(func.min(events.c.occurred_at_us)).where(events.c.tenant_id == tenant_id,
-                                                                events.c.occurred_at_us < before_us)
+    statement = select(func.min(events.c.occurred_at_us)).where(
+        events.c.tenant_id == tenant_id, events.c.occurred_at_us < before_us
+    )
     if low_us is not None:
         statement = statement.where(events.c.occurred_at_us >= low_us)
     return session.execute(statement).scalar_one()
@@ -53,11 +61,16 @@ def oldest_event_from(session, tenant_id: str, low_us: int | None, before_us: in
 
 def _in_dirty_buckets(session, tenant_id: str, low_us: int, high_us: int):
     """A condition true for events inside any dirty bucket (of any period) overlapping [low, high)."""
-    marks = session.execute(select(dirty_buckets.c.metric, dirty_buckets.c.period, dirty_buckets.c.period_start_us)
-                            .where(dirty_buckets.c.tenant_id == tenant_id,
-                                   dirty_buckets.c.period_start_us < high_us)).all()
-    clauses = [and_(events.c.metric == metric, events.c.occurred_at_us >= start, events.c.occurred_at_us < end)
-               for metric, spans in kept_spans(marks, low_us, high_us).items() for start, end in spans]
+    marks = session.execute(
+        select(dirty_buckets.c.metric, dirty_buckets.c.period, dirty_buckets.c.period_start_us).where(
+            dirty_buckets.c.tenant_id == tenant_id, dirty_buckets.c.period_start_us < high_us
+        )
+    ).all()
+    clauses = [
+        and_(events.c.metric == metric, events.c.occurred_at_us >= start, events.c.occurred_at_us < end)
+        for metric, spans in kept_spans(marks, low_us, high_us).items()
+        for start, end in spans
+    ]
     return or_(*clauses) if clauses else None
 
 
@@ -73,5 +86,8 @@ def purgeable(session, tenant_id: str, low_us: int, high_us: int, *, delete: boo
 
 
 def count_before(session, tenant_id: str, before_us: int) -> int:
-    return session.execute(select(func.count()).select_from(events).where(
-        events.c.tenant_id == tenant_id, events.c.occurred_at_us < before_us)).scalar_one()
+    return session.execute(
+        select(func.count())
+        .select_from(events)
+        .where(events.c.tenant_id == tenant_id, events.c.occurred_at_us < before_us)
+    ).scalar_one()

@@ -46,8 +46,9 @@ class RollupOutcome(NamedTuple):
     refused: list[RefusedBucket]
 
 
-def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int, *,
-               storage: Storage) -> None:
+def mark_dirty(
+    session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int, *, storage: Storage
+) -> None:
     """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in one statement, in key order.
 
     DO UPDATE (not DO NOTHING) on purpose: on PostgreSQL it waits for a rollup holding the row and,
@@ -59,21 +60,27 @@ def mark_dirty(session, tenant_id: str, buckets: dict[tuple[str, int, int], int]
     """
     if not buckets:
         return
-    rows = [dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=bits)
-            for (m, p, s), bits in sorted(buckets.items())]
+    rows = [
+        dict(tenant_id=tenant_id, metric=m, period=p, period_start_us=s, marked_at_us=now_us, dirty_hours=bits)
+        for (m, p, s), bits in sorted(buckets.items())
+    ]
     statement = storage.insert(dirty_buckets)
     statement = statement.on_conflict_do_update(
         index_elements=list(_KEY),
-        set_={"dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)})
+        set_={"dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours)},
+    )
     session.execute(statement, rows)
 
 
 def record_run(session, tenant_id: str | None, now_us: int, buckets: int, *, storage: Storage) -> None:
     upsert = storage.insert(rollup_runs)
-    session.execute(upsert.on_conflict_do_update(
-        index_elements=["tenant_id"], set_={"last_run_us": upsert.excluded.last_run_us,
-                                            "last_run_buckets": upsert.excluded.last_run_buckets}),
-        dict(tenant_id=tenant_id or "", last_run_us=now_us, last_run_buckets=buckets))
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={"last_run_us": upsert.excluded.last_run_us, "last_run_buckets": upsert.excluded.last_run_buckets},
+        ),
+        dict(tenant_id=tenant_id or "", last_run_us=now_us, last_run_buckets=buckets),
+    )
 
 
 def dirty_summary(session, tenant_id: str | None) -> tuple[int, int | None]:
@@ -88,30 +95,66 @@ def dirty_summary(session, tenant_id: str | None) -> tuple[int, int | None]:
 def last_run(session, tenant_id: str | None) -> tuple[int, int] | None:
     """(last_run_us, buckets) of the latest run covering the scope (a tenant's own or an all-tenant run)."""
     scopes = ["", tenant_id] if tenant_id else [""]
-    statement = select(rollup_runs.c.last_run_us, rollup_runs.c.last_run_buckets) \
-        .where(rollup_runs.c.tenant_id.in_(scopes)).order_by(rollup_runs.c.last_run_us.desc()).limit(1)
+    statement = (
+        select(rollup_runs.c.last_run_us, rollup_runs.c.last_run_buckets)
+        .where(rollup_runs.c.tenant_id.in_(scopes))
+        .order_by(rollup_runs.c.last_run_us.desc())
+        .limit(1)
+    )
     row = session.execute(statement).first()
     return (row[0], row[1]) if row else None
 
 
-def list_aggregates(session, tenant_id: str, metric: str, period: Period, start_us: int | None,
-                    end_us: int | None, *, after: int | None, limit: int) -> list[Aggregate]:
+def list_aggregates(
+    session,
+    tenant_id: str,
+    metric: str,
+    period: Period,
+    start_us: int | None,
+    end_us: int | None,
+    *,
+    after: int | None,
+    limit: int,
+) -> list[Aggregate]:
     """Buckets of one period with a dirty flag, oldest first, resuming after the bucket starting at `after`."""
     if period is Period.HOUR:
         return _list_hours(session, tenant_id, metric, start_us, end_us, after=after, limit=limit)
-    return [Aggregate(r.tenant_id, r.metric, period, r.period_start_us, r.total_quantity, r.event_count,
-                      r.source_hash, r.computed_at_us, bool(r.dirty))
-            for r in _rows(session, tenant_id, metric, period, start_us, end_us, after=after, limit=limit)]
+    return [
+        Aggregate(
+            r.tenant_id,
+            r.metric,
+            period,
+            r.period_start_us,
+            r.total_quantity,
+            r.event_count,
+            r.source_hash,
+            r.computed_at_us,
+            bool(r.dirty),
+        )
+        for r in _rows(session, tenant_id, metric, period, start_us, end_us, after=after, limit=limit)
+    ]
 
 
-def _rows(session, tenant_id: str, metric: str, period: Period, start_us: int | None, end_us: int | None, *,
-          after: int | None, limit: int) -> list:
+def _rows(
+    session,
+    tenant_id: str,
+    metric: str,
+    period: Period,
+    start_us: int | None,
+    end_us: int | None,
+    *,
+    after: int | None,
+    limit: int,
+) -> list:
     """Stored rows of one period (day rows with their hours) and whether each is marked dirty."""
     joined = aggregates.outerjoin(dirty_buckets, and_(*[aggregates.c[k] == dirty_buckets.c[k] for k in _KEY]))
-    statement = select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty"),
-                       dirty_buckets.c.dirty_hours).select_from(joined) \
-        .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == int(period)) \
-        .order_by(aggregates.c.period_start_us).limit(limit)
+    statement = (
+        select(aggregates, dirty_buckets.c.marked_at_us.is_not(None).label("dirty"), dirty_buckets.c.dirty_hours)
+        .select_from(joined)
+        .where(aggregates.c.tenant_id == tenant_id, aggregates.c.metric == metric, aggregates.c.period == int(period))
+        .order_by(aggregates.c.period_start_us)
+        .limit(limit)
+    )
     if start_us is not None:
         statement = statement.where(aggregates.c.period_start_us >= start_us)
     if end_us is not None:
@@ -121,8 +164,9 @@ def _rows(session, tenant_id: str, metric: str, period: Period, start_us: int | 
     return list(session.execute(statement))
 
 
-def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *,
-                after: int | None, limit: int) -> list[Aggregate]:
+def _list_hours(
+    session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *, after: int | None, limit: int
+) -> list[Aggregate]:
     """Hours with events, unpacked from their day rows; an hour is dirty when its bit of its day's mark is set
     (the day row still holds for the others: see tables.dirty_buckets)."""
     low = max((v for v in (start_us, None if after is None else after + 1) if v is not None), default=None)
@@ -131,13 +175,24 @@ def _list_hours(session, tenant_id: str, metric: str, start_us: int | None, end_
         first_day = None if low is None else start_of(Period.DAY, low)
         days = _rows(session, tenant_id, metric, Period.DAY, first_day, end_us, after=day_after, limit=limit)
         for day in days:
-            for offset, quantity, count, digest in sorted(zip(day.hour_offsets or (), day.hour_quantities or (),
-                                                              day.hour_counts or (), day.hour_digests or ())):
+            for offset, quantity, count, digest in sorted(
+                zip(day.hour_offsets or (), day.hour_quantities or (), day.hour_counts or (), day.hour_digests or ())
+            ):
                 start = day.period_start_us + offset * HOUR_US
                 if (low is None or start >= low) and (end_us is None or start < end_us):
-                    found.append(Aggregate(tenant_id, metric, Period.HOUR, start, quantity, count,
-                                           digests.shown(int(digest)), day.computed_at_us,
-                                           bool(day.dirty) and holds_hour(day.dirty_hours, offset)))
+                    found.append(
+                        Aggregate(
+                            tenant_id,
+                            metric,
+                            Period.HOUR,
+                            start,
+                            quantity,
+                            count,
+                            digests.shown(int(digest)),
+                            day.computed_at_us,
+                            bool(day.dirty) and holds_hour(day.dirty_hours, offset),
+                        )
+                    )
         if len(days) < limit:
             break
         day_after = days[-1].period_start_us

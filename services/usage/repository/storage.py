@@ -14,11 +14,10 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.audit_chain import AuditChain
-
     from services.usage.domain.queries import UsageQuery
     from services.usage.domain.read_plan import ReadPlan
     from services.usage.repository.rollups import RollupOutcome
+    from shared.audit_chain import AuditChain
 
 
 class Storage(ABC):

@@ -20,8 +20,12 @@ from services.usage.tables import aggregates, dirty_buckets, events, metrics, pu
 
 # Short aliases keep GetUsage's statement under psycopg's 4 KiB cache limit for converted queries
 # (MAX_CACHED_STATEMENT_LENGTH): over it, psycopg parses the whole text again on every call.
-EVENTS, DAY_ROWS, _metrics, _horizons = events.alias("e"), aggregates.alias("a"), metrics.alias("c"), \
-    purge_horizons.alias("p")
+EVENTS, DAY_ROWS, _metrics, _horizons = (
+    events.alias("e"),
+    aggregates.alias("a"),
+    metrics.alias("c"),
+    purge_horizons.alias("p"),
+)
 
 # Constants written into the statement rather than bound: shorter text, nothing for the planner to guess.
 DAY, ZERO, ONE = literal_column(str(int(Period.DAY))), literal_column("0"), literal_column("1")
@@ -58,8 +62,7 @@ class Pieces(Protocol):
 
 def shape(query: UsageQuery, plan: ReadPlan) -> tuple:
     """What tells one statement from another: the parts a plan leaves out entirely, and the filters."""
-    return (query.by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw), len(plan.hours),
-            bool(plan.days))
+    return (query.by_actor, bool(query.actor_id), bool(query.metrics), len(plan.raw), len(plan.hours), bool(plan.days))
 
 
 def parameters(query: UsageQuery, plan: ReadPlan) -> dict:
@@ -67,9 +70,19 @@ def parameters(query: UsageQuery, plan: ReadPlan) -> dict:
     raw = list(plan.raw) + [(0, 0)] * (2 - len(plan.raw))
     days = plan.days or (0, 0)
     span = plan.whole_hours() or (0, 0)
-    values = {"tenant": query.tenant_id, "actor": query.actor_id, "metrics": list(query.metrics),
-              "raw0_lo": raw[0][0], "raw0_hi": raw[0][1], "raw1_lo": raw[1][0], "raw1_hi": raw[1][1],
-              "day_lo": days[0], "day_hi": days[1], "span_lo": span[0], "span_hi": span[1]}
+    values = {
+        "tenant": query.tenant_id,
+        "actor": query.actor_id,
+        "metrics": list(query.metrics),
+        "raw0_lo": raw[0][0],
+        "raw0_hi": raw[0][1],
+        "raw1_lo": raw[1][0],
+        "raw1_hi": raw[1][1],
+        "day_lo": days[0],
+        "day_hi": days[1],
+        "span_lo": span[0],
+        "span_hi": span[1],
+    }
     for n, (day, first, end) in enumerate(plan.hours_by_day()):
         values.update({f"hour{n}_day": day, f"hour{n}_from": first, f"hour{n}_to": end})
     return values
@@ -92,8 +105,15 @@ def within(column, name: str):
 
 
 @functools.cache
-def statement(pieces: Pieces, by_actor: bool, actor_filter: bool, metric_filter: bool, raw_ranges: int,
-              hour_ranges: int, days: bool):
+def statement(
+    pieces: Pieces,
+    by_actor: bool,
+    actor_filter: bool,
+    metric_filter: bool,
+    raw_ranges: int,
+    hour_ranges: int,
+    days: bool,
+):
     """The statement of one shape of question, built once: a call only binds its parameters.
 
     One statement, so one snapshot on both backends (a dirty mark and the events that made it commit
@@ -111,8 +131,9 @@ def statement(pieces: Pieces, by_actor: bool, actor_filter: bool, metric_filter:
     parts = []
     if raw_ranges:
         ranges = [within(EVENTS.c.occurred_at_us, f"raw{n}") for n in range(raw_ranges)]
-        raw = select(*keys, EVENTS.c.quantity.label("quantity"), ONE.label("event_count")) \
-            .where(EVENTS.c.tenant_id == tenant, or_(*ranges))
+        raw = select(*keys, EVENTS.c.quantity.label("quantity"), ONE.label("event_count")).where(
+            EVENTS.c.tenant_id == tenant, or_(*ranges)
+        )
         if actor_filter:
             raw = raw.where(EVENTS.c.actor_id == bindparam("actor"))
         parts.append(only(raw, EVENTS.c.metric))
@@ -123,13 +144,23 @@ def statement(pieces: Pieces, by_actor: bool, actor_filter: bool, metric_filter:
     union = union_all(*parts).subquery("parts")
     keys = [union.c.metric] + ([union.c.actor_id] if by_actor else [])
     quantity = pieces.sums(union)
-    sums = select(*keys, *quantity, func.sum(union.c.event_count).label("events")) \
-        .group_by(*keys).having(func.sum(union.c.event_count) > 0).subquery("t")
-    totals = select(*[sums.c[column.name] for column in keys + quantity], sums.c.events, _metrics.c.classification) \
-        .select_from(sums.outerjoin(_metrics, _metrics.c.name == sums.c.metric))
-    horizon = select(null(), *([null()] if by_actor else []), *pieces.horizon_padding(),
-                     _horizons.c.purged_before_us, literal(0), null()) \
-        .where(_horizons.c.tenant_id == tenant)
+    sums = (
+        select(*keys, *quantity, func.sum(union.c.event_count).label("events"))
+        .group_by(*keys)
+        .having(func.sum(union.c.event_count) > 0)
+        .subquery("t")
+    )
+    totals = select(
+        *[sums.c[column.name] for column in keys + quantity], sums.c.events, _metrics.c.classification
+    ).select_from(sums.outerjoin(_metrics, _metrics.c.name == sums.c.metric))
+    horizon = select(
+        null(),
+        *([null()] if by_actor else []),
+        *pieces.horizon_padding(),
+        _horizons.c.purged_before_us,
+        literal(0),
+        null(),
+    ).where(_horizons.c.tenant_id == tenant)
     return union_all(totals, horizon)
 
 
@@ -145,12 +176,14 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
     day, mark = DAY_ROWS.c, dirty_buckets.alias("dm")
     parts = []
     if days:
-        every = select(day.metric, day.total_quantity.label("quantity"), day.event_count.label("event_count")) \
-            .where(day.tenant_id == tenant, day.period == DAY, within(day.period_start_us, "day"))
-        marked_rows = select(day.metric, (-day.total_quantity).label("quantity"),
-                             (-day.event_count).label("event_count")) \
-            .join_from(mark, DAY_ROWS, _row_of(mark, tenant)) \
+        every = select(day.metric, day.total_quantity.label("quantity"), day.event_count.label("event_count")).where(
+            day.tenant_id == tenant, day.period == DAY, within(day.period_start_us, "day")
+        )
+        marked_rows = (
+            select(day.metric, (-day.total_quantity).label("quantity"), (-day.event_count).label("event_count"))
+            .join_from(mark, DAY_ROWS, _row_of(mark, tenant))
             .where(mark.c.tenant_id == tenant, mark.c.period == DAY, within(mark.c.period_start_us, "day"))
+        )
         parts += [(every, day.metric), (marked_rows, day.metric)]
     if hour_ranges:
         parts.append((pieces.end_hours(tenant, hour_ranges), day.metric))
@@ -159,21 +192,37 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
         start = mark.c.period_start_us + offset * _HOUR_US
         return and_(start >= bindparam("span_lo"), start < bindparam("span_hi"))
 
-    marked = and_(mark.c.tenant_id == tenant, mark.c.period == DAY,
-                  mark.c.period_start_us > bindparam("span_lo") - _DAY_US,
-                  mark.c.period_start_us < bindparam("span_hi"))
+    marked = and_(
+        mark.c.tenant_id == tenant,
+        mark.c.period == DAY,
+        mark.c.period_start_us > bindparam("span_lo") - _DAY_US,
+        mark.c.period_start_us < bindparam("span_hi"),
+    )
     offset, quantity, count, cells = pieces.hour_cells()
-    clean_hours = select(mark.c.metric, quantity.label("quantity"), count.label("event_count")) \
-        .join_from(mark, DAY_ROWS, _row_of(mark, tenant)) \
-        .join(cells, true()) \
+    clean_hours = (
+        select(mark.c.metric, quantity.label("quantity"), count.label("event_count"))
+        .join_from(mark, DAY_ROWS, _row_of(mark, tenant))
+        .join(cells, true())
         .where(marked, mark.c.dirty_hours.op(">>")(offset).op("&")(ONE) == ZERO, in_span(offset))
+    )
     hour = pieces.day_hours()
     start = mark.c.period_start_us + hour * _HOUR_US
-    dirty_hours = select(mark.c.metric, EVENTS.c.quantity.label("quantity"), ONE.label("event_count")) \
-        .select_from(_HoursFirst(mark.join(hour.table, true()), EVENTS, and_(
-            EVENTS.c.tenant_id == tenant, EVENTS.c.metric == mark.c.metric, EVENTS.c.occurred_at_us >= start,
-            EVENTS.c.occurred_at_us < start + _HOUR_US))) \
+    dirty_hours = (
+        select(mark.c.metric, EVENTS.c.quantity.label("quantity"), ONE.label("event_count"))
+        .select_from(
+            _HoursFirst(
+                mark.join(hour.table, true()),
+                EVENTS,
+                and_(
+                    EVENTS.c.tenant_id == tenant,
+                    EVENTS.c.metric == mark.c.metric,
+                    EVENTS.c.occurred_at_us >= start,
+                    EVENTS.c.occurred_at_us < start + _HOUR_US,
+                ),
+            )
+        )
         .where(marked, mark.c.dirty_hours.op(">>")(hour).op("&")(ONE) == ONE, in_span(hour))
+    )
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
 
 
@@ -189,21 +238,34 @@ class _HoursFirst(Join):
 @compiles(_HoursFirst, "sqlite")
 def _cross_join(join, compiler, **kw) -> str:
     kw.pop("asfrom", None)
-    return (f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
-            f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}")
+    return (
+        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
+        f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}"
+    )
 
 
 def _row_of(mark, tenant):
     """The join condition of a day's dirty mark to that day's row `a`."""
     day = DAY_ROWS.c
-    return and_(day.tenant_id == tenant, day.metric == mark.c.metric, day.period == DAY,
-                day.period_start_us == mark.c.period_start_us)
+    return and_(
+        day.tenant_id == tenant,
+        day.metric == mark.c.metric,
+        day.period == DAY,
+        day.period_start_us == mark.c.period_start_us,
+    )
 
 
 def unmarked_day(tenant):
     """The condition on a day row `a` of the tenant: its day has no dirty mark."""
     day = DAY_ROWS.c
     mark = dirty_buckets.alias("m")
-    return and_(day.tenant_id == tenant, day.period == DAY, ~exists().where(
-        mark.c.tenant_id == tenant, mark.c.metric == day.metric, mark.c.period == DAY,
-        mark.c.period_start_us == day.period_start_us))
+    return and_(
+        day.tenant_id == tenant,
+        day.period == DAY,
+        ~exists().where(
+            mark.c.tenant_id == tenant,
+            mark.c.metric == day.metric,
+            mark.c.period == DAY,
+            mark.c.period_start_us == day.period_start_us,
+        ),
+    )

@@ -6,29 +6,39 @@ recompute derived data; the retention job applies the operator's configuration, 
 
 from __future__ import annotations
 
+from services.usage.repository.storage import Storage
+from services.usage.service.checks import check_tenant
 from shared import audit_chain, clock, pagination
 from shared.audit import AuditRecord, Verification
 from shared.credentials import Principal
 
-from services.usage.repository.storage import Storage
-from services.usage.service.checks import check_tenant
 
-
-def append(session, *, actor: str, action: str, target: str, tenant_id: str, change: dict,
-           storage: Storage) -> AuditRecord:
+def append(
+    session, *, actor: str, action: str, target: str, tenant_id: str, change: dict, storage: Storage
+) -> AuditRecord:
     """Append the record of this transaction's write; the head stays locked until commit, so writers queue."""
     head = storage.chain.lock_head(session)
-    return storage.chain.append_after(session, head, time_us=clock.now_micros(), actor=actor, action=action,
-                              target=target, tenant_id=tenant_id, change=change)
+    return storage.chain.append_after(
+        session,
+        head,
+        time_us=clock.now_micros(),
+        actor=actor,
+        action=action,
+        target=target,
+        tenant_id=tenant_id,
+        change=change,
+    )
 
 
-def list_records(tenant_id: str, *, page_size: int, page_token: str, sessions, storage: Storage,
-                 caller: Principal) -> pagination.Page[AuditRecord]:
+def list_records(
+    tenant_id: str, *, page_size: int, page_token: str, sessions, storage: Storage, caller: Principal
+) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; a tenant's own, or with '' every one (platform only)."""
     if tenant_id:
         check_tenant(tenant_id)
-    return audit_chain.list_records(storage.chain, tenant_id, page_size=page_size, page_token=page_token,
-                                    sessions=sessions, caller=caller)
+    return audit_chain.list_records(
+        storage.chain, tenant_id, page_size=page_size, page_token=page_token, sessions=sessions, caller=caller
+    )
 
 
 def verify(*, sessions, storage: Storage, caller: Principal) -> Verification:

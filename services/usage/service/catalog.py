@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from shared import auth, clock, pagination
-from shared.credentials import Principal
-
 from services.usage.domain import catalog
 from services.usage.domain.catalog import Metric
 from services.usage.repository import catalog as catalog_sql
 from services.usage.repository.storage import Storage
 from services.usage.service import audit
+from shared import auth, clock, pagination
+from shared.credentials import Principal
 
 SCOPE = {"list": "metrics"}  # the catalog is global: a token is bound to the listing only
 
@@ -18,8 +17,9 @@ def list_metrics(*, page_size: int, page_token: str, sessions) -> pagination.Pag
     """One page of the catalog, ordered by name."""
     cursor = pagination.start(page_size, page_token, SCOPE, shape=(str,))
     with sessions.begin() as session:
-        found = catalog_sql.list_metrics(session, after=cursor.after[0] if cursor.after else None,
-                                         limit=cursor.limit + 1)
+        found = catalog_sql.list_metrics(
+            session, after=cursor.after[0] if cursor.after else None, limit=cursor.limit + 1
+        )
     return cursor.page(found, lambda metric: (metric.name,))
 
 
@@ -29,8 +29,19 @@ def upsert_metric(metric: Metric, *, sessions, storage: Storage, caller: Princip
     catalog.check_metric(metric)
     with sessions.begin() as session:
         created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros(), storage=storage)
-        audit.append(session, actor=caller.token_id, action="UpsertMetric", target=f"catalog/metric/{metric.name}",
-                     tenant_id="", change={"created": created, "classification": metric.classification.name,
-                                           "unit": metric.unit, "description": metric.description,
-                                           "business_key": metric.business_key}, storage=storage)
+        audit.append(
+            session,
+            actor=caller.token_id,
+            action="UpsertMetric",
+            target=f"catalog/metric/{metric.name}",
+            tenant_id="",
+            change={
+                "created": created,
+                "classification": metric.classification.name,
+                "unit": metric.unit,
+                "description": metric.description,
+                "business_key": metric.business_key,
+            },
+            storage=storage,
+        )
     return metric, created

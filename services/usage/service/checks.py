@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from services.usage.domain.admission import MAX_ID_LENGTH
 from shared import clock, tenant_ids
 from shared.errors import require
-
-from services.usage.domain.admission import MAX_ID_LENGTH
 
 MIN_US, MAX_US = clock.MIN_MICROS, clock.MAX_MICROS
 
@@ -18,8 +17,11 @@ def check_tenant(tenant_id: str) -> None:
 
 def check_text(field: str, value: str, *, required: bool = False) -> None:
     require(bool(value) or not required, field, "is required")
-    require(len(value) <= MAX_ID_LENGTH and "\x00" not in value, field,
-            f"must be at most {MAX_ID_LENGTH} characters without NUL")
+    require(
+        len(value) <= MAX_ID_LENGTH and "\x00" not in value,
+        field,
+        f"must be at most {MAX_ID_LENGTH} characters without NUL",
+    )
 
 
 def check_instant(field: str, micros: int | None, *, required: bool = False) -> None:

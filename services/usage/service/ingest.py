@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 
-from shared import auth, clock
-from shared.credentials import Principal
-from shared.errors import Unavailable
-
 from services.usage import metrics
 from services.usage.domain import admission, dedup, marks
 from services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, Verdict
@@ -18,22 +14,28 @@ from services.usage.repository import purge as purge_sql
 from services.usage.repository import rollups as rollups_sql
 from services.usage.repository.storage import Storage
 from services.usage.service.checks import check_tenant
+from shared import auth, clock
+from shared.credentials import Principal
+from shared.errors import Unavailable
 
 
-def record_events(batch: EventBatch, *, sessions, storage: Storage, rules: IngestRules,
-                  caller: Principal) -> list[EventResult]:
+def record_events(
+    batch: EventBatch, *, sessions, storage: Storage, rules: IngestRules, caller: Principal
+) -> list[EventResult]:
     """Store each new event once; report duplicates, conflicts and rejections per event, in order."""
     check_tenant(batch.tenant_id)  # before authorization: an empty or malformed tenant is no one's to deny
     auth.require_tenant(caller, batch.tenant_id)
     admission.check_batch(batch)
-    results, classification_of = in_transaction(sessions, partial(_judge_batch, batch=batch, rules=rules,
-                                                                  storage=storage))
+    results, classification_of = in_transaction(
+        sessions, partial(_judge_batch, batch=batch, rules=rules, storage=storage)
+    )
     metrics.count(results, classification_of)
     return results
 
 
-def _judge_batch(session, *, batch: EventBatch, rules: IngestRules,
-                 storage: Storage) -> tuple[list[EventResult], dict[int, str]]:
+def _judge_batch(
+    session, *, batch: EventBatch, rules: IngestRules, storage: Storage
+) -> tuple[list[EventResult], dict[int, str]]:
     """Admit the batch against the catalog and the tenant's purge horizon, store the new events, mark their buckets
     dirty; the results in order, and the classification of each event by index (for the metrics)."""
     now_us = clock.now_micros()
@@ -43,8 +45,9 @@ def _judge_batch(session, *, batch: EventBatch, rules: IngestRules,
     stored = _store(session, batch.tenant_id, admitted.candidates, now_us, storage)
     accepted = [batch.events[result.index] for result in stored if result.verdict is Verdict.ACCEPTED]
     rollups_sql.mark_dirty(session, batch.tenant_id, marks.dirty_marks(accepted), now_us, storage=storage)
-    return admission.in_order(admitted.rejected + stored), \
-        admission.classification_names(batch, catalog.classification_of)
+    return admission.in_order(admitted.rejected + stored), admission.classification_names(
+        batch, catalog.classification_of
+    )
 
 
 def _store(session, tenant_id: str, pending: list[Candidate], now_us: int, storage: Storage) -> list[EventResult]:
@@ -60,8 +63,9 @@ def _store(session, tenant_id: str, pending: list[Candidate], now_us: int, stora
         now, later = dedup.plan_round(pending)
         inserted = ingest_sql.insert_new(session, tenant_id, now, now_us, bulk=round_number == 0, storage=storage)
         refused = dedup.refused(now, inserted)
-        stored = ingest_sql.find_existing(session, tenant_id, dedup.lookup_keys(refused), storage=storage) \
-            if refused else ()
+        stored = (
+            ingest_sql.find_existing(session, tenant_id, dedup.lookup_keys(refused), storage=storage) if refused else ()
+        )
         judged, unresolved = dedup.judge_round(now, inserted, stored)
         results += judged
         pending = sorted(unresolved + later, key=lambda c: c.index)

@@ -12,10 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared import clock
-from shared.credentials import Principal
-from shared.errors import require
-
 from services.usage.domain.buckets import DAY_US
 from services.usage.domain.horizon import in_force_after
 from services.usage.repository import in_transaction
@@ -23,6 +19,9 @@ from services.usage.repository import purge as purge_sql
 from services.usage.repository.storage import Storage
 from services.usage.service import audit, schedule
 from services.usage.service.rollups import authorize_purge
+from shared import clock
+from shared.credentials import Principal
+from shared.errors import require
 
 SLICE_US = DAY_US  # events deleted per transaction: one day of a tenant, so locks are held briefly
 
@@ -35,18 +34,27 @@ class PurgeReport:
     purged_before_us: int | None
 
 
-def purge_events(tenant_id: str, before_us: int | None, dry_run: bool, *, sessions, storage: Storage,
-                 caller: Principal) -> PurgeReport:
+def purge_events(
+    tenant_id: str, before_us: int | None, dry_run: bool, *, sessions, storage: Storage, caller: Principal
+) -> PurgeReport:
     """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
     tenants = authorize_purge(tenant_id, caller)
     require(before_us is not None, "before_time", "is required")
-    require(clock.MIN_MICROS <= before_us <= clock.now_micros(),
-            "before_time", "must be a past timestamp (from year 1 on)")
+    require(
+        clock.MIN_MICROS <= before_us <= clock.now_micros(), "before_time", "must be a past timestamp (from year 1 on)"
+    )
     return purge(sessions, tenants, before_us, dry_run=dry_run, actor=caller.token_id, storage=storage)
 
 
-def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = False, actor: str | None = None,
-          storage: Storage) -> PurgeReport:
+def purge(
+    sessions,
+    tenant_id: str | None,
+    before_us: int,
+    *,
+    dry_run: bool = False,
+    actor: str | None = None,
+    storage: Storage,
+) -> PurgeReport:
     """Purge the tenant, or every tenant with events before the cutoff; the report sums them.
 
     With an `actor` (an admin's PurgeEvents) each tenant whose horizon moves gets an audit record.
@@ -57,12 +65,17 @@ def purge(sessions, tenant_id: str | None, before_us: int, *, dry_run: bool = Fa
         tenants = purge_sql.tenants_with_events_before(session, before_us)
     reports = [_purge_tenant(sessions, tenant, before_us, dry_run, actor, storage) for tenant in tenants]
     # Each tenant has a horizon of its own: a dry run moved none; a purge raised each it purged to the cutoff at least.
-    return PurgeReport(sum(r.events_deleted for r in reports), sum(r.events_kept for r in reports), dry_run,
-                       None if dry_run else before_us)
+    return PurgeReport(
+        sum(r.events_deleted for r in reports),
+        sum(r.events_kept for r in reports),
+        dry_run,
+        None if dry_run else before_us,
+    )
 
 
-def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None,
-                  storage: Storage) -> PurgeReport:
+def _purge_tenant(
+    sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None, storage: Storage
+) -> PurgeReport:
     in_force = None
     if dry_run:
         with sessions.begin() as session:
@@ -71,8 +84,7 @@ def _purge_tenant(sessions, tenant_id: str, before_us: int, dry_run: bool, actor
     else:
         # The horizon commits first: from then on no ingest adds events (nor dirty marks) before
         # it, so the marks each slice reads below can only disappear meanwhile, never appear.
-        horizon = in_transaction(sessions, lambda session: _move_horizon(session, tenant_id, before_us, actor,
-                                                                         storage))
+        horizon = in_transaction(sessions, lambda session: _move_horizon(session, tenant_id, before_us, actor, storage))
     deleted = _delete_in_slices(sessions, tenant_id, horizon, delete=not dry_run)
     with sessions.begin() as session:
         left = purge_sql.count_before(session, tenant_id, horizon)
@@ -89,11 +101,20 @@ def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None, st
     previous, horizon = purge_sql.move_horizon(session, tenant_id, before_us, clock.now_micros(), storage=storage)
     if actor is not None and horizon != previous:
         # Counted under the purge lock: no ingest can add events before the horizon meanwhile.
-        audit.append(session, actor=actor, action="PurgeEvents", target=f"tenant/{tenant_id}/events",
-                     tenant_id=tenant_id, change={
-                         "cutoff_us": before_us, "previous_horizon_us": previous, "horizon_us": horizon,
-                         "events_before_horizon": purge_sql.count_before(session, tenant_id, horizon)},
-                     storage=storage)
+        audit.append(
+            session,
+            actor=actor,
+            action="PurgeEvents",
+            target=f"tenant/{tenant_id}/events",
+            tenant_id=tenant_id,
+            change={
+                "cutoff_us": before_us,
+                "previous_horizon_us": previous,
+                "horizon_us": horizon,
+                "events_before_horizon": purge_sql.count_before(session, tenant_id, horizon),
+            },
+            storage=storage,
+        )
     return horizon
 
 
@@ -106,8 +127,10 @@ def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool
         if low is None:
             return done
         high = min(low + SLICE_US, horizon_us)
-        done += in_transaction(sessions, lambda session: purge_sql.purgeable(
-            session, tenant_id, low, high, delete=delete))
+        done += in_transaction(
+            sessions,
+            lambda session, low=low, high=high: purge_sql.purgeable(session, tenant_id, low, high, delete=delete),
+        )
         low = high
 
 
@@ -119,4 +142,5 @@ def retention_job(sessions, retention_days: int, every_seconds: float, *, storag
     def run() -> dict:
         report = purge(sessions, None, clock.now_micros() - retention_days * DAY_US, storage=storage)
         return {"deleted": report.events_deleted, "kept": report.events_kept}
+
     return schedule.every(every_seconds, "retention purge", run, sessions=sessions, storage=storage)

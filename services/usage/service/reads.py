@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from shared import auth, clock, pagination
-from shared.credentials import Principal
-from shared.errors import FailedPrecondition, OutOfRange, require
-
 from services.usage.domain import horizon, read_plan
 from services.usage.domain.buckets import MAX_TOTAL
 from services.usage.domain.model import Classification
@@ -13,6 +9,9 @@ from services.usage.domain.queries import EventFilter, UsageQuery, UsageTotal
 from services.usage.repository import events as events_sql
 from services.usage.repository.storage import Storage
 from services.usage.service.checks import check_instant, check_tenant, check_text
+from shared import auth, clock, pagination
+from shared.credentials import Principal
+from shared.errors import FailedPrecondition, OutOfRange, require
 
 MAX_METRICS = 1000
 
@@ -28,8 +27,10 @@ def get_usage(query: UsageQuery, *, connections, storage: Storage, caller: Princ
     if not horizon.serves(cover, purged_before):
         raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
     _check_fits(rows, query)
-    return [UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
-            for metric, actor, quantity, count, classification in rows]
+    return [
+        UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
+        for metric, actor, quantity, count, classification in rows
+    ]
 
 
 def _check_query(query: UsageQuery) -> None:
@@ -47,23 +48,31 @@ def _check_fits(rows: list[tuple], query: UsageQuery) -> None:
     for metric, actor, quantity, _, _ in rows:
         if quantity > MAX_TOTAL:
             whose = f" of actor {actor!r}" if actor else ""
-            raise OutOfRange(f"the total of metric {metric!r}{whose} from {clock.iso(query.start_us)} to "
-                             f"{clock.iso(query.end_us)} is {quantity}, beyond the largest int64 ({MAX_TOTAL}); "
-                             "ask for a shorter range and add the totals up", reason="TOTAL_OUT_OF_RANGE")
+            raise OutOfRange(
+                f"the total of metric {metric!r}{whose} from {clock.iso(query.start_us)} to "
+                f"{clock.iso(query.end_us)} is {quantity}, beyond the largest int64 ({MAX_TOTAL}); "
+                "ask for a shorter range and add the totals up",
+                reason="TOTAL_OUT_OF_RANGE",
+            )
 
 
 def _purged_message(cover: read_plan.ReadPlan, purged_before_us: int, by_actor: bool) -> str:
     horizon = clock.iso(purged_before_us)
     if by_actor:
-        return (f"per-actor totals are summed from raw events, and this tenant's raw events before {horizon} "
-                f"were purged; use a start_time at or after {horizon}")
-    return (f"this range needs raw events before {horizon}, which were purged for this tenant (only hourly and "
-            f"daily totals remain); use start_time and end_time on whole hours (UTC), or a start_time at or "
-            f"after {horizon}")
+        return (
+            f"per-actor totals are summed from raw events, and this tenant's raw events before {horizon} "
+            f"were purged; use a start_time at or after {horizon}"
+        )
+    return (
+        f"this range needs raw events before {horizon}, which were purged for this tenant (only hourly and "
+        f"daily totals remain); use start_time and end_time on whole hours (UTC), or a start_time at or "
+        f"after {horizon}"
+    )
 
 
-def list_events(where: EventFilter, *, page_size: int, page_token: str, connections,
-                caller: Principal) -> pagination.Page:
+def list_events(
+    where: EventFilter, *, page_size: int, page_token: str, connections, caller: Principal
+) -> pagination.Page:
     """One page of the tenant's events matching the filter, oldest first."""
     check_tenant(where.tenant_id)
     auth.require_tenant(caller, where.tenant_id)
@@ -72,7 +81,6 @@ def list_events(where: EventFilter, *, page_size: int, page_token: str, connecti
     with connections.connect() as connection:
         found = events_sql.list_events(connection, where, after=cursor.after, limit=cursor.limit + 1)
     return cursor.page(found, lambda stored: (stored.event.occurred_at_us, stored.event.event_id))
-
 
 
 def _check_filter(where: EventFilter) -> None:

@@ -6,10 +6,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from shared import auth, clock, pagination
-from shared.credentials import Principal
-from shared.errors import require
-
 from services.usage import metrics
 from services.usage.domain.buckets import Period
 from services.usage.repository import rollups as rollups_sql
@@ -17,6 +13,9 @@ from services.usage.repository.rollups import RefusedBucket
 from services.usage.repository.storage import Storage
 from services.usage.service import schedule
 from services.usage.service.checks import check_instant, check_tenant, check_text
+from shared import auth, clock, pagination
+from shared.credentials import Principal
+from shared.errors import require
 
 log = logging.getLogger("tollgate.usage.rollups")
 
@@ -71,9 +70,18 @@ def _report_refused(refused: list[RefusedBucket]) -> None:
     for bucket in refused:
         period = Period(bucket.period).name
         metrics.ROLLUP_REFUSED_BUCKETS.labels(period).inc()
-        log.error("rollup left a bucket dirty: its total does not fit in int64", extra={"fields": {
-            "tenant_id": bucket.tenant_id, "metric": bucket.metric, "period": period,
-            "period_start": clock.iso(bucket.period_start_us), "total_quantity": str(bucket.total_quantity)}})
+        log.error(
+            "rollup left a bucket dirty: its total does not fit in int64",
+            extra={
+                "fields": {
+                    "tenant_id": bucket.tenant_id,
+                    "metric": bucket.metric,
+                    "period": period,
+                    "period_start": clock.iso(bucket.period_start_us),
+                    "total_quantity": str(bucket.total_quantity),
+                }
+            },
+        )
 
 
 def rollup_status(tenant_id: str, *, sessions, caller: Principal) -> RollupStatus:
@@ -86,8 +94,18 @@ def rollup_status(tenant_id: str, *, sessions, caller: Principal) -> RollupStatu
     return RollupStatus(count, oldest, last[0] if last else None, last[1] if last else 0)
 
 
-def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | None, end_us: int | None, *,
-                    page_size: int, page_token: str, connections, caller: Principal) -> pagination.Page:
+def list_aggregates(
+    tenant_id: str,
+    metric: str,
+    period: int,
+    start_us: int | None,
+    end_us: int | None,
+    *,
+    page_size: int,
+    page_token: str,
+    connections,
+    caller: Principal,
+) -> pagination.Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
     check_tenant(tenant_id)
     auth.require_tenant(caller, tenant_id)
@@ -100,8 +118,16 @@ def list_aggregates(tenant_id: str, metric: str, period: int, start_us: int | No
     scope = {"tenant": tenant_id, "metric": metric, "period": period, "start": start_us, "end": end_us}
     cursor = pagination.start(page_size, page_token, scope, shape=(int,))
     with connections.connect() as connection:
-        items = rollups_sql.list_aggregates(connection, tenant_id, metric, Period(period), start_us, end_us,
-                                            after=cursor.after[0] if cursor.after else None, limit=cursor.limit + 1)
+        items = rollups_sql.list_aggregates(
+            connection,
+            tenant_id,
+            metric,
+            Period(period),
+            start_us,
+            end_us,
+            after=cursor.after[0] if cursor.after else None,
+            limit=cursor.limit + 1,
+        )
     return cursor.page(items, lambda a: (a.period_start_us,))
 
 
@@ -112,12 +138,16 @@ def scheduled_job(sessions, interval_seconds: float, *, storage: Storage):
 
     def run() -> dict:
         report = roll_up(sessions, None, storage=storage)
-        return {"buckets": report.buckets_recomputed, "remaining": report.buckets_remaining,
-                "refused": report.buckets_refused}
+        return {
+            "buckets": report.buckets_recomputed,
+            "remaining": report.buckets_remaining,
+            "refused": report.buckets_refused,
+        }
 
     def skipped() -> None:
         # Another instance holds this round: the backlog gauges of this one must not go stale.
         with sessions.begin() as session:
             count, oldest = rollups_sql.dirty_summary(session, None)
         metrics.observe_backlog(count, oldest, clock.now_micros())
+
     return schedule.every(interval_seconds, "rollup", run, sessions=sessions, storage=storage, skipped=skipped)

@@ -10,10 +10,9 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from shared import clock
-
 from services.usage.repository import DatabaseError, in_transaction, leases
 from services.usage.repository.storage import Storage
+from shared import clock
 
 log = logging.getLogger("tollgate.usage.schedule")
 
@@ -22,8 +21,15 @@ log = logging.getLogger("tollgate.usage.schedule")
 LEASE_SECONDS = 300.0
 
 
-def every(seconds: float, name: str, work: Callable[[], dict], *, sessions, storage: Storage,
-          skipped: Callable[[], None] | None = None):
+def every(
+    seconds: float,
+    name: str,
+    work: Callable[[], dict],
+    *,
+    sessions,
+    storage: Storage,
+    skipped: Callable[[], None] | None = None,
+):
     """A job for ServerSpec.background running `work` every `seconds` until stopped, on one instance at a time.
 
     Each round first takes the job's lease: with several replicas, one runs it and the others skip the
@@ -40,13 +46,23 @@ def every(seconds: float, name: str, work: Callable[[], dict], *, sessions, stor
                     skipped()
             except DatabaseError:
                 log.exception(f"{name} failed; will retry at the next interval")
+
     return job
 
 
 def run_once(name: str, work: Callable[[], dict], *, sessions, storage: Storage, holder: str) -> bool:
     """One round: `work` under the job's lease; False when another instance holds it."""
-    taken = in_transaction(sessions, partial(leases.take, name=name, holder=holder, now_us=clock.now_micros(),
-                                             ttl_us=int(LEASE_SECONDS * 1_000_000), storage=storage))
+    taken = in_transaction(
+        sessions,
+        partial(
+            leases.take,
+            name=name,
+            holder=holder,
+            now_us=clock.now_micros(),
+            ttl_us=int(LEASE_SECONDS * 1_000_000),
+            storage=storage,
+        ),
+    )
     if not taken:
         log.debug(f"{name} skipped: another instance holds its lease")
         return False

@@ -29,8 +29,9 @@ CATALOG = IngestCatalog(CLASSES, frozenset({"sla.timers.started"}))
 
 
 def event(event_id="e", metric="api.requests", quantity=1, at=NOW, **fields):
-    return Event(event_id, metric, quantity, at, fields.pop("actor_id", ""), fields.pop("source_service", "svc"),
-                 **fields)
+    return Event(
+        event_id, metric, quantity, at, fields.pop("actor_id", ""), fields.pop("source_service", "svc"), **fields
+    )
 
 
 def reason(e):
@@ -38,19 +39,24 @@ def reason(e):
     return None if isinstance(found, Candidate) else found.reason
 
 
-@pytest.mark.parametrize("bad, expected", [
-    (event(event_id=""), RejectReason.MISSING_FIELD), (event(source_service=""), RejectReason.MISSING_FIELD),
-    (event(at=None), RejectReason.MISSING_FIELD), (event(metric="nope"), RejectReason.UNKNOWN_METRIC),
-    (event(quantity=0), RejectReason.NON_POSITIVE_QUANTITY),
-    (event(quantity=MAX_QUANTITY + 1), RejectReason.QUANTITY_TOO_LARGE),
-    (event(at=NOW + RULES.future_skew_us + 1), RejectReason.IN_FUTURE),
-    (event(at=NOW - RULES.backfill_us - 1), RejectReason.TOO_OLD),
-    (event(event_id="x" * (MAX_ID_LENGTH + 1)), RejectReason.FIELD_TOO_LONG),
-    (event(actor_id="a\x00"), RejectReason.NUL_CHARACTER),
-    (event(metadata={"k": ["\x00"]}), RejectReason.NUL_CHARACTER),
-    (event(metadata={"k": "x" * MAX_METADATA_BYTES}), RejectReason.METADATA_TOO_LARGE),
-    (event(source_service="ext-crm"), RejectReason.EXTERNAL_BILLABLE),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (event(event_id=""), RejectReason.MISSING_FIELD),
+        (event(source_service=""), RejectReason.MISSING_FIELD),
+        (event(at=None), RejectReason.MISSING_FIELD),
+        (event(metric="nope"), RejectReason.UNKNOWN_METRIC),
+        (event(quantity=0), RejectReason.NON_POSITIVE_QUANTITY),
+        (event(quantity=MAX_QUANTITY + 1), RejectReason.QUANTITY_TOO_LARGE),
+        (event(at=NOW + RULES.future_skew_us + 1), RejectReason.IN_FUTURE),
+        (event(at=NOW - RULES.backfill_us - 1), RejectReason.TOO_OLD),
+        (event(event_id="x" * (MAX_ID_LENGTH + 1)), RejectReason.FIELD_TOO_LONG),
+        (event(actor_id="a\x00"), RejectReason.NUL_CHARACTER),
+        (event(metadata={"k": ["\x00"]}), RejectReason.NUL_CHARACTER),
+        (event(metadata={"k": "x" * MAX_METADATA_BYTES}), RejectReason.METADATA_TOO_LARGE),
+        (event(source_service="ext-crm"), RejectReason.EXTERNAL_BILLABLE),
+    ],
+)
 def test_each_rule_rejects_its_event_with_its_reason(bad, expected):
     assert reason(bad) is expected
 
@@ -73,19 +79,34 @@ def test_a_batch_is_invalid_when_empty_too_large_or_of_a_malformed_tenant():
 def test_the_content_hash_covers_what_happened_and_not_the_identifiers():
     base = content_hash(event(), None)
     assert content_hash(event(event_id="other", idempotency_key="k"), None) == base
-    for changed in (event(quantity=2), event(at=NOW + 1), event(actor_id="a"), event(source_service="s2"),
-                    event(correlation_id="c"), event(metric="sla.timers.started")):
+    for changed in (
+        event(quantity=2),
+        event(at=NOW + 1),
+        event(actor_id="a"),
+        event(source_service="s2"),
+        event(correlation_id="c"),
+        event(metric="sla.timers.started"),
+    ):
         assert content_hash(changed, None) != base
     assert content_hash(event(), '{"a":1}') != base
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["api.requests", "sla.timers.started", "nope"]),
-                          st.integers(-40, 1), st.integers(0, 3)), min_size=1, max_size=20),
-       st.one_of(st.none(), st.integers(-40, 0)))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["api.requests", "sla.timers.started", "nope"]), st.integers(-40, 1), st.integers(0, 3)
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.one_of(st.none(), st.integers(-40, 0)),
+)
 def test_every_event_of_a_batch_is_admitted_or_rejected_once_against_the_catalog_and_the_horizon(rows, horizon_day):
-    batch = EventBatch("t", tuple(event(f"e{i}", metric, quantity, NOW + day * DAY_US)
-                                  for i, (metric, day, quantity) in enumerate(rows)))
+    batch = EventBatch(
+        "t",
+        tuple(event(f"e{i}", metric, quantity, NOW + day * DAY_US) for i, (metric, day, quantity) in enumerate(rows)),
+    )
     horizon = None if horizon_day is None else NOW + horizon_day * DAY_US
     admitted = admit_batch(batch, catalog=CATALOG, rules=RULES, now_us=NOW, horizon_us=horizon)
     results = in_order([accepted(c) for c in admitted.candidates] + admitted.rejected)

@@ -36,8 +36,14 @@ def model_start(period: Period, at: int) -> int:
     moment = EPOCH + timedelta(microseconds=at)
     hour = moment.replace(minute=0, second=0, microsecond=0)
     day = hour.replace(hour=0)
-    return micros({Period.HOUR: hour, Period.DAY: day, Period.WEEK: day - timedelta(days=day.weekday()),
-                   Period.MONTH: day.replace(day=1)}[period])
+    return micros(
+        {
+            Period.HOUR: hour,
+            Period.DAY: day,
+            Period.WEEK: day - timedelta(days=day.weekday()),
+            Period.MONTH: day.replace(day=1),
+        }[period]
+    )
 
 
 def model_next(period: Period, start: int) -> int:
@@ -45,8 +51,10 @@ def model_next(period: Period, start: int) -> int:
     if period is Period.MONTH:
         year, month = divmod(moment.month, 12)
         return micros(moment.replace(year=moment.year + year, month=month + 1))
-    return micros(moment + {Period.HOUR: timedelta(hours=1), Period.DAY: timedelta(days=1),
-                            Period.WEEK: timedelta(weeks=1)}[period])
+    return micros(
+        moment
+        + {Period.HOUR: timedelta(hours=1), Period.DAY: timedelta(days=1), Period.WEEK: timedelta(weeks=1)}[period]
+    )
 
 
 def test_every_instant_of_five_years_across_leap_days_and_year_ends_starts_the_calendars_buckets():

@@ -14,15 +14,20 @@ def test_every_metric_of_the_default_catalog_is_valid_and_named_once():
     assert len({m.name for m in DEFAULT_CATALOG}) == len(DEFAULT_CATALOG)
 
 
-@pytest.mark.parametrize("metric, fields", [
-    (Metric("Bad", Classification.BILLABLE), ["metric.name"]),
-    (Metric("9x", Classification.BILLABLE), ["metric.name"]),
-    (Metric("a" * 129, Classification.BILLABLE), ["metric.name"]),
-    (Metric("ok", None), ["metric.classification"]),
-    (Metric("ok", Classification.INFO, "u" * (MAX_UNIT + 1), "d" * (MAX_DESCRIPTION + 1)),
-     ["metric.unit", "metric.description"]),
-    (Metric("", None, "\x00"), ["metric.name", "metric.classification", "metric.unit"]),
-])
+@pytest.mark.parametrize(
+    "metric, fields",
+    [
+        (Metric("Bad", Classification.BILLABLE), ["metric.name"]),
+        (Metric("9x", Classification.BILLABLE), ["metric.name"]),
+        (Metric("a" * 129, Classification.BILLABLE), ["metric.name"]),
+        (Metric("ok", None), ["metric.classification"]),
+        (
+            Metric("ok", Classification.INFO, "u" * (MAX_UNIT + 1), "d" * (MAX_DESCRIPTION + 1)),
+            ["metric.unit", "metric.description"],
+        ),
+        (Metric("", None, "\x00"), ["metric.name", "metric.classification", "metric.unit"]),
+    ],
+)
 def test_a_bad_metric_names_every_bad_field(metric, fields):
     with pytest.raises(InvalidArgument) as raised:
         check_metric(metric)
@@ -40,8 +45,14 @@ def test_a_question_naming_an_actor_or_grouping_by_actor_is_answered_per_actor()
 
 def test_a_listings_page_token_is_bound_to_the_tenant_and_every_filter():
     base = EventFilter("t")
-    changed = [EventFilter("u"), EventFilter("t", metric="m"), EventFilter("t", actor_id="a"),
-               EventFilter("t", source_service="s"), EventFilter("t", correlation_id="c"),
-               EventFilter("t", start_us=0), EventFilter("t", end_us=0)]
+    changed = [
+        EventFilter("u"),
+        EventFilter("t", metric="m"),
+        EventFilter("t", actor_id="a"),
+        EventFilter("t", source_service="s"),
+        EventFilter("t", correlation_id="c"),
+        EventFilter("t", start_us=0),
+        EventFilter("t", end_us=0),
+    ]
     assert all(f.scope() != base.scope() for f in changed)
     assert len({repr(f.scope()) for f in changed}) == len(changed)

@@ -19,9 +19,16 @@ def stored(event_id, key=None, corr=None, at=5, business_key=True, digest="h", m
 
 
 # Few names, so that batches share keys often.
-batches = st.lists(st.tuples(st.sampled_from("abcd"), st.sampled_from(["", "k1", "k2"]), st.sampled_from(["", "c1"]),
-                             st.sampled_from([5, 6]), st.booleans()), max_size=10).map(
-    lambda rows: [candidate(i, *row) for i, row in enumerate(rows)])
+batches = st.lists(
+    st.tuples(
+        st.sampled_from("abcd"),
+        st.sampled_from(["", "k1", "k2"]),
+        st.sampled_from(["", "c1"]),
+        st.sampled_from([5, 6]),
+        st.booleans(),
+    ),
+    max_size=10,
+).map(lambda rows: [candidate(i, *row) for i, row in enumerate(rows)])
 
 
 @settings(max_examples=100, deadline=None)
@@ -53,8 +60,11 @@ def test_a_refused_event_is_a_duplicate_with_the_same_content_and_a_conflict_oth
     same = index.judge(candidate(0, "a", key="k"))
     assert (same.verdict, same.dedup_key, same.existing_event_id) == (Verdict.DUPLICATE, DedupKey.EVENT_ID, "a")
     other = index.judge(candidate(1, "b", key="k", digest="other"))
-    assert (other.verdict, other.dedup_key, other.existing_event_id) == (Verdict.CONFLICT, DedupKey.IDEMPOTENCY_KEY,
-                                                                         "a")
+    assert (other.verdict, other.dedup_key, other.existing_event_id) == (
+        Verdict.CONFLICT,
+        DedupKey.IDEMPOTENCY_KEY,
+        "a",
+    )
     assert "idempotency_key" in other.message and "different content" in other.message
     assert index.judge(candidate(2, "c")) is None
 

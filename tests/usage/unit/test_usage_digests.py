@@ -10,9 +10,15 @@ from services.usage.repository.sqlite.source_hash import pg_hash_text
 # hashtextextended(s, 0) as PostgreSQL 16 answers it, read as unsigned: every tail length of lookup3 (0 to 11
 # bytes past whole 12-byte blocks), multi-byte UTF-8, and an event's own shape (event_id ':' content_hash).
 POSTGRES = {
-    "": 11507180170145056365, "a": 3591986179850072241, "abc": 11698987603481062295,
-    "abcd": 17408314770343659564, "hello world!": 15580256444760764127, "0123456789abc": 4688655838450958077,
-    "e-1:" + "f" * 64: 3232119057710935272, "naïve ✓": 5218466814007662520, "x" * 23: 815588739347500138,
+    "": 11507180170145056365,
+    "a": 3591986179850072241,
+    "abc": 11698987603481062295,
+    "abcd": 17408314770343659564,
+    "hello world!": 15580256444760764127,
+    "0123456789abc": 4688655838450958077,
+    "e-1:" + "f" * 64: 3232119057710935272,
+    "naïve ✓": 5218466814007662520,
+    "x" * 23: 815588739347500138,
 }
 
 

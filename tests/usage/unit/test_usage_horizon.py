@@ -53,8 +53,12 @@ def test_a_horizon_only_moves_up():
             assert in_force_after(cutoff, in_force) == max(cutoff, in_force)
 
 
-marks = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from([2, 3, 4]), st.integers(-40, 40))
-                 .map(lambda m: (m[0], m[1], start_of(Period(m[1]), BASE + m[2] * DAY_US))), max_size=12)
+marks = st.lists(
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from([2, 3, 4]), st.integers(-40, 40)).map(
+        lambda m: (m[0], m[1], start_of(Period(m[1]), BASE + m[2] * DAY_US))
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=100, deadline=None)

@@ -9,8 +9,14 @@ from services.usage.domain.model import Event
 
 BASE = 19_700 * DAY_US  # 2023-12-09: a batch's instants below reach over a month and a year end
 
-events = st.lists(st.builds(lambda metric, at: Event("e", metric, 1, at), st.sampled_from(["a", "b"]),
-                            st.integers(BASE - 40 * DAY_US, BASE + 40 * DAY_US)), max_size=40)
+events = st.lists(
+    st.builds(
+        lambda metric, at: Event("e", metric, 1, at),
+        st.sampled_from(["a", "b"]),
+        st.integers(BASE - 40 * DAY_US, BASE + 40 * DAY_US),
+    ),
+    max_size=40,
+)
 
 
 def model(batch) -> dict:
@@ -38,15 +44,19 @@ def test_a_batch_marks_each_day_week_and_month_of_its_events_with_the_days_hours
 def test_a_days_hour_bits_are_exactly_the_hours_holding_its_events(batch):
     for (metric, day), bits in day_hours(batch).items():
         assert day % DAY_US == 0
-        held = {(e.occurred_at_us - day) // HOUR_US for e in batch
-                if e.metric == metric and day <= e.occurred_at_us < day + DAY_US}
+        held = {
+            (e.occurred_at_us - day) // HOUR_US
+            for e in batch
+            if e.metric == metric and day <= e.occurred_at_us < day + DAY_US
+        }
         assert set(hours_in(bits)) == held
 
 
 def test_two_events_in_one_hour_set_one_bit_and_the_last_microsecond_of_a_day_sets_hour_23():
     day = BASE
-    marks = dirty_marks([Event("1", "m", 1, day + 5), Event("2", "m", 1, day + HOUR_US - 1),
-                         Event("3", "m", 1, day + DAY_US - 1)])
+    marks = dirty_marks(
+        [Event("1", "m", 1, day + 5), Event("2", "m", 1, day + HOUR_US - 1), Event("3", "m", 1, day + DAY_US - 1)]
+    )
     assert marks[("m", Period.DAY, day)] == 1 | 1 << 23
 
 

@@ -41,8 +41,9 @@ def test_each_range_of_hours_is_its_day_and_its_hours_and_the_span_is_from_the_f
         assert day % DAY_US == 0 and 0 <= first < after <= 24
         assert (day + first * HOUR_US, day + after * HOUR_US) == (low, high)
     aggregated = list(cover.hours) + ([cover.days] if cover.days else [])
-    assert cover.whole_hours() == ((min(low for low, _ in aggregated), max(high for _, high in aggregated))
-                                   if aggregated else None)
+    assert cover.whole_hours() == (
+        (min(low for low, _ in aggregated), max(high for _, high in aggregated)) if aggregated else None
+    )
 
 
 def test_a_range_inside_one_hour_is_read_raw_and_whole_days_from_day_rows():

@@ -13,14 +13,13 @@ from functools import partial
 from sqlalchemy import String, any_, bindparam, func, text
 from sqlalchemy.dialects import postgresql
 
-from shared import audit_chain, clock
-
 from services.usage.repository import in_transaction, ingest
 from services.usage.repository.postgres import rollup_pass, totals
 from services.usage.repository.postgres.bulk_ingest import copy_insert
 from services.usage.repository.rollups import RollupOutcome
 from services.usage.repository.storage import Storage
 from services.usage.tables import audit_head, audit_records
+from shared import audit_chain, clock
 
 # Ingest holds this lock shared and a purge exclusive, per tenant. Each is a statement of its own, over no
 # table (a lock taken inside a query over a distributed table would run on whichever node holds the shard).
@@ -73,11 +72,13 @@ class PostgresStorage(Storage):
             limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
             pass_id = secrets.randbits(63)
             try:
-                computed = in_transaction(sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id,
-                                                            limit=limit))
+                computed = in_transaction(
+                    sessions, partial(_compute_pass, pass_id=pass_id, tenant_id=tenant_id, limit=limit)
+                )
                 claims = range(computed.first - 1, computed.last, CLAIM_SIZE) if computed.last else ()
-                applied = sum(in_transaction(sessions, partial(_apply_claim, pass_id=pass_id, after=after))
-                              for after in claims)
+                applied = sum(
+                    in_transaction(sessions, partial(_apply_claim, pass_id=pass_id, after=after)) for after in claims
+                )
             finally:
                 in_transaction(sessions, partial(rollup_pass.drop_pass, pass_id=pass_id))
             done += applied
@@ -89,8 +90,9 @@ class PostgresStorage(Storage):
 
 
 def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
-    return rollup_pass.compute_pass(session, pass_id, tenant_id, limit, clock.now_micros(), scan_from=SCAN_FROM,
-                                    visible_enough=VISIBLE_ENOUGH)
+    return rollup_pass.compute_pass(
+        session, pass_id, tenant_id, limit, clock.now_micros(), scan_from=SCAN_FROM, visible_enough=VISIBLE_ENOUGH
+    )
 
 
 def _apply_claim(session, *, pass_id: int, after: int) -> int:

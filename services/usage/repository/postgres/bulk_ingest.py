@@ -10,9 +10,11 @@ _STAGE_DDL = 'CREATE TEMP TABLE IF NOT EXISTS usage_events_stage (LIKE "usage".e
 _COPY = f"COPY {_STAGE} ({', '.join(COLUMNS)}) FROM STDIN"
 # Sorted so that two batches sharing keys lock them in the same order (no deadlock on the PK).
 # Columns named: the table's generated digest (migration usage_0010) is PostgreSQL's to fill.
-_INSERT = f'INSERT INTO "usage".events ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM {_STAGE} ' \
-          f"ORDER BY event_id ON CONFLICT DO NOTHING " \
-          f"RETURNING event_id"
+_INSERT = (
+    f'INSERT INTO "usage".events ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM {_STAGE} '
+    f"ORDER BY event_id ON CONFLICT DO NOTHING "
+    f"RETURNING event_id"
+)
 
 
 def copy_insert(session, rows: list[tuple]) -> set[str]:

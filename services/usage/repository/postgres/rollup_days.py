@@ -66,9 +66,15 @@ WHERE m.period = 2 AND {_READ_WHOLE}"""
 # For that scan the planner's estimates are far off (array_agg's state counts as 8 kB per group): left
 # alone it walks an index in order and sorts millions of rows. It is told to read the table
 # sequentially and aggregate and join by hashing, in memory; for that statement only.
-_SCAN_SETTINGS = ("work_mem = '256MB'", "hash_mem_multiplier = 4", "enable_sort = off",
-                  "enable_incremental_sort = off", "enable_mergejoin = off", "enable_indexscan = off",
-                  "enable_bitmapscan = off")
+_SCAN_SETTINGS = (
+    "work_mem = '256MB'",
+    "hash_mem_multiplier = 4",
+    "enable_sort = off",
+    "enable_incremental_sort = off",
+    "enable_mergejoin = off",
+    "enable_indexscan = off",
+    "enable_bitmapscan = off",
+)
 # The share of the events table's pages the visibility map marked all-visible at the last VACUUM, over
 # its size at the last VACUUM or ANALYZE (autoanalyze follows bulk inserts sooner than autovacuum).
 _VISIBLE_SHARE = """SELECT relallvisible::float8 / greatest(relpages, 1) FROM pg_class
@@ -97,14 +103,17 @@ WHERE m.period = 2 AND NOT {_READ_WHOLE}"""
 
 def compute_days(session, tenant_id: str | None, *, scan_from: int, visible_enough: float) -> None:
     """Every day mark of the pass with its totals and hours, into the work table."""
-    days, low, high = session.execute(text(f"SELECT count(*), min(period_start_us), max(period_end_us) FROM {MARKS} "
-                                           "WHERE period = 2")).one()
+    days, low, high = session.execute(
+        text(f"SELECT count(*), min(period_start_us), max(period_end_us) FROM {MARKS} WHERE period = 2")
+    ).one()
     if days >= scan_from and session.execute(text(_VISIBLE_SHARE)).scalar_one() < visible_enough:
         for setting in _SCAN_SETTINGS:
             session.execute(text(f"SET LOCAL {setting}"))
         # The range as values, not a subquery: the planner then sees how much of the table it covers.
-        session.execute(text(_WHOLE_DAYS_BY_SCAN.format(scope="AND e.tenant_id = :tenant" if tenant_id else "")),
-                        {"tenant": tenant_id, "low": low, "high": high})
+        session.execute(
+            text(_WHOLE_DAYS_BY_SCAN.format(scope="AND e.tenant_id = :tenant" if tenant_id else "")),
+            {"tenant": tenant_id, "low": low, "high": high},
+        )
         for setting in _SCAN_SETTINGS:
             session.execute(text(f"RESET {setting.split()[0]}"))
     else:

@@ -57,8 +57,10 @@ _TEMP_TABLES = (
         event_count bigint NOT NULL, digest numeric NOT NULL, hour_offsets smallint[], hour_quantities numeric[],
         hour_counts bigint[], hour_digests numeric[]) ON COMMIT DROP""",
 )
-_MONTH_END = ("(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) AT TIME ZONE 'UTC') "
-              "+ interval '1 month') * 1000000)::bigint")
+_MONTH_END = (
+    "(extract(epoch FROM (to_timestamp(d.period_start_us / 1000000.0) AT TIME ZONE 'UTC') "
+    "+ interval '1 month') * 1000000)::bigint"
+)
 # Whole series (tenant, metric) in key order while they fit in `limit` marks; of the series that
 # crosses the limit, its first marks in (period, start) order. Either way a pass holds, for each of
 # its buckets, every dirty bucket of the same series below it. Grouping the marks by series needs no
@@ -154,8 +156,9 @@ class Pass(NamedTuple):
     refused: list[RefusedBucket]
 
 
-def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_us: int, *, scan_from: int,
-                 visible_enough: float) -> Pass:
+def compute_pass(
+    session, pass_id: int, tenant_id: str | None, limit: int, now_us: int, *, scan_from: int, visible_enough: float
+) -> Pass:
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
     as pass `pass_id`.
 
@@ -168,16 +171,19 @@ def compute_pass(session, pass_id: int, tenant_id: str | None, limit: int, now_u
         session.execute(text(f"SET LOCAL {setting}"))
     for statement in _TEMP_TABLES + _INDEXES:
         session.execute(text(statement))
-    found = session.execute(text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
-                            {"tenant": tenant_id, "limit": limit}).rowcount
+    found = session.execute(
+        text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
+        {"tenant": tenant_id, "limit": limit},
+    ).rowcount
     session.execute(text(f"ANALYZE {_MARKS}"))
     rollup_days.compute_days(session, tenant_id, scan_from=scan_from, visible_enough=visible_enough)
     session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
     session.execute(text(_FOLD), {"below": int(Period.DAY), "periods": [int(Period.WEEK), int(Period.MONTH)]})
     session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})
     session.execute(text(_HAND_OVER), {"pass": pass_id, "now": now_us})
-    first, last = session.execute(text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"),
-                                  {"pass": pass_id}).one()
+    first, last = session.execute(
+        text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"), {"pass": pass_id}
+    ).one()
     refused = [RefusedBucket(t, m, p, s, int(q)) for t, m, p, s, q in session.execute(text(_REFUSED))]
     return Pass(found, first or 0, last or 0, refused)
 
@@ -186,8 +192,9 @@ def apply_pass(session, pass_id: int, after: int, size: int, now_us: int) -> int
     """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
-    return session.execute(text(_APPLY), {"pass": pass_id, "after": after, "until": after + size,
-                                          "now": now_us}).rowcount
+    return session.execute(
+        text(_APPLY), {"pass": pass_id, "after": after, "until": after + size, "now": now_us}
+    ).rowcount
 
 
 def drop_pass(session, pass_id: int) -> None:

@@ -15,8 +15,10 @@ from services.usage.repository.totals import DAY_ROWS, ONE, ZERO
 
 # A day row's running sums of its hours (migration usage_0012): [h + 1] sums the hours before hour h.
 # PostgreSQL only, so not in tables.py, which both backends share.
-_RUNNING = (literal_column("a.hour_running_quantities", postgresql.ARRAY(BigInteger)),
-            literal_column("a.hour_running_counts", postgresql.ARRAY(BigInteger)))
+_RUNNING = (
+    literal_column("a.hour_running_quantities", postgresql.ARRAY(BigInteger)),
+    literal_column("a.hour_running_counts", postgresql.ARRAY(BigInteger)),
+)
 _CURSOR = "tollgate.usage.reads.cursor"
 
 
@@ -45,8 +47,11 @@ class Pieces:
 
     def hour_cells(self) -> tuple:
         day = DAY_ROWS.c
-        cells = func.unnest(day.hour_offsets, day.hour_quantities, day.hour_counts) \
-            .table_valued("o", "q", "n").render_derived(name="h")
+        cells = (
+            func.unnest(day.hour_offsets, day.hour_quantities, day.hour_counts)
+            .table_valued("o", "q", "n")
+            .render_derived(name="h")
+        )
         return cells.c.o, cells.c.q, cells.c.n, cells
 
     def end_hours(self, tenant, hour_ranges: int):
@@ -62,9 +67,9 @@ class Pieces:
                 return span(running, 0)
             return case((day.period_start_us == days[0], span(running, 0)), else_=span(running, 1))
 
-        return select(day.metric, of_its_end(_RUNNING[0]).label("quantity"),
-                             of_its_end(_RUNNING[1]).label("event_count")) \
-            .where(totals.unmarked_day(tenant), day.period_start_us.in_(days))
+        return select(
+            day.metric, of_its_end(_RUNNING[0]).label("quantity"), of_its_end(_RUNNING[1]).label("event_count")
+        ).where(totals.unmarked_day(tenant), day.period_start_us.in_(days))
 
 
 PIECES = Pieces()
@@ -94,8 +99,9 @@ def _execute_on_driver(connection, shape: tuple, values: dict) -> list[tuple]:
         dead = dialect.is_disconnect(error, driver, None)
         if dead:
             connection.invalidate(error)
-        raise DBAPIError.instance(sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect,
-                                  connection_invalidated=dead) from error
+        raise DBAPIError.instance(
+            sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=dead
+        ) from error
 
 
 def _cursor(connection, driver):

@@ -12,13 +12,12 @@ from functools import partial
 from sqlalchemy import func
 from sqlalchemy.dialects import sqlite
 
-from shared import audit_chain, clock
-
 from services.usage.repository import in_transaction, ingest
 from services.usage.repository.rollups import RollupOutcome
 from services.usage.repository.sqlite import rollup_serial, totals
 from services.usage.repository.storage import Storage
 from services.usage.tables import audit_head, audit_records
+from shared import audit_chain, clock
 
 # Rows (events, stored rows) a rollup step reads in its one transaction, which holds the write lock; an event
 # costs most, its digest being computed in Python.
@@ -51,8 +50,10 @@ class SqliteStorage(Storage):
         it has read SERIAL_ROWS rows (events and stored rows), at the end of the hour it is in."""
         done, refused, after = 0, {}, None
         while not max_buckets or done < max_buckets:
-            step = in_transaction(sessions, partial(_step, tenant_id=tenant_id, after=after,
-                                                    max_buckets=max_buckets - done if max_buckets else 0))
+            step = in_transaction(
+                sessions,
+                partial(_step, tenant_id=tenant_id, after=after, max_buckets=max_buckets - done if max_buckets else 0),
+            )
             done, after = done + step.done, step.after
             refused.update((bucket[:4], bucket) for bucket in step.refused)
             if step.finished:
@@ -61,8 +62,9 @@ class SqliteStorage(Storage):
 
 
 def _step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
-    return rollup_serial.roll_up_step(session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets,
-                                      now_us=clock.now_micros())
+    return rollup_serial.roll_up_step(
+        session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets, now_us=clock.now_micros()
+    )
 
 
 SQLITE = SqliteStorage()

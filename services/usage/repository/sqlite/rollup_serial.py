@@ -49,8 +49,9 @@ class Step:
     finished: bool = False
 
 
-def roll_up_step(session, tenant_id: str | None, after: tuple | None, *, budget: int, max_buckets: int,
-                 now_us: int) -> Step:
+def roll_up_step(
+    session, tenant_id: str | None, after: tuple | None, *, budget: int, max_buckets: int, now_us: int
+) -> Step:
     """Recompute marks after the key `after` until `budget` rows were read or `max_buckets` (0: any) cleared."""
     step, spent = Step(after=after), 0
     while spent < budget and (not max_buckets or step.done < max_buckets):
@@ -87,8 +88,9 @@ def _marks_after(session, tenant_id: str | None, after: tuple | None) -> list[tu
     return [tuple(row) for row in session.execute(statement)]
 
 
-def _day(session, tenant: str, metric: str, start_us: int, dirty_hours: int, budget: int,
-         now_us: int) -> tuple[int, int, int | None]:
+def _day(
+    session, tenant: str, metric: str, start_us: int, dirty_hours: int, budget: int, now_us: int
+) -> tuple[int, int, int | None]:
     """Recompute the day's dirty hours, in order, until `budget` events were read (at least one hour); store
     them in its row. (rows read, hours still dirty, the total when it does not fit, else None)."""
     stored = _stored_hours(session, tenant, metric, start_us)
@@ -110,29 +112,48 @@ def _day(session, tenant: str, metric: str, start_us: int, dirty_hours: int, bud
     _store(session, tenant, metric, Period.DAY, start_us, hours, now_us)
     left = todo & ~done
     if left:
-        session.execute(dirty_buckets.update().where(*_is(dirty_buckets, tenant, metric, Period.DAY, start_us))
-                        .values(dirty_hours=left))
+        session.execute(
+            dirty_buckets.update()
+            .where(*_is(dirty_buckets, tenant, metric, Period.DAY, start_us))
+            .values(dirty_hours=left)
+        )
     return read, left, None
 
 
-def _fold(session, tenant: str, metric: str, period: Period, start_us: int,
-          now_us: int) -> tuple[int, int, int | None]:
+def _fold(session, tenant: str, metric: str, period: Period, start_us: int, now_us: int) -> tuple[int, int, int | None]:
     """Store the week or month summed from its days: (rows read, 0, the total when it does not fit, else None)."""
     end_us = next_start(period, start_us)
     day = aggregates.c
-    marks = dict(session.execute(select(dirty_buckets.c.period_start_us, dirty_buckets.c.dirty_hours).where(
-        dirty_buckets.c.tenant_id == tenant, dirty_buckets.c.metric == metric,
-        dirty_buckets.c.period == int(Period.DAY), dirty_buckets.c.period_start_us >= start_us,
-        dirty_buckets.c.period_start_us < end_us)).all())
-    rows = session.execute(select(day.period_start_us, day.total_quantity, day.event_count, day.source_hash,
-                                  *[day[c] for c in HOUR_COLUMNS]).where(
-        day.tenant_id == tenant, day.metric == metric, day.period == int(Period.DAY),
-        day.period_start_us >= start_us, day.period_start_us < end_us)).all()
+    marks = dict(
+        session.execute(
+            select(dirty_buckets.c.period_start_us, dirty_buckets.c.dirty_hours).where(
+                dirty_buckets.c.tenant_id == tenant,
+                dirty_buckets.c.metric == metric,
+                dirty_buckets.c.period == int(Period.DAY),
+                dirty_buckets.c.period_start_us >= start_us,
+                dirty_buckets.c.period_start_us < end_us,
+            )
+        ).all()
+    )
+    rows = session.execute(
+        select(
+            day.period_start_us, day.total_quantity, day.event_count, day.source_hash, *[day[c] for c in HOUR_COLUMNS]
+        ).where(
+            day.tenant_id == tenant,
+            day.metric == metric,
+            day.period == int(Period.DAY),
+            day.period_start_us >= start_us,
+            day.period_start_us < end_us,
+        )
+    ).all()
     quantity, count, digest, read = 0, 0, 0, len(rows) + 1
     for row in rows:
         if row.period_start_us not in marks:
-            quantity, count, digest = quantity + row.total_quantity, count + row.event_count, \
-                digest + digests.value(row.source_hash)
+            quantity, count, digest = (
+                quantity + row.total_quantity,
+                count + row.event_count,
+                digest + digests.value(row.source_hash),
+            )
     for day_us, dirty_hours in marks.items():
         row = next((r for r in rows if r.period_start_us == day_us), None)
         hours = _hours_of(row) if row is not None else {}
@@ -143,9 +164,20 @@ def _fold(session, tenant: str, metric: str, period: Period, start_us: int,
             quantity, count, digest = quantity + q, count + n, digest + d
     if quantity > MAX_TOTAL:
         return read, 0, quantity
-    _write(session, dict(tenant_id=tenant, metric=metric, period=int(period), period_start_us=start_us,
-                         total_quantity=quantity, event_count=count, source_hash=digests.shown(digest),
-                         computed_at_us=now_us, **dict.fromkeys(HOUR_COLUMNS)))
+    _write(
+        session,
+        dict(
+            tenant_id=tenant,
+            metric=metric,
+            period=int(period),
+            period_start_us=start_us,
+            total_quantity=quantity,
+            event_count=count,
+            source_hash=digests.shown(digest),
+            computed_at_us=now_us,
+            **dict.fromkeys(HOUR_COLUMNS),
+        ),
+    )
     return read, 0, None
 
 
@@ -153,17 +185,22 @@ def _raw_hour(session, tenant: str, metric: str, start_us: int) -> tuple[int, in
     """(quantity, event count, digest) of the hour's events."""
     quantity = count = digest = 0
     for event_id, content_hash, amount in session.execute(
-            select(events.c.event_id, events.c.content_hash, events.c.quantity).where(
-                events.c.tenant_id == tenant, events.c.metric == metric, events.c.occurred_at_us >= start_us,
-                events.c.occurred_at_us < start_us + HOUR_US)):
+        select(events.c.event_id, events.c.content_hash, events.c.quantity).where(
+            events.c.tenant_id == tenant,
+            events.c.metric == metric,
+            events.c.occurred_at_us >= start_us,
+            events.c.occurred_at_us < start_us + HOUR_US,
+        )
+    ):
         quantity, count = quantity + amount, count + 1
         digest += pg_hash_text(f"{event_id}:{content_hash}".encode())
     return quantity, count, digest
 
 
 def _stored_hours(session, tenant: str, metric: str, start_us: int) -> _Hours | None:
-    row = session.execute(select(*[aggregates.c[c] for c in HOUR_COLUMNS])
-                          .where(*_is(aggregates, tenant, metric, Period.DAY, start_us))).first()
+    row = session.execute(
+        select(*[aggregates.c[c] for c in HOUR_COLUMNS]).where(*_is(aggregates, tenant, metric, Period.DAY, start_us))
+    ).first()
     return None if row is None else _hours_of(row)
 
 
@@ -174,19 +211,37 @@ def _hours_of(row) -> _Hours:
 def _store(session, tenant: str, metric: str, period: Period, start_us: int, hours: _Hours, now_us: int) -> None:
     offsets = sorted(hours)
     digest = sum(d for _, _, d in hours.values())
-    _write(session, dict(tenant_id=tenant, metric=metric, period=int(period), period_start_us=start_us,
-                         total_quantity=sum(q for q, _, _ in hours.values()),
-                         event_count=sum(n for _, n, _ in hours.values()), source_hash=digests.shown(digest),
-                         computed_at_us=now_us, hour_offsets=offsets, hour_quantities=[hours[o][0] for o in offsets],
-                         hour_counts=[hours[o][1] for o in offsets], hour_digests=[hours[o][2] for o in offsets]))
+    _write(
+        session,
+        dict(
+            tenant_id=tenant,
+            metric=metric,
+            period=int(period),
+            period_start_us=start_us,
+            total_quantity=sum(q for q, _, _ in hours.values()),
+            event_count=sum(n for _, n, _ in hours.values()),
+            source_hash=digests.shown(digest),
+            computed_at_us=now_us,
+            hour_offsets=offsets,
+            hour_quantities=[hours[o][0] for o in offsets],
+            hour_counts=[hours[o][1] for o in offsets],
+            hour_digests=[hours[o][2] for o in offsets],
+        ),
+    )
 
 
 def _write(session, row: dict) -> None:
     upsert = sqlite.insert(aggregates)
-    session.execute(upsert.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={k: upsert.excluded[k] for k in ("total_quantity", "event_count", "source_hash", "computed_at_us",
-                                              *HOUR_COLUMNS)}), row)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=list(_KEY),
+            set_={
+                k: upsert.excluded[k]
+                for k in ("total_quantity", "event_count", "source_hash", "computed_at_us", *HOUR_COLUMNS)
+            },
+        ),
+        row,
+    )
 
 
 def _clear(session, tenant: str, metric: str, period: int, start_us: int) -> None:
@@ -194,5 +249,9 @@ def _clear(session, tenant: str, metric: str, period: int, start_us: int) -> Non
 
 
 def _is(table, tenant: str, metric: str, period: Period, start_us: int) -> list:
-    return [table.c.tenant_id == tenant, table.c.metric == metric, table.c.period == int(period),
-            table.c.period_start_us == start_us]
+    return [
+        table.c.tenant_id == tenant,
+        table.c.metric == metric,
+        table.c.period == int(period),
+        table.c.period_start_us == start_us,
+    ]

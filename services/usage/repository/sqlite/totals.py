@@ -27,8 +27,10 @@ class Pieces:
     def sums(self, union) -> list:
         # SQLite's sum() fails on an integer overflow: the quantities' high and low 32 bits are summed apart
         # (neither can overflow) and put together in Python, so a total beyond int64 is still known exactly.
-        return [func.sum(union.c.quantity.op("/")(_SPLIT_SQL)).label("high"),
-                func.sum(union.c.quantity.op("%")(_SPLIT_SQL)).label("quantity")]
+        return [
+            func.sum(union.c.quantity.op("/")(_SPLIT_SQL)).label("high"),
+            func.sum(union.c.quantity.op("%")(_SPLIT_SQL)).label("quantity"),
+        ]
 
     def horizon_padding(self) -> list:
         return [literal(0)]
@@ -43,18 +45,27 @@ class Pieces:
         day = DAY_ROWS.c
         cells = func.json_each(day.hour_offsets).table_valued("key", "value", name="h")
         position = func.printf("$[%d]", cells.c.key)
-        return cells.c.value, func.json_extract(day.hour_quantities, position), \
-            func.json_extract(day.hour_counts, position), cells
+        return (
+            cells.c.value,
+            func.json_extract(day.hour_quantities, position),
+            func.json_extract(day.hour_counts, position),
+            cells,
+        )
 
     def end_hours(self, tenant, hour_ranges: int):
         day = DAY_ROWS.c
         days = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
         offset, quantity, count, cells = self.hour_cells()
         start = day.period_start_us
-        ranges = [and_(start == days[n], offset >= bindparam(f"hour{n}_from"), offset < bindparam(f"hour{n}_to"))
-                  for n in range(hour_ranges)]
-        return select(day.metric, quantity.label("quantity"), count.label("event_count")) \
-            .join_from(DAY_ROWS, cells, true()).where(totals.unmarked_day(tenant), start.in_(days), or_(*ranges))
+        ranges = [
+            and_(start == days[n], offset >= bindparam(f"hour{n}_from"), offset < bindparam(f"hour{n}_to"))
+            for n in range(hour_ranges)
+        ]
+        return (
+            select(day.metric, quantity.label("quantity"), count.label("event_count"))
+            .join_from(DAY_ROWS, cells, true())
+            .where(totals.unmarked_day(tenant), start.in_(days), or_(*ranges))
+        )
 
 
 PIECES = Pieces()
