@@ -88,7 +88,7 @@ def _pg(url: str) -> str:
 
 
 def _stored_row(row: tuple) -> tuple:
-    return (*row, None, "BILLABLE", "0" * 64, row[4])
+    return (*row, None, "BILLABLE", "0" * 64, row[4], True)  # the business key on, the default
 
 
 def _sql_ceiling(url: str, rows: list[tuple]) -> float:
