@@ -66,19 +66,8 @@ def usage(dbs):
 @pytest.fixture(scope="session")
 def policy(dbs, usage):
     """A Policy server of this backend on a free port, reading usage from the Usage server."""
-    from services.policy import server as policy_server
-    from services.policy.config import Settings as PolicySettings
-
-    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
     # No reuse of ranking usage: tests record usage and expect the next ranking to show it.
-    settings = support.test_settings(
-        PolicySettings(),
-        database_url=dbs.policy_url,
-        usage_addr=f"127.0.0.1:{usage.port}",
-        usage_token=token,
-        ranking_cache_seconds=0,
-    )
-    running = policy_server.build(settings)
+    running = support.build_policy(dbs, usage.port, ranking_cache_seconds=0)
     yield running
     running.stop(grace=1)
 

@@ -115,3 +115,15 @@ def in_threads(target, count: int, *, timeout: float = 120) -> None:
     for thread in threads:
         thread.join(timeout)
     assert not any(thread.is_alive() for thread in threads), "a thread outlived its timeout"
+
+
+def build_policy(dbs: Databases, usage_port: int | None = None, *, usage_token: str | None = None, **changes):
+    """A Policy server of this backend on a free port; given usage_port, it asks the Usage there with
+    usage_token (a fresh platform usage:read token unless one is given)."""
+    from services.policy import server
+    from services.policy.config import Settings
+
+    if usage_port is not None:
+        changes["usage_addr"] = f"127.0.0.1:{usage_port}"
+        changes["usage_token"] = usage_token or make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    return server.build(test_settings(Settings(), database_url=dbs.policy_url, **changes))

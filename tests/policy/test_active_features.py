@@ -9,8 +9,6 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from scripts.pgcluster import free_port
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
 from services.usage import server as usage_server
 from services.usage.config import Settings as UsageSettings
 from tests import support
@@ -116,16 +114,7 @@ def test_recording_usage_for_a_features_metric_raises_it_in_the_ranking(
 
 
 def test_a_ranking_reuses_its_usage_then_serves_it_stale_while_refreshing(dbs, usage, admin_token, tenant):
-    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    policy = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{usage.port}",
-            usage_token=token,
-            ranking_cache_seconds=1.0,
-        )
-    )
+    policy = support.build_policy(dbs, usage.port, ranking_cache_seconds=1.0)
     try:
         with support.channel(policy.port) as channel, support.channel(usage.port) as usage_channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
@@ -212,17 +201,8 @@ def own_pair(dbs):
     usage_settings = support.test_settings(
         UsageSettings(), database_url=dbs.usage_url, port=port, rollup_interval_seconds=0
     )
-    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    policy = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{port}",
-            usage_token=token,
-            usage_timeout_seconds=0.3,
-            quota_cache_seconds=0,
-            usage_cooldown_seconds=0.5,
-        )
+    policy = support.build_policy(
+        dbs, port, usage_timeout_seconds=0.3, quota_cache_seconds=0, usage_cooldown_seconds=0.5
     )
     usage = usage_server.build(usage_settings)
     yield usage, policy, port, usage_settings
@@ -266,15 +246,7 @@ def test_a_usage_slower_than_the_deadline_gives_the_fallback_in_time(dbs, admin_
     usage_pb2_grpc.add_UsageServiceServicer_to_server(SlowUsageFake(delay=3), slow)
     port = slow.add_insecure_port("127.0.0.1:0")
     slow.start()
-    policy = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{port}",
-            usage_token="tg_x_y",
-            usage_timeout_seconds=0.3,
-        )
-    )
+    policy = support.build_policy(dbs, port, usage_token="tg_x_y", usage_timeout_seconds=0.3)
     try:
         with support.channel(policy.port) as channel:
             setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token), tenant)

@@ -6,8 +6,6 @@ import grpc
 import pytest
 
 from scripts.pgcluster import free_port
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
 from tests import policy_support as ps
 from tests import support
 from tollgate.policy.v1 import policy_pb2 as pb
@@ -76,15 +74,7 @@ def test_a_metric_added_to_usage_a_moment_ago_is_accepted(admin, usage_admin_stu
 @pytest.fixture
 def policy_without_usage(dbs, admin_token):
     """A Policy server whose Usage address is a port nobody listens on."""
-    running = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{free_port()}",
-            usage_token="tg_x_y",
-            usage_timeout_seconds=0.3,
-        )
-    )
+    running = support.build_policy(dbs, free_port(), usage_token="tg_x_y", usage_timeout_seconds=0.3)
     with support.channel(running.port) as channel:
         yield ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
     running.stop(grace=1)

@@ -4,8 +4,6 @@ in turn, the basis, freshness."""
 import grpc
 import pytest
 
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
 from tests import policy_support as ps
 from tests import support
 from tests.conftest import status_of
@@ -239,9 +237,7 @@ def test_a_min_policy_version_ahead_of_the_tenants_data_is_refused_naming_both_v
 def test_a_min_policy_version_from_another_replicas_write_refreshes_the_snapshot_once(dbs, admin, tenant, admin_token):
     world = ps.build_world(admin, tenant)
     # A second replica on the same database that would not hear of the write by polling during the test.
-    replica = policy_server.build(
-        support.test_settings(PolicySettings(), database_url=dbs.policy_url, cache_poll_seconds=60)
-    )
+    replica = support.build_policy(dbs, cache_poll_seconds=60)
     try:
         with support.channel(replica.port) as channel:
             other = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)

@@ -6,8 +6,6 @@ import time
 import pytest
 
 from scripts.pgcluster import free_port
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
 from services.usage import server as usage_server
 from services.usage.config import Settings as UsageSettings
 from tests import policy_support as ps
@@ -24,17 +22,8 @@ def pair(dbs):
     usage_settings = support.test_settings(
         UsageSettings(), database_url=dbs.usage_url, port=free_port(), rollup_interval_seconds=0
     )
-    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    policy = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{usage_settings.port}",
-            usage_token=token,
-            usage_timeout_seconds=0.3,
-            quota_cache_seconds=0,
-            usage_cooldown_seconds=0,
-        )
+    policy = support.build_policy(
+        dbs, usage_settings.port, usage_timeout_seconds=0.3, quota_cache_seconds=0, usage_cooldown_seconds=0
     )
     usages = [usage_server.build(usage_settings)]
     yield usages, usage_settings, policy

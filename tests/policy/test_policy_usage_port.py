@@ -7,8 +7,6 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
 from tests import support
 from tests.policy.test_active_features import METRIC_A, METRIC_B, record, setup_tenant
 from tests.policy_support import Client
@@ -28,17 +26,8 @@ def get_usage_calls() -> float:
 @pytest.fixture
 def uncached(dbs, usage):
     """A Policy that reuses no usage at all, so that every answer shows what it asks Usage."""
-    token = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
-    running = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{usage.port}",
-            usage_token=token,
-            quota_cache_seconds=0,
-            ranking_cache_seconds=0,
-            usage_timeout_seconds=5,
-        )
+    running = support.build_policy(
+        dbs, usage.port, quota_cache_seconds=0, ranking_cache_seconds=0, usage_timeout_seconds=5
     )
     yield running
     running.stop(grace=1)
@@ -126,17 +115,14 @@ def test_a_later_read_within_one_call_gets_only_what_is_left_of_the_calls_deadli
     port = slow.add_insecure_port("127.0.0.1:0")
     slow.start()
     # Each read may take up to 0.7 s of a 1.2 s call: the quota reads use 0.7, leaving the ranking at most 0.5.
-    policy = policy_server.build(
-        support.test_settings(
-            PolicySettings(),
-            database_url=dbs.policy_url,
-            usage_addr=f"127.0.0.1:{port}",
-            usage_token="tg_x_y",
-            usage_timeout_seconds=0.7,
-            usage_cooldown_seconds=0,
-            quota_cache_seconds=0,
-            ranking_cache_seconds=0,
-        )
+    policy = support.build_policy(
+        dbs,
+        port,
+        usage_token="tg_x_y",
+        usage_timeout_seconds=0.7,
+        usage_cooldown_seconds=0,
+        quota_cache_seconds=0,
+        ranking_cache_seconds=0,
     )
     try:
         with support.channel(policy.port) as channel:
