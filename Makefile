@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 BUF := tools/node_modules/.bin/buf
 PROTOS := $(shell find proto -name '*.proto')
 VENV_STAMP := $(VENV)/.installed
-GEN_STAMP := gen/python/.generated
+# tollgate/ itself is a namespace package (no __init__.py), shared with the client distribution.
+GEN_DIRS := $(patsubst proto/%,%,$(wildcard proto/tollgate/*))
+GEN_STAMP := tollgate/.generated
 TOOLS_STAMP := tools/node_modules/.installed
 
 .PHONY: help run test lint unit proto bench contract-baseline demo-check clean
@@ -25,13 +27,12 @@ $(VENV_STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Generated code has one home (gen/python, not committed) and one command.
+# Generated code has one command and lives beside the code it serves (tollgate/usage/v1, tollgate/policy/v1,
+# tollgate/audit/v1: one directory per proto package, never committed, never edited).
 $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
-	rm -rf gen/python && mkdir -p gen/python
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=gen/python --pyi_out=gen/python \
-		--grpc_python_out=gen/python $(PROTOS)
-	find gen/python -type d -exec touch {}/__init__.py \;
-	$(VENV)/bin/pip install --quiet --no-deps -e .
+	rm -rf $(GEN_DIRS)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	find $(GEN_DIRS) -type d -exec touch {}/__init__.py \;
 	touch $@
 
 $(TOOLS_STAMP): tools/package.json tools/package-lock.json
@@ -67,4 +68,4 @@ contract-baseline: $(TOOLS_STAMP)
 	$(BUF) build -o contracts/baseline.binpb
 
 clean:
-	rm -rf $(VENV) gen tools/node_modules var .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GEN_DIRS) $(GEN_STAMP) tools/node_modules var .mypy_cache .ruff_cache

@@ -29,13 +29,13 @@ from bench import timing, tokens
 from bench.processes import UsageProcess
 from bench.resolve import MODES
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from services.policy import server as policy_server
-from services.policy.config import Settings as PolicySettings
-from services.usage.domain.catalog import DEFAULT_CATALOG
-from shared import migrate
-from shared.db import normalize_url
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy import server as policy_server
+from tollgate.services.policy.config import Settings as PolicySettings
+from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
+from tollgate.shared import migrate
+from tollgate.shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -28,10 +28,10 @@ import psycopg
 from bench import tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from services.usage.domain.admission import MAX_BATCH
-from services.usage.repository.ingest import COLUMNS
-from shared import migrate
-from shared.db import normalize_url
+from tollgate.services.usage.domain.admission import MAX_BATCH
+from tollgate.services.usage.repository.ingest import COLUMNS
+from tollgate.shared import migrate
+from tollgate.shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class UsageProcess:
-    """`python -m services.usage` on a free loopback port, SERVING when built; `stop()` ends it."""
+    """`python -m tollgate.services.usage` on a free loopback port, SERVING when built; `stop()` ends it."""
 
     def __init__(self, url: str, **settings: str):
         """`settings`: more USAGE_* variables, which win over these defaults."""
@@ -33,7 +33,7 @@ class UsageProcess:
             "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
             **settings,
         }
-        self._process = subprocess.Popen([sys.executable, "-m", "services.usage"], cwd=ROOT, env=env)
+        self._process = subprocess.Popen([sys.executable, "-m", "tollgate.services.usage"], cwd=ROOT, env=env)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             health, deadline = health_pb2_grpc.HealthStub(channel), time.monotonic() + 60
             while True:

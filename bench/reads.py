@@ -7,7 +7,7 @@ event's day, with all its hours, ISO week and month). It is dropped at the end, 
 
 1. Data generation, in events/s (COPY into the table without its indexes, then the indexes rebuilt,
    two at a time).
-2. Cold backlog: services.usage.service.rollups.roll_up(sessions, None) over every dirty bucket,
+2. Cold backlog: tollgate.services.usage.service.rollups.roll_up(sessions, None) over every dirty bucket,
    beside the bare hourly GROUP BY over the same rows (its result consumed on the server, so that
    neither side pays for shipping rows to Python; run before and after the rollup, averaged); then no
    dirty bucket may be left and each period's aggregates must add up to the events. For scale, the
@@ -41,14 +41,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench import timing, tokens
 from bench.processes import UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from services.usage.domain.buckets import DAY_US, HOUR_US
-from services.usage.domain.catalog import DEFAULT_CATALOG
-from services.usage.repository.ingest import COLUMNS
-from services.usage.server import storage_for
-from services.usage.service import rollups
-from services.usage.tables import aggregates
-from shared import migrate
-from shared.db import create_engine_for, normalize_url, session_factory
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US
+from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
+from tollgate.services.usage.repository.ingest import COLUMNS
+from tollgate.services.usage.server import storage_for
+from tollgate.services.usage.service import rollups
+from tollgate.services.usage.tables import aggregates
+from tollgate.shared import migrate
+from tollgate.shared.db import create_engine_for, normalize_url, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -19,12 +19,12 @@ from collections import deque
 import grpc
 
 from bench import tokens
-from clients.recorder import UsageRecorder
-from clients.recorder.events import Pending, to_payload, to_request
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from services.usage import server as usage_server
-from services.usage.config import Settings
-from shared import migrate
+from tollgate.clients.recorder import UsageRecorder
+from tollgate.clients.recorder.events import Pending, to_payload, to_request
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage.config import Settings
+from tollgate.shared import migrate
 from tollgate.usage.v1 import usage_pb2_grpc
 
 EVENTS = int(os.environ.get("BENCH_RECORDER_EVENTS", "50000"))

@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from services.policy import server as policy_server
-from services.policy.config import Settings
-from shared import migrate
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy import server as policy_server
+from tollgate.services.policy.config import Settings
+from tollgate.shared import migrate
 
 # The modes lowest first (MODES[0] is MODE_OFF, number 1).
 MODES = [pb.MODE_OFF, pb.MODE_OBSERVE, pb.MODE_SUGGEST, pb.MODE_PROACTIVE, pb.MODE_AMBITIOUS, pb.MODE_AUTONOMOUS]

@@ -33,11 +33,11 @@ from sqlalchemy import func, select
 
 from bench import timing, tokens
 from bench.processes import UsageProcess
-from services.usage.domain.buckets import ALL_HOURS, DAY_US, marked_buckets_of
-from services.usage.domain.catalog import DEFAULT_CATALOG
-from services.usage.tables import dirty_buckets, events
-from shared import migrate
-from shared.db import create_engine_for
+from tollgate.services.usage.domain.buckets import ALL_HOURS, DAY_US, marked_buckets_of
+from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
+from tollgate.services.usage.tables import dirty_buckets, events
+from tollgate.shared import migrate
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -20,7 +20,7 @@ import grpc
 
 from bench import tokens
 from scripts.pgcluster import create_postgres_database, drop_postgres_database, free_port
-from shared import migrate
+from tollgate.shared import migrate
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def _start(url: str, port: int) -> subprocess.Popen:
         "USAGE_ROLLUP_INTERVAL_SECONDS": "30",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.usage"],
+        [sys.executable, "-m", "tollgate.services.usage"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from shared import credentials
-from shared.db import create_engine_for
+from tollgate.shared import credentials
+from tollgate.shared.db import create_engine_for
 
 
 def token(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from shared.db import normalize_url
+from tollgate.shared.db import normalize_url
 
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts import demo, tokens
-from shared import migrate
+from tollgate.shared import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("TOLLGATE_VAR_DIR") or ROOT / "var")
@@ -65,7 +65,8 @@ def main() -> int:
         label="demo tenant",
     )
     children = [
-        subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env) for name in ("usage", "policy")
+        subprocess.Popen([sys.executable, "-m", f"tollgate.services.{name}"], cwd=ROOT, env=env)
+        for name in ("usage", "policy")
     ]
     try:
         usage_port, policy_port = int(env.get("USAGE_PORT", 50051)), int(env.get("POLICY_PORT", 50052))

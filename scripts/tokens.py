@@ -7,8 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import MetaData
 
-from shared import credentials, credentials_cli
-from shared.db import create_engine_for
+from tollgate.shared import credentials, credentials_cli
+from tollgate.shared.db import create_engine_for
 
 
 def _valid(token: str, service: str, url: str) -> bool:

@@ -54,8 +54,8 @@ def tenant() -> str:
 def usage(dbs):
     """A Usage server of this backend on a free port."""
     # Imported here, not at the top: the unit tier (tests/*/unit) imports no server at all.
-    from services.usage import server as usage_server
-    from services.usage.config import Settings as UsageSettings
+    from tollgate.services.usage import server as usage_server
+    from tollgate.services.usage.config import Settings as UsageSettings
 
     settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, rollup_interval_seconds=0)
     running = usage_server.build(settings)

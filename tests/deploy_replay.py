@@ -167,7 +167,12 @@ def _copy(arg: str, *, context: Path, root: Path, workdir: Path) -> None:
         return  # the builder stage already wrote it at the same (re-rooted) path
     *sources, dest = words
     target = Path(dest) if Path(dest).is_absolute() else workdir / dest
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    excluded = _dockerignored(context)
+    by_name = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {name for name in names if Path(directory, name) in excluded} | by_name(directory, names)
+
     for source in sources:
         path = context / source
         if path.is_dir():
@@ -176,6 +181,14 @@ def _copy(arg: str, *, context: Path, root: Path, workdir: Path) -> None:
             final = target / path.name if dest.endswith("/") or target.is_dir() else target
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, final)
+
+
+def _dockerignored(context: Path) -> set[Path]:
+    """The paths .dockerignore keeps out of the context by name (what Docker would not send, such as the stubs a
+    checkout generated, which the image must generate itself)."""
+    dockerignore = context / ".dockerignore"
+    lines = dockerignore.read_text().splitlines() if dockerignore.exists() else []
+    return {context / line for line in lines if line and not line.startswith(("#", "!", "*"))}
 
 
 def _run(shell: list[str], command: str, *, cwd: Path, env: dict[str, str]) -> None:

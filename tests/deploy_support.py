@@ -22,8 +22,8 @@ PLACEHOLDER = "REPLACE_ME"
 
 def env_variables(service: str) -> set[str]:
     """Every variable a service's Settings reads (POLICY_USAGE_TOKEN also as ..._FILE)."""
-    from services.policy.config import Settings as PolicySettings
-    from services.usage.config import Settings as UsageSettings
+    from tollgate.services.policy.config import Settings as PolicySettings
+    from tollgate.services.usage.config import Settings as UsageSettings
 
     return set({"usage": UsageSettings, "policy": PolicySettings}[service].variables())
 

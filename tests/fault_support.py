@@ -15,11 +15,11 @@ import grpc
 from grpc_health.v1 import health_pb2
 from sqlalchemy import func, select
 
-from services.usage import tables as usage_tables
-from shared.db import create_engine_for
 from tests import support
 from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import MINUTE_US, event, now_us
+from tollgate.services.usage import tables as usage_tables
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,26 +56,26 @@ def log_tail(process: subprocess.Popen, size: int = 2000) -> bytes:
 
 
 def start_usage(url: str, port: int, wait: bool = True, **settings: str) -> subprocess.Popen:
-    """`python -m services.usage` on 127.0.0.1:port; settings are USAGE_* names without the prefix."""
+    """`python -m tollgate.services.usage` on 127.0.0.1:port; settings are USAGE_* names without the prefix."""
     env = {
         "USAGE_DATABASE_URL": url,
         "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
         **{f"USAGE_{k.upper()}": str(v) for k, v in settings.items()},
     }
-    return _start("services.usage", "USAGE", port, env, wait)
+    return _start("tollgate.services.usage", "USAGE", port, env, wait)
 
 
 def start_policy(
     url: str, port: int, usage_addr: str, usage_token: str, wait: bool = True, **settings: str
 ) -> subprocess.Popen:
-    """`python -m services.policy` on 127.0.0.1:port, asking Usage at usage_addr."""
+    """`python -m tollgate.services.policy` on 127.0.0.1:port, asking Usage at usage_addr."""
     env = {
         "POLICY_DATABASE_URL": url,
         "POLICY_USAGE_ADDR": usage_addr,
         "POLICY_USAGE_TOKEN": usage_token,
         **{f"POLICY_{k.upper()}": str(v) for k, v in settings.items()},
     }
-    return _start("services.policy", "POLICY", port, env, wait)
+    return _start("tollgate.services.policy", "POLICY", port, env, wait)
 
 
 def end(process: subprocess.Popen) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from clients.recorder import UsageRecorder
+from tollgate.clients.recorder import UsageRecorder
 
 
 def main(target: str, token: str, tenant: str, spool: str, count: str) -> None:

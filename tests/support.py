@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
-from shared import credentials_cli, migrate
+from tollgate.shared import credentials_cli, migrate
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,8 @@ def in_threads(target, count: int, *, timeout: float = 120) -> None:
 def build_policy(dbs: Databases, usage_port: int | None = None, *, usage_token: str | None = None, **changes):
     """A Policy server of this backend on a free port; given usage_port, it asks the Usage there with
     usage_token (a fresh platform usage:read token unless one is given)."""
-    from services.policy import server
-    from services.policy.config import Settings
+    from tollgate.services.policy import server
+    from tollgate.services.policy.config import Settings
 
     if usage_port is not None:
         changes["usage_addr"] = f"127.0.0.1:{usage_port}"

@@ -1,5 +1,5 @@
 """Alembic environment of the usage schema."""
 
-from shared.migrate import run_env
+from tollgate.shared.migrate import run_env
 
 run_env(schema="usage", url_variable="USAGE_DATABASE_URL")

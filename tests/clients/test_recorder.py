@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from clients.recorder import UsageRecorder
-from clients.recorder.sender import backoff_delay
-from clients.recorder.spool import SpoolMismatch
 from scripts.pgcluster import free_port
-from services.usage import server as usage_server
-from services.usage.config import Settings as UsageSettings
 from tests import support
+from tollgate.clients.recorder import UsageRecorder
+from tollgate.clients.recorder.sender import backoff_delay
+from tollgate.clients.recorder.spool import SpoolMismatch
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage.config import Settings as UsageSettings
 from tollgate.usage.v1 import usage_pb2
 
 METRIC = "leads.processed"

@@ -2,7 +2,7 @@
 table has, in the table's order, or `make bench` breaks when a migration adds one."""
 
 from bench import ingest, reads
-from services.usage.repository.ingest import COLUMNS
+from tollgate.services.usage.repository.ingest import COLUMNS
 
 
 def test_the_ingest_bench_stores_a_value_for_every_events_column():

@@ -119,10 +119,10 @@ def test_the_usage_role_ingests_rolls_up_and_reads_with_only_the_rights_the_role
     work to usage.rollup_work: all of it must work as the service's own role, not only as a superuser."""
     from dataclasses import replace
 
-    from services.usage import server as usage_server
-    from services.usage.config import Settings
     from tests import support
     from tests.usage_support import event, now_us, record, totals
+    from tollgate.services.usage import server as usage_server
+    from tollgate.services.usage.config import Settings
     from tollgate.usage.v1 import usage_pb2 as u
     from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -108,9 +108,22 @@ def image(tmp_path_factory) -> deploy_replay.Image:
 
 
 @pytest.mark.slow
+def test_the_installed_distribution_puts_one_import_name_on_the_path_with_the_stubs_inside(image):
+    """`pip install .` adds `tollgate` (and its console script), never generic names such as `shared` or `bench`."""
+    listing = "import importlib.metadata as m; print('\\n'.join(str(f) for f in m.files('tollgate')))"
+    result = image.run(["python", "-c", listing])
+    assert result.returncode == 0, result.stderr
+    files = result.stdout.split()
+    top_level = {path.split("/")[0] for path in files if not path.startswith("..")}
+    assert top_level == {"tollgate", "tollgate-0.1.0.dist-info"}
+    assert {"tollgate/usage/v1/usage_pb2.py", "tollgate/policy/v1/policy_pb2_grpc.py"} <= set(files)
+    assert not any(path.endswith("tollgate/__init__.py") for path in files)  # a namespace shared with the client
+
+
+@pytest.mark.slow
 def test_the_image_migrations_bring_both_schemas_to_head(image, tmp_path):
-    from shared import migrate
-    from shared.db import create_engine_for
+    from tollgate.shared import migrate
+    from tollgate.shared.db import create_engine_for
 
     for name in SERVICES:
         url = f"sqlite:///{tmp_path}/{name}.db"

@@ -14,9 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.policy.config import Settings as PolicySettings
-from services.usage.config import Settings as UsageSettings
 from tests.deploy_support import BIN, K8S_VERSION, OVERLAYS, PLACEHOLDER, ROOT, SERVICES, compose, env_variables
+from tollgate.services.policy.config import Settings as PolicySettings
+from tollgate.services.usage.config import Settings as UsageSettings
 
 
 @functools.cache

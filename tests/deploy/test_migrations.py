@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from services.usage import tables
-from services.usage.repository.sqlite.source_hash import pg_hash_text
-from shared import migrate
-from shared.db import create_engine_for, normalize_url
 from tests import support
+from tollgate.services.usage import tables
+from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
+from tollgate.shared import migrate
+from tollgate.shared.db import create_engine_for, normalize_url
 
 
 def tables_by_schema(url: str) -> dict[str, set[str]]:
@@ -117,7 +117,7 @@ def test_on_sqlite_a_history_goes_up_down_and_up_again(tmp_path, service):
 
 
 def test_no_revision_imports_the_live_code():
-    """History is frozen: a revision that imported services/ or shared/ would change when they do."""
+    """History is frozen: a revision that imported tollgate/ would change when they do."""
     allowed = set(sys.stdlib_module_names) | {"sqlalchemy", "alembic"}
     imported = {}
     for path in sorted(migrate.MIGRATIONS_DIR.glob("*/versions/*.py")):

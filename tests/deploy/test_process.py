@@ -9,8 +9,8 @@ from pathlib import Path
 from grpc_health.v1 import health_pb2
 
 from scripts.pgcluster import free_port
-from shared import migrate
 from tests.shared.test_health_database import wait_for_health
+from tollgate.shared import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,14 +27,14 @@ def start(module: str, env: dict) -> subprocess.Popen:
 
 
 def test_a_bad_setting_stops_the_service_at_start_naming_the_variable():
-    process = start("services.usage", {"USAGE_PORT": "not-a-port"})
+    process = start("tollgate.services.usage", {"USAGE_PORT": "not-a-port"})
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "USAGE_PORT" in err
 
 
 def test_a_bad_database_url_names_its_variable():
-    process = start("services.policy", {"POLICY_DATABASE_URL": "mysql://nope"})
+    process = start("tollgate.services.policy", {"POLICY_DATABASE_URL": "mysql://nope"})
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "POLICY_DATABASE_URL" in err
@@ -45,7 +45,7 @@ def test_sigterm_turns_health_not_serving_first_then_exits_zero(tmp_path):
     migrate.upgrade("usage", url)
     port = free_port()
     process = start(
-        "services.usage",
+        "tollgate.services.usage",
         {
             "USAGE_DATABASE_URL": url,
             "USAGE_PORT": str(port),

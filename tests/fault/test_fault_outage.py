@@ -13,12 +13,12 @@ import time
 import grpc
 import pytest
 
-from clients.recorder import UsageRecorder
 from scripts.pgcluster import ThrowawayCluster, free_port
 from tests import fault_support as fs
 from tests import support
 from tests.policy_support import Client, build_world
 from tests.usage_support import DAY_US, event, now_us, totals, ts
+from tollgate.clients.recorder import UsageRecorder
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2 as u

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.recorder import UsageRecorder
 from tests import support
 from tests.clients.test_recorder import METRIC, dead_target, totals
+from tollgate.clients.recorder import UsageRecorder
 
 COUNT = 3_000
 ROOT = Path(__file__).resolve().parents[2]

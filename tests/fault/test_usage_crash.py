@@ -35,7 +35,7 @@ def start_usage(url: str, port: int) -> subprocess.Popen:
         "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
     }  # a kill mid-round would leave the shared rollup lease held
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.usage"],
+        [sys.executable, "-m", "tollgate.services.usage"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

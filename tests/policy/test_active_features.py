@@ -9,13 +9,13 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from scripts.pgcluster import free_port
-from services.usage import server as usage_server
-from services.usage.config import Settings as UsageSettings
 from tests import support
 from tests.conftest import status_of
 from tests.policy_support import Client, suffix
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage.config import Settings as UsageSettings
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

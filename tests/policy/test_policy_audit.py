@@ -6,12 +6,12 @@ import grpc
 import pytest
 from sqlalchemy import select, update
 
-from services.policy import tables
-from shared.db import create_engine_for
 from tests import policy_support as ps
 from tests import support
 from tests.conftest import status_of
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.services.policy import tables
+from tollgate.shared.db import create_engine_for
 
 
 @pytest.fixture

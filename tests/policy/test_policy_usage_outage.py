@@ -6,12 +6,12 @@ import time
 import pytest
 
 from scripts.pgcluster import free_port
-from services.usage import server as usage_server
-from services.usage.config import Settings as UsageSettings
 from tests import policy_support as ps
 from tests import support
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage.config import Settings as UsageSettings
 
 DOWN, UP = "became unreachable", "is reachable again"
 

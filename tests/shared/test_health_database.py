@@ -7,11 +7,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, text
 
-from services.usage import server as usage_server
-from services.usage.config import Settings
-from shared import migrate
-from shared.db import normalize_url
 from tests import support
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage.config import Settings
+from tollgate.shared import migrate
+from tollgate.shared.db import normalize_url
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -13,7 +13,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.pgcluster import free_port
-from shared.server import MAX_MESSAGE_BYTES
 from tests import fault_support, support
 from tests.conftest import ALL_SCOPES, status_of
 from tests.policy_support import Client, suffix
@@ -21,6 +20,7 @@ from tests.shared.test_health_database import wait_for_health
 from tests.usage_support import event, totals
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.shared.server import MAX_MESSAGE_BYTES
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

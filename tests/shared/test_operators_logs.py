@@ -12,12 +12,12 @@ import grpc
 import pytest
 
 from scripts.pgcluster import free_port
-from shared import credentials_cli
 from tests import fault_support, support
 from tests.conftest import status_of
 from tests.usage_support import event
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.shared import credentials_cli
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -212,14 +212,15 @@ def test_the_servers_loggers_follow_the_naming_scheme(logs):
 
 
 def test_every_logger_in_the_code_is_named_tollgate_package_module():
-    """`tollgate.<package>.<module>`: the directory under services/ or clients/ (or `shared`), and the file's name."""
+    """`tollgate.<package>.<module>`: the directory under tollgate/services/ or tollgate/clients/ (or `shared`), and the
+    file's name."""
     named = re.compile(r"getLogger\(([^)]*)\)")
     found = {}
-    for path in [*ROOT.glob("services/**/*.py"), *ROOT.glob("shared/**/*.py"), *ROOT.glob("clients/**/*.py")]:
-        relative = path.relative_to(ROOT)
+    for path in ROOT.glob("tollgate/**/*.py"):
+        relative = path.relative_to(ROOT / "tollgate")
         package = "shared" if relative.parts[0] == "shared" else relative.parts[1]
         for argument in named.findall(path.read_text()):
-            if argument.strip() == "":  # the root logger, which shared/logs.py configures
+            if argument.strip() == "":  # the root logger, which tollgate/shared/logs.py configures
                 continue
             found[str(relative)] = (argument, f'"tollgate.{package}.{path.stem}"')
     assert found

@@ -10,10 +10,10 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.logs import JsonFormatter
-from shared.server import MAX_MESSAGE_BYTES, TRANSPORT_MAX_MESSAGE_BYTES
 from tests import support
 from tests.usage_support import event, tenant_token
+from tollgate.shared.logs import JsonFormatter
+from tollgate.shared.server import MAX_MESSAGE_BYTES, TRANSPORT_MAX_MESSAGE_BYTES
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

@@ -5,11 +5,11 @@ import grpc
 import pytest
 from sqlalchemy import MetaData
 
-from shared import credentials, credentials_cli
-from shared.db import create_engine_for
 from tests import support
 from tests.conftest import status_of
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.shared import credentials, credentials_cli
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 

@@ -110,7 +110,7 @@ def test_a_token_with_a_wrong_secret_is_unauthenticated(usage_stub, dbs, tenant)
 
 
 def test_a_revoked_token_is_unauthenticated(usage_stub, dbs, tenant, monkeypatch):
-    from shared import credentials_cli
+    from tollgate.shared import credentials_cli
 
     token = support.make_token(dbs, tenant=tenant, scopes=["usage:read"])
     request = usage_pb2.ListMetricsRequest()
@@ -181,7 +181,7 @@ def test_each_call_writes_one_json_log_line(usage_stub, tenant, caplog):
     caplog.set_level("INFO", logger="tollgate.shared.interceptor")
     metadata = (("x-request-id", "log-me"),)
     status_of(lambda: usage_stub.GetUsage(usage_pb2.GetUsageRequest(tenant_id=tenant), metadata=metadata))
-    from shared.logs import JsonFormatter
+    from tollgate.shared.logs import JsonFormatter
 
     lines = [
         json.loads(JsonFormatter().format(r))

@@ -18,18 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from services.policy import server as policy_server
-from services.policy import tables as policy_tables
-from services.policy.config import Settings as PolicySettings
-from services.usage import server as usage_server
-from services.usage import tables as usage_tables
-from services.usage.config import Settings as UsageSettings
-from shared.db import create_engine_for
 from tests import support
 from tests.policy_support import Client, build_world
 from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, ts
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy import server as policy_server
+from tollgate.services.policy import tables as policy_tables
+from tollgate.services.policy.config import Settings as PolicySettings
+from tollgate.services.usage import server as usage_server
+from tollgate.services.usage import tables as usage_tables
+from tollgate.services.usage.config import Settings as UsageSettings
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 

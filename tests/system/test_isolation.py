@@ -4,12 +4,12 @@ import grpc
 import pytest
 from google.rpc import code_pb2
 
-from services.policy.grpc_api import METHOD_SCOPES as POLICY_SCOPES
-from services.usage.grpc_api import METHOD_SCOPES as USAGE_SCOPES
-from shared import credentials_cli
 from tests import support
 from tests.conftest import ALL_SCOPES
 from tollgate.policy.v1 import policy_pb2, policy_pb2_grpc
+from tollgate.services.policy.grpc_api import METHOD_SCOPES as POLICY_SCOPES
+from tollgate.services.usage.grpc_api import METHOD_SCOPES as USAGE_SCOPES
+from tollgate.shared import credentials_cli
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 SERVICES = [

@@ -9,12 +9,12 @@ import grpc
 import pytest
 from sqlalchemy import func, select, update
 
-from services.usage import tables
-from shared.db import create_engine_for
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import DAY_US, event, every_page, now_us, record, ts
 from tollgate.audit.v1 import audit_pb2
+from tollgate.services.usage import tables
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 COLUMN = tables.audit_records.c

@@ -6,10 +6,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from shared import migrate
-from shared.db import create_engine_for
 from tests import support
 from tests.usage_support import event, list_all, now_us, record, tenant_token, totals, verdicts
+from tollgate.shared import migrate
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 

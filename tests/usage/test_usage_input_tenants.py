@@ -6,11 +6,11 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from shared import credentials_cli, tenant_ids
 from tests import support
 from tests.usage.test_usage_stream_batches import field_violations
 from tests.usage_support import event, now_us, tenant_token, ts
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.shared import credentials_cli, tenant_ids
 from tollgate.usage.v1 import usage_pb2 as u
 
 BAD = ["bad tenant!", "a/b", "-leading-dash", "tenant\n", "é", "x" * 129, "t\x00"]

@@ -7,13 +7,13 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
-from services.usage import metrics
-from services.usage.repository import in_transaction, leases
-from services.usage.server import storage_for
-from services.usage.service import rollups, schedule
-from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.usage_support import event, now_us, record
+from tollgate.services.usage import metrics
+from tollgate.services.usage.repository import in_transaction, leases
+from tollgate.services.usage.server import storage_for
+from tollgate.services.usage.service import rollups, schedule
+from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
 SECOND_US = 1_000_000

@@ -6,11 +6,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.queries import EventFilter
-from services.usage.service import catalog
-from shared import pagination, proto_time
 from tests import support
 from tests.usage_support import MINUTE_US, list_all, now_us, totals
+from tollgate.services.usage.domain.queries import EventFilter
+from tollgate.services.usage.service import catalog
+from tollgate.shared import pagination, proto_time
 from tollgate.usage.v1 import usage_pb2 as u
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6) | st.sampled_from(["", "x" * 129, "a\x00"])

@@ -8,13 +8,13 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from services.usage import tables
-from services.usage.domain.buckets import HOUR_US, Period, start_of
-from services.usage.server import storage_for
-from services.usage.service import purge
-from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, totals, ts
+from tollgate.services.usage import tables
+from tollgate.services.usage.domain.buckets import HOUR_US, Period, start_of
+from tollgate.services.usage.server import storage_for
+from tollgate.services.usage.service import purge
+from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
 

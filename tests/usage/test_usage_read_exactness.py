@@ -8,10 +8,10 @@ dirty buckets and raw edges in every combination; the answer must never move off
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.buckets import DAY_US, HOUR_US, Period, start_of
-from services.usage.domain.read_plan import plan
 from tests import support
 from tests.usage_support import MINUTE_US, event, now_us, record, totals
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, Period, start_of
+from tollgate.services.usage.domain.read_plan import plan
 from tollgate.usage.v1 import usage_pb2 as u
 
 METRICS = ["api.requests", "leads.routed"]

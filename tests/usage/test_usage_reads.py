@@ -3,11 +3,11 @@
 import grpc
 import pytest
 
-from services.usage.domain.catalog import DEFAULT_CATALOG
-from shared.db import INDEXED_READS, create_engine_for
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts
+from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
+from tollgate.shared.db import INDEXED_READS, create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)

@@ -13,14 +13,14 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
-from services.usage import tables
-from services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, Period, marked_buckets_of, start_of
-from services.usage.repository import rollups as rollups_sql
-from services.usage.repository.sqlite import rollup_serial
-from services.usage.server import storage_for
-from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.usage_support import MINUTE_US, event, now_us, record, totals, ts
+from tollgate.services.usage import tables
+from tollgate.services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, Period, marked_buckets_of, start_of
+from tollgate.services.usage.repository import rollups as rollups_sql
+from tollgate.services.usage.repository.sqlite import rollup_serial
+from tollgate.services.usage.server import storage_for
+from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
 BIG = 2**62  # two events of this quantity overflow int64: far beyond the per-event bound ingest enforces

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from services.usage import tables
-from services.usage.domain.buckets import DAY_US, Period, start_of
-from services.usage.repository.sqlite.source_hash import pg_hash_text
-from shared.db import create_engine_for
 from tests import support
 from tests.usage_support import MINUTE_US, event, every_page, now_us, record
+from tollgate.services.usage import tables
+from tollgate.services.usage.domain.buckets import DAY_US, Period, start_of
+from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 METRICS = ["api.requests", "leads.routed"]

@@ -9,17 +9,17 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import sessionmaker
 
-from services.usage import tables
-from services.usage.domain.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
-from services.usage.repository import postgres, sqlite
-from services.usage.repository.postgres import rollup_pass
-from services.usage.repository.sqlite.source_hash import pg_hash_text
-from services.usage.server import storage_for
-from services.usage.service import rollups
-from shared.db import create_engine_for, session_factory
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import DAY_US, MINUTE_US, event, now_us, record, totals, ts
+from tollgate.services.usage import tables
+from tollgate.services.usage.domain.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
+from tollgate.services.usage.repository import postgres, sqlite
+from tollgate.services.usage.repository.postgres import rollup_pass
+from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
+from tollgate.services.usage.server import storage_for
+from tollgate.services.usage.service import rollups
+from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
 HOUR_US = 60 * MINUTE_US

@@ -17,7 +17,7 @@ depends_on = None
 SCHEMA = "usage"
 
 # The default catalog as shipped in this revision (history is frozen: later changes get their own
-# revision). services/usage/domain/catalog.py holds the same list; a test checks they agree.
+# revision). tollgate/services/usage/domain/catalog.py holds the same list; a test checks they agree.
 DEFAULT_CATALOG = [
     ("leads.processed", "BILLABLE", "lead", "Leads processed."),
     ("leads.qualified", "BILLABLE", "lead", "Leads qualified."),

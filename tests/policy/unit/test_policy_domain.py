@@ -5,9 +5,17 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.policy.domain.model import Feature, Plan, Role, Snapshot, Subscription, SubscriptionStatus, TenantPolicy
-from services.policy.domain.modes import Cap, CapSource, Mode, effective_mode, requested_mode
-from shared.audit import ZERO_HASH, check_links, new_record
+from tollgate.services.policy.domain.model import (
+    Feature,
+    Plan,
+    Role,
+    Snapshot,
+    Subscription,
+    SubscriptionStatus,
+    TenantPolicy,
+)
+from tollgate.services.policy.domain.modes import Cap, CapSource, Mode, effective_mode, requested_mode
+from tollgate.shared.audit import ZERO_HASH, check_links, new_record
 
 MODES = list(Mode)
 SOURCES = [CapSource.ROLE, CapSource.FEATURE, CapSource.PLAN, CapSource.TENANT]

@@ -3,10 +3,10 @@
 import itertools
 from datetime import UTC, datetime
 
-from services.policy.domain.model import Feature, Plan, QuotaLimit, Role, Snapshot, TenantPolicy
-from services.policy.domain.modes import HIGHEST, CapSource, Mode
-from services.policy.domain.quotas import DAY, MONTH, period_window, quota_cap, quota_caps, to_read
-from services.policy.domain.usage import QuotaUsage, Window
+from tollgate.services.policy.domain.model import Feature, Plan, QuotaLimit, Role, Snapshot, TenantPolicy
+from tollgate.services.policy.domain.modes import HIGHEST, CapSource, Mode
+from tollgate.services.policy.domain.quotas import DAY, MONTH, period_window, quota_cap, quota_caps, to_read
+from tollgate.services.policy.domain.usage import QuotaUsage, Window
 
 MICROS = 1_000_000
 

@@ -3,10 +3,10 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.policy.domain import ranking
-from services.policy.domain.model import Feature, Plan, Role, Snapshot, TenantPolicy
-from services.policy.domain.modes import Mode, resolve
-from services.policy.domain.usage import RankingTotals
+from tollgate.services.policy.domain import ranking
+from tollgate.services.policy.domain.model import Feature, Plan, Role, Snapshot, TenantPolicy
+from tollgate.services.policy.domain.modes import Mode, resolve
+from tollgate.services.policy.domain.usage import RankingTotals
 
 
 def snapshot(*features: Feature) -> Snapshot:

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from services.policy import validation
-from services.policy.domain.model import SubscriptionStatus
-from services.policy.domain.modes import Mode
-from services.policy.usage_port import NO_DEADLINE, Deadline
-from shared.errors import InvalidArgument
+from tollgate.services.policy import validation
+from tollgate.services.policy.domain.model import SubscriptionStatus
+from tollgate.services.policy.domain.modes import Mode
+from tollgate.services.policy.usage_port import NO_DEADLINE, Deadline
+from tollgate.shared.errors import InvalidArgument
 
 
 def fields(call) -> list[str]:

@@ -1,4 +1,4 @@
-"""shared.clock (instants as epoch microseconds) and shared.proto_time (Timestamp conversions); pure."""
+"""tollgate.shared.clock (instants as epoch microseconds) and tollgate.shared.proto_time (Timestamp conversions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from shared import clock, proto_time
+from tollgate.shared import clock, proto_time
 
 INSTANTS = st.integers(clock.MIN_MICROS, clock.MAX_MICROS)
 

@@ -1,4 +1,4 @@
-"""shared.config's ServiceSettings and both services' Settings on it: every variable read under its
+"""tollgate.shared.config's ServiceSettings and both services' Settings on it: every variable read under its
 service's name, frozen, failing fast on a bad value; pure, no fixtures."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from services.policy.config import Settings as PolicySettings
-from services.usage.config import Settings as UsageSettings
-from shared.config import ConfigError
+from tollgate.services.policy.config import Settings as PolicySettings
+from tollgate.services.usage.config import Settings as UsageSettings
+from tollgate.shared.config import ConfigError
 
 # Every variable docs/operations.md documents, with a value other than its default, and the field it sets.
 COMMON = {

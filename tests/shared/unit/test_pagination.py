@@ -1,4 +1,4 @@
-"""shared.pagination: the one page type and cursor both services list with; pure, no fixtures."""
+"""tollgate.shared.pagination: the one page type and cursor both services list with; pure, no fixtures."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared import pagination
-from shared.errors import InvalidArgument
+from tollgate.shared import pagination
+from tollgate.shared.errors import InvalidArgument
 
 SCOPE = {"listing": "things", "tenant": "t1"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared import auth, credentials
-from shared.auth import AccessRefused
-from shared.credentials import Principal
-from shared.errors import InvalidArgument
+from tollgate.shared import auth, credentials
+from tollgate.shared.auth import AccessRefused
+from tollgate.shared.credentials import Principal
+from tollgate.shared.errors import InvalidArgument
 
 PLATFORM = Principal("tok_p", None, frozenset())
 TENANT_A = Principal("tok_a", "a", frozenset())

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.admission import (
+from tollgate.services.usage.domain.admission import (
     MAX_BATCH,
     MAX_ID_LENGTH,
     MAX_METADATA_BYTES,
@@ -16,11 +16,19 @@ from services.usage.domain.admission import (
     content_hash,
     in_order,
 )
-from services.usage.domain.buckets import DAY_US, Period, start_of
-from services.usage.domain.catalog import IngestCatalog
-from services.usage.domain.dedup import accepted
-from services.usage.domain.model import Candidate, Classification, Event, EventBatch, IngestRules, RejectReason, Verdict
-from shared.errors import InvalidArgument
+from tollgate.services.usage.domain.buckets import DAY_US, Period, start_of
+from tollgate.services.usage.domain.catalog import IngestCatalog
+from tollgate.services.usage.domain.dedup import accepted
+from tollgate.services.usage.domain.model import (
+    Candidate,
+    Classification,
+    Event,
+    EventBatch,
+    IngestRules,
+    RejectReason,
+    Verdict,
+)
+from tollgate.shared.errors import InvalidArgument
 
 NOW = 19_700 * DAY_US + 12 * 3_600_000_000
 RULES = IngestRules(future_skew_us=300_000_000, backfill_us=35 * DAY_US, external_prefixes=("ext-",))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.buckets import (
+from tollgate.services.usage.domain.buckets import (
     ALL_HOURS,
     DAY_US,
     HOUR_US,

@@ -2,10 +2,10 @@
 
 import pytest
 
-from services.usage.domain.catalog import DEFAULT_CATALOG, MAX_DESCRIPTION, MAX_UNIT, Metric, check_metric
-from services.usage.domain.model import Classification
-from services.usage.domain.queries import EventFilter, UsageQuery
-from shared.errors import InvalidArgument
+from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG, MAX_DESCRIPTION, MAX_UNIT, Metric, check_metric
+from tollgate.services.usage.domain.model import Classification
+from tollgate.services.usage.domain.queries import EventFilter, UsageQuery
+from tollgate.shared.errors import InvalidArgument
 
 
 def test_every_metric_of_the_default_catalog_is_valid_and_named_once():

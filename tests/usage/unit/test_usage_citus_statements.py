@@ -7,8 +7,8 @@ import re
 import pytest
 from sqlalchemy.sql.elements import TextClause
 
-from services.usage.repository import postgres
-from services.usage.repository.postgres import bulk_ingest, rollup_days, rollup_pass
+from tollgate.services.usage.repository import postgres
+from tollgate.services.usage.repository.postgres import bulk_ingest, rollup_days, rollup_pass
 
 MODULES = (postgres, rollup_pass, rollup_days, bulk_ingest)
 
@@ -30,7 +30,7 @@ def _conditions_on_ctid(sql: str) -> list[str]:
 
 
 def test_the_postgres_statements_are_found():
-    assert "services.usage.repository.postgres.rollup_pass._APPLY" in _statements()
+    assert "tollgate.services.usage.repository.postgres.rollup_pass._APPLY" in _statements()
 
 
 @pytest.mark.parametrize("name", sorted(_statements()))

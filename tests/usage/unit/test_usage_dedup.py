@@ -5,8 +5,16 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.dedup import StoredIndex, accepted, judge_round, keys_of, lookup_keys, plan_round, refused
-from services.usage.domain.model import Candidate, Classification, DedupKey, Event, StoredKeys, Verdict
+from tollgate.services.usage.domain.dedup import (
+    StoredIndex,
+    accepted,
+    judge_round,
+    keys_of,
+    lookup_keys,
+    plan_round,
+    refused,
+)
+from tollgate.services.usage.domain.model import Candidate, Classification, DedupKey, Event, StoredKeys, Verdict
 
 
 def candidate(index, event_id, key="", corr="", at=5, business_key=True, digest="h", metric="m"):

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.digests import EMPTY, shown, value
-from services.usage.repository.sqlite.source_hash import pg_hash_text
+from tollgate.services.usage.domain.digests import EMPTY, shown, value
+from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
 
 # hashtextextended(s, 0) as PostgreSQL 16 answers it, read as unsigned: every tail length of lookup3 (0 to 11
 # bytes past whole 12-byte blocks), multi-byte UTF-8, and an event's own shape (event_id ':' content_hash).

@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.buckets import DAY_US, HOUR_US, Period, next_start, start_of
-from services.usage.domain.horizon import in_force_after, ingest_refuses, kept_spans, merged, serves
-from services.usage.domain.read_plan import plan
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, Period, next_start, start_of
+from tollgate.services.usage.domain.horizon import in_force_after, ingest_refuses, kept_spans, merged, serves
+from tollgate.services.usage.domain.read_plan import plan
 
 BASE = 19_700 * DAY_US
 near = st.integers(BASE - 70 * DAY_US, BASE + 70 * DAY_US)

@@ -3,9 +3,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, MARKED, Period, hours_in, start_of
-from services.usage.domain.marks import day_hours, dirty_marks, recomputed_hours
-from services.usage.domain.model import Event
+from tollgate.services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, MARKED, Period, hours_in, start_of
+from tollgate.services.usage.domain.marks import day_hours, dirty_marks, recomputed_hours
+from tollgate.services.usage.domain.model import Event
 
 BASE = 19_700 * DAY_US  # 2023-12-09: a batch's instants below reach over a month and a year end
 

@@ -3,8 +3,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.usage.domain.buckets import DAY_US, HOUR_US
-from services.usage.domain.read_plan import plan
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US
+from tollgate.services.usage.domain.read_plan import plan
 
 BASE = 19_700 * DAY_US
 instants = st.integers(BASE - 3 * DAY_US, BASE + 3 * DAY_US)

@@ -1,0 +1,45 @@
+"""Settings of the Policy service, read once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tollgate.shared.config import ServiceSettings, env_float, env_secret, env_str
+
+
+@dataclass(frozen=True)
+class Settings(ServiceSettings):
+    """Everything the Policy service can be told; see docs/operations.md for each variable."""
+
+    PREFIX = "POLICY"
+
+    database_url: str = "sqlite:///var/policy.db"
+    port: int = 50052
+    metrics_port: int | None = 9465
+    usage_addr: str = "localhost:50051"
+    usage_token: str = ""
+    usage_timeout_seconds: float = 0.25
+    cache_poll_seconds: float = 1.0
+    usage_cooldown_seconds: float = 2.0
+    quota_cache_seconds: float = 2.0
+    ranking_cache_seconds: float = 5.0
+
+    @classmethod
+    def _own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        return dict(
+            usage_addr=env_str(env, "POLICY_USAGE_ADDR", cls.usage_addr),
+            usage_token=env_secret(env, "POLICY_USAGE_TOKEN"),
+            usage_timeout_seconds=env_float(
+                env, "POLICY_USAGE_TIMEOUT_SECONDS", cls.usage_timeout_seconds, low=0.01, high=60
+            ),
+            usage_cooldown_seconds=env_float(
+                env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds, low=0, high=600
+            ),
+            quota_cache_seconds=env_float(env, "POLICY_QUOTA_CACHE_SECONDS", cls.quota_cache_seconds, low=0, high=3600),
+            ranking_cache_seconds=env_float(
+                env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0, high=3600
+            ),
+            cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
+        )

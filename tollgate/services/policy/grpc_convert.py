@@ -1,0 +1,185 @@
+"""Proto messages to domain values and back. Input is taken as given; use cases validate it."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.services.policy.domain.model import (
+    Binding,
+    Feature,
+    Override,
+    Plan,
+    QuotaLimit,
+    Role,
+    Subscription,
+    TenantPolicy,
+)
+from tollgate.services.policy.domain.modes import Mode, Resolution
+from tollgate.services.policy.domain.ranking import ActiveFeature
+from tollgate.shared.proto_time import from_micros
+
+
+# A proto enum is a plain int on the wire and in Python; the stubs give each its own int class, and the domain
+# enums carry the same numbers (domain/modes.py). In, an enum stays the number it was sent as until validation
+# turns it into a Mode or names the field; out, each domain enum is its number.
+def _mode_in(value: int) -> Mode:
+    return cast(Mode, value)
+
+
+def _mode_out(value: Mode) -> pb.Mode:
+    return cast(pb.Mode, int(value))
+
+
+def _caps_in(caps) -> list[tuple[str, int]]:
+    return [(cap.feature_id, cap.cap) for cap in caps]
+
+
+def _caps_out(caps) -> list[pb.FeatureCap]:
+    return [pb.FeatureCap(feature_id=feature_id, cap=_mode_out(cap)) for feature_id, cap in sorted(caps.items())]
+
+
+def role_in(message: pb.Role) -> tuple[Role, list[tuple[str, int]]]:
+    return Role(message.role_id, message.display_name, {}, _mode_in(message.default_cap)), _caps_in(
+        message.feature_caps
+    )
+
+
+def role_out(role: Role) -> pb.Role:
+    return pb.Role(
+        role_id=role.role_id,
+        display_name=role.display_name,
+        feature_caps=_caps_out(role.feature_caps),
+        default_cap=_mode_out(role.default_cap),
+    )
+
+
+def feature_in(message: pb.Feature) -> Feature:
+    return Feature(
+        message.feature_id,
+        message.display_name,
+        message.description,
+        _mode_in(message.max_mode),
+        tuple(message.metrics),
+    )
+
+
+def feature_out(feature: Feature) -> pb.Feature:
+    return pb.Feature(
+        feature_id=feature.feature_id,
+        display_name=feature.display_name,
+        description=feature.description,
+        max_mode=_mode_out(feature.max_mode),
+        metrics=list(feature.metrics),
+    )
+
+
+def plan_in(message: pb.Plan) -> tuple[Plan, list[tuple[str, int]]]:
+    quotas = tuple(
+        QuotaLimit(q.metric, q.period, q.limit, q.cap, tuple(q.feature_ids), q.fail_closed) for q in message.quotas
+    )
+    return (
+        Plan(
+            message.plan_id,
+            message.display_name,
+            {},
+            _mode_in(message.default_cap),
+            _mode_in(message.inactive_cap),
+            quotas,
+        ),
+        _caps_in(message.feature_caps),
+    )
+
+
+def plan_out(plan: Plan) -> pb.Plan:
+    quotas = [
+        pb.QuotaLimit(
+            metric=q.metric,
+            period=cast(pb.QuotaPeriod, q.period),
+            limit=q.limit,
+            cap=_mode_out(q.cap),
+            feature_ids=list(q.feature_ids),
+            fail_closed=q.fail_closed,
+        )
+        for q in plan.quotas
+    ]
+    return pb.Plan(
+        plan_id=plan.plan_id,
+        display_name=plan.display_name,
+        feature_caps=_caps_out(plan.feature_caps),
+        default_cap=_mode_out(plan.default_cap),
+        inactive_cap=_mode_out(plan.inactive_cap),
+        quotas=quotas,
+    )
+
+
+def subscription_out(subscription: Subscription) -> pb.Subscription:
+    return pb.Subscription(
+        tenant_id=subscription.tenant_id,
+        plan_id=subscription.plan_id,
+        status=cast(pb.SubscriptionStatus, int(subscription.status)),
+        feature_flags=dict(subscription.feature_flags),
+        update_time=from_micros(subscription.update_us),
+    )
+
+
+def tenant_policy_out(policy: TenantPolicy) -> pb.TenantPolicy:
+    return pb.TenantPolicy(
+        tenant_id=policy.tenant_id,
+        max_mode=_mode_out(policy.max_mode),
+        default_role_id=policy.default_role_id,
+        update_time=from_micros(policy.update_us),
+    )
+
+
+def override_out(override: Override) -> pb.Override:
+    return pb.Override(
+        override_id=override.override_id,
+        tenant_id=override.tenant_id,
+        role_id=override.role_id,
+        feature_id=override.feature_id,
+        cap=_mode_out(override.cap),
+        reason=override.reason,
+        update_time=from_micros(override.update_us),
+    )
+
+
+def binding_out(binding: Binding) -> pb.Binding:
+    return pb.Binding(
+        tenant_id=binding.tenant_id,
+        user_id=binding.user_id,
+        role_id=binding.role_id,
+        create_time=from_micros(binding.create_us),
+    )
+
+
+def resolution_out(resolution: Resolution) -> pb.Resolution:
+    basis = [
+        pb.BasisEntry(
+            source=cast(pb.CapSource, int(e.source)), cap=_mode_out(e.cap), detail=e.detail, binding=e.binding
+        )
+        for e in resolution.basis
+    ]
+    return pb.Resolution(
+        feature_id=resolution.feature_id,
+        requested_mode=_mode_out(resolution.requested),
+        effective_mode=_mode_out(resolution.effective),
+        basis=basis,
+    )
+
+
+def active_feature_out(item: ActiveFeature) -> pb.ActiveFeature:
+    """A ranked feature with the parts of its score."""
+    scored = item.scored
+    return pb.ActiveFeature(
+        feature_id=scored.feature_id,
+        display_name=item.display_name,
+        effective_mode=_mode_out(item.resolution.effective),
+        score=scored.score,
+        parts=pb.ScoreParts(
+            mode_score=scored.mode_score,
+            user_quantity=scored.user_quantity,
+            tenant_quantity=scored.tenant_quantity,
+            usage_score=scored.usage_score,
+        ),
+    )

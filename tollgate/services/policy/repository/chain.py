@@ -1,0 +1,62 @@
+"""SQL over the audit chain and the policy versions it drives."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from tollgate.services.policy import tables
+from tollgate.services.policy.domain.model import CATALOG, VersionChange
+from tollgate.services.policy.repository import Sessions
+from tollgate.shared.audit_chain import AuditChain
+
+AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
+
+
+def bump_version(session: Session, tenant_id: str, version: int) -> None:
+    """Set a tenant's (or the catalog's) policy version to the sequence of its latest change."""
+    # Session.execute is typed as returning a Result; an UPDATE's is a CursorResult, which has the rowcount.
+    updated = cast(
+        CursorResult,
+        session.execute(
+            update(tables.policy_versions)
+            .where(tables.policy_versions.c.tenant_id == tenant_id)
+            .values(version=version)
+        ),
+    ).rowcount
+    if not updated:
+        session.execute(insert(tables.policy_versions).values(tenant_id=tenant_id, version=version))
+
+
+def version_of(session: Session, tenant_id: str) -> int:
+    """The tenant's policy version: the latest change to its data or to the catalog ('' = catalog only)."""
+    keys = {CATALOG, tenant_id}
+    found = session.execute(
+        select(func.max(tables.policy_versions.c.version)).where(tables.policy_versions.c.tenant_id.in_(keys))
+    ).scalar()
+    return found or 0
+
+
+def changed_since(session: Session, version: int) -> list[VersionChange]:
+    """Every tenant (and '' for the catalog) changed after `version`, at its version now."""
+    query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
+        tables.policy_versions.c.version > version
+    )
+    return [VersionChange(row.tenant_id, row.version) for row in session.execute(query)]
+
+
+def latest_version(session: Session) -> int:
+    return session.execute(select(func.max(tables.policy_versions.c.version))).scalar() or 0
+
+
+def start_version(sessions: Sessions) -> int:
+    """The latest version in a transaction of its own; 0 before the schema is migrated (health says NOT_SERVING
+    meanwhile, and the poller then starts from the beginning)."""
+    try:
+        with sessions.begin() as session:
+            return latest_version(session)
+    except SQLAlchemyError:
+        return 0

@@ -1,0 +1,62 @@
+"""Wiring of the Policy service: settings in, a running server out (used by __main__ and tests)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy import grpc_api, tables
+from tollgate.services.policy.cache import SnapshotCache, VersionPoller
+from tollgate.services.policy.config import Settings
+from tollgate.services.policy.service import snapshots
+from tollgate.services.policy.usage_client import UsageClient
+from tollgate.services.policy.usage_port import UsagePort
+from tollgate.shared import auth, migrate
+from tollgate.shared.db import create_engine_for, session_factory
+from tollgate.shared.server import RunningServer, ServerSpec, build_server
+
+
+def build(settings: Settings) -> RunningServer:
+    """Connect, wire and start the Policy server on settings.address."""
+    engine = create_engine_for(
+        settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size, application_name="tollgate-policy"
+    )
+    sessions = session_factory(engine)
+    cache = SnapshotCache(partial(snapshots.load, sessions=sessions))
+    poller = VersionPoller(
+        cache,
+        partial(snapshots.changed_since, sessions=sessions),
+        snapshots.start_version(sessions=sessions),
+        settings.cache_poll_seconds,
+    )
+    client = UsageClient(
+        settings.usage_addr,
+        settings.usage_token,
+        max_timeout=settings.usage_timeout_seconds,
+        cooldown=settings.usage_cooldown_seconds,
+    )
+    usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
+    spec = ServerSpec(
+        name="policy",
+        registrations=[
+            (policy_pb2_grpc.add_PolicyServiceServicer_to_server, grpc_api.PolicyApi(cache=cache, usage=usage)),
+            (
+                policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
+                grpc_api.PolicyAdminApi(sessions=sessions, cache=cache, usage=usage),
+            ),
+        ],
+        service_names=[grpc_api.POLICY, grpc_api.ADMIN],
+        method_scopes=grpc_api.METHOD_SCOPES,
+        authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
+        ready=migrate.readiness_check(engine, service="policy", schema=tables.SCHEMA),
+        background=[poller.run],
+    )
+    running = build_server(
+        spec,
+        address=settings.address,
+        max_workers=settings.workers,
+        metrics_port=settings.metrics_port,
+        health_interval=settings.health_interval_seconds,
+    )
+    running.on_stop += [client.close, engine.dispose]
+    return running

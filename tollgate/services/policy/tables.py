@@ -1,0 +1,116 @@
+"""SQLAlchemy Core tables of the `policy` schema.
+
+Catalog tables (roles, features, plans) are platform-wide; tenant tables key on tenant_id first.
+Per-feature caps, metrics, quotas and flags are small documents stored as canonical JSON text.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from tollgate.shared.audit_chain import audit_tables
+from tollgate.shared.credentials import credentials_table
+
+SCHEMA = "policy"
+metadata = MetaData(schema=SCHEMA)
+
+credentials = credentials_table(metadata)
+
+
+def _mode(name: str, nullable: bool = False) -> Column:
+    return Column(name, Integer, CheckConstraint(f"{name} BETWEEN 1 AND 6"), nullable=nullable)
+
+
+roles = Table(
+    "roles",
+    metadata,
+    Column("role_id", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    _mode("default_cap"),
+    Column("feature_caps", Text, nullable=False),
+)
+
+features = Table(
+    "features",
+    metadata,
+    Column("feature_id", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("description", String(2000), nullable=False),
+    _mode("max_mode"),
+    Column("metrics", Text, nullable=False),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("plan_id", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    _mode("default_cap"),
+    _mode("inactive_cap"),
+    Column("feature_caps", Text, nullable=False),
+    Column("quotas", Text, nullable=False),
+)
+
+tenant_policies = Table(
+    "tenant_policies",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    _mode("max_mode"),
+    Column("default_role_id", String(64), ForeignKey("policy.roles.role_id"), nullable=False),
+    Column("update_us", BigInteger, nullable=False),
+)
+
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
+    Column("plan_id", String(64), ForeignKey("policy.plans.plan_id"), nullable=False),
+    Column("status", Integer, CheckConstraint("status BETWEEN 1 AND 4"), nullable=False),
+    Column("feature_flags", Text, nullable=False),
+    Column("update_us", BigInteger, nullable=False),
+)
+
+overrides = Table(
+    "overrides",
+    metadata,
+    Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
+    Column("override_id", String(40), primary_key=True),
+    Column("role_id", String(64), ForeignKey("policy.roles.role_id"), nullable=False),
+    Column("feature_id", String(64), ForeignKey("policy.features.feature_id"), nullable=False),
+    _mode("cap"),
+    Column("reason", String(500), nullable=False),
+    Column("update_us", BigInteger, nullable=False),
+    UniqueConstraint("tenant_id", "role_id", "feature_id", name="overrides_tenant_role_feature_key"),
+)
+
+bindings = Table(
+    "bindings",
+    metadata,
+    Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
+    Column("user_id", String(128), primary_key=True),
+    Column("role_id", String(64), ForeignKey("policy.roles.role_id"), primary_key=True),
+    Column("create_us", BigInteger, nullable=False),
+)
+Index("bindings_role_idx", bindings.c.role_id)
+
+# One row per tenant ('' = the catalog): the audit sequence of its latest change.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("version", BigInteger, nullable=False),
+)
+Index("policy_versions_version_idx", policy_versions.c.version)
+
+# The audit chain of policy admin writes (shared/audit_chain.py).
+audit_records, audit_head = audit_tables(metadata)

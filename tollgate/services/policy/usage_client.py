@@ -1,0 +1,176 @@
+"""The gRPC side of Policy's one door to Usage: a long-lived channel, a timeout on every call, a short circuit.
+
+Failures become the domain's `UsageUnavailable`; the caller decides what that means (rank by caps
+alone, or apply a quota's fail-open/fail-closed rule). services/policy/usage_port.py is what use
+cases call; this module is the only one of Policy that speaks Usage's protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tollgate.services.policy.domain.errors import UsageUnavailable
+from tollgate.services.policy.domain.usage import UsageQuery
+from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
+
+log = logging.getLogger("tollgate.policy.usage_client")
+CATALOG_PAGE = 1000  # ListMetrics' largest page
+
+# GetUsage is a read, so a transparent retry on UNAVAILABLE is safe; the deadline still bounds it.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": "tollgate.usage.v1.UsageService", "method": "GetUsage"}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+class CircuitBreaker:
+    """After a failure, fail fast for `cooldown` seconds, then let one probe call through.
+
+    It also knows whether Usage is down (failed since its last success), so that each outage is
+    reported once when it begins and once when it ends, however many calls fail in between.
+    """
+
+    def __init__(self, cooldown: float):
+        self._cooldown = cooldown
+        self._open_until = 0.0
+        self._probing = False
+        self._down = False
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._open_until and not self._probing:
+                self._probing = self._open_until > 0
+                return True
+            return False
+
+    def succeeded(self) -> bool:
+        """Close the circuit; True when this success ends an outage."""
+        with self._lock:
+            recovered, self._down = self._down, False
+            self._open_until, self._probing = 0.0, False
+            return recovered
+
+    def failed(self) -> bool:
+        """Open the circuit; True when this failure begins an outage."""
+        with self._lock:
+            began, self._down = not self._down, True
+            self._open_until, self._probing = time.monotonic() + self._cooldown, False
+            return began
+
+
+class UsageClient:
+    """Reads usage totals from the Usage service with Policy's own service token."""
+
+    def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0):
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.service_config", _SERVICE_CONFIG),
+                ("grpc.enable_retries", 1),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ],
+        )
+        self._address = address
+        self._stub = usage_pb2_grpc.UsageServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._max_timeout = max_timeout
+        self.breaker = CircuitBreaker(cooldown)
+
+    def get_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[dict[str, int]]:
+        """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
+        seconds = self._timeout(timeout)
+        self._allow()
+        calls = [
+            self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata) for query in queries
+        ]
+        try:
+            answers = [call.result() for call in calls]
+        except grpc.RpcError as error:
+            for call in calls:
+                call.cancel()
+            raise self._failed("GetUsage", error) from None
+        self._succeeded()
+        return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
+
+    def metric_names(self, *, timeout: float | None) -> set[str]:
+        """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
+        names: set[str] = set()
+        token, deadline = "", time.monotonic() + self._timeout(timeout)
+        self._allow()
+        while True:
+            try:
+                page = self._stub.ListMetrics(
+                    usage_pb2.ListMetricsRequest(page_size=CATALOG_PAGE, page_token=token),
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as error:
+                raise self._failed("ListMetrics", error) from None
+            names.update(metric.name for metric in page.metrics)
+            token = page.next_page_token
+            if not token:
+                self._succeeded()
+                return names
+
+    def _timeout(self, remaining: float | None) -> float:
+        if remaining is None:
+            return self._max_timeout
+        if remaining <= 0:  # the caller has stopped waiting: asking would only count against Usage's health
+            raise UsageUnavailable("the call's deadline passed before Usage could be asked")
+        return min(remaining, self._max_timeout)
+
+    def _allow(self) -> None:
+        if not self.breaker.allow():
+            raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
+
+    def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
+        if self.breaker.failed():
+            log.warning(
+                "usage service at %s became unreachable (%s answered %s); until it answers again, "
+                "rankings use caps alone and quotas fail open or closed as their plans say",
+                self._address,
+                rpc,
+                error.code().name,
+            )
+        return UsageUnavailable(f"usage service answered {error.code().name}")
+
+    def _succeeded(self) -> None:
+        if self.breaker.succeeded():
+            log.info("usage service at %s is reachable again", self._address)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:
+    start, end = Timestamp(), Timestamp()
+    start.FromMicroseconds(query.window.start_us)
+    end.FromMicroseconds(query.window.end_us)
+    return usage_pb2.GetUsageRequest(
+        tenant_id=query.tenant_id,
+        metrics=sorted(set(query.metrics)),
+        start_time=start,
+        end_time=end,
+        actor_id=query.actor_id,
+    )

@@ -1,0 +1,190 @@
+"""Admitting events (docs/api.md, "Usage rules"): the checks of a batch and of each event, its content hash. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import NamedTuple
+
+from tollgate.services.usage.domain import horizon
+from tollgate.services.usage.domain.catalog import IngestCatalog
+from tollgate.services.usage.domain.model import (
+    Candidate,
+    Classification,
+    Event,
+    EventBatch,
+    EventResult,
+    IngestRules,
+    RejectReason,
+    Verdict,
+)
+from tollgate.shared import clock, tenant_ids
+from tollgate.shared.errors import FieldViolation, InvalidArgument
+
+MAX_BATCH = 1000
+MAX_ID_LENGTH = 128  # event_id, metric, actor_id, source_service, correlation_id, idempotency_key
+MAX_METADATA_BYTES = 4096
+# A bound per event keeps every total exact in int64 (it takes ~9 million maximal events to overflow).
+MAX_QUANTITY = 10**12
+STRING_FIELDS = ("event_id", "metric", "actor_id", "source_service", "correlation_id", "idempotency_key")
+
+
+def check_batch(batch: EventBatch) -> None:
+    """Raise InvalidArgument for faults of the whole batch; nothing of it may be stored then."""
+    violations = []
+    if problem := tenant_ids.problem(batch.tenant_id):
+        violations.append(FieldViolation("tenant_id", problem))
+    if not batch.events:
+        violations.append(FieldViolation("events", "must hold at least one event"))
+    elif len(batch.events) > MAX_BATCH:
+        violations.append(FieldViolation("events", f"holds {len(batch.events)} events; at most {MAX_BATCH}"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+class Admitted(NamedTuple):
+    """A batch admitted: the events to store, and the REJECTED results of the others."""
+
+    candidates: list[Candidate]
+    rejected: list[EventResult]
+
+
+def admit_batch(
+    batch: EventBatch, *, catalog: IngestCatalog, rules: IngestRules, now_us: int, horizon_us: int | None
+) -> Admitted:
+    """Admit each event of the batch against the catalog, the rules and the tenant's purge horizon; a candidate keeps
+    the business key only when its metric does."""
+    candidates, rejections = [], []
+    without_business_key = catalog.without_business_key
+    for index, event in enumerate(batch.events):
+        admitted = admit(index, event, catalog=catalog.classification_of, rules=rules, now_us=now_us)
+        if isinstance(admitted, Candidate) and horizon_us is not None and _before(admitted, horizon_us):
+            admitted = purged(index, event, horizon_us)
+        if isinstance(admitted, EventResult):
+            rejections.append(admitted)
+        elif without_business_key and event.metric in without_business_key:
+            candidates.append(admitted._replace(business_key=False))
+        else:
+            candidates.append(admitted)
+    return Admitted(candidates, rejections)
+
+
+def _before(candidate: Candidate, horizon_us: int) -> bool:
+    at = candidate.event.occurred_at_us
+    assert at is not None  # admit() rejects an event without one
+    return horizon.ingest_refuses(at, horizon_us)
+
+
+def purged(index: int, event: Event, horizon_us: int) -> EventResult:
+    """The REJECTED result of an event falling in a week or month of the tenant whose raw events were purged."""
+    return rejected(
+        index,
+        event,
+        RejectReason.TOO_OLD,
+        f"occurred_at falls in a week or month whose raw events "
+        f"were purged (this tenant's history is final before {clock.iso(horizon_us)})",
+    )
+
+
+def in_order(results: list[EventResult]) -> list[EventResult]:
+    """The results of a batch, one per event, in the order of its events."""
+    return sorted(results, key=lambda result: result.index)
+
+
+def classification_names(batch: EventBatch, classification_of: dict[str, Classification]) -> dict[int, str]:
+    """The classification of each event of the batch whose metric is in the catalog, by its index."""
+    return {i: classification_of[e.metric].name for i, e in enumerate(batch.events) if e.metric in classification_of}
+
+
+def rejected(index: int, event: Event, reason: RejectReason, message: str) -> EventResult:
+    """The REJECTED result of an event."""
+    return EventResult(index, event.event_id, Verdict.REJECTED, reason, message)
+
+
+def admit(
+    index: int, event: Event, *, catalog: dict[str, Classification], rules: IngestRules, now_us: int
+) -> Candidate | EventResult:
+    """A Candidate for a valid event, or the REJECTED result saying what is wrong with it."""
+    problem = _field_problem(event) or _value_problem(event, catalog, rules, now_us)
+    if problem:
+        return rejected(index, event, *problem)
+    metadata_json = None
+    if event.metadata:
+        if _holds_nul(event.metadata):
+            return rejected(index, event, RejectReason.NUL_CHARACTER, "metadata holds a NUL character")
+        metadata_json = json.dumps(event.metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        size = len(metadata_json.encode())
+        if size > MAX_METADATA_BYTES:
+            return rejected(
+                index,
+                event,
+                RejectReason.METADATA_TOO_LARGE,
+                f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}",
+            )
+    return Candidate(index, event, catalog[event.metric], metadata_json, content_hash(event, metadata_json))
+
+
+def _field_problem(event: Event) -> tuple[RejectReason, str] | None:
+    if not (event.event_id and event.metric and event.source_service and event.occurred_at_us is not None):
+        missing = next(
+            name
+            for name in ("event_id", "metric", "source_service", "occurred_at_us")
+            if getattr(event, name) in ("", None)
+        )
+        return RejectReason.MISSING_FIELD, f"{missing.removesuffix('_us')} is required"
+    strings = event[:2] + event[4:8]
+    # One pass over all strings for the common case; name the field only when something is wrong.
+    if "\x00" in "".join(strings):
+        name = next(name for name, value in zip(STRING_FIELDS, strings) if "\x00" in value)
+        return RejectReason.NUL_CHARACTER, f"{name} holds a NUL character"
+    if max(map(len, strings)) > MAX_ID_LENGTH:
+        name, value = next((n, v) for n, v in zip(STRING_FIELDS, strings) if len(v) > MAX_ID_LENGTH)
+        return RejectReason.FIELD_TOO_LONG, f"{name} has {len(value)} characters; at most {MAX_ID_LENGTH}"
+    return None
+
+
+def _value_problem(event: Event, catalog, rules: IngestRules, now_us: int) -> tuple[RejectReason, str] | None:
+    classification = catalog.get(event.metric)
+    if classification is None:
+        return RejectReason.UNKNOWN_METRIC, f"metric {event.metric!r} is not in the catalog"
+    if event.quantity <= 0:
+        return RejectReason.NON_POSITIVE_QUANTITY, f"quantity must be greater than 0, got {event.quantity}"
+    if event.quantity > MAX_QUANTITY:
+        return RejectReason.QUANTITY_TOO_LARGE, f"quantity must be at most {MAX_QUANTITY}, got {event.quantity}"
+    if event.occurred_at_us > now_us + rules.future_skew_us:
+        return RejectReason.IN_FUTURE, f"occurred_at is more than {rules.future_skew_us // 1_000_000} s ahead"
+    if event.occurred_at_us < now_us - rules.backfill_us:
+        return RejectReason.TOO_OLD, f"occurred_at is older than {rules.backfill_us // 86_400_000_000} days"
+    if classification is Classification.BILLABLE and event.source_service.startswith(rules.external_prefixes):
+        return (
+            RejectReason.EXTERNAL_BILLABLE,
+            f"external source {event.source_service!r} may not emit billable metric {event.metric!r}",
+        )
+    return None
+
+
+def _holds_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+def content_hash(event: Event, metadata_json: str | None) -> str:
+    """SHA-256 of what the event says happened; its identifiers (event_id, idempotency_key) are not content.
+
+    NUL cannot occur in a valid event, so it separates the fields unambiguously.
+    """
+    parts = (
+        event.metric,
+        str(event.quantity),
+        str(event.occurred_at_us),
+        event.actor_id,
+        event.source_service,
+        event.correlation_id,
+        metadata_json or "",
+    )
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

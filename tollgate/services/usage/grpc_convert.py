@@ -1,0 +1,188 @@
+"""Translations between tollgate.usage.v1 messages and the Usage domain (used by grpc_api only)."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2, struct_pb2
+
+from tollgate.services.usage.domain import model
+from tollgate.services.usage.domain.catalog import Metric
+from tollgate.services.usage.domain.queries import StoredEvent, UsageTotal
+from tollgate.shared import proto_time
+from tollgate.shared.audit import Verification
+from tollgate.shared.errors import require
+from tollgate.usage.v1 import usage_pb2 as pb
+
+VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in model.Verdict}
+REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.RejectReason}
+KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in model.DedupKey}
+CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in model.Classification}
+CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
+
+
+def batch(tenant_id: str, events) -> model.EventBatch:
+    """A domain batch from a request's tenant and repeated UsageEvent."""
+    return model.EventBatch(tenant_id, tuple(_event(e, index) for index, e in enumerate(events)))
+
+
+def _event(e: pb.UsageEvent, index: int) -> model.Event:
+    occurred = micros(e, "occurred_at", path=f"events[{index}].occurred_at")
+    metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
+    return model.Event(
+        e.event_id,
+        e.metric,
+        e.quantity,
+        occurred,
+        e.actor_id,
+        e.source_service,
+        e.correlation_id,
+        e.idempotency_key,
+        metadata,
+    )
+
+
+def _plain(value):
+    """Struct / ListValue to plain dicts and lists (numbers stay floats, as JSON has them)."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [_plain(item) for item in value]
+    return value
+
+
+def results(items: list[model.EventResult]) -> list[pb.EventResult]:
+    out = []
+    for r in items:
+        if r.verdict is model.Verdict.ACCEPTED:
+            out.append(pb.EventResult(index=r.index, event_id=r.event_id, verdict=pb.VERDICT_ACCEPTED))
+            continue
+        out.append(
+            pb.EventResult(
+                index=r.index,
+                event_id=r.event_id,
+                verdict=VERDICTS[r.verdict],
+                message=r.message,
+                reason=REASONS[r.reason] if r.reason else 0,
+                dedup_key=KEYS[r.dedup_key] if r.dedup_key else 0,
+                existing_event_id=r.existing_event_id,
+            )
+        )
+    return out
+
+
+def micros(message, field: str, *, path: str = "") -> int | None:
+    """Epoch microseconds of a message's Timestamp field, None when it is not present.
+
+    Presence, not zero, says whether it was given: the epoch is an instant like any other. Nanos
+    outside 0..999,999,999 make no instant (INVALID_ARGUMENT naming the field); digits below the
+    microsecond are dropped (docs/api.md). The use case judges the instant itself.
+    """
+    if not message.HasField(field):
+        return None
+    ts = getattr(message, field)
+    require(proto_time.nanos_in_range(ts), path or field, f"has nanos {ts.nanos}; nanos must be from 0 to 999,999,999")
+    return proto_time.to_micros(ts)
+
+
+def total(t: UsageTotal) -> pb.UsageTotal:
+    return pb.UsageTotal(
+        metric=t.metric,
+        actor_id=t.actor_id,
+        quantity=t.quantity,
+        event_count=t.event_count,
+        classification=CLASSIFICATIONS.get(t.classification, 0),
+    )
+
+
+def stored_event(s: StoredEvent) -> pb.StoredEvent:
+    e = s.event
+    event = pb.UsageEvent(
+        event_id=e.event_id,
+        metric=e.metric,
+        quantity=e.quantity,
+        occurred_at=proto_time.from_micros(e.occurred_at_us),
+        actor_id=e.actor_id,
+        source_service=e.source_service,
+        correlation_id=e.correlation_id,
+        idempotency_key=e.idempotency_key,
+    )
+    if e.metadata:
+        event.metadata.update(e.metadata)
+    return pb.StoredEvent(
+        tenant_id=s.tenant_id,
+        event=event,
+        classification=CLASSIFICATIONS[s.classification],
+        received_at=proto_time.from_micros(s.received_at_us),
+    )
+
+
+def batch_error(status) -> pb.BatchError:
+    """A google.rpc.Status as the BatchError of a stream's answer (the same fields)."""
+    return pb.BatchError(code=status.code, message=status.message, details=status.details)
+
+
+def metric_to_proto(m: Metric) -> pb.Metric:
+    return pb.Metric(
+        name=m.name,
+        classification=CLASSIFICATIONS.get(m.classification, 0),
+        unit=m.unit,
+        description=m.description,
+        business_key=m.business_key,
+    )
+
+
+def metric_from_proto(m: pb.Metric) -> Metric:
+    return Metric(
+        m.name,
+        CLASSIFICATION_OF.get(m.classification),
+        m.unit,
+        m.description,
+        business_key=m.business_key if m.HasField("business_key") else True,
+    )
+
+
+def aggregate(a) -> pb.Aggregate:
+    return pb.Aggregate(
+        tenant_id=a.tenant_id,
+        metric=a.metric,
+        period=int(a.period),
+        period_start=proto_time.from_micros(a.period_start_us),
+        total_quantity=a.total_quantity,
+        event_count=a.event_count,
+        source_hash=a.source_hash,
+        computed_at=proto_time.from_micros(a.computed_at_us),
+        dirty=a.dirty,
+    )
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1_000_000_000))
+    return value
+
+
+def rollup_status(status) -> pb.GetRollupStatusResponse:
+    response = pb.GetRollupStatusResponse(dirty_buckets=status.dirty_buckets, last_run_buckets=status.last_run_buckets)
+    if status.oldest_dirty_us is not None:
+        response.oldest_dirty_time.CopyFrom(proto_time.from_micros(status.oldest_dirty_us))
+    if status.last_run_us is not None:
+        response.last_run_time.CopyFrom(proto_time.from_micros(status.last_run_us))
+    return response
+
+
+def purge_report(report) -> pb.PurgeEventsResponse:
+    response = pb.PurgeEventsResponse(
+        events_deleted=report.events_deleted, events_kept=report.events_kept, dry_run=report.dry_run
+    )
+    if report.purged_before_us is not None:
+        response.purged_before.CopyFrom(proto_time.from_micros(report.purged_before_us))
+    return response
+
+
+def verification(v: Verification) -> pb.VerifyAuditResponse:
+    broken = v.first_break
+    return pb.VerifyAuditResponse(
+        ok=v.ok,
+        records_checked=v.records_checked,
+        first_broken_sequence=broken.sequence if broken else 0,
+        problem=broken.problem if broken else "",
+    )

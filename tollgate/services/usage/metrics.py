@@ -1,0 +1,53 @@
+"""Business metrics of the Usage service; labels are bounded enums, never tenant ids."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import Counter, Gauge
+
+from tollgate.services.usage.domain.model import EventResult, Verdict
+
+EVENTS = Counter(
+    "tollgate_usage_events_total",
+    "Usage events judged, by verdict and by the classification of their metric.",
+    ["verdict", "classification"],
+)
+REJECTIONS = Counter(
+    "tollgate_usage_rejections_total",
+    "Usage events rejected, by reason.",
+    ["reason"],
+)
+
+
+def count(results: list[EventResult], classification_of: dict[int, str]) -> None:
+    """Count one batch's verdicts; `classification_of` maps a result index to its metric's classification."""
+    tally = Tally((r.verdict.name, classification_of.get(r.index, "UNKNOWN")) for r in results)
+    for (verdict, classification), n in tally.items():
+        EVENTS.labels(verdict, classification).inc(n)
+    for reason, n in Tally(r.reason.name for r in results if r.verdict is Verdict.REJECTED).items():
+        REJECTIONS.labels(reason).inc(n)
+
+
+ROLLUP_DIRTY_BUCKETS = Gauge(
+    "tollgate_rollup_dirty_buckets",
+    "Rollup buckets waiting to be recomputed, every tenant, as this instance last saw them.",
+)
+ROLLUP_REFUSED_BUCKETS = Counter(
+    "tollgate_rollup_refused_buckets_total",
+    "Buckets a rollup left dirty because their total does not fit in int64, by period; counted at each run that "
+    "meets one (it is tried again at the next).",
+    ["period"],
+)
+for _period in ("DAY", "WEEK", "MONTH"):  # exposed at 0 from the start, so that an alert on its increase works
+    ROLLUP_REFUSED_BUCKETS.labels(_period)
+ROLLUP_OLDEST_DIRTY_SECONDS = Gauge(
+    "tollgate_rollup_oldest_dirty_seconds",
+    "Age of the oldest dirty rollup bucket (0 when none), as this instance last saw it.",
+)
+
+
+def observe_backlog(dirty_buckets: int, oldest_dirty_us: int | None, now_us: int) -> None:
+    """Record the rollup backlog of every tenant (reads stay exact whatever it is; they get slower)."""
+    ROLLUP_DIRTY_BUCKETS.set(dirty_buckets)
+    ROLLUP_OLDEST_DIRTY_SECONDS.set(0 if oldest_dirty_us is None else max(0, now_us - oldest_dirty_us) / 1e6)

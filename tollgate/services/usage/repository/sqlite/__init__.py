@@ -1,0 +1,70 @@
+"""Usage on SQLite: the embedded Storage (`make run`, small installs), as fully featured as PostgreSQL's.
+
+Every write transaction holds the database's one write lock from its BEGIN, so ingest and purge need no
+lock of their own and an audit read is one snapshot as begun; a rollup works in short steps
+(rollup_serial.py) so that readers and writers wait at most one step.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from sqlalchemy import func
+from sqlalchemy.dialects import sqlite
+
+from tollgate.services.usage.repository import in_transaction, ingest
+from tollgate.services.usage.repository.rollups import RollupOutcome
+from tollgate.services.usage.repository.sqlite import rollup_serial, totals
+from tollgate.services.usage.repository.storage import Storage
+from tollgate.services.usage.tables import audit_head, audit_records
+from tollgate.shared import audit_chain, clock
+
+# Rows (events, stored rows) a rollup step reads in its one transaction, which holds the write lock; an event
+# costs most, its digest being computed in Python.
+SERIAL_ROWS = 2000
+
+
+class SqliteStorage(Storage):
+    name = "sqlite"
+    chain = audit_chain.AuditChain(audit_records, audit_head)
+    insert = staticmethod(sqlite.insert)
+    greatest = staticmethod(func.max)
+
+    def one_of(self, column, values: list[str]):
+        return column.in_(values)
+
+    def lock_for_ingest(self, session, tenant_id: str) -> None:
+        """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+
+    def lock_for_purge(self, session, tenant_id: str) -> None:
+        """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+
+    def insert_events(self, session, rows: list[tuple], *, bulk: bool) -> set[str]:
+        return ingest.insert_rows(session, rows, storage=self)
+
+    def usage_totals(self, connection, query, plan) -> tuple[list[tuple], int | None]:
+        return totals.usage_totals(connection, query, plan)
+
+    def roll_up(self, sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
+        """Steps of one short transaction each, every mark visited once per run, in key order; a step stops once
+        it has read SERIAL_ROWS rows (events and stored rows), at the end of the hour it is in."""
+        done, refused, after = 0, {}, None
+        while not max_buckets or done < max_buckets:
+            step = in_transaction(
+                sessions,
+                partial(_step, tenant_id=tenant_id, after=after, max_buckets=max_buckets - done if max_buckets else 0),
+            )
+            done, after = done + step.done, step.after
+            refused.update((bucket[:4], bucket) for bucket in step.refused)
+            if step.finished:
+                break
+        return RollupOutcome(done, list(refused.values()))
+
+
+def _step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
+    return rollup_serial.roll_up_step(
+        session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets, now_us=clock.now_micros()
+    )
+
+
+SQLITE = SqliteStorage()

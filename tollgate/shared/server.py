@@ -1,0 +1,198 @@
+"""The gRPC server builder both services use: health, reflection, interceptor, limits, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tollgate.shared import logs, metrics
+from tollgate.shared.auth import Authenticator
+from tollgate.shared.config import ConfigError, process_env
+from tollgate.shared.interceptor import CallInterceptor
+
+log = logging.getLogger("tollgate.shared.server")
+
+# Health name that says only "this process is alive": liveness and startup probes use it, so a
+# database outage takes pods out of rotation (readiness) without restarting them.
+LIVENESS = "liveness"
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # a full batch of 1,000 events with 4 KiB metadata fits
+# The interceptor refuses a request above MAX_MESSAGE_BYTES itself, so the refusal is counted and logged
+# like any call; gRPC's own bound sits above it only to cap the memory one message may take, and a call
+# it cuts never reaches a handler (it shows in grpc_server_started_total alone).
+TRANSPORT_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", TRANSPORT_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass
+class ServerSpec:
+    """What a service plugs into the common server."""
+
+    name: str  # short name for logs: "usage" or "policy"
+    registrations: list[tuple[Callable, object]]  # (add_XServicer_to_server, servicer)
+    service_names: list[str]  # full names, for health and reflection
+    method_scopes: dict[str, str]
+    authenticator: Authenticator
+    ready: Callable[[], bool]  # database reachable and migrated
+    background: list[Callable[[threading.Event], None]] = field(default_factory=list)
+
+
+@dataclass
+class RunningServer:
+    """A started server; `port` is the bound port (useful when asked for port 0)."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    metrics_port: int | None
+    stopping: threading.Event
+    _threads: list[threading.Thread]
+    _metrics_http: WSGIServer | None
+    _service_names: list[str]
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING first, then drain in-flight calls for up to `grace` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.stopping.set()
+        self.server.stop(grace).wait()
+        for thread in self._threads:
+            thread.join(timeout=grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        for callback in self.on_stop:
+            callback()
+
+
+def build_server(
+    spec: ServerSpec,
+    *,
+    address: str,
+    max_workers: int = 16,
+    metrics_port: int | None = None,
+    health_interval: float = 2.0,
+) -> RunningServer:
+    """Build and start the server on `address` ('host:0' picks a free port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{spec.name}-rpc"),
+        interceptors=[
+            CallInterceptor(
+                authenticator=spec.authenticator,
+                method_scopes=spec.method_scopes,
+                server=spec.name,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+            )
+        ],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_workers * 8,
+    )
+    for add, servicer in spec.registrations:
+        add(servicer, server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    stopping = threading.Event()
+    health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    _set_health(health_servicer, spec.service_names, spec.ready)
+    threads = [_thread(f"{spec.name}-health", _watch_health, health_servicer, spec, stopping, health_interval)]
+    threads += [_thread(f"{spec.name}-job", job, stopping) for job in spec.background]
+    metrics_http, bound_metrics_port = (None, None)
+    if metrics_port is not None:
+        metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
+    server.start()
+    for thread in threads:
+        thread.start()
+    log.info("serving", extra={"fields": {"service": spec.name, "port": port, "metrics_port": bound_metrics_port}})
+    return RunningServer(
+        server, port, health_servicer, bound_metrics_port, stopping, threads, metrics_http, spec.service_names
+    )
+
+
+def _thread(name: str, target, *args) -> threading.Thread:
+    return threading.Thread(target=target, args=args, name=name, daemon=True)
+
+
+def _set_health(servicer: health.HealthServicer, names: Iterable[str], ready: Callable[[], bool]) -> tuple[bool, str]:
+    """Check readiness and publish it; (ok, why not) — the caller logs changes, not every check."""
+    try:
+        ok, why = ready(), "schema is not at this build's migration head"
+    except Exception as error:  # noqa: BLE001 - any failure to check means not ready
+        ok, why = False, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *names]:
+        servicer.set(name, status)
+    return ok, "" if ok else why
+
+
+def _watch_health(servicer, spec: ServerSpec, stopping: threading.Event, interval: float) -> None:
+    was_ok = None
+    while not stopping.wait(interval):
+        ok, why = _set_health(servicer, spec.service_names, spec.ready)
+        if ok != was_ok:
+            fields = {"service": spec.name, "serving": ok} | ({"reason": why} if why else {})
+            (log.info if ok else log.warning)("health", extra={"fields": fields})
+            was_ok = ok
+
+
+def serve_until_signalled(running: RunningServer, *, grace: float, drain_delay: float = 0.0) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully (health first, then drain)."""
+    received = threading.Event()
+
+    def _on_signal(signum, _frame):
+        log.info("shutdown requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+        received.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not received.wait(1.0):
+        pass
+    running.health.enter_graceful_shutdown()
+    # Give load balancers and probes time to see NOT_SERVING before connections close.
+    if drain_delay:
+        threading.Event().wait(drain_delay)
+    running.stop(grace)
+    log.info("stopped")
+
+
+def main(name: str, settings_class, build: Callable) -> int:
+    """The body of `python -m services.<name>`: read settings once, wire, serve until SIGTERM or Ctrl-C."""
+    try:
+        settings = settings_class.from_env(process_env())
+    except ConfigError as error:
+        print(f"{name}: configuration error: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, service=name)
+    running = build(settings)
+    serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
+    return 0
+
+
+def _host_of(address: str) -> str:
+    """'127.0.0.1:50051' -> '127.0.0.1', '[::]:0' -> '::': /metrics listens where gRPC does."""
+    return address.rsplit(":", 1)[0].strip("[]")
