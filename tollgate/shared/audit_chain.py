@@ -26,6 +26,7 @@ from sqlalchemy.types import TypeEngine
 from tollgate.shared import audit, auth, pagination
 from tollgate.shared.audit import AuditRecord, Verification
 from tollgate.shared.credentials import Principal
+from tollgate.shared.db import consistent_read
 
 VERIFY_PAGE = 1000  # records held in memory at once while verifying
 
@@ -66,25 +67,11 @@ def audit_tables(metadata: MetaData) -> tuple[Table, Table]:
     return records, head
 
 
-def repeatable_read(session: Session) -> None:
-    """Make every statement of this transaction see one snapshot (PostgreSQL's REPEATABLE READ)."""
-    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-
-
-def as_begun(session: Session) -> None:
-    """Leave the transaction as it began: on SQLite its BEGIN already holds one snapshot."""
-
-
-def consistent_read(session: Session) -> None:
-    """repeatable_read or as_begun, by the session's database, for callers that do not inject the choice."""
-    (repeatable_read if session.get_bind().dialect.name == "postgresql" else as_begun)(session)
-
-
 class AuditChain:
     """The statements over one service's chain tables.
 
-    `snapshot` makes a transaction's statements see one snapshot (repeatable_read or as_begun): the
-    backend's choice, made where the service is wired (consistent_read, which asks the session, until then).
+    `snapshot` makes a transaction's statements see one snapshot (db.repeatable_read or db.as_begun): the
+    backend's choice, made where the service is wired (by default the one its sessions carry).
     """
 
     def __init__(self, records: Table, head: Table, *, snapshot: Callable[[Session], None] = consistent_read):

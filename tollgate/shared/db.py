@@ -120,5 +120,27 @@ def _sqlite_engine(url: str, schema: str, *, begin: str) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for use cases: `with sessions.begin() as session: ...`."""
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions for use cases: `with sessions.begin() as session: ...`.
+
+    Each session carries its backend's way of reading one snapshot (consistent_read), chosen here, where the
+    engine is made, so no statement below the wiring asks which database it runs on.
+    """
+    snapshot = as_begun if is_sqlite(engine) else repeatable_read
+    return sessionmaker(engine, expire_on_commit=False, info={SNAPSHOT: snapshot})
+
+
+SNAPSHOT = "tollgate.snapshot"
+
+
+def repeatable_read(session: Session) -> None:
+    """Make every statement of this transaction see one snapshot (PostgreSQL's REPEATABLE READ)."""
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def as_begun(session: Session) -> None:
+    """Leave the transaction as it began: on SQLite its BEGIN already holds one snapshot."""
+
+
+def consistent_read(session: Session) -> None:
+    """Make the rest of this transaction read one snapshot, the way session_factory chose for its backend."""
+    session.info[SNAPSHOT](session)

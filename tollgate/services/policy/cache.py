@@ -52,7 +52,7 @@ class SnapshotCache:
         return snapshot
 
     def advance(self, tenant_id: str, version: int) -> None:
-        """Record that `tenant_id` ('' = the catalog) changed at `version`; older snapshots stop being served."""
+        """Record that `tenant_id` (CATALOG: the catalog) changed at `version`; older snapshots stop being served."""
         with self._lock:
             if tenant_id == CATALOG:
                 self._global_floor = max(self._global_floor, version)

@@ -104,7 +104,7 @@ class Binding:
 
 @dataclass(frozen=True)
 class VersionChange:
-    """A tenant's data (or the catalog's, tenant_id '') changed, and its policy version is now `version`."""
+    """A tenant's data (or the catalog's: tenant_id CATALOG) changed, and its policy version is now `version`."""
 
     tenant_id: str
     version: int

@@ -41,7 +41,7 @@ def version_of(session: Session, tenant_id: str) -> int:
 
 
 def changed_since(session: Session, version: int) -> list[VersionChange]:
-    """Every tenant (and '' for the catalog) changed after `version`, at its version now."""
+    """Every tenant (and CATALOG for the catalog) changed after `version`, at its version now."""
     query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
         tables.policy_versions.c.version > version
     )

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from tollgate.services.policy.domain.errors import UnknownTenant
 from tollgate.services.policy.domain.model import Snapshot
 from tollgate.services.policy.repository import catalog, chain, tenants
-from tollgate.shared.audit_chain import consistent_read
+from tollgate.shared.db import consistent_read
 
 
 def load(session: Session, tenant_id: str) -> Snapshot:

@@ -19,7 +19,7 @@ from tollgate.services.usage.repository.postgres.bulk_ingest import copy_insert
 from tollgate.services.usage.repository.rollups import RollupOutcome
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import audit_head, audit_records
-from tollgate.shared import audit_chain, clock
+from tollgate.shared import audit_chain, clock, db
 
 # Ingest holds this lock shared and a purge exclusive, per tenant. Each is a statement of its own, over no
 # table (a lock taken inside a query over a distributed table would run on whichever node holds the shard).
@@ -38,7 +38,7 @@ VISIBLE_ENOUGH = 0.9
 
 class PostgresStorage(Storage):
     name = "postgresql"
-    chain = audit_chain.AuditChain(audit_records, audit_head, snapshot=audit_chain.repeatable_read)
+    chain = audit_chain.AuditChain(audit_records, audit_head, snapshot=db.repeatable_read)
     insert = staticmethod(postgresql.insert)
     greatest = staticmethod(func.greatest)
 
