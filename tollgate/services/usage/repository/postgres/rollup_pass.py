@@ -125,14 +125,16 @@ _APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force
 # Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
 # marks a bucket again writes a new version), skipping those another transaction holds; delete them and
 # upsert their buckets, in one statement. A mark is matched by its tenant and its ctid, never by ctid alone:
-# with dirty_buckets distributed by tenant_id (Citus) the same ctid exists in every shard.
+# with dirty_buckets distributed by tenant_id (Citus) the same ctid exists in every shard. Each chunk row
+# comes out of the lock beside the mark it locked, rather than being joined back to the locked marks: the
+# planner sees both CTEs as one row and would compare every pair of a chunk.
 _APPLY = f"""WITH chunk AS MATERIALIZED (
     SELECT * FROM {_PASSES} WHERE pass_id = :pass AND seq > :after AND seq <= :until),
 held AS MATERIALIZED (
-    SELECT d.tenant_id, d.ctid AS mark, d.xmin AS version
+    SELECT chunk.*, d.xmin AS held_version
     FROM chunk JOIN "usage".dirty_buckets AS d ON d.tenant_id = chunk.tenant_id AND d.ctid = chunk.mark
     FOR UPDATE OF d SKIP LOCKED),
-claimed AS MATERIALIZED (SELECT chunk.* FROM chunk JOIN held USING (tenant_id, mark, version)),
+claimed AS MATERIALIZED (SELECT * FROM held WHERE held_version = version),
 cleared AS (DELETE FROM "usage".dirty_buckets AS d USING claimed
             WHERE d.tenant_id = claimed.tenant_id AND d.ctid = claimed.mark)
 INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
