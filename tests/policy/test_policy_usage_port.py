@@ -78,7 +78,7 @@ def test_a_resolve_asks_usage_once_per_quota_period_however_many_quotas_and_feat
     assert [r.effective_mode for r in answer.resolutions] == [pb.MODE_OFF, pb.MODE_SUGGEST]
 
 
-def test_a_ranking_asks_usage_once_per_quota_period_then_once_for_the_tenant_and_once_for_the_user(
+def test_a_ranking_asks_usage_once_per_quota_period_then_once_for_the_tenant_and_the_user_together(
     uncached, admin_token, tenant
 ):
     with support.channel(uncached.port) as channel:
@@ -92,18 +92,18 @@ def test_a_ranking_asks_usage_once_per_quota_period_then_once_for_the_tenant_and
         )
         calls = get_usage_calls() - before
     assert answer.usage_available
-    assert calls == 2 + 2
+    assert calls == 2 + 1
 
 
 class SlowRecordingUsageFake(usage_pb2_grpc.UsageServiceServicer):
     """Injected fault, named as such: a Usage stand-in whose GetUsage answers after `delay` seconds, noting the
-    time each call had left and whose totals it asked for (actor '' = the tenant's)."""
+    time each call had left and whose totals it asked for (actor '' = the tenant's; include_tenant_totals)."""
 
     def __init__(self, delay: float):
         self.delay, self.calls = delay, []
 
     def GetUsage(self, request, context):
-        self.calls.append((request.actor_id, context.time_remaining()))
+        self.calls.append((request.actor_id, request.include_tenant_totals, context.time_remaining()))
         time.sleep(self.delay)
         return u.GetUsageResponse()
 
@@ -140,6 +140,7 @@ def test_a_later_read_within_one_call_gets_only_what_is_left_of_the_calls_deadli
         policy.stop(grace=1)
         slow.stop(0)
     quota_reads, ranking_reads = fake.calls[:2], fake.calls[2:]  # the day's and the month's, then the ranking's
-    assert [actor for actor, _left in quota_reads] == ["", ""] and all(left <= 0.75 for _a, left in quota_reads)
-    assert sorted(actor for actor, _left in ranking_reads) == ["", "u1"]
-    assert all(left <= 0.55 for _actor, left in ranking_reads)  # 0.7 if computed once per call
+    assert [(actor, both) for actor, both, _left in quota_reads] == [("", False), ("", False)]
+    assert all(left <= 0.75 for _a, _b, left in quota_reads)
+    assert [(actor, both) for actor, both, _left in ranking_reads] == [("u1", True)]  # the tenant's rows come along
+    assert all(left <= 0.55 for _a, _b, left in ranking_reads)  # 0.7 if computed once per call

@@ -78,6 +78,33 @@ def test_totals_for_one_actor_and_grouped_by_actor(usage_stub, token, tenant, re
     }
 
 
+def test_an_actors_totals_come_with_the_tenants_in_one_call_when_asked(usage_stub, token, tenant, recorded):
+    response = usage_stub.GetUsage(
+        u.GetUsageRequest(
+            tenant_id=tenant, start_time=ts(1), end_time=ts(now_us()), actor_id="bob", include_tenant_totals=True
+        ),
+        metadata=support.bearer(token),
+        timeout=30,
+    )
+    assert [(t.metric, t.actor_id, t.quantity, t.event_count) for t in response.totals] == [
+        ("api.requests", "", 43, 4),
+        ("api.requests", "bob", 34, 2),
+        ("leads.routed", "", 4, 1),
+        ("sla.timers.started", "", 16, 1),
+    ]
+
+
+@pytest.mark.parametrize("shape", [{}, {"actor_id": "bob", "group_by_actor": True}, {"group_by_actor": True}])
+def test_tenant_totals_beside_an_actors_need_exactly_one_named_actor(usage_stub, token, tenant, shape):
+    request = u.GetUsageRequest(
+        tenant_id=tenant, start_time=ts(1), end_time=ts(now_us()), include_tenant_totals=True, **shape
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        usage_stub.GetUsage(request, metadata=support.bearer(token), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "include_tenant_totals" in raised.value.details()
+
+
 def test_a_total_read_after_an_acknowledged_write_includes_it(usage_stub, token, tenant):
     for n in range(5):
         record(usage_stub, token, tenant, [event(f"e{n}", quantity=n + 1)])

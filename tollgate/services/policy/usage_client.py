@@ -101,6 +101,8 @@ class UsageClient:
         """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
         seconds = self._timeout(timeout)
         self._allow()
+        if len(queries) == 1:  # a blocking call: a future would start a thread of its own to drive the channel
+            return [_quantities(self._get_one(_request(queries[0]), seconds).totals)]
         calls = [
             self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata) for query in queries
         ]
@@ -111,7 +113,26 @@ class UsageClient:
                 call.cancel()
             raise self._failed("GetUsage", error) from None
         self._succeeded()
-        return [{total.metric: total.quantity for total in answer.totals} for answer in answers]
+        return [_quantities(answer.totals) for answer in answers]
+
+    def get_tenant_and_actor_usage(self, query: UsageQuery, *, timeout: float | None) -> tuple[dict, dict]:
+        """(the tenant's, query.actor_id's) quantity per metric, in one GetUsage."""
+        request = _request(query)
+        request.include_tenant_totals = True
+        self._allow()
+        totals = self._get_one(request, self._timeout(timeout)).totals
+        return (
+            _quantities(t for t in totals if not t.actor_id),
+            _quantities(t for t in totals if t.actor_id),
+        )
+
+    def _get_one(self, request: usage_pb2.GetUsageRequest, seconds: float) -> usage_pb2.GetUsageResponse:
+        try:
+            answer = self._stub.GetUsage(request, timeout=seconds, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise self._failed("GetUsage", error) from None
+        self._succeeded()
+        return answer
 
     def metric_names(self, *, timeout: float | None) -> set[str]:
         """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
@@ -161,6 +182,10 @@ class UsageClient:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _quantities(totals) -> dict[str, int]:
+    return {total.metric: total.quantity for total in totals}
 
 
 def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:

@@ -83,16 +83,15 @@ class UsagePort:
     def ranking_totals(
         self, tenant_id: str, user_id: str, metrics: Sequence[str], window_seconds: int, *, deadline: Deadline
     ) -> RankingTotals:
-        """The tenant's and the user's totals of `metrics` over the last `window_seconds`, asked concurrently."""
+        """The tenant's and the user's totals of `metrics` over the last `window_seconds`, asked in one call."""
         names = tuple(sorted(set(metrics)))
         if not names:
             return RankingTotals({}, {})
 
         def ask(within: Deadline) -> RankingTotals:
             window = Window.ending_at(int(time.time() * MICROS), window_seconds)
-            tenant, user = self._client.get_usage(
-                [UsageQuery(tenant_id, names, window), UsageQuery(tenant_id, names, window, user_id)],
-                timeout=within.remaining(),
+            tenant, user = self._client.get_tenant_and_actor_usage(
+                UsageQuery(tenant_id, names, window, user_id), timeout=within.remaining()
             )
             return RankingTotals(tenant, user)
 

@@ -87,6 +87,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             start_us=convert.micros(request, "start_time"),
             end_us=convert.micros(request, "end_time"),
             group_by_actor=request.group_by_actor,
+            include_tenant_totals=request.include_tenant_totals,
         )
         totals = reads.get_usage(query, connections=self._reads, storage=self._storage, caller=principal())
         return usage_pb2.GetUsageResponse(totals=[convert.total(t) for t in totals])

@@ -18,6 +18,7 @@ class UsageQuery:
     metrics: tuple[str, ...] = ()
     actor_id: str = ""
     group_by_actor: bool = False
+    include_tenant_totals: bool = False  # with actor_id: the tenant's totals too
 
     @property
     def by_actor(self) -> bool:

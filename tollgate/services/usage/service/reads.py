@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tollgate.services.usage.domain import horizon, read_plan
 from tollgate.services.usage.domain.buckets import MAX_TOTAL
 from tollgate.services.usage.domain.model import Classification
@@ -21,16 +23,26 @@ def get_usage(query: UsageQuery, *, connections, storage: Storage, caller: Princ
     check_tenant(query.tenant_id)
     auth.require_tenant(caller, query.tenant_id)
     _check_query(query)
-    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
+    parts = [query]
+    if query.include_tenant_totals:  # the tenant's part too, on the same connection: one round trip for the caller
+        parts.insert(0, replace(query, actor_id="", include_tenant_totals=False))
+    rows: list[tuple] = []
     with connections.connect() as connection:
-        rows, purged_before = storage.usage_totals(connection, query, cover)
-    if not horizon.serves(cover, purged_before):
-        raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
+        for part in parts:
+            rows += _totals(connection, part, storage)
     _check_fits(rows, query)
     return [
         UsageTotal(metric, actor, quantity, count, Classification[classification] if classification else None)
-        for metric, actor, quantity, count, classification in rows
+        for metric, actor, quantity, count, classification in sorted(rows, key=lambda row: (row[0], row[1]))
     ]
+
+
+def _totals(connection, query: UsageQuery, storage: Storage) -> list[tuple]:
+    cover = read_plan.plan(query.start_us, query.end_us, use_aggregates=not query.by_actor)
+    rows, purged_before = storage.usage_totals(connection, query, cover)
+    if not horizon.serves(cover, purged_before):
+        raise FailedPrecondition(_purged_message(cover, purged_before, query.by_actor), reason="RAW_EVENTS_PURGED")
+    return rows
 
 
 def _check_query(query: UsageQuery) -> None:
@@ -41,6 +53,9 @@ def _check_query(query: UsageQuery) -> None:
     check_instant("start_time", query.start_us, required=True)
     check_instant("end_time", query.end_us, required=True)
     require(query.start_us < query.end_us, "end_time", "must be after start_time")
+    if query.include_tenant_totals:
+        require(bool(query.actor_id), "include_tenant_totals", "needs actor_id (the tenant's totals come beside it)")
+        require(not query.group_by_actor, "include_tenant_totals", "cannot be combined with group_by_actor")
 
 
 def _check_fits(rows: list[tuple], query: UsageQuery) -> None:
