@@ -1,8 +1,10 @@
-// Proves the contract from Node.js: record a batch, read the totals back, resolve a mode.
+// Proves the contract from Node.js: record a batch, read the change in the totals, resolve a mode.
+// It compares totals before and after its own batch, so it passes on a tenant that already has usage and can be
+// rerun; a concurrent writer of the same tenant and metric would make it fail.
 // Settings come from the environment; exits 0 when every answer matches, 1 on a mismatch,
 // 3 when ResolveMode is not implemented by the server yet. Without TOLLGATE_FEATURE it skips ResolveMode.
 import { randomUUID } from 'node:crypto';
-import { connect, status, timestamp } from './tollgate.mjs';
+import { createPolicyClient, createUsageClient, status } from './tollgate.mjs';
 
 const env = (name) => {
   const value = process.env[name];
@@ -11,33 +13,41 @@ const env = (name) => {
 };
 const tenantId = env('TOLLGATE_TENANT');
 const metric = process.env.TOLLGATE_METRIC || 'leads.processed';
-const client = connect({ usageAddr: env('TOLLGATE_USAGE_ADDR'), policyAddr: env('TOLLGATE_POLICY_ADDR'),
-  token: env('TOLLGATE_TOKEN') });
+const token = env('TOLLGATE_TOKEN');
+const usage = createUsageClient({ address: env('TOLLGATE_USAGE_ADDR'), token });
+const policy = createPolicyClient({ address: env('TOLLGATE_POLICY_ADDR'), token });
+const BATCH = 25;
 let failures = 0;
 const check = (ok, what) => {
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`);
   if (!ok) failures += 1;
 };
 
+async function readTotal(range) {
+  const answer = await usage.getUsage({ tenant_id: tenantId, metrics: [metric], ...range });
+  // A metric without usage in the range is omitted, not zero.
+  const total = answer.totals.find((t) => t.metric === metric);
+  return { quantity: BigInt(total?.quantity ?? 0), events: BigInt(total?.event_count ?? 0) };
+}
+
 async function recordAndReadBack() {
   const now = new Date();
-  const events = Array.from({ length: 25 }, (_, i) => ({
-    event_id: randomUUID(), metric, quantity: String(i + 1), occurred_at: timestamp(now),
+  const range = { start_time: new Date(now.getTime() - 3600e3), end_time: new Date(now.getTime() + 3600e3) };
+  const before = await readTotal(range);
+  const events = Array.from({ length: BATCH }, (_, i) => ({
+    event_id: randomUUID(), metric, quantity: i + 1, occurred_at: now,
     actor_id: `node-user-${i % 2}`, source_service: 'node-smoke', correlation_id: randomUUID(),
-    metadata: { fields: { lang: { stringValue: 'javascript' } } },
+    metadata: { lang: 'javascript' },
   }));
-  const first = await client.recordEvents(tenantId, events);
-  check(first.results.length === 25 && first.results.every((r) => r.verdict === 'VERDICT_ACCEPTED'),
-    'RecordEvents accepts a batch of 25 events');
-  const again = await client.recordEvents(tenantId, events);
+  const first = await usage.recordEvents(tenantId, events);
+  check(first.results.length === BATCH && first.results.every((r) => r.verdict === 'VERDICT_ACCEPTED'),
+    `RecordEvents accepts a batch of ${BATCH} events`);
+  const again = await usage.recordEvents(tenantId, events);
   check(again.results.every((r) => r.verdict === 'VERDICT_DUPLICATE'), 'sending the batch again counts nothing twice');
-  const usage = await client.getUsage({
-    tenant_id: tenantId, metrics: [metric],
-    start_time: timestamp(new Date(now.getTime() - 3600e3)), end_time: timestamp(new Date(now.getTime() + 3600e3)),
-  });
-  const total = usage.totals.find((t) => t.metric === metric) || { quantity: '0', event_count: '0' };
-  check(total.quantity === String((25 * 26) / 2) && total.event_count === '25',
-    `GetUsage reads the totals back (quantity ${total.quantity}, events ${total.event_count})`);
+  const after = await readTotal(range);
+  const added = { quantity: after.quantity - before.quantity, events: after.events - before.events };
+  check(added.quantity === BigInt((BATCH * (BATCH + 1)) / 2) && added.events === BigInt(BATCH),
+    `GetUsage reads the batch back (quantity +${added.quantity}, events +${added.events})`);
 }
 
 async function resolve() {
@@ -47,7 +57,7 @@ async function resolve() {
   }
   const expected = env('TOLLGATE_EXPECT_MODE');
   try {
-    const answer = await client.resolveMode({
+    const answer = await policy.resolveMode({
       tenant_id: tenantId, user_id: env('TOLLGATE_USER'), feature_id: env('TOLLGATE_FEATURE'),
       requested_mode: 'MODE_UNSPECIFIED',
     });
@@ -71,5 +81,6 @@ try {
   console.error(`FAIL ${error.code !== undefined ? `gRPC ${error.code}: ` : ''}${error.message}`);
   process.exitCode = 1;
 } finally {
-  client.close();
+  usage.close();
+  policy.close();
 }

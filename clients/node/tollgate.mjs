@@ -1,10 +1,17 @@
-// A small Tollgate client for Node.js, built from proto/ at run time: the contracts are the API.
+// The Tollgate client for Node.js, built from the .proto contracts at load time: the contracts are the API.
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 
-const PROTO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../proto');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+// An installed package carries its own copy (written by `npm pack`'s prepack); a checkout of the repo reads
+// proto/ at the root, so the contracts live in one place in git.
+const PROTO_ROOT = [path.join(HERE, 'proto'), path.resolve(HERE, '../../proto')].find((dir) =>
+  existsSync(path.join(dir, 'tollgate/usage/v1/usage.proto')),
+);
+if (!PROTO_ROOT) throw new Error(`@tollgate/client: no tollgate .proto files beside ${HERE}`);
 
 // google/protobuf/*.proto imports resolve to the well-known types protobufjs ships with.
 const definition = protoLoader.loadSync(
@@ -13,35 +20,97 @@ const definition = protoLoader.loadSync(
 );
 const packages = grpc.loadPackageDefinition(definition);
 
+export const DEFAULT_DEADLINE_MS = 5000;
+export const status = grpc.status;
+export const credentials = grpc.credentials;
+
 /** A Timestamp message for a JavaScript Date. */
 export function timestamp(date) {
   const millis = date.getTime();
-  return { seconds: String(Math.floor(millis / 1000)), nanos: (millis % 1000) * 1e6 };
+  const seconds = Math.floor(millis / 1000);
+  return { seconds: String(seconds), nanos: (millis - seconds * 1000) * 1e6 };
 }
 
-/** Promise-returning unary calls with the bearer token and a deadline on every call. */
-function unary(client, token, deadlineMs) {
-  return (method, request) => new Promise((resolve, reject) => {
-    const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${token}`);
-    const deadline = new Date(Date.now() + deadlineMs);
-    client[method](request, metadata, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
-  });
+/** The JavaScript Date of a Timestamp message (to the millisecond). */
+export function toDate(ts) {
+  return new Date(Number(ts.seconds) * 1000 + Math.floor((ts.nanos || 0) / 1e6));
 }
 
-/** Clients of UsageService and PolicyService for one token. */
-export function connect({ usageAddr, policyAddr, token, deadlineMs = 5000 }) {
-  const credentials = grpc.credentials.createInsecure();
-  const usage = new packages.tollgate.usage.v1.UsageService(usageAddr, credentials);
-  const policy = new packages.tollgate.policy.v1.PolicyService(policyAddr, credentials);
-  const callUsage = unary(usage, token, deadlineMs);
-  const callPolicy = unary(policy, token, deadlineMs);
+const asTimestamp = (value) => (value instanceof Date ? timestamp(value) : value);
+
+// The well-known types load from protobufjs's own descriptors, whose field names are camelCase whatever keepCase
+// says; a snake_case key would be dropped and leave the Value empty.
+function structValue(value) {
+  if (value === null) return { nullValue: 'NULL_VALUE' };
+  if (Array.isArray(value)) return { listValue: { values: value.map(structValue) } };
+  switch (typeof value) {
+    case 'string':
+      return { stringValue: value };
+    case 'number':
+      return { numberValue: value };
+    case 'boolean':
+      return { boolValue: value };
+    case 'object':
+      return { structValue: struct(value) };
+    default:
+      throw new TypeError(`metadata values must be JSON, not ${typeof value}`);
+  }
+}
+
+function struct(object) {
+  return { fields: Object.fromEntries(Object.entries(object).map(([key, value]) => [key, structValue(value)])) };
+}
+
+function eventToProto(event) {
+  const { occurred_at: occurredAt, metadata, ...rest } = event;
   return {
-    recordEvents: (tenantId, events) => callUsage('RecordEvents', { tenant_id: tenantId, events }),
-    getUsage: (request) => callUsage('GetUsage', request),
-    resolveMode: (request) => callPolicy('ResolveMode', request),
-    close: () => { usage.close(); policy.close(); },
+    ...rest,
+    occurred_at: asTimestamp(occurredAt),
+    metadata: metadata === undefined ? undefined : struct(metadata),
   };
 }
 
-export const status = grpc.status;
+function rangeToProto(request) {
+  return { ...request, start_time: asTimestamp(request.start_time), end_time: asTimestamp(request.end_time) };
+}
+
+/** A unary caller that sends the bearer token and a deadline with every call. */
+function caller(stub, { token, deadlineMs = DEFAULT_DEADLINE_MS }) {
+  if (!token) throw new TypeError('a Tollgate client needs a token');
+  return (method, request, options = {}) =>
+    new Promise((resolve, reject) => {
+      const metadata = new grpc.Metadata();
+      metadata.set('authorization', `Bearer ${token}`);
+      const deadline = options.deadline ?? new Date(Date.now() + (options.deadlineMs ?? deadlineMs));
+      stub[method](request, metadata, { deadline }, (error, response) => (error ? reject(error) : resolve(response)));
+    });
+}
+
+function stubFor(Service, { address, credentials: channelCredentials }) {
+  if (!address) throw new TypeError('a Tollgate client needs an address (host:port)');
+  return new Service(address, channelCredentials ?? grpc.credentials.createInsecure());
+}
+
+/** A client of tollgate.usage.v1.UsageService. */
+export function createUsageClient(options) {
+  const stub = stubFor(packages.tollgate.usage.v1.UsageService, options);
+  const call = caller(stub, options);
+  return {
+    recordEvents: (tenantId, events, callOptions) =>
+      call('RecordEvents', { tenant_id: tenantId, events: events.map(eventToProto) }, callOptions),
+    getUsage: (request, callOptions) => call('GetUsage', rangeToProto(request), callOptions),
+    close: () => stub.close(),
+  };
+}
+
+/** A client of tollgate.policy.v1.PolicyService. */
+export function createPolicyClient(options) {
+  const stub = stubFor(packages.tollgate.policy.v1.PolicyService, options);
+  const call = caller(stub, options);
+  return {
+    resolveMode: (request, callOptions) => call('ResolveMode', request, callOptions),
+    resolveModes: (request, callOptions) => call('ResolveModes', request, callOptions),
+    listActiveFeatures: (request, callOptions) => call('ListActiveFeatures', request, callOptions),
+    close: () => stub.close(),
+  };
+}

@@ -1,29 +1,33 @@
-"""The contract from another language: the Node.js client records, reads back and resolves a mode."""
+"""The contract from another language: the Node.js client, as a repo checkout and as the installed package."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
 
 from tests import support
 from tollgate.policy.v1 import policy_pb2 as p
+from tollgate.usage.v1 import usage_pb2 as u
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
+NPM_QUIET = ["--no-audit", "--no-fund", "--loglevel=error"]
 
 
 @pytest.fixture(scope="session")
 def node_client() -> Path:
-    """clients/node with its locked packages installed (npm ci on a fresh machine)."""
+    """clients/node with its locked packages installed (npm ci on a fresh machine, from the cache when it can)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed for the Node.js client test")
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=300
-        )
+    installed = (NODE_DIR / "node_modules" / name for name in ("@grpc/grpc-js", "typescript"))
+    if not all(path.is_dir() for path in installed):
+        subprocess.run(["npm", "ci", "--prefer-offline", *NPM_QUIET], cwd=NODE_DIR, check=True, timeout=300)
     return NODE_DIR
 
 
@@ -46,6 +50,20 @@ def test_the_node_client_records_a_batch_once_and_reads_the_totals_back(node_cli
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok  ") == 3
+    assert "GetUsage reads the batch back (quantity +325, events +25)" in result.stdout
+
+
+def test_the_smoke_test_passes_again_on_a_tenant_that_already_has_its_usage(node_client, dbs, usage, policy, tenant):
+    settings = {
+        "tenant": tenant,
+        "token": tenant_token(dbs, tenant),
+        "usage_addr": f"127.0.0.1:{usage.port}",
+        "policy_addr": f"127.0.0.1:{policy.port}",
+    }
+    runs = [run_smoke(node_client, **settings) for _ in range(2)]
+    for result in runs:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "GetUsage reads the batch back (quantity +325, events +25)" in result.stdout
 
 
 def set_up_tenant(stub, admin_token: str, tenant: str) -> tuple[str, str]:
@@ -121,3 +139,108 @@ def test_the_node_client_resolves_a_mode_with_a_tenant_token(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ResolveMode answers MODE_SUGGEST" in result.stdout
+
+
+def test_the_public_api_type_checks_and_its_types_refuse_wrong_calls(node_client):
+    """test/api.ts uses every export through the package's name; its @ts-expect-error lines must each fail."""
+    result = subprocess.run(
+        ["npm", "run", "--silent", "typecheck"], cwd=node_client, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def packed(node_client, tmp_path_factory) -> Path:
+    """The tarball `npm pack` makes of clients/node."""
+    destination = tmp_path_factory.mktemp("npm-pack")
+    result = subprocess.run(
+        ["npm", "pack", "--json", "--pack-destination", str(destination), *NPM_QUIET],
+        cwd=node_client,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return destination / json.loads(result.stdout)[0]["filename"]
+
+
+def test_the_package_ships_the_module_its_types_and_the_contracts_it_loads_and_nothing_else(packed):
+    with tarfile.open(packed) as tarball:
+        names = sorted(name.removeprefix("package/") for name in tarball.getnames())
+    assert names == [
+        "README.md",
+        "package.json",
+        "proto/tollgate/audit/v1/audit.proto",
+        "proto/tollgate/policy/v1/policy.proto",
+        "proto/tollgate/usage/v1/usage.proto",
+        "tollgate.d.ts",
+        "tollgate.mjs",
+    ]
+    # The copy of proto/ is made for the tarball only: git and the checkout keep one.
+    assert not (NODE_DIR / "proto").exists()
+
+
+CONSUMER = """
+import { randomUUID } from 'node:crypto';
+import { createUsageClient, status } from '@tollgate/client';
+
+const [address, token, tenant] = process.argv.slice(2);
+const client = createUsageClient({ address, token, deadlineMs: 10000 });
+const now = new Date();
+const range = { start_time: new Date(now.getTime() - 60000), end_time: new Date(now.getTime() + 60000) };
+const recorded = await client.recordEvents(tenant, [
+  { event_id: randomUUID(), metric: 'leads.processed', quantity: 7, occurred_at: now, source_service: 'npm-consumer',
+    actor_id: 'consumer', metadata: { installed: true, tags: ['npm', 1], nested: { none: null } } },
+]);
+const read = await client.getUsage({ tenant_id: tenant, metrics: ['leads.processed'], ...range });
+let refused = null;
+try {
+  await client.getUsage({ tenant_id: tenant, start_time: now, end_time: now });
+} catch (error) {
+  refused = error.code === status.INVALID_ARGUMENT ? 'INVALID_ARGUMENT' : String(error.code);
+}
+client.close();
+console.log(JSON.stringify({ verdicts: recorded.results.map((r) => r.verdict), totals: read.totals, refused }));
+"""
+
+CONSUMER_TYPES = """
+import { createUsageClient, type GetUsageResponse } from '@tollgate/client';
+const client = createUsageClient({ address: 'localhost:50051', token: 't' });
+const request = { tenant_id: 'a', start_time: new Date(0), end_time: new Date() };
+export const read: Promise<GetUsageResponse> = client.getUsage(request);
+"""
+
+
+def test_the_installed_package_records_and_reads_usage_by_its_name(
+    node_client, packed, tmp_path, dbs, usage, usage_stub, tenant
+):
+    (tmp_path / "package.json").write_text(json.dumps({"name": "consumer", "private": True, "type": "module"}))
+    subprocess.run(
+        ["npm", "install", "--prefer-offline", *NPM_QUIET, str(packed)], cwd=tmp_path, check=True, timeout=300
+    )
+    (tmp_path / "consumer.mjs").write_text(CONSUMER)
+    token = tenant_token(dbs, tenant)
+    result = subprocess.run(
+        ["node", "consumer.mjs", f"127.0.0.1:{usage.port}", token, tenant],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["verdicts"] == ["VERDICT_ACCEPTED"]
+    assert [(t["metric"], t["quantity"], t["event_count"]) for t in answer["totals"]] == [("leads.processed", "7", "1")]
+    assert answer["refused"] == "INVALID_ARGUMENT"
+    stored = usage_stub.ListEvents(
+        u.ListEventsRequest(tenant_id=tenant, source_service="npm-consumer"), metadata=support.bearer(token)
+    )
+    assert [json_format.MessageToDict(e.event.metadata) for e in stored.events] == [
+        {"installed": True, "tags": ["npm", 1], "nested": {"none": None}}
+    ]
+    # A TypeScript consumer gets the types from the installed package, with no build of its own.
+    (tmp_path / "consumer.ts").write_text(CONSUMER_TYPES)
+    tsc = node_client / "node_modules" / ".bin" / "tsc"
+    flags = ["--noEmit", "--strict", "--module", "nodenext", "--moduleResolution", "nodenext", "--types", "node"]
+    typed = subprocess.run([str(tsc), *flags, "consumer.ts"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert typed.returncode == 0, typed.stdout + typed.stderr
