@@ -28,10 +28,13 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 # Generated code has one command and lives beside the code it serves (tollgate/usage/v1, tollgate/policy/v1,
-# tollgate/audit/v1: one directory per proto package, never committed, never edited).
+# tollgate/audit/v1: one directory per proto package, never committed, never edited). The *_connect.py modules are
+# the Connect (HTTP/JSON, gRPC-Web) applications, for google.protobuf messages, synchronous (WSGI).
 $(GEN_STAMP): $(PROTOS) $(VENV_STAMP)
 	rm -rf $(GEN_DIRS)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-connectrpc=$(VENV)/bin/protoc-gen-connectrpc \
+		--connectrpc_out=. --connectrpc_opt=protobuf=google,io=sync $(PROTOS)
 	find $(GEN_DIRS) -type d -exec touch {}/__init__.py \;
 	touch $@
 

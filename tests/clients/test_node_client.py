@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -193,13 +194,17 @@ const recorded = await client.recordEvents(tenant, [
     actor_id: 'consumer', metadata: { installed: true, tags: ['npm', 1], nested: { none: null } } },
 ]);
 const read = await client.getUsage({ tenant_id: tenant, metrics: ['leads.processed'], ...range });
-let refused = null;
-try {
-  await client.getUsage({ tenant_id: tenant, start_time: now, end_time: now });
-} catch (error) {
-  refused = error.code === status.INVALID_ARGUMENT ? 'INVALID_ARGUMENT' : String(error.code);
-}
+const codeName = (code) => Object.keys(status).find((name) => status[name] === code);
+const refusal = (call) => call.then(() => 'OK', (error) => codeName(error.code));
+const stranger = createUsageClient({ address, token: 'tg_nobody_secret' });
+const refused = {
+  empty_range: await refusal(client.getUsage({ tenant_id: tenant, start_time: now, end_time: now })),
+  other_tenant: await refusal(client.getUsage({ tenant_id: `${tenant}-other`, ...range })),
+  unknown_token: await refusal(stranger.getUsage({ tenant_id: tenant, ...range })),
+  past_deadline: await refusal(client.getUsage({ tenant_id: tenant, ...range }, { deadline: new Date(0) })),
+};
 client.close();
+stranger.close();
 console.log(JSON.stringify({ verdicts: recorded.results.map((r) => r.verdict), totals: read.totals, refused }));
 """
 
@@ -231,7 +236,12 @@ def test_the_installed_package_records_and_reads_usage_by_its_name(
     answer = json.loads(result.stdout)
     assert answer["verdicts"] == ["VERDICT_ACCEPTED"]
     assert [(t["metric"], t["quantity"], t["event_count"]) for t in answer["totals"]] == [("leads.processed", "7", "1")]
-    assert answer["refused"] == "INVALID_ARGUMENT"
+    assert answer["refused"] == {
+        "empty_range": "INVALID_ARGUMENT",
+        "other_tenant": "PERMISSION_DENIED",
+        "unknown_token": "UNAUTHENTICATED",
+        "past_deadline": "DEADLINE_EXCEEDED",
+    }
     stored = usage_stub.ListEvents(
         u.ListEventsRequest(tenant_id=tenant, source_service="npm-consumer"), metadata=support.bearer(token)
     )
@@ -244,3 +254,45 @@ def test_the_installed_package_records_and_reads_usage_by_its_name(
     flags = ["--noEmit", "--strict", "--module", "nodenext", "--moduleResolution", "nodenext", "--types", "node"]
     typed = subprocess.run([str(tsc), *flags, "consumer.ts"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert typed.returncode == 0, typed.stdout + typed.stderr
+
+
+def readme_examples_as_typescript() -> str:
+    """Each ```js block of clients/node/README.md as the body of its own function, importing every export."""
+    readme = (NODE_DIR / "README.md").read_text()
+    blocks = re.findall(r"```js\n(.*?)```", readme, flags=re.DOTALL)
+    bodies = ["\n".join(line for line in block.splitlines() if not line.startswith("import ")) for block in blocks]
+    return "\n".join(
+        [
+            "import * as tollgate from '@tollgate/client';",
+            "const { createPolicyClient, createUsageClient, credentials, status } = tollgate;",
+            "declare const usage: tollgate.UsageClient, policy: tollgate.PolicyClient;",
+            "declare const request: tollgate.GetUsageRequest & tollgate.ResolveModeRequest;",
+            *(f"export async function example{n}() {{\n{body}\n}}" for n, body in enumerate(bodies)),
+        ]
+    )
+
+
+def test_every_example_of_the_readme_calls_the_declared_api(node_client, tmp_path):
+    """The README's JavaScript, compiled against tollgate.d.ts: a renamed call or field fails here."""
+    (tmp_path / "examples.mts").write_text(readme_examples_as_typescript())
+    config = {
+        "compilerOptions": {
+            "noEmit": True,
+            "target": "es2022",
+            "module": "nodenext",
+            "moduleResolution": "nodenext",
+            # The examples are JavaScript: a caught error is untyped and an env var may be unset.
+            "strict": False,
+            "noImplicitAny": False,
+            "types": ["node"],
+            "typeRoots": [str(node_client / "node_modules" / "@types")],
+            "paths": {"@tollgate/client": [str(node_client / "tollgate.d.ts")]},
+        },
+        "files": ["examples.mts"],
+    }
+    (tmp_path / "tsconfig.json").write_text(json.dumps(config))
+    tsc = node_client / "node_modules" / ".bin" / "tsc"
+    command = [str(tsc), "-p", "tsconfig.json"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert readme_examples_as_typescript().count("export async function example") >= 7

@@ -96,6 +96,7 @@ class ServiceSettings:
     host: str = "[::]"
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None
     workers: int = 16
     db_pool_size: int = 8
     grace_seconds: float = 10.0
@@ -132,11 +133,14 @@ class ServiceSettings:
         metrics_port = env_int(
             env, f"{p}_METRICS_PORT", -1 if cls.metrics_port is None else cls.metrics_port, low=-1, high=65535
         )
+        # The same for the HTTP (Connect, gRPC-Web) port: -1 off, 0 any free port.
+        http_port = env_int(env, f"{p}_HTTP_PORT", -1 if cls.http_port is None else cls.http_port, low=-1, high=65535)
         return dict(
             database_url=env_database_url(env, f"{p}_DATABASE_URL", cls.database_url),
             host=env_str(env, f"{p}_HOST", cls.host),
             port=env_int(env, f"{p}_PORT", cls.port, low=0, high=65535),
             metrics_port=None if metrics_port < 0 else metrics_port,
+            http_port=None if http_port < 0 else http_port,
             workers=env_int(env, f"{p}_WORKERS", cls.workers, low=1, high=256),
             db_pool_size=env_int(env, f"{p}_DB_POOL_SIZE", cls.db_pool_size, low=1, high=256),
             grace_seconds=env_float(env, f"{p}_GRACE_SECONDS", cls.grace_seconds, low=0, high=600),

@@ -1,4 +1,5 @@
-"""The gRPC server builder both services use: health, reflection, interceptor, limits, shutdown."""
+"""The server builder both services use: gRPC (health, reflection, interceptor, limits), the same RPCs over
+HTTP (shared/http.py), metrics, shutdown."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tollgate.shared import logs, metrics
+from tollgate.shared import http, logs, metrics
 from tollgate.shared.auth import Authenticator
 from tollgate.shared.config import ConfigError, process_env
 from tollgate.shared.interceptor import CallInterceptor
@@ -69,12 +70,18 @@ class RunningServer:
     _metrics_http: WSGIServer | None
     _service_names: list[str]
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    http_port: int | None = None
+    _http: http.HttpServer | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first, then drain in-flight calls for up to `grace` seconds."""
         self.health.enter_graceful_shutdown()
         self.stopping.set()
-        self.server.stop(grace).wait()
+        # Both transports drain together: the gRPC stop returns at once, the HTTP stop waits for its calls.
+        stopped = self.server.stop(grace)
+        if self._http is not None:
+            self._http.stop(grace)
+        stopped.wait()
         for thread in self._threads:
             thread.join(timeout=grace)
         if self._metrics_http is not None:
@@ -91,18 +98,20 @@ def build_server(
     max_workers: int = 16,
     metrics_port: int | None = None,
     health_interval: float = 2.0,
+    http_port: int | None = None,
 ) -> RunningServer:
-    """Build and start the server on `address` ('host:0' picks a free port)."""
+    """Build and start the server on `address` ('host:0' picks a free port), and the same RPCs over HTTP on
+    `http_port` of the same host unless it is None."""
+    # One interceptor for both transports: the same authentication, logs and metrics for every call.
+    interceptor = CallInterceptor(
+        authenticator=spec.authenticator,
+        method_scopes=spec.method_scopes,
+        server=spec.name,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{spec.name}-rpc"),
-        interceptors=[
-            CallInterceptor(
-                authenticator=spec.authenticator,
-                method_scopes=spec.method_scopes,
-                server=spec.name,
-                max_message_bytes=MAX_MESSAGE_BYTES,
-            )
-        ],
+        interceptors=[interceptor],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_workers * 8,
     )
@@ -125,12 +134,35 @@ def build_server(
     metrics_http, bound_metrics_port = (None, None)
     if metrics_port is not None:
         metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
+    http_server = None
+    if http_port is not None:
+        http_server = http.serve(
+            spec.registrations,
+            spec.service_names,
+            interceptor,
+            host=_host_of(address),
+            port=http_port,
+            threads=max_workers,
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            name=spec.name,
+        )
     server.start()
     for thread in threads:
         thread.start()
-    log.info("serving", extra={"fields": {"service": spec.name, "port": port, "metrics_port": bound_metrics_port}})
+    bound_http_port = http_server.port if http_server else None
+    fields = {"service": spec.name, "port": port, "http_port": bound_http_port, "metrics_port": bound_metrics_port}
+    log.info("serving", extra={"fields": fields})
     return RunningServer(
-        server, port, health_servicer, bound_metrics_port, stopping, threads, metrics_http, spec.service_names
+        server,
+        port,
+        health_servicer,
+        bound_metrics_port,
+        stopping,
+        threads,
+        metrics_http,
+        spec.service_names,
+        http_port=bound_http_port,
+        _http=http_server,
     )
 
 

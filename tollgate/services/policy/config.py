@@ -18,6 +18,7 @@ class Settings(ServiceSettings):
     database_url: str = "sqlite:///var/policy.db"
     port: int = 50052
     metrics_port: int | None = 9465
+    http_port: int | None = 8082
     usage_addr: str = "localhost:50051"
     usage_token: str = ""
     usage_timeout_seconds: float = 0.25

@@ -1,0 +1,303 @@
+"""Every RPC of a service over HTTP/1.1 as well: the Connect protocol (JSON or binary protobuf) and gRPC-Web.
+
+No second implementation and no extra hop: each route runs the handler the gRPC server runs, wrapped by the
+same CallInterceptor (token and scope, request id, error mapping to rich details, log line, grpc_server_*
+metrics), with a context object that speaks the part of grpc.ServicerContext the interceptor and the
+servicers use. The generated `*_connect.py` applications decode and encode the wire formats; cheroot serves
+them on a thread pool with HTTP/1.1 keep-alive. See docs/api.md (HTTP/JSON) for what a caller sees.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from http import HTTPStatus
+from types import SimpleNamespace
+from typing import Any, NoReturn
+
+import grpc
+from cheroot import wsgi
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError, ErrorDetail
+from connectrpc.request import RequestContext
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from protobuf.wkt import Any as WireAny
+
+from tollgate.shared.interceptor import CallInterceptor
+
+DETAILS_KEY = "grpc-status-details-bin"
+ROUTE_HINT = "RPCs are POST /<package>.<Service>/<Method>, e.g. /tollgate.usage.v1.UsageService/RecordEvents"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class RawProtoCodec:
+    """application/proto: the body goes to the interceptor as bytes, so a malformed or oversized message
+    is refused by the same parser, with the same status and details, as over gRPC."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: Message) -> bytes:
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Message]) -> bytes:
+        return bytes(data)
+
+
+class JsonCodec:
+    """application/json: proto3 JSON in (either field spelling; an unknown field is refused, so a typo never
+    silently drops a value), lowerCamelCase out; handed to the interceptor as wire bytes."""
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: Message) -> bytes:
+        return json_format.MessageToJson(message, indent=None).encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Message]) -> bytes:
+        message = json_format.Parse(bytes(data), message_class(), ignore_unknown_fields=False)
+        return message.SerializeToString()
+
+
+CODECS = [RawProtoCodec(), JsonCodec()]
+
+
+class HttpContext:
+    """The grpc.ServicerContext surface the interceptor and servicers use, over one Connect request."""
+
+    def __init__(self, ctx: RequestContext):
+        self._ctx = ctx
+        self._code: grpc.StatusCode | None = None
+        self._metadata = tuple((key.lower(), value) for key, value in ctx.request_headers.allitems())
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str | bytes]]) -> None:
+        # Unary Connect has no trailers a curl user sees: the request id goes back as a response header.
+        for key, value in metadata:
+            if key != DETAILS_KEY and isinstance(value, str):
+                self._ctx.response_headers[key] = value
+
+    def time_remaining(self) -> float | None:
+        remaining = self._ctx.timeout_ms
+        return None if remaining is None else max(0.0, remaining / 1000.0)
+
+    def peer(self) -> str:
+        return f"http:{self._ctx.client_address or ''}"
+
+    def is_active(self) -> bool:
+        return True
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        pass
+
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
+        self._code = code
+        raise ConnectError(connect_code(code), details)
+
+    def abort_with_status(self, status: Any) -> NoReturn:
+        self._code = status.code
+        self.set_trailing_metadata(status.trailing_metadata)
+        raise ConnectError(connect_code(status.code), status.details, details=_details_of(status.trailing_metadata))
+
+
+def connect_code(code: grpc.StatusCode) -> Code:
+    """The Connect code of a gRPC status code (the same names, but for the spelling of CANCELLED)."""
+    return Code.CANCELED if code is grpc.StatusCode.CANCELLED else Code[code.name]
+
+
+def _details_of(trailing_metadata: Iterable[tuple[str, str | bytes]]) -> list[ErrorDetail]:
+    """The google.rpc details (ErrorInfo, BadRequest, ...) of a rich status, as Connect error details."""
+    for key, value in trailing_metadata:
+        if key == DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            return [ErrorDetail(WireAny(type_url=d.type_url, value=d.value)) for d in status.details]
+    return []
+
+
+class _Collector:
+    """Stands in for grpc.Server while a generated add_*Servicer_to_server registers its handlers."""
+
+    def __init__(self) -> None:
+        self.generic: list[grpc.GenericRpcHandler] = []
+        self.registered: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        self.registered.update({f"/{service}/{name}": handler for name, handler in handlers.items()})
+
+    def handler(self, method: str) -> grpc.RpcMethodHandler:
+        if method in self.registered:
+            return self.registered[method]
+        for generic in self.generic:
+            found = generic.service(_Details(method))
+            if found is not None:
+                return found
+        raise LookupError(f"no servicer registered {method}")
+
+
+class _Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str):
+        self.method = method
+        self.invocation_metadata = ()
+
+
+def snake_case(name: str) -> str:
+    """'RecordEvents' -> 'record_events': the method names of the generated Connect service protocols."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def service_apps(
+    registrations: Iterable[tuple[Callable, object]],
+    service_names: Iterable[str],
+    interceptor: CallInterceptor,
+    *,
+    read_max_bytes: int,
+) -> dict[str, WSGIApp]:
+    """'/<service>/' -> the generated Connect WSGI application of each service, every method bound to the
+    interceptor-wrapped gRPC handler (the method list comes from the service descriptor, so none is missed)."""
+    collector = _Collector()
+    for add, servicer in registrations:
+        add(servicer, collector)
+    apps: dict[str, WSGIApp] = {}
+    for full_name in service_names:
+        descriptor = descriptor_pool.Default().FindServiceByName(full_name)
+        module = importlib.import_module(descriptor.file.name.removesuffix(".proto").replace("/", ".") + "_connect")
+        methods = {}
+        for method in descriptor.methods:
+            path = f"/{full_name}/{method.name}"
+            methods[snake_case(method.name)] = _bind(interceptor, path, collector.handler(path))
+        application = getattr(module, f"{descriptor.name}WSGIApplication")
+        apps[f"/{full_name}/"] = application(SimpleNamespace(**methods), read_max_bytes=read_max_bytes, codecs=CODECS)
+    return apps
+
+
+def _bind(interceptor: CallInterceptor, path: str, handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """One Connect endpoint function: asks the interceptor for its wrapped handler on every call (so the call
+    is counted as started, as over gRPC) and runs it with an HttpContext."""
+    details = _Details(path)
+
+    def wrapped() -> grpc.RpcMethodHandler:
+        return interceptor.intercept_service(lambda _details: handler, details)
+
+    if handler.unary_unary or handler.stream_unary:
+
+        def unary(request: Any, ctx: RequestContext) -> Message:
+            call = wrapped()
+            behavior = call.unary_unary or call.stream_unary
+            return behavior(request, HttpContext(ctx))
+
+        return unary
+
+    def streaming(request: Any, ctx: RequestContext) -> Iterator[Message]:
+        call = wrapped()
+        behavior = call.unary_stream or call.stream_stream
+        yield from behavior(request, HttpContext(ctx))
+
+    return streaming
+
+
+# Connect unary, Connect streaming and gRPC-Web, each with JSON or binary protobuf. Plain gRPC needs HTTP/2
+# trailers, which WSGI has not: it belongs on the gRPC port.
+CONTENT_TYPES = (
+    "application/json",
+    "application/proto",
+    "application/connect+json",
+    "application/connect+proto",
+    "application/grpc-web",
+    "application/grpc-web+proto",
+    "application/grpc-web+json",
+)
+
+
+class Router:
+    """Routes by path prefix to the service applications (and, later, to plain routes such as POST /v1/events).
+
+    What no RPC can take is answered here with a JSON body that says why: an unknown path (404), a method
+    other than POST (405), a content type the RPCs do not speak (415).
+    """
+
+    def __init__(self, apps: Mapping[str, WSGIApp]):
+        self._apps = dict(apps)
+
+    def add(self, prefix: str, app: WSGIApp) -> None:
+        self._apps[prefix] = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        app = next((app for prefix, app in self._apps.items() if path.startswith(prefix)), None)
+        if app is None:
+            return _refuse(start_response, HTTPStatus.NOT_FOUND, "not_found", f"no route {path[:200]}; {ROUTE_HINT}")
+        if environ.get("REQUEST_METHOD") != "POST":
+            message = f"{environ.get('REQUEST_METHOD')} {path[:200]}: RPCs are called with POST"
+            return _refuse(start_response, HTTPStatus.METHOD_NOT_ALLOWED, "unimplemented", message, ("allow", "POST"))
+        content_type = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+        if content_type not in CONTENT_TYPES:
+            message = f"content type {content_type[:100]!r} is not one of {', '.join(CONTENT_TYPES)}"
+            accept = ("accept-post", ", ".join(CONTENT_TYPES))
+            return _refuse(start_response, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unimplemented", message, accept)
+        return app(environ, start_response)
+
+
+def _refuse(
+    start_response: Callable[..., Any], status: HTTPStatus, code: str, message: str, *headers: tuple[str, str]
+) -> list[bytes]:
+    """A refusal before any RPC runs, in the shape of a Connect error."""
+    body = json.dumps({"code": code, "message": message}).encode()
+    start_response(
+        f"{status.value} {status.phrase}",
+        [("content-type", "application/json"), ("content-length", str(len(body))), *headers],
+    )
+    return [body]
+
+
+class HttpServer:
+    """cheroot on its own threads: `port` is the bound port (useful when asked for port 0)."""
+
+    def __init__(self, app: WSGIApp, host: str, port: int, *, threads: int, max_body_bytes: int, name: str):
+        self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"tollgate-{name}", timeout=30)
+        # cheroot answers 413 itself past this hard bound; the Connect runtime refuses anything above the
+        # message limit below it (resource_exhausted), reading no more than that into memory.
+        self._server.max_request_body_size = max_body_bytes
+        self._server.prepare()
+        self.port: int = self._server.bind_addr[1]
+        self._thread = threading.Thread(target=self._server.serve, name=f"{name}-http", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, let requests in flight end for up to `grace` seconds."""
+        self._server.shutdown_timeout = grace
+        self._server.stop()
+        self._thread.join(timeout=grace + 1)
+
+
+def serve(
+    registrations: Iterable[tuple[Callable, object]],
+    service_names: Iterable[str],
+    interceptor: CallInterceptor,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    max_message_bytes: int,
+    name: str,
+) -> HttpServer:
+    """Start the HTTP server of a service on host:port (0 picks a free port)."""
+    apps = service_apps(registrations, service_names, interceptor, read_max_bytes=max_message_bytes)
+    # The hard bound leaves room for a JSON body to be refused by the runtime with a Connect error.
+    return HttpServer(Router(apps), host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name)
