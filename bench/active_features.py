@@ -60,7 +60,13 @@ def run(admin_url: str) -> None:
         )
         policy_token = tokens.token(url, {"usage:read"}, label="policy service")
         quiet = replace(
-            PolicySettings(), database_url=url, host="127.0.0.1", port=0, metrics_port=None, log_level="WARNING"
+            PolicySettings(),
+            database_url=url,
+            host="127.0.0.1",
+            port=0,
+            metrics_port=None,
+            http_port=None,
+            log_level="WARNING",
         )
         usage = UsageProcess(url)
         try:

@@ -28,6 +28,7 @@ class UsageProcess:
             "USAGE_HOST": "127.0.0.1",
             "USAGE_PORT": str(self.port),
             "USAGE_METRICS_PORT": "-1",
+            "USAGE_HTTP_PORT": "-1",
             "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
             "USAGE_LOG_LEVEL": "WARNING",
             "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",

@@ -38,7 +38,9 @@ def run(admin_url: str) -> None:
     try:
         migrate.upgrade("usage", url)
         server = usage_server.build(
-            Settings(database_url=url, host="127.0.0.1", port=0, metrics_port=None, rollup_interval_seconds=0)
+            Settings(
+                database_url=url, host="127.0.0.1", port=0, metrics_port=None, http_port=None, rollup_interval_seconds=0
+            )
         )
         token = tokens.token(url, {"usage:write"})
         target = f"127.0.0.1:{server.port}"

@@ -39,6 +39,7 @@ def run(admin_url: str) -> None:
             host="127.0.0.1",
             port=0,
             metrics_port=None,
+            http_port=None,
             auth_cache_seconds=5.0,
             log_level="WARNING",
         )

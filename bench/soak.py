@@ -59,6 +59,7 @@ def _start(url: str, port: int) -> subprocess.Popen:
         "USAGE_PORT": str(port),
         "USAGE_HOST": "127.0.0.1",
         "USAGE_METRICS_PORT": "-1",
+        "USAGE_HTTP_PORT": "-1",
         "USAGE_LOG_LEVEL": "WARNING",
         "USAGE_ROLLUP_INTERVAL_SECONDS": "30",
     }

@@ -34,6 +34,7 @@ def _start(module: str, prefix: str, port: int, settings: dict[str, str], wait: 
         f"{prefix}_PORT": str(port),
         f"{prefix}_HOST": "127.0.0.1",
         f"{prefix}_METRICS_PORT": "-1",
+        f"{prefix}_HTTP_PORT": "-1",
         f"{prefix}_LOG_LEVEL": "WARNING",
         f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2",
         **settings,

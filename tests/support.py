@@ -84,9 +84,15 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def test_settings(settings, **changes):
-    """Settings for an in-process server: port 0, no fixed metrics port, fast health checks."""
+    """Settings for an in-process server: port 0, no fixed metrics or HTTP port, fast health checks."""
     defaults = dict(
-        host="127.0.0.1", port=0, metrics_port=0, health_interval_seconds=0.2, auth_cache_seconds=0.0, grace_seconds=2.0
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        http_port=0,
+        health_interval_seconds=0.2,
+        auth_cache_seconds=0.0,
+        grace_seconds=2.0,
     )
     defaults.update(changes)
     return replace(settings, **defaults)

@@ -140,6 +140,7 @@ def test_the_usage_role_ingests_rolls_up_and_reads_with_only_the_rights_the_role
             host="127.0.0.1",
             port=0,
             metrics_port=None,
+            http_port=None,
             rollup_interval_seconds=0,
             log_level="WARNING",
         )

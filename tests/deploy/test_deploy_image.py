@@ -150,6 +150,7 @@ def test_the_image_entrypoints_serve_health_and_stop_cleanly_on_sigterm(image, t
                 f"{prefix}_HOST": "127.0.0.1",
                 f"{prefix}_PORT": str(ports[name]),
                 f"{prefix}_METRICS_PORT": "-1",
+                f"{prefix}_HTTP_PORT": "-1",
                 f"{prefix}_HEALTH_INTERVAL_SECONDS": "0.2",
             }
         )

@@ -51,6 +51,7 @@ def test_sigterm_turns_health_not_serving_first_then_exits_zero(tmp_path):
             "USAGE_PORT": str(port),
             "USAGE_HOST": "127.0.0.1",
             "USAGE_METRICS_PORT": "-1",
+            "USAGE_HTTP_PORT": "-1",
             "USAGE_DRAIN_SECONDS": "2",
             "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
         },

@@ -30,6 +30,7 @@ def start_usage(url: str, port: int) -> subprocess.Popen:
         "USAGE_PORT": str(port),
         "USAGE_HOST": "127.0.0.1",
         "USAGE_METRICS_PORT": "-1",
+        "USAGE_HTTP_PORT": "-1",
         "USAGE_LOG_LEVEL": "WARNING",
         "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
         "USAGE_ROLLUP_INTERVAL_SECONDS": "0",

@@ -17,6 +17,7 @@ COMMON = {
     "HOST": ("host", "127.0.0.1"),
     "PORT": ("port", 7000),
     "METRICS_PORT": ("metrics_port", 7001),
+    "HTTP_PORT": ("http_port", 7002),
     "WORKERS": ("workers", 3),
     "DB_POOL_SIZE": ("db_pool_size", 4),
     "GRACE_SECONDS": ("grace_seconds", 1.5),
@@ -68,9 +69,12 @@ def test_the_variables_read_are_exactly_the_documented_ones(settings_class, pref
 def test_an_empty_environment_gives_the_defaults_and_each_service_its_own_ports_and_database(settings_class, prefix):
     assert settings_class.from_env({}) == settings_class()
     assert settings_class.from_env({f"{prefix}_METRICS_PORT": "-1"}).metrics_port is None
+    assert settings_class.from_env({f"{prefix}_HTTP_PORT": "-1"}).http_port is None
+    assert settings_class.from_env({f"{prefix}_HTTP_PORT": "0"}).http_port == 0
     other = PolicySettings() if settings_class is UsageSettings else UsageSettings()
     mine = settings_class()
-    assert (mine.port, mine.metrics_port, mine.database_url) != (other.port, other.metrics_port, other.database_url)
+    assert mine.port != other.port and mine.metrics_port != other.metrics_port and mine.http_port != other.http_port
+    assert mine.database_url != other.database_url
 
 
 @pytest.mark.parametrize("settings_class, prefix", SERVICES)

@@ -20,6 +20,7 @@ class Settings(ServiceSettings):
     database_url: str = "sqlite:///var/usage.db"
     port: int = 50051
     metrics_port: int | None = 9464
+    http_port: int | None = 8081
     backfill_days: int = 35
     future_skew_seconds: int = 300
     external_prefixes: tuple[str, ...] = DEFAULT_EXTERNAL_PREFIXES

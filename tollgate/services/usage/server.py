@@ -74,6 +74,7 @@ def build(settings: Settings) -> RunningServer:
         max_workers=settings.workers,
         metrics_port=settings.metrics_port,
         health_interval=settings.health_interval_seconds,
+        http_port=settings.http_port,
     )
     running.on_stop += [engine.dispose, reads.dispose]
     return running
