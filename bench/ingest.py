@@ -88,7 +88,7 @@ def _pg(url: str) -> str:
 
 
 def _stored_row(row: tuple) -> tuple:
-    return (*row, None, "BILLABLE", "0" * 64, row[4], True)  # the business key on, the default
+    return (*row, None, "BILLABLE", "0" * 64, row[4], True, None)  # the business key on, the default; no dimensions
 
 
 def _sql_ceiling(url: str, rows: list[tuple]) -> float:

@@ -146,7 +146,7 @@ def _lines(now_us: int, first: int, count: int) -> str:
         content = hashlib.sha256(f"{metric}\0{quantity}\0{at_us}\0{actor}\0bench\0\0".encode()).hexdigest()
         lines.append(
             f"{tenant}\te{n:09d}\t{metric}\t{quantity}\t{at_us}\t{actor}\tbench\t\\N\t\\N\t\\N\t"
-            f"{_CLASSIFICATION[metric]}\t{content}\t{at_us}\tt\n"
+            f"{_CLASSIFICATION[metric]}\t{content}\t{at_us}\tt\t\\N\n"
         )
     return "".join(lines)
 

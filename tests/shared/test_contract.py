@@ -38,6 +38,8 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
             "ListAggregates",
             "ListEvents",
             "ListMetrics",
+            "QueryUsage",
+            "ListDimensionValues",
         },
         (usage_pb2, "UsageAdminService"): {
             "RunRollup",

@@ -190,6 +190,7 @@ def test_an_upserted_metric_is_created_then_updated_and_classifies_new_events(
     updated = usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=metric), metadata=support.bearer(admin_token))
     assert (created.created, updated.created) == (True, False)
     metric.business_key = True  # not sent: the default, which the answer states
+    metric.aggregation = u.AGGREGATION_SUM  # likewise
     assert updated.metric == metric
     record(usage_stub, token, tenant, [event("e1", metric=name)])
     assert list_all(usage_stub, token, tenant)[0].classification == u.CLASSIFICATION_BILLABLE

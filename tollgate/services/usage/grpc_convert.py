@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf import duration_pb2, struct_pb2
 
 from tollgate.services.usage.domain import model
+from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.domain.catalog import Metric
 from tollgate.services.usage.domain.queries import StoredEvent, UsageTotal
 from tollgate.shared import proto_time
@@ -17,6 +18,8 @@ REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.Re
 KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in model.DedupKey}
 CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in model.Classification}
 CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
+AGGREGATIONS = {a: pb.Aggregation.Value(f"AGGREGATION_{a.name}") for a in Aggregation}
+AGGREGATION_OF = {number: a for a, number in AGGREGATIONS.items()} | {pb.AGGREGATION_UNSPECIFIED: Aggregation.SUM}
 
 
 def batch(tenant_id: str, events) -> model.EventBatch:
@@ -127,6 +130,9 @@ def metric_to_proto(m: Metric) -> pb.Metric:
         unit=m.unit,
         description=m.description,
         business_key=m.business_key,
+        aggregation=AGGREGATIONS[m.aggregation],
+        unique_of=m.unique_of,
+        dimensions=m.dimensions,
     )
 
 
@@ -137,7 +143,17 @@ def metric_from_proto(m: pb.Metric) -> Metric:
         m.unit,
         m.description,
         business_key=m.business_key if m.HasField("business_key") else True,
+        aggregation=aggregation_of(m.aggregation, "metric.aggregation"),
+        unique_of=m.unique_of,
+        dimensions=tuple(m.dimensions),
     )
+
+
+def aggregation_of(number: int, field: str) -> Aggregation:
+    """The Aggregation of a proto enum number (unset: SUM); INVALID_ARGUMENT naming `field` for a number the
+    contract does not define."""
+    require(number in AGGREGATION_OF, field, f"has no aggregation numbered {number}")
+    return AGGREGATION_OF[number]
 
 
 def aggregate(a) -> pb.Aggregate:

@@ -53,6 +53,8 @@ events = Table(
     Column("received_at_us", BigInteger, nullable=False),
     # Whether the business key held when the event was stored (its metric's catalog entry then).
     Column("business_key", Boolean(create_constraint=False), nullable=False, server_default=true()),
+    # The event's dimension values as canonical JSON (sorted keys, no spaces); NULL when it carries none.
+    Column("dimensions", Text, nullable=True),
     PrimaryKeyConstraint("tenant_id", "event_id", name="events_pkey"),
     UniqueConstraint("tenant_id", "idempotency_key", name="events_idempotency_key"),
     Index(
@@ -82,6 +84,11 @@ metrics = Table(
     Column("updated_at_us", BigInteger, nullable=False),
     # False turns the business key (correlation_id, metric, occurred_at) off for the metric's new events.
     Column("business_key", Boolean(create_constraint=False), nullable=False, server_default=true()),
+    # How QueryUsage aggregates the metric (an Aggregation's name), what UNIQUE_COUNT counts, and the declared
+    # dimensions as a compact JSON list in the order declared (migration usage_0014).
+    Column("aggregation", String(16), nullable=False, server_default="SUM"),
+    Column("unique_of", String(32), nullable=False, server_default=""),
+    Column("dimensions", Text, nullable=False, server_default="[]"),
 )
 
 

@@ -2,49 +2,103 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+import json
 
+from sqlalchemy import exists, select, update
+from sqlalchemy.orm import Session
+
+from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.domain.catalog import IngestCatalog, Metric
 from tollgate.services.usage.domain.model import Classification
 from tollgate.services.usage.repository.storage import Storage
-from tollgate.services.usage.tables import metrics
+from tollgate.services.usage.tables import events, metrics
+
+_COLUMNS = (
+    metrics.c.name,
+    metrics.c.classification,
+    metrics.c.unit,
+    metrics.c.description,
+    metrics.c.business_key,
+    metrics.c.aggregation,
+    metrics.c.unique_of,
+    metrics.c.dimensions,
+)
 
 
-def ingest_catalog(session) -> IngestCatalog:
-    """Every catalog metric's classification, by name, and the names of the metrics without the business key."""
-    classification_of, without_key = {}, set()
-    for name, classification, business_key in session.execute(
-        select(metrics.c.name, metrics.c.classification, metrics.c.business_key)
+def ingest_catalog(session: Session) -> IngestCatalog:
+    """Every catalog metric's classification, by name, the names of the metrics without the business key, and the
+    dimensions of the metrics that declare some."""
+    classification_of, without_key, dimensions_of = {}, set(), {}
+    for name, classification, business_key, dimensions in session.execute(
+        select(metrics.c.name, metrics.c.classification, metrics.c.business_key, metrics.c.dimensions)
     ):
         classification_of[name] = Classification[classification]
         if not business_key:
             without_key.add(name)
-    return IngestCatalog(classification_of, frozenset(without_key))
+        if dimensions != "[]":
+            dimensions_of[name] = frozenset(json.loads(dimensions))
+    return IngestCatalog(classification_of, frozenset(without_key), dimensions_of)
 
 
-def list_metrics(session, *, after: str | None, limit: int) -> list[Metric]:
+def list_metrics(session: Session, *, after: str | None, limit: int) -> list[Metric]:
     """Catalog metrics ordered by name, starting after `after`."""
-    statement = (
-        select(metrics.c.name, metrics.c.classification, metrics.c.unit, metrics.c.description, metrics.c.business_key)
-        .order_by(metrics.c.name)
-        .limit(limit)
-    )
+    statement = select(*_COLUMNS).order_by(metrics.c.name).limit(limit)
     if after is not None:
         statement = statement.where(metrics.c.name > after)
-    return [
-        Metric(name, Classification[classification], unit, description, business_key)
-        for name, classification, unit, description, business_key in session.execute(statement)
+    return [_metric(row) for row in session.execute(statement)]
+
+
+def get_metric(session: Session, name: str, *, for_update: bool = False) -> Metric | None:
+    """The catalog metric named `name`, None when there is none; locked until commit `for_update` (PostgreSQL)."""
+    statement = select(*_COLUMNS).where(metrics.c.name == name)
+    row = session.execute(statement.with_for_update() if for_update else statement).first()
+    return None if row is None else _metric(row)
+
+
+def _metric(row) -> Metric:
+    name, classification, unit, description, business_key, aggregation, unique_of, dimensions = row
+    return Metric(
+        name,
+        Classification[classification],
+        unit,
+        description,
+        business_key,
+        Aggregation[aggregation],
+        unique_of,
+        tuple(json.loads(dimensions)),
+    )
+
+
+def has_events(session: Session, metric: str) -> bool:
+    """Whether any tenant has an event of the metric."""
+    return bool(session.execute(select(exists().where(events.c.metric == metric))).scalar())
+
+
+def carried_dimensions(session: Session, metric: str, names: list[str]) -> frozenset[str]:
+    """Which of the dimension `names` some event of the metric carries (canonical JSON holds a key as "name":
+    only where it is a key: a quote inside a value is escaped)."""
+    if not names:
+        return frozenset()
+    checks = [
+        exists().where(events.c.metric == metric, events.c.dimensions.contains(f'"{name}":', autoescape=True))
+        for name in names
     ]
+    found = session.execute(select(*checks)).one()
+    return frozenset(name for name, carried in zip(names, found) if carried)
 
 
-def upsert_metric(session, metric: Metric, *, now_us: int, storage: Storage) -> bool:
+def upsert_metric(session: Session, metric: Metric, *, now_us: int, storage: Storage) -> bool:
     """Store the metric; True when it was new. Safe against a concurrent upsert of the same name."""
+    assert metric.classification is not None  # the use case stores only a checked metric (catalog.check_metric)
     values = {
         "name": metric.name,
         "classification": metric.classification.name,
         "unit": metric.unit,
         "description": metric.description,
         "business_key": metric.business_key,
+        "aggregation": metric.aggregation.name,
+        "unique_of": metric.unique_of,
+        "dimensions": json.dumps(list(metric.dimensions), separators=(",", ":")),
         "updated_at_us": now_us,
     }
     created = session.execute(

@@ -28,6 +28,7 @@ def upsert_metric(metric: Metric, *, sessions, storage: Storage, caller: Princip
     auth.require_platform(caller, "changing the metric catalog")
     catalog.check_metric(metric)
     with sessions.begin() as session:
+        _check_change(session, metric)
         created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros(), storage=storage)
         audit.append(
             session,
@@ -41,7 +42,24 @@ def upsert_metric(metric: Metric, *, sessions, storage: Storage, caller: Princip
                 "unit": metric.unit,
                 "description": metric.description,
                 "business_key": metric.business_key,
+                "aggregation": metric.aggregation.name,
+                "unique_of": metric.unique_of,
+                "dimensions": list(metric.dimensions),
             },
             storage=storage,
         )
     return metric, created
+
+
+def _check_change(session, metric: Metric) -> None:
+    """Refuse an update that would change the meaning of stored events (domain.catalog.check_change); the stored
+    entry stays locked until commit, so two updates are judged one after the other."""
+    stored = catalog_sql.get_metric(session, metric.name, for_update=True)
+    if stored is None:
+        return
+    catalog.check_change(
+        stored,
+        metric,
+        has_events=catalog.changes_meaning(stored, metric) and catalog_sql.has_events(session, metric.name),
+        carried=catalog_sql.carried_dimensions(session, metric.name, catalog.removed_dimensions(stored, metric)),
+    )
