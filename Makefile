@@ -11,7 +11,7 @@ GEN_DIRS := $(patsubst proto/%,%,$(wildcard proto/tollgate/*))
 GEN_STAMP := tollgate/.generated
 TOOLS_STAMP := tools/node_modules/.installed
 
-.PHONY: help run test lint unit proto bench contract-baseline demo-check clean
+.PHONY: help run test lint unit proto bench contract-baseline demo-check clean client-wheel
 
 help:
 	@echo "make run    - build, migrate, load the demo and start both services"
@@ -19,6 +19,7 @@ help:
 	@echo "make lint   - ruff (lint and format check) and mypy"
 	@echo "make unit   - the fixture-free unit tier alone (no database, no server)"
 	@echo "make proto  - regenerate the Python stubs from proto/"
+	@echo "make client-wheel - build the tollgate-client wheel (recorder and stubs) into dist/"
 	@echo "make bench  - run the benchmarks (PostgreSQL)"
 
 $(VENV_STAMP): pyproject.toml
@@ -67,8 +68,12 @@ unit: build
 bench: build
 	$(PY) -m bench
 
+# The Python client's own distribution (clients/python), built from tollgate/clients and the stubs above.
+client-wheel: $(GEN_STAMP)
+	$(PY) clients/python/build_wheel.py --out dist
+
 contract-baseline: $(TOOLS_STAMP)
 	$(BUF) build -o contracts/baseline.binpb
 
 clean:
-	rm -rf $(VENV) $(GEN_DIRS) $(GEN_STAMP) tools/node_modules var .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(GEN_DIRS) $(GEN_STAMP) tools/node_modules var dist .mypy_cache .ruff_cache
