@@ -169,7 +169,7 @@ def service_apps(
     *,
     read_max_bytes: int,
 ) -> dict[str, WSGIApp]:
-    """'/<service>/' -> the generated Connect WSGI application of each service, every method bound to the
+    """'/<service>/<Method>' -> the generated Connect WSGI application of its service, every method bound to the
     interceptor-wrapped gRPC handler (the method list comes from the service descriptor, so none is missed)."""
     collector = _Collector()
     for add, servicer in registrations:
@@ -183,7 +183,8 @@ def service_apps(
             path = f"/{full_name}/{method.name}"
             methods[snake_case(method.name)] = _bind(interceptor, path, collector.handler(path))
         application = getattr(module, f"{descriptor.name}WSGIApplication")
-        apps[f"/{full_name}/"] = application(SimpleNamespace(**methods), read_max_bytes=read_max_bytes, codecs=CODECS)
+        app = application(SimpleNamespace(**methods), read_max_bytes=read_max_bytes, codecs=CODECS)
+        apps |= {f"/{full_name}/{method.name}": app for method in descriptor.methods}
     return apps
 
 
@@ -226,23 +227,27 @@ CONTENT_TYPES = (
 
 
 class Router:
-    """Routes by path prefix to the service applications (and, later, to plain routes such as POST /v1/events).
+    """Routes each exact path to its application: the RPCs, and later plain routes (POST /v1/events) by `add`.
 
     What no RPC can take is answered here with a JSON body that says why: an unknown path (404), a method
     other than POST (405), a content type the RPCs do not speak (415).
     """
 
-    def __init__(self, apps: Mapping[str, WSGIApp]):
-        self._apps = dict(apps)
+    def __init__(self, rpcs: Mapping[str, WSGIApp]):
+        self._routes = dict(rpcs)
+        self._rpcs = frozenset(rpcs)
 
-    def add(self, prefix: str, app: WSGIApp) -> None:
-        self._apps[prefix] = app
+    def add(self, path: str, app: WSGIApp) -> None:
+        """A plain route: it checks its own method and content type."""
+        self._routes[path] = app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
-        app = next((app for prefix, app in self._apps.items() if path.startswith(prefix)), None)
+        app = self._routes.get(path)
         if app is None:
             return _refuse(start_response, HTTPStatus.NOT_FOUND, "not_found", f"no route {path[:200]}; {ROUTE_HINT}")
+        if path not in self._rpcs:
+            return app(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
             message = f"{environ.get('REQUEST_METHOD')} {path[:200]}: RPCs are called with POST"
             return _refuse(start_response, HTTPStatus.METHOD_NOT_ALLOWED, "unimplemented", message, ("allow", "POST"))
