@@ -7,11 +7,21 @@ the seam in storage.py, implemented once per backend (postgres/, sqlite/) and ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeAlias, TypeVar, cast
 
 import sqlalchemy.exc
+from sqlalchemy import Connection, CursorResult, Engine, Result
+from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
+
+# A use case is handed Sessions and runs its transactions through them (`in_transaction`, or `with
+# sessions.begin() as session:`); a read of one statement is handed Connections (an engine in autocommit) and
+# runs on one Connection. Named here so that no service module imports SQLAlchemy.
+Sessions: TypeAlias = sessionmaker[Session]
+Connections: TypeAlias = Engine
+
+__all__ = ["Connection", "Connections", "DatabaseError", "Session", "Sessions", "in_transaction", "rowcount"]
 
 # What a use case may catch of the database's failures without naming SQLAlchemy.
 DatabaseError = sqlalchemy.exc.SQLAlchemyError
@@ -19,7 +29,7 @@ DatabaseError = sqlalchemy.exc.SQLAlchemyError
 _TRANSIENT_SQLSTATES = {"40P01", "40001"}
 
 
-def in_transaction(sessions, work: Callable[..., T], *, attempts: int = 3) -> T:
+def in_transaction(sessions: Sessions, work: Callable[[Session], T], *, attempts: int = 3) -> T:
     """Run `work(session)` in one transaction, again (a bounded number of times) after a deadlock."""
     for attempt in range(attempts):
         try:
@@ -29,3 +39,9 @@ def in_transaction(sessions, work: Callable[..., T], *, attempts: int = 3) -> T:
             if getattr(error.orig, "sqlstate", None) not in _TRANSIENT_SQLSTATES or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def rowcount(result: Result) -> int:
+    """The rows an INSERT, UPDATE or DELETE matched."""
+    # Session.execute is typed as returning a Result; a DML statement's is a CursorResult, which has the rowcount.
+    return cast(CursorResult, result).rowcount

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Connection, and_, or_, select
 
 from tollgate.services.usage.domain.model import Classification, Event
 from tollgate.services.usage.domain.queries import EventFilter, StoredEvent
 from tollgate.services.usage.tables import events
 
 
-def list_events(session, where: EventFilter, *, after: tuple[int, str] | None, limit: int) -> list[StoredEvent]:
+def list_events(
+    connection: Connection, where: EventFilter, *, after: tuple[int, str] | None, limit: int
+) -> list[StoredEvent]:
     """Events matching the filter, ordered by (occurred_at, event_id), resuming after `after`."""
     statement = (
         select(events)
@@ -38,7 +40,7 @@ def list_events(session, where: EventFilter, *, after: tuple[int, str] | None, l
                 and_(events.c.occurred_at_us == after[0], events.c.event_id > after[1]),
             )
         )
-    return [_stored(row) for row in session.execute(statement)]
+    return [_stored(row) for row in connection.execute(statement)]
 
 
 def _stored(row) -> StoredEvent:
@@ -52,5 +54,6 @@ def _stored(row) -> StoredEvent:
         row.correlation_id or "",
         row.idempotency_key or "",
         json.loads(row.metadata) if row.metadata else None,
+        json.loads(row.dimensions) if row.dimensions else None,
     )
     return StoredEvent(row.tenant_id, event, Classification[row.classification], row.received_at_us)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.dedup import LookupKeys
 from tollgate.services.usage.domain.model import Candidate, StoredKeys
@@ -29,12 +30,18 @@ def _row(tenant_id: str, candidate: Candidate, received_at_us: int) -> tuple:
         candidate.content_hash,
         received_at_us,
         candidate.business_key,
-        None,
+        candidate.dimensions_json,
     )
 
 
 def insert_new(
-    session, tenant_id: str, candidates: list[Candidate], received_at_us: int, *, bulk: bool = True, storage: Storage
+    session: Session,
+    tenant_id: str,
+    candidates: list[Candidate],
+    received_at_us: int,
+    *,
+    bulk: bool = True,
+    storage: Storage,
 ) -> set[str]:
     """Insert the events no unique key refuses; return the event ids inserted.
 
@@ -47,13 +54,13 @@ def insert_new(
     return storage.insert_events(session, rows, bulk=bulk)
 
 
-def insert_rows(session, rows: list[tuple], *, storage: Storage) -> set[str]:
+def insert_rows(session: Session, rows: list[tuple], *, storage: Storage) -> set[str]:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING event_id of the rows, as one executemany."""
     statement = storage.insert(events).on_conflict_do_nothing().returning(events.c.event_id)
     return set(session.execute(statement, [dict(zip(COLUMNS, row)) for row in rows]).scalars())
 
 
-def find_existing(session, tenant_id: str, keys: LookupKeys, *, storage: Storage) -> list[StoredKeys]:
+def find_existing(session: Session, tenant_id: str, keys: LookupKeys, *, storage: Storage) -> list[StoredKeys]:
     """The stored events of the tenant holding any of the keys."""
     matches = [storage.one_of(events.c.event_id, keys.event_ids)]
     if keys.idempotency_keys:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import Connection, and_, func, select
+from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain import digests
 from tollgate.services.usage.domain.buckets import HOUR_US, Period, holds_hour, start_of
@@ -47,7 +48,7 @@ class RollupOutcome(NamedTuple):
 
 
 def mark_dirty(
-    session, tenant_id: str, buckets: dict[tuple[str, int, int], int], now_us: int, *, storage: Storage
+    session: Session, tenant_id: str, buckets: dict[tuple[str, Period, int], int], now_us: int, *, storage: Storage
 ) -> None:
     """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in one statement, in key order.
 
@@ -72,7 +73,7 @@ def mark_dirty(
     session.execute(statement, rows)
 
 
-def record_run(session, tenant_id: str | None, now_us: int, buckets: int, *, storage: Storage) -> None:
+def record_run(session: Session, tenant_id: str | None, now_us: int, buckets: int, *, storage: Storage) -> None:
     upsert = storage.insert(rollup_runs)
     session.execute(
         upsert.on_conflict_do_update(
@@ -83,7 +84,7 @@ def record_run(session, tenant_id: str | None, now_us: int, buckets: int, *, sto
     )
 
 
-def dirty_summary(session, tenant_id: str | None) -> tuple[int, int | None]:
+def dirty_summary(session: Session, tenant_id: str | None) -> tuple[int, int | None]:
     """(dirty bucket count, oldest marked_at) of one tenant or of all."""
     statement = select(func.count(), func.min(dirty_buckets.c.marked_at_us))
     if tenant_id:
@@ -92,7 +93,7 @@ def dirty_summary(session, tenant_id: str | None) -> tuple[int, int | None]:
     return int(count), oldest
 
 
-def last_run(session, tenant_id: str | None) -> tuple[int, int] | None:
+def last_run(session: Session, tenant_id: str | None) -> tuple[int, int] | None:
     """(last_run_us, buckets) of the latest run covering the scope (a tenant's own or an all-tenant run)."""
     scopes = ["", tenant_id] if tenant_id else [""]
     statement = (
@@ -106,7 +107,7 @@ def last_run(session, tenant_id: str | None) -> tuple[int, int] | None:
 
 
 def list_aggregates(
-    session,
+    connection: Connection,
     tenant_id: str,
     metric: str,
     period: Period,
@@ -118,7 +119,7 @@ def list_aggregates(
 ) -> list[Aggregate]:
     """Buckets of one period with a dirty flag, oldest first, resuming after the bucket starting at `after`."""
     if period is Period.HOUR:
-        return _list_hours(session, tenant_id, metric, start_us, end_us, after=after, limit=limit)
+        return _list_hours(connection, tenant_id, metric, start_us, end_us, after=after, limit=limit)
     return [
         Aggregate(
             r.tenant_id,
@@ -131,12 +132,12 @@ def list_aggregates(
             r.computed_at_us,
             bool(r.dirty),
         )
-        for r in _rows(session, tenant_id, metric, period, start_us, end_us, after=after, limit=limit)
+        for r in _rows(connection, tenant_id, metric, period, start_us, end_us, after=after, limit=limit)
     ]
 
 
 def _rows(
-    session,
+    connection: Connection,
     tenant_id: str,
     metric: str,
     period: Period,
@@ -161,19 +162,27 @@ def _rows(
         statement = statement.where(aggregates.c.period_start_us < end_us)
     if after is not None:
         statement = statement.where(aggregates.c.period_start_us > after)
-    return list(session.execute(statement))
+    return list(connection.execute(statement))
 
 
 def _list_hours(
-    session, tenant_id: str, metric: str, start_us: int | None, end_us: int | None, *, after: int | None, limit: int
+    connection: Connection,
+    tenant_id: str,
+    metric: str,
+    start_us: int | None,
+    end_us: int | None,
+    *,
+    after: int | None,
+    limit: int,
 ) -> list[Aggregate]:
     """Hours with events, unpacked from their day rows; an hour is dirty when its bit of its day's mark is set
     (the day row still holds for the others: see tables.dirty_buckets)."""
     low = max((v for v in (start_us, None if after is None else after + 1) if v is not None), default=None)
-    found, day_after = [], None
+    found: list[Aggregate] = []
+    day_after = None
     while len(found) < limit:
         first_day = None if low is None else start_of(Period.DAY, low)
-        days = _rows(session, tenant_id, metric, Period.DAY, first_day, end_us, after=day_after, limit=limit)
+        days = _rows(connection, tenant_id, metric, Period.DAY, first_day, end_us, after=day_after, limit=limit)
         for day in days:
             for offset, quantity, count, digest in sorted(
                 zip(day.hour_offsets or (), day.hour_quantities or (), day.hour_counts or (), day.hour_digests or ())

@@ -14,8 +14,11 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from tollgate.services.usage.domain.queries import UsageQuery
     from tollgate.services.usage.domain.read_plan import ReadPlan
+    from tollgate.services.usage.repository import Session, Sessions
     from tollgate.services.usage.repository.rollups import RollupOutcome
     from tollgate.shared.audit_chain import AuditChain
 
@@ -41,26 +44,26 @@ class Storage(ABC):
         """The condition `column` is one of `values`."""
 
     @abstractmethod
-    def lock_for_ingest(self, session, tenant_id: str) -> None:
+    def lock_for_ingest(self, session: Session, tenant_id: str) -> None:
         """Take the ingest side of the tenant's purge lock until commit: many ingests at once, no purge."""
 
     @abstractmethod
-    def lock_for_purge(self, session, tenant_id: str) -> None:
+    def lock_for_purge(self, session: Session, tenant_id: str) -> None:
         """Take the purge side of the tenant's purge lock until commit: no ingest meanwhile."""
 
     @abstractmethod
-    def insert_events(self, session, rows: list[tuple], *, bulk: bool) -> set[str]:
+    def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         """Insert event rows (ingest.COLUMNS) no unique key refuses; the event ids inserted.
 
         `bulk` marks the transaction's first insert, where a backend may stage the batch its fastest way.
         """
 
     @abstractmethod
-    def usage_totals(self, connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
+    def usage_totals(self, connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
         """GetUsage in one statement: (metric, actor_id, quantity, event_count, classification) rows sorted by
         metric and actor, and the tenant's purge horizon (None when never purged)."""
 
     @abstractmethod
-    def roll_up(self, sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
+    def roll_up(self, sessions: Sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
         """Recompute dirty buckets of the tenant (None: of every tenant) until none is left, or `max_buckets`
         (0: no bound) are done, in as many transactions as the backend needs."""

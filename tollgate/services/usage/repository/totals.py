@@ -11,6 +11,7 @@ from typing import Protocol
 
 from sqlalchemy import and_, bindparam, exists, func, literal, literal_column, null, or_, select, true, union_all
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 from sqlalchemy.sql.selectable import Join
 
 from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, Period
@@ -28,8 +29,11 @@ EVENTS, DAY_ROWS, _metrics, _horizons = (
 )
 
 # Constants written into the statement rather than bound: shorter text, nothing for the planner to guess.
-DAY, ZERO, ONE = literal_column(str(int(Period.DAY))), literal_column("0"), literal_column("1")
-_HOUR_US, _DAY_US = literal_column(str(HOUR_US)), literal_column(str(DAY_US))
+DAY: ColumnClause[int] = literal_column(str(int(Period.DAY)))
+ZERO: ColumnClause[int] = literal_column("0")
+ONE: ColumnClause[int] = literal_column("1")
+_HOUR_US: ColumnClause[int] = literal_column(str(HOUR_US))
+_DAY_US: ColumnClause[int] = literal_column(str(DAY_US))
 
 
 class Pieces(Protocol):
@@ -121,7 +125,7 @@ def statement(
     differ only where a plan leaves a part out entirely (no raw edge, or one; no whole hour): an
     always-empty range still costs the planner, and an OR of ranges hides a single range's index scan.
     """
-    tenant = bindparam("tenant")
+    tenant: BindParameter[str] = bindparam("tenant")
     metrics = pieces.metrics()
 
     def only(statement, metric_column):

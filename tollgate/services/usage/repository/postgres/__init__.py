@@ -10,13 +10,16 @@ from __future__ import annotations
 import secrets
 from functools import partial
 
-from sqlalchemy import String, any_, bindparam, func, text
+from sqlalchemy import Connection, String, any_, bindparam, func, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
-from tollgate.services.usage.repository import in_transaction, ingest
+from tollgate.services.usage.domain.queries import UsageQuery
+from tollgate.services.usage.domain.read_plan import ReadPlan
+from tollgate.services.usage.repository import Sessions, in_transaction, ingest
 from tollgate.services.usage.repository.postgres import rollup_pass, totals
 from tollgate.services.usage.repository.postgres.bulk_ingest import copy_insert
-from tollgate.services.usage.repository.rollups import RollupOutcome
+from tollgate.services.usage.repository.rollups import RefusedBucket, RollupOutcome
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import audit_head, audit_records
 from tollgate.shared import audit_chain, clock, db
@@ -46,20 +49,20 @@ class PostgresStorage(Storage):
         # One array parameter instead of one per value: far less to convert and plan for a batch of 1,000.
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
 
-    def lock_for_ingest(self, session, tenant_id: str) -> None:
+    def lock_for_ingest(self, session: Session, tenant_id: str) -> None:
         session.execute(_LOCK_SHARED, {"space": _LOCK_SPACE, "tenant": tenant_id})
 
-    def lock_for_purge(self, session, tenant_id: str) -> None:
+    def lock_for_purge(self, session: Session, tenant_id: str) -> None:
         session.execute(_LOCK_EXCLUSIVE, {"space": _LOCK_SPACE, "tenant": tenant_id})
 
-    def insert_events(self, session, rows: list[tuple], *, bulk: bool) -> set[str]:
+    def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         # COPY once per transaction: a batch's later rounds (events sharing keys) are few rows each.
         return copy_insert(session, rows) if bulk else ingest.insert_rows(session, rows, storage=self)
 
-    def usage_totals(self, connection, query, plan) -> tuple[list[tuple], int | None]:
+    def usage_totals(self, connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
         return totals.usage_totals(connection, query, plan)
 
-    def roll_up(self, sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
+    def roll_up(self, sessions: Sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
         """Passes, each computing up to PASS_SIZE buckets in one snapshot and applying them CLAIM_SIZE at a time.
 
         A pass holds no row locks, however many events it reads; each apply transaction writes at most
@@ -67,7 +70,8 @@ class PostgresStorage(Storage):
         LOCKED), so workers may run at once. Every transaction may run on its own connection (PgBouncer
         transaction pooling).
         """
-        done, refused = 0, {}
+        done = 0
+        refused: dict[tuple, RefusedBucket] = {}  # by its key (tenant, metric, period, start): once per run
         while not max_buckets or done < max_buckets:
             limit = PASS_SIZE if not max_buckets else min(PASS_SIZE, max_buckets - done)
             pass_id = secrets.randbits(63)
@@ -89,13 +93,13 @@ class PostgresStorage(Storage):
         return RollupOutcome(done, list(refused.values()))
 
 
-def _compute_pass(session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
+def _compute_pass(session: Session, *, pass_id: int, tenant_id: str | None, limit: int) -> rollup_pass.Pass:
     return rollup_pass.compute_pass(
         session, pass_id, tenant_id, limit, clock.now_micros(), scan_from=SCAN_FROM, visible_enough=VISIBLE_ENOUGH
     )
 
 
-def _apply_claim(session, *, pass_id: int, after: int) -> int:
+def _apply_claim(session: Session, *, pass_id: int, after: int) -> int:
     return rollup_pass.apply_pass(session, pass_id, after, CLAIM_SIZE, clock.now_micros())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from tollgate.services.usage.repository.ingest import COLUMNS
 
 _STAGE = "pg_temp.usage_events_stage"
@@ -17,9 +19,10 @@ _INSERT = (
 )
 
 
-def copy_insert(session, rows: list[tuple]) -> set[str]:
+def copy_insert(session: Session, rows: list[tuple]) -> set[str]:
     """Insert the rows (ingest.COLUMNS) no unique key refuses, staged with COPY; the event ids inserted."""
     driver = session.connection().connection.driver_connection
+    assert driver is not None  # None only once the pool has detached it, never inside a transaction
     with driver.cursor() as cursor:
         cursor.execute(_STAGE_DDL)
         with cursor.copy(_COPY) as copy:

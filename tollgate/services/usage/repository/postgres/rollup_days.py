@@ -10,6 +10,7 @@ with one sequential scan instead.
 from __future__ import annotations
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US
 
@@ -101,7 +102,7 @@ FROM {MARKS} AS m CROSS JOIN LATERAL (
 WHERE m.period = 2 AND NOT {_READ_WHOLE}"""
 
 
-def compute_days(session, tenant_id: str | None, *, scan_from: int, visible_enough: float) -> None:
+def compute_days(session: Session, tenant_id: str | None, *, scan_from: int, visible_enough: float) -> None:
     """Every day mark of the pass with its totals and hours, into the work table."""
     days, low, high = session.execute(
         text(f"SELECT count(*), min(period_start_us), max(period_end_us) FROM {MARKS} WHERE period = 2")

@@ -30,8 +30,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.buckets import DAY_US, MAX_TOTAL, WEEK_US, Period
+from tollgate.services.usage.repository import rowcount
 from tollgate.services.usage.repository.postgres import rollup_days
 from tollgate.services.usage.repository.postgres.rollup_days import MARKS as _MARKS
 from tollgate.services.usage.repository.postgres.rollup_days import WORK as _WORK
@@ -159,7 +161,14 @@ class Pass(NamedTuple):
 
 
 def compute_pass(
-    session, pass_id: int, tenant_id: str | None, limit: int, now_us: int, *, scan_from: int, visible_enough: float
+    session: Session,
+    pass_id: int,
+    tenant_id: str | None,
+    limit: int,
+    now_us: int,
+    *,
+    scan_from: int,
+    visible_enough: float,
 ) -> Pass:
     """Up to `limit` dirty marks, whole series first, each with its bucket's totals, into usage.rollup_work
     as pass `pass_id`.
@@ -173,10 +182,12 @@ def compute_pass(
         session.execute(text(f"SET LOCAL {setting}"))
     for statement in _TEMP_TABLES + _INDEXES:
         session.execute(text(statement))
-    found = session.execute(
-        text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
-        {"tenant": tenant_id, "limit": limit},
-    ).rowcount
+    found = rowcount(
+        session.execute(
+            text(_TAKE_MARKS.format(scope="WHERE tenant_id = :tenant" if tenant_id else "")),
+            {"tenant": tenant_id, "limit": limit},
+        )
+    )
     session.execute(text(f"ANALYZE {_MARKS}"))
     rollup_days.compute_days(session, tenant_id, scan_from=scan_from, visible_enough=visible_enough)
     session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
@@ -190,14 +201,14 @@ def compute_pass(
     return Pass(found, first or 0, last or 0, refused)
 
 
-def apply_pass(session, pass_id: int, after: int, size: int, now_us: int) -> int:
+def apply_pass(session: Session, pass_id: int, after: int, size: int, now_us: int) -> int:
     """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
-    return session.execute(
-        text(_APPLY), {"pass": pass_id, "after": after, "until": after + size, "now": now_us}
-    ).rowcount
+    return rowcount(
+        session.execute(text(_APPLY), {"pass": pass_id, "after": after, "until": after + size, "now": now_us})
+    )
 
 
-def drop_pass(session, pass_id: int) -> None:
+def drop_pass(session: Session, pass_id: int) -> None:
     session.execute(text(f"DELETE FROM {_PASSES} WHERE pass_id = :pass"), {"pass": pass_id})

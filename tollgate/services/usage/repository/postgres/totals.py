@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 
-from sqlalchemy import BigInteger, String, any_, bindparam, case, func, literal_column, select
+from sqlalchemy import BigInteger, Connection, String, any_, bindparam, case, func, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.elements import BindParameter
 
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
@@ -57,7 +58,7 @@ class Pieces:
     def end_hours(self, tenant, hour_ranges: int):
         # One subtraction of running sums per row, rather than unnesting the day's hours.
         day = DAY_ROWS.c
-        days = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
+        days: list[BindParameter[int]] = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
 
         def span(running, n):
             return running[bindparam(f"hour{n}_to") + ONE] - running[bindparam(f"hour{n}_from") + ONE]
@@ -75,14 +76,14 @@ class Pieces:
 PIECES = Pieces()
 
 
-def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
+def usage_totals(connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """GetUsage's rows and the tenant's purge horizon (storage.Storage.usage_totals)."""
     shape = totals.shape(query, plan)
     found = _execute_on_driver(connection, shape, totals.parameters(query, plan))
     return totals.decode(PIECES, found, query.by_actor)
 
 
-def _execute_on_driver(connection, shape: tuple, values: dict) -> list[tuple]:
+def _execute_on_driver(connection: Connection, shape: tuple, values: dict) -> list[tuple]:
     """Rows of the statement of `shape`, run on the pooled connection's psycopg connection.
 
     SQLAlchemy's execution (its context, result metadata from the cursor description) is skipped on

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from functools import partial
 
-from sqlalchemy import func
+from sqlalchemy import Connection, func
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
 
-from tollgate.services.usage.repository import in_transaction, ingest
-from tollgate.services.usage.repository.rollups import RollupOutcome
+from tollgate.services.usage.domain.queries import UsageQuery
+from tollgate.services.usage.domain.read_plan import ReadPlan
+from tollgate.services.usage.repository import Sessions, in_transaction, ingest
+from tollgate.services.usage.repository.rollups import RefusedBucket, RollupOutcome
 from tollgate.services.usage.repository.sqlite import rollup_serial, totals
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import audit_head, audit_records
@@ -28,27 +31,31 @@ class SqliteStorage(Storage):
     name = "sqlite"
     chain = audit_chain.AuditChain(audit_records, audit_head)
     insert = staticmethod(sqlite.insert)
-    greatest = staticmethod(func.max)
+
+    @staticmethod
+    def greatest(*values):
+        return func.max(*values)  # SQLite's max() of several arguments is scalar, like GREATEST
 
     def one_of(self, column, values: list[str]):
         return column.in_(values)
 
-    def lock_for_ingest(self, session, tenant_id: str) -> None:
+    def lock_for_ingest(self, session: Session, tenant_id: str) -> None:
         """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
 
-    def lock_for_purge(self, session, tenant_id: str) -> None:
+    def lock_for_purge(self, session: Session, tenant_id: str) -> None:
         """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
 
-    def insert_events(self, session, rows: list[tuple], *, bulk: bool) -> set[str]:
+    def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         return ingest.insert_rows(session, rows, storage=self)
 
-    def usage_totals(self, connection, query, plan) -> tuple[list[tuple], int | None]:
+    def usage_totals(self, connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
         return totals.usage_totals(connection, query, plan)
 
-    def roll_up(self, sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
+    def roll_up(self, sessions: Sessions, tenant_id: str | None, max_buckets: int) -> RollupOutcome:
         """Steps of one short transaction each, every mark visited once per run, in key order; a step stops once
         it has read SERIAL_ROWS rows (events and stored rows), at the end of the hour it is in."""
-        done, refused, after = 0, {}, None
+        done, after = 0, None
+        refused: dict[tuple, RefusedBucket] = {}  # by its key (tenant, metric, period, start): once per run
         while not max_buckets or done < max_buckets:
             step = in_transaction(
                 sessions,
@@ -61,7 +68,7 @@ class SqliteStorage(Storage):
         return RollupOutcome(done, list(refused.values()))
 
 
-def _step(session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
+def _step(session: Session, *, tenant_id: str | None, after: tuple | None, max_buckets: int) -> rollup_serial.Step:
     return rollup_serial.roll_up_step(
         session, tenant_id, after, budget=SERIAL_ROWS, max_buckets=max_buckets, now_us=clock.now_micros()
     )

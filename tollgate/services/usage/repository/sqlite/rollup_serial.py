@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain import digests
 from tollgate.services.usage.domain.buckets import HOUR_US, MAX_TOTAL, Period, hours_in, next_start
@@ -50,7 +51,7 @@ class Step:
 
 
 def roll_up_step(
-    session, tenant_id: str | None, after: tuple | None, *, budget: int, max_buckets: int, now_us: int
+    session: Session, tenant_id: str | None, after: tuple | None, *, budget: int, max_buckets: int, now_us: int
 ) -> Step:
     """Recompute marks after the key `after` until `budget` rows were read or `max_buckets` (0: any) cleared."""
     step, spent = Step(after=after), 0
@@ -78,7 +79,7 @@ def roll_up_step(
     return step
 
 
-def _marks_after(session, tenant_id: str | None, after: tuple | None) -> list[tuple]:
+def _marks_after(session: Session, tenant_id: str | None, after: tuple | None) -> list[tuple]:
     keys = [dirty_buckets.c[k] for k in _KEY]
     statement = select(*keys, dirty_buckets.c.dirty_hours).order_by(*keys).limit(_MARKS_PER_READ)
     if tenant_id:
@@ -89,7 +90,7 @@ def _marks_after(session, tenant_id: str | None, after: tuple | None) -> list[tu
 
 
 def _day(
-    session, tenant: str, metric: str, start_us: int, dirty_hours: int, budget: int, now_us: int
+    session: Session, tenant: str, metric: str, start_us: int, dirty_hours: int, budget: int, now_us: int
 ) -> tuple[int, int, int | None]:
     """Recompute the day's dirty hours, in order, until `budget` events were read (at least one hour); store
     them in its row. (rows read, hours still dirty, the total when it does not fit, else None)."""
@@ -120,11 +121,13 @@ def _day(
     return read, left, None
 
 
-def _fold(session, tenant: str, metric: str, period: Period, start_us: int, now_us: int) -> tuple[int, int, int | None]:
+def _fold(
+    session: Session, tenant: str, metric: str, period: Period, start_us: int, now_us: int
+) -> tuple[int, int, int | None]:
     """Store the week or month summed from its days: (rows read, 0, the total when it does not fit, else None)."""
     end_us = next_start(period, start_us)
     day = aggregates.c
-    marks = dict(
+    marks: dict[int, int] = dict(
         session.execute(
             select(dirty_buckets.c.period_start_us, dirty_buckets.c.dirty_hours).where(
                 dirty_buckets.c.tenant_id == tenant,
@@ -133,7 +136,9 @@ def _fold(session, tenant: str, metric: str, period: Period, start_us: int, now_
                 dirty_buckets.c.period_start_us >= start_us,
                 dirty_buckets.c.period_start_us < end_us,
             )
-        ).all()
+        )
+        .tuples()
+        .all()
     )
     rows = session.execute(
         select(
@@ -155,9 +160,9 @@ def _fold(session, tenant: str, metric: str, period: Period, start_us: int, now_
                 digest + digests.value(row.source_hash),
             )
     for day_us, dirty_hours in marks.items():
-        row = next((r for r in rows if r.period_start_us == day_us), None)
-        hours = _hours_of(row) if row is not None else {}
-        for offset in hours_in(recomputed_hours(dirty_hours, has_row=row is not None)):
+        stored = next((r for r in rows if r.period_start_us == day_us), None)
+        hours = _hours_of(stored) if stored is not None else {}
+        for offset in hours_in(recomputed_hours(dirty_hours, has_row=stored is not None)):
             hours[offset] = _raw_hour(session, tenant, metric, day_us + offset * HOUR_US)
             read += hours[offset][1]
         for q, n, d in hours.values():
@@ -181,7 +186,7 @@ def _fold(session, tenant: str, metric: str, period: Period, start_us: int, now_
     return read, 0, None
 
 
-def _raw_hour(session, tenant: str, metric: str, start_us: int) -> tuple[int, int, int]:
+def _raw_hour(session: Session, tenant: str, metric: str, start_us: int) -> tuple[int, int, int]:
     """(quantity, event count, digest) of the hour's events."""
     quantity = count = digest = 0
     for event_id, content_hash, amount in session.execute(
@@ -197,7 +202,7 @@ def _raw_hour(session, tenant: str, metric: str, start_us: int) -> tuple[int, in
     return quantity, count, digest
 
 
-def _stored_hours(session, tenant: str, metric: str, start_us: int) -> _Hours | None:
+def _stored_hours(session: Session, tenant: str, metric: str, start_us: int) -> _Hours | None:
     row = session.execute(
         select(*[aggregates.c[c] for c in HOUR_COLUMNS]).where(*_is(aggregates, tenant, metric, Period.DAY, start_us))
     ).first()
@@ -208,7 +213,9 @@ def _hours_of(row) -> _Hours:
     return {o: (q, n, d) for o, q, n, d in zip(*[getattr(row, c) or () for c in HOUR_COLUMNS])}
 
 
-def _store(session, tenant: str, metric: str, period: Period, start_us: int, hours: _Hours, now_us: int) -> None:
+def _store(
+    session: Session, tenant: str, metric: str, period: Period, start_us: int, hours: _Hours, now_us: int
+) -> None:
     offsets = sorted(hours)
     digest = sum(d for _, _, d in hours.values())
     _write(
@@ -230,7 +237,7 @@ def _store(session, tenant: str, metric: str, period: Period, start_us: int, hou
     )
 
 
-def _write(session, row: dict) -> None:
+def _write(session: Session, row: dict) -> None:
     upsert = sqlite.insert(aggregates)
     session.execute(
         upsert.on_conflict_do_update(
@@ -244,7 +251,7 @@ def _write(session, row: dict) -> None:
     )
 
 
-def _clear(session, tenant: str, metric: str, period: int, start_us: int) -> None:
+def _clear(session: Session, tenant: str, metric: str, period: int, start_us: int) -> None:
     session.execute(dirty_buckets.delete().where(*_is(dirty_buckets, tenant, metric, Period(period), start_us)))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import and_, bindparam, func, literal, literal_column, or_, select, true
+from sqlalchemy import Connection, and_, bindparam, func, literal, literal_column, or_, select, true
+from sqlalchemy.sql.elements import BindParameter, ColumnClause
 
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
@@ -12,7 +13,7 @@ from tollgate.services.usage.repository import totals
 from tollgate.services.usage.repository.totals import DAY_ROWS
 
 _SPLIT = 2**32
-_SPLIT_SQL = literal_column(str(_SPLIT))
+_SPLIT_SQL: ColumnClause[int] = literal_column(str(_SPLIT))
 
 
 class Pieces:
@@ -54,7 +55,7 @@ class Pieces:
 
     def end_hours(self, tenant, hour_ranges: int):
         day = DAY_ROWS.c
-        days = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
+        days: list[BindParameter[int]] = [bindparam(f"hour{n}_day") for n in range(hour_ranges)]
         offset, quantity, count, cells = self.hour_cells()
         start = day.period_start_us
         ranges = [
@@ -71,7 +72,7 @@ class Pieces:
 PIECES = Pieces()
 
 
-def usage_totals(connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
+def usage_totals(connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """GetUsage's rows and the tenant's purge horizon (storage.Storage.usage_totals)."""
     found = connection.execute(totals.statement(PIECES, *totals.shape(query, plan)), totals.parameters(query, plan))
     return totals.decode(PIECES, found, query.by_actor)
