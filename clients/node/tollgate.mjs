@@ -58,7 +58,9 @@ function structValue(value) {
 }
 
 function struct(object) {
-  return { fields: Object.fromEntries(Object.entries(object).map(([key, value]) => [key, structValue(value)])) };
+  // As JSON.stringify does, a key whose value is undefined is left out.
+  const entries = Object.entries(object).filter(([, value]) => value !== undefined);
+  return { fields: Object.fromEntries(entries.map(([key, value]) => [key, structValue(value)])) };
 }
 
 function eventToProto(event) {
@@ -96,9 +98,10 @@ export function createUsageClient(options) {
   const stub = stubFor(packages.tollgate.usage.v1.UsageService, options);
   const call = caller(stub, options);
   return {
-    recordEvents: (tenantId, events, callOptions) =>
+    // async, so a request the client cannot convert rejects like any failed call instead of throwing.
+    recordEvents: async (tenantId, events, callOptions) =>
       call('RecordEvents', { tenant_id: tenantId, events: events.map(eventToProto) }, callOptions),
-    getUsage: (request, callOptions) => call('GetUsage', rangeToProto(request), callOptions),
+    getUsage: async (request, callOptions) => call('GetUsage', rangeToProto(request), callOptions),
     close: () => stub.close(),
   };
 }
