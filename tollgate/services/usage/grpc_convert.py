@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf import duration_pb2, struct_pb2
 
 from tollgate.services.usage.domain import model
@@ -13,10 +15,14 @@ from tollgate.shared.audit import Verification
 from tollgate.shared.errors import require
 from tollgate.usage.v1 import usage_pb2 as pb
 
-VERDICTS = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in model.Verdict}
-REASONS = {r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.RejectReason}
-KEYS = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in model.DedupKey}
-CLASSIFICATIONS = {c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in model.Classification}
+VERDICTS: dict[model.Verdict, pb.Verdict] = {v: pb.Verdict.Value(f"VERDICT_{v.name}") for v in model.Verdict}
+REASONS: dict[model.RejectReason, pb.RejectReason] = {
+    r: pb.RejectReason.Value(f"REJECT_REASON_{r.name}") for r in model.RejectReason
+}
+KEYS: dict[model.DedupKey, pb.DedupKey] = {k: pb.DedupKey.Value(f"DEDUP_KEY_{k.name}") for k in model.DedupKey}
+CLASSIFICATIONS: dict[model.Classification, pb.Classification] = {
+    c: pb.Classification.Value(f"CLASSIFICATION_{c.name}") for c in model.Classification
+}
 CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
 AGGREGATIONS = {a: pb.Aggregation.Value(f"AGGREGATION_{a.name}") for a in Aggregation}
 AGGREGATION_OF = {number: a for a, number in AGGREGATIONS.items()} | {pb.AGGREGATION_UNSPECIFIED: Aggregation.SUM}
@@ -64,8 +70,8 @@ def results(items: list[model.EventResult]) -> list[pb.EventResult]:
                 event_id=r.event_id,
                 verdict=VERDICTS[r.verdict],
                 message=r.message,
-                reason=REASONS[r.reason] if r.reason else 0,
-                dedup_key=KEYS[r.dedup_key] if r.dedup_key else 0,
+                reason=REASONS[r.reason] if r.reason else pb.REJECT_REASON_UNSPECIFIED,
+                dedup_key=KEYS[r.dedup_key] if r.dedup_key else pb.DEDUP_KEY_UNSPECIFIED,
                 existing_event_id=r.existing_event_id,
             )
         )
@@ -92,12 +98,17 @@ def total(t: UsageTotal) -> pb.UsageTotal:
         actor_id=t.actor_id,
         quantity=t.quantity,
         event_count=t.event_count,
-        classification=CLASSIFICATIONS.get(t.classification, 0),
+        classification=_classification(t.classification),
     )
+
+
+def _classification(c: model.Classification | None) -> pb.Classification:
+    return pb.CLASSIFICATION_UNSPECIFIED if c is None else CLASSIFICATIONS[c]
 
 
 def stored_event(s: StoredEvent) -> pb.StoredEvent:
     e = s.event
+    assert e.occurred_at_us is not None  # ingest stores no event without one
     event = pb.UsageEvent(
         event_id=e.event_id,
         metric=e.metric,
@@ -126,7 +137,7 @@ def batch_error(status) -> pb.BatchError:
 def metric_to_proto(m: Metric) -> pb.Metric:
     return pb.Metric(
         name=m.name,
-        classification=CLASSIFICATIONS.get(m.classification, 0),
+        classification=_classification(m.classification),
         unit=m.unit,
         description=m.description,
         business_key=m.business_key,
@@ -160,7 +171,7 @@ def aggregate(a) -> pb.Aggregate:
     return pb.Aggregate(
         tenant_id=a.tenant_id,
         metric=a.metric,
-        period=int(a.period),
+        period=cast(pb.Period, int(a.period)),  # the same numbers (domain/buckets.py Period)
         period_start=proto_time.from_micros(a.period_start_us),
         total_quantity=a.total_quantity,
         event_count=a.event_count,

@@ -25,7 +25,9 @@ def count(results: list[EventResult], classification_of: dict[int, str]) -> None
     tally = Tally((r.verdict.name, classification_of.get(r.index, "UNKNOWN")) for r in results)
     for (verdict, classification), n in tally.items():
         EVENTS.labels(verdict, classification).inc(n)
-    for reason, n in Tally(r.reason.name for r in results if r.verdict is Verdict.REJECTED).items():
+    # A REJECTED result always names its reason (admission.rejected): `is not None` only narrows the type.
+    rejected = Tally(r.reason.name for r in results if r.verdict is Verdict.REJECTED and r.reason is not None)
+    for reason, n in rejected.items():
         REJECTIONS.labels(reason).inc(n)
 
 

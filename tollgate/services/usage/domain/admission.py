@@ -151,9 +151,11 @@ def _value_problem(event: Event, catalog, rules: IngestRules, now_us: int) -> tu
         return RejectReason.NON_POSITIVE_QUANTITY, f"quantity must be greater than 0, got {event.quantity}"
     if event.quantity > MAX_QUANTITY:
         return RejectReason.QUANTITY_TOO_LARGE, f"quantity must be at most {MAX_QUANTITY}, got {event.quantity}"
-    if event.occurred_at_us > now_us + rules.future_skew_us:
+    at = event.occurred_at_us
+    assert at is not None  # _field_problem rejects an event without one
+    if at > now_us + rules.future_skew_us:
         return RejectReason.IN_FUTURE, f"occurred_at is more than {rules.future_skew_us // 1_000_000} s ahead"
-    if event.occurred_at_us < now_us - rules.backfill_us:
+    if at < now_us - rules.backfill_us:
         return RejectReason.TOO_OLD, f"occurred_at is older than {rules.backfill_us // 86_400_000_000} days"
     if classification is Classification.BILLABLE and event.source_service.startswith(rules.external_prefixes):
         return (

@@ -17,7 +17,7 @@ def keys_of(candidate: Candidate) -> list[tuple]:
     """The tenant-scoped keys of an event, tagged by kind; empty optional keys, and the business key of a metric
     that turned it off, are no keys."""
     event = candidate.event
-    keys = [("id", event.event_id)]
+    keys: list[tuple] = [("id", event.event_id)]
     if event.idempotency_key:
         keys.append(("key", event.idempotency_key))
     if event.correlation_id and candidate.business_key:
@@ -34,7 +34,8 @@ def plan_round(pending: list[Candidate]) -> tuple[list[Candidate], list[Candidat
     if _all_distinct(pending):
         return pending, []  # the usual case, checked fast
     seen: set[tuple] = set()
-    now, later = [], []
+    now: list[Candidate] = []
+    later: list[Candidate] = []
     for candidate in pending:
         keys = keys_of(candidate)
         (later if any(key in seen for key in keys) else now).append(candidate)

@@ -68,7 +68,8 @@ class EventBatch:
 class EventResult(NamedTuple):
     """The verdict on the event at `index` of its batch (a NamedTuple for the reason Event is one)."""
 
-    index: int
+    # The field shadows tuple.index() on purpose: callers read the position, never call the method.
+    index: int  # type: ignore[assignment]
     event_id: str
     verdict: Verdict
     reason: RejectReason | None = None
@@ -89,7 +90,7 @@ class IngestRules:
 class Candidate(NamedTuple):
     """A valid event, ready to store: its classification, canonical metadata and content hash."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), as EventResult's does
     event: Event
     classification: Classification
     metadata_json: str | None
