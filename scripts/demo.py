@@ -132,16 +132,17 @@ def banner() -> str:
     calls = "\n".join(readme_calls())
     return (
         "\nTollgate is up.\n"
-        "  Usage   gRPC localhost:50051   metrics http://localhost:9464/metrics\n"
-        "  Policy  gRPC localhost:50052   metrics http://localhost:9465/metrics\n"
+        "  Usage   gRPC localhost:50051   HTTP/JSON http://localhost:8081   metrics http://localhost:9464/metrics\n"
+        "  Policy  gRPC localhost:50052   HTTP/JSON http://localhost:8082   metrics http://localhost:9465/metrics\n"
         "  Tokens  var/admin.token (platform admin), var/demo.token (tenant 'demo')\n\n"
-        "Try (from the repo root, in another terminal, with .venv/bin on PATH for grpcurl):\n"
+        "Try (from the repo root, in another terminal, with .venv/bin on PATH for grpcurl; curl for HTTP/JSON):\n"
         f"{calls}\n\nCtrl-C stops both services.\n"
     )
 
 
 def readme_calls() -> list[str]:
-    """The grpcurl calls of the README, in order (tested by tests/deploy/test_readme_calls.py)."""
+    """The grpcurl and curl calls of the README, in order (tested by tests/deploy/test_readme_calls.py)."""
     text = (ROOT / "README.md").read_text()
     blocks = text.split("```sh\n")[1:]
-    return [line for block in blocks for line in block.split("```")[0].splitlines() if line.startswith("grpcurl")]
+    lines = [line for block in blocks for line in block.split("```")[0].splitlines()]
+    return [line for line in lines if line.startswith(("grpcurl ", "curl "))]

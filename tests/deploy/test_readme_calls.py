@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def running(tmp_path_factory):
     """scripts.run_local (what `make run` starts) with its var/ in a temp folder."""
     home = tmp_path_factory.mktemp("readme")
-    ports = {"usage": free_port(), "policy": free_port()}
+    ports = {"usage": free_port(), "policy": free_port(), "usage_http": free_port(), "policy_http": free_port()}
     env = {
         **os.environ,
         "TOLLGATE_VAR_DIR": str(home / "var"),
         "USAGE_PORT": str(ports["usage"]),
         "POLICY_PORT": str(ports["policy"]),
+        "USAGE_HTTP_PORT": str(ports["usage_http"]),
+        "POLICY_HTTP_PORT": str(ports["policy_http"]),
         "USAGE_METRICS_PORT": "-1",
         "POLICY_METRICS_PORT": "-1",
     }
@@ -54,6 +56,8 @@ def running(tmp_path_factory):
 def run_call(call: str, home: Path, ports: dict) -> subprocess.CompletedProcess:
     call = call.replace("localhost:50051", f"localhost:{ports['usage']}")
     call = call.replace("localhost:50052", f"localhost:{ports['policy']}")
+    call = call.replace("localhost:8081/", f"localhost:{ports['usage_http']}/")
+    call = call.replace("localhost:8082/", f"localhost:{ports['policy_http']}/")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(["bash", "-c", call], cwd=home, env=env, capture_output=True, text=True, timeout=60)
 
@@ -61,6 +65,7 @@ def run_call(call: str, home: Path, ports: dict) -> subprocess.CompletedProcess:
 def test_make_run_prints_the_endpoints_and_the_readme_calls(running):
     _home, _ports, banner, _process = running
     assert "localhost:50051" in banner and "localhost:50052" in banner
+    assert "http://localhost:8081" in banner and "http://localhost:8082" in banner
     for call in demo.readme_calls():
         assert call in banner
 
@@ -71,7 +76,9 @@ def test_every_readme_call_answers_as_the_readme_says(running):
     for call in demo.readme_calls():
         result = run_call(call, home, ports)
         assert result.returncode == 0, f"{call}\n{result.stderr}"
-        answers[call.split()[-1]] = result.stdout
+        # grpcurl ends with the RPC, curl with its URL: keyed by the RPC, the curl answers as "http:" + RPC.
+        rpc = call.split()[-1]
+        answers["http:" + rpc.split("/", 3)[-1] if call.startswith("curl ") else rpc] = result.stdout
     assert '"SERVING"' in answers["grpc.health.v1.Health/Check"]
     assert "VERDICT_ACCEPTED" in answers["tollgate.usage.v1.UsageService/RecordEvents"]
     totals = json.loads(answers["tollgate.usage.v1.UsageService/GetUsage"])["totals"]
@@ -81,6 +88,12 @@ def test_every_readme_call_answers_as_the_readme_says(running):
     ranked = json.loads(answers["tollgate.policy.v1.PolicyService/ListActiveFeatures"])
     assert ranked["usage_available"] is True and ranked["features"]
     assert json.loads(answers["tollgate.policy.v1.PolicyAdminService/VerifyAudit"])["ok"] is True
+    # The curl calls: the same RPCs over HTTP/JSON, answered in proto3 JSON (lowerCamelCase).
+    assert "VERDICT_ACCEPTED" in answers["http:tollgate.usage.v1.UsageService/RecordEvents"]
+    totals = json.loads(answers["http:tollgate.usage.v1.UsageService/GetUsage"])["totals"]
+    assert any(t["metric"] == "scoring.requests" and int(t["quantity"]) >= 5 for t in totals)
+    resolved = json.loads(answers["http:tollgate.policy.v1.PolicyService/ResolveMode"])
+    assert resolved["resolution"]["effectiveMode"].startswith("MODE_"), resolved
 
 
 def api_md_usage(home: Path, ports: dict, call: str) -> dict[tuple[str, str], int]:
