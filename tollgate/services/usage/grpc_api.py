@@ -5,8 +5,11 @@ from __future__ import annotations
 import sqlalchemy.exc
 
 from tollgate.services.usage import grpc_convert as convert
+from tollgate.services.usage.config import Settings
 from tollgate.services.usage.domain.model import IngestRules
 from tollgate.services.usage.domain.queries import EventFilter, UsageQuery
+from tollgate.services.usage.repository import Connections, Sessions
+from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import audit, catalog, ingest, purge, reads, rollups
 from tollgate.shared import grpc_audit, grpc_errors
 from tollgate.shared.auth import principal
@@ -45,7 +48,7 @@ def ingest_rules(settings) -> IngestRules:
 class UsageApi(usage_pb2_grpc.UsageServiceServicer):
     """tollgate.usage.v1.UsageService."""
 
-    def __init__(self, *, sessions, connections, storage, settings):
+    def __init__(self, *, sessions: Sessions, connections: Connections, storage: Storage, settings: Settings):
         self._sessions, self._storage = sessions, storage
         self._reads = connections  # GetUsage, ListAggregates and ListEvents are one statement each
         self._settings = settings
@@ -139,7 +142,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
 class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):
     """tollgate.usage.v1.UsageAdminService."""
 
-    def __init__(self, *, sessions, storage):
+    def __init__(self, *, sessions: Sessions, storage: Storage):
         self._sessions, self._storage = sessions, storage
 
     def _dependencies(self) -> dict:

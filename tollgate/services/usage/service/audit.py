@@ -6,6 +6,7 @@ recompute derived data; the retention job applies the operator's configuration, 
 
 from __future__ import annotations
 
+from tollgate.services.usage.repository import Session, Sessions
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service.checks import check_tenant
 from tollgate.shared import audit_chain, clock, pagination
@@ -14,7 +15,7 @@ from tollgate.shared.credentials import Principal
 
 
 def append(
-    session, *, actor: str, action: str, target: str, tenant_id: str, change: dict, storage: Storage
+    session: Session, *, actor: str, action: str, target: str, tenant_id: str, change: dict, storage: Storage
 ) -> AuditRecord:
     """Append the record of this transaction's write; the head stays locked until commit, so writers queue."""
     head = storage.chain.lock_head(session)
@@ -31,7 +32,7 @@ def append(
 
 
 def list_records(
-    tenant_id: str, *, page_size: int, page_token: str, sessions, storage: Storage, caller: Principal
+    tenant_id: str, *, page_size: int, page_token: str, sessions: Sessions, storage: Storage, caller: Principal
 ) -> pagination.Page[AuditRecord]:
     """One page of records oldest first; a tenant's own, or with '' every one (platform only)."""
     if tenant_id:
@@ -41,6 +42,6 @@ def list_records(
     )
 
 
-def verify(*, sessions, storage: Storage, caller: Principal) -> Verification:
+def verify(*, sessions: Sessions, storage: Storage, caller: Principal) -> Verification:
     """Walk the whole chain; name the first link that does not check (platform only)."""
     return audit_chain.verify(storage.chain, sessions=sessions, caller=caller)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tollgate.services.usage.domain import catalog
 from tollgate.services.usage.domain.catalog import Metric
+from tollgate.services.usage.repository import Sessions
 from tollgate.services.usage.repository import catalog as catalog_sql
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import audit
@@ -13,7 +14,7 @@ from tollgate.shared.credentials import Principal
 SCOPE = {"list": "metrics"}  # the catalog is global: a token is bound to the listing only
 
 
-def list_metrics(*, page_size: int, page_token: str, sessions) -> pagination.Page:
+def list_metrics(*, page_size: int, page_token: str, sessions: Sessions) -> pagination.Page:
     """One page of the catalog, ordered by name."""
     cursor = pagination.start(page_size, page_token, SCOPE, shape=(str,))
     with sessions.begin() as session:
@@ -23,10 +24,11 @@ def list_metrics(*, page_size: int, page_token: str, sessions) -> pagination.Pag
     return cursor.page(found, lambda metric: (metric.name,))
 
 
-def upsert_metric(metric: Metric, *, sessions, storage: Storage, caller: Principal) -> tuple[Metric, bool]:
+def upsert_metric(metric: Metric, *, sessions: Sessions, storage: Storage, caller: Principal) -> tuple[Metric, bool]:
     """Add or update a catalog metric (platform credentials only), audited; returns it and whether it is new."""
     auth.require_platform(caller, "changing the metric catalog")
     catalog.check_metric(metric)
+    assert metric.classification is not None  # check_metric refused a metric without one
     with sessions.begin() as session:
         _check_change(session, metric)
         created = catalog_sql.upsert_metric(session, metric, now_us=clock.now_micros(), storage=storage)

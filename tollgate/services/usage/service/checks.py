@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tollgate.services.usage.domain.admission import MAX_ID_LENGTH
 from tollgate.shared import clock, tenant_ids
-from tollgate.shared.errors import require
+from tollgate.shared.errors import FieldViolation, InvalidArgument, require
 
 MIN_US, MAX_US = clock.MIN_MICROS, clock.MAX_MICROS
 
@@ -24,6 +24,14 @@ def check_text(field: str, value: str, *, required: bool = False) -> None:
     )
 
 
-def check_instant(field: str, micros: int | None, *, required: bool = False) -> None:
-    require(micros is not None or not required, field, "is required")
+def check_instant(field: str, micros: int | None) -> None:
+    """An optional instant: absent, or within the years a Timestamp can hold."""
     require(micros is None or MIN_US <= micros <= MAX_US, field, "must be a timestamp between years 1 and 9999")
+
+
+def required_instant(field: str, micros: int | None) -> int:
+    """An instant the call must give, checked; returned as present, so the caller holds an int."""
+    if micros is None:
+        raise InvalidArgument(FieldViolation(field, "is required"))
+    check_instant(field, micros)
+    return micros

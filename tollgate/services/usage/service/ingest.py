@@ -7,8 +7,8 @@ from functools import partial
 from tollgate.services.usage import metrics
 from tollgate.services.usage.domain import admission, dedup, marks
 from tollgate.services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, Verdict
+from tollgate.services.usage.repository import Session, Sessions, in_transaction
 from tollgate.services.usage.repository import catalog as catalog_sql
-from tollgate.services.usage.repository import in_transaction
 from tollgate.services.usage.repository import ingest as ingest_sql
 from tollgate.services.usage.repository import purge as purge_sql
 from tollgate.services.usage.repository import rollups as rollups_sql
@@ -20,7 +20,7 @@ from tollgate.shared.errors import Unavailable
 
 
 def record_events(
-    batch: EventBatch, *, sessions, storage: Storage, rules: IngestRules, caller: Principal
+    batch: EventBatch, *, sessions: Sessions, storage: Storage, rules: IngestRules, caller: Principal
 ) -> list[EventResult]:
     """Store each new event once; report duplicates, conflicts and rejections per event, in order."""
     check_tenant(batch.tenant_id)  # before authorization: an empty or malformed tenant is no one's to deny
@@ -34,7 +34,7 @@ def record_events(
 
 
 def _judge_batch(
-    session, *, batch: EventBatch, rules: IngestRules, storage: Storage
+    session: Session, *, batch: EventBatch, rules: IngestRules, storage: Storage
 ) -> tuple[list[EventResult], dict[int, str]]:
     """Admit the batch against the catalog and the tenant's purge horizon, store the new events, mark their buckets
     dirty; the results in order, and the classification of each event by index (for the metrics)."""
@@ -50,13 +50,15 @@ def _judge_batch(
     )
 
 
-def _store(session, tenant_id: str, pending: list[Candidate], now_us: int, storage: Storage) -> list[EventResult]:
+def _store(
+    session: Session, tenant_id: str, pending: list[Candidate], now_us: int, storage: Storage
+) -> list[EventResult]:
     """Insert in rounds of events sharing no key; a refused event is judged against what is stored.
 
     Usually one round; each event sharing a key with an earlier one of its batch adds at most one.
     An event refused by a key whose row is gone by the time we look (a concurrent purge) goes round again.
     """
-    results = []
+    results: list[EventResult] = []
     for round_number in range(len(pending) + 3):
         if not pending:
             return results

@@ -11,17 +11,18 @@ The rules (docs/usage.md, "Purge"):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from tollgate.services.usage.domain.buckets import DAY_US
 from tollgate.services.usage.domain.horizon import in_force_after
-from tollgate.services.usage.repository import in_transaction
+from tollgate.services.usage.repository import Session, Sessions, in_transaction
 from tollgate.services.usage.repository import purge as purge_sql
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import audit, schedule
 from tollgate.services.usage.service.rollups import authorize_purge
 from tollgate.shared import clock
 from tollgate.shared.credentials import Principal
-from tollgate.shared.errors import require
+from tollgate.shared.errors import FieldViolation, InvalidArgument, require
 
 SLICE_US = DAY_US  # events deleted per transaction: one day of a tenant, so locks are held briefly
 
@@ -35,11 +36,12 @@ class PurgeReport:
 
 
 def purge_events(
-    tenant_id: str, before_us: int | None, dry_run: bool, *, sessions, storage: Storage, caller: Principal
+    tenant_id: str, before_us: int | None, dry_run: bool, *, sessions: Sessions, storage: Storage, caller: Principal
 ) -> PurgeReport:
     """Purge one tenant (or, for the platform, every tenant) before `before_us`; audited unless a dry run."""
     tenants = authorize_purge(tenant_id, caller)
-    require(before_us is not None, "before_time", "is required")
+    if before_us is None:
+        raise InvalidArgument(FieldViolation("before_time", "is required"))
     require(
         clock.MIN_MICROS <= before_us <= clock.now_micros(), "before_time", "must be a past timestamp (from year 1 on)"
     )
@@ -47,7 +49,7 @@ def purge_events(
 
 
 def purge(
-    sessions,
+    sessions: Sessions,
     tenant_id: str | None,
     before_us: int,
     *,
@@ -74,7 +76,7 @@ def purge(
 
 
 def _purge_tenant(
-    sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None, storage: Storage
+    sessions: Sessions, tenant_id: str, before_us: int, dry_run: bool, actor: str | None, storage: Storage
 ) -> PurgeReport:
     in_force = None
     if dry_run:
@@ -92,7 +94,7 @@ def _purge_tenant(
     return PurgeReport(deleted, left - deleted if dry_run else left, dry_run, in_force if dry_run else horizon)
 
 
-def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None, storage: Storage) -> int:
+def _move_horizon(session: Session, tenant_id: str, before_us: int, actor: str | None, storage: Storage) -> int:
     """Move the horizon and, for an admin, record it in the same transaction: the horizon is the change.
 
     The deletions that follow only carry it out, a slice per transaction; a purge that leaves the
@@ -118,7 +120,7 @@ def _move_horizon(session, tenant_id: str, before_us: int, actor: str | None, st
     return horizon
 
 
-def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool) -> int:
+def _delete_in_slices(sessions: Sessions, tenant_id: str, horizon_us: int, *, delete: bool) -> int:
     """Delete (or count) the purgeable events before the horizon, a slice per transaction."""
     done, low = 0, None
     while True:
@@ -128,13 +130,12 @@ def _delete_in_slices(sessions, tenant_id: str, horizon_us: int, *, delete: bool
             return done
         high = min(low + SLICE_US, horizon_us)
         done += in_transaction(
-            sessions,
-            lambda session, low=low, high=high: purge_sql.purgeable(session, tenant_id, low, high, delete=delete),
+            sessions, partial(purge_sql.purgeable, tenant_id=tenant_id, low_us=low, high_us=high, delete=delete)
         )
         low = high
 
 
-def retention_job(sessions, retention_days: int, every_seconds: float, *, storage: Storage):
+def retention_job(sessions: Sessions, retention_days: int, every_seconds: float, *, storage: Storage):
     """The background job purging every tenant's events older than `retention_days` (None when 0)."""
     if retention_days <= 0:
         return None

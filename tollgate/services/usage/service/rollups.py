@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from tollgate.services.usage import metrics
 from tollgate.services.usage.domain.buckets import Period
+from tollgate.services.usage.repository import Connections, Sessions
 from tollgate.services.usage.repository import rollups as rollups_sql
 from tollgate.services.usage.repository.rollups import RefusedBucket
 from tollgate.services.usage.repository.storage import Storage
@@ -41,14 +42,16 @@ def authorize_purge(tenant_id: str, caller: Principal) -> str | None:
     return auth.tenant_scope(caller, tenant_id, "a purge of every tenant")
 
 
-def run_rollup(tenant_id: str, max_buckets: int, *, sessions, storage: Storage, caller: Principal) -> RunReport:
+def run_rollup(
+    tenant_id: str, max_buckets: int, *, sessions: Sessions, storage: Storage, caller: Principal
+) -> RunReport:
     """Recompute dirty buckets of one tenant (or of all, for the platform) now."""
     tenants = auth.tenant_scope(caller, tenant_id, "a rollup of every tenant")
     require(max_buckets >= 0, "max_buckets", "must not be negative")
     return roll_up(sessions, tenants, max_buckets, storage=storage)
 
 
-def roll_up(sessions, tenant_id: str | None, max_buckets: int = 0, *, storage: Storage) -> RunReport:
+def roll_up(sessions: Sessions, tenant_id: str | None, max_buckets: int = 0, *, storage: Storage) -> RunReport:
     """Recompute dirty buckets until none is left (or `max_buckets` are done).
 
     Safe with any number of concurrent workers (each backend's engine sees to it). A bucket whose total
@@ -84,7 +87,7 @@ def _report_refused(refused: list[RefusedBucket]) -> None:
         )
 
 
-def rollup_status(tenant_id: str, *, sessions, caller: Principal) -> RollupStatus:
+def rollup_status(tenant_id: str, *, sessions: Sessions, caller: Principal) -> RollupStatus:
     tenants = auth.tenant_scope(caller, tenant_id, "the rollup status of every tenant")
     with sessions.begin() as session:
         count, oldest = rollups_sql.dirty_summary(session, tenants)
@@ -103,7 +106,7 @@ def list_aggregates(
     *,
     page_size: int,
     page_token: str,
-    connections,
+    connections: Connections,
     caller: Principal,
 ) -> pagination.Page:
     """One page of a metric's buckets of one period, oldest first, each flagged dirty when stale."""
@@ -131,7 +134,7 @@ def list_aggregates(
     return cursor.page(items, lambda a: (a.period_start_us,))
 
 
-def scheduled_job(sessions, interval_seconds: float, *, storage: Storage):
+def scheduled_job(sessions: Sessions, interval_seconds: float, *, storage: Storage):
     """The background job running a rollup of every tenant every `interval_seconds` (None when 0)."""
     if interval_seconds <= 0:
         return None

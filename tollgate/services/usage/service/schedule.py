@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from tollgate.services.usage.repository import DatabaseError, in_transaction, leases
+from tollgate.services.usage.repository import DatabaseError, Sessions, in_transaction, leases
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.shared import clock
 
@@ -26,7 +26,7 @@ def every(
     name: str,
     work: Callable[[], dict],
     *,
-    sessions,
+    sessions: Sessions,
     storage: Storage,
     skipped: Callable[[], None] | None = None,
 ):
@@ -50,7 +50,7 @@ def every(
     return job
 
 
-def run_once(name: str, work: Callable[[], dict], *, sessions, storage: Storage, holder: str) -> bool:
+def run_once(name: str, work: Callable[[], dict], *, sessions: Sessions, storage: Storage, holder: str) -> bool:
     """One round: `work` under the job's lease; False when another instance holds it."""
     taken = in_transaction(
         sessions,
