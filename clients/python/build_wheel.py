@@ -20,7 +20,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CLIENT_PACKAGES = ("clients",)
 STUB_PACKAGES = ("usage", "policy", "audit")
-GENERATED_STAMP = ROOT / "tollgate" / ".generated"
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
 # The gRPC stubs and their types: what grpcio and protobuf alone can import. Other generators writing beside
 # them (the Connect modules, *_connect.py, need connectrpc) stay out of this distribution.
@@ -31,13 +30,14 @@ class StaleStubs(RuntimeError):
     """The generated stubs are missing or older than the contracts they come from."""
 
 
-def check_stubs() -> None:
+def check_stubs(root: Path = ROOT) -> None:
     """Refuse to package stubs that `make proto` has not generated from the current proto/."""
-    missing = [name for name in STUB_PACKAGES if not (ROOT / "tollgate" / name / "v1" / "__init__.py").is_file()]
-    if missing or not GENERATED_STAMP.is_file():
+    stamp_file = root / "tollgate" / ".generated"
+    missing = [name for name in STUB_PACKAGES if not (root / "tollgate" / name / "v1" / "__init__.py").is_file()]
+    if missing or not stamp_file.is_file():
         raise StaleStubs(f"no generated stubs for {', '.join(missing) or 'the contracts'}: run `make proto` first")
-    stamp = GENERATED_STAMP.stat().st_mtime
-    newer = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "proto").rglob("*.proto") if p.stat().st_mtime > stamp)
+    stamp = stamp_file.stat().st_mtime
+    newer = sorted(str(p.relative_to(root)) for p in (root / "proto").rglob("*.proto") if p.stat().st_mtime > stamp)
     if newer:
         raise StaleStubs(f"{', '.join(newer)} changed after the stubs were generated: run `make proto` first")
 

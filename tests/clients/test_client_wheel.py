@@ -4,6 +4,7 @@ virtualenv that has never seen the server, and used there against a real Usage s
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -62,6 +63,39 @@ def test_the_recorder_imports_only_the_standard_library_grpc_protobuf_and_the_st
         and not any(module == allowed or module.startswith(f"{allowed}.") for allowed in ALLOWED_IMPORTS)
     }
     assert not foreign
+
+
+def load_build_script():
+    spec = importlib.util.spec_from_file_location("build_wheel", CLIENT_PROJECT / "build_wheel.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_checkout(root: Path, *, stubs: tuple[str, ...]) -> Path:
+    """A checkout with proto/ and the generated stubs of `stubs`, generated after the contracts."""
+    for name in ("usage", "policy", "audit"):
+        contract = root / "proto" / "tollgate" / name / "v1" / f"{name}.proto"
+        contract.parent.mkdir(parents=True)
+        contract.write_text('syntax = "proto3";\n')
+        os.utime(contract, (1_000, 1_000))
+    for name in stubs:
+        (root / "tollgate" / name / "v1").mkdir(parents=True)
+        (root / "tollgate" / name / "v1" / "__init__.py").touch()
+    (root / "tollgate" / ".generated").touch()
+    return root
+
+
+def test_the_build_refuses_stubs_missing_or_older_than_the_contracts_and_names_them(tmp_path):
+    build_wheel = load_build_script()
+    build_wheel.check_stubs(fake_checkout(tmp_path / "fresh", stubs=("usage", "policy", "audit")))
+    with pytest.raises(build_wheel.StaleStubs, match=r"no generated stubs for policy, audit: run `make proto`"):
+        build_wheel.check_stubs(fake_checkout(tmp_path / "partial", stubs=("usage",)))
+    stale = fake_checkout(tmp_path / "stale", stubs=("usage", "policy", "audit"))
+    os.utime(stale / "tollgate" / ".generated", (500, 500))
+    with pytest.raises(build_wheel.StaleStubs, match=r"^proto/tollgate/audit/v1/audit.proto, .*usage.proto changed"):
+        build_wheel.check_stubs(stale)
 
 
 # The built wheel, in a fresh virtualenv ----------------------------------------------------------------------
