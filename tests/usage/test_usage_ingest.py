@@ -89,6 +89,9 @@ def _bad(reason):
         u.REJECT_REASON_METADATA_TOO_LARGE: lambda: event("x", metadata={"blob": "z" * 4100}),
         u.REJECT_REASON_EXTERNAL_BILLABLE: lambda: event("x", source_service="webhook:stripe"),
         u.REJECT_REASON_QUANTITY_TOO_LARGE: lambda: event("x", quantity=10**12 + 1),
+        u.REJECT_REASON_UNDECLARED_DIMENSION: lambda: event("x", dimensions={"model": "gpt-4o"}),
+        u.REJECT_REASON_TOO_MANY_DIMENSIONS: lambda: event("x", dimensions={f"d{n}": "v" for n in range(9)}),
+        u.REJECT_REASON_EMPTY_DIMENSION_VALUE: lambda: event("x", dimensions={"model": ""}),
     }
     return cases[reason]()
 

@@ -46,6 +46,7 @@ def _event(e: pb.UsageEvent, index: int) -> model.Event:
         e.correlation_id,
         e.idempotency_key,
         metadata,
+        dict(e.dimensions) if e.dimensions else None,
     )
 
 
@@ -121,6 +122,8 @@ def stored_event(s: StoredEvent) -> pb.StoredEvent:
     )
     if e.metadata:
         event.metadata.update(e.metadata)
+    if e.dimensions:
+        event.dimensions.update(e.dimensions)
     return pb.StoredEvent(
         tenant_id=s.tenant_id,
         event=event,

@@ -7,7 +7,7 @@ import json
 from typing import NamedTuple
 
 from tollgate.services.usage.domain import horizon
-from tollgate.services.usage.domain.catalog import IngestCatalog
+from tollgate.services.usage.domain.catalog import MAX_DIMENSIONS, IngestCatalog
 from tollgate.services.usage.domain.model import (
     Candidate,
     Classification,
@@ -55,9 +55,11 @@ def admit_batch(
     """Admit each event of the batch against the catalog, the rules and the tenant's purge horizon; a candidate keeps
     the business key only when its metric does."""
     candidates, rejections = [], []
-    without_business_key = catalog.without_business_key
+    without_business_key, dimensions_of = catalog.without_business_key, catalog.dimensions_of
     for index, event in enumerate(batch.events):
-        admitted = admit(index, event, catalog=catalog.classification_of, rules=rules, now_us=now_us)
+        admitted = admit(
+            index, event, catalog=catalog.classification_of, rules=rules, now_us=now_us, dimensions_of=dimensions_of
+        )
         if isinstance(admitted, Candidate) and horizon_us is not None and _before(admitted, horizon_us):
             admitted = purged(index, event, horizon_us)
         if isinstance(admitted, EventResult):
@@ -102,10 +104,19 @@ def rejected(index: int, event: Event, reason: RejectReason, message: str) -> Ev
 
 
 def admit(
-    index: int, event: Event, *, catalog: dict[str, Classification], rules: IngestRules, now_us: int
+    index: int,
+    event: Event,
+    *,
+    catalog: dict[str, Classification],
+    rules: IngestRules,
+    now_us: int,
+    dimensions_of: dict[str, frozenset[str]] | None = None,
 ) -> Candidate | EventResult:
-    """A Candidate for a valid event, or the REJECTED result saying what is wrong with it."""
+    """A Candidate for a valid event, or the REJECTED result saying what is wrong with it; `dimensions_of` holds the
+    declared dimensions of the metrics that declare some."""
     problem = _field_problem(event) or _value_problem(event, catalog, rules, now_us)
+    if not problem and event.dimensions:
+        problem = dimension_problem(event, (dimensions_of or {}).get(event.metric, frozenset()))
     if problem:
         return rejected(index, event, *problem)
     metadata_json = None
@@ -121,7 +132,48 @@ def admit(
                 RejectReason.METADATA_TOO_LARGE,
                 f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}",
             )
+    if event.dimensions:
+        dimensions_json = canonical(event.dimensions)
+        return Candidate(
+            index,
+            event,
+            catalog[event.metric],
+            metadata_json,
+            content_hash(event, metadata_json, dimensions_json),
+            dimensions_json=dimensions_json,
+        )
     return Candidate(index, event, catalog[event.metric], metadata_json, content_hash(event, metadata_json))
+
+
+def dimension_problem(event: Event, declared: frozenset[str]) -> tuple[RejectReason, str] | None:
+    """What is wrong with the event's dimensions against those its metric declares, None when nothing is."""
+    dimensions = event.dimensions or {}
+    if len(dimensions) > MAX_DIMENSIONS:
+        return RejectReason.TOO_MANY_DIMENSIONS, f"carries {len(dimensions)} dimensions; at most {MAX_DIMENSIONS}"
+    for name, value in sorted(dimensions.items()):
+        if not value:
+            return (
+                RejectReason.EMPTY_DIMENSION_VALUE,
+                f"dimension {name[:64]!r} has an empty value; leave it out instead",
+            )
+        if "\x00" in value or "\x00" in name:
+            return RejectReason.NUL_CHARACTER, f"dimension {name[:64]!r} holds a NUL character"
+        if len(value) > MAX_ID_LENGTH:
+            return (
+                RejectReason.FIELD_TOO_LONG,
+                f"dimension {name[:64]!r} has {len(value)} characters; at most {MAX_ID_LENGTH}",
+            )
+        if name not in declared:
+            return (
+                RejectReason.UNDECLARED_DIMENSION,
+                f"dimension {name[:64]!r} is not declared by metric {event.metric!r} (it declares {sorted(declared)})",
+            )
+    return None
+
+
+def canonical(dimensions: dict[str, str]) -> str:
+    """The stored form of an event's dimensions: compact JSON with sorted keys (what a query extracts from)."""
+    return json.dumps(dimensions, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _field_problem(event: Event) -> tuple[RejectReason, str] | None:
@@ -175,12 +227,14 @@ def _holds_nul(value) -> bool:
     return False
 
 
-def content_hash(event: Event, metadata_json: str | None) -> str:
+def content_hash(event: Event, metadata_json: str | None, dimensions_json: str | None = None) -> str:
     """SHA-256 of what the event says happened; its identifiers (event_id, idempotency_key) are not content.
 
-    NUL cannot occur in a valid event, so it separates the fields unambiguously.
+    NUL cannot occur in a valid event, so it separates the fields unambiguously. Dimensions are a part only when the
+    event carries some, so an event without any hashes as it did before events had dimensions (a resend of an event
+    stored then is still its DUPLICATE).
     """
-    parts = (
+    parts: tuple[str, ...] = (
         event.metric,
         str(event.quantity),
         str(event.occurred_at_us),
@@ -189,4 +243,6 @@ def content_hash(event: Event, metadata_json: str | None) -> str:
         event.correlation_id,
         metadata_json or "",
     )
+    if dimensions_json:
+        parts += (dimensions_json,)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()

@@ -25,6 +25,9 @@ class RejectReason(enum.Enum):
     METADATA_TOO_LARGE = 8
     EXTERNAL_BILLABLE = 9
     QUANTITY_TOO_LARGE = 10
+    UNDECLARED_DIMENSION = 11
+    TOO_MANY_DIMENSIONS = 12
+    EMPTY_DIMENSION_VALUE = 13
 
 
 class DedupKey(enum.Enum):
@@ -55,6 +58,7 @@ class Event(NamedTuple):
     correlation_id: str = ""
     idempotency_key: str = ""
     metadata: dict | None = None
+    dimensions: dict[str, str] | None = None  # values of dimensions its metric declares; None or {} for none
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class Candidate(NamedTuple):
     metadata_json: str | None
     content_hash: str
     business_key: bool = True  # whether its metric keeps (correlation_id, metric, occurred_at) as a dedup key
+    dimensions_json: str | None = None  # canonical JSON of its dimensions (sorted keys, no spaces), None for none
 
 
 class StoredKeys(NamedTuple):

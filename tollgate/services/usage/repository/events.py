@@ -54,5 +54,6 @@ def _stored(row) -> StoredEvent:
         row.correlation_id or "",
         row.idempotency_key or "",
         json.loads(row.metadata) if row.metadata else None,
+        json.loads(row.dimensions) if row.dimensions else None,
     )
     return StoredEvent(row.tenant_id, event, Classification[row.classification], row.received_at_us)

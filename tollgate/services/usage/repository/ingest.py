@@ -30,7 +30,7 @@ def _row(tenant_id: str, candidate: Candidate, received_at_us: int) -> tuple:
         candidate.content_hash,
         received_at_us,
         candidate.business_key,
-        None,
+        candidate.dimensions_json,
     )
 
 
