@@ -14,8 +14,20 @@ BIN = Path(sys.executable).parent
 OVERLAYS = ["dev", "production"]
 K8S_VERSION = "1.37.0"
 SERVICES = {
-    "usage": {"port": 50051, "metrics": 9464, "health": "tollgate.usage.v1.UsageService", "prefix": "USAGE_"},
-    "policy": {"port": 50052, "metrics": 9465, "health": "tollgate.policy.v1.PolicyService", "prefix": "POLICY_"},
+    "usage": {
+        "port": 50051,
+        "http": 8081,
+        "metrics": 9464,
+        "health": "tollgate.usage.v1.UsageService",
+        "prefix": "USAGE_",
+    },
+    "policy": {
+        "port": 50052,
+        "http": 8082,
+        "metrics": 9465,
+        "health": "tollgate.policy.v1.PolicyService",
+        "prefix": "POLICY_",
+    },
 }
 PLACEHOLDER = "REPLACE_ME"
 

@@ -124,7 +124,25 @@ def test_every_deployment_probes_grpc_health_for_liveness_readiness_and_startup(
         # A database outage must take pods out of rotation, not restart them.
         assert container["livenessProbe"]["grpc"]["service"] == "liveness"
         assert container["startupProbe"]["grpc"]["service"] == "liveness"
-        assert {p["containerPort"] for p in container["ports"]} == {spec["port"], spec["metrics"]}
+        assert {p["containerPort"] for p in container["ports"]} == {spec["port"], spec["http"], spec["metrics"]}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_exposes_its_http_port_open_to_exactly_the_peers_of_its_grpc_port(overlay):
+    for name, spec in SERVICES.items():
+        (service,) = [s for s in objects(overlay, "Service") if s["metadata"]["name"] == name]
+        assert {"name": "http", "port": spec["http"], "targetPort": "http", "appProtocol": "http"} in service["spec"][
+            "ports"
+        ]
+        peers = {
+            port: sorted(
+                canonical(p)
+                for rule in rules_for_port(overlay, server_labels(name), port)
+                for p in rule.get("from", [])
+            )
+            for port in (spec["port"], spec["http"])
+        }
+        assert peers[spec["http"]] == peers[spec["port"]] != [], name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
