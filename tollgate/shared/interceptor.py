@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 from prometheus_client import Counter
 
-from tollgate.shared import auth, credentials, grpc_errors, metrics
+from tollgate.shared import auth, credentials, grpc_errors, logs, metrics, tracing
 from tollgate.shared.errors import FieldViolation, InvalidArgument, ResourceExhausted
 
 log = logging.getLogger("tollgate.shared.interceptor")
@@ -188,6 +188,7 @@ class _Call:
                     "grpc_service": self._service,
                     "grpc_method": self._name,
                     "request_id": state.request_id,
+                    **logs.trace_ids(),
                 }
             },
         )
@@ -203,6 +204,7 @@ class _Call:
             counter = self._handled[code] = metrics.RPC_HANDLED.labels(self._type, self._service, self._name, code.name)
         counter.inc()
         self._seconds.observe(elapsed)
+        tracing.annotate_call(state.request_id, code)
         # A refused call is a WARNING, so it shows at every level an operator would run at.
         level = logging.INFO if state.refusal is None else logging.WARNING
         if log.isEnabledFor(level):
@@ -218,6 +220,7 @@ class _Call:
             "code": code.name,
             "duration_ms": round(elapsed * 1000, 3),
             "request_id": state.request_id,
+            **logs.trace_ids(),
             "tenant": credentials.tenant_label(principal.tenant_id) if principal else "",
             "token_id": principal.token_id if principal else (refusal.token_id if refusal else ""),
             "peer": context.peer(),

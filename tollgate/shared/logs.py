@@ -10,12 +10,14 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from opentelemetry import trace
+
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object, with any `fields` passed through `extra`.
 
     `service` names the process ("usage", "policy") on every line; a record's own `service` field wins,
-    as the per-call lines of a server name theirs.
+    as the per-call lines of a server name theirs. A line written inside a traced call names its trace.
     """
 
     def __init__(self, service: str = ""):
@@ -30,10 +32,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry.update(trace_ids())
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def trace_ids() -> dict[str, str]:
+    """trace_id and span_id of the current span, when one is recording or a caller sent a traceparent."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": format(context.trace_id, "032x"), "span_id": format(context.span_id, "016x")}
 
 
 def configure(level: str = "INFO", *, service: str = "") -> None:

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tollgate.shared import http, logs, metrics
+from tollgate.shared import http, logs, metrics, tracing
 from tollgate.shared.auth import Authenticator
 from tollgate.shared.config import ConfigError, process_env
 from tollgate.shared.interceptor import CallInterceptor
@@ -99,9 +99,11 @@ def build_server(
     metrics_port: int | None = None,
     health_interval: float = 2.0,
     http_port: int | None = None,
+    tracer_provider=None,
 ) -> RunningServer:
     """Build and start the server on `address` ('host:0' picks a free port), and the same RPCs over HTTP on
-    `http_port` of the same host unless it is None."""
+    `http_port` of the same host unless it is None. gRPC calls are spans of `tracer_provider` (None: the
+    process's, see tracing.install)."""
     # One interceptor for both transports: the same authentication, logs and metrics for every call.
     interceptor = CallInterceptor(
         authenticator=spec.authenticator,
@@ -111,7 +113,8 @@ def build_server(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{spec.name}-rpc"),
-        interceptors=[interceptor],
+        # Tracing first, so it is outermost: our interceptor's log line and every handler run inside the span.
+        interceptors=[tracing.server_tracing(tracer_provider), interceptor],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_workers * 8,
     )
@@ -214,14 +217,19 @@ def serve_until_signalled(running: RunningServer, *, grace: float, drain_delay: 
 
 def main(name: str, settings_class, build: Callable) -> int:
     """The body of `python -m services.<name>`: read settings once, wire, serve until SIGTERM or Ctrl-C."""
+    env = process_env()
     try:
-        settings = settings_class.from_env(process_env())
+        settings = settings_class.from_env(env)
+        traces = tracing.TraceSettings.from_env(env, service=name)
     except ConfigError as error:
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, service=name)
+    tracer_provider = tracing.install(traces)
     running = build(settings)
     serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
+    if tracer_provider is not None:
+        tracer_provider.shutdown()  # exports the spans still batched
     return 0
 
 

@@ -16,8 +16,9 @@ from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.shared.server import RunningServer, ServerSpec, build_server
 
 
-def build(settings: Settings) -> RunningServer:
-    """Connect, wire and start the Policy server on settings.address."""
+def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
+    """Connect, wire and start the Policy server on settings.address (spans, its own and those of its calls
+    to Usage, to `tracer_provider`; None: the process's)."""
     engine = create_engine_for(
         settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size, application_name="tollgate-policy"
     )
@@ -34,6 +35,7 @@ def build(settings: Settings) -> RunningServer:
         settings.usage_token,
         max_timeout=settings.usage_timeout_seconds,
         cooldown=settings.usage_cooldown_seconds,
+        tracer_provider=tracer_provider,
     )
     usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
     spec = ServerSpec(
@@ -57,6 +59,7 @@ def build(settings: Settings) -> RunningServer:
         max_workers=settings.workers,
         metrics_port=settings.metrics_port,
         health_interval=settings.health_interval_seconds,
+        tracer_provider=tracer_provider,
         http_port=settings.http_port,
     )
     running.on_stop += [client.close, engine.dispose]

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.services.policy.domain.errors import UsageUnavailable
 from tollgate.services.policy.domain.usage import UsageQuery
+from tollgate.shared import tracing
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 log = logging.getLogger("tollgate.policy.usage_client")
@@ -81,7 +82,7 @@ class CircuitBreaker:
 class UsageClient:
     """Reads usage totals from the Usage service with Policy's own service token."""
 
-    def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0):
+    def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0, tracer_provider=None):
         self._channel = grpc.insecure_channel(
             address,
             options=[
@@ -92,7 +93,8 @@ class UsageClient:
             ],
         )
         self._address = address
-        self._stub = usage_pb2_grpc.UsageServiceStub(self._channel)
+        # Each call is a client span under the call Policy is serving, and carries its traceparent to Usage.
+        self._stub = usage_pb2_grpc.UsageServiceStub(tracing.traced_channel(self._channel, tracer_provider))
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._max_timeout = max_timeout
         self.breaker = CircuitBreaker(cooldown)

@@ -21,8 +21,9 @@ def storage_for(engine) -> Storage:
     return SQLITE if is_sqlite(engine) else POSTGRES
 
 
-def build(settings: Settings) -> RunningServer:
-    """Connect, wire and start the Usage server on settings.address."""
+def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
+    """Connect, wire and start the Usage server on settings.address (spans to `tracer_provider`, None: the
+    process's)."""
     engine = create_engine_for(
         settings.database_url,
         schema=tables.SCHEMA,
@@ -74,6 +75,7 @@ def build(settings: Settings) -> RunningServer:
         max_workers=settings.workers,
         metrics_port=settings.metrics_port,
         health_interval=settings.health_interval_seconds,
+        tracer_provider=tracer_provider,
         http_port=settings.http_port,
     )
     running.on_stop += [engine.dispose, reads.dispose]
