@@ -10,7 +10,7 @@ from tollgate.services.usage.domain.model import IngestRules
 from tollgate.services.usage.domain.queries import EventFilter, UsageQuery
 from tollgate.services.usage.repository import Connections, Sessions
 from tollgate.services.usage.repository.storage import Storage
-from tollgate.services.usage.service import audit, catalog, ingest, purge, reads, rollups
+from tollgate.services.usage.service import audit, catalog, ingest, meters, purge, reads, rollups
 from tollgate.shared import grpc_audit, grpc_errors
 from tollgate.shared.auth import principal
 from tollgate.shared.errors import TollgateError
@@ -27,6 +27,8 @@ METHOD_SCOPES = {
     f"/{USAGE}/ListAggregates": "usage:read",
     f"/{USAGE}/ListEvents": "usage:read",
     f"/{USAGE}/ListMetrics": "usage:read",
+    f"/{USAGE}/QueryUsage": "usage:read",
+    f"/{USAGE}/ListDimensionValues": "usage:read",
     f"/{ADMIN}/RunRollup": "usage:admin",
     f"/{ADMIN}/GetRollupStatus": "usage:admin",
     f"/{ADMIN}/UpsertMetric": "usage:admin",
@@ -137,6 +139,35 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         return usage_pb2.ListMetricsResponse(
             metrics=[convert.metric_to_proto(m) for m in page.items], next_page_token=page.next_page_token
         )
+
+    def QueryUsage(self, request, context):
+        page = meters.query_usage(
+            convert.meter_query(request),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            connections=self._reads,
+            storage=self._storage,
+            caller=principal(),
+        )
+        return convert.meter_page(page)
+
+    def ListDimensionValues(self, request, context):
+        query = meters.DimensionQuery(
+            request.tenant_id,
+            request.metric,
+            request.dimension,
+            convert.micros(request, "start_time"),
+            convert.micros(request, "end_time"),
+        )
+        page = meters.list_dimension_values(
+            query,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            connections=self._reads,
+            storage=self._storage,
+            caller=principal(),
+        )
+        return usage_pb2.ListDimensionValuesResponse(values=page.items, next_page_token=page.next_page_token)
 
 
 class UsageAdminApi(usage_pb2_grpc.UsageAdminServiceServicer):

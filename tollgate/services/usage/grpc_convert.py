@@ -9,7 +9,9 @@ from google.protobuf import duration_pb2, struct_pb2
 from tollgate.services.usage.domain import model
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.domain.catalog import Metric
+from tollgate.services.usage.domain.meters import MeterQuery, UsageRow
 from tollgate.services.usage.domain.queries import StoredEvent, UsageTotal
+from tollgate.services.usage.domain.windows import Window
 from tollgate.shared import proto_time
 from tollgate.shared.audit import Verification
 from tollgate.shared.errors import require
@@ -26,6 +28,9 @@ CLASSIFICATIONS: dict[model.Classification, pb.Classification] = {
 CLASSIFICATION_OF = {number: c for c, number in CLASSIFICATIONS.items()}
 AGGREGATIONS = {a: pb.Aggregation.Value(f"AGGREGATION_{a.name}") for a in Aggregation}
 AGGREGATION_OF = {number: a for a, number in AGGREGATIONS.items()} | {pb.AGGREGATION_UNSPECIFIED: Aggregation.SUM}
+WINDOW_OF = {pb.Window.Value(f"WINDOW_{w.name}"): w for w in Window if w is not Window.NONE} | {
+    pb.WINDOW_UNSPECIFIED: Window.NONE
+}
 
 
 def batch(tenant_id: str, events) -> model.EventBatch:
@@ -160,6 +165,40 @@ def metric_from_proto(m: pb.Metric) -> Metric:
         aggregation=aggregation_of(m.aggregation, "metric.aggregation"),
         unique_of=m.unique_of,
         dimensions=tuple(m.dimensions),
+    )
+
+
+def meter_query(request: pb.QueryUsageRequest) -> MeterQuery:
+    """The question of a QueryUsage request (its paging aside)."""
+    require(request.window in WINDOW_OF, "window", f"has no window numbered {request.window}")
+    return MeterQuery(
+        tenant_id=request.tenant_id,
+        metric=request.metric,
+        start_us=micros(request, "start_time"),
+        end_us=micros(request, "end_time"),
+        window=WINDOW_OF[request.window],
+        time_zone=request.time_zone,
+        group_by=tuple(request.group_by),
+        filters=tuple(sorted((name, tuple(allowed.values)) for name, allowed in request.filters.items())),
+        actor_ids=tuple(request.actor_ids),
+    )
+
+
+def meter_page(page) -> pb.QueryUsageResponse:
+    return pb.QueryUsageResponse(
+        rows=[_usage_row(row) for row in page.rows],
+        next_page_token=page.next_page_token,
+        aggregation=AGGREGATIONS[page.aggregation],
+    )
+
+
+def _usage_row(row: UsageRow) -> pb.UsageRow:
+    return pb.UsageRow(
+        window_start=proto_time.from_micros(row.window_start_us),
+        window_end=proto_time.from_micros(row.window_end_us),
+        group=dict(row.group),
+        value=row.value,
+        event_count=row.event_count,
     )
 
 

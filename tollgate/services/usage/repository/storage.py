@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from tollgate.services.usage.domain.queries import UsageQuery
     from tollgate.services.usage.domain.read_plan import ReadPlan
     from tollgate.services.usage.repository import Session, Sessions
+    from tollgate.services.usage.repository.meters import MeterPieces
     from tollgate.services.usage.repository.rollups import RollupOutcome
     from tollgate.shared.audit_chain import AuditChain
 
@@ -28,6 +29,7 @@ class Storage(ABC):
 
     name: str
     chain: AuditChain  # Usage's audit chain, reading one snapshot the backend's way
+    meters: MeterPieces  # what QueryUsage's statements write the backend's way (repository/meters.py)
 
     @staticmethod
     @abstractmethod

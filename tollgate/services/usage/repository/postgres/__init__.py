@@ -19,6 +19,7 @@ from tollgate.services.usage.domain.read_plan import ReadPlan
 from tollgate.services.usage.repository import Sessions, in_transaction, ingest
 from tollgate.services.usage.repository.postgres import rollup_pass, totals
 from tollgate.services.usage.repository.postgres.bulk_ingest import copy_insert
+from tollgate.services.usage.repository.postgres.meters import PIECES as METER_PIECES
 from tollgate.services.usage.repository.rollups import RefusedBucket, RollupOutcome
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import audit_head, audit_records
@@ -42,6 +43,7 @@ VISIBLE_ENOUGH = 0.9
 class PostgresStorage(Storage):
     name = "postgresql"
     chain = audit_chain.AuditChain(audit_records, audit_head, snapshot=db.repeatable_read)
+    meters = METER_PIECES
     insert = staticmethod(postgresql.insert)
     greatest = staticmethod(func.greatest)
 

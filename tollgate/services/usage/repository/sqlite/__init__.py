@@ -18,6 +18,7 @@ from tollgate.services.usage.domain.read_plan import ReadPlan
 from tollgate.services.usage.repository import Sessions, in_transaction, ingest
 from tollgate.services.usage.repository.rollups import RefusedBucket, RollupOutcome
 from tollgate.services.usage.repository.sqlite import rollup_serial, totals
+from tollgate.services.usage.repository.sqlite.meters import PIECES as METER_PIECES
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import audit_head, audit_records
 from tollgate.shared import audit_chain, clock
@@ -30,6 +31,7 @@ SERIAL_ROWS = 2000
 class SqliteStorage(Storage):
     name = "sqlite"
     chain = audit_chain.AuditChain(audit_records, audit_head)
+    meters = METER_PIECES
     insert = staticmethod(sqlite.insert)
 
     @staticmethod

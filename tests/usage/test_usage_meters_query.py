@@ -1,0 +1,271 @@
+"""QueryUsage and ListDimensionValues over gRPC: every aggregation, windows in a zone with DST, groups, filters,
+paging, the purge horizon, precise refusals; answers checked against the brute-force model of
+tests/usage_meters_model.py, on SQLite and PostgreSQL."""
+
+import uuid
+
+import grpc
+import pytest
+
+from tests import support
+from tests import usage_meters_model as model
+from tests.usage_support import DAY_US, MINUTE_US, event, every_page, now_us, record, tenant_token, ts, verdicts
+from tollgate.usage.v1 import usage_pb2 as u
+
+HOUR_US = 60 * MINUTE_US
+AGGREGATIONS = ["SUM", "COUNT", "MIN", "MAX", "LATEST", "UNIQUE_COUNT"]
+
+
+@pytest.fixture
+def token(dbs, tenant):
+    return tenant_token(dbs, tenant)
+
+
+def new_meter(admin_stub, admin_token: str, aggregation: str = "SUM", unique_of: str = "") -> str:
+    name = f"ai.{aggregation.lower()}.{uuid.uuid4().hex[:8]}"
+    metric = u.Metric(
+        name=name,
+        classification=u.CLASSIFICATION_BILLABLE,
+        unit="token",
+        aggregation=u.Aggregation.Value(f"AGGREGATION_{aggregation}"),
+        unique_of=unique_of,
+        dimensions=["model", "token_type"],
+    )
+    admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=metric), metadata=support.bearer(admin_token), timeout=30)
+    return name
+
+
+def query(stub, token: str, tenant: str, metric: str, start_us: int, end_us: int, **fields) -> u.QueryUsageResponse:
+    request = u.QueryUsageRequest(
+        tenant_id=tenant, metric=metric, start_time=ts(start_us), end_time=ts(end_us), **fields
+    )
+    return stub.QueryUsage(request, metadata=support.bearer(token), timeout=30)
+
+
+def rows(stub, token: str, tenant: str, metric: str, start_us: int, end_us: int, **fields) -> list[model.ModelRow]:
+    """Every row of the query, following page tokens, as the model writes them."""
+    group_by = list(fields.get("group_by", []))
+    found = every_page(
+        lambda page_token: query(stub, token, tenant, metric, start_us, end_us, page_token=page_token, **fields),
+        "rows",
+    )
+    return [
+        model.ModelRow(
+            r.window_start.ToMicroseconds(),
+            r.window_end.ToMicroseconds(),
+            tuple((name, r.group[name]) for name in group_by),
+            r.value,
+            r.event_count,
+        )
+        for r in found
+    ]
+
+
+def refused(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def ai_events(start_us: int) -> list[model.ModelEvent]:
+    """Tokens by model and token type, spread over four days, some without a token type."""
+    found = []
+    for k in range(36):
+        dimensions = {"model": ["gpt-4o", "claude", "llama"][k % 3]}
+        if k % 4:
+            dimensions["token_type"] = ["prompt", "completion", "cached"][k % 3 - 1]
+        found.append(
+            model.ModelEvent(
+                f"e{k:02d}", 100 + 37 * k % 250, start_us + k * 160 * MINUTE_US, f"user{k % 5}", dimensions
+            )
+        )
+    return found
+
+
+def send(stub, token: str, tenant: str, metric: str, events: list[model.ModelEvent]) -> None:
+    sent = [
+        event(
+            e.event_id,
+            metric=metric,
+            quantity=e.quantity,
+            at_us=e.occurred_at_us,
+            actor_id=e.actor_id,
+            dimensions=e.dimensions,
+        )
+        for e in events
+    ]
+    assert verdicts(record(stub, token, tenant, sent)) == ["ACCEPTED"] * len(sent)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_each_aggregation_by_day_in_new_york_grouped_by_model_equals_the_model(
+    usage_stub, usage_admin_stub, admin_token, token, tenant, aggregation
+):
+    unique_of = "token_type" if aggregation == "UNIQUE_COUNT" else ""
+    metric = new_meter(usage_admin_stub, admin_token, aggregation, unique_of)
+    start = now_us() - 5 * DAY_US - 17 * MINUTE_US  # not on an hour
+    events = ai_events(start)
+    send(usage_stub, token, tenant, metric, events)
+    end = start + 4 * DAY_US + 7 * MINUTE_US
+    zone, group_by = "America/New_York", ("model",)
+    expected = model.query(
+        events,
+        aggregation=aggregation,
+        start_us=start,
+        end_us=end,
+        window="DAY",
+        zone_name=zone,
+        group_by=group_by,
+        unique_of=unique_of,
+    )
+    found = rows(usage_stub, token, tenant, metric, start, end, window=u.WINDOW_DAY, time_zone=zone, group_by=group_by)
+    assert found == expected and len(expected) >= 12
+    assert query(usage_stub, token, tenant, metric, start, end).aggregation == u.Aggregation.Value(
+        f"AGGREGATION_{aggregation}"
+    )
+
+
+def test_groups_filters_actors_and_zones_with_a_half_hour_offset(
+    usage_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    start = now_us() - 4 * DAY_US - 44 * MINUTE_US
+    events = ai_events(start)
+    send(usage_stub, token, tenant, metric, events)
+    end = start + 4 * DAY_US
+    cases = [
+        ({"window": "HOUR", "zone_name": "Asia/Kolkata", "group_by": ("token_type",)}, {}),
+        ({"window": "DAY", "zone_name": "Asia/Kathmandu", "group_by": ("actor_id", "model")}, {}),
+        (
+            {"filters": {"model": {"claude", "llama"}, "token_type": {""}}, "group_by": ("model",)},
+            {
+                "filters": {
+                    "model": u.DimensionValues(values=["claude", "llama"]),
+                    "token_type": u.DimensionValues(values=[""]),
+                }
+            },
+        ),
+        ({"actor_ids": {"user1", "user3"}, "group_by": ("actor_id",)}, {"actor_ids": ["user1", "user3"]}),
+    ]
+    for model_fields, request_fields in cases:
+        window = model_fields.get("window", "NONE")
+        request = {
+            "window": u.Window.Value(f"WINDOW_{window}") if window != "NONE" else u.WINDOW_UNSPECIFIED,
+            "time_zone": model_fields.get("zone_name", ""),
+            "group_by": list(model_fields.get("group_by", ())),
+            **request_fields,
+        }
+        expected = model.query(events, aggregation="SUM", start_us=start, end_us=end, **model_fields)
+        assert rows(usage_stub, token, tenant, metric, start, end, page_size=7, **request) == expected
+        assert expected
+
+
+def test_a_late_event_counts_the_moment_it_is_acknowledged(usage_stub, usage_admin_stub, admin_token, token, tenant):
+    metric = new_meter(usage_admin_stub, admin_token, "MAX")
+    start = now_us() - 3 * DAY_US
+    send(usage_stub, token, tenant, metric, [model.ModelEvent("e1", 5, start + HOUR_US, "", {"model": "m"})])
+    usage_admin_stub.RunRollup(u.RunRollupRequest(tenant_id=tenant), metadata=support.bearer(admin_token), timeout=60)
+    send(usage_stub, token, tenant, metric, [model.ModelEvent("late", 9, start + 2 * HOUR_US, "", {"model": "m"})])
+    [row] = rows(usage_stub, token, tenant, metric, start, now_us())
+    assert (row.value, row.event_count) == (9, 2)
+
+
+def test_bad_questions_are_refused_naming_the_field(usage_stub, usage_admin_stub, admin_token, token, tenant):
+    metric = new_meter(usage_admin_stub, admin_token)
+    start, end = now_us() - DAY_US, now_us()
+    cases = [
+        ({"metric": "no.such.metric"}, ["metric"]),
+        ({"group_by": ["region"]}, ["group_by[0]"]),
+        ({"group_by": ["model", "model"]}, ["group_by[1]"]),
+        ({"filters": {"region": u.DimensionValues(values=["eu"])}}, ["filters[region]"]),
+        ({"filters": {"model": u.DimensionValues()}}, ["filters[model]"]),
+        ({"time_zone": "Mars/Olympus"}, ["time_zone"]),
+        ({"window": 9}, ["window"]),
+        ({"window": u.WINDOW_HOUR, "end_us": start + 10_001 * HOUR_US}, ["window"]),
+        ({"end_us": start}, ["end_time"]),
+        ({"page_token": "not-a-token"}, ["page_token"]),
+    ]
+    for fields, violations in cases:
+        fields = {"metric": metric, "start_us": start, "end_us": end} | fields
+        error = refused(
+            lambda fields=fields: query(
+                usage_stub, token, tenant, fields.pop("metric"), fields.pop("start_us"), fields.pop("end_us"), **fields
+            )
+        )
+        assert (error.code(), support.field_violations(error)) == (grpc.StatusCode.INVALID_ARGUMENT, violations)
+
+
+def test_a_page_token_serves_only_its_own_question(usage_stub, usage_admin_stub, admin_token, token, tenant):
+    metric = new_meter(usage_admin_stub, admin_token)
+    start = now_us() - 2 * DAY_US
+    send(usage_stub, token, tenant, metric, ai_events(start)[:12])
+    first = query(
+        usage_stub, token, tenant, metric, start, now_us(), group_by=["model"], window=u.WINDOW_HOUR, page_size=2
+    )
+    assert first.next_page_token
+    error = refused(
+        lambda: query(
+            usage_stub,
+            token,
+            tenant,
+            metric,
+            start,
+            now_us(),
+            group_by=["token_type"],
+            window=u.WINDOW_HOUR,
+            page_token=first.next_page_token,
+        )
+    )
+    assert support.field_violations(error) == ["page_token"]
+
+
+def test_a_range_before_the_purge_horizon_is_refused_naming_it(
+    usage_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    cutoff = now_us() - 10 * DAY_US
+    usage_admin_stub.PurgeEvents(
+        u.PurgeEventsRequest(tenant_id=tenant, before_time=ts(cutoff)), metadata=support.bearer(admin_token), timeout=60
+    )
+    error = refused(lambda: query(usage_stub, token, tenant, metric, cutoff - HOUR_US, now_us()))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert ts(cutoff).ToJsonString() in error.details()
+    assert query(usage_stub, token, tenant, metric, cutoff, now_us()).rows == []
+
+
+def test_a_tenant_reads_only_its_own_meters(dbs, usage_stub, usage_admin_stub, admin_token, tenant):
+    metric = new_meter(usage_admin_stub, admin_token)
+    other = tenant_token(dbs, support.new_tenant())
+    writer = support.make_token(dbs, tenant=tenant, scopes=["usage:write"])
+    for credential in (other, writer):
+        error = refused(lambda credential=credential: query(usage_stub, credential, tenant, metric, 0, now_us()))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_dimension_values_are_distinct_ordered_paged_and_ranged(
+    usage_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    start = now_us() - 4 * DAY_US
+    events = ai_events(start)
+    send(usage_stub, token, tenant, metric, events)
+
+    def values(dimension: str, **fields) -> list[str]:
+        return every_page(
+            lambda page_token: usage_stub.ListDimensionValues(
+                u.ListDimensionValuesRequest(
+                    tenant_id=tenant, metric=metric, dimension=dimension, page_size=2, page_token=page_token, **fields
+                ),
+                metadata=support.bearer(token),
+                timeout=30,
+            ),
+            "values",
+        )
+
+    assert values("model") == ["claude", "gpt-4o", "llama"]
+    assert values("token_type") == ["cached", "completion", "prompt"]
+    assert values("actor_id") == [f"user{k}" for k in range(5)]
+    late = events[-1].occurred_at_us
+    assert values("model", start_time=ts(late)) == [events[-1].dimensions["model"]]
+    error = refused(lambda: values("region"))
+    assert (error.code(), support.field_violations(error)) == (grpc.StatusCode.INVALID_ARGUMENT, ["dimension"])

@@ -1,0 +1,141 @@
+"""QueryUsage and ListDimensionValues: a metric's value by window and group, and the values of a dimension, read
+from the raw events in one statement per page, so exact at any rollup lag (docs/usage.md, "Meters")."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tollgate.services.usage.domain import meters, windows
+from tollgate.services.usage.domain.aggregations import Aggregation
+from tollgate.services.usage.domain.buckets import MAX_TOTAL
+from tollgate.services.usage.domain.catalog import Metric
+from tollgate.services.usage.domain.meters import MeterQuery, UsageRow
+from tollgate.services.usage.repository import catalog as catalog_sql
+from tollgate.services.usage.repository import meters as meters_sql
+from tollgate.services.usage.repository.storage import Storage
+from tollgate.services.usage.service.checks import check_instant, check_tenant, check_text
+from tollgate.shared import auth, clock, pagination
+from tollgate.shared.credentials import Principal
+from tollgate.shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, OutOfRange, require
+
+
+class MeterPage(NamedTuple):
+    """One page of QueryUsage: its rows, the token of the next page, and the metric's aggregation."""
+
+    rows: list[UsageRow]
+    next_page_token: str
+    aggregation: Aggregation
+
+
+def query_usage(
+    query: MeterQuery, *, page_size: int, page_token: str, connections, storage: Storage, caller: Principal
+) -> MeterPage:
+    """One page of the metric's value per window and group over [start, end), from the raw events."""
+    check_tenant(query.tenant_id)
+    auth.require_tenant(caller, query.tenant_id)
+    _check_query(query)
+    assert query.start_us is not None and query.end_us is not None  # _check_query requires both
+    spans = windows.windows(query.window, query.start_us, query.end_us, windows.zone(query.time_zone))
+    cursor = pagination.start(page_size, page_token, query.scope(), shape=(int,) + (str,) * len(query.group_by))
+    first_window = cursor.after[0] if cursor.after else 0
+    with connections.connect() as connection:
+        metric = _metric(connection, query.metric, "metric")
+        meters.check_against(query, metric)
+        plan = meters.plan(query, metric, spans, first_window)
+        found, purged_before = meters_sql.usage_rows(
+            connection, storage.meters, plan, after=cursor.after, limit=cursor.limit + 1
+        )
+    if purged_before is not None and query.start_us < purged_before:
+        horizon = clock.iso(purged_before)
+        raise FailedPrecondition(
+            f"QueryUsage reads raw events, and this tenant's raw events before {horizon} were purged; use a "
+            f"start_time at or after {horizon}",
+            reason="RAW_EVENTS_PURGED",
+        )
+    page = cursor.page(found, lambda row: (row[0], *row[1]))
+    rows = [_row(query, spans, found_row) for found_row in page.items]
+    return MeterPage(rows, page.next_page_token, metric.aggregation)
+
+
+def _check_query(query: MeterQuery) -> None:
+    check_text("metric", query.metric, required=True)
+    start, end = _required("start_time", query.start_us), _required("end_time", query.end_us)
+    require(start < end, "end_time", "must be after start_time")
+    for position, name in enumerate(query.group_by):
+        check_text(f"group_by[{position}]", name, required=True)
+    for name, values in query.filters:
+        check_text(f"filters[{name[:64]}]", name, required=True)
+        for value in values:
+            check_text(f"filters[{name[:64]}]", value)
+    for position, actor in enumerate(query.actor_ids):
+        check_text(f"actor_ids[{position}]", actor)
+    meters.check_shape(query)
+
+
+def _required(field: str, micros: int | None) -> int:
+    require(micros is not None, field, "is required")
+    assert micros is not None
+    check_instant(field, micros)
+    return micros
+
+
+def _row(query: MeterQuery, spans: list[tuple[int, int]], found: meters_sql.MeterRow) -> UsageRow:
+    n, values, value, count = found
+    start, end = spans[n]
+    if value > MAX_TOTAL:
+        raise OutOfRange(
+            f"the value of metric {query.metric!r} from {clock.iso(start)} to {clock.iso(end)} is {value}, beyond "
+            f"the largest int64 ({MAX_TOTAL}); ask for a shorter window or range",
+            reason="TOTAL_OUT_OF_RANGE",
+        )
+    return UsageRow(start, end, tuple(zip(query.group_by, values)), value, count)
+
+
+def _metric(connection, name: str, field: str) -> Metric:
+    metric = catalog_sql.get_metric(connection, name)
+    if metric is None:
+        raise InvalidArgument(FieldViolation(field, f"{name[:128]!r} is not in the catalog"))
+    return metric
+
+
+class DimensionQuery(NamedTuple):
+    """ListDimensionValues: the values of `dimension` (or actor_id) of a metric's events, optionally in a range."""
+
+    tenant_id: str
+    metric: str
+    dimension: str
+    start_us: int | None = None
+    end_us: int | None = None
+
+    def scope(self) -> dict:
+        return {"list": "dimension values", **self._asdict()}
+
+
+def list_dimension_values(
+    query: DimensionQuery, *, page_size: int, page_token: str, connections, storage: Storage, caller: Principal
+) -> pagination.Page[str]:
+    """One page of the distinct non-empty values, in code point order."""
+    check_tenant(query.tenant_id)
+    auth.require_tenant(caller, query.tenant_id)
+    check_text("metric", query.metric, required=True)
+    check_text("dimension", query.dimension, required=True)
+    check_instant("start_time", query.start_us)
+    check_instant("end_time", query.end_us)
+    if query.start_us is not None and query.end_us is not None:
+        require(query.start_us < query.end_us, "end_time", "must be after start_time")
+    cursor = pagination.start(page_size, page_token, query.scope(), shape=(str,))
+    with connections.connect() as connection:
+        metric = _metric(connection, query.metric, "metric")
+        meters.check_dimension(query.dimension, metric)
+        found = meters_sql.dimension_values(
+            connection,
+            storage.meters,
+            tenant_id=query.tenant_id,
+            metric=query.metric,
+            name=query.dimension,
+            start_us=query.start_us,
+            end_us=query.end_us,
+            after=cursor.after[0] if cursor.after else None,
+            limit=cursor.limit + 1,
+        )
+    return cursor.page(found, lambda value: (value,))
