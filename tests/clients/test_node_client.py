@@ -256,10 +256,12 @@ def test_the_installed_package_records_and_reads_usage_by_its_name(
     assert typed.returncode == 0, typed.stdout + typed.stderr
 
 
-def readme_examples_as_typescript() -> str:
-    """Each ```js block of clients/node/README.md as the body of its own function, importing every export."""
-    readme = (NODE_DIR / "README.md").read_text()
-    blocks = re.findall(r"```js\n(.*?)```", readme, flags=re.DOTALL)
+DOCS = [NODE_DIR / "README.md", NODE_DIR.parents[1] / "docs" / "clients.md"]
+
+
+def js_examples_as_typescript(document: Path) -> str:
+    """Each ```js block of a document as the body of its own function, importing every export."""
+    blocks = re.findall(r"```js\n(.*?)```", document.read_text(), flags=re.DOTALL)
     bodies = ["\n".join(line for line in block.splitlines() if not line.startswith("import ")) for block in blocks]
     return "\n".join(
         [
@@ -267,14 +269,19 @@ def readme_examples_as_typescript() -> str:
             "const { createPolicyClient, createUsageClient, credentials, status } = tollgate;",
             "declare const usage: tollgate.UsageClient, policy: tollgate.PolicyClient;",
             "declare const request: tollgate.GetUsageRequest & tollgate.ResolveModeRequest;",
+            "declare const token: string, leadId: string, userId: string;",
             *(f"export async function example{n}() {{\n{body}\n}}" for n, body in enumerate(bodies)),
         ]
     )
 
 
-def test_every_example_of_the_readme_calls_the_declared_api(node_client, tmp_path):
-    """The README's JavaScript, compiled against tollgate.d.ts: a renamed call or field fails here."""
-    (tmp_path / "examples.mts").write_text(readme_examples_as_typescript())
+@pytest.mark.parametrize("document", DOCS, ids=lambda path: path.name)
+def test_every_javascript_example_of_the_docs_calls_the_declared_api(node_client, tmp_path, document):
+    """The JavaScript of the Node README and of docs/clients.md, compiled against tollgate.d.ts: a renamed call or
+    field fails here."""
+    examples = js_examples_as_typescript(document)
+    assert examples.count("export async function example") >= (7 if document.name == "README.md" else 1)
+    (tmp_path / "examples.mts").write_text(examples)
     config = {
         "compilerOptions": {
             "noEmit": True,
@@ -295,4 +302,3 @@ def test_every_example_of_the_readme_calls_the_declared_api(node_client, tmp_pat
     command = [str(tsc), "-p", "tsconfig.json"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert readme_examples_as_typescript().count("export async function example") >= 7
