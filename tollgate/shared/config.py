@@ -104,10 +104,22 @@ class ServiceSettings:
     health_interval_seconds: float = 2.0
     auth_cache_seconds: float = 5.0
     log_level: str = "INFO"
+    # TLS of the gRPC port (off while no certificate is named); a client CA makes it mutual TLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    health_port: int | None = None  # plaintext, health only: for probes that cannot speak TLS
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls(self):
+        """The server's TLS settings, as one object (tollgate.shared.tls.ServerTls)."""
+        from tollgate.shared.tls import ServerTls  # tls.py reads its errors from here
+
+        return ServerTls(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file, prefix=self.PREFIX)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Self:
@@ -135,7 +147,18 @@ class ServiceSettings:
         )
         # The same for the HTTP (Connect, gRPC-Web) port: -1 off, 0 any free port.
         http_port = env_int(env, f"{p}_HTTP_PORT", -1 if cls.http_port is None else cls.http_port, low=-1, high=65535)
+        health_port = env_int(env, f"{p}_HEALTH_PORT", -1, low=-1, high=65535)
+        tls = dict(
+            tls_cert_file=env_str(env, f"{p}_TLS_CERT_FILE", ""),
+            tls_key_file=env_str(env, f"{p}_TLS_KEY_FILE", ""),
+            tls_client_ca_file=env_str(env, f"{p}_TLS_CLIENT_CA_FILE", ""),
+        )
+        from tollgate.shared.tls import ServerTls
+
+        ServerTls(tls["tls_cert_file"], tls["tls_key_file"], tls["tls_client_ca_file"], prefix=p).check()
         return dict(
+            **tls,
+            health_port=None if health_port < 0 else health_port,
             database_url=env_database_url(env, f"{p}_DATABASE_URL", cls.database_url),
             host=env_str(env, f"{p}_HOST", cls.host),
             port=env_int(env, f"{p}_PORT", cls.port, low=0, high=65535),

@@ -20,6 +20,7 @@ from tollgate.shared import http, logs, metrics, tracing
 from tollgate.shared.auth import Authenticator
 from tollgate.shared.config import ConfigError, process_env
 from tollgate.shared.interceptor import CallInterceptor
+from tollgate.shared.tls import ServerTls
 
 log = logging.getLogger("tollgate.shared.server")
 
@@ -72,6 +73,7 @@ class RunningServer:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     http_port: int | None = None
     _http: http.HttpServer | None = None
+    health_port: int | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING first, then drain in-flight calls for up to `grace` seconds."""
@@ -100,10 +102,13 @@ def build_server(
     health_interval: float = 2.0,
     http_port: int | None = None,
     tracer_provider=None,
+    tls: ServerTls | None = None,
+    health_port: int | None = None,
 ) -> RunningServer:
     """Build and start the server on `address` ('host:0' picks a free port), and the same RPCs over HTTP on
     `http_port` of the same host unless it is None. gRPC calls are spans of `tracer_provider` (None: the
-    process's, see tracing.install)."""
+    process's, see tracing.install). With `tls` enabled the gRPC port speaks only TLS; `health_port` (0: any
+    free one) answers grpc.health.v1 alone, in plaintext, for probes that cannot present a certificate."""
     # One interceptor for both transports: the same authentication, logs and metrics for every call.
     interceptor = CallInterceptor(
         authenticator=spec.authenticator,
@@ -126,7 +131,10 @@ def build_server(
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(address)
+    if tls is not None and tls.enabled:
+        port = server.add_secure_port(address, tls.grpc_credentials())
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {address}")
     stopping = threading.Event()
@@ -149,13 +157,17 @@ def build_server(
             max_message_bytes=MAX_MESSAGE_BYTES,
             name=spec.name,
         )
+    health_server = None if health_port is None else _health_only(health_servicer, _host_of(address), health_port)
     server.start()
     for thread in threads:
         thread.start()
     bound_http_port = http_server.port if http_server else None
     fields = {"service": spec.name, "port": port, "http_port": bound_http_port, "metrics_port": bound_metrics_port}
+    if health_server is not None:
+        fields["health_port"] = health_server[1]
+    fields["tls"] = "mutual" if tls and tls.client_ca_file else "on" if tls and tls.enabled else "off"
     log.info("serving", extra={"fields": fields})
-    return RunningServer(
+    running = RunningServer(
         server,
         port,
         health_servicer,
@@ -167,6 +179,22 @@ def build_server(
         http_port=bound_http_port,
         _http=http_server,
     )
+    if health_server is not None:
+        # Stopped last: probes keep hearing NOT_SERVING while the main port drains.
+        running.health_port = health_server[1]
+        running.on_stop.insert(0, lambda: health_server[0].stop(0))
+    return running
+
+
+def _health_only(servicer: health.HealthServicer, host: str, port: int) -> tuple[grpc.Server, int]:
+    """A started plaintext server on `port` answering grpc.health.v1 from `servicer`, and nothing else."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the health port {port}")
+    server.start()
+    return server, bound
 
 
 def _thread(name: str, target, *args) -> threading.Thread:
@@ -226,7 +254,11 @@ def main(name: str, settings_class, build: Callable) -> int:
         return 2
     logs.configure(settings.log_level, service=name)
     tracer_provider = tracing.install(traces)
-    running = build(settings)
+    try:
+        running = build(settings)
+    except ConfigError as error:  # a file named by a setting (a TLS certificate) is read at start
+        print(f"{name}: configuration error: {error}", file=sys.stderr)
+        return 2
     serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
     if tracer_provider is not None:
         tracer_provider.shutdown()  # exports the spans still batched

@@ -25,6 +25,10 @@ COMMON = {
     "HEALTH_INTERVAL_SECONDS": ("health_interval_seconds", 0.5),
     "AUTH_CACHE_SECONDS": ("auth_cache_seconds", 7.0),
     "LOG_LEVEL": ("log_level", "WARNING"),
+    "TLS_CERT_FILE": ("tls_cert_file", "/tls/tls.crt"),
+    "TLS_KEY_FILE": ("tls_key_file", "/tls/tls.key"),
+    "TLS_CLIENT_CA_FILE": ("tls_client_ca_file", "/tls/ca.crt"),
+    "HEALTH_PORT": ("health_port", 7003),
 }
 OWN = {
     UsageSettings: {
@@ -42,6 +46,10 @@ OWN = {
         "POLICY_USAGE_COOLDOWN_SECONDS": ("usage_cooldown_seconds", 0.5),
         "POLICY_QUOTA_CACHE_SECONDS": ("quota_cache_seconds", 0.5),
         "POLICY_RANKING_CACHE_SECONDS": ("ranking_cache_seconds", 0.5),
+        "POLICY_USAGE_TLS_CA_FILE": ("usage_tls_ca_file", "/tls/ca.crt"),
+        "POLICY_USAGE_TLS_CERT_FILE": ("usage_tls_cert_file", "/tls/tls.crt"),
+        "POLICY_USAGE_TLS_KEY_FILE": ("usage_tls_key_file", "/tls/tls.key"),
+        "POLICY_USAGE_TLS_SERVER_NAME": ("usage_tls_server_name", "usage.tollgate.svc"),
     },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]

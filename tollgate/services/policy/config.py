@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollgate.shared.config import ServiceSettings, env_float, env_secret, env_str
+from tollgate.shared.tls import ClientTls
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,39 @@ class Settings(ServiceSettings):
     usage_cooldown_seconds: float = 2.0
     quota_cache_seconds: float = 2.0
     ranking_cache_seconds: float = 5.0
+    # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
+    usage_tls_ca_file: str = ""
+    usage_tls_cert_file: str = ""
+    usage_tls_key_file: str = ""
+    usage_tls_server_name: str = ""
+
+    @property
+    def usage_tls(self) -> ClientTls:
+        return ClientTls(
+            self.usage_tls_ca_file,
+            self.usage_tls_cert_file,
+            self.usage_tls_key_file,
+            self.usage_tls_server_name,
+            prefix="POLICY_USAGE",
+        )
 
     @classmethod
     def _own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
+        tls = dict(
+            usage_tls_ca_file=env_str(env, "POLICY_USAGE_TLS_CA_FILE", ""),
+            usage_tls_cert_file=env_str(env, "POLICY_USAGE_TLS_CERT_FILE", ""),
+            usage_tls_key_file=env_str(env, "POLICY_USAGE_TLS_KEY_FILE", ""),
+            usage_tls_server_name=env_str(env, "POLICY_USAGE_TLS_SERVER_NAME", ""),
+        )
+        ClientTls(
+            tls["usage_tls_ca_file"],
+            tls["usage_tls_cert_file"],
+            tls["usage_tls_key_file"],
+            tls["usage_tls_server_name"],
+            prefix="POLICY_USAGE",
+        ).check()
         return dict(
+            **tls,
             usage_addr=env_str(env, "POLICY_USAGE_ADDR", cls.usage_addr),
             usage_token=env_secret(env, "POLICY_USAGE_TOKEN"),
             usage_timeout_seconds=env_float(

@@ -36,6 +36,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         max_timeout=settings.usage_timeout_seconds,
         cooldown=settings.usage_cooldown_seconds,
         tracer_provider=tracer_provider,
+        tls=settings.usage_tls,
     )
     usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
     spec = ServerSpec(
@@ -61,6 +62,8 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         health_interval=settings.health_interval_seconds,
         tracer_provider=tracer_provider,
         http_port=settings.http_port,
+        tls=settings.tls,
+        health_port=settings.health_port,
     )
     running.on_stop += [client.close, engine.dispose]
     return running

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tollgate.services.policy.domain.errors import UsageUnavailable
 from tollgate.services.policy.domain.usage import UsageQuery
 from tollgate.shared import tracing
+from tollgate.shared.tls import ClientTls
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
 log = logging.getLogger("tollgate.policy.usage_client")
@@ -82,10 +83,19 @@ class CircuitBreaker:
 class UsageClient:
     """Reads usage totals from the Usage service with Policy's own service token."""
 
-    def __init__(self, address: str, token: str, *, max_timeout: float, cooldown: float = 2.0, tracer_provider=None):
-        self._channel = grpc.insecure_channel(
+    def __init__(
+        self,
+        address: str,
+        token: str,
+        *,
+        max_timeout: float,
+        cooldown: float = 2.0,
+        tracer_provider=None,
+        tls: ClientTls | None = None,
+    ):
+        self._channel = (tls or ClientTls()).channel(
             address,
-            options=[
+            [
                 ("grpc.service_config", _SERVICE_CONFIG),
                 ("grpc.enable_retries", 1),
                 ("grpc.keepalive_time_ms", 30_000),

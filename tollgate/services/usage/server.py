@@ -77,6 +77,8 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         health_interval=settings.health_interval_seconds,
         tracer_provider=tracer_provider,
         http_port=settings.http_port,
+        tls=settings.tls,
+        health_port=settings.health_port,
     )
     running.on_stop += [engine.dispose, reads.dispose]
     return running
