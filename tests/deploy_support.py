@@ -17,6 +17,7 @@ SERVICES = {
     "usage": {
         "port": 50051,
         "http": 8081,
+        "health_port": 50061,
         "metrics": 9464,
         "health": "tollgate.usage.v1.UsageService",
         "prefix": "USAGE_",
@@ -24,6 +25,7 @@ SERVICES = {
     "policy": {
         "port": 50052,
         "http": 8082,
+        "health_port": 50062,
         "metrics": 9465,
         "health": "tollgate.policy.v1.PolicyService",
         "prefix": "POLICY_",

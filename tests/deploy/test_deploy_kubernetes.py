@@ -115,16 +115,24 @@ def test_each_overlay_renders_everything_an_operator_needs(overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_deployment_probes_grpc_health_for_liveness_readiness_and_startup(overlay):
+    data = config_data(overlay)
     for name, spec in SERVICES.items():
         (container,) = deployment(overlay, name)["spec"]["template"]["spec"]["containers"]
+        # On the plaintext health-only port, which the kubelet can reach whether or not the gRPC port is TLS.
+        assert int(data[f"{spec['prefix']}HEALTH_PORT"]) == spec["health_port"]
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert container[probe]["grpc"]["port"] == spec["port"], (name, probe)
+            assert container[probe]["grpc"]["port"] == spec["health_port"], (name, probe)
             assert set(container[probe]) & {"httpGet", "tcpSocket", "exec"} == set(), (name, probe)
         assert container["readinessProbe"]["grpc"]["service"] == spec["health"]
         # A database outage must take pods out of rotation, not restart them.
         assert container["livenessProbe"]["grpc"]["service"] == "liveness"
         assert container["startupProbe"]["grpc"]["service"] == "liveness"
-        assert {p["containerPort"] for p in container["ports"]} == {spec["port"], spec["http"], spec["metrics"]}
+        assert {p["containerPort"] for p in container["ports"]} == {
+            spec["port"],
+            spec["http"],
+            spec["metrics"],
+            spec["health_port"],
+        }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -243,7 +251,9 @@ def test_every_secret_key_a_pod_reads_exists_in_the_secret(overlay):
             for env in container.get("env", []):
                 assert env["valueFrom"]["secretKeyRef"]["key"] in keys, (name, env)
         for volume in spec.get("volumes", []):
-            for item in volume.get("secret", {}).get("items", []):
+            if volume.get("secret", {}).get("secretName") != secret["metadata"]["name"]:
+                continue  # the TLS Secrets come from the certificate issuer, not from these manifests
+            for item in volume["secret"].get("items", []):
                 assert item["key"] in keys, (name, item)
 
 
@@ -258,6 +268,35 @@ def test_the_configmap_is_a_valid_configuration_of_both_services(overlay, tmp_pa
     usage, policy = UsageSettings.from_env(data), PolicySettings.from_env(data)
     assert (usage.port, usage.metrics_port) == (50051, 9464)
     assert (policy.port, policy.metrics_port, policy.usage_addr) == (50052, 9465, "usage:50051")
+
+
+def mounted_files(name: str) -> dict[str, tuple[str, set[str] | None]]:
+    """Mount path -> (Secret, the keys it projects, None for all) of a production Deployment's Secret volumes."""
+    pod = deployment("production", name)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    return {
+        m["mountPath"]: (
+            volumes[m["name"]]["secretName"],
+            {i["path"] for i in volumes[m["name"]]["items"]} if "items" in volumes[m["name"]] else None,
+        )
+        for m in container["volumeMounts"]
+        if m["name"] in volumes
+    }
+
+
+def test_production_serves_both_grpc_ports_with_tls_from_each_services_own_secret():
+    data = config_data("production")
+    for name, spec in SERVICES.items():
+        mounts = mounted_files(name)
+        for variable in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
+            path = Path(data[f"{spec['prefix']}{variable}"])
+            assert mounts[str(path.parent)] == (f"{name}-tls", None), (name, variable)
+            assert path.name in ("tls.crt", "tls.key")
+    # Policy trusts Usage's CA, and is given nothing else of Usage's Secret (never its key).
+    ca = Path(data["POLICY_USAGE_TLS_CA_FILE"])
+    assert mounted_files("policy")[str(ca.parent)] == ("usage-tls", {"ca.crt"}) and ca.name == "ca.crt"
+    assert not any(key.startswith(("USAGE_TLS", "POLICY_TLS")) for key in config_data("dev"))
 
 
 def test_the_policy_token_file_is_mounted_where_the_configmap_points():
