@@ -297,6 +297,9 @@ def test_production_serves_both_grpc_ports_with_tls_from_each_services_own_secre
     ca = Path(data["POLICY_USAGE_TLS_CA_FILE"])
     assert mounted_files("policy")[str(ca.parent)] == ("usage-tls", {"ca.crt"}) and ca.name == "ca.crt"
     assert not any(key.startswith(("USAGE_TLS", "POLICY_TLS")) for key in config_data("dev"))
+    for service in objects("production", "Service"):
+        (grpc_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+        assert "appProtocol" not in grpc_port, service["metadata"]["name"]  # not h2c: the port is TLS
 
 
 def test_the_policy_token_file_is_mounted_where_the_configmap_points():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,3 +240,29 @@ def test_unreadable_certificate_files_stop_the_start_naming_the_variable(sqlite)
 def test_a_key_that_is_not_the_certificates_stops_the_start(sqlite, pki):
     with pytest.raises(ConfigError, match="^USAGE_TLS_CERT_FILE and USAGE_TLS_KEY_FILE are not a certificate and its"):
         start_usage(sqlite, tls_cert_file=pki.ca_server_crt, tls_key_file=pki.ca_client_key)
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"USAGE_TLS_CERT_FILE": "/nonexistent/tls.crt", "USAGE_TLS_KEY_FILE": "/nonexistent/tls.key"}, "USAGE_TLS_"),
+        ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER"),
+    ],
+)
+def test_the_process_exits_2_naming_a_bad_tls_file_or_trace_setting(sqlite, env, variable):
+    process = subprocess.run(
+        [sys.executable, "-m", "tollgate.services.usage"],
+        env={
+            **os.environ,
+            "USAGE_DATABASE_URL": sqlite.usage_url,
+            "USAGE_PORT": "0",
+            "USAGE_METRICS_PORT": "-1",
+            "USAGE_HTTP_PORT": "-1",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 2, process.stderr
+    assert f"usage: configuration error: {variable}" in process.stderr
