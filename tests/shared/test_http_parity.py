@@ -23,15 +23,25 @@ SERVICES = {
 }
 # The one streaming RPC: its HTTP form (a Connect stream over HTTP/1.1) has its own test below.
 STREAMING = {"tollgate.usage.v1.UsageService/StreamEvents"}
+# Answers that report the work the call did: a first call does it, so both compared calls find nothing left.
+SETTLED_FIRST = {"tollgate.usage.v1.UsageAdminService/RunRollup"}
 
 
-def _methods():
+def _every_method():
     for service, server in SERVICES.items():
         for method in descriptor_pool.Default().FindServiceByName(service).methods:
-            yield pytest.param(server, service, method, id=f"{method.containing_service.name}.{method.name}")
+            yield server, service, method
 
 
-ALL = list(_methods())
+def _is_streaming(method) -> bool:
+    return method.client_streaming or method.server_streaming
+
+
+ALL = [
+    pytest.param(server, service, method, id=f"{method.containing_service.name}.{method.name}")
+    for server, service, method in _every_method()
+    if not _is_streaming(method)
+]
 
 
 def _classes(method) -> tuple[type[Message], type[Message]]:
@@ -54,6 +64,8 @@ def _grpc(channel: grpc.Channel, service: str, method, request: Message, token: 
 def test_the_parity_list_is_every_method_of_every_service_both_servers_register(usage, policy):
     names = {f"{p.values[1]}/{p.values[2].name}" for p in ALL}
     assert len(names) == len(ALL) > 30
+    streaming = {f"{service}/{method.name}" for _, service, method in _every_method() if _is_streaming(method)}
+    assert streaming == STREAMING, "a streaming RPC needs its own HTTP test, as StreamEvents has"
     for server in (usage, policy):
         for service in server._service_names:
             assert service in SERVICES, f"{service} is served but missing from the parity list"
@@ -65,10 +77,10 @@ def test_every_rpc_answers_the_same_empty_request_alike_over_http_json_and_grpc(
 ):
     """An empty request of each RPC, with the platform token: the same status, message and rich details, or
     the same answer (the empty request probes validation and authorization on every RPC alike)."""
-    if f"{service}/{method.name}" in STREAMING:
-        pytest.skip("streaming: see test_stream_events_over_a_connect_stream_answers_each_batch_like_grpc")
     running, channel = (usage, usage_channel) if server == "usage" else (policy, policy_channel)
     request_class, response_class = _classes(method)
+    if f"{service}/{method.name}" in SETTLED_FIRST:
+        _grpc(channel, service, method, request_class(), admin_token)
     answer, error = _grpc(channel, service, method, request_class(), admin_token)
     reply = http_support.post(running.http_port, f"/{service}/{method.name}", {}, token=admin_token)
     if error is None:
