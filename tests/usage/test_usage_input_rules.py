@@ -222,3 +222,37 @@ def test_a_purged_events_id_may_be_reused_and_a_resend_of_it_is_too_old_not_coun
     assert totals(usage_stub, token, tenant, start_us=horizon - 2 * DAY_US, end_us=whole_hours) == {
         "api.requests": (7, 2)
     }
+
+
+def _unset(metadata) -> str:
+    metadata.fields["unset"].Clear()  # present in the map, no kind set
+    return "events[1].metadata.unset"
+
+
+def _unset_in_a_list(metadata) -> str:
+    items = metadata.fields["deep"].struct_value.fields["list"].list_value.values
+    items.add().string_value = "fine"
+    items.add()
+    return "events[1].metadata.deep.list[1]"
+
+
+def _nan(metadata) -> str:
+    metadata.fields["ratio"].number_value = float("nan")
+    return "events[1].metadata.ratio"
+
+
+@pytest.mark.parametrize(
+    "spoil, described",
+    [(_unset, "no kind set"), (_unset_in_a_list, "no kind set"), (_nan, "JSON numbers are finite")],
+    ids=["unset", "unset-in-a-list", "nan"],
+)
+def test_metadata_json_cannot_hold_is_invalid_argument_naming_its_path_and_stores_nothing(
+    usage_stub, token, tenant, spoil, described
+):
+    bad = event("bad-metadata")
+    path = spoil(bad.metadata)
+    request = u.RecordEventsRequest(tenant_id=tenant, events=[event("good-metadata"), bad])
+    error = refused(lambda: usage_stub.RecordEvents(request, metadata=support.bearer(token), timeout=30))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert described in violations(error)[path]
+    assert list_all(usage_stub, token, tenant) == []

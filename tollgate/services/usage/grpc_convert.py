@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import cast
 
 from google.protobuf import duration_pb2, struct_pb2
@@ -40,7 +41,7 @@ def batch(tenant_id: str, events) -> model.EventBatch:
 
 def _event(e: pb.UsageEvent, index: int) -> model.Event:
     occurred = micros(e, "occurred_at", path=f"events[{index}].occurred_at")
-    metadata = _plain(e.metadata) if e.HasField("metadata") and e.metadata.fields else None
+    metadata = _plain(e.metadata, f"events[{index}].metadata") if e.HasField("metadata") and e.metadata.fields else None
     return model.Event(
         e.event_id,
         e.metric,
@@ -55,13 +56,28 @@ def _event(e: pb.UsageEvent, index: int) -> model.Event:
     )
 
 
-def _plain(value):
-    """Struct / ListValue to plain dicts and lists (numbers stay floats, as JSON has them)."""
-    if isinstance(value, struct_pb2.Struct):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, struct_pb2.ListValue):
-        return [_plain(item) for item in value]
-    return value
+def _plain(struct: struct_pb2.Struct, path: str) -> dict:
+    """A Struct as plain dicts and lists (numbers stay floats, as JSON has them).
+
+    A Value with no kind set, NaN or an infinity has no JSON form: the message is malformed, and storing it as
+    something else (null, a string) would be accepting a value as another.
+    """
+    return {key: _plain_value(item, f"{path}.{key}") for key, item in struct.fields.items()}
+
+
+def _plain_value(value: struct_pb2.Value, path: str):
+    kind = value.WhichOneof("kind")
+    require(kind is not None, path, "is a Value with no kind set; metadata values must be JSON values")
+    if kind == "struct_value":
+        return _plain(value.struct_value, path)
+    if kind == "list_value":
+        return [_plain_value(item, f"{path}[{i}]") for i, item in enumerate(value.list_value.values)]
+    if kind == "number_value":
+        require(math.isfinite(value.number_value), path, f"is {value.number_value}; JSON numbers are finite")
+        return value.number_value
+    if kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def results(items: list[model.EventResult]) -> list[pb.EventResult]:
