@@ -34,6 +34,9 @@ DETAILS_KEY = "grpc-status-details-bin"
 ROUTE_HINT = "RPCs are POST /<package>.<Service>/<Method>, e.g. /tollgate.usage.v1.UsageService/RecordEvents"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# A plain route (POST /v1/events) is made around the Router, so it may hand a request it translated to an RPC
+# path: the RPC's interceptor (token, scope, request id, log line, metrics) then judges it like any call.
+RouteFactory = Callable[[WSGIApp], WSGIApp]
 
 
 class RawProtoCodec:
@@ -301,8 +304,12 @@ def serve(
     threads: int,
     max_message_bytes: int,
     name: str,
+    routes: Mapping[str, RouteFactory] | None = None,
 ) -> HttpServer:
     """Start the HTTP server of a service on host:port (0 picks a free port)."""
     apps = service_apps(registrations, service_names, interceptor, read_max_bytes=max_message_bytes)
     # The hard bound leaves room for a JSON body to be refused by the runtime with a Connect error.
-    return HttpServer(Router(apps), host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name)
+    router = Router(apps)
+    for path, make in (routes or {}).items():
+        router.add(path, make(router))
+    return HttpServer(router, host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name)

@@ -56,6 +56,8 @@ class ServerSpec:
     authenticator: Authenticator
     ready: Callable[[], bool]  # database reachable and migrated
     background: list[Callable[[threading.Event], None]] = field(default_factory=list)
+    # Plain HTTP routes beside the RPCs ('/v1/events'), each made around the RPC router (http.RouteFactory).
+    http_routes: dict[str, http.RouteFactory] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +158,7 @@ def build_server(
             threads=max_workers,
             max_message_bytes=MAX_MESSAGE_BYTES,
             name=spec.name,
+            routes=spec.http_routes,
         )
     health_server = None if health_port is None else _health_only(health_servicer, _host_of(address), health_port)
     server.start()
