@@ -79,7 +79,7 @@ def test_a_content_type_no_rpc_speaks_is_415_naming_the_ones_it_does(usage, admi
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/v1/events", "/tollgate.usage.v1.UsageService/Nope", "/tollgate.usage.v1.Nope/RecordEvents"]
+    "path", ["/", "/v2/events", "/tollgate.usage.v1.UsageService/Nope", "/tollgate.usage.v1.Nope/RecordEvents"]
 )
 def test_an_unknown_route_is_404_saying_what_the_paths_look_like(usage, admin_token, path):
     reply = http_support.post(usage.http_port, path, {}, token=admin_token)

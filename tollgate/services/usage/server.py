@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollgate.services.usage import grpc_api, tables
+from tollgate.services.usage import cloudevents, grpc_api, tables
 from tollgate.services.usage.config import Settings
 from tollgate.services.usage.repository.postgres import POSTGRES
 from tollgate.services.usage.repository.sqlite import SQLITE
@@ -10,7 +10,7 @@ from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import purge, rollups
 from tollgate.shared import auth, migrate
 from tollgate.shared.db import GENERIC_PLANS, INDEXED_READS, create_engine_for, is_sqlite, session_factory
-from tollgate.shared.server import RunningServer, ServerSpec, build_server
+from tollgate.shared.server import MAX_MESSAGE_BYTES, RunningServer, ServerSpec, build_server
 from tollgate.usage.v1 import usage_pb2_grpc
 
 RETENTION_EVERY_SECONDS = 3600.0  # retention works in days: an hourly pass is plenty
@@ -44,6 +44,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         pre_ping=False,
         autocommit=True,
     )
+    authenticator = auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds)
     spec = ServerSpec(
         name="usage",
         registrations=[
@@ -58,8 +59,17 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         ],
         service_names=[grpc_api.USAGE, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,
-        authenticator=auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds),
+        authenticator=authenticator,
         ready=migrate.readiness_check(reads, service="usage", schema=tables.SCHEMA),
+        # CloudEvents ingest: translated, then judged by the RecordEvents RPC path like any call (cloudevents.py).
+        http_routes={
+            cloudevents.PATH: cloudevents.route(
+                authenticator=authenticator,
+                record_path=f"/{grpc_api.USAGE}/RecordEvents",
+                scope=grpc_api.METHOD_SCOPES[f"/{grpc_api.USAGE}/RecordEvents"],
+                max_body_bytes=MAX_MESSAGE_BYTES,
+            )
+        },
         background=[
             job
             for job in [
