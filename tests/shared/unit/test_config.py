@@ -37,6 +37,7 @@ OWN = {
         "USAGE_EXTERNAL_SOURCE_PREFIXES": ("external_prefixes", ("a:", "b:")),
         "USAGE_ROLLUP_INTERVAL_SECONDS": ("rollup_interval_seconds", 9.0),
         "USAGE_RETENTION_DAYS": ("retention_days", 9),
+        "USAGE_MAX_DIMENSION_COMBINATIONS": ("max_dimension_combinations", 9),
     },
     PolicySettings: {
         "POLICY_USAGE_ADDR": ("usage_addr", "usage:1"),

@@ -26,6 +26,7 @@ class Settings(ServiceSettings):
     external_prefixes: tuple[str, ...] = DEFAULT_EXTERNAL_PREFIXES
     rollup_interval_seconds: float = 30.0
     retention_days: int = 400
+    max_dimension_combinations: int = 10_000
 
     @classmethod
     def _own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
@@ -38,4 +39,7 @@ class Settings(ServiceSettings):
                 env, "USAGE_ROLLUP_INTERVAL_SECONDS", cls.rollup_interval_seconds, low=0, high=86400
             ),
             retention_days=env_int(env, "USAGE_RETENTION_DAYS", cls.retention_days, low=0, high=36600),
+            max_dimension_combinations=env_int(
+                env, "USAGE_MAX_DIMENSION_COMBINATIONS", cls.max_dimension_combinations, low=1, high=10_000_000
+            ),
         )

@@ -44,6 +44,7 @@ def ingest_rules(settings) -> IngestRules:
         future_skew_us=settings.future_skew_seconds * 1_000_000,
         backfill_us=settings.backfill_days * 86_400_000_000,
         external_prefixes=tuple(settings.external_prefixes),
+        max_dimension_combinations=settings.max_dimension_combinations,
     )
 
 
@@ -55,11 +56,17 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._reads = connections  # GetUsage, ListAggregates and ListEvents are one statement each
         self._settings = settings
         self._rules = ingest_rules(settings)
+        self._combinations = ingest.KnownCombinations()
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
         results = ingest.record_events(
-            batch, sessions=self._sessions, storage=self._storage, rules=self._rules, caller=principal()
+            batch,
+            sessions=self._sessions,
+            storage=self._storage,
+            rules=self._rules,
+            caller=principal(),
+            known=self._combinations,
         )
         return usage_pb2.RecordEventsResponse(results=convert.results(results))
 
@@ -75,7 +82,12 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         try:
             batch = convert.batch(request.tenant_id, request.events)
             results = ingest.record_events(
-                batch, sessions=self._sessions, storage=self._storage, rules=self._rules, caller=principal()
+                batch,
+                sessions=self._sessions,
+                storage=self._storage,
+                rules=self._rules,
+                caller=principal(),
+                known=self._combinations,
             )
         except (TollgateError, sqlalchemy.exc.SQLAlchemyError) as error:
             status = grpc_errors.status_for(error)

@@ -179,6 +179,20 @@ purge_horizons = Table(
     PrimaryKeyConstraint("tenant_id", name="purge_horizons_pkey"),
 )
 
+# The distinct dimension combinations each tenant's events of a metric carry (canonical JSON, as events.dimensions):
+# what USAGE_MAX_DIMENSION_COMBINATIONS bounds. Written only when an accepted event brings a new one, so ingest
+# pays nothing per event for it (docs/usage.md, "Meters"). Rows are never deleted: a combination once accepted
+# stays known, which is what lets each process cache them (migration usage_0015).
+dimension_combinations = Table(
+    "dimension_combinations",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("dimensions", Text, nullable=False),
+    Column("first_seen_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "metric", "dimensions", name="dimension_combinations_pkey"),
+)
+
 # The audit chain of Usage's admin writes (UpsertMetric, PurgeEvents; shared/audit_chain.py). One chain
 # for the service, keyed by sequence; a tenant's records are found through (tenant_id, sequence).
 audit_records, audit_head = audit_tables(metadata)

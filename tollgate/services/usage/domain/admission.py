@@ -246,3 +246,54 @@ def content_hash(event: Event, metadata_json: str | None, dimensions_json: str |
     if dimensions_json:
         parts += (dimensions_json,)
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+Combination = tuple[str, str]  # (metric, canonical dimensions JSON): what USAGE_MAX_DIMENSION_COMBINATIONS bounds
+
+
+def combinations(candidates: list[Candidate]) -> list[Combination]:
+    """The distinct combinations the candidates carry, in the order of the first event carrying each; an event
+    without dimensions carries none (it costs no combination)."""
+    return list(dict.fromkeys((c.event.metric, c.dimensions_json) for c in candidates if c.dimensions_json))
+
+
+def beyond_limit(new: list[Combination], counts: dict[str, int], limit: int) -> set[Combination]:
+    """Which of the `new` combinations (in the order of their first event) would take their metric past `limit`
+    distinct combinations, given how many each metric's events carry already (`counts`): the first ones fit."""
+    room: dict[str, int] = {}
+    refused = set()
+    for combination in new:
+        metric = combination[0]
+        left = room.get(metric, limit - counts.get(metric, 0))
+        if left > 0:
+            room[metric] = left - 1
+        else:
+            room[metric] = left
+            refused.add(combination)
+    return refused
+
+
+def refuse_combinations(admitted: Admitted, refused: set[Combination], limit: int) -> Admitted:
+    """The batch admitted without the events carrying a `refused` combination, which are REJECTED instead."""
+    if not refused:
+        return admitted
+    candidates, rejections = [], list(admitted.rejected)
+    for candidate in admitted.candidates:
+        metric, dimensions_json = candidate.event.metric, candidate.dimensions_json
+        if dimensions_json and (metric, dimensions_json) in refused:
+            rejections.append(
+                rejected(
+                    candidate.index,
+                    candidate.event,
+                    RejectReason.TOO_MANY_DIMENSION_COMBINATIONS,
+                    f"dimensions {_clip(dimensions_json)} are a new combination of metric {metric!r}, and this "
+                    f"tenant's events of it already carry {limit} distinct combinations, the most allowed",
+                )
+            )
+        else:
+            candidates.append(candidate)
+    return Admitted(candidates, rejections)
+
+
+def _clip(text: str, bound: int = 256) -> str:
+    return text if len(text) <= bound else text[: bound - 1] + "…"

@@ -28,6 +28,7 @@ class RejectReason(enum.Enum):
     UNDECLARED_DIMENSION = 11
     TOO_MANY_DIMENSIONS = 12
     EMPTY_DIMENSION_VALUE = 13
+    TOO_MANY_DIMENSION_COMBINATIONS = 14
 
 
 class DedupKey(enum.Enum):
@@ -89,6 +90,8 @@ class IngestRules:
     future_skew_us: int
     backfill_us: int
     external_prefixes: tuple[str, ...]
+    # Distinct dimension combinations a tenant's events of one metric may carry (docs/usage.md, "Meters").
+    max_dimension_combinations: int = 10_000
 
 
 class Candidate(NamedTuple):

@@ -1,14 +1,15 @@
-"""SQL of ingestion: insert each new event once, find the stored events that share keys with others."""
+"""SQL of ingestion: insert each new event once, find the stored events that share keys with others, and keep the
+dimension combinations each tenant's events of a metric carry."""
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.dedup import LookupKeys
 from tollgate.services.usage.domain.model import Candidate, StoredKeys
 from tollgate.services.usage.repository.storage import Storage
-from tollgate.services.usage.tables import events
+from tollgate.services.usage.tables import dimension_combinations, events
 
 COLUMNS = [column.name for column in events.columns]
 
@@ -77,3 +78,39 @@ def find_existing(session: Session, tenant_id: str, keys: LookupKeys, *, storage
         events.c.business_key,
     ).where(events.c.tenant_id == tenant_id, or_(*matches))
     return [StoredKeys(*row) for row in session.execute(statement)]
+
+
+def stored_combinations(session: Session, tenant_id: str, combinations: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of the (metric, dimensions JSON) combinations the tenant's events already carry."""
+    metrics = sorted({metric for metric, _ in combinations})
+    statement = select(dimension_combinations.c.metric, dimension_combinations.c.dimensions).where(
+        dimension_combinations.c.tenant_id == tenant_id,
+        dimension_combinations.c.metric.in_(metrics),
+        dimension_combinations.c.dimensions.in_(sorted({dimensions for _, dimensions in combinations})),
+    )
+    wanted = set(combinations)
+    return {(metric, dimensions) for metric, dimensions in session.execute(statement).tuples()} & wanted
+
+
+def combination_counts(session: Session, tenant_id: str, metrics: list[str]) -> dict[str, int]:
+    """How many distinct combinations the tenant's events of each metric carry (absent: none)."""
+    statement = (
+        select(dimension_combinations.c.metric, func.count())
+        .where(dimension_combinations.c.tenant_id == tenant_id, dimension_combinations.c.metric.in_(metrics))
+        .group_by(dimension_combinations.c.metric)
+    )
+    return {metric: count for metric, count in session.execute(statement).tuples()}
+
+
+def add_combinations(
+    session: Session, tenant_id: str, combinations: list[tuple[str, str]], now_us: int, *, storage: Storage
+) -> None:
+    """Register combinations the tenant's events now carry (under the lock of each metric's combinations)."""
+    if combinations:
+        session.execute(
+            storage.insert(dimension_combinations).on_conflict_do_nothing(),
+            [
+                dict(tenant_id=tenant_id, metric=metric, dimensions=dimensions, first_seen_at_us=now_us)
+                for metric, dimensions in combinations
+            ],
+        )

@@ -54,6 +54,11 @@ class Storage(ABC):
         """Take the purge side of the tenant's purge lock until commit: no ingest meanwhile."""
 
     @abstractmethod
+    def lock_combinations(self, session: Session, tenant_id: str, metric: str) -> None:
+        """Take the lock of the tenant's dimension combinations of `metric` until commit: one transaction at a time
+        counts and adds them, so no number of replicas exceeds the limit."""
+
+    @abstractmethod
     def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         """Insert event rows (ingest.COLUMNS) no unique key refuses; the event ids inserted.
 

@@ -47,6 +47,9 @@ class SqliteStorage(Storage):
     def lock_for_purge(self, session: Session, tenant_id: str) -> None:
         """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
 
+    def lock_combinations(self, session: Session, tenant_id: str, metric: str) -> None:
+        """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+
     def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         return ingest.insert_rows(session, rows, storage=self)
 
