@@ -49,7 +49,15 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
             "ListAuditRecords",
             "VerifyAudit",
         },
-        (policy_pb2, "PolicyService"): {"ResolveMode", "ResolveModes", "ListActiveFeatures"},
+        (policy_pb2, "PolicyService"): {
+            "ResolveMode",
+            "ResolveModes",
+            "ListActiveFeatures",
+            "CheckEntitlement",
+            "Reserve",
+            "Commit",
+            "Release",
+        },
         (policy_pb2, "PolicyAdminService"): {
             "ImportRoles",
             "ListRoles",
@@ -69,6 +77,9 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
             "InspectPolicy",
             "ListAuditRecords",
             "VerifyAudit",
+            "CreateGrant",
+            "VoidGrant",
+            "ListGrants",
         },
     }
     for (module, service), methods in expected.items():

@@ -9,6 +9,7 @@ from tollgate.services.policy.domain.quotas import DAY, MONTH, period_window, qu
 from tollgate.services.policy.domain.usage import QuotaUsage, Window
 
 MICROS = 1_000_000
+NOW_US = int(datetime(2026, 3, 17, 13, 45, tzinfo=UTC).timestamp() * MICROS)
 
 
 def plan_snapshot(*quotas: QuotaLimit) -> Snapshot:
@@ -53,9 +54,13 @@ def test_a_quota_caps_the_features_it_names_else_those_its_metric_measures():
     by_metric = QuotaLimit("m.a", DAY, 10, Mode.OFF)
     snapshot = plan_snapshot(named, by_metric)
     usage = QuotaUsage({("m.a", MONTH): 10, ("m.a", DAY): 10})
-    assert [c.detail for c in quota_caps(snapshot, "a", usage)] == ["quota m.a 10/day reached: 10 used of 10 allowed"]
-    assert [c.detail for c in quota_caps(snapshot, "b", usage)] == ["quota m.a 10/month reached: 10 used of 10 allowed"]
-    assert quota_caps(snapshot, "c", usage) == []
+    assert [c.detail for c in quota_caps(snapshot, "a", usage, NOW_US)] == [
+        "quota m.a 10/day reached: 10 used of 10 allowed"
+    ]
+    assert [c.detail for c in quota_caps(snapshot, "b", usage, NOW_US)] == [
+        "quota m.a 10/month reached: 10 used of 10 allowed"
+    ]
+    assert quota_caps(snapshot, "c", usage, NOW_US) == []
 
 
 def test_a_resolve_reads_every_quota_with_a_limit_once_any_applies_and_none_otherwise():
@@ -63,10 +68,10 @@ def test_a_resolve_reads_every_quota_with_a_limit_once_any_applies_and_none_othe
     on_b = QuotaLimit("m.b", DAY, 5, Mode.OFF)
     zero = QuotaLimit("m.a", DAY, 0, Mode.OFF, feature_ids=("c",))
     snapshot = plan_snapshot(on_a, on_b, zero)
-    assert to_read(snapshot, ["a"]) == (on_a, on_b)  # one read serves every feature of the tenant
-    assert to_read(snapshot, ["c"]) == ()  # a limit of 0 caps without asking Usage
-    assert to_read(snapshot, []) == ()
-    assert to_read(plan_snapshot(), ["a", "b"]) == ()
+    assert to_read(snapshot, ["a"], NOW_US) == (on_a, on_b)  # one read serves every feature of the tenant
+    assert to_read(snapshot, ["c"], NOW_US) == ()  # a limit of 0 caps without asking Usage
+    assert to_read(snapshot, [], NOW_US) == ()
+    assert to_read(plan_snapshot(), ["a", "b"], NOW_US) == ()
 
 
 def test_the_period_window_starts_at_the_utc_day_or_month_and_ends_just_after_now():
@@ -74,6 +79,6 @@ def test_the_period_window_starts_at_the_utc_day_or_month_and_ends_just_after_no
     end = int(now.timestamp() * MICROS) + 1
     day = int(datetime(2026, 3, 17, tzinfo=UTC).timestamp() * MICROS)
     month = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp() * MICROS)
-    assert period_window(DAY, now) == Window(day, end)
-    assert period_window(MONTH, now) == Window(month, end)
+    assert period_window(DAY, end - 1) == Window(day, end)
+    assert period_window(MONTH, end - 1) == Window(month, end)
     assert Window.ending_at(end - 1, 60) == Window(end - 1 - 60 * MICROS, end)

@@ -27,6 +27,7 @@ class Settings(ServiceSettings):
     usage_cooldown_seconds: float = 2.0
     quota_cache_seconds: float = 2.0
     ranking_cache_seconds: float = 5.0
+    outbox_interval_seconds: float = 0.5
     # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
     usage_tls_ca_file: str = ""
     usage_tls_cert_file: str = ""
@@ -73,4 +74,7 @@ class Settings(ServiceSettings):
                 env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0, high=3600
             ),
             cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
+            outbox_interval_seconds=env_float(
+                env, "POLICY_OUTBOX_INTERVAL_SECONDS", cls.outbox_interval_seconds, low=0.01, high=60
+            ),
         )

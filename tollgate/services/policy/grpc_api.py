@@ -6,7 +6,17 @@ from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import grpc_convert
 from tollgate.services.policy.repository import Sessions
-from tollgate.services.policy.service import active, audit, catalog, grants, resolve, tenants
+from tollgate.services.policy.service import (
+    active,
+    audit,
+    catalog,
+    entitlements,
+    grants,
+    resolve,
+    tenants,
+    usage_grants,
+)
+from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline
 from tollgate.shared import grpc_audit
 from tollgate.shared.auth import principal
@@ -14,7 +24,16 @@ from tollgate.shared.auth import principal
 POLICY = "tollgate.policy.v1.PolicyService"
 ADMIN = "tollgate.policy.v1.PolicyAdminService"
 
-_READS = ["ListRoles", "ListFeatures", "ListPlans", "GetSubscription", "ListOverrides", "ListBindings", "InspectPolicy"]
+_READS = [
+    "ListRoles",
+    "ListFeatures",
+    "ListPlans",
+    "GetSubscription",
+    "ListOverrides",
+    "ListBindings",
+    "InspectPolicy",
+    "ListGrants",
+]
 _WRITES = [
     "ImportRoles",
     "UpsertFeature",
@@ -27,11 +46,18 @@ _WRITES = [
     "UnbindRole",
     "ListAuditRecords",
     "VerifyAudit",
+    "CreateGrant",
+    "VoidGrant",
 ]
 
 # The scope each RPC needs; an RPC missing here is refused to every credential.
 METHOD_SCOPES = {
-    **{f"/{POLICY}/{name}": "policy:read" for name in ["ResolveMode", "ResolveModes", "ListActiveFeatures"]},
+    **{
+        f"/{POLICY}/{name}": "policy:read"
+        for name in ["ResolveMode", "ResolveModes", "ListActiveFeatures", "CheckEntitlement"]
+    },
+    # Taking and committing balance records usage: the authority of RecordEvents.
+    **{f"/{POLICY}/{name}": "usage:write" for name in ["Reserve", "Commit", "Release"]},
     **{f"/{ADMIN}/{name}": "policy:read" for name in _READS},
     **{f"/{ADMIN}/{name}": "policy:admin" for name in _WRITES},
 }
@@ -40,9 +66,11 @@ METHOD_SCOPES = {
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     """tollgate.policy.v1.PolicyService."""
 
-    def __init__(self, *, cache, usage):
+    def __init__(self, *, cache, usage, sessions: Sessions, dispatcher: Dispatcher):
         self._cache = cache
         self._usage = usage
+        self._sessions = sessions
+        self._dispatcher = dispatcher
 
     def ResolveMode(self, request, context):
         found = resolve.resolve_mode(
@@ -93,6 +121,69 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             usage_unavailable_reason=found.unavailable_reason,
             policy_version=found.version,
         )
+
+    def CheckEntitlement(self, request, context):
+        found = entitlements.check_entitlement(
+            request.tenant_id,
+            request.user_id,
+            request.feature_id,
+            request.metric,
+            cache=self._cache,
+            sessions=self._sessions,
+            usage=self._usage,
+            caller=principal(),
+            deadline=Deadline.after(context.time_remaining()),
+        )
+        response = pb.CheckEntitlementResponse(
+            has_access=found.has_access,
+            quotas=[grpc_convert.balance_out(b) for b in found.balances],
+            policy_version=found.version,
+        )
+        if found.resolution is not None:
+            response.resolution.CopyFrom(grpc_convert.resolution_out(found.resolution))
+        return response
+
+    def Reserve(self, request, context):
+        found = entitlements.reserve(
+            request.tenant_id,
+            request.user_id,
+            request.metric,
+            request.amount,
+            request.ttl.seconds,
+            request.ttl.nanos,
+            request.idempotency_key,
+            cache=self._cache,
+            sessions=self._sessions,
+            usage=self._usage,
+            caller=principal(),
+            deadline=Deadline.after(context.time_remaining()),
+        )
+        response = pb.ReserveResponse(
+            reserved=found.reservation is not None,
+            quotas=[grpc_convert.balance_out(b) for b in found.balances],
+            refusal=found.refusal,
+        )
+        if found.reservation is not None:
+            response.reservation.CopyFrom(grpc_convert.reservation_out(found.reservation, found.now_us))
+        return response
+
+    def Commit(self, request, context):
+        found = entitlements.commit(
+            request.tenant_id,
+            request.reservation_id,
+            request.amount,
+            sessions=self._sessions,
+            dispatcher=self._dispatcher,
+            caller=principal(),
+            deadline=Deadline.after(context.time_remaining()),
+        )
+        return pb.CommitResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
+
+    def Release(self, request, context):
+        found = entitlements.release(
+            request.tenant_id, request.reservation_id, sessions=self._sessions, caller=principal()
+        )
+        return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 
 
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
@@ -183,7 +274,13 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
     def SetSubscription(self, request, context):
         given = request.subscription
         stored, version = tenants.set_subscription(
-            given.tenant_id, given.plan_id, given.status, dict(given.feature_flags), **self._writes()
+            given.tenant_id,
+            given.plan_id,
+            given.status,
+            dict(given.feature_flags),
+            anchor_us=grpc_convert.anchor_in(given),
+            time_zone=given.time_zone,
+            **self._writes(),
         )
         return pb.SetSubscriptionResponse(subscription=grpc_convert.subscription_out(stored), policy_version=version)
 
@@ -235,6 +332,27 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         )
         return pb.ListBindingsResponse(
             bindings=[grpc_convert.binding_out(b) for b in page.items], next_page_token=page.next_page_token
+        )
+
+    def CreateGrant(self, request, context):
+        grant, version = usage_grants.create_grant(grpc_convert.grant_in(request.grant), **self._writes())
+        return pb.CreateGrantResponse(grant=grpc_convert.grant_out(grant), policy_version=version)
+
+    def VoidGrant(self, request, context):
+        grant, version = usage_grants.void_grant(request.tenant_id, request.grant_id, **self._writes())
+        return pb.VoidGrantResponse(grant=grpc_convert.grant_out(grant), policy_version=version)
+
+    def ListGrants(self, request, context):
+        page = usage_grants.list_grants(
+            request.tenant_id,
+            request.metric,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            sessions=self._sessions,
+            caller=principal(),
+        )
+        return pb.ListGrantsResponse(
+            grants=[grpc_convert.grant_out(g) for g in page.items], next_page_token=page.next_page_token
         )
 
     def InspectPolicy(self, request, context):

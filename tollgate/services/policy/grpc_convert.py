@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import cast
 
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.services.policy.domain.entitlements import COMMITTED, Balance, Reservation, event_id_of
 from tollgate.services.policy.domain.model import (
     Binding,
     Feature,
+    Grant,
+    LimitKind,
     Override,
     Plan,
     QuotaLimit,
+    QuotaScope,
     Role,
     Subscription,
     TenantPolicy,
@@ -75,8 +79,19 @@ def feature_out(feature: Feature) -> pb.Feature:
 
 
 def plan_in(message: pb.Plan) -> tuple[Plan, list[tuple[str, int]]]:
+    # Scope and kind stay the numbers sent (0 is the default) until validation turns them into enums.
     quotas = tuple(
-        QuotaLimit(q.metric, q.period, q.limit, q.cap, tuple(q.feature_ids), q.fail_closed) for q in message.quotas
+        QuotaLimit(
+            q.metric,
+            q.period,
+            q.limit,
+            _mode_in(q.cap),
+            tuple(q.feature_ids),
+            q.fail_closed,
+            cast(QuotaScope, q.scope),
+            cast(LimitKind, q.kind),
+        )
+        for q in message.quotas
     )
     return (
         Plan(
@@ -100,6 +115,8 @@ def plan_out(plan: Plan) -> pb.Plan:
             cap=_mode_out(q.cap),
             feature_ids=list(q.feature_ids),
             fail_closed=q.fail_closed,
+            scope=cast(pb.QuotaScope, int(q.scope)),
+            kind=cast(pb.LimitKind, int(q.kind)),
         )
         for q in plan.quotas
     ]
@@ -114,12 +131,105 @@ def plan_out(plan: Plan) -> pb.Plan:
 
 
 def subscription_out(subscription: Subscription) -> pb.Subscription:
-    return pb.Subscription(
+    message = pb.Subscription(
         tenant_id=subscription.tenant_id,
         plan_id=subscription.plan_id,
         status=cast(pb.SubscriptionStatus, int(subscription.status)),
         feature_flags=dict(subscription.feature_flags),
         update_time=from_micros(subscription.update_us),
+        time_zone=subscription.time_zone,
+    )
+    if subscription.billing_anchor_us is not None:
+        message.billing_anchor.CopyFrom(from_micros(subscription.billing_anchor_us))
+    return message
+
+
+def anchor_in(message: pb.Subscription) -> int | None:
+    """The billing anchor in µs; None when unset."""
+    return _micros(message.billing_anchor) if message.HasField("billing_anchor") else None
+
+
+def _micros(stamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def grant_in(message: pb.Grant) -> Grant:
+    return Grant(
+        "",
+        message.tenant_id,
+        message.metric,
+        message.amount,
+        _micros(message.effective_time) if message.HasField("effective_time") else 0,
+        _micros(message.expire_time) if message.HasField("expire_time") else None,
+        message.priority,
+        message.reason,
+    )
+
+
+def grant_out(grant: Grant) -> pb.Grant:
+    message = pb.Grant(
+        grant_id=grant.grant_id,
+        tenant_id=grant.tenant_id,
+        metric=grant.metric,
+        amount=grant.amount,
+        effective_time=from_micros(grant.effective_us),
+        priority=grant.priority,
+        reason=grant.reason,
+        create_time=from_micros(grant.create_us),
+    )
+    if grant.expires_us is not None:
+        message.expire_time.CopyFrom(from_micros(grant.expires_us))
+    if grant.void_us is not None:
+        message.void_time.CopyFrom(from_micros(grant.void_us))
+    return message
+
+
+def balance_out(item: Balance) -> pb.QuotaBalance:
+    quota = item.quota
+    return pb.QuotaBalance(
+        metric=quota.metric,
+        period=cast(pb.QuotaPeriod, quota.period),
+        scope=cast(pb.QuotaScope, int(quota.scope)),
+        kind=cast(pb.LimitKind, int(quota.kind)),
+        limit=quota.limit,
+        granted=item.granted,
+        usage=item.used,
+        reserved=item.reserved,
+        balance=item.balance,
+        overage=item.overage,
+        period_start=from_micros(item.start_us),
+        period_end=from_micros(item.end_us),
+        exhausted=item.exhausted,
+        decides=item.decides,
+        detail=item.detail(),
+        grants=[
+            pb.GrantBalance(
+                grant_id=part.grant.grant_id,
+                amount=part.grant.amount,
+                remaining=part.remaining,
+                expire_time=from_micros(part.grant.expires_us) if part.grant.expires_us is not None else None,
+                priority=part.grant.priority,
+            )
+            for part in item.grants
+        ],
+    )
+
+
+def reservation_out(item: Reservation, now_us: int) -> pb.Reservation:
+    committed = item.state == COMMITTED and item.committed_amount > 0
+    return pb.Reservation(
+        reservation_id=item.reservation_id,
+        tenant_id=item.tenant_id,
+        user_id=item.user_id,
+        metric=item.metric,
+        amount=item.amount,
+        idempotency_key=item.idempotency_key,
+        state=cast(pb.ReservationState, item.state_at(now_us)),
+        create_time=from_micros(item.create_us),
+        expire_time=from_micros(item.expires_us),
+        committed_amount=item.committed_amount,
+        usage_event_id=event_id_of(item.reservation_id) if committed else "",
+        recorded_in_usage=committed and item.recorded_us is not None,
     )
 
 

@@ -28,3 +28,12 @@ USAGE_FALLBACKS = Counter(
     "Answers given without usage because Usage was down, slow or erroring, by what fell back (ranking, quota).",
     ["purpose"],
 )
+RESERVATIONS = Counter(
+    "tollgate_policy_reservations_total",
+    "Reserve answers, by outcome: reserved, refused (a hard quota's balance was short) or replayed (idempotency key).",
+    ["outcome"],
+)
+OUTBOX_SENT = Counter(
+    "tollgate_policy_outbox_delivered_total",
+    "Committed usage events Usage confirmed holding (sent from a Commit or from the outbox loop).",
+)

@@ -78,6 +78,9 @@ subscriptions = Table(
     Column("status", Integer, CheckConstraint("status BETWEEN 1 AND 4"), nullable=False),
     Column("feature_flags", Text, nullable=False),
     Column("update_us", BigInteger, nullable=False),
+    # NULL: calendar periods in UTC (quotas keep their meaning from before anchors existed).
+    Column("billing_anchor_us", BigInteger, nullable=True),
+    Column("time_zone", String(64), nullable=False, server_default=""),
 )
 
 overrides = Table(
@@ -111,6 +114,66 @@ policy_versions = Table(
     Column("version", BigInteger, nullable=False),
 )
 Index("policy_versions_version_idx", policy_versions.c.version)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("tenant_id", String(128), ForeignKey("policy.tenant_policies.tenant_id"), primary_key=True),
+    Column("grant_id", String(40), primary_key=True),
+    Column("metric", String(128), nullable=False),
+    Column("amount", BigInteger, CheckConstraint("amount > 0"), nullable=False),
+    Column("effective_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("create_us", BigInteger, nullable=False),
+    Column("void_us", BigInteger, nullable=True),
+)
+
+# One row per (tenant, metric) that has had a reservation: Reserve and Commit lock it FOR UPDATE, so the balance
+# they decide on cannot change under them, whichever replica runs them.
+entitlement_locks = Table(
+    "entitlement_locks",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("metric", String(128), primary_key=True),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("reservation_id", String(40), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("state", Integer, CheckConstraint("state BETWEEN 1 AND 4"), nullable=False),
+    Column("create_us", BigInteger, nullable=False),
+    Column("expires_us", BigInteger, nullable=False),
+    Column("committed_amount", BigInteger, nullable=False),
+    Column("finish_us", BigInteger, nullable=True),
+    Column("recorded_us", BigInteger, nullable=True),
+    UniqueConstraint("tenant_id", "idempotency_key", name="reservations_tenant_key"),
+)
+Index("reservations_open_idx", reservations.c.tenant_id, reservations.c.metric, reservations.c.state)
+
+# Committed amounts not yet in Usage: written in the commit's transaction, deleted once Usage holds the event.
+usage_outbox = Table(
+    "usage_outbox",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("tenant_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("occurred_us", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_us", BigInteger, nullable=False),
+    Column("last_error", String(500), nullable=False),
+)
+Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
+Index("usage_outbox_next_idx", usage_outbox.c.next_attempt_us)
 
 # The audit chain of policy admin writes (shared/audit_chain.py).
 audit_records, audit_head = audit_tables(metadata)

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.services.policy.domain.errors import UsageUnavailable
-from tollgate.services.policy.domain.usage import UsageQuery
+from tollgate.services.policy.domain.usage import Delivery, OutboxEvent, UsageQuery
 from tollgate.shared import tracing
 from tollgate.shared.tls import ClientTls
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -111,13 +111,30 @@ class UsageClient:
 
     def get_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[dict[str, int]]:
         """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
+        return [_quantities(answer.totals) for answer in self._get_many([_request(q) for q in queries], timeout)]
+
+    def get_split_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[tuple[dict, dict]]:
+        """(the tenant's, the actor's) quantity per metric of each query (the actor's empty without an actor_id),
+        one GetUsage per query, all asked concurrently within one timeout."""
+        requests = []
+        for query in queries:
+            request = _request(query)
+            request.include_tenant_totals = bool(query.actor_id)
+            requests.append(request)
+        return [
+            (
+                _quantities(t for t in answer.totals if not t.actor_id),
+                _quantities(t for t in answer.totals if t.actor_id),
+            )
+            for answer in self._get_many(requests, timeout)
+        ]
+
+    def _get_many(self, requests: list[usage_pb2.GetUsageRequest], timeout: float | None) -> list:
         seconds = self._timeout(timeout)
         self._allow()
-        if len(queries) == 1:  # a blocking call: a future would start a thread of its own to drive the channel
-            return [_quantities(self._get_one(_request(queries[0]), seconds).totals)]
-        calls = [
-            self._stub.GetUsage.future(_request(query), timeout=seconds, metadata=self._metadata) for query in queries
-        ]
+        if len(requests) == 1:  # a blocking call: a future would start a thread of its own to drive the channel
+            return [self._get_one(requests[0], seconds)]
+        calls = [self._stub.GetUsage.future(request, timeout=seconds, metadata=self._metadata) for request in requests]
         try:
             answers = [call.result() for call in calls]
         except grpc.RpcError as error:
@@ -125,7 +142,7 @@ class UsageClient:
                 call.cancel()
             raise self._failed("GetUsage", error) from None
         self._succeeded()
-        return [_quantities(answer.totals) for answer in answers]
+        return answers
 
     def get_tenant_and_actor_usage(self, query: UsageQuery, *, timeout: float | None) -> tuple[dict, dict]:
         """(the tenant's, query.actor_id's) quantity per metric, in one GetUsage."""
@@ -145,6 +162,26 @@ class UsageClient:
             raise self._failed("GetUsage", error) from None
         self._succeeded()
         return answer
+
+    def record_events(self, tenant_id: str, events: list[OutboxEvent], *, timeout: float | None) -> list[Delivery]:
+        """RecordEvents of committed usage; ACCEPTED and DUPLICATE mean Usage holds the event (a resend after a
+        lost answer is a DUPLICATE, so sending again is always safe)."""
+        seconds = self._timeout(timeout)
+        request = usage_pb2.RecordEventsRequest(tenant_id=tenant_id, events=[_event(e) for e in events])
+        try:
+            answer = self._stub.RecordEvents(request, timeout=seconds, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise self._failed("RecordEvents", error) from None
+        self._succeeded()
+        held = (usage_pb2.VERDICT_ACCEPTED, usage_pb2.VERDICT_DUPLICATE)
+        return [
+            Delivery(
+                r.event_id,
+                r.verdict in held,
+                "" if r.verdict in held else f"{usage_pb2.Verdict.Name(r.verdict)}: {r.message}",
+            )
+            for r in answer.results
+        ]
 
     def metric_names(self, *, timeout: float | None) -> set[str]:
         """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
@@ -198,6 +235,19 @@ class UsageClient:
 
 def _quantities(totals) -> dict[str, int]:
     return {total.metric: total.quantity for total in totals}
+
+
+def _event(event: OutboxEvent) -> usage_pb2.UsageEvent:
+    occurred = Timestamp()
+    occurred.FromMicroseconds(event.occurred_us)
+    return usage_pb2.UsageEvent(
+        event_id=event.event_id,
+        metric=event.metric,
+        quantity=event.quantity,
+        occurred_at=occurred,
+        actor_id=event.user_id,
+        source_service="tollgate-policy",
+    )
 
 
 def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:

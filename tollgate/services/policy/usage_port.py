@@ -14,13 +14,21 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from tollgate.services.policy.domain import quotas as quota_rules
-from tollgate.services.policy.domain.model import QuotaLimit
-from tollgate.services.policy.domain.usage import MICROS, QuotaUsage, RankingTotals, UsageQuery, Window
+from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Subscription
+from tollgate.services.policy.domain.usage import (
+    MICROS,
+    Delivery,
+    OutboxEvent,
+    QuotaUsage,
+    RankingTotals,
+    UsageQuery,
+    Window,
+)
 from tollgate.services.policy.memo import Memo
+from tollgate.shared.clock import now_micros
 
 if TYPE_CHECKING:  # the gRPC client is wired in by server.build; this module never speaks gRPC itself
     from tollgate.services.policy.usage_client import UsageClient
@@ -53,32 +61,49 @@ class UsagePort:
         self._quotas: Memo[QuotaUsage] = Memo(quota_ttl)
         self._rankings: Memo[RankingTotals] = Memo(ranking_ttl, stale_for=ranking_ttl)
 
-    def quota_usage(self, tenant_id: str, quotas: Sequence[QuotaLimit], *, deadline: Deadline) -> QuotaUsage:
-        """This period's usage of each quota's metric: one GetUsage per period naming all of its metrics,
-        the periods asked concurrently."""
+    def quota_usage(
+        self,
+        tenant_id: str,
+        quotas: Sequence[QuotaLimit],
+        *,
+        deadline: Deadline,
+        subscription: Subscription | None = None,
+        user_id: str = "",
+        fresh: bool = False,
+    ) -> QuotaUsage:
+        """This period's usage of each quota's metric: one GetUsage per period naming all of its metrics (with
+        `user_id`'s own totals in the same call when a quota counts per user), the periods asked concurrently.
+        `fresh` skips the reuse: what decides a reservation or answers CheckEntitlement is read now."""
         periods = {
             period: tuple(sorted({q.metric for q in quotas if q.period == period}))
             for period in sorted({q.period for q in quotas})
         }
         if not periods:
             return QuotaUsage()
+        actor = user_id if any(q.scope == QuotaScope.USER for q in quotas) else ""
 
         def ask() -> QuotaUsage:
-            now = datetime.now(UTC)
+            now_us = now_micros()
             queries = [
-                UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now))
+                UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now_us, subscription), actor)
                 for period, metrics in periods.items()
             ]
-            answers = self._client.get_usage(queries, timeout=deadline.remaining())
+            answers = self._client.get_split_usage(queries, timeout=deadline.remaining())
             return QuotaUsage(
-                {
-                    (metric, period): quantity
-                    for period, answer in zip(periods, answers)
-                    for metric, quantity in answer.items()
-                }
+                {(metric, period): q for period, (tenant, _) in zip(periods, answers) for metric, q in tenant.items()},
+                user_used={
+                    (metric, period): q for period, (_, user) in zip(periods, answers) for metric, q in user.items()
+                },
             )
 
-        return self._quotas.get((tenant_id, tuple(periods.items())), ask)
+        if fresh:
+            return ask()
+        anchor = (subscription.billing_anchor_us, subscription.time_zone) if subscription else None
+        return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items())), ask)
+
+    def record(self, tenant_id: str, events: Sequence[OutboxEvent], *, timeout: float | None) -> list[Delivery]:
+        """Send committed usage to Usage; one Delivery per event, in order (UsageUnavailable when not sent)."""
+        return self._client.record_events(tenant_id, list(events), timeout=timeout)
 
     def ranking_totals(
         self, tenant_id: str, user_id: str, metrics: Sequence[str], window_seconds: int, *, deadline: Deadline

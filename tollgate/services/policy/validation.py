@@ -8,15 +8,37 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from tollgate.services.policy.domain.model import Feature, Plan, QuotaLimit, Role, SubscriptionStatus
+from tollgate.services.policy.domain import periods
+from tollgate.services.policy.domain.model import (
+    Feature,
+    Grant,
+    LimitKind,
+    Plan,
+    QuotaLimit,
+    QuotaScope,
+    Role,
+    SubscriptionStatus,
+)
 from tollgate.services.policy.domain.modes import Mode, requested_mode
 from tollgate.shared import tenant_ids
 from tollgate.shared.errors import FieldViolation, InvalidArgument
 
-MAX_TEXT = {"display_name": 200, "description": 2000, "reason": 500, "metric": 128, "user_id": 128, "tenant_id": 128}
+MAX_TEXT = {
+    "display_name": 200,
+    "description": 2000,
+    "reason": 500,
+    "metric": 128,
+    "user_id": 128,
+    "tenant_id": 128,
+    "key": 128,
+    "id": 40,
+}
 MAX_ROLES = 1000
 MAX_FEATURES = 500  # ResolveModes
-QUOTA_PERIODS = (1, 2)
+QUOTA_PERIODS = periods.PERIODS
+DEFAULT_TTL_SECONDS = 60  # Reserve
+MAX_TTL_SECONDS = 86400
+MAX_PRIORITY = 1_000_000
 DEFAULT_WINDOW_SECONDS = 30 * 86400  # ListActiveFeatures
 MAX_WINDOW_SECONDS = 400 * 86400
 ID_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")  # roles, features, plans
@@ -131,11 +153,16 @@ def plan(value: Plan, caps: list[tuple[str, int]]) -> Plan:
 def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
     check.text(quota.metric, f"{path}.metric", "metric", required=True)
     if quota.period not in QUOTA_PERIODS:
-        check.add(f"{path}.period", "must be QUOTA_PERIOD_DAY or QUOTA_PERIOD_MONTH")
+        check.add(f"{path}.period", "must be QUOTA_PERIOD_DAY, _WEEK, _MONTH or _YEAR")
     if quota.limit < 0:
         check.add(f"{path}.limit", "must not be negative")
     for index, feature_id in enumerate(quota.feature_ids):
         check.identifier(feature_id, f"{path}.feature_ids[{index}]")
+    scope, kind = int(quota.scope), int(quota.kind)  # 0, unspecified, is the default: per tenant, soft
+    if scope not in (0, *QuotaScope._value2member_map_):
+        check.add(f"{path}.scope", "must be QUOTA_SCOPE_TENANT or QUOTA_SCOPE_USER")
+    if kind not in (0, *LimitKind._value2member_map_):
+        check.add(f"{path}.kind", "must be LIMIT_KIND_SOFT or LIMIT_KIND_HARD")
     return QuotaLimit(
         quota.metric,
         quota.period,
@@ -143,6 +170,8 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
         check.mode(quota.cap, f"{path}.cap"),
         tuple(quota.feature_ids),
         quota.fail_closed,
+        QuotaScope(scope) if scope in QuotaScope._value2member_map_ else QuotaScope.TENANT,
+        LimitKind(kind) if kind in LimitKind._value2member_map_ else LimitKind.SOFT,
     )
 
 
@@ -212,9 +241,20 @@ def tenant_policy(tenant_id: str, max_mode: int, default_role_id: str) -> Mode:
     return mode
 
 
-def subscription(tenant_id: str, plan_id: str, status: int, flags: Mapping[str, bool]) -> SubscriptionStatus:
+def subscription(
+    tenant_id: str,
+    plan_id: str,
+    status: int,
+    flags: Mapping[str, bool],
+    anchor_us: int | None = None,
+    time_zone: str = "",
+) -> SubscriptionStatus:
     """SetSubscription's request; returns its status."""
     check = Violations()
+    if time_zone and anchor_us is None:
+        check.add("subscription.time_zone", "needs a billing_anchor (without one, periods are calendar ones in UTC)")
+    elif time_zone and (len(time_zone) > 64 or periods.zone_of(time_zone) is None):
+        check.add("subscription.time_zone", f"unknown IANA time zone {time_zone[:64]!r}")
     check.text(tenant_id, "subscription.tenant_id", "tenant_id", required=True)
     check.identifier(plan_id, "subscription.plan_id")
     if status not in SubscriptionStatus._value2member_map_:
@@ -235,3 +275,58 @@ def override(tenant_id: str, role_id: str, feature_id: str, cap: int, reason: st
     check.text(reason, "reason", "reason")
     check.raise_if_any()
     return mode
+
+
+def grant(value: Grant, now_us: int) -> Grant:
+    """CreateGrant's grant, normalized (effective now unless given)."""
+    check = Violations()
+    check.text(value.tenant_id, "grant.tenant_id", "tenant_id", required=True)
+    check.text(value.metric, "grant.metric", "metric", required=True)
+    check.text(value.reason, "grant.reason", "reason")
+    if value.amount <= 0:
+        check.add("grant.amount", "must be greater than 0")
+    if not -MAX_PRIORITY <= value.priority <= MAX_PRIORITY:
+        check.add("grant.priority", f"must be between -{MAX_PRIORITY} and {MAX_PRIORITY}")
+    effective = value.effective_us or now_us
+    if value.expires_us is not None and value.expires_us <= effective:
+        check.add("grant.expire_time", "must be after effective_time")
+    check.raise_if_any()
+    return Grant(
+        "", value.tenant_id, value.metric, value.amount, effective, value.expires_us, value.priority, value.reason
+    )
+
+
+def check_entitlement(tenant_id: str, user_id: str, feature_id: str, metric: str) -> None:
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(user_id, "user_id", "user_id", required=True)
+    if not feature_id and not metric:
+        check.add("feature_id", "feature_id or metric is required")
+    check.text(metric, "metric", "metric")
+    check.raise_if_any()
+
+
+def reserve(tenant_id: str, user_id: str, metric: str, amount: int, ttl_seconds: int, ttl_nanos: int, key: str) -> int:
+    """Reserve's request; returns the time to live in microseconds (default 60 s)."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(user_id, "user_id", "user_id", required=True)
+    check.text(metric, "metric", "metric", required=True)
+    check.text(key, "idempotency_key", "key", required=True)
+    if amount <= 0:
+        check.add("amount", "must be greater than 0")
+    ttl_us = ttl_seconds * 1_000_000 + ttl_nanos // 1000
+    if ttl_seconds < 0 or ttl_nanos < 0 or ttl_us > MAX_TTL_SECONDS * 1_000_000 or (ttl_us == 0 and ttl_nanos):
+        check.add("ttl", f"must be between 1 microsecond and {MAX_TTL_SECONDS}s (unset: {DEFAULT_TTL_SECONDS}s)")
+    check.raise_if_any()
+    return ttl_us or DEFAULT_TTL_SECONDS * 1_000_000
+
+
+def reference(tenant_id: str, field: str, value: str, amount: int = 0) -> None:
+    """A request naming one of the tenant's grants or reservations by its service-assigned id (Commit's amount)."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(value, field, "id", required=True)
+    if amount < 0:
+        check.add("amount", "must not be negative")
+    check.raise_if_any()

@@ -91,3 +91,58 @@ class UsageUnavailable(Unavailable):
     """Usage could not answer in time (down, slow, erroring, or the circuit is open)."""
 
     reason = "USAGE_UNAVAILABLE"
+
+
+class UnknownGrant(NotFound):
+    reason = "UNKNOWN_GRANT"
+
+    def __init__(self, tenant_id: str, grant_id: str):
+        super().__init__(f"unknown grant {grant_id!r} in tenant {tenant_id!r}")
+
+
+class UnknownReservation(NotFound):
+    reason = "UNKNOWN_RESERVATION"
+
+    def __init__(self, tenant_id: str, reservation_id: str):
+        super().__init__(f"unknown reservation {reservation_id!r} in tenant {tenant_id!r}")
+
+
+class NoQuota(FailedPrecondition):
+    """Reserve names a metric no quota of the tenant's plan counts: there is no balance to take from."""
+
+    reason = "NO_QUOTA"
+
+    def __init__(self, tenant_id: str, metric: str):
+        super().__init__(
+            f"no quota of tenant {tenant_id!r}'s plan counts metric {metric!r}: nothing to reserve against "
+            f"(record the usage in Usage directly, or add a quota on the metric to the plan)"
+        )
+
+
+class IdempotencyKeyReused(FailedPrecondition):
+    """A Reserve retried with a key already used for a different user, metric or amount."""
+
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self, key: str, reservation_id: str):
+        super().__init__(
+            f"idempotency_key {key!r} already reserved {reservation_id!r} for another user, metric or amount"
+        )
+
+
+class ReservationNotOpen(FailedPrecondition):
+    """Commit or Release of a reservation that is no longer open (or a second Commit with another amount)."""
+
+    reason = "RESERVATION_NOT_OPEN"
+
+    def __init__(self, reservation_id: str, state: str, detail: str = ""):
+        super().__init__(f"reservation {reservation_id!r} is {state}{detail}")
+
+
+class ReservationExpired(FailedPrecondition):
+    """Commit of a reservation past its expire_time: its amount was freed; reserve again."""
+
+    reason = "RESERVATION_EXPIRED"
+
+    def __init__(self, reservation_id: str):
+        super().__init__(f"reservation {reservation_id!r} expired and holds nothing: reserve again")

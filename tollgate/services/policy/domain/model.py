@@ -46,6 +46,20 @@ class Feature:
     metrics: tuple[str, ...] = ()
 
 
+class QuotaScope(IntEnum):
+    """Whose usage a quota counts; values match the proto enum (UNSPECIFIED is stored as TENANT)."""
+
+    TENANT = 1
+    USER = 2
+
+
+class LimitKind(IntEnum):
+    """What an exhausted quota does; values match the proto enum (UNSPECIFIED is stored as SOFT)."""
+
+    SOFT = 1
+    HARD = 2
+
+
 @dataclass(frozen=True)
 class QuotaLimit:
     metric: str
@@ -54,6 +68,30 @@ class QuotaLimit:
     cap: Mode
     feature_ids: tuple[str, ...] = ()
     fail_closed: bool = False
+    scope: QuotaScope = QuotaScope.TENANT
+    kind: LimitKind = LimitKind.SOFT
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An extra amount of a metric for a tenant, counted in every period of the metric while it is active."""
+
+    grant_id: str
+    tenant_id: str
+    metric: str
+    amount: int
+    effective_us: int
+    expires_us: int | None = None
+    priority: int = 0
+    reason: str = ""
+    create_us: int = 0
+    void_us: int | None = None
+
+    def active(self, at_us: int) -> bool:
+        """Counting at `at_us`: effective, not expired, not voided."""
+        if self.void_us is not None and self.void_us <= at_us:
+            return False
+        return self.effective_us <= at_us and (self.expires_us is None or at_us < self.expires_us)
 
 
 @dataclass(frozen=True)
@@ -73,6 +111,8 @@ class Subscription:
     status: SubscriptionStatus
     feature_flags: Mapping[str, bool]
     update_us: int = 0
+    billing_anchor_us: int | None = None  # None: calendar periods in UTC
+    time_zone: str = ""
 
 
 @dataclass(frozen=True)
@@ -123,6 +163,7 @@ class Snapshot:
     features: Mapping[str, Feature]
     overrides: Mapping[tuple[str, str], Override]  # (role_id, feature_id) -> override
     bindings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # user_id -> role ids
+    grants: tuple[Grant, ...] = ()  # not voided, not expired when read; Grant.active says when they count
     # Answers without quota caps depend only on the user's roles, the feature and the request, and a snapshot
     # never changes: each is worked out once per snapshot (bounded by MAX_RESOLVED).
     _resolved: dict = field(default_factory=dict, init=False, repr=False, compare=False)

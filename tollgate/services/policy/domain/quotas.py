@@ -1,29 +1,35 @@
-"""Quota caps (docs/policy.md, "Quotas"): a plan's usage limit on a metric for the current day or month. Pure.
+"""Quota caps (docs/policy.md, "Quotas"): a plan's usage limit on a metric for the current period. Pure.
 
-The limit is the quantity allowed: a quota is reached, and caps its features, once the period's
-usage reaches the limit, so a limit of 0 always caps (without asking Usage). A plan's quotas apply
-whatever the subscription's status: falling behind on payment must never lift a cap. When Usage
-cannot answer, the quota fails open (no cap, said in the basis) unless the plan marks it fail_closed.
+The limit (plus the metric's active grants, docs/entitlements.md) is the quantity allowed: a quota is
+reached, and caps its features, once the period's usage reaches it, so a limit of 0 without grants always
+caps (without asking Usage). Soft and hard quotas cap alike; a hard one also refuses reservations. A plan's
+quotas apply whatever the subscription's status: falling behind on payment must never lift a cap. When
+Usage cannot answer, the quota fails open (no cap, said in the basis) unless the plan marks it fail_closed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 
-from tollgate.services.policy.domain.model import QuotaLimit, Snapshot
+from tollgate.services.policy.domain import periods
+from tollgate.services.policy.domain.entitlements import active_grants, label, numbers
+from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapshot, Subscription
 from tollgate.services.policy.domain.modes import HIGHEST, Cap, CapSource
-from tollgate.services.policy.domain.usage import MICROS, QuotaUsage, Window
+from tollgate.services.policy.domain.usage import QuotaUsage, Window
 
-DAY, MONTH = 1, 2  # QuotaPeriod values of the proto
+DAY, MONTH, WEEK, YEAR = periods.DAY, periods.MONTH, periods.WEEK, periods.YEAR
 
 
-def period_window(period: int, now: datetime) -> Window:
-    """[start of the current day or month of `now` (UTC), now + 1 µs)."""
-    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == MONTH:
-        start = start.replace(day=1)
-    return Window(int(start.timestamp() * MICROS), int(now.timestamp() * MICROS) + 1)
+def period_bounds(period: int, now_us: int, subscription: Subscription | None) -> tuple[int, int]:
+    """[start, end) of the quota period holding `now_us`: from the subscription's anchor in its zone, else UTC."""
+    if subscription is None or subscription.billing_anchor_us is None:
+        return periods.bounds(period, now_us)
+    return periods.bounds(period, now_us, subscription.billing_anchor_us, subscription.time_zone)
+
+
+def period_window(period: int, now_us: int, subscription: Subscription | None = None) -> Window:
+    """What GetUsage is asked for: [start of the current period, now + 1 µs)."""
+    return Window(period_bounds(period, now_us, subscription)[0], now_us + 1)
 
 
 def applies(quota: QuotaLimit, snapshot: Snapshot, feature_id: str) -> bool:
@@ -33,33 +39,43 @@ def applies(quota: QuotaLimit, snapshot: Snapshot, feature_id: str) -> bool:
     return quota.metric in snapshot.feature(feature_id).metrics
 
 
-def to_read(snapshot: Snapshot, feature_ids: Iterable[str]) -> tuple[QuotaLimit, ...]:
-    """The quotas whose usage resolving `feature_ids` needs: none when no quota with a limit applies to
-    them, else every quota of the plan with a limit, so that one read serves every feature of the tenant."""
-    counted = tuple(quota for quota in (snapshot.plan.quotas if snapshot.plan else ()) if quota.limit > 0)
-    if any(applies(quota, snapshot, feature_id) for feature_id in feature_ids for quota in counted):
-        return counted
+def counted(quota: QuotaLimit, snapshot: Snapshot, now_us: int) -> bool:
+    """Whether the quota's usage must be read: a limit of 0 without an active grant caps without it."""
+    return quota.limit > 0 or bool(active_grants(quota, snapshot.grants, now_us))
+
+
+def to_read(snapshot: Snapshot, feature_ids: Iterable[str], now_us: int) -> tuple[QuotaLimit, ...]:
+    """The quotas whose usage resolving `feature_ids` needs: none when no counted quota applies to them, else
+    every counted quota of the plan, so that one read serves every feature of the tenant."""
+    plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
+    read = tuple(quota for quota in plan_quotas if counted(quota, snapshot, now_us))
+    if any(applies(quota, snapshot, feature_id) for feature_id in feature_ids for quota in read):
+        return read
     return ()
 
 
-def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage) -> list[Cap]:
+def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, now_us: int) -> list[Cap]:
     """One QUOTA cap per quota of the subscribed plan on the feature, whatever the subscription's status."""
     plan = snapshot.plan
     if plan is None:
         return []
-    return [quota_cap(quota, usage) for quota in plan.quotas if applies(quota, snapshot, feature_id)]
+    return [
+        quota_cap(quota, usage, sum(g.amount for g in active_grants(quota, snapshot.grants, now_us)))
+        for quota in plan.quotas
+        if applies(quota, snapshot, feature_id)
+    ]
 
 
-def quota_cap(quota: QuotaLimit, usage: QuotaUsage) -> Cap:
+def quota_cap(quota: QuotaLimit, usage: QuotaUsage, granted: int = 0) -> Cap:
     """The quota's cap: its own once reached (or unknown and failing closed), else HIGHEST; the detail says why."""
-    label = f"quota {quota.metric} {quota.limit}/{'day' if quota.period == DAY else 'month'}"
-    if quota.limit == 0:
-        return Cap(CapSource.QUOTA, quota.cap, f"{label} reached: a limit of 0 allows nothing")
-    used = usage.of(quota.metric, quota.period)
+    name = label(quota)
+    if quota.limit == 0 and granted == 0:
+        return Cap(CapSource.QUOTA, quota.cap, f"{name} reached: a limit of 0 allows nothing")
+    used = usage.of(quota.metric, quota.period, user=quota.scope == QuotaScope.USER)
     if used is None:
         if quota.fail_closed:
-            return Cap(CapSource.QUOTA, quota.cap, f"{label}: usage unavailable, fails closed")
-        return Cap(CapSource.QUOTA, HIGHEST, f"{label}: usage unavailable, fails open")
-    if used >= quota.limit:
-        return Cap(CapSource.QUOTA, quota.cap, f"{label} reached: {used} used of {quota.limit} allowed")
-    return Cap(CapSource.QUOTA, HIGHEST, f"{label} not reached: {used} used of {quota.limit} allowed")
+            return Cap(CapSource.QUOTA, quota.cap, f"{name}: usage unavailable, fails closed")
+        return Cap(CapSource.QUOTA, HIGHEST, f"{name}: usage unavailable, fails open")
+    if used >= quota.limit + granted:
+        return Cap(CapSource.QUOTA, quota.cap, f"{name} reached: {numbers(used, quota.limit, granted)}")
+    return Cap(CapSource.QUOTA, HIGHEST, f"{name} not reached: {numbers(used, quota.limit, granted)}")

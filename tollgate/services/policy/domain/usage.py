@@ -45,11 +45,37 @@ class RankingTotals:
 
 @dataclass(frozen=True)
 class QuotaUsage:
-    """The quotas' usage in their current periods, by (metric, period); `unavailable` says why when unknown."""
+    """The quotas' usage in their current periods, by (metric, period): the tenant's, and `user_id`'s own for
+    user-scoped quotas; `unavailable` says why when unknown."""
 
     used: Mapping[tuple[str, int], int] = field(default_factory=dict)
     unavailable: str = ""
+    user_used: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
-    def of(self, metric: str, period: int) -> int | None:
+    def of(self, metric: str, period: int, *, user: bool = False) -> int | None:
         """The period's usage of the metric (0 without usage); None when Usage did not answer."""
-        return None if self.unavailable else self.used.get((metric, period), 0)
+        if self.unavailable:
+            return None
+        return (self.user_used if user else self.used).get((metric, period), 0)
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """A committed amount on its way to Usage: one usage event, its id derived from the reservation's."""
+
+    event_id: str
+    tenant_id: str
+    metric: str
+    user_id: str
+    quantity: int
+    occurred_us: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Usage's verdict on one sent event: `held` when Usage has it (ACCEPTED, or DUPLICATE of the same content);
+    otherwise `problem` says why Usage refused it for good."""
+
+    event_id: str
+    held: bool
+    problem: str = ""

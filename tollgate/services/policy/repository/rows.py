@@ -7,9 +7,12 @@ import json
 from tollgate.services.policy.domain.model import (
     Binding,
     Feature,
+    Grant,
+    LimitKind,
     Override,
     Plan,
     QuotaLimit,
+    QuotaScope,
     Role,
     Subscription,
     SubscriptionStatus,
@@ -64,6 +67,8 @@ def _quota_json(quota: QuotaLimit) -> dict:
         "cap": int(quota.cap),
         "feature_ids": list(quota.feature_ids),
         "fail_closed": quota.fail_closed,
+        "scope": int(quota.scope),
+        "kind": int(quota.kind),
     }
 
 
@@ -79,8 +84,18 @@ def plan_row(plan: Plan) -> dict:
 
 
 def plan_of(row) -> Plan:
+    # Quotas stored before scopes and kinds existed count per tenant and are soft, as they always did.
     quotas = tuple(
-        QuotaLimit(q["metric"], q["period"], q["limit"], Mode(q["cap"]), tuple(q["feature_ids"]), q["fail_closed"])
+        QuotaLimit(
+            q["metric"],
+            q["period"],
+            q["limit"],
+            Mode(q["cap"]),
+            tuple(q["feature_ids"]),
+            q["fail_closed"],
+            QuotaScope(q.get("scope", QuotaScope.TENANT)),
+            LimitKind(q.get("kind", LimitKind.SOFT)),
+        )
         for q in json.loads(row.quotas)
     )
     return Plan(
@@ -95,12 +110,50 @@ def subscription_row(subscription: Subscription) -> dict:
         "status": int(subscription.status),
         "feature_flags": canonical_json(dict(subscription.feature_flags)),
         "update_us": subscription.update_us,
+        "billing_anchor_us": subscription.billing_anchor_us,
+        "time_zone": subscription.time_zone,
     }
 
 
 def subscription_of(row) -> Subscription:
     return Subscription(
-        row.tenant_id, row.plan_id, SubscriptionStatus(row.status), json.loads(row.feature_flags), row.update_us
+        row.tenant_id,
+        row.plan_id,
+        SubscriptionStatus(row.status),
+        json.loads(row.feature_flags),
+        row.update_us,
+        row.billing_anchor_us,
+        row.time_zone,
+    )
+
+
+def grant_row(grant: Grant) -> dict:
+    return {
+        "tenant_id": grant.tenant_id,
+        "grant_id": grant.grant_id,
+        "metric": grant.metric,
+        "amount": grant.amount,
+        "effective_us": grant.effective_us,
+        "expires_us": grant.expires_us,
+        "priority": grant.priority,
+        "reason": grant.reason,
+        "create_us": grant.create_us,
+        "void_us": grant.void_us,
+    }
+
+
+def grant_of(row) -> Grant:
+    return Grant(
+        row.grant_id,
+        row.tenant_id,
+        row.metric,
+        row.amount,
+        row.effective_us,
+        row.expires_us,
+        row.priority,
+        row.reason,
+        row.create_us,
+        row.void_us,
     )
 
 

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 
 from tollgate.services.policy.domain.errors import UnknownTenant
 from tollgate.services.policy.domain.model import Snapshot
-from tollgate.services.policy.repository import catalog, chain, tenants
+from tollgate.services.policy.repository import catalog, chain, grants, tenants
+from tollgate.shared.clock import now_micros
 from tollgate.shared.db import consistent_read
 
 
@@ -35,4 +36,5 @@ def load(session: Session, tenant_id: str) -> Snapshot:
         catalog.all_features(session),
         overrides,
         {user: tuple(r) for user, r in by_user.items()},
+        grants.live_grants(session, tenant_id, now_micros()),
     )

@@ -18,6 +18,7 @@ from tollgate.services.policy.domain.usage import RankingTotals
 from tollgate.services.policy.service import access
 from tollgate.services.policy.service.quotas import read_usage
 from tollgate.services.policy.usage_port import Deadline, UsagePort
+from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
 
 
@@ -47,10 +48,11 @@ def list_active_features(
     window = validation.active_features(tenant_id, user_id, window_seconds, window_nanos)
     snapshot = cache.get(tenant_id)
     features = sorted(snapshot.features)
-    used = read_usage(snapshot, features, usage=usage, deadline=deadline)
+    now_us = now_micros()
+    used = read_usage(snapshot, features, now_us, usage=usage, deadline=deadline, user_id=user_id)
     resolutions = ranking.active(
         [
-            snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used))
+            snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used, now_us))
             for feature_id in features
         ]
     )

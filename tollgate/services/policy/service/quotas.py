@@ -12,13 +12,23 @@ from tollgate.services.policy.domain.usage import QuotaUsage
 from tollgate.services.policy.usage_port import Deadline, UsagePort
 
 
-def read_usage(snapshot: Snapshot, feature_ids: Iterable[str], *, usage: UsagePort, deadline: Deadline) -> QuotaUsage:
+def read_usage(
+    snapshot: Snapshot,
+    feature_ids: Iterable[str],
+    now_us: int,
+    *,
+    usage: UsagePort,
+    deadline: Deadline,
+    user_id: str = "",
+) -> QuotaUsage:
     """The usage the quotas on `feature_ids` need; unknown (and counted as a fallback) when Usage does not answer."""
-    needed = quotas.to_read(snapshot, feature_ids)
+    needed = quotas.to_read(snapshot, feature_ids, now_us)
     if not needed:
         return QuotaUsage()
     try:
-        return usage.quota_usage(snapshot.tenant_id, needed, deadline=deadline)
+        return usage.quota_usage(
+            snapshot.tenant_id, needed, deadline=deadline, subscription=snapshot.subscription, user_id=user_id
+        )
     except UsageUnavailable as error:
         metrics.USAGE_FALLBACKS.labels("quota").inc()
         return QuotaUsage(unavailable=error.message)

@@ -11,6 +11,7 @@ from tollgate.services.policy.domain.quotas import quota_caps
 from tollgate.services.policy.service import access
 from tollgate.services.policy.service.quotas import read_usage
 from tollgate.services.policy.usage_port import Deadline, UsagePort
+from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
 
 _RESOLVED = {mode: metrics.RESOLUTIONS.labels(mode.name) for mode in Mode}
@@ -75,9 +76,11 @@ def _resolve(
     wanted = feature_ids or sorted(snapshot.features)
     for feature_id in wanted:
         snapshot.feature(feature_id)  # an unknown feature is NOT_FOUND before Usage is asked anything
-    used = read_usage(snapshot, wanted, usage=usage, deadline=deadline)
+    now_us = now_micros()
+    used = read_usage(snapshot, wanted, now_us, usage=usage, deadline=deadline, user_id=user_id)
     resolutions = [
-        snapshot.resolve(user_id, feature_id, mode, quota_caps(snapshot, feature_id, used)) for feature_id in wanted
+        snapshot.resolve(user_id, feature_id, mode, quota_caps(snapshot, feature_id, used, now_us))
+        for feature_id in wanted
     ]
     for resolution in resolutions:
         _RESOLVED[resolution.effective].inc()

@@ -55,22 +55,38 @@ def get_subscription(tenant_id: str, *, sessions: Sessions, caller: Principal) -
 
 
 def set_subscription(
-    tenant_id: str, plan_id: str, status: int, flags: dict[str, bool], *, sessions: Sessions, cache, caller: Principal
+    tenant_id: str,
+    plan_id: str,
+    status: int,
+    flags: dict[str, bool],
+    *,
+    sessions: Sessions,
+    cache,
+    caller: Principal,
+    anchor_us: int | None = None,
+    time_zone: str = "",
 ) -> tuple[Subscription, int]:
-    """Set a tenant's plan, status and feature flags (platform only: a tenant may not upgrade itself)."""
+    """Set a tenant's plan, status, feature flags and billing anchor (platform only: a tenant may not upgrade
+    itself). Without an anchor its quotas count calendar periods in UTC."""
     access.platform_tenant_write(caller, "setting a subscription")
-    state = validation.subscription(tenant_id, plan_id, status, flags)
+    state = validation.subscription(tenant_id, plan_id, status, flags, anchor_us, time_zone)
 
     def apply(session: Session, now_us: int):
         require_tenant_exists(session, tenant_id)
         if catalog.get_plan(session, plan_id) is None:
             raise UnknownPlan(plan_id)
         current = tenants.get_subscription(session, tenant_id)
-        wanted = Subscription(tenant_id, plan_id, state, dict(flags), now_us)
+        wanted = Subscription(tenant_id, plan_id, state, dict(flags), now_us, anchor_us, time_zone)
         if current is not None and replace(current, update_us=now_us) == wanted:
             return None, current
         tenants.save_subscription(session, wanted, exists=current is not None)
-        change = {key: value for key, value in rows.subscription_row(wanted).items() if key != "update_us"}
+        # The anchor and zone appear in the audited change only when set, so records of subscriptions without
+        # one read as they did before anchors existed.
+        change = {
+            key: value
+            for key, value in rows.subscription_row(wanted).items()
+            if key != "update_us" and not (key in ("billing_anchor_us", "time_zone") and value in (None, ""))
+        }
         return Change(f"tenant/{tenant_id}/subscription", change), wanted
 
     return audited_write(

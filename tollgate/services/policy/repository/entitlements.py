@@ -1,0 +1,185 @@
+"""SQL over reservations, their per-(tenant, metric) lock rows and the outbox of committed usage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+from sqlalchemy import CursorResult, and_, delete, func, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tollgate.services.policy import tables
+from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
+from tollgate.services.policy.domain.usage import OutboxEvent
+
+R, OUT, L = tables.reservations, tables.usage_outbox, tables.entitlement_locks
+
+
+def _of(row) -> Reservation:
+    return Reservation(
+        row.reservation_id,
+        row.tenant_id,
+        row.user_id,
+        row.metric,
+        row.amount,
+        row.idempotency_key,
+        row.state,
+        row.create_us,
+        row.expires_us,
+        row.committed_amount,
+        row.finish_us,
+        row.recorded_us,
+    )
+
+
+def lock(session: Session, tenant_id: str, metric: str) -> None:
+    """Hold the (tenant, metric) lock row until the transaction ends, creating it on first use.
+
+    On PostgreSQL the row is locked FOR UPDATE, so Reserve and Commit on one metric queue across replicas; on
+    SQLite the transaction already holds the database's write lock (BEGIN IMMEDIATE)."""
+    key = and_(L.c.tenant_id == tenant_id, L.c.metric == metric)
+    if session.execute(select(L.c.tenant_id).where(key).with_for_update()).first() is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.execute(insert(L).values(tenant_id=tenant_id, metric=metric))
+    except IntegrityError:  # another transaction created it first: wait for it like everyone else
+        pass
+    session.execute(select(L.c.tenant_id).where(key).with_for_update())
+
+
+def held(
+    session: Session, tenant_id: str, metric: str, user_id: str, now_us: int, windows: Sequence[tuple[int, int]]
+) -> tuple[int, int, list[tuple[int, int]]]:
+    """(open reservations of the tenant, of the user, [(pending commits of the tenant, of the user) per window]),
+    read in one statement so that a commit moving an amount from reserved to pending is seen on one side only."""
+    open_ = and_(R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > now_us)
+    pending = and_(OUT.c.tenant_id == tenant_id, OUT.c.metric == metric)
+    columns = [
+        select(func.coalesce(func.sum(R.c.amount), 0)).where(open_).scalar_subquery(),
+        select(func.coalesce(func.sum(R.c.amount), 0)).where(open_, R.c.user_id == user_id).scalar_subquery(),
+    ]
+    for start, end in windows:
+        in_window = and_(pending, OUT.c.occurred_us >= start, OUT.c.occurred_us < end)
+        columns.append(select(func.coalesce(func.sum(OUT.c.quantity), 0)).where(in_window).scalar_subquery())
+        columns.append(
+            select(func.coalesce(func.sum(OUT.c.quantity), 0))
+            .where(in_window, OUT.c.user_id == user_id)
+            .scalar_subquery()
+        )
+    values = [int(v) for v in session.execute(select(*columns, literal(1))).one()[:-1]]
+    return values[0], values[1], [(values[i], values[i + 1]) for i in range(2, len(values), 2)]
+
+
+def find_by_key(session: Session, tenant_id: str, idempotency_key: str) -> Reservation | None:
+    row = session.execute(select(R).where(R.c.tenant_id == tenant_id, R.c.idempotency_key == idempotency_key)).first()
+    return _of(row) if row else None
+
+
+def get(session: Session, tenant_id: str, reservation_id: str, *, for_update: bool = False) -> Reservation | None:
+    query = select(R).where(R.c.tenant_id == tenant_id, R.c.reservation_id == reservation_id)
+    row = session.execute(query.with_for_update() if for_update else query).first()
+    return _of(row) if row else None
+
+
+def insert_reservation(session: Session, reservation: Reservation) -> None:
+    session.execute(
+        insert(R).values(
+            reservation_id=reservation.reservation_id,
+            tenant_id=reservation.tenant_id,
+            user_id=reservation.user_id,
+            metric=reservation.metric,
+            amount=reservation.amount,
+            idempotency_key=reservation.idempotency_key,
+            state=reservation.state,
+            create_us=reservation.create_us,
+            expires_us=reservation.expires_us,
+            committed_amount=0,
+        )
+    )
+
+
+def finish(session: Session, reservation_id: str, *, state: int, committed: int, now_us: int, recorded: bool) -> None:
+    session.execute(
+        update(R)
+        .where(R.c.reservation_id == reservation_id)
+        .values(state=state, committed_amount=committed, finish_us=now_us, recorded_us=now_us if recorded else None)
+    )
+
+
+def insert_outbox(session: Session, event: OutboxEvent, now_us: int) -> None:
+    session.execute(
+        insert(OUT).values(
+            event_id=event.event_id,
+            tenant_id=event.tenant_id,
+            metric=event.metric,
+            user_id=event.user_id,
+            quantity=event.quantity,
+            occurred_us=event.occurred_us,
+            attempts=0,
+            next_attempt_us=now_us,
+            last_error="",
+        )
+    )
+
+
+def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
+    """Committed usage whose next delivery attempt is due, oldest first."""
+    query = (
+        select(OUT).where(OUT.c.next_attempt_us <= now_us).order_by(OUT.c.next_attempt_us, OUT.c.event_id).limit(limit)
+    )
+    return [
+        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us)
+        for r in session.execute(query)
+    ]
+
+
+def outbox_events(session: Session, event_ids: Sequence[str]) -> list[OutboxEvent]:
+    query = select(OUT).where(OUT.c.event_id.in_(list(event_ids))).order_by(OUT.c.event_id)
+    return [
+        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us)
+        for r in session.execute(query)
+    ]
+
+
+def delivered(session: Session, event_id: str, now_us: int) -> bool:
+    """Usage holds the event: drop it from the outbox and mark its reservation recorded; False if already done."""
+    gone = cast(CursorResult, session.execute(delete(OUT).where(OUT.c.event_id == event_id))).rowcount
+    session.execute(
+        update(R)
+        .where(R.c.reservation_id == reservation_of_event(event_id), R.c.recorded_us.is_(None))
+        .values(recorded_us=now_us)
+    )
+    return bool(gone)
+
+
+def drop(session: Session, event_id: str) -> None:
+    session.execute(delete(OUT).where(OUT.c.event_id == event_id))
+
+
+def attempts(session: Session, event_id: str) -> int:
+    return session.execute(select(OUT.c.attempts).where(OUT.c.event_id == event_id)).scalar() or 0
+
+
+def postpone(session: Session, event_id: str, next_us: int, error: str) -> None:
+    session.execute(
+        update(OUT)
+        .where(OUT.c.event_id == event_id)
+        .values(attempts=OUT.c.attempts + 1, next_attempt_us=next_us, last_error=error[:500])
+    )
+
+
+def sweep_expired(session: Session, now_us: int, limit: int) -> int:
+    """Mark open reservations past their expiry EXPIRED (they already count for nothing); how many."""
+    ids = list(
+        session.execute(
+            select(R.c.reservation_id).where(R.c.state == OPEN, R.c.expires_us <= now_us).limit(limit)
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    session.execute(
+        update(R).where(R.c.reservation_id.in_(ids), R.c.state == OPEN).values(state=EXPIRED, finish_us=now_us)
+    )
+    return len(ids)

@@ -1,0 +1,277 @@
+"""CheckEntitlement, Reserve, Commit and Release (docs/entitlements.md).
+
+The balance a reservation is decided on cannot move under it: Reserve (and Commit) hold the
+(tenant, metric) lock row for the whole transaction, read what Policy holds (open reservations and
+commits Usage does not hold yet) in one statement, and only then ask Usage for the period's usage. That
+order matters: an amount leaving the outbox is already in Usage by the time the outbox no longer shows
+it, so it is counted once or (for an instant) twice, never zero times. Reads of Usage here are never
+reused from the resolve path's cache.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from tollgate.services.policy import metrics, validation
+from tollgate.services.policy.cache import SnapshotCache
+from tollgate.services.policy.domain import entitlements as rules
+from tollgate.services.policy.domain.entitlements import Balance, Reservation
+from tollgate.services.policy.domain.errors import (
+    IdempotencyKeyReused,
+    NoQuota,
+    ReservationExpired,
+    ReservationNotOpen,
+    UnknownReservation,
+)
+from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapshot
+from tollgate.services.policy.domain.modes import Mode, Resolution
+from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
+from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
+from tollgate.services.policy.repository import Session, Sessions, entitlements
+from tollgate.services.policy.service import access
+from tollgate.services.policy.service.outbox import Dispatcher
+from tollgate.services.policy.usage_port import Deadline, UsagePort
+from tollgate.shared.clock import now_micros
+from tollgate.shared.credentials import Principal
+from tollgate.shared.errors import FieldViolation, InvalidArgument
+
+_STATE_NAMES = {rules.OPEN: "open", rules.COMMITTED: "committed", rules.RELEASED: "released", rules.EXPIRED: "expired"}
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    has_access: bool
+    resolution: Resolution | None
+    balances: list[Balance]
+    version: int
+
+
+@dataclass(frozen=True)
+class Reserved:
+    reservation: Reservation | None
+    balances: list[Balance]
+    refusal: str
+    now_us: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    reservation: Reservation
+    now_us: int
+
+
+def _balances(
+    session: Session,
+    snapshot: Snapshot,
+    quotas: Sequence[QuotaLimit],
+    user_id: str,
+    now_us: int,
+    *,
+    usage: UsagePort,
+    deadline: Deadline,
+    extra: int = 0,
+) -> tuple[list[Balance], QuotaUsage]:
+    """Each quota's balance now (with `extra` more reserved); and the usage read, pending commits included."""
+    windows = {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
+    held_by_metric: dict[str, tuple[int, int, dict[QuotaLimit, tuple[int, int]]]] = {}
+    for metric in sorted({q.metric for q in quotas}):
+        mine = [q for q in quotas if q.metric == metric]
+        reserved, user_reserved, pending_sums = entitlements.held(
+            session, snapshot.tenant_id, metric, user_id, now_us, [windows[q] for q in mine]
+        )
+        held_by_metric[metric] = (reserved, user_reserved, dict(zip(mine, pending_sums)))
+    # After what Policy holds, never before (module docstring).
+    read = usage.quota_usage(
+        snapshot.tenant_id,
+        quotas,
+        deadline=deadline,
+        subscription=snapshot.subscription,
+        user_id=user_id,
+        fresh=True,
+    )
+    used, user_used, balances = dict(read.used), dict(read.user_used), []
+    for quota in quotas:
+        reserved, user_reserved, pending = held_by_metric[quota.metric]
+        per_user = quota.scope == QuotaScope.USER
+        key = (quota.metric, quota.period)
+        from_usage = (user_used if per_user else used).get(key, 0)
+        waiting = pending[quota][1 if per_user else 0]
+        balances.append(
+            rules.balance_of(
+                quota,
+                windows[quota],
+                snapshot.grants,
+                used=from_usage + waiting,
+                reserved=(user_reserved if per_user else reserved) + extra,
+                at_us=now_us,
+            )
+        )
+    for quota, balance in zip(quotas, balances):
+        (user_used if quota.scope == QuotaScope.USER else used)[(quota.metric, quota.period)] = balance.used
+    return balances, QuotaUsage(used, user_used=user_used)
+
+
+def check_entitlement(
+    tenant_id: str,
+    user_id: str,
+    feature_id: str,
+    metric: str,
+    *,
+    cache: SnapshotCache,
+    sessions: Sessions,
+    usage: UsagePort,
+    caller: Principal,
+    deadline: Deadline,
+) -> Entitlement:
+    """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode. Read-only."""
+    access.tenant(caller, tenant_id)
+    validation.check_entitlement(tenant_id, user_id, feature_id, metric)
+    snapshot = cache.get(tenant_id)
+    if feature_id:
+        snapshot.feature(feature_id)  # NOT_FOUND before anything is read
+    plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
+    relevant = [q for q in plan_quotas if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)]
+    shown = [q for q in relevant if not metric or q.metric == metric]
+    now_us = now_micros()
+    with sessions.begin() as session:
+        balances, used = _balances(session, snapshot, relevant, user_id, now_us, usage=usage, deadline=deadline)
+    resolution = None
+    if feature_id:
+        resolution = snapshot.resolve(
+            user_id, feature_id, Mode.AUTONOMOUS, quota_caps(snapshot, feature_id, used, now_us)
+        )
+    chosen = rules.decide([b for q, b in zip(relevant, balances) if q in shown])
+    spent = any(b.hard and b.balance <= 0 for b in chosen)
+    has_access = not spent and (resolution is None or resolution.effective > Mode.OFF)
+    return Entitlement(has_access, resolution, chosen, snapshot.version)
+
+
+def reserve(
+    tenant_id: str,
+    user_id: str,
+    metric: str,
+    amount: int,
+    ttl_seconds: int,
+    ttl_nanos: int,
+    key: str,
+    *,
+    cache: SnapshotCache,
+    sessions: Sessions,
+    usage: UsagePort,
+    caller: Principal,
+    deadline: Deadline,
+) -> Reserved:
+    """Hold `amount` of the metric, or refuse naming the hard quota that is short; a retried key answers the same."""
+    access.tenant(caller, tenant_id)
+    ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key)
+    snapshot = cache.get(tenant_id)
+    quotas = [q for q in (snapshot.plan.quotas if snapshot.plan else ()) if q.metric == metric]
+    if not quotas:
+        raise NoQuota(tenant_id, metric)
+    with sessions.begin() as session:
+        entitlements.lock(session, tenant_id, metric)  # the same key always takes the same lock: check after it
+        now_us = now_micros()
+        existing = entitlements.find_by_key(session, tenant_id, key)
+        if existing is not None:
+            if (existing.user_id, existing.metric, existing.amount) != (user_id, metric, amount):
+                raise IdempotencyKeyReused(key, existing.reservation_id)
+            metrics.RESERVATIONS.labels("replayed").inc()
+            return Reserved(existing, [], "", now_us)
+        balances, _ = _balances(session, snapshot, quotas, user_id, now_us, usage=usage, deadline=deadline)
+        short = rules.refusal(balances, amount)
+        if short is not None:
+            metrics.RESERVATIONS.labels("refused").inc()
+            refusal = f"{short.detail()}: {amount} asked, {short.balance} left"
+            return Reserved(None, rules.decide(balances), refusal, now_us)
+        reservation = Reservation(
+            f"rsv_{secrets.token_hex(12)}", tenant_id, user_id, metric, amount, key, rules.OPEN, now_us, now_us + ttl_us
+        )
+        entitlements.insert_reservation(session, reservation)
+    metrics.RESERVATIONS.labels("reserved").inc()
+    after = [replace(b, reserved=b.reserved + amount) for b in balances]
+    return Reserved(reservation, rules.decide(after), "", now_us)
+
+
+def commit(
+    tenant_id: str,
+    reservation_id: str,
+    amount: int,
+    *,
+    sessions: Sessions,
+    dispatcher: Dispatcher,
+    caller: Principal,
+    deadline: Deadline,
+) -> Finished:
+    """Record `amount` (at most the reserved one) as usage exactly once and free the rest; a retried Commit with
+    the same amount answers the same commit."""
+    access.tenant(caller, tenant_id)
+    validation.reference(tenant_id, "reservation_id", reservation_id, amount)
+    with sessions.begin() as session:
+        found = entitlements.get(session, tenant_id, reservation_id)
+        if found is None:
+            raise UnknownReservation(tenant_id, reservation_id)
+        entitlements.lock(session, tenant_id, found.metric)
+        current = entitlements.get(session, tenant_id, reservation_id, for_update=True)
+        assert current is not None  # reservations are never deleted
+        now_us = now_micros()
+        state = current.state_at(now_us)
+        if state == rules.COMMITTED:
+            if current.committed_amount != amount:
+                raise ReservationNotOpen(
+                    reservation_id, "committed", f" with amount {current.committed_amount}, not {amount}"
+                )
+            committed = current
+        else:
+            if state == rules.EXPIRED:
+                raise ReservationExpired(reservation_id)
+            if state != rules.OPEN:
+                raise ReservationNotOpen(reservation_id, _STATE_NAMES[state])
+            if amount > current.amount:
+                raise InvalidArgument(FieldViolation("amount", f"must be at most the reserved {current.amount}"))
+            entitlements.finish(
+                session, reservation_id, state=rules.COMMITTED, committed=amount, now_us=now_us, recorded=False
+            )
+            if amount:
+                event = OutboxEvent(
+                    rules.event_id_of(reservation_id), tenant_id, current.metric, current.user_id, amount, now_us
+                )
+                entitlements.insert_outbox(session, event, now_us)
+            committed = replace(
+                current,
+                state=rules.COMMITTED,
+                committed_amount=amount,
+                finish_us=now_us,
+                recorded_us=None if amount else now_us,
+            )
+    if committed.committed_amount and committed.recorded_us is None:
+        if rules.event_id_of(reservation_id) in dispatcher.deliver(
+            [rules.event_id_of(reservation_id)], deadline=deadline
+        ):
+            committed = replace(committed, recorded_us=now_micros())
+        else:
+            with sessions.begin() as session:  # another sender may have delivered it meanwhile
+                fresh = entitlements.get(session, tenant_id, reservation_id)
+            committed = fresh or committed
+    return Finished(committed, now_micros())
+
+
+def release(tenant_id: str, reservation_id: str, *, sessions: Sessions, caller: Principal) -> Finished:
+    """Free a reservation's whole amount; releasing a released or expired one answers it as it is."""
+    access.tenant(caller, tenant_id)
+    validation.reference(tenant_id, "reservation_id", reservation_id)
+    with sessions.begin() as session:
+        current = entitlements.get(session, tenant_id, reservation_id, for_update=True)
+        if current is None:
+            raise UnknownReservation(tenant_id, reservation_id)
+        now_us = now_micros()
+        state = current.state_at(now_us)
+        if state == rules.COMMITTED:
+            raise ReservationNotOpen(reservation_id, "committed")
+        if state == rules.OPEN:
+            entitlements.finish(
+                session, reservation_id, state=rules.RELEASED, committed=0, now_us=now_us, recorded=False
+            )
+            current = replace(current, state=rules.RELEASED, finish_us=now_us)
+    return Finished(current, now_us)

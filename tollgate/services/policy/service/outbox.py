@@ -1,0 +1,94 @@
+"""Committed usage on its way to Usage (docs/entitlements.md, "Exactly once").
+
+A Commit writes its usage event to the outbox in the same transaction as the commit itself, then asks
+this dispatcher to send it at once; whatever is not sent then (Usage down, slow, Policy killed) is sent by
+the background loop, retried with backoff for as long as it takes. Every send of one event carries the
+same event_id, derived from the reservation, so Usage stores it once and answers a resend DUPLICATE.
+An event is dropped from the outbox only once Usage holds it, or refused it for good (logged as an
+error): until then it counts against the balance as usage Usage does not hold yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+
+from tollgate.services.policy import metrics
+from tollgate.services.policy.domain.errors import UsageUnavailable
+from tollgate.services.policy.domain.usage import OutboxEvent
+from tollgate.services.policy.repository import Sessions, entitlements
+from tollgate.services.policy.usage_port import Deadline, UsagePort
+from tollgate.shared.clock import now_micros
+
+log = logging.getLogger("tollgate.policy.outbox")
+BATCH = 500
+MAX_BACKOFF_US = 30_000_000
+
+
+class Dispatcher:
+    """Sends the outbox to Usage; `run` is the background loop, `deliver` the commit's own first attempt."""
+
+    def __init__(self, sessions: Sessions, usage: UsagePort, *, interval: float):
+        self._sessions, self._usage, self._interval = sessions, usage, interval
+
+    def deliver(self, event_ids: Sequence[str], *, deadline: Deadline) -> set[str]:
+        """Send these outbox events now; the ids Usage holds afterwards (those not sent stay for the loop)."""
+        with self._sessions.begin() as session:
+            events = entitlements.outbox_events(session, event_ids)
+        return self._send(events, deadline)
+
+    def run(self, stopping: threading.Event) -> None:
+        """Until stopping: send what is due, mark expired reservations, sleep."""
+        while not stopping.wait(self._interval):
+            try:
+                self.pass_once()
+            except Exception:  # the loop must outlive a lost database connection; the next pass retries
+                log.exception("outbox pass failed; retrying in %.1fs", self._interval)
+
+    def pass_once(self) -> int:
+        """One pass: every due event sent, expired reservations marked; how many events Usage now holds."""
+        now_us = now_micros()
+        with self._sessions.begin() as session:
+            entitlements.sweep_expired(session, now_us, BATCH)
+            events = entitlements.due_outbox(session, now_us, BATCH)
+        return len(self._send(events, Deadline()))
+
+    def _send(self, events: Sequence[OutboxEvent], deadline: Deadline) -> set[str]:
+        by_tenant: dict[str, list[OutboxEvent]] = defaultdict(list)
+        for event in events:
+            by_tenant[event.tenant_id].append(event)
+        held: set[str] = set()
+        for tenant_id, batch in by_tenant.items():
+            try:
+                deliveries = self._usage.record(tenant_id, batch, timeout=deadline.remaining())
+            except UsageUnavailable as error:
+                self._postpone(batch, error.message)
+                continue
+            now_us = now_micros()
+            with self._sessions.begin() as session:
+                for event, delivery in zip(batch, deliveries):
+                    if delivery.held:
+                        entitlements.delivered(session, event.event_id, now_us)
+                        held.add(event.event_id)
+                    else:
+                        # Usage will refuse every resend alike (a metric removed, a conflicting event): keeping it
+                        # would hold the balance down for ever, so it is dropped, loudly.
+                        log.error(
+                            "usage refused committed event %s of tenant %s for good (%s); dropped from the outbox",
+                            event.event_id,
+                            tenant_id,
+                            delivery.problem,
+                        )
+                        entitlements.drop(session, event.event_id)
+            metrics.OUTBOX_SENT.inc(len(held))
+        return held
+
+    def _postpone(self, events: Sequence[OutboxEvent], error: str) -> None:
+        now_us = now_micros()
+        with self._sessions.begin() as session:
+            for event in events:
+                attempts = entitlements.attempts(session, event.event_id)
+                backoff = min(MAX_BACKOFF_US, 100_000 * 2 ** min(attempts, 20))
+                entitlements.postpone(session, event.event_id, now_us + backoff, error)
