@@ -94,6 +94,8 @@ def test_every_readme_call_answers_as_the_readme_says(running):
     assert any(t["metric"] == "scoring.requests" and int(t["quantity"]) >= 5 for t in totals)
     resolved = json.loads(answers["http:tollgate.policy.v1.PolicyService/ResolveMode"])
     assert resolved["resolution"]["effectiveMode"].startswith("MODE_"), resolved
+    # POST /v1/events: a CloudEvent, answered with RecordEvents' verdicts.
+    assert "VERDICT_ACCEPTED" in answers["http:v1/events"]
 
 
 def api_md_usage(home: Path, ports: dict, call: str) -> dict[tuple[str, str], int]:
