@@ -139,7 +139,9 @@ def test_every_deployment_probes_grpc_health_for_liveness_readiness_and_startup(
 def test_each_service_exposes_its_http_port_open_to_exactly_the_peers_of_its_grpc_port(overlay):
     for name, spec in SERVICES.items():
         (service,) = [s for s in objects(overlay, "Service") if s["metadata"]["name"] == name]
-        assert {"name": "http", "port": spec["http"], "targetPort": "http", "appProtocol": "http"} in service["spec"][
+        # Production serves it with the gRPC port's certificate: HTTPS.
+        scheme = "https" if overlay == "production" else "http"
+        assert {"name": "http", "port": spec["http"], "targetPort": "http", "appProtocol": scheme} in service["spec"][
             "ports"
         ]
         peers = {

@@ -9,17 +9,26 @@ them on a thread pool with HTTP/1.1 keep-alive. See docs/api.md (HTTP/JSON) for 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import re
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from http import HTTPStatus
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import grpc
+from cheroot import errors as cheroot_errors
 from cheroot import wsgi
+from cheroot.makefile import StreamReader, StreamWriter
+from cheroot.server import HTTPConnection
+from cheroot.ssl import Adapter
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.request import RequestContext
@@ -28,7 +37,9 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from protobuf.wkt import Any as WireAny
 
+from tollgate.shared.config import ConfigError
 from tollgate.shared.interceptor import CallInterceptor
+from tollgate.shared.tls import ServerTls
 
 DETAILS_KEY = "grpc-status-details-bin"
 ROUTE_HINT = "RPCs are POST /<package>.<Service>/<Method>, e.g. /tollgate.usage.v1.UsageService/RecordEvents"
@@ -274,15 +285,99 @@ def _refuse(
     return [body]
 
 
-class HttpServer:
-    """cheroot on its own threads: `port` is the bound port (useful when asked for port 0)."""
+HTTPS_ENVIRON = {"wsgi.url_scheme": "https", "HTTPS": "on"}
+PLAIN_HTTP_ON_TLS = json.dumps(
+    {"code": "invalid_argument", "message": "this port speaks HTTPS only: call it with https://"}
+).encode()
 
-    def __init__(self, app: WSGIApp, host: str, port: int, *, threads: int, max_body_bytes: int, name: str):
+
+class _TlsAdapter(Adapter):
+    """TLS for cheroot from `contexts` (ServerTls.ssl_contexts), asked at each accept so that rotated files
+    serve new connections. Only the wrapping happens on cheroot's accept loop: the handshake runs on the worker
+    thread that serves the connection (_TlsConnection), so a client that connects and stays silent holds one
+    worker for the timeout, as over plaintext, instead of every new connection."""
+
+    def __init__(self, contexts: Callable[[], ssl.SSLContext]):
+        super().__init__(None, None)
+        self._contexts = contexts
+
+    def bind(self, sock: socket.socket) -> socket.socket:
+        return sock
+
+    def wrap(self, sock: socket.socket) -> tuple[ssl.SSLSocket, dict[str, str]]:
+        try:
+            wrapped = self._contexts().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:
+            raise cheroot_errors.FatalSSLAlert(*error.args) from error
+        return wrapped, dict(HTTPS_ENVIRON)
+
+    def get_environ(self) -> dict[str, str]:
+        return dict(HTTPS_ENVIRON)
+
+    def makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = io.DEFAULT_BUFFER_SIZE) -> Any:
+        return (StreamReader if "r" in mode else StreamWriter)(sock, mode, bufsize)
+
+
+class _TlsConnection(HTTPConnection):
+    """A connection that finishes its TLS handshake before its first request, on its worker thread."""
+
+    _handshaken = False
+
+    def communicate(self) -> bool:
+        if not self._handshaken:
+            try:
+                self.socket.do_handshake()
+            except ssl.SSLError as error:
+                if error.reason == "HTTP_REQUEST":
+                    # Plain HTTP to a TLS port: say so in plain HTTP, rather than leave curl with an empty reply.
+                    _send_plain(self.socket, "400 Bad Request", PLAIN_HTTP_ON_TLS)
+                return False  # an untrusted or missing client certificate, a bad hello: closed, nothing served
+            except OSError:
+                return False
+            self._handshaken = True
+        return bool(super().communicate())
+
+
+def _send_plain(sock: socket.socket, status: str, body: bytes) -> None:
+    """Answer in plaintext on the socket beneath the TLS layer that never started, then read what the client
+    still sends (briefly) before the close: closing on unread bytes would reset the connection, answer unread."""
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+    with contextlib.suppress(OSError):
+        socket.socket.sendall(sock, (head + "connection: close\r\n\r\n").encode() + body)
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and socket.socket.recv(sock, 65536):
+            pass
+
+
+class HttpServer:
+    """cheroot on its own threads: `port` is the bound port (useful when asked for port 0). With `tls` enabled
+    the port speaks HTTPS only, and with its client CA only to clients presenting a certificate it issued."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        host: str,
+        port: int,
+        *,
+        threads: int,
+        max_body_bytes: int,
+        name: str,
+        tls: ServerTls | None = None,
+    ):
         self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"tollgate-{name}", timeout=30)
         # cheroot answers 413 itself past this hard bound; the Connect runtime refuses anything above the
         # message limit below it (resource_exhausted), reading no more than that into memory.
         self._server.max_request_body_size = max_body_bytes
-        self._server.prepare()
+        if tls is not None and tls.enabled:
+            self._server.ssl_adapter = _TlsAdapter(tls.ssl_contexts())
+            self._server.ConnectionClass = _TlsConnection
+        try:
+            # cheroot sets SO_REUSEADDR, never SO_REUSEPORT: a port another process listens on is refused here.
+            self._server.prepare()
+        except OSError as error:
+            raise ConfigError(f"{name.upper()}_HTTP_PORT {port} cannot be listened on at {host}: {error}") from None
         self.port: int = self._server.bind_addr[1]
         self._thread = threading.Thread(target=self._server.serve, name=f"{name}-http", daemon=True)
         self._thread.start()
@@ -305,11 +400,12 @@ def serve(
     max_message_bytes: int,
     name: str,
     routes: Mapping[str, RouteFactory] | None = None,
+    tls: ServerTls | None = None,
 ) -> HttpServer:
-    """Start the HTTP server of a service on host:port (0 picks a free port)."""
+    """Start the HTTP server of a service on host:port (0 picks a free port), with TLS when `tls` is enabled."""
     apps = service_apps(registrations, service_names, interceptor, read_max_bytes=max_message_bytes)
     # The hard bound leaves room for a JSON body to be refused by the runtime with a Connect error.
     router = Router(apps)
     for path, make in (routes or {}).items():
         router.add(path, make(router))
-    return HttpServer(router, host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name)
+    return HttpServer(router, host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name, tls=tls)

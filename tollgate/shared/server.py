@@ -42,6 +42,8 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC turns SO_REUSEPORT on by default: a second process on the same port would silently share its calls.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -133,10 +135,14 @@ def build_server(
         [*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    if tls is not None and tls.enabled:
-        port = server.add_secure_port(address, tls.grpc_credentials())
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if tls is not None and tls.enabled:
+            port = server.add_secure_port(address, tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio's "Failed to bind", which says no more
+        why = "in use by another process, or not an address of this host"
+        raise ConfigError(f"{spec.name.upper()}_PORT cannot be listened on at {address}: {why}") from None
     if port == 0:
         raise OSError(f"cannot bind {address}")
     stopping = threading.Event()
@@ -147,20 +153,31 @@ def build_server(
     metrics_http, bound_metrics_port = (None, None)
     if metrics_port is not None:
         metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
-    http_server = None
-    if http_port is not None:
-        http_server = http.serve(
-            spec.registrations,
-            spec.service_names,
-            interceptor,
-            host=_host_of(address),
-            port=http_port,
-            threads=max_workers,
-            max_message_bytes=MAX_MESSAGE_BYTES,
-            name=spec.name,
-            routes=spec.http_routes,
-        )
-    health_server = None if health_port is None else _health_only(health_servicer, _host_of(address), health_port)
+    http_server, health_server = None, None
+    try:
+        if http_port is not None:
+            http_server = http.serve(
+                spec.registrations,
+                spec.service_names,
+                interceptor,
+                host=_host_of(address),
+                port=http_port,
+                threads=max_workers,
+                max_message_bytes=MAX_MESSAGE_BYTES,
+                name=spec.name,
+                routes=spec.http_routes,
+                tls=tls,
+            )
+        if health_port is not None:
+            health_server = _health_only(health_servicer, _host_of(address), health_port, spec.name)
+    except ConfigError:  # a port in use: release the ones already taken before saying so
+        server.stop(None)
+        if http_server is not None:
+            http_server.stop(0)
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
+        raise
     server.start()
     for thread in threads:
         thread.start()
@@ -189,11 +206,18 @@ def build_server(
     return running
 
 
-def _health_only(servicer: health.HealthServicer, host: str, port: int) -> tuple[grpc.Server, int]:
+def _health_only(servicer: health.HealthServicer, host: str, port: int, name: str) -> tuple[grpc.Server, int]:
     """A started plaintext server on `port` answering grpc.health.v1 from `servicer`, and nothing else."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"), options=[("grpc.so_reuseport", 0)]
+    )
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        why = "in use by another process, or not an address of this host"
+        raise ConfigError(f"{name.upper()}_HEALTH_PORT cannot be listened on at {address}: {why}") from None
     if bound == 0:
         raise OSError(f"cannot bind the health port {port}")
     server.start()

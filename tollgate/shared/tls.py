@@ -12,7 +12,9 @@ import logging
 import os
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -56,7 +58,7 @@ class ServerTls:
         initial = self._configuration()
         return grpc.dynamic_ssl_server_credentials(
             initial,
-            _Reloader(self, initial).fetch,
+            _Reloader(self, initial, self._configuration).fetch,
             require_client_authentication=bool(self.client_ca_file),
         )
 
@@ -71,7 +73,20 @@ class ServerTls:
                 context.verify_mode = ssl.CERT_REQUIRED
         except (OSError, ssl.SSLError) as error:
             raise ConfigError(f"{self.prefix}_TLS_* files cannot be used: {error}") from None
+        # HTTP/1.1 only: a client offering h2 as well (curl) is told so in the handshake, not by a failed call.
+        context.set_alpn_protocols(["http/1.1"])
         return context
+
+    def ssl_contexts(self) -> Callable[[], ssl.SSLContext]:
+        """A function answering the SSLContext to wrap a new connection with: the same one until the files
+        change, then one made from the new files (kept only when they load, as for gRPC)."""
+        reloader = _Reloader(self, self.ssl_context(), self.ssl_context)
+
+        def current() -> ssl.SSLContext:
+            reloader.fetch()
+            return reloader.current
+
+        return current
 
     def _stamp(self) -> tuple:
         return tuple(_mtime(path) for path in (self.cert_file, self.key_file, self.client_ca_file) if path)
@@ -85,10 +100,11 @@ class ServerTls:
 
 
 class _Reloader:
-    """gRPC asks before each new connection's handshake; a changed file gives a new configuration."""
+    """Asked before each new connection's handshake (by gRPC, or by the HTTP server's accept loop): a changed
+    file gives a new configuration, made by `load`."""
 
-    def __init__(self, tls: ServerTls, initial):
-        self._tls, self._stamp, self._lock = tls, tls._stamp(), threading.Lock()
+    def __init__(self, tls: ServerTls, initial, load: Callable[[], Any]):
+        self._tls, self._stamp, self._lock, self._load = tls, tls._stamp(), threading.Lock(), load
         self.current = initial
 
     def fetch(self):
@@ -97,7 +113,7 @@ class _Reloader:
             return None
         with self._lock:
             try:
-                configuration = self._tls._configuration()
+                configuration = self._load()
             except ConfigError as error:
                 # Mid-rotation or broken: keep serving with the certificate we have, and try again next time.
                 log.warning("TLS files changed but cannot be loaded; keeping the current certificate: %s", error)
