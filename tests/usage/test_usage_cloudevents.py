@@ -410,3 +410,22 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(usage, usage_stub, a
 def test_policy_takes_no_events(policy, admin_token):
     reply = send(policy.http_port, [cloud_event("p1")], admin_token)
     refused(reply, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("change", "body", "field"),
+    [
+        ({"ce-time": "yesterday"}, b'{"quantity": 1}', "ce-time"),
+        ({"ce-specversion": "0.3"}, b'{"quantity": 1}', "ce-specversion"),
+        ({}, b'{"quantity": 1', "data"),
+        ({}, b'{"quantity": "many"}', "data.quantity"),
+    ],
+)
+def test_a_malformed_binary_mode_event_is_400_naming_the_header_or_data(
+    usage, usage_stub, admin_token, token, tenant, change, body, field
+):
+    headers = {"ce-specversion": "1.0", "ce-id": "b1", "ce-source": "/s", "ce-type": "api.requests"} | change
+    reply = send(usage.http_port, body, token, content_type="application/json", headers=headers)
+    refused(reply, 400, "invalid_argument")
+    assert violations(reply) == [field]
+    _nothing_stored(usage_stub, admin_token, tenant)
