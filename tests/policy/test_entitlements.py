@@ -1,0 +1,333 @@
+"""Entitlements through real servers on both backends (docs/entitlements.md): grants, CheckEntitlement,
+Reserve/Commit/Release, billing anchors, and modes that agree with balances."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tests import policy_support as ps
+from tests import support
+from tests.conftest import status_of
+from tests.usage_support import list_all, totals
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+
+METRIC = "api.requests"
+HARD, SOFT = pb.LIMIT_KIND_HARD, pb.LIMIT_KIND_SOFT
+
+
+@pytest.fixture(scope="module")
+def ent_policy(dbs, usage):
+    """A Policy whose token may also record usage (Commit's events), reading usage fresh."""
+    token = support.make_token(dbs, tenant=None, scopes=["usage:read", "usage:write"], service="usage")
+    running = support.build_policy(
+        dbs, usage.port, usage_token=token, quota_cache_seconds=0, outbox_interval_seconds=0.05
+    )
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def ent_channel(ent_policy):
+    with support.channel(ent_policy.port) as channel:
+        yield channel
+
+
+@pytest.fixture
+def admin(ent_channel, admin_token):
+    return ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(ent_channel), admin_token)
+
+
+@pytest.fixture
+def api(ent_channel, admin_token):
+    return ps.Client(policy_pb2_grpc.PolicyServiceStub(ent_channel), admin_token)
+
+
+def quota(limit: int, *, kind=HARD, period=pb.QUOTA_PERIOD_MONTH, cap=pb.MODE_OBSERVE, scope=0) -> pb.QuotaLimit:
+    return pb.QuotaLimit(metric=METRIC, period=period, limit=limit, cap=cap, kind=kind, scope=scope)
+
+
+def world(admin, tenant, *quotas: pb.QuotaLimit) -> ps.World:
+    return ps.build_world(admin, tenant, metrics=(METRIC,), quotas=quotas or (quota(100),))
+
+
+def reserve(api, tenant, amount, key=None, user="u1", ttl: float = 60):
+    return api.Reserve(
+        pb.ReserveRequest(
+            tenant_id=tenant,
+            user_id=user,
+            metric=METRIC,
+            amount=amount,
+            idempotency_key=key or ps.suffix(),
+            ttl=Duration(seconds=int(ttl), nanos=int(ttl % 1 * 1e9)),
+        )
+    )
+
+
+def commit(api, tenant, reservation_id, amount):
+    return api.Commit(pb.CommitRequest(tenant_id=tenant, reservation_id=reservation_id, amount=amount))
+
+
+def check(api, tenant, feature="", user="u1") -> pb.CheckEntitlementResponse:
+    return api.CheckEntitlement(
+        pb.CheckEntitlementRequest(tenant_id=tenant, user_id=user, feature_id=feature, metric="" if feature else METRIC)
+    )
+
+
+def usage_total(usage_stub, admin_token, tenant) -> int:
+    return totals(usage_stub, admin_token, tenant).get(METRIC, (0, 0))[0]
+
+
+def record_directly(usage_stub, admin_token, tenant, quantity):
+    from tests.policy.test_active_features import record
+
+    record(usage_stub, admin_token, tenant, METRIC, quantity)
+
+
+def grant(admin, tenant, amount, **fields) -> pb.Grant:
+    return admin.CreateGrant(
+        pb.CreateGrantRequest(grant=pb.Grant(tenant_id=tenant, metric=METRIC, amount=amount, **fields))
+    ).grant
+
+
+# Grants
+
+
+def test_grants_are_created_listed_and_voided_as_audited_writes(admin, tenant):
+    world(admin, tenant)
+    first = grant(admin, tenant, 50, priority=1, reason="promo")
+    second = grant(admin, tenant, 20)
+    listed = admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants
+    assert sorted(g.grant_id for g in listed) == sorted([first.grant_id, second.grant_id])
+    voided = admin.VoidGrant(pb.VoidGrantRequest(tenant_id=tenant, grant_id=first.grant_id))
+    assert voided.grant.HasField("void_time")
+    again = admin.VoidGrant(pb.VoidGrantRequest(tenant_id=tenant, grant_id=first.grant_id))
+    assert again.policy_version == voided.policy_version  # voiding twice changes nothing
+    actions = [r.action for r in admin.ListAuditRecords(pb.ListAuditRecordsRequest(tenant_id=tenant)).records]
+    assert actions[-3:] == ["CreateGrant", "CreateGrant", "VoidGrant"]
+    assert admin.VerifyAudit(pb.VerifyAuditRequest()).ok
+
+
+def test_bad_grants_are_invalid_arguments_naming_each_field_and_store_nothing(admin, tenant):
+    world(admin, tenant)
+    past, now = Timestamp(seconds=1_000), Timestamp(seconds=2_000)
+    with pytest.raises(grpc.RpcError) as error:
+        admin.CreateGrant(
+            pb.CreateGrantRequest(
+                grant=pb.Grant(tenant_id=tenant, metric="", amount=0, effective_time=now, expire_time=past)
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(support.field_violations(error.value)) == {"grant.metric", "grant.amount", "grant.expire_time"}
+    assert list(admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants) == []
+
+
+def test_grants_of_unknown_tenants_or_ids_are_not_found_and_a_tenant_may_not_grant_itself(
+    dbs, admin, ent_channel, tenant
+):
+    world(admin, tenant)
+    assert status_of(lambda: grant(admin, "nobody-" + ps.suffix(), 5)) == grpc.StatusCode.NOT_FOUND
+    assert (
+        status_of(lambda: admin.VoidGrant(pb.VoidGrantRequest(tenant_id=tenant, grant_id="gr_missing")))
+        == grpc.StatusCode.NOT_FOUND
+    )
+    own = support.make_token(dbs, tenant=tenant, scopes=["policy:admin", "policy:read"])
+    tenant_admin = ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(ent_channel), own)
+    assert status_of(lambda: grant(tenant_admin, tenant, 5)) == grpc.StatusCode.PERMISSION_DENIED
+    assert list(tenant_admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants) == []
+
+
+# CheckEntitlement
+
+
+def test_check_entitlement_reports_allowance_grants_usage_reservations_balance_and_the_period(
+    admin, api, usage_stub, admin_token, tenant
+):
+    w = world(admin, tenant, quota(100))
+    grant(admin, tenant, 50)
+    record_directly(usage_stub, admin_token, tenant, 30)  # usage recorded straight into Usage counts too
+    reserve(api, tenant, 40)
+    answer = check(api, tenant, w.feature)
+    [q] = answer.quotas
+    assert (q.limit, q.granted, q.usage, q.reserved, q.balance, q.overage) == (100, 50, 30, 40, 80, 0)
+    assert (q.exhausted, q.decides, q.kind) == (False, True, HARD)
+    assert q.period_start.ToSeconds() <= time.time() < q.period_end.ToSeconds()
+    assert q.period_start.ToDatetime().day == 1  # no anchor: the calendar month in UTC
+    assert answer.has_access and answer.resolution.effective_mode == pb.MODE_AUTONOMOUS
+    assert [(g.amount, g.remaining) for g in q.grants] == [(50, 50)]  # the allowance burns first
+
+
+def test_an_exhausted_quota_caps_the_mode_alike_in_check_entitlement_resolve_mode_and_active_features(
+    admin, api, usage_stub, admin_token, tenant
+):
+    w = world(admin, tenant, quota(10, kind=SOFT, cap=pb.MODE_OBSERVE))
+    grant(admin, tenant, 5)
+    record_directly(usage_stub, admin_token, tenant, 15)
+    answer = check(api, tenant, w.feature)
+    resolved = api.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=w.feature))
+    active = api.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id="u1"))
+    assert answer.quotas[0].exhausted and answer.quotas[0].overage == 0 and answer.quotas[0].balance == 0
+    assert answer.resolution.effective_mode == resolved.resolution.effective_mode == pb.MODE_OBSERVE
+    assert [f.effective_mode for f in active.features] == [pb.MODE_OBSERVE]
+    entry = [e for e in resolved.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA][0]
+    assert entry.binding and entry.detail == f"quota {METRIC} 10/month reached: 15 used of 15 allowed (10 + 5 granted)"
+    assert [e.detail for e in answer.resolution.basis] == [e.detail for e in resolved.resolution.basis]
+    assert answer.has_access  # soft: the mode is capped, not the access
+
+
+def test_a_spent_hard_quota_denies_access(admin, api, usage_stub, admin_token, tenant):
+    w = world(admin, tenant, quota(10, cap=pb.MODE_SUGGEST))
+    record_directly(usage_stub, admin_token, tenant, 10)
+    answer = check(api, tenant, w.feature)
+    assert not answer.has_access and answer.resolution.effective_mode == pb.MODE_SUGGEST
+
+
+def test_check_entitlement_refuses_bad_requests_precisely(admin, api, tenant):
+    w = world(admin, tenant)
+    with pytest.raises(grpc.RpcError) as error:
+        api.CheckEntitlement(pb.CheckEntitlementRequest(tenant_id=tenant))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(support.field_violations(error.value)) == {"user_id", "feature_id"}
+    unknown = pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", feature_id="nope")
+    assert status_of(lambda: api.CheckEntitlement(unknown)) == grpc.StatusCode.NOT_FOUND
+    assert check(api, tenant, w.feature).quotas  # the same tenant answers once asked well
+
+
+# Reserve, Commit, Release
+
+
+def test_a_hard_quota_refuses_what_the_balance_cannot_hold_and_names_the_quota(admin, api, tenant):
+    world(admin, tenant, quota(100))
+    taken = reserve(api, tenant, 70)
+    refused = reserve(api, tenant, 31)
+    fits = reserve(api, tenant, 30)
+    assert taken.reserved and fits.reserved and not refused.reserved
+    assert refused.refusal == f"quota {METRIC} 100/month hard: 0 used of 100 allowed: 31 asked, 30 left"
+    assert not refused.HasField("reservation")
+    assert [q.balance for q in fits.quotas] == [0]
+
+
+def test_a_soft_quota_takes_any_reservation(admin, api, tenant):
+    world(admin, tenant, quota(10, kind=SOFT))
+    assert reserve(api, tenant, 50).reserved
+
+
+def test_a_reserve_retried_with_its_key_answers_the_same_reservation_and_a_reused_key_is_refused(admin, api, tenant):
+    world(admin, tenant, quota(100))
+    first = reserve(api, tenant, 60, key="k1").reservation
+    again = reserve(api, tenant, 60, key="k1").reservation
+    assert again.reservation_id == first.reservation_id
+    assert check(api, tenant).quotas[0].reserved == 60  # held once
+    assert status_of(lambda: reserve(api, tenant, 61, key="k1")) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_commit_records_the_usage_event_once_however_often_it_is_retried_and_frees_the_rest(
+    admin, api, usage_stub, admin_token, tenant
+):
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 40).reservation
+    answers = [commit(api, tenant, reservation.reservation_id, 25) for _ in range(10)]
+    assert {a.reservation.state for a in answers} == {pb.RESERVATION_STATE_COMMITTED}
+    assert answers[0].reservation.recorded_in_usage and answers[0].reservation.committed_amount == 25
+    events = list_all(usage_stub, admin_token, tenant)
+    assert [(e.event.event_id, e.event.quantity, e.event.actor_id) for e in events] == [
+        (answers[0].reservation.usage_event_id, 25, "u1")
+    ]
+    [q] = check(api, tenant).quotas
+    assert (q.usage, q.reserved, q.balance) == (25, 0, 75)
+    other = pb.CommitRequest(tenant_id=tenant, reservation_id=reservation.reservation_id, amount=24)
+    assert status_of(lambda: api.Commit(other)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_commit_refuses_more_than_reserved_and_release_frees_it_all(admin, api, usage_stub, admin_token, tenant):
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 40).reservation
+    with pytest.raises(grpc.RpcError) as error:
+        commit(api, tenant, reservation.reservation_id, 41)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert support.field_violations(error.value) == ["amount"]
+    released = api.Release(pb.ReleaseRequest(tenant_id=tenant, reservation_id=reservation.reservation_id))
+    assert released.reservation.state == pb.RESERVATION_STATE_RELEASED
+    assert check(api, tenant).quotas[0].balance == 100
+    assert status_of(lambda: commit(api, tenant, reservation.reservation_id, 1)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert usage_total(usage_stub, admin_token, tenant) == 0
+
+
+def test_an_expired_reservation_frees_its_amount_and_cannot_be_committed(admin, api, tenant):
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 90, ttl=0.3).reservation
+    assert not reserve(api, tenant, 20).reserved
+    while time.time() < reservation.expire_time.ToMicroseconds() / 1e6:
+        time.sleep(0.05)
+    assert reserve(api, tenant, 20).reserved
+    with pytest.raises(grpc.RpcError) as error:
+        commit(api, tenant, reservation.reservation_id, 10)
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired" in error.value.details()
+
+
+def test_reserve_commit_and_release_refuse_bad_or_unknown_input_precisely(admin, api, tenant):
+    world(admin, tenant, quota(100))
+    with pytest.raises(grpc.RpcError) as error:
+        api.Reserve(pb.ReserveRequest(tenant_id=tenant, metric=METRIC, amount=0, ttl=Duration(seconds=-1)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(support.field_violations(error.value)) == {"user_id", "amount", "ttl", "idempotency_key"}
+    other = pb.ReserveRequest(tenant_id=tenant, user_id="u", metric="other.metric", amount=1, idempotency_key="k")
+    assert status_of(lambda: api.Reserve(other)) == grpc.StatusCode.FAILED_PRECONDITION
+    missing = pb.CommitRequest(tenant_id=tenant, reservation_id="rsv_missing", amount=1)
+    assert status_of(lambda: api.Commit(missing)) == grpc.StatusCode.NOT_FOUND
+    gone = pb.ReleaseRequest(tenant_id=tenant, reservation_id="rsv_missing")
+    assert status_of(lambda: api.Release(gone)) == grpc.StatusCode.NOT_FOUND
+    assert check(api, tenant).quotas[0].reserved == 0
+
+
+def test_a_tenant_cannot_touch_another_tenants_reservation(dbs, admin, api, ent_channel, tenant):
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 10).reservation
+    stranger = support.new_tenant()
+    token = support.make_token(dbs, tenant=stranger, scopes=["usage:write", "policy:read"])
+    theirs = ps.Client(policy_pb2_grpc.PolicyServiceStub(ent_channel), token)
+    cross = pb.CommitRequest(tenant_id=tenant, reservation_id=reservation.reservation_id, amount=1)
+    assert status_of(lambda: theirs.Commit(cross)) == grpc.StatusCode.PERMISSION_DENIED
+    own = pb.CommitRequest(tenant_id=stranger, reservation_id=reservation.reservation_id, amount=1)
+    assert status_of(lambda: theirs.Commit(own)) == grpc.StatusCode.NOT_FOUND
+    assert check(api, tenant).quotas[0].reserved == 10
+
+
+def test_a_user_scoped_quota_counts_each_users_own_usage_and_reservations(admin, api, tenant):
+    world(admin, tenant, quota(10, period=pb.QUOTA_PERIOD_DAY, scope=pb.QUOTA_SCOPE_USER))
+    assert reserve(api, tenant, 10, user="alice").reserved
+    assert not reserve(api, tenant, 1, user="alice").reserved
+    assert reserve(api, tenant, 10, user="bob").reserved
+    [q] = check(api, tenant, user="alice").quotas
+    assert (q.scope, q.reserved, q.balance) == (pb.QUOTA_SCOPE_USER, 10, 0)
+
+
+# Billing anchors
+
+
+def test_a_billing_anchor_in_a_zone_sets_the_period_and_a_bad_zone_is_refused(admin, api, tenant):
+    w = world(admin, tenant, quota(100))
+    anchor = Timestamp(seconds=1_769_850_000)  # 2026-01-31 09:00 UTC
+    subscription = pb.Subscription(
+        tenant_id=tenant,
+        plan_id=w.plan,
+        status=pb.SUBSCRIPTION_STATUS_ACTIVE,
+        billing_anchor=anchor,
+        time_zone="Europe/Paris",
+    )
+    stored = admin.SetSubscription(pb.SetSubscriptionRequest(subscription=subscription)).subscription
+    assert (stored.billing_anchor, stored.time_zone) == (anchor, "Europe/Paris")
+    [q] = check(api, tenant).quotas
+    start = q.period_start.ToDatetime()
+    assert start.day in (28, 29, 30, 31) and (start.hour, start.minute) in ((9, 0), (8, 0))  # 10:00 in Paris
+    bad = pb.Subscription(tenant_id=tenant, plan_id=w.plan, status=1, billing_anchor=anchor, time_zone="Mars/Olympus")
+    with pytest.raises(grpc.RpcError) as error:
+        admin.SetSubscription(pb.SetSubscriptionRequest(subscription=bad))
+    assert support.field_violations(error.value) == ["subscription.time_zone"]
+    assert admin.GetSubscription(pb.GetSubscriptionRequest(tenant_id=tenant)).subscription.time_zone == "Europe/Paris"
