@@ -68,7 +68,11 @@ export type RejectReason =
   | 'REJECT_REASON_NUL_CHARACTER'
   | 'REJECT_REASON_METADATA_TOO_LARGE'
   | 'REJECT_REASON_EXTERNAL_BILLABLE'
-  | 'REJECT_REASON_QUANTITY_TOO_LARGE';
+  | 'REJECT_REASON_QUANTITY_TOO_LARGE'
+  | 'REJECT_REASON_UNDECLARED_DIMENSION'
+  | 'REJECT_REASON_TOO_MANY_DIMENSIONS'
+  | 'REJECT_REASON_EMPTY_DIMENSION_VALUE'
+  | 'REJECT_REASON_TOO_MANY_DIMENSION_COMBINATIONS';
 export type DedupKey = 'DEDUP_KEY_UNSPECIFIED' | 'DEDUP_KEY_EVENT_ID' | 'DEDUP_KEY_IDEMPOTENCY_KEY' | 'DEDUP_KEY_CORRELATION';
 export type Classification =
   | 'CLASSIFICATION_UNSPECIFIED'
@@ -88,6 +92,9 @@ export interface UsageEvent {
   idempotency_key?: string;
   /** A small JSON object (at most 4 KiB); sent as a google.protobuf.Struct. */
   metadata?: { [key: string]: JsonValue };
+  /** Values of the metric's declared dimensions, such as { model: 'gpt-4o', token_type: 'prompt' }: at most 8,
+   * each a non-empty string of at most 128 characters. */
+  dimensions?: { [dimension: string]: string };
 }
 /** The verdict on one event of a batch. */
 export interface EventResult {

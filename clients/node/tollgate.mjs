@@ -63,12 +63,23 @@ function struct(object) {
   return { fields: Object.fromEntries(entries.map(([key, value]) => [key, structValue(value)])) };
 }
 
+// protobufjs would turn a number into a string value and send it; a dimension value is text, so anything else is
+// the caller's mistake, refused before the call. Undefined values are left out, as in metadata.
+function dimensionValues(object) {
+  const entries = Object.entries(object).filter(([, value]) => value !== undefined);
+  for (const [name, value] of entries) {
+    if (typeof value !== 'string') throw new TypeError(`dimension ${name} must be a string, not ${typeof value}`);
+  }
+  return Object.fromEntries(entries);
+}
+
 function eventToProto(event) {
-  const { occurred_at: occurredAt, metadata, ...rest } = event;
+  const { occurred_at: occurredAt, metadata, dimensions, ...rest } = event;
   return {
     ...rest,
     occurred_at: asTimestamp(occurredAt),
     metadata: metadata === undefined ? undefined : struct(metadata),
+    dimensions: dimensions === undefined ? undefined : dimensionValues(dimensions),
   };
 }
 

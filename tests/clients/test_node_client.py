@@ -302,3 +302,70 @@ def test_every_javascript_example_of_the_docs_calls_the_declared_api(node_client
     command = [str(tsc), "-p", "tsconfig.json"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+DIMENSIONS_SENDER = """
+import { createUsageClient } from '%(module)s';
+
+const [address, token, tenant, metric] = process.argv.slice(2);
+const client = createUsageClient({ address, token, deadlineMs: 10000 });
+const at = new Date(Date.now() - 60000);
+const base = { metric, occurred_at: at, source_service: 'node-dimensions' };
+const recorded = await client.recordEvents(tenant, [
+  { ...base, event_id: 'n1', quantity: 100, dimensions: { model: 'gpt-4o', token_type: 'prompt' } },
+  { ...base, event_id: 'n2', quantity: 30, dimensions: { model: 'gpt-4o', token_type: 'completion', none: undefined } },
+  { ...base, event_id: 'n3', quantity: 7, dimensions: { model: 'claude' } },
+  { ...base, event_id: 'n4', quantity: 1 },
+  { ...base, event_id: 'n5', quantity: 1, dimensions: { region: 'eu' } },
+]);
+const refused = await client
+  .recordEvents(tenant, [{ ...base, event_id: 'n6', quantity: 1, dimensions: { model: 4 } }])
+  .then(() => 'sent', (error) => `${error.name}: ${error.message}`);
+client.close();
+console.log(JSON.stringify({ results: recorded.results.map((r) => [r.verdict, r.reason]), refused }));
+"""
+
+
+def test_the_node_client_sends_dimensions_and_they_group_the_usage(
+    node_client, tmp_path, dbs, usage, usage_stub, usage_admin_stub, admin_token, tenant
+):
+    metric = f"ai.tokens.{tenant}"
+    usage_admin_stub.UpsertMetric(
+        u.UpsertMetricRequest(
+            metric=u.Metric(name=metric, classification=u.CLASSIFICATION_BILLABLE, dimensions=["model", "token_type"])
+        ),
+        metadata=support.bearer(admin_token),
+        timeout=10,
+    )
+    script = tmp_path / "dimensions.mjs"
+    script.write_text(DIMENSIONS_SENDER % {"module": (node_client / "tollgate.mjs").as_uri()})
+    token = tenant_token(dbs, tenant)
+    result = subprocess.run(
+        ["node", str(script), f"127.0.0.1:{usage.port}", token, tenant, metric],
+        cwd=node_client,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    accepted = ["VERDICT_ACCEPTED", "REJECT_REASON_UNSPECIFIED"]
+    assert answer["results"] == [accepted] * 4 + [["VERDICT_REJECTED", "REJECT_REASON_UNDECLARED_DIMENSION"]]
+    assert answer["refused"] == "TypeError: dimension model must be a string, not number"
+    request = u.QueryUsageRequest(tenant_id=tenant, metric=metric, group_by=["model", "token_type"])
+    request.start_time.GetCurrentTime()
+    request.start_time.seconds -= 3600
+    request.end_time.GetCurrentTime()
+    request.end_time.seconds += 3600
+    rows = usage_stub.QueryUsage(request, metadata=support.bearer(token), timeout=10).rows
+    assert {(r.group["model"], r.group["token_type"]): r.value for r in rows} == {
+        ("", ""): 1,
+        ("claude", ""): 7,
+        ("gpt-4o", "completion"): 30,
+        ("gpt-4o", "prompt"): 100,
+    }
+    listed = usage_stub.ListEvents(u.ListEventsRequest(tenant_id=tenant, metric=metric), metadata=support.bearer(token))
+    assert {e.event.event_id: dict(e.event.dimensions) for e in listed.events}["n2"] == {
+        "model": "gpt-4o",
+        "token_type": "completion",
+    }

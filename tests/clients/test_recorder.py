@@ -261,3 +261,41 @@ def test_units_merged_through_a_shared_correlation_id_are_counted_apart_and_logg
     assert [r.levelno for r in merges] == [logging.WARNING]
     assert "3 events were merged" in merges[0].getMessage() and "correlation_id" in merges[0].getMessage()
     assert totals(usage_stub, writer_token, tenant) == {METRIC: (2, 2)}
+
+
+def test_dimensions_are_spooled_with_their_events_and_arrive_grouped_by_a_dimension(
+    usage, usage_stub, usage_admin_stub, admin_token, tenant, writer_token, spool_path
+):
+    metric = f"ai.tokens.{tenant}"
+    usage_admin_stub.UpsertMetric(
+        usage_pb2.UpsertMetricRequest(
+            metric=usage_pb2.Metric(
+                name=metric, classification=usage_pb2.CLASSIFICATION_BILLABLE, dimensions=["model", "token_type"]
+            )
+        ),
+        metadata=support.bearer(admin_token),
+        timeout=10,
+    )
+    # Recorded while Usage is out of reach, so they wait in the spool file, then sent by a recorder started later.
+    offline = UsageRecorder(dead_target(), writer_token, tenant, spool_path, backoff_base=5, backoff_cap=5)
+    given = {"model": "gpt-4o", "token_type": "prompt"}
+    assert offline.record(metric, 100, dimensions=given)
+    given["model"] = "changed after the call"  # record() copied the mapping
+    assert offline.record(metric, 30, dimensions={"model": "gpt-4o", "token_type": "completion"})
+    assert offline.record(metric, 7, dimensions={"model": "claude"})
+    assert offline.record(metric, 1)
+    assert offline.persist(timeout=5)
+    offline.close(timeout=0.1)
+    with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path) as recorder:
+        assert recorder.flush(timeout=30)
+        assert recorder.counters().sent == 4
+    now = datetime.now(UTC)
+    request = usage_pb2.QueryUsageRequest(tenant_id=tenant, metric=metric, group_by=["model"])
+    request.start_time.FromDatetime(now - timedelta(days=1))
+    request.end_time.FromDatetime(now + timedelta(hours=1))
+    rows = usage_stub.QueryUsage(request, metadata=support.bearer(writer_token), timeout=10).rows
+    assert {r.group["model"]: (r.value, r.event_count) for r in rows} == {
+        "": (1, 1),
+        "claude": (7, 1),
+        "gpt-4o": (130, 2),
+    }

@@ -20,6 +20,7 @@ class Pending(NamedTuple):
     idempotency_key: str
     metadata: dict | None
     event_id: str | None
+    dimensions: dict[str, str] | None = None
 
 
 def to_payload(pending: Pending, *, source_service: str) -> tuple[str, bytes]:
@@ -43,6 +44,8 @@ def to_payload(pending: Pending, *, source_service: str) -> tuple[str, bytes]:
         raise TypeError(f"occurred_at must be a datetime or epoch seconds, got {type(when).__name__}")
     if pending.metadata:
         event.metadata.update(pending.metadata)
+    if pending.dimensions:
+        event.dimensions.update(pending.dimensions)
     return event.event_id, event.SerializeToString()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import grpc
 
@@ -77,8 +78,13 @@ class UsageRecorder:
         idempotency_key: str = "",
         metadata: dict | None = None,
         event_id: str | None = None,
+        dimensions: Mapping[str, str] | None = None,
     ) -> bool:
-        """Queue one event; True when accepted (it will be delivered), False when dropped. Never raises."""
+        """Queue one event; True when accepted (it will be delivered), False when dropped. Never raises.
+
+        `dimensions` are the event's values of its metric's declared dimensions (`{"model": "gpt-4o"}`); they are
+        copied here, so the caller may reuse its mapping, and spooled with the event.
+        """
         try:
             accepted = self._inbox.put(
                 Pending(
@@ -90,6 +96,7 @@ class UsageRecorder:
                     idempotency_key,
                     metadata,
                     event_id,
+                    dict(dimensions) if dimensions else None,
                 )
             )
         except Exception:  # noqa: BLE001 - the contract: recording never breaks the caller's business logic
