@@ -58,6 +58,108 @@ USAGE = [
 ]
 
 
+# Meters of AI work, one per aggregation (the README's and docs/api.md's QueryUsage examples).
+_B = u.CLASSIFICATION_BILLABLE
+_NB = u.CLASSIFICATION_NON_BILLABLE
+METERS = [
+    u.Metric(
+        name="ai.tokens",
+        classification=_B,
+        unit="token",
+        description="Tokens of language-model calls, by model and token type.",
+        dimensions=["model", "token_type"],
+    ),
+    u.Metric(
+        name="ai.calls",
+        classification=_B,
+        unit="call",
+        description="Language-model calls, counted.",
+        aggregation=u.AGGREGATION_COUNT,
+        dimensions=["model"],
+    ),
+    u.Metric(
+        name="ai.latency.fastest",
+        classification=_NB,
+        unit="millisecond",
+        description="The fastest language-model answer.",
+        aggregation=u.AGGREGATION_MIN,
+        dimensions=["model"],
+    ),
+    u.Metric(
+        name="ai.prompt.largest",
+        classification=_NB,
+        unit="token",
+        description="The largest prompt sent to a language model.",
+        aggregation=u.AGGREGATION_MAX,
+        dimensions=["model"],
+    ),
+    u.Metric(
+        name="ai.users",
+        classification=_B,
+        unit="user",
+        description="Distinct users of language models.",
+        aggregation=u.AGGREGATION_UNIQUE_COUNT,
+        unique_of="actor_id",
+        dimensions=["model"],
+    ),
+    u.Metric(
+        name="seats.active",
+        classification=_B,
+        unit="seat",
+        description="Seats in use, as last reported.",
+        aggregation=u.AGGREGATION_LATEST,
+    ),
+]
+# (user, model, token_type, tokens, latency in ms): the demo's language-model calls of each day.
+AI_USAGE = [
+    ("alice", "gpt-4o", "prompt", 1200, 900),
+    ("alice", "gpt-4o", "completion", 350, 1400),
+    ("bob", "claude-sonnet", "prompt", 800, 700),
+    ("bob", "claude-sonnet", "cached", 2400, 450),
+    ("carol", "claude-sonnet", "completion", 150, 1100),
+]
+
+
+def _ai_events(midnight: datetime, day: int) -> list[u.UsageEvent]:
+    """One day's language-model calls, each reported to every AI meter, and the day's seat count."""
+    events = []
+
+    def add(name: str, index: int, at: datetime, **fields) -> None:
+        occurred = Timestamp()
+        occurred.FromDatetime(at)
+        event_id = f"demo-{name}-{midnight:%Y%m%d}-{day}-{index}"
+        events.append(u.UsageEvent(event_id=event_id, occurred_at=occurred, source_service="demo-loader", **fields))
+
+    for index, (user, model, token_type, tokens, latency_ms) in enumerate(AI_USAGE):
+        at = midnight - timedelta(days=day, hours=2 * index + 1)
+        tokens += 10 * day
+        by_model = {"model": model}
+        add(
+            "ai-tokens",
+            index,
+            at,
+            metric="ai.tokens",
+            quantity=tokens,
+            actor_id=user,
+            dimensions=by_model | {"token_type": token_type},
+        )
+        add("ai-calls", index, at, metric="ai.calls", quantity=1, actor_id=user, dimensions=by_model)
+        add(
+            "ai-latency",
+            index,
+            at,
+            metric="ai.latency.fastest",
+            quantity=latency_ms + day,
+            actor_id=user,
+            dimensions=by_model,
+        )
+        if token_type == "prompt":
+            add("ai-prompt", index, at, metric="ai.prompt.largest", quantity=tokens, actor_id=user, dimensions=by_model)
+        add("ai-users", index, at, metric="ai.users", quantity=1, actor_id=user, dimensions=by_model)
+    add("seats", 0, midnight - timedelta(days=day, hours=12), metric="seats.active", quantity=3 + day % 3)
+    return events
+
+
 def _admin_calls(policy: policy_pb2_grpc.PolicyAdminServiceStub, metadata) -> None:
     roles = json_format.Parse((ROOT / "examples" / "roles.json").read_text(), p.ImportRolesRequest())
     policy.ImportRoles(roles, metadata=metadata, timeout=10)
@@ -114,15 +216,19 @@ def _events() -> list[u.UsageEvent]:
                     metadata={"demo": True},
                 )
             )
+        events += _ai_events(midnight, day)
     return events
 
 
 def load(*, usage_addr: str, policy_addr: str, admin_token: str) -> None:
-    """Load roles, features, plans, the demo tenant and some usage."""
+    """Load roles, features, plans, the demo tenant, the AI meters and some usage."""
     metadata = (("authorization", f"Bearer {admin_token}"),)
     with grpc.insecure_channel(policy_addr) as channel:
         _admin_calls(policy_pb2_grpc.PolicyAdminServiceStub(channel), metadata)
     with grpc.insecure_channel(usage_addr) as channel:
+        admin = usage_pb2_grpc.UsageAdminServiceStub(channel)
+        for meter in METERS:
+            admin.UpsertMetric(u.UpsertMetricRequest(metric=meter), metadata=metadata, timeout=10)
         stub = usage_pb2_grpc.UsageServiceStub(channel)
         stub.RecordEvents(u.RecordEventsRequest(tenant_id=TENANT, events=_events()), metadata=metadata, timeout=30)
 

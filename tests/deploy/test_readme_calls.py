@@ -2,15 +2,20 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime
+from datetime import time as dtime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from scripts import demo
 from scripts.pgcluster import free_port
+from tollgate.usage.v1 import usage_pb2 as u
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +124,58 @@ def test_the_event_docs_api_md_records_is_counted_by_its_get_usage_call(running)
     after = api_md_usage(home, ports, "GetUsage")
     key = ("leads.processed", "alice")
     assert after.get(key, 0) - before.get(key, 0) == 1
+
+
+def test_the_readme_ai_metering_example_answers_tokens_by_model_and_token_type_per_berlin_day(running):
+    home, ports, _banner, _process = running
+    calls = {call.split()[-1]: call for call in demo.readme_calls() if '"ai.tokens"' in call}
+    recorded = run_call(calls["tollgate.usage.v1.UsageService/RecordEvents"], home, ports)
+    assert recorded.returncode == 0, recorded.stderr
+    # Accepted, or already recorded by the run of every README call (a DUPLICATE, or a CONFLICT in another second).
+    verdict = json.loads(recorded.stdout)["results"][0]["verdict"]
+    assert verdict in ("VERDICT_ACCEPTED", "VERDICT_DUPLICATE", "VERDICT_CONFLICT")
+    queried = run_call(calls["tollgate.usage.v1.UsageService/QueryUsage"], home, ports)
+    assert queried.returncode == 0, queried.stderr
+    answer = json.loads(queried.stdout)
+    rows = answer["rows"]
+    assert answer["aggregation"] == "AGGREGATION_SUM"
+    starts = [datetime.fromisoformat(row["window_start"]) for row in rows]
+    assert starts == sorted(starts)
+    # Every window but the clipped first starts at midnight in Berlin: 23:00 UTC in winter, 22:00 in summer.
+    berlin = ZoneInfo("Europe/Berlin")
+    for start in sorted(set(starts))[1:]:
+        assert start.astimezone(berlin).time() == dtime(0, 0), start
+    by_group = {}
+    for row in rows:
+        key = (row["group"]["model"], row["group"]["token_type"])
+        by_group[key] = by_group.get(key, 0) + int(row["value"])
+    assert set(by_group) <= {(model, token_type) for _user, model, token_type, *_ in demo.AI_USAGE} | {
+        ("gpt-4o", "completion")
+    }
+    assert ("claude-sonnet", "cached") in by_group
+    last = [row for row in rows if row["window_start"] == rows[-1]["window_start"]]
+    assert any(
+        (row["group"]["model"], row["group"]["token_type"]) == ("gpt-4o", "completion") and int(row["value"]) >= 512
+        for row in last
+    )
+
+
+def test_every_query_usage_call_of_docs_api_md_answers_rows_of_its_aggregation(running):
+    """One QueryUsage example per aggregation, each on a meter of the demo catalog, run as printed."""
+    home, ports, _banner, _process = running
+    text = (ROOT / "docs" / "api.md").read_text()
+    blocks = [block.split("```")[0] for block in text.split("```sh\n")[1:]]
+    calls = [line for block in blocks for line in block.splitlines() if line.endswith("UsageService/QueryUsage")]
+    meters = {meter.name: meter for meter in demo.METERS}
+    seen = set()
+    for call in calls:
+        result = run_call(blocks[0] + call, home, ports)
+        assert result.returncode == 0, f"{call}\n{result.stderr}"
+        answer = json.loads(result.stdout)
+        metric = re.search(r'"metric":"([^"]+)"', call)
+        assert metric, call
+        expected = u.Aggregation.Name(meters[metric.group(1)].aggregation or u.AGGREGATION_SUM)
+        assert answer["aggregation"] == expected, call
+        assert answer["rows"], call
+        seen.add(expected)
+    assert seen == {name for name in u.Aggregation.keys() if name != "AGGREGATION_UNSPECIFIED"}
