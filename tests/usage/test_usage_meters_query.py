@@ -3,6 +3,7 @@ paging, the purge horizon, precise refusals; answers checked against the brute-f
 tests/usage_meters_model.py, on SQLite and PostgreSQL."""
 
 import uuid
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -11,6 +12,7 @@ from tests import support
 from tests import usage_meters_model as model
 from tests.usage_support import DAY_US, MINUTE_US, event, every_page, now_us, record, tenant_token, ts, verdicts
 from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
 
 HOUR_US = 60 * MINUTE_US
 AGGREGATIONS = ["SUM", "COUNT", "MIN", "MAX", "LATEST", "UNIQUE_COUNT"]
@@ -269,3 +271,176 @@ def test_dimension_values_are_distinct_ordered_paged_and_ranged(
     assert values("model", start_time=ts(late)) == [events[-1].dimensions["model"]]
     error = refused(lambda: values("region"))
     assert (error.code(), support.field_violations(error)) == (grpc.StatusCode.INVALID_ARGUMENT, ["dimension"])
+
+
+# Calendar edges at the API: a server that accepts events ten years old (and purges none), so the tests can name
+# real DST days, month ends and a leap day of the past.
+@pytest.fixture(scope="module")
+def history_stub(dbs):
+    from tollgate.services.usage import server as usage_server
+    from tollgate.services.usage.config import Settings
+
+    settings = support.test_settings(
+        Settings(), database_url=dbs.usage_url, rollup_interval_seconds=0, backfill_days=3660, retention_days=0
+    )
+    running = usage_server.build(settings)
+    with support.channel(running.port) as channel:
+        yield usage_pb2_grpc.UsageServiceStub(channel)
+    running.stop(grace=1)
+
+
+def utc_us(text: str) -> int:
+    """Epoch microseconds of a UTC instant written as ISO 8601 without a zone."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def edge_events(*instants: str, prefix: str = "e") -> list[model.ModelEvent]:
+    return [
+        model.ModelEvent(f"{prefix}{n:02d}", 10 + n, utc_us(at), f"user{n % 2}", {"model": ["a", "b"][n % 2]})
+        for n, at in enumerate(instants)
+    ]
+
+
+def spans(found: list[model.ModelRow]) -> list[tuple[int, int]]:
+    return sorted({(r.window_start_us, r.window_end_us) for r in found})
+
+
+def edge_rows(stub, token, tenant, metric, start: str, end: str, window: str, zone: str, group_by=("model",)):
+    """The rows QueryUsage answers for the range, and what the brute-force model says they must be."""
+    start_us, end_us = utc_us(start), utc_us(end)
+    found = rows(
+        stub,
+        token,
+        tenant,
+        metric,
+        start_us,
+        end_us,
+        window=u.Window.Value(f"WINDOW_{window}"),
+        time_zone=zone,
+        group_by=list(group_by),
+    )
+    return found, (start_us, end_us, window, zone, group_by)
+
+
+def modelled(events, spec) -> list[model.ModelRow]:
+    start_us, end_us, window, zone, group_by = spec
+    return model.query(
+        events, aggregation="SUM", start_us=start_us, end_us=end_us, window=window, zone_name=zone, group_by=group_by
+    )
+
+
+def test_berlin_days_last_23_hours_on_the_last_sunday_of_march_and_25_on_the_last_of_october(
+    history_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    # The first and the last minute of the changing days (CET is UTC+1, CEST UTC+2), and the next day's first.
+    events = edge_events(
+        "2025-03-29T23:00",  # 00:00 CET, the 30th
+        "2025-03-30T21:59",  # 23:59 CEST, the 30th
+        "2025-03-30T22:00",  # 00:00 CEST, the 31st
+        "2025-10-25T22:00",  # 00:00 CEST, the 26th
+        "2025-10-26T22:59",  # 23:59 CET, the 26th
+        "2025-10-26T23:00",  # 00:00 CET, the 27th
+    )
+    send(history_stub, token, tenant, metric, events)
+    for start, end, lengths in (
+        ("2025-03-29T23:00", "2025-03-31T22:00", [23, 24]),
+        ("2025-10-25T22:00", "2025-10-27T23:00", [25, 24]),
+    ):
+        found, spec = edge_rows(history_stub, token, tenant, metric, start, end, "DAY", "Europe/Berlin")
+        assert found == modelled(events, spec)
+        assert [(window_end - window_start) // HOUR_US for window_start, window_end in spans(found)] == lengths
+        assert [r.event_count for r in found] == [1, 1, 1]
+    # The hour the clock goes back through is two windows (02:00 CEST, then 02:00 CET), each with its own event.
+    repeated = edge_events("2025-10-26T00:30", "2025-10-26T01:30", prefix="r")
+    send(history_stub, token, tenant, metric, repeated)
+    found, spec = edge_rows(
+        history_stub, token, tenant, metric, "2025-10-26T00:00", "2025-10-26T02:00", "HOUR", "Europe/Berlin", ()
+    )
+    start = utc_us("2025-10-26T00:00")
+    assert found == modelled(repeated, spec)
+    assert [(r.window_start_us, r.window_end_us, r.value) for r in found] == [
+        (start, start + HOUR_US, repeated[0].quantity),
+        (start + HOUR_US, start + 2 * HOUR_US, repeated[1].quantity),
+    ]
+
+
+def test_months_run_from_the_31st_into_february_in_utc_and_in_a_zone_with_dst(
+    history_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    events = edge_events(
+        "2025-01-31T23:59",  # the 31st in UTC; 18:59 on the 31st in New York
+        "2025-02-01T00:00",  # February in UTC; still January 31st in New York (19:00 EST)
+        "2025-02-01T05:00",  # February everywhere here: 00:00 EST
+        "2025-02-28T23:59",  # the last minute of February in UTC; 18:59 in New York
+        "2025-03-01T04:59",  # March in UTC; 23:59 on February 28th in New York
+        "2025-03-31T03:59",  # March in New York (23:59 EDT on the 30th), after its DST change
+    )
+    send(history_stub, token, tenant, metric, events)
+    start, end = "2025-01-15T00:00", "2025-04-15T00:00"
+    utc, _ = edge_rows(history_stub, token, tenant, metric, start, end, "MONTH", "UTC", ())
+    new_york, spec = edge_rows(history_stub, token, tenant, metric, start, end, "MONTH", "America/New_York", ())
+    assert utc == modelled(events, (*spec[:3], "UTC", ()))
+    assert new_york == modelled(events, spec)
+    assert spans(utc) == [
+        (utc_us("2025-01-15T00:00"), utc_us("2025-02-01T00:00")),  # clipped by the range
+        (utc_us("2025-02-01T00:00"), utc_us("2025-03-01T00:00")),  # 28 days
+        (utc_us("2025-03-01T00:00"), utc_us("2025-04-01T00:00")),
+    ]
+    assert [r.event_count for r in utc] == [1, 3, 2]
+    assert spans(new_york) == [
+        (utc_us("2025-01-15T00:00"), utc_us("2025-02-01T05:00")),
+        (utc_us("2025-02-01T05:00"), utc_us("2025-03-01T05:00")),  # 28 days of EST
+        (utc_us("2025-03-01T05:00"), utc_us("2025-04-01T04:00")),  # 31 days less the hour DST took
+    ]
+    assert [r.event_count for r in new_york] == [2, 3, 1]
+
+
+def test_the_leap_day_is_a_day_of_february_in_every_zone_and_february_has_29(
+    history_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    events = edge_events(
+        "2024-02-28T18:29",  # the 28th in Kolkata (23:59 IST)
+        "2024-02-28T18:30",  # the 29th in Kolkata: 00:00 IST
+        "2024-02-29T00:00",  # the 29th in UTC
+        "2024-02-29T23:59",  # the 29th in UTC; March 1st in Kolkata
+        "2024-03-01T00:00",  # March in UTC
+    )
+    send(history_stub, token, tenant, metric, events)
+    start, end = "2024-02-28T00:00", "2024-03-02T00:00"
+    kolkata, spec = edge_rows(history_stub, token, tenant, metric, start, end, "DAY", "Asia/Kolkata", ())
+    assert kolkata == modelled(events, spec)
+    leap_day = (utc_us("2024-02-28T18:30"), utc_us("2024-02-29T18:30"))
+    assert leap_day in spans(kolkata)
+    assert next(r.event_count for r in kolkata if (r.window_start_us, r.window_end_us) == leap_day) == 2
+    utc, spec = edge_rows(history_stub, token, tenant, metric, "2024-02-01T00:00", end, "MONTH", "UTC", ())
+    assert utc == modelled(events, spec)
+    assert spans(utc)[0] == (utc_us("2024-02-01T00:00"), utc_us("2024-03-01T00:00"))
+    assert (spans(utc)[0][1] - spans(utc)[0][0]) // HOUR_US == 29 * 24
+    assert [r.event_count for r in utc] == [4, 1]
+
+
+def test_windows_are_clipped_by_the_range_and_the_range_is_half_open(
+    history_stub, usage_admin_stub, admin_token, token, tenant
+):
+    metric = new_meter(usage_admin_stub, admin_token)
+    events = edge_events(
+        "2025-06-10T09:59",  # before the range
+        "2025-06-10T10:17",  # the range's first instant
+        "2025-06-11T12:00",
+        "2025-06-12T07:40",  # the range's end, which it does not hold
+    )
+    send(history_stub, token, tenant, metric, events)
+    start, end = "2025-06-10T10:17", "2025-06-12T07:40"
+    for window, zone in (("DAY", "Asia/Kathmandu"), ("WEEK", "America/New_York"), ("MONTH", "Australia/Lord_Howe")):
+        found, spec = edge_rows(history_stub, token, tenant, metric, start, end, window, zone, ())
+        assert found == modelled(events, spec)
+        assert found[0].window_start_us == utc_us(start) and found[-1].window_end_us <= utc_us(end)
+        assert sum(r.event_count for r in found) == 2
+    # A range inside one window answers that window clipped on both sides; its end is exclusive.
+    inside, spec = edge_rows(history_stub, token, tenant, metric, start, "2025-06-11T12:00", "MONTH", "UTC", ())
+    assert [(r.window_start_us, r.window_end_us, r.event_count) for r in inside] == [
+        (utc_us(start), utc_us("2025-06-11T12:00"), 1)
+    ]

@@ -172,3 +172,49 @@ def test_more_windows_than_the_bound_is_refused_naming_the_window():
     with pytest.raises(InvalidArgument) as caught:
         windows(Window.HOUR, start, start + (MAX_WINDOWS + 1) * HOUR_US, zone("UTC"))
     assert [v.field for v in caught.value.violations] == ["window"]
+
+
+def test_berlin_days_last_23_hours_on_the_last_sunday_of_march_and_25_on_the_last_of_october():
+    spring = series(Window.DAY, "2026-03-28T23:00", "2026-03-30T22:00", "Europe/Berlin")
+    autumn = series(Window.DAY, "2026-10-24T22:00", "2026-10-26T23:00", "Europe/Berlin")
+    assert spring == [
+        (us("2026-03-28T23:00"), us("2026-03-29T22:00")),
+        (us("2026-03-29T22:00"), us("2026-03-30T22:00")),
+    ]
+    assert hours(autumn) == [25, 24]
+
+
+def test_months_in_a_zone_with_dst_lose_or_gain_the_hour_of_the_change():
+    spans = series(Window.MONTH, "2026-01-01T05:00", "2027-01-01T05:00", "America/New_York")
+    lengths = dict(zip(range(1, 13), hours(spans)))
+    assert len(spans) == 12
+    assert lengths[3] == 31 * 24 - 1 and lengths[11] == 30 * 24 + 1
+    assert lengths[1] == 31 * 24 and lengths[2] == 28 * 24 and lengths[12] == 31 * 24
+    assert spans[2][0] == us("2026-03-01T05:00") and spans[3][0] == us("2026-04-01T04:00")
+
+
+def test_the_leap_day_is_a_whole_day_in_every_zone_and_in_its_iso_week():
+    for zone_name, midnight in (("UTC", "2028-02-29T00:00"), ("Asia/Kolkata", "2028-02-28T18:30")):
+        day = windows(Window.DAY, us(midnight), us(midnight) + DAY_US, zone(zone_name))
+        assert day == [(us(midnight), us(midnight) + DAY_US)]
+    # 2028-02-28 is a Monday: the ISO week holding the leap day is 7 days, from it.
+    week = series(Window.WEEK, "2028-02-27T00:00", "2028-03-07T00:00", "UTC")
+    assert week[1] == (us("2028-02-28T00:00"), us("2028-03-06T00:00"))
+    assert hours(series(Window.MONTH, "2028-01-31T18:30", "2028-02-29T18:30", "Asia/Kolkata")) == [29 * 24]
+
+
+def test_a_range_inside_one_window_or_ending_on_a_boundary_adds_no_empty_window():
+    assert series(Window.HOUR, "2026-05-10T10:17", "2026-05-10T10:41", "UTC") == [
+        (us("2026-05-10T10:17"), us("2026-05-10T10:41"))
+    ]
+    on_boundaries = series(Window.DAY, "2026-05-10T18:30", "2026-05-12T18:30", "Asia/Kolkata")
+    assert on_boundaries == [
+        (us("2026-05-10T18:30"), us("2026-05-11T18:30")),
+        (us("2026-05-11T18:30"), us("2026-05-12T18:30")),
+    ]
+    # A range starting in the middle of a DST day clips it: the window is what is left of its 23 hours.
+    clipped = series(Window.DAY, "2026-03-08T12:00", "2026-03-09T12:00", "America/New_York")
+    assert clipped == [
+        (us("2026-03-08T12:00"), us("2026-03-09T04:00")),
+        (us("2026-03-09T04:00"), us("2026-03-09T12:00")),
+    ]
