@@ -331,3 +331,20 @@ def test_a_billing_anchor_in_a_zone_sets_the_period_and_a_bad_zone_is_refused(ad
         admin.SetSubscription(pb.SetSubscriptionRequest(subscription=bad))
     assert support.field_violations(error.value) == ["subscription.time_zone"]
     assert admin.GetSubscription(pb.GetSubscriptionRequest(tenant_id=tenant)).subscription.time_zone == "Europe/Paris"
+
+
+def test_a_policy_token_without_usage_write_keeps_commits_in_the_outbox_and_quota_reads_working(
+    policy_stub, policy_admin_stub, admin_token, tenant
+):
+    # The session's Policy holds a usage:read token only: Usage refuses its RecordEvents (a configuration to fix).
+    admin, api = ps.Client(policy_admin_stub, admin_token), ps.Client(policy_stub, admin_token)
+    w = world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 10).reservation
+    committed = commit(api, tenant, reservation.reservation_id, 10).reservation
+    assert committed.state == pb.RESERVATION_STATE_COMMITTED and not committed.recorded_in_usage
+    resolved = api.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=w.feature))
+    entry = [e for e in resolved.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA][0]
+    assert entry.detail == f"quota {METRIC} 100/month not reached: 0 used of 100 allowed"  # the circuit stayed shut
+    # Counted while in the outbox, and once in Usage (this module's other Policy, which may write, delivers it).
+    [q] = check(api, tenant).quotas
+    assert (q.usage, q.balance) == (10, 90)

@@ -15,7 +15,7 @@ import time
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tollgate.services.policy.domain.errors import UsageUnavailable
+from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
 from tollgate.services.policy.domain.usage import Delivery, OutboxEvent, UsageQuery
 from tollgate.shared import tracing
 from tollgate.shared.tls import ClientTls
@@ -41,6 +41,9 @@ _SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+
+
+_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 class CircuitBreaker:
@@ -167,10 +170,15 @@ class UsageClient:
         """RecordEvents of committed usage; ACCEPTED and DUPLICATE mean Usage holds the event (a resend after a
         lost answer is a DUPLICATE, so sending again is always safe)."""
         seconds = self._timeout(timeout)
+        self._allow()
         request = usage_pb2.RecordEventsRequest(tenant_id=tenant_id, events=[_event(e) for e in events])
         try:
             answer = self._stub.RecordEvents(request, timeout=seconds, metadata=self._metadata)
         except grpc.RpcError as error:
+            if error.code() in _REFUSALS:
+                # Usage answered: a token without usage:write is a configuration to fix, not an outage, and must
+                # not open the circuit that quota reads go through. The events stay in the outbox meanwhile.
+                raise UsageRefused(f"usage service refused RecordEvents: {error.code().name}") from None
             raise self._failed("RecordEvents", error) from None
         self._succeeded()
         held = (usage_pb2.VERDICT_ACCEPTED, usage_pb2.VERDICT_DUPLICATE)

@@ -146,3 +146,9 @@ class ReservationExpired(FailedPrecondition):
 
     def __init__(self, reservation_id: str):
         super().__init__(f"reservation {reservation_id!r} expired and holds nothing: reserve again")
+
+
+class UsageRefused(UsageUnavailable):
+    """Usage answered but refused a call for good until its configuration changes (e.g. a token without a scope)."""
+
+    reason = "USAGE_REFUSED"

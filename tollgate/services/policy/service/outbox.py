@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from tollgate.services.policy import metrics
-from tollgate.services.policy.domain.errors import UsageUnavailable
+from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
 from tollgate.services.policy.domain.usage import OutboxEvent
 from tollgate.services.policy.repository import Sessions, entitlements
 from tollgate.services.policy.usage_port import Deadline, UsagePort
@@ -64,6 +64,8 @@ class Dispatcher:
             try:
                 deliveries = self._usage.record(tenant_id, batch, timeout=deadline.remaining())
             except UsageUnavailable as error:
+                if isinstance(error, UsageRefused):
+                    log.error("committed usage of tenant %s not delivered: %s; retrying", tenant_id, error.message)
                 self._postpone(batch, error.message)
                 continue
             now_us = now_micros()
