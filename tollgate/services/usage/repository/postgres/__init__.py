@@ -32,7 +32,7 @@ _LOCK_EXCLUSIVE = text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant))"
 _LOCK_SPACE = 0x54475048  # "TGPH": keeps these keys apart from any other advisory lock of the database
 # A transaction adding a tenant's new dimension combinations of a metric holds this one, keyed by both; only a batch
 # bringing a combination this process does not know takes it. Two keys hashing alike merely wait for each other.
-_LOCK_COMBINATIONS = text("SELECT pg_advisory_xact_lock(:space, hashtext(:tenant || chr(31) || :metric))")
+_LOCK_COMBINATIONS = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
 _COMBINATIONS_SPACE = 0x54474443  # "TGDC"
 # A rollup: buckets written per apply transaction (which bounds how long its row locks are held), dirty marks
 # read per pass (which bounds its temp tables), and when a pass reads its days with one sequential scan rather
@@ -62,7 +62,8 @@ class PostgresStorage(Storage):
         session.execute(_LOCK_EXCLUSIVE, {"space": _LOCK_SPACE, "tenant": tenant_id})
 
     def lock_combinations(self, session: Session, tenant_id: str, metric: str) -> None:
-        session.execute(_LOCK_COMBINATIONS, {"space": _COMBINATIONS_SPACE, "tenant": tenant_id, "metric": metric})
+        # Unit separator between the two: neither a tenant id nor a metric name can hold it.
+        session.execute(_LOCK_COMBINATIONS, {"space": _COMBINATIONS_SPACE, "key": f"{tenant_id}\x1f{metric}"})
 
     def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         # COPY once per transaction: a batch's later rounds (events sharing keys) are few rows each.
