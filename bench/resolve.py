@@ -8,6 +8,8 @@ with 20 features, 4 roles, a plan, a subscription and 1,000 bindings; it is drop
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import grpc
@@ -20,6 +22,7 @@ from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import server as policy_server
 from tollgate.services.policy.config import Settings
 from tollgate.shared import migrate
+from tollgate.shared.server import RunningServer
 
 # The modes lowest first (MODES[0] is MODE_OFF, number 1).
 MODES = [pb.MODE_OFF, pb.MODE_OBSERVE, pb.MODE_SUGGEST, pb.MODE_PROACTIVE, pb.MODE_AMBITIOUS, pb.MODE_AUTONOMOUS]
@@ -29,11 +32,19 @@ SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 3000, 6000, 64, 300
 
 
 def run(admin_url: str) -> None:
+    with seeded_policy(admin_url) as (running, metadata), grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        _measure(channel, metadata)
+
+
+@contextmanager
+def seeded_policy(admin_url: str, **settings) -> Iterator[tuple[RunningServer, tuple[tuple[str, str], ...]]]:
+    """A Policy server in this process on a fresh database holding the tenant below, and the metadata of a
+    token for it; `settings` change Policy's (http_port=0 serves HTTP too). Dropped at the end."""
     url = create_postgres_database(admin_url, prefix="tollgate_bench")
     try:
         migrate.upgrade("policy", url)
         token = tokens.token(url, {"policy:read", "policy:admin"}, schemas=("policy",))
-        settings = replace(
+        defaults = replace(
             Settings(),
             database_url=url,
             host="127.0.0.1",
@@ -43,12 +54,12 @@ def run(admin_url: str) -> None:
             auth_cache_seconds=5.0,
             log_level="WARNING",
         )
-        running = policy_server.build(settings)
+        running = policy_server.build(replace(defaults, **settings))
         try:
+            metadata = (("authorization", f"Bearer {token}"),)
             with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                metadata = (("authorization", f"Bearer {token}"),)
                 _seed(policy_pb2_grpc.PolicyAdminServiceStub(channel), metadata)
-                _measure(channel, metadata)
+            yield running, metadata
         finally:
             running.stop(grace=1)
     finally:

@@ -366,7 +366,16 @@ class HttpServer:
         name: str,
         tls: ServerTls | None = None,
     ):
-        self._server = wsgi.Server((host, port), app, numthreads=threads, server_name=f"tollgate-{name}", timeout=30)
+        # The listen backlog is the kernel's limit, not cheroot's 5: a burst of new connections (clients
+        # starting together) would overflow 5 and see resets or SYN retries of a second or more.
+        self._server = wsgi.Server(
+            (host, port),
+            app,
+            numthreads=threads,
+            server_name=f"tollgate-{name}",
+            timeout=30,
+            request_queue_size=socket.SOMAXCONN,
+        )
         # cheroot answers 413 itself past this hard bound; the Connect runtime refuses anything above the
         # message limit below it (resource_exhausted), reading no more than that into memory.
         self._server.max_request_body_size = max_body_bytes
