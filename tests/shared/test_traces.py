@@ -1,6 +1,6 @@
-"""Traces: a caller's traceparent followed through Policy into Usage, with spans recorded by an in-memory
-exporter in this process, and the trace named in the call's log line; with traces off, the traceparent still
-passes through."""
+"""Traces: a caller's traceparent followed through Policy into Usage, over gRPC and over HTTP, with spans
+recorded by an in-memory exporter in this process, and the trace named in the call's log line; with traces off,
+the traceparent still passes through."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from tests import support
+from tests import http_support, support
 from tests.policy.test_active_features import setup_tenant
 from tests.policy_support import Client
 from tollgate.policy.v1 import policy_pb2 as pb
@@ -147,6 +147,67 @@ def test_with_traces_off_a_callers_traceparent_still_reaches_usage_and_both_log_
         usage_lines = call_lines(caplog, "GetUsage")
         caplog.clear()
         stub.ListActiveFeatures(ask, metadata=support.bearer(admin_token), timeout=10)
+    assert (policy_line["trace_id"], policy_line["span_id"]) == (trace_id, caller_span)
+    assert usage_lines and {line["trace_id"] for line in usage_lines} == {trace_id}
+    (untraced,) = call_lines(caplog, "ListActiveFeatures")
+    assert "trace_id" not in untraced and "span_id" not in untraced
+
+
+def http_list_active_features(port: int, token: str, tenant: str, traceparent: str | None) -> http_support.Reply:
+    headers = {"traceparent": traceparent} if traceparent else {}
+    body = {"tenantId": tenant, "userId": "u1"}
+    return http_support.post(port, LIST, body, token=token, headers=headers)
+
+
+def test_an_http_call_with_a_traceparent_is_one_trace_across_policy_and_usage(traced, admin_token, tenant, caplog):
+    exporter, policy = traced
+    caplog.set_level(logging.INFO, logger="tollgate.shared.interceptor")
+    with support.channel(policy.port) as channel:
+        setup_tenant(Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token), tenant)
+    exporter.clear()
+    caplog.clear()
+    traceparent, trace_id, caller_span = a_traceparent()
+    reply = http_list_active_features(policy.http_port, admin_token, tenant, traceparent)
+    assert reply.status == 200 and reply.json()["usageAvailable"]
+
+    (policy_span,) = spans_named(exporter, f"POST {LIST}", SpanKind.SERVER)
+    client_spans = spans_named(exporter, GET_USAGE, SpanKind.CLIENT)
+    usage_spans = spans_named(exporter, GET_USAGE, SpanKind.SERVER, count=len(client_spans))
+    assert client_spans and len(usage_spans) == len(client_spans)
+    assert {format(s.context.trace_id, "032x") for s in [policy_span, *client_spans, *usage_spans]} == {trace_id}
+    assert format(policy_span.parent.span_id, "016x") == caller_span and policy_span.parent.is_remote
+    assert all(s.parent.span_id == policy_span.context.span_id for s in client_spans)
+    assert {s.parent.span_id for s in usage_spans} == {s.context.span_id for s in client_spans}
+    assert policy_span.attributes["http.status_code"] == 200 and policy_span.status.is_unset
+
+    (policy_line,) = call_lines(caplog, "ListActiveFeatures")
+    assert (policy_line["trace_id"], policy_line["span_id"]) == (trace_id, format(policy_span.context.span_id, "016x"))
+    assert policy_span.attributes["tollgate.request_id"] == policy_line["request_id"] == reply.headers["x-request-id"]
+    assert policy_span.attributes["rpc.grpc.status_code"] == 0
+
+
+def test_an_http_call_to_no_route_is_a_span_named_by_its_method_alone(traced, admin_token):
+    exporter, policy = traced
+    traceparent, trace_id, _ = a_traceparent()
+    reply = http_support.post(
+        policy.http_port, f"/nope/{trace_id}", {}, token=admin_token, headers={"traceparent": traceparent}
+    )
+    assert reply.status == 404
+    (span,) = spans_named(exporter, "POST", SpanKind.SERVER)
+    assert format(span.context.trace_id, "032x") == trace_id and span.attributes["http.status_code"] == 404
+
+
+def test_with_traces_off_an_http_callers_traceparent_still_reaches_usage_and_both_log_lines(
+    policy, policy_admin_stub, admin_token, tenant, caplog
+):
+    setup_tenant(Client(policy_admin_stub, admin_token), tenant)
+    caplog.set_level(logging.INFO, logger="tollgate.shared.interceptor")
+    traceparent, trace_id, caller_span = a_traceparent()
+    assert http_list_active_features(policy.http_port, admin_token, tenant, traceparent).status == 200
+    (policy_line,) = call_lines(caplog, "ListActiveFeatures")
+    usage_lines = call_lines(caplog, "GetUsage")
+    caplog.clear()
+    assert http_list_active_features(policy.http_port, admin_token, tenant, None).status == 200
     assert (policy_line["trace_id"], policy_line["span_id"]) == (trace_id, caller_span)
     assert usage_lines and {line["trace_id"] for line in usage_lines} == {trace_id}
     (untraced,) = call_lines(caplog, "ListActiveFeatures")

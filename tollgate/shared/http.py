@@ -35,8 +35,10 @@ from connectrpc.request import RequestContext
 from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import Message
 from google.rpc import status_pb2
+from opentelemetry.trace import TracerProvider
 from protobuf.wkt import Any as WireAny
 
+from tollgate.shared import tracing
 from tollgate.shared.config import ConfigError
 from tollgate.shared.interceptor import CallInterceptor
 from tollgate.shared.tls import ServerTls
@@ -410,11 +412,14 @@ def serve(
     name: str,
     routes: Mapping[str, RouteFactory] | None = None,
     tls: ServerTls | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> HttpServer:
-    """Start the HTTP server of a service on host:port (0 picks a free port), with TLS when `tls` is enabled."""
+    """Start the HTTP server of a service on host:port (0 picks a free port), with TLS when `tls` is enabled;
+    calls are spans of `tracer_provider` (None: the process's), as on the gRPC port."""
     apps = service_apps(registrations, service_names, interceptor, read_max_bytes=max_message_bytes)
     # The hard bound leaves room for a JSON body to be refused by the runtime with a Connect error.
     router = Router(apps)
     for path, make in (routes or {}).items():
         router.add(path, make(router))
-    return HttpServer(router, host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name, tls=tls)
+    app = tracing.http_tracing(router, {*apps, *(routes or {})}, tracer_provider)
+    return HttpServer(app, host, port, threads=threads, max_body_bytes=2 * max_message_bytes, name=name, tls=tls)

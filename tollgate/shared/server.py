@@ -167,6 +167,7 @@ def build_server(
                 name=spec.name,
                 routes=spec.http_routes,
                 tls=tls,
+                tracer_provider=tracer_provider,
             )
         if health_port is not None:
             health_server = _health_only(health_servicer, _host_of(address), health_port, spec.name)

@@ -1,20 +1,23 @@
-"""Traces: OpenTelemetry's gRPC interceptors on every server and on Policy's channel to Usage.
+"""Traces: OpenTelemetry's gRPC interceptors on every server and on Policy's channel to Usage, and its WSGI
+middleware on the HTTP ports.
 
-The interceptors always run, so a caller's W3C `traceparent` reaches Usage through Policy and the log
-line of a call names its trace. Spans are recorded and exported only when the standard `OTEL_*`
-variables ask for it (docs/operations.md#traces); otherwise the tracer is the API's non-recording one
-and no exporter exists.
+The instrumentation runs for every call that brings a `traceparent`, so a caller's W3C trace reaches Usage
+through Policy and the log line of a call names its trace. Spans are recorded and exported only when the
+standard `OTEL_*` variables ask for it (docs/operations.md#traces); otherwise the tracer is the API's
+non-recording one and no exporter exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
 from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
 from tollgate.shared.config import ConfigError, env_str
 
@@ -132,6 +135,33 @@ def server_tracing(tracer_provider: trace.TracerProvider | None = None) -> grpc.
     """
     traced = _traced if _recording(tracer_provider) else _continues_a_trace
     return server_interceptor(tracer_provider=tracer_provider, filter_=traced)
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def http_tracing(app: WSGIApp, routes: Collection[str], tracer_provider: trace.TracerProvider | None = None) -> WSGIApp:
+    """`app` with a server span per HTTP call (OpenTelemetry's WSGI middleware), child of the caller's traceparent,
+    and the call's RPC and log line inside it, as on the gRPC port. `routes` are the paths served: a span is
+    named "POST <path>" for them and by the method alone otherwise, so that random paths make no span names.
+
+    When nothing records, only a call that brings a traceparent goes through the middleware (as for gRPC).
+    """
+
+    def name_by_route(span: trace.Span, environ: dict[str, Any]) -> None:
+        if environ.get("PATH_INFO") not in routes:
+            span.update_name(str(environ.get("REQUEST_METHOD", "HTTP")))
+
+    traced = OpenTelemetryMiddleware(app, request_hook=name_by_route, tracer_provider=tracer_provider)
+    if _recording(tracer_provider):
+        return traced
+
+    def only_continued(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if "HTTP_TRACEPARENT" in environ:
+            return traced(environ, start_response)
+        return app(environ, start_response)
+
+    return only_continued
 
 
 def traced_channel(channel: grpc.Channel, tracer_provider: trace.TracerProvider | None = None) -> grpc.Channel:
