@@ -149,6 +149,5 @@ class ReservationExpired(FailedPrecondition):
 
 
 class UsageRefused(UsageUnavailable):
-    """Usage answered but refused a call for good until its configuration changes (e.g. a token without a scope)."""
-
-    reason = "USAGE_REFUSED"
+    """Usage answered but refused a call for good until its configuration changes (e.g. a token without a scope);
+    only the outbox meets it, never a caller."""

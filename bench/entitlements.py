@@ -1,0 +1,249 @@
+"""CheckEntitlement and Reserve+Commit latency beside an empty unary RPC on the same server, in one run,
+sequential and with IN_FLIGHT calls outstanding on one hot limit; then zero overshoot under that load.
+
+The reference is grpc.health.v1.Health/Check on the Policy server, as in bench/resolve.py. One fresh
+PostgreSQL database holds both schemas; Usage runs in its own process, as deployed, and Policy in this
+one with a service token that may read and record usage. A tenant's plan has one hard monthly quota on
+api.requests (high enough that the latency runs are never refused) and a grant. CheckEntitlement reads
+usage fresh (one GetUsage) and what Policy holds (one statement); Reserve takes the (tenant, metric) lock,
+reads both and inserts; Commit locks, writes the commit and its outbox row, and sends the event to Usage
+before answering. Every in-flight Reserve and Commit hits the same (tenant, metric) lock row: that is the
+hot limit. Last, a second tenant's hard limit is set to half of what IN_FLIGHT callers ask for, and the
+bench checks that the committed sum stays within it and that Usage's total equals it once the outbox is
+empty. The database is dropped at the end."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import replace
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import timing, tokens
+from bench.processes import UsageProcess
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy import server as policy_server
+from tollgate.services.policy.config import Settings as PolicySettings
+from tollgate.shared import migrate
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+HOT, CAPPED, METRIC, FEATURE = "bench", "capped", "api.requests", "chat"
+SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 1000, 1920, 64, 100
+OVERSHOOT_ROUNDS = 20  # per caller: IN_FLIGHT callers each reserve 1..4, OVERSHOOT_ROUNDS times
+
+
+def run(admin_url: str) -> None:
+    url = create_postgres_database(admin_url, prefix="tollgate_bench")
+    try:
+        migrate.upgrade("usage", url)
+        migrate.upgrade("policy", url)
+        admin_token = tokens.token(
+            url,
+            {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"},
+            schemas=("usage", "policy"),
+            label="bench admin",
+        )
+        policy_token = tokens.token(url, {"usage:read", "usage:write"}, label="policy service")
+        usage = UsageProcess(url)
+        try:
+            policy = policy_server.build(
+                replace(
+                    PolicySettings(),
+                    database_url=url,
+                    host="127.0.0.1",
+                    port=0,
+                    metrics_port=None,
+                    http_port=None,
+                    log_level="WARNING",
+                    usage_addr=f"127.0.0.1:{usage.port}",
+                    usage_token=policy_token,
+                    usage_timeout_seconds=2.0,
+                )
+            )
+            try:
+                metadata = (("authorization", f"Bearer {admin_token}"),)
+                with (
+                    grpc.insecure_channel(f"127.0.0.1:{policy.port}") as channel,
+                    grpc.insecure_channel(f"127.0.0.1:{usage.port}") as usage_channel,
+                ):
+                    admin = policy_pb2_grpc.PolicyAdminServiceStub(channel)
+                    _seed(admin, metadata, HOT, 10**12)
+                    _measure(channel, metadata)
+                    _overshoot(channel, usage_channel, admin, metadata)
+            finally:
+                policy.stop(grace=1)
+        finally:
+            usage.stop()
+    finally:
+        drop_postgres_database(admin_url, url)
+
+
+def _seed(admin, metadata, tenant: str, limit: int) -> None:
+    admin.ImportRoles(
+        pb.ImportRolesRequest(roles=[pb.Role(role_id="MEMBER", default_cap=pb.MODE_AUTONOMOUS)]), metadata=metadata
+    )
+    admin.UpsertFeature(
+        pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=FEATURE, max_mode=pb.MODE_AUTONOMOUS, metrics=[METRIC])),
+        metadata=metadata,
+    )
+    quota = pb.QuotaLimit(
+        metric=METRIC, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=pb.MODE_OFF, kind=pb.LIMIT_KIND_HARD
+    )
+    plan = f"PLAN_{tenant}"
+    admin.UpsertPlan(
+        pb.UpsertPlanRequest(plan=pb.Plan(plan_id=plan, default_cap=pb.MODE_AUTONOMOUS, quotas=[quota])),
+        metadata=metadata,
+    )
+    admin.SetTenantPolicy(
+        pb.SetTenantPolicyRequest(
+            tenant_policy=pb.TenantPolicy(tenant_id=tenant, max_mode=pb.MODE_AUTONOMOUS, default_role_id="MEMBER")
+        ),
+        metadata=metadata,
+    )
+    admin.SetSubscription(
+        pb.SetSubscriptionRequest(
+            subscription=pb.Subscription(tenant_id=tenant, plan_id=plan, status=pb.SUBSCRIPTION_STATUS_ACTIVE)
+        ),
+        metadata=metadata,
+    )
+    if tenant == HOT:
+        admin.CreateGrant(
+            pb.CreateGrantRequest(grant=pb.Grant(tenant_id=tenant, metric=METRIC, amount=1000, priority=1)),
+            metadata=metadata,
+        )
+
+
+def _measure(channel, metadata) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    policy = policy_pb2_grpc.PolicyServiceStub(channel)
+    keys = itertools.count()
+
+    def empty(n: int) -> None:
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+
+    def check(n: int) -> None:
+        request = pb.CheckEntitlementRequest(tenant_id=HOT, user_id=f"user{n % 50}", feature_id=FEATURE)
+        policy.CheckEntitlement(request, metadata=metadata, timeout=5)
+
+    reserve_samples: list[float] = []
+    lock = threading.Lock()
+
+    def reserve_commit(n: int) -> None:
+        started = time.perf_counter()
+        answer = policy.Reserve(
+            pb.ReserveRequest(
+                tenant_id=HOT, user_id=f"user{n % 50}", metric=METRIC, amount=3, idempotency_key=f"k{next(keys)}"
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+        took = time.perf_counter() - started
+        with lock:
+            reserve_samples.append(took)
+        assert answer.reserved, answer.refusal
+        policy.Commit(
+            pb.CommitRequest(tenant_id=HOT, reservation_id=answer.reservation.reservation_id, amount=2),
+            metadata=metadata,
+            timeout=10,
+        )
+
+    for call in (empty, check, reserve_commit):
+        timing.timed(call, WARMUP)
+    rows: list[tuple[str, list[float], float | None]] = [
+        ("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
+        ("CheckEntitlement, sequential", timing.timed(check, SEQUENTIAL), None),
+    ]
+    reserve_samples.clear()
+    rows.append(("Reserve+Commit, sequential", timing.timed(reserve_commit, SEQUENTIAL), None))
+    rows.append(("Reserve (of the pairs above), sequential", list(reserve_samples), None))
+    for label, call in (
+        (f"empty unary, {IN_FLIGHT} in flight", empty),
+        (f"CheckEntitlement, {IN_FLIGHT} in flight", check),
+    ):
+        samples, rate = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
+        rows.append((label, samples, rate))
+    reserve_samples.clear()
+    samples, rate = timing.concurrent(reserve_commit, CONCURRENT, IN_FLIGHT)
+    rows.append((f"Reserve+Commit, {IN_FLIGHT} in flight, one hot limit", samples, rate))
+    rows.append((f"Reserve (of those pairs), {IN_FLIGHT} in flight", list(reserve_samples), None))
+    _report(rows)
+
+
+def _report(rows) -> None:
+    base = {"sequential": rows[0][1], "in flight": rows[4][1]}
+    print(f"{'case':52} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
+    for label, samples, rate in rows:
+        reference = base["in flight" if "in flight" in label else "sequential"]
+        rate = rate or len(samples) / sum(samples)
+        p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
+        print(
+            f"{label:52} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
+            f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}"
+        )
+    print("goals: CheckEntitlement p99 <= 2x the empty RPC, Reserve p99 <= 3x")
+
+
+def _overshoot(channel, usage_channel, admin, metadata) -> None:
+    asked = IN_FLIGHT * OVERSHOOT_ROUNDS * 5 // 2  # the mean ask of 1..4 is 2.5
+    limit = asked // 2
+    _seed(admin, metadata, CAPPED, limit)
+    policy = policy_pb2_grpc.PolicyServiceStub(channel)
+    committed, refused, lock = [], [0], threading.Lock()
+
+    def caller(slot: int) -> None:
+        for n in range(OVERSHOOT_ROUNDS):
+            amount = 1 + (slot + n) % 4
+            answer = policy.Reserve(
+                pb.ReserveRequest(
+                    tenant_id=CAPPED, user_id=f"u{slot}", metric=METRIC, amount=amount, idempotency_key=f"{slot}-{n}"
+                ),
+                metadata=metadata,
+                timeout=30,
+            )
+            if not answer.reserved:
+                with lock:
+                    refused[0] += 1
+                continue
+            policy.Commit(
+                pb.CommitRequest(tenant_id=CAPPED, reservation_id=answer.reservation.reservation_id, amount=amount),
+                metadata=metadata,
+                timeout=30,
+            )
+            with lock:
+                committed.append(amount)
+
+    threads = [threading.Thread(target=caller, args=(slot,)) for slot in range(IN_FLIGHT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    usage = usage_pb2_grpc.UsageServiceStub(usage_channel)
+    total = -1
+    for _ in range(200):  # the outbox empties within a few passes; bounded
+        answer = usage.GetUsage(
+            u.GetUsageRequest(
+                tenant_id=CAPPED,
+                metrics=[METRIC],
+                start_time={"seconds": int(time.time()) - 40 * 86400},
+                end_time={"seconds": int(time.time()) + 60},
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+        total = sum(t.quantity for t in answer.totals)
+        if total == sum(committed):
+            break
+        time.sleep(0.05)
+    overshoot = max(0, sum(committed) - limit)
+    print(
+        f"hot limit {limit}: {IN_FLIGHT} callers asked {asked} in {IN_FLIGHT * OVERSHOOT_ROUNDS} reservations; "
+        f"committed {sum(committed)} ({refused[0]} refused), Usage holds {total}; overshoot {overshoot}"
+    )
+    if overshoot or total != sum(committed):
+        raise SystemExit("entitlements: the hard limit was overshot or Usage's total differs from the commits")
