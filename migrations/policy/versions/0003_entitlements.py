@@ -86,6 +86,7 @@ def downgrade() -> None:
     op.drop_table("reservations", schema=SCHEMA)
     op.drop_table("entitlement_locks", schema=SCHEMA)
     op.drop_table("grants", schema=SCHEMA)
-    with op.batch_alter_table("subscriptions", schema=_altered_schema()) as batch:  # SQLite: a copy of the table
+    # SQLite drops columns in place (3.35+): a copy of the table would lose its unnamed CHECK constraints.
+    with op.batch_alter_table("subscriptions", schema=_altered_schema(), recreate="never") as batch:
         batch.drop_column("time_zone")
         batch.drop_column("billing_anchor_us")

@@ -158,7 +158,8 @@ reservations = Table(
 )
 Index("reservations_open_idx", reservations.c.tenant_id, reservations.c.metric, reservations.c.state)
 
-# Committed amounts not yet in Usage: written in the commit's transaction, deleted once Usage holds the event.
+# Committed usage on its way to Usage: written in the commit's transaction, numbered once Usage holds the event,
+# deleted by the sweep some time later.
 usage_outbox = Table(
     "usage_outbox",
     metadata,
@@ -171,9 +172,13 @@ usage_outbox = Table(
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_us", BigInteger, nullable=False),
     Column("last_error", String(500), nullable=False),
+    # Set once Usage holds the event: 1, 2, 3… in the order deliveries are recorded (docs/entitlements.md).
+    Column("delivered_seq", BigInteger, nullable=True),
+    Column("delivered_us", BigInteger, nullable=True),
 )
 Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
 Index("usage_outbox_next_idx", usage_outbox.c.next_attempt_us)
+Index("usage_outbox_delivered_idx", usage_outbox.c.delivered_seq)
 
 # The audit chain of policy admin writes (shared/audit_chain.py).
 audit_records, audit_head = audit_tables(metadata)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import CursorResult, and_, delete, func, insert, literal, select, update
+from sqlalchemy import CursorResult, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,25 +49,43 @@ def lock(session: Session, tenant_id: str, metric: str) -> None:
     session.execute(select(L.c.tenant_id).where(key).with_for_update())
 
 
+def last_delivered(session: Session) -> int:
+    """The number of the latest delivery recorded: read before asking Usage, passed to `held` after."""
+    return session.execute(select(func.max(OUT.c.delivered_seq))).scalar() or 0
+
+
 def held(
-    session: Session, tenant_id: str, metric: str, user_id: str, now_us: int, windows: Sequence[tuple[int, int]]
+    session: Session,
+    tenant_id: str,
+    metric: str,
+    user_id: str,
+    now_us: int,
+    windows: Sequence[tuple[int, int]],
+    *,
+    delivered_after: int,
 ) -> tuple[int, int, list[tuple[int, int]]]:
-    """(open reservations of the tenant, of the user, [(pending commits of the tenant, of the user) per window]),
-    read in one statement so that a commit moving an amount from reserved to pending is seen on one side only."""
+    """(open reservations of the tenant, of the user, [(committed amounts of the tenant, of the user) per window
+    that Usage's answer may lack]), read in one statement so that a commit moving an amount from reserved to the
+    outbox is seen on one side only.
+
+    Usage's answer may lack an event not yet delivered, or delivered after `delivered_after` was read (it was
+    read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
+    before that read was in Usage before the question was sent."""
     open_ = and_(R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > now_us)
-    pending = and_(OUT.c.tenant_id == tenant_id, OUT.c.metric == metric)
+    maybe_missing = and_(
+        OUT.c.tenant_id == tenant_id,
+        OUT.c.metric == metric,
+        or_(OUT.c.delivered_seq.is_(None), OUT.c.delivered_seq > delivered_after),
+    )
     columns = [
         select(func.coalesce(func.sum(R.c.amount), 0)).where(open_).scalar_subquery(),
         select(func.coalesce(func.sum(R.c.amount), 0)).where(open_, R.c.user_id == user_id).scalar_subquery(),
     ]
+    waiting = func.coalesce(func.sum(OUT.c.quantity), 0)
     for start, end in windows:
-        in_window = and_(pending, OUT.c.occurred_us >= start, OUT.c.occurred_us < end)
-        columns.append(select(func.coalesce(func.sum(OUT.c.quantity), 0)).where(in_window).scalar_subquery())
-        columns.append(
-            select(func.coalesce(func.sum(OUT.c.quantity), 0))
-            .where(in_window, OUT.c.user_id == user_id)
-            .scalar_subquery()
-        )
+        in_window = and_(maybe_missing, OUT.c.occurred_us >= start, OUT.c.occurred_us < end)
+        columns.append(select(waiting).where(in_window).scalar_subquery())
+        columns.append(select(waiting).where(in_window, OUT.c.user_id == user_id).scalar_subquery())
     values = [int(v) for v in session.execute(select(*columns, literal(1))).one()[:-1]]
     return values[0], values[1], [(values[i], values[i + 1]) for i in range(2, len(values), 2)]
 
@@ -135,23 +153,30 @@ def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
     ]
 
 
-def outbox_events(session: Session, event_ids: Sequence[str]) -> list[OutboxEvent]:
-    query = select(OUT).where(OUT.c.event_id.in_(list(event_ids))).order_by(OUT.c.event_id)
-    return [
-        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us)
-        for r in session.execute(query)
-    ]
-
-
 def delivered(session: Session, event_id: str, now_us: int) -> bool:
-    """Usage holds the event: drop it from the outbox and mark its reservation recorded; False if already done."""
-    gone = cast(CursorResult, session.execute(delete(OUT).where(OUT.c.event_id == event_id))).rowcount
+    """Usage holds the event: number its delivery (one more than the latest) and mark its reservation recorded;
+    False if it was recorded before."""
+    latest = select(func.coalesce(func.max(OUT.c.delivered_seq), 0) + 1).scalar_subquery()
+    numbered = cast(
+        CursorResult,
+        session.execute(
+            update(OUT)
+            .where(OUT.c.event_id == event_id, OUT.c.delivered_seq.is_(None))
+            .values(delivered_seq=latest, delivered_us=now_us)
+        ),
+    ).rowcount
     session.execute(
         update(R)
         .where(R.c.reservation_id == reservation_of_event(event_id), R.c.recorded_us.is_(None))
         .values(recorded_us=now_us)
     )
-    return bool(gone)
+    return bool(numbered)
+
+
+def forget_delivered(session: Session, before_us: int) -> None:
+    """Delete rows delivered before `before_us`, keeping the latest so the numbering never restarts."""
+    latest = select(func.max(OUT.c.delivered_seq)).scalar_subquery()
+    session.execute(delete(OUT).where(OUT.c.delivered_us < before_us, OUT.c.delivered_seq < latest))
 
 
 def drop(session: Session, event_id: str) -> None:

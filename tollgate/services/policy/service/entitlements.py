@@ -1,11 +1,12 @@
-"""CheckEntitlement, Reserve, Commit and Release (docs/entitlements.md).
+"""CheckEntitlement, Reserve, Commit and Release (docs/entitlements.md, "The consistency boundary").
 
-The balance a reservation is decided on cannot move under it: Reserve (and Commit) hold the
-(tenant, metric) lock row for the whole transaction, read what Policy holds (open reservations and
-commits Usage does not hold yet) in one statement, and only then ask Usage for the period's usage. That
-order matters: an amount leaving the outbox is already in Usage by the time the outbox no longer shows
-it, so it is counted once or (for an instant) twice, never zero times. Reads of Usage here are never
-reused from the resolve path's cache.
+Usage is asked first (fresh, never from the resolve path's cache), after noting the latest delivery the
+outbox recorded. Then Reserve takes the (tenant, metric) lock row (Commit takes it too) and, in one
+statement, reads the open reservations and every committed amount Usage's answer may lack: those not yet
+delivered, or delivered after the noted one. A delivery is recorded only once Usage holds the event, so
+one recorded before the note was in Usage before the question was sent: every committed amount is
+counted once, or (for an instant) twice, never zero times, and the lock is held for a statement and an
+insert, not for a call to Usage.
 """
 
 from __future__ import annotations
@@ -62,41 +63,58 @@ class Finished:
     now_us: int
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """Usage's answer for some quotas, and the latest delivery recorded before the question was sent."""
+
+    usage: QuotaUsage
+    delivered_before: int
+
+
+def _ask_usage(
+    snapshot: Snapshot,
+    quotas: Sequence[QuotaLimit],
+    user_id: str,
+    *,
+    usage: UsagePort,
+    deadline: Deadline,
+    delivered_before: int,
+) -> _Asked:
+    """Ask Usage for the quotas' period usage (fresh), outside any lock; `delivered_before` was read just before."""
+    read = usage.quota_usage(
+        snapshot.tenant_id, quotas, deadline=deadline, subscription=snapshot.subscription, user_id=user_id, fresh=True
+    )
+    return _Asked(read, delivered_before)
+
+
 def _balances(
     session: Session,
     snapshot: Snapshot,
     quotas: Sequence[QuotaLimit],
     user_id: str,
     now_us: int,
-    *,
-    usage: UsagePort,
-    deadline: Deadline,
-    extra: int = 0,
+    asked: _Asked,
 ) -> tuple[list[Balance], QuotaUsage]:
-    """Each quota's balance now (with `extra` more reserved); and the usage read, pending commits included."""
+    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack; and that usage."""
     windows = {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
     held_by_metric: dict[str, tuple[int, int, dict[QuotaLimit, tuple[int, int]]]] = {}
     for metric in sorted({q.metric for q in quotas}):
         mine = [q for q in quotas if q.metric == metric]
         reserved, user_reserved, pending_sums = entitlements.held(
-            session, snapshot.tenant_id, metric, user_id, now_us, [windows[q] for q in mine]
+            session,
+            snapshot.tenant_id,
+            metric,
+            user_id,
+            now_us,
+            [windows[q] for q in mine],
+            delivered_after=asked.delivered_before,
         )
         held_by_metric[metric] = (reserved, user_reserved, dict(zip(mine, pending_sums)))
-    # After what Policy holds, never before (module docstring).
-    read = usage.quota_usage(
-        snapshot.tenant_id,
-        quotas,
-        deadline=deadline,
-        subscription=snapshot.subscription,
-        user_id=user_id,
-        fresh=True,
-    )
-    used, user_used, balances = dict(read.used), dict(read.user_used), []
+    used, user_used, balances = dict(asked.usage.used), dict(asked.usage.user_used), []
     for quota in quotas:
         reserved, user_reserved, pending = held_by_metric[quota.metric]
         per_user = quota.scope == QuotaScope.USER
-        key = (quota.metric, quota.period)
-        from_usage = (user_used if per_user else used).get(key, 0)
+        from_usage = (user_used if per_user else used).get((quota.metric, quota.period), 0)
         waiting = pending[quota][1 if per_user else 0]
         balances.append(
             rules.balance_of(
@@ -104,7 +122,7 @@ def _balances(
                 windows[quota],
                 snapshot.grants,
                 used=from_usage + waiting,
-                reserved=(user_reserved if per_user else reserved) + extra,
+                reserved=user_reserved if per_user else reserved,
                 at_us=now_us,
             )
         )
@@ -134,9 +152,12 @@ def check_entitlement(
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
     relevant = [q for q in plan_quotas if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)]
     shown = [q for q in relevant if not metric or q.metric == metric]
+    with sessions.begin() as session:
+        delivered_before = entitlements.last_delivered(session)
+    asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, delivered_before=delivered_before)
     now_us = now_micros()
     with sessions.begin() as session:
-        balances, used = _balances(session, snapshot, relevant, user_id, now_us, usage=usage, deadline=deadline)
+        balances, used = _balances(session, snapshot, relevant, user_id, now_us, asked)
     resolution = None
     if feature_id:
         resolution = snapshot.resolve(
@@ -171,15 +192,18 @@ def reserve(
     if not quotas:
         raise NoQuota(tenant_id, metric)
     with sessions.begin() as session:
+        existing = entitlements.find_by_key(session, tenant_id, key)
+        delivered_before = entitlements.last_delivered(session)
+    if existing is not None:  # a retry: answered without asking Usage (checked again under the lock below)
+        return _replay(existing, user_id, metric, amount, key)
+    asked = _ask_usage(snapshot, quotas, user_id, usage=usage, deadline=deadline, delivered_before=delivered_before)
+    with sessions.begin() as session:
         entitlements.lock(session, tenant_id, metric)  # the same key always takes the same lock: check after it
-        now_us = now_micros()
         existing = entitlements.find_by_key(session, tenant_id, key)
         if existing is not None:
-            if (existing.user_id, existing.metric, existing.amount) != (user_id, metric, amount):
-                raise IdempotencyKeyReused(key, existing.reservation_id)
-            metrics.RESERVATIONS.labels("replayed").inc()
-            return Reserved(existing, [], "", now_us)
-        balances, _ = _balances(session, snapshot, quotas, user_id, now_us, usage=usage, deadline=deadline)
+            return _replay(existing, user_id, metric, amount, key)
+        now_us = now_micros()
+        balances, _ = _balances(session, snapshot, quotas, user_id, now_us, asked)
         short = rules.refusal(balances, amount)
         if short is not None:
             metrics.RESERVATIONS.labels("refused").inc()
@@ -192,6 +216,13 @@ def reserve(
     metrics.RESERVATIONS.labels("reserved").inc()
     after = [replace(b, reserved=b.reserved + amount) for b in balances]
     return Reserved(reservation, rules.decide(after), "", now_us)
+
+
+def _replay(existing: Reservation, user_id: str, metric: str, amount: int, key: str) -> Reserved:
+    if (existing.user_id, existing.metric, existing.amount) != (user_id, metric, amount):
+        raise IdempotencyKeyReused(key, existing.reservation_id)
+    metrics.RESERVATIONS.labels("replayed").inc()
+    return Reserved(existing, [], "", now_micros())
 
 
 def commit(
@@ -246,14 +277,16 @@ def commit(
                 recorded_us=None if amount else now_us,
             )
     if committed.committed_amount and committed.recorded_us is None:
-        if rules.event_id_of(reservation_id) in dispatcher.deliver(
-            [rules.event_id_of(reservation_id)], deadline=deadline
-        ):
+        event = OutboxEvent(
+            rules.event_id_of(reservation_id),
+            tenant_id,
+            committed.metric,
+            committed.user_id,
+            committed.committed_amount,
+            committed.finish_us or now_us,
+        )
+        if dispatcher.send([event], deadline=deadline):
             committed = replace(committed, recorded_us=now_micros())
-        else:
-            with sessions.begin() as session:  # another sender may have delivered it meanwhile
-                fresh = entitlements.get(session, tenant_id, reservation_id)
-            committed = fresh or committed
     return Finished(committed, now_micros())
 
 

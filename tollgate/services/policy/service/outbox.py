@@ -4,8 +4,9 @@ A Commit writes its usage event to the outbox in the same transaction as the com
 this dispatcher to send it at once; whatever is not sent then (Usage down, slow, Policy killed) is sent by
 the background loop, retried with backoff for as long as it takes. Every send of one event carries the
 same event_id, derived from the reservation, so Usage stores it once and answers a resend DUPLICATE.
-An event is dropped from the outbox only once Usage holds it, or refused it for good (logged as an
-error): until then it counts against the balance as usage Usage does not hold yet.
+An event leaves the count of what Usage lacks only once Usage holds it (its delivery is then numbered,
+and the row deleted an hour later), or refused it for good (logged as an error, deleted): until then it
+counts against the balance as usage Usage does not hold yet.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from tollgate.shared.clock import now_micros
 log = logging.getLogger("tollgate.policy.outbox")
 BATCH = 500
 MAX_BACKOFF_US = 30_000_000
+# Delivered rows are kept this long: far longer than any Reserve takes between noting the latest delivery and
+# reading the outbox, which is all they are kept for.
+FORGET_AFTER_US = 3_600_000_000
 
 
 class Dispatcher:
@@ -33,10 +37,8 @@ class Dispatcher:
     def __init__(self, sessions: Sessions, usage: UsagePort, *, interval: float):
         self._sessions, self._usage, self._interval = sessions, usage, interval
 
-    def deliver(self, event_ids: Sequence[str], *, deadline: Deadline) -> set[str]:
-        """Send these outbox events now; the ids Usage holds afterwards (those not sent stay for the loop)."""
-        with self._sessions.begin() as session:
-            events = entitlements.outbox_events(session, event_ids)
+    def send(self, events: Sequence[OutboxEvent], *, deadline: Deadline) -> set[str]:
+        """Send a commit's own events now; the ids Usage holds afterwards (the rest stay for the loop)."""
         return self._send(events, deadline)
 
     def run(self, stopping: threading.Event) -> None:
@@ -52,6 +54,7 @@ class Dispatcher:
         now_us = now_micros()
         with self._sessions.begin() as session:
             entitlements.sweep_expired(session, now_us, BATCH)
+            entitlements.forget_delivered(session, now_us - FORGET_AFTER_US)
             events = entitlements.due_outbox(session, now_us, BATCH)
         return len(self._send(events, Deadline()))
 
