@@ -348,3 +348,19 @@ def test_a_policy_token_without_usage_write_keeps_commits_in_the_outbox_and_quot
     # Counted while in the outbox, and once in Usage (this module's other Policy, which may write, delivers it).
     [q] = check(api, tenant).quotas
     assert (q.usage, q.balance) == (10, 90)
+
+
+def test_grants_that_start_later_expire_or_are_voided_mid_period_count_only_while_active(admin, api, tenant):
+    world(admin, tenant, quota(100))
+    now = time.time()
+    later = grant(admin, tenant, 7, effective_time=Timestamp(seconds=int(now) + 3600))
+    brief = grant(admin, tenant, 20, expire_time=Timestamp(seconds=int(now) + 2))
+    voided = grant(admin, tenant, 40)
+    assert check(api, tenant).quotas[0].granted == 60  # the later one does not count yet
+    admin.VoidGrant(pb.VoidGrantRequest(tenant_id=tenant, grant_id=voided.grant_id))
+    assert check(api, tenant).quotas[0].granted == 20
+    while time.time() < brief.expire_time.seconds:
+        time.sleep(0.05)
+    [q] = check(api, tenant).quotas
+    assert (q.granted, q.balance, [g.grant_id for g in q.grants]) == (0, 100, [])
+    assert later.grant_id in [g.grant_id for g in admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants]
