@@ -49,7 +49,16 @@ def test_on_postgres_each_history_touches_only_its_own_schema(fresh_postgres):
 
 
 # Where each Usage table goes on a Citus cluster (docs/operations.md, "Outgrowing one PostgreSQL: Citus").
-CITUS_DISTRIBUTED = {"events", "aggregates", "dirty_buckets", "purge_horizons", "rollup_runs", "dimension_combinations"}
+CITUS_DISTRIBUTED = {
+    "events",
+    "aggregates",
+    "dirty_buckets",
+    "purge_horizons",
+    "rollup_runs",
+    "dimension_combinations",
+    "meter_days",
+    "meter_work",
+}
 CITUS_DISTRIBUTED_ONCE_KEYED_BY_TENANT = {"rollup_work"}
 CITUS_REFERENCE = {"metrics"}
 CITUS_ON_THE_COORDINATOR = {"credentials", "job_leases", "audit_records", "audit_head", "alembic_version"}

@@ -19,7 +19,7 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from tollgate.services.usage.domain.buckets import ALL_HOURS
 from tollgate.shared.audit_chain import audit_tables
@@ -191,6 +191,34 @@ dimension_combinations = Table(
     Column("dimensions", Text, nullable=False),
     Column("first_seen_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "metric", "dimensions", name="dimension_combinations_pkey"),
+)
+
+# Rollups that carry dimensions (docs/usage.md, "Meters"; domain/meter_rollups.py): per tenant, metric, cuboid ('' all
+# events, or a dimension's name) and UTC day, one row per dimension values (canonical JSON,
+# jsonb on PostgreSQL) with the day's hours that had events, as aligned arrays (JSON lists on SQLite): sum, count,
+# min, max and the latest event (instant, id, quantity). PostgreSQL rows also hold running sums of the quantities
+# and counts (25 values: [h + 1] sums the hours before h). A row holds for every hour whose bit of its day's dirty
+# mark is clear (migration usage_0016).
+meter_days = Table(
+    "meter_days",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("cuboid", String(128), nullable=False),
+    Column("day_us", BigInteger, nullable=False),
+    Column("dimensions", Text().with_variant(JSONB(), "postgresql"), nullable=False),
+    _hours_column("hour_offsets", SmallInteger),
+    _hours_column("hour_quantities", Numeric(40, 0)),
+    _hours_column("hour_counts", BigInteger),
+    _hours_column("hour_mins", BigInteger),
+    _hours_column("hour_maxes", BigInteger),
+    _hours_column("hour_latest_at", BigInteger),
+    _hours_column("hour_latest_ids", Text),
+    _hours_column("hour_latest_quantities", BigInteger),
+    _hours_column("running_quantities", Numeric(40, 0)),
+    _hours_column("running_counts", BigInteger),
+    Column("computed_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "metric", "day_us", "cuboid", "dimensions", name="meter_days_pkey"),
 )
 
 # The audit chain of Usage's admin writes (UpsertMetric, PurgeEvents; shared/audit_chain.py). One chain

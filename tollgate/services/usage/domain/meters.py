@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.aggregations import ACTOR_ID, Aggregation
 from tollgate.services.usage.domain.catalog import MAX_DIMENSIONS, Metric
 from tollgate.services.usage.domain.windows import Span, Window
@@ -73,6 +74,7 @@ class MeterPlan(NamedTuple):
     group_by: tuple[str, ...]
     filters: tuple[tuple[str, tuple[str, ...]], ...]
     actor_ids: tuple[str, ...]
+    cuboid: str | None = None  # the rollup cuboid answering it where days are rolled up; None: raw events only
 
 
 def check_shape(query: MeterQuery) -> None:
@@ -133,4 +135,7 @@ def plan(query: MeterQuery, metric: Metric, windows: list[Span], first_window: i
         query.group_by,
         query.filters,
         query.actor_ids,
+        meter_rollups.cuboid_for(
+            metric.aggregation, query.group_by, [name for name, _ in query.filters], query.actor_ids
+        ),
     )

@@ -3,11 +3,18 @@ order by the C collation, sums as numeric, LATEST as the first of an ordered arr
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Integer, bindparam, cast, distinct, func, literal_column
+from collections.abc import Sequence
+
+from sqlalchemy import BigInteger, Integer, String, bindparam, cast, distinct, func, literal_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.repository.meters import EVENTS
+
+# A group's latest event as one value ("usage".meter_latest, migration usage_0016), and the latest of such values.
+_LATEST = '(array_agg(ROW({at}, {id}, {q})::"usage".meter_latest ORDER BY {at} DESC, {id} COLLATE "C" DESC))[1]'
+_LATEST_OF_PARTS = '((array_agg(u.p0 ORDER BY (u.p0).at DESC, (u.p0).id COLLATE "C" DESC))[1]).quantity'
 
 
 class Pieces:
@@ -48,6 +55,73 @@ class Pieces:
 
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         return int(cells[0])
+
+    def table(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]):
+        arrays = [
+            bindparam(f"{name}_{column}", [row[i] for row in rows], type_=ARRAY(BigInteger))
+            for i, column in enumerate(columns)
+        ]
+        return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+    def rolled_dimension(self, rows, name: str):
+        return rows.c.dimensions.op("->>", return_type=String())(literal_column(f"'{name}'"))
+
+    def raw_partials(self, aggregation: Aggregation) -> list:
+        q = EVENTS.c.quantity
+        if aggregation is Aggregation.SUM:
+            return [func.sum(q).label("p0")]
+        if aggregation is Aggregation.MIN:
+            return [func.min(q).label("p0")]
+        if aggregation is Aggregation.MAX:
+            return [func.max(q).label("p0")]
+        if aggregation is Aggregation.LATEST:
+            return [literal_column(_LATEST.format(at="e.occurred_at_us", id="e.event_id", q="e.quantity")).label("p0")]
+        return []
+
+    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
+        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+            # Running sums: the hours [h1, h2) of a row are one subtraction, not an unnest.
+            quantity = rows.c.running_quantities[end_hour + 1] - rows.c.running_quantities[first_hour + 1]
+            count = func.sum(rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1])
+            return [], [], [func.sum(quantity).label("p0")] if aggregation is Aggregation.SUM else [], count
+        column = {
+            Aggregation.MIN: rows.c.hour_mins,
+            Aggregation.MAX: rows.c.hour_maxes,
+        }
+        if aggregation is Aggregation.LATEST:
+            hours = (
+                func.unnest(
+                    rows.c.hour_offsets,
+                    rows.c.hour_counts,
+                    rows.c.hour_latest_at,
+                    rows.c.hour_latest_ids,
+                    rows.c.hour_latest_quantities,
+                )
+                .table_valued("o", "c", "at", "id", "q")
+                .render_derived(name="h")
+            )
+            partial: ColumnElement = literal_column(_LATEST.format(at="h.at", id="h.id", q="h.q")).label("p0")
+        else:
+            hours = (
+                func.unnest(rows.c.hour_offsets, rows.c.hour_counts, column[aggregation])
+                .table_valued("o", "c", "x")
+                .render_derived(name="h")
+            )
+            pick = func.min if aggregation is Aggregation.MIN else func.max
+            partial = pick(hours.c.x).label("p0")
+        conditions = [hours.c.o >= first_hour, hours.c.o < end_hour]
+        return [hours], conditions, [partial], func.sum(hours.c.c)
+
+    def combine(self, aggregation: Aggregation, parts) -> list:
+        if aggregation is Aggregation.SUM:
+            return [func.sum(parts.c.p0).label("v")]
+        if aggregation is Aggregation.MIN:
+            return [func.min(parts.c.p0).label("v")]
+        if aggregation is Aggregation.MAX:
+            return [func.max(parts.c.p0).label("v")]
+        if aggregation is Aggregation.LATEST:
+            return [literal_column(_LATEST_OF_PARTS).label("v")]
+        return [func.sum(parts.c.c).label("v")]
 
 
 PIECES = Pieces()

@@ -34,7 +34,8 @@ from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.buckets import DAY_US, MAX_TOTAL, WEEK_US, Period
 from tollgate.services.usage.repository import rowcount
-from tollgate.services.usage.repository.postgres import rollup_days
+from tollgate.services.usage.repository.meters import rolled_up_metrics
+from tollgate.services.usage.repository.postgres import meter_days, rollup_days
 from tollgate.services.usage.repository.postgres.rollup_days import MARKS as _MARKS
 from tollgate.services.usage.repository.postgres.rollup_days import WORK as _WORK
 from tollgate.services.usage.repository.rollups import RefusedBucket
@@ -147,7 +148,8 @@ ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     total_quantity = excluded.total_quantity, event_count = excluded.event_count,
     source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us,
     hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
-    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
+    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests
+RETURNING tenant_id, metric, period, period_start_us"""
 
 
 class Pass(NamedTuple):
@@ -193,6 +195,8 @@ def compute_pass(
     session.execute(text(f"ANALYZE {_WORK} (series, period, period_start_us)"))  # not the arrays: slow, unused
     session.execute(text(_FOLD), {"below": int(Period.DAY), "periods": [int(Period.WEEK), int(Period.MONTH)]})
     session.execute(text(f"DELETE FROM {_PASSES} WHERE created_at_us < :stale"), {"stale": now_us - STALE_US})
+    meter_days.sweep(session, None, now_us - STALE_US)
+    meter_days.compute(session, pass_id, now_us, rolled_up_metrics(session))
     session.execute(text(_HAND_OVER), {"pass": pass_id, "now": now_us})
     first, last = session.execute(
         text(f"SELECT min(seq), max(seq) FROM {_PASSES} WHERE pass_id = :pass"), {"pass": pass_id}
@@ -202,13 +206,17 @@ def compute_pass(
 
 
 def apply_pass(session: Session, pass_id: int, after: int, size: int, now_us: int) -> int:
-    """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks."""
+    """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks;
+    replace the meter rows of the days among them (meter_days.py)."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
-    return rowcount(
-        session.execute(text(_APPLY), {"pass": pass_id, "after": after, "until": after + size, "now": now_us})
-    )
+    claimed = session.execute(
+        text(_APPLY), {"pass": pass_id, "after": after, "until": after + size, "now": now_us}
+    ).all()
+    meter_days.apply(session, pass_id, [(t, m, s) for t, m, p, s in claimed if p == Period.DAY], now_us)
+    return len(claimed)
 
 
 def drop_pass(session: Session, pass_id: int) -> None:
     session.execute(text(f"DELETE FROM {_PASSES} WHERE pass_id = :pass"), {"pass": pass_id})
+    meter_days.sweep(session, pass_id)

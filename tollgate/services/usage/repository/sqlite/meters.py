@@ -4,8 +4,10 @@ halves (SQLite's sum() fails on an overflow), LATEST as the row of one max() (SQ
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from sqlalchemy import BigInteger, bindparam, distinct, func, literal_column, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.repository.meters import EVENTS
@@ -54,6 +56,63 @@ class Pieces:
         if aggregation is Aggregation.LATEST:
             return int(cells[1])
         return int(cells[0])
+
+    def table(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]):
+        cells = func.json_each(bindparam(f"{name}_rows", json.dumps(rows))).table_valued("value")
+        at = [func.json_extract(cells.c.value, f"$[{i}]").label(column) for i, column in enumerate(columns)]
+        return select(*at).select_from(cells).subquery(name)
+
+    def rolled_dimension(self, rows, name: str):
+        return func.json_extract(rows.c.dimensions, literal_column(f"'$.{name}'"))
+
+    def raw_partials(self, aggregation: Aggregation) -> list:
+        q = EVENTS.c.quantity
+        if aggregation is Aggregation.SUM:
+            return [func.sum(q.op("/")(_SPLIT_SQL)).label("p0"), func.sum(q.op("%")(_SPLIT_SQL)).label("p1")]
+        if aggregation is Aggregation.MIN:
+            return [func.min(q).label("p0")]
+        if aggregation is Aggregation.MAX:
+            return [func.max(q).label("p0")]
+        if aggregation is Aggregation.LATEST:
+            return [func.max(literal_column(_LATEST_KEY)).label("p0"), q.label("p1")]
+        return []
+
+    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
+        hours = func.json_each(rows.c.hour_offsets).table_valued("key", "value").alias("h")
+
+        def at(column: str):
+            return literal_column(f"json_extract(md.{column}, '$[' || h.key || ']')", BigInteger())
+
+        conditions = [hours.c.value >= first_hour, hours.c.value < end_hour]
+        count = func.sum(at("hour_counts"))
+        if aggregation is Aggregation.SUM:
+            q = at("hour_quantities")
+            partials = [func.sum(q.op("/")(_SPLIT_SQL)).label("p0"), func.sum(q.op("%")(_SPLIT_SQL)).label("p1")]
+        elif aggregation is Aggregation.MIN:
+            partials = [func.min(at("hour_mins")).label("p0")]
+        elif aggregation is Aggregation.MAX:
+            partials = [func.max(at("hour_maxes")).label("p0")]
+        elif aggregation is Aggregation.LATEST:
+            key: ColumnElement = literal_column(
+                f"printf('%020d', json_extract(md.hour_latest_at, '$[' || h.key || ']') + {-clock.MIN_MICROS}) "
+                "|| json_extract(md.hour_latest_ids, '$[' || h.key || ']')"
+            )
+            partials = [func.max(key).label("p0"), at("hour_latest_quantities").label("p1")]
+        else:
+            partials = []
+        return [hours], conditions, partials, count
+
+    def combine(self, aggregation: Aggregation, parts) -> list:
+        if aggregation is Aggregation.SUM:
+            return [func.sum(parts.c.p0).label("v"), func.sum(parts.c.p1).label("v_low")]
+        if aggregation is Aggregation.MIN:
+            return [func.min(parts.c.p0).label("v")]
+        if aggregation is Aggregation.MAX:
+            return [func.max(parts.c.p0).label("v")]
+        if aggregation is Aggregation.LATEST:
+            # One max() in the query: SQLite reads the bare p1 from the row holding it.
+            return [func.max(parts.c.p0).label("v_key"), parts.c.p1.label("v")]
+        return [func.sum(parts.c.c).label("v")]
 
 
 PIECES = Pieces()

@@ -21,18 +21,21 @@ refused, for the caller to report; the step goes on past it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, tuple_
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from tollgate.services.usage.domain import digests
-from tollgate.services.usage.domain.buckets import HOUR_US, MAX_TOTAL, Period, hours_in, next_start
+from tollgate.services.usage.domain import digests, meter_rollups
+from tollgate.services.usage.domain.aggregations import Sample
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, MAX_TOTAL, Period, hours_in, next_start
 from tollgate.services.usage.domain.marks import recomputed_hours
+from tollgate.services.usage.repository.meters import rolled_up_metrics
 from tollgate.services.usage.repository.rollups import RefusedBucket
 from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
-from tollgate.services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events
+from tollgate.services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, meter_days
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
 _MARKS_PER_READ = 100
@@ -55,6 +58,7 @@ def roll_up_step(
 ) -> Step:
     """Recompute marks after the key `after` until `budget` rows were read or `max_buckets` (0: any) cleared."""
     step, spent = Step(after=after), 0
+    rolled_up = rolled_up_metrics(session)
     while spent < budget and (not max_buckets or step.done < max_buckets):
         marks = _marks_after(session, tenant_id, step.after)
         if not marks:
@@ -65,6 +69,8 @@ def roll_up_step(
                 return step
             if period == Period.DAY:
                 read, left, total = _day(session, tenant, metric, start_us, dirty_hours, budget - spent, now_us)
+                if not left and total is None:
+                    read += _meter_day(session, tenant, metric, start_us, rolled_up.get(metric), now_us)
             else:
                 read, left, total = _fold(session, tenant, metric, Period(period), start_us, now_us)
             spent += read
@@ -119,6 +125,56 @@ def _day(
             .values(dirty_hours=left)
         )
     return read, left, None
+
+
+def _meter_day(session: Session, tenant: str, metric: str, day_us: int, declared: list[str] | None, now_us: int) -> int:
+    """Replace the day's meter rows (domain/meter_rollups.py) with those of its events, read whole, when the metric is
+    rolled up with dimensions (`declared`: its dimensions; None when it is not); the events read. Called when the
+    day's mark is about to go: while a day is marked, questions read it from raw events."""
+    session.execute(
+        meter_days.delete().where(
+            meter_days.c.tenant_id == tenant, meter_days.c.metric == metric, meter_days.c.day_us == day_us
+        )
+    )
+    if declared is None:
+        return 0
+    e = events.c
+    found = session.execute(
+        select(e.occurred_at_us, e.event_id, e.quantity, e.dimensions).where(
+            e.tenant_id == tenant, e.metric == metric, e.occurred_at_us >= day_us, e.occurred_at_us < day_us + DAY_US
+        )
+    ).all()
+    rows = meter_rollups.day_rows(
+        day_us, ((Sample(at, event_id, q), json.loads(d) if d else {}) for at, event_id, q, d in found), declared
+    )
+    if any(hour.quantity > MAX_TOTAL for hours in rows.values() for hour in hours):
+        return len(found)  # no rows: questions read the day from raw events, which sum beyond int64 exactly
+    if rows:
+        session.execute(
+            meter_days.insert(),
+            [
+                dict(
+                    tenant_id=tenant,
+                    metric=metric,
+                    cuboid=cuboid,
+                    day_us=day_us,
+                    dimensions=values,
+                    hour_offsets=[h.offset for h in hours],
+                    hour_quantities=[h.quantity for h in hours],
+                    hour_counts=[h.events for h in hours],
+                    hour_mins=[h.low for h in hours],
+                    hour_maxes=[h.high for h in hours],
+                    hour_latest_at=[h.latest[0] for h in hours],
+                    hour_latest_ids=[h.latest[1] for h in hours],
+                    hour_latest_quantities=[h.latest[2] for h in hours],
+                    running_quantities=None,
+                    running_counts=None,
+                    computed_at_us=now_us,
+                )
+                for (cuboid, values), hours in rows.items()
+            ],
+        )
+    return len(found)
 
 
 def _fold(
