@@ -35,5 +35,6 @@ RESERVATIONS = Counter(
 )
 OUTBOX_SENT = Counter(
     "tollgate_policy_outbox_delivered_total",
-    "Committed usage events Usage confirmed holding (sent from a Commit or from the outbox loop).",
+    "Committed usage events Usage confirmed holding, by sender: commit (the Commit itself) or loop (the outbox loop).",
+    ["via"],
 )

@@ -68,6 +68,11 @@ class CircuitBreaker:
                 return True
             return False
 
+    def is_open(self) -> bool:
+        """Whether calls fail fast now (read-only: no probe is let through)."""
+        with self._lock:
+            return time.monotonic() < self._open_until
+
     def succeeded(self) -> bool:
         """Close the circuit; True when this success ends an outage."""
         with self._lock:
@@ -166,21 +171,24 @@ class UsageClient:
         self._succeeded()
         return answer
 
-    def record_events(self, tenant_id: str, events: list[OutboxEvent], *, timeout: float | None) -> list[Delivery]:
+    def record_events(
+        self, tenant_id: str, events: list[OutboxEvent], *, timeout: float | None, fail_fast: bool = False
+    ) -> list[Delivery]:
         """RecordEvents of committed usage; ACCEPTED and DUPLICATE mean Usage holds the event (a resend after a
-        lost answer is a DUPLICATE, so sending again is always safe)."""
-        seconds = self._timeout(timeout)
-        self._allow()
+        lost answer is a DUPLICATE, so sending again is always safe).
+
+        Sends stay out of the circuit and the outage log, which are about reads: the outbox retries on its own
+        schedule, and a token without usage:write is a configuration to fix, not an outage. `fail_fast` (a
+        Commit's own send) gives up at once while the circuit is open; the outbox loop always tries."""
+        if fail_fast and self.breaker.is_open():
+            raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
         request = usage_pb2.RecordEventsRequest(tenant_id=tenant_id, events=[_event(e) for e in events])
         try:
-            answer = self._stub.RecordEvents(request, timeout=seconds, metadata=self._metadata)
+            answer = self._stub.RecordEvents(request, timeout=self._timeout(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
             if error.code() in _REFUSALS:
-                # Usage answered: a token without usage:write is a configuration to fix, not an outage, and must
-                # not open the circuit that quota reads go through. The events stay in the outbox meanwhile.
                 raise UsageRefused(f"usage service refused RecordEvents: {error.code().name}") from None
-            raise self._failed("RecordEvents", error) from None
-        self._succeeded()
+            raise UsageUnavailable(f"usage service answered {error.code().name} to RecordEvents") from None
         held = (usage_pb2.VERDICT_ACCEPTED, usage_pb2.VERDICT_DUPLICATE)
         return [
             Delivery(

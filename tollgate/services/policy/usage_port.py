@@ -101,9 +101,12 @@ class UsagePort:
         anchor = (subscription.billing_anchor_us, subscription.time_zone) if subscription else None
         return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items())), ask)
 
-    def record(self, tenant_id: str, events: Sequence[OutboxEvent], *, timeout: float | None) -> list[Delivery]:
-        """Send committed usage to Usage; one Delivery per event, in order (UsageUnavailable when not sent)."""
-        return self._client.record_events(tenant_id, list(events), timeout=timeout)
+    def record(
+        self, tenant_id: str, events: Sequence[OutboxEvent], *, timeout: float | None, fail_fast: bool = False
+    ) -> list[Delivery]:
+        """Send committed usage to Usage; one Delivery per event, in order (UsageUnavailable when not sent;
+        `fail_fast`: at once while Usage is known to be down)."""
+        return self._client.record_events(tenant_id, list(events), timeout=timeout, fail_fast=fail_fast)
 
     def ranking_totals(
         self, tenant_id: str, user_id: str, metrics: Sequence[str], window_seconds: int, *, deadline: Deadline

@@ -39,7 +39,7 @@ class Dispatcher:
 
     def send(self, events: Sequence[OutboxEvent], *, deadline: Deadline) -> set[str]:
         """Send a commit's own events now; the ids Usage holds afterwards (the rest stay for the loop)."""
-        return self._send(events, deadline)
+        return self._send(events, deadline, "commit")
 
     def run(self, stopping: threading.Event) -> None:
         """Until stopping: send what is due, mark expired reservations, sleep."""
@@ -56,16 +56,18 @@ class Dispatcher:
             entitlements.sweep_expired(session, now_us, BATCH)
             entitlements.forget_delivered(session, now_us - FORGET_AFTER_US)
             events = entitlements.due_outbox(session, now_us, BATCH)
-        return len(self._send(events, Deadline()))
+        return len(self._send(events, Deadline(), "loop"))
 
-    def _send(self, events: Sequence[OutboxEvent], deadline: Deadline) -> set[str]:
+    def _send(self, events: Sequence[OutboxEvent], deadline: Deadline, via: str) -> set[str]:
         by_tenant: dict[str, list[OutboxEvent]] = defaultdict(list)
         for event in events:
             by_tenant[event.tenant_id].append(event)
         held: set[str] = set()
         for tenant_id, batch in by_tenant.items():
             try:
-                deliveries = self._usage.record(tenant_id, batch, timeout=deadline.remaining())
+                deliveries = self._usage.record(
+                    tenant_id, batch, timeout=deadline.remaining(), fail_fast=via == "commit"
+                )
             except UsageUnavailable as error:
                 if isinstance(error, UsageRefused):
                     log.error("committed usage of tenant %s not delivered: %s; retrying", tenant_id, error.message)
@@ -87,7 +89,7 @@ class Dispatcher:
                             delivery.problem,
                         )
                         entitlements.drop(session, event.event_id)
-            metrics.OUTBOX_SENT.inc(len(held))
+            metrics.OUTBOX_SENT.labels(via).inc(len(held))
         return held
 
     def _postpone(self, events: Sequence[OutboxEvent], error: str) -> None:
