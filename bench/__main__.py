@@ -13,7 +13,18 @@ import sys
 from scripts import pgcluster
 
 # Each module has run(admin_url) that prints its own figures and cleans up after itself.
-BENCHES = ["ingest", "reads", "meters", "rollup_sqlite", "resolve", "http", "active_features", "recorder", "soak"]
+BENCHES = [
+    "ingest",
+    "reads",
+    "meters",
+    "rollup_sqlite",
+    "resolve",
+    "http",
+    "active_features",
+    "entitlements",
+    "recorder",
+    "soak",
+]
 
 
 def main(argv: list[str]) -> int:
