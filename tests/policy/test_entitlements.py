@@ -364,3 +364,43 @@ def test_grants_that_start_later_expire_or_are_voided_mid_period_count_only_whil
     [q] = check(api, tenant).quotas
     assert (q.granted, q.balance, [g.grant_id for g in q.grants]) == (0, 100, [])
     assert later.grant_id in [g.grant_id for g in admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants]
+
+
+def test_with_a_daily_hard_and_a_monthly_soft_quota_the_daily_one_refuses_and_decides(admin, api, tenant):
+    world(admin, tenant, quota(10, period=pb.QUOTA_PERIOD_DAY), quota(100, kind=SOFT))
+    refused = reserve(api, tenant, 11)
+    assert not refused.reserved
+    assert refused.refusal.startswith(f"quota {METRIC} 10/day hard:")
+    assert [(q.period, q.decides) for q in refused.quotas] == [
+        (pb.QUOTA_PERIOD_DAY, True),
+        (pb.QUOTA_PERIOD_MONTH, False),
+    ]
+    taken = reserve(api, tenant, 10)
+    assert [q.balance for q in taken.quotas] == [0, 90]
+
+
+def test_the_sweep_marks_expired_reservations_in_storage(dbs, admin, api, tenant):
+    from sqlalchemy import select
+
+    from tollgate.services.policy import tables
+    from tollgate.shared.db import create_engine_for
+
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 5, ttl=0.2).reservation
+    engine = create_engine_for(dbs.policy_url, schema=tables.SCHEMA, pool_size=1)
+    query = select(tables.reservations.c.state).where(
+        tables.reservations.c.reservation_id == reservation.reservation_id
+    )
+    try:
+        state = None
+        for _ in range(200):  # bounded: the outbox loop runs every 0.05 s here
+            with engine.connect() as connection:
+                state = connection.execute(query).scalar()
+            if state == pb.RESERVATION_STATE_EXPIRED:
+                break
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    assert state == pb.RESERVATION_STATE_EXPIRED
+    released = api.Release(pb.ReleaseRequest(tenant_id=tenant, reservation_id=reservation.reservation_id))
+    assert released.reservation.state == pb.RESERVATION_STATE_EXPIRED  # releasing it changes nothing
