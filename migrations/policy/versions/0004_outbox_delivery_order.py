@@ -24,9 +24,12 @@ def upgrade() -> None:
     op.add_column("usage_outbox", sa.Column("delivered_seq", sa.BigInteger, nullable=True), schema=schema)
     op.add_column("usage_outbox", sa.Column("delivered_us", sa.BigInteger, nullable=True), schema=schema)
     op.create_index("usage_outbox_delivered_idx", "usage_outbox", ["delivered_seq"], schema=SCHEMA)
+    # What Reserve counts: a metric's rows not delivered, or delivered after a number; delivered rows stay an hour.
+    op.create_index("usage_outbox_pending_idx", "usage_outbox", ["tenant_id", "metric", "delivered_seq"], schema=SCHEMA)
 
 
 def downgrade() -> None:
+    op.drop_index("usage_outbox_pending_idx", table_name="usage_outbox", schema=SCHEMA)
     op.drop_index("usage_outbox_delivered_idx", table_name="usage_outbox", schema=SCHEMA)
     # Delivered rows mean nothing to the older schema, which deleted them on delivery.
     outbox = sa.table("usage_outbox", sa.column("delivered_seq"), schema=_altered_schema())

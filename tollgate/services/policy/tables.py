@@ -179,6 +179,7 @@ usage_outbox = Table(
 Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
 Index("usage_outbox_next_idx", usage_outbox.c.next_attempt_us)
 Index("usage_outbox_delivered_idx", usage_outbox.c.delivered_seq)
+Index("usage_outbox_pending_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric, usage_outbox.c.delivered_seq)
 
 # The audit chain of policy admin writes (shared/audit_chain.py).
 audit_records, audit_head = audit_tables(metadata)
