@@ -64,3 +64,46 @@ def test_a_deadline_counts_down_and_none_means_no_deadline():
     assert NO_DEADLINE.remaining() is None and Deadline.after(None).remaining() is None
     assert Deadline(time.monotonic() - 1).remaining() == 0.0
     assert 0 < Deadline.after(60).remaining() <= 60
+
+
+def test_a_quotas_period_scope_and_kind_are_checked_and_unspecified_means_per_tenant_and_soft():
+    from typing import cast
+
+    from tollgate.services.policy.domain.model import LimitKind, Plan, QuotaLimit, QuotaScope
+
+    bad = QuotaLimit("m", 5, 1, Mode.OFF, scope=cast(QuotaScope, 9), kind=cast(LimitKind, 7))
+    assert fields(lambda: validation.plan(Plan("P", "", {}, quotas=(bad,)), [])) == [
+        "plan.quotas[0].period",
+        "plan.quotas[0].scope",
+        "plan.quotas[0].kind",
+    ]
+    unset = QuotaLimit("m", 4, 1, Mode.OFF, scope=cast(QuotaScope, 0), kind=cast(LimitKind, 0))
+    [quota] = validation.plan(Plan("P", "", {}, quotas=(unset,)), []).quotas
+    assert (quota.period, quota.scope, quota.kind) == (4, QuotaScope.TENANT, LimitKind.SOFT)
+
+
+def test_reserve_and_grant_requests_name_every_bad_field_and_the_ttl_defaults_to_a_minute():
+    from tollgate.services.policy.domain.model import Grant
+
+    assert fields(lambda: validation.reserve("", "", "", 0, 86_401, 0, "")) == [
+        "tenant_id",
+        "user_id",
+        "metric",
+        "idempotency_key",
+        "amount",
+        "ttl",
+    ]
+    assert validation.reserve("t", "u", "m", 1, 0, 0, "k") == 60_000_000
+    assert validation.reserve("t", "u", "m", 1, 0, 1_000, "k") == 1
+    assert fields(lambda: validation.grant(Grant("", "t", "m", -1, 10, 10, 2_000_000), 5)) == [
+        "grant.amount",
+        "grant.priority",
+        "grant.expire_time",
+    ]
+    assert validation.grant(Grant("", "t", "m", 1, 0), 5).effective_us == 5  # unset: now
+
+
+def test_a_time_zone_needs_an_anchor_and_must_be_a_known_iana_zone():
+    assert fields(lambda: validation.subscription("t", "P", 1, {}, None, "Europe/Paris")) == ["subscription.time_zone"]
+    assert fields(lambda: validation.subscription("t", "P", 1, {}, 0, "Mars/Olympus")) == ["subscription.time_zone"]
+    assert validation.subscription("t", "P", 1, {}, 0, "Asia/Kathmandu") == SubscriptionStatus.ACTIVE
