@@ -353,6 +353,28 @@ def _send_plain(sock: socket.socket, status: str, body: bytes) -> None:
             pass
 
 
+class _WholeBodyGateway(wsgi.Gateway_10):
+    """cheroot's WSGI gateway, but a response the application returns whole (a list of bytes: every unary RPC,
+    every refusal) gets its content-length: the Connect runtime sets none, and cheroot would send it chunked,
+    in three writes (headers, body, last chunk) the client reads chunk by chunk, instead of two."""
+
+    def respond(self) -> None:
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        if isinstance(response, list) and self.started_response:
+            framing = {name.lower() for name, _ in self.req.outheaders} & {b"content-length", b"transfer-encoding"}
+            if not framing:
+                self.req.outheaders.append((b"Content-Length", str(sum(map(len, response))).encode()))
+        try:
+            for chunk in filter(None, response):
+                if not isinstance(chunk, bytes):
+                    raise ValueError("WSGI Applications must yield bytes")
+                self.write(chunk)
+        finally:
+            self.req.ensure_headers_sent()
+            if hasattr(response, "close"):
+                response.close()
+
+
 class HttpServer:
     """cheroot on its own threads: `port` is the bound port (useful when asked for port 0). With `tls` enabled
     the port speaks HTTPS only, and with its client CA only to clients presenting a certificate it issued."""
@@ -378,6 +400,7 @@ class HttpServer:
             timeout=30,
             request_queue_size=socket.SOMAXCONN,
         )
+        self._server.gateway = _WholeBodyGateway
         # cheroot answers 413 itself past this hard bound; the Connect runtime refuses anything above the
         # message limit below it (resource_exhausted), reading no more than that into memory.
         self._server.max_request_body_size = max_body_bytes
