@@ -55,7 +55,11 @@ def main() -> int:
     migrate.upgrade("policy", env["POLICY_DATABASE_URL"])
     admin = tokens.ensure(VAR / "admin.token", tenant=None, scopes=ALL_SCOPES, service="both", label="make run admin")
     tokens.ensure(
-        VAR / "policy-usage.token", tenant=None, scopes=["usage:read"], service="usage", label="policy service"
+        VAR / "policy-usage.token",
+        tenant=None,
+        scopes=["usage:read", "usage:write"],
+        service="usage",
+        label="policy service",
     )
     tokens.ensure(
         VAR / "demo.token",
