@@ -11,14 +11,18 @@ are combined exactly (`MeterPieces.combine`) into the value columns the raw stat
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, not_, or_, select, union_all
+from sqlalchemy import String, and_, bindparam, exists, func, not_, or_, select, union_all
 
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.buckets import HOUR_US, Period
 from tollgate.services.usage.domain.meters import MeterPlan
-from tollgate.services.usage.repository.meters import _EMPTY, MeterPieces, raw_grouped
+from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, allowed, raw_grouped
 from tollgate.services.usage.tables import dirty_buckets, meter_days
 
+# Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
+# table, so that the planner reads the events of each raw part by its own index range, as for the raw statement.
+_PARTS = ("n", "k", "day", "h1", "h2", "lo", "hi")
+_CUBOID = bindparam("cuboid", type_=String())
 ROWS = meter_days.alias("md")
 _HAS_ROWS = meter_days.alias("mx")
 _MARKS = dirty_buckets.alias("dm")
@@ -27,15 +31,9 @@ _MARKS = dirty_buckets.alias("dm")
 def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     """(the grouped select: n, g0..., value columns, c; the value columns) of the plan, rolled-up days read from its
     cuboid's rows."""
-    assert plan.cuboid is not None
-    cut = meter_rollups.split(plan.windows, plan.first_window)
-    # Every part as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One table, so
-    # that the planner reads the events of each raw part by its own index range, as for the raw statement.
-    parts = [(p.n, 1, p.day_us, p.first_hour, p.end_hour, *_span(p)) for p in cut.pieces]
-    parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
-    table = pieces.table("pc", ("n", "k", "day", "h1", "h2", "lo", "hi"), parts)
+    table = pieces.table("pc", _PARTS)
     t = table.c
-    raw, _ = raw_grouped(pieces, plan, table, t.n, t.lo, t.hi, pieces.raw_partials(plan.aggregation))
+    raw, _ = raw_grouped(pieces, plan, table, t.n, t.lo, t.hi, pieces.raw_partials(plan.aggregation), short=True)
     raw = raw.where(or_(t.k == 0, not_(_rolled_day(plan, t.day))))
     both = union_all(raw, _rolled(pieces, plan, table)).subquery("u")
     groups = [both.c[f"g{i}"] for i in range(len(plan.group_by))]
@@ -48,6 +46,14 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     return grouped, values
 
 
+def parameters(pieces: MeterPieces, plan: MeterPlan) -> dict:
+    """The values of the statement's table of parts and its cuboid."""
+    cut = meter_rollups.split(plan.windows, plan.first_window)
+    parts = [(p.n, 1, p.day_us, p.first_hour, p.end_hour, *_span(p)) for p in cut.pieces]
+    parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
+    return {"cuboid": plan.cuboid, **pieces.table_rows("pc", _PARTS, parts)}
+
+
 def _span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
     return piece.day_us + piece.first_hour * HOUR_US, piece.day_us + piece.end_hour * HOUR_US
 
@@ -55,16 +61,16 @@ def _span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
 def _rolled_day(plan: MeterPlan, day):
     """Whether the day starting at `day` is read from the cuboid's rows: it has rows of it and no dirty mark."""
     marked = exists().where(
-        _MARKS.c.tenant_id == plan.tenant_id,
-        _MARKS.c.metric == plan.metric,
+        _MARKS.c.tenant_id == TENANT,
+        _MARKS.c.metric == METRIC,
         _MARKS.c.period == int(Period.DAY),
         _MARKS.c.period_start_us == day,
     )
     has_rows = exists().where(
-        _HAS_ROWS.c.tenant_id == plan.tenant_id,
-        _HAS_ROWS.c.metric == plan.metric,
+        _HAS_ROWS.c.tenant_id == TENANT,
+        _HAS_ROWS.c.metric == METRIC,
         _HAS_ROWS.c.day_us == day,
-        _HAS_ROWS.c.cuboid == plan.cuboid,
+        _HAS_ROWS.c.cuboid == _CUBOID,
     )
     return and_(has_rows, not_(marked))
 
@@ -75,10 +81,10 @@ def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
     groups = [_value(pieces, name) for name in plan.group_by]
     extra, conditions, partials, count = pieces.rolled_partials(plan.aggregation, ROWS, t.h1, t.h2)
     on = and_(
-        ROWS.c.tenant_id == plan.tenant_id,
-        ROWS.c.metric == plan.metric,
+        ROWS.c.tenant_id == TENANT,
+        ROWS.c.metric == METRIC,
         ROWS.c.day_us == t.day,
-        ROWS.c.cuboid == plan.cuboid,
+        ROWS.c.cuboid == _CUBOID,
     )
     rolled = (
         select(t.n.label("n"), *[g.label(f"g{i}") for i, g in enumerate(groups)], *partials, count.label("c"))
@@ -86,8 +92,8 @@ def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
         .where(t.k == 1, _rolled_day(plan, t.day), *conditions)
         .group_by(t.n, *groups)
     )
-    for name, allowed in plan.filters:
-        rolled = rolled.where(_value(pieces, name).in_(allowed))
+    for position, (name, _) in enumerate(plan.filters):
+        rolled = rolled.where(_value(pieces, name).in_(allowed(position)))
     return rolled
 
 

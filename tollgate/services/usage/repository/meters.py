@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, String, and_, func, literal, literal_column, null, select, tuple_, union_all
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.selectable import Join
@@ -22,6 +35,8 @@ from tollgate.services.usage.domain.meters import MeterPlan
 from tollgate.services.usage.tables import events, metrics, purge_horizons
 
 EVENTS, HORIZONS = events.alias("e"), purge_horizons.alias("p")
+# A question's tenant and metric, given at execution: a question's statement is built once per shape.
+TENANT, METRIC = bindparam("tenant", type_=String()), bindparam("metric", type_=String())
 _EMPTY = literal_column("''", String())
 
 # A page's rows: (window index, group values, value, event count).
@@ -35,9 +50,6 @@ class MeterPieces(Protocol):
         """The value of dimension `name` (a declared name: it is written into the statement) of the event `e`; NULL
         when the event has none."""
 
-    def windows(self, spans: list[tuple[int, int, int]]) -> tuple:
-        """(FROM item, n, lo, hi): the windows (index, start, end) as a table."""
-
     def ordered(self, column):
         """`column` as compared and ordered in code point order."""
 
@@ -47,8 +59,11 @@ class MeterPieces(Protocol):
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         """The exact value in the cells of those columns."""
 
-    def table(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]):
-        """A FROM item `name` of integer rows with these columns."""
+    def table(self, name: str, columns: tuple[str, ...]):
+        """A FROM item `name` of integer rows with these columns, given at execution (`table_rows`)."""
+
+    def table_rows(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]) -> dict:
+        """The parameters giving the rows of the table `name`."""
 
     def rolled_dimension(self, rows, name: str):
         """The value of dimension `name` of a meter_days row of `rows`; NULL when it has none."""
@@ -83,24 +98,28 @@ def _unique(pieces: MeterPieces, plan: MeterPlan):
     return EVENTS.c.actor_id if plan.unique_of == ACTOR_ID else pieces.dimension(plan.unique_of)
 
 
-def raw_grouped(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi, values: list):
+def raw_grouped(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi, values: list, *, short: bool = False):
     """The plan's raw events in the ranges (n, lo, hi) of `windows`, grouped by n and the plan's groups (g0...),
-    with `values` and the count c; and those value columns."""
+    with `values` and the count c; and those value columns. `short`: the ranges are short (a rollup's raw parts),
+    each read by its own index range whatever the planner guesses."""
     e = EVENTS.c
     groups = [value_source(pieces, name) for name in plan.group_by]
-    in_window = and_(
-        e.tenant_id == plan.tenant_id, e.metric == plan.metric, e.occurred_at_us >= lo, e.occurred_at_us < hi
-    )
+    in_window = and_(e.tenant_id == TENANT, e.metric == METRIC, e.occurred_at_us >= lo, e.occurred_at_us < hi)
     grouped = (
         select(n.label("n"), *[g.label(f"g{i}") for i, g in enumerate(groups)], *values, func.count().label("c"))
-        .select_from(_WindowsFirst(windows, EVENTS, in_window))
+        .select_from((_ShortRangesFirst if short else _WindowsFirst)(windows, EVENTS, in_window))
         .group_by(n, *groups)
     )
-    for name, allowed in plan.filters:
-        grouped = grouped.where(value_source(pieces, name).in_(allowed))
+    for position, (name, _) in enumerate(plan.filters):
+        grouped = grouped.where(value_source(pieces, name).in_(allowed(position)))
     if plan.actor_ids:
-        grouped = grouped.where(e.actor_id.in_(plan.actor_ids))
+        grouped = grouped.where(e.actor_id.in_(bindparam("actors", expanding=True, type_=String())))
     return grouped, values
+
+
+def allowed(position: int):
+    """The values filter `position` allows, given at execution."""
+    return bindparam(f"f{position}", expanding=True, type_=String())
 
 
 def value_source(pieces: MeterPieces, name: str):
@@ -116,34 +135,80 @@ def usage_rows(
     """Up to `limit` rows after `after` (window index, group values), ordered, and the tenant's purge horizon (None
     when never purged): one statement. Where the plan names a cuboid, the whole hours of rolled-up days without a
     dirty mark come from that cuboid's rows (meter_rollup_reads.py), the rest from raw events."""
+    shape = (
+        plan.aggregation,
+        plan.unique_of,
+        plan.group_by,
+        tuple(name for name, _ in plan.filters),
+        bool(plan.actor_ids),
+        plan.cuboid is None,
+        after is None,
+    )
+    statement = _statement(pieces, shape, plan)
+    values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
+    values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
+    if plan.actor_ids:
+        values["actors"] = list(plan.actor_ids)
+    values.update((f"a{i}", v) for i, v in enumerate(after or ()))
     if plan.cuboid is None:
         spans = [(n, lo, hi) for n, (lo, hi) in enumerate(plan.windows) if n >= plan.first_window]
-        windows, n, lo, hi = pieces.windows(spans)
-        grouped, values = raw_grouped(
-            pieces, plan, windows, n, lo, hi, pieces.values(plan.aggregation, _unique(pieces, plan))
-        )
+        values.update(pieces.table_rows("w", _WINDOW, spans))
     else:
         from tollgate.services.usage.repository import meter_rollup_reads  # it builds on this module's pieces
 
-        grouped, values = meter_rollup_reads.combined(pieces, plan)
-    groups = plan.group_by
-    rows = grouped.subquery("r")
-    keys = [rows.c.n] + [pieces.ordered(rows.c[f"g{i}"]) for i in range(len(groups))]
-    page = select(rows).order_by(*keys).limit(limit)
-    if after is not None:
-        page = page.where(tuple_(*keys) > tuple_(*[literal(v) for v in after]))
-    horizon = select(
-        literal(-1), *[literal("") for _ in groups], *[null() for _ in values], HORIZONS.c.purged_before_us
-    ).where(HORIZONS.c.tenant_id == plan.tenant_id)
+        values.update(meter_rollup_reads.parameters(pieces, plan))
     found, purged_before = [], None
-    width = len(groups)
-    for row in connection.execute(union_all(select(page.subquery("pg")), horizon)):
+    width = len(plan.group_by)
+    for row in connection.execute(statement, values):
         if row[0] < 0:
             purged_before = int(row[-1])
             continue
         cells = tuple(row[1 + width : -1])
         found.append((int(row[0]), tuple(row[1 : 1 + width]), pieces.value_of(plan.aggregation, cells), int(row[-1])))
     return sorted(found, key=lambda r: (r[0], r[1])), purged_before
+
+
+_WINDOW = ("n", "lo", "hi")
+
+
+_BUILT: dict[tuple, Any] = {}
+_MAX_BUILT = 512  # shapes differ by groups and filters; past this many, start again
+
+
+def _statement(pieces: MeterPieces, shape: tuple, plan: MeterPlan):
+    """The statement of every question of this shape (its values are parameters): built once, so that a question
+    costs neither building it nor SQLAlchemy's cache key of it."""
+    key = (id(pieces), *shape)
+    statement = _BUILT.get(key)
+    if statement is None:
+        if len(_BUILT) >= _MAX_BUILT:
+            _BUILT.clear()
+        statement = _BUILT[key] = _build(pieces, plan, shape[-1])
+    return statement
+
+
+def _build(pieces: MeterPieces, plan: MeterPlan, first_page: bool):
+    if plan.cuboid is None:
+        windows = pieces.table("w", _WINDOW)
+        n, lo, hi = windows.c.n, windows.c.lo, windows.c.hi
+        grouped, values = raw_grouped(
+            pieces, plan, windows, n, lo, hi, pieces.values(plan.aggregation, _unique(pieces, plan))
+        )
+    else:
+        from tollgate.services.usage.repository import meter_rollup_reads
+
+        grouped, values = meter_rollup_reads.combined(pieces, plan)
+    width = len(plan.group_by)
+    rows = grouped.subquery("r")
+    keys = [rows.c.n] + [pieces.ordered(rows.c[f"g{i}"]) for i in range(width)]
+    page = select(rows).order_by(*keys).limit(bindparam("limit", type_=Integer()))
+    if not first_page:
+        after = [bindparam("a0", type_=Integer())] + [bindparam(f"a{i + 1}", type_=String()) for i in range(width)]
+        page = page.where(tuple_(*keys) > tuple_(*after))
+    horizon = select(
+        literal(-1), *[literal("") for _ in range(width)], *[null() for _ in values], HORIZONS.c.purged_before_us
+    ).where(HORIZONS.c.tenant_id == TENANT)
+    return union_all(select(page.subquery("pg")), horizon)
 
 
 def dimension_values(
@@ -183,15 +248,26 @@ class _WindowsFirst(Join):
     inherit_cache = True
 
 
-@compiles(_WindowsFirst, "postgresql")
+class _ShortRangesFirst(_WindowsFirst):
+    """Short ranges (a rollup's raw parts: edges off the hour, marked days) joined to their events, each read by its
+    own index range on PostgreSQL too."""
+
+    inherit_cache = True
+
+
+# The columns of an event QueryUsage reads: a LATERAL subquery copies each row it returns.
+_READ = "e.tenant_id, e.event_id, e.metric, e.quantity, e.occurred_at_us, e.actor_id, e.dimensions"
+
+
+@compiles(_ShortRangesFirst, "postgresql")
 def _lateral_ranges(join, compiler, **kw) -> str:
-    """PostgreSQL: each window's events as a LATERAL subquery kept apart (OFFSET 0), so the planner reads them by one
-    index range per window. Joined plainly, it estimates a third of the tenant's events per bound and reads every
-    event of the metric once instead, whatever the windows' length."""
+    """PostgreSQL: each range's events as a LATERAL subquery kept apart (OFFSET 0), so the planner reads them by one
+    index range each. Joined plainly, it estimates a third of the tenant's events per bound and reads every event of
+    the metric once instead, however short the ranges."""
     kw.pop("asfrom", None)
     right = join.right
     return (
-        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN LATERAL (SELECT * FROM "
+        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN LATERAL (SELECT {_READ} FROM "
         f"{compiler.process(right, asfrom=True, **kw)} WHERE {compiler.process(join.onclause, **kw)} OFFSET 0) "
         f"AS {compiler.preparer.quote(right.name)}"
     )

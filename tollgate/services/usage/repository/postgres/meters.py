@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, Integer, String, bindparam, cast, distinct, func, literal_column
+from sqlalchemy import BigInteger, String, bindparam, cast, distinct, func, literal_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,18 +22,6 @@ class Pieces:
 
     def dimension(self, name: str):
         return cast(EVENTS.c.dimensions, JSONB).op("->>")(literal_column(f"'{name}'"))
-
-    def windows(self, spans: list[tuple[int, int, int]]) -> tuple:
-        table = (
-            func.unnest(
-                bindparam("w_n", [n for n, _, _ in spans], type_=ARRAY(Integer)),
-                bindparam("w_lo", [lo for _, lo, _ in spans], type_=ARRAY(BigInteger)),
-                bindparam("w_hi", [hi for _, _, hi in spans], type_=ARRAY(BigInteger)),
-            )
-            .table_valued("n", "lo", "hi")
-            .render_derived(name="w")
-        )
-        return table, table.c.n, table.c.lo, table.c.hi
 
     def ordered(self, column):
         return column.collate("C")
@@ -56,12 +44,12 @@ class Pieces:
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         return int(cells[0])
 
-    def table(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]):
-        arrays = [
-            bindparam(f"{name}_{column}", [row[i] for row in rows], type_=ARRAY(BigInteger))
-            for i, column in enumerate(columns)
-        ]
+    def table(self, name: str, columns: tuple[str, ...]):
+        arrays = [bindparam(f"{name}_{column}", type_=ARRAY(BigInteger)) for column in columns]
         return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
+
+    def table_rows(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]) -> dict:
+        return {f"{name}_{column}": [row[i] for row in rows] for i, column in enumerate(columns)}
 
     def rolled_dimension(self, rows, name: str):
         return rows.c.dimensions.op("->>", return_type=String())(literal_column(f"'{name}'"))

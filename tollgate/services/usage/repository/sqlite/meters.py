@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, bindparam, distinct, func, literal_column, select
+from sqlalchemy import BigInteger, String, bindparam, distinct, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -25,12 +25,6 @@ class Pieces:
 
     def dimension(self, name: str):
         return func.json_extract(EVENTS.c.dimensions, literal_column(f"'$.{name}'"))
-
-    def windows(self, spans: list[tuple[int, int, int]]) -> tuple:
-        cells = func.json_each(bindparam("windows", json.dumps(spans))).table_valued("value")
-        at = [func.json_extract(cells.c.value, f"$[{i}]") for i in range(3)]
-        table = select(at[0].label("n"), at[1].label("lo"), at[2].label("hi")).select_from(cells).subquery("w")
-        return table, table.c.n, table.c.lo, table.c.hi
 
     def ordered(self, column):
         return column
@@ -57,10 +51,13 @@ class Pieces:
             return int(cells[1])
         return int(cells[0])
 
-    def table(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]):
-        cells = func.json_each(bindparam(f"{name}_rows", json.dumps(rows))).table_valued("value")
+    def table(self, name: str, columns: tuple[str, ...]):
+        cells = func.json_each(bindparam(f"{name}_rows", type_=String())).table_valued("value")
         at = [func.json_extract(cells.c.value, f"$[{i}]").label(column) for i, column in enumerate(columns)]
         return select(*at).select_from(cells).subquery(name)
+
+    def table_rows(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]) -> dict:
+        return {f"{name}_rows": json.dumps(rows)}
 
     def rolled_dimension(self, rows, name: str):
         return func.json_extract(rows.c.dimensions, literal_column(f"'$.{name}'"))
