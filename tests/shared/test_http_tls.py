@@ -155,6 +155,8 @@ def test_a_port_in_use_stops_the_start_naming_it_and_the_server_on_it_keeps_it(s
             start_usage(sqlite, port=first.port)
         with pytest.raises(ConfigError, match="^USAGE_HEALTH_PORT cannot be listened on"):
             start_usage(sqlite, health_port=first.port)
+        with pytest.raises(ConfigError, match="^USAGE_METRICS_PORT cannot be listened on .*Address already in use"):
+            start_usage(sqlite, metrics_port=first.metrics_port)
         # No sharing: every call on the first server's ports is still its own.
         for _ in range(4):
             assert http_support.post(first.http_port, LIST_METRICS, {}, token=token).status == 200

@@ -152,7 +152,12 @@ def build_server(
     threads += [_thread(f"{spec.name}-job", job, stopping) for job in spec.background]
     metrics_http, bound_metrics_port = (None, None)
     if metrics_port is not None:
-        metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
+        try:
+            metrics_http, bound_metrics_port = metrics.serve_http(metrics_port, _host_of(address))
+        except OSError as error:
+            server.stop(None)
+            where = f"{_host_of(address)}:{metrics_port}"
+            raise ConfigError(f"{spec.name.upper()}_METRICS_PORT cannot be listened on at {where}: {error}") from None
     http_server, health_server = None, None
     try:
         if http_port is not None:
