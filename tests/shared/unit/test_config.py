@@ -51,6 +51,7 @@ OWN = {
         "POLICY_USAGE_TLS_CERT_FILE": ("usage_tls_cert_file", "/tls/tls.crt"),
         "POLICY_USAGE_TLS_KEY_FILE": ("usage_tls_key_file", "/tls/tls.key"),
         "POLICY_USAGE_TLS_SERVER_NAME": ("usage_tls_server_name", "usage.tollgate.svc"),
+        "POLICY_OUTBOX_INTERVAL_SECONDS": ("outbox_interval_seconds", 2.5),
     },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]
