@@ -233,13 +233,45 @@ def load(*, usage_addr: str, policy_addr: str, admin_token: str) -> None:
         stub.RecordEvents(u.RecordEventsRequest(tenant_id=TENANT, events=_events()), metadata=metadata, timeout=30)
 
 
-def banner() -> str:
-    """What `make run` prints once both services answer: endpoints and the README's calls."""
-    calls = "\n".join(readme_calls())
+# The ports the README's calls are written for (the services' defaults).
+DEFAULT_PORTS = {"usage": 50051, "policy": 50052, "usage_http": 8081, "policy_http": 8082}
+
+
+def ports_from(env: dict[str, str]) -> dict[str, int]:
+    """The gRPC and HTTP ports `make run`'s services listen on: a taken port stops a service (naming its
+    variable), so the configured ones are the ones in use."""
+    names = {
+        "usage": "USAGE_PORT",
+        "policy": "POLICY_PORT",
+        "usage_http": "USAGE_HTTP_PORT",
+        "policy_http": "POLICY_HTTP_PORT",
+    }
+    return {key: int(env.get(name, DEFAULT_PORTS[key])) for key, name in names.items()}
+
+
+def at_ports(call: str, ports: dict[str, int]) -> str:
+    """A README call aimed at these ports instead of the defaults it is written for."""
+    for key in ("usage", "policy"):
+        call = call.replace(f"localhost:{DEFAULT_PORTS[key]} ", f"localhost:{ports[key]} ")
+    for key in ("usage_http", "policy_http"):
+        call = call.replace(f"localhost:{DEFAULT_PORTS[key]}/", f"localhost:{ports[key]}/")
+    return call
+
+
+def banner(ports: dict[str, int], metrics: dict[str, int]) -> str:
+    """What `make run` prints once both services answer: the endpoints it listens on and the README's calls,
+    aimed at them."""
+    calls = "\n".join(at_ports(call, ports) for call in readme_calls())
+
+    def scrape(service: str) -> str:
+        return f"metrics http://localhost:{metrics[service]}/metrics" if metrics[service] > 0 else "metrics off"
+
     return (
         "\nTollgate is up.\n"
-        "  Usage   gRPC localhost:50051   HTTP/JSON http://localhost:8081   metrics http://localhost:9464/metrics\n"
-        "  Policy  gRPC localhost:50052   HTTP/JSON http://localhost:8082   metrics http://localhost:9465/metrics\n"
+        f"  Usage   gRPC localhost:{ports['usage']}   HTTP/JSON http://localhost:{ports['usage_http']}   "
+        f"{scrape('usage')}\n"
+        f"  Policy  gRPC localhost:{ports['policy']}   HTTP/JSON http://localhost:{ports['policy_http']}   "
+        f"{scrape('policy')}\n"
         "  Tokens  var/admin.token (platform admin), var/demo.token (tenant 'demo')\n\n"
         "Try (from the repo root, in another terminal, with .venv/bin on PATH for grpcurl; curl for HTTP/JSON):\n"
         f"{calls}\n\nCtrl-C stops both services.\n"

@@ -21,6 +21,9 @@ VAR = Path(os.environ.get("TOLLGATE_VAR_DIR") or ROOT / "var")
 ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
 
 
+METRICS = {"usage": 9464, "policy": 9465}  # the services' default metrics ports
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("USAGE_DATABASE_URL", f"sqlite:///{VAR}/usage.db")
@@ -73,11 +76,14 @@ def main() -> int:
         for name in ("usage", "policy")
     ]
     try:
-        usage_port, policy_port = int(env.get("USAGE_PORT", 50051)), int(env.get("POLICY_PORT", 50052))
-        _wait_serving(usage_port, children[0])
-        _wait_serving(policy_port, children[1])
-        demo.load(usage_addr=f"localhost:{usage_port}", policy_addr=f"localhost:{policy_port}", admin_token=admin)
-        print(demo.banner(), flush=True)
+        ports = demo.ports_from(env)
+        _wait_serving(ports["usage"], children[0])
+        _wait_serving(ports["policy"], children[1])
+        demo.load(
+            usage_addr=f"localhost:{ports['usage']}", policy_addr=f"localhost:{ports['policy']}", admin_token=admin
+        )
+        metrics = {name: int(env.get(f"{name.upper()}_METRICS_PORT", default)) for name, default in METRICS.items()}
+        print(demo.banner(ports, metrics), flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while all(child.poll() is None for child in children):
             time.sleep(0.5)

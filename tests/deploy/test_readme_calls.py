@@ -59,20 +59,20 @@ def running(tmp_path_factory):
 
 
 def run_call(call: str, home: Path, ports: dict) -> subprocess.CompletedProcess:
-    call = call.replace("localhost:50051", f"localhost:{ports['usage']}")
-    call = call.replace("localhost:50052", f"localhost:{ports['policy']}")
-    call = call.replace("localhost:8081/", f"localhost:{ports['usage_http']}/")
-    call = call.replace("localhost:8082/", f"localhost:{ports['policy_http']}/")
+    call = demo.at_ports(call, ports)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(["bash", "-c", call], cwd=home, env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_make_run_prints_the_endpoints_and_the_readme_calls(running):
-    _home, _ports, banner, _process = running
-    assert "localhost:50051" in banner and "localhost:50052" in banner
-    assert "http://localhost:8081" in banner and "http://localhost:8082" in banner
+    _home, ports, banner, _process = running
+    # The ports it was started on, not the defaults: the README's calls are printed aimed at them.
+    assert f"Usage   gRPC localhost:{ports['usage']}   HTTP/JSON http://localhost:{ports['usage_http']}" in banner
+    assert f"Policy  gRPC localhost:{ports['policy']}   HTTP/JSON http://localhost:{ports['policy_http']}" in banner
+    assert "metrics off" in banner
+    assert "localhost:50051" not in banner and "localhost:8081" not in banner
     for call in demo.readme_calls():
-        assert call in banner
+        assert demo.at_ports(call, ports) in banner
 
 
 def test_every_readme_call_answers_as_the_readme_says(running):
