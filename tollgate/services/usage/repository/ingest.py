@@ -3,7 +3,7 @@ dimension combinations each tenant's events of a metric carry."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, literal_column, select, union
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.dedup import LookupKeys
@@ -62,13 +62,15 @@ def insert_rows(session: Session, rows: list[tuple], *, storage: Storage) -> set
 
 
 def find_existing(session: Session, tenant_id: str, keys: LookupKeys, *, storage: Storage) -> list[StoredKeys]:
-    """The stored events of the tenant holding any of the keys."""
-    matches = [storage.one_of(events.c.event_id, keys.event_ids)]
-    if keys.idempotency_keys:
-        matches.append(storage.one_of(events.c.idempotency_key, keys.idempotency_keys))
-    if keys.correlation_ids:
-        matches.append(storage.one_of(events.c.correlation_id, keys.correlation_ids))
-    statement = select(
+    """The stored events of the tenant holding any of the keys.
+
+    One SELECT per key, united: each is a range of that key's own index, however many events the tenant has. An OR
+    of the three in one WHERE made the planner scan the tenant's whole history instead (it cannot use the business
+    key's partial index for an OR, and costs 1,000 probes per array above a scan of a small tenant). Only events
+    stored with the business key on can match by it (dedup.judge_round ignores the others), which is what lets that
+    branch use the partial index.
+    """
+    columns = (
         events.c.event_id,
         events.c.idempotency_key,
         events.c.correlation_id,
@@ -76,7 +78,15 @@ def find_existing(session: Session, tenant_id: str, keys: LookupKeys, *, storage
         events.c.occurred_at_us,
         events.c.content_hash,
         events.c.business_key,
-    ).where(events.c.tenant_id == tenant_id, or_(*matches))
+    )
+    matches = [storage.one_of(events.c.event_id, keys.event_ids)]
+    if keys.idempotency_keys:
+        matches.append(storage.one_of(events.c.idempotency_key, keys.idempotency_keys))
+    if keys.correlation_ids:
+        # Written as the partial index's own predicate: SQLite uses a partial index only for that very term.
+        keyed = literal_column("business_key")
+        matches.append(and_(storage.one_of(events.c.correlation_id, keys.correlation_ids), keyed))
+    statement = union(*(select(*columns).where(events.c.tenant_id == tenant_id, match) for match in matches))
     return [StoredKeys(*row) for row in session.execute(statement)]
 
 
