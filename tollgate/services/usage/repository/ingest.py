@@ -3,7 +3,7 @@ dimension combinations each tenant's events of a metric carry."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, literal_column, select, union
+from sqlalchemy import ColumnElement, and_, func, literal_column, select, union
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.dedup import LookupKeys
@@ -84,7 +84,7 @@ def find_existing(session: Session, tenant_id: str, keys: LookupKeys, *, storage
         matches.append(storage.one_of(events.c.idempotency_key, keys.idempotency_keys))
     if keys.correlation_ids:
         # Written as the partial index's own predicate: SQLite uses a partial index only for that very term.
-        keyed = literal_column("business_key")
+        keyed: ColumnElement[bool] = literal_column("business_key")
         matches.append(and_(storage.one_of(events.c.correlation_id, keys.correlation_ids), keyed))
     statement = union(*(select(*columns).where(events.c.tenant_id == tenant_id, match) for match in matches))
     return [StoredKeys(*row) for row in session.execute(statement)]
