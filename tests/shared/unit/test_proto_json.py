@@ -166,13 +166,13 @@ REQUESTS = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(REQUESTS)
 def test_any_json_is_read_as_json_format_reads_it(document):
     assert_same(json.dumps(document).encode(), u.RecordEventsRequest)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.dictionaries(
         st.sampled_from(["tenantId", "userId", "featureId", "requestedMode", "minPolicyVersion", "x"]), JSON_VALUES
@@ -201,7 +201,7 @@ VALID_EVENTS = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(VALID_EVENTS, max_size=4), st.booleans())
 def test_what_json_format_writes_is_read_back_on_the_fast_path(events, snake_case):
     request = u.RecordEventsRequest(tenant_id="t", events=events)
