@@ -22,7 +22,7 @@ SERVICES = {
     "tollgate.policy.v1.PolicyAdminService": "policy",
 }
 # The one streaming RPC: its HTTP form (a Connect stream over HTTP/1.1) has its own test below.
-STREAMING = {"tollgate.usage.v1.UsageService/StreamEvents"}
+STREAMING = {"tollgate.usage.v1.UsageService/StreamEvents", "tollgate.policy.v1.PolicyService/WatchEntitlements"}
 # Answers that report the work the call did: a first call does it, so both compared calls find nothing left.
 SETTLED_FIRST = {"tollgate.usage.v1.UsageAdminService/RunRollup"}
 

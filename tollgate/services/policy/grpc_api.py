@@ -16,6 +16,7 @@ from tollgate.services.policy.service import (
     tenants,
     usage_grants,
 )
+from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline
 from tollgate.shared import grpc_audit
@@ -54,7 +55,7 @@ _WRITES = [
 METHOD_SCOPES = {
     **{
         f"/{POLICY}/{name}": "policy:read"
-        for name in ["ResolveMode", "ResolveModes", "ListActiveFeatures", "CheckEntitlement"]
+        for name in ["ResolveMode", "ResolveModes", "ListActiveFeatures", "CheckEntitlement", "WatchEntitlements"]
     },
     # Taking and committing balance records usage: the authority of RecordEvents.
     **{f"/{POLICY}/{name}": "usage:write" for name in ["Reserve", "Commit", "Release"]},
@@ -66,11 +67,12 @@ METHOD_SCOPES = {
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     """tollgate.policy.v1.PolicyService."""
 
-    def __init__(self, *, cache, usage, sessions: Sessions, dispatcher: Dispatcher):
+    def __init__(self, *, cache, usage, sessions: Sessions, dispatcher: Dispatcher, notices: Notices | None = None):
         self._cache = cache
         self._usage = usage
         self._sessions = sessions
         self._dispatcher = dispatcher
+        self._notices = notices or Notices()
 
     def ResolveMode(self, request, context):
         found = resolve.resolve_mode(
@@ -133,6 +135,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             usage=self._usage,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
+            notices=self._notices,
         )
         response = pb.CheckEntitlementResponse(
             has_access=found.has_access,
@@ -157,6 +160,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             usage=self._usage,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
+            notices=self._notices,
         )
         response = pb.ReserveResponse(
             reserved=found.reservation is not None,
@@ -184,6 +188,16 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.tenant_id, request.reservation_id, sessions=self._sessions, caller=principal()
         )
         return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
+
+    def WatchEntitlements(self, request, context):
+        for notification in self._notices.watch(
+            request.tenant_id,
+            request.after_sequence,
+            sessions=self._sessions,
+            caller=principal(),
+            active=context.is_active,
+        ):
+            yield pb.WatchEntitlementsResponse(notification=grpc_convert.notification_out(notification))
 
 
 class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):

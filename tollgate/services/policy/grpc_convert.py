@@ -20,6 +20,7 @@ from tollgate.services.policy.domain.model import (
     TenantPolicy,
 )
 from tollgate.services.policy.domain.modes import Mode, Resolution
+from tollgate.services.policy.domain.notifications import Notification
 from tollgate.services.policy.domain.ranking import ActiveFeature
 from tollgate.shared.proto_time import from_micros
 
@@ -90,6 +91,7 @@ def plan_in(message: pb.Plan) -> tuple[Plan, list[tuple[str, int]]]:
             q.fail_closed,
             cast(QuotaScope, q.scope),
             cast(LimitKind, q.kind),
+            tuple(q.notify_at),
         )
         for q in message.quotas
     )
@@ -117,6 +119,7 @@ def plan_out(plan: Plan) -> pb.Plan:
             fail_closed=q.fail_closed,
             scope=cast(pb.QuotaScope, int(q.scope)),
             kind=cast(pb.LimitKind, int(q.kind)),
+            notify_at=list(q.notify_at),
         )
         for q in plan.quotas
     ]
@@ -230,6 +233,29 @@ def reservation_out(item: Reservation, now_us: int) -> pb.Reservation:
         committed_amount=item.committed_amount,
         usage_event_id=event_id_of(item.reservation_id) if committed else "",
         recorded_in_usage=committed and item.recorded_us is not None,
+    )
+
+
+def notification_out(item: Notification) -> pb.EntitlementNotification:
+    c = item.crossing
+    return pb.EntitlementNotification(
+        sequence=item.sequence,
+        tenant_id=c.tenant_id,
+        metric=c.metric,
+        period=cast(pb.QuotaPeriod, c.period),
+        scope=cast(pb.QuotaScope, c.scope),
+        kind=cast(pb.LimitKind, c.kind),
+        user_id=c.user_id,
+        percent=c.percent,
+        threshold=c.threshold,
+        allowed=c.allowed,
+        usage=c.used,
+        reserved=c.reserved,
+        period_start=from_micros(c.start_us),
+        period_end=from_micros(c.end_us),
+        create_time=from_micros(item.create_us),
+        observed_by=c.observed_by,
+        detail=c.detail,
     )
 
 

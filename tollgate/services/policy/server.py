@@ -9,6 +9,7 @@ from tollgate.services.policy import grpc_api, tables
 from tollgate.services.policy.cache import SnapshotCache, VersionPoller
 from tollgate.services.policy.config import Settings
 from tollgate.services.policy.service import snapshots
+from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_client import UsageClient
 from tollgate.services.policy.usage_port import UsagePort
@@ -41,12 +42,13 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
     )
     usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
     dispatcher = Dispatcher(sessions, usage, interval=settings.outbox_interval_seconds)
+    notices = Notices()
     spec = ServerSpec(
         name="policy",
         registrations=[
             (
                 policy_pb2_grpc.add_PolicyServiceServicer_to_server,
-                grpc_api.PolicyApi(cache=cache, usage=usage, sessions=sessions, dispatcher=dispatcher),
+                grpc_api.PolicyApi(cache=cache, usage=usage, sessions=sessions, dispatcher=dispatcher, notices=notices),
             ),
             (
                 policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
@@ -57,7 +59,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         method_scopes=grpc_api.METHOD_SCOPES,
         authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
         ready=migrate.readiness_check(engine, service="policy", schema=tables.SCHEMA),
-        background=[poller.run, dispatcher.run],
+        background=[poller.run, dispatcher.run, notices.run],
     )
     running = build_server(
         spec,

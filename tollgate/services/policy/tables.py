@@ -181,5 +181,49 @@ Index("usage_outbox_next_idx", usage_outbox.c.next_attempt_us)
 Index("usage_outbox_delivered_idx", usage_outbox.c.delivered_seq)
 Index("usage_outbox_pending_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric, usage_outbox.c.delivered_seq)
 
+# Threshold crossings (docs/entitlements.md, "Notifications"), numbered per tenant in the order their transactions
+# commit: the number is taken from the tenant's head row, locked until the crossing's transaction ends, so a reader
+# that has seen N has seen everything before N.
+entitlement_notifications = Table(
+    "entitlement_notifications",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("sequence", BigInteger, primary_key=True),
+    Column("metric", String(128), nullable=False),
+    Column("period", Integer, nullable=False),
+    Column("scope", Integer, nullable=False),
+    Column("kind", Integer, nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("percent", Integer, nullable=False),
+    Column("threshold", BigInteger, nullable=False),
+    Column("allowed", BigInteger, nullable=False),
+    Column("used", BigInteger, nullable=False),
+    Column("reserved", BigInteger, nullable=False),
+    Column("period_start_us", BigInteger, nullable=False),
+    Column("period_end_us", BigInteger, nullable=False),
+    Column("observed_by", String(32), nullable=False),
+    Column("detail", String(500), nullable=False),
+    Column("create_us", BigInteger, nullable=False),
+    # A threshold is stored once per quota, user, period and allowance.
+    UniqueConstraint(
+        "tenant_id",
+        "metric",
+        "period",
+        "scope",
+        "user_id",
+        "period_start_us",
+        "allowed",
+        "percent",
+        name="entitlement_notifications_once_key",
+    ),
+)
+
+notification_heads = Table(
+    "notification_heads",
+    metadata,
+    Column("tenant_id", String(128), primary_key=True),
+    Column("sequence", BigInteger, nullable=False),
+)
+
 # The audit chain of policy admin writes (shared/audit_chain.py).
 audit_records, audit_head = audit_tables(metadata)

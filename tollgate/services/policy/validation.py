@@ -20,6 +20,7 @@ from tollgate.services.policy.domain.model import (
     SubscriptionStatus,
 )
 from tollgate.services.policy.domain.modes import Mode, requested_mode
+from tollgate.services.policy.domain.notifications import MAX_PERCENT, MIN_PERCENT
 from tollgate.shared import tenant_ids
 from tollgate.shared.errors import FieldViolation, InvalidArgument
 
@@ -163,6 +164,11 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
         check.add(f"{path}.scope", "must be QUOTA_SCOPE_TENANT or QUOTA_SCOPE_USER")
     if kind not in (0, *LimitKind._value2member_map_):
         check.add(f"{path}.kind", "must be LIMIT_KIND_SOFT or LIMIT_KIND_HARD")
+    for index, percent in enumerate(quota.notify_at):
+        if not MIN_PERCENT <= percent <= MAX_PERCENT:
+            check.add(f"{path}.notify_at[{index}]", f"must be a percentage from {MIN_PERCENT} to {MAX_PERCENT}")
+        elif percent in quota.notify_at[:index]:
+            check.add(f"{path}.notify_at[{index}]", f"repeats {percent}")
     return QuotaLimit(
         quota.metric,
         quota.period,
@@ -172,6 +178,7 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
         quota.fail_closed,
         QuotaScope(scope) if scope in QuotaScope._value2member_map_ else QuotaScope.TENANT,
         LimitKind(kind) if kind in LimitKind._value2member_map_ else LimitKind.SOFT,
+        tuple(sorted(quota.notify_at)),
     )
 
 
@@ -329,4 +336,13 @@ def reference(tenant_id: str, field: str, value: str, amount: int = 0) -> None:
     check.text(value, field, "id", required=True)
     if amount < 0:
         check.add("amount", "must not be negative")
+    check.raise_if_any()
+
+
+def watch(tenant_id: str, after_sequence: int) -> None:
+    """WatchEntitlements' request (the cursor beyond the tenant's latest notification is checked when read)."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    if after_sequence < 0:
+        check.add("after_sequence", "must not be negative")
     check.raise_if_any()

@@ -70,6 +70,8 @@ class QuotaLimit:
     fail_closed: bool = False
     scope: QuotaScope = QuotaScope.TENANT
     kind: LimitKind = LimitKind.SOFT
+    # Percentages of the allowance whose crossing is stored for WatchEntitlements (docs/entitlements.md).
+    notify_at: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ def feature_of(row) -> Feature:
 
 
 def _quota_json(quota: QuotaLimit) -> dict:
-    return {
+    # notify_at only when set: plans stored before notifications keep their canonical text.
+    extra = {"notify_at": list(quota.notify_at)} if quota.notify_at else {}
+    return extra | {
         "metric": quota.metric,
         "period": quota.period,
         "limit": quota.limit,
@@ -95,6 +97,7 @@ def plan_of(row) -> Plan:
             q["fail_closed"],
             QuotaScope(q.get("scope", QuotaScope.TENANT)),
             LimitKind(q.get("kind", LimitKind.SOFT)),
+            tuple(q.get("notify_at", ())),
         )
         for q in json.loads(row.quotas)
     )

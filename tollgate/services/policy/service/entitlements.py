@@ -31,7 +31,8 @@ from tollgate.services.policy.domain.modes import Mode, Resolution
 from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
 from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
 from tollgate.services.policy.repository import Session, Sessions, entitlements
-from tollgate.services.policy.service import access
+from tollgate.services.policy.service import access, notifications
+from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline, UsagePort
 from tollgate.shared.clock import now_micros
@@ -142,8 +143,10 @@ def check_entitlement(
     usage: UsagePort,
     caller: Principal,
     deadline: Deadline,
+    notices: Notices | None = None,
 ) -> Entitlement:
-    """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode. Read-only."""
+    """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode. Read-only but for
+    the threshold crossings it observes (usage recorded straight into Usage), which it stores."""
     access.tenant(caller, tenant_id)
     validation.check_entitlement(tenant_id, user_id, feature_id, metric)
     snapshot = cache.get(tenant_id)
@@ -158,6 +161,9 @@ def check_entitlement(
     now_us = now_micros()
     with sessions.begin() as session:
         balances, used = _balances(session, snapshot, relevant, user_id, now_us, asked)
+        stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
+    if stored and notices is not None:
+        notices.wake()
     resolution = None
     if feature_id:
         resolution = snapshot.resolve(
@@ -183,6 +189,7 @@ def reserve(
     usage: UsagePort,
     caller: Principal,
     deadline: Deadline,
+    notices: Notices | None = None,
 ) -> Reserved:
     """Hold `amount` of the metric, or refuse naming the hard quota that is short; a retried key answers the same."""
     access.tenant(caller, tenant_id)
@@ -213,8 +220,13 @@ def reserve(
             f"rsv_{secrets.token_hex(12)}", tenant_id, user_id, metric, amount, key, rules.OPEN, now_us, now_us + ttl_us
         )
         entitlements.insert_reservation(session, reservation)
+        after = [replace(b, reserved=b.reserved + amount) for b in balances]
+        # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds, or
+        # the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
+        stored = notifications.record(session, after, tenant_id, user_id, "Reserve", now_us)
+    if stored and notices is not None:
+        notices.wake()
     metrics.RESERVATIONS.labels("reserved").inc()
-    after = [replace(b, reserved=b.reserved + amount) for b in balances]
     return Reserved(reservation, rules.decide(after), "", now_us)
 
 

@@ -1,0 +1,217 @@
+"""Threshold notifications through real servers on both backends (docs/entitlements.md, "Notifications"): stored
+in the Reserve or CheckEntitlement that crosses them, once per period, numbered per tenant, and offered on the
+resumable WatchEntitlements stream."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from tests import policy_support as ps
+from tests import support
+from tests.policy.test_active_features import record
+from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.policy.v1 import policy_pb2_grpc
+
+METRIC = "api.requests"
+# A guard against a hang, never an assertion on speed: every item awaited is stored before it is awaited.
+GUARD_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def usage_token(dbs):
+    return support.make_token(dbs, tenant=None, scopes=["usage:read", "usage:write"], service="usage")
+
+
+@pytest.fixture(scope="module")
+def watch_policy(dbs, usage, usage_token):
+    running = support.build_policy(
+        dbs, usage.port, usage_token=usage_token, quota_cache_seconds=0, outbox_interval_seconds=0.05
+    )
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def watch_channel(watch_policy):
+    with support.channel(watch_policy.port) as channel:
+        yield channel
+
+
+@pytest.fixture
+def admin(watch_channel, admin_token):
+    return ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(watch_channel), admin_token)
+
+
+@pytest.fixture
+def api(watch_channel, admin_token):
+    return ps.Client(policy_pb2_grpc.PolicyServiceStub(watch_channel), admin_token)
+
+
+def world(admin, tenant, limit=100, notify_at=(80, 100), kind=pb.LIMIT_KIND_HARD) -> None:
+    quota = pb.QuotaLimit(
+        metric=METRIC, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=pb.MODE_OBSERVE, kind=kind, notify_at=notify_at
+    )
+    ps.build_world(admin, tenant, metrics=(METRIC,), quotas=(quota,))
+
+
+def reserve(api, tenant, amount) -> pb.ReserveResponse:
+    return api.Reserve(
+        pb.ReserveRequest(
+            tenant_id=tenant,
+            user_id="u1",
+            metric=METRIC,
+            amount=amount,
+            idempotency_key=ps.suffix(),
+            ttl=Duration(seconds=60),
+        )
+    )
+
+
+def watch(channel, token, tenant, after=0, timeout: float = GUARD_SECONDS):
+    stub = policy_pb2_grpc.PolicyServiceStub(channel)
+    request = pb.WatchEntitlementsRequest(tenant_id=tenant, after_sequence=after)
+    return stub.WatchEntitlements(request, metadata=support.bearer(token), timeout=timeout)
+
+
+def take(call, count: int) -> list[pb.EntitlementNotification]:
+    """The next `count` notifications of an open watch."""
+    return [next(call).notification for _ in range(count)]
+
+
+def refused(channel, token, tenant, after) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        next(watch(channel, token, tenant, after))
+    return caught.value
+
+
+def assert_latest(channel, token, tenant, latest: int) -> None:
+    """Exactly `latest` notifications are stored: the last is numbered `latest`, and a cursor beyond it refused."""
+    call = watch(channel, token, tenant, after=latest - 1)
+    assert [n.sequence for n in take(call, 1)] == [latest]
+    call.cancel()
+    error = refused(channel, token, tenant, latest + 1)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert support.field_violations(error) == ["after_sequence"]
+    assert f"latest notification ({latest})" in error.details()
+
+
+def test_crossings_at_80_and_100_are_stored_once_each_in_order_and_a_watch_resumes_after_a_cursor(
+    api, admin, watch_channel, admin_token, tenant
+):
+    world(admin, tenant)
+    call = watch(watch_channel, admin_token, tenant)
+    assert reserve(api, tenant, 50).reserved  # 50 %: nothing
+    assert reserve(api, tenant, 30).reserved  # 80 %
+    [first] = take(call, 1)  # sent while the stream waits
+    assert (first.sequence, first.percent, first.threshold, first.allowed) == (1, 80, 80, 100)
+    assert (first.usage, first.reserved, first.observed_by) == (0, 80, "Reserve")
+    assert first.metric == METRIC and first.kind == pb.LIMIT_KIND_HARD and first.period == pb.QUOTA_PERIOD_MONTH
+    assert first.period_start.ToMicroseconds() < first.create_time.ToMicroseconds() < first.period_end.ToMicroseconds()
+    assert "80% of 100 allowed reached" in first.detail
+    assert reserve(api, tenant, 10).reserved  # 90 %: nothing new
+    tenth = reserve(api, tenant, 10)  # 100 %
+    assert tenth.reserved
+    assert not reserve(api, tenant, 1).reserved  # refused: stores nothing
+    # Below 100 % and back again within the period: the threshold was announced, and is not again.
+    api.Release(pb.ReleaseRequest(tenant_id=tenant, reservation_id=tenth.reservation.reservation_id))
+    assert reserve(api, tenant, 10).reserved
+    [second] = take(call, 1)
+    call.cancel()
+    assert (second.sequence, second.percent, second.threshold, second.reserved) == (2, 100, 100, 100)
+    assert_latest(watch_channel, admin_token, tenant, 2)
+
+    resumed = watch(watch_channel, admin_token, tenant, after=1)
+    assert [n.sequence for n in take(resumed, 1)] == [2]
+    resumed.cancel()
+    again = watch(watch_channel, admin_token, tenant, after=0)
+    assert [(n.sequence, n.percent) for n in take(again, 2)] == [(1, 80), (2, 100)]
+    again.cancel()
+
+
+def test_a_refused_reserve_stores_no_crossing(api, admin, watch_channel, admin_token, tenant):
+    world(admin, tenant)
+    answer = reserve(api, tenant, 150)
+    assert not answer.reserved and answer.refusal
+    error = refused(watch_channel, admin_token, tenant, 1)  # beyond the latest, which is 0: nothing stored
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "latest notification (0)" in error.details()
+
+
+def test_usage_recorded_straight_into_usage_is_announced_by_the_check_that_reads_it(
+    api, admin, watch_channel, admin_token, tenant, usage_stub
+):
+    world(admin, tenant, kind=pb.LIMIT_KIND_SOFT)
+    record(usage_stub, admin_token, tenant, METRIC, 85)
+    api.CheckEntitlement(pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", metric=METRIC))
+    call = watch(watch_channel, admin_token, tenant)
+    [crossed] = take(call, 1)
+    call.cancel()
+    assert (crossed.percent, crossed.usage, crossed.reserved, crossed.observed_by) == (80, 85, 0, "CheckEntitlement")
+    api.CheckEntitlement(pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", metric=METRIC))
+    assert_latest(watch_channel, admin_token, tenant, 1)  # a second look stores nothing more
+
+
+def test_a_crossing_is_stored_a_restarted_policy_offers_it_and_a_stopping_server_ends_its_watches(
+    dbs, usage, usage_token, admin_token, tenant
+):
+    first = support.build_policy(dbs, usage.port, usage_token=usage_token, quota_cache_seconds=0)
+    with support.channel(first.port) as channel:
+        admin = ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
+        world(admin, tenant)
+        assert reserve(ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token), tenant, 90).reserved
+    first.stop(grace=1)
+
+    second = support.build_policy(dbs, usage.port, usage_token=usage_token, quota_cache_seconds=0)
+    with support.channel(second.port) as channel:
+        call = watch(channel, admin_token, tenant)
+        assert [n.percent for n in take(call, 1)] == [80]
+        stopping = threading.Thread(target=second.stop, kwargs={"grace": GUARD_SECONDS})
+        stopping.start()
+        assert list(call) == []  # the stream ends, cleanly
+        assert call.code() == grpc.StatusCode.OK
+        stopping.join()
+
+
+def test_a_watch_is_the_tenants_own(dbs, api, admin, watch_channel, admin_token, tenant):
+    world(admin, tenant)
+    assert reserve(api, tenant, 80).reserved
+    own = support.make_token(dbs, tenant=tenant, scopes=["policy:read"])
+    call = watch(watch_channel, own, tenant)
+    assert [(n.tenant_id, n.percent) for n in take(call, 1)] == [(tenant, 80)]
+    call.cancel()
+    other = support.make_token(dbs, tenant=f"{tenant}-other", scopes=["policy:read"])
+    error = refused(watch_channel, other, tenant, 0)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert tenant in error.details()
+
+
+def test_a_bad_cursor_or_tenant_is_invalid_and_a_deadline_ends_the_watch(watch_channel, admin_token, tenant):
+    negative = refused(watch_channel, admin_token, tenant, -1)
+    assert negative.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert support.field_violations(negative) == ["after_sequence"]
+    assert refused(watch_channel, admin_token, "", 0).code() == grpc.StatusCode.INVALID_ARGUMENT
+    waiting = watch(watch_channel, admin_token, tenant, timeout=0.5)
+    with pytest.raises(grpc.RpcError) as caught:
+        next(waiting)  # nothing is ever stored for this tenant
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_notify_at_is_validated_and_kept_sorted(admin, tenant):
+    def plan(*percents):
+        quota = pb.QuotaLimit(metric=METRIC, period=pb.QUOTA_PERIOD_DAY, limit=10, cap=pb.MODE_OFF, notify_at=percents)
+        return pb.UpsertPlanRequest(plan=pb.Plan(plan_id=f"PLAN_{ps.suffix()}", quotas=[quota]))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        admin.UpsertPlan(plan(80, 0, 80, 1001))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert support.field_violations(caught.value) == [
+        "plan.quotas[0].notify_at[1]",
+        "plan.quotas[0].notify_at[2]",
+        "plan.quotas[0].notify_at[3]",
+    ]
+    stored = admin.UpsertPlan(plan(100, 50, 80)).plan
+    assert list(stored.quotas[0].notify_at) == [50, 80, 100]

@@ -1,0 +1,109 @@
+"""Threshold notifications: stored in the transaction that observes a crossing, offered on WatchEntitlements
+(docs/entitlements.md, "Notifications").
+
+A crossing is stored once per quota, user (user-scoped quotas), period, allowance and percentage, numbered from the
+tenant's head row, which the storing transaction holds locked until it ends: numbers become visible in order, so a
+watcher that has seen N has seen everything numbered before N, and resuming after N misses nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+from tollgate.services.policy import validation
+from tollgate.services.policy.domain.entitlements import Balance
+from tollgate.services.policy.domain.notifications import Crossing, Notification, crossings
+from tollgate.services.policy.repository import Session, Sessions, notifications
+from tollgate.services.policy.service import access
+from tollgate.shared.credentials import Principal
+from tollgate.shared.errors import FieldViolation, InvalidArgument
+
+BATCH = 100
+# How often a watcher looks for notifications stored by other processes; those stored by this one wake it at once.
+POLL_SECONDS = 0.25
+
+
+def record(
+    session: Session, balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by: str, now_us: int
+) -> bool:
+    """Store, in the caller's transaction, every crossing the balances show that is not stored yet; whether any was.
+
+    Cheap when nothing is crossed (no statement) and when everything crossed is stored (one read per quota); the
+    head lock is taken only to store, and what is missing is read again under it, since another transaction
+    may have stored it meanwhile."""
+    found: dict[tuple, Crossing] = {}
+    for balance in balances:
+        for crossing in crossings(balance, tenant_id, user_id, observed_by):
+            key = (crossing.metric, crossing.period, crossing.scope, crossing.allowed, crossing.percent)
+            found.setdefault(key, crossing)  # two quotas alike but for their kind are one threshold
+    if not found or not notifications.missing(session, list(found.values())):
+        return False
+    head = notifications.lock_head(session, tenant_id)
+    left = notifications.missing(session, list(found.values()))
+    if not left:
+        return False
+    notifications.store(session, left, head + 1, now_us)
+    return True
+
+
+class Notices:
+    """Wakes this process's watchers when a crossing is stored here, and ends them when the server stops."""
+
+    def __init__(self, *, poll_seconds: float = POLL_SECONDS):
+        self._poll = poll_seconds
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._stopped = False
+
+    def run(self, stopping: threading.Event) -> None:
+        """A background task of the server: once it is stopping, every watcher ends."""
+        stopping.wait()
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def wake(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _wait(self, seen: int) -> int:
+        with self._changed:
+            if not self._stopped and self._generation == seen:
+                self._changed.wait(self._poll)
+            return self._generation
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def watch(
+        self,
+        tenant_id: str,
+        after_sequence: int,
+        *,
+        sessions: Sessions,
+        caller: Principal,
+        active: Callable[[], bool],
+    ) -> Iterator[Notification]:
+        """The tenant's notifications numbered after `after_sequence`, then each new one, until `active()` is
+        false (cancelled, past its deadline) or the server stops."""
+        access.tenant(caller, tenant_id)
+        validation.watch(tenant_id, after_sequence)
+        with sessions.begin() as session:
+            latest = notifications.latest(session, tenant_id)
+        if after_sequence > latest:
+            # A cursor from elsewhere (another tenant, another deployment) would otherwise wait silently for ever.
+            raise InvalidArgument(
+                FieldViolation("after_sequence", f"is beyond the tenant's latest notification ({latest})")
+            )
+        cursor, seen = after_sequence, self._generation
+        while active() and not self._stopped:
+            with sessions.begin() as session:
+                batch = notifications.after(session, tenant_id, cursor, BATCH)
+            for notification in batch:
+                yield notification
+                cursor = notification.sequence
+            if len(batch) < BATCH:
+                seen = self._wait(seen)
