@@ -10,8 +10,8 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
+from tests import http_support, support
 from tests import policy_support as ps
-from tests import support
 from tests.policy.test_active_features import record
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
@@ -215,3 +215,25 @@ def test_notify_at_is_validated_and_kept_sorted(admin, tenant):
     ]
     stored = admin.UpsertPlan(plan(100, 50, 80)).plan
     assert list(stored.quotas[0].notify_at) == [50, 80, 100]
+
+
+def test_a_watch_over_a_connect_stream_sends_what_is_stored_and_ends_at_its_timeout(
+    api, admin, watch_policy, admin_token, tenant
+):
+    """Over HTTP/1.1 a Connect server stream is one response: it ends at the call's Connect-Timeout-Ms."""
+    world(admin, tenant)
+    assert reserve(api, tenant, 100).reserved
+    request = pb.WatchEntitlementsRequest(tenant_id=tenant)
+    reply = http_support.post(
+        watch_policy.http_port,
+        "/tollgate.policy.v1.PolicyService/WatchEntitlements",
+        http_support.envelope(request.SerializeToString()),
+        token=admin_token,
+        content_type="application/connect+proto",
+        headers={"connect-timeout-ms": "1000"},
+    )
+    assert reply.status == 200, reply.body
+    frames = http_support.envelopes(reply.body)
+    sent = [pb.WatchEntitlementsResponse.FromString(payload).notification for flags, payload in frames if flags == 0]
+    assert [(n.sequence, n.percent) for n in sent] == [(1, 80), (2, 100)]
+    assert frames[-1] == (0x02, b"{}")  # the end of the stream, without an error: resume after sequence 2

@@ -21,7 +21,8 @@ SERVICES = {
     "tollgate.policy.v1.PolicyService": "policy",
     "tollgate.policy.v1.PolicyAdminService": "policy",
 }
-# The one streaming RPC: its HTTP form (a Connect stream over HTTP/1.1) has its own test below.
+# The streaming RPCs: their HTTP forms (Connect streams over HTTP/1.1) have their own tests, StreamEvents' below,
+# WatchEntitlements' in tests/policy/test_entitlement_watch.py.
 STREAMING = {"tollgate.usage.v1.UsageService/StreamEvents", "tollgate.policy.v1.PolicyService/WatchEntitlements"}
 # Answers that report the work the call did: a first call does it, so both compared calls find nothing left.
 SETTLED_FIRST = {"tollgate.usage.v1.UsageAdminService/RunRollup"}

@@ -190,12 +190,13 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 
     def WatchEntitlements(self, request, context):
+        def active() -> bool:
+            # gRPC ends a call past its deadline itself; over HTTP the Connect timeout is only known as time left.
+            remaining = context.time_remaining()
+            return context.is_active() and (remaining is None or remaining > 0)
+
         for notification in self._notices.watch(
-            request.tenant_id,
-            request.after_sequence,
-            sessions=self._sessions,
-            caller=principal(),
-            active=context.is_active,
+            request.tenant_id, request.after_sequence, sessions=self._sessions, caller=principal(), active=active
         ):
             yield pb.WatchEntitlementsResponse(notification=grpc_convert.notification_out(notification))
 
