@@ -5,6 +5,7 @@ resumable WatchEntitlements stream."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -15,6 +16,10 @@ from tests import policy_support as ps
 from tests.policy.test_active_features import record
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy.domain.entitlements import Balance
+from tollgate.services.policy.domain.model import LimitKind, QuotaLimit, QuotaScope
+from tollgate.services.policy.domain.modes import Mode
+from tollgate.services.policy.domain.notifications import crossings, threshold
 
 METRIC = "api.requests"
 # A guard against a hang, never an assertion on speed: every item awaited is stored before it is awaited.
@@ -132,6 +137,24 @@ def test_crossings_at_80_and_100_are_stored_once_each_in_order_and_a_watch_resum
     again.cancel()
 
 
+def test_concurrent_reserves_and_checks_store_each_crossing_once_numbered_without_gaps(
+    api, admin, watch_channel, admin_token, tenant
+):
+    world(admin, tenant, notify_at=(50, 80, 100))
+    calls = [lambda: reserve(api, tenant, 5) for _ in range(20)] + [
+        lambda: api.CheckEntitlement(pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", metric=METRIC))
+        for _ in range(10)
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda call: call(), calls))
+    assert sum(a.reserved for a in answers[:20]) == 20  # 20 x 5 fills the 100 exactly
+    call = watch(watch_channel, admin_token, tenant)
+    stored = take(call, 3)
+    call.cancel()
+    assert [(n.sequence, n.percent) for n in stored] == [(1, 50), (2, 80), (3, 100)]
+    assert_latest(watch_channel, admin_token, tenant, 3)
+
+
 def test_a_refused_reserve_stores_no_crossing(api, admin, watch_channel, admin_token, tenant):
     world(admin, tenant)
     answer = reserve(api, tenant, 150)
@@ -237,3 +260,16 @@ def test_a_watch_over_a_connect_stream_sends_what_is_stored_and_ends_at_its_time
     sent = [pb.WatchEntitlementsResponse.FromString(payload).notification for flags, payload in frames if flags == 0]
     assert [(n.sequence, n.percent) for n in sent] == [(1, 80), (2, 100)]
     assert frames[-1] == (0x02, b"{}")  # the end of the stream, without an error: resume after sequence 2
+
+
+def test_a_threshold_is_rounded_up_and_nothing_consumed_crosses_nothing():
+    assert (threshold(101, 80), threshold(100, 80), threshold(0, 100), threshold(10, 150)) == (81, 80, 0, 15)
+    quota = QuotaLimit(METRIC, pb.QUOTA_PERIOD_DAY, 0, Mode.OFF, (), False, QuotaScope.USER, LimitKind.HARD, (80,))
+
+    def crossed(used, reserved, limit=0):
+        balance = Balance(QuotaLimit(**{**quota.__dict__, "limit": limit}), 0, 1, 0, used, reserved, ())
+        return [(c.percent, c.user_id) for c in crossings(balance, "t", "alice", "Reserve")]
+
+    assert crossed(0, 0) == []  # an allowance of 0, nothing consumed
+    assert crossed(0, 1) == [(80, "alice")]  # a user-scoped quota names its user
+    assert crossed(80, 0, limit=101) == [] and crossed(80, 1, limit=101) == [(80, "alice")]
