@@ -18,7 +18,7 @@ from tollgate.shared import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("TOLLGATE_VAR_DIR") or ROOT / "var")
-ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
+ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"]
 
 
 METRICS = {"usage": 9464, "policy": 9465}  # the services' default metrics ports
@@ -67,7 +67,7 @@ def main() -> int:
     tokens.ensure(
         VAR / "demo.token",
         tenant=demo.TENANT,
-        scopes=["usage:write", "usage:read", "policy:read"],
+        scopes=["usage:write", "usage:read", "policy:read", "policy:write"],
         service="both",
         label="demo tenant",
     )

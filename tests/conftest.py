@@ -12,7 +12,7 @@ from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2_grpc
 
 BACKENDS = ["sqlite", "postgres"]
-ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
+ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"]
 
 
 def pytest_collection_modifyitems(config, items):

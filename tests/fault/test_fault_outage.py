@@ -27,7 +27,7 @@ from tollgate.usage.v1 import usage_pb2_grpc
 OUTAGE_SECONDS = 6.0
 DEADLINE = 2.0
 FEED_EVENTS = 4000  # recorded at ~400 events/s, so the feed spans the whole outage
-ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
+ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"]
 
 
 @pytest.fixture

@@ -290,7 +290,7 @@ def test_a_tenant_cannot_touch_another_tenants_reservation(dbs, admin, api, ent_
     world(admin, tenant, quota(100))
     reservation = reserve(api, tenant, 10).reservation
     stranger = support.new_tenant()
-    token = support.make_token(dbs, tenant=stranger, scopes=["usage:write", "policy:read"])
+    token = support.make_token(dbs, tenant=stranger, scopes=["policy:write", "policy:read"])
     theirs = ps.Client(policy_pb2_grpc.PolicyServiceStub(ent_channel), token)
     cross = pb.CommitRequest(tenant_id=tenant, reservation_id=reservation.reservation_id, amount=1)
     assert status_of(lambda: theirs.Commit(cross)) == grpc.StatusCode.PERMISSION_DENIED

@@ -57,6 +57,7 @@ def test_every_rpc_of_the_spec_is_in_the_contract():
             "Reserve",
             "Commit",
             "Release",
+            "WatchEntitlements",
         },
         (policy_pb2, "PolicyAdminService"): {
             "ImportRoles",

@@ -26,7 +26,7 @@ from tollgate.shared.config import ConfigError
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
+ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"]
 
 
 def openssl(*args: str, cwd: Path) -> None:

@@ -33,7 +33,7 @@ from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"]
+ALL_SCOPES = ["usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"]
 SERVICES = [u.DESCRIPTOR.services_by_name[name] for name in ("UsageService", "UsageAdminService")] + [
     pb.DESCRIPTOR.services_by_name[name] for name in ("PolicyService", "PolicyAdminService")
 ]
@@ -304,8 +304,14 @@ def call_raw(env: Env, service, method, bodies: list[bytes], token: str) -> grpc
             if refusals and len(refusals) == len(answers):
                 return CODES[refusals[0]]
         elif method.server_streaming:
-            for _ in channel.unary_stream(path(service, method))(bodies[0], **when):
-                pass
+            # An accepted watch sends what is stored, then waits for more until its deadline: a short one, and
+            # that deadline passing is the watch working, not the server hanging.
+            try:
+                for _ in channel.unary_stream(path(service, method))(bodies[0], metadata=when["metadata"], timeout=0.5):
+                    pass
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
         else:
             channel.unary_unary(path(service, method))(bodies[0], **when)
     except grpc.RpcError as error:

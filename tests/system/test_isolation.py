@@ -58,6 +58,9 @@ def call(stub_class, channel, method, request, metadata) -> grpc.StatusCode:
             for answer in rpc(iter([request]), metadata=metadata, timeout=10):
                 if answer.error.code:
                     return grpc.StatusCode[code_pb2.Code.Name(answer.error.code)]
+        elif method.server_streaming:
+            # A refused watch fails at its first read; an allowed one would send or wait, so one read decides.
+            next(iter(rpc(request, metadata=metadata, timeout=10)), None)
         else:
             rpc(request, metadata=metadata, timeout=10)
     except grpc.RpcError as error:

@@ -16,7 +16,7 @@ from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, select
 
 from tollgate.shared.errors import Unauthenticated
 
-SCOPES = frozenset({"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"})
+SCOPES = frozenset({"usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"})
 SERVICES = ("usage", "policy")  # a scope reads `<service>:<right>`
 # "The platform" (a credential that may act for every tenant) and "every tenant" (what an admin call acts on)
 # are one idea, and in code one value: None (`Principal.tenant_id`, a use case's or a repository's tenant).

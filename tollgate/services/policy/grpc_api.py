@@ -58,7 +58,7 @@ METHOD_SCOPES = {
         for name in ["ResolveMode", "ResolveModes", "ListActiveFeatures", "CheckEntitlement", "WatchEntitlements"]
     },
     # Taking and committing balance records usage: the authority of RecordEvents.
-    **{f"/{POLICY}/{name}": "usage:write" for name in ["Reserve", "Commit", "Release"]},
+    **{f"/{POLICY}/{name}": "policy:write" for name in ["Reserve", "Commit", "Release"]},
     **{f"/{ADMIN}/{name}": "policy:read" for name in _READS},
     **{f"/{ADMIN}/{name}": "policy:admin" for name in _WRITES},
 }
