@@ -53,12 +53,7 @@ def tenant() -> str:
 @pytest.fixture(scope="session")
 def usage(dbs):
     """A Usage server of this backend on a free port."""
-    # Imported here, not at the top: the unit tier (tests/*/unit) imports no server at all.
-    from tollgate.services.usage import server as usage_server
-    from tollgate.services.usage.config import Settings as UsageSettings
-
-    settings = support.test_settings(UsageSettings(), database_url=dbs.usage_url, rollup_interval_seconds=0)
-    running = usage_server.build(settings)
+    running = support.build_usage(dbs)
     yield running
     running.stop(grace=1)
 
@@ -66,8 +61,10 @@ def usage(dbs):
 @pytest.fixture(scope="session")
 def policy(dbs, usage):
     """A Policy server of this backend on a free port, reading usage from the Usage server."""
-    # No reuse of ranking usage: tests record usage and expect the next ranking to show it.
-    running = support.build_policy(dbs, usage.port, ranking_cache_seconds=0)
+    # No reuse of ranking usage: tests record usage and expect the next ranking to show it. Its outbox loop stays
+    # idle for the session: commits are delivered as they are made, and a loop sending rows other modules' Policies
+    # left behind would land RecordEvents at random in the metrics tests' exact counts (the registry is global).
+    running = support.build_policy(dbs, usage.port, ranking_cache_seconds=0, outbox_interval_seconds=86_400)
     yield running
     running.stop(grace=1)
 

@@ -123,13 +123,27 @@ def in_threads(target, count: int, *, timeout: float = 120) -> None:
     assert not any(thread.is_alive() for thread in threads), "a thread outlived its timeout"
 
 
+def build_usage(dbs: Databases, **changes):
+    """A Usage server of this backend on a free port, its rollup loop off (tests roll up when they mean to)."""
+    from tollgate.services.usage import server
+    from tollgate.services.usage.config import Settings
+
+    return server.build(
+        test_settings(Settings(), database_url=dbs.usage_url, **{"rollup_interval_seconds": 0, **changes})
+    )
+
+
 def build_policy(dbs: Databases, usage_port: int | None = None, *, usage_token: str | None = None, **changes):
     """A Policy server of this backend on a free port; given usage_port, it asks the Usage there with
-    usage_token (a fresh platform usage:read token unless one is given)."""
+    usage_token (unless one is given, a fresh platform token with what production gives Policy: usage:read for
+    quotas and rankings, usage:write for committed reservations; a read-only one would leave a commit in the outbox,
+    retried against the shared Usage server for the rest of the session)."""
     from tollgate.services.policy import server
     from tollgate.services.policy.config import Settings
 
     if usage_port is not None:
         changes["usage_addr"] = f"127.0.0.1:{usage_port}"
-        changes["usage_token"] = usage_token or make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+        changes["usage_token"] = usage_token or make_token(
+            dbs, tenant=None, scopes=["usage:read", "usage:write"], service="usage"
+        )
     return server.build(test_settings(Settings(), database_url=dbs.policy_url, **changes))

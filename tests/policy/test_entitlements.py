@@ -334,18 +334,34 @@ def test_a_billing_anchor_in_a_zone_sets_the_period_and_a_bad_zone_is_refused(ad
 
 
 def test_a_policy_token_without_usage_write_keeps_commits_in_the_outbox_and_quota_reads_working(
-    policy_stub, policy_admin_stub, admin_token, tenant
+    dbs, usage, usage_stub, api, admin_token, tenant
 ):
-    # The session's Policy holds a usage:read token only: Usage refuses its RecordEvents (a configuration to fix).
-    admin, api = ps.Client(policy_admin_stub, admin_token), ps.Client(policy_stub, admin_token)
-    w = world(admin, tenant, quota(100))
-    reservation = reserve(api, tenant, 10).reservation
-    committed = commit(api, tenant, reservation.reservation_id, 10).reservation
-    assert committed.state == pb.RESERVATION_STATE_COMMITTED and not committed.recorded_in_usage
-    resolved = api.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=w.feature))
-    entry = [e for e in resolved.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA][0]
-    assert entry.detail == f"quota {METRIC} 100/month not reached: 0 used of 100 allowed"  # the circuit stayed shut
-    # Counted while in the outbox, and once in Usage (this module's other Policy, which may write, delivers it).
+    # A Policy of its own holding a usage:read token only: Usage refuses its RecordEvents (a configuration to fix).
+    # Stopped at the end, so its outbox does not keep calling the shared Usage server for the rest of the session.
+    read_only = support.make_token(dbs, tenant=None, scopes=["usage:read"], service="usage")
+    running = support.build_policy(dbs, usage.port, usage_token=read_only, quota_cache_seconds=0)
+    try:
+        with support.channel(running.port) as channel:
+            reader_admin = ps.Client(policy_pb2_grpc.PolicyAdminServiceStub(channel), admin_token)
+            reader = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            w = world(reader_admin, tenant, quota(100))
+            reservation = reserve(reader, tenant, 10).reservation
+            committed = commit(reader, tenant, reservation.reservation_id, 10).reservation
+            assert committed.state == pb.RESERVATION_STATE_COMMITTED and not committed.recorded_in_usage
+            resolved = reader.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id="u1", feature_id=w.feature))
+            entry = [e for e in resolved.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA][0]
+            assert entry.detail == f"quota {METRIC} 100/month not reached: 0 used of 100 allowed"  # circuit shut
+            # Counted while in the outbox.
+            [q] = check(reader, tenant).quotas
+            assert (q.usage, q.balance) == (10, 90)
+    finally:
+        running.stop(grace=1)
+    # This module's Policy, whose token may write, reads the same outbox and delivers the event, once; waiting for
+    # it here also leaves no delivery due to land in a later test's window on the shared Usage server.
+    deadline = time.monotonic() + 30
+    while usage_total(usage_stub, admin_token, tenant) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert usage_total(usage_stub, admin_token, tenant) == 10
     [q] = check(api, tenant).quotas
     assert (q.usage, q.balance) == (10, 90)
 
