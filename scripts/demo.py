@@ -240,13 +240,7 @@ DEFAULT_PORTS = {"usage": 50051, "policy": 50052, "usage_http": 8081, "policy_ht
 def ports_from(env: dict[str, str]) -> dict[str, int]:
     """The gRPC and HTTP ports `make run`'s services listen on: a taken port stops a service (naming its
     variable), so the configured ones are the ones in use."""
-    names = {
-        "usage": "USAGE_PORT",
-        "policy": "POLICY_PORT",
-        "usage_http": "USAGE_HTTP_PORT",
-        "policy_http": "POLICY_HTTP_PORT",
-    }
-    return {key: int(env.get(name, DEFAULT_PORTS[key])) for key, name in names.items()}
+    return {key: int(env.get(f"{key.upper()}_PORT", default)) for key, default in DEFAULT_PORTS.items()}
 
 
 def at_ports(call: str, ports: dict[str, int]) -> str:
