@@ -5,8 +5,10 @@
    gRPC and HTTP/JSON alternating over ROUNDS rounds on an emptied events table, medians compared. The
    JSON bodies are encoded before the clock starts, as the gRPC requests are built before it, and the
    answers are read with json.loads: the figure is the server's, not the client's JSON encoder's.
-2. ResolveMode: bench/resolve.py's tenant on a Policy server in this process serving both ports; p50/p99
-   sequential and with calls in flight, the transports taking turns in TURNS rounds on the same server.
+2. ResolveMode: bench/resolve.py's tenant on a Policy server in its own process (as deployed) serving both
+   ports; p50/p99 sequential and with calls in flight, the transports taking turns in TURNS rounds on the
+   same server. In the bench's process, 64 Python client threads would share the HTTP server's GIL (its
+   selector thread and workers) while gRPC's clients wait in C: a cost of the bench, not of the server.
 """
 
 from __future__ import annotations
@@ -105,11 +107,11 @@ def _ingest(admin_url: str) -> None:
 
 def _resolve(admin_url: str) -> None:
     with (
-        resolve.seeded_policy(admin_url, http_port=0) as (running, metadata),
-        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        resolve.seeded_policy(admin_url, http=True, own_process=True) as (port, http_port, metadata),
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
-        assert running.http_port is not None
-        stub, json_stub = policy_pb2_grpc.PolicyServiceStub(channel), JsonStub(running.http_port)
+        assert http_port is not None
+        stub, json_stub = policy_pb2_grpc.PolicyServiceStub(channel), JsonStub(http_port)
 
         def asked(n: int) -> tuple[str, str]:
             """(user, feature) of call n, as bench/resolve.py's ResolveMode asks them."""

@@ -16,25 +16,28 @@ from scripts.pgcluster import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class UsageProcess:
-    """`python -m tollgate.services.usage` on a free loopback port, SERVING when built; `stop()` ends it."""
+class ServiceProcess:
+    """`python -m tollgate.services.<SERVICE>` on a free loopback port, SERVING when built; `stop()` ends it."""
+
+    SERVICE = ""
+    DEFAULTS: dict[str, str] = {}
 
     def __init__(self, url: str, **settings: str):
-        """`settings`: more USAGE_* variables, which win over these defaults."""
-        self.port = free_port()
+        """`settings`: more <SERVICE>_* variables, which win over these defaults."""
+        self.port, p = free_port(), self.SERVICE.upper()
         env = {
             **os.environ,
-            "USAGE_DATABASE_URL": url,
-            "USAGE_HOST": "127.0.0.1",
-            "USAGE_PORT": str(self.port),
-            "USAGE_METRICS_PORT": "-1",
-            "USAGE_HTTP_PORT": "-1",
-            "USAGE_ROLLUP_INTERVAL_SECONDS": "0",
-            "USAGE_LOG_LEVEL": "WARNING",
-            "USAGE_HEALTH_INTERVAL_SECONDS": "0.2",
+            f"{p}_DATABASE_URL": url,
+            f"{p}_HOST": "127.0.0.1",
+            f"{p}_PORT": str(self.port),
+            f"{p}_METRICS_PORT": "-1",
+            f"{p}_HTTP_PORT": "-1",
+            f"{p}_LOG_LEVEL": "WARNING",
+            f"{p}_HEALTH_INTERVAL_SECONDS": "0.2",
+            **self.DEFAULTS,
             **settings,
         }
-        self._process = subprocess.Popen([sys.executable, "-m", "tollgate.services.usage"], cwd=ROOT, env=env)
+        self._process = subprocess.Popen([sys.executable, "-m", f"tollgate.services.{self.SERVICE}"], cwd=ROOT, env=env)
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             health, deadline = health_pb2_grpc.HealthStub(channel), time.monotonic() + 60
             while True:
@@ -48,7 +51,7 @@ class UsageProcess:
                     pass
                 if time.monotonic() > deadline or self._process.poll() is not None:
                     self.stop()
-                    raise RuntimeError("the Usage process did not become SERVING")
+                    raise RuntimeError(f"the {self.SERVICE} process did not become SERVING")
                 time.sleep(0.1)
 
     def stop(self) -> None:
@@ -58,3 +61,11 @@ class UsageProcess:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+
+
+class UsageProcess(ServiceProcess):
+    SERVICE, DEFAULTS = "usage", {"USAGE_ROLLUP_INTERVAL_SECONDS": "0"}
+
+
+class PolicyProcess(ServiceProcess):
+    SERVICE = "policy"

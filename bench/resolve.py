@@ -16,13 +16,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
-from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from bench.processes import PolicyProcess
+from scripts.pgcluster import create_postgres_database, drop_postgres_database, free_port
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import server as policy_server
 from tollgate.services.policy.config import Settings
 from tollgate.shared import migrate
-from tollgate.shared.server import RunningServer
 
 # The modes lowest first (MODES[0] is MODE_OFF, number 1).
 MODES = [pb.MODE_OFF, pb.MODE_OBSERVE, pb.MODE_SUGGEST, pb.MODE_PROACTIVE, pb.MODE_AMBITIOUS, pb.MODE_AUTONOMOUS]
@@ -32,38 +32,55 @@ SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 3000, 6000, 64, 300
 
 
 def run(admin_url: str) -> None:
-    with seeded_policy(admin_url) as (running, metadata), grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with seeded_policy(admin_url) as (port, _, metadata), grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         _measure(channel, metadata)
 
 
 @contextmanager
-def seeded_policy(admin_url: str, **settings) -> Iterator[tuple[RunningServer, tuple[tuple[str, str], ...]]]:
-    """A Policy server in this process on a fresh database holding the tenant below, and the metadata of a
-    token for it; `settings` change Policy's (http_port=0 serves HTTP too). Dropped at the end."""
+def seeded_policy(
+    admin_url: str, *, http: bool = False, own_process: bool = False
+) -> Iterator[tuple[int, int | None, tuple[tuple[str, str], ...]]]:
+    """(gRPC port, HTTP port or None, metadata of a token) of a Policy server on a fresh database holding
+    the tenant below, in this process or, with `own_process`, in a process of its own (as deployed: the
+    bench's client threads do not share its GIL). Dropped at the end."""
     url = create_postgres_database(admin_url, prefix="tollgate_bench")
     try:
         migrate.upgrade("policy", url)
         token = tokens.token(url, {"policy:read", "policy:admin"}, schemas=("policy",))
-        defaults = replace(
-            Settings(),
-            database_url=url,
-            host="127.0.0.1",
-            port=0,
-            metrics_port=None,
-            http_port=None,
-            auth_cache_seconds=5.0,
-            log_level="WARNING",
-        )
-        running = policy_server.build(replace(defaults, **settings))
-        try:
-            metadata = (("authorization", f"Bearer {token}"),)
-            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        metadata = (("authorization", f"Bearer {token}"),)
+        with _policy(url, http, own_process) as (port, http_port):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 _seed(policy_pb2_grpc.PolicyAdminServiceStub(channel), metadata)
-            yield running, metadata
-        finally:
-            running.stop(grace=1)
+            yield port, http_port, metadata
     finally:
         drop_postgres_database(admin_url, url)
+
+
+@contextmanager
+def _policy(url: str, http: bool, own_process: bool) -> Iterator[tuple[int, int | None]]:
+    if own_process:
+        http_port = free_port() if http else None
+        process = PolicyProcess(url, POLICY_AUTH_CACHE_SECONDS="5", POLICY_HTTP_PORT=str(http_port or -1))
+        try:
+            yield process.port, http_port
+        finally:
+            process.stop()
+        return
+    settings = replace(
+        Settings(),
+        database_url=url,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=None,
+        http_port=0 if http else None,
+        auth_cache_seconds=5.0,
+        log_level="WARNING",
+    )
+    running = policy_server.build(settings)
+    try:
+        yield running.port, running.http_port
+    finally:
+        running.stop(grace=1)
 
 
 def _seed(admin, metadata) -> None:
