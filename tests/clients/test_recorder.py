@@ -6,6 +6,7 @@ import logging
 import re
 import sqlite3
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -40,6 +41,11 @@ def wait_until(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+def spooled_on_disk(spool_path: str) -> int:
+    with closing(sqlite3.connect(spool_path)) as spool:
+        return spool.execute("SELECT count(*) FROM spooled_events").fetchone()[0]
 
 
 def dead_target() -> str:
@@ -252,6 +258,8 @@ def test_units_merged_through_a_shared_correlation_id_are_counted_apart_and_logg
             recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42")
         recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42", actor_id="other")
         recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")
+        # All five on disk before the flush, so they go in one batch: merges of two batches are two reports.
+        assert wait_until(lambda: spooled_on_disk(spool_path) == 5, timeout=10)
         assert recorder.flush(timeout=10)
         recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")  # a true redelivery
         assert recorder.flush(timeout=10)
