@@ -45,7 +45,7 @@ def run(admin_url: str) -> None:
         migrate.upgrade("policy", url)
         admin_token = tokens.token(
             url,
-            {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:admin"},
+            {"usage:write", "usage:read", "usage:admin", "policy:read", "policy:write", "policy:admin"},
             schemas=("usage", "policy"),
             label="bench admin",
         )

@@ -23,10 +23,15 @@ HARD, SOFT = pb.LIMIT_KIND_HARD, pb.LIMIT_KIND_SOFT
 
 @pytest.fixture(scope="module")
 def ent_policy(dbs, usage):
-    """A Policy whose token may also record usage (Commit's events), reading usage fresh."""
+    """A Policy whose token may also record usage (Commit's events), reading usage fresh on every call."""
     token = support.make_token(dbs, tenant=None, scopes=["usage:read", "usage:write"], service="usage")
     running = support.build_policy(
-        dbs, usage.port, usage_token=token, quota_cache_seconds=0, outbox_interval_seconds=0.05
+        dbs,
+        usage.port,
+        usage_token=token,
+        quota_cache_seconds=0,
+        balance_usage_seconds=0,
+        outbox_interval_seconds=0.05,
     )
     yield running
     running.stop(grace=1)
@@ -242,6 +247,40 @@ def test_commit_records_the_usage_event_once_however_often_it_is_retried_and_fre
     assert (q.usage, q.reserved, q.balance) == (25, 0, 75)
     other = pb.CommitRequest(tenant_id=tenant, reservation_id=reservation.reservation_id, amount=24)
     assert status_of(lambda: api.Commit(other)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_reused_usage_answer_still_counts_every_commit_at_once_and_direct_usage_once_reread(
+    dbs, usage, admin, usage_stub, admin_token, tenant
+):
+    """POLICY_BALANCE_USAGE_SECONDS: Usage's answer behind a balance is reused, yet what flows through Commit counts
+    the moment it is committed (delivered or not), and usage recorded straight into Usage once Usage is asked again."""
+    world(admin, tenant, quota(100))
+    reusing = support.build_policy(dbs, usage.port, quota_cache_seconds=0, balance_usage_seconds=60)
+    try:
+        with support.channel(reusing.port) as channel:
+            api = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            assert check(api, tenant).quotas[0].usage == 0  # Usage asked: its answer is now reused
+            held = reserve(api, tenant, 40).reservation
+            assert commit(api, tenant, held.reservation_id, 25).reservation.recorded_in_usage
+            assert totals(usage_stub, admin_token, tenant)[METRIC] == (
+                25,
+                1,
+            )  # Usage has it; the reused answer does not
+            [q] = check(api, tenant).quotas
+            assert (q.usage, q.reserved, q.balance) == (25, 0, 75)
+            assert not reserve(api, tenant, 76).reserved and reserve(api, tenant, 75).reserved
+            record_directly(usage_stub, admin_token, tenant, 30)
+            assert check(api, tenant).quotas[0].usage == 25  # not asked again within the 60 s
+        fresh = support.build_policy(dbs, usage.port, quota_cache_seconds=0, balance_usage_seconds=0)
+        try:
+            with support.channel(fresh.port) as channel:
+                api = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+                [q] = check(api, tenant).quotas
+                assert (q.usage, q.reserved, q.balance) == (55, 75, 0)
+        finally:
+            fresh.stop(grace=1)
+    finally:
+        reusing.stop(grace=1)
 
 
 def test_commit_refuses_more_than_reserved_and_release_frees_it_all(admin, api, usage_stub, admin_token, tenant):

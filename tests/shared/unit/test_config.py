@@ -46,6 +46,7 @@ OWN = {
         "POLICY_CACHE_POLL_SECONDS": ("cache_poll_seconds", 0.5),
         "POLICY_USAGE_COOLDOWN_SECONDS": ("usage_cooldown_seconds", 0.5),
         "POLICY_QUOTA_CACHE_SECONDS": ("quota_cache_seconds", 0.5),
+        "POLICY_BALANCE_USAGE_SECONDS": ("balance_usage_seconds", 0.5),
         "POLICY_RANKING_CACHE_SECONDS": ("ranking_cache_seconds", 0.5),
         "POLICY_USAGE_TLS_CA_FILE": ("usage_tls_ca_file", "/tls/ca.crt"),
         "POLICY_USAGE_TLS_CERT_FILE": ("usage_tls_cert_file", "/tls/tls.crt"),

@@ -26,6 +26,8 @@ class Settings(ServiceSettings):
     cache_poll_seconds: float = 1.0
     usage_cooldown_seconds: float = 2.0
     quota_cache_seconds: float = 2.0
+    # How long Usage's answer that decides a balance (Reserve, CheckEntitlement) is reused; 0 asks on every call.
+    balance_usage_seconds: float = 1.0
     ranking_cache_seconds: float = 5.0
     outbox_interval_seconds: float = 0.5
     # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
@@ -70,6 +72,9 @@ class Settings(ServiceSettings):
                 env, "POLICY_USAGE_COOLDOWN_SECONDS", cls.usage_cooldown_seconds, low=0, high=600
             ),
             quota_cache_seconds=env_float(env, "POLICY_QUOTA_CACHE_SECONDS", cls.quota_cache_seconds, low=0, high=3600),
+            balance_usage_seconds=env_float(
+                env, "POLICY_BALANCE_USAGE_SECONDS", cls.balance_usage_seconds, low=0, high=60
+            ),
             ranking_cache_seconds=env_float(
                 env, "POLICY_RANKING_CACHE_SECONDS", cls.ranking_cache_seconds, low=0, high=3600
             ),

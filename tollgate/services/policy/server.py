@@ -40,7 +40,12 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         tracer_provider=tracer_provider,
         tls=settings.usage_tls,
     )
-    usage = UsagePort(client, quota_ttl=settings.quota_cache_seconds, ranking_ttl=settings.ranking_cache_seconds)
+    usage = UsagePort(
+        client,
+        quota_ttl=settings.quota_cache_seconds,
+        ranking_ttl=settings.ranking_cache_seconds,
+        balance_ttl=settings.balance_usage_seconds,
+    )
     dispatcher = Dispatcher(sessions, usage, interval=settings.outbox_interval_seconds)
     notices = Notices()
     spec = ServerSpec(

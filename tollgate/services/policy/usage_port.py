@@ -6,13 +6,14 @@ another within a call never outlast the call. Failures raise `UsageUnavailable`;
 what that means. A quota read and a ranking are reused for their TTLs (POLICY_QUOTA_CACHE_SECONDS,
 POLICY_RANKING_CACHE_SECONDS); a ranking is then served as long again while one background call
 refreshes it: it is a soft signal, and seconds of staleness spare Usage two queries per page view.
-A failure is never reused (the client's short circuit handles repeats).
+A failure is never reused (the client's short circuit handles repeats). Usage that decides a balance
+(Reserve, CheckEntitlement) is reused only within its periods and for POLICY_BALANCE_USAGE_SECONDS.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,10 +57,11 @@ NO_DEADLINE = Deadline()
 class UsagePort:
     """Quota usage per period, ranking totals and the metric catalog, read from Usage through `client`."""
 
-    def __init__(self, client: UsageClient, *, quota_ttl: float, ranking_ttl: float):
+    def __init__(self, client: UsageClient, *, quota_ttl: float, ranking_ttl: float, balance_ttl: float = 0.0):
         self._client = client
         self._quotas: Memo[QuotaUsage] = Memo(quota_ttl)
         self._rankings: Memo[RankingTotals] = Memo(ranking_ttl, stale_for=ranking_ttl)
+        self._balances: Memo[tuple[int, QuotaUsage]] = Memo(balance_ttl)
 
     def quota_usage(
         self,
@@ -69,37 +71,65 @@ class UsagePort:
         deadline: Deadline,
         subscription: Subscription | None = None,
         user_id: str = "",
-        fresh: bool = False,
     ) -> QuotaUsage:
         """This period's usage of each quota's metric: one GetUsage per period naming all of its metrics (with
-        `user_id`'s own totals in the same call when a quota counts per user), the periods asked concurrently.
-        `fresh` skips the reuse: what decides a reservation or answers CheckEntitlement is read now."""
-        periods = {
-            period: tuple(sorted({q.metric for q in quotas if q.period == period}))
-            for period in sorted({q.period for q in quotas})
-        }
+        `user_id`'s own totals in the same call when a quota counts per user), the periods asked concurrently."""
+        periods, actor = _periods(quotas), _actor(quotas, user_id)
         if not periods:
             return QuotaUsage()
-        actor = user_id if any(q.scope == QuotaScope.USER for q in quotas) else ""
-
-        def ask() -> QuotaUsage:
-            now_us = now_micros()
-            queries = [
-                UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now_us, subscription), actor)
-                for period, metrics in periods.items()
-            ]
-            answers = self._client.get_split_usage(queries, timeout=deadline.remaining())
-            return QuotaUsage(
-                {(metric, period): q for period, (tenant, _) in zip(periods, answers) for metric, q in tenant.items()},
-                user_used={
-                    (metric, period): q for period, (_, user) in zip(periods, answers) for metric, q in user.items()
-                },
-            )
-
-        if fresh:
-            return ask()
         anchor = (subscription.billing_anchor_us, subscription.time_zone) if subscription else None
-        return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items())), ask)
+        return self._quotas.get(
+            (tenant_id, actor, anchor, tuple(periods.items())),
+            lambda: self._ask(tenant_id, periods, actor, subscription, now_micros(), deadline),
+        )
+
+    def balance_usage(
+        self,
+        tenant_id: str,
+        quotas: Sequence[QuotaLimit],
+        *,
+        note: Callable[[], int],
+        deadline: Deadline,
+        subscription: Subscription | None = None,
+        user_id: str = "",
+    ) -> tuple[int, QuotaUsage]:
+        """(`note()` called just before Usage was asked, Usage's answer as in `quota_usage`) for a decision on a
+        balance, reused within the current periods for POLICY_BALANCE_USAGE_SECONDS: the note says which of
+        Policy's own commits the answer may lack (docs/entitlements.md, "The consistency boundary")."""
+        periods, actor = _periods(quotas), _actor(quotas, user_id)
+        if not periods:
+            return 0, QuotaUsage()
+        now_us = now_micros()
+        bounds = tuple(
+            (period, metrics, quota_rules.period_bounds(period, now_us, subscription))
+            for period, metrics in periods.items()
+        )
+
+        def ask() -> tuple[int, QuotaUsage]:
+            noted = note()
+            return noted, self._ask(tenant_id, periods, actor, subscription, now_us, deadline)
+
+        return self._balances.get((tenant_id, actor, bounds), ask)
+
+    def _ask(
+        self,
+        tenant_id: str,
+        periods: dict[int, tuple[str, ...]],
+        actor: str,
+        subscription: Subscription | None,
+        now_us: int,
+        deadline: Deadline,
+    ) -> QuotaUsage:
+        if not periods:
+            return QuotaUsage()
+        queries = [
+            UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now_us, subscription), actor)
+            for period, metrics in periods.items()
+        ]
+        answers = self._client.get_split_usage(queries, timeout=deadline.remaining())
+        tenant_used = {(m, period): q for period, (tenant, _) in zip(periods, answers) for m, q in tenant.items()}
+        user_used = {(m, period): q for period, (_, user) in zip(periods, answers) for m, q in user.items()}
+        return QuotaUsage(tenant_used, user_used=user_used)
 
     def record(
         self, tenant_id: str, events: Sequence[OutboxEvent], *, timeout: float | None, fail_fast: bool = False
@@ -130,3 +160,16 @@ class UsagePort:
     def metric_names(self, *, deadline: Deadline) -> set[str]:
         """Every metric name in Usage's catalog, asked afresh (a metric added a moment ago counts)."""
         return self._client.metric_names(timeout=deadline.remaining())
+
+
+def _periods(quotas: Sequence[QuotaLimit]) -> dict[int, tuple[str, ...]]:
+    """The metrics to ask for, by period."""
+    return {
+        period: tuple(sorted({q.metric for q in quotas if q.period == period}))
+        for period in sorted({q.period for q in quotas})
+    }
+
+
+def _actor(quotas: Sequence[QuotaLimit], user_id: str) -> str:
+    """Whose own totals to ask for too: the user's when a quota counts per user."""
+    return user_id if any(q.scope == QuotaScope.USER for q in quotas) else ""

@@ -1,18 +1,18 @@
 """CheckEntitlement, Reserve, Commit and Release (docs/entitlements.md, "The consistency boundary").
 
-Usage is asked first (fresh, never from the resolve path's cache), after noting the latest delivery the
-outbox recorded. Then Reserve takes the (tenant, metric) lock row (Commit takes it too) and, in one
-statement, reads the open reservations and every committed amount Usage's answer may lack: those not yet
-delivered, or delivered after the noted one. A delivery is recorded only once Usage holds the event, so
-one recorded before the note was in Usage before the question was sent: every committed amount is
-counted once, or (for an instant) twice, never zero times, and the lock is held for a statement and an
-insert, not for a call to Usage.
+Usage is asked first (never through the resolve path's cache; an answer is reused only within its periods
+and for POLICY_BALANCE_USAGE_SECONDS), after noting the latest delivery the outbox recorded. Then Reserve
+takes the (tenant, metric) lock row (Commit takes it too) and, in one statement, reads the open reservations
+and every committed amount Usage's answer may lack: those not yet delivered, or delivered after the noted
+one. A delivery is recorded only once Usage holds the event, so one recorded before the note was in Usage
+before the question was sent: every committed amount is counted once, or (for an instant) twice, never zero
+times, and the lock is held for a statement and an insert, not for a call to Usage.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from tollgate.services.policy import metrics, validation
@@ -64,6 +64,14 @@ class Finished:
     now_us: int
 
 
+class _Retried(Exception):
+    """A reservation with the idempotency key exists already."""
+
+    def __init__(self, reservation: Reservation):
+        super().__init__(reservation.reservation_id)
+        self.reservation = reservation
+
+
 @dataclass(frozen=True)
 class _Asked:
     """Usage's answer for some quotas, and the latest delivery recorded before the question was sent."""
@@ -79,11 +87,23 @@ def _ask_usage(
     *,
     usage: UsagePort,
     deadline: Deadline,
-    delivered_before: int,
+    sessions: Sessions,
+    note: Callable[[Session], int] = entitlements.last_delivered,
 ) -> _Asked:
-    """Ask Usage for the quotas' period usage (fresh), outside any lock; `delivered_before` was read just before."""
-    read = usage.quota_usage(
-        snapshot.tenant_id, quotas, deadline=deadline, subscription=snapshot.subscription, user_id=user_id, fresh=True
+    """Usage's answer for the quotas' periods (asked outside any lock, or reused: UsagePort.balance_usage) and the
+    latest delivery `note` read in its own transaction just before Usage was asked."""
+
+    def noted() -> int:
+        with sessions.begin() as session:
+            return note(session)
+
+    delivered_before, read = usage.balance_usage(
+        snapshot.tenant_id,
+        quotas,
+        note=noted,
+        deadline=deadline,
+        subscription=snapshot.subscription,
+        user_id=user_id,
     )
     return _Asked(read, delivered_before)
 
@@ -155,9 +175,7 @@ def check_entitlement(
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
     relevant = [q for q in plan_quotas if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)]
     shown = [q for q in relevant if not metric or q.metric == metric]
-    with sessions.begin() as session:
-        delivered_before = entitlements.last_delivered(session)
-    asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, delivered_before=delivered_before)
+    asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, sessions=sessions)
     now_us = now_micros()
     with sessions.begin() as session:
         balances, used = _balances(session, snapshot, relevant, user_id, now_us, asked)
@@ -198,12 +216,18 @@ def reserve(
     quotas = [q for q in (snapshot.plan.quotas if snapshot.plan else ()) if q.metric == metric]
     if not quotas:
         raise NoQuota(tenant_id, metric)
-    with sessions.begin() as session:
+
+    def note(session: Session) -> int:
+        """A retry is answered without asking Usage (checked again under the lock below)."""
         existing = entitlements.find_by_key(session, tenant_id, key)
-        delivered_before = entitlements.last_delivered(session)
-    if existing is not None:  # a retry: answered without asking Usage (checked again under the lock below)
-        return _replay(existing, user_id, metric, amount, key)
-    asked = _ask_usage(snapshot, quotas, user_id, usage=usage, deadline=deadline, delivered_before=delivered_before)
+        if existing is not None:
+            raise _Retried(existing)
+        return entitlements.last_delivered(session)
+
+    try:
+        asked = _ask_usage(snapshot, quotas, user_id, usage=usage, deadline=deadline, sessions=sessions, note=note)
+    except _Retried as retried:
+        return _replay(retried.reservation, user_id, metric, amount, key)
     with sessions.begin() as session:
         entitlements.lock(session, tenant_id, metric)  # the same key always takes the same lock: check after it
         existing = entitlements.find_by_key(session, tenant_id, key)
