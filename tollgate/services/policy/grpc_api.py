@@ -5,7 +5,7 @@ from __future__ import annotations
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import grpc_convert
-from tollgate.services.policy.repository import Sessions
+from tollgate.services.policy.repository import Connections, Sessions
 from tollgate.services.policy.service import (
     active,
     audit,
@@ -67,10 +67,20 @@ METHOD_SCOPES = {
 class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     """tollgate.policy.v1.PolicyService."""
 
-    def __init__(self, *, cache, usage, sessions: Sessions, dispatcher: Dispatcher, notices: Notices | None = None):
+    def __init__(
+        self,
+        *,
+        cache,
+        usage,
+        sessions: Sessions,
+        connections: Connections,
+        dispatcher: Dispatcher,
+        notices: Notices | None = None,
+    ):
         self._cache = cache
         self._usage = usage
         self._sessions = sessions
+        self._connections = connections
         self._dispatcher = dispatcher
         self._notices = notices or Notices()
 
@@ -132,6 +142,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.metric,
             cache=self._cache,
             sessions=self._sessions,
+            connections=self._connections,
             usage=self._usage,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
@@ -157,6 +168,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.idempotency_key,
             cache=self._cache,
             sessions=self._sessions,
+            connections=self._connections,
             usage=self._usage,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),

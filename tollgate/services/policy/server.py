@@ -22,9 +22,23 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
     """Connect, wire and start the Policy server on settings.address (spans, its own and those of its calls
     to Usage, to `tracer_provider`; None: the process's)."""
     engine = create_engine_for(
-        settings.database_url, schema=tables.SCHEMA, pool_size=settings.db_pool_size, application_name="tollgate-policy"
+        settings.database_url,
+        schema=tables.SCHEMA,
+        pool_size=settings.db_pool_size,
+        application_name="tollgate-policy",
+        pre_ping=False,
     )
     sessions = session_factory(engine)
+    # The balance reads of CheckEntitlement and Reserve: one statement each, on connections that stay in
+    # autocommit (as Usage's reads).
+    reads = create_engine_for(
+        settings.database_url,
+        schema=tables.SCHEMA,
+        pool_size=settings.db_pool_size,
+        application_name="tollgate-policy-reads",
+        pre_ping=False,
+        autocommit=True,
+    )
     cache = SnapshotCache(partial(snapshots.load, sessions=sessions))
     poller = VersionPoller(
         cache,
@@ -53,7 +67,14 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         registrations=[
             (
                 policy_pb2_grpc.add_PolicyServiceServicer_to_server,
-                grpc_api.PolicyApi(cache=cache, usage=usage, sessions=sessions, dispatcher=dispatcher, notices=notices),
+                grpc_api.PolicyApi(
+                    cache=cache,
+                    usage=usage,
+                    sessions=sessions,
+                    connections=reads,
+                    dispatcher=dispatcher,
+                    notices=notices,
+                ),
             ),
             (
                 policy_pb2_grpc.add_PolicyAdminServiceServicer_to_server,
@@ -62,8 +83,8 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         ],
         service_names=[grpc_api.POLICY, grpc_api.ADMIN],
         method_scopes=grpc_api.METHOD_SCOPES,
-        authenticator=auth.table_authenticator(engine, tables.credentials, cache_seconds=settings.auth_cache_seconds),
-        ready=migrate.readiness_check(engine, service="policy", schema=tables.SCHEMA),
+        authenticator=auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds),
+        ready=migrate.readiness_check(reads, service="policy", schema=tables.SCHEMA),
         background=[poller.run, dispatcher.run, notices.run],
     )
     running = build_server(
@@ -77,5 +98,5 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         tls=settings.tls,
         health_port=settings.health_port,
     )
-    running.on_stop += [client.close, engine.dispose]
+    running.on_stop += [client.close, engine.dispose, reads.dispose]
     return running

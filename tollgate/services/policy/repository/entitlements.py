@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import CursorResult, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Select,
+    String,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,13 +64,13 @@ def lock(session: Session, tenant_id: str, metric: str) -> None:
     session.execute(select(L.c.tenant_id).where(key).with_for_update())
 
 
-def last_delivered(session: Session) -> int:
+def last_delivered(session: Session | Connection) -> int:
     """The number of the latest delivery recorded: read before asking Usage, passed to `held` after."""
     return session.execute(select(func.max(OUT.c.delivered_seq))).scalar() or 0
 
 
 def held(
-    session: Session,
+    session: Session | Connection,
     tenant_id: str,
     metric: str,
     user_id: str,
@@ -71,26 +86,42 @@ def held(
     Usage's answer may lack an event not yet delivered, or delivered after `delivered_after` was read (it was
     read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
     before that read was in Usage before the question was sent."""
-    open_ = and_(R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > now_us)
+    values = {"tenant_id": tenant_id, "metric": metric, "user_id": user_id, "now_us": now_us}
+    values["delivered_after"] = delivered_after
+    for n, (start, end) in enumerate(windows):
+        values[f"start_{n}"], values[f"end_{n}"] = start, end
+    row = session.execute(_held_statement(len(windows)), values).one()
+    sums = [int(v) for v in row[:-1]]
+    return sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)]
+
+
+@functools.cache
+def _held_statement(windows: int) -> Select:
+    """`held`'s statement for that many windows, built once: its parameters are bound at each execution."""
+    tenant_id, metric, user_id = (bindparam(name, type_=String) for name in ("tenant_id", "metric", "user_id"))
+    open_ = and_(
+        R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > bindparam("now_us")
+    )
     maybe_missing = and_(
         OUT.c.tenant_id == tenant_id,
         OUT.c.metric == metric,
-        or_(OUT.c.delivered_seq.is_(None), OUT.c.delivered_seq > delivered_after),
+        or_(OUT.c.delivered_seq.is_(None), OUT.c.delivered_seq > bindparam("delivered_after")),
     )
     columns = [
         select(func.coalesce(func.sum(R.c.amount), 0)).where(open_).scalar_subquery(),
         select(func.coalesce(func.sum(R.c.amount), 0)).where(open_, R.c.user_id == user_id).scalar_subquery(),
     ]
     waiting = func.coalesce(func.sum(OUT.c.quantity), 0)
-    for start, end in windows:
-        in_window = and_(maybe_missing, OUT.c.occurred_us >= start, OUT.c.occurred_us < end)
+    for n in range(windows):
+        in_window = and_(
+            maybe_missing, OUT.c.occurred_us >= bindparam(f"start_{n}"), OUT.c.occurred_us < bindparam(f"end_{n}")
+        )
         columns.append(select(waiting).where(in_window).scalar_subquery())
         columns.append(select(waiting).where(in_window, OUT.c.user_id == user_id).scalar_subquery())
-    values = [int(v) for v in session.execute(select(*columns, literal(1))).one()[:-1]]
-    return values[0], values[1], [(values[i], values[i + 1]) for i in range(2, len(values), 2)]
+    return select(*columns, literal(1))
 
 
-def find_by_key(session: Session, tenant_id: str, idempotency_key: str) -> Reservation | None:
+def find_by_key(session: Session | Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:
     row = session.execute(select(R).where(R.c.tenant_id == tenant_id, R.c.idempotency_key == idempotency_key)).first()
     return _of(row) if row else None
 

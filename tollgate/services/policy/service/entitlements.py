@@ -30,7 +30,7 @@ from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapsh
 from tollgate.services.policy.domain.modes import Mode, Resolution
 from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
 from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
-from tollgate.services.policy.repository import Session, Sessions, entitlements
+from tollgate.services.policy.repository import Connection, Connections, Session, Sessions, entitlements
 from tollgate.services.policy.service import access, notifications
 from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
@@ -87,15 +87,15 @@ def _ask_usage(
     *,
     usage: UsagePort,
     deadline: Deadline,
-    sessions: Sessions,
-    note: Callable[[Session], int] = entitlements.last_delivered,
+    connections: Connections,
+    note: Callable[[Connection], int] = entitlements.last_delivered,
 ) -> _Asked:
     """Usage's answer for the quotas' periods (asked outside any lock, or reused: UsagePort.balance_usage) and the
-    latest delivery `note` read in its own transaction just before Usage was asked."""
+    latest delivery `note` read just before Usage was asked."""
 
     def noted() -> int:
-        with sessions.begin() as session:
-            return note(session)
+        with connections.connect() as connection:
+            return note(connection)
 
     delivered_before, read = usage.balance_usage(
         snapshot.tenant_id,
@@ -109,7 +109,7 @@ def _ask_usage(
 
 
 def _balances(
-    session: Session,
+    session: Session | Connection,
     snapshot: Snapshot,
     quotas: Sequence[QuotaLimit],
     user_id: str,
@@ -160,6 +160,7 @@ def check_entitlement(
     *,
     cache: SnapshotCache,
     sessions: Sessions,
+    connections: Connections,
     usage: UsagePort,
     caller: Principal,
     deadline: Deadline,
@@ -175,10 +176,11 @@ def check_entitlement(
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
     relevant = [q for q in plan_quotas if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)]
     shown = [q for q in relevant if not metric or q.metric == metric]
-    asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, sessions=sessions)
+    asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, connections=connections)
     now_us = now_micros()
-    with sessions.begin() as session:
-        balances, used = _balances(session, snapshot, relevant, user_id, now_us, asked)
+    with connections.connect() as connection:
+        balances, used = _balances(connection, snapshot, relevant, user_id, now_us, asked)
+    with sessions.begin() as session:  # no statement, nor a connection, unless a crossing is shown
         stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
     if stored and notices is not None:
         notices.wake()
@@ -204,6 +206,7 @@ def reserve(
     *,
     cache: SnapshotCache,
     sessions: Sessions,
+    connections: Connections,
     usage: UsagePort,
     caller: Principal,
     deadline: Deadline,
@@ -217,15 +220,17 @@ def reserve(
     if not quotas:
         raise NoQuota(tenant_id, metric)
 
-    def note(session: Session) -> int:
+    def note(connection: Connection) -> int:
         """A retry is answered without asking Usage (checked again under the lock below)."""
-        existing = entitlements.find_by_key(session, tenant_id, key)
+        existing = entitlements.find_by_key(connection, tenant_id, key)
         if existing is not None:
             raise _Retried(existing)
-        return entitlements.last_delivered(session)
+        return entitlements.last_delivered(connection)
 
     try:
-        asked = _ask_usage(snapshot, quotas, user_id, usage=usage, deadline=deadline, sessions=sessions, note=note)
+        asked = _ask_usage(
+            snapshot, quotas, user_id, usage=usage, deadline=deadline, connections=connections, note=note
+        )
     except _Retried as retried:
         return _replay(retried.reservation, user_id, metric, amount, key)
     with sessions.begin() as session:
