@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     Connection,
@@ -16,7 +16,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -69,6 +68,13 @@ def last_delivered(session: Session | Connection) -> int:
     return session.execute(select(func.max(OUT.c.delivered_seq))).scalar() or 0
 
 
+class Held(NamedTuple):
+    reserved: int  # open reservations of the tenant
+    user_reserved: int  # of the user
+    waiting: list[tuple[int, int]]  # per window, committed amounts of the tenant and the user Usage may lack
+    key_taken_by: str | None  # the reservation already holding the idempotency key asked about
+
+
 def held(
     session: Session | Connection,
     tenant_id: str,
@@ -78,21 +84,21 @@ def held(
     windows: Sequence[tuple[int, int]],
     *,
     delivered_after: int,
-) -> tuple[int, int, list[tuple[int, int]]]:
-    """(open reservations of the tenant, of the user, [(committed amounts of the tenant, of the user) per window
-    that Usage's answer may lack]), read in one statement so that a commit moving an amount from reserved to the
-    outbox is seen on one side only.
+    key: str = "",
+) -> Held:
+    """What Policy holds of the metric, read in one statement so that a commit moving an amount from reserved to
+    the outbox is seen on one side only; and, in the same round trip, which reservation holds `key`.
 
     Usage's answer may lack an event not yet delivered, or delivered after `delivered_after` was read (it was
     read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
     before that read was in Usage before the question was sent."""
-    values = {"tenant_id": tenant_id, "metric": metric, "user_id": user_id, "now_us": now_us}
+    values = {"tenant_id": tenant_id, "metric": metric, "user_id": user_id, "now_us": now_us, "key": key}
     values["delivered_after"] = delivered_after
     for n, (start, end) in enumerate(windows):
         values[f"start_{n}"], values[f"end_{n}"] = start, end
     row = session.execute(_held_statement(len(windows)), values).one()
     sums = [int(v) for v in row[:-1]]
-    return sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)]
+    return Held(sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)], row[-1])
 
 
 @functools.cache
@@ -118,7 +124,8 @@ def _held_statement(windows: int) -> Select:
         )
         columns.append(select(waiting).where(in_window).scalar_subquery())
         columns.append(select(waiting).where(in_window, OUT.c.user_id == user_id).scalar_subquery())
-    return select(*columns, literal(1))
+    key_taken = and_(R.c.tenant_id == tenant_id, R.c.idempotency_key == bindparam("key", type_=String))
+    return select(*columns, select(R.c.reservation_id).where(key_taken).scalar_subquery())
 
 
 def find_by_key(session: Session | Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:

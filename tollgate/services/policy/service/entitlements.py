@@ -115,13 +115,17 @@ def _balances(
     user_id: str,
     now_us: int,
     asked: _Asked,
-) -> tuple[list[Balance], QuotaUsage]:
-    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack; and that usage."""
+    *,
+    key: str = "",
+) -> tuple[list[Balance], QuotaUsage, str | None]:
+    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack; that usage; and
+    the reservation that holds `key`, if one does."""
     windows = {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
     held_by_metric: dict[str, tuple[int, int, dict[QuotaLimit, tuple[int, int]]]] = {}
+    key_taken_by = None
     for metric in sorted({q.metric for q in quotas}):
         mine = [q for q in quotas if q.metric == metric]
-        reserved, user_reserved, pending_sums = entitlements.held(
+        held = entitlements.held(
             session,
             snapshot.tenant_id,
             metric,
@@ -129,8 +133,10 @@ def _balances(
             now_us,
             [windows[q] for q in mine],
             delivered_after=asked.delivered_before,
+            key=key,
         )
-        held_by_metric[metric] = (reserved, user_reserved, dict(zip(mine, pending_sums)))
+        held_by_metric[metric] = (held.reserved, held.user_reserved, dict(zip(mine, held.waiting)))
+        key_taken_by = key_taken_by or held.key_taken_by
     used, user_used, balances = dict(asked.usage.used), dict(asked.usage.user_used), []
     for quota in quotas:
         reserved, user_reserved, pending = held_by_metric[quota.metric]
@@ -149,7 +155,7 @@ def _balances(
         )
     for quota, balance in zip(quotas, balances):
         (user_used if quota.scope == QuotaScope.USER else used)[(quota.metric, quota.period)] = balance.used
-    return balances, QuotaUsage(used, user_used=user_used)
+    return balances, QuotaUsage(used, user_used=user_used), key_taken_by
 
 
 def check_entitlement(
@@ -179,7 +185,7 @@ def check_entitlement(
     asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, connections=connections)
     now_us = now_micros()
     with connections.connect() as connection:
-        balances, used = _balances(connection, snapshot, relevant, user_id, now_us, asked)
+        balances, used, _ = _balances(connection, snapshot, relevant, user_id, now_us, asked)
     with sessions.begin() as session:  # no statement, nor a connection, unless a crossing is shown
         stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
     if stored and notices is not None:
@@ -235,11 +241,12 @@ def reserve(
         return _replay(retried.reservation, user_id, metric, amount, key)
     with sessions.begin() as session:
         entitlements.lock(session, tenant_id, metric)  # the same key always takes the same lock: check after it
-        existing = entitlements.find_by_key(session, tenant_id, key)
-        if existing is not None:
-            return _replay(existing, user_id, metric, amount, key)
         now_us = now_micros()
-        balances, _ = _balances(session, snapshot, quotas, user_id, now_us, asked)
+        balances, _, taken_by = _balances(session, snapshot, quotas, user_id, now_us, asked, key=key)
+        if taken_by is not None:
+            existing = entitlements.get(session, tenant_id, taken_by)
+            assert existing is not None  # reservations are never deleted
+            return _replay(existing, user_id, metric, amount, key)
         short = rules.refusal(balances, amount)
         if short is not None:
             metrics.RESERVATIONS.labels("refused").inc()
