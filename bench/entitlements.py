@@ -50,7 +50,7 @@ def run(admin_url: str) -> None:
             label="bench admin",
         )
         policy_token = tokens.token(url, {"usage:read", "usage:write"}, label="policy service")
-        usage = UsageProcess(url)
+        usage = UsageProcess(url, USAGE_ROLLUP_INTERVAL_SECONDS="30")  # rolled up as deployed (the default)
         try:
             policy = policy_server.build(
                 replace(

@@ -199,9 +199,9 @@ def test_usage_down_during_commit_gets_the_event_exactly_once_when_it_returns_ev
         answers = [api.Commit(request) for _ in range(10)]
         assert {a.reservation.state for a in answers} == {pb.RESERVATION_STATE_COMMITTED}
         assert not answers[0].reservation.recorded_in_usage
-        # Usage down: once Usage's last answer is older than POLICY_BALANCE_USAGE_SECONDS (default 1 s), a balance
-        # cannot be known, so it is not guessed.
-        time.sleep(max(0.0, asked_at + 1.05 - time.monotonic()))
+        # Usage down: once Usage's last answer is older than twice POLICY_BALANCE_USAGE_SECONDS (default 1 s: reused,
+        # then served while a refresh is tried), a balance cannot be known, so it is not guessed.
+        time.sleep(max(0.0, asked_at + 2.05 - time.monotonic()))
         check = pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", metric=METRIC)
         with pytest.raises(grpc.RpcError) as error:
             api.CheckEntitlement(check)

@@ -61,7 +61,7 @@ class UsagePort:
         self._client = client
         self._quotas: Memo[QuotaUsage] = Memo(quota_ttl)
         self._rankings: Memo[RankingTotals] = Memo(ranking_ttl, stale_for=ranking_ttl)
-        self._balances: Memo[tuple[int, QuotaUsage]] = Memo(balance_ttl)
+        self._balances: Memo[tuple[int, QuotaUsage]] = Memo(balance_ttl, stale_for=balance_ttl)
 
     def quota_usage(
         self,
@@ -78,10 +78,13 @@ class UsagePort:
         if not periods:
             return QuotaUsage()
         anchor = (subscription.billing_anchor_us, subscription.time_zone) if subscription else None
-        return self._quotas.get(
-            (tenant_id, actor, anchor, tuple(periods.items())),
-            lambda: self._ask(tenant_id, periods, actor, subscription, now_micros(), deadline),
-        )
+
+        def ask() -> QuotaUsage:
+            now_us = now_micros()
+            windows = {period: quota_rules.period_window(period, now_us, subscription) for period in periods}
+            return self._ask(tenant_id, periods, windows, actor, deadline)
+
+        return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items())), ask)
 
     def balance_usage(
         self,
@@ -94,38 +97,35 @@ class UsagePort:
         user_id: str = "",
     ) -> tuple[int, QuotaUsage]:
         """(`note()` called just before Usage was asked, Usage's answer as in `quota_usage`) for a decision on a
-        balance, reused within the current periods for POLICY_BALANCE_USAGE_SECONDS: the note says which of
-        Policy's own commits the answer may lack (docs/entitlements.md, "The consistency boundary")."""
+        balance, reused within the current periods for POLICY_BALANCE_USAGE_SECONDS, then served as long again
+        while one background call asks anew: the note says which of Policy's own commits the answer may lack,
+        so an answer of any age decides exactly (docs/entitlements.md, "The consistency boundary")."""
         periods, actor = _periods(quotas), _actor(quotas, user_id)
         if not periods:
             return 0, QuotaUsage()
         now_us = now_micros()
-        bounds = tuple(
-            (period, metrics, quota_rules.period_bounds(period, now_us, subscription))
-            for period, metrics in periods.items()
-        )
+        bounds = {period: quota_rules.period_bounds(period, now_us, subscription) for period in periods}
 
-        def ask() -> tuple[int, QuotaUsage]:
+        def ask(within: Deadline) -> tuple[int, QuotaUsage]:
             noted = note()
-            return noted, self._ask(tenant_id, periods, actor, subscription, now_us, deadline)
+            # Asked up to now, read after the note: a commit delivered before the note occurred before now, so it
+            # is in the answer. Never past the periods of the key, should one end meanwhile.
+            asked_at = now_micros()
+            windows = {period: Window(start, min(asked_at + 1, end)) for period, (start, end) in bounds.items()}
+            return noted, self._ask(tenant_id, periods, windows, actor, within)
 
-        return self._balances.get((tenant_id, actor, bounds), ask)
+        key = (tenant_id, actor, tuple((period, periods[period], bounds[period]) for period in periods))
+        return self._balances.get(key, lambda: ask(deadline), refresh=lambda: ask(NO_DEADLINE))
 
     def _ask(
         self,
         tenant_id: str,
         periods: dict[int, tuple[str, ...]],
+        windows: dict[int, Window],
         actor: str,
-        subscription: Subscription | None,
-        now_us: int,
         deadline: Deadline,
     ) -> QuotaUsage:
-        if not periods:
-            return QuotaUsage()
-        queries = [
-            UsageQuery(tenant_id, metrics, quota_rules.period_window(period, now_us, subscription), actor)
-            for period, metrics in periods.items()
-        ]
+        queries = [UsageQuery(tenant_id, metrics, windows[period], actor) for period, metrics in periods.items()]
         answers = self._client.get_split_usage(queries, timeout=deadline.remaining())
         tenant_used = {(m, period): q for period, (tenant, _) in zip(periods, answers) for m, q in tenant.items()}
         user_used = {(m, period): q for period, (_, user) in zip(periods, answers) for m, q in user.items()}
