@@ -186,8 +186,10 @@ def check_entitlement(
     now_us = now_micros()
     with connections.connect() as connection:
         balances, used, _ = _balances(connection, snapshot, relevant, user_id, now_us, asked)
-    with sessions.begin() as session:  # no statement, nor a connection, unless a crossing is shown
-        stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
+    stored = False
+    if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
+        with sessions.begin() as session:
+            stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
     if stored and notices is not None:
         notices.wake()
     resolution = None

@@ -32,19 +32,25 @@ def record(
     Cheap when nothing is crossed (no statement) and when everything crossed is stored (one read per quota); the
     head lock is taken only to store, and what is missing is read again under it, since another transaction
     may have stored it meanwhile."""
+    found = shown(balances, tenant_id, user_id, observed_by)
+    if not found or not notifications.missing(session, found):
+        return False
+    head = notifications.lock_head(session, tenant_id)
+    left = notifications.missing(session, found)
+    if not left:
+        return False
+    notifications.store(session, left, head + 1, now_us)
+    return True
+
+
+def shown(balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by: str) -> list[Crossing]:
+    """Every threshold the balances show crossed, stored or not (no statement)."""
     found: dict[tuple, Crossing] = {}
     for balance in balances:
         for crossing in crossings(balance, tenant_id, user_id, observed_by):
             key = (crossing.metric, crossing.period, crossing.scope, crossing.allowed, crossing.percent)
             found.setdefault(key, crossing)  # two quotas alike but for their kind are one threshold
-    if not found or not notifications.missing(session, list(found.values())):
-        return False
-    head = notifications.lock_head(session, tenant_id)
-    left = notifications.missing(session, list(found.values()))
-    if not left:
-        return False
-    notifications.store(session, left, head + 1, now_us)
-    return True
+    return list(found.values())
 
 
 class Notices:
