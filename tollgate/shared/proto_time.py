@@ -19,3 +19,10 @@ def from_micros(micros: int) -> Timestamp:
     """The Timestamp of an instant in epoch microseconds."""
     seconds, rest = divmod(micros, 1_000_000)
     return Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
+def set_micros(ts: Timestamp, micros: int) -> None:
+    """Set `ts` (a field of a message being built) to an instant in epoch microseconds, in place."""
+    seconds, rest = divmod(micros, 1_000_000)
+    ts.seconds = seconds
+    ts.nanos = rest * 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import exists, select, update
+from sqlalchemy import Connection, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -48,10 +48,14 @@ def list_metrics(session: Session, *, after: str | None, limit: int) -> list[Met
     return [_metric(row) for row in session.execute(statement)]
 
 
-def get_metric(session: Session, name: str, *, for_update: bool = False) -> Metric | None:
+# Built once: QueryUsage reads a metric on every call.
+_BY_NAME = select(*_COLUMNS).where(metrics.c.name == bindparam("name"))
+_BY_NAME_FOR_UPDATE = _BY_NAME.with_for_update()
+
+
+def get_metric(session: Session | Connection, name: str, *, for_update: bool = False) -> Metric | None:
     """The catalog metric named `name`, None when there is none; locked until commit `for_update` (PostgreSQL)."""
-    statement = select(*_COLUMNS).where(metrics.c.name == name)
-    row = session.execute(statement.with_for_update() if for_update else statement).first()
+    row = session.execute(_BY_NAME_FOR_UPDATE if for_update else _BY_NAME, {"name": name}).first()
     return None if row is None else _metric(row)
 
 

@@ -4,9 +4,10 @@ backends share.
 The windows are cut into day pieces (whole UTC hours of one day) and raw spans (domain/meter_rollups.split). In the
 same statement, so in one snapshot, a day piece is read from its cuboid's rows when its day has rows of that cuboid
 and no dirty mark (a day without a mark is exact in its rows: the recomputed rows and the deletion of the mark commit
-together), else from raw events, as the raw spans are. Each source gives a partial state per window and group
-(sum, count, min, max or latest: the backend's `MeterPieces.raw_partials` and `rolled_partials`), and the states
-are combined exactly (`MeterPieces.combine`) into the value columns the raw statement gives.
+together), else from raw events, as the raw spans are. Raw events give a partial state per window and group, rows
+one per row (sum, count, min, max or latest: the backend's `MeterPieces.raw_partials` and `rolled_partials`), and
+the states are combined exactly (`MeterPieces.combine`), by window and group in one step, into the value columns
+the raw statement gives.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import String, and_, bindparam, exists, func, not_, or_, select,
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.buckets import HOUR_US, Period
 from tollgate.services.usage.domain.meters import MeterPlan
-from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, allowed, raw_grouped
+from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, raw_grouped
 from tollgate.services.usage.tables import dirty_buckets, meter_days
 
 # Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
@@ -34,7 +35,7 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     table = pieces.table("pc", _PARTS)
     t = table.c
     raw, _ = raw_grouped(pieces, plan, table, t.n, t.lo, t.hi, pieces.raw_partials(plan.aggregation), short=True)
-    raw = raw.where(or_(t.k == 0, not_(_rolled_day(plan, t.day))))
+    raw = raw.where(or_(t.k == 0, not_(_has_rows(t.day)), _marked(t.day)))
     both = union_all(raw, _rolled(pieces, plan, table)).subquery("u")
     groups = [both.c[f"g{i}"] for i in range(len(plan.group_by))]
     values = pieces.combine(plan.aggregation, both)
@@ -58,25 +59,29 @@ def _span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
     return piece.day_us + piece.first_hour * HOUR_US, piece.day_us + piece.end_hour * HOUR_US
 
 
-def _rolled_day(plan: MeterPlan, day):
-    """Whether the day starting at `day` is read from the cuboid's rows: it has rows of it and no dirty mark."""
-    marked = exists().where(
+def _marked(day):
+    """Whether the day starting at `day` has a dirty mark: its rows are not read."""
+    return exists().where(
         _MARKS.c.tenant_id == TENANT,
         _MARKS.c.metric == METRIC,
         _MARKS.c.period == int(Period.DAY),
         _MARKS.c.period_start_us == day,
     )
-    has_rows = exists().where(
+
+
+def _has_rows(day):
+    """Whether the day starting at `day` has rows of the cuboid."""
+    return exists().where(
         _HAS_ROWS.c.tenant_id == TENANT,
         _HAS_ROWS.c.metric == METRIC,
         _HAS_ROWS.c.day_us == day,
         _HAS_ROWS.c.cuboid == _CUBOID,
     )
-    return and_(has_rows, not_(marked))
 
 
 def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
-    """The rolled-up day pieces from the cuboid's rows: partial states by n and group."""
+    """The rolled-up day pieces from the cuboid's rows (a day without them yields none here, and is read raw):
+    partial states of each row, grouped with the raw parts' by `combined`."""
     t = table.c
     groups = [_value(pieces, name) for name in plan.group_by]
     extra, conditions, partials, count = pieces.rolled_partials(plan.aggregation, ROWS, t.h1, t.h2)
@@ -89,11 +94,10 @@ def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
     rolled = (
         select(t.n.label("n"), *[g.label(f"g{i}") for i, g in enumerate(groups)], *partials, count.label("c"))
         .select_from(table.join(ROWS, on), *extra)
-        .where(t.k == 1, _rolled_day(plan, t.day), *conditions)
-        .group_by(t.n, *groups)
+        .where(t.k == 1, not_(_marked(t.day)), *conditions)
     )
     for position, (name, _) in enumerate(plan.filters):
-        rolled = rolled.where(_value(pieces, name).in_(allowed(position)))
+        rolled = rolled.where(pieces.one_of(_value(pieces, name), f"f{position}"))
     return rolled
 
 

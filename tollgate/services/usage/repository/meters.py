@@ -59,6 +59,15 @@ class MeterPieces(Protocol):
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         """The exact value in the cells of those columns."""
 
+    def one_of(self, column, name: str):
+        """The condition `column` is one of the strings given at execution as parameter `name` (a list)."""
+
+    def prepared(self, statement, dialect):
+        """What `rows` runs of a statement built once per shape, kept with it."""
+
+    def rows(self, connection: Connection, prepared, values: dict) -> list:
+        """The rows of a `prepared` statement with `values`."""
+
     def table(self, name: str, columns: tuple[str, ...]):
         """A FROM item `name` of integer rows with these columns, given at execution (`table_rows`)."""
 
@@ -72,8 +81,9 @@ class MeterPieces(Protocol):
         """The columns (p0...) of the aggregation's partial state over a group's raw events `e`."""
 
     def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
-        """(more FROM items, conditions, the partial state's columns p0..., the event count) of a group's meter_days
-        `rows` over their hours [first_hour, end_hour)."""
+        """(more FROM items, conditions, the partial state's columns p0..., the event count) of each of the
+        meter_days `rows` (or each of its hours) over its hours [first_hour, end_hour), not aggregated: `combine`
+        groups them with the raw parts' in one step."""
 
     def combine(self, aggregation: Aggregation, parts) -> list:
         """The value columns (as `values` gives them) of partial states p0... of the subquery `parts`."""
@@ -111,15 +121,10 @@ def raw_grouped(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi, values
         .group_by(n, *groups)
     )
     for position, (name, _) in enumerate(plan.filters):
-        grouped = grouped.where(value_source(pieces, name).in_(allowed(position)))
+        grouped = grouped.where(pieces.one_of(value_source(pieces, name), f"f{position}"))
     if plan.actor_ids:
-        grouped = grouped.where(e.actor_id.in_(bindparam("actors", expanding=True, type_=String())))
+        grouped = grouped.where(pieces.one_of(e.actor_id, "actors"))
     return grouped, values
-
-
-def allowed(position: int):
-    """The values filter `position` allows, given at execution."""
-    return bindparam(f"f{position}", expanding=True, type_=String())
 
 
 def value_source(pieces: MeterPieces, name: str):
@@ -144,7 +149,7 @@ def usage_rows(
         plan.cuboid is None,
         after is None,
     )
-    statement = _statement(pieces, shape, plan)
+    statement = _statement(pieces, shape, plan, connection.dialect)
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
     values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
     if plan.actor_ids:
@@ -159,7 +164,7 @@ def usage_rows(
         values.update(meter_rollup_reads.parameters(pieces, plan))
     found, purged_before = [], None
     width = len(plan.group_by)
-    for row in connection.execute(statement, values):
+    for row in pieces.rows(connection, statement, values):
         if row[0] < 0:
             purged_before = int(row[-1])
             continue
@@ -175,15 +180,15 @@ _BUILT: dict[tuple, Any] = {}
 _MAX_BUILT = 512  # shapes differ by groups and filters; past this many, start again
 
 
-def _statement(pieces: MeterPieces, shape: tuple, plan: MeterPlan):
-    """The statement of every question of this shape (its values are parameters): built once, so that a question
-    costs neither building it nor SQLAlchemy's cache key of it."""
+def _statement(pieces: MeterPieces, shape: tuple, plan: MeterPlan, dialect):
+    """The statement of every question of this shape (its values are parameters), as the backend runs it: built
+    once, so that a question costs neither building it nor SQLAlchemy's cache key of it."""
     key = (id(pieces), *shape)
     statement = _BUILT.get(key)
     if statement is None:
         if len(_BUILT) >= _MAX_BUILT:
             _BUILT.clear()
-        statement = _BUILT[key] = _build(pieces, plan, shape[-1])
+        statement = _BUILT[key] = pieces.prepared(_build(pieces, plan, shape[-1]), dialect)
     return statement
 
 

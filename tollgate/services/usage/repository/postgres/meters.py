@@ -1,19 +1,22 @@
 """QueryUsage's pieces on PostgreSQL (repository/meters.py): JSON read as jsonb, the windows as arrays, code point
-order by the C collation, sums as numeric, LATEST as the first of an ordered array_agg."""
+order by the C collation, sums as numeric, LATEST as the first of an ordered array_agg, statements sent on the
+pooled psycopg cursor (driver.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, String, bindparam, cast, distinct, func, literal_column
+from sqlalchemy import BigInteger, Connection, String, any_, bindparam, cast, distinct, func, literal_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.repository.meters import EVENTS
+from tollgate.services.usage.repository.postgres import driver
 
 # A group's latest event as one value ("usage".meter_latest, migration usage_0016), and the latest of such values.
 _LATEST = '(array_agg(ROW({at}, {id}, {q})::"usage".meter_latest ORDER BY {at} DESC, {id} COLLATE "C" DESC))[1]'
+_LATEST_ROW = 'ROW(h.at, h.id, h.q)::"usage".meter_latest'
 _LATEST_OF_PARTS = '((array_agg(u.p0 ORDER BY (u.p0).at DESC, (u.p0).id COLLATE "C" DESC))[1]).quantity'
 
 
@@ -44,12 +47,27 @@ class Pieces:
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         return int(cells[0])
 
+    def one_of(self, column, name: str):
+        # One array parameter: the statement's text stays the same whatever the number of values.
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+
+    def prepared(self, statement, dialect):
+        return driver.compiled(statement, dialect)
+
+    def rows(self, connection: Connection, prepared, values: dict) -> list:
+        sql, constants = prepared
+        return driver.rows(connection, sql, {**constants, **values})
+
     def table(self, name: str, columns: tuple[str, ...]):
         arrays = [bindparam(f"{name}_{column}", type_=ARRAY(BigInteger)) for column in columns]
         return func.unnest(*arrays).table_valued(*columns).render_derived(name=name)
 
     def table_rows(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]) -> dict:
-        return {f"{name}_{column}": [row[i] for row in rows] for i, column in enumerate(columns)}
+        # Each column as the text of an array, which the statement casts: psycopg writes a list of ints element by
+        # element in Python, a str at once.
+        return {
+            f"{name}_{column}": "{" + ",".join([str(row[i]) for row in rows]) + "}" for i, column in enumerate(columns)
+        }
 
     def rolled_dimension(self, rows, name: str):
         return rows.c.dimensions.op("->>", return_type=String())(literal_column(f"'{name}'"))
@@ -70,12 +88,8 @@ class Pieces:
         if aggregation in (Aggregation.SUM, Aggregation.COUNT):
             # Running sums: the hours [h1, h2) of a row are one subtraction, not an unnest.
             quantity = rows.c.running_quantities[end_hour + 1] - rows.c.running_quantities[first_hour + 1]
-            count = func.sum(rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1])
-            return [], [], [func.sum(quantity).label("p0")] if aggregation is Aggregation.SUM else [], count
-        column = {
-            Aggregation.MIN: rows.c.hour_mins,
-            Aggregation.MAX: rows.c.hour_maxes,
-        }
+            count = rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1]
+            return [], [], [quantity.label("p0")] if aggregation is Aggregation.SUM else [], count
         if aggregation is Aggregation.LATEST:
             hours = (
                 func.unnest(
@@ -88,17 +102,16 @@ class Pieces:
                 .table_valued("o", "c", "at", "id", "q")
                 .render_derived(name="h")
             )
-            partial: ColumnElement = literal_column(_LATEST.format(at="h.at", id="h.id", q="h.q")).label("p0")
+            partial: ColumnElement = literal_column(_LATEST_ROW).label("p0")
         else:
+            column = rows.c.hour_mins if aggregation is Aggregation.MIN else rows.c.hour_maxes
             hours = (
-                func.unnest(rows.c.hour_offsets, rows.c.hour_counts, column[aggregation])
+                func.unnest(rows.c.hour_offsets, rows.c.hour_counts, column)
                 .table_valued("o", "c", "x")
                 .render_derived(name="h")
             )
-            pick = func.min if aggregation is Aggregation.MIN else func.max
-            partial = pick(hours.c.x).label("p0")
-        conditions = [hours.c.o >= first_hour, hours.c.o < end_hour]
-        return [hours], conditions, [partial], func.sum(hours.c.c)
+            partial = hours.c.x.label("p0")
+        return [hours], [hours.c.o >= first_hour, hours.c.o < end_hour], [partial], hours.c.c
 
     def combine(self, aggregation: Aggregation, parts) -> list:
         if aggregation is Aggregation.SUM:

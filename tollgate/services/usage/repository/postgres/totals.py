@@ -1,4 +1,5 @@
-"""GetUsage's statement on PostgreSQL: its own pieces, and the statement sent on the pooled psycopg cursor."""
+"""GetUsage's statement on PostgreSQL: its own pieces, and the statement sent on the pooled psycopg cursor
+(driver.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import functools
 
 from sqlalchemy import BigInteger, Connection, String, any_, bindparam, case, func, literal_column, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import BindParameter
 
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
 from tollgate.services.usage.repository import totals
+from tollgate.services.usage.repository.postgres import driver
 from tollgate.services.usage.repository.totals import DAY_ROWS, ONE, ZERO
 
 # A day row's running sums of its hours (migration usage_0012): [h + 1] sums the hours before hour h.
@@ -20,7 +21,6 @@ _RUNNING = (
     literal_column("a.hour_running_quantities", postgresql.ARRAY(BigInteger)),
     literal_column("a.hour_running_counts", postgresql.ARRAY(BigInteger)),
 )
-_CURSOR = "tollgate.usage.reads.cursor"
 
 
 class Pieces:
@@ -78,45 +78,12 @@ PIECES = Pieces()
 
 def usage_totals(connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """GetUsage's rows and the tenant's purge horizon (storage.Storage.usage_totals)."""
-    shape = totals.shape(query, plan)
-    found = _execute_on_driver(connection, shape, totals.parameters(query, plan))
+    sql, constants = _driver_statement(totals.shape(query, plan), connection.dialect)
+    found = driver.rows(connection, sql, {**constants, **totals.parameters(query, plan)})
     return totals.decode(PIECES, found, query.by_actor)
-
-
-def _execute_on_driver(connection: Connection, shape: tuple, values: dict) -> list[tuple]:
-    """Rows of the statement of `shape`, run on the pooled connection's psycopg connection.
-
-    SQLAlchemy's execution (its context, result metadata from the cursor description) is skipped on
-    this, the hottest read; psycopg alone still prepares the statement once per connection. A driver
-    error is raised as SQLAlchemy would raise it, and a connection that died is dropped from the pool
-    (invalidated), so an outage answers UNAVAILABLE as on every other path.
-    """
-    sql, constants = _driver_statement(shape, connection.dialect)
-    parameters = {**constants, **values}
-    driver, dialect = connection.connection.driver_connection, connection.dialect
-    try:
-        return _cursor(connection, driver).execute(sql, parameters).fetchall()
-    except dialect.loaded_dbapi.Error as error:
-        dead = dialect.is_disconnect(error, driver, None)
-        if dead:
-            connection.invalidate(error)
-        raise DBAPIError.instance(
-            sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect, connection_invalidated=dead
-        ) from error
-
-
-def _cursor(connection, driver):
-    """The cursor kept with the pooled psycopg connection (in its pool entry's info, which SQLAlchemy clears
-    when it replaces the connection), rather than a new cursor per call."""
-    cursor = connection.info.get(_CURSOR)
-    if cursor is None or cursor.closed or cursor.connection is not driver:
-        cursor = connection.info[_CURSOR] = driver.cursor()
-    return cursor
 
 
 @functools.cache
 def _driver_statement(shape: tuple, dialect) -> tuple[str, dict]:
-    """The statement of `shape` compiled once: its text, and the values of the parameters the statement
-    itself fixes (literals), beside those each call binds."""
-    compiled = totals.statement(PIECES, *shape).compile(dialect=dialect)
-    return str(compiled), {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
+    """The statement of `shape`, compiled once (driver.compiled)."""
+    return driver.compiled(totals.statement(PIECES, *shape), dialect)

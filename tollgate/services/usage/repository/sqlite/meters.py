@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, String, bindparam, distinct, func, literal_column, select
+from sqlalchemy import BigInteger, Connection, String, bindparam, distinct, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -51,6 +51,15 @@ class Pieces:
             return int(cells[1])
         return int(cells[0])
 
+    def one_of(self, column, name: str):
+        return column.in_(bindparam(name, expanding=True, type_=String()))
+
+    def prepared(self, statement, dialect):
+        return statement
+
+    def rows(self, connection: Connection, prepared, values: dict) -> list:
+        return list(connection.execute(prepared, values))
+
     def table(self, name: str, columns: tuple[str, ...]):
         cells = func.json_each(bindparam(f"{name}_rows", type_=String())).table_valued("value")
         at = [func.json_extract(cells.c.value, f"$[{i}]").label(column) for i, column in enumerate(columns)]
@@ -81,23 +90,22 @@ class Pieces:
             return literal_column(f"json_extract(md.{column}, '$[' || h.key || ']')", BigInteger())
 
         conditions = [hours.c.value >= first_hour, hours.c.value < end_hour]
-        count = func.sum(at("hour_counts"))
         if aggregation is Aggregation.SUM:
             q = at("hour_quantities")
-            partials = [func.sum(q.op("/")(_SPLIT_SQL)).label("p0"), func.sum(q.op("%")(_SPLIT_SQL)).label("p1")]
+            partials = [q.op("/")(_SPLIT_SQL).label("p0"), q.op("%")(_SPLIT_SQL).label("p1")]
         elif aggregation is Aggregation.MIN:
-            partials = [func.min(at("hour_mins")).label("p0")]
+            partials = [at("hour_mins").label("p0")]
         elif aggregation is Aggregation.MAX:
-            partials = [func.max(at("hour_maxes")).label("p0")]
+            partials = [at("hour_maxes").label("p0")]
         elif aggregation is Aggregation.LATEST:
             key: ColumnElement = literal_column(
                 f"printf('%020d', json_extract(md.hour_latest_at, '$[' || h.key || ']') + {-clock.MIN_MICROS}) "
                 "|| json_extract(md.hour_latest_ids, '$[' || h.key || ']')"
             )
-            partials = [func.max(key).label("p0"), at("hour_latest_quantities").label("p1")]
+            partials = [key.label("p0"), at("hour_latest_quantities").label("p1")]
         else:
             partials = []
-        return [hours], conditions, partials, count
+        return [hours], conditions, partials, at("hour_counts")
 
     def combine(self, aggregation: Aggregation, parts) -> list:
         if aggregation is Aggregation.SUM:
