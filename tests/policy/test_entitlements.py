@@ -459,3 +459,22 @@ def test_the_sweep_marks_expired_reservations_in_storage(dbs, admin, api, tenant
     assert state == pb.RESERVATION_STATE_EXPIRED
     released = api.Release(pb.ReleaseRequest(tenant_id=tenant, reservation_id=reservation.reservation_id))
     assert released.reservation.state == pb.RESERVATION_STATE_EXPIRED  # releasing it changes nothing
+
+
+def test_a_commit_delivered_at_once_is_never_due_for_the_outbox_loop_again(dbs, admin, api, tenant):
+    from tollgate.services.policy import tables
+    from tollgate.services.policy.repository import entitlements
+    from tollgate.shared.db import create_engine_for, session_factory
+
+    world(admin, tenant, quota(100))
+    reservation = reserve(api, tenant, 5).reservation
+    committed = commit(api, tenant, reservation.reservation_id, 4).reservation
+    assert committed.recorded_in_usage
+    engine = create_engine_for(dbs.policy_url, schema=tables.SCHEMA, pool_size=1)
+    try:
+        with session_factory(engine).begin() as session:
+            far_ahead_us = (int(time.time()) + 86_400) * 1_000_000
+            due = entitlements.due_outbox(session, far_ahead_us, 1_000_000)
+    finally:
+        engine.dispose()
+    assert committed.usage_event_id not in {event.event_id for event in due}

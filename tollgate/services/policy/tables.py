@@ -177,7 +177,13 @@ usage_outbox = Table(
     Column("delivered_us", BigInteger, nullable=True),
 )
 Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
-Index("usage_outbox_next_idx", usage_outbox.c.next_attempt_us)
+# The outbox loop's question: what is due and not delivered yet.
+Index(
+    "usage_outbox_due_idx",
+    usage_outbox.c.next_attempt_us,
+    postgresql_where=usage_outbox.c.delivered_seq.is_(None),
+    sqlite_where=usage_outbox.c.delivered_seq.is_(None),
+)
 Index("usage_outbox_delivered_idx", usage_outbox.c.delivered_seq)
 Index("usage_outbox_pending_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric, usage_outbox.c.delivered_seq)
 

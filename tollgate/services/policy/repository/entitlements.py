@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
 from tollgate.services.policy.domain.usage import OutboxEvent
+from tollgate.shared import driver
 
 R, OUT, L = tables.reservations, tables.usage_outbox, tables.entitlement_locks
 
@@ -47,20 +48,26 @@ def _of(row) -> Reservation:
     )
 
 
+_LOCK = (
+    select(L.c.tenant_id)
+    .where(L.c.tenant_id == bindparam("tenant_id", type_=String), L.c.metric == bindparam("metric", type_=String))
+    .with_for_update()
+)
+
+
 def lock(session: Session, tenant_id: str, metric: str) -> None:
     """Hold the (tenant, metric) lock row until the transaction ends, creating it on first use.
 
     On PostgreSQL the row is locked FOR UPDATE, so Reserve and Commit on one metric queue across replicas; on
     SQLite the transaction already holds the database's write lock (BEGIN IMMEDIATE)."""
-    key = and_(L.c.tenant_id == tenant_id, L.c.metric == metric)
-    if session.execute(select(L.c.tenant_id).where(key).with_for_update()).first() is not None:
+    if session.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric}).first() is not None:
         return
     try:
         with session.begin_nested():
             session.execute(insert(L).values(tenant_id=tenant_id, metric=metric))
     except IntegrityError:  # another transaction created it first: wait for it like everyone else
         pass
-    session.execute(select(L.c.tenant_id).where(key).with_for_update())
+    session.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric})
 
 
 def last_delivered(session: Session | Connection) -> int:
@@ -85,9 +92,12 @@ def held(
     *,
     delivered_after: int,
     key: str = "",
+    locked: bool = False,
 ) -> Held:
     """What Policy holds of the metric, read in one statement so that a commit moving an amount from reserved to
-    the outbox is seen on one side only; and, in the same round trip, which reservation holds `key`.
+    the outbox is seen on one side only; and, in the same round trip, which reservation holds `key`. `locked`:
+    take the (tenant, metric) lock first (`lock`), in the same round trip where the driver allows, and read
+    after it.
 
     Usage's answer may lack an event not yet delivered, or delivered after `delivered_after` was read (it was
     read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
@@ -96,7 +106,18 @@ def held(
     values["delivered_after"] = delivered_after
     for n, (start, end) in enumerate(windows):
         values[f"start_{n}"], values[f"end_{n}"] = start, end
-    row = session.execute(_held_statement(len(windows)), values).one()
+    statement = _held_statement(len(windows))
+    if not locked:
+        row = tuple(session.execute(statement, values).one())
+    else:
+        connection = session.connection() if isinstance(session, Session) else session
+        names = {"tenant_id": tenant_id, "metric": metric}
+        got_lock, found = driver.together(connection, [(_LOCK, names), (statement, values)])
+        if not got_lock:  # the metric's first reservation: the lock row is made, and the read done again after it
+            assert isinstance(session, Session)
+            lock(session, tenant_id, metric)
+            found = driver.together(connection, [(statement, values)])[0]
+        row = found[0]
     sums = [int(v) for v in row[:-1]]
     return Held(sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)], row[-1])
 
@@ -139,21 +160,26 @@ def get(session: Session, tenant_id: str, reservation_id: str, *, for_update: bo
     return _of(row) if row else None
 
 
-def insert_reservation(session: Session, reservation: Reservation) -> None:
-    session.execute(
-        insert(R).values(
-            reservation_id=reservation.reservation_id,
-            tenant_id=reservation.tenant_id,
-            user_id=reservation.user_id,
-            metric=reservation.metric,
-            amount=reservation.amount,
-            idempotency_key=reservation.idempotency_key,
-            state=reservation.state,
-            create_us=reservation.create_us,
-            expires_us=reservation.expires_us,
-            committed_amount=0,
-        )
-    )
+_INSERTED = (
+    "reservation_id",
+    "tenant_id",
+    "user_id",
+    "metric",
+    "amount",
+    "idempotency_key",
+    "state",
+    "create_us",
+    "expires_us",
+    "committed_amount",
+)
+_INSERT_RESERVATION = insert(R).values({name: bindparam(name, type_=R.c[name].type) for name in _INSERTED})
+
+
+def insert_reservation(session: Session, reservation: Reservation, *, commit: bool = False) -> None:
+    """Insert an open reservation; `commit`: and commit the transaction in the same round trip where the driver
+    allows (the transaction's last statement)."""
+    values = {name: getattr(reservation, name) for name in _INSERTED}
+    driver.together(session.connection(), [(_INSERT_RESERVATION, values)], commit=commit)
 
 
 def finish(session: Session, reservation_id: str, *, state: int, committed: int, now_us: int, recorded: bool) -> None:
@@ -181,9 +207,12 @@ def insert_outbox(session: Session, event: OutboxEvent, now_us: int) -> None:
 
 
 def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
-    """Committed usage whose next delivery attempt is due, oldest first."""
+    """Committed usage not delivered yet whose next delivery attempt is due, oldest first."""
     query = (
-        select(OUT).where(OUT.c.next_attempt_us <= now_us).order_by(OUT.c.next_attempt_us, OUT.c.event_id).limit(limit)
+        select(OUT)
+        .where(OUT.c.delivered_seq.is_(None), OUT.c.next_attempt_us <= now_us)
+        .order_by(OUT.c.next_attempt_us, OUT.c.event_id)
+        .limit(limit)
     )
     return [
         OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us)

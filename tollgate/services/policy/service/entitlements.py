@@ -117,9 +117,10 @@ def _balances(
     asked: _Asked,
     *,
     key: str = "",
+    locked: bool = False,
 ) -> tuple[list[Balance], QuotaUsage, str | None]:
     """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack; that usage; and
-    the reservation that holds `key`, if one does."""
+    the reservation that holds `key`, if one does. `locked`: each metric's lock is taken first (held())."""
     windows = {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
     held_by_metric: dict[str, tuple[int, int, dict[QuotaLimit, tuple[int, int]]]] = {}
     key_taken_by = None
@@ -134,6 +135,7 @@ def _balances(
             [windows[q] for q in mine],
             delivered_after=asked.delivered_before,
             key=key,
+            locked=locked,
         )
         held_by_metric[metric] = (held.reserved, held.user_reserved, dict(zip(mine, held.waiting)))
         key_taken_by = key_taken_by or held.key_taken_by
@@ -242,10 +244,11 @@ def reserve(
     except _Retried as retried:
         return _replay(retried.reservation, user_id, metric, amount, key)
     with sessions.begin() as session:
-        entitlements.lock(session, tenant_id, metric)  # the same key always takes the same lock: check after it
+        # The lock and the reads after it go in one round trip, so the decision's instant is taken before: an
+        # expiry in between still counts as held, which can only refuse, never overshoot.
         now_us = now_micros()
-        balances, _, taken_by = _balances(session, snapshot, quotas, user_id, now_us, asked, key=key)
-        if taken_by is not None:
+        balances, _, taken_by = _balances(session, snapshot, quotas, user_id, now_us, asked, key=key, locked=True)
+        if taken_by is not None:  # the same key always takes the same lock: checked after it
             existing = entitlements.get(session, tenant_id, taken_by)
             assert existing is not None  # reservations are never deleted
             return _replay(existing, user_id, metric, amount, key)
@@ -257,11 +260,11 @@ def reserve(
         reservation = Reservation(
             f"rsv_{secrets.token_hex(12)}", tenant_id, user_id, metric, amount, key, rules.OPEN, now_us, now_us + ttl_us
         )
-        entitlements.insert_reservation(session, reservation)
         after = [replace(b, reserved=b.reserved + amount) for b in balances]
         # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds, or
         # the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
         stored = notifications.record(session, after, tenant_id, user_id, "Reserve", now_us)
+        entitlements.insert_reservation(session, reservation, commit=True)
     if stored and notices is not None:
         notices.wake()
     metrics.RESERVATIONS.labels("reserved").inc()

@@ -1,6 +1,6 @@
 """QueryUsage's pieces on PostgreSQL (repository/meters.py): JSON read as jsonb, the windows as arrays, code point
 order by the C collation, sums as numeric, LATEST as the first of an ordered array_agg, statements sent on the
-pooled psycopg cursor (driver.py)."""
+pooled psycopg cursor (tollgate/shared/driver.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.repository.meters import EVENTS
-from tollgate.services.usage.repository.postgres import driver
+from tollgate.shared import driver
 
 # A group's latest event as one value ("usage".meter_latest, migration usage_0016), and the latest of such values.
 _LATEST = '(array_agg(ROW({at}, {id}, {q})::"usage".meter_latest ORDER BY {at} DESC, {id} COLLATE "C" DESC))[1]'

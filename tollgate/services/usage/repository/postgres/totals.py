@@ -1,5 +1,5 @@
 """GetUsage's statement on PostgreSQL: its own pieces, and the statement sent on the pooled psycopg cursor
-(driver.py)."""
+(tollgate/shared/driver.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sqlalchemy.sql.elements import BindParameter
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
 from tollgate.services.usage.repository import totals
-from tollgate.services.usage.repository.postgres import driver
 from tollgate.services.usage.repository.totals import DAY_ROWS, ONE, ZERO
+from tollgate.shared import driver
 
 # A day row's running sums of its hours (migration usage_0012): [h + 1] sums the hours before hour h.
 # PostgreSQL only, so not in tables.py, which both backends share.
