@@ -16,8 +16,9 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
+    true,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -129,24 +130,34 @@ def _held_statement(windows: int) -> Select:
     open_ = and_(
         R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > bindparam("now_us")
     )
-    maybe_missing = and_(
-        OUT.c.tenant_id == tenant_id,
-        OUT.c.metric == metric,
-        or_(OUT.c.delivered_seq.is_(None), OUT.c.delivered_seq > bindparam("delivered_after")),
+    reserved = select(
+        func.coalesce(func.sum(R.c.amount), 0).label("reserved"),
+        func.coalesce(func.sum(R.c.amount).filter(R.c.user_id == user_id), 0).label("user_reserved"),
+    ).where(open_)
+    # Two ranges of one index, not one range filtered: delivered rows stay an hour, and would all be read.
+    metric_rows = select(OUT.c.quantity, OUT.c.user_id, OUT.c.occurred_us).where(
+        OUT.c.tenant_id == tenant_id, OUT.c.metric == metric
     )
-    columns = [
-        select(func.coalesce(func.sum(R.c.amount), 0)).where(open_).scalar_subquery(),
-        select(func.coalesce(func.sum(R.c.amount), 0)).where(open_, R.c.user_id == user_id).scalar_subquery(),
-    ]
-    waiting = func.coalesce(func.sum(OUT.c.quantity), 0)
+    missing = union_all(
+        metric_rows.where(OUT.c.delivered_seq.is_(None)),
+        metric_rows.where(OUT.c.delivered_seq > bindparam("delivered_after")),
+    ).subquery()
+    sums = []
     for n in range(windows):
         in_window = and_(
-            maybe_missing, OUT.c.occurred_us >= bindparam(f"start_{n}"), OUT.c.occurred_us < bindparam(f"end_{n}")
+            missing.c.occurred_us >= bindparam(f"start_{n}"), missing.c.occurred_us < bindparam(f"end_{n}")
         )
-        columns.append(select(waiting).where(in_window).scalar_subquery())
-        columns.append(select(waiting).where(in_window, OUT.c.user_id == user_id).scalar_subquery())
+        sums.append(func.coalesce(func.sum(missing.c.quantity).filter(in_window), 0))
+        sums.append(func.coalesce(func.sum(missing.c.quantity).filter(in_window, missing.c.user_id == user_id), 0))
+    waiting = select(*(total.label(f"waiting_{n}") for n, total in enumerate(sums))).subquery()
     key_taken = and_(R.c.tenant_id == tenant_id, R.c.idempotency_key == bindparam("key", type_=String))
-    return select(*columns, select(R.c.reservation_id).where(key_taken).scalar_subquery())
+    held = reserved.subquery()
+    return select(
+        held.c.reserved,
+        held.c.user_reserved,
+        *(waiting.c if sums else ()),
+        select(R.c.reservation_id).where(key_taken).scalar_subquery(),
+    ).select_from(held.join(waiting, true()) if sums else held)
 
 
 def find_by_key(session: Session | Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:
