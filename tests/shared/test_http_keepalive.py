@@ -71,3 +71,15 @@ def test_a_connection_closed_after_its_answer_leaves_the_worker_free(one_worker)
         assert _call(staying) == _call(staying)
     finally:
         staying.close()
+
+
+def test_many_kept_alive_connections_all_stay_open(one_worker):
+    # cheroot's default closed every kept-alive connection past its tenth: a client keeping more connections
+    # (64 callers in flight) reconnected on every eleventh answer or so, and waited for the accept each time.
+    connections = [_connect(one_worker) for _ in range(40)]
+    try:
+        ports = [_call(connection) for connection in connections]  # _call asserts no "connection: close"
+        assert [_call(connection) for connection in connections] == ports
+    finally:
+        for connection in connections:
+            connection.close()

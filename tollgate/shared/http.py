@@ -451,6 +451,10 @@ class HttpServer:
             request_queue_size=socket.SOMAXCONN,
         )
         self._server.gateway = _WholeBodyGateway
+        # cheroot closes a kept-alive connection once 10 others are parked (its default limit): a client keeping
+        # more (callers in flight) would reconnect every few calls. Idle ones close after `timeout`; the process's
+        # file limit bounds the rest.
+        self._server.keep_alive_conn_limit = None  # type: ignore[assignment]  # cheroot reads None as no limit
         self._server.ConnectionClass = _Connection
         # cheroot answers 413 itself past this hard bound; the Connect runtime refuses anything above the
         # message limit below it (resource_exhausted), reading no more than that into memory.
