@@ -2,7 +2,8 @@
 
 `rows`: the hottest reads (Usage's GetUsage and QueryUsage) skip SQLAlchemy's execution (its context, result
 metadata from the cursor description); psycopg alone still prepares each statement once per connection.
-`together`: a few statements of one transaction (Policy's Reserve) sent in one round trip. A driver error is
+`together`: a few statements of one transaction (Policy's Reserve) sent in one round trip, or one statement
+(Policy's balance reads). A driver error is
 raised as SQLAlchemy would raise it, and a connection that died is dropped from the pool (invalidated), so an
 outage answers UNAVAILABLE as on every other path.
 """
@@ -17,7 +18,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
-_CURSOR = "tollgate.usage.reads.cursor"
+_CURSOR = "tollgate.driver.cursor"
 
 
 def compiled(statement, dialect) -> tuple[str, dict]:
@@ -49,6 +50,9 @@ def together(
     assert driver is not None
     sent = [(_pg_compiled(statement, connection.dialect), values) for statement, values in statements]
     with _raised_as_sqlalchemy(connection, "; ".join(sql for (sql, _), _ in sent), {}):
+        if len(sent) == 1 and not commit:  # nothing to pipeline: the pooled cursor, as `rows`
+            [((sql, constants), values)] = sent
+            return [_cursor(connection).execute(sql, {**constants, **values}).fetchall()]
         cursors = []
         with driver.pipeline():
             for (sql, constants), values in sent:

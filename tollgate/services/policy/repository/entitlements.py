@@ -108,17 +108,17 @@ def held(
     for n, (start, end) in enumerate(windows):
         values[f"start_{n}"], values[f"end_{n}"] = start, end
     statement = _held_statement(len(windows))
+    connection = session.connection() if isinstance(session, Session) else session
     if not locked:
-        row = tuple(session.execute(statement, values).one())
+        [found] = driver.together(connection, [(statement, values)])
     else:
-        connection = session.connection() if isinstance(session, Session) else session
         names = {"tenant_id": tenant_id, "metric": metric}
         got_lock, found = driver.together(connection, [(_LOCK, names), (statement, values)])
         if not got_lock:  # the metric's first reservation: the lock row is made, and the read done again after it
             assert isinstance(session, Session)
             lock(session, tenant_id, metric)
-            found = driver.together(connection, [(statement, values)])[0]
-        row = found[0]
+            [found] = driver.together(connection, [(statement, values)])
+    row = found[0]
     sums = [int(v) for v in row[:-1]]
     return Held(sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)], row[-1])
 
