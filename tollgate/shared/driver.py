@@ -52,7 +52,8 @@ def together(
     with _raised_as_sqlalchemy(connection, "; ".join(sql for (sql, _), _ in sent), {}):
         if len(sent) == 1 and not commit:  # nothing to pipeline: the pooled cursor, as `rows`
             [((sql, constants), values)] = sent
-            return [_cursor(connection).execute(sql, {**constants, **values}).fetchall()]
+            cursor = _cursor(connection).execute(sql, {**constants, **values})
+            return [cursor.fetchall() if cursor.description else []]
         cursors = []
         with driver.pipeline():
             for (sql, constants), values in sent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import NamedTuple, cast
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
@@ -186,6 +188,36 @@ _INSERTED = (
 _INSERT_RESERVATION = insert(R).values({name: bindparam(name, type_=R.c[name].type) for name in _INSERTED})
 
 
+_OF_TENANT = R.c.tenant_id == bindparam("tenant_id", type_=String)
+_RESERVATION = and_(_OF_TENANT, R.c.reservation_id == bindparam("reservation_id", type_=String))
+_LOCK_OF_RESERVATION = (
+    select(L.c.tenant_id)
+    .where(L.c.tenant_id == bindparam("tenant_id", type_=String))
+    .where(L.c.metric == select(R.c.metric).where(_RESERVATION).scalar_subquery())
+    .with_for_update(of=L)
+)
+_RESERVATION_FOR_UPDATE = select(R).where(_RESERVATION).with_for_update(of=R)
+
+
+def locked_reservation(session: Session, tenant_id: str, reservation_id: str) -> Reservation | None:
+    """The reservation as it is once its (tenant, metric) lock (`lock`) and its own row are held, asked in one
+    round trip where the driver allows; None if the tenant has no such reservation."""
+    values = {"tenant_id": tenant_id, "reservation_id": reservation_id}
+    statements = [(_LOCK_OF_RESERVATION, values), (_RESERVATION_FOR_UPDATE, values)]
+    got_lock, found = driver.together(session.connection(), statements)
+    if not found:
+        return None
+    if not got_lock:  # the lock row Reserve made is gone (never deleted today): made again, then the row reread
+        lock(session, tenant_id, _named(found[0]).metric)
+        [found] = driver.together(session.connection(), statements[1:])
+    return _of(_named(found[0]))
+
+
+def _named(row: tuple) -> SimpleNamespace:
+    """A row of `select(R)` from the driver, its columns by name as `_of` reads them."""
+    return SimpleNamespace(**dict(zip(R.c.keys(), row)))
+
+
 def insert_reservation(session: Session, reservation: Reservation, *, commit: bool = False) -> None:
     """Insert an open reservation; `commit`: and commit the transaction in the same round trip where the driver
     allows (the transaction's last statement)."""
@@ -193,28 +225,50 @@ def insert_reservation(session: Session, reservation: Reservation, *, commit: bo
     driver.together(session.connection(), [(_INSERT_RESERVATION, values)], commit=commit)
 
 
-def finish(session: Session, reservation_id: str, *, state: int, committed: int, now_us: int, recorded: bool) -> None:
-    session.execute(
-        update(R)
-        .where(R.c.reservation_id == reservation_id)
-        .values(state=state, committed_amount=committed, finish_us=now_us, recorded_us=now_us if recorded else None)
+_FINISH = (
+    update(R)
+    .where(R.c.reservation_id == bindparam("finished_id", type_=String))
+    .values(
+        state=bindparam("state"),
+        committed_amount=bindparam("committed"),
+        finish_us=bindparam("finish_us"),
+        recorded_us=bindparam("recorded_us"),
     )
+)
+_OUTBOX_ROW = (
+    "event_id",
+    "tenant_id",
+    "metric",
+    "user_id",
+    "quantity",
+    "occurred_us",
+    "attempts",
+    "next_attempt_us",
+    "last_error",
+)
+_INSERT_OUTBOX = insert(OUT).values({name: bindparam(name, type_=OUT.c[name].type) for name in _OUTBOX_ROW})
 
 
-def insert_outbox(session: Session, event: OutboxEvent, now_us: int) -> None:
-    session.execute(
-        insert(OUT).values(
-            event_id=event.event_id,
-            tenant_id=event.tenant_id,
-            metric=event.metric,
-            user_id=event.user_id,
-            quantity=event.quantity,
-            occurred_us=event.occurred_us,
-            attempts=0,
-            next_attempt_us=now_us,
-            last_error="",
-        )
-    )
+def finish(
+    session: Session,
+    reservation_id: str,
+    *,
+    state: int,
+    committed: int,
+    now_us: int,
+    recorded: bool,
+    event: OutboxEvent | None = None,
+    commit: bool = False,
+) -> None:
+    """End a reservation in `state`; with `event`, its usage goes to the outbox in the same transaction; `commit`:
+    and the transaction commits, all in one round trip where the driver allows (its last statements)."""
+    finished = {"finished_id": reservation_id, "state": state, "committed": committed, "finish_us": now_us}
+    statements: list[tuple[Executable, dict]] = [(_FINISH, {**finished, "recorded_us": now_us if recorded else None})]
+    if event is not None:
+        row = {"attempts": 0, "next_attempt_us": now_us, "last_error": ""}
+        row.update({name: getattr(event, name) for name in _OUTBOX_ROW if name not in row})
+        statements.append((_INSERT_OUTBOX, row))
+    driver.together(session.connection(), statements, commit=commit)
 
 
 def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:

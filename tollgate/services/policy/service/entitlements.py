@@ -293,12 +293,9 @@ def commit(
     access.tenant(caller, tenant_id)
     validation.reference(tenant_id, "reservation_id", reservation_id, amount)
     with sessions.begin() as session:
-        found = entitlements.get(session, tenant_id, reservation_id)
-        if found is None:
+        current = entitlements.locked_reservation(session, tenant_id, reservation_id)
+        if current is None:
             raise UnknownReservation(tenant_id, reservation_id)
-        entitlements.lock(session, tenant_id, found.metric)
-        current = entitlements.get(session, tenant_id, reservation_id, for_update=True)
-        assert current is not None  # reservations are never deleted
         now_us = now_micros()
         state = current.state_at(now_us)
         if state == rules.COMMITTED:
@@ -314,14 +311,21 @@ def commit(
                 raise ReservationNotOpen(reservation_id, _STATE_NAMES[state])
             if amount > current.amount:
                 raise InvalidArgument(FieldViolation("amount", f"must be at most the reserved {current.amount}"))
-            entitlements.finish(
-                session, reservation_id, state=rules.COMMITTED, committed=amount, now_us=now_us, recorded=False
-            )
+            event = None
             if amount:
                 event = OutboxEvent(
                     rules.event_id_of(reservation_id), tenant_id, current.metric, current.user_id, amount, now_us
                 )
-                entitlements.insert_outbox(session, event, now_us)
+            entitlements.finish(
+                session,
+                reservation_id,
+                state=rules.COMMITTED,
+                committed=amount,
+                now_us=now_us,
+                recorded=False,
+                event=event,
+                commit=True,
+            )
             committed = replace(
                 current,
                 state=rules.COMMITTED,
