@@ -5,6 +5,7 @@ from __future__ import annotations
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import grpc_convert
+from tollgate.services.policy.combiner import Combiner
 from tollgate.services.policy.repository import Connections, Sessions
 from tollgate.services.policy.service import (
     active,
@@ -83,6 +84,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._connections = connections
         self._dispatcher = dispatcher
         self._notices = notices or Notices()
+        self._reserves: Combiner = Combiner()
 
     def ResolveMode(self, request, context):
         found = resolve.resolve_mode(
@@ -173,6 +175,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
             notices=self._notices,
+            combiner=self._reserves,
         )
         response = pb.ReserveResponse(
             reserved=found.reservation is not None,

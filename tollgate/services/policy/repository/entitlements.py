@@ -85,42 +85,48 @@ class Held(NamedTuple):
     key_taken_by: str | None  # the reservation already holding the idempotency key asked about
 
 
-def held(
-    session: Session | Connection,
-    tenant_id: str,
-    metric: str,
-    user_id: str,
-    now_us: int,
-    windows: Sequence[tuple[int, int]],
-    *,
-    delivered_after: int,
-    key: str = "",
-    locked: bool = False,
-) -> Held:
+class Asked(NamedTuple):
+    """One question for `held`: whose reservations, over which windows, after which delivery, holding which key."""
+
+    user_id: str
+    windows: Sequence[tuple[int, int]]
+    delivered_after: int
+    key: str = ""
+
+
+def held(connection: Connection, tenant_id: str, metric: str, now_us: int, asked: Asked) -> Held:
     """What Policy holds of the metric, read in one statement so that a commit moving an amount from reserved to
-    the outbox is seen on one side only; and, in the same round trip, which reservation holds `key`. `locked`:
-    take the (tenant, metric) lock first (`lock`), in the same round trip where the driver allows, and read
-    after it.
+    the outbox is seen on one side only; and, in the same round trip, which reservation holds the asked key.
 
     Usage's answer may lack an event not yet delivered, or delivered after `delivered_after` was read (it was
     read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
     before that read was in Usage before the question was sent."""
-    values = {"tenant_id": tenant_id, "metric": metric, "user_id": user_id, "now_us": now_us, "key": key}
-    values["delivered_after"] = delivered_after
-    for n, (start, end) in enumerate(windows):
+    [found] = driver.together(connection, [_held_read(tenant_id, metric, now_us, asked)])
+    return _held_of(found[0])
+
+
+def held_under_lock(session: Session, tenant_id: str, metric: str, now_us: int, asked: Sequence[Asked]) -> list[Held]:
+    """`held` for each question, read after taking the (tenant, metric) lock (`lock`), all in one round trip
+    where the driver allows."""
+    reads = [_held_read(tenant_id, metric, now_us, one) for one in asked]
+    got_lock, *found = driver.together(
+        session.connection(), [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads
+    )
+    if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
+        lock(session, tenant_id, metric)
+        found = driver.together(session.connection(), reads)
+    return [_held_of(rows[0]) for rows in found]
+
+
+def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Select, dict]:
+    values = {"tenant_id": tenant_id, "metric": metric, "user_id": asked.user_id, "now_us": now_us}
+    values.update(key=asked.key, delivered_after=asked.delivered_after)
+    for n, (start, end) in enumerate(asked.windows):
         values[f"start_{n}"], values[f"end_{n}"] = start, end
-    statement = _held_statement(len(windows))
-    connection = session.connection() if isinstance(session, Session) else session
-    if not locked:
-        [found] = driver.together(connection, [(statement, values)])
-    else:
-        names = {"tenant_id": tenant_id, "metric": metric}
-        got_lock, found = driver.together(connection, [(_LOCK, names), (statement, values)])
-        if not got_lock:  # the metric's first reservation: the lock row is made, and the read done again after it
-            assert isinstance(session, Session)
-            lock(session, tenant_id, metric)
-            [found] = driver.together(connection, [(statement, values)])
-    row = found[0]
+    return _held_statement(len(asked.windows)), values
+
+
+def _held_of(row: Sequence) -> Held:
     sums = [int(v) for v in row[:-1]]
     return Held(sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)], row[-1])
 
@@ -218,11 +224,11 @@ def _named(row: tuple) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(R.c.keys(), row)))
 
 
-def insert_reservation(session: Session, reservation: Reservation, *, commit: bool = False) -> None:
-    """Insert an open reservation; `commit`: and commit the transaction in the same round trip where the driver
-    allows (the transaction's last statement)."""
-    values = {name: getattr(reservation, name) for name in _INSERTED}
-    driver.together(session.connection(), [(_INSERT_RESERVATION, values)], commit=commit)
+def insert_reservations(session: Session, reservations: Sequence[Reservation], *, commit: bool = False) -> None:
+    """Insert open reservations; `commit`: and commit the transaction in the same round trip where the driver
+    allows (the transaction's last statements)."""
+    statements = [(_INSERT_RESERVATION, {name: getattr(r, name) for name in _INSERTED}) for r in reservations]
+    driver.together(session.connection(), statements, commit=commit)
 
 
 _FINISH = (

@@ -12,11 +12,14 @@ times, and the lock is held for a statement and an insert, not for a call to Usa
 from __future__ import annotations
 
 import secrets
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 from tollgate.services.policy import metrics, validation
 from tollgate.services.policy.cache import SnapshotCache
+from tollgate.services.policy.combiner import Combiner
 from tollgate.services.policy.domain import entitlements as rules
 from tollgate.services.policy.domain.entitlements import Balance, Reservation
 from tollgate.services.policy.domain.errors import (
@@ -30,7 +33,7 @@ from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapsh
 from tollgate.services.policy.domain.modes import Mode, Resolution
 from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
 from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
-from tollgate.services.policy.repository import Connection, Connections, Session, Sessions, entitlements
+from tollgate.services.policy.repository import Connection, Connections, Sessions, entitlements
 from tollgate.services.policy.service import access, notifications
 from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
@@ -108,56 +111,47 @@ def _ask_usage(
     return _Asked(read, delivered_before)
 
 
+def _windows(snapshot: Snapshot, quotas: Sequence[QuotaLimit], now_us: int) -> dict[QuotaLimit, tuple[int, int]]:
+    return {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
+
+
+def _asked_of(metric: str, quotas, windows, user_id: str, asked: _Asked, key: str = "") -> entitlements.Asked:
+    """The question for held() about the metric's quotas (their windows in quota order)."""
+    return entitlements.Asked(user_id, [windows[q] for q in quotas if q.metric == metric], asked.delivered_before, key)
+
+
 def _balances(
-    session: Session | Connection,
     snapshot: Snapshot,
     quotas: Sequence[QuotaLimit],
-    user_id: str,
     now_us: int,
     asked: _Asked,
-    *,
-    key: str = "",
-    locked: bool = False,
-) -> tuple[list[Balance], QuotaUsage, str | None]:
-    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack; that usage; and
-    the reservation that holds `key`, if one does. `locked`: each metric's lock is taken first (held())."""
-    windows = {q: period_bounds(q.period, now_us, snapshot.subscription) for q in quotas}
-    held_by_metric: dict[str, tuple[int, int, dict[QuotaLimit, tuple[int, int]]]] = {}
-    key_taken_by = None
-    for metric in sorted({q.metric for q in quotas}):
-        mine = [q for q in quotas if q.metric == metric]
-        held = entitlements.held(
-            session,
-            snapshot.tenant_id,
-            metric,
-            user_id,
-            now_us,
-            [windows[q] for q in mine],
-            delivered_after=asked.delivered_before,
-            key=key,
-            locked=locked,
-        )
-        held_by_metric[metric] = (held.reserved, held.user_reserved, dict(zip(mine, held.waiting)))
-        key_taken_by = key_taken_by or held.key_taken_by
+    held_by_metric: dict[str, entitlements.Held],
+) -> tuple[list[Balance], QuotaUsage]:
+    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack (`held`, read for
+    the quotas' windows in quota order); and that usage."""
+    windows = _windows(snapshot, quotas, now_us)
+    waiting_of: dict[QuotaLimit, tuple[int, int]] = {}
+    for metric, held in held_by_metric.items():
+        waiting_of.update(zip([q for q in quotas if q.metric == metric], held.waiting))
     used, user_used, balances = dict(asked.usage.used), dict(asked.usage.user_used), []
     for quota in quotas:
-        reserved, user_reserved, pending = held_by_metric[quota.metric]
+        held = held_by_metric[quota.metric]
         per_user = quota.scope == QuotaScope.USER
         from_usage = (user_used if per_user else used).get((quota.metric, quota.period), 0)
-        waiting = pending[quota][1 if per_user else 0]
+        waiting = waiting_of[quota][1 if per_user else 0]
         balances.append(
             rules.balance_of(
                 quota,
                 windows[quota],
                 snapshot.grants,
                 used=from_usage + waiting,
-                reserved=user_reserved if per_user else reserved,
+                reserved=held.user_reserved if per_user else held.reserved,
                 at_us=now_us,
             )
         )
     for quota, balance in zip(quotas, balances):
         (user_used if quota.scope == QuotaScope.USER else used)[(quota.metric, quota.period)] = balance.used
-    return balances, QuotaUsage(used, user_used=user_used), key_taken_by
+    return balances, QuotaUsage(used, user_used=user_used)
 
 
 def check_entitlement(
@@ -186,8 +180,15 @@ def check_entitlement(
     shown = [q for q in relevant if not metric or q.metric == metric]
     asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, connections=connections)
     now_us = now_micros()
+    windows = _windows(snapshot, relevant, now_us)
     with connections.connect() as connection:
-        balances, used, _ = _balances(connection, snapshot, relevant, user_id, now_us, asked)
+        held = {
+            metric: entitlements.held(
+                connection, tenant_id, metric, now_us, _asked_of(metric, relevant, windows, user_id, asked)
+            )
+            for metric in sorted({q.metric for q in relevant})
+        }
+    balances, used = _balances(snapshot, relevant, now_us, asked, held)
     stored = False
     if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
         with sessions.begin() as session:
@@ -221,8 +222,10 @@ def reserve(
     caller: Principal,
     deadline: Deadline,
     notices: Notices | None = None,
+    combiner: Combiner | None = None,
 ) -> Reserved:
-    """Hold `amount` of the metric, or refuse naming the hard quota that is short; a retried key answers the same."""
+    """Hold `amount` of the metric, or refuse naming the hard quota that is short; a retried key answers the same.
+    With a `combiner`, the calls waiting for the same metric's lock are decided together (combiner.py)."""
     access.tenant(caller, tenant_id)
     ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key)
     snapshot = cache.get(tenant_id)
@@ -243,32 +246,89 @@ def reserve(
         )
     except _Retried as retried:
         return _replay(retried.reservation, user_id, metric, amount, key)
+    ask = _Reserve(snapshot, quotas, user_id, amount, ttl_us, key, asked)
+    decide = partial(_reserve_together, tenant_id, metric, sessions=sessions, notices=notices)
+    return (combiner or Combiner()).run((tenant_id, metric), ask, decide)
+
+
+@dataclass(frozen=True)
+class _Reserve:
+    """One Reserve call waiting for its metric's turn (combiner.py)."""
+
+    snapshot: Snapshot
+    quotas: Sequence[QuotaLimit]
+    user_id: str
+    amount: int
+    ttl_us: int
+    key: str
+    asked: _Asked
+
+
+def _reserve_together(
+    tenant_id: str, metric: str, asks: list[_Reserve], *, sessions: Sessions, notices: Notices | None
+) -> list[Reserved | Exception]:
+    """Decide the Reserves of one metric in one transaction, in order, each seeing the ones before it.
+
+    The lock and each call's read after it go in one round trip, so the decision's instant is taken before: an
+    expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
+    earlier in the batch) answers that reservation; only calls with a new key hold anything."""
+    outcomes: list[Reserved | Exception] = []
     with sessions.begin() as session:
-        # The lock and the reads after it go in one round trip, so the decision's instant is taken before: an
-        # expiry in between still counts as held, which can only refuse, never overshoot.
         now_us = now_micros()
-        balances, _, taken_by = _balances(session, snapshot, quotas, user_id, now_us, asked, key=key, locked=True)
-        if taken_by is not None:  # the same key always takes the same lock: checked after it
-            existing = entitlements.get(session, tenant_id, taken_by)
-            assert existing is not None  # reservations are never deleted
-            return _replay(existing, user_id, metric, amount, key)
-        short = rules.refusal(balances, amount)
-        if short is not None:
-            metrics.RESERVATIONS.labels("refused").inc()
-            refusal = f"{short.detail()}: {amount} asked, {short.balance} left"
-            return Reserved(None, rules.decide(balances), refusal, now_us)
-        reservation = Reservation(
-            f"rsv_{secrets.token_hex(12)}", tenant_id, user_id, metric, amount, key, rules.OPEN, now_us, now_us + ttl_us
-        )
-        after = [replace(b, reserved=b.reserved + amount) for b in balances]
-        # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds, or
-        # the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
-        stored = notifications.record(session, after, tenant_id, user_id, "Reserve", now_us)
-        entitlements.insert_reservation(session, reservation, commit=True)
+        windows = [_windows(ask.snapshot, ask.quotas, now_us) for ask in asks]
+        questions = [
+            _asked_of(metric, ask.quotas, window, ask.user_id, ask.asked, ask.key) for ask, window in zip(asks, windows)
+        ]
+        helds = entitlements.held_under_lock(session, tenant_id, metric, now_us, questions)
+        taken: dict[str, Reservation] = {}
+        granted, granted_to = 0, defaultdict[str, int](int)
+        stored = False
+        for ask, held in zip(asks, helds):
+            try:
+                earlier = taken.get(ask.key)
+                if earlier is None and held.key_taken_by is not None:
+                    earlier = entitlements.get(session, tenant_id, held.key_taken_by)
+                    assert earlier is not None  # reservations are never deleted
+                if earlier is not None:
+                    outcomes.append(_replay(earlier, ask.user_id, metric, ask.amount, ask.key))
+                    continue
+            except IdempotencyKeyReused as error:
+                outcomes.append(error)
+                continue
+            held = held._replace(
+                reserved=held.reserved + granted, user_reserved=held.user_reserved + granted_to[ask.user_id]
+            )
+            balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held})
+            short = rules.refusal(balances, ask.amount)
+            if short is not None:
+                metrics.RESERVATIONS.labels("refused").inc()
+                refusal = f"{short.detail()}: {ask.amount} asked, {short.balance} left"
+                outcomes.append(Reserved(None, rules.decide(balances), refusal, now_us))
+                continue
+            reservation = Reservation(
+                f"rsv_{secrets.token_hex(12)}",
+                tenant_id,
+                ask.user_id,
+                metric,
+                ask.amount,
+                ask.key,
+                rules.OPEN,
+                now_us,
+                now_us + ask.ttl_us,
+            )
+            after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
+            # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds,
+            # or the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
+            stored = notifications.record(session, after, tenant_id, ask.user_id, "Reserve", now_us) or stored
+            taken[ask.key] = reservation
+            granted += ask.amount
+            granted_to[ask.user_id] += ask.amount
+            metrics.RESERVATIONS.labels("reserved").inc()
+            outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
+        entitlements.insert_reservations(session, list(taken.values()), commit=True)
     if stored and notices is not None:
         notices.wake()
-    metrics.RESERVATIONS.labels("reserved").inc()
-    return Reserved(reservation, rules.decide(after), "", now_us)
+    return outcomes
 
 
 def _replay(existing: Reservation, user_id: str, metric: str, amount: int, key: str) -> Reserved:
