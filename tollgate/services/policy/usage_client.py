@@ -44,6 +44,16 @@ _SERVICE_CONFIG = json.dumps(
 
 
 _REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT)
+# Answers that say Usage cannot answer anyone now. Any other refusal is about the question (one tenant's range
+# past the purge horizon, say): it fails that call alone, and proves Usage reachable.
+_OUTAGES = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+)
 
 
 class CircuitBreaker:
@@ -231,6 +241,9 @@ class UsageClient:
             raise UsageUnavailable("usage service unavailable (circuit open after a recent failure)")
 
     def _failed(self, rpc: str, error: grpc.RpcError) -> UsageUnavailable:
+        if error.code() not in _OUTAGES:
+            self._succeeded()
+            return UsageUnavailable(f"usage service refused {rpc}: {error.code().name}: {error.details()}")
         if self.breaker.failed():
             log.warning(
                 "usage service at %s became unreachable (%s answered %s); until it answers again, "
