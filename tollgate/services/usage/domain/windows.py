@@ -85,6 +85,8 @@ def windows(kind: Window, start_us: int, end_us: int, tz: tzinfo) -> list[Span]:
     return spans
 
 
+# Every window after a series' first starts on a boundary, and series in one zone share their boundaries: kept.
+@functools.lru_cache(maxsize=16_384)
 def next_start(kind: Window, at_us: int, tz: tzinfo) -> int:
     """The start of the window after the one holding the instant `at_us` (beyond the year 9999: past any range)."""
     second = at_us // _SECOND
