@@ -53,8 +53,8 @@ class MeterPieces(Protocol):
     def ordered(self, column):
         """`column` as compared and ordered in code point order."""
 
-    def values(self, aggregation: Aggregation, unique) -> list:
-        """The columns of the aggregation's value over a group's events `e` (`unique`: what UNIQUE_COUNT counts)."""
+    def values(self, aggregation: Aggregation) -> list:
+        """The columns of the aggregation's value over a group's events `e` (any but UNIQUE_COUNT)."""
 
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         """The exact value in the cells of those columns."""
@@ -101,24 +101,31 @@ def rolled_up_metrics(connection: Connection | Session) -> dict[str, list[str]]:
     return found
 
 
-def _unique(pieces: MeterPieces, plan: MeterPlan):
-    """What UNIQUE_COUNT counts of an event `e` (None for the other aggregations)."""
-    if plan.aggregation is not Aggregation.UNIQUE_COUNT:
-        return None
-    return EVENTS.c.actor_id if plan.unique_of == ACTOR_ID else pieces.dimension(plan.unique_of)
+def _distinct_counted(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi):
+    """UNIQUE_COUNT's groups: the events grouped by what they count as well (u), then those groups counted, the
+    empty value left out. One hashed grouping, where count(DISTINCT ...) sorts each group's events."""
+    counted = value_source(pieces, plan.unique_of)
+    per_value, _ = raw_grouped(pieces, plan, windows, n, lo, hi, [], also=counted)
+    inner = per_value.subquery("u")
+    groups = [inner.c.n] + [inner.c[f"g{i}"] for i in range(len(plan.group_by))]
+    value = func.count(func.nullif(inner.c.u, _EMPTY)).label("v")
+    return select(*groups, value, func.sum(inner.c.c).label("c")).group_by(*groups), [value]
 
 
-def raw_grouped(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi, values: list, *, short: bool = False):
+def raw_grouped(
+    pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi, values: list, *, short: bool = False, also=None
+):
     """The plan's raw events in the ranges (n, lo, hi) of `windows`, grouped by n and the plan's groups (g0...),
     with `values` and the count c; and those value columns. `short`: the ranges are short (a rollup's raw parts),
-    each read by its own index range whatever the planner guesses."""
+    each read by its own index range whatever the planner guesses. `also`: grouped by that too, as column u."""
     e = EVENTS.c
     groups = [value_source(pieces, name) for name in plan.group_by]
+    keys = [g.label(f"g{i}") for i, g in enumerate(groups)] + ([also.label("u")] if also is not None else [])
     in_window = and_(e.tenant_id == TENANT, e.metric == METRIC, e.occurred_at_us >= lo, e.occurred_at_us < hi)
     grouped = (
-        select(n.label("n"), *[g.label(f"g{i}") for i, g in enumerate(groups)], *values, func.count().label("c"))
+        select(n.label("n"), *keys, *values, func.count().label("c"))
         .select_from((_ShortRangesFirst if short else _WindowsFirst)(windows, EVENTS, in_window))
-        .group_by(n, *groups)
+        .group_by(n, *groups, *([also] if also is not None else []))
     )
     for position, (name, _) in enumerate(plan.filters):
         grouped = grouped.where(pieces.one_of(value_source(pieces, name), f"f{position}"))
@@ -196,9 +203,10 @@ def _build(pieces: MeterPieces, plan: MeterPlan, first_page: bool):
     if plan.cuboid is None:
         windows = pieces.table("w", _WINDOW)
         n, lo, hi = windows.c.n, windows.c.lo, windows.c.hi
-        grouped, values = raw_grouped(
-            pieces, plan, windows, n, lo, hi, pieces.values(plan.aggregation, _unique(pieces, plan))
-        )
+        if plan.aggregation is Aggregation.UNIQUE_COUNT:
+            grouped, values = _distinct_counted(pieces, plan, windows, n, lo, hi)
+        else:
+            grouped, values = raw_grouped(pieces, plan, windows, n, lo, hi, pieces.values(plan.aggregation))
     else:
         from tollgate.services.usage.repository import meter_rollup_reads
 

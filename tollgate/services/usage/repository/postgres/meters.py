@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, any_, bindparam, cast, distinct, func, literal_column
+from sqlalchemy import BigInteger, Connection, String, any_, bindparam, cast, func, literal_column
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -29,7 +29,7 @@ class Pieces:
     def ordered(self, column):
         return column.collate("C")
 
-    def values(self, aggregation: Aggregation, unique) -> list:
+    def values(self, aggregation: Aggregation) -> list:
         q = EVENTS.c.quantity
         if aggregation is Aggregation.SUM:
             return [func.sum(q).label("v")]  # sum(bigint) is numeric: exact beyond a bigint
@@ -42,7 +42,7 @@ class Pieces:
         if aggregation is Aggregation.LATEST:
             latest = aggregate_order_by(q, EVENTS.c.occurred_at_us.desc(), EVENTS.c.event_id.collate("C").desc())
             return [func.array_agg(latest)[1].label("v")]
-        return [func.count(distinct(func.nullif(unique, literal_column("''")))).label("v")]
+        raise ValueError(f"{aggregation.name} has no value over one group of events")
 
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         return int(cells[0])

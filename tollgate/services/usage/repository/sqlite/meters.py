@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, bindparam, distinct, func, literal_column, select
+from sqlalchemy import BigInteger, Connection, String, bindparam, func, literal_column, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -29,7 +29,7 @@ class Pieces:
     def ordered(self, column):
         return column
 
-    def values(self, aggregation: Aggregation, unique) -> list:
+    def values(self, aggregation: Aggregation) -> list:
         q = EVENTS.c.quantity
         if aggregation is Aggregation.SUM:
             return [func.sum(q.op("/")(_SPLIT_SQL)).label("v"), func.sum(q.op("%")(_SPLIT_SQL)).label("v_low")]
@@ -42,7 +42,7 @@ class Pieces:
         if aggregation is Aggregation.LATEST:
             # With exactly one max() in the query, SQLite reads a bare column from the row holding the maximum.
             return [func.max(literal_column(_LATEST_KEY)).label("v_key"), q.label("v")]
-        return [func.count(distinct(func.nullif(unique, literal_column("''")))).label("v")]
+        raise ValueError(f"{aggregation.name} has no value over one group of events")
 
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         if aggregation is Aggregation.SUM:
