@@ -2,33 +2,30 @@
 sequential and with IN_FLIGHT calls outstanding on one hot limit; then zero overshoot under that load.
 
 The reference is grpc.health.v1.Health/Check on the Policy server, as in bench/resolve.py. One fresh
-PostgreSQL database holds both schemas; Usage runs in its own process, as deployed, and Policy in this
-one with a service token that may read and record usage. A tenant's plan has one hard monthly quota on
-api.requests (high enough that the latency runs are never refused) and a grant. CheckEntitlement reads
-usage fresh (one GetUsage) and what Policy holds (one statement); Reserve takes the (tenant, metric) lock,
-reads both and inserts; Commit locks, writes the commit and its outbox row, and sends the event to Usage
-before answering. Every in-flight Reserve and Commit hits the same (tenant, metric) lock row: that is the
-hot limit. Last, a second tenant's hard limit is set to half of what IN_FLIGHT callers ask for, and the
-bench checks that the committed sum stays within it and that Usage's total equals it once the outbox is
-empty. The database is dropped at the end."""
+PostgreSQL database holds both schemas; Usage and Policy run in processes of their own, as deployed (the
+bench's client threads do not share Policy's GIL), Policy with a service token that may read and record
+usage. A tenant's plan has one hard monthly quota on api.requests (high enough that the latency runs are
+never refused) and a grant. CheckEntitlement reads Usage's answer (reused as deployed) and what Policy holds
+(one statement); Reserve takes the (tenant, metric) lock, reads both and inserts; Commit locks, writes the
+commit and its outbox row, and sends the event to Usage before answering. Every in-flight Reserve and Commit
+hits the same (tenant, metric) lock row: that is the hot limit. Last, a second tenant's hard limit is set to
+half of what IN_FLIGHT callers ask for, and the bench checks that the committed sum stays within it and
+that Usage's total equals it once the outbox is empty. The database is dropped at the end."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
-from dataclasses import replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
-from bench.processes import UsageProcess
+from bench.processes import PolicyProcess, UsageProcess
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
-from tollgate.services.policy import server as policy_server
-from tollgate.services.policy.config import Settings as PolicySettings
 from tollgate.shared import migrate
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
@@ -52,19 +49,11 @@ def run(admin_url: str) -> None:
         policy_token = tokens.token(url, {"usage:read", "usage:write"}, label="policy service")
         usage = UsageProcess(url, USAGE_ROLLUP_INTERVAL_SECONDS="30")  # rolled up as deployed (the default)
         try:
-            policy = policy_server.build(
-                replace(
-                    PolicySettings(),
-                    database_url=url,
-                    host="127.0.0.1",
-                    port=0,
-                    metrics_port=None,
-                    http_port=None,
-                    log_level="WARNING",
-                    usage_addr=f"127.0.0.1:{usage.port}",
-                    usage_token=policy_token,
-                    usage_timeout_seconds=2.0,
-                )
+            policy = PolicyProcess(
+                url,
+                POLICY_USAGE_ADDR=f"127.0.0.1:{usage.port}",
+                POLICY_USAGE_TOKEN=policy_token,
+                POLICY_USAGE_TIMEOUT_SECONDS="2",
             )
             try:
                 metadata = (("authorization", f"Bearer {admin_token}"),)
@@ -77,7 +66,7 @@ def run(admin_url: str) -> None:
                     _measure(channel, usage_channel, metadata)
                     _overshoot(channel, usage_channel, admin, metadata)
             finally:
-                policy.stop(grace=1)
+                policy.stop()
         finally:
             usage.stop()
     finally:
