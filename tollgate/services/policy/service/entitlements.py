@@ -301,7 +301,6 @@ def _reserve_together(
             balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held})
             short = rules.refusal(balances, ask.amount)
             if short is not None:
-                metrics.RESERVATIONS.labels("refused").inc()
                 refusal = f"{short.detail()}: {ask.amount} asked, {short.balance} left"
                 outcomes.append(Reserved(None, rules.decide(balances), refusal, now_us))
                 continue
@@ -323,9 +322,12 @@ def _reserve_together(
             taken[ask.key] = reservation
             granted += ask.amount
             granted_to[ask.user_id] += ask.amount
-            metrics.RESERVATIONS.labels("reserved").inc()
             outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
         entitlements.insert_reservations(session, list(taken.values()), commit=True)
+    counted = {"refused": sum(1 for o in outcomes if isinstance(o, Reserved) and o.refusal), "reserved": len(taken)}
+    for outcome, count in counted.items():
+        if count:  # a label appears once used
+            metrics.RESERVATIONS.labels(outcome).inc(count)
     if stored and notices is not None:
         notices.wake()
     return outcomes
