@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 RESOLUTIONS = Counter(
     "tollgate_policy_resolutions_total",
@@ -32,6 +32,11 @@ RESERVATIONS = Counter(
     "tollgate_policy_reservations_total",
     "Reserve answers, by outcome: reserved, refused (a hard quota's balance was short) or replayed (idempotency key).",
     ["outcome"],
+)
+RESERVE_BATCHES = Histogram(
+    "tollgate_policy_reserve_batch_calls",
+    "Reserve calls decided together in one transaction (calls that waited for the same tenant and metric).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )
 OUTBOX_SENT = Counter(
     "tollgate_policy_outbox_delivered_total",

@@ -324,6 +324,7 @@ def _reserve_together(
             granted_to[ask.user_id] += ask.amount
             outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
         entitlements.insert_reservations(session, list(taken.values()), commit=True)
+    metrics.RESERVE_BATCHES.observe(len(asks))
     counted = {"refused": sum(1 for o in outcomes if isinstance(o, Reserved) and o.refusal), "reserved": len(taken)}
     for outcome, count in counted.items():
         if count:  # a label appears once used
