@@ -137,10 +137,13 @@ def build_policy(dbs: Databases, usage_port: int | None = None, *, usage_token: 
     """A Policy server of this backend on a free port; given usage_port, it asks the Usage there with
     usage_token (unless one is given, a fresh platform token with what production gives Policy: usage:read for
     quotas and rankings, usage:write for committed reservations; a read-only one would leave a commit in the outbox,
-    retried against the shared Usage server for the rest of the session)."""
+    retried against the shared Usage server for the rest of the session). Its calls to Usage wait up to 5 s unless a
+    test sets usage_timeout_seconds: production's quarter second is a latency bound, and on a loaded CI machine one
+    slow answer would open the circuit and fail the next tests of a module that is not about outages."""
     from tollgate.services.policy import server
     from tollgate.services.policy.config import Settings
 
+    changes.setdefault("usage_timeout_seconds", 5.0)
     if usage_port is not None:
         changes["usage_addr"] = f"127.0.0.1:{usage_port}"
         changes["usage_token"] = usage_token or make_token(
