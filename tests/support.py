@@ -113,6 +113,17 @@ def field_violations(error: grpc.RpcError) -> list[str]:
     return []
 
 
+def error_reason(error: grpc.RpcError) -> str:
+    """The reason of the ErrorInfo detail of a failed call ('' when it has none)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
 def in_threads(target, count: int, *, timeout: float = 120) -> None:
     """Run target(0) .. target(count - 1) in threads started together; all must end within `timeout`."""
     threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]

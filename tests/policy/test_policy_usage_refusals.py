@@ -64,7 +64,7 @@ def test_one_tenants_refused_question_leaves_the_circuit_shut_for_the_others(sta
 def test_an_outage_answer_opens_the_circuit_for_everyone(stand_in):
     servicer, client = stand_in
     with pytest.raises(UsageUnavailable, match="UNAVAILABLE"):
-        client.metric_names(timeout=2)
+        client.metric_catalog(timeout=2)
     assert client.breaker.is_open()
     with pytest.raises(UsageUnavailable, match="circuit open"):
         _ask(client, "healthy")

@@ -123,7 +123,7 @@ def test_an_exhausted_quota_caps_its_features_exactly_when_its_balance_says_exha
         for granted in (0, 50):
             grants = [grant("g", granted)] if granted else []
             b = balance_of(SOFT, WINDOW, grants, used=used, reserved=0, at_us=1_500)
-            cap = quota_cap(SOFT, QuotaUsage({("m", MONTH): used}), b.granted)
+            cap = quota_cap(SOFT, QuotaUsage({("m", MONTH, ()): used}), b.granted)
             assert (cap.cap == Mode.OBSERVE) == b.exhausted
             assert cap.cap in (Mode.OBSERVE, HIGHEST)
 

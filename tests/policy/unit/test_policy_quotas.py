@@ -35,7 +35,7 @@ def test_every_quota_case_gives_its_cap_exactly_when_reached_or_unknown_and_fail
         [0, 1, 100], [None, 0, 99, 100, 101], [False, True], [DAY, MONTH]
     ):
         quota = QuotaLimit("m.a", period, limit, Mode.OBSERVE, fail_closed=fail_closed)
-        usage = QuotaUsage(unavailable="down") if used is None else QuotaUsage({("m.a", period): used})
+        usage = QuotaUsage(unavailable="down") if used is None else QuotaUsage({("m.a", period, ()): used})
         cap = quota_cap(quota, usage)
         caps = limit == 0 or (used is None and fail_closed) or (used is not None and used >= limit)
         assert cap.source == CapSource.QUOTA
@@ -44,16 +44,16 @@ def test_every_quota_case_gives_its_cap_exactly_when_reached_or_unknown_and_fail
 
 
 def test_a_metric_without_usage_counts_as_zero_but_unknown_usage_is_none():
-    assert QuotaUsage({("m.a", MONTH): 5}).of("m.b", MONTH) == 0
-    assert QuotaUsage({("m.a", MONTH): 5}).of("m.a", DAY) == 0
-    assert QuotaUsage({("m.a", MONTH): 5}, unavailable="down").of("m.a", MONTH) is None
+    assert QuotaUsage({("m.a", MONTH, ()): 5}).of(("m.b", MONTH, ())) == 0
+    assert QuotaUsage({("m.a", MONTH, ()): 5}).of(("m.a", DAY, ())) == 0
+    assert QuotaUsage({("m.a", MONTH, ()): 5}, unavailable="down").of(("m.a", MONTH, ())) is None
 
 
 def test_a_quota_caps_the_features_it_names_else_those_its_metric_measures():
     named = QuotaLimit("m.a", MONTH, 10, Mode.OFF, feature_ids=("b",))
     by_metric = QuotaLimit("m.a", DAY, 10, Mode.OFF)
     snapshot = plan_snapshot(named, by_metric)
-    usage = QuotaUsage({("m.a", MONTH): 10, ("m.a", DAY): 10})
+    usage = QuotaUsage({("m.a", MONTH, ()): 10, ("m.a", DAY, ()): 10})
     assert [c.detail for c in quota_caps(snapshot, "a", usage, NOW_US)] == [
         "quota m.a 10/day reached: 10 used of 10 allowed"
     ]

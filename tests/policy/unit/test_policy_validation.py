@@ -85,16 +85,22 @@ def test_a_quotas_period_scope_and_kind_are_checked_and_unspecified_means_per_te
 def test_reserve_and_grant_requests_name_every_bad_field_and_the_ttl_defaults_to_a_minute():
     from tollgate.services.policy.domain.model import Grant
 
-    assert fields(lambda: validation.reserve("", "", "", 0, 86_401, 0, "")) == [
+    bad_dimensions = {"Model": "x", "region": "", "tier": "t" * 129, "model": "gpt-4o"}
+    assert fields(lambda: validation.reserve("", "", "", 0, 86_401, 0, "", bad_dimensions)) == [
         "tenant_id",
         "user_id",
         "metric",
         "idempotency_key",
         "amount",
         "ttl",
+        "dimensions[Model]",
+        "dimensions[region]",
+        "dimensions[tier]",
     ]
-    assert validation.reserve("t", "u", "m", 1, 0, 0, "k") == 60_000_000
-    assert validation.reserve("t", "u", "m", 1, 0, 1_000, "k") == 1
+    nine = {f"d{n}": "v" for n in range(9)}
+    assert fields(lambda: validation.reserve("t", "u", "m", 1, 0, 0, "k", nine)) == ["dimensions"]
+    assert validation.reserve("t", "u", "m", 1, 0, 0, "k", {"model": "gpt-4o"}) == 60_000_000
+    assert validation.reserve("t", "u", "m", 1, 0, 1_000, "k", {}) == 1
     assert fields(lambda: validation.grant(Grant("", "t", "m", -1, 10, 10, 2_000_000), 5)) == [
         "grant.amount",
         "grant.priority",

@@ -149,6 +149,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
             notices=self._notices,
+            dimension_values=dict(request.dimensions),
         )
         response = pb.CheckEntitlementResponse(
             has_access=found.has_access,
@@ -176,6 +177,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             deadline=Deadline.after(context.time_remaining()),
             notices=self._notices,
             combiner=self._reserves,
+            dimension_values=dict(request.dimensions),
         )
         response = pb.ReserveResponse(
             reserved=found.reservation is not None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from tollgate.policy.v1 import policy_pb2 as pb
+from tollgate.services.policy.domain.dimensions import Filters, filters_of, parsed
 from tollgate.services.policy.domain.entitlements import COMMITTED, Balance, Reservation, event_id_of
 from tollgate.services.policy.domain.model import (
     Binding,
@@ -92,6 +93,7 @@ def plan_in(message: pb.Plan) -> tuple[Plan, list[tuple[str, int]]]:
             cast(QuotaScope, q.scope),
             cast(LimitKind, q.kind),
             tuple(q.notify_at),
+            filters_of({name: list(allowed.values) for name, allowed in q.filters.items()}),
         )
         for q in message.quotas
     )
@@ -120,6 +122,7 @@ def plan_out(plan: Plan) -> pb.Plan:
             scope=cast(pb.QuotaScope, int(q.scope)),
             kind=cast(pb.LimitKind, int(q.kind)),
             notify_at=list(q.notify_at),
+            filters=_filters_out(q.filters),
         )
         for q in plan.quotas
     ]
@@ -187,6 +190,10 @@ def grant_out(grant: Grant) -> pb.Grant:
     return message
 
 
+def _filters_out(filters: Filters) -> dict[str, pb.DimensionValues]:
+    return {name: pb.DimensionValues(values=list(values)) for name, values in filters}
+
+
 def balance_out(item: Balance) -> pb.QuotaBalance:
     quota = item.quota
     return pb.QuotaBalance(
@@ -215,6 +222,7 @@ def balance_out(item: Balance) -> pb.QuotaBalance:
             )
             for part in item.grants
         ],
+        filters=_filters_out(quota.filters),
     )
 
 
@@ -233,6 +241,7 @@ def reservation_out(item: Reservation, now_us: int) -> pb.Reservation:
         committed_amount=item.committed_amount,
         usage_event_id=event_id_of(item.reservation_id) if committed else "",
         recorded_in_usage=committed and item.recorded_us is not None,
+        dimensions=parsed(item.dimensions),
     )
 
 
@@ -256,6 +265,7 @@ def notification_out(item: Notification) -> pb.EntitlementNotification:
         create_time=from_micros(item.create_us),
         observed_by=c.observed_by,
         detail=c.detail,
+        filters=_filters_out(c.filters),
     )
 
 

@@ -50,6 +50,10 @@ class Memo(Generic[V]):
         self._store(key, now, value)
         return value
 
+    def put(self, key: Hashable, value: V) -> None:
+        """Keep `value` for `key` as if computed now (a caller that had to ask afresh)."""
+        self._store(key, time.monotonic(), value)
+
     def _store(self, key: Hashable, at: float, value: V) -> None:
         if self._ttl <= 0:
             return

@@ -154,6 +154,8 @@ reservations = Table(
     Column("committed_amount", BigInteger, nullable=False),
     Column("finish_us", BigInteger, nullable=True),
     Column("recorded_us", BigInteger, nullable=True),
+    # The dimension values of the usage held for, as canonical JSON ('' for none: domain/dimensions.py).
+    Column("dimensions", Text, nullable=False, server_default=""),
     UniqueConstraint("tenant_id", "idempotency_key", name="reservations_tenant_key"),
 )
 Index("reservations_open_idx", reservations.c.tenant_id, reservations.c.metric, reservations.c.state)
@@ -175,6 +177,7 @@ usage_outbox = Table(
     # Set once Usage holds the event: 1, 2, 3… in the order deliveries are recorded (docs/entitlements.md).
     Column("delivered_seq", BigInteger, nullable=True),
     Column("delivered_us", BigInteger, nullable=True),
+    Column("dimensions", Text, nullable=False, server_default=""),  # the reservation's
 )
 Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
 # The outbox loop's question: what is due and not delivered yet.
@@ -210,6 +213,7 @@ entitlement_notifications = Table(
     Column("observed_by", String(32), nullable=False),
     Column("detail", String(500), nullable=False),
     Column("create_us", BigInteger, nullable=False),
+    Column("filters", Text, nullable=False, server_default=""),  # the quota's, canonical JSON ('' for none)
     # A threshold is stored once per quota, user, period and allowance.
     UniqueConstraint(
         "tenant_id",
@@ -220,6 +224,7 @@ entitlement_notifications = Table(
         "period_start_us",
         "allowed",
         "percent",
+        "filters",
         name="entitlement_notifications_once_key",
     ),
 )

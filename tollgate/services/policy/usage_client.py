@@ -11,12 +11,14 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tollgate.services.policy.domain.dimensions import parsed
 from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
-from tollgate.services.policy.domain.usage import Delivery, OutboxEvent, UsageQuery
+from tollgate.services.policy.domain.usage import Delivery, FilteredQuery, Meter, OutboxEvent, UsageQuery
 from tollgate.shared import tracing
 from tollgate.shared.tls import ClientTls
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -129,36 +131,50 @@ class UsageClient:
 
     def get_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[dict[str, int]]:
         """Quantity per metric of each query, all asked concurrently within one timeout (None: the longest)."""
-        return [_quantities(answer.totals) for answer in self._get_many([_request(q) for q in queries], timeout)]
+        calls = [("GetUsage", _request(q)) for q in queries]
+        return [_quantities(answer.totals) for answer in self._call_many(calls, timeout)]
 
-    def get_split_usage(self, queries: list[UsageQuery], *, timeout: float | None) -> list[tuple[dict, dict]]:
+    def quota_reads(
+        self, queries: list[UsageQuery], filtered: list[FilteredQuery], *, timeout: float | None
+    ) -> tuple[list[tuple[dict, dict]], list[int]]:
         """(the tenant's, the actor's) quantity per metric of each query (the actor's empty without an actor_id),
-        one GetUsage per query, all asked concurrently within one timeout."""
-        requests = []
+        one GetUsage per query; and the sum of each filtered query, one QueryUsage each; all asked concurrently
+        within one timeout. A filtered query's metric must be a SUM: its value is then the quantities' sum."""
+        calls: list[tuple[str, Any]] = []
         for query in queries:
             request = _request(query)
             request.include_tenant_totals = bool(query.actor_id)
-            requests.append(request)
-        return [
+            calls.append(("GetUsage", request))
+        calls += [("QueryUsage", _query_request(q)) for q in filtered]
+        answers = self._call_many(calls, timeout)
+        split = [
             (
                 _quantities(t for t in answer.totals if not t.actor_id),
                 _quantities(t for t in answer.totals if t.actor_id),
             )
-            for answer in self._get_many(requests, timeout)
+            for answer in answers[: len(queries)]
         ]
+        return split, [_sum_of(query, answer) for query, answer in zip(filtered, answers[len(queries) :])]
 
-    def _get_many(self, requests: list[usage_pb2.GetUsageRequest], timeout: float | None) -> list:
+    def _call_many(self, calls: list[tuple[str, Any]], timeout: float | None) -> list:
+        """The answers of unary calls (method name, request), all asked concurrently within one timeout."""
         seconds = self._timeout(timeout)
         self._allow()
-        if len(requests) == 1:  # a blocking call: a future would start a thread of its own to drive the channel
-            return [self._get_one(requests[0], seconds)]
-        calls = [self._stub.GetUsage.future(request, timeout=seconds, metadata=self._metadata) for request in requests]
-        try:
-            answers = [call.result() for call in calls]
-        except grpc.RpcError as error:
-            for call in calls:
-                call.cancel()
-            raise self._failed("GetUsage", error) from None
+        if len(calls) == 1:  # a blocking call: a future would start a thread of its own to drive the channel
+            method, request = calls[0]
+            return [self._call_one(method, request, seconds)]
+        futures = [
+            getattr(self._stub, method).future(request, timeout=seconds, metadata=self._metadata)
+            for method, request in calls
+        ]
+        answers = []
+        for (method, _), future in zip(calls, futures):
+            try:
+                answers.append(future.result())
+            except grpc.RpcError as error:
+                for other in futures:
+                    other.cancel()
+                raise self._failed(method, error) from None
         self._succeeded()
         return answers
 
@@ -167,17 +183,17 @@ class UsageClient:
         request = _request(query)
         request.include_tenant_totals = True
         self._allow()
-        totals = self._get_one(request, self._timeout(timeout)).totals
+        totals = self._call_one("GetUsage", request, self._timeout(timeout)).totals
         return (
             _quantities(t for t in totals if not t.actor_id),
             _quantities(t for t in totals if t.actor_id),
         )
 
-    def _get_one(self, request: usage_pb2.GetUsageRequest, seconds: float) -> usage_pb2.GetUsageResponse:
+    def _call_one(self, method: str, request, seconds: float):
         try:
-            answer = self._stub.GetUsage(request, timeout=seconds, metadata=self._metadata)
+            answer = getattr(self._stub, method)(request, timeout=seconds, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise self._failed("GetUsage", error) from None
+            raise self._failed(method, error) from None
         self._succeeded()
         return answer
 
@@ -209,9 +225,9 @@ class UsageClient:
             for r in answer.results
         ]
 
-    def metric_names(self, *, timeout: float | None) -> set[str]:
-        """Every metric name in Usage's catalog, page by page, all within one timeout (None: the longest)."""
-        names: set[str] = set()
+    def metric_catalog(self, *, timeout: float | None) -> dict[str, Meter]:
+        """Every metric in Usage's catalog by name, page by page, all within one timeout (None: the longest)."""
+        meters: dict[str, Meter] = {}
         token, deadline = "", time.monotonic() + self._timeout(timeout)
         self._allow()
         while True:
@@ -223,11 +239,14 @@ class UsageClient:
                 )
             except grpc.RpcError as error:
                 raise self._failed("ListMetrics", error) from None
-            names.update(metric.name for metric in page.metrics)
+            meters.update(
+                (m.name, Meter(m.aggregation in (usage_pb2.AGGREGATION_SUM, 0), tuple(m.dimensions)))
+                for m in page.metrics
+            )
             token = page.next_page_token
             if not token:
                 self._succeeded()
-                return names
+                return meters
 
     def _timeout(self, remaining: float | None) -> float:
         if remaining is None:
@@ -276,7 +295,33 @@ def _event(event: OutboxEvent) -> usage_pb2.UsageEvent:
         occurred_at=occurred,
         actor_id=event.user_id,
         source_service="tollgate-policy",
+        dimensions=parsed(event.dimensions),
     )
+
+
+def _query_request(query: FilteredQuery) -> usage_pb2.QueryUsageRequest:
+    """The whole window as one row (no window, no group): the sum of the usage the filters allow."""
+    start, end = Timestamp(), Timestamp()
+    start.FromMicroseconds(query.window.start_us)
+    end.FromMicroseconds(query.window.end_us)
+    return usage_pb2.QueryUsageRequest(
+        tenant_id=query.tenant_id,
+        metric=query.metric,
+        start_time=start,
+        end_time=end,
+        filters={name: usage_pb2.DimensionValues(values=list(values)) for name, values in query.filters},
+        actor_ids=[query.actor_id] if query.actor_id else [],
+    )
+
+
+def _sum_of(query: FilteredQuery, answer: usage_pb2.QueryUsageResponse) -> int:
+    """The quantities' sum a QueryUsage answered: its value, which is that sum only for a SUM metric."""
+    if answer.aggregation != usage_pb2.AGGREGATION_SUM:
+        raise UsageUnavailable(
+            f"a quota with dimension filters counts a SUM metric; {query.metric} is "
+            f"{usage_pb2.Aggregation.Name(answer.aggregation)}"
+        )
+    return sum(row.value for row in answer.rows)
 
 
 def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:

@@ -22,9 +22,12 @@ from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Subscr
 from tollgate.services.policy.domain.usage import (
     MICROS,
     Delivery,
+    FilteredQuery,
+    Meter,
     OutboxEvent,
     QuotaUsage,
     RankingTotals,
+    UsageKey,
     UsageQuery,
     Window,
 )
@@ -33,6 +36,10 @@ from tollgate.shared.clock import now_micros
 
 if TYPE_CHECKING:  # the gRPC client is wired in by server.build; this module never speaks gRPC itself
     from tollgate.services.policy.usage_client import UsageClient
+
+
+# How long Reserve trusts a read of Usage's catalog: a dimension declared in Usage is accepted within it.
+CATALOG_TTL = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class UsagePort:
         self._quotas: Memo[QuotaUsage] = Memo(quota_ttl)
         self._rankings: Memo[RankingTotals] = Memo(ranking_ttl, stale_for=ranking_ttl)
         self._balances: Memo[tuple[int, QuotaUsage]] = Memo(balance_ttl, stale_for=balance_ttl)
+        self._catalog: Memo[dict[str, Meter]] = Memo(CATALOG_TTL)
 
     def quota_usage(
         self,
@@ -73,18 +81,20 @@ class UsagePort:
         user_id: str = "",
     ) -> QuotaUsage:
         """This period's usage of each quota's metric: one GetUsage per period naming all of its metrics (with
-        `user_id`'s own totals in the same call when a quota counts per user), the periods asked concurrently."""
-        periods, actor = _periods(quotas), _actor(quotas, user_id)
-        if not periods:
+        `user_id`'s own totals in the same call when a quota counts per user), and one QueryUsage per quota with
+        dimension filters (per whose usage it counts), all asked concurrently."""
+        periods, actor, filtered = _periods(quotas), _actor(quotas, user_id), _filtered(quotas, user_id)
+        if not periods and not filtered:
             return QuotaUsage()
         anchor = (subscription.billing_anchor_us, subscription.time_zone) if subscription else None
 
         def ask() -> QuotaUsage:
             now_us = now_micros()
-            windows = {period: quota_rules.period_window(period, now_us, subscription) for period in periods}
-            return self._ask(tenant_id, periods, windows, actor, deadline)
+            every = set(periods) | {key[1] for key, _ in filtered}
+            windows = {period: quota_rules.period_window(period, now_us, subscription) for period in every}
+            return self._ask(tenant_id, periods, filtered, windows, actor, deadline)
 
-        return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items())), ask)
+        return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items()), filtered), ask)
 
     def balance_usage(
         self,
@@ -100,11 +110,12 @@ class UsagePort:
         balance, reused within the current periods for POLICY_BALANCE_USAGE_SECONDS, then served as long again
         while one background call asks anew: the note says which of Policy's own commits the answer may lack,
         so an answer of any age decides exactly (docs/entitlements.md, "The consistency boundary")."""
-        periods, actor = _periods(quotas), _actor(quotas, user_id)
-        if not periods:
+        periods, actor, filtered = _periods(quotas), _actor(quotas, user_id), _filtered(quotas, user_id)
+        if not periods and not filtered:
             return 0, QuotaUsage()
         now_us = now_micros()
-        bounds = {period: quota_rules.period_bounds(period, now_us, subscription) for period in periods}
+        every = sorted(set(periods) | {key[1] for key, _ in filtered})
+        bounds = {period: quota_rules.period_bounds(period, now_us, subscription) for period in every}
 
         def ask(within: Deadline) -> tuple[int, QuotaUsage]:
             noted = note()
@@ -112,23 +123,30 @@ class UsagePort:
             # is in the answer. Never past the periods of the key, should one end meanwhile.
             asked_at = now_micros()
             windows = {period: Window(start, min(asked_at + 1, end)) for period, (start, end) in bounds.items()}
-            return noted, self._ask(tenant_id, periods, windows, actor, within)
+            return noted, self._ask(tenant_id, periods, filtered, windows, actor, within)
 
-        key = (tenant_id, actor, tuple((period, periods[period], bounds[period]) for period in periods))
+        key = (tenant_id, actor, tuple((period, periods.get(period), bounds[period]) for period in every), filtered)
         return self._balances.get(key, lambda: ask(deadline), refresh=lambda: ask(NO_DEADLINE))
 
     def _ask(
         self,
         tenant_id: str,
         periods: dict[int, tuple[str, ...]],
+        filtered: tuple[tuple[UsageKey, str], ...],
         windows: dict[int, Window],
         actor: str,
         deadline: Deadline,
     ) -> QuotaUsage:
         queries = [UsageQuery(tenant_id, metrics, windows[period], actor) for period, metrics in periods.items()]
-        answers = self._client.get_split_usage(queries, timeout=deadline.remaining())
-        tenant_used = {(m, period): q for period, (tenant, _) in zip(periods, answers) for m, q in tenant.items()}
-        user_used = {(m, period): q for period, (_, user) in zip(periods, answers) for m, q in user.items()}
+        sums = [FilteredQuery(tenant_id, key[0], windows[key[1]], key[2], whose) for key, whose in filtered]
+        answers, filtered_sums = self._client.quota_reads(queries, sums, timeout=deadline.remaining())
+        tenant_used: dict[UsageKey, int] = {}
+        user_used: dict[UsageKey, int] = {}
+        for period, (tenant, user) in zip(periods, answers):
+            tenant_used.update(((m, period, ()), q) for m, q in tenant.items())
+            user_used.update(((m, period, ()), q) for m, q in user.items())
+        for (key, whose), total in zip(filtered, filtered_sums):
+            (user_used if whose else tenant_used)[key] = total
         return QuotaUsage(tenant_used, user_used=user_used)
 
     def record(
@@ -157,19 +175,40 @@ class UsagePort:
             (tenant_id, user_id, names, window_seconds), lambda: ask(deadline), refresh=lambda: ask(NO_DEADLINE)
         )
 
-    def metric_names(self, *, deadline: Deadline) -> set[str]:
-        """Every metric name in Usage's catalog, asked afresh (a metric added a moment ago counts)."""
-        return self._client.metric_names(timeout=deadline.remaining())
+    def metric_catalog(self, *, deadline: Deadline) -> dict[str, Meter]:
+        """Every metric in Usage's catalog by name, asked afresh (a metric added a moment ago counts)."""
+        return self._client.metric_catalog(timeout=deadline.remaining())
+
+    def meter(self, metric: str, dimensions: Sequence[str], *, deadline: Deadline) -> Meter | None:
+        """The metric as Usage's catalog holds it (None: not there), read for CATALOG_TTL seconds (Reserve checks its
+        dimension values against it on every call that carries some), and afresh when that read lacks the metric or
+        one of `dimensions`: one declared a moment ago counts."""
+
+        def ask() -> dict[str, Meter]:
+            return self._client.metric_catalog(timeout=deadline.remaining())
+
+        found = self._catalog.get((), ask).get(metric)
+        if found is None or not set(dimensions) <= set(found.dimensions):
+            fresh = ask()
+            self._catalog.put((), fresh)
+            found = fresh.get(metric)
+        return found
 
 
 def _periods(quotas: Sequence[QuotaLimit]) -> dict[int, tuple[str, ...]]:
-    """The metrics to ask for, by period."""
+    """The metrics to ask GetUsage for, by period (quotas without filters)."""
+    plain = [q for q in quotas if not q.filters]
     return {
-        period: tuple(sorted({q.metric for q in quotas if q.period == period}))
-        for period in sorted({q.period for q in quotas})
+        period: tuple(sorted({q.metric for q in plain if q.period == period}))
+        for period in sorted({q.period for q in plain})
     }
+
+
+def _filtered(quotas: Sequence[QuotaLimit], user_id: str) -> tuple[tuple[UsageKey, str], ...]:
+    """The QueryUsage reads the quotas with filters need: (usage key, '' for the tenant's or the user's id)."""
+    return tuple(sorted({(q.usage_key, user_id if q.scope == QuotaScope.USER else "") for q in quotas if q.filters}))
 
 
 def _actor(quotas: Sequence[QuotaLimit], user_id: str) -> str:
     """Whose own totals to ask for too: the user's when a quota counts per user."""
-    return user_id if any(q.scope == QuotaScope.USER for q in quotas) else ""
+    return user_id if any(q.scope == QuotaScope.USER and not q.filters for q in quotas) else ""

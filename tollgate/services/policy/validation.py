@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-from tollgate.services.policy.domain import periods
+from tollgate.services.policy.domain import dimensions, periods
 from tollgate.services.policy.domain.model import (
     Feature,
     Grant,
@@ -169,6 +169,8 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
             check.add(f"{path}.notify_at[{index}]", f"must be a percentage from {MIN_PERCENT} to {MAX_PERCENT}")
         elif percent in quota.notify_at[:index]:
             check.add(f"{path}.notify_at[{index}]", f"repeats {percent}")
+    given = {name: list(values) for name, values in quota.filters}
+    check.items.extend(dimensions.filter_violations(given, f"{path}.filters"))
     return QuotaLimit(
         quota.metric,
         quota.period,
@@ -179,6 +181,7 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
         QuotaScope(scope) if scope in QuotaScope._value2member_map_ else QuotaScope.TENANT,
         LimitKind(kind) if kind in LimitKind._value2member_map_ else LimitKind.SOFT,
         tuple(sorted(quota.notify_at)),
+        quota.filters,
     )
 
 
@@ -303,17 +306,29 @@ def grant(value: Grant, now_us: int) -> Grant:
     )
 
 
-def check_entitlement(tenant_id: str, user_id: str, feature_id: str, metric: str) -> None:
+def check_entitlement(
+    tenant_id: str, user_id: str, feature_id: str, metric: str, dimension_values: Mapping[str, str]
+) -> None:
     check = Violations()
     check.text(tenant_id, "tenant_id", "tenant_id", required=True)
     check.text(user_id, "user_id", "user_id", required=True)
     if not feature_id and not metric:
         check.add("feature_id", "feature_id or metric is required")
     check.text(metric, "metric", "metric")
+    check.items.extend(dimensions.value_violations(dimension_values, "dimensions"))
     check.raise_if_any()
 
 
-def reserve(tenant_id: str, user_id: str, metric: str, amount: int, ttl_seconds: int, ttl_nanos: int, key: str) -> int:
+def reserve(
+    tenant_id: str,
+    user_id: str,
+    metric: str,
+    amount: int,
+    ttl_seconds: int,
+    ttl_nanos: int,
+    key: str,
+    dimension_values: Mapping[str, str],
+) -> int:
     """Reserve's request; returns the time to live in microseconds (default 60 s)."""
     check = Violations()
     check.text(tenant_id, "tenant_id", "tenant_id", required=True)
@@ -325,6 +340,7 @@ def reserve(tenant_id: str, user_id: str, metric: str, amount: int, ttl_seconds:
     ttl_us = ttl_seconds * 1_000_000 + ttl_nanos // 1000
     if ttl_seconds < 0 or ttl_nanos < 0 or ttl_us > MAX_TTL_SECONDS * 1_000_000 or (ttl_us == 0 and ttl_nanos):
         check.add("ttl", f"must be between 1 microsecond and {MAX_TTL_SECONDS}s (unset: {DEFAULT_TTL_SECONDS}s)")
+    check.items.extend(dimensions.value_violations(dimension_values, "dimensions"))
     check.raise_if_any()
     return ttl_us or DEFAULT_TTL_SECONDS * 1_000_000
 

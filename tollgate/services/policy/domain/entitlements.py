@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from tollgate.services.policy.domain.dimensions import describe
 from tollgate.services.policy.domain.model import Grant, LimitKind, QuotaLimit, QuotaScope
 from tollgate.services.policy.domain.periods import NAMES
 
@@ -49,6 +50,7 @@ class Reservation:
     committed_amount: int = 0
     finish_us: int | None = None
     recorded_us: int | None = None
+    dimensions: str = ""  # the usage's dimension values, canonical JSON ('' for none: dimensions.canonical)
 
     def state_at(self, now_us: int) -> int:
         """The state as callers see it: an open reservation past its expiry is EXPIRED before any sweep runs."""
@@ -105,7 +107,7 @@ class Balance:
 
 def label(quota: QuotaLimit) -> str:
     per_user = " per user" if quota.scope == QuotaScope.USER else ""
-    return f"quota {quota.metric} {quota.limit}/{NAMES.get(quota.period, '?')}{per_user}"
+    return f"quota {quota.metric}{describe(quota.filters)} {quota.limit}/{NAMES.get(quota.period, '?')}{per_user}"
 
 
 def numbers(used: int, limit: int, granted: int) -> str:

@@ -120,13 +120,14 @@ class NoQuota(FailedPrecondition):
 
 
 class IdempotencyKeyReused(FailedPrecondition):
-    """A Reserve retried with a key already used for a different user, metric or amount."""
+    """A Reserve retried with a key already used for a different user, metric, amount or dimension values."""
 
     reason = "IDEMPOTENCY_KEY_REUSED"
 
     def __init__(self, key: str, reservation_id: str):
         super().__init__(
-            f"idempotency_key {key!r} already reserved {reservation_id!r} for another user, metric or amount"
+            f"idempotency_key {key!r} already reserved {reservation_id!r} for another user, metric, amount or "
+            "dimension values"
         )
 
 

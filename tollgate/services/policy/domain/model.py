@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from tollgate.services.policy.domain.dimensions import Filters
 from tollgate.services.policy.domain.errors import UnknownFeature
 from tollgate.services.policy.domain.modes import Cap, CapSource, Mode, Resolution, resolve
 
@@ -72,6 +73,12 @@ class QuotaLimit:
     kind: LimitKind = LimitKind.SOFT
     # Percentages of the allowance whose crossing is stored for WatchEntitlements (docs/entitlements.md).
     notify_at: tuple[int, ...] = ()
+    filters: Filters = ()  # only the usage these dimension values allow counts (domain/dimensions.py)
+
+    @property
+    def usage_key(self) -> tuple[str, int, Filters]:
+        """What the quota's usage is read and kept by: quotas alike in these share one reading."""
+        return self.metric, self.period, self.filters
 
 
 @dataclass(frozen=True)

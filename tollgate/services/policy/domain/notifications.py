@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tollgate.services.policy.domain.dimensions import Filters
 from tollgate.services.policy.domain.entitlements import Balance, label
 from tollgate.services.policy.domain.model import QuotaScope
 
@@ -30,6 +31,7 @@ class Crossing:
     end_us: int
     observed_by: str
     detail: str
+    filters: Filters = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ def crossings(balance: Balance, tenant_id: str, user_id: str, observed_by: str) 
             observed_by,
             f"{label(quota)}: {percent}% of {balance.allowed} allowed reached: "
             f"{balance.used} used + {balance.reserved} reserved",
+            quota.filters,
         )
         for percent in sorted(quota.notify_at)
         if consumed >= threshold(balance.allowed, percent)

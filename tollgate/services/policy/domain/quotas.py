@@ -71,7 +71,7 @@ def quota_cap(quota: QuotaLimit, usage: QuotaUsage, granted: int = 0) -> Cap:
     name = label(quota)
     if quota.limit == 0 and granted == 0:
         return Cap(CapSource.QUOTA, quota.cap, f"{name} reached: a limit of 0 allows nothing")
-    used = usage.of(quota.metric, quota.period, user=quota.scope == QuotaScope.USER)
+    used = usage.of(quota.usage_key, user=quota.scope == QuotaScope.USER)
     if used is None:
         if quota.fail_closed:
             return Cap(CapSource.QUOTA, quota.cap, f"{name}: usage unavailable, fails closed")

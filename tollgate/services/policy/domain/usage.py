@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tollgate.services.policy.domain.dimensions import Filters
+
 MICROS = 1_000_000
 
 
@@ -32,6 +34,31 @@ class UsageQuery:
 
 
 @dataclass(frozen=True)
+class FilteredQuery:
+    """One QueryUsage: the sum of `metric` over `window` of the usage `filters` allow, the whole tenant's or one
+    actor's (a quota with dimension filters, domain/dimensions.py)."""
+
+    tenant_id: str
+    metric: str
+    window: Window
+    filters: Filters
+    actor_id: str = ""  # '' = every actor of the tenant
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What Policy needs of a metric in Usage's catalog: whether its value is the quantities' sum, and the
+    dimensions its events may carry."""
+
+    is_sum: bool
+    dimensions: tuple[str, ...]
+
+
+# What a quota's usage is kept by: (metric, period, filters); QuotaLimit.usage_key.
+UsageKey = tuple[str, int, Filters]
+
+
+@dataclass(frozen=True)
 class RankingTotals:
     """A ranking's usage per metric over its window: the whole tenant's, and the user's own."""
 
@@ -45,18 +72,18 @@ class RankingTotals:
 
 @dataclass(frozen=True)
 class QuotaUsage:
-    """The quotas' usage in their current periods, by (metric, period): the tenant's, and `user_id`'s own for
-    user-scoped quotas; `unavailable` says why when unknown."""
+    """The quotas' usage in their current periods, by UsageKey: the tenant's, and `user_id`'s own for user-scoped
+    quotas; `unavailable` says why when unknown."""
 
-    used: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    used: Mapping[UsageKey, int] = field(default_factory=dict)
     unavailable: str = ""
-    user_used: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    user_used: Mapping[UsageKey, int] = field(default_factory=dict)
 
-    def of(self, metric: str, period: int, *, user: bool = False) -> int | None:
-        """The period's usage of the metric (0 without usage); None when Usage did not answer."""
+    def of(self, key: UsageKey, *, user: bool = False) -> int | None:
+        """The period's usage of the quota's metric and filters (0 without usage); None when Usage did not answer."""
         if self.unavailable:
             return None
-        return (self.user_used if user else self.used).get((metric, period), 0)
+        return (self.user_used if user else self.used).get(key, 0)
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,7 @@ class OutboxEvent:
     user_id: str
     quantity: int
     occurred_us: int
+    dimensions: str = ""  # canonical JSON, as the reservation's
 
 
 @dataclass(frozen=True)

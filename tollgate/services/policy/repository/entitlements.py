@@ -8,25 +8,26 @@ from types import SimpleNamespace
 from typing import NamedTuple, cast
 
 from sqlalchemy import (
+    CompoundSelect,
     Connection,
     CursorResult,
-    Select,
     String,
     and_,
     bindparam,
     delete,
     func,
     insert,
+    literal_column,
     select,
-    true,
     union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from tollgate.services.policy import tables
+from tollgate.services.policy.domain.dimensions import Filters, matches
 from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
 from tollgate.services.policy.domain.usage import OutboxEvent
 from tollgate.shared import driver
@@ -48,6 +49,7 @@ def _of(row) -> Reservation:
         row.committed_amount,
         row.finish_us,
         row.recorded_us,
+        row.dimensions,
     )
 
 
@@ -79,10 +81,28 @@ def last_delivered(session: Session | Connection) -> int:
 
 
 class Held(NamedTuple):
-    reserved: int  # open reservations of the tenant
-    user_reserved: int  # of the user
-    waiting: list[tuple[int, int]]  # per window, committed amounts of the tenant and the user Usage may lack
+    """What Policy holds of a metric, by the dimension values it was reserved for (canonical JSON, '' for none), so
+    that each quota counts what its filters allow."""
+
+    reserved: dict[str, tuple[int, int]]  # open reservations: (the tenant's, the user's)
+    waiting: dict[str, list[tuple[int, int]]]  # per window, committed amounts Usage may lack: (tenant's, user's)
     key_taken_by: str | None  # the reservation already holding the idempotency key asked about
+
+    def reserved_in(self, filters: Filters) -> tuple[int, int]:
+        """(the tenant's, the user's) open reservations a quota with `filters` counts."""
+        held = [pair for dims, pair in self.reserved.items() if matches(filters, dims)]
+        return sum(t for t, _ in held), sum(u for _, u in held)
+
+    def waiting_in(self, filters: Filters, window: int) -> tuple[int, int]:
+        """(the tenant's, the user's) committed amounts Usage may lack in the `window`-th window that a quota with
+        `filters` counts."""
+        held = [sums[window] for dims, sums in self.waiting.items() if matches(filters, dims)]
+        return sum(t for t, _ in held), sum(u for _, u in held)
+
+    def plus(self, dimensions: str, amount: int, user_amount: int) -> Held:
+        """With `amount` more reserved for `dimensions` (`user_amount` of it by the user)."""
+        tenant, user = self.reserved.get(dimensions, (0, 0))
+        return self._replace(reserved={**self.reserved, dimensions: (tenant + amount, user + user_amount)})
 
 
 class Asked(NamedTuple):
@@ -102,7 +122,7 @@ def held(connection: Connection, tenant_id: str, metric: str, now_us: int, asked
     read before Usage was asked): a delivery is recorded only once Usage holds the event, so one recorded
     before that read was in Usage before the question was sent."""
     [found] = driver.together(connection, [_held_read(tenant_id, metric, now_us, asked)])
-    return _held_of(found[0])
+    return _held_of(found)
 
 
 def held_under_lock(session: Session, tenant_id: str, metric: str, now_us: int, asked: Sequence[Asked]) -> list[Held]:
@@ -115,10 +135,10 @@ def held_under_lock(session: Session, tenant_id: str, metric: str, now_us: int, 
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
         lock(session, tenant_id, metric)
         found = driver.together(session.connection(), reads)
-    return [_held_of(rows[0]) for rows in found]
+    return [_held_of(rows) for rows in found]
 
 
-def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Select, dict]:
+def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Executable, dict]:
     values = {"tenant_id": tenant_id, "metric": metric, "user_id": asked.user_id, "now_us": now_us}
     values.update(key=asked.key, delivered_after=asked.delivered_after)
     for n, (start, end) in enumerate(asked.windows):
@@ -126,24 +146,47 @@ def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[
     return _held_statement(len(asked.windows)), values
 
 
-def _held_of(row: Sequence) -> Held:
-    sums = [int(v) for v in row[:-1]]
-    return Held(sums[0], sums[1], [(sums[i], sums[i + 1]) for i in range(2, len(sums), 2)], row[-1])
+_RESERVED, _WAITING, _KEY = 0, 1, 2  # the parts of `held`'s statement
+
+
+def _held_of(rows: Sequence[Sequence]) -> Held:
+    reserved: dict[str, tuple[int, int]] = {}
+    waiting: dict[str, list[tuple[int, int]]] = {}
+    key_taken_by = None
+    for part, name, *sums in rows:
+        if part == _KEY:
+            key_taken_by = name
+        elif part == _RESERVED:
+            reserved[name] = (int(sums[0]), int(sums[1]))
+        else:
+            waiting[name] = [(int(sums[i]), int(sums[i + 1])) for i in range(2, len(sums), 2)]
+    return Held(reserved, waiting, key_taken_by)
 
 
 @functools.cache
-def _held_statement(windows: int) -> Select:
-    """`held`'s statement for that many windows, built once: its parameters are bound at each execution."""
+def _held_statement(windows: int) -> CompoundSelect:
+    """`held`'s statement for that many windows, built once: its parameters are bound at each execution. One row
+    per dimension values of the open reservations, one per those of the amounts Usage may lack, and one naming the
+    reservation holding the key: (part, dimension values or reservation id, reserved, user's reserved, then per
+    window waiting and user's waiting), each part's other columns 0."""
     tenant_id, metric, user_id = (bindparam(name, type_=String) for name in ("tenant_id", "metric", "user_id"))
+    zero: list[ColumnElement] = [literal_column("0") for _ in range(2 * windows)]
     open_ = and_(
         R.c.tenant_id == tenant_id, R.c.metric == metric, R.c.state == OPEN, R.c.expires_us > bindparam("now_us")
     )
-    reserved = select(
-        func.coalesce(func.sum(R.c.amount), 0).label("reserved"),
-        func.coalesce(func.sum(R.c.amount).filter(R.c.user_id == user_id), 0).label("user_reserved"),
-    ).where(open_)
+    reserved = (
+        select(
+            literal_column(str(_RESERVED)),
+            R.c.dimensions,
+            func.sum(R.c.amount),
+            func.coalesce(func.sum(R.c.amount).filter(R.c.user_id == user_id), 0),
+            *zero,
+        )
+        .where(open_)
+        .group_by(R.c.dimensions)
+    )
     # Two ranges of one index, not one range filtered: delivered rows stay an hour, and would all be read.
-    metric_rows = select(OUT.c.quantity, OUT.c.user_id, OUT.c.occurred_us).where(
+    metric_rows = select(OUT.c.quantity, OUT.c.user_id, OUT.c.occurred_us, OUT.c.dimensions).where(
         OUT.c.tenant_id == tenant_id, OUT.c.metric == metric
     )
     missing = union_all(
@@ -157,15 +200,14 @@ def _held_statement(windows: int) -> Select:
         )
         sums.append(func.coalesce(func.sum(missing.c.quantity).filter(in_window), 0))
         sums.append(func.coalesce(func.sum(missing.c.quantity).filter(in_window, missing.c.user_id == user_id), 0))
-    waiting = select(*(total.label(f"waiting_{n}") for n, total in enumerate(sums))).subquery()
+    waiting = select(
+        literal_column(str(_WAITING)), missing.c.dimensions, literal_column("0"), literal_column("0"), *sums
+    ).group_by(missing.c.dimensions)
     key_taken = and_(R.c.tenant_id == tenant_id, R.c.idempotency_key == bindparam("key", type_=String))
-    held = reserved.subquery()
-    return select(
-        held.c.reserved,
-        held.c.user_reserved,
-        *(waiting.c if sums else ()),
-        select(R.c.reservation_id).where(key_taken).scalar_subquery(),
-    ).select_from(held.join(waiting, true()) if sums else held)
+    key = select(literal_column(str(_KEY)), R.c.reservation_id, literal_column("0"), literal_column("0"), *zero).where(
+        key_taken
+    )
+    return union_all(reserved, waiting, key)
 
 
 def find_by_key(session: Session | Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:
@@ -190,6 +232,7 @@ _INSERTED = (
     "create_us",
     "expires_us",
     "committed_amount",
+    "dimensions",
 )
 _INSERT_RESERVATION = insert(R).values({name: bindparam(name, type_=R.c[name].type) for name in _INSERTED})
 
@@ -251,6 +294,7 @@ _OUTBOX_ROW = (
     "attempts",
     "next_attempt_us",
     "last_error",
+    "dimensions",
 )
 _INSERT_OUTBOX = insert(OUT).values({name: bindparam(name, type_=OUT.c[name].type) for name in _OUTBOX_ROW})
 
@@ -286,7 +330,7 @@ def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
         .limit(limit)
     )
     return [
-        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us)
+        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us, r.dimensions)
         for r in session.execute(query)
     ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from sqlalchemy import and_, insert, select, update
@@ -9,9 +10,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tollgate.services.policy import tables
+from tollgate.services.policy.domain.dimensions import Filters, filters_of
 from tollgate.services.policy.domain.notifications import Crossing, Notification
+from tollgate.shared.audit import canonical_json
 
 N, H = tables.entitlement_notifications, tables.notification_heads
+
+
+def filters_text(filters: Filters) -> str:
+    """A quota's filters as stored in its notifications' key: canonical JSON, '' for none."""
+    return canonical_json({name: list(values) for name, values in filters}) if filters else ""
 
 
 def _crossing_key(crossing: Crossing):
@@ -23,6 +31,7 @@ def _crossing_key(crossing: Crossing):
         N.c.user_id == crossing.user_id,
         N.c.period_start_us == crossing.start_us,
         N.c.allowed == crossing.allowed,
+        N.c.filters == filters_text(crossing.filters),
     )
 
 
@@ -30,7 +39,8 @@ def missing(session: Session, crossings: Sequence[Crossing]) -> list[Crossing]:
     """The crossings not stored yet (one statement per quota, all sharing a key but the percent)."""
     by_quota: dict[tuple, list[Crossing]] = {}
     for crossing in crossings:
-        by_quota.setdefault((crossing.metric, crossing.period, crossing.scope, crossing.allowed), []).append(crossing)
+        quota = (crossing.metric, crossing.period, crossing.scope, crossing.allowed, crossing.filters)
+        by_quota.setdefault(quota, []).append(crossing)
     left = []
     for group in by_quota.values():
         stored = set(session.execute(select(N.c.percent).where(_crossing_key(group[0]))).scalars())
@@ -75,6 +85,7 @@ def store(session: Session, crossings: Sequence[Crossing], first_sequence: int, 
                 "observed_by": c.observed_by,
                 "detail": c.detail[:500],
                 "create_us": now_us,
+                "filters": filters_text(c.filters),
             }
             for index, c in enumerate(crossings)
         ],
@@ -109,6 +120,7 @@ def after(session: Session, tenant_id: str, sequence: int, limit: int) -> list[N
                 row.period_end_us,
                 row.observed_by,
                 row.detail,
+                filters_of(json.loads(row.filters)) if row.filters else (),
             ),
             row.create_us,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tollgate.services.policy.domain.dimensions import filters_of
 from tollgate.services.policy.domain.model import (
     Binding,
     Feature,
@@ -60,8 +61,10 @@ def feature_of(row) -> Feature:
 
 
 def _quota_json(quota: QuotaLimit) -> dict:
-    # notify_at only when set: plans stored before notifications keep their canonical text.
-    extra = {"notify_at": list(quota.notify_at)} if quota.notify_at else {}
+    # notify_at and filters only when set: plans stored before them keep their canonical text.
+    extra: dict = {"notify_at": list(quota.notify_at)} if quota.notify_at else {}
+    if quota.filters:
+        extra["filters"] = {name: list(values) for name, values in quota.filters}
     return extra | {
         "metric": quota.metric,
         "period": quota.period,
@@ -98,6 +101,7 @@ def plan_of(row) -> Plan:
             QuotaScope(q.get("scope", QuotaScope.TENANT)),
             LimitKind(q.get("kind", LimitKind.SOFT)),
             tuple(q.get("notify_at", ())),
+            filters_of(q.get("filters", {})),
         )
         for q in json.loads(row.quotas)
     )

@@ -130,6 +130,7 @@ def upsert_plan(
         usage=usage,
         action="UpsertPlan",
         deadline=deadline,
+        filtered=[(f"plan.quotas[{i}].filters", q) for i, q in enumerate(plan.quotas) if q.filters],
     )
 
     def apply(session: Session, _now_us: int):

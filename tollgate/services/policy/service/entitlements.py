@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
 from tollgate.services.policy import metrics, validation
 from tollgate.services.policy.cache import SnapshotCache
 from tollgate.services.policy.combiner import Combiner
+from tollgate.services.policy.domain import dimensions
 from tollgate.services.policy.domain import entitlements as rules
 from tollgate.services.policy.domain.entitlements import Balance, Reservation
 from tollgate.services.policy.domain.errors import (
@@ -130,27 +131,26 @@ def _balances(
     """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack (`held`, read for
     the quotas' windows in quota order); and that usage."""
     windows = _windows(snapshot, quotas, now_us)
-    waiting_of: dict[QuotaLimit, tuple[int, int]] = {}
-    for metric, held in held_by_metric.items():
-        waiting_of.update(zip([q for q in quotas if q.metric == metric], held.waiting))
+    window_of: dict[QuotaLimit, int] = {}  # the quota's window in held()'s question: its place among its metric's
+    for metric in held_by_metric:
+        window_of.update((q, n) for n, q in enumerate(q for q in quotas if q.metric == metric))
     used, user_used, balances = dict(asked.usage.used), dict(asked.usage.user_used), []
     for quota in quotas:
         held = held_by_metric[quota.metric]
-        per_user = quota.scope == QuotaScope.USER
-        from_usage = (user_used if per_user else used).get((quota.metric, quota.period), 0)
-        waiting = waiting_of[quota][1 if per_user else 0]
+        mine = 1 if quota.scope == QuotaScope.USER else 0
+        from_usage = (user_used if mine else used).get(quota.usage_key, 0)
         balances.append(
             rules.balance_of(
                 quota,
                 windows[quota],
                 snapshot.grants,
-                used=from_usage + waiting,
-                reserved=held.user_reserved if per_user else held.reserved,
+                used=from_usage + held.waiting_in(quota.filters, window_of[quota])[mine],
+                reserved=held.reserved_in(quota.filters)[mine],
                 at_us=now_us,
             )
         )
     for quota, balance in zip(quotas, balances):
-        (user_used if quota.scope == QuotaScope.USER else used)[(quota.metric, quota.period)] = balance.used
+        (user_used if quota.scope == QuotaScope.USER else used)[quota.usage_key] = balance.used
     return balances, QuotaUsage(used, user_used=user_used)
 
 
@@ -167,16 +167,24 @@ def check_entitlement(
     caller: Principal,
     deadline: Deadline,
     notices: Notices | None = None,
+    dimension_values: Mapping[str, str] | None = None,
 ) -> Entitlement:
-    """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode. Read-only but for
-    the threshold crossings it observes (usage recorded straight into Usage), which it stores."""
+    """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode; with
+    `dimension_values`, only the quotas whose filters count such usage. Read-only but for the threshold crossings
+    it observes (usage recorded straight into Usage), which it stores."""
     access.tenant(caller, tenant_id)
-    validation.check_entitlement(tenant_id, user_id, feature_id, metric)
+    validation.check_entitlement(tenant_id, user_id, feature_id, metric, dimension_values or {})
     snapshot = cache.get(tenant_id)
     if feature_id:
         snapshot.feature(feature_id)  # NOT_FOUND before anything is read
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
-    relevant = [q for q in plan_quotas if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)]
+    stored = dimensions.canonical(dimension_values or {})
+    relevant = [
+        q
+        for q in plan_quotas
+        if (applies(q, snapshot, feature_id) if feature_id else q.metric == metric)
+        and (not stored or dimensions.matches(q.filters, stored))
+    ]
     shown = [q for q in relevant if not metric or q.metric == metric]
     asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, connections=connections)
     now_us = now_micros()
@@ -189,11 +197,11 @@ def check_entitlement(
             for metric in sorted({q.metric for q in relevant})
         }
     balances, used = _balances(snapshot, relevant, now_us, asked, held)
-    stored = False
+    noticed = False
     if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
         with sessions.begin() as session:
-            stored = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
-    if stored and notices is not None:
+            noticed = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
+    if noticed and notices is not None:
         notices.wake()
     resolution = None
     if feature_id:
@@ -223,15 +231,24 @@ def reserve(
     deadline: Deadline,
     notices: Notices | None = None,
     combiner: Combiner | None = None,
+    dimension_values: Mapping[str, str] | None = None,
 ) -> Reserved:
-    """Hold `amount` of the metric, or refuse naming the hard quota that is short; a retried key answers the same.
-    With a `combiner`, the calls waiting for the same metric's lock are decided together (combiner.py)."""
+    """Hold `amount` of the metric (for usage with `dimension_values`, which the quotas whose filters they match
+    count), or refuse naming the hard quota that is short; a retried key answers the same. With a `combiner`, the
+    calls waiting for the same metric's lock are decided together (combiner.py)."""
     access.tenant(caller, tenant_id)
-    ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key)
+    ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key, dimension_values or {})
     snapshot = cache.get(tenant_id)
-    quotas = [q for q in (snapshot.plan.quotas if snapshot.plan else ()) if q.metric == metric]
+    stored = dimensions.canonical(dimension_values or {})
+    quotas = [
+        q
+        for q in (snapshot.plan.quotas if snapshot.plan else ())
+        if q.metric == metric and dimensions.matches(q.filters, stored)
+    ]
     if not quotas:
         raise NoQuota(tenant_id, metric)
+    if stored:  # what the commit's event carries must be what Usage stores: checked against its catalog
+        _check_declared(metric, dimension_values or {}, usage=usage, deadline=deadline)
 
     def note(connection: Connection) -> int:
         """A retry is answered without asking Usage (checked again under the lock below)."""
@@ -245,10 +262,27 @@ def reserve(
             snapshot, quotas, user_id, usage=usage, deadline=deadline, connections=connections, note=note
         )
     except _Retried as retried:
-        return _replay(retried.reservation, user_id, metric, amount, key)
-    ask = _Reserve(snapshot, quotas, user_id, amount, ttl_us, key, asked)
+        return _replay(retried.reservation, user_id, metric, amount, key, stored)
+    ask = _Reserve(snapshot, quotas, user_id, amount, ttl_us, key, asked, stored)
     decide = partial(_reserve_together, tenant_id, metric, sessions=sessions, notices=notices)
     return (combiner or Combiner()).run((tenant_id, metric), ask, decide)
+
+
+def _check_declared(metric: str, given: Mapping[str, str], *, usage: UsagePort, deadline: Deadline) -> None:
+    """INVALID_ARGUMENT naming each dimension the metric does not declare in Usage's catalog: Usage would reject the
+    commit's event, and the committed amount would never reach it."""
+    meter = usage.meter(metric, sorted(given), deadline=deadline)
+    declared = meter.dimensions if meter else ()
+    undeclared = [name for name in sorted(given) if name not in declared]
+    if undeclared:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    f"dimensions[{name}]", f"is not declared by metric {metric!r} (it declares {list(declared)})"
+                )
+                for name in undeclared
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -262,6 +296,7 @@ class _Reserve:
     ttl_us: int
     key: str
     asked: _Asked
+    dimensions: str  # canonical JSON ('' for none)
 
 
 def _reserve_together(
@@ -281,7 +316,8 @@ def _reserve_together(
         ]
         helds = entitlements.held_under_lock(session, tenant_id, metric, now_us, questions)
         taken: dict[str, Reservation] = {}
-        granted, granted_to = 0, defaultdict[str, int](int)
+        granted = defaultdict[str, int](int)  # by dimension values, in this batch
+        granted_to = defaultdict[tuple[str, str], int](int)  # by user and dimension values
         stored = False
         for ask, held in zip(asks, helds):
             try:
@@ -290,14 +326,13 @@ def _reserve_together(
                     earlier = entitlements.get(session, tenant_id, held.key_taken_by)
                     assert earlier is not None  # reservations are never deleted
                 if earlier is not None:
-                    outcomes.append(_replay(earlier, ask.user_id, metric, ask.amount, ask.key))
+                    outcomes.append(_replay(earlier, ask.user_id, metric, ask.amount, ask.key, ask.dimensions))
                     continue
             except IdempotencyKeyReused as error:
                 outcomes.append(error)
                 continue
-            held = held._replace(
-                reserved=held.reserved + granted, user_reserved=held.user_reserved + granted_to[ask.user_id]
-            )
+            for dims, amount in granted.items():
+                held = held.plus(dims, amount, granted_to[(ask.user_id, dims)])
             balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held})
             short = rules.refusal(balances, ask.amount)
             if short is not None:
@@ -314,14 +349,15 @@ def _reserve_together(
                 rules.OPEN,
                 now_us,
                 now_us + ask.ttl_us,
+                dimensions=ask.dimensions,
             )
             after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
             # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds,
             # or the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
             stored = notifications.record(session, after, tenant_id, ask.user_id, "Reserve", now_us) or stored
             taken[ask.key] = reservation
-            granted += ask.amount
-            granted_to[ask.user_id] += ask.amount
+            granted[ask.dimensions] += ask.amount
+            granted_to[(ask.user_id, ask.dimensions)] += ask.amount
             outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
         entitlements.insert_reservations(session, list(taken.values()), commit=True)
     metrics.RESERVE_BATCHES.observe(len(asks))
@@ -334,8 +370,8 @@ def _reserve_together(
     return outcomes
 
 
-def _replay(existing: Reservation, user_id: str, metric: str, amount: int, key: str) -> Reserved:
-    if (existing.user_id, existing.metric, existing.amount) != (user_id, metric, amount):
+def _replay(existing: Reservation, user_id: str, metric: str, amount: int, key: str, dims: str) -> Reserved:
+    if (existing.user_id, existing.metric, existing.amount, existing.dimensions) != (user_id, metric, amount, dims):
         raise IdempotencyKeyReused(key, existing.reservation_id)
     metrics.RESERVATIONS.labels("replayed").inc()
     return Reserved(existing, [], "", now_micros())
@@ -377,7 +413,13 @@ def commit(
             event = None
             if amount:
                 event = OutboxEvent(
-                    rules.event_id_of(reservation_id), tenant_id, current.metric, current.user_id, amount, now_us
+                    rules.event_id_of(reservation_id),
+                    tenant_id,
+                    current.metric,
+                    current.user_id,
+                    amount,
+                    now_us,
+                    current.dimensions,
                 )
             entitlements.finish(
                 session,
@@ -404,6 +446,7 @@ def commit(
             committed.user_id,
             committed.committed_amount,
             committed.finish_us or now_us,
+            committed.dimensions,
         )
         if dispatcher.send([event], deadline=deadline):
             committed = replace(committed, recorded_us=now_micros())

@@ -1,9 +1,10 @@
 """Threshold notifications: stored in the transaction that observes a crossing, offered on WatchEntitlements
 (docs/entitlements.md, "Notifications").
 
-A crossing is stored once per quota, user (user-scoped quotas), period, allowance and percentage, numbered from the
-tenant's head row, which the storing transaction holds locked until it ends: numbers become visible in order, so a
-watcher that has seen N has seen everything numbered before N, and resuming after N misses nothing.
+A crossing is stored once per quota (metric, filters, period, scope), user (user-scoped quotas), period, allowance and
+percentage, numbered from the tenant's head row, which the storing transaction holds locked until it ends: numbers
+become visible in order, so a watcher that has seen N has seen everything numbered before N, and resuming after N
+misses nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +49,14 @@ def shown(balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by
     found: dict[tuple, Crossing] = {}
     for balance in balances:
         for crossing in crossings(balance, tenant_id, user_id, observed_by):
-            key = (crossing.metric, crossing.period, crossing.scope, crossing.allowed, crossing.percent)
+            key = (
+                crossing.metric,
+                crossing.filters,
+                crossing.period,
+                crossing.scope,
+                crossing.allowed,
+                crossing.percent,
+            )
             found.setdefault(key, crossing)  # two quotas alike but for their kind are one threshold
     return list(found.values())
 
