@@ -5,6 +5,7 @@ catalog decides which filters and values are accepted."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from scripts.pgcluster import free_port
 from tests import policy_support as ps
 from tests import support
 from tests.policy.test_entitlement_watch import take, watch
@@ -265,3 +267,26 @@ def test_quotas_alike_but_for_their_filters_announce_their_thresholds_each(
         True,
     ]
     assert {n.percent for n in (first, second)} == {50}
+
+
+def test_a_commit_left_in_the_outbox_reaches_usage_with_its_dimension_values(
+    dbs, admin, api, usage_stub, admin_token, tenant, meter
+):
+    """Committed through a Policy whose Usage is unreachable, the event waits in the outbox (the database both
+    Policies share) and the other Policy's outbox loop delivers it, dimension values and all."""
+    ps.build_world(admin, tenant, metrics=(meter,), quotas=(quota(meter, 100, filters=GPT),))
+    held = reserve(api, tenant, meter, 30, {"model": "gpt-4o", "region": "eu"}).reservation
+    cut_off = support.build_policy(dbs, free_port())
+    try:
+        with support.channel(cut_off.port) as channel:
+            other = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            answer = other.Commit(pb.CommitRequest(tenant_id=tenant, reservation_id=held.reservation_id, amount=20))
+    finally:
+        cut_off.stop(grace=1)
+    assert not answer.reservation.recorded_in_usage
+    deadline = time.monotonic() + 30  # a guard against a hang: the loop sends every 0.05 s
+    while by_model(usage_stub, admin_token, tenant, meter) != {"gpt-4o": 20} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert by_model(usage_stub, admin_token, tenant, meter) == {"gpt-4o": 20}
+    [balance] = check(api, tenant, meter)
+    assert numbers(balance) == (20, 0, 80)
