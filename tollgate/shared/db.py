@@ -72,8 +72,11 @@ def create_engine_for(
         return _sqlite_engine(url, schema, begin="BEGIN" if autocommit else "BEGIN IMMEDIATE")
     engine = create_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=max(2, pool_size // 2),
+        # The overflow is kept open like the rest: a QueuePool closes an overflow connection when it comes back to a
+        # full pool, so under load near the pool's size calls kept opening connections (a PostgreSQL process each)
+        # and closing them. The most connections open at once is what it was.
+        pool_size=pool_size + max(2, pool_size // 2),
+        max_overflow=0,
         pool_timeout=5,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
