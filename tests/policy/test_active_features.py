@@ -71,7 +71,7 @@ def setup_tenant(
     return feature_a, feature_b, role
 
 
-def record(usage_stub, token: str, tenant: str, metric: str, quantity: int, actor: str = "u1") -> None:
+def record(usage_stub, token: str, tenant: str, metric: str, quantity: int, actor: str = "u1", dimensions=None) -> None:
     now = Timestamp()
     now.FromDatetime(datetime.now(UTC))
     event = u.UsageEvent(
@@ -81,6 +81,7 @@ def record(usage_stub, token: str, tenant: str, metric: str, quantity: int, acto
         occurred_at=now,
         actor_id=actor,
         source_service="test",
+        dimensions=dimensions or {},
     )
     result = usage_stub.RecordEvents(
         u.RecordEventsRequest(tenant_id=tenant, events=[event]), metadata=support.bearer(token), timeout=10

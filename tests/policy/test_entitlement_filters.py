@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from scripts.pgcluster import free_port
 from tests import policy_support as ps
 from tests import support
+from tests.policy import test_active_features as active_features
 from tests.policy.test_entitlement_watch import take, watch
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
@@ -87,20 +88,7 @@ def quota(meter, limit, *, kind=HARD, filters=None, scope=0, notify_at=()) -> pb
 
 
 def record(usage_stub, token, tenant, meter, quantity, dimensions, actor="u1") -> None:
-    now = Timestamp()
-    now.FromDatetime(datetime.now(UTC))
-    event = u.UsageEvent(
-        event_id=f"ev-{ps.suffix()}",
-        metric=meter,
-        quantity=quantity,
-        occurred_at=now,
-        actor_id=actor,
-        source_service="test",
-        dimensions=dimensions,
-    )
-    request = u.RecordEventsRequest(tenant_id=tenant, events=[event])
-    [result] = usage_stub.RecordEvents(request, metadata=support.bearer(token), timeout=10).results
-    assert result.verdict == u.VERDICT_ACCEPTED, result
+    active_features.record(usage_stub, token, tenant, meter, quantity, actor, dimensions)
 
 
 def reserve(api, tenant, meter, amount, dimensions, *, user="u1", key=None) -> pb.ReserveResponse:

@@ -18,7 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tollgate.services.policy.domain.dimensions import parsed
 from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
-from tollgate.services.policy.domain.usage import Delivery, FilteredQuery, Meter, OutboxEvent, UsageQuery
+from tollgate.services.policy.domain.usage import Delivery, FilteredQuery, Meter, OutboxEvent, UsageQuery, Window
 from tollgate.shared import tracing
 from tollgate.shared.tls import ClientTls
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
@@ -299,11 +299,16 @@ def _event(event: OutboxEvent) -> usage_pb2.UsageEvent:
     )
 
 
+def _bounds(window: Window) -> tuple[Timestamp, Timestamp]:
+    start, end = Timestamp(), Timestamp()
+    start.FromMicroseconds(window.start_us)
+    end.FromMicroseconds(window.end_us)
+    return start, end
+
+
 def _query_request(query: FilteredQuery) -> usage_pb2.QueryUsageRequest:
     """The whole window as one row (no window, no group): the sum of the usage the filters allow."""
-    start, end = Timestamp(), Timestamp()
-    start.FromMicroseconds(query.window.start_us)
-    end.FromMicroseconds(query.window.end_us)
+    start, end = _bounds(query.window)
     return usage_pb2.QueryUsageRequest(
         tenant_id=query.tenant_id,
         metric=query.metric,
@@ -325,9 +330,7 @@ def _sum_of(query: FilteredQuery, answer: usage_pb2.QueryUsageResponse) -> int:
 
 
 def _request(query: UsageQuery) -> usage_pb2.GetUsageRequest:
-    start, end = Timestamp(), Timestamp()
-    start.FromMicroseconds(query.window.start_us)
-    end.FromMicroseconds(query.window.end_us)
+    start, end = _bounds(query.window)
     return usage_pb2.GetUsageRequest(
         tenant_id=query.tenant_id,
         metrics=sorted(set(query.metrics)),

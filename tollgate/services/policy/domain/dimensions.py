@@ -13,9 +13,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from tollgate.shared.errors import FieldViolation
+
+V = TypeVar("V")
 
 # ((dimension, (allowed values, sorted)), ...) sorted by dimension: hashable, and one spelling per filter.
 Filters = tuple[tuple[str, tuple[str, ...]], ...]
@@ -62,31 +65,37 @@ def describe(filters: Filters) -> str:
 
 def filter_violations(filters: Mapping[str, list[str]], path: str) -> list[FieldViolation]:
     """What is wrong with a quota's filters as given, before any catalog is consulted."""
-    violations = []
-    if len(filters) > MAX_DIMENSIONS:
-        violations.append(FieldViolation(path, f"names {len(filters)} dimensions; at most {MAX_DIMENSIONS}"))
-    for name, values in sorted(filters.items()):
-        field = f"{path}[{name[:64]}]"
-        if not DIMENSION_PATTERN.fullmatch(name):
-            violations.append(FieldViolation(field, "must be a dimension name: [a-z][a-z0-9_]{0,31}"))
-        elif not 1 <= len(values) <= MAX_FILTER_VALUES:
-            violations.append(FieldViolation(field, f"must hold 1 to {MAX_FILTER_VALUES} values"))
-        elif any(len(v) > MAX_VALUE or "\x00" in v for v in values):
-            violations.append(FieldViolation(field, f"values must be at most {MAX_VALUE} characters, without NUL"))
-    return violations
+    return _violations(filters, path, _filter_problem)
 
 
 def value_violations(dimensions: Mapping[str, str], path: str) -> list[FieldViolation]:
     """What is wrong with dimension values as given (Reserve, CheckEntitlement), before any catalog is consulted."""
+    return _violations(dimensions, path, _value_problem)
+
+
+def _violations(given: Mapping[str, V], path: str, problem: Callable[[V], str]) -> list[FieldViolation]:
+    """Too many dimensions, and per dimension (in name order) a bad name or what `problem` finds in its entry."""
     violations = []
-    if len(dimensions) > MAX_DIMENSIONS:
-        violations.append(FieldViolation(path, f"holds {len(dimensions)} dimensions; at most {MAX_DIMENSIONS}"))
-    for name, value in sorted(dimensions.items()):
-        field = f"{path}[{name[:64]}]"
-        if not DIMENSION_PATTERN.fullmatch(name):
-            violations.append(FieldViolation(field, "must be a dimension name: [a-z][a-z0-9_]{0,31}"))
-        elif not value:
-            violations.append(FieldViolation(field, "is empty: leave the dimension out instead"))
-        elif len(value) > MAX_VALUE or "\x00" in value:
-            violations.append(FieldViolation(field, f"must be at most {MAX_VALUE} characters, without NUL"))
+    if len(given) > MAX_DIMENSIONS:
+        violations.append(FieldViolation(path, f"names {len(given)} dimensions; at most {MAX_DIMENSIONS}"))
+    for name, entry in sorted(given.items()):
+        why = problem(entry) if DIMENSION_PATTERN.fullmatch(name) else "must be a dimension name: [a-z][a-z0-9_]{0,31}"
+        if why:
+            violations.append(FieldViolation(f"{path}[{name[:64]}]", why))
     return violations
+
+
+def _filter_problem(values: list[str]) -> str:
+    if not 1 <= len(values) <= MAX_FILTER_VALUES:
+        return f"must hold 1 to {MAX_FILTER_VALUES} values"
+    if any(len(v) > MAX_VALUE or "\x00" in v for v in values):
+        return f"values must be at most {MAX_VALUE} characters, without NUL"
+    return ""
+
+
+def _value_problem(value: str) -> str:
+    if not value:
+        return "is empty: leave the dimension out instead"
+    if len(value) > MAX_VALUE or "\x00" in value:
+        return f"must be at most {MAX_VALUE} characters, without NUL"
+    return ""
