@@ -5,6 +5,7 @@ catalog decides which filters and values are accepted."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime
@@ -15,8 +16,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from scripts.pgcluster import free_port
+from tests import http_support, support
 from tests import policy_support as ps
-from tests import support
 from tests.policy import test_active_features as active_features
 from tests.policy.test_entitlement_watch import take, watch
 from tollgate.policy.v1 import policy_pb2 as pb
@@ -278,3 +279,19 @@ def test_a_commit_left_in_the_outbox_reaches_usage_with_its_dimension_values(
     assert by_model(usage_stub, admin_token, tenant, meter) == {"gpt-4o": 20}
     [balance] = check(api, tenant, meter)
     assert numbers(balance) == (20, 0, 80)
+
+
+def test_filters_and_dimension_values_travel_as_proto3_json_over_http(admin, filter_policy, admin_token, tenant, meter):
+    ps.build_world(admin, tenant, metrics=(meter,), quotas=(quota(meter, 100, filters=GPT),))
+    path = "/tollgate.policy.v1.PolicyService/"
+    asked = {"tenantId": tenant, "userId": "u1", "metric": meter, "amount": "7", "idempotencyKey": ps.suffix()}
+    reply = http_support.post(
+        filter_policy.http_port, path + "Reserve", {**asked, "dimensions": {"model": "gpt-4o"}}, token=admin_token
+    )
+    assert reply.status == 200, reply.body
+    assert json.loads(reply.body)["reservation"]["dimensions"] == {"model": "gpt-4o"}
+    checked = {"tenantId": tenant, "userId": "u1", "metric": meter}
+    reply = http_support.post(filter_policy.http_port, path + "CheckEntitlement", checked, token=admin_token)
+    assert reply.status == 200, reply.body
+    [balance] = json.loads(reply.body)["quotas"]
+    assert balance["filters"] == {"model": {"values": ["gpt-4o"]}} and balance["reserved"] == "7"
