@@ -158,7 +158,14 @@ reservations = Table(
     Column("dimensions", Text, nullable=False, server_default=""),
     UniqueConstraint("tenant_id", "idempotency_key", name="reservations_tenant_key"),
 )
-Index("reservations_open_idx", reservations.c.tenant_id, reservations.c.metric, reservations.c.state)
+# Open reservations only (state 1): what held() sums and the sweep expires, never the idempotency key's lookup.
+Index(
+    "reservations_open_idx",
+    reservations.c.tenant_id,
+    reservations.c.metric,
+    postgresql_where=reservations.c.state == 1,
+    sqlite_where=reservations.c.state == 1,
+)
 
 # Committed usage on its way to Usage: written in the commit's transaction, numbered once Usage holds the event,
 # deleted by the sweep some time later.
@@ -179,7 +186,6 @@ usage_outbox = Table(
     Column("delivered_us", BigInteger, nullable=True),
     Column("dimensions", Text, nullable=False, server_default=""),  # the reservation's
 )
-Index("usage_outbox_tenant_metric_idx", usage_outbox.c.tenant_id, usage_outbox.c.metric)
 # The outbox loop's question: what is due and not delivered yet.
 Index(
     "usage_outbox_due_idx",
