@@ -84,7 +84,11 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def test_settings(settings, **changes):
-    """Settings for an in-process server: port 0, no fixed metrics or HTTP port, fast health checks."""
+    """Settings for an in-process server: port 0, no fixed metrics or HTTP port, fast health checks.
+
+    A Policy waits up to 5 s for Usage unless a test sets usage_timeout_seconds: production's quarter second is a
+    latency bound, and on a loaded CI machine one slow answer would open the circuit and fail the next tests of a
+    module that is not about outages."""
     defaults = dict(
         host="127.0.0.1",
         port=0,
@@ -94,6 +98,8 @@ def test_settings(settings, **changes):
         auth_cache_seconds=0.0,
         grace_seconds=2.0,
     )
+    if hasattr(settings, "usage_timeout_seconds"):
+        defaults["usage_timeout_seconds"] = 5.0
     defaults.update(changes)
     return replace(settings, **defaults)
 
@@ -148,13 +154,10 @@ def build_policy(dbs: Databases, usage_port: int | None = None, *, usage_token: 
     """A Policy server of this backend on a free port; given usage_port, it asks the Usage there with
     usage_token (unless one is given, a fresh platform token with what production gives Policy: usage:read for
     quotas and rankings, usage:write for committed reservations; a read-only one would leave a commit in the outbox,
-    retried against the shared Usage server for the rest of the session). Its calls to Usage wait up to 5 s unless a
-    test sets usage_timeout_seconds: production's quarter second is a latency bound, and on a loaded CI machine one
-    slow answer would open the circuit and fail the next tests of a module that is not about outages."""
+    retried against the shared Usage server for the rest of the session)."""
     from tollgate.services.policy import server
     from tollgate.services.policy.config import Settings
 
-    changes.setdefault("usage_timeout_seconds", 5.0)
     if usage_port is not None:
         changes["usage_addr"] = f"127.0.0.1:{usage_port}"
         changes["usage_token"] = usage_token or make_token(
