@@ -90,8 +90,7 @@ class UsagePort:
 
         def ask() -> QuotaUsage:
             now_us = now_micros()
-            every = set(periods) | {key[1] for key, _ in filtered}
-            windows = {period: quota_rules.period_window(period, now_us, subscription) for period in every}
+            windows = {period: quota_rules.period_window(period, now_us, subscription) for period in _every(quotas)}
             return self._ask(tenant_id, periods, filtered, windows, actor, deadline)
 
         return self._quotas.get((tenant_id, actor, anchor, tuple(periods.items()), filtered), ask)
@@ -114,7 +113,7 @@ class UsagePort:
         if not periods and not filtered:
             return 0, QuotaUsage()
         now_us = now_micros()
-        every = sorted(set(periods) | {key[1] for key, _ in filtered})
+        every = _every(quotas)
         bounds = {period: quota_rules.period_bounds(period, now_us, subscription) for period in every}
 
         def ask(within: Deadline) -> tuple[int, QuotaUsage]:
@@ -193,6 +192,11 @@ class UsagePort:
             self._catalog.put((), fresh)
             found = fresh.get(metric)
         return found
+
+
+def _every(quotas: Sequence[QuotaLimit]) -> list[int]:
+    """The periods whose windows the quotas' reads need, GetUsage's and QueryUsage's."""
+    return sorted({q.period for q in quotas})
 
 
 def _periods(quotas: Sequence[QuotaLimit]) -> dict[int, tuple[str, ...]]:

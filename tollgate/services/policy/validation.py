@@ -169,8 +169,7 @@ def _quota(check: Violations, quota: QuotaLimit, path: str) -> QuotaLimit:
             check.add(f"{path}.notify_at[{index}]", f"must be a percentage from {MIN_PERCENT} to {MAX_PERCENT}")
         elif percent in quota.notify_at[:index]:
             check.add(f"{path}.notify_at[{index}]", f"repeats {percent}")
-    given = {name: list(values) for name, values in quota.filters}
-    check.items.extend(dimensions.filter_violations(given, f"{path}.filters"))
+    check.items.extend(dimensions.filter_violations(dimensions.as_mapping(quota.filters), f"{path}.filters"))
     return QuotaLimit(
         quota.metric,
         quota.period,

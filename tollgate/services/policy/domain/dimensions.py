@@ -34,6 +34,11 @@ def filters_of(given: Mapping[str, Iterable[str]]) -> Filters:
     return tuple(sorted((name, tuple(sorted(set(values)))) for name, values in given.items()))
 
 
+def as_mapping(filters: Filters) -> dict[str, list[str]]:
+    """The filters as {dimension: [values]}, as they are given and stored."""
+    return {name: list(values) for name, values in filters}
+
+
 def canonical(dimensions: Mapping[str, str]) -> str:
     """The stored form of a reservation's dimension values, as Usage stores an event's: compact JSON with sorted
     keys; '' for none."""

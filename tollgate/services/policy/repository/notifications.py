@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tollgate.services.policy import tables
-from tollgate.services.policy.domain.dimensions import Filters, filters_of
+from tollgate.services.policy.domain.dimensions import Filters, as_mapping, filters_of
 from tollgate.services.policy.domain.notifications import Crossing, Notification
 from tollgate.shared.audit import canonical_json
 
@@ -19,7 +19,7 @@ N, H = tables.entitlement_notifications, tables.notification_heads
 
 def filters_text(filters: Filters) -> str:
     """A quota's filters as stored in its notifications' key: canonical JSON, '' for none."""
-    return canonical_json({name: list(values) for name, values in filters}) if filters else ""
+    return canonical_json(as_mapping(filters)) if filters else ""
 
 
 def _crossing_key(crossing: Crossing):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tollgate.services.policy.domain.dimensions import filters_of
+from tollgate.services.policy.domain.dimensions import as_mapping, filters_of
 from tollgate.services.policy.domain.model import (
     Binding,
     Feature,
@@ -64,7 +64,7 @@ def _quota_json(quota: QuotaLimit) -> dict:
     # notify_at and filters only when set: plans stored before them keep their canonical text.
     extra: dict = {"notify_at": list(quota.notify_at)} if quota.notify_at else {}
     if quota.filters:
-        extra["filters"] = {name: list(values) for name, values in quota.filters}
+        extra["filters"] = as_mapping(quota.filters)
     return extra | {
         "metric": quota.metric,
         "period": quota.period,

@@ -173,12 +173,13 @@ def check_entitlement(
     `dimension_values`, only the quotas whose filters count such usage. Read-only but for the threshold crossings
     it observes (usage recorded straight into Usage), which it stores."""
     access.tenant(caller, tenant_id)
-    validation.check_entitlement(tenant_id, user_id, feature_id, metric, dimension_values or {})
+    given = dimension_values or {}
+    validation.check_entitlement(tenant_id, user_id, feature_id, metric, given)
     snapshot = cache.get(tenant_id)
     if feature_id:
         snapshot.feature(feature_id)  # NOT_FOUND before anything is read
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
-    stored = dimensions.canonical(dimension_values or {})
+    stored = dimensions.canonical(given)
     relevant = [
         q
         for q in plan_quotas
@@ -237,9 +238,10 @@ def reserve(
     count), or refuse naming the hard quota that is short; a retried key answers the same. With a `combiner`, the
     calls waiting for the same metric's lock are decided together (combiner.py)."""
     access.tenant(caller, tenant_id)
-    ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key, dimension_values or {})
+    given = dimension_values or {}
+    ttl_us = validation.reserve(tenant_id, user_id, metric, amount, ttl_seconds, ttl_nanos, key, given)
     snapshot = cache.get(tenant_id)
-    stored = dimensions.canonical(dimension_values or {})
+    stored = dimensions.canonical(given)
     quotas = [
         q
         for q in (snapshot.plan.quotas if snapshot.plan else ())
@@ -248,7 +250,7 @@ def reserve(
     if not quotas:
         raise NoQuota(tenant_id, metric)
     if stored:  # what the commit's event carries must be what Usage stores: checked against its catalog
-        _check_declared(metric, dimension_values or {}, usage=usage, deadline=deadline)
+        _check_declared(metric, given, usage=usage, deadline=deadline)
 
     def note(connection: Connection) -> int:
         """A retry is answered without asking Usage (checked again under the lock below)."""
@@ -410,27 +412,6 @@ def commit(
                 raise ReservationNotOpen(reservation_id, _STATE_NAMES[state])
             if amount > current.amount:
                 raise InvalidArgument(FieldViolation("amount", f"must be at most the reserved {current.amount}"))
-            event = None
-            if amount:
-                event = OutboxEvent(
-                    rules.event_id_of(reservation_id),
-                    tenant_id,
-                    current.metric,
-                    current.user_id,
-                    amount,
-                    now_us,
-                    current.dimensions,
-                )
-            entitlements.finish(
-                session,
-                reservation_id,
-                state=rules.COMMITTED,
-                committed=amount,
-                now_us=now_us,
-                recorded=False,
-                event=event,
-                commit=True,
-            )
             committed = replace(
                 current,
                 state=rules.COMMITTED,
@@ -438,19 +419,34 @@ def commit(
                 finish_us=now_us,
                 recorded_us=None if amount else now_us,
             )
+            entitlements.finish(
+                session,
+                reservation_id,
+                state=rules.COMMITTED,
+                committed=amount,
+                now_us=now_us,
+                recorded=False,
+                event=_usage_event(committed, now_us) if amount else None,
+                commit=True,
+            )
     if committed.committed_amount and committed.recorded_us is None:
-        event = OutboxEvent(
-            rules.event_id_of(reservation_id),
-            tenant_id,
-            committed.metric,
-            committed.user_id,
-            committed.committed_amount,
-            committed.finish_us or now_us,
-            committed.dimensions,
-        )
-        if dispatcher.send([event], deadline=deadline):
+        if dispatcher.send([_usage_event(committed, now_us)], deadline=deadline):
             committed = replace(committed, recorded_us=now_micros())
     return Finished(committed, now_micros())
+
+
+def _usage_event(committed: Reservation, now_us: int) -> OutboxEvent:
+    """The usage event of a committed reservation, occurring when it was committed (`now_us` for a row that does
+    not say): derived from the reservation, so every send of it is the same event."""
+    return OutboxEvent(
+        rules.event_id_of(committed.reservation_id),
+        committed.tenant_id,
+        committed.metric,
+        committed.user_id,
+        committed.committed_amount,
+        committed.finish_us or now_us,
+        committed.dimensions,
+    )
 
 
 def release(tenant_id: str, reservation_id: str, *, sessions: Sessions, caller: Principal) -> Finished:
