@@ -172,6 +172,32 @@ def test_a_late_event_counts_the_moment_it_is_acknowledged(usage_stub, usage_adm
     assert (row.value, row.event_count) == (9, 2)
 
 
+def test_a_question_after_a_catalog_change_answers_by_the_metric_as_it_is_now(
+    usage_stub, usage_admin_stub, admin_token, token, tenant
+):
+    """The service keeps the metric it read for the next questions; each question checks it is still so."""
+    metric = new_meter(usage_admin_stub, admin_token, "MAX")
+    start = now_us() - 3 * DAY_US
+    assert rows(usage_stub, token, tenant, metric, start, now_us()) == []  # the metric is read and kept as MAX
+    changed = u.Metric(
+        name=metric,
+        classification=u.CLASSIFICATION_BILLABLE,
+        unit="token",
+        aggregation=u.AGGREGATION_MIN,
+        dimensions=["model", "token_type", "region"],
+    )
+    usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=changed), metadata=support.bearer(admin_token))
+    events = [
+        model.ModelEvent("e1", 5, start + HOUR_US, "", {"model": "m", "region": "eu"}),
+        model.ModelEvent("e2", 9, start + 2 * HOUR_US, "", {"model": "m", "region": "eu"}),
+    ]
+    send(usage_stub, token, tenant, metric, events)
+    [whole] = rows(usage_stub, token, tenant, metric, start, now_us())
+    [by_region] = rows(usage_stub, token, tenant, metric, start, now_us(), group_by=["region"])
+    assert (whole.value, whole.event_count) == (5, 2)
+    assert (by_region.group, by_region.value, by_region.event_count) == ((("region", "eu"),), 5, 2)
+
+
 def test_bad_questions_are_refused_naming_the_field(usage_stub, usage_admin_stub, admin_token, token, tenant):
     metric = new_meter(usage_admin_stub, admin_token)
     start, end = now_us() - DAY_US, now_us()

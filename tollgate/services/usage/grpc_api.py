@@ -57,6 +57,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._settings = settings
         self._rules = ingest_rules(settings)
         self._combinations = ingest.KnownCombinations()
+        self._metrics = meters.KnownMetrics()
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
@@ -160,6 +161,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             connections=self._reads,
             storage=self._storage,
             caller=principal(),
+            known=self._metrics,
         )
         return convert.meter_page(page)
 

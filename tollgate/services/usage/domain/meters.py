@@ -50,8 +50,7 @@ class MeterQuery:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class UsageRow:
+class UsageRow(NamedTuple):
     """The value of one group's events in one window."""
 
     window_start_us: int

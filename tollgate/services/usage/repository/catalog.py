@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from sqlalchemy import Connection, bindparam, exists, select, update
 from sqlalchemy.orm import Session
@@ -57,6 +58,21 @@ def get_metric(session: Session | Connection, name: str, *, for_update: bool = F
     """The catalog metric named `name`, None when there is none; locked until commit `for_update` (PostgreSQL)."""
     row = session.execute(_BY_NAME_FOR_UPDATE if for_update else _BY_NAME, {"name": name}).first()
     return None if row is None else _metric(row)
+
+
+class MetricRead(NamedTuple):
+    """A metric as read, with the stored cells a question's statement depends on (aggregation, unique_of,
+    dimensions as stored): a later statement built from this read checks them in its own snapshot
+    (meters.usage_rows), so the read may be kept."""
+
+    metric: Metric
+    cells: tuple[str, str, str]
+
+
+def read_metric(connection: Connection, name: str) -> MetricRead | None:
+    """The catalog metric named `name` with its cells, None when there is none."""
+    row = connection.execute(_BY_NAME, {"name": name}).first()
+    return None if row is None else MetricRead(_metric(row), (row.aggregation, row.unique_of, row.dimensions))
 
 
 def _metric(row) -> Metric:

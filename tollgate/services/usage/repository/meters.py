@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     Connection,
@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    exists,
     func,
     literal,
     literal_column,
@@ -141,12 +142,28 @@ def value_source(pieces: MeterPieces, name: str):
     return EVENTS.c.actor_id if name == ACTOR_ID else func.coalesce(pieces.dimension(name), _EMPTY)
 
 
+class MeterRows(NamedTuple):
+    """A page's rows, the tenant's purge horizon (None when never purged), and whether the metric still had the
+    cells the plan was made from when the rows were read (else the rows are not its answer)."""
+
+    rows: list[MeterRow]
+    purged_before: int | None
+    current: bool
+
+
 def usage_rows(
-    connection: Connection, pieces: MeterPieces, plan: MeterPlan, *, after: tuple | None, limit: int
-) -> tuple[list[MeterRow], int | None]:
-    """Up to `limit` rows after `after` (window index, group values), ordered, and the tenant's purge horizon (None
-    when never purged): one statement. Where the plan names a cuboid, the whole hours of rolled-up days without a
-    dirty mark come from that cuboid's rows (meter_rollup_reads.py), the rest from raw events."""
+    connection: Connection,
+    pieces: MeterPieces,
+    plan: MeterPlan,
+    *,
+    cells: tuple[str, str, str],
+    after: tuple | None,
+    limit: int,
+) -> MeterRows:
+    """Up to `limit` rows after `after` (window index, group values), ordered, and the tenant's purge horizon, with
+    the check that the metric's stored (aggregation, unique_of, dimensions) are still `cells`: one statement, one
+    snapshot. Where the plan names a cuboid, the whole hours of rolled-up days without a dirty mark come from that
+    cuboid's rows (meter_rollup_reads.py), the rest from raw events."""
     shape = (
         plan.aggregation,
         plan.unique_of,
@@ -158,6 +175,7 @@ def usage_rows(
     )
     statement = _statement(pieces, shape, plan, connection.dialect)
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
+    values.update(zip(_CELLS, cells))
     values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
     if plan.actor_ids:
         values["actors"] = list(plan.actor_ids)
@@ -169,18 +187,23 @@ def usage_rows(
         from tollgate.services.usage.repository import meter_rollup_reads  # it builds on this module's pieces
 
         values.update(meter_rollup_reads.parameters(pieces, plan))
-    found, purged_before = [], None
+    found, purged_before, current = [], None, True
     width = len(plan.group_by)
     for row in pieces.rows(connection, statement, values):
-        if row[0] < 0:
+        if row[0] == _HORIZON:
             purged_before = int(row[-1])
-            continue
-        cells = tuple(row[1 + width : -1])
-        found.append((int(row[0]), tuple(row[1 : 1 + width]), pieces.value_of(plan.aggregation, cells), int(row[-1])))
-    return sorted(found, key=lambda r: (r[0], r[1])), purged_before
+        elif row[0] == _CHANGED:
+            current = False
+        else:
+            value = pieces.value_of(plan.aggregation, tuple(row[1 + width : -1]))
+            found.append((int(row[0]), tuple(row[1 : 1 + width]), value, int(row[-1])))
+    return MeterRows(sorted(found, key=lambda r: (r[0], r[1])), purged_before, current)
 
 
 _WINDOW = ("n", "lo", "hi")
+# Rows that are not windows: the tenant's purge horizon, and the sign that the metric's cells changed.
+_HORIZON, _CHANGED = -1, -2
+_CELLS = ("m_aggregation", "m_unique_of", "m_dimensions")
 
 
 _BUILT: dict[tuple, Any] = {}
@@ -219,9 +242,16 @@ def _build(pieces: MeterPieces, plan: MeterPlan, first_page: bool):
         after = [bindparam("a0", type_=Integer())] + [bindparam(f"a{i + 1}", type_=String()) for i in range(width)]
         page = page.where(tuple_(*keys) > tuple_(*after))
     horizon = select(
-        literal(-1), *[literal("") for _ in range(width)], *[null() for _ in values], HORIZONS.c.purged_before_us
+        literal(_HORIZON), *[literal("") for _ in range(width)], *[null() for _ in values], HORIZONS.c.purged_before_us
     ).where(HORIZONS.c.tenant_id == TENANT)
-    return union_all(select(page.subquery("pg")), horizon)
+    unchanged = exists().where(
+        metrics.c.name == METRIC,
+        *[metrics.c[cell[2:]] == bindparam(cell, type_=String()) for cell in _CELLS],
+    )
+    changed = select(
+        literal(_CHANGED), *[literal("") for _ in range(width)], *[null() for _ in values], literal(0)
+    ).where(~unchanged)
+    return union_all(select(page.subquery("pg")), horizon, changed)
 
 
 def dimension_values(

@@ -16,7 +16,14 @@ from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service.checks import check_instant, check_tenant, check_text
 from tollgate.shared import auth, clock, pagination
 from tollgate.shared.credentials import Principal
-from tollgate.shared.errors import FailedPrecondition, FieldViolation, InvalidArgument, OutOfRange, require
+from tollgate.shared.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    OutOfRange,
+    Unavailable,
+    require,
+)
 
 
 class MeterPage(NamedTuple):
@@ -28,9 +35,17 @@ class MeterPage(NamedTuple):
 
 
 def query_usage(
-    query: MeterQuery, *, page_size: int, page_token: str, connections, storage: Storage, caller: Principal
+    query: MeterQuery,
+    *,
+    page_size: int,
+    page_token: str,
+    connections,
+    storage: Storage,
+    caller: Principal,
+    known: KnownMetrics,
 ) -> MeterPage:
-    """One page of the metric's value per window and group over [start, end), from the raw events."""
+    """One page of the metric's value per window and group over [start, end), exact: rollups where they hold, raw
+    events elsewhere, in one statement (with the check of a metric kept from an earlier question, `known`)."""
     check_tenant(query.tenant_id)
     auth.require_tenant(caller, query.tenant_id)
     _check_query(query)
@@ -39,12 +54,28 @@ def query_usage(
     cursor = pagination.start(page_size, page_token, query.scope(), shape=(int,) + (str,) * len(query.group_by))
     first_window = cursor.after[0] if cursor.after else 0
     with connections.connect() as connection:
-        metric = _metric(connection, query.metric, "metric")
-        meters.check_against(query, metric)
-        plan = meters.plan(query, metric, spans, first_window)
-        found, purged_before = meters_sql.usage_rows(
-            connection, storage.meters, plan, after=cursor.after, limit=cursor.limit + 1
-        )
+        read, fresh = known.get(query.metric), False
+        for _ in range(_ATTEMPTS):
+            if read is None:
+                read, fresh = known.put(_read(connection, query.metric)), True
+            try:
+                meters.check_against(query, read.metric)
+            except InvalidArgument:
+                if fresh:
+                    raise
+                read = None  # kept from before a dimension it names was declared, perhaps: read it again
+                continue
+            plan = meters.plan(query, read.metric, spans, first_window)
+            found, purged_before, current = meters_sql.usage_rows(
+                connection, storage.meters, plan, cells=read.cells, after=cursor.after, limit=cursor.limit + 1
+            )
+            if current:
+                break
+            read = None
+        else:
+            raise Unavailable(f"metric {query.metric!r} changed while it was read; retry")
+    assert read is not None  # the loop breaks with a current read
+    metric = read.metric
     if purged_before is not None and query.start_us < purged_before:
         horizon = clock.iso(purged_before)
         raise FailedPrecondition(
@@ -89,6 +120,36 @@ def _row(query: MeterQuery, spans: list[tuple[int, int]], found: meters_sql.Mete
             reason="TOTAL_OUT_OF_RANGE",
         )
     return UsageRow(start, end, tuple(zip(query.group_by, values)), value, count)
+
+
+def _read(connection, name: str) -> catalog_sql.MetricRead:
+    read = catalog_sql.read_metric(connection, name)
+    if read is None:
+        raise InvalidArgument(FieldViolation("metric", f"{name[:128]!r} is not in the catalog"))
+    return read
+
+
+class KnownMetrics:
+    """The metrics QueryUsage read last, by name, so that a question costs one statement: that statement checks, in
+    its own snapshot, that its metric still has what the plan was made from, and a question whose metric changed
+    is answered again from a fresh read. Bounded; shared by the RPC threads (a dict's get and set are atomic)."""
+
+    def __init__(self, capacity: int = 1024):
+        self._capacity = capacity
+        self._read: dict[str, catalog_sql.MetricRead] = {}
+
+    def get(self, name: str) -> catalog_sql.MetricRead | None:
+        return self._read.get(name)
+
+    def put(self, read: catalog_sql.MetricRead) -> catalog_sql.MetricRead:
+        if len(self._read) >= self._capacity:
+            self._read.clear()
+        self._read[read.metric.name] = read
+        return read
+
+
+# A question read again after its metric changed under it, at most this many times in all.
+_ATTEMPTS = 3
 
 
 def _metric(connection, name: str, field: str) -> Metric:
