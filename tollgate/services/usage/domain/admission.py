@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import NamedTuple
@@ -20,6 +21,8 @@ from tollgate.services.usage.domain.model import (
 )
 from tollgate.shared import clock, tenant_ids
 from tollgate.shared.errors import FieldViolation, InvalidArgument
+
+Problem = tuple[RejectReason, str]  # why an event is REJECTED, and the message saying so
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 128  # event_id, metric, actor_id, source_service, correlation_id, idempotency_key
@@ -115,8 +118,9 @@ def admit(
     """A Candidate for a valid event, or the REJECTED result saying what is wrong with it; `dimensions_of` holds the
     declared dimensions of the metrics that declare some."""
     problem = _field_problem(event) or _value_problem(event, catalog, rules, now_us)
+    dimensions_json = None
     if not problem and event.dimensions:
-        problem = dimension_problem(event, (dimensions_of or {}).get(event.metric, frozenset()))
+        problem, dimensions_json = judge_dimensions(event, dimensions_of or {})
     if problem:
         return rejected(index, event, *problem)
     metadata_json = None
@@ -132,8 +136,7 @@ def admit(
                 RejectReason.METADATA_TOO_LARGE,
                 f"metadata encodes to {size} bytes of JSON; at most {MAX_METADATA_BYTES}",
             )
-    if event.dimensions:
-        dimensions_json = canonical(event.dimensions)
+    if dimensions_json:
         return Candidate(
             index,
             event,
@@ -145,9 +148,27 @@ def admit(
     return Candidate(index, event, catalog[event.metric], metadata_json, content_hash(event, metadata_json))
 
 
-def dimension_problem(event: Event, declared: frozenset[str]) -> tuple[RejectReason, str] | None:
-    """What is wrong with the event's dimensions against those its metric declares, None when nothing is."""
-    dimensions = event.dimensions or {}
+def judge_dimensions(event: Event, declared_of: dict[str, frozenset[str]]) -> tuple[Problem | None, str | None]:
+    """What is wrong with the event's dimensions against those its metric declares (`declared_of`, the batch's
+    catalog; None when nothing is), and their canonical JSON when nothing is."""
+    assert event.dimensions
+    # Keyed in the event's own key order: a producer writes its events alike, and another order only misses.
+    return _judged(event.metric, declared_of.get(event.metric, frozenset()), tuple(event.dimensions.items()))
+
+
+@functools.lru_cache(maxsize=65_536)
+def _judged(
+    metric: str, declared: frozenset[str], items: tuple[tuple[str, str], ...]
+) -> tuple[Problem | None, str | None]:
+    """Few combinations recur in a tenant's events: each is checked and encoded once (what it is judged by, the
+    declared dimensions, is part of the key)."""
+    dimensions = dict(items)
+    problem = dimension_problem(metric, dimensions, declared)
+    return problem, None if problem else canonical(dimensions)
+
+
+def dimension_problem(metric: str, dimensions: dict[str, str], declared: frozenset[str]) -> Problem | None:
+    """What is wrong with an event's dimensions against those its metric declares, None when nothing is."""
     if len(dimensions) > MAX_DIMENSIONS:
         return RejectReason.TOO_MANY_DIMENSIONS, f"carries {len(dimensions)} dimensions; at most {MAX_DIMENSIONS}"
     for name, value in sorted(dimensions.items()):
@@ -166,7 +187,7 @@ def dimension_problem(event: Event, declared: frozenset[str]) -> tuple[RejectRea
         if name not in declared:
             return (
                 RejectReason.UNDECLARED_DIMENSION,
-                f"dimension {name[:64]!r} is not declared by metric {event.metric!r} (it declares {sorted(declared)})",
+                f"dimension {name[:64]!r} is not declared by metric {metric!r} (it declares {sorted(declared)})",
             )
     return None
 
