@@ -197,7 +197,8 @@ def usage_rows(
         else:
             value = pieces.value_of(plan.aggregation, tuple(row[1 + width : -1]))
             found.append((int(row[0]), tuple(row[1 : 1 + width]), value, int(row[-1])))
-    return MeterRows(sorted(found, key=lambda r: (r[0], r[1])), purged_before, current)
+    # (window, groups) is unique, so the rows' own order is theirs.
+    return MeterRows(sorted(found), purged_before, current)
 
 
 _WINDOW = ("n", "lo", "hi")
