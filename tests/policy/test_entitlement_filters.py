@@ -281,6 +281,33 @@ def test_a_commit_left_in_the_outbox_reaches_usage_with_its_dimension_values(
     assert numbers(balance) == (20, 0, 80)
 
 
+def test_a_commit_usage_refuses_for_a_dimension_removed_since_the_reserve_is_kept_and_lands_once_declared_again(
+    admin, api, usage_stub, usage_admin_stub, admin_token, tenant, meter
+):
+    """The usage happened: the outbox keeps counting it and sends it again until Usage holds it."""
+    ps.build_world(admin, tenant, metrics=(meter,), quotas=(quota(meter, 100, filters=GPT),))
+    held = reserve(api, tenant, meter, 30, {"model": "gpt-4o", "region": "eu"}).reservation
+
+    def declare(dimensions: list[str]) -> None:
+        metric = u.Metric(name=meter, classification=u.CLASSIFICATION_BILLABLE, unit="token", dimensions=dimensions)
+        usage_admin_stub.UpsertMetric(u.UpsertMetricRequest(metric=metric), metadata=support.bearer(admin_token))
+
+    declare(["model"])
+    answer = api.Commit(pb.CommitRequest(tenant_id=tenant, reservation_id=held.reservation_id, amount=20))
+    assert not answer.reservation.recorded_in_usage
+    time.sleep(0.5)  # several sends by the outbox loop (every 0.05 s), each refused
+    assert by_model(usage_stub, admin_token, tenant, meter) == {}
+    [balance] = check(api, tenant, meter)
+    assert numbers(balance) == (20, 0, 80)  # still counted, as usage Usage does not hold yet
+    declare(["model", "region"])
+    deadline = time.monotonic() + 30  # a guard against a hang: the backoff is below 2 s after 0.5 s of refusals
+    while by_model(usage_stub, admin_token, tenant, meter) != {"gpt-4o": 20} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert by_model(usage_stub, admin_token, tenant, meter) == {"gpt-4o": 20}
+    [balance] = check(api, tenant, meter)
+    assert numbers(balance) == (20, 0, 80)
+
+
 def test_filters_and_dimension_values_travel_as_proto3_json_over_http(admin, filter_policy, admin_token, tenant, meter):
     ps.build_world(admin, tenant, metrics=(meter,), quotas=(quota(meter, 100, filters=GPT),))
     path = "/tollgate.policy.v1.PolicyService/"

@@ -38,6 +38,12 @@ RESERVE_BATCHES = Histogram(
     "Reserve calls decided together in one transaction (calls that waited for the same tenant and metric).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+OUTBOX_REFUSED = Counter(
+    "tollgate_policy_outbox_refused_total",
+    "Committed usage events Usage refused, by outcome: kept (a refusal an operator can lift: sent again) or dropped "
+    "(refused for good).",
+    ["outcome"],
+)
 OUTBOX_SENT = Counter(
     "tollgate_policy_outbox_delivered_total",
     "Committed usage events Usage confirmed holding, by sender: commit (the Commit itself) or loop (the outbox loop).",

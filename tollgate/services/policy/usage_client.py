@@ -57,6 +57,16 @@ _OUTAGES = (
     grpc.StatusCode.CANCELLED,
 )
 
+# Refusals of a committed event that an operator's change lifts: the catalog's metric or dimension declared
+# again, the combination limit raised. The event is kept and sent again, never dropped.
+_FIXABLE = frozenset(
+    {
+        usage_pb2.REJECT_REASON_UNKNOWN_METRIC,
+        usage_pb2.REJECT_REASON_UNDECLARED_DIMENSION,
+        usage_pb2.REJECT_REASON_TOO_MANY_DIMENSION_COMBINATIONS,
+    }
+)
+
 
 class CircuitBreaker:
     """After a failure, fail fast for `cooldown` seconds, then let one probe call through.
@@ -221,6 +231,7 @@ class UsageClient:
                 r.event_id,
                 r.verdict in held,
                 "" if r.verdict in held else f"{usage_pb2.Verdict.Name(r.verdict)}: {r.message}",
+                r.verdict == usage_pb2.VERDICT_REJECTED and r.reason in _FIXABLE,
             )
             for r in answer.results
         ]

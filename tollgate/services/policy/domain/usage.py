@@ -102,8 +102,11 @@ class OutboxEvent:
 @dataclass(frozen=True)
 class Delivery:
     """Usage's verdict on one sent event: `held` when Usage has it (ACCEPTED, or DUPLICATE of the same content);
-    otherwise `problem` says why Usage refused it for good."""
+    otherwise `problem` says why Usage refused it, and `fixable` whether an operator can lift the refusal (a metric
+    or dimension missing from Usage's catalog, the tenant's dimension combinations at their limit), so that a
+    later send may be held."""
 
     event_id: str
     held: bool
     problem: str = ""
+    fixable: bool = False

@@ -6,7 +6,9 @@ the background loop, retried with backoff for as long as it takes. Every send of
 same event_id, derived from the reservation, so Usage stores it once and answers a resend DUPLICATE.
 An event leaves the count of what Usage lacks only once Usage holds it (its delivery is then numbered,
 and the row deleted an hour later), or refused it for good (logged as an error, deleted): until then it
-counts against the balance as usage Usage does not hold yet.
+counts against the balance as usage Usage does not hold yet. A refusal an operator can lift (the metric or a
+dimension missing from Usage's catalog, the tenant's dimension combinations at their limit) is not for good:
+the event stays and is sent again, backing off, until Usage holds it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Dispatcher:
             by_tenant[event.tenant_id].append(event)
         held: set[str] = set()
         for tenant_id, batch in by_tenant.items():
+            kept: list[tuple[OutboxEvent, str]] = []
             try:
                 deliveries = self._usage.record(
                     tenant_id, batch, timeout=deadline.remaining(), fail_fast=via == "commit"
@@ -71,7 +74,7 @@ class Dispatcher:
             except UsageUnavailable as error:
                 if isinstance(error, UsageRefused):
                     log.error("committed usage of tenant %s not delivered: %s; retrying", tenant_id, error.message)
-                self._postpone(batch, error.message)
+                self._postpone([(event, error.message) for event in batch])
                 continue
             now_us = now_micros()
             with self._sessions.begin() as session:
@@ -79,6 +82,8 @@ class Dispatcher:
                     if delivery.held:
                         entitlements.delivered(session, event.event_id, now_us)
                         held.add(event.event_id)
+                    elif delivery.fixable:
+                        kept.append((event, delivery.problem))
                     else:
                         # Usage will refuse every resend alike (a metric removed, a conflicting event): keeping it
                         # would hold the balance down for ever, so it is dropped, loudly.
@@ -89,13 +94,28 @@ class Dispatcher:
                             delivery.problem,
                         )
                         entitlements.drop(session, event.event_id)
+                        metrics.OUTBOX_REFUSED.labels("dropped").inc()
+            for event, problem in kept:
+                # The usage happened: it keeps counting against the balance, and is sent again until Usage holds
+                # it, once an operator lifts the refusal.
+                log.error(
+                    "usage refused committed event %s of tenant %s (%s); kept in the outbox and sent again",
+                    event.event_id,
+                    tenant_id,
+                    problem,
+                )
+                metrics.OUTBOX_REFUSED.labels("kept").inc()
+            self._postpone(kept)
             metrics.OUTBOX_SENT.labels(via).inc(len(held))
         return held
 
-    def _postpone(self, events: Sequence[OutboxEvent], error: str) -> None:
+    def _postpone(self, events: Sequence[tuple[OutboxEvent, str]]) -> None:
+        """Each event sent again later, backing off, with why it was not held."""
+        if not events:
+            return
         now_us = now_micros()
         with self._sessions.begin() as session:
-            for event in events:
+            for event, error in events:
                 attempts = entitlements.attempts(session, event.event_id)
                 backoff = min(MAX_BACKOFF_US, 100_000 * 2 ** min(attempts, 20))
                 entitlements.postpone(session, event.event_id, now_us + backoff, error)
