@@ -273,3 +273,61 @@ def test_a_threshold_is_rounded_up_and_nothing_consumed_crosses_nothing():
     assert crossed(0, 0) == []  # an allowance of 0, nothing consumed
     assert crossed(0, 1) == [(80, "alice")]  # a user-scoped quota names its user
     assert crossed(80, 0, limit=101) == [] and crossed(80, 1, limit=101) == [(80, "alice")]
+
+
+def test_retention_deletes_a_prefix_of_notifications_about_ended_periods_and_a_watch_behind_it_is_told(
+    dbs, api, admin, watch_channel, admin_token, tenant
+):
+    """Periods end: the purge runs here on the tenant alone, with its cutoff past one period's end and then
+    another's, where the server's Retention task uses the clock (its own test would purge every test's tenant)."""
+    from tollgate.services.policy import tables
+    from tollgate.services.policy.repository import notifications
+    from tollgate.shared.db import create_engine_for, session_factory
+
+    def quota(period, limit, notify_at):
+        return pb.QuotaLimit(
+            metric=METRIC, period=period, limit=limit, cap=pb.MODE_OBSERVE, kind=pb.LIMIT_KIND_SOFT, notify_at=notify_at
+        )
+
+    day, year = quota(pb.QUOTA_PERIOD_DAY, 100, (50, 100)), quota(pb.QUOTA_PERIOD_YEAR, 900, (10,))
+    ps.build_world(admin, tenant, metrics=(METRIC,), quotas=(day, year))
+    call = watch(watch_channel, admin_token, tenant)
+    for amount in (50, 40, 10):  # the day's 50 %, the year's 10 % (90 of 900), the day's 100 %
+        assert reserve(api, tenant, amount).reserved
+    stored = take(call, 3)
+    call.cancel()
+    assert [(n.period, n.percent) for n in stored] == [
+        (pb.QUOTA_PERIOD_DAY, 50),
+        (pb.QUOTA_PERIOD_YEAR, 10),
+        (pb.QUOTA_PERIOD_DAY, 100),
+    ]
+    day_end, year_end = stored[0].period_end.ToMicroseconds(), stored[1].period_end.ToMicroseconds()
+
+    engine = create_engine_for(dbs.policy_url, schema=tables.SCHEMA, pool_size=1)
+    try:
+
+        def purge(ended_before_us: int) -> int:
+            with session_factory(engine).begin() as session:
+                return notifications.purge_ended(session, tenant, ended_before_us)
+
+        # The day ended, the year did not: only the prefix before the year's notification goes.
+        assert purge(day_end + 1) == 1
+        resumed = watch(watch_channel, admin_token, tenant, after=0)
+        assert [n.sequence for n in take(resumed, 2)] == [2, 3]
+        resumed.cancel()
+        resumed = watch(watch_channel, admin_token, tenant, after=1)
+        assert [n.sequence for n in take(resumed, 1)] == [2]
+        resumed.cancel()
+
+        assert purge(year_end + 1) == 2
+        assert purge(year_end + 1) == 0  # nothing left to delete, and the head stays where it was
+    finally:
+        engine.dispose()
+    error = refused(watch_channel, admin_token, tenant, 2)
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "up to 3 were deleted" in error.details() and "resume after 3" in error.details()
+    for after in (0, 3):  # from every notification kept (none), or after the deleted ones: nothing comes
+        with pytest.raises(grpc.RpcError) as waited:
+            next(watch(watch_channel, admin_token, tenant, after, timeout=0.5))
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert refused(watch_channel, admin_token, tenant, 4).code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -53,6 +53,7 @@ OWN = {
         "POLICY_USAGE_TLS_KEY_FILE": ("usage_tls_key_file", "/tls/tls.key"),
         "POLICY_USAGE_TLS_SERVER_NAME": ("usage_tls_server_name", "usage.tollgate.svc"),
         "POLICY_OUTBOX_INTERVAL_SECONDS": ("outbox_interval_seconds", 2.5),
+        "POLICY_NOTIFICATION_RETENTION_DAYS": ("notification_retention_days", 30.0),
     },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]

@@ -30,6 +30,8 @@ class Settings(ServiceSettings):
     balance_usage_seconds: float = 1.0
     ranking_cache_seconds: float = 5.0
     outbox_interval_seconds: float = 0.5
+    # Threshold notifications are kept this long after the end of the period they are about.
+    notification_retention_days: float = 90.0
     # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
     usage_tls_ca_file: str = ""
     usage_tls_cert_file: str = ""
@@ -81,5 +83,8 @@ class Settings(ServiceSettings):
             cache_poll_seconds=env_float(env, "POLICY_CACHE_POLL_SECONDS", cls.cache_poll_seconds, low=0.05, high=60),
             outbox_interval_seconds=env_float(
                 env, "POLICY_OUTBOX_INTERVAL_SECONDS", cls.outbox_interval_seconds, low=0.01, high=60
+            ),
+            notification_retention_days=env_float(
+                env, "POLICY_NOTIFICATION_RETENTION_DAYS", cls.notification_retention_days, low=1, high=36_500
             ),
         )

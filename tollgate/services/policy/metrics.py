@@ -38,6 +38,10 @@ RESERVE_BATCHES = Histogram(
     "Reserve calls decided together in one transaction (calls that waited for the same tenant and metric).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+NOTIFICATIONS_PURGED = Counter(
+    "tollgate_policy_notifications_purged_total",
+    "Threshold notifications deleted by retention (POLICY_NOTIFICATION_RETENTION_DAYS after their period ended).",
+)
 OUTBOX_REFUSED = Counter(
     "tollgate_policy_outbox_refused_total",
     "Committed usage events Usage refused, by outcome: kept (a refusal an operator can lift: sent again) or dropped "

@@ -9,7 +9,7 @@ from tollgate.services.policy import grpc_api, tables
 from tollgate.services.policy.cache import SnapshotCache, VersionPoller
 from tollgate.services.policy.config import Settings
 from tollgate.services.policy.service import snapshots
-from tollgate.services.policy.service.notifications import Notices
+from tollgate.services.policy.service.notifications import Notices, Retention
 from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_client import UsageClient
 from tollgate.services.policy.usage_port import UsagePort
@@ -62,6 +62,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
     )
     dispatcher = Dispatcher(sessions, usage, interval=settings.outbox_interval_seconds)
     notices = Notices()
+    retention = Retention(sessions, retention_days=settings.notification_retention_days)
     spec = ServerSpec(
         name="policy",
         registrations=[
@@ -85,7 +86,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         method_scopes=grpc_api.METHOD_SCOPES,
         authenticator=auth.table_authenticator(reads, tables.credentials, cache_seconds=settings.auth_cache_seconds),
         ready=migrate.readiness_check(reads, service="policy", schema=tables.SCHEMA),
-        background=[poller.run, dispatcher.run, notices.run],
+        background=[poller.run, dispatcher.run, notices.run, retention.run],
     )
     running = build_server(
         spec,

@@ -240,6 +240,8 @@ notification_heads = Table(
     metadata,
     Column("tenant_id", String(128), primary_key=True),
     Column("sequence", BigInteger, nullable=False),
+    # Notifications numbered up to this were deleted by retention (migration policy_0009); 0: none.
+    Column("purged_through", BigInteger, nullable=False, server_default="0"),
 )
 
 # The audit chain of policy admin writes (shared/audit_chain.py).

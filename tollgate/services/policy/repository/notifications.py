@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import cast
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import CursorResult, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -94,9 +95,36 @@ def store(session: Session, crossings: Sequence[Crossing], first_sequence: int, 
     session.execute(update(H).where(H.c.tenant_id == tenant_id).values(sequence=first_sequence + len(crossings) - 1))
 
 
-def latest(session: Session, tenant_id: str) -> int:
-    """The tenant's latest sequence number (0: none yet)."""
-    return session.execute(select(H.c.sequence).where(H.c.tenant_id == tenant_id)).scalar() or 0
+def head(session: Session, tenant_id: str) -> tuple[int, int]:
+    """The tenant's latest sequence number and the number through which its notifications were deleted (0, 0:
+    none yet)."""
+    found = session.execute(select(H.c.sequence, H.c.purged_through).where(H.c.tenant_id == tenant_id)).first()
+    return (found[0], found[1]) if found else (0, 0)
+
+
+def with_ended(session: Session, ended_before_us: int) -> list[str]:
+    """The tenants with a notification about a period that ended before `ended_before_us`."""
+    query = select(N.c.tenant_id).where(N.c.period_end_us < ended_before_us).distinct()
+    return list(session.execute(query).scalars())
+
+
+def purge_ended(session: Session, tenant_id: str, ended_before_us: int) -> int:
+    """Delete the tenant's first notifications up to the first one about a period ending at or after
+    `ended_before_us`, and note in its head through which number they are gone; how many were deleted. A prefix, so
+    that a watcher behind it can be told; and a crossing is stored for the current period only, so one whose period
+    ended is never stored again."""
+    mine = N.c.tenant_id == tenant_id
+    first_kept = select(func.min(N.c.sequence)).where(mine, N.c.period_end_us >= ended_before_us).scalar_subquery()
+    last = select(func.max(N.c.sequence)).where(mine).scalar_subquery()
+    through = session.execute(select(func.coalesce(first_kept - 1, last))).scalar() or 0
+    if through <= 0:
+        return 0
+    # A DELETE's result is a CursorResult, which has the rowcount (Session.execute is typed as returning a Result).
+    deleted = cast(CursorResult, session.execute(delete(N).where(mine, N.c.sequence <= through))).rowcount
+    session.execute(
+        update(H).where(H.c.tenant_id == tenant_id, H.c.purged_through < through).values(purged_through=through)
+    )
+    return deleted
 
 
 def after(session: Session, tenant_id: str, sequence: int, limit: int) -> list[Notification]:

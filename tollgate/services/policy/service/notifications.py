@@ -9,20 +9,25 @@ misses nothing.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
-from tollgate.services.policy import validation
+from tollgate.services.policy import metrics, validation
 from tollgate.services.policy.domain.entitlements import Balance
 from tollgate.services.policy.domain.notifications import Crossing, Notification, crossings
 from tollgate.services.policy.repository import Session, Sessions, notifications
 from tollgate.services.policy.service import access
+from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
-from tollgate.shared.errors import FieldViolation, InvalidArgument
+from tollgate.shared.errors import FieldViolation, InvalidArgument, OutOfRange
 
+log = logging.getLogger("tollgate.policy.notifications")
 BATCH = 100
 # How often a watcher looks for notifications stored by other processes; those stored by this one wake it at once.
 POLL_SECONDS = 0.25
+# How often each process deletes the notifications past retention (idempotent: replicas may overlap).
+PURGE_SECONDS = 3600
 
 
 def record(
@@ -106,7 +111,7 @@ class Notices:
         access.tenant(caller, tenant_id)
         validation.watch(tenant_id, after_sequence)
         with sessions.begin() as session:
-            latest = notifications.latest(session, tenant_id)
+            latest, _ = notifications.head(session, tenant_id)
         if after_sequence > latest:
             # A cursor from elsewhere (another tenant, another deployment) would otherwise wait silently for ever.
             raise InvalidArgument(
@@ -116,8 +121,49 @@ class Notices:
         while active() and not self._stopped:
             with sessions.begin() as session:
                 batch = notifications.after(session, tenant_id, cursor, BATCH)
+                # Read after the batch: a purge that committed before the batch was read shows here.
+                _, purged_through = notifications.head(session, tenant_id)
+            if 0 < cursor < purged_through:
+                raise _behind_retention(cursor, purged_through)
             for notification in batch:
                 yield notification
                 cursor = notification.sequence
             if len(batch) < BATCH:
                 seen = self._wait(seen)
+
+
+def _behind_retention(cursor: int, purged_through: int) -> OutOfRange:
+    return OutOfRange(
+        f"notifications numbered after {cursor} up to {purged_through} were deleted by retention (kept "
+        f"POLICY_NOTIFICATION_RETENTION_DAYS after the end of the periods they are about); resume after "
+        f"{purged_through}, or from 0 for every notification kept",
+        reason="NOTIFICATIONS_PURGED",
+    )
+
+
+def purge(sessions: Sessions, *, retention_us: int, now_us: int) -> int:
+    """Delete every tenant's notifications about periods that ended more than `retention_us` ago (as a prefix of
+    its numbers: notifications.purge_ended), one transaction per tenant; how many were deleted."""
+    deleted = 0
+    with sessions.begin() as session:
+        tenants = notifications.with_ended(session, now_us - retention_us)
+    for tenant_id in tenants:
+        with sessions.begin() as session:
+            deleted += notifications.purge_ended(session, tenant_id, now_us - retention_us)
+    metrics.NOTIFICATIONS_PURGED.inc(deleted)
+    return deleted
+
+
+class Retention:
+    """A background task of the server: `purge` at start and every PURGE_SECONDS."""
+
+    def __init__(self, sessions: Sessions, *, retention_days: float):
+        self._sessions, self._retention_us = sessions, int(retention_days * 86_400_000_000)
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                purge(self._sessions, retention_us=self._retention_us, now_us=now_micros())
+            except Exception:  # the task must outlive a lost database connection; the next round retries
+                log.exception("notification retention failed; retrying in %ss", PURGE_SECONDS)
+            stopping.wait(PURGE_SECONDS)
