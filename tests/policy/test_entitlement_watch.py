@@ -331,3 +331,37 @@ def test_retention_deletes_a_prefix_of_notifications_about_ended_periods_and_a_w
             next(watch(watch_channel, admin_token, tenant, after, timeout=0.5))
         assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert refused(watch_channel, admin_token, tenant, 4).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_http_watches_whose_callers_left_free_their_threads_without_a_timeout_or_a_notification(
+    dbs, usage, usage_token, admin, admin_token, tenant
+):
+    """A Policy with 2 HTTP threads: two watches without Connect-Timeout-Ms whose clients close their connections
+    once the stored notifications came, while nothing more happens, must not keep both threads, or the next call
+    would never be served."""
+    import http.client
+    import socket
+
+    world(admin, tenant)
+    small = support.build_policy(dbs, usage.port, usage_token=usage_token, workers=2)
+    try:
+        with support.channel(small.port) as channel:
+            api = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            assert reserve(api, tenant, 100).reserved  # 80 % and 100 %: what each watch is sent at once
+        body = http_support.envelope(pb.WatchEntitlementsRequest(tenant_id=tenant).SerializeToString())
+        for _ in range(2):
+            watcher = http.client.HTTPConnection("127.0.0.1", small.http_port, timeout=GUARD_SECONDS)
+            headers = {"content-type": "application/connect+proto", "authorization": f"Bearer {admin_token}"}
+            watcher.request("POST", "/tollgate.policy.v1.PolicyService/WatchEntitlements", body=body, headers=headers)
+            response = watcher.getresponse()
+            assert response.status == 200
+            assert response.read(5)  # the first notification's envelope: the stream is being served
+            watcher.sock.shutdown(socket.SHUT_RDWR)
+            watcher.close()
+        checked = pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", metric=METRIC)
+        reply = http_support.post(
+            small.http_port, "/tollgate.policy.v1.PolicyService/CheckEntitlement", checked, token=admin_token
+        )
+        assert reply.status == 200, reply.body
+    finally:
+        small.stop(grace=1)

@@ -85,11 +85,17 @@ class JsonCodec:
 CODECS = [RawProtoCodec(), JsonCodec()]
 
 
+# The connection whose request this worker thread is serving (set by _WholeBodyGateway): the WSGI application, and
+# so the Connect runtime's RequestContext, never sees the socket.
+_serving = threading.local()
+
+
 class HttpContext:
     """The grpc.ServicerContext surface the interceptor and servicers use, over one Connect request."""
 
     def __init__(self, ctx: RequestContext):
         self._ctx = ctx
+        self._connection: HTTPConnection | None = getattr(_serving, "connection", None)
         self._code: grpc.StatusCode | None = None
         self._metadata = tuple((key.lower(), value) for key, value in ctx.request_headers.allitems())
 
@@ -110,7 +116,19 @@ class HttpContext:
         return f"http:{self._ctx.client_address or ''}"
 
     def is_active(self) -> bool:
-        return True
+        """False once the client has closed the connection: a server stream that waits for news (a watch) learns
+        of a departed caller without writing to it. Readable with nothing to read is the peer's close; bytes are
+        a request sent ahead on the same connection (or, over TLS, any record), so the caller is taken as there."""
+        connection = self._connection
+        if connection is None:
+            return True
+        sock = connection.socket
+        try:
+            if connection.rfile.has_data() or not select.select([sock], [], [], 0)[0]:
+                return True
+            return socket.socket.recv(sock, 1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):  # closed under us
+            return False
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
@@ -409,6 +427,13 @@ class _WholeBodyGateway(wsgi.Gateway_10):
     in three writes (headers, body, last chunk) the client reads chunk by chunk, instead of two."""
 
     def respond(self) -> None:
+        _serving.connection = self.req.conn
+        try:
+            self._respond()
+        finally:
+            _serving.connection = None
+
+    def _respond(self) -> None:
         response = self.req.server.wsgi_app(self.env, self.start_response)
         if isinstance(response, list) and self.started_response:
             framing = {name.lower() for name, _ in self.req.outheaders} & {b"content-length", b"transfer-encoding"}
