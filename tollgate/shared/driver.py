@@ -14,6 +14,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from psycopg import pq
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
@@ -53,7 +54,7 @@ def together(
         if len(sent) == 1 and not commit:  # nothing to pipeline: the pooled cursor, as `rows`
             [((sql, constants), values)] = sent
             cursor = _cursor(connection).execute(sql, {**constants, **values})
-            return [cursor.fetchall() if cursor.description else []]
+            return [_rows_of(cursor)]
         cursors = []
         with driver.pipeline():
             for (sql, constants), values in sent:
@@ -61,7 +62,14 @@ def together(
                 cursors[-1].execute(sql, {**constants, **values})
             if commit:
                 driver.commit()
-        return [cursor.fetchall() if cursor.description else [] for cursor in cursors]
+        return [_rows_of(cursor) for cursor in cursors]
+
+
+def _rows_of(cursor) -> list[tuple]:
+    """The rows a statement returned, none for a write: asked of the result's status, since `description` builds
+    the columns' descriptions on every call."""
+    result = cursor.pgresult
+    return cursor.fetchall() if result is not None and result.status == pq.ExecStatus.TUPLES_OK else []
 
 
 @functools.lru_cache(maxsize=256)

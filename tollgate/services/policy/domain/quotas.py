@@ -22,9 +22,20 @@ DAY, MONTH, WEEK, YEAR = periods.DAY, periods.MONTH, periods.WEEK, periods.YEAR
 
 def period_bounds(period: int, now_us: int, subscription: Subscription | None) -> tuple[int, int]:
     """[start, end) of the quota period holding `now_us`: from the subscription's anchor in its zone, else UTC."""
-    if subscription is None or subscription.billing_anchor_us is None:
-        return periods.bounds(period, now_us)
-    return periods.bounds(period, now_us, subscription.billing_anchor_us, subscription.time_zone)
+    anchor, zone = (None, "") if subscription is None else (subscription.billing_anchor_us, subscription.time_zone)
+    key = (period, anchor, zone if anchor is not None else "")
+    # A given period, anchor and zone tile time, so the period last computed is the answer while it holds now.
+    found = _LAST_BOUNDS.get(key)
+    if found is not None and found[0] <= now_us < found[1]:
+        return found
+    found = periods.bounds(period, now_us) if anchor is None else periods.bounds(period, now_us, anchor, zone)
+    if len(_LAST_BOUNDS) >= 4096:
+        _LAST_BOUNDS.clear()
+    _LAST_BOUNDS[key] = found
+    return found
+
+
+_LAST_BOUNDS: dict[tuple[int, int | None, str], tuple[int, int]] = {}
 
 
 def period_window(period: int, now_us: int, subscription: Subscription | None = None) -> Window:
