@@ -22,8 +22,10 @@ DAY, MONTH, WEEK, YEAR = periods.DAY, periods.MONTH, periods.WEEK, periods.YEAR
 
 def period_bounds(period: int, now_us: int, subscription: Subscription | None) -> tuple[int, int]:
     """[start, end) of the quota period holding `now_us`: from the subscription's anchor in its zone, else UTC."""
-    anchor, zone = (None, "") if subscription is None else (subscription.billing_anchor_us, subscription.time_zone)
-    key = (period, anchor, zone if anchor is not None else "")
+    anchor, zone = None, ""  # UTC calendar periods
+    if subscription is not None and subscription.billing_anchor_us is not None:
+        anchor, zone = subscription.billing_anchor_us, subscription.time_zone
+    key = (period, anchor, zone)
     # A given period, anchor and zone tile time, so the period last computed is the answer while it holds now.
     found = _LAST_BOUNDS.get(key)
     if found is not None and found[0] <= now_us < found[1]:

@@ -144,12 +144,12 @@ def _behind_retention(cursor: int, purged_through: int) -> OutOfRange:
 def purge(sessions: Sessions, *, retention_us: int, now_us: int) -> int:
     """Delete every tenant's notifications about periods that ended more than `retention_us` ago (as a prefix of
     its numbers: notifications.purge_ended), one transaction per tenant; how many were deleted."""
-    deleted = 0
+    deleted, ended_before_us = 0, now_us - retention_us
     with sessions.begin() as session:
-        tenants = notifications.with_ended(session, now_us - retention_us)
+        tenants = notifications.with_ended(session, ended_before_us)
     for tenant_id in tenants:
         with sessions.begin() as session:
-            deleted += notifications.purge_ended(session, tenant_id, now_us - retention_us)
+            deleted += notifications.purge_ended(session, tenant_id, ended_before_us)
     metrics.NOTIFICATIONS_PURGED.inc(deleted)
     return deleted
 

@@ -8,7 +8,6 @@ from typing import NamedTuple
 from tollgate.services.usage.domain import meters, windows
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.domain.buckets import MAX_TOTAL
-from tollgate.services.usage.domain.catalog import Metric
 from tollgate.services.usage.domain.meters import MeterQuery, UsageRow
 from tollgate.services.usage.repository import catalog as catalog_sql
 from tollgate.services.usage.repository import meters as meters_sql
@@ -123,6 +122,7 @@ def _row(query: MeterQuery, spans: list[tuple[int, int]], found: meters_sql.Mete
 
 
 def _read(connection, name: str) -> catalog_sql.MetricRead:
+    """The metric named by a question's `metric` field, as read now; INVALID_ARGUMENT when the catalog lacks it."""
     read = catalog_sql.read_metric(connection, name)
     if read is None:
         raise InvalidArgument(FieldViolation("metric", f"{name[:128]!r} is not in the catalog"))
@@ -152,13 +152,6 @@ class KnownMetrics:
 _ATTEMPTS = 3
 
 
-def _metric(connection, name: str, field: str) -> Metric:
-    metric = catalog_sql.get_metric(connection, name)
-    if metric is None:
-        raise InvalidArgument(FieldViolation(field, f"{name[:128]!r} is not in the catalog"))
-    return metric
-
-
 class DimensionQuery(NamedTuple):
     """ListDimensionValues: the values of `dimension` (or actor_id) of a metric's events, optionally in a range."""
 
@@ -186,7 +179,7 @@ def list_dimension_values(
         require(query.start_us < query.end_us, "end_time", "must be after start_time")
     cursor = pagination.start(page_size, page_token, query.scope(), shape=(str,))
     with connections.connect() as connection:
-        metric = _metric(connection, query.metric, "metric")
+        metric = _read(connection, query.metric).metric
         meters.check_dimension(query.dimension, metric)
         found = meters_sql.dimension_values(
             connection,
