@@ -249,6 +249,62 @@ def test_commit_records_the_usage_event_once_however_often_it_is_retried_and_fre
     assert status_of(lambda: api.Commit(other)) == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_concurrent_commits_of_two_metrics_each_commit_once_answer_alike_and_reach_usage_once(
+    admin, api, usage_stub, admin_token, tenant
+):
+    """A tenant's Commits arriving together are decided in one transaction and sent in one call: each
+    reservation is committed once, its concurrent retries answer that commit, a wrong amount is refused alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = "leads.processed"
+    ps.build_world(
+        admin,
+        tenant,
+        metrics=(METRIC, other),
+        quotas=(
+            quota(1_000),
+            pb.QuotaLimit(metric=other, period=pb.QUOTA_PERIOD_MONTH, limit=1_000, cap=pb.MODE_OBSERVE, kind=HARD),
+        ),
+    )
+    reservations = []
+    for n in range(12):
+        request = pb.ReserveRequest(
+            tenant_id=tenant, user_id="u1", metric=(METRIC, other)[n % 2], amount=10, idempotency_key=ps.suffix()
+        )
+        reservations.append(api.Reserve(request).reservation)
+    asks = [(r, 1 + n % 5) for n, r in enumerate(reservations) for _ in range(3)]  # each one three times at once
+    asks.append((reservations[0], 9))  # another amount for the first: refused, whichever order it lands in
+
+    def attempt(ask):
+        reservation, amount = ask
+        try:
+            return commit(api, tenant, reservation.reservation_id, amount).reservation
+        except grpc.RpcError as error:
+            return error.code()
+
+    with ThreadPoolExecutor(len(asks)) as pool:
+        answers = list(pool.map(attempt, asks))
+    refused = [n for n, answer in enumerate(answers) if answer == grpc.StatusCode.FAILED_PRECONDITION]
+    assert refused in ([len(asks) - 1], [0, 1, 2])  # the odd amount, or the three that came after it
+    commits = {
+        (r.reservation_id, a.usage_event_id, a.committed_amount)
+        for (r, _), a in zip(asks, answers)
+        if a not in (grpc.StatusCode.FAILED_PRECONDITION,)
+    }
+    assert sorted(rid for rid, _, _ in commits) == sorted(r.reservation_id for r in reservations)  # one answer each
+    deadline = time.monotonic() + 10
+    while True:  # a send that missed its call's deadline is the outbox loop's
+        events = list_all(usage_stub, admin_token, tenant)
+        if len(events) >= len(commits) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert sorted((e.event.event_id, e.event.quantity) for e in events) == sorted((e, a) for _, e, a in commits)
+    metric_of = {r.reservation_id: r.metric for r in reservations}
+    assert totals(usage_stub, admin_token, tenant) == {
+        metric: (sum(a for rid, _, a in commits if metric_of[rid] == metric), 6) for metric in (METRIC, other)
+    }
+
+
 def test_a_reused_usage_answer_still_counts_every_commit_at_once_and_direct_usage_once_reread(
     dbs, usage, admin, usage_stub, admin_token, tenant
 ):

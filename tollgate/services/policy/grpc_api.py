@@ -85,6 +85,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._dispatcher = dispatcher
         self._notices = notices or Notices()
         self._reserves: Combiner = Combiner()
+        self._commits: Combiner = Combiner()
 
     def ResolveMode(self, request, context):
         found = resolve.resolve_mode(
@@ -197,6 +198,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             dispatcher=self._dispatcher,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
+            combiner=self._commits,
         )
         return pb.CommitResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 

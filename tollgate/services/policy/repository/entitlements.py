@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
-    CursorResult,
     String,
     and_,
     bindparam,
@@ -239,28 +238,38 @@ _INSERT_RESERVATION = insert(R).values({name: bindparam(name, type_=R.c[name].ty
 
 
 _OF_TENANT = R.c.tenant_id == bindparam("tenant_id", type_=String)
-_RESERVATION = and_(_OF_TENANT, R.c.reservation_id == bindparam("reservation_id", type_=String))
-_LOCK_OF_RESERVATION = (
-    select(L.c.tenant_id)
-    .where(L.c.tenant_id == bindparam("tenant_id", type_=String))
-    .where(L.c.metric == select(R.c.metric).where(_RESERVATION).scalar_subquery())
-    .with_for_update(of=L)
-)
-_RESERVATION_FOR_UPDATE = select(R).where(_RESERVATION).with_for_update(of=R)
 
 
-def locked_reservation(session: Session, tenant_id: str, reservation_id: str) -> Reservation | None:
-    """The reservation as it is once its (tenant, metric) lock (`lock`) and its own row are held, asked in one
-    round trip where the driver allows; None if the tenant has no such reservation."""
-    values = {"tenant_id": tenant_id, "reservation_id": reservation_id}
-    statements = [(_LOCK_OF_RESERVATION, values), (_RESERVATION_FOR_UPDATE, values)]
-    got_lock, found = driver.together(session.connection(), statements)
-    if not found:
-        return None
-    if not got_lock:  # the lock row Reserve made is gone (never deleted today): made again, then the row reread
-        lock(session, tenant_id, _named(found[0]).metric)
-        [found] = driver.together(session.connection(), statements[1:])
-    return _of(_named(found[0]))
+@functools.cache
+def _locked_statements(count: int) -> tuple[Executable, Executable]:
+    """For `count` reservations of a tenant: their (tenant, metric) lock rows, taken in the metrics' order (so that
+    two transactions locking several never wait on each other in a cycle), then the reservations' own rows."""
+    ids = R.c.reservation_id.in_([bindparam(f"id_{n}", type_=String) for n in range(count)])
+    of_tenant = L.c.tenant_id == bindparam("tenant_id", type_=String)
+    locks = (
+        select(L.c.metric)
+        .where(of_tenant, L.c.metric.in_(select(R.c.metric).where(_OF_TENANT, ids)))
+        .order_by(L.c.metric)
+        .with_for_update(of=L)
+    )
+    return locks, select(R).where(_OF_TENANT, ids).with_for_update(of=R)
+
+
+def locked_reservations(session: Session, tenant_id: str, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+    """The tenant's reservations among `reservation_ids`, by id, as they are once their (tenant, metric) locks
+    (`lock`) and their own rows are held, asked in one round trip where the driver allows."""
+    wanted = sorted(set(reservation_ids))
+    values = {"tenant_id": tenant_id, **{f"id_{n}": rid for n, rid in enumerate(wanted)}}
+    locks, rows = _locked_statements(len(wanted))
+    locked, found = driver.together(session.connection(), [(locks, values), (rows, values)])
+    reservations = [_of(_named(row)) for row in found]
+    missing = sorted({r.metric for r in reservations} - {metric for (metric,) in locked})
+    if missing:  # a lock row Reserve made is gone (never deleted today): made again, then the rows reread
+        for metric in missing:
+            lock(session, tenant_id, metric)
+        [found] = driver.together(session.connection(), [(rows, values)])
+        reservations = [_of(_named(row)) for row in found]
+    return {r.reservation_id: r for r in reservations}
 
 
 def _named(row: tuple) -> SimpleNamespace:
@@ -300,26 +309,28 @@ _OUTBOX_ROW = (
 _INSERT_OUTBOX = insert(OUT).values({name: bindparam(name, type_=OUT.c[name].type) for name in _OUTBOX_ROW})
 
 
-def finish(
-    session: Session,
-    reservation_id: str,
-    *,
-    state: int,
-    committed: int,
-    now_us: int,
-    recorded: bool,
-    event: OutboxEvent | None = None,
-    commit: bool = False,
-) -> None:
-    """End a reservation in `state`; with `event`, its usage goes to the outbox in the same transaction; `commit`:
-    and the transaction commits, all in one round trip where the driver allows (its last statements)."""
-    finished = {"finished_id": reservation_id, "state": state, "committed": committed, "finish_us": now_us}
-    statements: list[tuple[Executable, dict]] = [(_FINISH, {**finished, "recorded_us": now_us if recorded else None})]
-    if event is not None:
-        row = {"attempts": 0, "next_attempt_us": now_us, "last_error": ""}
-        row.update({name: getattr(event, name) for name in _OUTBOX_ROW if name not in row})
-        statements.append((_INSERT_OUTBOX, row))
-    driver.together(session.connection(), statements, commit=commit)
+class Finishing(NamedTuple):
+    """A reservation to end in `state`, and with `event`, its usage to the outbox in the same transaction."""
+
+    reservation_id: str
+    state: int
+    committed: int
+    event: OutboxEvent | None = None
+
+
+def finish(session: Session, finishing: Sequence[Finishing], *, now_us: int, commit: bool = False) -> None:
+    """End the reservations (not recorded in Usage yet); `commit`: and commit the transaction, all in one round
+    trip where the driver allows (its last statements)."""
+    statements: list[tuple[Executable, dict]] = []
+    for one in finishing:
+        finished = {"finished_id": one.reservation_id, "state": one.state, "committed": one.committed}
+        statements.append((_FINISH, {**finished, "finish_us": now_us, "recorded_us": None}))
+        if one.event is not None:
+            row = {"attempts": 0, "next_attempt_us": now_us, "last_error": ""}
+            row.update({name: getattr(one.event, name) for name in _OUTBOX_ROW if name not in row})
+            statements.append((_INSERT_OUTBOX, row))
+    if statements:
+        driver.together(session.connection(), statements, commit=commit)
 
 
 def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
@@ -336,24 +347,23 @@ def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
     ]
 
 
-def delivered(session: Session, event_id: str, now_us: int) -> bool:
-    """Usage holds the event: number its delivery (one more than the latest) and mark its reservation recorded;
-    False if it was recorded before."""
+def delivered(session: Session, event_ids: Sequence[str], now_us: int) -> None:
+    """Usage holds the events: number their delivery (all one more than the latest: a Reserve that noted a number
+    at least theirs noted it after Usage held them, whichever transaction numbered it) and mark their reservations
+    recorded; events recorded before keep their number."""
+    if not event_ids:
+        return
     latest = select(func.coalesce(func.max(OUT.c.delivered_seq), 0) + 1).scalar_subquery()
-    numbered = cast(
-        CursorResult,
-        session.execute(
-            update(OUT)
-            .where(OUT.c.event_id == event_id, OUT.c.delivered_seq.is_(None))
-            .values(delivered_seq=latest, delivered_us=now_us)
-        ),
-    ).rowcount
+    session.execute(
+        update(OUT)
+        .where(OUT.c.event_id.in_(event_ids), OUT.c.delivered_seq.is_(None))
+        .values(delivered_seq=latest, delivered_us=now_us)
+    )
     session.execute(
         update(R)
-        .where(R.c.reservation_id == reservation_of_event(event_id), R.c.recorded_us.is_(None))
+        .where(R.c.reservation_id.in_([reservation_of_event(e) for e in event_ids]), R.c.recorded_us.is_(None))
         .values(recorded_us=now_us)
     )
-    return bool(numbered)
 
 
 def forget_delivered(session: Session, before_us: int) -> None:

@@ -41,7 +41,7 @@ from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline, UsagePort
 from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
-from tollgate.shared.errors import FieldViolation, InvalidArgument
+from tollgate.shared.errors import FieldViolation, InvalidArgument, TollgateError
 
 _STATE_NAMES = {rules.OPEN: "open", rules.COMMITTED: "committed", rules.RELEASED: "released", rules.EXPIRED: "expired"}
 
@@ -388,51 +388,71 @@ def commit(
     dispatcher: Dispatcher,
     caller: Principal,
     deadline: Deadline,
+    combiner: Combiner | None = None,
 ) -> Finished:
     """Record `amount` (at most the reserved one) as usage exactly once and free the rest; a retried Commit with
-    the same amount answers the same commit."""
+    the same amount answers the same commit. With a `combiner`, the tenant's Commits waiting for their turn are
+    decided together (combiner.py)."""
     access.tenant(caller, tenant_id)
     validation.reference(tenant_id, "reservation_id", reservation_id, amount)
-    with sessions.begin() as session:
-        current = entitlements.locked_reservation(session, tenant_id, reservation_id)
-        if current is None:
-            raise UnknownReservation(tenant_id, reservation_id)
-        now_us = now_micros()
-        state = current.state_at(now_us)
-        if state == rules.COMMITTED:
-            if current.committed_amount != amount:
-                raise ReservationNotOpen(
-                    reservation_id, "committed", f" with amount {current.committed_amount}, not {amount}"
-                )
-            committed = current
-        else:
-            if state == rules.EXPIRED:
-                raise ReservationExpired(reservation_id)
-            if state != rules.OPEN:
-                raise ReservationNotOpen(reservation_id, _STATE_NAMES[state])
-            if amount > current.amount:
-                raise InvalidArgument(FieldViolation("amount", f"must be at most the reserved {current.amount}"))
-            committed = replace(
-                current,
-                state=rules.COMMITTED,
-                committed_amount=amount,
-                finish_us=now_us,
-                recorded_us=None if amount else now_us,
-            )
-            entitlements.finish(
-                session,
-                reservation_id,
-                state=rules.COMMITTED,
-                committed=amount,
-                now_us=now_us,
-                recorded=False,
-                event=_usage_event(committed, now_us) if amount else None,
-                commit=True,
-            )
+    decide = partial(_commit_together, tenant_id, sessions=sessions)
+    committed, now_us = (combiner or Combiner()).run(tenant_id, (reservation_id, amount), decide)
     if committed.committed_amount and committed.recorded_us is None:
-        if dispatcher.send([_usage_event(committed, now_us)], deadline=deadline):
+        if dispatcher.send(_usage_event(committed, now_us), deadline=deadline):
             committed = replace(committed, recorded_us=now_micros())
     return Finished(committed, now_micros())
+
+
+def _commit_together(
+    tenant_id: str, asks: list[tuple[str, int]], *, sessions: Sessions
+) -> list[tuple[Reservation, int] | Exception]:
+    """Decide a tenant's Commits in one transaction, holding the locks of their metrics once, in order: a
+    reservation asked twice in the batch is answered the second time as the first left it."""
+    outcomes: list[tuple[Reservation, int] | Exception] = []
+    with sessions.begin() as session:
+        current = entitlements.locked_reservations(session, tenant_id, [rid for rid, _ in asks])
+        now_us = now_micros()
+        finishing: list[entitlements.Finishing] = []
+        for reservation_id, amount in asks:
+            try:
+                found = current.get(reservation_id)
+                if found is None:
+                    raise UnknownReservation(tenant_id, reservation_id)
+                committed = _committed(found, amount, now_us)
+            except TollgateError as error:  # this call's own answer; the others' stand
+                outcomes.append(error)
+                continue
+            if committed is not found:
+                current[reservation_id] = committed
+                event = _usage_event(committed, now_us) if amount else None
+                finishing.append(entitlements.Finishing(reservation_id, rules.COMMITTED, amount, event))
+            outcomes.append((committed, now_us))
+        entitlements.finish(session, finishing, now_us=now_us, commit=True)
+    return outcomes
+
+
+def _committed(current: Reservation, amount: int, now_us: int) -> Reservation:
+    """The reservation committed with `amount` at `now_us`: `current` itself if it already was, with that amount."""
+    state = current.state_at(now_us)
+    if state == rules.COMMITTED:
+        if current.committed_amount != amount:
+            raise ReservationNotOpen(
+                current.reservation_id, "committed", f" with amount {current.committed_amount}, not {amount}"
+            )
+        return current
+    if state == rules.EXPIRED:
+        raise ReservationExpired(current.reservation_id)
+    if state != rules.OPEN:
+        raise ReservationNotOpen(current.reservation_id, _STATE_NAMES[state])
+    if amount > current.amount:
+        raise InvalidArgument(FieldViolation("amount", f"must be at most the reserved {current.amount}"))
+    return replace(
+        current,
+        state=rules.COMMITTED,
+        committed_amount=amount,
+        finish_us=now_us,
+        recorded_us=None if amount else now_us,
+    )
 
 
 def _usage_event(committed: Reservation, now_us: int) -> OutboxEvent:
@@ -462,8 +482,6 @@ def release(tenant_id: str, reservation_id: str, *, sessions: Sessions, caller: 
         if state == rules.COMMITTED:
             raise ReservationNotOpen(reservation_id, "committed")
         if state == rules.OPEN:
-            entitlements.finish(
-                session, reservation_id, state=rules.RELEASED, committed=0, now_us=now_us, recorded=False
-            )
+            entitlements.finish(session, [entitlements.Finishing(reservation_id, rules.RELEASED, 0)], now_us=now_us)
             current = replace(current, state=rules.RELEASED, finish_us=now_us)
     return Finished(current, now_us)

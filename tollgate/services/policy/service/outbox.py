@@ -2,7 +2,9 @@
 
 A Commit writes its usage event to the outbox in the same transaction as the commit itself, then asks
 this dispatcher to send it at once; whatever is not sent then (Usage down, slow, Policy killed) is sent by
-the background loop, retried with backoff for as long as it takes. Every send of one event carries the
+the background loop, retried with backoff for as long as it takes. The Commits of one tenant that ask while
+a send is under way are sent together next (combiner.py): one call to Usage and one transaction marking
+their deliveries, however many callers commit at once. Every send of one event carries the
 same event_id, derived from the reservation, so Usage stores it once and answers a resend DUPLICATE.
 An event leaves the count of what Usage lacks only once Usage holds it (its delivery is then numbered,
 and the row deleted an hour later), or refused it for good (logged as an error, deleted): until then it
@@ -19,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from tollgate.services.policy import metrics
+from tollgate.services.policy.combiner import Combiner
 from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
 from tollgate.services.policy.domain.usage import OutboxEvent
 from tollgate.services.policy.repository import Sessions, entitlements
@@ -38,10 +41,16 @@ class Dispatcher:
 
     def __init__(self, sessions: Sessions, usage: UsagePort, *, interval: float):
         self._sessions, self._usage, self._interval = sessions, usage, interval
+        self._commits: Combiner[tuple[OutboxEvent, Deadline], bool] = Combiner()
 
-    def send(self, events: Sequence[OutboxEvent], *, deadline: Deadline) -> set[str]:
-        """Send a commit's own events now; the ids Usage holds afterwards (the rest stay for the loop)."""
-        return self._send(events, deadline, "commit")
+    def send(self, event: OutboxEvent, *, deadline: Deadline) -> bool:
+        """Send a commit's own event now, with those of the tenant's commits waiting beside it (within the
+        deadline of the first of them); whether Usage holds it afterwards (if not, it stays for the loop)."""
+        return self._commits.run(event.tenant_id, (event, deadline), self._send_commits)
+
+    def _send_commits(self, asked: list[tuple[OutboxEvent, Deadline]]) -> list[bool]:
+        held = self._send([event for event, _ in asked], asked[0][1], "commit")
+        return [event.event_id in held for event, _ in asked]
 
     def run(self, stopping: threading.Event) -> None:
         """Until stopping: send what is due, mark expired reservations, sleep."""
@@ -78,11 +87,13 @@ class Dispatcher:
                 continue
             now_us = now_micros()
             with self._sessions.begin() as session:
+                arrived = [event.event_id for event, delivery in zip(batch, deliveries) if delivery.held]
+                entitlements.delivered(session, arrived, now_us)
+                held.update(arrived)
                 for event, delivery in zip(batch, deliveries):
                     if delivery.held:
-                        entitlements.delivered(session, event.event_id, now_us)
-                        held.add(event.event_id)
-                    elif delivery.fixable:
+                        continue
+                    if delivery.fixable:
                         kept.append((event, delivery.problem))
                     else:
                         # Usage will refuse every resend alike (a metric removed, a conflicting event): keeping it
