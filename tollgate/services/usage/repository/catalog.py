@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from sqlalchemy import Connection, bindparam, exists, select, update
@@ -26,13 +27,14 @@ _COLUMNS = (
 )
 
 
-def ingest_catalog(session: Session) -> IngestCatalog:
-    """Every catalog metric's classification, by name, the names of the metrics without the business key, and the
-    dimensions of the metrics that declare some."""
+INGEST_CATALOG = select(metrics.c.name, metrics.c.classification, metrics.c.business_key, metrics.c.dimensions)
+
+
+def ingest_catalog_of(rows: Iterable[Sequence]) -> IngestCatalog:
+    """From INGEST_CATALOG's rows: every catalog metric's classification, by name, the names of the metrics without
+    the business key, and the dimensions of the metrics that declare some."""
     classification_of, without_key, dimensions_of = {}, set(), {}
-    for name, classification, business_key, dimensions in session.execute(
-        select(metrics.c.name, metrics.c.classification, metrics.c.business_key, metrics.c.dimensions)
-    ):
+    for name, classification, business_key, dimensions in rows:
         classification_of[name] = Classification[classification]
         if not business_key:
             without_key.add(name)

@@ -6,10 +6,13 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, and_, func, literal_column, select, union
 from sqlalchemy.orm import Session
 
+from tollgate.services.usage.domain.catalog import IngestCatalog
 from tollgate.services.usage.domain.dedup import LookupKeys
 from tollgate.services.usage.domain.model import Candidate, StoredKeys
+from tollgate.services.usage.repository import catalog, purge
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import dimension_combinations, events
+from tollgate.shared import driver
 
 COLUMNS = [column.name for column in events.columns]
 
@@ -33,6 +36,17 @@ def _row(tenant_id: str, candidate: Candidate, received_at_us: int) -> tuple:
         candidate.business_key,
         candidate.dimensions_json,
     )
+
+
+def begin_batch(session: Session, tenant_id: str, *, storage: Storage) -> tuple[IngestCatalog, int | None]:
+    """The catalog, and the tenant's purge horizon read after taking the ingest side of the purge lock (no batch
+    judged against the old horizon can commit after a purge has moved it: docs/usage.md, "Purge"), asked in one
+    round trip where the driver allows."""
+    [catalog_rows, *_, horizon_rows] = driver.together(
+        session.connection(),
+        [(catalog.INGEST_CATALOG, {}), *storage.ingest_lock(tenant_id), (purge.HORIZON, {"tenant_id": tenant_id})],
+    )
+    return catalog.ingest_catalog_of(catalog_rows), horizon_rows[0][0] if horizon_rows else None
 
 
 def insert_new(

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, not_, or_, select
+from sqlalchemy import String, and_, bindparam, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain.horizon import kept_spans
 from tollgate.services.usage.repository import rowcount
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import dirty_buckets, events, purge_horizons
-
-
-def horizon_for_ingest(session: Session, tenant_id: str, *, storage: Storage) -> int | None:
-    """The tenant's horizon, read after taking the ingest side of the purge lock: no batch judged against
-    the old horizon can commit after a purge has moved it (see docs/usage.md, "Purge")."""
-    storage.lock_for_ingest(session, tenant_id)
-    return horizon(session, tenant_id)
 
 
 def move_horizon(
@@ -42,10 +35,13 @@ def move_horizon(
     return previous, in_force
 
 
+HORIZON = select(purge_horizons.c.purged_before_us).where(
+    purge_horizons.c.tenant_id == bindparam("tenant_id", type_=String)
+)
+
+
 def horizon(session: Session, tenant_id: str) -> int | None:
-    return session.execute(
-        select(purge_horizons.c.purged_before_us).where(purge_horizons.c.tenant_id == tenant_id)
-    ).scalar_one_or_none()
+    return session.execute(HORIZON, {"tenant_id": tenant_id}).scalar_one_or_none()
 
 
 def tenants_with_events_before(session: Session, before_us: int) -> list[str]:

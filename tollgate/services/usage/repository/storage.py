@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.sql import Executable
 
     from tollgate.services.usage.domain.queries import UsageQuery
     from tollgate.services.usage.domain.read_plan import ReadPlan
@@ -46,8 +47,9 @@ class Storage(ABC):
         """The condition `column` is one of `values`."""
 
     @abstractmethod
-    def lock_for_ingest(self, session: Session, tenant_id: str) -> None:
-        """Take the ingest side of the tenant's purge lock until commit: many ingests at once, no purge."""
+    def ingest_lock(self, tenant_id: str) -> list[tuple[Executable, dict]]:
+        """The statements taking the ingest side of the tenant's purge lock until commit (many ingests at once, no
+        purge), sent with the batch's first reads (ingest.begin_batch)."""
 
     @abstractmethod
     def lock_for_purge(self, session: Session, tenant_id: str) -> None:

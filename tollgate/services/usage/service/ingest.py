@@ -12,9 +12,7 @@ from tollgate.services.usage.domain import admission, dedup, marks
 from tollgate.services.usage.domain.admission import Admitted, Combination
 from tollgate.services.usage.domain.model import Candidate, EventBatch, EventResult, IngestRules, Verdict
 from tollgate.services.usage.repository import Session, Sessions, in_transaction
-from tollgate.services.usage.repository import catalog as catalog_sql
 from tollgate.services.usage.repository import ingest as ingest_sql
-from tollgate.services.usage.repository import purge as purge_sql
 from tollgate.services.usage.repository import rollups as rollups_sql
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service.checks import check_tenant
@@ -83,8 +81,7 @@ def _judge_batch(
     events, mark their buckets dirty; the results in order, the classification of each event by index (for the
     metrics), and the combinations found or registered stored (for `known`, once committed)."""
     now_us = clock.now_micros()
-    catalog = catalog_sql.ingest_catalog(session)
-    horizon_us = purge_sql.horizon_for_ingest(session, batch.tenant_id, storage=storage)
+    catalog, horizon_us = ingest_sql.begin_batch(session, batch.tenant_id, storage=storage)
     admitted = admission.admit_batch(batch, catalog=catalog, rules=rules, now_us=now_us, horizon_us=horizon_us)
     admitted, fresh, stored_combinations = _bound_combinations(
         session, batch.tenant_id, admitted, rules=rules, storage=storage, known=known

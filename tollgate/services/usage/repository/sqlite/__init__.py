@@ -12,6 +12,7 @@ from functools import partial
 from sqlalchemy import Connection, func
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
@@ -41,8 +42,9 @@ class SqliteStorage(Storage):
     def one_of(self, column, values: list[str]):
         return column.in_(values)
 
-    def lock_for_ingest(self, session: Session, tenant_id: str) -> None:
+    def ingest_lock(self, tenant_id: str) -> list[tuple[Executable, dict]]:
         """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
+        return []
 
     def lock_for_purge(self, session: Session, tenant_id: str) -> None:
         """Nothing to take: the transaction (BEGIN IMMEDIATE) already excludes every other writer."""
