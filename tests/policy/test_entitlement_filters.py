@@ -22,6 +22,7 @@ from tests.policy import test_active_features as active_features
 from tests.policy.test_entitlement_watch import take, watch
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
+from tollgate.services.policy.domain.entitlements import EVENT_PREFIX
 from tollgate.usage.v1 import usage_pb2 as u
 
 HARD, SOFT = pb.LIMIT_KIND_HARD, pb.LIMIT_KIND_SOFT
@@ -306,6 +307,45 @@ def test_a_commit_usage_refuses_for_a_dimension_removed_since_the_reserve_is_kep
     assert by_model(usage_stub, admin_token, tenant, meter) == {"gpt-4o": 20}
     [balance] = check(api, tenant, meter)
     assert numbers(balance) == (20, 0, 80)
+
+
+def test_a_commit_usage_answers_conflict_for_is_dropped_for_good_and_stops_holding_the_balance(
+    admin, api, usage_stub, admin_token, tenant, meter
+):
+    """Usage holds other content under the commit's event id (recorded straight into Usage): every resend would be
+    refused alike, so the outbox drops the event, counted, instead of holding the balance down for ever."""
+    from prometheus_client import REGISTRY
+
+    ps.build_world(admin, tenant, metrics=(meter,), quotas=(quota(meter, 100),))
+    held = reserve(api, tenant, meter, 30, {"model": "gpt-4o"}).reservation
+    now = Timestamp()
+    now.GetCurrentTime()
+    squatter = u.UsageEvent(
+        event_id=EVENT_PREFIX + held.reservation_id,
+        metric=meter,
+        quantity=5,
+        occurred_at=now,
+        actor_id="u1",
+        source_service="test",
+        dimensions={"model": "gpt-4o"},
+    )
+    [result] = usage_stub.RecordEvents(
+        u.RecordEventsRequest(tenant_id=tenant, events=[squatter]), metadata=support.bearer(admin_token)
+    ).results
+    assert result.verdict == u.VERDICT_ACCEPTED
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("tollgate_policy_outbox_refused_total", {"outcome": "dropped"}) or 0.0
+
+    before = dropped()
+    answer = api.Commit(pb.CommitRequest(tenant_id=tenant, reservation_id=held.reservation_id, amount=20))
+    assert not answer.reservation.recorded_in_usage
+    assert dropped() == before + 1
+    time.sleep(0.3)  # several passes of the outbox loop (every 0.05 s): nothing is left to send
+    assert dropped() == before + 1
+    assert by_model(usage_stub, admin_token, tenant, meter) == {"gpt-4o": 5}
+    [balance] = check(api, tenant, meter)
+    assert numbers(balance) == (5, 0, 95)  # Usage's 5 alone: neither held as reserved nor waiting in the outbox
 
 
 def test_filters_and_dimension_values_travel_as_proto3_json_over_http(admin, filter_policy, admin_token, tenant, meter):

@@ -5,6 +5,7 @@ resumable WatchEntitlements stream."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -331,6 +332,58 @@ def test_retention_deletes_a_prefix_of_notifications_about_ended_periods_and_a_w
             next(watch(watch_channel, admin_token, tenant, after, timeout=0.5))
         assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert refused(watch_channel, admin_token, tenant, 4).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_retention_task_deletes_at_start_what_ended_before_the_retention_keeps_the_rest_and_stops_when_told(
+    dbs, tmp_path
+):
+    """Retention.run itself, on databases of its own (it purges every tenant): each tenant's notifications about
+    periods that ended more than POLICY_NOTIFICATION_RETENTION_DAYS ago go at once, as a prefix of its numbers."""
+    from tollgate.services.policy import tables
+    from tollgate.services.policy.domain.notifications import Crossing
+    from tollgate.services.policy.repository import notifications as stored
+    from tollgate.services.policy.service.notifications import Retention
+    from tollgate.shared.clock import now_micros
+    from tollgate.shared.db import create_engine_for, session_factory
+
+    day_us, now_us = 86_400_000_000, now_micros()
+
+    def crossing(tenant: str, end_us: int) -> Crossing:
+        day, soft = pb.QUOTA_PERIOD_DAY, pb.LIMIT_KIND_SOFT
+        return Crossing(tenant, METRIC, day, 0, soft, "", 80, 80, 100, 80, 0, end_us - day_us, end_us, "Reserve", "")
+
+    ended = {  # by tenant, the ends of the periods its notifications are about, in the order they were stored
+        "old": [now_us - 40 * day_us, now_us - 31 * day_us, now_us - 29 * day_us, now_us + day_us],
+        "recent": [now_us - 29 * day_us, now_us - 40 * day_us],  # a prefix goes: the second waits for the first
+    }
+    with support.fresh_databases(dbs.backend, tmp_path) as fresh:
+        engine = create_engine_for(fresh.policy_url, schema=tables.SCHEMA, pool_size=2)
+        sessions = session_factory(engine)
+        try:
+            with sessions.begin() as session:
+                for tenant, ends in ended.items():
+                    first = stored.lock_head(session, tenant) + 1
+                    stored.store(session, [crossing(tenant, end_us) for end_us in ends], first, now_us)
+
+            def heads() -> dict[str, tuple[int, int]]:
+                with sessions.begin() as session:
+                    return {tenant: stored.head(session, tenant) for tenant in ended}
+
+            stopping = threading.Event()
+            task = threading.Thread(target=Retention(sessions, retention_days=30).run, args=(stopping,))
+            task.start()
+            deadline = time.monotonic() + GUARD_SECONDS
+            while heads()["old"] == (4, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stopping.set()
+            task.join(timeout=GUARD_SECONDS)
+            assert not task.is_alive()
+            assert heads() == {"old": (4, 2), "recent": (2, 0)}
+            with sessions.begin() as session:
+                assert [n.sequence for n in stored.after(session, "old", 0, 10)] == [3, 4]
+                assert [n.sequence for n in stored.after(session, "recent", 0, 10)] == [1, 2]
+        finally:
+            engine.dispose()
 
 
 def test_http_watches_whose_callers_left_free_their_threads_without_a_timeout_or_a_notification(

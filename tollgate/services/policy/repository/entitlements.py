@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
+    CursorResult,
     String,
     and_,
     bindparam,
@@ -372,8 +373,9 @@ def forget_delivered(session: Session, before_us: int) -> None:
     session.execute(delete(OUT).where(OUT.c.delivered_us < before_us, OUT.c.delivered_seq < latest))
 
 
-def drop(session: Session, event_id: str) -> None:
-    session.execute(delete(OUT).where(OUT.c.event_id == event_id))
+def drop(session: Session, event_id: str) -> bool:
+    """Delete an event from the outbox; whether it was there (the loop and a commit's own send may both send it)."""
+    return cast(CursorResult, session.execute(delete(OUT).where(OUT.c.event_id == event_id))).rowcount > 0
 
 
 def attempts(session: Session, event_id: str) -> int:

@@ -95,16 +95,16 @@ class Dispatcher:
                         continue
                     if delivery.fixable:
                         kept.append((event, delivery.problem))
-                    else:
+                    elif entitlements.drop(session, event.event_id):
                         # Usage will refuse every resend alike (a metric removed, a conflicting event): keeping it
-                        # would hold the balance down for ever, so it is dropped, loudly.
+                        # would hold the balance down for ever, so it is dropped, loudly (once, by whichever send
+                        # deleted it).
                         log.error(
                             "usage refused committed event %s of tenant %s for good (%s); dropped from the outbox",
                             event.event_id,
                             tenant_id,
                             delivery.problem,
                         )
-                        entitlements.drop(session, event.event_id)
                         metrics.OUTBOX_REFUSED.labels("dropped").inc()
             for event, problem in kept:
                 # The usage happened: it keeps counting against the balance, and is sent again until Usage holds
