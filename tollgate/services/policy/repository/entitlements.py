@@ -348,22 +348,29 @@ def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
     ]
 
 
-def delivered(session: Session, event_ids: Sequence[str], now_us: int) -> None:
+def delivered(session: Session, event_ids: Sequence[str], now_us: int, *, commit: bool = False) -> None:
     """Usage holds the events: number their delivery (all one more than the latest: a Reserve that noted a number
     at least theirs noted it after Usage held them, whichever transaction numbered it) and mark their reservations
-    recorded; events recorded before keep their number."""
+    recorded; events recorded before keep their number. `commit`: and commit the transaction, in one round trip
+    where the driver allows (its last statements)."""
     if not event_ids:
         return
+    values: dict[str, object] = {"now_us": now_us}
+    for n, event_id in enumerate(event_ids):
+        values[f"event_{n}"], values[f"reservation_{n}"] = event_id, reservation_of_event(event_id)
+    driver.together(session.connection(), [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
+
+
+@functools.cache
+def _delivered_statements(count: int) -> tuple[Executable, Executable]:
+    """`delivered`'s two updates for `count` events, built once: their parameters are bound at each execution."""
     latest = select(func.coalesce(func.max(OUT.c.delivered_seq), 0) + 1).scalar_subquery()
-    session.execute(
-        update(OUT)
-        .where(OUT.c.event_id.in_(event_ids), OUT.c.delivered_seq.is_(None))
-        .values(delivered_seq=latest, delivered_us=now_us)
-    )
-    session.execute(
-        update(R)
-        .where(R.c.reservation_id.in_([reservation_of_event(e) for e in event_ids]), R.c.recorded_us.is_(None))
-        .values(recorded_us=now_us)
+    now_us = bindparam("now_us", type_=OUT.c.delivered_us.type)
+    events = OUT.c.event_id.in_([bindparam(f"event_{n}", type_=String) for n in range(count)])
+    reservations = R.c.reservation_id.in_([bindparam(f"reservation_{n}", type_=String) for n in range(count)])
+    return (
+        update(OUT).where(events, OUT.c.delivered_seq.is_(None)).values(delivered_seq=latest, delivered_us=now_us),
+        update(R).where(reservations, R.c.recorded_us.is_(None)).values(recorded_us=now_us),
     )
 
 

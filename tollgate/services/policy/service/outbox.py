@@ -88,7 +88,6 @@ class Dispatcher:
             now_us = now_micros()
             with self._sessions.begin() as session:
                 arrived = [event.event_id for event, delivery in zip(batch, deliveries) if delivery.held]
-                entitlements.delivered(session, arrived, now_us)
                 held.update(arrived)
                 for event, delivery in zip(batch, deliveries):
                     if delivery.held:
@@ -106,6 +105,7 @@ class Dispatcher:
                             delivery.problem,
                         )
                         metrics.OUTBOX_REFUSED.labels("dropped").inc()
+                entitlements.delivered(session, arrived, now_us, commit=True)  # with the COMMIT: one round trip
             for event, problem in kept:
                 # The usage happened: it keeps counting against the balance, and is sent again until Usage holds
                 # it, once an operator lifts the refusal.
