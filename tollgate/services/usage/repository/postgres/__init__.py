@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 from functools import partial
-from operator import itemgetter
 
 from sqlalchemy import Connection, String, any_, bindparam, func, text
 from sqlalchemy.dialects import postgresql
@@ -36,9 +35,6 @@ _LOCK_SPACE = 0x54475048  # "TGPH": keeps these keys apart from any other adviso
 # bringing a combination this process does not know takes it. Two keys hashing alike merely wait for each other.
 _LOCK_COMBINATIONS = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
 _COMBINATIONS_SPACE = 0x54474443  # "TGDC"
-# Up to this many events, a batch is inserted in one statement rather than staged with COPY.
-SMALL_BATCH = 32
-_EVENT_ID = itemgetter(ingest.COLUMNS.index("event_id"))
 # A rollup: buckets written per apply transaction (which bounds how long its row locks are held), dirty marks
 # read per pass (which bounds its temp tables), and when a pass reads its days with one sequential scan rather
 # than one index range each: from SCAN_FROM day marks on, if under VISIBLE_ENOUGH of the events table is
@@ -71,13 +67,8 @@ class PostgresStorage(Storage):
         session.execute(_LOCK_COMBINATIONS, {"space": _COMBINATIONS_SPACE, "key": f"{tenant_id}\x1f{metric}"})
 
     def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
-        # COPY once per transaction, for a batch worth staging: staging costs three round trips more than one
-        # insert, so a small batch (a Policy commit's events, a batch's later rounds of events sharing keys) is
-        # inserted instead.
-        if bulk and len(rows) > SMALL_BATCH:
-            return copy_insert(session, rows)
-        # In event_id order, as copy_insert: two batches sharing keys lock them in the same order.
-        return ingest.insert_rows(session, sorted(rows, key=_EVENT_ID), storage=self)
+        # COPY once per transaction: a batch's later rounds (events sharing keys) are few rows each.
+        return copy_insert(session, rows) if bulk else ingest.insert_rows(session, rows, storage=self)
 
     def usage_totals(self, connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
         return totals.usage_totals(connection, query, plan)
