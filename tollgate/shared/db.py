@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -147,3 +148,9 @@ def as_begun(session: Session) -> None:
 def consistent_read(session: Session) -> None:
     """Make the rest of this transaction read one snapshot, the way session_factory chose for its backend."""
     session.info[SNAPSHOT](session)
+
+
+def rowcount(result: Result) -> int:
+    """The rows an INSERT, UPDATE or DELETE matched."""
+    # Session.execute is typed as returning a Result; a DML statement's is a CursorResult, which has the rowcount.
+    return cast(CursorResult, result).rowcount

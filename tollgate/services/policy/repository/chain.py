@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import cast
-
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.model import CATALOG, VersionChange
-from tollgate.services.policy.repository import Sessions
+from tollgate.services.policy.repository import Sessions, rowcount
 from tollgate.shared.audit_chain import AuditChain
 
 AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
@@ -18,15 +16,13 @@ AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Poli
 
 def bump_version(session: Session, tenant_id: str, version: int) -> None:
     """Set a tenant's (or the catalog's) policy version to the sequence of its latest change."""
-    # Session.execute is typed as returning a Result; an UPDATE's is a CursorResult, which has the rowcount.
-    updated = cast(
-        CursorResult,
+    updated = rowcount(
         session.execute(
             update(tables.policy_versions)
             .where(tables.policy_versions.c.tenant_id == tenant_id)
             .values(version=version)
-        ),
-    ).rowcount
+        )
+    )
     if not updated:
         session.execute(insert(tables.policy_versions).values(tenant_id=tenant_id, version=version))
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from sqlalchemy import (
     CompoundSelect,
     Connection,
-    CursorResult,
     String,
     and_,
     bindparam,
@@ -30,6 +29,7 @@ from tollgate.services.policy import tables
 from tollgate.services.policy.domain.dimensions import Filters, matches
 from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
 from tollgate.services.policy.domain.usage import OutboxEvent
+from tollgate.services.policy.repository import rowcount
 from tollgate.shared import driver
 
 R, OUT, L = tables.reservations, tables.usage_outbox, tables.entitlement_locks
@@ -382,7 +382,7 @@ def forget_delivered(session: Session, before_us: int) -> None:
 
 def drop(session: Session, event_id: str) -> bool:
     """Delete an event from the outbox; whether it was there (the loop and a commit's own send may both send it)."""
-    return cast(CursorResult, session.execute(delete(OUT).where(OUT.c.event_id == event_id))).rowcount > 0
+    return rowcount(session.execute(delete(OUT).where(OUT.c.event_id == event_id))) > 0
 
 
 def attempts(session: Session, event_id: str) -> int:

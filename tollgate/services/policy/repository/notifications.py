@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import cast
 
-from sqlalchemy import CursorResult, and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.dimensions import Filters, as_mapping, filters_of
 from tollgate.services.policy.domain.notifications import Crossing, Notification
+from tollgate.services.policy.repository import rowcount
 from tollgate.shared.audit import canonical_json
 
 N, H = tables.entitlement_notifications, tables.notification_heads
@@ -119,8 +119,7 @@ def purge_ended(session: Session, tenant_id: str, ended_before_us: int) -> int:
     through = session.execute(select(func.coalesce(first_kept - 1, last))).scalar() or 0
     if through <= 0:
         return 0
-    # A DELETE's result is a CursorResult, which has the rowcount (Session.execute is typed as returning a Result).
-    deleted = cast(CursorResult, session.execute(delete(N).where(mine, N.c.sequence <= through))).rowcount
+    deleted = rowcount(session.execute(delete(N).where(mine, N.c.sequence <= through)))
     session.execute(
         update(H).where(H.c.tenant_id == tenant_id, H.c.purged_through < through).values(purged_through=through)
     )

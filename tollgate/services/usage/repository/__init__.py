@@ -7,11 +7,13 @@ the seam in storage.py, implemented once per backend (postgres/, sqlite/) and ch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeAlias, TypeVar, cast
+from typing import TypeAlias, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Connection, CursorResult, Engine, Result
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from tollgate.shared.db import rowcount
 
 T = TypeVar("T")
 
@@ -39,9 +41,3 @@ def in_transaction(sessions: Sessions, work: Callable[[Session], T], *, attempts
             if getattr(error.orig, "sqlstate", None) not in _TRANSIENT_SQLSTATES or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
-
-
-def rowcount(result: Result) -> int:
-    """The rows an INSERT, UPDATE or DELETE matched."""
-    # Session.execute is typed as returning a Result; a DML statement's is a CursorResult, which has the rowcount.
-    return cast(CursorResult, result).rowcount
