@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from tests import support
 from tests import usage_meters_model as model
 from tests.usage_support import DAY_US, MINUTE_US, event, every_page, now_us, record, tenant_token, ts, verdicts
+from tollgate.services.usage.domain.admission import MAX_QUANTITY
 from tollgate.usage.v1 import usage_pb2 as u
 
 AGGREGATIONS = {"SUM": "", "COUNT": "", "MIN": "", "MAX": "", "LATEST": "", "UNIQUE_COUNT": "model"}
@@ -45,7 +46,7 @@ def sent_event():
     return st.tuples(
         st.integers(0, 10**6),
         st.one_of(st.sampled_from([60, 61, 1500, 4000]), st.integers(0, SPAN_MINUTES - 1)),
-        st.one_of(st.integers(1, 50), st.integers(1, 10**12)),
+        st.one_of(st.integers(1, 50), st.integers(1, MAX_QUANTITY)),
         st.sampled_from(["", "ann", "bob", "cy"]),
         st.fixed_dictionaries(
             {},
@@ -66,8 +67,8 @@ def histories(draw):
         st.lists(st.tuples(st.sampled_from(first), st.sampled_from(["same", "quantity", "model"])), max_size=4)
     )
     for (event_id, minute, quantity, actor, dimensions), change in resends:
-        if change == "quantity":
-            quantity += 1
+        if change == "quantity":  # another quantity Usage accepts: one past the largest would be REJECTED instead
+            quantity = quantity + 1 if quantity < MAX_QUANTITY else quantity - 1
         elif change == "model":
             dimensions = {**dimensions, "model": "m9"}
         later.append((event_id, minute, quantity, actor, dimensions))
