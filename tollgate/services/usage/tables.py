@@ -219,6 +219,16 @@ meter_days = Table(
     _hours_column("running_counts", BigInteger),
     Column("computed_at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "metric", "day_us", "cuboid", "dimensions", name="meter_days_pkey"),
+    # PostgreSQL only (usage_0017): a question's SUM or COUNT of rolled-up days, read from the index alone.
+    Index(
+        "meter_days_running",
+        "tenant_id",
+        "metric",
+        "cuboid",
+        "day_us",
+        "dimensions",
+        postgresql_include=["running_quantities", "running_counts"],
+    ).ddl_if(dialect="postgresql"),
 )
 
 # The audit chain of Usage's admin writes (UpsertMetric, PurgeEvents; shared/audit_chain.py). One chain

@@ -188,15 +188,15 @@ def usage_rows(
 
         values.update(meter_rollup_reads.parameters(pieces, plan))
     found, purged_before, current = [], None, True
-    width = len(plan.group_by)
+    width, aggregation, value_of = len(plan.group_by), plan.aggregation, pieces.value_of
     for row in pieces.rows(connection, statement, values):
-        if row[0] == _HORIZON:
+        n = row[0]
+        if n >= 0:
+            found.append((n, row[1 : 1 + width], value_of(aggregation, row[1 + width : -1]), int(row[-1])))
+        elif n == _HORIZON:
             purged_before = int(row[-1])
-        elif row[0] == _CHANGED:
-            current = False
         else:
-            value = pieces.value_of(plan.aggregation, tuple(row[1 + width : -1]))
-            found.append((int(row[0]), tuple(row[1 : 1 + width]), value, int(row[-1])))
+            current = False
     # (window, groups) is unique, so the rows' own order is theirs.
     return MeterRows(sorted(found), purged_before, current)
 

@@ -3,7 +3,7 @@ from the raw events in one statement per page, so exact at any rollup lag (docs/
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from tollgate.services.usage.domain import meters, windows
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -83,7 +83,12 @@ def query_usage(
             reason="RAW_EVENTS_PURGED",
         )
     page = cursor.page(found, lambda row: (row[0], *row[1]))
-    rows = [_row(query, spans, found_row) for found_row in page.items]
+    rows, group_by = [], query.group_by
+    for n, values, value, count in page.items:
+        start, end = spans[n]
+        if value > MAX_TOTAL:
+            _out_of_range(query, start, end, value)
+        rows.append(UsageRow(start, end, tuple(zip(group_by, values)), value, count))
     return MeterPage(rows, page.next_page_token, metric.aggregation)
 
 
@@ -109,16 +114,12 @@ def _required(field: str, micros: int | None) -> int:
     return micros
 
 
-def _row(query: MeterQuery, spans: list[tuple[int, int]], found: meters_sql.MeterRow) -> UsageRow:
-    n, values, value, count = found
-    start, end = spans[n]
-    if value > MAX_TOTAL:
-        raise OutOfRange(
-            f"the value of metric {query.metric!r} from {clock.iso(start)} to {clock.iso(end)} is {value}, beyond "
-            f"the largest int64 ({MAX_TOTAL}); ask for a shorter window or range",
-            reason="TOTAL_OUT_OF_RANGE",
-        )
-    return UsageRow(start, end, tuple(zip(query.group_by, values)), value, count)
+def _out_of_range(query: MeterQuery, start: int, end: int, value: int) -> NoReturn:
+    raise OutOfRange(
+        f"the value of metric {query.metric!r} from {clock.iso(start)} to {clock.iso(end)} is {value}, beyond "
+        f"the largest int64 ({MAX_TOTAL}); ask for a shorter window or range",
+        reason="TOTAL_OUT_OF_RANGE",
+    )
 
 
 def _read(connection, name: str) -> catalog_sql.MetricRead:

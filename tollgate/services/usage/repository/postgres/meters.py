@@ -65,9 +65,8 @@ class Pieces:
     def table_rows(self, name: str, columns: tuple[str, ...], rows: Sequence[tuple[int, ...]]) -> dict:
         # Each column as the text of an array, which the statement casts: psycopg writes a list of ints element by
         # element in Python, a str at once.
-        return {
-            f"{name}_{column}": "{" + ",".join([str(row[i]) for row in rows]) + "}" for i, column in enumerate(columns)
-        }
+        cells = zip(*rows) if rows else [()] * len(columns)
+        return {f"{name}_{column}": "{" + ",".join(map(str, values)) + "}" for column, values in zip(columns, cells)}
 
     def rolled_dimension(self, rows, name: str):
         return rows.c.dimensions.op("->>", return_type=String())(literal_column(f"'{name}'"))
