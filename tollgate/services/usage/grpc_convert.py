@@ -205,16 +205,24 @@ def meter_query(request: pb.QueryUsageRequest) -> MeterQuery:
 
 def meter_page(page) -> pb.QueryUsageResponse:
     response = pb.QueryUsageResponse(next_page_token=page.next_page_token, aggregation=AGGREGATIONS[page.aggregation])
-    add = response.rows.add
-    for row in page.rows:
+    add, window = response.rows.add, None
+    for start_us, end_us, groups, value, event_count in page.rows:
+        if start_us != window:
+            # A window's groups are consecutive rows: its instants are divided once.
+            window = start_us
+            start_s, start_ns = divmod(start_us, 1_000_000)
+            end_s, end_ns = divmod(end_us, 1_000_000)
+            start_ns, end_ns = start_ns * 1000, end_ns * 1000
         # Filled in place: a page holds up to 1,000 rows, and a Timestamp or a dict built apart and then copied in
         # costs more than the row itself.
-        out = add(value=row.value, event_count=row.event_count)
-        proto_time.set_micros(out.window_start, row.window_start_us)
-        proto_time.set_micros(out.window_end, row.window_end_us)
+        out = add(value=value, event_count=event_count)
+        stamp = out.window_start
+        stamp.seconds, stamp.nanos = start_s, start_ns
+        stamp = out.window_end
+        stamp.seconds, stamp.nanos = end_s, end_ns
         group = out.group
-        for name, value in row.group:
-            group[name] = value
+        for name, group_value in groups:
+            group[name] = group_value
     return response
 
 
