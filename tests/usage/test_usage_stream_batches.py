@@ -4,6 +4,7 @@ naming its batch_id, and the stream goes on; only a failure of the stream itself
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from prometheus_client import REGISTRY
 
 from tests import support
 from tests.usage_support import event, tenant_token, totals, verdicts
@@ -31,7 +32,13 @@ def field_violations(error: u.BatchError) -> list[str]:
     return found
 
 
+def refused_batches(code: str) -> float:
+    """This process's count of StreamEvents batches refused whole with `code` (the servers run in-process)."""
+    return REGISTRY.get_sample_value("tollgate_usage_stream_batches_refused_total", {"grpc_code": code}) or 0.0
+
+
 def test_a_stream_of_good_bad_good_batches_gets_three_answers_and_stores_the_good_ones(usage_stub, token, tenant):
+    invalid_before = refused_batches("INVALID_ARGUMENT")
     answers = stream(
         usage_stub,
         token,
@@ -48,10 +55,12 @@ def test_a_stream_of_good_bad_good_batches_gets_three_answers_and_stores_the_goo
     assert (refused.error.code, list(refused.results)) == (code_pb2.INVALID_ARGUMENT, [])
     assert field_violations(refused.error) == ["events"] and "events" in refused.error.message
     assert totals(usage_stub, token, tenant) == {"api.requests": (2, 2)}
+    assert refused_batches("INVALID_ARGUMENT") == invalid_before + 1
 
 
 def test_a_batch_for_a_tenant_the_credential_may_not_write_is_refused_alone(usage_stub, token, tenant):
     other = support.new_tenant()
+    denied_before = refused_batches("PERMISSION_DENIED")
     answers = stream(
         usage_stub,
         token,
@@ -63,6 +72,7 @@ def test_a_batch_for_a_tenant_the_credential_may_not_write_is_refused_alone(usag
     assert [(a.batch_id, a.error.code) for a in answers] == [("theirs", code_pb2.PERMISSION_DENIED), ("mine", 0)]
     assert verdicts(answers[1].results) == ["ACCEPTED"]
     assert totals(usage_stub, token, tenant) == {"api.requests": (1, 1)}
+    assert refused_batches("PERMISSION_DENIED") == denied_before + 1
 
 
 def test_a_stream_whose_credential_is_refused_ends_at_once_unauthenticated(usage_stub, tenant):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import grpc
 import sqlalchemy.exc
 
 from tollgate.services.usage import grpc_convert as convert
+from tollgate.services.usage import metrics
 from tollgate.services.usage.config import Settings
 from tollgate.services.usage.domain.model import IngestRules
 from tollgate.services.usage.domain.queries import EventFilter, UsageQuery
@@ -36,6 +38,9 @@ METHOD_SCOPES = {
     f"/{ADMIN}/ListAuditRecords": "usage:admin",  # a tenant's own records; every tenant's: platform only
     f"/{ADMIN}/VerifyAudit": "usage:admin",  # platform only
 }
+
+# google.rpc.Status codes are gRPC's status codes: their names, as the metrics label them.
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 def ingest_rules(settings) -> IngestRules:
@@ -94,6 +99,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             status = grpc_errors.status_for(error)
             if status is None:
                 raise  # a bug: the interceptor logs it and ends the stream INTERNAL
+            metrics.STREAM_BATCHES_REFUSED.labels(_CODE_NAMES.get(status.code, str(status.code))).inc()
             return usage_pb2.StreamEventsResponse(batch_id=request.batch_id, error=convert.batch_error(status))
         return usage_pb2.StreamEventsResponse(batch_id=request.batch_id, results=convert.results(results))
 

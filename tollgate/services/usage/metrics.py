@@ -19,6 +19,15 @@ REJECTIONS = Counter(
     ["reason"],
 )
 
+STREAM_BATCHES_REFUSED = Counter(
+    "tollgate_usage_stream_batches_refused_total",
+    "StreamEvents batches refused whole, by status code: each is answered on the stream, which goes on, so the "
+    "RPC's own status does not show it.",
+    ["grpc_code"],
+)
+for _code in ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAVAILABLE"):  # exposed at 0 from the start, for alerts
+    STREAM_BATCHES_REFUSED.labels(_code)
+
 
 def count(results: list[EventResult], classification_of: dict[int, str]) -> None:
     """Count one batch's verdicts; `classification_of` maps a result index to its metric's classification."""
