@@ -101,9 +101,17 @@ def test_events_that_cannot_be_encoded_are_counted_as_rejected_and_logged(spool_
         assert recorder.record(METRIC, "three") is True  # accepted on the hot path, refused off it
         assert recorder.record(METRIC, 1, metadata={"when": object()}) is True
         assert recorder.record(METRIC, 1, occurred_at="yesterday") is True
+        # Values the server would refuse the whole batch for, which would then wait in the spool, and every event
+        # after it, forever; an infinite instant once ended the sending thread.
+        assert recorder.record(METRIC, 1, occurred_at=float("inf")) is True
+        assert recorder.record(METRIC, 1, metadata={"ratio": float("nan")}) is True
+        assert recorder.record(METRIC, 1, metadata={"steps": [{"cost": 1.5}, {"cost": float("-inf")}]}) is True
+        assert recorder.record(METRIC, 1, metadata={"steps": [{"cost": 1.5}], "ok": True}) is True
         assert recorder.persist(timeout=5)
-        assert recorder.counters().rejected == 3 and recorder.counters().spooled == 0
-        assert sum("refused before sending" in r.getMessage() for r in caplog.records) == 3
+        assert recorder.counters().rejected == 6 and recorder.counters().spooled == 1
+        refused = [r.getMessage() for r in caplog.records if "refused before sending" in r.getMessage()]
+        assert len(refused) == 6
+        assert any("metadata.steps[1].cost is -inf" in m for m in refused), refused
 
 
 def test_accepted_events_keep_their_ids_in_the_spool_across_a_restart(spool_path):
@@ -197,6 +205,19 @@ def test_a_batch_goes_out_when_it_is_full_or_old_enough(usage, tenant, writer_to
         time.sleep(0.1)
         assert recorder.counters().sent == 10  # the 3 left wait for their age bound
         assert wait_until(lambda: recorder.counters().sent == 13, timeout=5)
+
+
+def test_an_event_with_a_number_json_cannot_hold_is_refused_alone_and_the_events_after_it_arrive(
+    usage, usage_stub, tenant, writer_token, spool_path
+):
+    with UsageRecorder(f"127.0.0.1:{usage.port}", writer_token, tenant, spool_path, batch_size=10) as recorder:
+        recorder.record(METRIC, 1, metadata={"ratio": 0.5})
+        recorder.record(METRIC, 2, metadata={"ratio": float("nan")})
+        recorder.record(METRIC, 4, metadata={"ratio": 0.25})
+        assert recorder.flush(timeout=10)
+        counters = recorder.counters()
+    assert (counters.sent, counters.rejected, counters.errors, counters.spooled) == (2, 1, 0, 0)
+    assert totals(usage_stub, writer_token, tenant) == {METRIC: (5, 2)}
 
 
 def test_rejected_and_conflicting_events_are_counted_and_logged_and_not_retried(

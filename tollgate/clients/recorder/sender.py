@@ -116,7 +116,7 @@ class Sender(threading.Thread):
         for pending in items:
             try:
                 rows.append(events.to_payload(pending, source_service=self.config.source_service))
-            except (TypeError, ValueError, AttributeError) as error:
+            except Exception as error:  # noqa: BLE001 - one caller's value must not stop the thread sending them all
                 self.counts["rejected"] += 1
                 log.warning("usage event refused before sending: metric=%r: %s", pending.metric, error)
         if rows:
