@@ -223,4 +223,4 @@ def test_verdicts_are_counted_by_verdict_classification_and_reason_never_by_tena
         for s in family.samples
         for label in s.labels
     }
-    assert label_names == {"verdict", "classification", "reason"}
+    assert label_names == {"verdict", "classification", "reason", "grpc_code"}

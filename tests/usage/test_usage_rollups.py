@@ -502,7 +502,8 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
     dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan
 ):
-    """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange."""
+    """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange. The event's day is
+    stored all the same, its mark narrowed to the event's hour; its week and month keep their marks."""
     if late:
         record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
         _run(usage_admin_stub, token, tenant)
@@ -527,11 +528,118 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
         engine.dispose()
     assert left == 0
     assert found == len(set(marked_buckets_of(week)) | set(marked_buckets_of(week + DAY_US)))
-    assert applied == found - 3
+    assert applied == found - 2
     status = usage_admin_stub.GetRollupStatus(
         u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
     )
     assert status.dirty_buckets == 3
+    assert _marks(dbs, tenant)[(int(Period.DAY), start_of(Period.DAY, week))] == 1 << 10  # "meanwhile": 10:01
     assert _run(usage_admin_stub, token, tenant).buckets_recomputed == 3
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
     assert _bucket(usage_stub, token, tenant, "api.requests", int(Period.HOUR), week).total_quantity == 7
+
+
+def _marks(dbs, tenant) -> dict[tuple[int, int], int]:
+    """The tenant's dirty marks of api.requests: {(period, start): dirty_hours}."""
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    try:
+        with engine.connect() as connection:
+            marks = tables.dirty_buckets.c
+            found = connection.execute(
+                select(marks.period, marks.period_start_us, marks.dirty_hours).where(
+                    marks.tenant_id == tenant, marks.metric == "api.requests"
+                )
+            )
+            return {(period, start): hours for period, start, hours in found}
+    finally:
+        engine.dispose()
+
+
+def _pass_then(dbs, tenant, meanwhile) -> int:
+    """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply (on another connection)."""
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    pass_id = int(now_us())
+    try:
+        with engine.connect() as computing, engine.connect() as applying:
+            with sessionmaker(bind=computing).begin() as session:
+                _, first, last, _ = rollup_pass.compute_pass(
+                    session, pass_id, tenant, 1000, now_us(), scan_from=10**9, visible_enough=2.0
+                )
+            meanwhile()
+            with sessionmaker(bind=applying).begin() as session:
+                applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
+                rollup_pass.drop_pass(session, pass_id)
+    finally:
+        engine.dispose()
+    return applied
+
+
+def _hours(stub, token, tenant, day_us) -> dict[int, int]:
+    """{hour offset: quantity} of the stored day row (ListAggregates' hours), dirty or not."""
+    return {
+        (h.period_start.seconds * 1_000_000 - day_us) // HOUR_US: h.total_quantity
+        for h in _aggregates(
+            stub, token, tenant, "api.requests", int(Period.HOUR), start_time=ts(day_us), end_time=ts(day_us + DAY_US)
+        )
+    }
+
+
+@POSTGRES_ONLY  # SQLite's rollup holds the write lock from its read to its write: no event comes between
+def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_hours_still_gaining_them(
+    dbs, usage_stub, usage_admin_stub, token, tenant, week
+):
+    """A busy day: every pass's apply finds its mark changed. The day is stored all the same, and its mark narrowed
+    to the hours marked since the mark was made or last narrowed, a set that holds every hour with events the pass
+    did not read; GetUsage reads those raw and the others from the row. Two passes leave only the busy hour."""
+    day = start_of(Period.DAY, week)
+    record(usage_stub, token, tenant, [event("h1", quantity=2, at_us=day + HOUR_US)])
+    _run(usage_admin_stub, token, tenant)
+    record(usage_stub, token, tenant, [event("h3", quantity=3, at_us=day + 3 * HOUR_US + MINUTE_US)])
+    record(usage_stub, token, tenant, [event("h4", quantity=4, at_us=day + 4 * HOUR_US)])
+    assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 3 | 1 << 4
+    sent = iter(range(1, 100))
+
+    def busy() -> None:
+        record(usage_stub, token, tenant, [event(f"h7-{next(sent)}", quantity=7, at_us=day + 7 * HOUR_US)])
+
+    assert _pass_then(dbs, tenant, busy) == 1  # the day; its week and month keep their changed marks
+    marks = _marks(dbs, tenant)
+    assert marks[(int(Period.DAY), day)] == 1 << 3 | 1 << 4 | 1 << 7
+    assert (int(Period.WEEK), start_of(Period.WEEK, day)) in marks
+    assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4}  # what the pass read
+    assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (16, 4)}
+
+    assert _pass_then(dbs, tenant, busy) == 1
+    assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 7  # hours 3 and 4 are read from the row now
+    assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4, 7: 7}
+    assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (23, 5)}
+    assert totals(usage_stub, token, tenant, start_us=day + 3 * HOUR_US, end_us=day + 8 * HOUR_US) == {
+        "api.requests": (21, 4)
+    }
+    _run(usage_admin_stub, token, tenant)
+    assert _marks(dbs, tenant) == {}
+    _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
+
+
+@POSTGRES_ONLY
+def test_a_pass_whose_day_another_pass_stored_meanwhile_neither_overwrites_it_nor_narrows_its_mark(
+    dbs, usage_stub, usage_admin_stub, token, tenant, week
+):
+    """Two workers overlap: pass A reads the day, pass B reads it later (with more events), stores it and clears
+    its mark, and a new event marks the day again. A's apply finds a changed mark and a stored row it did not
+    read: storing A's older row and narrowing the mark would leave B's extra events in a clean hour they are not
+    in. It leaves both alone."""
+    day = start_of(Period.DAY, week)
+    record(usage_stub, token, tenant, [event("h1", quantity=1, at_us=day + HOUR_US)])
+
+    def another_pass_then_an_event() -> None:
+        record(usage_stub, token, tenant, [event("h2", quantity=2, at_us=day + 2 * HOUR_US)])
+        _run(usage_admin_stub, token, tenant)  # pass B: the day with h1 and h2, its mark cleared
+        record(usage_stub, token, tenant, [event("h3", quantity=3, at_us=day + 3 * HOUR_US)])
+
+    assert _pass_then(dbs, tenant, another_pass_then_an_event) == 0
+    assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 3
+    assert _hours(usage_stub, token, tenant, day) == {1: 1, 2: 2}
+    assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (6, 3)}
+    _run(usage_admin_stub, token, tenant)
+    _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")

@@ -146,6 +146,9 @@ dirty_buckets = Table(
     *_bucket_columns(),
     Column("marked_at_us", BigInteger, nullable=False),
     Column("dirty_hours", Integer, nullable=False, server_default=str(ALL_HOURS)),
+    # The hours marked since a pass last narrowed this mark (or since it was made): a pass that read the day before
+    # some of them were marked leaves exactly those dirty (postgres/rollup_pass.py, migration usage_0018).
+    Column("fresh_hours", Integer, nullable=False, server_default=str(ALL_HOURS)),
     PrimaryKeyConstraint("tenant_id", "metric", "period", "period_start_us", name="dirty_buckets_pkey"),
 )
 
