@@ -16,6 +16,7 @@ from scripts import pgcluster
 BENCHES = [
     "ingest",
     "reads",
+    "busy_day",
     "meters",
     "rollup_sqlite",
     "resolve",

@@ -1,0 +1,128 @@
+"""GetUsage of a busy day: a tenant's day that keeps gaining events while rollups run, beside the same question
+on the same day while it is clean, in one run on one fresh PostgreSQL database (dropped at the end).
+
+1. HISTORY events spread over yesterday's 24 hours (UTC), rolled up: the day is clean.
+2. Reference: GetUsage of yesterday, sequential, while nothing is sent.
+3. Busy: a sender records batches of LIVE_BATCH events every LIVE_PAUSE seconds into one hour of yesterday, a
+   new hour every MOVE_EVERY seconds (the hours a live day goes through, faster), while Usage rolls up every
+   ROLLUP_SECONDS; GetUsage of yesterday every ASK_EVERY seconds, reported per SLOT seconds with the number of
+   hours of the day's dirty mark. A day whose mark changes during every pass used to keep every hour it was
+   ever marked for and be read raw whole; it is now stored all the same, its mark narrowed to the hours still
+   gaining events (docs/usage.md, "Narrowing a busy day's mark").
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import grpc
+import psycopg
+
+from bench import reads, timing, tokens
+from bench.processes import UsageProcess
+from scripts.pgcluster import create_postgres_database, drop_postgres_database
+from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US
+from tollgate.shared import migrate
+from tollgate.usage.v1 import usage_pb2 as u
+from tollgate.usage.v1 import usage_pb2_grpc
+
+TENANT, METRIC = "busy", "api.requests"
+HISTORY, HISTORY_BATCH = 30_000, 500
+LIVE_BATCH, LIVE_PAUSE, MOVE_EVERY = 20, 0.02, 5.0
+ROLLUP_SECONDS, ASK_EVERY, BUSY_SECONDS, SLOT = "2", 0.1, 40.0, 10.0
+REFERENCE_CALLS = 200
+
+
+def run(admin_url: str) -> None:
+    url = create_postgres_database(admin_url, prefix="tollgate_bench")
+    try:
+        migrate.upgrade("usage", url)
+        usage = UsageProcess(url, USAGE_ROLLUP_INTERVAL_SECONDS=ROLLUP_SECONDS)
+        try:
+            token = tokens.token(url, {"usage:write", "usage:read", "usage:admin"})
+            metadata = (("authorization", f"Bearer {token}"),)
+            with (
+                grpc.insecure_channel(f"127.0.0.1:{usage.port}") as channel,
+                psycopg.connect(reads._pg(url), autocommit=True) as raw,
+            ):
+                _measure(channel, metadata, raw)
+        finally:
+            usage.stop()
+    finally:
+        drop_postgres_database(admin_url, url)
+
+
+def _measure(channel, metadata, raw) -> None:
+    stub, admin = usage_pb2_grpc.UsageServiceStub(channel), usage_pb2_grpc.UsageAdminServiceStub(channel)
+    day = (int(time.time() * 1_000_000) // DAY_US - 1) * DAY_US
+    ids = itertools.count()
+
+    def record(at_of, size: int) -> None:
+        request = u.RecordEventsRequest(tenant_id=TENANT)
+        for _ in range(size):
+            n = next(ids)
+            request.events.add(
+                event_id=f"e{n}", metric=METRIC, quantity=1, source_service="bench", occurred_at=reads._ts(at_of(n))
+            )
+        response = stub.RecordEvents(request, metadata=metadata, timeout=30)
+        assert all(r.verdict == u.VERDICT_ACCEPTED for r in response.results), "an event was not accepted"
+
+    for _ in range(HISTORY // HISTORY_BATCH):
+        record(lambda n: day + n * 7919 % DAY_US, HISTORY_BATCH)
+    admin.RunRollup(u.RunRollupRequest(tenant_id=TENANT), metadata=metadata, timeout=120)
+    question = u.GetUsageRequest(tenant_id=TENANT, start_time=reads._ts(day), end_time=reads._ts(day + DAY_US))
+
+    def ask(_n: int = 0) -> int:
+        (total,) = stub.GetUsage(question, metadata=metadata, timeout=30).totals
+        return total.event_count
+
+    assert ask() == HISTORY and _dirty_hours(raw) == []
+    reference = timing.timed(ask, REFERENCE_CALLS)
+
+    started, stop = time.monotonic(), threading.Event()
+
+    def live() -> None:
+        while not stop.is_set():
+            hour_us = day + (23 - int((time.monotonic() - started) // MOVE_EVERY) % 24) * HOUR_US
+            record(lambda n, hour_us=hour_us: hour_us + n % 3_600 * 1_000_000, LIVE_BATCH)
+            time.sleep(LIVE_PAUSE)
+
+    sender = threading.Thread(target=live, name="busy sender")
+    sender.start()
+    slots: dict[int, list[float]] = {}
+    marks: dict[int, list[int]] = {}
+    try:
+        while (elapsed := time.monotonic() - started) < BUSY_SECONDS:
+            slot = int(elapsed // SLOT)
+            slots.setdefault(slot, []).extend(timing.timed(ask, 1))
+            marks.setdefault(slot, []).extend(_dirty_hours(raw))
+            time.sleep(ASK_EVERY)
+    finally:
+        stop.set()
+        sender.join()
+    print(f"GetUsage of one day: {HISTORY:,} events over its 24 hours, rolled up; then {LIVE_BATCH} events every ")
+    print(
+        f"  {LIVE_PAUSE * 1000:.0f} ms into one of its hours, the next hour every {MOVE_EVERY:.0f} s, with rollups "
+        f"every {ROLLUP_SECONDS} s ({next(ids):,} events at the end)"
+    )
+    print(f"  {'case':40} {'p50 ms':>8} {'p90 ms':>8} {'calls':>6}  hours of the day's mark (most seen)")
+    print(
+        f"  {'clean day, nothing sent (reference)':40} {timing.pct(reference, 50):8.2f} "
+        f"{timing.pct(reference, 90):8.2f} {len(reference):6}"
+    )
+    for slot, samples in sorted(slots.items()):
+        label = f"busy day, {slot * SLOT:.0f}-{(slot + 1) * SLOT:.0f} s"
+        print(
+            f"  {label:40} {timing.pct(samples, 50):8.2f} {timing.pct(samples, 90):8.2f} {len(samples):6}  "
+            f"{max(marks[slot], default=0)}"
+        )
+
+
+def _dirty_hours(raw) -> list[int]:
+    """How many hours the tenant's day marks hold, each."""
+    found = raw.execute(
+        'SELECT dirty_hours FROM "usage".dirty_buckets WHERE tenant_id = %s AND period = 2', (TENANT,)
+    ).fetchall()
+    return [bin(hours).count("1") for (hours,) in found]
