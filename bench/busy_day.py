@@ -102,7 +102,7 @@ def _measure(channel, metadata, raw) -> None:
     finally:
         stop.set()
         sender.join()
-    print(f"GetUsage of one day: {HISTORY:,} events over its 24 hours, rolled up; then {LIVE_BATCH} events every ")
+    print(f"GetUsage of one day: {HISTORY:,} events over its 24 hours, rolled up; then {LIVE_BATCH} events every")
     print(
         f"  {LIVE_PAUSE * 1000:.0f} ms into one of its hours, the next hour every {MOVE_EVERY:.0f} s, with rollups "
         f"every {ROLLUP_SECONDS} s ({next(ids):,} events at the end)"
