@@ -502,8 +502,8 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
     dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan
 ):
-    """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange. The event's day is
-    stored all the same, its mark narrowed to the event's hour; its week and month keep their marks."""
+    """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange. The event's buckets are
+    stored all the same, as the pass read them, and keep their marks, the day's narrowed to the event's hour."""
     if late:
         record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
         _run(usage_admin_stub, token, tenant)
@@ -528,7 +528,7 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
         engine.dispose()
     assert left == 0
     assert found == len(set(marked_buckets_of(week)) | set(marked_buckets_of(week + DAY_US)))
-    assert applied == found - 2
+    assert applied == found
     status = usage_admin_stub.GetRollupStatus(
         u.GetRollupStatusRequest(tenant_id=tenant), metadata=support.bearer(token), timeout=30
     )
@@ -555,6 +555,20 @@ def _marks(dbs, tenant) -> dict[tuple[int, int], int]:
         engine.dispose()
 
 
+def _marked_at(dbs, tenant) -> dict[tuple[int, int], int]:
+    """The tenant's dirty marks of api.requests: {(period, start): marked_at_us}."""
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    try:
+        with engine.connect() as connection:
+            marks = tables.dirty_buckets.c
+            found = connection.execute(
+                select(marks.period, marks.period_start_us, marks.marked_at_us).where(marks.tenant_id == tenant)
+            )
+            return {(period, start): at for period, start, at in found}
+    finally:
+        engine.dispose()
+
+
 def _pass_then(dbs, tenant, meanwhile) -> int:
     """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply (on another connection)."""
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
@@ -563,7 +577,7 @@ def _pass_then(dbs, tenant, meanwhile) -> int:
         with engine.connect() as computing, engine.connect() as applying:
             with sessionmaker(bind=computing).begin() as session:
                 _, first, last, _ = rollup_pass.compute_pass(
-                    session, pass_id, tenant, 1000, now_us(), scan_from=10**9, visible_enough=2.0
+                    session, pass_id, tenant, 1000, int(time.time() * 1_000_000), scan_from=10**9, visible_enough=2.0
                 )
             meanwhile()
             with sessionmaker(bind=applying).begin() as session:
@@ -588,9 +602,10 @@ def _hours(stub, token, tenant, day_us) -> dict[int, int]:
 def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_hours_still_gaining_them(
     dbs, usage_stub, usage_admin_stub, token, tenant, week
 ):
-    """A busy day: every pass's apply finds its mark changed. The day is stored all the same, and its mark narrowed
-    to the hours marked since the mark was made or last narrowed, a set that holds every hour with events the pass
-    did not read; GetUsage reads those raw and the others from the row. Two passes leave only the busy hour."""
+    """A busy day: every pass's apply finds its marks changed. Its buckets are stored all the same, and the day's
+    mark narrowed to the hours marked since the mark was made or last narrowed, a set that holds every hour with
+    events the pass did not read; GetUsage reads those raw and the others from the row. Two passes leave only the
+    busy hour."""
     day = start_of(Period.DAY, week)
     record(usage_stub, token, tenant, [event("h1", quantity=2, at_us=day + HOUR_US)])
     _run(usage_admin_stub, token, tenant)
@@ -602,14 +617,22 @@ def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_h
     def busy() -> None:
         record(usage_stub, token, tenant, [event(f"h7-{next(sent)}", quantity=7, at_us=day + 7 * HOUR_US)])
 
-    assert _pass_then(dbs, tenant, busy) == 1  # the day; its week and month keep their changed marks
+    first_marked = _marked_at(dbs, tenant)
+    before_pass = int(time.time() * 1_000_000)
+    assert _pass_then(dbs, tenant, busy) == 3  # the day, its week and its month: stored, and marked still
     marks = _marks(dbs, tenant)
     assert marks[(int(Period.DAY), day)] == 1 << 3 | 1 << 4 | 1 << 7
-    assert (int(Period.WEEK), start_of(Period.WEEK, day)) in marks
+    week_start = start_of(Period.WEEK, day)
+    assert (int(Period.WEEK), week_start) in marks
+    # Each mark is dated from the pass now: its stored row misses no event older than the pass.
+    assert set(_marked_at(dbs, tenant)) == set(first_marked)
+    assert all(at >= before_pass > first_marked[key] for key, at in _marked_at(dbs, tenant).items())
     assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4}  # what the pass read
+    stored_week = _bucket(usage_stub, token, tenant, "api.requests", int(Period.WEEK), week_start)
+    assert (stored_week.total_quantity, stored_week.event_count, stored_week.dirty) == (9, 3, True)
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (16, 4)}
 
-    assert _pass_then(dbs, tenant, busy) == 1
+    assert _pass_then(dbs, tenant, busy) == 3
     assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 7  # hours 3 and 4 are read from the row now
     assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4, 7: 7}
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (23, 5)}

@@ -21,8 +21,8 @@ pass's id), not to a temp table: under PgBouncer's transaction pooling the trans
 may run on another server connection. `apply_pass`, in short transactions, locks the marks that are
 still the row version the pass saw (FOR UPDATE SKIP LOCKED), upserts their aggregates and deletes
 them. An ingest that marks a bucket again writes a new version of its mark, so a bucket that gained
-events after the pass read them stays dirty for the next pass; a day among those is stored all the same
-and its mark narrowed to the hours marked since (_NARROW). Any number of workers may run passes at once.
+events after the pass read them stays dirty for the next pass; it is stored all the same, and a day's mark
+narrowed to the hours marked since (_NARROW). Any number of workers may run passes at once.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ WHERE m.period = ANY (:periods)
 GROUP BY m.mark, m.version, m.series, m.tenant_id, m.metric, m.period, m.period_start_us"""
 _INDEXES = (f"CREATE INDEX usage_rollup_work_key ON {_WORK} (series, period, period_start_us)",)
 # The pass, handed over: the digest folded to 64 bits (to_hex of the two's complement bigint, 16 digits), and
-# each day with the version of its stored aggregate the pass read (NULL: none), for _NARROW.
+# each bucket with the version of its stored aggregate the pass read (NULL: none), for _NARROW.
 # A bucket whose total is beyond a bigint (its hours and running sums are not) stays behind, with its mark.
 _HAND_OVER = f"""INSERT INTO {_PASSES} (pass_id, created_at_us, mark, version, tenant_id, metric, period,
                                       period_start_us, total_quantity, event_count, source_hash, {_HOURS}, row_version)
@@ -122,8 +122,7 @@ SELECT :pass, :now, w.mark, w.version, w.tenant_id, w.metric, w.period, w.period
        lpad(to_hex((mod(mod(w.digest, {2**64}) + {2**64 + 2**63}, {2**64}) - {2**63})::bigint), 16, '0'),
        {", ".join(f"w.{column}" for column in HOUR_COLUMNS)}, a.xmin
 FROM {_WORK} AS w LEFT JOIN "usage".aggregates AS a
-  ON w.period = {int(Period.DAY)} AND a.tenant_id = w.tenant_id AND a.metric = w.metric AND a.period = w.period
- AND a.period_start_us = w.period_start_us
+  ON a.tenant_id = w.tenant_id AND a.metric = w.metric AND a.period = w.period AND a.period_start_us = w.period_start_us
 WHERE w.total_quantity <= {MAX_TOTAL} ORDER BY w.seq"""
 _REFUSED = f"""SELECT tenant_id, metric, period, period_start_us, total_quantity FROM {_WORK}
 WHERE total_quantity > {MAX_TOTAL} ORDER BY tenant_id, metric, period, period_start_us"""
@@ -156,16 +155,17 @@ ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
     hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
     hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests
 RETURNING tenant_id, metric, period, period_start_us"""
-# Then the days of the chunk whose marks changed since the pass read them (an ingest marked them again) but whose
-# stored aggregate is still the one the pass read, so no other apply touched the day since the pass's snapshot: the
-# day is stored as the pass computed it, and its mark narrowed to the hours marked since it was last narrowed or
-# made (fresh_hours), which hold every hour with an event the pass did not see; the other hours of the stored row
-# are exact. Without this, a day that gains events faster than a pass goes from its snapshot to its apply would stay
-# marked for good, with every hour it ever had dirty, and GetUsage would read it raw whole. Weeks and months are
-# not read by questions (their marks stay, as before), and a marked day's meter rows are not read either.
+# Then the buckets of the chunk whose marks changed since the pass read them (an ingest marked them again) but
+# whose stored aggregate is still the one the pass read, so no other apply touched the bucket since the pass's
+# snapshot. Each is stored as the pass computed it, exact as of the snapshot, and keeps its mark, dated from the
+# pass (the stored row misses no event older than it). A day's mark is also narrowed to the hours marked since it
+# was made or last narrowed (fresh_hours), which hold every hour with an event the pass did not read: its other
+# hours are exact in the row, and GetUsage reads them there. Without this, a day that gains events faster than a
+# pass goes from its snapshot to its apply kept its mark for good, with every hour it ever had marked, and GetUsage
+# read it raw whole; and every busy bucket looked as old as its first mark. A marked day's meter rows are not read,
+# so they are not stored here.
 _NARROW = f"""WITH chunk AS MATERIALIZED (
-    SELECT * FROM {_PASSES}
-    WHERE pass_id = :pass AND seq > :after AND seq <= :until AND period = {int(Period.DAY)}),
+    SELECT * FROM {_PASSES} WHERE pass_id = :pass AND seq > :after AND seq <= :until),
 held AS MATERIALIZED (
     SELECT chunk.*
     FROM chunk JOIN "usage".dirty_buckets AS d
@@ -178,7 +178,10 @@ unchanged AS MATERIALIZED (
       ON a.tenant_id = held.tenant_id AND a.metric = held.metric AND a.period = held.period
      AND a.period_start_us = held.period_start_us
     WHERE a.xmin IS NOT DISTINCT FROM held.row_version),
-narrowed AS (UPDATE "usage".dirty_buckets AS d SET dirty_hours = d.fresh_hours, fresh_hours = 0 FROM unchanged
+narrowed AS (UPDATE "usage".dirty_buckets AS d
+             SET dirty_hours = CASE d.period WHEN {int(Period.DAY)} THEN d.fresh_hours ELSE d.dirty_hours END,
+                 fresh_hours = 0, marked_at_us = unchanged.created_at_us
+             FROM unchanged
              WHERE d.tenant_id = unchanged.tenant_id AND d.metric = unchanged.metric AND d.period = unchanged.period
                AND d.period_start_us = unchanged.period_start_us)
 INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
@@ -247,8 +250,8 @@ def compute_pass(
 
 def apply_pass(session: Session, pass_id: int, after: int, size: int, now_us: int) -> int:
     """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks;
-    replace the meter rows of the days among them (meter_days.py). Then store the days whose marks changed and
-    narrow their marks (_NARROW). How many buckets were stored."""
+    replace the meter rows of the days among them (meter_days.py). Then store the buckets whose marks changed,
+    keeping their marks, the days' narrowed (_NARROW). How many buckets were stored."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
     values = {"pass": pass_id, "after": after, "until": after + size, "now": now_us}
