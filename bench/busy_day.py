@@ -5,10 +5,12 @@ on the same day while it is clean, in one run on one fresh PostgreSQL database (
 2. Reference: GetUsage of yesterday, sequential, while nothing is sent.
 3. Busy: a sender records batches of LIVE_BATCH events every LIVE_PAUSE seconds into one hour of yesterday, a
    new hour every MOVE_EVERY seconds (the hours a live day goes through, faster), while Usage rolls up every
-   ROLLUP_SECONDS; GetUsage of yesterday every ASK_EVERY seconds, reported per SLOT seconds with the number of
-   hours of the day's dirty mark. A day whose mark changes during every pass used to keep every hour it was
-   ever marked for and be read raw whole; it is now stored all the same, its mark narrowed to the hours still
-   gaining events (docs/usage.md, "Narrowing a busy day's mark").
+   ROLLUP_SECONDS; GetUsage of yesterday every ASK_EVERY seconds, reported per SLOT seconds with the most hours
+   the day's dirty mark held and the age of the tenant's oldest mark (what the rollup-lag gauge reports).
+
+A bucket whose mark changes during every pass used to keep its mark for good, the day's with every hour it was
+ever marked for (read raw), all of them as old as their first mark; it is now stored all the same, dated from the
+pass, the day's mark narrowed to the hours still gaining events (docs/usage.md, "Busy buckets").
 """
 
 from __future__ import annotations
@@ -93,11 +95,13 @@ def _measure(channel, metadata, raw) -> None:
     sender.start()
     slots: dict[int, list[float]] = {}
     marks: dict[int, list[int]] = {}
+    ages: dict[int, list[float]] = {}
     try:
         while (elapsed := time.monotonic() - started) < BUSY_SECONDS:
             slot = int(elapsed // SLOT)
             slots.setdefault(slot, []).extend(timing.timed(ask, 1))
             marks.setdefault(slot, []).extend(_dirty_hours(raw))
+            ages.setdefault(slot, []).append(_oldest_mark_seconds(raw))
             time.sleep(ASK_EVERY)
     finally:
         stop.set()
@@ -107,7 +111,7 @@ def _measure(channel, metadata, raw) -> None:
         f"  {LIVE_PAUSE * 1000:.0f} ms into one of its hours, the next hour every {MOVE_EVERY:.0f} s, with rollups "
         f"every {ROLLUP_SECONDS} s ({next(ids):,} events at the end)"
     )
-    print(f"  {'case':40} {'p50 ms':>8} {'p90 ms':>8} {'calls':>6}  hours of the day's mark (most seen)")
+    print(f"  {'case':40} {'p50 ms':>8} {'p90 ms':>8} {'calls':>6}  most hours of the day's mark, oldest mark")
     print(
         f"  {'clean day, nothing sent (reference)':40} {timing.pct(reference, 50):8.2f} "
         f"{timing.pct(reference, 90):8.2f} {len(reference):6}"
@@ -116,7 +120,7 @@ def _measure(channel, metadata, raw) -> None:
         label = f"busy day, {slot * SLOT:.0f}-{(slot + 1) * SLOT:.0f} s"
         print(
             f"  {label:40} {timing.pct(samples, 50):8.2f} {timing.pct(samples, 90):8.2f} {len(samples):6}  "
-            f"{max(marks[slot], default=0)}"
+            f"{max(marks[slot], default=0):>3} hours, {max(ages[slot]):5.1f} s old"
         )
 
 
@@ -126,3 +130,11 @@ def _dirty_hours(raw) -> list[int]:
         'SELECT dirty_hours FROM "usage".dirty_buckets WHERE tenant_id = %s AND period = 2', (TENANT,)
     ).fetchall()
     return [bin(hours).count("1") for (hours,) in found]
+
+
+def _oldest_mark_seconds(raw) -> float:
+    """The age of the tenant's oldest mark, as GetRollupStatus and the rollup-lag gauge report it (0: none)."""
+    (oldest,) = raw.execute(
+        'SELECT min(marked_at_us) FROM "usage".dirty_buckets WHERE tenant_id = %s', (TENANT,)
+    ).fetchone()
+    return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1_000_000)
