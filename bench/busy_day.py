@@ -73,7 +73,10 @@ def _measure(channel, metadata, raw) -> None:
 
     for _ in range(HISTORY // HISTORY_BATCH):
         record(lambda n: day + n * 7919 % DAY_US, HISTORY_BATCH)
-    admin.RunRollup(u.RunRollupRequest(tenant_id=TENANT), metadata=metadata, timeout=120)
+    for _ in range(10):  # a scheduled pass that read the day before the last batches may leave it marked a moment
+        admin.RunRollup(u.RunRollupRequest(tenant_id=TENANT), metadata=metadata, timeout=120)
+        if not _dirty_hours(raw):
+            break
     question = u.GetUsageRequest(tenant_id=TENANT, start_time=reads._ts(day), end_time=reads._ts(day + DAY_US))
 
     def ask(_n: int = 0) -> int:
