@@ -497,27 +497,40 @@ def test_source_hash_is_the_documented_sum_of_event_hashes(dbs, usage_stub, usag
     assert checked == len({bucket for at in instants for bucket in buckets_of(at)})
 
 
-@POSTGRES_ONLY  # passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute
-@_DAYS
-def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
-    dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan
-):
-    """The apply runs on a second connection, as PgBouncer's transaction pooling may arrange. The event's buckets are
-    stored all the same, as the pass read them, and keep their marks, the day's narrowed to the event's hour."""
-    if late:
-        record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
-        _run(usage_admin_stub, token, tenant)
-    record(usage_stub, token, tenant, [event("a", quantity=2, at_us=week), event("b", at_us=week + DAY_US)])
+def _marks(dbs, tenant, column: str = "dirty_hours") -> dict[tuple[int, int], int]:
+    """The tenant's dirty marks of api.requests: {(period, start): their `column`}."""
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    try:
+        with engine.connect() as connection:
+            marks = tables.dirty_buckets.c
+            found = connection.execute(
+                select(marks.period, marks.period_start_us, marks[column]).where(
+                    marks.tenant_id == tenant, marks.metric == "api.requests"
+                )
+            )
+            return {(period, start): value for period, start, value in found}
+    finally:
+        engine.dispose()
+
+
+def _pass_then(dbs, tenant, meanwhile, *, scan: bool = False) -> tuple[int, int]:
+    """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply on another connection, as
+    PgBouncer's transaction pooling may arrange: (marks the pass read, buckets its apply stored)."""
     engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
     pass_id = int(now_us())
     try:
         with engine.connect() as computing, engine.connect() as applying:
             with sessionmaker(bind=computing).begin() as session:
                 found, first, last, _ = rollup_pass.compute_pass(
-                    session, pass_id, tenant, 1000, now_us(), scan_from=1 if scan else 10**9, visible_enough=2.0
+                    session,
+                    pass_id,
+                    tenant,
+                    1000,
+                    int(time.time() * 1_000_000),
+                    scan_from=1 if scan else 10**9,
+                    visible_enough=2.0,
                 )
-            # Committed after the pass read the events: it re-marks the day, week and month of "a".
-            record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
+            meanwhile()
             with sessionmaker(bind=applying).begin() as session:
                 applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
                 rollup_pass.drop_pass(session, pass_id)
@@ -526,7 +539,26 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
                 ).scalar_one()
     finally:
         engine.dispose()
-    assert left == 0
+    assert left == 0, "the pass's rows outlived it"
+    return found, applied
+
+
+@POSTGRES_ONLY  # passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute
+@_DAYS
+def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
+    dbs, usage_stub, usage_admin_stub, token, tenant, week, late, scan
+):
+    """The event's buckets are stored all the same, as the pass read them, and keep their marks, the day's narrowed
+    to the event's hour."""
+    if late:
+        record(usage_stub, token, tenant, [event("early", quantity=4, at_us=week + 2 * HOUR_US)])
+        _run(usage_admin_stub, token, tenant)
+    record(usage_stub, token, tenant, [event("a", quantity=2, at_us=week), event("b", at_us=week + DAY_US)])
+
+    def meanwhile() -> None:  # committed after the pass read the events: it re-marks the day, week and month of "a"
+        record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
+
+    found, applied = _pass_then(dbs, tenant, meanwhile, scan=scan)
     assert found == len(set(marked_buckets_of(week)) | set(marked_buckets_of(week + DAY_US)))
     assert applied == found
     status = usage_admin_stub.GetRollupStatus(
@@ -537,55 +569,6 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
     assert _run(usage_admin_stub, token, tenant).buckets_recomputed == 3
     _assert_aggregates_match_raw(usage_stub, token, tenant, "api.requests")
     assert _bucket(usage_stub, token, tenant, "api.requests", int(Period.HOUR), week).total_quantity == 7
-
-
-def _marks(dbs, tenant) -> dict[tuple[int, int], int]:
-    """The tenant's dirty marks of api.requests: {(period, start): dirty_hours}."""
-    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
-    try:
-        with engine.connect() as connection:
-            marks = tables.dirty_buckets.c
-            found = connection.execute(
-                select(marks.period, marks.period_start_us, marks.dirty_hours).where(
-                    marks.tenant_id == tenant, marks.metric == "api.requests"
-                )
-            )
-            return {(period, start): hours for period, start, hours in found}
-    finally:
-        engine.dispose()
-
-
-def _marked_at(dbs, tenant) -> dict[tuple[int, int], int]:
-    """The tenant's dirty marks of api.requests: {(period, start): marked_at_us}."""
-    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
-    try:
-        with engine.connect() as connection:
-            marks = tables.dirty_buckets.c
-            found = connection.execute(
-                select(marks.period, marks.period_start_us, marks.marked_at_us).where(marks.tenant_id == tenant)
-            )
-            return {(period, start): at for period, start, at in found}
-    finally:
-        engine.dispose()
-
-
-def _pass_then(dbs, tenant, meanwhile) -> int:
-    """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply (on another connection)."""
-    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
-    pass_id = int(now_us())
-    try:
-        with engine.connect() as computing, engine.connect() as applying:
-            with sessionmaker(bind=computing).begin() as session:
-                _, first, last, _ = rollup_pass.compute_pass(
-                    session, pass_id, tenant, 1000, int(time.time() * 1_000_000), scan_from=10**9, visible_enough=2.0
-                )
-            meanwhile()
-            with sessionmaker(bind=applying).begin() as session:
-                applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
-                rollup_pass.drop_pass(session, pass_id)
-    finally:
-        engine.dispose()
-    return applied
 
 
 def _hours(stub, token, tenant, day_us) -> dict[int, int]:
@@ -617,22 +600,22 @@ def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_h
     def busy() -> None:
         record(usage_stub, token, tenant, [event(f"h7-{next(sent)}", quantity=7, at_us=day + 7 * HOUR_US)])
 
-    first_marked = _marked_at(dbs, tenant)
+    first_marked = _marks(dbs, tenant, "marked_at_us")
     before_pass = int(time.time() * 1_000_000)
-    assert _pass_then(dbs, tenant, busy) == 3  # the day, its week and its month: stored, and marked still
+    assert _pass_then(dbs, tenant, busy)[1] == 3  # the day, its week and its month: stored, and marked still
     marks = _marks(dbs, tenant)
     assert marks[(int(Period.DAY), day)] == 1 << 3 | 1 << 4 | 1 << 7
     week_start = start_of(Period.WEEK, day)
     assert (int(Period.WEEK), week_start) in marks
     # Each mark is dated from the pass now: its stored row misses no event older than the pass.
-    assert set(_marked_at(dbs, tenant)) == set(first_marked)
-    assert all(at >= before_pass > first_marked[key] for key, at in _marked_at(dbs, tenant).items())
+    assert set(_marks(dbs, tenant, "marked_at_us")) == set(first_marked)
+    assert all(at >= before_pass > first_marked[key] for key, at in _marks(dbs, tenant, "marked_at_us").items())
     assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4}  # what the pass read
     stored_week = _bucket(usage_stub, token, tenant, "api.requests", int(Period.WEEK), week_start)
     assert (stored_week.total_quantity, stored_week.event_count, stored_week.dirty) == (9, 3, True)
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (16, 4)}
 
-    assert _pass_then(dbs, tenant, busy) == 3
+    assert _pass_then(dbs, tenant, busy)[1] == 3
     assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 7  # hours 3 and 4 are read from the row now
     assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4, 7: 7}
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (23, 5)}
@@ -660,7 +643,7 @@ def test_a_pass_whose_day_another_pass_stored_meanwhile_neither_overwrites_it_no
         _run(usage_admin_stub, token, tenant)  # pass B: the day with h1 and h2, its mark cleared
         record(usage_stub, token, tenant, [event("h3", quantity=3, at_us=day + 3 * HOUR_US)])
 
-    assert _pass_then(dbs, tenant, another_pass_then_an_event) == 0
+    assert _pass_then(dbs, tenant, another_pass_then_an_event)[1] == 0
     assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 3
     assert _hours(usage_stub, token, tenant, day) == {1: 1, 2: 2}
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (6, 3)}

@@ -130,6 +130,16 @@ WHERE total_quantity > {MAX_TOTAL} ORDER BY tenant_id, metric, period, period_st
 # applies are big, run rarely and depend on their values, so they are planned for each run.
 _PASS_SETTINGS = ("jit = off", "plan_cache_mode = force_custom_plan", "enable_memoize = off")
 _APPLY_SETTINGS = ("jit = off", "enable_memoize = off", "plan_cache_mode = force_custom_plan")
+# The pass's rows of a CTE `rows` stored as the buckets' aggregates, in key order.
+_STORE = f"""INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
+                                source_hash, computed_at_us, {_HOURS})
+SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now, {_HOURS}
+FROM {{rows}} ORDER BY tenant_id, metric, period, period_start_us
+ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
+    total_quantity = excluded.total_quantity, event_count = excluded.event_count,
+    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us,
+    hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
+    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
 # Lock the marks of a chunk that are still the row version the pass saw (same ctid and xmin: an ingest that
 # marks a bucket again writes a new version), skipping those another transaction holds; delete them and
 # upsert their buckets, in one statement. A mark is matched by its tenant and its ctid, never by ctid alone:
@@ -145,15 +155,7 @@ held AS MATERIALIZED (
 claimed AS MATERIALIZED (SELECT * FROM held WHERE held_version = version),
 cleared AS (DELETE FROM "usage".dirty_buckets AS d USING claimed
             WHERE d.tenant_id = claimed.tenant_id AND d.ctid = claimed.mark)
-INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                                source_hash, computed_at_us, {_HOURS})
-SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now, {_HOURS}
-FROM claimed ORDER BY tenant_id, metric, period, period_start_us
-ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
-    total_quantity = excluded.total_quantity, event_count = excluded.event_count,
-    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us,
-    hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
-    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests
+{_STORE.format(rows="claimed")}
 RETURNING tenant_id, metric, period, period_start_us"""
 # Then the buckets of the chunk whose marks changed since the pass read them (an ingest marked them again) but
 # whose stored aggregate is still the one the pass read, so no other apply touched the bucket since the pass's
@@ -184,15 +186,7 @@ narrowed AS (UPDATE "usage".dirty_buckets AS d
              FROM unchanged
              WHERE d.tenant_id = unchanged.tenant_id AND d.metric = unchanged.metric AND d.period = unchanged.period
                AND d.period_start_us = unchanged.period_start_us)
-INSERT INTO "usage".aggregates (tenant_id, metric, period, period_start_us, total_quantity, event_count,
-                                source_hash, computed_at_us, {_HOURS})
-SELECT tenant_id, metric, period, period_start_us, total_quantity, event_count, source_hash, :now, {_HOURS}
-FROM unchanged ORDER BY tenant_id, metric, period, period_start_us
-ON CONFLICT (tenant_id, metric, period, period_start_us) DO UPDATE SET
-    total_quantity = excluded.total_quantity, event_count = excluded.event_count,
-    source_hash = excluded.source_hash, computed_at_us = excluded.computed_at_us,
-    hour_offsets = excluded.hour_offsets, hour_quantities = excluded.hour_quantities,
-    hour_counts = excluded.hour_counts, hour_digests = excluded.hour_digests"""
+{_STORE.format(rows="unchanged")}"""
 
 
 class Pass(NamedTuple):
