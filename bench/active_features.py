@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import timing, tokens
 from bench.processes import UsageProcess
-from bench.resolve import MODES
+from bench.resolve import FEATURES, MODES, TENANT, seed_catalog
 from scripts.pgcluster import create_postgres_database, drop_postgres_database
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
@@ -39,8 +39,6 @@ from tollgate.shared.db import normalize_url
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-TENANT = "bench"
-FEATURES = [f"feature_{n:02d}" for n in range(20)]
 METRICS = [metric.name for metric in DEFAULT_CATALOG]
 USERS, EVENTS, BATCH, DAYS = 50, 50_000, 1000, 30
 SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP, DIRECT = 2000, 1600, 32, 200, 300
@@ -104,46 +102,10 @@ def run(admin_url: str) -> None:
 
 
 def _seed_policy(admin, metadata) -> None:
-    """bench/resolve.py's catalog, with every cap above OFF so that all 20 features are active."""
+    """bench/resolve.py's catalog, with every cap above OFF so that all 20 features are active, each measured by two
+    of METRICS, no feature switched off, and USERS users."""
     caps = [pb.FeatureCap(feature_id=f, cap=MODES[1 + n % 5]) for n, f in enumerate(FEATURES)]
-    roles = [
-        pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
-        for r, c in [
-            ("OWNER", pb.MODE_AUTONOMOUS),
-            ("ADMIN", pb.MODE_AMBITIOUS),
-            ("MEMBER", pb.MODE_SUGGEST),
-            ("VIEWER", pb.MODE_OBSERVE),
-        ]
-    ]
-    admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
-    for n, feature in enumerate(FEATURES):
-        measured_by = sorted({METRICS[n % len(METRICS)], METRICS[(n * 7) % len(METRICS)]})
-        admin.UpsertFeature(
-            pb.UpsertFeatureRequest(
-                feature=pb.Feature(feature_id=feature, max_mode=MODES[5 - n % 3], metrics=measured_by)
-            ),
-            metadata=metadata,
-        )
-    admin.UpsertPlan(
-        pb.UpsertPlanRequest(plan=pb.Plan(plan_id="PRO", default_cap=pb.MODE_AMBITIOUS, feature_caps=caps[5:15])),
-        metadata=metadata,
-    )
-    admin.SetTenantPolicy(
-        pb.SetTenantPolicyRequest(
-            tenant_policy=pb.TenantPolicy(tenant_id=TENANT, max_mode=pb.MODE_AMBITIOUS, default_role_id="VIEWER")
-        ),
-        metadata=metadata,
-    )
-    admin.SetSubscription(
-        pb.SetSubscriptionRequest(
-            subscription=pb.Subscription(tenant_id=TENANT, plan_id="PRO", status=pb.SUBSCRIPTION_STATUS_ACTIVE)
-        ),
-        metadata=metadata,
-    )
-    for n in range(USERS):
-        admin.BindRole(
-            pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id), metadata=metadata
-        )
+    seed_catalog(admin, metadata, caps, metrics=METRICS, flags=False, users=USERS)
 
 
 def _seed_usage(channel, metadata) -> None:

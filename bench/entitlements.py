@@ -179,16 +179,7 @@ def _measure(channel, usage_channel, metadata) -> None:
 
 
 def _report(rows) -> None:
-    base = {"sequential": rows[0][1], "in flight": rows[4][1]}
-    print(f"{'case':60} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
-    for label, samples, rate in rows:
-        reference = base["in flight" if "in flight" in label else "sequential"]
-        rate = rate or len(samples) / sum(samples)
-        p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
-        print(
-            f"{label:60} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
-            f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}"
-        )
+    timing.report(rows, in_flight_reference=4, width=60)
     print("goals: CheckEntitlement p99 <= 2x the empty RPC, Reserve p99 <= 3x")
 
 

@@ -84,7 +84,15 @@ def _policy(url: str, http: bool, own_process: bool) -> Iterator[tuple[int, int 
 
 
 def _seed(admin, metadata) -> None:
-    caps = [pb.FeatureCap(feature_id=f, cap=MODES[n % 6]) for n, f in enumerate(FEATURES)]
+    seed_catalog(admin, metadata, [pb.FeatureCap(feature_id=f, cap=MODES[n % 6]) for n, f in enumerate(FEATURES)])
+
+
+def seed_catalog(
+    admin, metadata, caps: list, *, metrics: list[str] | None = None, flags: bool = True, users: int = USERS
+) -> None:
+    """This bench's catalog for TENANT: four roles capping the first 10 features (`caps`), FEATURES (each measured
+    by two of `metrics` when given), plan PRO capping features 5 to 14, the tenant's subscription to it (with
+    FEATURES[3] switched off when `flags`), and `users` users bound to the roles in turn."""
     roles = [
         pb.Role(role_id=r, default_cap=c, feature_caps=caps[:10])
         for r, c in [
@@ -96,8 +104,11 @@ def _seed(admin, metadata) -> None:
     ]
     admin.ImportRoles(pb.ImportRolesRequest(roles=roles), metadata=metadata)
     for n, feature in enumerate(FEATURES):
+        measured_by = sorted({metrics[n % len(metrics)], metrics[(n * 7) % len(metrics)]}) if metrics else []
         admin.UpsertFeature(
-            pb.UpsertFeatureRequest(feature=pb.Feature(feature_id=feature, max_mode=MODES[5 - n % 3])),
+            pb.UpsertFeatureRequest(
+                feature=pb.Feature(feature_id=feature, max_mode=MODES[5 - n % 3], metrics=measured_by)
+            ),
             metadata=metadata,
         )
     admin.UpsertPlan(
@@ -116,12 +127,12 @@ def _seed(admin, metadata) -> None:
                 tenant_id=TENANT,
                 plan_id="PRO",
                 status=pb.SUBSCRIPTION_STATUS_ACTIVE,
-                feature_flags={FEATURES[3]: False},
+                feature_flags={FEATURES[3]: False} if flags else {},
             )
         ),
         metadata=metadata,
     )
-    for n in range(USERS):
+    for n in range(users):
         admin.BindRole(
             pb.BindRoleRequest(tenant_id=TENANT, user_id=f"user{n}", role_id=roles[n % 4].role_id), metadata=metadata
         )
@@ -158,14 +169,5 @@ def _measure(channel, metadata) -> None:
 
 
 def _report(rows) -> None:
-    base = {"sequential": rows[0][1], "in flight": rows[3][1]}
-    print(f"{'case':44} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'x empty p50':>12} {'x empty p99':>12}")
-    for label, samples, rate in rows:
-        reference = base["in flight" if "in flight" in label else "sequential"]
-        rate = rate or len(samples) / sum(samples)
-        p50, p99 = timing.pct(samples, 50), timing.pct(samples, 99)
-        print(
-            f"{label:44} {p50:8.3f} {p99:8.3f} {rate:9.0f} "
-            f"{p50 / timing.pct(reference, 50):12.2f} {p99 / timing.pct(reference, 99):12.2f}"
-        )
+    timing.report(rows, in_flight_reference=3, width=44)
     print("goal: ResolveMode <= 1.3x the empty RPC at p50 and p99")
