@@ -20,6 +20,7 @@ from tollgate.services.usage.domain.buckets import ALL_HOURS, DAY_US, HOUR_US, P
 from tollgate.services.usage.repository import rollups as rollups_sql
 from tollgate.services.usage.repository.sqlite import rollup_serial
 from tollgate.services.usage.server import storage_for
+from tollgate.shared import clock
 from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
@@ -259,5 +260,29 @@ def test_a_total_beyond_int64_is_answered_out_of_range_naming_the_metric(
         # One of the two events alone fits.
         alone = totals(usage_stub, admin_token, huge, start_us=at, end_us=at + MINUTE_US, group_by_actor=by_actor)
         assert list(alone.values()) == [(BIG, 1)]
+    finally:
+        _remove(sessions, huge)
+
+
+def test_a_meter_value_beyond_int64_is_answered_out_of_range_naming_the_metric_and_its_window(
+    sessions, usage_stub, admin_token
+):
+    at = start_of(Period.DAY, now_us() - 2 * DAY_US) + 7 * HOUR_US
+    huge = support.new_tenant()
+    _inject_overflow(sessions, huge, at)
+    try:
+        request = u.QueryUsageRequest(
+            tenant_id=huge, metric="api.requests", start_time=ts(at - DAY_US), end_time=ts(at + DAY_US)
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            usage_stub.QueryUsage(request, metadata=support.bearer(admin_token), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        details = raised.value.details()
+        assert "'api.requests'" in details and "int64" in details and str(2 * BIG) in details
+        assert f"from {clock.iso(at - DAY_US)} to {clock.iso(at + DAY_US)}" in details
+        # A range holding one of the two events fits.
+        request.end_time.CopyFrom(ts(at + MINUTE_US))
+        (row,) = usage_stub.QueryUsage(request, metadata=support.bearer(admin_token), timeout=30).rows
+        assert (row.value, row.event_count) == (BIG, 1)
     finally:
         _remove(sessions, huge)

@@ -205,25 +205,28 @@ def meter_query(request: pb.QueryUsageRequest) -> MeterQuery:
 
 def meter_page(page) -> pb.QueryUsageResponse:
     response = pb.QueryUsageResponse(next_page_token=page.next_page_token, aggregation=AGGREGATIONS[page.aggregation])
-    add, window = response.rows.add, None
-    for start_us, end_us, groups, value, event_count in page.rows:
-        if start_us != window:
-            # A window's groups are consecutive rows: its instants are divided once.
-            window = start_us
-            start_s, start_ns = divmod(start_us, 1_000_000)
-            end_s, end_ns = divmod(end_us, 1_000_000)
-            start_ns, end_ns = start_ns * 1000, end_ns * 1000
-        # Filled in place: a page holds up to 1,000 rows, and a Timestamp or a dict built apart and then copied in
-        # costs more than the row itself.
+    add, spans, names, window, instants = response.rows.add, page.windows, page.group_by, None, b""
+    for n, values, value, event_count in page.rows:
+        if n != window:
+            # A window's groups are consecutive rows: its two instants are encoded once and merged into each row,
+            # since a page holds up to 1,000 rows and setting a Timestamp's fields costs more than the row's own.
+            window = n
+            instants = _window_row(*spans[n]).SerializeToString()
         out = add(value=value, event_count=event_count)
-        stamp = out.window_start
-        stamp.seconds, stamp.nanos = start_s, start_ns
-        stamp = out.window_end
-        stamp.seconds, stamp.nanos = end_s, end_ns
+        out.MergeFromString(instants)
         group = out.group
-        for name, group_value in groups:
+        for name, group_value in zip(names, values):
             group[name] = group_value
     return response
+
+
+def _window_row(start_us: int, end_us: int) -> pb.UsageRow:
+    row = pb.UsageRow()
+    row.window_start.seconds, nanos = divmod(start_us, 1_000_000)
+    row.window_start.nanos = nanos * 1000
+    row.window_end.seconds, nanos = divmod(end_us, 1_000_000)
+    row.window_end.nanos = nanos * 1000
+    return row
 
 
 def aggregation_of(number: int, field: str) -> Aggregation:

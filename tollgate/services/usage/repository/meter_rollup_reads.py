@@ -17,7 +17,7 @@ from sqlalchemy import String, and_, bindparam, exists, func, not_, or_, select,
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.buckets import HOUR_US, Period
 from tollgate.services.usage.domain.meters import MeterPlan
-from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, raw_grouped
+from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, _count_of, raw_grouped
 from tollgate.services.usage.tables import dirty_buckets, meter_days
 
 # Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
@@ -40,7 +40,7 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     groups = [both.c[f"g{i}"] for i in range(len(plan.group_by))]
     values = pieces.combine(plan.aggregation, both)
     grouped = (
-        select(both.c.n, *groups, *values, func.sum(both.c.c).label("c"))
+        select(both.c.n, *groups, *values, _count_of(both.c.c))
         .group_by(both.c.n, *groups)
         .having(func.sum(both.c.c) > 0)
     )

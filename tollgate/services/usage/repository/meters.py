@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Integer,
     String,
     and_,
     bindparam,
+    cast,
     exists,
     func,
     literal,
@@ -32,16 +34,13 @@ from sqlalchemy.sql.selectable import Join
 
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.aggregations import ACTOR_ID, Aggregation
-from tollgate.services.usage.domain.meters import MeterPlan
+from tollgate.services.usage.domain.meters import MeterPlan, MeterRow
 from tollgate.services.usage.tables import events, metrics, purge_horizons
 
 EVENTS, HORIZONS = events.alias("e"), purge_horizons.alias("p")
 # A question's tenant and metric, given at execution: a question's statement is built once per shape.
 TENANT, METRIC = bindparam("tenant", type_=String()), bindparam("metric", type_=String())
 _EMPTY = literal_column("''", String())
-
-# A page's rows: (window index, group values, value, event count).
-MeterRow = tuple[int, tuple[str, ...], int, int]
 
 
 class MeterPieces(Protocol):
@@ -56,6 +55,10 @@ class MeterPieces(Protocol):
 
     def values(self, aggregation: Aggregation) -> list:
         """The columns of the aggregation's value over a group's events `e` (any but UNIQUE_COUNT)."""
+
+    def value_cell(self, aggregation: Aggregation) -> int | None:
+        """The place among those columns of a cell that holds the value whole (read as an int); None when only
+        `value_of` can tell it."""
 
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         """The exact value in the cells of those columns."""
@@ -110,7 +113,13 @@ def _distinct_counted(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi):
     inner = per_value.subquery("u")
     groups = [inner.c.n] + [inner.c[f"g{i}"] for i in range(len(plan.group_by))]
     value = func.count(func.nullif(inner.c.u, _EMPTY)).label("v")
-    return select(*groups, value, func.sum(inner.c.c).label("c")).group_by(*groups), [value]
+    return select(*groups, value, _count_of(inner.c.c)).group_by(*groups), [value]
+
+
+def _count_of(counts):
+    """The event count c of groups of counts: a BIGINT (a sum of BIGINTs is NUMERIC, which a driver reads as a
+    decimal), as no count of events passes it."""
+    return cast(func.sum(counts), BigInteger).label("c")
 
 
 def raw_grouped(
@@ -187,12 +196,16 @@ def usage_rows(
         from tollgate.services.usage.repository import meter_rollup_reads  # it builds on this module's pieces
 
         values.update(meter_rollup_reads.parameters(pieces, plan))
-    found, purged_before, current = [], None, True
-    width, aggregation, value_of = len(plan.group_by), plan.aggregation, pieces.value_of
+    found: list[MeterRow] = []
+    purged_before, current = None, True
+    first = 1 + len(plan.group_by)  # the first value column
+    aggregation, value_of, cell = plan.aggregation, pieces.value_of, pieces.value_cell(plan.aggregation)
+    whole = None if cell is None else first + cell
     for row in pieces.rows(connection, statement, values):
         n = row[0]
         if n >= 0:
-            found.append((n, row[1 : 1 + width], value_of(aggregation, row[1 + width : -1]), int(row[-1])))
+            value = int(row[whole]) if whole is not None else value_of(aggregation, row[first:-1])
+            found.append((n, row[1:first], value, row[-1]))
         elif n == _HORIZON:
             purged_before = int(row[-1])
         else:

@@ -8,7 +8,8 @@ from typing import NamedTuple, NoReturn
 from tollgate.services.usage.domain import meters, windows
 from tollgate.services.usage.domain.aggregations import Aggregation
 from tollgate.services.usage.domain.buckets import MAX_TOTAL
-from tollgate.services.usage.domain.meters import MeterQuery, UsageRow
+from tollgate.services.usage.domain.meters import MeterQuery, MeterRow
+from tollgate.services.usage.domain.windows import Span
 from tollgate.services.usage.repository import catalog as catalog_sql
 from tollgate.services.usage.repository import meters as meters_sql
 from tollgate.services.usage.repository.storage import Storage
@@ -26,9 +27,12 @@ from tollgate.shared.errors import (
 
 
 class MeterPage(NamedTuple):
-    """One page of QueryUsage: its rows, the token of the next page, and the metric's aggregation."""
+    """One page of QueryUsage: its rows (each naming its window by index in `windows`, its groups' values in
+    `group_by` order), the token of the next page, and the metric's aggregation."""
 
-    rows: list[UsageRow]
+    rows: list[MeterRow]
+    windows: list[Span]
+    group_by: tuple[str, ...]
     next_page_token: str
     aggregation: Aggregation
 
@@ -83,13 +87,10 @@ def query_usage(
             reason="RAW_EVENTS_PURGED",
         )
     page = cursor.page(found, lambda row: (row[0], *row[1]))
-    rows, group_by = [], query.group_by
-    for n, values, value, count in page.items:
-        start, end = spans[n]
-        if value > MAX_TOTAL:
-            _out_of_range(query, start, end, value)
-        rows.append(UsageRow(start, end, tuple(zip(group_by, values)), value, count))
-    return MeterPage(rows, page.next_page_token, metric.aggregation)
+    if page.items and max(row[2] for row in page.items) > MAX_TOTAL:
+        n, _, value, _ = next(row for row in page.items if row[2] > MAX_TOTAL)
+        _out_of_range(query, *spans[n], value)
+    return MeterPage(page.items, spans, query.group_by, page.next_page_token, metric.aggregation)
 
 
 def _check_query(query: MeterQuery) -> None:

@@ -44,6 +44,9 @@ class Pieces:
             return [func.array_agg(latest)[1].label("v")]
         raise ValueError(f"{aggregation.name} has no value over one group of events")
 
+    def value_cell(self, aggregation: Aggregation) -> int | None:
+        return 0
+
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         return int(cells[0])
 

@@ -44,6 +44,11 @@ class Pieces:
             return [func.max(literal_column(_LATEST_KEY)).label("v_key"), q.label("v")]
         raise ValueError(f"{aggregation.name} has no value over one group of events")
 
+    def value_cell(self, aggregation: Aggregation) -> int | None:
+        if aggregation is Aggregation.SUM:
+            return None  # two cells, the high and low parts
+        return 1 if aggregation is Aggregation.LATEST else 0
+
     def value_of(self, aggregation: Aggregation, cells: tuple) -> int:
         if aggregation is Aggregation.SUM:
             return int(cells[0]) * _SPLIT + int(cells[1])
