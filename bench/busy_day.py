@@ -1,16 +1,19 @@
-"""GetUsage of a busy day: a tenant's day that keeps gaining events while rollups run, beside the same question
-on the same day while it is clean, in one run on one fresh PostgreSQL database (dropped at the end).
+"""GetUsage and QueryUsage of a busy day: a tenant's day that keeps gaining events while rollups run, beside the same
+questions on the same day while it is clean, in one run on one fresh PostgreSQL database (dropped at the end).
 
-1. HISTORY events spread over yesterday's 24 hours (UTC), rolled up: the day is clean.
-2. Reference: GetUsage of yesterday, sequential, while nothing is sent.
+1. HISTORY events spread over yesterday's 24 hours (UTC), of a metric declaring a `model` dimension (MODELS values),
+   rolled up: the day is clean.
+2. Reference: GetUsage of yesterday, and QueryUsage of yesterday by model, alternating, while nothing is sent.
 3. Busy: a sender records batches of LIVE_BATCH events every LIVE_PAUSE seconds into one hour of yesterday, a
    new hour every MOVE_EVERY seconds (the hours a live day goes through, faster), while Usage rolls up every
-   ROLLUP_SECONDS; GetUsage of yesterday every ASK_EVERY seconds, reported per SLOT seconds with the most hours
-   the day's dirty mark held and the age of the tenant's oldest mark (what the rollup-lag gauge reports).
+   ROLLUP_SECONDS; both questions every ASK_EVERY seconds, reported per SLOT seconds with the most hours the day's
+   dirty mark held and the age of the tenant's oldest mark (what the rollup-lag gauge reports).
 
 A bucket whose mark changes during every pass used to keep its mark for good, the day's with every hour it was
 ever marked for (read raw), all of them as old as their first mark; it is now stored all the same, dated from the
-pass, the day's mark narrowed to the hours still gaining events (docs/usage.md, "Busy buckets").
+pass, the day's mark narrowed to the hours still gaining events (docs/usage.md, "Busy buckets"). QueryUsage read a
+marked day's events raw whole; it now reads the day's meter rows but for the hours its mark names (docs/usage.md,
+"Meters").
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tollgate.shared import migrate
 from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
-TENANT, METRIC = "busy", "api.requests"
+TENANT, METRIC, MODELS = "busy", "busy.tokens", 10
 HISTORY, HISTORY_BATCH = 30_000, 500
 LIVE_BATCH, LIVE_PAUSE, MOVE_EVERY = 20, 0.02, 5.0
 ROLLUP_SECONDS, ASK_EVERY, BUSY_SECONDS, SLOT = "2", 0.1, 40.0, 10.0
@@ -60,13 +63,20 @@ def _measure(channel, metadata, raw) -> None:
     stub, admin = usage_pb2_grpc.UsageServiceStub(channel), usage_pb2_grpc.UsageAdminServiceStub(channel)
     day = (int(time.time() * 1_000_000) // DAY_US - 1) * DAY_US
     ids = itertools.count()
+    metric = u.Metric(name=METRIC, classification=u.CLASSIFICATION_BILLABLE, unit="token", dimensions=["model"])
+    admin.UpsertMetric(u.UpsertMetricRequest(metric=metric), metadata=metadata, timeout=30)
 
     def record(at_of, size: int) -> None:
         request = u.RecordEventsRequest(tenant_id=TENANT)
         for _ in range(size):
             n = next(ids)
             request.events.add(
-                event_id=f"e{n}", metric=METRIC, quantity=1, source_service="bench", occurred_at=reads._ts(at_of(n))
+                event_id=f"e{n}",
+                metric=METRIC,
+                quantity=1,
+                source_service="bench",
+                occurred_at=reads._ts(at_of(n)),
+                dimensions={"model": f"model-{n % MODELS}"},
             )
         response = stub.RecordEvents(request, metadata=metadata, timeout=30)
         assert all(r.verdict == u.VERDICT_ACCEPTED for r in response.results), "an event was not accepted"
@@ -77,14 +87,21 @@ def _measure(channel, metadata, raw) -> None:
         admin.RunRollup(u.RunRollupRequest(tenant_id=TENANT), metadata=metadata, timeout=120)
         if not _dirty_hours(raw):
             break
-    question = u.GetUsageRequest(tenant_id=TENANT, start_time=reads._ts(day), end_time=reads._ts(day + DAY_US))
+    span = {"start_time": reads._ts(day), "end_time": reads._ts(day + DAY_US)}
+    question = u.GetUsageRequest(tenant_id=TENANT, **span)
+    by_model = u.QueryUsageRequest(tenant_id=TENANT, metric=METRIC, group_by=["model"], **span)
 
     def ask(_n: int = 0) -> int:
         (total,) = stub.GetUsage(question, metadata=metadata, timeout=30).totals
         return total.event_count
 
-    assert ask() == HISTORY and _dirty_hours(raw) == []
-    reference = timing.timed(ask, REFERENCE_CALLS)
+    def ask_meter(_n: int = 0) -> int:
+        found = stub.QueryUsage(by_model, metadata=metadata, timeout=30).rows
+        assert len(found) == MODELS, "a model is missing"
+        return sum(row.event_count for row in found)
+
+    assert ask() == ask_meter() == HISTORY and _dirty_hours(raw) == []
+    reference, meter_reference = reads._alternating(ask, ask_meter, REFERENCE_CALLS)
 
     started, stop = time.monotonic(), threading.Event()
 
@@ -97,33 +114,37 @@ def _measure(channel, metadata, raw) -> None:
     sender = threading.Thread(target=live, name="busy sender")
     sender.start()
     slots: dict[int, list[float]] = {}
+    meter_slots: dict[int, list[float]] = {}
     marks: dict[int, list[int]] = {}
     ages: dict[int, list[float]] = {}
     try:
         while (elapsed := time.monotonic() - started) < BUSY_SECONDS:
             slot = int(elapsed // SLOT)
             slots.setdefault(slot, []).extend(timing.timed(ask, 1))
+            meter_slots.setdefault(slot, []).extend(timing.timed(ask_meter, 1))
             marks.setdefault(slot, []).extend(_dirty_hours(raw))
             ages.setdefault(slot, []).append(_oldest_mark_seconds(raw))
             time.sleep(ASK_EVERY)
     finally:
         stop.set()
         sender.join()
-    print(f"GetUsage of one day: {HISTORY:,} events over its 24 hours, rolled up; then {LIVE_BATCH} events every")
+    print(f"GetUsage and QueryUsage by model of one day: {HISTORY:,} events over its 24 hours, rolled up; then")
     print(
-        f"  {LIVE_PAUSE * 1000:.0f} ms into one of its hours, the next hour every {MOVE_EVERY:.0f} s, with rollups "
-        f"every {ROLLUP_SECONDS} s ({next(ids):,} events at the end)"
+        f"  {LIVE_BATCH} events every {LIVE_PAUSE * 1000:.0f} ms into one of its hours, the next hour every "
+        f"{MOVE_EVERY:.0f} s, with rollups every {ROLLUP_SECONDS} s ({next(ids):,} events at the end)"
     )
-    print(f"  {'case':40} {'p50 ms':>8} {'p90 ms':>8} {'calls':>6}  most hours of the day's mark, oldest mark")
     print(
-        f"  {'clean day, nothing sent (reference)':40} {timing.pct(reference, 50):8.2f} "
-        f"{timing.pct(reference, 90):8.2f} {len(reference):6}"
+        f"  {'case':36} {'GetUsage p50 / p90 ms':>22} {'QueryUsage p50 / p90 ms':>24} {'calls':>6}  "
+        "most hours of the day's mark, oldest mark"
     )
+    rows = [("clean day, nothing sent (reference)", reference, meter_reference, "")]
     for slot, samples in sorted(slots.items()):
-        label = f"busy day, {slot * SLOT:.0f}-{(slot + 1) * SLOT:.0f} s"
+        state = f"{max(marks[slot], default=0):>3} hours, {max(ages[slot]):5.1f} s old"
+        rows.append((f"busy day, {slot * SLOT:.0f}-{(slot + 1) * SLOT:.0f} s", samples, meter_slots[slot], state))
+    for label, totals, meters, state in rows:
         print(
-            f"  {label:40} {timing.pct(samples, 50):8.2f} {timing.pct(samples, 90):8.2f} {len(samples):6}  "
-            f"{max(marks[slot], default=0):>3} hours, {max(ages[slot]):5.1f} s old"
+            f"  {label:36} {timing.pct(totals, 50):10.2f} / {timing.pct(totals, 90):8.2f} "
+            f"{timing.pct(meters, 50):12.2f} / {timing.pct(meters, 90):8.2f} {len(totals):6}  {state}"
         )
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
 from tests import support
+from tollgate.services.usage import tables
+from tollgate.services.usage.repository.postgres import rollup_pass
+from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 MINUTE_US = 60_000_000
@@ -82,3 +87,33 @@ def list_all(stub, token: str, tenant: str, page_size: int = 100, **filters) -> 
 
 def tenant_token(dbs, tenant: str) -> str:
     return support.make_token(dbs, tenant=tenant, scopes=["usage:write", "usage:read"])
+
+
+def pass_then(dbs, tenant, meanwhile, *, scan: bool = False) -> tuple[int, int]:
+    """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply on another connection, as
+    PgBouncer's transaction pooling may arrange: (marks the pass read, buckets its apply stored)."""
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    pass_id = int(now_us())
+    try:
+        with engine.connect() as computing, engine.connect() as applying:
+            with sessionmaker(bind=computing).begin() as session:
+                found, first, last, _ = rollup_pass.compute_pass(
+                    session,
+                    pass_id,
+                    tenant,
+                    1000,
+                    int(time.time() * 1_000_000),
+                    scan_from=1 if scan else 10**9,
+                    visible_enough=2.0,
+                )
+            meanwhile()
+            with sessionmaker(bind=applying).begin() as session:
+                applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
+                rollup_pass.drop_pass(session, pass_id)
+                left = session.execute(
+                    text('SELECT count(*) FROM "usage".rollup_work WHERE pass_id = :p'), {"p": pass_id}
+                ).scalar_one()
+    finally:
+        engine.dispose()
+    assert left == 0, "the pass's rows outlived it"
+    return found, applied

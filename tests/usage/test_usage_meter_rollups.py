@@ -1,7 +1,8 @@
 """Rollups that carry dimensions, over gRPC on SQLite and PostgreSQL: a rolled-up day is answered from its cuboid's
-rows, a day marked dirty again from raw events, and a rollup replaces a day's rows; metrics that are not rolled up
-have none. Raw events are deleted behind the service's back (a fault injected with SQL) to tell the two sources
-apart: nothing else removes a dirty day's events."""
+rows, a day marked dirty again from raw events in the hours its mark names and from its rows in the others, and a
+rollup (or the narrowing of a busy day's mark) replaces a day's rows; metrics that are not rolled up have none. Raw
+events are deleted behind the service's back (a fault injected with SQL) to tell the two sources apart: nothing
+else removes a dirty day's events."""
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -9,8 +10,9 @@ from sqlalchemy import delete, func, select
 from tests import support
 from tests import usage_meters_model as model
 from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
-from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token
+from tests.usage_support import DAY_US, MINUTE_US, now_us, pass_then, tenant_token
 from tollgate.services.usage import tables
+from tollgate.services.usage.repository.sqlite import rollup_serial
 from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
@@ -57,7 +59,7 @@ def delete_raw_day(sessions, tenant: str, metric: str, day_us: int) -> None:
 
 
 @pytest.mark.parametrize("aggregation", ["SUM", "COUNT", "MIN", "MAX", "LATEST"])
-def test_a_rolled_up_day_is_read_from_its_rows_and_a_day_marked_again_from_raw_events(
+def test_a_rolled_up_day_is_read_from_its_rows_and_a_day_marked_again_from_raw_events_in_its_marked_hours_only(
     usage_stub, usage_admin_stub, admin_token, token, tenant, sessions, aggregation
 ):
     metric = new_meter(usage_admin_stub, admin_token, aggregation)
@@ -105,10 +107,13 @@ def test_a_rolled_up_day_is_read_from_its_rows_and_a_day_marked_again_from_raw_e
 
     late = model.ModelEvent("late-1", 999, day + 7 * HOUR_US + 5 * MINUTE_US, "ann", {"model": "claude"})
     send(usage_stub, token, tenant, metric, [late])
-    kept = [*without_day, late]
-    assert answers() == expected(kept)  # the marked day from raw events: the deleted ones are gone, the late one in
+    marked_hour = [e for e in events if not day + 7 * HOUR_US <= e.occurred_at_us < day + 8 * HOUR_US]
+    # The day's mark names hour 7 alone: that hour from raw events (its deleted events gone, the late one in), the
+    # day's other hours still from its rows, which hold the deleted events.
+    assert answers() == expected([*marked_hour, late])
 
     roll_up(usage_admin_stub, admin_token, tenant)
+    kept = [*without_day, late]
     assert meter_rows(sessions, tenant, metric, day) == {"": 1, "model": 1, "token_type": 1}
     assert answers() == expected(kept)
 
@@ -181,3 +186,98 @@ def test_a_dimension_declared_after_a_rollup_is_answered_from_raw_events_until_i
     roll_up(usage_admin_stub, admin_token, tenant)
     assert meter_rows(sessions, tenant, metric, (start + DAY_US) // DAY_US * DAY_US)["region"] == 2  # '' and 'eu'
     assert rows(usage_stub, token, tenant, metric, start, end, **by_region) == expected
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)  # passes and applies apart are PostgreSQL's
+@pytest.mark.parametrize("aggregation", ["SUM", "MAX"])
+def test_a_day_whose_mark_narrows_twice_is_read_from_the_rows_stored_with_each_narrowing(
+    dbs, usage_stub, usage_admin_stub, admin_token, token, tenant, sessions, aggregation
+):
+    """A busy day: each pass's apply finds its mark changed, stores the day as the pass read it and narrows the mark
+    to the hours marked since. Its meter rows are stored with it: after the second narrowing hour 3 is clean, and
+    QueryUsage reads its event from the rows, which must be the pass's and not the day's first rollup's."""
+    metric = new_meter(usage_admin_stub, admin_token, aggregation)
+    day = (now_us() // DAY_US - 3) * DAY_US
+    sent = [model.ModelEvent("h1", 10, day + HOUR_US, "ann", {"model": "claude"})]
+    send(usage_stub, token, tenant, metric, sent)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    late = model.ModelEvent("h3", 30, day + 3 * HOUR_US, "bob", {"model": "llama", "token_type": "prompt"})
+    send(usage_stub, token, tenant, metric, [late])
+    sent.append(late)
+    busy = iter(range(1, 100))
+
+    def meanwhile() -> None:
+        n = next(busy)
+        one = model.ModelEvent(f"h7-{n}", 70 + n, day + 7 * HOUR_US + n * MINUTE_US, "cy", {"model": "claude"})
+        send(usage_stub, token, tenant, metric, [one])
+        sent.append(one)
+
+    def answers() -> list:
+        return [
+            rows(usage_stub, token, tenant, metric, day, day + DAY_US, window=u.WINDOW_HOUR, group_by=("model",)),
+            rows(usage_stub, token, tenant, metric, day - HOUR_US, day + DAY_US, group_by=("token_type",)),
+        ]
+
+    def expected() -> list:
+        return [
+            model.query(
+                sent, aggregation=aggregation, start_us=day, end_us=day + DAY_US, window="HOUR", group_by=("model",)
+            ),
+            model.query(
+                sent, aggregation=aggregation, start_us=day - HOUR_US, end_us=day + DAY_US, group_by=("token_type",)
+            ),
+        ]
+
+    for _ in range(2):
+        assert pass_then(dbs, tenant, meanwhile)[1] == 3  # the day, its week and its month: stored, marked still
+        assert answers() == expected()
+    marks = tables.dirty_buckets.c
+    with sessions.begin() as session:
+        hours = session.execute(
+            select(marks.dirty_hours).where(marks.tenant_id == tenant, marks.metric == metric, marks.period == 2)
+        ).scalar_one()
+    assert hours == 1 << 7  # hour 3 is clean: read from the rows of the second narrowing
+    roll_up(usage_admin_stub, admin_token, tenant)
+    assert answers() == expected()
+
+
+@pytest.mark.parametrize("dbs", ["sqlite"], indirect=True)  # SQLite's steps stop at a budget inside a day
+def test_a_sqlite_step_that_leaves_some_of_a_days_hours_drops_its_rows_until_the_day_is_done(
+    usage_stub, usage_admin_stub, admin_token, token, tenant, sessions
+):
+    """The step narrows the day's mark to the hours it left, so the rows, which lack the late events of the hours it
+    did, would be read for those: they go, and the day is read from raw events until its last step stores them."""
+    metric = new_meter(usage_admin_stub, admin_token, "SUM")
+    day = (now_us() // DAY_US - 3) * DAY_US
+    sent = [
+        model.ModelEvent(f"e{h}", 10 + h, day + h * HOUR_US, "ann", {"model": ["claude", "llama"][h % 2]})
+        for h in range(6)
+    ]
+    send(usage_stub, token, tenant, metric, sent)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    late = [
+        model.ModelEvent(f"late{h}-{k}", 100 + k, day + h * HOUR_US + k * MINUTE_US, "bob", {"model": "claude"})
+        for h in (1, 4)
+        for k in range(20)
+    ]
+    send(usage_stub, token, tenant, metric, late)
+    sent += late
+
+    def answer() -> list:
+        return rows(usage_stub, token, tenant, metric, day, day + DAY_US, window=u.WINDOW_HOUR, group_by=("model",))
+
+    expected = model.query(
+        sent, aggregation="SUM", start_us=day, end_us=day + DAY_US, window="HOUR", group_by=("model",)
+    )
+    with sessions.begin() as session:  # hour 1's 21 events pass the budget: hour 4 is left for the next step
+        step = rollup_serial.roll_up_step(session, tenant, None, budget=10, max_buckets=0, now_us=now_us())
+    assert (step.done, step.finished) == (0, False)
+    assert meter_rows(sessions, tenant, metric, day) == {}
+    assert answer() == expected
+    after = step.after
+    while not step.finished:
+        with sessions.begin() as session:
+            step = rollup_serial.roll_up_step(session, tenant, after, budget=10, max_buckets=0, now_us=now_us())
+        after = step.after
+    assert meter_rows(sessions, tenant, metric, day) == {"": 1, "model": 2, "token_type": 1}
+    assert answer() == expected

@@ -7,15 +7,13 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.orm import sessionmaker
 
 from tests import support
 from tests.conftest import status_of
-from tests.usage_support import DAY_US, MINUTE_US, event, now_us, record, totals, ts
+from tests.usage_support import DAY_US, MINUTE_US, event, now_us, pass_then, record, totals, ts
 from tollgate.services.usage import tables
 from tollgate.services.usage.domain.buckets import Period, buckets_of, marked_buckets_of, next_start, start_of
 from tollgate.services.usage.repository import postgres, sqlite
-from tollgate.services.usage.repository.postgres import rollup_pass
 from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
 from tollgate.services.usage.server import storage_for
 from tollgate.services.usage.service import rollups
@@ -513,36 +511,6 @@ def _marks(dbs, tenant, column: str = "dirty_hours") -> dict[tuple[int, int], in
         engine.dispose()
 
 
-def _pass_then(dbs, tenant, meanwhile, *, scan: bool = False) -> tuple[int, int]:
-    """A pass of the tenant's marks, `meanwhile()` after its snapshot, then its apply on another connection, as
-    PgBouncer's transaction pooling may arrange: (marks the pass read, buckets its apply stored)."""
-    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
-    pass_id = int(now_us())
-    try:
-        with engine.connect() as computing, engine.connect() as applying:
-            with sessionmaker(bind=computing).begin() as session:
-                found, first, last, _ = rollup_pass.compute_pass(
-                    session,
-                    pass_id,
-                    tenant,
-                    1000,
-                    int(time.time() * 1_000_000),
-                    scan_from=1 if scan else 10**9,
-                    visible_enough=2.0,
-                )
-            meanwhile()
-            with sessionmaker(bind=applying).begin() as session:
-                applied = rollup_pass.apply_pass(session, pass_id, first - 1, last - first + 1, now_us())
-                rollup_pass.drop_pass(session, pass_id)
-                left = session.execute(
-                    text('SELECT count(*) FROM "usage".rollup_work WHERE pass_id = :p'), {"p": pass_id}
-                ).scalar_one()
-    finally:
-        engine.dispose()
-    assert left == 0, "the pass's rows outlived it"
-    return found, applied
-
-
 @POSTGRES_ONLY  # passes and applies are PostgreSQL's; SQLite serialises a claim and its recompute
 @_DAYS
 def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_leaves_its_buckets_dirty(
@@ -558,7 +526,7 @@ def test_an_event_recorded_between_a_pass_and_its_apply_on_another_connection_le
     def meanwhile() -> None:  # committed after the pass read the events: it re-marks the day, week and month of "a"
         record(usage_stub, token, tenant, [event("meanwhile", quantity=5, at_us=week + MINUTE_US)])
 
-    found, applied = _pass_then(dbs, tenant, meanwhile, scan=scan)
+    found, applied = pass_then(dbs, tenant, meanwhile, scan=scan)
     assert found == len(set(marked_buckets_of(week)) | set(marked_buckets_of(week + DAY_US)))
     assert applied == found
     status = usage_admin_stub.GetRollupStatus(
@@ -602,7 +570,7 @@ def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_h
 
     first_marked = _marks(dbs, tenant, "marked_at_us")
     before_pass = int(time.time() * 1_000_000)
-    assert _pass_then(dbs, tenant, busy)[1] == 3  # the day, its week and its month: stored, and marked still
+    assert pass_then(dbs, tenant, busy)[1] == 3  # the day, its week and its month: stored, and marked still
     marks = _marks(dbs, tenant)
     assert marks[(int(Period.DAY), day)] == 1 << 3 | 1 << 4 | 1 << 7
     week_start = start_of(Period.WEEK, day)
@@ -615,7 +583,7 @@ def test_a_day_that_keeps_gaining_events_is_stored_and_its_mark_narrows_to_the_h
     assert (stored_week.total_quantity, stored_week.event_count, stored_week.dirty) == (9, 3, True)
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (16, 4)}
 
-    assert _pass_then(dbs, tenant, busy)[1] == 3
+    assert pass_then(dbs, tenant, busy)[1] == 3
     assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 7  # hours 3 and 4 are read from the row now
     assert _hours(usage_stub, token, tenant, day) == {1: 2, 3: 3, 4: 4, 7: 7}
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (23, 5)}
@@ -643,7 +611,7 @@ def test_a_pass_whose_day_another_pass_stored_meanwhile_neither_overwrites_it_no
         _run(usage_admin_stub, token, tenant)  # pass B: the day with h1 and h2, its mark cleared
         record(usage_stub, token, tenant, [event("h3", quantity=3, at_us=day + 3 * HOUR_US)])
 
-    assert _pass_then(dbs, tenant, another_pass_then_an_event)[1] == 0
+    assert pass_then(dbs, tenant, another_pass_then_an_event)[1] == 0
     assert _marks(dbs, tenant)[(int(Period.DAY), day)] == 1 << 3
     assert _hours(usage_stub, token, tenant, day) == {1: 1, 2: 2}
     assert totals(usage_stub, token, tenant, start_us=day, end_us=day + DAY_US) == {"api.requests": (6, 3)}

@@ -2,27 +2,51 @@
 backends share.
 
 The windows are cut into day pieces (whole UTC hours of one day) and raw spans (domain/meter_rollups.split). In the
-same statement, so in one snapshot, a day piece is read from its cuboid's rows when its day has rows of that cuboid
-and no dirty mark (a day without a mark is exact in its rows: the recomputed rows and the deletion of the mark commit
-together), else from raw events, as the raw spans are. Raw events give a partial state per window and group, rows
-one per row (sum, count, min, max or latest: the backend's `MeterPieces.raw_partials` and `rolled_partials`), and
-the states are combined exactly (`MeterPieces.combine`), by window and group in one step, into the value columns
-the raw statement gives.
+same statement, so in one snapshot, a day piece is read from its cuboid's rows when its day has rows of that cuboid:
+whole when the day has no dirty mark (the recomputed rows and the deletion of the mark commit together), else hour
+by hour, the hours the mark names (dirty_hours) from raw events and the others from the rows, which hold every
+event of those hours (a day's rows are stored with the narrowing of its mark, and deleted when a rollup narrows it
+without them). A day without rows of the cuboid, or marked whole, is read from raw events, as the raw spans are.
+Raw events give a partial state per window and group, rows one per row or hour (sum, count, min, max or latest: the
+backend's `MeterPieces.raw_partials` and `rolled_partials`), and the states are combined exactly
+(`MeterPieces.combine`), by window and group in one step, into the value columns the raw statement gives.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import String, and_, bindparam, exists, func, not_, or_, select, union_all
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    not_,
+    or_,
+    select,
+    union_all,
+)
 
 from tollgate.services.usage.domain import meter_rollups
-from tollgate.services.usage.domain.buckets import HOUR_US, Period
+from tollgate.services.usage.domain.buckets import ALL_HOURS, HOUR_US, Period
 from tollgate.services.usage.domain.meters import MeterPlan
-from tollgate.services.usage.repository.meters import _EMPTY, METRIC, TENANT, MeterPieces, _count_of, raw_grouped
+from tollgate.services.usage.repository.meters import (
+    _EMPTY,
+    METRIC,
+    TENANT,
+    MeterPieces,
+    _count_of,
+    bit,
+    raw_grouped,
+)
 from tollgate.services.usage.tables import dirty_buckets, meter_days
 
 # Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
 # table, so that the planner reads the events of each raw part by its own index range, as for the raw statement.
 _PARTS = ("n", "k", "day", "h1", "h2", "lo", "hi")
+_HOURS = ("h",)  # a table of the hours of a day, 0 to 23: a marked day's pieces are read hour by hour
+_DAY_HOURS = [(hour,) for hour in range(24)]
+
+
 _CUBOID = bindparam("cuboid", type_=String())
 ROWS = meter_days.alias("md")
 _HAS_ROWS = meter_days.alias("mx")
@@ -33,10 +57,12 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     """(the grouped select: n, g0..., value columns, c; the value columns) of the plan, rolled-up days read from its
     cuboid's rows."""
     table = pieces.table("pc", _PARTS)
-    t = table.c
-    raw, _ = raw_grouped(pieces, plan, table, t.n, t.lo, t.hi, pieces.raw_partials(plan.aggregation), short=True)
-    raw = raw.where(or_(t.k == 0, not_(_has_rows(t.day)), _marked(t.day)))
-    both = union_all(raw, _rolled(pieces, plan, table)).subquery("u")
+    marked = _marked_pieces(table)
+    spans = _raw_spans(table, marked, pieces.table("hr", _HOURS))
+    raw, _ = raw_grouped(
+        pieces, plan, spans, spans.c.n, spans.c.lo, spans.c.hi, pieces.raw_partials(plan.aggregation), short=True
+    )
+    both = union_all(raw, _rolled(pieces, plan, table), _rolled_hours(pieces, plan, marked)).subquery("u")
     groups = [both.c[f"g{i}"] for i in range(len(plan.group_by))]
     values = pieces.combine(plan.aggregation, both)
     grouped = (
@@ -48,20 +74,51 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
 
 
 def parameters(pieces: MeterPieces, plan: MeterPlan) -> dict:
-    """The values of the statement's table of parts and its cuboid."""
+    """The values of the statement's table of parts, its hours and its cuboid."""
     cut = meter_rollups.split(plan.windows, plan.first_window)
     parts = [(p.n, 1, p.day_us, p.first_hour, p.end_hour, *_span(p)) for p in cut.pieces]
     parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
-    return {"cuboid": plan.cuboid, **pieces.table_rows("pc", _PARTS, parts)}
+    hours = pieces.table_rows("hr", _HOURS, _DAY_HOURS)
+    return {"cuboid": plan.cuboid, **pieces.table_rows("pc", _PARTS, parts), **hours}
+
+
+def _marked_pieces(table):
+    """The day pieces (n, day, h1, h2) of days with a mark that names some of their hours, with the mark's
+    dirty_hours: found from the tenant's marks of the metric (few, often none), once."""
+    t = table.c
+    return (
+        select(t.n, t.day, t.h1, t.h2, _MARKS.c.dirty_hours)
+        .select_from(_MARKS)
+        .join(table, _mark_of(t.day))
+        .where(t.k == 1, _MARKS.c.dirty_hours != ALL_HOURS)
+        .cte("mp")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+
+
+def _raw_spans(table, marked, hours):
+    """The spans (n, lo, hi) read from raw events: the raw parts, the day pieces of days without rows of the cuboid
+    or marked whole, and each hour of a marked day's piece that its mark names."""
+    t, m, h = table.c, marked.c, hours.c
+    whole = select(t.n, t.lo, t.hi).where(
+        or_(t.k == 0, not_(_has_rows(t.day)), exists().where(_mark_of(t.day), _MARKS.c.dirty_hours == ALL_HOURS))
+    )
+    hour_start = m.day + h.h * HOUR_US
+    by_hour = (
+        select(m.n, hour_start.label("lo"), (hour_start + HOUR_US).label("hi"))
+        .select_from(marked.join(hours, and_(h.h >= m.h1, h.h < m.h2)))
+        .where(bit(m.dirty_hours, h.h) == 1, _has_rows(m.day))  # else the piece is read whole
+    )
+    return union_all(whole, by_hour).subquery("sp")
 
 
 def _span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
     return piece.day_us + piece.first_hour * HOUR_US, piece.day_us + piece.end_hour * HOUR_US
 
 
-def _marked(day):
-    """Whether the day starting at `day` has a dirty mark: its rows are not read."""
-    return exists().where(
+def _mark_of(day):
+    """The condition that _MARKS is the dirty mark of the day starting at `day`."""
+    return and_(
         _MARKS.c.tenant_id == TENANT,
         _MARKS.c.metric == METRIC,
         _MARKS.c.period == int(Period.DAY),
@@ -80,22 +137,41 @@ def _has_rows(day):
 
 
 def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
-    """The rolled-up day pieces from the cuboid's rows (a day without them yields none here, and is read raw):
-    partial states of each row, grouped with the raw parts' by `combined`."""
+    """The day pieces of days without a mark from the cuboid's rows (a day without them yields none here, and is
+    read raw): partial states of each row, grouped with the raw parts' by `combined`."""
     t = table.c
-    groups = [_value(pieces, name) for name in plan.group_by]
     extra, conditions, partials, count = pieces.rolled_partials(plan.aggregation, ROWS, t.h1, t.h2)
-    on = and_(
-        ROWS.c.tenant_id == TENANT,
-        ROWS.c.metric == METRIC,
-        ROWS.c.day_us == t.day,
-        ROWS.c.cuboid == _CUBOID,
+    rolled = (
+        select(t.n.label("n"), *_groups(pieces, plan), *partials, count.label("c"))
+        .select_from(table.join(ROWS, _rows_of(t.day)), *extra)
+        .where(t.k == 1, not_(exists().where(_mark_of(t.day))), *conditions)
+    )
+    return _filtered(pieces, plan, rolled)
+
+
+def _rolled_hours(pieces: MeterPieces, plan: MeterPlan, marked):
+    """The hours of marked days' pieces that their marks do not name, from the cuboid's rows, hour by hour."""
+    m = marked.c
+    extra, conditions, partials, count = pieces.rolled_partials(
+        plan.aggregation, ROWS, m.h1, m.h2, dirty_hours=m.dirty_hours
     )
     rolled = (
-        select(t.n.label("n"), *[g.label(f"g{i}") for i, g in enumerate(groups)], *partials, count.label("c"))
-        .select_from(table.join(ROWS, on), *extra)
-        .where(t.k == 1, not_(_marked(t.day)), *conditions)
+        select(m.n.label("n"), *_groups(pieces, plan), *partials, count.label("c"))
+        .select_from(marked.join(ROWS, _rows_of(m.day)), *extra)
+        .where(*conditions)
     )
+    return _filtered(pieces, plan, rolled)
+
+
+def _rows_of(day):
+    return and_(ROWS.c.tenant_id == TENANT, ROWS.c.metric == METRIC, ROWS.c.day_us == day, ROWS.c.cuboid == _CUBOID)
+
+
+def _groups(pieces: MeterPieces, plan: MeterPlan) -> list:
+    return [_value(pieces, name).label(f"g{i}") for i, name in enumerate(plan.group_by)]
+
+
+def _filtered(pieces: MeterPieces, plan: MeterPlan, rolled):
     for position, (name, _) in enumerate(plan.filters):
         rolled = rolled.where(pieces.one_of(_value(pieces, name), f"f{position}"))
     return rolled

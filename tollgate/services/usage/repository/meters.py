@@ -84,10 +84,11 @@ class MeterPieces(Protocol):
     def raw_partials(self, aggregation: Aggregation) -> list:
         """The columns (p0...) of the aggregation's partial state over a group's raw events `e`."""
 
-    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
+    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour, dirty_hours=None) -> tuple:
         """(more FROM items, conditions, the partial state's columns p0..., the event count) of each of the
         meter_days `rows` (or each of its hours) over its hours [first_hour, end_hour), not aggregated: `combine`
-        groups them with the raw parts' in one step."""
+        groups them with the raw parts' in one step. With `dirty_hours` (a day mark's bits), hour by hour, leaving
+        out the hours whose bit is set."""
 
     def combine(self, aggregation: Aggregation, parts) -> list:
         """The value columns (as `values` gives them) of partial states p0... of the subquery `parts`."""
@@ -114,6 +115,11 @@ def _distinct_counted(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi):
     groups = [inner.c.n] + [inner.c[f"g{i}"] for i in range(len(plan.group_by))]
     value = func.count(func.nullif(inner.c.u, _EMPTY)).label("v")
     return select(*groups, value, _count_of(inner.c.c)).group_by(*groups), [value]
+
+
+def bit(bits, hour):
+    """Bit `hour` of the integer `bits` (0 or 1): of a day mark's dirty_hours, whether it names that hour."""
+    return bits.op(">>")(cast(hour, Integer)).op("&")(literal_column("1"))
 
 
 def _count_of(counts):
@@ -306,8 +312,8 @@ class _WindowsFirst(Join):
 
 
 class _ShortRangesFirst(_WindowsFirst):
-    """Short ranges (a rollup's raw parts: edges off the hour, marked days) joined to their events, each read by its
-    own index range on PostgreSQL too."""
+    """Short ranges (a rollup's raw parts: edges off the hour, marked hours and days) joined to their events, each
+    read by its own index range on PostgreSQL too."""
 
     inherit_cache = True
 

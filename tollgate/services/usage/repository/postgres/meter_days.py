@@ -1,9 +1,10 @@
 """SQL of a rollup pass's meter days (see rollup_pass.py; docs/usage.md, "Meters"): each day mark of a metric rolled
 up with dimensions recomputed whole from its raw events into its cuboids' rows, handed to the applies through
-usage.meter_work, which write them with the day's aggregates and the deletion of its mark.
+usage.meter_work, which write them with the day's aggregates and the deletion (or narrowing) of its mark.
 
 A marked day is read whole (its events are all there: a purge keeps a dirty day's events), not hour by hour as
-the aggregates are: a question reads a marked day from raw events anyway, so only its last rollup must be exact.
+the aggregates are: its rows are then exact as of the pass's snapshot, and a question reads them for the hours the
+day's mark, if any, does not name.
 """
 
 from __future__ import annotations

@@ -6,12 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import BigInteger, Connection, String, any_, bindparam, cast, func, literal_column
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    String,
+    any_,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
-from tollgate.services.usage.repository.meters import EVENTS
+from tollgate.services.usage.repository.meters import EVENTS, bit
 from tollgate.shared import driver
 
 # A group's latest event as one value ("usage".meter_latest, migration usage_0016), and the latest of such values.
@@ -86,12 +97,29 @@ class Pieces:
             return [literal_column(_LATEST.format(at="e.occurred_at_us", id="e.event_id", q="e.quantity")).label("p0")]
         return []
 
-    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
-        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour, dirty_hours=None) -> tuple:
+        if aggregation in (Aggregation.SUM, Aggregation.COUNT) and dirty_hours is None:
             # Running sums: the hours [h1, h2) of a row are one subtraction, not an unnest.
             quantity = rows.c.running_quantities[end_hour + 1] - rows.c.running_quantities[first_hour + 1]
             count = rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1]
             return [], [], [quantity.label("p0")] if aggregation is Aggregation.SUM else [], count
+        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+            # The hours [h1, h2) by one subtraction, less each hour the mark names by one more: sums subtract, and
+            # the running sums are in the index (meter_days_running), the hours' cells are not.
+            hour = func.generate_series(first_hour, end_hour - 1).table_valued("h").render_derived(name="g")
+            # Of the row's piece: each part is correlated to the statement's FROM items.
+            spans = union_all(
+                select(
+                    first_hour.label("lo"), end_hour.label("hi"), literal_column("1").label("sign")
+                ).correlate_except(None),
+                select(hour.c.h, hour.c.h + 1, literal_column("-1"))
+                .where(bit(dirty_hours, hour.c.h) == 1)
+                .correlate_except(None),
+            ).lateral("s")
+            s = spans.c
+            quantity = s.sign * (rows.c.running_quantities[s.hi + 1] - rows.c.running_quantities[s.lo + 1])
+            count = s.sign * (rows.c.running_counts[s.hi + 1] - rows.c.running_counts[s.lo + 1])
+            return [spans], [], [quantity.label("p0")] if aggregation is Aggregation.SUM else [], count
         if aggregation is Aggregation.LATEST:
             hours = (
                 func.unnest(
@@ -113,7 +141,10 @@ class Pieces:
                 .render_derived(name="h")
             )
             partial = hours.c.x.label("p0")
-        return [hours], [hours.c.o >= first_hour, hours.c.o < end_hour], [partial], hours.c.c
+        conditions = [hours.c.o >= first_hour, hours.c.o < end_hour]
+        if dirty_hours is not None:
+            conditions.append(bit(dirty_hours, hours.c.o) == 0)
+        return [hours], conditions, [partial], hours.c.c
 
     def combine(self, aggregation: Aggregation, parts) -> list:
         if aggregation is Aggregation.SUM:

@@ -164,8 +164,8 @@ RETURNING tenant_id, metric, period, period_start_us"""
 # was made or last narrowed (fresh_hours), which hold every hour with an event the pass did not read: its other
 # hours are exact in the row, and GetUsage reads them there. Without this, a day that gains events faster than a
 # pass goes from its snapshot to its apply kept its mark for good, with every hour it ever had marked, and GetUsage
-# read it raw whole; and every busy bucket looked as old as its first mark. A marked day's meter rows are not read,
-# so they are not stored here.
+# read it raw whole; and every busy bucket looked as old as its first mark. A narrowed day's meter rows are stored
+# with it (apply_pass), from the same snapshot, since QueryUsage reads them for the hours its mark does not name.
 _NARROW = f"""WITH chunk AS MATERIALIZED (
     SELECT * FROM {_PASSES} WHERE pass_id = :pass AND seq > :after AND seq <= :until),
 held AS MATERIALIZED (
@@ -186,7 +186,8 @@ narrowed AS (UPDATE "usage".dirty_buckets AS d
              FROM unchanged
              WHERE d.tenant_id = unchanged.tenant_id AND d.metric = unchanged.metric AND d.period = unchanged.period
                AND d.period_start_us = unchanged.period_start_us)
-{_STORE.format(rows="unchanged")}"""
+{_STORE.format(rows="unchanged")}
+RETURNING tenant_id, metric, period, period_start_us"""
 
 
 class Pass(NamedTuple):
@@ -243,15 +244,15 @@ def compute_pass(
 
 
 def apply_pass(session: Session, pass_id: int, after: int, size: int, now_us: int) -> int:
-    """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks;
-    replace the meter rows of the days among them (meter_days.py). Then store the buckets whose marks changed,
-    keeping their marks, the days' narrowed (_NARROW). How many buckets were stored."""
+    """Store the buckets of the pass's rows after..after+size whose marks nobody changed since; clear those marks.
+    Then store the buckets whose marks changed, keeping their marks, the days' narrowed (_NARROW). Replace the meter
+    rows of the days among both (meter_days.py). How many buckets were stored."""
     for setting in _APPLY_SETTINGS:
         session.execute(text(f"SET LOCAL {setting}"))
     values = {"pass": pass_id, "after": after, "until": after + size, "now": now_us}
-    claimed = session.execute(text(_APPLY), values).all()
-    meter_days.apply(session, pass_id, [(t, m, s) for t, m, p, s in claimed if p == Period.DAY], now_us)
-    return len(claimed) + rowcount(session.execute(text(_NARROW), values))
+    stored = [*session.execute(text(_APPLY), values), *session.execute(text(_NARROW), values)]
+    meter_days.apply(session, pass_id, [(t, m, s) for t, m, p, s in stored if p == Period.DAY], now_us)
+    return len(stored)
 
 
 def drop_pass(session: Session, pass_id: int) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Connection, String, bindparam, func, literal_
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
-from tollgate.services.usage.repository.meters import EVENTS
+from tollgate.services.usage.repository.meters import EVENTS, bit
 from tollgate.shared import clock
 
 _SPLIT = 2**32
@@ -88,13 +88,15 @@ class Pieces:
             return [func.max(literal_column(_LATEST_KEY)).label("p0"), q.label("p1")]
         return []
 
-    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour) -> tuple:
+    def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour, dirty_hours=None) -> tuple:
         hours = func.json_each(rows.c.hour_offsets).table_valued("key", "value").alias("h")
 
         def at(column: str):
             return literal_column(f"json_extract(md.{column}, '$[' || h.key || ']')", BigInteger())
 
         conditions = [hours.c.value >= first_hour, hours.c.value < end_hour]
+        if dirty_hours is not None:
+            conditions.append(bit(dirty_hours, hours.c.value) == 0)
         if aggregation is Aggregation.SUM:
             q = at("hour_quantities")
             partials = [q.op("/")(_SPLIT_SQL).label("p0"), q.op("%")(_SPLIT_SQL).label("p1")]

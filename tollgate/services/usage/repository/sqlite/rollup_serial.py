@@ -71,6 +71,8 @@ def roll_up_step(
                 read, left, total = _day(session, tenant, metric, start_us, dirty_hours, budget - spent, now_us)
                 if not left and total is None:
                     read += _meter_day(session, tenant, metric, start_us, rolled_up.get(metric), now_us)
+                elif total is None:  # the mark now names only the hours left; the meter rows lack events of others
+                    _drop_meter_day(session, tenant, metric, start_us)
             else:
                 read, left, total = _fold(session, tenant, metric, Period(period), start_us, now_us)
             spent += read
@@ -127,15 +129,21 @@ def _day(
     return read, left, None
 
 
-def _meter_day(session: Session, tenant: str, metric: str, day_us: int, declared: list[str] | None, now_us: int) -> int:
-    """Replace the day's meter rows (domain/meter_rollups.py) with those of its events, read whole, when the metric is
-    rolled up with dimensions (`declared`: its dimensions; None when it is not); the events read. Called when the
-    day's mark is about to go: while a day is marked, questions read it from raw events."""
+def _drop_meter_day(session: Session, tenant: str, metric: str, day_us: int) -> None:
+    """Delete the day's meter rows: questions read the day from raw events until its next whole rollup."""
     session.execute(
         meter_days.delete().where(
             meter_days.c.tenant_id == tenant, meter_days.c.metric == metric, meter_days.c.day_us == day_us
         )
     )
+
+
+def _meter_day(session: Session, tenant: str, metric: str, day_us: int, declared: list[str] | None, now_us: int) -> int:
+    """Replace the day's meter rows (domain/meter_rollups.py) with those of its events, read whole, when the metric is
+    rolled up with dimensions (`declared`: its dimensions; None when it is not); the events read. Called when the
+    day's mark is about to go: the rows then hold every event of the day, and a question reads them for the hours a
+    later mark does not name."""
+    _drop_meter_day(session, tenant, metric, day_us)
     if declared is None:
         return 0
     e = events.c
