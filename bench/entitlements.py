@@ -8,7 +8,9 @@ usage. A tenant's plan has one hard monthly quota on api.requests (high enough t
 never refused) and a grant. CheckEntitlement reads Usage's answer (reused as deployed) and what Policy holds
 (one statement); Reserve takes the (tenant, metric) lock, reads both and inserts; Commit locks, writes the
 commit and its outbox row, and sends the event to Usage before answering. Every in-flight Reserve and Commit
-hits the same (tenant, metric) lock row: that is the hot limit. Last, a second tenant's hard limit is set to
+hits the same (tenant, metric) lock row: that is the hot limit. Policy's CPU per call with IN_FLIGHT calls in
+flight is printed too, beside that of ResolveMode (an authenticated call answered from memory): with calls in
+flight, the process's CPU sets the latency. Last, a second tenant's hard limit is set to
 half of what IN_FLIGHT callers ask for, and the bench checks that the committed sum stays within it and
 that Usage's total equals it once the outbox is empty. The database is dropped at the end."""
 
@@ -63,7 +65,7 @@ def run(admin_url: str) -> None:
                 ):
                     admin = policy_pb2_grpc.PolicyAdminServiceStub(channel)
                     _seed(admin, metadata, HOT, 10**12)
-                    _measure(channel, usage_channel, metadata)
+                    _measure(channel, usage_channel, metadata, policy)
                     _overshoot(channel, usage_channel, admin, metadata)
             finally:
                 policy.stop()
@@ -108,7 +110,7 @@ def _seed(admin, metadata, tenant: str, limit: int) -> None:
         )
 
 
-def _measure(channel, usage_channel, metadata) -> None:
+def _measure(channel, usage_channel, metadata, process: PolicyProcess) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     policy = policy_pb2_grpc.PolicyServiceStub(channel)
     usage = usage_pb2_grpc.UsageServiceStub(usage_channel)
@@ -130,6 +132,10 @@ def _measure(channel, usage_channel, metadata) -> None:
     def check(n: int) -> None:
         request = pb.CheckEntitlementRequest(tenant_id=HOT, user_id=f"user{n % 50}", feature_id=FEATURE)
         policy.CheckEntitlement(request, metadata=metadata, timeout=5)
+
+    def resolve(n: int) -> None:
+        request = pb.ResolveModeRequest(tenant_id=HOT, user_id=f"user{n % 50}", feature_id=FEATURE)
+        policy.ResolveMode(request, metadata=metadata, timeout=5)
 
     reserve_samples: list[float] = []
     lock = threading.Lock()
@@ -153,7 +159,7 @@ def _measure(channel, usage_channel, metadata) -> None:
             timeout=10,
         )
 
-    for call in (empty, check, reserve_commit, get_usage):
+    for call in (empty, check, resolve, reserve_commit, get_usage):
         timing.timed(call, WARMUP)
     rows: list[tuple[str, list[float], float | None]] = [
         ("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
@@ -162,25 +168,35 @@ def _measure(channel, usage_channel, metadata) -> None:
     reserve_samples.clear()
     rows.append(("Reserve+Commit, sequential", timing.timed(reserve_commit, SEQUENTIAL), None))
     rows.append(("Reserve (of the pairs above), sequential", list(reserve_samples), None))
-    for label, call in (
-        (f"empty unary, {IN_FLIGHT} in flight", empty),
-        (f"CheckEntitlement, {IN_FLIGHT} in flight", check),
-    ):
+    cpu: dict[str, float] = {}  # Policy's CPU per call, in flight: what bounds the ratios there
+
+    def in_flight(label: str, call) -> tuple[list[float], float]:
+        used = process.cpu_seconds()
         samples, rate = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
-        rows.append((label, samples, rate))
+        cpu[label] = (process.cpu_seconds() - used) / CONCURRENT
+        return samples, rate
+
+    for label, call in (("empty unary", empty), ("CheckEntitlement", check)):
+        samples, rate = in_flight(label, call)
+        rows.append((f"{label}, {IN_FLIGHT} in flight", samples, rate))
+    in_flight("ResolveMode (answered from memory)", resolve)
     reserve_samples.clear()
-    samples, rate = timing.concurrent(reserve_commit, CONCURRENT, IN_FLIGHT)
+    samples, rate = in_flight("Reserve+Commit pair", reserve_commit)
     rows.append((f"Reserve+Commit, {IN_FLIGHT} in flight, one hot limit", samples, rate))
     rows.append((f"Reserve (of those pairs), {IN_FLIGHT} in flight", list(reserve_samples), None))
     rows.append(
         ("where the time goes: GetUsage straight on Usage, sequential", timing.timed(get_usage, SEQUENTIAL), None)
     )
-    _report(rows)
+    _report(rows, cpu)
 
 
-def _report(rows) -> None:
+def _report(rows, cpu: dict[str, float]) -> None:
     timing.report(rows, in_flight_reference=4, width=60)
     print("goals: CheckEntitlement p99 <= 2x the empty RPC, Reserve p99 <= 3x")
+    print(f"Policy's CPU per call, {IN_FLIGHT} in flight (all its threads; it bounds the ratios there):")
+    reference = cpu["empty unary"]
+    for label, seconds in cpu.items():
+        print(f"  {label:58} {seconds * 1000:8.3f} ms {seconds / reference:8.2f}x the empty RPC's")
 
 
 def _overshoot(channel, usage_channel, admin, metadata) -> None:

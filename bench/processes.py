@@ -54,6 +54,11 @@ class ServiceProcess:
                     raise RuntimeError(f"the {self.SERVICE} process did not become SERVING")
                 time.sleep(0.1)
 
+    def cpu_seconds(self) -> float:
+        """The CPU time the process (all its threads) has used so far, user and system, from /proc/<pid>/stat."""
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self._process.terminate()
         try:
