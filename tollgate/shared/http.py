@@ -435,6 +435,7 @@ class _WholeBodyGateway(wsgi.Gateway_10):
 
     def _respond(self) -> None:
         response = self.req.server.wsgi_app(self.env, self.start_response)
+        self._drain()
         if isinstance(response, list) and self.started_response:
             framing = {name.lower() for name, _ in self.req.outheaders} & {b"content-length", b"transfer-encoding"}
             if not framing:
@@ -448,6 +449,16 @@ class _WholeBodyGateway(wsgi.Gateway_10):
             self.req.ensure_headers_sent()
             if hasattr(response, "close"):
                 response.close()
+
+    def _drain(self) -> None:
+        """Read and drop what the application left of the request body (one refused past the message limit), up
+        to the server's own bound, before answering. cheroot does so itself for a body of known length on a
+        connection it keeps, not for a chunked one: the rest is then read as the next request, refused, and the
+        connection closed on unread bytes, which resets it, so a client still sending fails on its send before it
+        reads the answer."""
+        with contextlib.suppress(cheroot_errors.MaxSizeExceeded):
+            while self.req.rfile.read(65536):
+                pass
 
 
 class HttpServer:

@@ -383,10 +383,7 @@ def _json(body: bytes) -> Any:
 
 
 def _read(environ: dict[str, Any], limit: int) -> bytes:
-    """The request body, keeping no more than `limit` bytes: past it, RESOURCE_EXHAUSTED as an RPC's body. The rest
-    of a body refused so is read and dropped, so that a client still sending it reads the refusal: a connection
-    closed on unread bytes is reset, and the client's send fails before it reads the answer. Never past twice the
-    limit in all, the HTTP server's own bound (shared/http.py), which cheroot answers 413 beyond."""
+    """The request body, reading no more than `limit` bytes: past it, RESOURCE_EXHAUSTED as an RPC's body."""
     stream = environ["wsgi.input"]
     declared = environ.get("CONTENT_LENGTH")
     if declared:
@@ -395,7 +392,6 @@ def _read(environ: dict[str, Any], limit: int) -> bytes:
         except ValueError:
             raise InvalidArgument(FieldViolation("content-length", "is not a number")) from None
         if size > limit:
-            _drop(stream, min(size, 2 * limit))
             raise _too_large(size, limit)
         parts, total = [], 0
         while total < size and (chunk := stream.read(size - total)):
@@ -407,15 +403,8 @@ def _read(environ: dict[str, Any], limit: int) -> bytes:
         parts.append(chunk)
         total += len(chunk)
         if total > limit:
-            _drop(stream, 2 * limit - total)
             raise _too_large(total, limit)
     return b"".join(parts)
-
-
-def _drop(stream, most: int) -> None:
-    """Read and drop up to `most` bytes of the body, or what is left of it."""
-    while most > 0 and (chunk := stream.read(min(65536, most))):
-        most -= len(chunk)
 
 
 def _too_large(size: int, limit: int) -> ResourceExhausted:
