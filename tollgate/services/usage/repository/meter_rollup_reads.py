@@ -35,9 +35,9 @@ from tollgate.services.usage.repository.meters import (
     TENANT,
     MeterPieces,
     _count_of,
-    bit,
     raw_grouped,
 )
+from tollgate.services.usage.repository.rollups import bit
 from tollgate.services.usage.tables import dirty_buckets, meter_days
 
 # Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
@@ -128,12 +128,7 @@ def _mark_of(day):
 
 def _has_rows(day):
     """Whether the day starting at `day` has rows of the cuboid."""
-    return exists().where(
-        _HAS_ROWS.c.tenant_id == TENANT,
-        _HAS_ROWS.c.metric == METRIC,
-        _HAS_ROWS.c.day_us == day,
-        _HAS_ROWS.c.cuboid == _CUBOID,
-    )
+    return exists().where(_rows_of(day, _HAS_ROWS))
 
 
 def _rolled(pieces: MeterPieces, plan: MeterPlan, table):
@@ -163,8 +158,9 @@ def _rolled_hours(pieces: MeterPieces, plan: MeterPlan, marked):
     return _filtered(pieces, plan, rolled)
 
 
-def _rows_of(day):
-    return and_(ROWS.c.tenant_id == TENANT, ROWS.c.metric == METRIC, ROWS.c.day_us == day, ROWS.c.cuboid == _CUBOID)
+def _rows_of(day, rows=ROWS):
+    """The condition that `rows` (meter_days) is a row of the cuboid of the day starting at `day`."""
+    return and_(rows.c.tenant_id == TENANT, rows.c.metric == METRIC, rows.c.day_us == day, rows.c.cuboid == _CUBOID)
 
 
 def _groups(pieces: MeterPieces, plan: MeterPlan) -> list:

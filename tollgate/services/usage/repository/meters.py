@@ -117,11 +117,6 @@ def _distinct_counted(pieces: MeterPieces, plan: MeterPlan, windows, n, lo, hi):
     return select(*groups, value, _count_of(inner.c.c)).group_by(*groups), [value]
 
 
-def bit(bits, hour):
-    """Bit `hour` of the integer `bits` (0 or 1): of a day mark's dirty_hours, whether it names that hour."""
-    return bits.op(">>")(cast(hour, Integer)).op("&")(literal_column("1"))
-
-
 def _count_of(counts):
     """The event count c of groups of counts: a BIGINT (a sum of BIGINTs is NUMERIC, which a driver reads as a
     decimal), as no count of events passes it."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import Connection, and_, func, select
+from sqlalchemy import Connection, Integer, and_, cast, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.domain import digests
@@ -45,6 +45,11 @@ class RollupOutcome(NamedTuple):
 
     done: int
     refused: list[RefusedBucket]
+
+
+def bit(bits, hour):
+    """Bit `hour` of the integer `bits` (0 or 1): of a day mark's dirty_hours, whether it names that hour."""
+    return bits.op(">>")(cast(hour, Integer)).op("&")(literal_column("1"))
 
 
 def mark_dirty(

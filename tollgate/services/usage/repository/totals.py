@@ -17,6 +17,7 @@ from sqlalchemy.sql.selectable import Join
 from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, Period
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
+from tollgate.services.usage.repository.rollups import bit
 from tollgate.services.usage.tables import aggregates, dirty_buckets, events, metrics, purge_horizons
 
 # Short aliases keep GetUsage's statement under psycopg's 4 KiB cache limit for converted queries
@@ -207,7 +208,7 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
         select(mark.c.metric, quantity.label("quantity"), count.label("event_count"))
         .join_from(mark, DAY_ROWS, _row_of(mark, tenant))
         .join(cells, true())
-        .where(marked, mark.c.dirty_hours.op(">>")(offset).op("&")(ONE) == ZERO, in_span(offset))
+        .where(marked, bit(mark.c.dirty_hours, offset) == 0, in_span(offset))
     )
     hour = pieces.day_hours()
     start = mark.c.period_start_us + hour * _HOUR_US
@@ -225,7 +226,7 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
                 ),
             )
         )
-        .where(marked, mark.c.dirty_hours.op(">>")(hour).op("&")(ONE) == ONE, in_span(hour))
+        .where(marked, bit(mark.c.dirty_hours, hour) == 1, in_span(hour))
     )
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
 

@@ -22,7 +22,8 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
-from tollgate.services.usage.repository.meters import EVENTS, bit
+from tollgate.services.usage.repository.meters import EVENTS
+from tollgate.services.usage.repository.rollups import bit
 from tollgate.shared import driver
 
 # A group's latest event as one value ("usage".meter_latest, migration usage_0016), and the latest of such values.
@@ -98,12 +99,12 @@ class Pieces:
         return []
 
     def rolled_partials(self, aggregation: Aggregation, rows, first_hour, end_hour, dirty_hours=None) -> tuple:
-        if aggregation in (Aggregation.SUM, Aggregation.COUNT) and dirty_hours is None:
+        sums = aggregation in (Aggregation.SUM, Aggregation.COUNT)
+        if sums and dirty_hours is None:
             # Running sums: the hours [h1, h2) of a row are one subtraction, not an unnest.
-            quantity = rows.c.running_quantities[end_hour + 1] - rows.c.running_quantities[first_hour + 1]
-            count = rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1]
+            quantity, count = _between(rows, first_hour, end_hour)
             return [], [], [quantity.label("p0")] if aggregation is Aggregation.SUM else [], count
-        if aggregation in (Aggregation.SUM, Aggregation.COUNT):
+        if sums:
             # The hours [h1, h2) by one subtraction, less each hour the mark names by one more: sums subtract, and
             # the running sums are in the index (meter_days_running), the hours' cells are not.
             hour = func.generate_series(first_hour, end_hour - 1).table_valued("h").render_derived(name="g")
@@ -116,9 +117,8 @@ class Pieces:
                 .where(bit(dirty_hours, hour.c.h) == 1)
                 .correlate_except(None),
             ).lateral("s")
-            s = spans.c
-            quantity = s.sign * (rows.c.running_quantities[s.hi + 1] - rows.c.running_quantities[s.lo + 1])
-            count = s.sign * (rows.c.running_counts[s.hi + 1] - rows.c.running_counts[s.lo + 1])
+            quantity, count = _between(rows, spans.c.lo, spans.c.hi)
+            quantity, count = spans.c.sign * quantity, spans.c.sign * count
             return [spans], [], [quantity.label("p0")] if aggregation is Aggregation.SUM else [], count
         if aggregation is Aggregation.LATEST:
             hours = (
@@ -156,6 +156,14 @@ class Pieces:
         if aggregation is Aggregation.LATEST:
             return [literal_column(_LATEST_OF_PARTS).label("v")]
         return [func.sum(parts.c.c).label("v")]
+
+
+def _between(rows, first_hour, end_hour) -> tuple:
+    """(quantity, count) of a meter_days row's hours [first_hour, end_hour): differences of its running sums."""
+    return (
+        rows.c.running_quantities[end_hour + 1] - rows.c.running_quantities[first_hour + 1],
+        rows.c.running_counts[end_hour + 1] - rows.c.running_counts[first_hour + 1],
+    )
 
 
 PIECES = Pieces()

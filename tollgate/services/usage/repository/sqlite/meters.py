@@ -10,7 +10,8 @@ from sqlalchemy import BigInteger, Connection, String, bindparam, func, literal_
 from sqlalchemy.sql.elements import ColumnElement
 
 from tollgate.services.usage.domain.aggregations import Aggregation
-from tollgate.services.usage.repository.meters import EVENTS, bit
+from tollgate.services.usage.repository.meters import EVENTS
+from tollgate.services.usage.repository.rollups import bit
 from tollgate.shared import clock
 
 _SPLIT = 2**32
