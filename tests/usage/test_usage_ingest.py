@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 from tests import support
 from tests.conftest import status_of
 from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals, verdicts
+from tollgate.services.usage.repository.postgres.bulk_ingest import FEW
 from tollgate.usage.v1 import usage_pb2 as u
 
 
@@ -74,6 +75,22 @@ def test_collisions_inside_one_batch_are_judged_in_order_and_the_first_wins(usag
     assert [r.index for r in results] == list(range(6))
     assert results[4].existing_event_id == "b"
     assert totals(usage_stub, token, tenant) == {"api.requests": (4, 3)}
+
+
+@pytest.mark.parametrize("size", [1, 2, FEW, FEW + 1, 40])
+def test_a_batch_of_any_size_is_judged_against_stored_events_alike(usage_stub, token, tenant, size):
+    """On PostgreSQL a batch of up to FEW events is inserted straight and a larger one staged with COPY
+    (postgres/bulk_ingest.py); either way a resend of a stored event is a DUPLICATE, a new event taking a stored
+    idempotency key a CONFLICT naming it, and only new events count."""
+    record(usage_stub, token, tenant, [event("a", quantity=1), event("b", quantity=2, idempotency_key="k")])
+    kinds = [event("a", quantity=1), event("c", quantity=5, idempotency_key="k")]
+    batch = (kinds + [event(f"n{n}", quantity=n + 1) for n in range(size)])[:size]
+    results = record(usage_stub, token, tenant, batch)
+    assert verdicts(results) == (["DUPLICATE", "CONFLICT"] + ["ACCEPTED"] * size)[:size]
+    if size > 1:
+        assert results[1].existing_event_id == "b"
+    new = [e.quantity for e in batch[2:]]
+    assert totals(usage_stub, token, tenant) == {"api.requests": (3 + sum(new), 2 + len(new))}
 
 
 def _bad(reason):

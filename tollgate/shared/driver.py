@@ -3,7 +3,7 @@
 `rows`: the hottest reads (Usage's GetUsage and QueryUsage) skip SQLAlchemy's execution (its context, result
 metadata from the cursor description); psycopg alone still prepares each statement once per connection.
 `together`: a few statements of one transaction (Policy's Reserve) sent in one round trip, or one statement
-(Policy's balance reads). A driver error is
+(Policy's balance reads). `many`: one write for many parameter sets (Usage's dirty marks). A driver error is
 raised as SQLAlchemy would raise it, and a connection that died is dropped from the pool (invalidated), so an
 outage answers UNAVAILABLE as on every other path.
 """
@@ -63,6 +63,18 @@ def together(
             if commit:
                 driver.commit()
         return [_rows_of(cursor) for cursor in cursors]
+
+
+def many(connection: Connection, statement: Executable, rows: Sequence[dict]) -> None:
+    """A write executed once per parameter set of `rows`. On PostgreSQL, psycopg's executemany of the statement
+    compiled once (SQLAlchemy compiles some statements, such as an upsert, on every execution); elsewhere through
+    SQLAlchemy."""
+    if connection.dialect.name != "postgresql":
+        connection.execute(statement, rows)
+        return
+    sql, constants = _pg_compiled(statement, connection.dialect)
+    with _raised_as_sqlalchemy(connection, sql, {}):
+        _cursor(connection).executemany(sql, [{**constants, **row} for row in rows])
 
 
 def _rows_of(cursor) -> list[tuple]:

@@ -16,18 +16,22 @@ bucket is rolled up as usual.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Integer, and_, cast, func, literal_column, select
+from sqlalchemy import Connection, Integer, and_, bindparam, cast, func, literal_column, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Executable
 
 from tollgate.services.usage.domain import digests
 from tollgate.services.usage.domain.buckets import HOUR_US, Period, holds_hour, start_of
 from tollgate.services.usage.domain.queries import Aggregate
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.tables import aggregates, dirty_buckets, rollup_runs
+from tollgate.shared import driver
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
+_MARK = (*_KEY, "marked_at_us", "dirty_hours", "fresh_hours")
 
 
 class RefusedBucket(NamedTuple):
@@ -55,7 +59,7 @@ def bit(bits, hour):
 def mark_dirty(
     session: Session, tenant_id: str, buckets: dict[tuple[str, Period, int], int], now_us: int, *, storage: Storage
 ) -> None:
-    """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in one statement, in key order.
+    """Mark (metric, period, start) buckets dirty, with their dirty hours (bits), in key order, in one round trip.
 
     DO UPDATE (not DO NOTHING) on purpose: on PostgreSQL it waits for a rollup holding the row and,
     once that rollup deleted it, inserts it again, so an event committed after the rollup read the
@@ -79,15 +83,21 @@ def mark_dirty(
         )
         for (m, p, s), bits in sorted(buckets.items())
     ]
-    statement = storage.insert(dirty_buckets)
-    statement = statement.on_conflict_do_update(
+    driver.many(session.connection(), _mark_statement(storage.insert), rows)
+
+
+@functools.cache
+def _mark_statement(insert) -> Executable:
+    """mark_dirty's upsert, built once per backend's `insert` (its parameters are bound at each execution)."""
+    values = {name: bindparam(name, type_=dirty_buckets.c[name].type) for name in _MARK}
+    statement = insert(dirty_buckets).values(values)
+    return statement.on_conflict_do_update(
         index_elements=list(_KEY),
         set_={
             "dirty_hours": dirty_buckets.c.dirty_hours.op("|")(statement.excluded.dirty_hours),
             "fresh_hours": dirty_buckets.c.fresh_hours.op("|")(statement.excluded.fresh_hours),
         },
     )
-    session.execute(statement, rows)
 
 
 def record_run(session: Session, tenant_id: str | None, now_us: int, buckets: int, *, storage: Storage) -> None:

@@ -19,7 +19,7 @@ from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
 from tollgate.services.usage.repository import Sessions, in_transaction, ingest
 from tollgate.services.usage.repository.postgres import rollup_pass, totals
-from tollgate.services.usage.repository.postgres.bulk_ingest import copy_insert
+from tollgate.services.usage.repository.postgres.bulk_ingest import FEW, copy_insert, insert_few
 from tollgate.services.usage.repository.postgres.meters import PIECES as METER_PIECES
 from tollgate.services.usage.repository.rollups import RefusedBucket, RollupOutcome
 from tollgate.services.usage.repository.storage import Storage
@@ -68,6 +68,8 @@ class PostgresStorage(Storage):
 
     def insert_events(self, session: Session, rows: list[tuple], *, bulk: bool) -> set[str]:
         # COPY once per transaction: a batch's later rounds (events sharing keys) are few rows each.
+        if len(rows) <= FEW:
+            return insert_few(session, rows)
         return copy_insert(session, rows) if bulk else ingest.insert_rows(session, rows, storage=self)
 
     def usage_totals(self, connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:

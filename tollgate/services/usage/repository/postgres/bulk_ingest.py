@@ -1,10 +1,21 @@
-"""Bulk ingest on PostgreSQL: a batch staged with COPY into a temp table, then inserted from it in one statement."""
+"""Ingest on PostgreSQL: a batch staged with COPY into a temp table, then inserted from it in one statement; a
+batch of a few events inserted straight, one prepared statement per event, all in one round trip."""
 
 from __future__ import annotations
 
+from operator import itemgetter
+
+from sqlalchemy import bindparam
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from tollgate.services.usage.repository.ingest import COLUMNS
+from tollgate.services.usage.tables import events
+from tollgate.shared import driver
+
+# Up to this many rows, staging costs more than it saves: creating the temp table, the COPY's own round trips and
+# emptying the table at COMMIT (ON COMMIT DELETE ROWS) against one INSERT per row, pipelined.
+FEW = 4
 
 _STAGE = "pg_temp.usage_events_stage"
 # Rows of a temp table are transactional: a rolled-back batch leaves nothing behind.
@@ -30,3 +41,19 @@ def copy_insert(session: Session, rows: list[tuple]) -> set[str]:
                 copy.write_row(row)
         cursor.execute(_INSERT)
         return {row[0] for row in cursor.fetchall()}
+
+
+_INSERT_ONE = (
+    postgresql.insert(events)
+    .values({name: bindparam(name, type_=events.c[name].type) for name in COLUMNS})
+    .on_conflict_do_nothing()
+    .returning(events.c.event_id)
+)
+_EVENT_ID = itemgetter(COLUMNS.index("event_id"))
+
+
+def insert_few(session: Session, rows: list[tuple]) -> set[str]:
+    """copy_insert for a few rows (FEW): each inserted by a statement of its own, in event id order as there, all
+    sent in one round trip."""
+    statements = [(_INSERT_ONE, dict(zip(COLUMNS, row))) for row in sorted(rows, key=_EVENT_ID)]
+    return {inserted[0] for rows_back in driver.together(session.connection(), statements) for inserted in rows_back}
