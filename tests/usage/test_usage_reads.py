@@ -1,12 +1,19 @@
 """GetUsage, ListEvents, ListMetrics and UpsertMetric through a real channel, on SQLite and PostgreSQL."""
 
+import json
+
 import grpc
 import pytest
+from sqlalchemy.dialects import postgresql
 
 from tests import support
 from tests.conftest import status_of
-from tests.usage_support import MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts
+from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts
+from tollgate.services.usage.domain import read_plan
 from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
+from tollgate.services.usage.domain.queries import UsageQuery
+from tollgate.services.usage.repository import totals as totals_sql
+from tollgate.services.usage.repository.postgres import totals as pg_totals
 from tollgate.shared.db import INDEXED_READS, create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
@@ -230,3 +237,35 @@ def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequen
         engine.dispose()
     assert plan[0]["Plan"]["Node Type"] == "Seq Scan" and plan[0]["Plan"]["Total Cost"] > 100_000
     assert "JIT" not in plan[0]
+
+
+def _scans_of(node: dict, relation: str) -> list[dict]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `relation`."""
+    found = [node] if node.get("Relation Name") == relation else []
+    return found + [scan for child in node.get("Plans", []) for scan in _scans_of(child, relation)]
+
+
+@POSTGRES_ONLY  # a PostgreSQL plan
+def test_each_dirty_hour_is_read_from_events_on_its_own_whatever_the_planner_prefers(dbs, usage_stub, token, tenant):
+    """GetUsage reads each dirty hour of a marked day from events on its own, one index scan per hour
+    (totals._HoursFirst). The planner is kept off nested loops here, as a new database's planner without statistics
+    kept itself: the statement used to merge-join every event of the tenant to the 24 hours of the day then."""
+    day = (now_us() // DAY_US - 1) * DAY_US
+    record(usage_stub, token, tenant, [event(f"e{n}", at_us=day + (n % 5) * 3_600_000_000) for n in range(40)])
+    query = UsageQuery(tenant, day - DAY_US + 1, now_us())
+    plan = read_plan.plan(query.start_us, query.end_us)
+    assert plan.days and plan.raw  # whole days from rows, ends raw: the statement's every part
+    sql, constants = pg_totals._driver_statement(totals_sql.shape(query, plan), postgresql.psycopg.dialect())
+    engine = create_engine_for(dbs.usage_url, schema="usage", autocommit=True)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql("SET LOCAL enable_nestloop = off")
+            [[explained]] = connection.exec_driver_sql(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", {**constants, **totals_sql.parameters(query, plan)}
+            ).all()
+    finally:
+        engine.dispose()
+    hours = [scan for scan in _scans_of(explained[0]["Plan"], "events") if "dm" in json.dumps(scan)]
+    assert len(hours) == 1, "no scan of events takes its range from the dirty marks' hours"
+    [scan] = hours
+    assert (scan["Actual Loops"], scan["Actual Rows"] * scan["Actual Loops"]) == (5, 40)  # once per dirty hour

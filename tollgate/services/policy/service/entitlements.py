@@ -407,7 +407,13 @@ def _commit_together(
     tenant_id: str, asks: list[tuple[str, int]], *, sessions: Sessions
 ) -> list[tuple[Reservation, int] | Exception]:
     """Decide a tenant's Commits in one transaction, holding the locks of their metrics once, in order: a
-    reservation asked twice in the batch is answered the second time as the first left it."""
+    reservation asked twice in the batch is answered the second time as the first left it.
+
+    The metric's lock, not only the reservation's row, because of expiry: a Reserve that found the reservation
+    expired (its instant taken before its lock) has let others take its amount, and a Commit that could decide
+    meanwhile, at an instant still before the expiry, would add that amount as usage the Reserve never saw.
+    Behind the lock, the Commit's instant comes after that Reserve's, or its outbox row is in that Reserve's
+    read. Release needs no lock: it only frees."""
     outcomes: list[tuple[Reservation, int] | Exception] = []
     with sessions.begin() as session:
         current = entitlements.locked_reservations(session, tenant_id, [rid for rid, _ in asks])

@@ -152,7 +152,7 @@ def statement(
     sums = (
         select(*keys, *quantity, func.sum(union.c.event_count).label("events"))
         .group_by(*keys)
-        .having(func.sum(union.c.event_count) > 0)
+        .having(func.sum(union.c.event_count) > ZERO)
         .subquery("t")
     )
     totals = select(
@@ -208,7 +208,7 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
         select(mark.c.metric, quantity.label("quantity"), count.label("event_count"))
         .join_from(mark, DAY_ROWS, _row_of(mark, tenant))
         .join(cells, true())
-        .where(marked, bit(mark.c.dirty_hours, offset) == 0, in_span(offset))
+        .where(marked, bit(mark.c.dirty_hours, offset) == ZERO, in_span(offset))
     )
     hour = pieces.day_hours()
     start = mark.c.period_start_us + hour * _HOUR_US
@@ -226,16 +226,19 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
                 ),
             )
         )
-        .where(marked, bit(mark.c.dirty_hours, hour) == 1, in_span(hour))
+        .where(marked, bit(mark.c.dirty_hours, hour) == ONE, in_span(hour))
     )
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
 
 
 class _HoursFirst(Join):
-    """A join of the marks and their hours to the events, the hours looped over first on SQLite too (CROSS JOIN),
-    so that each dirty hour reads its own range of events_by_metric_time. SQLite's planner, which cannot tell
-    how many rows json_each yields, otherwise walked every event of the tenant and each of the 24 hours for
-    each, for every GetUsage over a backlog of dirty days."""
+    """A join of the marks and their hours to the events (of which it yields the quantity), the hours looped over
+    first, so that each dirty hour reads its own range of events_by_metric_time, whatever the planner believes
+    of the tables. On SQLite a CROSS JOIN: its planner, which cannot tell how many rows json_each yields,
+    otherwise walked every event of the tenant and each of the 24 hours for each, for every GetUsage over a
+    backlog of dirty days. On PostgreSQL a LATERAL subquery (OFFSET 0 keeps it from being merged back into a
+    join): without statistics (a new database, a table not analyzed yet) its planner merge-joined every event of
+    the tenant to the 24 hours."""
 
     inherit_cache = True
 
@@ -246,6 +249,17 @@ def _cross_join(join, compiler, **kw) -> str:
     return (
         f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
         f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}"
+    )
+
+
+@compiles(_HoursFirst, "postgresql")
+def _lateral(join, compiler, **kw) -> str:
+    kw.pop("asfrom", None)
+    events, name = join.right.element, join.right.name  # written without AS: the text stays under 4 KiB
+    return (
+        f"{compiler.process(join.left, asfrom=True, **kw)} JOIN LATERAL (SELECT {name}.quantity FROM "
+        f"{compiler.process(events, asfrom=True, **kw)} {name} WHERE {compiler.process(join.onclause, **kw)} "
+        f"OFFSET 0) {name} ON true"
     )
 
 
