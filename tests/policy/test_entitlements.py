@@ -524,7 +524,7 @@ def test_the_sweep_marks_expired_reservations_in_storage(dbs, admin, api, tenant
 def test_a_commit_delivered_at_once_is_never_due_for_the_outbox_loop_again(dbs, admin, api, tenant):
     from tollgate.services.policy import tables
     from tollgate.services.policy.repository import entitlements
-    from tollgate.shared.db import create_engine_for, session_factory
+    from tollgate.shared.db import create_engine_for
 
     world(admin, tenant, quota(100))
     reservation = reserve(api, tenant, 5).reservation
@@ -532,9 +532,9 @@ def test_a_commit_delivered_at_once_is_never_due_for_the_outbox_loop_again(dbs, 
     assert committed.recorded_in_usage
     engine = create_engine_for(dbs.policy_url, schema=tables.SCHEMA, pool_size=1)
     try:
-        with session_factory(engine).begin() as session:
+        with engine.begin() as connection:
             far_ahead_us = (int(time.time()) + 86_400) * 1_000_000
-            due = entitlements.due_outbox(session, far_ahead_us, 1_000_000)
+            due = entitlements.due_outbox(connection, far_ahead_us, 1_000_000)
     finally:
         engine.dispose()
     assert committed.usage_event_id not in {event.event_id for event in due}

@@ -6,7 +6,7 @@ from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.services.policy import grpc_convert
 from tollgate.services.policy.combiner import Combiner
-from tollgate.services.policy.repository import Connections, Sessions
+from tollgate.services.policy.repository import Connections, Sessions, Transactions
 from tollgate.services.policy.service import (
     active,
     audit,
@@ -74,6 +74,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         cache,
         usage,
         sessions: Sessions,
+        transactions: Transactions,
         connections: Connections,
         dispatcher: Dispatcher,
         notices: Notices | None = None,
@@ -81,6 +82,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._cache = cache
         self._usage = usage
         self._sessions = sessions
+        self._transactions = transactions
         self._connections = connections
         self._dispatcher = dispatcher
         self._notices = notices or Notices()
@@ -144,7 +146,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.feature_id,
             request.metric,
             cache=self._cache,
-            sessions=self._sessions,
+            transactions=self._transactions,
             connections=self._connections,
             usage=self._usage,
             caller=principal(),
@@ -171,7 +173,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.ttl.nanos,
             request.idempotency_key,
             cache=self._cache,
-            sessions=self._sessions,
+            transactions=self._transactions,
             connections=self._connections,
             usage=self._usage,
             caller=principal(),
@@ -194,7 +196,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             request.tenant_id,
             request.reservation_id,
             request.amount,
-            sessions=self._sessions,
+            transactions=self._transactions,
             dispatcher=self._dispatcher,
             caller=principal(),
             deadline=Deadline.after(context.time_remaining()),
@@ -204,7 +206,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
 
     def Release(self, request, context):
         found = entitlements.release(
-            request.tenant_id, request.reservation_id, sessions=self._sessions, caller=principal()
+            request.tenant_id, request.reservation_id, transactions=self._transactions, caller=principal()
         )
         return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 

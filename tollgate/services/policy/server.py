@@ -60,7 +60,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         ranking_ttl=settings.ranking_cache_seconds,
         balance_ttl=settings.balance_usage_seconds,
     )
-    dispatcher = Dispatcher(sessions, usage, interval=settings.outbox_interval_seconds)
+    dispatcher = Dispatcher(engine, usage, interval=settings.outbox_interval_seconds)
     notices = Notices()
     retention = Retention(sessions, retention_days=settings.notification_retention_days)
     spec = ServerSpec(
@@ -72,6 +72,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
                     cache=cache,
                     usage=usage,
                     sessions=sessions,
+                    transactions=engine,
                     connections=reads,
                     dispatcher=dispatcher,
                     notices=notices,

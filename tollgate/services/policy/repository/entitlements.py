@@ -22,7 +22,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Executable
 
 from tollgate.services.policy import tables
@@ -63,24 +62,24 @@ _LOCK = (
 )
 
 
-def lock(session: Session, tenant_id: str, metric: str) -> None:
+def lock(connection: Connection, tenant_id: str, metric: str) -> None:
     """Hold the (tenant, metric) lock row until the transaction ends, creating it on first use.
 
     On PostgreSQL the row is locked FOR UPDATE, so Reserve and Commit on one metric queue across replicas; on
     SQLite the transaction already holds the database's write lock (BEGIN IMMEDIATE)."""
-    if session.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric}).first() is not None:
+    if connection.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric}).first() is not None:
         return
     try:
-        with session.begin_nested():
-            session.execute(insert(L).values(tenant_id=tenant_id, metric=metric))
+        with connection.begin_nested():
+            connection.execute(insert(L).values(tenant_id=tenant_id, metric=metric))
     except IntegrityError:  # another transaction created it first: wait for it like everyone else
         pass
-    session.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric})
+    connection.execute(_LOCK, {"tenant_id": tenant_id, "metric": metric})
 
 
-def last_delivered(session: Session | Connection) -> int:
+def last_delivered(connection: Connection) -> int:
     """The number of the latest delivery recorded: read before asking Usage, passed to `held` after."""
-    return session.execute(select(func.max(OUT.c.delivered_seq))).scalar() or 0
+    return connection.execute(select(func.max(OUT.c.delivered_seq))).scalar() or 0
 
 
 class Held(NamedTuple):
@@ -128,16 +127,16 @@ def held(connection: Connection, tenant_id: str, metric: str, now_us: int, asked
     return _held_of(found)
 
 
-def held_under_lock(session: Session, tenant_id: str, metric: str, now_us: int, asked: Sequence[Asked]) -> list[Held]:
+def held_under_lock(
+    connection: Connection, tenant_id: str, metric: str, now_us: int, asked: Sequence[Asked]
+) -> list[Held]:
     """`held` for each question, read after taking the (tenant, metric) lock (`lock`), all in one round trip
     where the driver allows."""
     reads = [_held_read(tenant_id, metric, now_us, one) for one in asked]
-    got_lock, *found = driver.together(
-        session.connection(), [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads
-    )
+    got_lock, *found = driver.together(connection, [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads)
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
-        lock(session, tenant_id, metric)
-        found = driver.together(session.connection(), reads)
+        lock(connection, tenant_id, metric)
+        found = driver.together(connection, reads)
     return [_held_of(rows) for rows in found]
 
 
@@ -211,14 +210,16 @@ def _held_statement(windows: int) -> CompoundSelect:
     return union_all(reserved, waiting, key)
 
 
-def find_by_key(session: Session | Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:
-    row = session.execute(select(R).where(R.c.tenant_id == tenant_id, R.c.idempotency_key == idempotency_key)).first()
+def find_by_key(connection: Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:
+    row = connection.execute(
+        select(R).where(R.c.tenant_id == tenant_id, R.c.idempotency_key == idempotency_key)
+    ).first()
     return _of(row) if row else None
 
 
-def get(session: Session, tenant_id: str, reservation_id: str, *, for_update: bool = False) -> Reservation | None:
+def get(connection: Connection, tenant_id: str, reservation_id: str, *, for_update: bool = False) -> Reservation | None:
     query = select(R).where(R.c.tenant_id == tenant_id, R.c.reservation_id == reservation_id)
-    row = session.execute(query.with_for_update() if for_update else query).first()
+    row = connection.execute(query.with_for_update() if for_update else query).first()
     return _of(row) if row else None
 
 
@@ -256,19 +257,21 @@ def _locked_statements(count: int) -> tuple[Executable, Executable]:
     return locks, select(R).where(_OF_TENANT, ids).with_for_update(of=R)
 
 
-def locked_reservations(session: Session, tenant_id: str, reservation_ids: Sequence[str]) -> dict[str, Reservation]:
+def locked_reservations(
+    connection: Connection, tenant_id: str, reservation_ids: Sequence[str]
+) -> dict[str, Reservation]:
     """The tenant's reservations among `reservation_ids`, by id, as they are once their (tenant, metric) locks
     (`lock`) and their own rows are held, asked in one round trip where the driver allows."""
     wanted = sorted(set(reservation_ids))
     values = {"tenant_id": tenant_id, **{f"id_{n}": rid for n, rid in enumerate(wanted)}}
     locks, rows = _locked_statements(len(wanted))
-    locked, found = driver.together(session.connection(), [(locks, values), (rows, values)])
+    locked, found = driver.together(connection, [(locks, values), (rows, values)])
     reservations = [_of(_named(row)) for row in found]
     missing = sorted({r.metric for r in reservations} - {metric for (metric,) in locked})
     if missing:  # a lock row Reserve made is gone (never deleted today): made again, then the rows reread
         for metric in missing:
-            lock(session, tenant_id, metric)
-        [found] = driver.together(session.connection(), [(rows, values)])
+            lock(connection, tenant_id, metric)
+        [found] = driver.together(connection, [(rows, values)])
         reservations = [_of(_named(row)) for row in found]
     return {r.reservation_id: r for r in reservations}
 
@@ -278,11 +281,11 @@ def _named(row: tuple) -> SimpleNamespace:
     return SimpleNamespace(**dict(zip(R.c.keys(), row)))
 
 
-def insert_reservations(session: Session, reservations: Sequence[Reservation], *, commit: bool = False) -> None:
+def insert_reservations(connection: Connection, reservations: Sequence[Reservation], *, commit: bool = False) -> None:
     """Insert open reservations; `commit`: and commit the transaction in the same round trip where the driver
     allows (the transaction's last statements)."""
     statements = [(_INSERT_RESERVATION, {name: getattr(r, name) for name in _INSERTED}) for r in reservations]
-    driver.together(session.connection(), statements, commit=commit)
+    driver.together(connection, statements, commit=commit)
 
 
 _FINISH = (
@@ -319,7 +322,7 @@ class Finishing(NamedTuple):
     event: OutboxEvent | None = None
 
 
-def finish(session: Session, finishing: Sequence[Finishing], *, now_us: int, commit: bool = False) -> None:
+def finish(connection: Connection, finishing: Sequence[Finishing], *, now_us: int, commit: bool = False) -> None:
     """End the reservations (not recorded in Usage yet); `commit`: and commit the transaction, all in one round
     trip where the driver allows (its last statements)."""
     statements: list[tuple[Executable, dict]] = []
@@ -331,10 +334,10 @@ def finish(session: Session, finishing: Sequence[Finishing], *, now_us: int, com
             row.update({name: getattr(one.event, name) for name in _OUTBOX_ROW if name not in row})
             statements.append((_INSERT_OUTBOX, row))
     if statements:
-        driver.together(session.connection(), statements, commit=commit)
+        driver.together(connection, statements, commit=commit)
 
 
-def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
+def due_outbox(connection: Connection, now_us: int, limit: int) -> list[OutboxEvent]:
     """Committed usage not delivered yet whose next delivery attempt is due, oldest first."""
     query = (
         select(OUT)
@@ -344,11 +347,11 @@ def due_outbox(session: Session, now_us: int, limit: int) -> list[OutboxEvent]:
     )
     return [
         OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us, r.dimensions)
-        for r in session.execute(query)
+        for r in connection.execute(query)
     ]
 
 
-def delivered(session: Session, event_ids: Sequence[str], now_us: int, *, commit: bool = False) -> None:
+def delivered(connection: Connection, event_ids: Sequence[str], now_us: int, *, commit: bool = False) -> None:
     """Usage holds the events: number their delivery (all one more than the latest: a Reserve that noted a number
     at least theirs noted it after Usage held them, whichever transaction numbered it) and mark their reservations
     recorded; events recorded before keep their number. `commit`: and commit the transaction, in one round trip
@@ -358,7 +361,7 @@ def delivered(session: Session, event_ids: Sequence[str], now_us: int, *, commit
     values: dict[str, object] = {"now_us": now_us}
     for n, event_id in enumerate(event_ids):
         values[f"event_{n}"], values[f"reservation_{n}"] = event_id, reservation_of_event(event_id)
-    driver.together(session.connection(), [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
+    driver.together(connection, [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
 
 
 @functools.cache
@@ -374,37 +377,37 @@ def _delivered_statements(count: int) -> tuple[Executable, Executable]:
     )
 
 
-def forget_delivered(session: Session, before_us: int) -> None:
+def forget_delivered(connection: Connection, before_us: int) -> None:
     """Delete rows delivered before `before_us`, keeping the latest so the numbering never restarts."""
     latest = select(func.max(OUT.c.delivered_seq)).scalar_subquery()
-    session.execute(delete(OUT).where(OUT.c.delivered_us < before_us, OUT.c.delivered_seq < latest))
+    connection.execute(delete(OUT).where(OUT.c.delivered_us < before_us, OUT.c.delivered_seq < latest))
 
 
-def drop(session: Session, event_id: str) -> bool:
+def drop(connection: Connection, event_id: str) -> bool:
     """Delete an event from the outbox; whether it was there (the loop and a commit's own send may both send it)."""
-    return rowcount(session.execute(delete(OUT).where(OUT.c.event_id == event_id))) > 0
+    return rowcount(connection.execute(delete(OUT).where(OUT.c.event_id == event_id))) > 0
 
 
-def attempts(session: Session, event_id: str) -> int:
-    return session.execute(select(OUT.c.attempts).where(OUT.c.event_id == event_id)).scalar() or 0
+def attempts(connection: Connection, event_id: str) -> int:
+    return connection.execute(select(OUT.c.attempts).where(OUT.c.event_id == event_id)).scalar() or 0
 
 
-def postpone(session: Session, event_id: str, next_us: int, error: str) -> None:
-    session.execute(
+def postpone(connection: Connection, event_id: str, next_us: int, error: str) -> None:
+    connection.execute(
         update(OUT)
         .where(OUT.c.event_id == event_id)
         .values(attempts=OUT.c.attempts + 1, next_attempt_us=next_us, last_error=error[:500])
     )
 
 
-def sweep_expired(session: Session, now_us: int, limit: int) -> int:
+def sweep_expired(connection: Connection, now_us: int, limit: int) -> int:
     """Mark open reservations past their expiry EXPIRED (they already count for nothing); how many."""
     ids = list(
-        session.execute(select(R.c.reservation_id).where(_IS_OPEN, R.c.expires_us <= now_us).limit(limit)).scalars()
+        connection.execute(select(R.c.reservation_id).where(_IS_OPEN, R.c.expires_us <= now_us).limit(limit)).scalars()
     )
     if not ids:
         return 0
-    session.execute(
+    connection.execute(
         update(R).where(R.c.reservation_id.in_(ids), R.c.state == OPEN).values(state=EXPIRED, finish_us=now_us)
     )
     return len(ids)

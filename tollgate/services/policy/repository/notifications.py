@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,7 +36,7 @@ def _crossing_key(crossing: Crossing):
     )
 
 
-def missing(session: Session, crossings: Sequence[Crossing]) -> list[Crossing]:
+def missing(connection: Connection, crossings: Sequence[Crossing]) -> list[Crossing]:
     """The crossings not stored yet (one statement per quota, all sharing a key but the percent)."""
     by_quota: dict[tuple, list[Crossing]] = {}
     for crossing in crossings:
@@ -44,28 +44,28 @@ def missing(session: Session, crossings: Sequence[Crossing]) -> list[Crossing]:
         by_quota.setdefault(quota, []).append(crossing)
     left = []
     for group in by_quota.values():
-        stored = set(session.execute(select(N.c.percent).where(_crossing_key(group[0]))).scalars())
+        stored = set(connection.execute(select(N.c.percent).where(_crossing_key(group[0]))).scalars())
         left += [c for c in group if c.percent not in stored]
     return left
 
 
-def lock_head(session: Session, tenant_id: str) -> int:
+def lock_head(connection: Connection, tenant_id: str) -> int:
     """Lock the tenant's head row until the transaction ends (creating it at 0) and return its sequence."""
     query = select(H.c.sequence).where(H.c.tenant_id == tenant_id).with_for_update()
-    found = session.execute(query).scalar()
+    found = connection.execute(query).scalar()
     if found is not None:
         return found
     try:
-        with session.begin_nested():
-            session.execute(insert(H).values(tenant_id=tenant_id, sequence=0))
+        with connection.begin_nested():
+            connection.execute(insert(H).values(tenant_id=tenant_id, sequence=0))
     except IntegrityError:  # another transaction created it first: wait for its lock like everyone else
         pass
-    return session.execute(query).scalar_one()
+    return connection.execute(query).scalar_one()
 
 
-def store(session: Session, crossings: Sequence[Crossing], first_sequence: int, now_us: int) -> None:
+def store(connection: Connection, crossings: Sequence[Crossing], first_sequence: int, now_us: int) -> None:
     """Insert the crossings numbered from `first_sequence` and move the head past them (the head is locked)."""
-    session.execute(
+    connection.execute(
         insert(N),
         [
             {
@@ -92,7 +92,7 @@ def store(session: Session, crossings: Sequence[Crossing], first_sequence: int, 
         ],
     )
     tenant_id = crossings[0].tenant_id
-    session.execute(update(H).where(H.c.tenant_id == tenant_id).values(sequence=first_sequence + len(crossings) - 1))
+    connection.execute(update(H).where(H.c.tenant_id == tenant_id).values(sequence=first_sequence + len(crossings) - 1))
 
 
 def head(session: Session, tenant_id: str) -> tuple[int, int]:

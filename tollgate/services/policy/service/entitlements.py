@@ -34,7 +34,7 @@ from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapsh
 from tollgate.services.policy.domain.modes import Mode, Resolution
 from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
 from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
-from tollgate.services.policy.repository import Connection, Connections, Sessions, entitlements
+from tollgate.services.policy.repository import Connection, Connections, Transactions, entitlements
 from tollgate.services.policy.service import access, notifications
 from tollgate.services.policy.service.notifications import Notices
 from tollgate.services.policy.service.outbox import Dispatcher
@@ -161,7 +161,7 @@ def check_entitlement(
     metric: str,
     *,
     cache: SnapshotCache,
-    sessions: Sessions,
+    transactions: Transactions,
     connections: Connections,
     usage: UsagePort,
     caller: Principal,
@@ -200,8 +200,8 @@ def check_entitlement(
     balances, used = _balances(snapshot, relevant, now_us, asked, held)
     noticed = False
     if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
-        with sessions.begin() as session:
-            noticed = notifications.record(session, balances, tenant_id, user_id, "CheckEntitlement", now_us)
+        with transactions.begin() as connection:
+            noticed = notifications.record(connection, balances, tenant_id, user_id, "CheckEntitlement", now_us)
     if noticed and notices is not None:
         notices.wake()
     resolution = None
@@ -225,7 +225,7 @@ def reserve(
     key: str,
     *,
     cache: SnapshotCache,
-    sessions: Sessions,
+    transactions: Transactions,
     connections: Connections,
     usage: UsagePort,
     caller: Principal,
@@ -266,7 +266,7 @@ def reserve(
     except _Retried as retried:
         return _replay(retried.reservation, user_id, metric, amount, key, stored)
     ask = _Reserve(snapshot, quotas, user_id, amount, ttl_us, key, asked, stored)
-    decide = partial(_reserve_together, tenant_id, metric, sessions=sessions, notices=notices)
+    decide = partial(_reserve_together, tenant_id, metric, transactions=transactions, notices=notices)
     return (combiner or Combiner()).run((tenant_id, metric), ask, decide)
 
 
@@ -302,7 +302,7 @@ class _Reserve:
 
 
 def _reserve_together(
-    tenant_id: str, metric: str, asks: list[_Reserve], *, sessions: Sessions, notices: Notices | None
+    tenant_id: str, metric: str, asks: list[_Reserve], *, transactions: Transactions, notices: Notices | None
 ) -> list[Reserved | Exception]:
     """Decide the Reserves of one metric in one transaction, in order, each seeing the ones before it.
 
@@ -310,13 +310,13 @@ def _reserve_together(
     expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
     earlier in the batch) answers that reservation; only calls with a new key hold anything."""
     outcomes: list[Reserved | Exception] = []
-    with sessions.begin() as session:
+    with transactions.begin() as connection:
         now_us = now_micros()
         windows = [_windows(ask.snapshot, ask.quotas, now_us) for ask in asks]
         questions = [
             _asked_of(metric, ask.quotas, window, ask.user_id, ask.asked, ask.key) for ask, window in zip(asks, windows)
         ]
-        helds = entitlements.held_under_lock(session, tenant_id, metric, now_us, questions)
+        helds = entitlements.held_under_lock(connection, tenant_id, metric, now_us, questions)
         taken: dict[str, Reservation] = {}
         granted = defaultdict[str, int](int)  # by dimension values, in this batch
         granted_to = defaultdict[tuple[str, str], int](int)  # by user and dimension values
@@ -325,7 +325,7 @@ def _reserve_together(
             try:
                 earlier = taken.get(ask.key)
                 if earlier is None and held.key_taken_by is not None:
-                    earlier = entitlements.get(session, tenant_id, held.key_taken_by)
+                    earlier = entitlements.get(connection, tenant_id, held.key_taken_by)
                     assert earlier is not None  # reservations are never deleted
                 if earlier is not None:
                     outcomes.append(_replay(earlier, ask.user_id, metric, ask.amount, ask.key, ask.dimensions))
@@ -356,12 +356,12 @@ def _reserve_together(
             after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
             # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds,
             # or the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
-            stored = notifications.record(session, after, tenant_id, ask.user_id, "Reserve", now_us) or stored
+            stored = notifications.record(connection, after, tenant_id, ask.user_id, "Reserve", now_us) or stored
             taken[ask.key] = reservation
             granted[ask.dimensions] += ask.amount
             granted_to[(ask.user_id, ask.dimensions)] += ask.amount
             outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
-        entitlements.insert_reservations(session, list(taken.values()), commit=True)
+        entitlements.insert_reservations(connection, list(taken.values()), commit=True)
     metrics.RESERVE_BATCHES.observe(len(asks))
     counted = {"refused": sum(1 for o in outcomes if isinstance(o, Reserved) and o.refusal), "reserved": len(taken)}
     for outcome, count in counted.items():
@@ -384,7 +384,7 @@ def commit(
     reservation_id: str,
     amount: int,
     *,
-    sessions: Sessions,
+    transactions: Transactions,
     dispatcher: Dispatcher,
     caller: Principal,
     deadline: Deadline,
@@ -395,7 +395,7 @@ def commit(
     decided together (combiner.py)."""
     access.tenant(caller, tenant_id)
     validation.reference(tenant_id, "reservation_id", reservation_id, amount)
-    decide = partial(_commit_together, tenant_id, sessions=sessions)
+    decide = partial(_commit_together, tenant_id, transactions=transactions)
     committed, now_us = (combiner or Combiner()).run(tenant_id, (reservation_id, amount), decide)
     if committed.committed_amount and committed.recorded_us is None:
         if dispatcher.send(_usage_event(committed, now_us), deadline=deadline):
@@ -404,7 +404,7 @@ def commit(
 
 
 def _commit_together(
-    tenant_id: str, asks: list[tuple[str, int]], *, sessions: Sessions
+    tenant_id: str, asks: list[tuple[str, int]], *, transactions: Transactions
 ) -> list[tuple[Reservation, int] | Exception]:
     """Decide a tenant's Commits in one transaction, holding the locks of their metrics once, in order: a
     reservation asked twice in the batch is answered the second time as the first left it.
@@ -415,8 +415,8 @@ def _commit_together(
     Behind the lock, the Commit's instant comes after that Reserve's, or its outbox row is in that Reserve's
     read. Release needs no lock: it only frees."""
     outcomes: list[tuple[Reservation, int] | Exception] = []
-    with sessions.begin() as session:
-        current = entitlements.locked_reservations(session, tenant_id, [rid for rid, _ in asks])
+    with transactions.begin() as connection:
+        current = entitlements.locked_reservations(connection, tenant_id, [rid for rid, _ in asks])
         now_us = now_micros()
         finishing: list[entitlements.Finishing] = []
         for reservation_id, amount in asks:
@@ -433,7 +433,7 @@ def _commit_together(
                 event = _usage_event(committed, now_us) if amount else None
                 finishing.append(entitlements.Finishing(reservation_id, rules.COMMITTED, amount, event))
             outcomes.append((committed, now_us))
-        entitlements.finish(session, finishing, now_us=now_us, commit=True)
+        entitlements.finish(connection, finishing, now_us=now_us, commit=True)
     return outcomes
 
 
@@ -475,12 +475,12 @@ def _usage_event(committed: Reservation, now_us: int) -> OutboxEvent:
     )
 
 
-def release(tenant_id: str, reservation_id: str, *, sessions: Sessions, caller: Principal) -> Finished:
+def release(tenant_id: str, reservation_id: str, *, transactions: Transactions, caller: Principal) -> Finished:
     """Free a reservation's whole amount; releasing a released or expired one answers it as it is."""
     access.tenant(caller, tenant_id)
     validation.reference(tenant_id, "reservation_id", reservation_id)
-    with sessions.begin() as session:
-        current = entitlements.get(session, tenant_id, reservation_id, for_update=True)
+    with transactions.begin() as connection:
+        current = entitlements.get(connection, tenant_id, reservation_id, for_update=True)
         if current is None:
             raise UnknownReservation(tenant_id, reservation_id)
         now_us = now_micros()
@@ -488,6 +488,6 @@ def release(tenant_id: str, reservation_id: str, *, sessions: Sessions, caller: 
         if state == rules.COMMITTED:
             raise ReservationNotOpen(reservation_id, "committed")
         if state == rules.OPEN:
-            entitlements.finish(session, [entitlements.Finishing(reservation_id, rules.RELEASED, 0)], now_us=now_us)
+            entitlements.finish(connection, [entitlements.Finishing(reservation_id, rules.RELEASED, 0)], now_us=now_us)
             current = replace(current, state=rules.RELEASED, finish_us=now_us)
     return Finished(current, now_us)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from tollgate.services.policy import metrics, validation
 from tollgate.services.policy.domain.entitlements import Balance
 from tollgate.services.policy.domain.notifications import Crossing, Notification, crossings
-from tollgate.services.policy.repository import Session, Sessions, notifications
+from tollgate.services.policy.repository import Connection, Sessions, notifications
 from tollgate.services.policy.service import access
 from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
@@ -31,7 +31,7 @@ PURGE_SECONDS = 3600
 
 
 def record(
-    session: Session, balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by: str, now_us: int
+    connection: Connection, balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by: str, now_us: int
 ) -> bool:
     """Store, in the caller's transaction, every crossing the balances show that is not stored yet; whether any was.
 
@@ -39,13 +39,13 @@ def record(
     head lock is taken only to store, and what is missing is read again under it, since another transaction
     may have stored it meanwhile."""
     found = shown(balances, tenant_id, user_id, observed_by)
-    if not found or not notifications.missing(session, found):
+    if not found or not notifications.missing(connection, found):
         return False
-    head = notifications.lock_head(session, tenant_id)
-    left = notifications.missing(session, found)
+    head = notifications.lock_head(connection, tenant_id)
+    left = notifications.missing(connection, found)
     if not left:
         return False
-    notifications.store(session, left, head + 1, now_us)
+    notifications.store(connection, left, head + 1, now_us)
     return True
 
 

@@ -24,7 +24,7 @@ from tollgate.services.policy import metrics
 from tollgate.services.policy.combiner import Combiner
 from tollgate.services.policy.domain.errors import UsageRefused, UsageUnavailable
 from tollgate.services.policy.domain.usage import OutboxEvent
-from tollgate.services.policy.repository import Sessions, entitlements
+from tollgate.services.policy.repository import Transactions, entitlements
 from tollgate.services.policy.usage_port import Deadline, UsagePort
 from tollgate.shared.clock import now_micros
 
@@ -39,8 +39,8 @@ FORGET_AFTER_US = 3_600_000_000
 class Dispatcher:
     """Sends the outbox to Usage; `run` is the background loop, `deliver` the commit's own first attempt."""
 
-    def __init__(self, sessions: Sessions, usage: UsagePort, *, interval: float):
-        self._sessions, self._usage, self._interval = sessions, usage, interval
+    def __init__(self, transactions: Transactions, usage: UsagePort, *, interval: float):
+        self._transactions, self._usage, self._interval = transactions, usage, interval
         self._commits: Combiner[tuple[OutboxEvent, Deadline], bool] = Combiner()
 
     def send(self, event: OutboxEvent, *, deadline: Deadline) -> bool:
@@ -63,10 +63,10 @@ class Dispatcher:
     def pass_once(self) -> int:
         """One pass: every due event sent, expired reservations marked; how many events Usage now holds."""
         now_us = now_micros()
-        with self._sessions.begin() as session:
-            entitlements.sweep_expired(session, now_us, BATCH)
-            entitlements.forget_delivered(session, now_us - FORGET_AFTER_US)
-            events = entitlements.due_outbox(session, now_us, BATCH)
+        with self._transactions.begin() as connection:
+            entitlements.sweep_expired(connection, now_us, BATCH)
+            entitlements.forget_delivered(connection, now_us - FORGET_AFTER_US)
+            events = entitlements.due_outbox(connection, now_us, BATCH)
         return len(self._send(events, Deadline(), "loop"))
 
     def _send(self, events: Sequence[OutboxEvent], deadline: Deadline, via: str) -> set[str]:
@@ -86,7 +86,7 @@ class Dispatcher:
                 self._postpone([(event, error.message) for event in batch])
                 continue
             now_us = now_micros()
-            with self._sessions.begin() as session:
+            with self._transactions.begin() as connection:
                 arrived = [event.event_id for event, delivery in zip(batch, deliveries) if delivery.held]
                 held.update(arrived)
                 for event, delivery in zip(batch, deliveries):
@@ -94,7 +94,7 @@ class Dispatcher:
                         continue
                     if delivery.fixable:
                         kept.append((event, delivery.problem))
-                    elif entitlements.drop(session, event.event_id):
+                    elif entitlements.drop(connection, event.event_id):
                         # Usage will refuse every resend alike (a metric removed, a conflicting event): keeping it
                         # would hold the balance down for ever, so it is dropped, loudly (once, by whichever send
                         # deleted it).
@@ -105,7 +105,7 @@ class Dispatcher:
                             delivery.problem,
                         )
                         metrics.OUTBOX_REFUSED.labels("dropped").inc()
-                entitlements.delivered(session, arrived, now_us, commit=True)  # with the COMMIT: one round trip
+                entitlements.delivered(connection, arrived, now_us, commit=True)  # with the COMMIT: one round trip
             for event, problem in kept:
                 # The usage happened: it keeps counting against the balance, and is sent again until Usage holds
                 # it, once an operator lifts the refusal.
@@ -125,8 +125,8 @@ class Dispatcher:
         if not events:
             return
         now_us = now_micros()
-        with self._sessions.begin() as session:
+        with self._transactions.begin() as connection:
             for event, error in events:
-                attempts = entitlements.attempts(session, event.event_id)
+                attempts = entitlements.attempts(connection, event.event_id)
                 backoff = min(MAX_BACKOFF_US, 100_000 * 2 ** min(attempts, 20))
-                entitlements.postpone(session, event.event_id, now_us + backoff, error)
+                entitlements.postpone(connection, event.event_id, now_us + backoff, error)
