@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Protocol
 
-from sqlalchemy import and_, bindparam, exists, func, literal, literal_column, null, or_, select, true, union_all
+from sqlalchemy import and_, bindparam, exists, func, literal_column, null, or_, select, true, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BindParameter, ColumnClause
 from sqlalchemy.sql.selectable import Join
@@ -163,7 +163,7 @@ def statement(
         *([null()] if by_actor else []),
         *pieces.horizon_padding(),
         _horizons.c.purged_before_us,
-        literal(0),
+        ZERO,
         null(),
     ).where(_horizons.c.tenant_id == tenant)
     return union_all(totals, horizon)
