@@ -28,13 +28,12 @@ from sqlalchemy import (
     tuple_,
     union_all,
 )
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.selectable import Join
 
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.aggregations import ACTOR_ID, Aggregation
 from tollgate.services.usage.domain.meters import MeterPlan, MeterRow
+from tollgate.services.usage.repository.ranges_first import ShortRangesFirst, WindowsFirst
 from tollgate.services.usage.tables import events, metrics, purge_horizons
 
 EVENTS, HORIZONS = events.alias("e"), purge_horizons.alias("p")
@@ -135,7 +134,7 @@ def raw_grouped(
     in_window = and_(e.tenant_id == TENANT, e.metric == METRIC, e.occurred_at_us >= lo, e.occurred_at_us < hi)
     grouped = (
         select(n.label("n"), *keys, *values, func.count().label("c"))
-        .select_from((_ShortRangesFirst if short else _WindowsFirst)(windows, EVENTS, in_window))
+        .select_from((_ShortRanges if short else WindowsFirst)(windows, EVENTS, in_window))
         .group_by(n, *groups, *([also] if also is not None else []))
     )
     for position, (name, _) in enumerate(plan.filters):
@@ -298,43 +297,8 @@ def dimension_values(
     return [row[0] for row in connection.execute(page)]
 
 
-class _WindowsFirst(Join):
-    """The windows joined to the events with the windows looped over first on SQLite too (CROSS JOIN), so each
-    window reads its own range of events_by_metric_time: SQLite's planner cannot tell how many rows a table made of
-    JSON yields, and would otherwise walk the tenant's events once per window."""
+class _ShortRanges(ShortRangesFirst):
+    """A rollup's raw parts (edges off the hour, marked hours and days), each read by its own index range."""
 
     inherit_cache = True
-
-
-class _ShortRangesFirst(_WindowsFirst):
-    """Short ranges (a rollup's raw parts: edges off the hour, marked hours and days) joined to their events, each
-    read by its own index range on PostgreSQL too."""
-
-    inherit_cache = True
-
-
-# The columns of an event QueryUsage reads: a LATERAL subquery copies each row it returns.
-_READ = "e.tenant_id, e.event_id, e.metric, e.quantity, e.occurred_at_us, e.actor_id, e.dimensions"
-
-
-@compiles(_ShortRangesFirst, "postgresql")
-def _lateral_ranges(join, compiler, **kw) -> str:
-    """PostgreSQL: each range's events as a LATERAL subquery kept apart (OFFSET 0), so the planner reads them by one
-    index range each. Joined plainly, it estimates a third of the tenant's events per bound and reads every event of
-    the metric once instead, however short the ranges."""
-    kw.pop("asfrom", None)
-    right = join.right
-    return (
-        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN LATERAL (SELECT {_READ} FROM "
-        f"{compiler.process(right, asfrom=True, **kw)} WHERE {compiler.process(join.onclause, **kw)} OFFSET 0) "
-        f"AS {compiler.preparer.quote(right.name)}"
-    )
-
-
-@compiles(_WindowsFirst, "sqlite")
-def _cross_join(join, compiler, **kw) -> str:
-    kw.pop("asfrom", None)
-    return (
-        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
-        f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}"
-    )
+    READ = "e.tenant_id, e.event_id, e.metric, e.quantity, e.occurred_at_us, e.actor_id, e.dimensions"

@@ -10,13 +10,12 @@ import functools
 from typing import Protocol
 
 from sqlalchemy import and_, bindparam, exists, func, literal_column, null, or_, select, true, union_all
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import BindParameter, ColumnClause
-from sqlalchemy.sql.selectable import Join
 
 from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, Period
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.domain.read_plan import ReadPlan
+from tollgate.services.usage.repository.ranges_first import ShortRangesFirst
 from tollgate.services.usage.repository.rollups import bit
 from tollgate.services.usage.tables import aggregates, dirty_buckets, events, metrics, purge_horizons
 
@@ -231,36 +230,12 @@ def _bucket_parts(pieces: Pieces, tenant, hour_ranges: int, days: bool) -> list[
     return parts + [(clean_hours, mark.c.metric), (dirty_hours, mark.c.metric)]
 
 
-class _HoursFirst(Join):
-    """A join of the marks and their hours to the events (of which it yields the quantity), the hours looped over
-    first, so that each dirty hour reads its own range of events_by_metric_time, whatever the planner believes
-    of the tables. On SQLite a CROSS JOIN: its planner, which cannot tell how many rows json_each yields,
-    otherwise walked every event of the tenant and each of the 24 hours for each, for every GetUsage over a
-    backlog of dirty days. On PostgreSQL a LATERAL subquery (OFFSET 0 keeps it from being merged back into a
-    join): without statistics (a new database, a table not analyzed yet) its planner merge-joined every event of
-    the tenant to the 24 hours."""
+class _HoursFirst(ShortRangesFirst):
+    """The marks' dirty hours joined to their events, each hour read by its own range of events_by_metric_time
+    (which covers quantity)."""
 
     inherit_cache = True
-
-
-@compiles(_HoursFirst, "sqlite")
-def _cross_join(join, compiler, **kw) -> str:
-    kw.pop("asfrom", None)
-    return (
-        f"{compiler.process(join.left, asfrom=True, **kw)} CROSS JOIN "
-        f"{compiler.process(join.right, asfrom=True, **kw)} ON {compiler.process(join.onclause, **kw)}"
-    )
-
-
-@compiles(_HoursFirst, "postgresql")
-def _lateral(join, compiler, **kw) -> str:
-    kw.pop("asfrom", None)
-    events, name = join.right.element, join.right.name  # written without AS: the text stays under 4 KiB
-    return (
-        f"{compiler.process(join.left, asfrom=True, **kw)} JOIN LATERAL (SELECT {name}.quantity FROM "
-        f"{compiler.process(events, asfrom=True, **kw)} {name} WHERE {compiler.process(join.onclause, **kw)} "
-        f"OFFSET 0) {name} ON true"
-    )
+    READ = "e.quantity"
 
 
 def _row_of(mark, tenant):
