@@ -124,6 +124,32 @@ def test_a_chunked_body_past_the_limit_is_refused_once_it_passes_it(usage, admin
     _refused(reply, 429, "resource_exhausted")
 
 
+def test_after_a_chunked_body_refused_past_the_limit_the_connection_serves_the_next_call(
+    usage, usage_stub, admin_token, tenant
+):
+    """A client that kept its connection (Connect-Web, a keep-alive pool) reads its 429 and sends its next call on
+    the same connection, which serves it: nothing of the refused body is taken for the next request."""
+    conn = http.client.HTTPConnection("127.0.0.1", usage.http_port, timeout=60)
+    chunk = b"a" * (1024 * 1024)
+    parts = [b'{"tenantId": "%s", "x": "' % tenant.encode()] + [chunk] * 17 + [b'"}']
+    headers = {"content-type": "application/json", "authorization": f"Bearer {admin_token}"}
+    try:
+        conn.request("POST", RECORD, body=iter(parts), headers=headers, encode_chunked=True)
+        refused = conn.getresponse()
+        _refused(
+            http_support.Reply(refused.status, dict(refused.getheaders()), refused.read()), 429, "resource_exhausted"
+        )
+        kept = conn.sock  # http.client would open a new socket for the next request, were this one closed
+        body = json_format.MessageToJson(_batch(tenant, "after"))
+        conn.request("POST", RECORD, body=body.encode(), headers=headers)
+        answer = conn.getresponse()
+        assert (answer.status, json.loads(answer.read())["results"][0]["verdict"]) == (200, "VERDICT_ACCEPTED")
+        assert kept is not None and conn.sock is kept
+    finally:
+        conn.close()
+    assert [stored.event.event_id for stored in list_all(usage_stub, admin_token, tenant)] == ["after"]
+
+
 def test_a_body_past_the_transport_bound_is_413_from_the_server_itself(usage, admin_token):
     conn = http.client.HTTPConnection("127.0.0.1", usage.http_port, timeout=60)
     try:
