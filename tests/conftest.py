@@ -7,7 +7,7 @@ import os
 import grpc
 import pytest
 
-from tests import support
+from tests import support, usage_support
 from tollgate.policy.v1 import policy_pb2_grpc
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -19,6 +19,12 @@ def pytest_collection_modifyitems(config, items):
     """With CI=true a PostgreSQL test may not skip: no server means the run fails."""
     if os.environ.get("CI") == "true" and not support.postgres_admin_url():
         raise pytest.UsageError("CI=true but TEST_DATABASE_URL is not set: PostgreSQL tests may not skip")
+
+
+@pytest.fixture(autouse=True)
+def _one_now_per_test():
+    with usage_support.pinned_now():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
@@ -18,9 +20,28 @@ MINUTE_US = 60_000_000
 DAY_US = 24 * 60 * MINUTE_US
 
 
+_pinned_us: int | None = None
+
+
 def now_us() -> int:
-    """Now, in whole minutes: tests name instants around it, read at the time of each call."""
+    """Now, in whole minutes, and the same all through one test (`pinned_now`): two events a test sends "an hour
+    ago" share their instant, and so their business key, even when a minute turns between them."""
+    return _minute_now_us() if _pinned_us is None else _pinned_us
+
+
+def _minute_now_us() -> int:
     return int(time.time() // 60) * MINUTE_US
+
+
+@contextlib.contextmanager
+def pinned_now() -> Iterator[None]:
+    """`now_us` holds still inside the block (tests/conftest.py wraps every test in one)."""
+    global _pinned_us
+    _pinned_us = _minute_now_us()
+    try:
+        yield
+    finally:
+        _pinned_us = None
 
 
 def ts(micros: int) -> Timestamp:

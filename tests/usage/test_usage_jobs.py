@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests import support
-from tests.usage_support import event, now_us, record
+from tests.usage_support import event, record
 from tollgate.services.usage import metrics
 from tollgate.services.usage.repository import in_transaction, leases
 from tollgate.services.usage.server import storage_for
@@ -17,6 +17,11 @@ from tollgate.shared.db import create_engine_for, session_factory
 from tollgate.usage.v1 import usage_pb2 as u
 
 SECOND_US = 1_000_000
+
+
+def now_us() -> int:
+    """The service's clock to the microsecond: a lease taken at a whole minute could expire under the next call."""
+    return time.time_ns() // 1000
 
 
 @pytest.fixture
