@@ -4,6 +4,7 @@ import json
 
 import grpc
 import pytest
+from psycopg import RawCursor
 from sqlalchemy.dialects import postgresql
 
 from tests import support
@@ -255,14 +256,15 @@ def test_each_dirty_hour_is_read_from_events_on_its_own_whatever_the_planner_pre
     query = UsageQuery(tenant, day - DAY_US + 1, now_us())
     plan = read_plan.plan(query.start_us, query.end_us)
     assert plan.days and plan.raw  # whole days from rows, ends raw: the statement's every part
-    sql, constants = pg_totals._driver_statement(totals_sql.shape(query, plan), postgresql.psycopg.dialect())
+    statement = pg_totals._driver_statement(totals_sql.shape(query, plan), postgresql.psycopg.dialect())
     engine = create_engine_for(dbs.usage_url, schema="usage", autocommit=True)
     try:
         with engine.connect() as connection, connection.begin():
             connection.exec_driver_sql("SET LOCAL enable_nestloop = off")
-            [[explained]] = connection.exec_driver_sql(
-                f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", {**constants, **totals_sql.parameters(query, plan)}
-            ).all()
+            cursor = RawCursor(connection.connection.driver_connection)
+            [[explained]] = cursor.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.sql}", statement.values(totals_sql.parameters(query, plan))
+            ).fetchall()
     finally:
         engine.dispose()
     hours = [scan for scan in _scans_of(explained[0]["Plan"], "events") if "dm" in json.dumps(scan)]

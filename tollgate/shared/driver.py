@@ -2,6 +2,9 @@
 
 `rows`: the hottest reads (Usage's GetUsage and QueryUsage) skip SQLAlchemy's execution (its context, result
 metadata from the cursor description); psycopg alone still prepares each statement once per connection.
+Statements are compiled once with PostgreSQL's own numbered placeholders ($1) and sent on psycopg's raw cursors,
+which take the text as it is: psycopg converts named placeholders on every execution of a statement longer than its
+cache of conversions admits (4 KiB), as QueryUsage's are.
 `together`: a few statements of one transaction (Policy's Reserve) sent in one round trip, or one statement
 (Policy's balance reads). `many`: one write for many parameter sets (Usage's dirty marks). A driver error is
 raised as SQLAlchemy would raise it, and a connection that died is dropped from the pool (invalidated), so an
@@ -10,11 +13,13 @@ outage answers UNAVAILABLE as on every other path.
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
-from psycopg import pq
+from psycopg import RawCursor, pq
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
@@ -22,17 +27,32 @@ from sqlalchemy.sql import Executable
 _CURSOR = "tollgate.driver.cursor"
 
 
-def compiled(statement, dialect) -> tuple[str, dict]:
-    """The statement's text, and the values of the parameters the statement itself fixes (literals), beside those
-    each call binds. Compile once per statement: callers keep the result."""
-    done = statement.compile(dialect=dialect)
-    return str(done), {name: bind.value for bind, name in done.bind_names.items() if not bind.required}
+class Compiled(NamedTuple):
+    """A statement as PostgreSQL takes it: its text with numbered placeholders, the parameter each number stands
+    for, and the values of the parameters the statement itself fixes (literals), beside those each call binds."""
+
+    sql: str
+    names: tuple[str, ...]
+    constants: dict
+
+    def values(self, parameters: Mapping) -> list:
+        """The value of each placeholder, in order, from the call's `parameters` and the statement's constants."""
+        constants = self.constants
+        return [parameters[name] if name in parameters else constants[name] for name in self.names]
 
 
-def rows(connection: Connection, sql: str, parameters: dict) -> list[tuple]:
-    """The rows of `sql` (compiled()'s text) with `parameters`, run on the pooled connection's psycopg connection."""
-    with _raised_as_sqlalchemy(connection, sql, parameters):
-        return _cursor(connection).execute(sql, parameters).fetchall()
+def compiled(statement, dialect) -> Compiled:
+    """The statement compiled for PostgreSQL's numbered placeholders. Compile once per statement: callers keep it."""
+    done = statement.compile(dialect=_numbered(dialect))
+    constants = {name: bind.value for bind, name in done.bind_names.items() if not bind.required}
+    return Compiled(str(done), tuple(done.positiontup or ()), constants)
+
+
+def rows(connection: Connection, statement: Compiled, parameters: Mapping) -> list[tuple]:
+    """The rows of `statement` with `parameters` (the constants aside), run on the pooled connection's psycopg
+    connection."""
+    with _raised_as_sqlalchemy(connection, statement.sql, parameters):
+        return _cursor(connection).execute(statement.sql, statement.values(parameters)).fetchall()
 
 
 def together(
@@ -50,16 +70,15 @@ def together(
     driver = connection.connection.driver_connection
     assert driver is not None
     sent = [(_pg_compiled(statement, connection.dialect), values) for statement, values in statements]
-    with _raised_as_sqlalchemy(connection, "; ".join(sql for (sql, _), _ in sent), {}):
+    with _raised_as_sqlalchemy(connection, "; ".join(done.sql for done, _ in sent), {}):
         if len(sent) == 1 and not commit:  # nothing to pipeline: the pooled cursor, as `rows`
-            [((sql, constants), values)] = sent
-            cursor = _cursor(connection).execute(sql, {**constants, **values})
-            return [_rows_of(cursor)]
+            [(done, values)] = sent
+            return [_rows_of(_cursor(connection).execute(done.sql, done.values(values)))]
         cursors = []
         with driver.pipeline():
-            for (sql, constants), values in sent:
-                cursors.append(driver.cursor())
-                cursors[-1].execute(sql, {**constants, **values})
+            for done, values in sent:
+                cursors.append(RawCursor(driver))
+                cursors[-1].execute(done.sql, done.values(values))
             if commit:
                 driver.commit()
         return [_rows_of(cursor) for cursor in cursors]
@@ -72,9 +91,9 @@ def many(connection: Connection, statement: Executable, rows: Sequence[dict]) ->
     if connection.dialect.name != "postgresql":
         connection.execute(statement, rows)
         return
-    sql, constants = _pg_compiled(statement, connection.dialect)
-    with _raised_as_sqlalchemy(connection, sql, {}):
-        _cursor(connection).executemany(sql, [{**constants, **row} for row in rows])
+    done = _pg_compiled(statement, connection.dialect)
+    with _raised_as_sqlalchemy(connection, done.sql, {}):
+        _cursor(connection).executemany(done.sql, [done.values(row) for row in rows])
 
 
 def _rows_of(cursor) -> list[tuple]:
@@ -85,12 +104,22 @@ def _rows_of(cursor) -> list[tuple]:
 
 
 @functools.lru_cache(maxsize=256)
-def _pg_compiled(statement: Executable, dialect) -> tuple[str, dict]:
+def _pg_compiled(statement: Executable, dialect) -> Compiled:
     return compiled(statement, dialect)
 
 
+@functools.cache
+def _numbered(dialect):
+    """The connection's dialect (as its server made it), compiling to numbered placeholders: one per parameter,
+    repeated where the parameter is, and a literal % written once."""
+    numbered = copy.copy(dialect)
+    numbered.paramstyle, numbered.positional = "numeric_dollar", True
+    numbered.identifier_preparer = numbered.preparer(numbered)
+    return numbered
+
+
 @contextmanager
-def _raised_as_sqlalchemy(connection: Connection, sql: str, parameters: dict) -> Iterator[None]:
+def _raised_as_sqlalchemy(connection: Connection, sql: str, parameters: Mapping) -> Iterator[None]:
     driver, dialect = connection.connection.driver_connection, connection.dialect
     try:
         yield
@@ -109,5 +138,5 @@ def _cursor(connection):
     driver = connection.connection.driver_connection
     cursor = connection.info.get(_CURSOR)
     if cursor is None or cursor.closed or cursor.connection is not driver:
-        cursor = connection.info[_CURSOR] = driver.cursor()
+        cursor = connection.info[_CURSOR] = RawCursor(driver)
     return cursor

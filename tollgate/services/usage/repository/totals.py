@@ -19,8 +19,7 @@ from tollgate.services.usage.repository.ranges_first import ShortRangesFirst
 from tollgate.services.usage.repository.rollups import bit
 from tollgate.services.usage.tables import aggregates, dirty_buckets, events, metrics, purge_horizons
 
-# Short aliases keep GetUsage's statement under psycopg's 4 KiB cache limit for converted queries
-# (MAX_CACHED_STATEMENT_LENGTH): over it, psycopg parses the whole text again on every call.
+# Short aliases: the statement's text is sent, and parsed by the server, once per connection and shape.
 EVENTS, DAY_ROWS, _metrics, _horizons = (
     events.alias("e"),
     aggregates.alias("a"),

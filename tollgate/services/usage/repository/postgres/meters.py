@@ -70,8 +70,7 @@ class Pieces:
         return driver.compiled(statement, dialect)
 
     def rows(self, connection: Connection, prepared, values: dict) -> list:
-        sql, constants = prepared
-        return driver.rows(connection, sql, {**constants, **values})
+        return driver.rows(connection, prepared, values)
 
     def table(self, name: str, columns: tuple[str, ...]):
         arrays = [bindparam(f"{name}_{column}", type_=ARRAY(BigInteger)) for column in columns]

@@ -78,12 +78,12 @@ PIECES = Pieces()
 
 def usage_totals(connection: Connection, query: UsageQuery, plan: ReadPlan) -> tuple[list[tuple], int | None]:
     """GetUsage's rows and the tenant's purge horizon (storage.Storage.usage_totals)."""
-    sql, constants = _driver_statement(totals.shape(query, plan), connection.dialect)
-    found = driver.rows(connection, sql, {**constants, **totals.parameters(query, plan)})
+    statement = _driver_statement(totals.shape(query, plan), connection.dialect)
+    found = driver.rows(connection, statement, totals.parameters(query, plan))
     return totals.decode(PIECES, found, query.by_actor)
 
 
 @functools.cache
-def _driver_statement(shape: tuple, dialect) -> tuple[str, dict]:
+def _driver_statement(shape: tuple, dialect) -> driver.Compiled:
     """The statement of `shape`, compiled once (driver.compiled)."""
     return driver.compiled(totals.statement(PIECES, *shape), dialect)
