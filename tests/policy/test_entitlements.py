@@ -124,11 +124,18 @@ def test_bad_grants_are_invalid_arguments_naming_each_field_and_store_nothing(ad
     with pytest.raises(grpc.RpcError) as error:
         admin.CreateGrant(
             pb.CreateGrantRequest(
-                grant=pb.Grant(tenant_id=tenant, metric="", amount=0, effective_time=now, expire_time=past)
+                grant=pb.Grant(
+                    tenant_id=tenant, metric="", amount=0, effective_time=now, expire_time=past, user_id="u" * 129
+                )
             )
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert set(support.field_violations(error.value)) == {"grant.metric", "grant.amount", "grant.expire_time"}
+    assert set(support.field_violations(error.value)) == {
+        "grant.metric",
+        "grant.amount",
+        "grant.expire_time",
+        "grant.user_id",
+    }
     assert list(admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants) == []
 
 
@@ -401,6 +408,49 @@ def test_a_user_scoped_quota_counts_each_users_own_usage_and_reservations(admin,
     assert reserve(api, tenant, 10, user="bob").reserved
     [q] = check(api, tenant, user="alice").quotas
     assert (q.scope, q.reserved, q.balance) == (pb.QUOTA_SCOPE_USER, 10, 0)
+
+
+def test_a_grant_for_one_user_adds_to_that_users_user_scoped_quotas_only(admin, api, tenant):
+    world(admin, tenant, quota(10, period=pb.QUOTA_PERIOD_DAY, scope=pb.QUOTA_SCOPE_USER), quota(100))
+    given = grant(admin, tenant, 5, user_id="alice")
+    shared = grant(admin, tenant, 7)
+    listed = admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant)).grants
+    assert {(g.grant_id, g.user_id) for g in listed} == {(given.grant_id, "alice"), (shared.grant_id, "")}
+    alices = admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant, user_id="alice")).grants
+    assert [g.grant_id for g in alices] == [given.grant_id]
+    bad = lambda: admin.ListGrants(pb.ListGrantsRequest(tenant_id=tenant, user_id="u" * 129))  # noqa: E731
+    assert status_of(bad) == grpc.StatusCode.INVALID_ARGUMENT
+
+    def granted(user: str) -> dict[str, tuple[int, int, list[str]]]:
+        return {
+            "user" if q.scope == pb.QUOTA_SCOPE_USER else "tenant": (
+                q.granted,
+                q.balance,
+                [g.grant_id for g in q.grants],
+            )
+            for q in check(api, tenant, user=user).quotas
+        }
+
+    assert granted("alice") == {"user": (5, 15, [given.grant_id]), "tenant": (7, 107, [shared.grant_id])}
+    assert granted("bob") == {"user": (0, 10, []), "tenant": (7, 107, [shared.grant_id])}
+    assert reserve(api, tenant, 15, user="alice").reserved  # her allowance and her grant
+    assert not reserve(api, tenant, 11, user="bob").reserved  # alice's grant is not his
+    assert reserve(api, tenant, 10, user="bob").reserved
+    assert granted("alice")["user"] == (5, 0, [given.grant_id])
+
+
+def test_a_users_grant_opens_a_per_user_quota_of_0_to_that_user_alone_and_modes_agree(admin, api, tenant):
+    zero = quota(0, period=pb.QUOTA_PERIOD_DAY, scope=pb.QUOTA_SCOPE_USER, cap=pb.MODE_OFF)
+    w = world(admin, tenant, zero)
+    grant(admin, tenant, 3, user_id="alice")
+    for user, allowed in (("alice", True), ("bob", False)):
+        answer = check(api, tenant, feature=w.feature, user=user)
+        resolved = api.ResolveMode(pb.ResolveModeRequest(tenant_id=tenant, user_id=user, feature_id=w.feature))
+        active = api.ListActiveFeatures(pb.ListActiveFeaturesRequest(tenant_id=tenant, user_id=user))
+        assert answer.has_access is allowed and answer.quotas[0].balance == (3 if allowed else 0)
+        assert answer.resolution.effective_mode == resolved.resolution.effective_mode
+        assert (resolved.resolution.effective_mode > pb.MODE_OFF) is allowed
+        assert [f.feature_id for f in active.features] == ([w.feature] if allowed else [])
 
 
 # Billing anchors

@@ -1,9 +1,19 @@
 """The quota rule, pure: every case of a quota's cap, which quotas a resolve reads, and the period windows."""
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime
 
-from tollgate.services.policy.domain.model import Feature, Plan, QuotaLimit, Role, Snapshot, TenantPolicy
+from tollgate.services.policy.domain.model import (
+    Feature,
+    Grant,
+    Plan,
+    QuotaLimit,
+    QuotaScope,
+    Role,
+    Snapshot,
+    TenantPolicy,
+)
 from tollgate.services.policy.domain.modes import HIGHEST, CapSource, Mode
 from tollgate.services.policy.domain.quotas import DAY, MONTH, period_window, quota_cap, quota_caps, to_read
 from tollgate.services.policy.domain.usage import QuotaUsage, Window
@@ -54,13 +64,13 @@ def test_a_quota_caps_the_features_it_names_else_those_its_metric_measures():
     by_metric = QuotaLimit("m.a", DAY, 10, Mode.OFF)
     snapshot = plan_snapshot(named, by_metric)
     usage = QuotaUsage({("m.a", MONTH, ()): 10, ("m.a", DAY, ()): 10})
-    assert [c.detail for c in quota_caps(snapshot, "a", usage, NOW_US)] == [
+    assert [c.detail for c in quota_caps(snapshot, "a", usage, NOW_US, "u")] == [
         "quota m.a 10/day reached: 10 used of 10 allowed"
     ]
-    assert [c.detail for c in quota_caps(snapshot, "b", usage, NOW_US)] == [
+    assert [c.detail for c in quota_caps(snapshot, "b", usage, NOW_US, "u")] == [
         "quota m.a 10/month reached: 10 used of 10 allowed"
     ]
-    assert quota_caps(snapshot, "c", usage, NOW_US) == []
+    assert quota_caps(snapshot, "c", usage, NOW_US, "u") == []
 
 
 def test_a_resolve_reads_every_quota_with_a_limit_once_any_applies_and_none_otherwise():
@@ -68,10 +78,26 @@ def test_a_resolve_reads_every_quota_with_a_limit_once_any_applies_and_none_othe
     on_b = QuotaLimit("m.b", DAY, 5, Mode.OFF)
     zero = QuotaLimit("m.a", DAY, 0, Mode.OFF, feature_ids=("c",))
     snapshot = plan_snapshot(on_a, on_b, zero)
-    assert to_read(snapshot, ["a"], NOW_US) == (on_a, on_b)  # one read serves every feature of the tenant
-    assert to_read(snapshot, ["c"], NOW_US) == ()  # a limit of 0 caps without asking Usage
-    assert to_read(snapshot, [], NOW_US) == ()
-    assert to_read(plan_snapshot(), ["a", "b"], NOW_US) == ()
+    assert to_read(snapshot, ["a"], NOW_US, "u") == (on_a, on_b)  # one read serves every feature of the tenant
+    assert to_read(snapshot, ["c"], NOW_US, "u") == ()  # a limit of 0 caps without asking Usage
+    assert to_read(snapshot, [], NOW_US, "u") == ()
+    assert to_read(plan_snapshot(), ["a", "b"], NOW_US, "u") == ()
+
+
+def test_a_user_scoped_quota_of_0_is_read_and_capped_by_its_grant_only_for_the_user_it_was_granted_to():
+    zero = QuotaLimit("m.a", DAY, 0, Mode.OFF, scope=QuotaScope.USER)
+    granted = Grant("g", "t", "m.a", 3, 0, user_id="alice")
+    snapshot = dataclasses.replace(plan_snapshot(zero), grants=(granted,))
+    assert to_read(snapshot, ["a"], NOW_US, "alice") == (zero,)
+    assert to_read(snapshot, ["a"], NOW_US, "bob") == ()  # a limit of 0 caps bob without asking Usage
+    usage = QuotaUsage(user_used={("m.a", DAY, ()): 2})
+    [alice] = quota_caps(snapshot, "a", usage, NOW_US, "alice")
+    [bob] = quota_caps(snapshot, "a", usage, NOW_US, "bob")
+    assert (alice.cap, alice.detail) == (
+        HIGHEST,
+        "quota m.a 0/day per user not reached: 2 used of 3 allowed (0 + 3 granted)",
+    )
+    assert (bob.cap, bob.detail) == (Mode.OFF, "quota m.a 0/day per user reached: a limit of 0 allows nothing")
 
 
 def test_the_period_window_starts_at_the_utc_day_or_month_and_ends_just_after_now():

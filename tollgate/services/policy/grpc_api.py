@@ -382,6 +382,7 @@ class PolicyAdminApi(policy_pb2_grpc.PolicyAdminServiceServicer):
         page = usage_grants.list_grants(
             request.tenant_id,
             request.metric,
+            request.user_id,
             page_size=request.page_size,
             page_token=request.page_token,
             sessions=self._sessions,

@@ -169,6 +169,7 @@ def grant_in(message: pb.Grant) -> Grant:
         _micros(message.expire_time) if message.HasField("expire_time") else None,
         message.priority,
         message.reason,
+        user_id=message.user_id,
     )
 
 
@@ -182,6 +183,7 @@ def grant_out(grant: Grant) -> pb.Grant:
         priority=grant.priority,
         reason=grant.reason,
         create_time=from_micros(grant.create_us),
+        user_id=grant.user_id,
     )
     if grant.expires_us is not None:
         message.expire_time.CopyFrom(from_micros(grant.expires_us))

@@ -128,6 +128,7 @@ grants = Table(
     Column("reason", String(500), nullable=False),
     Column("create_us", BigInteger, nullable=False),
     Column("void_us", BigInteger, nullable=True),
+    Column("user_id", String(128), nullable=False, server_default=""),  # "": the tenant's grant
 )
 
 # One row per (tenant, metric) that has had a reservation: Reserve and Commit lock it FOR UPDATE, so the balance

@@ -292,6 +292,7 @@ def grant(value: Grant, now_us: int) -> Grant:
     check.text(value.tenant_id, "grant.tenant_id", "tenant_id", required=True)
     check.text(value.metric, "grant.metric", "metric", required=True)
     check.text(value.reason, "grant.reason", "reason")
+    check.text(value.user_id, "grant.user_id", "user_id")
     if value.amount <= 0:
         check.add("grant.amount", "must be greater than 0")
     if not -MAX_PRIORITY <= value.priority <= MAX_PRIORITY:
@@ -301,7 +302,15 @@ def grant(value: Grant, now_us: int) -> Grant:
         check.add("grant.expire_time", "must be after effective_time")
     check.raise_if_any()
     return Grant(
-        "", value.tenant_id, value.metric, value.amount, effective, value.expires_us, value.priority, value.reason
+        "",
+        value.tenant_id,
+        value.metric,
+        value.amount,
+        effective,
+        value.expires_us,
+        value.priority,
+        value.reason,
+        user_id=value.user_id,
     )
 
 
@@ -342,6 +351,14 @@ def reserve(
     check.items.extend(dimensions.value_violations(dimension_values, "dimensions"))
     check.raise_if_any()
     return ttl_us or DEFAULT_TTL_SECONDS * 1_000_000
+
+
+def grants_listing(tenant_id: str, user_id: str) -> None:
+    """ListGrants' tenant, and the user it may keep the grants of."""
+    check = Violations()
+    check.text(tenant_id, "tenant_id", "tenant_id", required=True)
+    check.text(user_id, "user_id", "user_id")
+    check.raise_if_any()
 
 
 def reference(tenant_id: str, field: str, value: str, amount: int = 0) -> None:

@@ -9,8 +9,8 @@ but do not cap a feature's mode.
 Burn order (what the period's consumption takes first): the plan's allowance, then the active grants by
 priority (lower first), then earliest expiry (a grant that never expires last), then earliest effective
 time, then grant id. So what expires soonest is used before it is lost, and a promotion given a low
-priority number is spent before a paid top-up. Grants add to tenant-scoped quotas only; a user-scoped
-quota is each user's own allowance.
+priority number is spent before a paid top-up. A tenant's grants add to its tenant-scoped quotas; a grant for
+one user adds to that user's user-scoped quotas, each user's own allowance.
 """
 
 from __future__ import annotations
@@ -123,11 +123,13 @@ def burn_order(grants: Iterable[Grant]) -> list[Grant]:
     )
 
 
-def active_grants(quota: QuotaLimit, grants: Iterable[Grant], at_us: int) -> list[Grant]:
-    """The grants counting in the quota at `at_us`, in burn order (none for a user-scoped quota)."""
-    if quota.scope == QuotaScope.USER:
+def active_grants(quota: QuotaLimit, grants: Iterable[Grant], at_us: int, user_id: str) -> list[Grant]:
+    """The grants counting in the quota at `at_us` for `user_id`, in burn order: the tenant's own in a tenant-scoped
+    quota, the user's own in a user-scoped one."""
+    owner = user_id if quota.scope == QuotaScope.USER else ""
+    if quota.scope == QuotaScope.USER and not owner:
         return []
-    return burn_order(g for g in grants if g.metric == quota.metric and g.active(at_us))
+    return burn_order(g for g in grants if g.metric == quota.metric and g.user_id == owner and g.active(at_us))
 
 
 def balance_of(
@@ -138,9 +140,11 @@ def balance_of(
     used: int,
     reserved: int,
     at_us: int,
+    user_id: str,
 ) -> Balance:
-    """The quota's balance; the consumption (usage and reservations) burns the allowance, then the grants in order."""
-    active = active_grants(quota, grants, at_us)
+    """The quota's balance for `user_id`; the consumption (usage and reservations) burns the allowance, then the
+    grants in order."""
+    active = active_grants(quota, grants, at_us, user_id)
     left = max(0, used + reserved - quota.limit)
     parts = []
     for grant in active:

@@ -83,7 +83,8 @@ class QuotaLimit:
 
 @dataclass(frozen=True)
 class Grant:
-    """An extra amount of a metric for a tenant, counted in every period of the metric while it is active."""
+    """An extra amount of a metric for a tenant (its tenant-scoped quotas) or for one of its users (`user_id`: that
+    user's user-scoped quotas), counted in every period of the metric while it is active."""
 
     grant_id: str
     tenant_id: str
@@ -95,6 +96,7 @@ class Grant:
     reason: str = ""
     create_us: int = 0
     void_us: int | None = None
+    user_id: str = ""
 
     def active(self, at_us: int) -> bool:
         """Counting at `at_us`: effective, not expired, not voided."""

@@ -52,28 +52,29 @@ def applies(quota: QuotaLimit, snapshot: Snapshot, feature_id: str) -> bool:
     return quota.metric in snapshot.feature(feature_id).metrics
 
 
-def counted(quota: QuotaLimit, snapshot: Snapshot, now_us: int) -> bool:
-    """Whether the quota's usage must be read: a limit of 0 without an active grant caps without it."""
-    return quota.limit > 0 or bool(active_grants(quota, snapshot.grants, now_us))
+def counted(quota: QuotaLimit, snapshot: Snapshot, now_us: int, user_id: str) -> bool:
+    """Whether the quota's usage must be read for `user_id`: a limit of 0 without an active grant caps without it."""
+    return quota.limit > 0 or bool(active_grants(quota, snapshot.grants, now_us, user_id))
 
 
-def to_read(snapshot: Snapshot, feature_ids: Iterable[str], now_us: int) -> tuple[QuotaLimit, ...]:
-    """The quotas whose usage resolving `feature_ids` needs: none when no counted quota applies to them, else
-    every counted quota of the plan, so that one read serves every feature of the tenant."""
+def to_read(snapshot: Snapshot, feature_ids: Iterable[str], now_us: int, user_id: str) -> tuple[QuotaLimit, ...]:
+    """The quotas whose usage resolving `feature_ids` for `user_id` needs: none when no counted quota applies to
+    them, else every counted quota of the plan, so that one read serves every feature of the tenant."""
     plan_quotas = snapshot.plan.quotas if snapshot.plan else ()
-    read = tuple(quota for quota in plan_quotas if counted(quota, snapshot, now_us))
+    read = tuple(quota for quota in plan_quotas if counted(quota, snapshot, now_us, user_id))
     if any(applies(quota, snapshot, feature_id) for feature_id in feature_ids for quota in read):
         return read
     return ()
 
 
-def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, now_us: int) -> list[Cap]:
-    """One QUOTA cap per quota of the subscribed plan on the feature, whatever the subscription's status."""
+def quota_caps(snapshot: Snapshot, feature_id: str, usage: QuotaUsage, now_us: int, user_id: str) -> list[Cap]:
+    """One QUOTA cap per quota of the subscribed plan on the feature for `user_id`, whatever the subscription's
+    status."""
     plan = snapshot.plan
     if plan is None:
         return []
     return [
-        quota_cap(quota, usage, sum(g.amount for g in active_grants(quota, snapshot.grants, now_us)))
+        quota_cap(quota, usage, sum(g.amount for g in active_grants(quota, snapshot.grants, now_us, user_id)))
         for quota in plan.quotas
         if applies(quota, snapshot, feature_id)
     ]

@@ -25,10 +25,14 @@ def void_grant(session: Session, tenant_id: str, grant_id: str, void_us: int) ->
     session.execute(update(G).where(G.c.tenant_id == tenant_id, G.c.grant_id == grant_id).values(void_us=void_us))
 
 
-def list_grants(session: Session, tenant_id: str, *, metric: str, after: str | None, limit: int) -> list[Grant]:
+def list_grants(
+    session: Session, tenant_id: str, *, metric: str, user_id: str, after: str | None, limit: int
+) -> list[Grant]:
     query = select(G).where(G.c.tenant_id == tenant_id).order_by(G.c.grant_id).limit(limit)
     if metric:
         query = query.where(G.c.metric == metric)
+    if user_id:
+        query = query.where(G.c.user_id == user_id)
     if after is not None:
         query = query.where(G.c.grant_id > after)
     return [rows.grant_of(row) for row in session.execute(query)]

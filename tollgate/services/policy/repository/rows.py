@@ -146,6 +146,7 @@ def grant_row(grant: Grant) -> dict:
         "reason": grant.reason,
         "create_us": grant.create_us,
         "void_us": grant.void_us,
+        "user_id": grant.user_id,
     }
 
 
@@ -161,6 +162,7 @@ def grant_of(row) -> Grant:
         row.reason,
         row.create_us,
         row.void_us,
+        row.user_id,
     )
 
 

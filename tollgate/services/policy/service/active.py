@@ -52,7 +52,7 @@ def list_active_features(
     used = read_usage(snapshot, features, now_us, usage=usage, deadline=deadline, user_id=user_id)
     resolutions = ranking.active(
         [
-            snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used, now_us))
+            snapshot.resolve(user_id, feature_id, HIGHEST, quota_caps(snapshot, feature_id, used, now_us, user_id))
             for feature_id in features
         ]
     )

@@ -127,9 +127,10 @@ def _balances(
     now_us: int,
     asked: _Asked,
     held_by_metric: dict[str, entitlements.Held],
+    user_id: str,
 ) -> tuple[list[Balance], QuotaUsage]:
-    """Each quota's balance now: Usage's answer plus what Policy holds that the answer may lack (`held`, read for
-    the quotas' windows in quota order); and that usage."""
+    """Each quota's balance for `user_id` now: Usage's answer plus what Policy holds that the answer may lack
+    (`held`, read for the quotas' windows in quota order); and that usage."""
     windows = _windows(snapshot, quotas, now_us)
     window_of: dict[QuotaLimit, int] = {}  # the quota's window in held()'s question: its place among its metric's
     for metric in held_by_metric:
@@ -147,6 +148,7 @@ def _balances(
                 used=from_usage + held.waiting_in(quota.filters, window_of[quota])[mine],
                 reserved=held.reserved_in(quota.filters)[mine],
                 at_us=now_us,
+                user_id=user_id,
             )
         )
     for quota, balance in zip(quotas, balances):
@@ -197,7 +199,7 @@ def check_entitlement(
             )
             for metric in sorted({q.metric for q in relevant})
         }
-    balances, used = _balances(snapshot, relevant, now_us, asked, held)
+    balances, used = _balances(snapshot, relevant, now_us, asked, held, user_id)
     noticed = False
     if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
         with transactions.begin() as connection:
@@ -207,7 +209,7 @@ def check_entitlement(
     resolution = None
     if feature_id:
         resolution = snapshot.resolve(
-            user_id, feature_id, Mode.AUTONOMOUS, quota_caps(snapshot, feature_id, used, now_us)
+            user_id, feature_id, Mode.AUTONOMOUS, quota_caps(snapshot, feature_id, used, now_us, user_id)
         )
     chosen = rules.decide([b for q, b in zip(relevant, balances) if q in shown])
     spent = any(b.hard and b.balance <= 0 for b in chosen)
@@ -335,7 +337,7 @@ def _reserve_together(
                 continue
             for dims, amount in granted.items():
                 held = held.plus(dims, amount, granted_to[(ask.user_id, dims)])
-            balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held})
+            balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held}, ask.user_id)
             short = rules.refusal(balances, ask.amount)
             if short is not None:
                 refusal = f"{short.detail()}: {ask.amount} asked, {short.balance} left"

@@ -22,7 +22,7 @@ def read_usage(
     user_id: str = "",
 ) -> QuotaUsage:
     """The usage the quotas on `feature_ids` need; unknown (and counted as a fallback) when Usage does not answer."""
-    needed = quotas.to_read(snapshot, feature_ids, now_us)
+    needed = quotas.to_read(snapshot, feature_ids, now_us, user_id)
     if not needed:
         return QuotaUsage()
     try:

@@ -79,7 +79,7 @@ def _resolve(
     now_us = now_micros()
     used = read_usage(snapshot, wanted, now_us, usage=usage, deadline=deadline, user_id=user_id)
     resolutions = [
-        snapshot.resolve(user_id, feature_id, mode, quota_caps(snapshot, feature_id, used, now_us))
+        snapshot.resolve(user_id, feature_id, mode, quota_caps(snapshot, feature_id, used, now_us, user_id))
         for feature_id in wanted
     ]
     for resolution in resolutions:

@@ -25,6 +25,7 @@ def _change(grant: Grant) -> dict:
         "expires_us": grant.expires_us,
         "priority": grant.priority,
         "reason": grant.reason,
+        "user_id": grant.user_id,
     }
 
 
@@ -65,15 +66,25 @@ def void_grant(tenant_id: str, grant_id: str, *, sessions: Sessions, cache, call
 
 
 def list_grants(
-    tenant_id: str, metric: str, *, page_size: int, page_token: str, sessions: Sessions, caller: Principal
+    tenant_id: str,
+    metric: str,
+    user_id: str,
+    *,
+    page_size: int,
+    page_token: str,
+    sessions: Sessions,
+    caller: Principal,
 ) -> pagination.Page[Grant]:
-    """One page of the tenant's grants (optionally one metric's), by grant id; voided and expired included."""
+    """One page of the tenant's grants (optionally one metric's, one user's), by grant id; voided and expired
+    included."""
     access.tenant(caller, tenant_id)
-    validation.required_ids(tenant_id=tenant_id)
-    scope = {"listing": "grants", "tenant": tenant_id, "metric": metric}
+    validation.grants_listing(tenant_id, user_id)
+    scope = {"listing": "grants", "tenant": tenant_id, "metric": metric, "user": user_id}
     cursor = pagination.start(page_size, page_token, scope, shape=(str,))
     after = cursor.after[0] if cursor.after else None
     with sessions.begin() as session:
         require_tenant_exists(session, tenant_id)
-        items = grants.list_grants(session, tenant_id, metric=metric, after=after, limit=cursor.limit + 1)
+        items = grants.list_grants(
+            session, tenant_id, metric=metric, user_id=user_id, after=after, limit=cursor.limit + 1
+        )
     return cursor.page(items, lambda g: (g.grant_id,))
