@@ -389,9 +389,9 @@ def test_the_retention_task_deletes_at_start_what_ended_before_the_retention_kee
 def test_http_watches_whose_callers_left_free_their_threads_without_a_timeout_or_a_notification(
     dbs, usage, usage_token, admin, admin_token, tenant
 ):
-    """A Policy with 2 HTTP threads: two watches without Connect-Timeout-Ms whose clients close their connections
-    once the stored notifications came, while nothing more happens, must not keep both threads, or the next call
-    would never be served."""
+    """A Policy with 2 HTTP threads, so one watch at a time (POLICY_MAX_WATCHES): watches without Connect-Timeout-Ms
+    whose clients close their connections once the stored notifications came, while nothing more happens, must each
+    free their thread and their slot, or the next watch would be refused for ever; and the other calls are served."""
     import http.client
     import socket
 
@@ -402,11 +402,23 @@ def test_http_watches_whose_callers_left_free_their_threads_without_a_timeout_or
             api = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
             assert reserve(api, tenant, 100).reserved  # 80 % and 100 %: what each watch is sent at once
         body = http_support.envelope(pb.WatchEntitlementsRequest(tenant_id=tenant).SerializeToString())
-        for _ in range(2):
-            watcher = http.client.HTTPConnection("127.0.0.1", small.http_port, timeout=GUARD_SECONDS)
-            headers = {"content-type": "application/connect+proto", "authorization": f"Bearer {admin_token}"}
-            watcher.request("POST", "/tollgate.policy.v1.PolicyService/WatchEntitlements", body=body, headers=headers)
-            response = watcher.getresponse()
+        headers = {"content-type": "application/connect+proto", "authorization": f"Bearer {admin_token}"}
+
+        def open_watch() -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+            """A watch once the slot is free: the one before it leaves at its next poll."""
+            deadline = time.monotonic() + GUARD_SECONDS
+            while True:
+                watcher = http.client.HTTPConnection("127.0.0.1", small.http_port, timeout=GUARD_SECONDS)
+                watcher.request("POST", "/tollgate.policy.v1.PolicyService/WatchEntitlements", body, headers)
+                response = watcher.getresponse()
+                if response.status != 429 or time.monotonic() > deadline:
+                    return watcher, response
+                response.read()
+                watcher.close()
+                time.sleep(0.05)
+
+        for _ in range(3):
+            watcher, response = open_watch()
             assert response.status == 200
             assert response.read(5)  # the first notification's envelope: the stream is being served
             watcher.sock.shutdown(socket.SHUT_RDWR)
@@ -416,5 +428,50 @@ def test_http_watches_whose_callers_left_free_their_threads_without_a_timeout_or
             small.http_port, "/tollgate.policy.v1.PolicyService/CheckEntitlement", checked, token=admin_token
         )
         assert reply.status == 200, reply.body
+    finally:
+        small.stop(grace=1)
+
+
+def test_watches_past_the_process_limit_or_half_of_it_for_one_tenant_are_refused_while_other_calls_run(
+    dbs, usage, usage_token, api, admin, admin_token
+):
+    """POLICY_MAX_WATCHES 4 of 6 worker threads: two watches of one tenant, four in all; the next is refused
+    RESOURCE_EXHAUSTED naming the limit, the other calls are served, and a cancelled watch gives its slot back."""
+    tenants = [support.new_tenant() for _ in range(3)]
+    for tenant in tenants:
+        world(admin, tenant)
+        assert reserve(api, tenant, 90).reserved  # 80 %: a notification each watch is sent at once
+    small = support.build_policy(dbs, usage.port, usage_token=usage_token, workers=6, max_watches=4)
+    try:
+        with support.channel(small.port) as channel:
+
+            def opened(tenant: str):
+                call = watch(channel, admin_token, tenant)
+                assert [n.percent for n in take(call, 1)] == [80]  # served: it holds its slot
+                return call
+
+            first, second = opened(tenants[0]), opened(tenants[0])
+            mine = refused(channel, admin_token, tenants[0], 0)
+            assert mine.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "half of POLICY_MAX_WATCHES" in mine.details()
+            others = [opened(tenants[1]), opened(tenants[1])]
+            full = refused(channel, admin_token, tenants[2], 0)
+            assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "most open watches (4, POLICY_MAX_WATCHES)" in full.details()
+            checked = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token).CheckEntitlement(
+                pb.CheckEntitlementRequest(tenant_id=tenants[2], user_id="u1", metric=METRIC)
+            )
+            assert checked.quotas[0].reserved == 90
+            first.cancel()
+            deadline = time.monotonic() + GUARD_SECONDS
+            while True:  # the cancel reaches the server a moment after the client returns from it
+                try:
+                    late = opened(tenants[2])
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+                    time.sleep(0.02)
+            for call in (second, *others, late):
+                call.cancel()
     finally:
         small.stop(grace=1)

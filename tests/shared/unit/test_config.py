@@ -54,6 +54,7 @@ OWN = {
         "POLICY_USAGE_TLS_SERVER_NAME": ("usage_tls_server_name", "usage.tollgate.svc"),
         "POLICY_OUTBOX_INTERVAL_SECONDS": ("outbox_interval_seconds", 2.5),
         "POLICY_NOTIFICATION_RETENTION_DAYS": ("notification_retention_days", 30.0),
+        "POLICY_MAX_WATCHES": ("max_watches", 2),
     },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]
@@ -103,6 +104,13 @@ def test_an_empty_environment_gives_the_defaults_and_each_service_its_own_ports_
 def test_a_bad_value_fails_fast_naming_the_variable(settings_class, prefix, name, raw):
     with pytest.raises(ConfigError, match=f"^{prefix}_{name} must"):
         settings_class.from_env({f"{prefix}_{name}": raw})
+
+
+def test_policy_keeps_a_worker_thread_from_watches_and_says_so_when_told_otherwise():
+    assert (PolicySettings().watch_limit, PolicySettings(workers=5).watch_limit) == (8, 2)
+    assert PolicySettings.from_env({"POLICY_WORKERS": "4", "POLICY_MAX_WATCHES": "3"}).watch_limit == 3
+    with pytest.raises(ConfigError, match="^POLICY_MAX_WATCHES \\(4\\) must be below POLICY_WORKERS \\(4\\)"):
+        PolicySettings.from_env({"POLICY_WORKERS": "4", "POLICY_MAX_WATCHES": "4"})
 
 
 @pytest.mark.parametrize("settings_class", [UsageSettings, PolicySettings])

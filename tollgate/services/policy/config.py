@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tollgate.shared.config import ServiceSettings, env_float, env_secret, env_str
+from tollgate.shared.config import ConfigError, ServiceSettings, env_float, env_int, env_secret, env_str
 from tollgate.shared.tls import ClientTls
 
 
@@ -32,11 +32,25 @@ class Settings(ServiceSettings):
     outbox_interval_seconds: float = 0.5
     # Threshold notifications are kept this long after the end of the period they are about.
     notification_retention_days: float = 90.0
+    # Open WatchEntitlements streams, each holding a worker thread while it waits; 0: half of POLICY_WORKERS.
+    max_watches: int = 0
     # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
     usage_tls_ca_file: str = ""
     usage_tls_cert_file: str = ""
     usage_tls_key_file: str = ""
     usage_tls_server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.max_watches >= self.workers:
+            raise ConfigError(
+                f"POLICY_MAX_WATCHES ({self.max_watches}) must be below POLICY_WORKERS ({self.workers}): each open "
+                "watch holds a worker thread, and the other calls need at least one"
+            )
+
+    @property
+    def watch_limit(self) -> int:
+        """The most WatchEntitlements streams open at once in this process."""
+        return self.max_watches or self.workers // 2
 
     @property
     def usage_tls(self) -> ClientTls:
@@ -87,4 +101,5 @@ class Settings(ServiceSettings):
             notification_retention_days=env_float(
                 env, "POLICY_NOTIFICATION_RETENTION_DAYS", cls.notification_retention_days, low=1, high=36_500
             ),
+            max_watches=env_int(env, "POLICY_MAX_WATCHES", cls.max_watches, low=0, high=255),
         )

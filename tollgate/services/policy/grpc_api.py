@@ -77,7 +77,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         transactions: Transactions,
         connections: Connections,
         dispatcher: Dispatcher,
-        notices: Notices | None = None,
+        notices: Notices,
     ):
         self._cache = cache
         self._usage = usage
@@ -85,7 +85,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._transactions = transactions
         self._connections = connections
         self._dispatcher = dispatcher
-        self._notices = notices or Notices()
+        self._notices = notices
         self._reserves: Combiner = Combiner()
         self._commits: Combiner = Combiner()
 
@@ -211,6 +211,9 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 
     def WatchEntitlements(self, request, context):
+        if hasattr(context, "add_callback"):  # gRPC: a cancelled watch ends (and frees its thread) now, not at a poll
+            context.add_callback(self._notices.wake)
+
         def active() -> bool:
             # gRPC ends a call past its deadline itself; over HTTP the Connect timeout is only known as time left.
             remaining = context.time_remaining()

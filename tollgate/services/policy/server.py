@@ -61,7 +61,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         balance_ttl=settings.balance_usage_seconds,
     )
     dispatcher = Dispatcher(engine, usage, interval=settings.outbox_interval_seconds)
-    notices = Notices()
+    notices = Notices(max_watches=settings.watch_limit)
     retention = Retention(sessions, retention_days=settings.notification_retention_days)
     spec = ServerSpec(
         name="policy",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from tollgate.services.policy import metrics, validation
@@ -20,7 +21,7 @@ from tollgate.services.policy.repository import Connection, Sessions, notificati
 from tollgate.services.policy.service import access
 from tollgate.shared.clock import now_micros
 from tollgate.shared.credentials import Principal
-from tollgate.shared.errors import FieldViolation, InvalidArgument, OutOfRange
+from tollgate.shared.errors import FieldViolation, InvalidArgument, OutOfRange, ResourceExhausted
 
 log = logging.getLogger("tollgate.policy.notifications")
 BATCH = 100
@@ -67,13 +68,19 @@ def shown(balances: Sequence[Balance], tenant_id: str, user_id: str, observed_by
 
 
 class Notices:
-    """Wakes this process's watchers when a crossing is stored here, and ends them when the server stops."""
+    """Wakes this process's watchers when a crossing is stored here, and ends them when the server stops.
 
-    def __init__(self, *, poll_seconds: float = POLL_SECONDS):
+    A watch holds one of the server's worker threads while it waits, so at most `max_watches` are open at once, half
+    of them (at least one) of any one tenant: the other calls keep threads to run on, and one tenant's watches leave
+    room for the others'. A watch past either limit is refused, RESOURCE_EXHAUSTED."""
+
+    def __init__(self, *, max_watches: int, poll_seconds: float = POLL_SECONDS):
         self._poll = poll_seconds
         self._changed = threading.Condition()
         self._generation = 0
         self._stopped = False
+        self._max_watches, self._per_tenant = max_watches, max(1, max_watches // 2)
+        self._open: Counter[str] = Counter()
 
     def run(self, stopping: threading.Event) -> None:
         """A background task of the server: once it is stopping, every watcher ends."""
@@ -117,19 +124,40 @@ class Notices:
             raise InvalidArgument(
                 FieldViolation("after_sequence", f"is beyond the tenant's latest notification ({latest})")
             )
-        cursor, seen = after_sequence, self._generation
-        while active() and not self._stopped:
-            with sessions.begin() as session:
-                batch = notifications.after(session, tenant_id, cursor, BATCH)
-                # Read after the batch: a purge that committed before the batch was read shows here.
-                _, purged_through = notifications.head(session, tenant_id)
-            if 0 < cursor < purged_through:
-                raise _behind_retention(cursor, purged_through)
-            for notification in batch:
-                yield notification
-                cursor = notification.sequence
-            if len(batch) < BATCH:
-                seen = self._wait(seen)
+        self._take_slot(tenant_id)
+        try:
+            cursor, seen = after_sequence, self._generation
+            while active() and not self._stopped:
+                with sessions.begin() as session:
+                    batch = notifications.after(session, tenant_id, cursor, BATCH)
+                    # Read after the batch: a purge that committed before the batch was read shows here.
+                    _, purged_through = notifications.head(session, tenant_id)
+                if 0 < cursor < purged_through:
+                    raise _behind_retention(cursor, purged_through)
+                for notification in batch:
+                    yield notification
+                    cursor = notification.sequence
+                if len(batch) < BATCH:
+                    seen = self._wait(seen)
+        finally:
+            with self._changed:
+                self._open[tenant_id] -= 1
+                if not self._open[tenant_id]:
+                    del self._open[tenant_id]
+
+    def _take_slot(self, tenant_id: str) -> None:
+        with self._changed:
+            if self._open.total() >= self._max_watches:
+                raise ResourceExhausted(
+                    f"this Policy process holds its most open watches ({self._max_watches}, POLICY_MAX_WATCHES); "
+                    "retry later or on another replica"
+                )
+            if self._open[tenant_id] >= self._per_tenant:
+                raise ResourceExhausted(
+                    f"tenant {tenant_id!r} holds its most open watches on this Policy process ({self._per_tenant}, "
+                    "half of POLICY_MAX_WATCHES); close one, or retry later or on another replica"
+                )
+            self._open[tenant_id] += 1
 
 
 def _behind_retention(cursor: int, purged_through: int) -> OutOfRange:
