@@ -453,7 +453,7 @@ def test_watches_past_the_process_limit_or_half_of_it_for_one_tenant_are_refused
             first, second = opened(tenants[0]), opened(tenants[0])
             mine = refused(channel, admin_token, tenants[0], 0)
             assert mine.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "half of POLICY_MAX_WATCHES" in mine.details()
+            assert "half of POLICY_MAX_WATCHES" in mine.details() and support.error_reason(mine) == "TOO_MANY_WATCHES"
             others = [opened(tenants[1]), opened(tenants[1])]
             full = refused(channel, admin_token, tenants[2], 0)
             assert full.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

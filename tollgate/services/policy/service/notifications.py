@@ -150,12 +150,14 @@ class Notices:
             if self._open.total() >= self._max_watches:
                 raise ResourceExhausted(
                     f"this Policy process holds its most open watches ({self._max_watches}, POLICY_MAX_WATCHES); "
-                    "retry later or on another replica"
+                    "retry later or on another replica",
+                    reason="TOO_MANY_WATCHES",
                 )
             if self._open[tenant_id] >= self._per_tenant:
                 raise ResourceExhausted(
                     f"tenant {tenant_id!r} holds its most open watches on this Policy process ({self._per_tenant}, "
-                    "half of POLICY_MAX_WATCHES); close one, or retry later or on another replica"
+                    "half of POLICY_MAX_WATCHES); close one, or retry later or on another replica",
+                    reason="TOO_MANY_WATCHES",
                 )
             self._open[tenant_id] += 1
 
