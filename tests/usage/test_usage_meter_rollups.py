@@ -4,6 +4,8 @@ rollup (or the narrowing of a busy day's mark) replaces a day's rows; metrics th
 events are deleted behind the service's back (a fault injected with SQL) to tell the two sources apart: nothing
 else removes a dirty day's events."""
 
+import re
+
 import pytest
 from sqlalchemy import delete, func, select
 
@@ -281,3 +283,61 @@ def test_a_sqlite_step_that_leaves_some_of_a_days_hours_drops_its_rows_until_the
         after = step.after
     assert meter_rows(sessions, tenant, metric, day) == {"": 1, "model": 2, "token_type": 1}
     assert answer() == expected
+
+
+def _scans_of(node: dict, relation: str) -> list[dict]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `relation`."""
+    found = [node] if node.get("Relation Name") == relation else []
+    return found + [scan for child in node.get("Plans", []) for scan in _scans_of(child, relation)]
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)  # a PostgreSQL plan
+@pytest.mark.parametrize("aggregation", ["SUM", "MAX"])  # the running sums, the hours' cells
+def test_each_rolled_up_day_is_read_by_its_own_index_probe_even_before_the_table_has_statistics(
+    dbs, usage_stub, usage_admin_stub, admin_token, token, tenant, aggregation
+):
+    """A new database's planner knows nothing of meter_days (a fault injected on purpose: its statistics removed in
+    a transaction rolled back). It used to walk every row of the tenant's cuboid once per piece of a window; each
+    piece's day is read by an index probe of its own (meter_rollup_reads._DaySumsFirst), whatever it believes."""
+    from psycopg import RawCursor
+
+    from tollgate.services.usage.domain import meters as meter_rules
+    from tollgate.services.usage.domain import windows
+    from tollgate.services.usage.domain.meters import MeterQuery
+    from tollgate.services.usage.domain.windows import Window
+    from tollgate.services.usage.repository import meters as meters_sql
+    from tollgate.services.usage.repository.postgres.meters import PIECES
+    from tollgate.services.usage.service.meters import _read
+
+    metric = new_meter(usage_admin_stub, admin_token, aggregation)
+    start = (now_us() // HOUR_US - 5 * 24) * HOUR_US
+    send(usage_stub, token, tenant, metric, ai_events(start + 13 * MINUTE_US))
+    roll_up(usage_admin_stub, admin_token, tenant)
+    zone = "America/New_York"
+    query = MeterQuery(tenant, metric, start, start + 4 * DAY_US, Window.DAY, zone, ("model",))
+    spans = windows.windows(query.window, query.start_us, query.end_us, windows.zone(zone))
+    engine = create_engine_for(dbs.usage_url, schema=tables.SCHEMA)
+    try:
+        with engine.connect() as connection:
+            read = _read(connection, metric)
+            plan = meter_rules.plan(query, read.metric, spans, 0)
+            statement, values = meters_sql.statement_of(
+                PIECES, plan, connection.dialect, cells=read.cells, after=None, limit=100
+            )
+            connection.exec_driver_sql("DELETE FROM pg_statistic WHERE starelid = 'usage.meter_days'::regclass")
+            connection.exec_driver_sql(
+                "UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid = 'usage.meter_days'::regclass"
+            )
+            cursor = RawCursor(connection.connection.driver_connection)
+            [[explained]] = cursor.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {statement.sql}", statement.values(values)
+            ).fetchall()
+            connection.rollback()
+    finally:
+        engine.dispose()
+    pieces = values["pc_k"].strip("{}").split(",").count("1")  # the day pieces of the windows
+    read_rows = [s for s in _scans_of(explained[0]["Plan"], "meter_days") if s["Alias"] == "md"]
+    assert read_rows, "no read of the rolled-up rows"
+    for scan in read_rows:
+        assert re.search(r"day_us = (pc|mp)(_\d+)?\.day", scan.get("Index Cond", "")), scan  # by its day, not after
+        assert scan["Actual Loops"] <= pieces, scan  # once per piece at most, never per row of the cuboid

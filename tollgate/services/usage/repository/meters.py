@@ -173,29 +173,7 @@ def usage_rows(
     the check that the metric's stored (aggregation, unique_of, dimensions) are still `cells`: one statement, one
     snapshot. Where the plan names a cuboid, the whole hours of rolled-up days without a dirty mark come from that
     cuboid's rows (meter_rollup_reads.py), the rest from raw events."""
-    shape = (
-        plan.aggregation,
-        plan.unique_of,
-        plan.group_by,
-        tuple(name for name, _ in plan.filters),
-        bool(plan.actor_ids),
-        plan.cuboid is None,
-        after is None,
-    )
-    statement = _statement(pieces, shape, plan, connection.dialect)
-    values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
-    values.update(zip(_CELLS, cells))
-    values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
-    if plan.actor_ids:
-        values["actors"] = list(plan.actor_ids)
-    values.update((f"a{i}", v) for i, v in enumerate(after or ()))
-    if plan.cuboid is None:
-        spans = [(n, lo, hi) for n, (lo, hi) in enumerate(plan.windows) if n >= plan.first_window]
-        values.update(pieces.table_rows("w", _WINDOW, spans))
-    else:
-        from tollgate.services.usage.repository import meter_rollup_reads  # it builds on this module's pieces
-
-        values.update(meter_rollup_reads.parameters(pieces, plan))
+    statement, values = statement_of(pieces, plan, connection.dialect, cells=cells, after=after, limit=limit)
     found: list[MeterRow] = []
     purged_before, current = None, True
     first = 1 + len(plan.group_by)  # the first value column
@@ -212,6 +190,36 @@ def usage_rows(
             current = False
     # (window, groups) is unique, so the rows' own order is theirs.
     return MeterRows(sorted(found), purged_before, current)
+
+
+def statement_of(
+    pieces: MeterPieces, plan: MeterPlan, dialect, *, cells: tuple[str, str, str], after: tuple | None, limit: int
+) -> tuple[Any, dict]:
+    """The statement `usage_rows` runs (as the backend's `prepared` gives it, built once per shape) and its values."""
+    shape = (
+        plan.aggregation,
+        plan.unique_of,
+        plan.group_by,
+        tuple(name for name, _ in plan.filters),
+        bool(plan.actor_ids),
+        plan.cuboid is None,
+        after is None,
+    )
+    statement = _statement(pieces, shape, plan, dialect)
+    values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
+    values.update(zip(_CELLS, cells))
+    values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
+    if plan.actor_ids:
+        values["actors"] = list(plan.actor_ids)
+    values.update((f"a{i}", v) for i, v in enumerate(after or ()))
+    if plan.cuboid is None:
+        spans = [(n, lo, hi) for n, (lo, hi) in enumerate(plan.windows) if n >= plan.first_window]
+        values.update(pieces.table_rows("w", _WINDOW, spans))
+    else:
+        from tollgate.services.usage.repository import meter_rollup_reads  # it builds on this module's pieces
+
+        values.update(meter_rollup_reads.parameters(pieces, plan))
+    return statement, values
 
 
 _WINDOW = ("n", "lo", "hi")
