@@ -138,3 +138,9 @@ def pass_then(dbs, tenant, meanwhile, *, scan: bool = False) -> tuple[int, int]:
         engine.dispose()
     assert left == 0, "the pass's rows outlived it"
     return found, applied
+
+
+def scans_of(node: dict, relation: str) -> list[dict]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `relation`."""
+    found = [node] if node.get("Relation Name") == relation else []
+    return found + [scan for child in node.get("Plans", []) for scan in scans_of(child, relation)]

@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from tests import support
 from tests import usage_meters_model as model
 from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
-from tests.usage_support import DAY_US, MINUTE_US, now_us, pass_then, tenant_token
+from tests.usage_support import DAY_US, MINUTE_US, now_us, pass_then, scans_of, tenant_token
 from tollgate.services.usage import tables
 from tollgate.services.usage.repository.sqlite import rollup_serial
 from tollgate.shared.db import create_engine_for, session_factory
@@ -285,12 +285,6 @@ def test_a_sqlite_step_that_leaves_some_of_a_days_hours_drops_its_rows_until_the
     assert answer() == expected
 
 
-def _scans_of(node: dict, relation: str) -> list[dict]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `relation`."""
-    found = [node] if node.get("Relation Name") == relation else []
-    return found + [scan for child in node.get("Plans", []) for scan in _scans_of(child, relation)]
-
-
 @pytest.mark.parametrize("dbs", ["postgres"], indirect=True)  # a PostgreSQL plan
 @pytest.mark.parametrize("aggregation", ["SUM", "MAX"])  # the running sums, the hours' cells
 def test_each_rolled_up_day_is_read_by_its_own_index_probe_even_before_the_table_has_statistics(
@@ -336,7 +330,7 @@ def test_each_rolled_up_day_is_read_by_its_own_index_probe_even_before_the_table
     finally:
         engine.dispose()
     pieces = values["pc_k"].strip("{}").split(",").count("1")  # the day pieces of the windows
-    read_rows = [s for s in _scans_of(explained[0]["Plan"], "meter_days") if s["Alias"] == "md"]
+    read_rows = [s for s in scans_of(explained[0]["Plan"], "meter_days") if s["Alias"] == "md"]
     assert read_rows, "no read of the rolled-up rows"
     for scan in read_rows:
         assert re.search(r"day_us = (pc|mp)(_\d+)?\.day", scan.get("Index Cond", "")), scan  # by its day, not after

@@ -9,7 +9,18 @@ from sqlalchemy.dialects import postgresql
 
 from tests import support
 from tests.conftest import status_of
-from tests.usage_support import DAY_US, MINUTE_US, event, list_all, now_us, record, tenant_token, totals, ts
+from tests.usage_support import (
+    DAY_US,
+    MINUTE_US,
+    event,
+    list_all,
+    now_us,
+    record,
+    scans_of,
+    tenant_token,
+    totals,
+    ts,
+)
 from tollgate.services.usage.domain import read_plan
 from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
 from tollgate.services.usage.domain.queries import UsageQuery
@@ -240,12 +251,6 @@ def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequen
     assert "JIT" not in plan[0]
 
 
-def _scans_of(node: dict, relation: str) -> list[dict]:
-    """Every node of an EXPLAIN (FORMAT JSON) plan that scans `relation`."""
-    found = [node] if node.get("Relation Name") == relation else []
-    return found + [scan for child in node.get("Plans", []) for scan in _scans_of(child, relation)]
-
-
 @POSTGRES_ONLY  # a PostgreSQL plan
 def test_each_dirty_hour_is_read_from_events_on_its_own_whatever_the_planner_prefers(dbs, usage_stub, token, tenant):
     """GetUsage reads each dirty hour of a marked day from events on its own, one index scan per hour
@@ -267,7 +272,7 @@ def test_each_dirty_hour_is_read_from_events_on_its_own_whatever_the_planner_pre
             ).fetchall()
     finally:
         engine.dispose()
-    hours = [scan for scan in _scans_of(explained[0]["Plan"], "events") if "dm" in json.dumps(scan)]
+    hours = [scan for scan in scans_of(explained[0]["Plan"], "events") if "dm" in json.dumps(scan)]
     assert len(hours) == 1, "no scan of events takes its range from the dirty marks' hours"
     [scan] = hours
     assert (scan["Actual Loops"], scan["Actual Rows"] * scan["Actual Loops"]) == (5, 40)  # once per dirty hour
