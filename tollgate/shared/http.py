@@ -130,6 +130,11 @@ class HttpContext:
         except (OSError, ValueError):  # closed under us
             return False
 
+    def add_callback(self, callback) -> bool:
+        """grpc's: `callback` when the call ends. A Connect call's end is not known here (a watch over HTTP sees its
+        caller leave at its next poll, `is_active`): nothing is registered, as grpc answers for a call already over."""
+        return False
+
     def code(self) -> grpc.StatusCode | None:
         return self._code
 

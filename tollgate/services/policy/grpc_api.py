@@ -211,8 +211,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         return pb.ReleaseResponse(reservation=grpc_convert.reservation_out(found.reservation, found.now_us))
 
     def WatchEntitlements(self, request, context):
-        if hasattr(context, "add_callback"):  # gRPC: a cancelled watch ends (and frees its thread) now, not at a poll
-            context.add_callback(self._notices.wake)
+        context.add_callback(self._notices.wake)  # a cancelled watch ends (and frees its thread) now, not at a poll
 
         def active() -> bool:
             # gRPC ends a call past its deadline itself; over HTTP the Connect timeout is only known as time left.

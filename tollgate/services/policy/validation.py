@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 from tollgate.services.policy.domain import dimensions, periods
 from tollgate.services.policy.domain.model import (
@@ -301,17 +302,7 @@ def grant(value: Grant, now_us: int) -> Grant:
     if value.expires_us is not None and value.expires_us <= effective:
         check.add("grant.expire_time", "must be after effective_time")
     check.raise_if_any()
-    return Grant(
-        "",
-        value.tenant_id,
-        value.metric,
-        value.amount,
-        effective,
-        value.expires_us,
-        value.priority,
-        value.reason,
-        user_id=value.user_id,
-    )
+    return replace(value, grant_id="", effective_us=effective, create_us=0, void_us=None)
 
 
 def check_entitlement(

@@ -1,4 +1,5 @@
-"""Joins of a few short ranges to the events, read range by range whatever each backend's planner guesses.
+"""Joins of a few short ranges to a table (the events; meter_days, a day each), read range by range whatever each
+backend's planner guesses.
 
 `WindowsFirst`: the ranges looped over first on SQLite (a CROSS JOIN), whose planner cannot tell how many rows a
 table made of JSON yields, and would otherwise walk the tenant's events once per range. `ShortRangesFirst`: on
@@ -20,7 +21,7 @@ class WindowsFirst(Join):
 
 class ShortRangesFirst(WindowsFirst):
     inherit_cache = True
-    READ = ""  # the events' columns the statement reads, as SQL over the events' alias
+    READ = ""  # the columns the statement reads, as SQL over the joined table's alias
 
 
 @compiles(ShortRangesFirst, "postgresql")
