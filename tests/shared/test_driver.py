@@ -4,7 +4,7 @@ SQLAlchemy would run them, whatever their length, with parameters repeated, lite
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, insert, literal_column, select
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, func, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
 from tollgate.shared import driver
@@ -20,14 +20,23 @@ _TABLE = Table(
 TENANT = bindparam("tenant", type_=String())
 
 
-@pytest.fixture
-def engine(postgres_url):
-    engine = create_engine_for(postgres_url, schema="public")
+def _with_table(engine):
     _TABLE.drop(engine, checkfirst=True)
     _TABLE.create(engine)
     yield engine
     _TABLE.drop(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def engine(postgres_url):
+    yield from _with_table(create_engine_for(postgres_url, schema="public"))
+
+
+@pytest.fixture
+def unprepared(postgres_url):
+    """An engine whose connections psycopg prepares nothing on, as in_one_query needs."""
+    yield from _with_table(create_engine_for(postgres_url, schema="public", driver_prepares=False))
 
 
 def _question(padding: int):
@@ -80,3 +89,87 @@ def test_many_and_together_write_and_read_with_numbered_placeholders_and_an_erro
         )
     with engine.connect() as connection:
         assert driver.rows(connection, driver.compiled(count, engine.dialect), {"tenant": "t1"}) == [(0,), (2,), (11,)]
+
+
+def _prepared_here(connection) -> list[str]:
+    """The statements in_one_query prepared on this connection, as the server lists them."""
+    with connection.begin():
+        found = connection.exec_driver_sql(
+            "SELECT name FROM pg_prepared_statements WHERE starts_with(name, 'tollgate')"
+        )
+        return sorted(name for (name,) in found)
+
+
+def test_in_one_query_writes_reads_and_commits_with_values_written_as_literals(unprepared):
+    t = _TABLE.c
+    named = select(t.name, t.n).where(t.tenant == TENANT).order_by(t.name)
+    odd = [("t'1", "100% it's", -(2**62)), ("t'1", "back\\slash", None), ("t'1", "é ü", 7)]
+    with unprepared.connect() as connection:
+        for tenant, name, n in odd:
+            with connection.begin():
+                written, read = driver.in_one_query(
+                    connection,
+                    [
+                        (insert(_TABLE), {"tenant": tenant, "name": name, "n": n if n is not None else 0}),
+                        (named, {"tenant": tenant}),
+                    ],
+                    commit=True,
+                )
+            assert written == [] and (name, n if n is not None else 0) in read
+        assert len(_prepared_here(connection)) == 2  # each statement prepared once on the connection, then reused
+    with unprepared.connect() as connection:
+        expected = [tuple(row) for row in connection.execute(named, {"tenant": "t'1"})]
+    assert sorted(expected) == sorted((name, n if n is not None else 0) for _, name, n in odd)
+
+
+def test_in_one_query_stops_at_an_error_which_is_sqlalchemys_and_its_transaction_writes_nothing(unprepared):
+    t = _TABLE.c
+    total = select(func.count()).select_from(_TABLE).where(t.tenant == TENANT)
+    bump = _TABLE.update().where(t.tenant == TENANT).values(n=t.n + 1)
+    with unprepared.begin() as connection:
+        connection.execute(insert(_TABLE), {"tenant": "t1", "name": "a", "n": 1})
+    with unprepared.connect() as connection:
+        with pytest.raises(IntegrityError), connection.begin():
+            # a statement new to the connection, then the error: the rest of the message is not run
+            driver.in_one_query(
+                connection,
+                [
+                    (bump, {"tenant": "t1"}),
+                    (insert(_TABLE), {"tenant": "t1", "name": "a", "n": 5}),
+                    (total, {"tenant": "t1"}),
+                ],
+                commit=True,
+            )
+        with connection.begin():  # the same connection: what the failed message prepared is used, not prepared again
+            [_, [(count,)]] = driver.in_one_query(connection, [(bump, {"tenant": "t1"}), (total, {"tenant": "t1"})])
+        assert count == 1
+        assert connection.execute(select(t.n)).scalar_one() == 2  # the failed bump rolled back, the second committed
+
+
+def test_in_one_query_leaves_the_transaction_to_its_caller_without_commit(unprepared):
+    with unprepared.connect() as connection:
+        with connection.begin() as transaction:
+            driver.in_one_query(connection, [(insert(_TABLE), {"tenant": "t1", "name": "gone", "n": 1})])
+            transaction.rollback()
+        with connection.begin():
+            driver.in_one_query(connection, [(insert(_TABLE), {"tenant": "t1", "name": "kept", "n": 1})])
+        assert [name for (name,) in connection.execute(select(_TABLE.c.name))] == ["kept"]
+
+
+def test_in_one_query_keeps_at_most_its_limit_of_statements_prepared_on_a_connection(unprepared, monkeypatch):
+    monkeypatch.setattr(driver, "PREPARED_PER_CONNECTION", 2)
+    t = _TABLE.c
+    questions = [select(t.n + k).where(t.tenant == TENANT) for k in range(4)]
+    with unprepared.begin() as connection:
+        connection.execute(insert(_TABLE), {"tenant": "t1", "name": "a", "n": 10})
+    with unprepared.connect() as connection:
+        for k in [0, 1, 2, 3, 0, 2]:  # the least recently used go; one asked again is prepared again
+            with connection.begin():
+                assert driver.in_one_query(connection, [(questions[k], {"tenant": "t1"})]) == [[(10 + k,)]]
+            assert len(_prepared_here(connection)) <= 2
+
+
+def test_in_one_query_refuses_connections_psycopg_prepares_on(engine):
+    # psycopg would deallocate in_one_query's statements with its own after the next rollback
+    with engine.connect() as connection, pytest.raises(RuntimeError, match="driver_prepares=False"):
+        driver.in_one_query(connection, [(select(_TABLE.c.n), {})])

@@ -50,6 +50,7 @@ def create_engine_for(
     settings: Mapping[str, str] | None = None,
     pre_ping: bool = True,
     autocommit: bool = False,
+    driver_prepares: bool = True,
 ) -> Engine:
     """An engine whose tables live in `schema` (on SQLite, the file stands for the schema).
 
@@ -67,6 +68,10 @@ def create_engine_for(
     end (SQLAlchemy's reset_on_return=None, meant for pure autocommit). Use it with `connect()`, not
     sessions that write. On SQLite its transactions begin DEFERRED, as readers of the WAL: they see
     the last commit and never wait for the write lock, which a rollup or an ingest may hold.
+
+    `driver_prepares=False` (PostgreSQL): psycopg prepares no statement on the pool's connections, so
+    it never sends the DEALLOCATE ALL with which it forgets its own after a rollback: for a pool whose
+    hot statements driver.in_one_query prepares itself (Policy's transactions).
     """
     url = normalize_url(url)
     if is_sqlite(url):
@@ -81,7 +86,11 @@ def create_engine_for(
         pool_timeout=5,
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
-        connect_args={"connect_timeout": 5, "application_name": application_name},
+        connect_args={
+            "connect_timeout": 5,
+            "application_name": application_name,
+            **({} if driver_prepares else {"prepare_threshold": None}),
+        },
         **({"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}),
     )
     if settings:

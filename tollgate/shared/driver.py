@@ -5,8 +5,9 @@ metadata from the cursor description); psycopg alone still prepares each stateme
 Statements are compiled once with PostgreSQL's own numbered placeholders ($1) and sent on psycopg's raw cursors,
 which take the text as it is: psycopg converts named placeholders on every execution of a statement longer than its
 cache of conversions admits (4 KiB), as QueryUsage's are.
-`together`: a few statements of one transaction (Policy's Reserve) sent in one round trip, or one statement
-(Policy's balance reads). `many`: one write for many parameter sets (Usage's dirty marks). A driver error is
+`together`: a few statements of one transaction (Usage's ingest) sent in one round trip. `in_one_query`: the same
+for a few statements with a few scalar values each (Policy's Reserve and Commit), sent as one message. `many`: one
+write for many parameter sets (Usage's dirty marks). A driver error is
 raised as SQLAlchemy would raise it, and a connection that died is dropped from the pool (invalidated), so an
 outage answers UNAVAILABLE as on every other path.
 """
@@ -15,16 +16,21 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from psycopg import RawCursor, pq
+from psycopg import ClientCursor, RawCursor, errors, generators, pq
+from psycopg.adapt import Transformer
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
 
 _CURSOR = "tollgate.driver.cursor"
+_PREPARED = "tollgate.driver.prepared"
+PREPARED_PER_CONNECTION = 64  # statements in_one_query keeps prepared on a connection, the least recently used go
 
 
 class Compiled(NamedTuple):
@@ -82,6 +88,107 @@ def together(
             if commit:
                 driver.commit()
         return [_rows_of(cursor) for cursor in cursors]
+
+
+def in_one_query(
+    connection: Connection, statements: Sequence[tuple[Executable, dict]], *, commit: bool = False
+) -> list[list[tuple]]:
+    """As `together`, for statements with a few scalar values each: on PostgreSQL, one message each way.
+
+    Each statement is prepared once per connection (PREPARE, in the first message that runs it) and run as
+    EXECUTE with its values written as literals by psycopg's client-side binding, all in one simple query with
+    BEGIN (unless a transaction is open) and COMMIT: the server answers every statement in one reply, where a
+    pipeline takes a flush and a read of the driver's per statement, which cost more than the statements. The
+    server still runs them one after another, each with its own snapshot (READ COMMITTED), and stops at the first
+    error, which is raised as `together` raises it and leaves the transaction to be rolled back."""
+    if connection.dialect.name != "postgresql":
+        return together(connection, statements, commit=commit)
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    if driver.prepare_threshold is not None:
+        raise RuntimeError(
+            "in_one_query needs connections psycopg prepares nothing on (db.create_engine_for(driver_prepares=False)): "
+            "psycopg deallocates every prepared statement after a rollback once it has prepared one of its own"
+        )
+    kept = _prepared(connection)
+    preparing: dict[str, str] = {}  # text -> name, prepared by this message
+    executing = []
+    for statement, values in statements:
+        done = _pg_compiled(statement, connection.dialect)
+        name = kept.names.get(done.sql) or preparing.get(done.sql)
+        if name is None:
+            name = preparing[done.sql] = f"tollgate_{next(kept.numbers)}"
+        elif done.sql in kept.names:
+            kept.names.move_to_end(done.sql)
+        executing.append(kept.literal.mogrify(_execute(name, len(done.names)), done.values(values)))
+    surplus = len(kept.names) + len(preparing) - PREPARED_PER_CONNECTION
+    evicted = [kept.names.popitem(last=False)[1] for _ in range(max(0, surplus))]
+    opening, closing = _begin(driver), ["COMMIT"] if commit and not driver.autocommit else []
+    query = "; ".join(
+        [f"DEALLOCATE {name}" for name in evicted]
+        + [f"PREPARE {name} AS {sql}" for sql, name in preparing.items()]
+        + opening
+        + executing
+        + closing
+    )
+    with _raised_as_sqlalchemy(connection, query, {}):
+        driver.pgconn.send_query(query.encode(driver.info.encoding))
+        results = driver.wait(generators.execute(driver.pgconn))
+        for (sql, name), result in zip(preparing.items(), results[len(evicted) :]):
+            if result.status == pq.ExecStatus.COMMAND_OK:  # prepared even if a later statement failed
+                kept.names[sql] = name
+        for result in results:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                raise errors.error_from_result(result, encoding=driver.info.encoding)
+    first = len(evicted) + len(preparing) + len(opening)
+    return [_loaded(driver, result) for result in results[first : first + len(executing)]]
+
+
+class _Prepared:
+    """What in_one_query keeps with a pooled connection: its prepared statements (text -> name, least recently used
+    first), the numbers of their names, and the cursor writing its literals."""
+
+    def __init__(self, driver):
+        self.names: OrderedDict[str, str] = OrderedDict()
+        self.numbers = itertools.count()
+        self.literal = ClientCursor(driver)
+
+
+def _prepared(connection: Connection) -> _Prepared:
+    """in_one_query's state for the pooled connection, kept in the pool entry's info as `_cursor` is."""
+    driver = connection.connection.driver_connection
+    kept = connection.info.get(_PREPARED)
+    if kept is None or kept.literal.connection is not driver:
+        kept = connection.info[_PREPARED] = _Prepared(driver)
+    return kept
+
+
+@functools.cache
+def _execute(name: str, parameters: int) -> str:
+    return f"EXECUTE {name}({', '.join(['%s'] * parameters)})" if parameters else f"EXECUTE {name}"
+
+
+def _begin(driver) -> list[str]:
+    """The BEGIN psycopg would send before the next statement (none when a transaction is open or in autocommit)."""
+    if driver.autocommit or driver.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        return []
+    words = ["BEGIN"]
+    if driver.isolation_level is not None:
+        words.append("ISOLATION LEVEL " + driver.isolation_level.name.replace("_", " "))
+    if driver.read_only is not None:
+        words.append("READ ONLY" if driver.read_only else "READ WRITE")
+    if driver.deferrable is not None:
+        words.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
+    return [" ".join(words)]
+
+
+def _loaded(driver, result: pq.abc.PGresult) -> list[tuple]:
+    """A result's rows as tuples of Python values (none for a write)."""
+    if result.status != pq.ExecStatus.TUPLES_OK:
+        return []
+    rows = Transformer(driver)
+    rows.set_pgresult(result)
+    return rows.load_rows(0, result.ntuples, tuple)
 
 
 def many(connection: Connection, statement: Executable, rows: Sequence[dict]) -> None:

@@ -133,10 +133,10 @@ def held_under_lock(
     """`held` for each question, read after taking the (tenant, metric) lock (`lock`), all in one round trip
     where the driver allows."""
     reads = [_held_read(tenant_id, metric, now_us, one) for one in asked]
-    got_lock, *found = driver.together(connection, [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads)
+    got_lock, *found = driver.in_one_query(connection, [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads)
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
         lock(connection, tenant_id, metric)
-        found = driver.together(connection, reads)
+        found = driver.in_one_query(connection, reads)
     return [_held_of(rows) for rows in found]
 
 
@@ -265,13 +265,13 @@ def locked_reservations(
     wanted = sorted(set(reservation_ids))
     values = {"tenant_id": tenant_id, **{f"id_{n}": rid for n, rid in enumerate(wanted)}}
     locks, rows = _locked_statements(len(wanted))
-    locked, found = driver.together(connection, [(locks, values), (rows, values)])
+    locked, found = driver.in_one_query(connection, [(locks, values), (rows, values)])
     reservations = [_of(_named(row)) for row in found]
     missing = sorted({r.metric for r in reservations} - {metric for (metric,) in locked})
     if missing:  # a lock row Reserve made is gone (never deleted today): made again, then the rows reread
         for metric in missing:
             lock(connection, tenant_id, metric)
-        [found] = driver.together(connection, [(rows, values)])
+        [found] = driver.in_one_query(connection, [(rows, values)])
         reservations = [_of(_named(row)) for row in found]
     return {r.reservation_id: r for r in reservations}
 
@@ -285,7 +285,7 @@ def insert_reservations(connection: Connection, reservations: Sequence[Reservati
     """Insert open reservations; `commit`: and commit the transaction in the same round trip where the driver
     allows (the transaction's last statements)."""
     statements = [(_INSERT_RESERVATION, {name: getattr(r, name) for name in _INSERTED}) for r in reservations]
-    driver.together(connection, statements, commit=commit)
+    driver.in_one_query(connection, statements, commit=commit)
 
 
 _FINISH = (
@@ -334,7 +334,7 @@ def finish(connection: Connection, finishing: Sequence[Finishing], *, now_us: in
             row.update({name: getattr(one.event, name) for name in _OUTBOX_ROW if name not in row})
             statements.append((_INSERT_OUTBOX, row))
     if statements:
-        driver.together(connection, statements, commit=commit)
+        driver.in_one_query(connection, statements, commit=commit)
 
 
 def due_outbox(connection: Connection, now_us: int, limit: int) -> list[OutboxEvent]:
@@ -361,7 +361,7 @@ def delivered(connection: Connection, event_ids: Sequence[str], now_us: int, *, 
     values: dict[str, object] = {"now_us": now_us}
     for n, event_id in enumerate(event_ids):
         values[f"event_{n}"], values[f"reservation_{n}"] = event_id, reservation_of_event(event_id)
-    driver.together(connection, [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
+    driver.in_one_query(connection, [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
 
 
 @functools.cache
