@@ -31,8 +31,10 @@ def pair(dbs):
     usages[-1].stop(grace=1)
 
 
-def outage_lines(caplog) -> list[tuple[int, str]]:
-    return [(r.levelno, r.getMessage()) for r in caplog.records if DOWN in r.getMessage() or UP in r.getMessage()]
+def outage_lines(caplog, port: int) -> list[tuple[int, str]]:
+    """The outage lines about the Usage on `port`: a server an earlier test left stopping may log its own."""
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    return [(level, text) for level, text in lines if (DOWN in text or UP in text) and f"127.0.0.1:{port}" in text]
 
 
 def test_usage_going_down_and_coming_back_is_logged_once_each(pair, admin_token, tenant, caplog):
@@ -56,10 +58,10 @@ def test_usage_going_down_and_coming_back_is_logged_once_each(pair, admin_token,
             return next(e.detail for e in answer.resolution.basis if e.source == pb.CAP_SOURCE_QUOTA)
 
         assert "not reached" in quota_detail()
-        healthy = outage_lines(caplog)
+        healthy = outage_lines(caplog, usage_settings.port)
         usages[-1].stop(grace=0)
         while_down = [quota_detail() for _ in range(5)]
-        down = outage_lines(caplog)
+        down = outage_lines(caplog, usage_settings.port)
         usages.append(usage_server.build(usage_settings))
         deadline = time.monotonic() + 30  # the channel reconnects after its backoff; no timing is asserted
         while "usage unavailable" in quota_detail() and time.monotonic() < deadline:
@@ -70,4 +72,4 @@ def test_usage_going_down_and_coming_back_is_logged_once_each(pair, admin_token,
     assert [level for level, _ in down] == [logging.WARNING]
     assert f"127.0.0.1:{usage_settings.port}" in down[0][1] and "GetUsage" in down[0][1]
     assert all("not reached" in detail for detail in back)
-    assert [level for level, _ in outage_lines(caplog)] == [logging.WARNING, logging.INFO]
+    assert [level for level, _ in outage_lines(caplog, usage_settings.port)] == [logging.WARNING, logging.INFO]
