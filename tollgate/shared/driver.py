@@ -100,16 +100,16 @@ def in_one_query(
     BEGIN (unless a transaction is open) and COMMIT: the server answers every statement in one reply, where a
     pipeline takes a flush and a read of the driver's per statement, which cost more than the statements. The
     server still runs them one after another, each with its own snapshot (READ COMMITTED), and stops at the first
-    error, which is raised as `together` raises it and leaves the transaction to be rolled back."""
+    error, which is raised as `together` raises it and leaves the transaction to be rolled back. On a pool whose
+    connections psycopg prepares statements on (the default of db.create_engine_for), as `together`."""
     if connection.dialect.name != "postgresql":
         return together(connection, statements, commit=commit)
     driver = connection.connection.driver_connection
     assert driver is not None
     if driver.prepare_threshold is not None:
-        raise RuntimeError(
-            "in_one_query needs connections psycopg prepares nothing on (db.create_engine_for(driver_prepares=False)): "
-            "psycopg deallocates every prepared statement after a rollback once it has prepared one of its own"
-        )
+        # psycopg prepares on this pool (db.create_engine_for(driver_prepares=True)): it would deallocate ours with
+        # its own after a rollback, and a pool behind PgBouncer carries only the protocol-level ones it makes.
+        return together(connection, statements, commit=commit)
     kept = _prepared(connection)
     preparing: dict[str, str] = {}  # text -> name, prepared by this message
     executing = []

@@ -55,6 +55,7 @@ OWN = {
         "POLICY_OUTBOX_INTERVAL_SECONDS": ("outbox_interval_seconds", 2.5),
         "POLICY_NOTIFICATION_RETENTION_DAYS": ("notification_retention_days", 30.0),
         "POLICY_MAX_WATCHES": ("max_watches", 2),
+        "POLICY_DB_POOLING": ("db_pooling", "TRANSACTION"),
     },
 }
 SERVICES = [(UsageSettings, "USAGE"), (PolicySettings, "POLICY")]

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tollgate.shared.config import ConfigError, ServiceSettings, env_float, env_int, env_secret, env_str
+from tollgate.shared.config import ConfigError, ServiceSettings, env_choice, env_float, env_int, env_secret, env_str
 from tollgate.shared.tls import ClientTls
 
 
@@ -34,6 +34,10 @@ class Settings(ServiceSettings):
     notification_retention_days: float = 90.0
     # Open WatchEntitlements streams, each holding a worker thread while it waits; 0: half of POLICY_WORKERS.
     max_watches: int = 0
+    # DIRECT: Policy's connections are its own server sessions, on which it prepares Reserve's and Commit's
+    # statements itself; TRANSACTION: they go through a transaction-pooling PgBouncer, which carries only the
+    # driver's protocol-level prepared statements from one server connection to another.
+    db_pooling: str = "DIRECT"
     # TLS towards Usage: the CA to trust (TLS on when set), a client certificate for mutual TLS.
     usage_tls_ca_file: str = ""
     usage_tls_cert_file: str = ""
@@ -102,4 +106,5 @@ class Settings(ServiceSettings):
                 env, "POLICY_NOTIFICATION_RETENTION_DAYS", cls.notification_retention_days, low=1, high=36_500
             ),
             max_watches=env_int(env, "POLICY_MAX_WATCHES", cls.max_watches, low=0, high=255),
+            db_pooling=env_choice(env, "POLICY_DB_POOLING", cls.db_pooling, ("DIRECT", "TRANSACTION")),
         )

@@ -27,7 +27,8 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         pool_size=settings.db_pool_size,
         application_name="tollgate-policy",
         pre_ping=False,
-        driver_prepares=False,  # Reserve's and Commit's statements are prepared by driver.in_one_query
+        # Reserve's and Commit's statements are prepared by driver.in_one_query, unless behind PgBouncer
+        driver_prepares=settings.db_pooling == "TRANSACTION",
     )
     sessions = session_factory(engine)
     # The balance reads of CheckEntitlement and Reserve: one statement each, on connections that stay in
