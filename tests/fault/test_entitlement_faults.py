@@ -36,7 +36,8 @@ def policy_token(dbs) -> str:
     return support.make_token(dbs, tenant=None, scopes=["usage:read", "usage:write"], service="usage")
 
 
-def start_policy(dbs, usage_port: int) -> tuple:
+def start_policy(dbs, usage_port: int, pooling: str = "DIRECT") -> tuple:
+    """A Policy process; `pooling`: POLICY_DB_POOLING (how Reserve's and Commit's statements are prepared and sent)."""
     port = free_port()
     process = fs.start_policy(
         dbs.policy_url,
@@ -47,6 +48,7 @@ def start_policy(dbs, usage_port: int) -> tuple:
         outbox_interval_seconds="0.05",
         usage_cooldown_seconds="0.2",
         usage_timeout_seconds="2",
+        db_pooling=pooling,
     )
     return process, port
 
@@ -102,7 +104,9 @@ def wait_for(condition, seconds: float = 30) -> None:
 def test_64_threads_across_two_policy_processes_never_exceed_a_hard_limit_and_usage_gets_exactly_the_commits(
     dbs, usage, admin_token, tenant
 ):
-    processes = [start_policy(dbs, usage.port) for _ in range(2)]
+    # One process sends each transaction's statements as one message of its own prepared statements, the other as
+    # psycopg's pipeline (as behind PgBouncer): both decide on the same lock rows.
+    processes = [start_policy(dbs, usage.port, pooling) for pooling in ("DIRECT", "TRANSACTION")]
     opened = [clients(port, admin_token) for _, port in processes]
     try:
         hard_world(opened[0][1], tenant, LIMIT)
