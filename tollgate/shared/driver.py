@@ -110,7 +110,7 @@ def in_one_query(
         # psycopg prepares on this pool (db.create_engine_for(driver_prepares=True)): it would deallocate ours with
         # its own after a rollback, and a pool behind PgBouncer carries only the protocol-level ones it makes.
         return together(connection, statements, commit=commit)
-    kept = _prepared(connection)
+    kept = _prepared(connection, driver)
     preparing: dict[str, str] = {}  # text -> name, prepared by this message
     executing = []
     for statement, values in statements:
@@ -154,17 +154,18 @@ class _Prepared:
         self.literal = ClientCursor(driver)
 
 
-def _prepared(connection: Connection) -> _Prepared:
-    """in_one_query's state for the pooled connection, kept in the pool entry's info as `_cursor` is."""
-    driver = connection.connection.driver_connection
+def _prepared(connection: Connection, driver) -> _Prepared:
+    """in_one_query's state for the pooled connection (`driver` its psycopg connection), kept in the pool entry's
+    info as `_cursor` is."""
     kept = connection.info.get(_PREPARED)
     if kept is None or kept.literal.connection is not driver:
         kept = connection.info[_PREPARED] = _Prepared(driver)
     return kept
 
 
-@functools.cache
 def _execute(name: str, parameters: int) -> str:
+    """EXECUTE of the statement prepared as `name`, a placeholder per value. Not cached: the names keep counting up
+    on a connection that evicts, so a cache of them would only grow."""
     return f"EXECUTE {name}({', '.join(['%s'] * parameters)})" if parameters else f"EXECUTE {name}"
 
 
