@@ -8,12 +8,15 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     CompoundSelect,
     Connection,
     String,
     and_,
     bindparam,
+    cast,
     delete,
+    exists,
     func,
     insert,
     literal_column,
@@ -137,7 +140,56 @@ def held_under_lock(
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
         lock(connection, tenant_id, metric)
         found = driver.in_one_query(connection, reads)
+    _LOCK_ROWS.add((tenant_id, metric))
     return [_held_of(rows) for rows in found]
+
+
+# The (tenant, metric) lock rows this process has seen: rows are made once and never deleted, so reserve_if_room's
+# lock, sent before its answer is read, locks a row that exists.
+_LOCK_ROWS: set[tuple[str, str]] = set()
+
+
+def reserves_at_once(dialect: str, tenant_id: str, metric: str) -> bool:
+    """Whether reserve_if_room can decide a Reserve of the metric on a database of that dialect."""
+    return dialect == "postgresql" and (tenant_id, metric) in _LOCK_ROWS
+
+
+class Room(NamedTuple):
+    """What one quota leaves a reservation: at most `room` held (open reservations and committed amounts Usage may
+    lack, in the question's `window`-th window), the user's own if `per_user`, else the tenant's."""
+
+    window: int
+    per_user: bool
+    room: int
+
+
+def reserve_if_room(
+    connection: Connection, reservation: Reservation, now_us: int, asked: Asked, rooms: Sequence[Room]
+) -> tuple[Held, bool] | None:
+    """Reserve's transaction in one message where it can be: the (tenant, metric) lock, then one statement that
+    reads `held` and inserts the reservation if every room holds and no reservation has the asked key, then COMMIT.
+    (what was held before the insert, whether it was inserted); None, with nothing sent, where it cannot be
+    (SQLite, or a lock row this process has not seen yet): held_under_lock then.
+
+    The read and the insert are one statement, so they see one snapshot: a Release committed between two statements
+    would otherwise free room the read did not see. The caller decides from `held` as held_under_lock's caller does;
+    the rooms are that decision's own bounds, so the statement inserts exactly when that decision holds."""
+    key = (reservation.tenant_id, reservation.metric)
+    if not reserves_at_once(connection.dialect.name, *key):
+        return None
+    statement, values = _held_read(reservation.tenant_id, reservation.metric, now_us, asked)
+    values = {**values, **{f"new_{name}": getattr(reservation, name) for name in _INSERTED}}
+    values.update((f"room_{n}", room.room) for n, room in enumerate(rooms))
+    shape = tuple((room.window, room.per_user) for room in rooms)
+    locked = {"tenant_id": reservation.tenant_id, "metric": reservation.metric}
+    got_lock, rows = driver.in_one_query(
+        connection, [(_LOCK, locked), (_if_room_statement(len(asked.windows), shape), values)], commit=True
+    )
+    if not got_lock:  # the row is gone (never by this service): the statement inserted nothing without it
+        _LOCK_ROWS.discard(key)
+        return None
+    inserted = any(part == _INSERTED_PART and sums[0] for part, _, *sums in rows)
+    return _held_of([row for row in rows if row[0] != _INSERTED_PART]), inserted
 
 
 def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Executable, dict]:
@@ -174,13 +226,15 @@ def _held_statement(windows: int) -> CompoundSelect:
     tenant_id, metric, user_id = (bindparam(name, type_=String) for name in ("tenant_id", "metric", "user_id"))
     zero: list[ColumnElement] = [literal_column("0") for _ in range(2 * windows)]
     open_ = and_(R.c.tenant_id == tenant_id, R.c.metric == metric, _IS_OPEN, R.c.expires_us > bindparam("now_us"))
+    # Labelled, so that reserve_if_room's statement can sum them by name.
+    named_zero = [column.label(f"w{n // 2}_{'u' if n % 2 else 't'}") for n, column in enumerate(zero)]
     reserved = (
         select(
-            literal_column(str(_RESERVED)),
-            R.c.dimensions,
-            func.sum(R.c.amount),
-            func.coalesce(func.sum(R.c.amount).filter(R.c.user_id == user_id), 0),
-            *zero,
+            literal_column(str(_RESERVED)).label("part"),
+            R.c.dimensions.label("name"),
+            func.sum(R.c.amount).label("r_t"),
+            func.coalesce(func.sum(R.c.amount).filter(R.c.user_id == user_id), 0).label("r_u"),
+            *named_zero,
         )
         .where(open_)
         .group_by(R.c.dimensions)
@@ -208,6 +262,31 @@ def _held_statement(windows: int) -> CompoundSelect:
         key_taken
     )
     return union_all(reserved, waiting, key)
+
+
+_INSERTED_PART = 3  # reserve_if_room's row saying how many reservations it inserted (0 or 1)
+
+
+@functools.cache
+def _if_room_statement(windows: int, shape: tuple[tuple[int, bool], ...]) -> CompoundSelect:
+    """reserve_if_room's statement for that many windows and rooms of that shape: `held`'s rows, then one row
+    (_INSERTED_PART) counting the reservation inserted by its data-modifying CTE."""
+    held = _held_statement(windows).cte("held")
+    h = held.c
+    tenant_id, metric = bindparam("tenant_id", type_=String), bindparam("metric", type_=String)
+    conditions: list[ColumnElement] = [
+        ~exists().where(h.part == _KEY),
+        exists().where(L.c.tenant_id == tenant_id, L.c.metric == metric),
+    ]
+    for n, (window, per_user) in enumerate(shape):
+        whose = "u" if per_user else "t"
+        used = func.coalesce(func.sum(h[f"r_{whose}"] + h[f"w{window}_{whose}"]), 0)
+        conditions.append(select(used).scalar_subquery() <= bindparam(f"room_{n}", type_=BigInteger))
+    new = select(*[cast(bindparam(f"new_{name}"), R.c[name].type) for name in _INSERTED]).where(*conditions)
+    inserted = insert(R).from_select(list(_INSERTED), new).returning(R.c.reservation_id).cte("inserted")
+    zero: list[ColumnElement] = [literal_column("0") for _ in range(1 + 2 * windows)]
+    count = select(func.count()).select_from(inserted).scalar_subquery()
+    return union_all(select(held), select(literal_column(str(_INSERTED_PART)), literal_column("''"), count, *zero))
 
 
 def find_by_key(connection: Connection, tenant_id: str, idempotency_key: str) -> Reservation | None:

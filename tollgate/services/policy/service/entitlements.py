@@ -30,8 +30,9 @@ from tollgate.services.policy.domain.errors import (
     ReservationNotOpen,
     UnknownReservation,
 )
-from tollgate.services.policy.domain.model import QuotaLimit, QuotaScope, Snapshot
+from tollgate.services.policy.domain.model import LimitKind, QuotaLimit, QuotaScope, Snapshot
 from tollgate.services.policy.domain.modes import Mode, Resolution
+from tollgate.services.policy.domain.notifications import threshold
 from tollgate.services.policy.domain.quotas import applies, period_bounds, quota_caps
 from tollgate.services.policy.domain.usage import OutboxEvent, QuotaUsage
 from tollgate.services.policy.repository import Connection, Connections, Transactions, entitlements
@@ -311,6 +312,12 @@ def _reserve_together(
     The lock and each call's read after it go in one round trip, so the decision's instant is taken before: an
     expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
     earlier in the batch) answers that reservation; only calls with a new key hold anything."""
+    if len(asks) == 1 and entitlements.reserves_at_once(transactions.dialect.name, tenant_id, metric):
+        at_once = _reserve_at_once(tenant_id, metric, asks[0], transactions=transactions)
+        if at_once is not None:
+            metrics.RESERVE_BATCHES.observe(1)
+            metrics.RESERVATIONS.labels("reserved").inc()
+            return [at_once]
     outcomes: list[Reserved | Exception] = []
     with transactions.begin() as connection:
         now_us = now_micros()
@@ -343,18 +350,7 @@ def _reserve_together(
                 refusal = f"{short.detail()}: {ask.amount} asked, {short.balance} left"
                 outcomes.append(Reserved(None, rules.decide(balances), refusal, now_us))
                 continue
-            reservation = Reservation(
-                f"rsv_{secrets.token_hex(12)}",
-                tenant_id,
-                ask.user_id,
-                metric,
-                ask.amount,
-                ask.key,
-                rules.OPEN,
-                now_us,
-                now_us + ask.ttl_us,
-                dimensions=ask.dimensions,
-            )
+            reservation = _new_reservation(tenant_id, metric, ask, now_us)
             after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
             # A refusal above stores nothing, crossings included: they are stored by the next Reserve that holds,
             # or the next CheckEntitlement. Commit and Release never raise usage + reserved, so they cross nothing.
@@ -372,6 +368,62 @@ def _reserve_together(
     if stored and notices is not None:
         notices.wake()
     return outcomes
+
+
+def _reserve_at_once(tenant_id: str, metric: str, ask: _Reserve, *, transactions: Transactions) -> Reserved | None:
+    """A lone Reserve that holds and crosses no threshold, in one message (entitlements.reserve_if_room): the
+    statement inserts the reservation only within each quota's room (`_rooms`), the bounds of the decision
+    `_reserve_together` takes. None when it did not (a refusal, a crossing to store, a retried key, quotas with
+    filters): `_reserve_together` then decides it afresh, as any batch."""
+    if any(q.filters for q in ask.quotas):  # what they count depends on each held row's dimension values
+        return None
+    now_us = now_micros()
+    windows = _windows(ask.snapshot, ask.quotas, now_us)
+    question = _asked_of(metric, ask.quotas, windows, ask.user_id, ask.asked, ask.key)
+    reservation = _new_reservation(tenant_id, metric, ask, now_us)
+    with transactions.begin() as connection:
+        found = entitlements.reserve_if_room(connection, reservation, now_us, question, _rooms(ask, windows, now_us))
+    if found is None or not found[1]:
+        return None
+    balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: found[0]}, ask.user_id)
+    after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
+    return Reserved(reservation, rules.decide(after), "", now_us)
+
+
+def _rooms(ask: _Reserve, windows: dict[QuotaLimit, tuple[int, int]], now_us: int) -> list[entitlements.Room]:
+    """How much may be held for each quota (its place among the metric's quotas is its window in `held`'s
+    question) for the reservation to hold and cross none of its thresholds: the consumption after it (usage +
+    reservations + the amount) at most the allowance of a hard quota, and below the lowest threshold of one
+    that notifies; less Usage's answer and the amount. A soft quota that notifies of nothing bounds nothing."""
+    rooms = []
+    for window, quota in enumerate(ask.quotas):
+        allowed = rules.balance_of(
+            quota, windows[quota], ask.snapshot.grants, used=0, reserved=0, at_us=now_us, user_id=ask.user_id
+        ).allowed
+        ceilings = [allowed] if quota.kind == LimitKind.HARD else []
+        if quota.notify_at:
+            ceilings.append(min(threshold(allowed, percent) for percent in quota.notify_at) - 1)
+        if not ceilings:
+            continue
+        per_user = quota.scope == QuotaScope.USER
+        from_usage = (ask.asked.usage.user_used if per_user else ask.asked.usage.used).get(quota.usage_key, 0)
+        rooms.append(entitlements.Room(window, per_user, min(ceilings) - from_usage - ask.amount))
+    return rooms
+
+
+def _new_reservation(tenant_id: str, metric: str, ask: _Reserve, now_us: int) -> Reservation:
+    return Reservation(
+        f"rsv_{secrets.token_hex(12)}",
+        tenant_id,
+        ask.user_id,
+        metric,
+        ask.amount,
+        ask.key,
+        rules.OPEN,
+        now_us,
+        now_us + ask.ttl_us,
+        dimensions=ask.dimensions,
+    )
 
 
 def _replay(existing: Reservation, user_id: str, metric: str, amount: int, key: str, dims: str) -> Reserved:
