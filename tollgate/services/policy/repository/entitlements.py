@@ -8,9 +8,11 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from sqlalchemy import (
+    URL,
     BigInteger,
     CompoundSelect,
     Connection,
+    Engine,
     String,
     and_,
     bindparam,
@@ -140,18 +142,21 @@ def held_under_lock(
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
         lock(connection, tenant_id, metric)
         found = driver.in_one_query(connection, reads)
-    _LOCK_ROWS.add((tenant_id, metric))
+    if len(_LOCK_ROWS) >= _MOST_LOCK_ROWS:
+        _LOCK_ROWS.clear()  # forgetting one only costs its next Reserve the longer way
+    _LOCK_ROWS.add((connection.engine.url, tenant_id, metric))
     return [_held_of(rows) for rows in found]
 
 
-# The (tenant, metric) lock rows this process has seen: rows are made once and never deleted, so reserve_if_room's
-# lock, sent before its answer is read, locks a row that exists.
-_LOCK_ROWS: set[tuple[str, str]] = set()
+# The (database, tenant, metric) lock rows this process has seen: rows are made once and never deleted, so
+# reserve_if_room's lock, sent before its answer is read, locks a row that exists.
+_LOCK_ROWS: set[tuple[URL, str, str]] = set()
+_MOST_LOCK_ROWS = 100_000
 
 
-def reserves_at_once(dialect: str, tenant_id: str, metric: str) -> bool:
-    """Whether reserve_if_room can decide a Reserve of the metric on a database of that dialect."""
-    return dialect == "postgresql" and (tenant_id, metric) in _LOCK_ROWS
+def reserves_at_once(engine: Engine, tenant_id: str, metric: str) -> bool:
+    """Whether reserve_if_room can decide a Reserve of the metric on the engine's database."""
+    return engine.dialect.name == "postgresql" and (engine.url, tenant_id, metric) in _LOCK_ROWS
 
 
 class Room(NamedTuple):
@@ -174,8 +179,7 @@ def reserve_if_room(
     The read and the insert are one statement, so they see one snapshot: a Release committed between two statements
     would otherwise free room the read did not see. The caller decides from `held` as held_under_lock's caller does;
     the rooms are that decision's own bounds, so the statement inserts exactly when that decision holds."""
-    key = (reservation.tenant_id, reservation.metric)
-    if not reserves_at_once(connection.dialect.name, *key):
+    if not reserves_at_once(connection.engine, reservation.tenant_id, reservation.metric):
         return None
     statement, values = _held_read(reservation.tenant_id, reservation.metric, now_us, asked)
     values = {**values, **{f"new_{name}": getattr(reservation, name) for name in _INSERTED}}
@@ -186,7 +190,7 @@ def reserve_if_room(
         connection, [(_LOCK, locked), (_if_room_statement(len(asked.windows), shape), values)], commit=True
     )
     if not got_lock:  # the row is gone (never by this service): the statement inserted nothing without it
-        _LOCK_ROWS.discard(key)
+        _LOCK_ROWS.discard((connection.engine.url, reservation.tenant_id, reservation.metric))
         return None
     inserted = any(part == _INSERTED_PART and sums[0] for part, _, *sums in rows)
     return _held_of([row for row in rows if row[0] != _INSERTED_PART]), inserted

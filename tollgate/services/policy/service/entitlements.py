@@ -312,7 +312,7 @@ def _reserve_together(
     The lock and each call's read after it go in one round trip, so the decision's instant is taken before: an
     expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
     earlier in the batch) answers that reservation; only calls with a new key hold anything."""
-    if len(asks) == 1 and entitlements.reserves_at_once(transactions.dialect.name, tenant_id, metric):
+    if len(asks) == 1 and entitlements.reserves_at_once(transactions, tenant_id, metric):
         at_once = _reserve_at_once(tenant_id, metric, asks[0], transactions=transactions)
         if at_once is not None:
             metrics.RESERVE_BATCHES.observe(1)
