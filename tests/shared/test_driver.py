@@ -4,8 +4,22 @@ SQLAlchemy would run them, whatever their length, with parameters repeated, lite
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, func, insert, literal_column, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal_column,
+    select,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tollgate.shared import driver
 from tollgate.shared.db import create_engine_for
@@ -120,6 +134,17 @@ def test_in_one_query_writes_reads_and_commits_with_values_written_as_literals(u
     with unprepared.connect() as connection:
         expected = [tuple(row) for row in connection.execute(named, {"tenant": "t'1"})]
     assert sorted(expected) == sorted((name, n if n is not None else 0) for _, name, n in odd)
+
+
+def test_in_one_query_reads_back_each_kind_of_value_as_written_and_refuses_text_postgresql_cannot_hold(unprepared):
+    kinds = {"i": BigInteger(), "s": String(), "b": Boolean(), "f": Float(), "none": String()}
+    echo = select(*[cast(bindparam(name), kind).label(name) for name, kind in kinds.items()])
+    sent = {"i": -(2**63), "s": "it's a \\ back\nslash é", "b": False, "f": 2.5, "none": None}
+    with unprepared.connect() as connection:
+        [read] = driver.in_one_query(connection, [(echo, sent)])
+        assert read == [tuple(sent.values())]
+        with pytest.raises(DBAPIError, match="NUL"):
+            driver.in_one_query(connection, [(echo, {**sent, "s": "a\x00b"})])
 
 
 def test_in_one_query_stops_at_an_error_which_is_sqlalchemys_and_its_transaction_writes_nothing(unprepared):

@@ -120,7 +120,8 @@ def in_one_query(
             name = preparing[done.sql] = f"tollgate_{next(kept.numbers)}"
         elif done.sql in kept.names:
             kept.names.move_to_end(done.sql)
-        executing.append(kept.literal.mogrify(_execute(name, len(done.names)), done.values(values)))
+        with _raised_as_sqlalchemy(connection, done.sql, values):  # a value PostgreSQL cannot hold is refused here
+            executing.append(kept.execute(name, done.values(values)))
     surplus = len(kept.names) + len(preparing) - PREPARED_PER_CONNECTION
     evicted = [kept.names.popitem(last=False)[1] for _ in range(max(0, surplus))]
     opening, closing = _begin(driver), ["COMMIT"] if commit and not driver.autocommit else []
@@ -146,12 +147,33 @@ def in_one_query(
 
 class _Prepared:
     """What in_one_query keeps with a pooled connection: its prepared statements (text -> name, least recently used
-    first), the numbers of their names, and the cursor writing its literals."""
+    first), the numbers of their names, and what writes its literals."""
 
     def __init__(self, driver):
         self.names: OrderedDict[str, str] = OrderedDict()
         self.numbers = itertools.count()
         self.literal = ClientCursor(driver)
+        self._escaping, self._encoding = pq.Escaping(driver.pgconn), driver.info.encoding
+
+    def execute(self, name: str, values: Sequence) -> str:
+        """EXECUTE of the statement prepared as `name` with `values` written as literals: ints, text without NUL,
+        None and bools directly (libpq quotes the text), any other value by psycopg's client-side binding, which
+        also refuses what PostgreSQL cannot hold."""
+        if not values:
+            return f"EXECUTE {name}"
+        return f"EXECUTE {name}({', '.join(map(self._literal, values))})"
+
+    def _literal(self, value) -> str:
+        kind = type(value)
+        if kind is int:
+            return str(value)
+        if kind is str and "\x00" not in value:
+            return self._escaping.escape_literal(value.encode(self._encoding)).decode(self._encoding)
+        if value is None:
+            return "NULL"
+        if kind is bool:
+            return "true" if value else "false"
+        return self.literal.mogrify("%s", [value])
 
 
 def _prepared(connection: Connection, driver) -> _Prepared:
@@ -161,12 +183,6 @@ def _prepared(connection: Connection, driver) -> _Prepared:
     if kept is None or kept.literal.connection is not driver:
         kept = connection.info[_PREPARED] = _Prepared(driver)
     return kept
-
-
-def _execute(name: str, parameters: int) -> str:
-    """EXECUTE of the statement prepared as `name`, a placeholder per value. Not cached: the names keep counting up
-    on a connection that evicts, so a cache of them would only grow."""
-    return f"EXECUTE {name}({', '.join(['%s'] * parameters)})" if parameters else f"EXECUTE {name}"
 
 
 def _begin(driver) -> list[str]:
