@@ -1,0 +1,91 @@
+"""entitlements.reserve_if_room on PostgreSQL, the only backend it sends on (SQLite has no data-modifying CTE), with
+both ways Policy's pool sends it: SQL PREPARE in one simple query (POLICY_DB_POOLING=DIRECT) and psycopg's pipeline
+with its own prepares (TRANSACTION)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+from sqlalchemy import select
+
+from tests import support
+from tollgate.services.policy import tables
+from tollgate.services.policy.domain.entitlements import OPEN, Reservation
+from tollgate.services.policy.repository import entitlements
+from tollgate.shared.clock import now_micros
+from tollgate.shared.db import create_engine_for
+
+METRIC = "api.requests"
+HOUR_US = 3600 * 10**6
+
+
+@pytest.fixture(params=["DIRECT", "TRANSACTION"])
+def engine(request, postgres_url):
+    support.postgres_databases(postgres_url)  # migrated (idempotent)
+    made = create_engine_for(
+        postgres_url, schema=tables.SCHEMA, pre_ping=False, driver_prepares=request.param == "TRANSACTION"
+    )
+    yield made
+    made.dispose()
+
+
+def _reservation(tenant: str, amount: int, key: str | None = None) -> Reservation:
+    now = now_micros()
+    return Reservation(
+        f"rsv_{secrets.token_hex(12)}",
+        tenant,
+        "ann",
+        METRIC,
+        amount,
+        key or secrets.token_hex(6),
+        OPEN,
+        now,
+        now + HOUR_US,
+    )
+
+
+def _try(engine, reservation: Reservation, room: int):
+    now = reservation.create_us
+    asked = entitlements.Asked("ann", [(now - HOUR_US, now + HOUR_US)], 0, reservation.idempotency_key)
+    with engine.begin() as connection:
+        return entitlements.reserve_if_room(connection, reservation, now, asked, [entitlements.Room(0, False, room)])
+
+
+def _stored(engine, tenant: str) -> dict[str, int]:
+    r = tables.reservations.c
+    with engine.connect() as connection:
+        return dict(connection.execute(select(r.reservation_id, r.amount).where(r.tenant_id == tenant)).all())
+
+
+def test_a_metric_whose_lock_row_this_process_has_not_seen_sends_nothing_and_stores_nothing(engine):
+    tenant = support.new_tenant()
+    assert _try(engine, _reservation(tenant, 1), room=100) is None
+    assert _stored(engine, tenant) == {}
+    with engine.connect() as connection:
+        assert (
+            connection.execute(
+                select(tables.entitlement_locks).where(tables.entitlement_locks.c.tenant_id == tenant)
+            ).all()
+            == []
+        )
+
+
+def test_the_reservation_is_inserted_exactly_when_what_is_held_fits_the_room_and_its_key_is_free(engine):
+    tenant = support.new_tenant()
+    now = now_micros()
+    with engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
+        entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", [(now, now + 1)], 0)])
+    first = _reservation(tenant, 3)
+    held, inserted = _try(engine, first, room=0)  # nothing held: 0 <= 0
+    assert inserted and held.reserved == {} and held.key_taken_by is None
+    too_much = _reservation(tenant, 1)
+    held, inserted = _try(engine, too_much, room=2)  # 3 held > 2
+    assert not inserted and held.reserved == {"": (3, 3)}
+    just = _reservation(tenant, 1)
+    held, inserted = _try(engine, just, room=3)  # 3 held <= 3
+    assert inserted
+    again = _reservation(tenant, 1, key=first.idempotency_key)
+    held, inserted = _try(engine, again, room=100)
+    assert not inserted and held.key_taken_by == first.reservation_id
+    assert _stored(engine, tenant) == {first.reservation_id: 3, just.reservation_id: 1}
