@@ -316,7 +316,7 @@ def _reserve_together(
         at_once = _reserve_at_once(tenant_id, metric, asks[0], transactions=transactions)
         if at_once is not None:
             metrics.RESERVE_BATCHES.observe(1)
-            metrics.RESERVATIONS.labels("reserved").inc()
+            metrics.RESERVATIONS.labels("refused" if at_once.refusal else "reserved").inc()
             return [at_once]
     outcomes: list[Reserved | Exception] = []
     with transactions.begin() as connection:
@@ -347,8 +347,7 @@ def _reserve_together(
             balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held}, ask.user_id)
             short = rules.refusal(balances, ask.amount)
             if short is not None:
-                refusal = f"{short.detail()}: {ask.amount} asked, {short.balance} left"
-                outcomes.append(Reserved(None, rules.decide(balances), refusal, now_us))
+                outcomes.append(_refused(balances, short, ask.amount, now_us))
                 continue
             reservation = _new_reservation(tenant_id, metric, ask, now_us)
             after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
@@ -371,10 +370,11 @@ def _reserve_together(
 
 
 def _reserve_at_once(tenant_id: str, metric: str, ask: _Reserve, *, transactions: Transactions) -> Reserved | None:
-    """A lone Reserve that holds and crosses no threshold, in one message (entitlements.reserve_if_room): the
-    statement inserts the reservation only within each quota's room (`_rooms`), the bounds of the decision
-    `_reserve_together` takes. None when it did not (a refusal, a crossing to store, a retried key, quotas with
-    filters): `_reserve_together` then decides it afresh, as any batch."""
+    """A lone Reserve in one message (entitlements.reserve_if_room): the statement inserts the reservation only
+    within each quota's room (`_rooms`), the bounds of the decision `_reserve_together` takes, and what it read
+    under the lock decides a refusal as that decision would (a refusal stores nothing). None when neither is the
+    answer (a crossing to store, a retried key, quotas with filters): `_reserve_together` then decides it afresh,
+    as any batch."""
     if any(q.filters for q in ask.quotas):  # what they count depends on each held row's dimension values
         return None
     now_us = now_micros()
@@ -383,11 +383,20 @@ def _reserve_at_once(tenant_id: str, metric: str, ask: _Reserve, *, transactions
     reservation = _new_reservation(tenant_id, metric, ask, now_us)
     with transactions.begin() as connection:
         found = entitlements.reserve_if_room(connection, reservation, now_us, question, _rooms(ask, windows, now_us))
-    if found is None or not found[1]:
+    if found is None or found[0].key_taken_by is not None:
         return None
-    balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: found[0]}, ask.user_id)
+    held, inserted = found
+    balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held}, ask.user_id)
+    if not inserted:
+        short = rules.refusal(balances, ask.amount)
+        return None if short is None else _refused(balances, short, ask.amount, now_us)
     after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
     return Reserved(reservation, rules.decide(after), "", now_us)
+
+
+def _refused(balances: list[Balance], short: Balance, amount: int, now_us: int) -> Reserved:
+    """The answer to a Reserve of `amount` that the hard quota `short` refuses."""
+    return Reserved(None, rules.decide(balances), f"{short.detail()}: {amount} asked, {short.balance} left", now_us)
 
 
 def _rooms(ask: _Reserve, windows: dict[QuotaLimit, tuple[int, int]], now_us: int) -> list[entitlements.Room]:
