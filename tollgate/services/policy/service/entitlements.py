@@ -373,16 +373,19 @@ def _reserve_at_once(tenant_id: str, metric: str, ask: _Reserve, *, transactions
     """A lone Reserve in one message (entitlements.reserve_if_room): the statement inserts the reservation only
     within each quota's room (`_rooms`), the bounds of the decision `_reserve_together` takes, and what it read
     under the lock decides a refusal as that decision would (a refusal stores nothing). None when neither is the
-    answer (a crossing to store, a retried key, quotas with filters): `_reserve_together` then decides it afresh,
-    as any batch."""
+    answer (a crossing to store, a retried key, quotas with filters, or a room Usage's answer alone leaves
+    negative, as past a threshold: nothing is sent then): `_reserve_together` then decides it afresh, as any batch."""
     if any(q.filters for q in ask.quotas):  # what they count depends on each held row's dimension values
         return None
     now_us = now_micros()
     windows = _windows(ask.snapshot, ask.quotas, now_us)
+    rooms = _rooms(ask, windows, now_us)
+    if any(room.room < 0 for room in rooms):  # the statement could not insert: no message for nothing
+        return None
     question = _asked_of(metric, ask.quotas, windows, ask.user_id, ask.asked, ask.key)
     reservation = _new_reservation(tenant_id, metric, ask, now_us)
     with transactions.begin() as connection:
-        found = entitlements.reserve_if_room(connection, reservation, now_us, question, _rooms(ask, windows, now_us))
+        found = entitlements.reserve_if_room(connection, reservation, now_us, question, rooms)
     if found is None or found[0].key_taken_by is not None:
         return None
     held, inserted = found
