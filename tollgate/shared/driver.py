@@ -96,7 +96,7 @@ def in_one_query(
     """As `together`, for statements with a few scalar values each: on PostgreSQL, one message each way.
 
     Each statement is prepared once per connection (PREPARE, in the first message that runs it) and run as
-    EXECUTE with its values written as literals by psycopg's client-side binding, all in one simple query with
+    EXECUTE with its values written as literals (_Prepared.execute), all in one simple query with
     BEGIN (unless a transaction is open) and COMMIT: the server answers every statement in one reply, where a
     pipeline takes a flush and a read of the driver's per statement, which cost more than the statements. The
     server still runs them one after another, each with its own snapshot (READ COMMITTED), and stops at the first

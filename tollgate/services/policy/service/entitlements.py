@@ -311,7 +311,8 @@ def _reserve_together(
 
     The lock and each call's read after it go in one round trip, so the decision's instant is taken before: an
     expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
-    earlier in the batch) answers that reservation; only calls with a new key hold anything."""
+    earlier in the batch) answers that reservation; only calls with a new key hold anything. A lone call is first
+    tried in one message (`_reserve_at_once`), and decided here when that gives no answer."""
     if len(asks) == 1 and entitlements.reserves_at_once(transactions, tenant_id, metric):
         at_once = _reserve_at_once(tenant_id, metric, asks[0], transactions=transactions)
         if at_once is not None:
