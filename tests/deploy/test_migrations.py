@@ -58,6 +58,7 @@ CITUS_DISTRIBUTED = {
     "dimension_combinations",
     "meter_days",
     "meter_work",
+    "meter_versions",
 }
 CITUS_DISTRIBUTED_ONCE_KEYED_BY_TENANT = {"rollup_work"}
 CITUS_REFERENCE = {"metrics"}

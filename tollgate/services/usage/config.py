@@ -27,6 +27,7 @@ class Settings(ServiceSettings):
     rollup_interval_seconds: float = 30.0
     retention_days: int = 400
     max_dimension_combinations: int = 10_000
+    meter_memory_mb: int = 64
 
     @classmethod
     def _own_from_env(cls, env: Mapping[str, str]) -> dict[str, Any]:
@@ -42,4 +43,5 @@ class Settings(ServiceSettings):
             max_dimension_combinations=env_int(
                 env, "USAGE_MAX_DIMENSION_COMBINATIONS", cls.max_dimension_combinations, low=1, high=10_000_000
             ),
+            meter_memory_mb=env_int(env, "USAGE_METER_MEMORY_MB", cls.meter_memory_mb, low=0, high=65536),
         )

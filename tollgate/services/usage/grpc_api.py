@@ -63,6 +63,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._rules = ingest_rules(settings)
         self._combinations = ingest.KnownCombinations()
         self._metrics = meters.KnownMetrics()
+        self._days = meters.DayMemory(settings.meter_memory_mb * 2**20) if settings.meter_memory_mb else None
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
@@ -168,6 +169,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             storage=self._storage,
             caller=principal(),
             known=self._metrics,
+            memory=self._days,
         )
         return convert.meter_page(page)
 

@@ -206,17 +206,18 @@ def meter_query(request: pb.QueryUsageRequest) -> MeterQuery:
 def meter_page(page) -> pb.QueryUsageResponse:
     response = pb.QueryUsageResponse(next_page_token=page.next_page_token, aggregation=AGGREGATIONS[page.aggregation])
     add, spans, names, window, instants = response.rows.add, page.windows, page.group_by, None, b""
+    groups: dict[tuple[str, ...], bytes] = {}
     for n, values, value, event_count in page.rows:
         if n != window:
-            # A window's groups are consecutive rows: its two instants are encoded once and merged into each row,
-            # since a page holds up to 1,000 rows and setting a Timestamp's fields costs more than the row's own.
+            # A window's groups are consecutive rows: its two instants are encoded once, and each group once, and
+            # merged into each row, since a page holds up to 1,000 rows and setting a Timestamp's fields or a map's
+            # entries costs more than the row's own.
             window = n
             instants = _window_row(*spans[n]).SerializeToString()
-        out = add(value=value, event_count=event_count)
-        out.MergeFromString(instants)
-        group = out.group
-        for name, group_value in zip(names, values):
-            group[name] = group_value
+        group = groups.get(values)
+        if group is None:
+            group = groups[values] = pb.UsageRow(group=dict(zip(names, values))).SerializeToString()
+        add(value=value, event_count=event_count).MergeFromString(instants + group)
     return response
 
 

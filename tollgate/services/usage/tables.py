@@ -234,6 +234,19 @@ meter_days = Table(
     ).ddl_if(dialect="postgresql"),
 )
 
+# A version of each rolled-up day's meter_days rows (tenant, metric, day): a new random value written in the
+# transaction that replaces or deletes them, so that a copy of the rows kept in memory is known current by reading
+# this row alone (repository/meter_memory.py). Never deleted: a day without one never had rows.
+meter_versions = Table(
+    "meter_versions",
+    metadata,
+    Column("tenant_id", String(128), nullable=False),
+    Column("metric", String(128), nullable=False),
+    Column("day_us", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "metric", "day_us", name="meter_versions_pkey"),
+)
+
 # The audit chain of Usage's admin writes (UpsertMetric, PurgeEvents; shared/audit_chain.py). One chain
 # for the service, keyed by sequence; a tenant's records are found through (tenant_id, sequence).
 audit_records, audit_head = audit_tables(metadata)

@@ -20,7 +20,9 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    literal,
     not_,
+    null,
     or_,
     select,
     union_all,
@@ -40,19 +42,22 @@ from tollgate.services.usage.repository.meters import (
 )
 from tollgate.services.usage.repository.ranges_first import ShortRangesFirst
 from tollgate.services.usage.repository.rollups import bit
-from tollgate.services.usage.tables import dirty_buckets, meter_days
+from tollgate.services.usage.tables import dirty_buckets, meter_days, meter_versions
 
 # Every part of the windows as (n, kind, day, first hour, end hour, lo, hi): kind 1 a day piece, 0 a raw span. One
 # table, so that the planner reads the events of each raw part by its own index range, as for the raw statement.
-_PARTS = ("n", "k", "day", "h1", "h2", "lo", "hi")
-_HOURS = ("h",)  # a table of the hours of a day, 0 to 23: a marked day's pieces are read hour by hour
-_DAY_HOURS = [(hour,) for hour in range(24)]
+PARTS = ("n", "k", "day", "h1", "h2", "lo", "hi")
+HOURS = ("h",)  # a table of the hours of a day, 0 to 23: a marked day's pieces are read hour by hour
+DAY_HOURS = [(hour,) for hour in range(24)]
 
 
 _CUBOID = bindparam("cuboid", type_=String())
 ROWS = meter_days.alias("md")
 _HAS_ROWS = meter_days.alias("mx")
 _MARKS = dirty_buckets.alias("dm")
+_VERSIONS = meter_versions.alias("mv")
+# Rows of beside_memory that are not parts: a marked day, and a version that is not the one held.
+MARKED, STALE = -3, -4
 
 
 class _DaySumsFirst(ShortRangesFirst):
@@ -83,9 +88,9 @@ def _day_rows(aggregation: Aggregation, pieces, day):
 def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
     """(the grouped select: n, g0..., value columns, c; the value columns) of the plan, rolled-up days read from its
     cuboid's rows."""
-    table = pieces.table("pc", _PARTS)
+    table = pieces.table("pc", PARTS)
     marked = _marked_pieces(table)
-    spans = _raw_spans(table, marked, pieces.table("hr", _HOURS))
+    spans = _raw_spans(table, marked, pieces.table("hr", HOURS))
     raw, _ = raw_grouped(
         pieces, plan, spans, spans.c.n, spans.c.lo, spans.c.hi, pieces.raw_partials(plan.aggregation), short=True
     )
@@ -103,10 +108,10 @@ def combined(pieces: MeterPieces, plan: MeterPlan) -> tuple:
 def parameters(pieces: MeterPieces, plan: MeterPlan) -> dict:
     """The values of the statement's table of parts, its hours and its cuboid."""
     cut = meter_rollups.split(plan.windows, plan.first_window)
-    parts = [(p.n, 1, p.day_us, p.first_hour, p.end_hour, *_span(p)) for p in cut.pieces]
+    parts = [(p.n, 1, p.day_us, p.first_hour, p.end_hour, *span(p)) for p in cut.pieces]
     parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
-    hours = pieces.table_rows("hr", _HOURS, _DAY_HOURS)
-    return {"cuboid": plan.cuboid, **pieces.table_rows("pc", _PARTS, parts), **hours}
+    hours = pieces.table_rows("hr", HOURS, DAY_HOURS)
+    return {"cuboid": plan.cuboid, **pieces.table_rows("pc", PARTS, parts), **hours}
 
 
 def _marked_pieces(table):
@@ -123,23 +128,58 @@ def _marked_pieces(table):
     )
 
 
-def _raw_spans(table, marked, hours):
+def _raw_spans(table, marked, hours, *, rows_known: bool = False):
     """The spans (n, lo, hi) read from raw events: the raw parts, the day pieces of days without rows of the cuboid
-    or marked whole, and each hour of a marked day's piece that its mark names."""
+    or marked whole, and each hour of a marked day's piece that its mark names. `rows_known`: the caller tells the
+    days with rows (their pieces of kind 1; kind 2, days without), as it knew them at their version."""
     t, m, h = table.c, marked.c, hours.c
-    whole = select(t.n, t.lo, t.hi).where(
-        or_(t.k == 0, not_(_has_rows(t.day)), exists().where(_mark_of(t.day), _MARKS.c.dirty_hours == ALL_HOURS))
-    )
+    marked_whole = exists().where(_mark_of(t.day), _MARKS.c.dirty_hours == ALL_HOURS)
+    without_rows = t.k != 1 if rows_known else or_(t.k == 0, not_(_has_rows(t.day)))
+    whole = select(t.n, t.lo, t.hi).where(or_(without_rows, marked_whole))
     hour_start = m.day + h.h * HOUR_US
     by_hour = (
         select(m.n, hour_start.label("lo"), (hour_start + HOUR_US).label("hi"))
         .select_from(marked.join(hours, and_(h.h >= m.h1, h.h < m.h2)))
-        .where(bit(m.dirty_hours, h.h) == 1, _has_rows(m.day))  # else the piece is read whole
+        .where(bit(m.dirty_hours, h.h) == 1, *([] if rows_known else [_has_rows(m.day)]))  # else read whole
     )
     return union_all(whole, by_hour).subquery("sp")
 
 
-def _span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
+def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
+    """The parts of a SUM or COUNT question whose days' rows the caller holds (meter_memory.py), for the day pieces
+    of kind 1 (days with rows, at the versions the caller holds) and 2 (days without), as (n, g0..., p0, c):
+    partial states from raw events (raw parts, days without rows, the hours marks name) and from the rows of
+    marked days' other hours; then rows that are not parts: each marked day of a kind-1 piece (MARKED, the day as
+    c), and STALE when a day's version is not the one given (table "kv": day, version; -1 for none). The caller
+    adds the pieces of unmarked kind-1 days from the rows it holds."""
+    table = pieces.table("pc", PARTS)
+    marked = _marked_pieces(table)
+    spans = _raw_spans(table, marked, pieces.table("hr", HOURS), rows_known=True)
+    raw, _ = raw_grouped(
+        pieces, plan, spans, spans.c.n, spans.c.lo, spans.c.hi, pieces.raw_partials(plan.aggregation), short=True
+    )
+    width = len(plan.group_by)
+    parts = [_with_sum(part.subquery(), width) for part in (raw, _rolled_hours(pieces, plan, marked))]
+    t, blank = table.c, [literal("") for _ in range(width)]
+    marks = select(literal(MARKED), *blank, null(), t.day).where(t.k == 1, exists().where(_mark_of(t.day)))
+    held = pieces.table("kv", ("day", "version"))
+    version = (
+        select(_VERSIONS.c.version)
+        .where(_VERSIONS.c.tenant_id == TENANT, _VERSIONS.c.metric == METRIC, _VERSIONS.c.day_us == held.c.day)
+        .scalar_subquery()
+    )
+    differs = select(held.c.day).where(version.is_distinct_from(func.nullif(held.c.version, -1)))
+    stale = select(literal(STALE), *blank, null(), literal(0)).where(exists(differs))
+    return [*parts, marks, stale], (MARKED, STALE)
+
+
+def _with_sum(part, width: int):
+    """(n, g0..., p0, c) of a subquery of parts: p0 NULL when it has none (COUNT)."""
+    value = part.c.p0 if "p0" in part.c else null()
+    return select(part.c.n, *[part.c[f"g{i}"] for i in range(width)], value, part.c.c)
+
+
+def span(piece: meter_rollups.DayPiece) -> tuple[int, int]:
     return piece.day_us + piece.first_hour * HOUR_US, piece.day_us + piece.end_hour * HOUR_US
 
 

@@ -65,6 +65,9 @@ class MeterPieces(Protocol):
     def one_of(self, column, name: str):
         """The condition `column` is one of the strings given at execution as parameter `name` (a list)."""
 
+    keeps_days: bool
+    """Whether QueryUsage may add rolled-up days from memory (meter_memory.py): their running sums are stored."""
+
     def prepared(self, statement, dialect):
         """What `rows` runs of a statement built once per shape, kept with it."""
 
@@ -168,11 +171,20 @@ def usage_rows(
     cells: tuple[str, str, str],
     after: tuple | None,
     limit: int,
+    memory=None,
 ) -> MeterRows:
     """Up to `limit` rows after `after` (window index, group values), ordered, and the tenant's purge horizon, with
     the check that the metric's stored (aggregation, unique_of, dimensions) are still `cells`: one statement, one
     snapshot. Where the plan names a cuboid, the whole hours of rolled-up days without a dirty mark come from that
-    cuboid's rows (meter_rollup_reads.py), the rest from raw events."""
+    cuboid's rows (meter_rollup_reads.py), the rest from raw events; with a `memory` (meter_memory.DayMemory) and
+    a backend that keeps days, from the rows it holds where they are current."""
+    if memory is not None and pieces.keeps_days:
+        from tollgate.services.usage.repository import meter_memory  # it builds on this module's statements
+
+        if meter_memory.answers(plan):
+            held = meter_memory.usage_rows(connection, pieces, plan, memory, cells=cells, after=after, limit=limit)
+            if held is not None:
+                return held
     statement, values = statement_of(pieces, plan, connection.dialect, cells=cells, after=after, limit=limit)
     found: list[MeterRow] = []
     purged_before, current = None, True
@@ -184,7 +196,7 @@ def usage_rows(
         if n >= 0:
             value = int(row[whole]) if whole is not None else value_of(aggregation, row[first:-1])
             found.append((n, row[1:first], value, row[-1]))
-        elif n == _HORIZON:
+        elif n == HORIZON:
             purged_before = int(row[-1])
         else:
             current = False
@@ -206,11 +218,8 @@ def statement_of(
         after is None,
     )
     statement = _statement(pieces, shape, plan, dialect)
-    values = {"tenant": plan.tenant_id, "metric": plan.metric, "limit": limit}
-    values.update(zip(_CELLS, cells))
-    values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
-    if plan.actor_ids:
-        values["actors"] = list(plan.actor_ids)
+    values = question_values(plan, cells)
+    values["limit"] = limit
     values.update((f"a{i}", v) for i, v in enumerate(after or ()))
     if plan.cuboid is None:
         spans = [(n, lo, hi) for n, (lo, hi) in enumerate(plan.windows) if n >= plan.first_window]
@@ -222,9 +231,18 @@ def statement_of(
     return statement, values
 
 
+def question_values(plan: MeterPlan, cells: tuple[str, str, str]) -> dict:
+    """The values every statement of a question takes: its tenant, metric, filters and the metric's cells."""
+    values: dict[str, Any] = {"tenant": plan.tenant_id, "metric": plan.metric, **dict(zip(_CELLS, cells))}
+    values.update((f"f{i}", list(allowed)) for i, (_, allowed) in enumerate(plan.filters))
+    if plan.actor_ids:
+        values["actors"] = list(plan.actor_ids)
+    return values
+
+
 _WINDOW = ("n", "lo", "hi")
 # Rows that are not windows: the tenant's purge horizon, and the sign that the metric's cells changed.
-_HORIZON, _CHANGED = -1, -2
+HORIZON, CHANGED = -1, -2
 _CELLS = ("m_aggregation", "m_unique_of", "m_dimensions")
 
 
@@ -263,17 +281,26 @@ def _build(pieces: MeterPieces, plan: MeterPlan, first_page: bool):
     if not first_page:
         after = [bindparam("a0", type_=Integer())] + [bindparam(f"a{i + 1}", type_=String()) for i in range(width)]
         page = page.where(tuple_(*keys) > tuple_(*after))
+    return union_all(select(page.subquery("pg")), *bookkeeping(width, len(values)))
+
+
+def bookkeeping(width: int, values: int) -> list:
+    """The rows of a question's statement that are not its answer, shaped as its rows (n, `width` groups, `values`
+    value columns, c): the tenant's purge horizon (HORIZON), and CHANGED when the metric's cells are not those given."""
     horizon = select(
-        literal(_HORIZON), *[literal("") for _ in range(width)], *[null() for _ in values], HORIZONS.c.purged_before_us
+        literal(HORIZON),
+        *[literal("") for _ in range(width)],
+        *[null() for _ in range(values)],
+        HORIZONS.c.purged_before_us,
     ).where(HORIZONS.c.tenant_id == TENANT)
     unchanged = exists().where(
         metrics.c.name == METRIC,
         *[metrics.c[cell[2:]] == bindparam(cell, type_=String()) for cell in _CELLS],
     )
     changed = select(
-        literal(_CHANGED), *[literal("") for _ in range(width)], *[null() for _ in values], literal(0)
+        literal(CHANGED), *[literal("") for _ in range(width)], *[null() for _ in range(values)], literal(0)
     ).where(~unchanged)
-    return union_all(select(page.subquery("pg")), horizon, changed)
+    return [horizon, changed]
 
 
 def dimension_values(

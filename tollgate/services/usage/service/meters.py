@@ -12,6 +12,7 @@ from tollgate.services.usage.domain.meters import MeterQuery, MeterRow
 from tollgate.services.usage.domain.windows import Span
 from tollgate.services.usage.repository import catalog as catalog_sql
 from tollgate.services.usage.repository import meters as meters_sql
+from tollgate.services.usage.repository.meter_memory import DayMemory
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service.checks import check_instant, check_tenant, check_text
 from tollgate.shared import auth, clock, pagination
@@ -46,9 +47,11 @@ def query_usage(
     storage: Storage,
     caller: Principal,
     known: KnownMetrics,
+    memory: DayMemory | None = None,
 ) -> MeterPage:
     """One page of the metric's value per window and group over [start, end), exact: rollups where they hold, raw
-    events elsewhere, in one statement (with the check of a metric kept from an earlier question, `known`)."""
+    events elsewhere, in one statement (with the check of a metric kept from an earlier question, `known`, and the
+    rolled-up days kept in `memory`)."""
     check_tenant(query.tenant_id)
     auth.require_tenant(caller, query.tenant_id)
     _check_query(query)
@@ -70,7 +73,13 @@ def query_usage(
                 continue
             plan = meters.plan(query, read.metric, spans, first_window)
             found, purged_before, current = meters_sql.usage_rows(
-                connection, storage.meters, plan, cells=read.cells, after=cursor.after, limit=cursor.limit + 1
+                connection,
+                storage.meters,
+                plan,
+                cells=read.cells,
+                after=cursor.after,
+                limit=cursor.limit + 1,
+                memory=memory,
             )
             if current:
                 break

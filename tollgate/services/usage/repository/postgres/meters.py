@@ -35,6 +35,8 @@ _LATEST_OF_PARTS = '((array_agg(u.p0 ORDER BY (u.p0).at DESC, (u.p0).id COLLATE 
 class Pieces:
     """PostgreSQL's pieces (meters.MeterPieces)."""
 
+    keeps_days = True
+
     def dimension(self, name: str):
         return cast(EVENTS.c.dimensions, JSONB).op("->>")(literal_column(f"'{name}'"))
 

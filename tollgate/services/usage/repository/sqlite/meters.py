@@ -24,6 +24,8 @@ _LATEST_KEY = f"printf('%020d', e.occurred_at_us + {-clock.MIN_MICROS}) || e.eve
 class Pieces:
     """SQLite's pieces (meters.MeterPieces)."""
 
+    keeps_days = False  # its rows carry no running sums, and its reads run in process
+
     def dimension(self, name: str):
         return func.json_extract(EVENTS.c.dimensions, literal_column(f"'$.{name}'"))
 

@@ -32,10 +32,12 @@ from tollgate.services.usage.domain import digests, meter_rollups
 from tollgate.services.usage.domain.aggregations import Sample
 from tollgate.services.usage.domain.buckets import DAY_US, HOUR_US, MAX_TOTAL, Period, hours_in, next_start
 from tollgate.services.usage.domain.marks import recomputed_hours
+from tollgate.services.usage.repository import meter_memory
 from tollgate.services.usage.repository.meters import rolled_up_metrics
 from tollgate.services.usage.repository.rollups import RefusedBucket
 from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
-from tollgate.services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, meter_days
+from tollgate.services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, meter_days, meter_versions
+from tollgate.shared.db import rowcount
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
 _MARKS_PER_READ = 100
@@ -131,10 +133,22 @@ def _day(
 
 def _drop_meter_day(session: Session, tenant: str, metric: str, day_us: int) -> None:
     """Delete the day's meter rows: questions read the day from raw events until its next whole rollup."""
-    session.execute(
+    gone = session.execute(
         meter_days.delete().where(
             meter_days.c.tenant_id == tenant, meter_days.c.metric == metric, meter_days.c.day_us == day_us
         )
+    )
+    if rowcount(gone):
+        _new_version(session, tenant, metric, day_us)
+
+
+def _new_version(session: Session, tenant: str, metric: str, day_us: int) -> None:
+    """The day's rows changed: so does their version (tables.meter_versions)."""
+    version = meter_memory.new_version()
+    session.execute(
+        sqlite.insert(meter_versions)
+        .values(tenant_id=tenant, metric=metric, day_us=day_us, version=version)
+        .on_conflict_do_update(index_elements=["tenant_id", "metric", "day_us"], set_={"version": version})
     )
 
 
@@ -182,6 +196,7 @@ def _meter_day(session: Session, tenant: str, metric: str, day_us: int, declared
                 for (cuboid, values), hours in rows.items()
             ],
         )
+        _new_version(session, tenant, metric, day_us)
     return len(found)
 
 

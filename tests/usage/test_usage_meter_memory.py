@@ -1,0 +1,137 @@
+"""Rolled-up days kept in memory (repository/meter_memory.py), over gRPC on PostgreSQL, where SUM and COUNT questions
+add the pieces of days whose version is still the one held: the rows held answer while the version holds, a
+version changed by any writer makes the question read the database, a late event counts at once, and a rollup's
+new rows are read after it. Rows and versions are changed behind the service's back with SQL (a fault injected on
+purpose) to tell memory from the database; SQLite keeps no days (its rows carry no running sums).
+
+DayMemory's bound is held without a database."""
+
+import dataclasses
+from array import array
+
+import pytest
+from sqlalchemy import text
+
+from tests import usage_meters_model as model
+from tests.usage.test_usage_meter_rollups import roll_up
+from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
+from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token
+from tollgate.services.usage.repository.meter_memory import Day, DayMemory
+from tollgate.shared.db import create_engine_for
+from tollgate.usage.v1 import usage_pb2 as u
+
+HOUR_US = 60 * MINUTE_US
+ZONE = "America/New_York"
+
+
+@pytest.fixture
+def sql(dbs):
+    """Runs a statement in a transaction of its own."""
+    engine = create_engine_for(dbs.usage_url, schema="usage")
+
+    def run(statement: str, **values) -> None:
+        with engine.begin() as connection:
+            connection.execute(text(statement), values)
+
+    yield run
+    engine.dispose()
+
+
+def _setup(usage_stub, usage_admin_stub, admin_token, dbs, tenant, aggregation):
+    metric = new_meter(usage_admin_stub, admin_token, aggregation)
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // HOUR_US - 5 * 24) * HOUR_US
+    events = ai_events(start + 13 * MINUTE_US)
+    send(usage_stub, token, tenant, metric, events)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    end = start + 4 * DAY_US + HOUR_US
+
+    def answer() -> list:
+        return rows(
+            usage_stub, token, tenant, metric, start, end, window=u.WINDOW_DAY, time_zone=ZONE, group_by=("model",)
+        )
+
+    def expected(kept) -> list:
+        return model.query(
+            kept, aggregation=aggregation, start_us=start, end_us=end, window="DAY", zone_name=ZONE, group_by=("model",)
+        )
+
+    return metric, token, start, events, answer, expected
+
+
+def _double_rows(sql, tenant: str, metric: str) -> None:
+    """Every running sum of the tenant's rows of the metric doubled, its versions untouched."""
+    sql(
+        """UPDATE "usage".meter_days
+        SET running_quantities = (SELECT array_agg(q * 2) FROM unnest(running_quantities) AS q),
+            running_counts = (SELECT array_agg(c * 2) FROM unnest(running_counts) AS c)
+        WHERE tenant_id = :tenant AND metric = :metric""",
+        tenant=tenant,
+        metric=metric,
+    )
+
+
+def _doubled(expected: list[model.ModelRow]) -> list[model.ModelRow]:
+    return [dataclasses.replace(row, value=row.value * 2, event_count=row.event_count * 2) for row in expected]
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+@pytest.mark.parametrize("aggregation", ["SUM", "COUNT"])
+def test_held_days_answer_while_their_versions_hold_and_a_changed_version_reads_the_database(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, sql, aggregation
+):
+    metric, _, _, events, answer, expected = _setup(usage_stub, usage_admin_stub, admin_token, dbs, tenant, aggregation)
+    assert answer() == expected(events)  # the days read, and held
+    _double_rows(sql, tenant, metric)
+    # The rows changed without a new version (no writer of Usage does that): the days held still answer. The
+    # windows' edges off the hour are raw events in every answer, so only a read of the rows doubles.
+    assert answer() == expected(events)
+    sql(
+        'UPDATE "usage".meter_versions SET version = version + 1 WHERE tenant_id = :t AND metric = :m',
+        t=tenant,
+        m=metric,
+    )
+    # A new version: the rows are read again, doubled (the question's windows are whole hours, all from rows).
+    assert answer() == _doubled(expected(events))
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+def test_a_late_event_counts_at_once_and_a_rollup_since_is_read_after_it(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, sql
+):
+    metric, token, start, events, answer, expected = _setup(
+        usage_stub, usage_admin_stub, admin_token, dbs, tenant, "SUM"
+    )
+    assert answer() == expected(events)
+    day = (start // DAY_US + 2) * DAY_US
+    late = model.ModelEvent("late-1", 999, day + 7 * HOUR_US + 5 * MINUTE_US, "ann", {"model": "claude"})
+    send(usage_stub, token, tenant, metric, [late])
+    assert answer() == expected([*events, late])  # its day is marked: read from the database, the others held
+    roll_up(usage_admin_stub, admin_token, tenant)
+    # The rollup replaced the day's rows and version: the days held from before the late event are not current,
+    # so the question is read whole and the days forgotten; the next one reads and holds them again, and from then
+    # on rows changed behind the versions' back go unseen, as in the test above.
+    assert answer() == expected([*events, late])
+    assert answer() == expected([*events, late])
+    _double_rows(sql, tenant, metric)
+    assert answer() == expected([*events, late])
+
+
+def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():
+    def day(values: int) -> Day:
+        return Day(1, {f"v{k}": array("q", [0] * 50) for k in range(values)})
+
+    one = 64 + (2 + 64 + 400)  # a day of one value
+    memory = DayMemory(3 * one)
+    key = ("tenant", "metric", "model")
+    memory.put(key, {1: day(1), 2: day(1), 3: day(1)})
+    assert sorted(memory.get(key, [1, 2, 3])) == [1, 2, 3]
+    memory.get(key, [1])  # day 1 read last: day 2 is now the least recently read
+    memory.put(key, {4: day(1)})
+    assert sorted(memory.get(key, [1, 2, 3, 4])) == [1, 3, 4]
+    memory.put(key, {5: day(4)})  # larger than the bound: the others go, and so does it
+    assert memory.get(key, [1, 3, 4, 5]) == {}
+    memory.put(key, {6: day(1)})
+    memory.forget(key, [6])
+    assert memory.get(key, [6]) == {}
+    assert memory.get(("tenant", "other", "model"), [1]) == {}

@@ -1,0 +1,243 @@
+"""Rolled-up days kept in memory for QueryUsage's SUM and COUNT questions on PostgreSQL (docs/usage.md, "Meters").
+
+A day's rows of a cuboid (its running sums per dimension value) change only in the transaction that writes a new
+version of the day (tables.meter_versions). Usage keeps the rows of days it has read with their version, and
+answers a question with one statement that reads what memory cannot hold (the raw parts, the days without rows,
+the hours marks name, the rows of marked days) and, in the same snapshot, whether every day's version is still
+the one held: if so, the pieces of the unmarked days with rows are added from memory; if not, the days are
+forgotten and the question is read whole (meters.usage_rows). Exact as the statement alone: what memory adds is
+what the statement would have read at the same versions.
+
+Bounded by the bytes its rows take, the least recently read day forgotten first. Days holding a running sum
+beyond int64 are not kept (their questions are read whole).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from array import array
+from collections import OrderedDict, defaultdict
+from typing import Any, NamedTuple
+
+from sqlalchemy import BigInteger, Connection, bindparam, null, select, union_all
+
+from tollgate.services.usage.domain import meter_rollups
+from tollgate.services.usage.domain.aggregations import Aggregation
+from tollgate.services.usage.domain.buckets import DAY_US
+from tollgate.services.usage.domain.meters import MeterPlan, MeterRow
+from tollgate.services.usage.repository import meter_rollup_reads as rolled
+from tollgate.services.usage.repository import meters as meters_sql
+from tollgate.services.usage.tables import meter_days, meter_versions
+
+_HOURS = 25  # running sums of a day: before hour 0, ..., after hour 23
+_NONE = -1  # a day without a version, as the statement is told
+
+
+def new_version() -> int:
+    """A version for rows written now: random, so that no two writes, in any database, share one."""
+    return secrets.randbits(62)
+
+
+class Day(NamedTuple):
+    """A day's rows of one cuboid at `version` (None: never had rows): by the cuboid's value ('' for the apex),
+    the running quantities then the running event counts, _HOURS each."""
+
+    version: int | None
+    rows: dict[str, array]
+
+
+class DayMemory:
+    """The days read last, by (tenant, metric, cuboid, day), at most about `max_bytes` of them. Shared by the RPC
+    threads."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._days: OrderedDict[tuple, tuple[Day, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, days: list[int]) -> dict[int, Day]:
+        found = {}
+        with self._lock:
+            for day in days:
+                kept = self._days.get((*key, day))
+                if kept is not None:
+                    self._days.move_to_end((*key, day))
+                    found[day] = kept[0]
+        return found
+
+    def put(self, key: tuple, days: dict[int, Day]) -> None:
+        with self._lock:
+            for day, held in days.items():
+                size = 64 + sum(len(value) + 64 + 8 * len(sums) for value, sums in held.rows.items())
+                old = self._days.pop((*key, day), None)
+                self._bytes += size - (old[1] if old else 0)
+                self._days[(*key, day)] = (held, size)
+            while self._bytes > self.max_bytes and self._days:
+                self._bytes -= self._days.popitem(last=False)[1][1]
+
+    def forget(self, key: tuple, days: list[int]) -> None:
+        with self._lock:
+            for day in days:
+                old = self._days.pop((*key, day), None)
+                if old:
+                    self._bytes -= old[1]
+
+
+def answers(plan: MeterPlan) -> bool:
+    """Whether memory can serve the question: SUM or COUNT read from a cuboid's rows (their running sums)."""
+    return plan.cuboid is not None and plan.aggregation in (Aggregation.SUM, Aggregation.COUNT)
+
+
+def usage_rows(
+    connection: Connection,
+    pieces,
+    plan: MeterPlan,
+    memory: DayMemory,
+    *,
+    cells: tuple[str, str, str],
+    after: tuple | None,
+    limit: int,
+) -> meters_sql.MeterRows | None:
+    """As meters.usage_rows, the unmarked days with rows added from memory; None when a day's rows changed since
+    they were read (then forgotten: the caller reads the question whole) or cannot be held."""
+    cut = meter_rollups.split(plan.windows, plan.first_window)
+    days = sorted({piece.day_us for piece in cut.pieces})
+    key = (plan.tenant_id, plan.metric, plan.cuboid)
+    held = memory.get(key, days)
+    if len(held) < len(days):
+        read = _read_days(connection, pieces, plan, days[0], days[-1])
+        if read is None:
+            return None
+        memory.put(key, read)
+        held.update((day, read[day]) for day in days)
+    statement, values = _statement(pieces, plan, connection.dialect, cells, cut, held)
+    # By window, by the cuboid's value ('' when the question does not group by it): [quantity, count].
+    sums: dict[int, dict[str, list[int]]] = defaultdict(dict)
+    marked, purged_before, current = set(), None, True
+    for row in pieces.rows(connection, statement, values):
+        n = row[0]
+        if n >= 0:
+            _add(sums[n], row[1] if plan.group_by else "", int(row[-2] or 0), row[-1])
+        elif n == rolled.MARKED:
+            marked.add(row[-1])
+        elif n == rolled.STALE:
+            memory.forget(key, days)
+            return None
+        elif n == meters_sql.HORIZON:
+            purged_before = int(row[-1])
+        else:
+            current = False
+    _add_held(sums, plan, cut.pieces, held, marked)
+    found: list[MeterRow] = []
+    counts, grouped = plan.aggregation is Aggregation.COUNT, bool(plan.group_by)
+    for n in sorted(sums):
+        by_value = sums[n]
+        for value in sorted(by_value):  # code point order, as PostgreSQL's "C" collation orders
+            quantity, count = by_value[value]
+            if count > 0:
+                found.append((n, (value,) if grouped else (), count if counts else quantity, count))
+    if after is not None:
+        found = [row for row in found if (row[0], *row[1]) > after]
+    return meters_sql.MeterRows(found[:limit], purged_before, current)
+
+
+def _add(sums: dict[str, list[int]], value: str, quantity: int, count: int) -> None:
+    total = sums.get(value)
+    if total is None:
+        sums[value] = [quantity, count]
+    else:
+        total[0] += quantity
+        total[1] += count
+
+
+def _add_held(sums: dict, plan: MeterPlan, pieces: list, held: dict[int, Day], marked: set[int]) -> None:
+    """Add each piece of an unmarked day with rows from the rows held (the statement read the others)."""
+    allowed = set(plan.filters[0][1]) if plan.filters else None  # a cuboid answers one dimension at most
+    grouped = bool(plan.group_by)
+    for piece in pieces:
+        if piece.day_us in marked:
+            continue
+        by_value = sums[piece.n]
+        first, end = piece.first_hour, piece.end_hour
+        for value, running in held[piece.day_us].rows.items():
+            count = running[_HOURS + end] - running[_HOURS + first]
+            if count and (allowed is None or value in allowed):
+                if not grouped:
+                    value = ""
+                total = by_value.get(value)  # _add, written out: this loop runs per piece and value
+                if total is None:
+                    by_value[value] = [running[end] - running[first], count]
+                else:
+                    total[0] += running[end] - running[first]
+                    total[1] += count
+
+
+_ROWS, _VERSIONS = meter_days.alias("md"), meter_versions.alias("mv")
+_FIRST, _LAST = bindparam("first", type_=BigInteger()), bindparam("last", type_=BigInteger())
+
+
+def _read_days(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Day] | None:
+    """The cuboid's rows and the versions of the days first..last, in one snapshot; None when a running sum is
+    beyond int64."""
+    statement = _BUILT.get("days")
+    if statement is None:
+        statement = _BUILT["days"] = pieces.prepared(_days_statement(), connection.dialect)
+    values = {"tenant": plan.tenant_id, "metric": plan.metric, "cuboid": plan.cuboid, "first": first, "last": last}
+    rows: dict[int, dict[str, array]] = {day: {} for day in range(first, last + 1, DAY_US)}
+    versions: dict[int, int] = {}
+    for day, dimensions, quantities, counts, version in pieces.rows(connection, statement, values):
+        if version is not None:
+            versions[day] = version
+            continue
+        try:
+            sums = array("q", [int(q) for q in quantities] + counts)
+        except OverflowError:
+            return None
+        if len(sums) != 2 * _HOURS:
+            return None
+        rows[day][dimensions.get(plan.cuboid, "") if plan.cuboid else ""] = sums
+    return {day: Day(versions.get(day), held) for day, held in rows.items()}
+
+
+def _days_statement():
+    r, v = _ROWS.c, _VERSIONS.c
+    rows = select(r.day_us, r.dimensions, r.running_quantities, r.running_counts, null()).where(
+        r.tenant_id == meters_sql.TENANT,
+        r.metric == meters_sql.METRIC,
+        r.cuboid == bindparam("cuboid"),
+        r.day_us >= _FIRST,
+        r.day_us <= _LAST,
+    )
+    versions = select(v.day_us, null(), null(), null(), v.version).where(
+        v.tenant_id == meters_sql.TENANT, v.metric == meters_sql.METRIC, v.day_us >= _FIRST, v.day_us <= _LAST
+    )
+    return union_all(rows, versions)
+
+
+_BUILT: dict[Any, Any] = {}
+_MAX_BUILT = 512
+
+
+def _statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, held: dict[int, Day]):
+    """The statement of rolled.beside_memory (built once per shape) and its values."""
+    shape = (id(pieces), plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
+    statement = _BUILT.get(shape)
+    if statement is None:
+        if len(_BUILT) >= _MAX_BUILT:
+            _BUILT.clear()
+        parts, _ = rolled.beside_memory(pieces, plan)
+        width = len(plan.group_by)
+        statement = _BUILT[shape] = pieces.prepared(union_all(*parts, *meters_sql.bookkeeping(width, 1)), dialect)
+    values = meters_sql.question_values(plan, cells)
+    parts = [
+        (p.n, 1 if held[p.day_us].rows else 2, p.day_us, p.first_hour, p.end_hour, *rolled.span(p)) for p in cut.pieces
+    ]
+    parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
+    versions = [(day, _NONE if held[day].version is None else held[day].version) for day in sorted(held)]
+    values.update(pieces.table_rows("pc", rolled.PARTS, parts))
+    values.update(pieces.table_rows("hr", rolled.HOURS, rolled.DAY_HOURS))
+    values.update(pieces.table_rows("kv", ("day", "version"), versions))
+    values["cuboid"] = plan.cuboid
+    return statement, values
