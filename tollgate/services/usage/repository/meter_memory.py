@@ -101,21 +101,22 @@ def usage_rows(
     limit: int,
 ) -> meters_sql.MeterRows | None:
     """As meters.usage_rows, the unmarked days with rows added from memory; None when a day's rows changed since
-    they were read (then forgotten: the caller reads the question whole) or cannot be held."""
+    they were read (those days are then forgotten, and the caller reads the question whole) or cannot be held."""
     cut = meter_rollups.split(plan.windows, plan.first_window)
     days = sorted({piece.day_us for piece in cut.pieces})
     key = (plan.tenant_id, plan.metric, plan.cuboid)
     held = memory.get(key, days)
-    if len(held) < len(days):
-        read = _read_days(connection, pieces, plan, days[0], days[-1])
+    missing = [day for day in days if day not in held]
+    if missing:
+        read = _read_days(connection, pieces, plan, missing[0], missing[-1])
         if read is None:
             return None
         memory.put(key, read)
-        held.update((day, read[day]) for day in days)
+        held.update((day, read[day]) for day in missing)
     statement, values = _statement(pieces, plan, connection.dialect, cells, cut, held)
     # By window, by the cuboid's value ('' when the question does not group by it): [quantity, count].
     sums: dict[int, dict[str, list[int]]] = defaultdict(dict)
-    marked, purged_before, current = set(), None, True
+    marked, stale, purged_before, current = set(), [], None, True
     for row in pieces.rows(connection, statement, values):
         n = row[0]
         if n >= 0:
@@ -123,12 +124,14 @@ def usage_rows(
         elif n == rolled.MARKED:
             marked.add(row[-1])
         elif n == rolled.STALE:
-            memory.forget(key, days)
-            return None
+            stale.append(row[-1])
         elif n == meters_sql.HORIZON:
             purged_before = int(row[-1])
         else:
             current = False
+    if stale:
+        memory.forget(key, stale)  # the next question reads them again
+        return None
     _add_held(sums, plan, cut.pieces, held, marked)
     found: list[MeterRow] = []
     counts, grouped = plan.aggregation is Aggregation.COUNT, bool(plan.group_by)

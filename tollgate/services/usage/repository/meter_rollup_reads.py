@@ -150,8 +150,8 @@ def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
     of kind 1 (days with rows, at the versions the caller holds) and 2 (days without), as (n, g0..., p0, c):
     partial states from raw events (raw parts, days without rows, the hours marks name) and from the rows of
     marked days' other hours; then rows that are not parts: each marked day of a kind-1 piece (MARKED, the day as
-    c), and STALE when a day's version is not the one given (table "kv": day, version; -1 for none). The caller
-    adds the pieces of unmarked kind-1 days from the rows it holds."""
+    c), and each day whose version is not the one given (STALE, the day as c; table "kv": day, version, -1 for
+    none). The caller adds the pieces of unmarked kind-1 days from the rows it holds."""
     table = pieces.table("pc", PARTS)
     marked = _marked_pieces(table)
     spans = _raw_spans(table, marked, pieces.table("hr", HOURS), rows_known=True)
@@ -168,8 +168,9 @@ def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
         .where(_VERSIONS.c.tenant_id == TENANT, _VERSIONS.c.metric == METRIC, _VERSIONS.c.day_us == held.c.day)
         .scalar_subquery()
     )
-    differs = select(held.c.day).where(version.is_distinct_from(func.nullif(held.c.version, -1)))
-    stale = select(literal(STALE), *blank, null(), literal(0)).where(exists(differs))
+    stale = select(literal(STALE), *blank, null(), held.c.day).where(
+        version.is_distinct_from(func.nullif(held.c.version, -1))
+    )
     return [*parts, marks, stale], (MARKED, STALE)
 
 
