@@ -1,8 +1,9 @@
 """Rolled-up days kept in memory (repository/meter_memory.py), over gRPC on PostgreSQL, where SUM and COUNT questions
 add the pieces of days whose version is still the one held: the rows held answer while the version holds, a
 version changed by any writer makes the question read the database, a late event counts at once, and a rollup
-since makes only the days it rewrote read again. Rows and versions are changed behind the service's back with SQL (a fault injected on
-purpose) to tell memory from the database; SQLite keeps no days (its rows carry no running sums).
+since makes only the days it rewrote read again. Rows and versions are changed behind the service's back with
+SQL (a fault injected on purpose) to tell memory from the database; SQLite keeps no days (its rows carry no
+running sums).
 
 DayMemory's bound is held without a database."""
 
