@@ -123,6 +123,60 @@ def test_a_late_event_counts_at_once_and_a_rollup_since_makes_only_its_day_read_
     assert answer() == expected([*kept, *twice])
 
 
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+@pytest.mark.parametrize("window", ["UNSPECIFIED", "DAY"])
+def test_a_unique_count_adds_the_values_of_held_whole_days_while_their_versions_hold(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, sql, window
+):
+    metric = new_meter(usage_admin_stub, admin_token, "UNIQUE_COUNT", unique_of="actor_id")
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // DAY_US - 5) * DAY_US + 3 * HOUR_US  # off the day: its first day is partly in the range
+    events = ai_events(start + 13 * MINUTE_US)
+    send(usage_stub, token, tenant, metric, events)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    end = start + 4 * DAY_US + HOUR_US
+
+    def answer() -> list:
+        return rows(usage_stub, token, tenant, metric, start, end, window=u.Window.Value(f"WINDOW_{window}"))
+
+    def expected(kept) -> list:
+        return model.query(
+            kept,
+            aggregation="UNIQUE_COUNT",
+            unique_of="actor_id",
+            start_us=start,
+            end_us=end,
+            window="NONE" if window == "UNSPECIFIED" else window,
+        )
+
+    assert answer() == expected(events)  # the whole days' values read, and held
+    day = (start // DAY_US + 1) * DAY_US  # a whole UTC day of the range
+    kept = [e for e in events if not day <= e.occurred_at_us < day + DAY_US]
+    assert len(kept) < len(events)
+    sql(
+        'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
+        "occurred_at_us < :d + 86400000000",
+        t=tenant,
+        m=metric,
+        d=day,
+    )
+    assert answer() == expected(events)  # its values and events are held, at a version that still holds
+    sql(
+        'UPDATE "usage".meter_versions SET version = version + 1 WHERE tenant_id = :t AND metric = :m',
+        t=tenant,
+        m=metric,
+    )
+    assert answer() == expected(kept)  # a new version: read from raw events
+    assert answer() == expected(kept)  # and held again
+    other = day + DAY_US
+    late = model.ModelEvent("late-1", 5, other + 7 * HOUR_US, "newcomer", {})
+    send(usage_stub, token, tenant, metric, [late])
+    assert answer() == expected([*kept, late])  # its day is marked: read from raw events at once
+    roll_up(usage_admin_stub, admin_token, tenant)
+    assert answer() == expected([*kept, late])  # the rollup made a new version of that day
+    assert answer() == expected([*kept, late])
+
+
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():
     def day(values: int) -> Day:
         return Day(1, {f"v{k}": array("q", [0] * 50) for k in range(values)})

@@ -1,26 +1,28 @@
-"""Rolled-up days kept in memory for QueryUsage's SUM and COUNT questions on PostgreSQL (docs/usage.md, "Meters").
+"""Past days kept in memory for QueryUsage on PostgreSQL (docs/usage.md, "Meters"): a cuboid's rows (running sums)
+for SUM and COUNT, a UTC day's distinct values for a UNIQUE_COUNT without groups or filters.
 
-A day's rows of a cuboid (its running sums per dimension value) change only in the transaction that writes a new
-version of the day (tables.meter_versions). Usage keeps the rows of days it has read with their version, and
-answers a question with one statement that reads what memory cannot hold (the raw parts, the days without rows,
-the hours marks name, the rows of marked days) and, in the same snapshot, whether every day's version is still
-the one held: if so, the pieces of the unmarked days with rows are added from memory; if not, the days are
-forgotten and the question is read whole (meters.usage_rows). Exact as the statement alone: what memory adds is
-what the statement would have read at the same versions.
+A day's version (tables.meter_versions) is written anew in the transaction that stores its rollup, the only one
+that changes its meter rows, and an event changes a day only by marking it dirty until such a rollup. Usage keeps
+what it has read of days with their version, and answers a question with one statement that reads what memory
+does not add (the raw parts, the marked days, the days without rows) and, in the same snapshot, which days are
+marked and which versions are not the ones held: if none, the unmarked held days are added from memory; if
+some, those days are forgotten and the question is read whole (meters.usage_rows). Exact as the statement
+alone: what memory adds is what the statement would have read at the same versions.
 
-Bounded by the bytes its rows take, the least recently read day forgotten first. Days holding a running sum
-beyond int64 are not kept (their questions are read whole).
+Bounded by the bytes its days take, the least recently read first forgotten. Days holding a running sum beyond
+int64 are not kept (their questions are read whole).
 """
 
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 from array import array
 from collections import OrderedDict, defaultdict
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Connection, bindparam, null, select, union_all
+from sqlalchemy import BigInteger, Connection, bindparam, func, literal, null, select, union_all
 
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -40,11 +42,26 @@ def new_version() -> int:
 
 
 class Day(NamedTuple):
-    """A day's rows of one cuboid at `version` (None: never had rows): by the cuboid's value ('' for the apex),
+    """A day's rows of one cuboid at `version` (None: never rolled up): by the cuboid's value ('' for the apex),
     the running quantities then the running event counts, _HOURS each."""
 
     version: int | None
     rows: dict[str, array]
+
+    def size(self) -> int:
+        return 64 + sum(len(value) + 64 + 8 * len(sums) for value, sums in self.rows.items())
+
+
+class Values(NamedTuple):
+    """A UTC day's distinct values of what a UNIQUE_COUNT counts ('' among them when an event has none) and its
+    number of events, at `version` (None: never rolled up)."""
+
+    version: int | None
+    values: frozenset[str]
+    events: int
+
+    def size(self) -> int:
+        return 128 + 16 * len(self.values)  # the strings are interned, shared by the days that hold them
 
 
 class DayMemory:
@@ -53,11 +70,11 @@ class DayMemory:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._days: OrderedDict[tuple, tuple[Day, int]] = OrderedDict()
+        self._days: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, days: list[int]) -> dict[int, Day]:
+    def get(self, key: tuple, days: list[int]) -> dict[int, Any]:
         found = {}
         with self._lock:
             for day in days:
@@ -67,10 +84,10 @@ class DayMemory:
                     found[day] = kept[0]
         return found
 
-    def put(self, key: tuple, days: dict[int, Day]) -> None:
+    def put(self, key: tuple, days: dict[int, Day] | dict[int, Values]) -> None:
         with self._lock:
             for day, held in days.items():
-                size = 64 + sum(len(value) + 64 + 8 * len(sums) for value, sums in held.rows.items())
+                size = held.size()
                 old = self._days.pop((*key, day), None)
                 self._bytes += size - (old[1] if old else 0)
                 self._days[(*key, day)] = (held, size)
@@ -243,4 +260,128 @@ def _statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split
     values.update(pieces.table_rows("hr", rolled.HOURS, rolled.DAY_HOURS))
     values.update(pieces.table_rows("kv", ("day", "version"), versions))
     values["cuboid"] = plan.cuboid
+    return statement, values
+
+
+def counts_values(plan: MeterPlan) -> bool:
+    """Whether memory can serve the question: a UNIQUE_COUNT without groups or filters, whose whole UTC days are
+    held as their sets of values."""
+    return plan.aggregation is Aggregation.UNIQUE_COUNT and not (plan.group_by or plan.filters or plan.actor_ids)
+
+
+def unique_rows(
+    connection: Connection,
+    pieces,
+    plan: MeterPlan,
+    memory: DayMemory,
+    *,
+    cells: tuple[str, str, str],
+    after: tuple | None,
+    limit: int,
+) -> meters_sql.MeterRows | None:
+    """As meters.usage_rows for a UNIQUE_COUNT (counts_values), the values of unmarked whole UTC days taken from
+    memory and the rest from raw events; None as usage_rows."""
+    cut = meter_rollups.split(plan.windows, plan.first_window)
+    whole = [piece for piece in cut.pieces if piece.first_hour == 0 and piece.end_hour == 24 and piece.day_us >= 0]
+    if not whole:
+        return None  # nothing to add from memory: the question is read as usual
+    days = sorted({piece.day_us for piece in whole})
+    key = (plan.tenant_id, plan.metric, "", plan.unique_of)  # four parts: apart from the cuboids' keys of three
+    held = memory.get(key, days)
+    missing = [day for day in days if day not in held]
+    if missing:
+        read = _read_values(connection, pieces, plan, missing[0], missing[-1])
+        memory.put(key, read)
+        held.update((day, read[day]) for day in missing)
+    statement, values = _unique_statement(pieces, plan, connection.dialect, cells, cut, whole, held)
+    found: dict[int, tuple[set[str], list[int]]] = {}
+    marked, stale, purged_before, current = set(), [], None, True
+    for n, value, count in pieces.rows(connection, statement, values):
+        if n >= 0:
+            seen, events = found.setdefault(n, (set(), [0]))
+            seen.add(value)
+            events[0] += count
+        elif n == rolled.MARKED:
+            marked.add(count)
+        elif n == rolled.STALE:
+            stale.append(count)
+        elif n == meters_sql.HORIZON:
+            purged_before = int(count)
+        else:
+            current = False
+    if stale:
+        memory.forget(key, stale)
+        return None
+    for piece in whole:
+        if piece.day_us not in marked:
+            day = held[piece.day_us]
+            if day.events:
+                seen, events = found.setdefault(piece.n, (set(), [0]))
+                seen |= day.values
+                events[0] += day.events
+    rows: list[MeterRow] = [
+        (n, (), len(seen) - ("" in seen), events[0]) for n, (seen, events) in sorted(found.items()) if events[0]
+    ]
+    if after is not None:
+        rows = [row for row in rows if (row[0],) > after]
+    return meters_sql.MeterRows(rows[:limit], purged_before, current)
+
+
+def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Values]:
+    """The distinct values counted of the UTC days first..last, each with its events and version, in one snapshot."""
+    shape = ("values", id(pieces), plan.unique_of)
+    statement = _BUILT.get(shape)
+    if statement is None:
+        statement = _BUILT[shape] = pieces.prepared(_values_statement(pieces, plan.unique_of), connection.dialect)
+    values = {"tenant": plan.tenant_id, "metric": plan.metric, "first": first, "end": last + DAY_US, "last": last}
+    seen: dict[int, set[str]] = {day: set() for day in range(first, last + 1, DAY_US)}
+    events = dict.fromkeys(seen, 0)
+    versions: dict[int, int] = {}
+    for day, value, count, version in pieces.rows(connection, statement, values):
+        if version is not None:
+            versions[day] = version
+        else:
+            seen[day].add(sys.intern(value))
+            events[day] += count
+    return {day: Values(versions.get(day), frozenset(held), events[day]) for day, held in seen.items()}
+
+
+def _values_statement(pieces, unique_of: str):
+    e, v = meters_sql.EVENTS.c, _VERSIONS.c
+    day = (e.occurred_at_us - e.occurred_at_us % literal(DAY_US, BigInteger())).label("day")
+    value = meters_sql.value_source(pieces, unique_of).label("u")
+    events = (
+        select(day, value, func.count().label("c"), null())
+        .where(
+            e.tenant_id == meters_sql.TENANT,
+            e.metric == meters_sql.METRIC,
+            e.occurred_at_us >= _FIRST,
+            e.occurred_at_us < bindparam("end", type_=BigInteger()),
+        )
+        .group_by(day, value)
+    )
+    versions = select(v.day_us, null(), null(), v.version).where(
+        v.tenant_id == meters_sql.TENANT, v.metric == meters_sql.METRIC, v.day_us >= _FIRST, v.day_us <= _LAST
+    )
+    return union_all(events, versions)
+
+
+def _unique_statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, whole: list, held: dict):
+    """The statement of rolled.unique_beside_memory (built once per shape) and its values."""
+    shape = ("unique", id(pieces), plan.unique_of)
+    statement = _BUILT.get(shape)
+    if statement is None:
+        if len(_BUILT) >= _MAX_BUILT:
+            _BUILT.clear()
+        statement = _BUILT[shape] = pieces.prepared(
+            union_all(*rolled.unique_beside_memory(pieces, plan), *meters_sql.bookkeeping(1, 0)), dialect
+        )
+    values = meters_sql.question_values(plan, cells)
+    kept = set(whole)
+    parts = [(p.n, 1, p.day_us, 0, 24, *rolled.span(p)) for p in whole]
+    parts += [(p.n, 0, p.day_us, p.first_hour, p.end_hour, *rolled.span(p)) for p in cut.pieces if p not in kept]
+    parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
+    versions = [(day, _NONE if held[day].version is None else held[day].version) for day in sorted(held)]
+    values.update(pieces.table_rows("pc", rolled.PARTS, parts))
+    values.update(pieces.table_rows("kv", ("day", "version"), versions))
     return statement, values

@@ -39,6 +39,7 @@ from tollgate.services.usage.repository.meters import (
     MeterPieces,
     _count_of,
     raw_grouped,
+    value_source,
 )
 from tollgate.services.usage.repository.ranges_first import ShortRangesFirst
 from tollgate.services.usage.repository.rollups import bit
@@ -162,16 +163,34 @@ def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
     parts = [_with_sum(part.subquery(), width) for part in (raw, _rolled_hours(pieces, plan, marked))]
     t, blank = table.c, [literal("") for _ in range(width)]
     marks = select(literal(MARKED), *blank, null(), t.day).where(t.k == 1, exists().where(_mark_of(t.day)))
+    return [*parts, marks, _stale(pieces, [*blank, null()])], (MARKED, STALE)
+
+
+def unique_beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
+    """The parts of a UNIQUE_COUNT question without groups whose whole UTC days' values the caller holds
+    (meter_memory.py), as (n, u, c): the events of the raw spans (kind 0) and of the held days (kind 1) that are
+    marked, grouped by window and the value they count; then each marked held day (MARKED, the day as c), and each
+    day whose version is not the one given (STALE, as beside_memory)."""
+    table = pieces.table("pc", PARTS)
+    t = table.c
+    marked = exists().where(_mark_of(t.day))
+    spans = select(t.n, t.lo, t.hi).where(or_(t.k == 0, marked)).subquery("sp")
+    counted = value_source(pieces, plan.unique_of)
+    raw, _ = raw_grouped(pieces, plan, spans, spans.c.n, spans.c.lo, spans.c.hi, [], short=True, also=counted)
+    marks = select(literal(MARKED), literal(""), t.day).where(t.k == 1, marked)
+    return [raw, marks, _stale(pieces, [literal("")])]
+
+
+def _stale(pieces: MeterPieces, blank: list):
+    """A row (STALE, `blank`..., day) for each day of the table "kv" (day, version; -1 for none) whose version is
+    not the one given."""
     held = pieces.table("kv", ("day", "version"))
     version = (
         select(_VERSIONS.c.version)
         .where(_VERSIONS.c.tenant_id == TENANT, _VERSIONS.c.metric == METRIC, _VERSIONS.c.day_us == held.c.day)
         .scalar_subquery()
     )
-    stale = select(literal(STALE), *blank, null(), held.c.day).where(
-        version.is_distinct_from(func.nullif(held.c.version, -1))
-    )
-    return [*parts, marks, stale], (MARKED, STALE)
+    return select(literal(STALE), *blank, held.c.day).where(version.is_distinct_from(func.nullif(held.c.version, -1)))
 
 
 def _with_sum(part, width: int):

@@ -69,14 +69,10 @@ _SETTINGS = (
 _DELETE = """DELETE FROM "usage".meter_days AS r
 USING unnest(CAST(:tenants AS text[]), CAST(:metrics AS text[]), CAST(:days AS bigint[])) AS c (tenant_id, metric, day)
 WHERE r.tenant_id = c.tenant_id AND r.metric = c.metric AND r.day_us = c.day"""
-# First, the days among them with rows, before or after: their rows change, so does their version.
-_VERSION = f"""INSERT INTO "usage".meter_versions (tenant_id, metric, day_us, version)
+# A new version of each of them: their rows, and their events since the last one, may have changed.
+_VERSION = """INSERT INTO "usage".meter_versions (tenant_id, metric, day_us, version)
 SELECT DISTINCT c.tenant_id, c.metric, c.day, :version
 FROM unnest(CAST(:tenants AS text[]), CAST(:metrics AS text[]), CAST(:days AS bigint[])) AS c (tenant_id, metric, day)
-WHERE EXISTS (SELECT FROM "usage".meter_days AS r
-              WHERE r.tenant_id = c.tenant_id AND r.metric = c.metric AND r.day_us = c.day)
-   OR EXISTS (SELECT FROM {WORK} AS w
-              WHERE w.pass_id = :pass AND w.tenant_id = c.tenant_id AND w.metric = c.metric AND w.day_us = c.day)
 ON CONFLICT (tenant_id, metric, day_us) DO UPDATE SET version = excluded.version"""
 _WRITE = f"""INSERT INTO "usage".meter_days ({_ROW}, computed_at_us)
 SELECT {", ".join(f"w.{c}" for c in ["tenant_id", "metric", "cuboid", "day_us", "dimensions", *_NAMES])}, :now
@@ -85,12 +81,11 @@ JOIN {WORK} AS w ON w.pass_id = :pass AND w.tenant_id = c.tenant_id AND w.metric
 
 
 def apply(session: Session, pass_id: int, days: list[tuple[str, str, int]], now_us: int) -> None:
-    """Replace the rows of these claimed (tenant, metric, day) with the pass's, and the version of those that have
-    rows before or after."""
+    """Replace the rows of these claimed (tenant, metric, day) with the pass's, and their versions."""
     if not days:
         return
     keys = {"tenants": [d[0] for d in days], "metrics": [d[1] for d in days], "days": [d[2] for d in days]}
-    session.execute(text(_VERSION), {**keys, "pass": pass_id, "version": meter_memory.new_version()})
+    session.execute(text(_VERSION), {**keys, "version": meter_memory.new_version()})
     session.execute(text(_DELETE), keys)
     session.execute(text(_WRITE), {**keys, "pass": pass_id, "now": now_us})
 
