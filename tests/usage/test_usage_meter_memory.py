@@ -17,6 +17,7 @@ from tests import usage_meters_model as model
 from tests.usage.test_usage_meter_rollups import roll_up
 from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
 from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token
+from tollgate.services.usage.repository import meter_memory
 from tollgate.services.usage.repository.meter_memory import Day, DayMemory
 from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
@@ -175,6 +176,38 @@ def test_a_unique_count_adds_the_values_of_held_whole_days_while_their_versions_
     roll_up(usage_admin_stub, admin_token, tenant)
     assert answer() == expected([*kept, late])  # the rollup made a new version of that day
     assert answer() == expected([*kept, late])
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+def test_a_unique_count_with_more_values_than_one_read_may_hold_is_read_from_raw_events(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, sql, monkeypatch
+):
+    monkeypatch.setattr(meter_memory, "MAX_VALUES", 3)  # the days of ai_events hold more (day, actor) pairs
+    metric = new_meter(usage_admin_stub, admin_token, "UNIQUE_COUNT", unique_of="actor_id")
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // DAY_US - 5) * DAY_US
+    events = ai_events(start + 13 * MINUTE_US)
+    send(usage_stub, token, tenant, metric, events)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    end = start + 4 * DAY_US
+
+    def answer() -> list:
+        return rows(usage_stub, token, tenant, metric, start, end)
+
+    def expected(kept) -> list:
+        return model.query(kept, aggregation="UNIQUE_COUNT", unique_of="actor_id", start_us=start, end_us=end)
+
+    assert answer() == expected(events)
+    day = start + DAY_US
+    sql(
+        'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
+        "occurred_at_us < :d + 86400000000",
+        t=tenant,
+        m=metric,
+        d=day,
+    )
+    # Nothing was held: the deletion behind the service's back shows at once.
+    assert answer() == expected([e for e in events if not day <= e.occurred_at_us < day + DAY_US])
 
 
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
+import time
 from array import array
 from collections import OrderedDict, defaultdict
 from typing import Any, NamedTuple
@@ -33,6 +34,9 @@ from tollgate.services.usage.repository import meters as meters_sql
 from tollgate.services.usage.tables import meter_days, meter_versions
 
 _HOURS = 25  # running sums of a day: before hour 0, ..., after hour 23
+# The distinct (day, value) pairs of a UNIQUE_COUNT one read brings into memory at most: beyond, its questions are
+# read from raw events alone for REFUSED_SECONDS (a value per event, say, would cost memory and gain nothing).
+MAX_VALUES, REFUSED_SECONDS, _MAX_REFUSED = 100_000, 600.0, 10_000
 _NONE = -1  # a day without a version, as the statement is told
 
 
@@ -73,6 +77,7 @@ class DayMemory:
         self._days: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._refused: dict[tuple, float] = {}  # a dict's get and set are atomic
 
     def get(self, key: tuple, days: list[int]) -> dict[int, Any]:
         found = {}
@@ -100,6 +105,16 @@ class DayMemory:
                 old = self._days.pop((*key, day), None)
                 if old:
                     self._bytes -= old[1]
+
+    def refuse(self, key: tuple) -> None:
+        """Hold nothing of `key` for a while (its days were too large to read into memory)."""
+        if len(self._refused) >= _MAX_REFUSED:
+            self._refused.clear()
+        self._refused[key] = time.monotonic() + REFUSED_SECONDS
+
+    def refused(self, key: tuple) -> bool:
+        until = self._refused.get(key)
+        return until is not None and time.monotonic() < until
 
 
 def answers(plan: MeterPlan) -> bool:
@@ -287,10 +302,15 @@ def unique_rows(
         return None  # nothing to add from memory: the question is read as usual
     days = sorted({piece.day_us for piece in whole})
     key = (plan.tenant_id, plan.metric, "", plan.unique_of)  # four parts: apart from the cuboids' keys of three
+    if memory.refused(key):
+        return None
     held = memory.get(key, days)
     missing = [day for day in days if day not in held]
     if missing:
         read = _read_values(connection, pieces, plan, missing[0], missing[-1])
+        if read is None:
+            memory.refuse(key)
+            return None
         memory.put(key, read)
         held.update((day, read[day]) for day in missing)
     statement, values = _unique_statement(pieces, plan, connection.dialect, cells, cut, whole, held)
@@ -327,17 +347,22 @@ def unique_rows(
     return meters_sql.MeterRows(rows[:limit], purged_before, current)
 
 
-def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Values]:
-    """The distinct values counted of the UTC days first..last, each with its events and version, in one snapshot."""
+def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Values] | None:
+    """The distinct values counted of the UTC days first..last, each with its events and version, in one snapshot;
+    None when they are more than MAX_VALUES."""
     shape = ("values", id(pieces), plan.unique_of)
     statement = _BUILT.get(shape)
     if statement is None:
         statement = _BUILT[shape] = pieces.prepared(_values_statement(pieces, plan.unique_of), connection.dialect)
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "first": first, "end": last + DAY_US, "last": last}
+    values["most"] = MAX_VALUES + 1
     seen: dict[int, set[str]] = {day: set() for day in range(first, last + 1, DAY_US)}
     events = dict.fromkeys(seen, 0)
     versions: dict[int, int] = {}
-    for day, value, count, version in pieces.rows(connection, statement, values):
+    found = pieces.rows(connection, statement, values)
+    if sum(version is None for _, _, _, version in found) > MAX_VALUES:
+        return None
+    for day, value, count, version in found:
         if version is not None:
             versions[day] = version
         else:
@@ -359,6 +384,7 @@ def _values_statement(pieces, unique_of: str):
             e.occurred_at_us < bindparam("end", type_=BigInteger()),
         )
         .group_by(day, value)
+        .limit(bindparam("most", type_=BigInteger()))
     )
     versions = select(v.day_us, null(), null(), v.version).where(
         v.tenant_id == meters_sql.TENANT, v.metric == meters_sql.METRIC, v.day_us >= _FIRST, v.day_us <= _LAST
