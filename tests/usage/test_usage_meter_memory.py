@@ -212,16 +212,16 @@ def test_a_unique_count_with_more_values_than_one_read_may_hold_is_read_from_raw
 
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():
     def day(values: int) -> Day:
-        return Day(1, {f"v{k}": array("q", [0] * 50) for k in range(values)})
+        return Day(1, {f"v{k}": array("q", [0] * 50) for k in range(values)}, {})
 
-    one = 64 + (2 + 64 + 400)  # a day of one value
-    memory = DayMemory(3 * one)
+    memory = DayMemory(3 * day(1).size())
     key = ("tenant", "metric", "model")
     memory.put(key, {1: day(1), 2: day(1), 3: day(1)})
     assert sorted(memory.get(key, [1, 2, 3])) == [1, 2, 3]
     memory.get(key, [1])  # day 1 read last: day 2 is now the least recently read
     memory.put(key, {4: day(1)})
     assert sorted(memory.get(key, [1, 2, 3, 4])) == [1, 3, 4]
+    assert day(4).size() > memory.max_bytes
     memory.put(key, {5: day(4)})  # larger than the bound: the others go, and so does it
     assert memory.get(key, [1, 3, 4, 5]) == {}
     memory.put(key, {6: day(1)})

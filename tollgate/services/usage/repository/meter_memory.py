@@ -34,6 +34,7 @@ from tollgate.services.usage.repository import meters as meters_sql
 from tollgate.services.usage.tables import meter_days, meter_versions
 
 _HOURS = 25  # running sums of a day: before hour 0, ..., after hour 23
+_PIECE_SHAPES = 4  # the pieces of a day kept computed: a zone's day cuts a UTC day in two; more shapes are summed
 # The distinct (day, value) pairs of a UNIQUE_COUNT one read brings into memory at most: beyond, its questions are
 # read from raw events alone for REFUSED_SECONDS (a value per event, say, would cost memory and gain nothing).
 MAX_VALUES, REFUSED_SECONDS, _MAX_REFUSED = 100_000, 600.0, 10_000
@@ -47,13 +48,28 @@ def new_version() -> int:
 
 class Day(NamedTuple):
     """A day's rows of one cuboid at `version` (None: never rolled up): by the cuboid's value ('' for the apex),
-    the running quantities then the running event counts, _HOURS each."""
+    the running quantities then the running event counts, _HOURS each. `pieces`: the (quantity, count) by value of
+    hours [first, end) that have events, by (first, end), as questions asked for them (a few shapes at most)."""
 
     version: int | None
     rows: dict[str, array]
+    pieces: dict[tuple[int, int], dict[str, tuple[int, int]]]
 
     def size(self) -> int:
-        return 64 + sum(len(value) + 64 + 8 * len(sums) for value, sums in self.rows.items())
+        rows = sum(len(value) + 64 + 8 * len(sums) for value, sums in self.rows.items())
+        return 64 + rows + _PIECE_SHAPES * (64 + 120 * len(self.rows))
+
+    def piece(self, first: int, end: int) -> dict[str, tuple[int, int]]:
+        found = self.pieces.get((first, end))
+        if found is None:
+            found = {
+                value: (running[end] - running[first], running[_HOURS + end] - running[_HOURS + first])
+                for value, running in self.rows.items()
+                if running[_HOURS + end] != running[_HOURS + first]
+            }
+            if len(self.pieces) < _PIECE_SHAPES:  # a dict's get and set are atomic: the RPC threads share it
+                self.pieces[(first, end)] = found
+        return found
 
 
 class Values(NamedTuple):
@@ -146,13 +162,13 @@ def usage_rows(
         memory.put(key, read)
         held.update((day, read[day]) for day in missing)
     statement, values = _statement(pieces, plan, connection.dialect, cells, cut, held)
-    # By window, by the cuboid's value ('' when the question does not group by it): [quantity, count].
-    sums: dict[int, dict[str, list[int]]] = defaultdict(dict)
+    # By window, by the cuboid's value ('' when the question does not group by it): (quantity, count).
+    sums: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     marked, stale, purged_before, current = set(), [], None, True
     for row in pieces.rows(connection, statement, values):
         n = row[0]
         if n >= 0:
-            _add(sums[n], row[1] if plan.group_by else "", int(row[-2] or 0), row[-1])
+            _add(sums[n], {row[1] if plan.group_by else "": (int(row[-2] or 0), row[-1])})
         elif n == rolled.MARKED:
             marked.add(row[-1])
         elif n == rolled.STALE:
@@ -164,7 +180,15 @@ def usage_rows(
     if stale:
         memory.forget(key, stale)  # the next question reads them again
         return None
-    _add_held(sums, plan, cut.pieces, held, marked)
+    allowed = set(plan.filters[0][1]) if plan.filters else None  # a cuboid answers one dimension at most
+    for piece in cut.pieces:
+        if piece.day_us not in marked:  # the statement read the marked days
+            part = held[piece.day_us].piece(piece.first_hour, piece.end_hour)
+            if allowed is not None:
+                part = {value: both for value, both in part.items() if value in allowed}
+            if not plan.group_by and part:
+                part = {"": (sum(q for q, _ in part.values()), sum(c for _, c in part.values()))}
+            _add(sums[piece.n], part)
     found: list[MeterRow] = []
     counts, grouped = plan.aggregation is Aggregation.COUNT, bool(plan.group_by)
     for n in sorted(sums):
@@ -178,35 +202,14 @@ def usage_rows(
     return meters_sql.MeterRows(found[:limit], purged_before, current)
 
 
-def _add(sums: dict[str, list[int]], value: str, quantity: int, count: int) -> None:
-    total = sums.get(value)
-    if total is None:
-        sums[value] = [quantity, count]
-    else:
-        total[0] += quantity
-        total[1] += count
-
-
-def _add_held(sums: dict, plan: MeterPlan, pieces: list, held: dict[int, Day], marked: set[int]) -> None:
-    """Add each piece of an unmarked day with rows from the rows held (the statement read the others)."""
-    allowed = set(plan.filters[0][1]) if plan.filters else None  # a cuboid answers one dimension at most
-    grouped = bool(plan.group_by)
-    for piece in pieces:
-        if piece.day_us in marked:
-            continue
-        by_value = sums[piece.n]
-        first, end = piece.first_hour, piece.end_hour
-        for value, running in held[piece.day_us].rows.items():
-            count = running[_HOURS + end] - running[_HOURS + first]
-            if count and (allowed is None or value in allowed):
-                if not grouped:
-                    value = ""
-                total = by_value.get(value)  # _add, written out: this loop runs per piece and value
-                if total is None:
-                    by_value[value] = [running[end] - running[first], count]
-                else:
-                    total[0] += running[end] - running[first]
-                    total[1] += count
+def _add(sums: dict[str, tuple[int, int]], part: dict[str, tuple[int, int]]) -> None:
+    """Add the (quantity, count) of each value of `part` to `sums`."""
+    if not sums:
+        sums.update(part)
+        return
+    for value, (quantity, count) in part.items():
+        total = sums.get(value)
+        sums[value] = (quantity, count) if total is None else (total[0] + quantity, total[1] + count)
 
 
 _ROWS, _VERSIONS = meter_days.alias("md"), meter_versions.alias("mv")
@@ -233,7 +236,7 @@ def _read_days(connection: Connection, pieces, plan: MeterPlan, first: int, last
         if len(sums) != 2 * _HOURS:
             return None
         rows[day][dimensions.get(plan.cuboid, "") if plan.cuboid else ""] = sums
-    return {day: Day(versions.get(day), held) for day, held in rows.items()}
+    return {day: Day(versions.get(day), held, {}) for day, held in rows.items()}
 
 
 def _days_statement():
