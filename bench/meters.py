@@ -14,8 +14,8 @@ beside ingest without, all in one run on one fresh PostgreSQL database (dropped 
    America/New_York grouped by model, timed in alternation with an empty unary RPC (Health/Check), beside the raw
    GROUP BY answering the same question on PostgreSQL (goals: p99 <= 3x the empty RPC's, >= 10x faster than the
    raw GROUP BY); (b) the 30-day UNIQUE_COUNT of ai.users' actors beside its raw count(DISTINCT) (goal >= 3x
-   faster). Answers are checked against the raw queries first. Each tenant's first UNIQUE_COUNT, which reads its
-   days into Usage's memory, is timed apart (the series' first calls fall in its warm-up).
+   faster). Answers are checked against the raw queries first. Each tenant's first UNIQUE_COUNT and its second,
+   which reads its days into Usage's memory, are timed apart (the series' first calls fall in its warm-up).
 5. The same reads after LATE_EVENTS late events recorded without a rollup (dirty buckets): still exact, timed.
 """
 
@@ -269,18 +269,22 @@ def _reads(channel, metadata, raw) -> None:
             assert (row.value, row.event_count) == raw_unique(n), f"UNIQUE_COUNT of {TENANTS[n]} differs"
 
     check()
-    # Each tenant's first question reads its days into Usage's memory (docs/usage.md, "Days kept in memory"): timed
-    # apart, as the series' first calls are in its warm-up.
+    # A tenant's first UNIQUE_COUNT is read from raw events, its second reads its days into Usage's memory
+    # (docs/usage.md, "Days kept in memory"): both timed apart, as the series' first calls are in its warm-up.
     first_unique = reads._timed(lambda n: unique(CHECKED_TENANTS + n), len(TENANTS) - CHECKED_TENANTS)
+    second_unique = reads._timed(lambda n: unique(CHECKED_TENANTS + n), len(TENANTS) - CHECKED_TENANTS)
+    for n in range(CHECKED_TENANTS):
+        unique(n)  # their second too (check() asked them once)
     reads._alternating(empty, series, WARMUP)
     reads._timed(raw_series, WARMUP // 4)
     reads._timed(raw_unique, WARMUP // 4)
     cases = _cases(empty, series, unique, raw_series, raw_unique)
     _report("clean (rolled up)", cases)
-    print(
-        f"  {'UNIQUE_COUNT, each tenant first (its days read)':52} {timing.pct(first_unique, 50):8.3f} "
-        f"{timing.pct(first_unique, 99):8.3f} {len(first_unique):6}"
-    )
+    for label, samples in (("first", first_unique), ("second (its days read)", second_unique)):
+        print(
+            f"  {'UNIQUE_COUNT, each tenant ' + label:52} {timing.pct(samples, 50):8.3f} "
+            f"{timing.pct(samples, 99):8.3f} {len(samples):6}"
+        )
     late = _record_late_events(usage, metadata, now_us)
     dirty = reads._dirty_marks(raw)
     check()

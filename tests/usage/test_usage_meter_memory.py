@@ -150,27 +150,31 @@ def test_a_unique_count_adds_the_values_of_held_whole_days_while_their_versions_
             window="NONE" if window == "UNSPECIFIED" else window,
         )
 
-    assert answer() == expected(events)  # the whole days' values read, and held
-    day = (start // DAY_US + 1) * DAY_US  # a whole UTC day of the range
-    kept = [e for e in events if not day <= e.occurred_at_us < day + DAY_US]
-    assert len(kept) < len(events)
-    sql(
-        'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
-        "occurred_at_us < :d + 86400000000",
-        t=tenant,
-        m=metric,
-        d=day,
-    )
-    assert answer() == expected(events)  # its values and events are held, at a version that still holds
+    def delete_day(day: int) -> list[model.ModelEvent]:
+        sql(
+            'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
+            "occurred_at_us < :d + 86400000000",
+            t=tenant,
+            m=metric,
+            d=day,
+        )
+        return [e for e in events if day <= e.occurred_at_us < day + DAY_US]
+
+    first = (start // DAY_US + 1) * DAY_US  # the range's whole UTC days: first, first + 1 day, first + 2 days
+    assert answer() == expected(events)  # asked once: read from raw events, nothing held
+    gone = delete_day(first)
+    kept = [e for e in events if e not in gone]
+    assert gone and answer() == expected(kept)  # asked again: read from raw events, and the whole days held
+    gone = delete_day(first + DAY_US)
+    assert gone and answer() == expected(kept)  # that day's values and events are held, at a version that holds
     sql(
         'UPDATE "usage".meter_versions SET version = version + 1 WHERE tenant_id = :t AND metric = :m',
         t=tenant,
         m=metric,
     )
-    assert answer() == expected(kept)  # a new version: read from raw events
-    assert answer() == expected(kept)  # and held again
-    other = day + DAY_US
-    late = model.ModelEvent("late-1", 5, other + 7 * HOUR_US, "newcomer", {})
+    kept = [e for e in kept if e not in gone]
+    assert answer() == expected(kept)  # new versions: read from raw events, and the days forgotten
+    late = model.ModelEvent("late-1", 5, first + 2 * DAY_US + 7 * HOUR_US, "newcomer", {})
     send(usage_stub, token, tenant, metric, [late])
     assert answer() == expected([*kept, late])  # its day is marked: read from raw events at once
     roll_up(usage_admin_stub, admin_token, tenant)
@@ -198,6 +202,7 @@ def test_a_unique_count_with_more_values_than_one_read_may_hold_is_read_from_raw
         return model.query(kept, aggregation="UNIQUE_COUNT", unique_of="actor_id", start_us=start, end_us=end)
 
     assert answer() == expected(events)
+    assert answer() == expected(events)  # asked again: its days would be read into memory, but are too many
     day = start + DAY_US
     sql(
         'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
@@ -228,3 +233,6 @@ def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():
     memory.forget(key, [6])
     assert memory.get(key, [6]) == {}
     assert memory.get(("tenant", "other", "model"), [1]) == {}
+    assert not memory.asked_before(key)
+    assert memory.asked_before(key)
+    assert not memory.asked_before(("tenant", "other", "model"))

@@ -37,7 +37,11 @@ _HOURS = 25  # running sums of a day: before hour 0, ..., after hour 23
 _PIECE_SHAPES = 4  # the pieces of a day kept computed: a zone's day cuts a UTC day in two; more shapes are summed
 # The distinct (day, value) pairs of a UNIQUE_COUNT one read brings into memory at most: beyond, its questions are
 # read from raw events alone for REFUSED_SECONDS (a value per event, say, would cost memory and gain nothing).
-MAX_VALUES, REFUSED_SECONDS, _MAX_REFUSED = 100_000, 600.0, 10_000
+MAX_VALUES, REFUSED_SECONDS = 100_000, 600.0
+# Reading a UNIQUE_COUNT's days into memory costs a few times the question: done when a tenant's metric is asked
+# about again within ASKED_SECONDS, so that a question asked once (a billing run) costs what it did.
+ASKED_SECONDS = 600.0
+_MAX_NOTED = 100_000
 _NONE = -1  # a day without a version, as the statement is told
 
 
@@ -94,6 +98,7 @@ class DayMemory:
         self._bytes = 0
         self._lock = threading.Lock()
         self._refused: dict[tuple, float] = {}  # a dict's get and set are atomic
+        self._asked: dict[tuple, float] = {}
 
     def get(self, key: tuple, days: list[int]) -> dict[int, Any]:
         found = {}
@@ -122,9 +127,17 @@ class DayMemory:
                 if old:
                     self._bytes -= old[1]
 
+    def asked_before(self, key: tuple) -> bool:
+        """Whether `key` was asked for within ASKED_SECONDS; it is now."""
+        now, before = time.monotonic(), self._asked.get(key)
+        if len(self._asked) >= _MAX_NOTED:
+            self._asked.clear()
+        self._asked[key] = now
+        return before is not None and now - before < ASKED_SECONDS
+
     def refuse(self, key: tuple) -> None:
         """Hold nothing of `key` for a while (its days were too large to read into memory)."""
-        if len(self._refused) >= _MAX_REFUSED:
+        if len(self._refused) >= _MAX_NOTED:
             self._refused.clear()
         self._refused[key] = time.monotonic() + REFUSED_SECONDS
 
@@ -309,6 +322,8 @@ def unique_rows(
         return None
     held = memory.get(key, days)
     missing = [day for day in days if day not in held]
+    if missing and not memory.asked_before(key):
+        return None
     if missing:
         read = _read_values(connection, pieces, plan, missing[0], missing[-1])
         if read is None:
