@@ -23,7 +23,7 @@ from array import array
 from collections import OrderedDict, defaultdict
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, Connection, bindparam, func, literal, null, select, union_all
+from sqlalchemy import BigInteger, Connection, bindparam, distinct, func, literal, null, select, union_all
 
 from tollgate.services.usage.domain import meter_rollups
 from tollgate.services.usage.domain.aggregations import Aggregation
@@ -35,8 +35,9 @@ from tollgate.services.usage.tables import meter_days, meter_versions
 
 _HOURS = 25  # running sums of a day: before hour 0, ..., after hour 23
 _PIECE_SHAPES = 4  # the pieces of a day kept computed: a zone's day cuts a UTC day in two; more shapes are summed
-# The distinct (day, value) pairs of a UNIQUE_COUNT one read brings into memory at most: beyond, its questions are
-# read from raw events alone for REFUSED_SECONDS (a value per event, say, would cost memory and gain nothing).
+# The distinct (day, value) pairs of a UNIQUE_COUNT one read keeps in memory at most: beyond, that read is dropped
+# and its questions are read from raw events alone for REFUSED_SECONDS (a value per event, say, would cost memory
+# and gain nothing).
 MAX_VALUES, REFUSED_SECONDS = 100_000, 600.0
 # Reading a UNIQUE_COUNT's days into memory costs a few times the question: done when a tenant's metric is asked
 # about again within ASKED_SECONDS, so that a question asked once (a billing run) costs what it did.
@@ -373,36 +374,33 @@ def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, la
     if statement is None:
         statement = _BUILT[shape] = pieces.prepared(_values_statement(pieces, plan.unique_of), connection.dialect)
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "first": first, "end": last + DAY_US, "last": last}
-    values["most"] = MAX_VALUES + 1
-    seen: dict[int, set[str]] = {day: set() for day in range(first, last + 1, DAY_US)}
-    events = dict.fromkeys(seen, 0)
+    read: dict[int, tuple[frozenset[str], int]] = {}
     versions: dict[int, int] = {}
-    found = pieces.rows(connection, statement, values)
-    if sum(version is None for _, _, _, version in found) > MAX_VALUES:
-        return None
-    for day, value, count, version in found:
+    for day, found, events, version in pieces.rows(connection, statement, values):
         if version is not None:
             versions[day] = version
         else:
-            seen[day].add(sys.intern(value))
-            events[day] += count
-    return {day: Values(versions.get(day), frozenset(held), events[day]) for day, held in seen.items()}
+            read[day] = frozenset(map(sys.intern, found)), events
+    if sum(len(found) for found, _ in read.values()) > MAX_VALUES:
+        return None
+    none: tuple[frozenset[str], int] = (frozenset(), 0)
+    return {day: Values(versions.get(day), *read.get(day, none)) for day in range(first, last + 1, DAY_US)}
 
 
 def _values_statement(pieces, unique_of: str):
+    """Per UTC day with events: its distinct values (an array: the rows of a day by value cost several times
+    more to send and read) and its number of events; then the days' versions."""
     e, v = meters_sql.EVENTS.c, _VERSIONS.c
     day = (e.occurred_at_us - e.occurred_at_us % literal(DAY_US, BigInteger())).label("day")
-    value = meters_sql.value_source(pieces, unique_of).label("u")
     events = (
-        select(day, value, func.count().label("c"), null())
+        select(day, func.array_agg(distinct(meters_sql.value_source(pieces, unique_of))), func.count(), null())
         .where(
             e.tenant_id == meters_sql.TENANT,
             e.metric == meters_sql.METRIC,
             e.occurred_at_us >= _FIRST,
             e.occurred_at_us < bindparam("end", type_=BigInteger()),
         )
-        .group_by(day, value)
-        .limit(bindparam("most", type_=BigInteger()))
+        .group_by(day)
     )
     versions = select(v.day_us, null(), null(), v.version).where(
         v.tenant_id == meters_sql.TENANT, v.metric == meters_sql.METRIC, v.day_us >= _FIRST, v.day_us <= _LAST
