@@ -38,6 +38,7 @@ OWN = {
         "USAGE_ROLLUP_INTERVAL_SECONDS": ("rollup_interval_seconds", 9.0),
         "USAGE_RETENTION_DAYS": ("retention_days", 9),
         "USAGE_MAX_DIMENSION_COMBINATIONS": ("max_dimension_combinations", 9),
+        "USAGE_METER_MEMORY_MB": ("meter_memory_mb", 16),
     },
     PolicySettings: {
         "POLICY_USAGE_ADDR": ("usage_addr", "usage:1"),
