@@ -86,7 +86,7 @@ class Values(NamedTuple):
     events: int
 
     def size(self) -> int:
-        return 128 + 16 * len(self.values)  # the strings are interned, shared by the days that hold them
+        return 128 + 32 * len(self.values)  # a set's slots; the strings are interned, shared by the days holding them
 
 
 class DayMemory:
