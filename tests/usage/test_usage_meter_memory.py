@@ -73,6 +73,17 @@ def _double_rows(sql, tenant: str, metric: str) -> None:
     )
 
 
+def _delete_day(sql, tenant: str, metric: str, day: int) -> None:
+    """The metric's raw events of the UTC day starting at `day` deleted, nothing else told."""
+    sql(
+        'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
+        "occurred_at_us < :d + 86400000000",
+        t=tenant,
+        m=metric,
+        d=day,
+    )
+
+
 def _doubled(expected: list[model.ModelRow]) -> list[model.ModelRow]:
     return [dataclasses.replace(row, value=row.value * 2, event_count=row.event_count * 2) for row in expected]
 
@@ -151,13 +162,7 @@ def test_a_unique_count_adds_the_values_of_held_whole_days_while_their_versions_
         )
 
     def delete_day(day: int) -> list[model.ModelEvent]:
-        sql(
-            'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
-            "occurred_at_us < :d + 86400000000",
-            t=tenant,
-            m=metric,
-            d=day,
-        )
+        _delete_day(sql, tenant, metric, day)
         return [e for e in events if day <= e.occurred_at_us < day + DAY_US]
 
     first = (start // DAY_US + 1) * DAY_US  # the range's whole UTC days: first, first + 1 day, first + 2 days
@@ -204,13 +209,7 @@ def test_a_unique_count_with_more_values_than_one_read_may_hold_is_read_from_raw
     assert answer() == expected(events)
     assert answer() == expected(events)  # asked again: its days would be read into memory, but are too many
     day = start + DAY_US
-    sql(
-        'DELETE FROM "usage".events WHERE tenant_id = :t AND metric = :m AND occurred_at_us >= :d AND '
-        "occurred_at_us < :d + 86400000000",
-        t=tenant,
-        m=metric,
-        d=day,
-    )
+    _delete_day(sql, tenant, metric, day)
     # Nothing was held: the deletion behind the service's back shows at once.
     assert answer() == expected([e for e in events if not day <= e.occurred_at_us < day + DAY_US])
 

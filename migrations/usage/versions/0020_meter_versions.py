@@ -1,6 +1,7 @@
-"""usage.meter_versions: a version of each rolled-up day's meter rows, replaced with them, so that Usage can keep
-the rows of days it has read in memory and know them current by one look (repository/meter_memory.py). The days
-with rows now get a version each.
+"""usage.meter_versions: a version of each (tenant, metric, UTC day), written anew by every rollup that stores the
+day, so that Usage can keep what it has read of past days in memory and know it current by one look
+(repository/meter_memory.py). The days with meter rows now get a version each; a day without one is read into
+memory at none, and its next rollup gives it one.
 
 Revision ID: usage_0020
 Revises: usage_0019

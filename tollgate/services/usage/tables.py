@@ -234,9 +234,10 @@ meter_days = Table(
     ).ddl_if(dialect="postgresql"),
 )
 
-# A version of each rolled-up day's meter_days rows (tenant, metric, day): a new random value written in the
-# transaction that replaces or deletes them, so that a copy of the rows kept in memory is known current by reading
-# this row alone (repository/meter_memory.py). Never deleted: a day without one never had rows.
+# A version of each (tenant, metric, UTC day): a new random value written in the transaction that stores the day's
+# rollup, the only one that changes its meter_days rows, and the end of the dirty mark by which any new event
+# changes it; so that what a process keeps in memory of a day is known current by this row and the day's mark
+# (repository/meter_memory.py). Never deleted.
 meter_versions = Table(
     "meter_versions",
     metadata,

@@ -162,8 +162,20 @@ def usage_rows(
     after: tuple | None,
     limit: int,
 ) -> meters_sql.MeterRows | None:
-    """As meters.usage_rows, the unmarked days with rows added from memory; None when a day's rows changed since
-    they were read (those days are then forgotten, and the caller reads the question whole) or cannot be held."""
+    """As meters.usage_rows, what memory holds added; None when memory cannot serve the question, or a day changed
+    since it was read (those days are then forgotten): the caller reads the question whole."""
+    read = _sums if answers(plan) else _distinct if counts_values(plan) else None
+    found = None if read is None else read(connection, pieces, plan, memory, cells)
+    if found is None:
+        return None
+    rows, purged_before, current = found
+    if after is not None:
+        rows = [row for row in rows if (row[0], *row[1]) > after]
+    return meters_sql.MeterRows(rows[:limit], purged_before, current)
+
+
+def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
+    """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory."""
     cut = meter_rollups.split(plan.windows, plan.first_window)
     days = sorted({piece.day_us for piece in cut.pieces})
     key = (plan.tenant_id, plan.metric, plan.cuboid)
@@ -211,9 +223,7 @@ def usage_rows(
             quantity, count = by_value[value]
             if count > 0:
                 found.append((n, (value,) if grouped else (), count if counts else quantity, count))
-    if after is not None:
-        found = [row for row in found if (row[0], *row[1]) > after]
-    return meters_sql.MeterRows(found[:limit], purged_before, current)
+    return meters_sql.MeterRows(found, purged_before, current)
 
 
 def _add(sums: dict[str, tuple[int, int]], part: dict[str, tuple[int, int]]) -> None:
@@ -301,18 +311,9 @@ def counts_values(plan: MeterPlan) -> bool:
     return plan.aggregation is Aggregation.UNIQUE_COUNT and not (plan.group_by or plan.filters or plan.actor_ids)
 
 
-def unique_rows(
-    connection: Connection,
-    pieces,
-    plan: MeterPlan,
-    memory: DayMemory,
-    *,
-    cells: tuple[str, str, str],
-    after: tuple | None,
-    limit: int,
-) -> meters_sql.MeterRows | None:
-    """As meters.usage_rows for a UNIQUE_COUNT (counts_values), the values of unmarked whole UTC days taken from
-    memory and the rest from raw events; None as usage_rows."""
+def _distinct(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
+    """Every row of a UNIQUE_COUNT question (counts_values), the values of unmarked whole UTC days taken from
+    memory and the rest from raw events."""
     cut = meter_rollups.split(plan.windows, plan.first_window)
     whole = [piece for piece in cut.pieces if piece.first_hour == 0 and piece.end_hour == 24 and piece.day_us >= 0]
     if not whole:
@@ -361,9 +362,7 @@ def unique_rows(
     rows: list[MeterRow] = [
         (n, (), len(seen) - ("" in seen), events[0]) for n, (seen, events) in sorted(found.items()) if events[0]
     ]
-    if after is not None:
-        rows = [row for row in rows if (row[0],) > after]
-    return meters_sql.MeterRows(rows[:limit], purged_before, current)
+    return meters_sql.MeterRows(rows, purged_before, current)
 
 
 def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Values] | None:

@@ -181,17 +181,9 @@ def usage_rows(
     if memory is not None and pieces.keeps_days:
         from tollgate.services.usage.repository import meter_memory  # it builds on this module's statements
 
-        read = (
-            meter_memory.usage_rows
-            if meter_memory.answers(plan)
-            else meter_memory.unique_rows
-            if meter_memory.counts_values(plan)
-            else None
-        )
-        if read is not None:
-            held = read(connection, pieces, plan, memory, cells=cells, after=after, limit=limit)
-            if held is not None:
-                return held
+        held = meter_memory.usage_rows(connection, pieces, plan, memory, cells=cells, after=after, limit=limit)
+        if held is not None:
+            return held
     statement, values = statement_of(pieces, plan, connection.dialect, cells=cells, after=after, limit=limit)
     found: list[MeterRow] = []
     purged_before, current = None, True
