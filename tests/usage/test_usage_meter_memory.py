@@ -5,18 +5,19 @@ since makes only the days it rewrote read again. Rows and versions are changed b
 SQL (a fault injected on purpose) to tell memory from the database; SQLite keeps no days (its rows carry no
 running sums).
 
-DayMemory's bound is held without a database."""
+The versions every rollup writes are held on both backends; DayMemory's bound without a database."""
 
 import dataclasses
 from array import array
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from tests import usage_meters_model as model
 from tests.usage.test_usage_meter_rollups import roll_up
 from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
 from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token
+from tollgate.services.usage import tables
 from tollgate.services.usage.repository import meter_memory
 from tollgate.services.usage.repository.meter_memory import Day, DayMemory
 from tollgate.shared.db import create_engine_for
@@ -212,6 +213,43 @@ def test_a_unique_count_with_more_values_than_one_read_may_hold_is_read_from_raw
     _delete_day(sql, tenant, metric, day)
     # Nothing was held: the deletion behind the service's back shows at once.
     assert answer() == expected([e for e in events if not day <= e.occurred_at_us < day + DAY_US])
+
+
+@pytest.mark.parametrize("aggregation", ["SUM", "UNIQUE_COUNT"])
+def test_every_rollup_that_stores_a_day_gives_that_day_alone_a_new_version(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, aggregation
+):
+    """What memory relies on, on both backends (SQLite writes versions though it keeps no days)."""
+    metric = new_meter(usage_admin_stub, admin_token, aggregation, unique_of="actor_id" if aggregation != "SUM" else "")
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // DAY_US - 5) * DAY_US
+    events = ai_events(start + 13 * MINUTE_US)
+    days = {e.occurred_at_us // DAY_US * DAY_US for e in events}
+    engine = create_engine_for(dbs.usage_url, schema="usage")
+
+    def versions() -> dict[int, int]:
+        v = tables.meter_versions.c
+        with engine.connect() as connection:
+            found = connection.execute(
+                select(v.day_us, v.version).where(v.tenant_id == tenant, v.metric == metric)
+            ).all()
+        return dict(found)
+
+    try:
+        send(usage_stub, token, tenant, metric, events)
+        assert versions() == {}  # nothing stored yet
+        roll_up(usage_admin_stub, admin_token, tenant)
+        before = versions()
+        assert set(before) == days
+        day = start + 2 * DAY_US
+        send(usage_stub, token, tenant, metric, [model.ModelEvent("late-1", 7, day + HOUR_US, "ann", {})])
+        assert versions() == before  # an event marks its day; only the rollup that stores it changes the version
+        roll_up(usage_admin_stub, admin_token, tenant)
+        after = versions()
+        assert after[day] != before[day]
+        assert {d: v for d, v in after.items() if d != day} == {d: v for d, v in before.items() if d != day}
+    finally:
+        engine.dispose()
 
 
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():

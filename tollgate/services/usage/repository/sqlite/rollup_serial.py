@@ -37,7 +37,6 @@ from tollgate.services.usage.repository.meters import rolled_up_metrics
 from tollgate.services.usage.repository.rollups import RefusedBucket
 from tollgate.services.usage.repository.sqlite.source_hash import pg_hash_text
 from tollgate.services.usage.tables import HOUR_COLUMNS, aggregates, dirty_buckets, events, meter_days, meter_versions
-from tollgate.shared.db import rowcount
 
 _KEY = ("tenant_id", "metric", "period", "period_start_us")
 _MARKS_PER_READ = 100
@@ -75,6 +74,8 @@ def roll_up_step(
                     read += _meter_day(session, tenant, metric, start_us, rolled_up.get(metric), now_us)
                 elif total is None:  # the mark now names only the hours left; the meter rows lack events of others
                     _drop_meter_day(session, tenant, metric, start_us)
+                if total is None:
+                    _new_version(session, tenant, metric, start_us)
             else:
                 read, left, total = _fold(session, tenant, metric, Period(period), start_us, now_us)
             spent += read
@@ -133,17 +134,15 @@ def _day(
 
 def _drop_meter_day(session: Session, tenant: str, metric: str, day_us: int) -> None:
     """Delete the day's meter rows: questions read the day from raw events until its next whole rollup."""
-    gone = session.execute(
+    session.execute(
         meter_days.delete().where(
             meter_days.c.tenant_id == tenant, meter_days.c.metric == metric, meter_days.c.day_us == day_us
         )
     )
-    if rowcount(gone):
-        _new_version(session, tenant, metric, day_us)
 
 
 def _new_version(session: Session, tenant: str, metric: str, day_us: int) -> None:
-    """The day's rows changed: so does their version (tables.meter_versions)."""
+    """The day's rollup is stored: a new version of the day (tables.meter_versions)."""
     version = meter_memory.new_version()
     session.execute(
         sqlite.insert(meter_versions)
@@ -196,7 +195,6 @@ def _meter_day(session: Session, tenant: str, metric: str, day_us: int, declared
                 for (cuboid, values), hours in rows.items()
             ],
         )
-        _new_version(session, tenant, metric, day_us)
     return len(found)
 
 
