@@ -289,7 +289,7 @@ def _statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split
     if statement is None:
         if len(_BUILT) >= _MAX_BUILT:
             _BUILT.clear()
-        parts, _ = rolled.beside_memory(pieces, plan)
+        parts = rolled.beside_memory(pieces, plan)
         width = len(plan.group_by)
         statement = _BUILT[shape] = pieces.prepared(union_all(*parts, *meters_sql.bookkeeping(width, 1)), dialect)
     values = meters_sql.question_values(plan, cells)

@@ -146,7 +146,7 @@ def _raw_spans(table, marked, hours, *, rows_known: bool = False):
     return union_all(whole, by_hour).subquery("sp")
 
 
-def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
+def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
     """The parts of a SUM or COUNT question whose days' rows the caller holds (meter_memory.py), for the day pieces
     of kind 1 (days with rows, at the versions the caller holds) and 2 (days without), as (n, g0..., p0, c):
     partial states from raw events (raw parts, days without rows, the hours marks name) and from the rows of
@@ -163,7 +163,7 @@ def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> tuple[list, tuple]:
     parts = [_with_sum(part.subquery(), width) for part in (raw, _rolled_hours(pieces, plan, marked))]
     t, blank = table.c, [literal("") for _ in range(width)]
     marks = select(literal(MARKED), *blank, null(), t.day).where(t.k == 1, exists().where(_mark_of(t.day)))
-    return [*parts, marks, _stale(pieces, [*blank, null()])], (MARKED, STALE)
+    return [*parts, marks, _stale(pieces, [*blank, null()])]
 
 
 def unique_beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
