@@ -241,8 +241,8 @@ _FIRST, _LAST = bindparam("first", type_=BigInteger()), bindparam("last", type_=
 
 
 def _read_days(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Day] | None:
-    """The cuboid's rows and the versions of the days first..last, in one snapshot; None when a running sum is
-    beyond int64."""
+    """The cuboid's rows and the versions of the days first..last, in one snapshot; None when a row's running sums
+    are missing or beyond int64."""
     statement = _BUILT.get("days")
     if statement is None:
         statement = _BUILT["days"] = pieces.prepared(_days_statement(), connection.dialect)
@@ -253,6 +253,8 @@ def _read_days(connection: Connection, pieces, plan: MeterPlan, first: int, last
         if version is not None:
             versions[day] = version
             continue
+        if quantities is None or counts is None:
+            return None  # a row without running sums: the statement reads it as it is
         try:
             sums = array("q", [int(q) for q in quantities] + counts)
         except OverflowError:
