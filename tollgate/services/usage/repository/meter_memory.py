@@ -182,30 +182,21 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
     held = memory.get(key, days)
     missing = [day for day in days if day not in held]
     if missing:
-        read = _read_days(connection, pieces, plan, missing[0], missing[-1])
-        if read is None:
+        fresh = _read_days(connection, pieces, plan, missing[0], missing[-1])
+        if fresh is None:
             return None
-        memory.put(key, read)
-        held.update((day, read[day]) for day in missing)
+        memory.put(key, fresh)
+        held.update((day, fresh[day]) for day in missing)
     statement, values = _statement(pieces, plan, connection.dialect, cells, cut, held)
     # By window, by the cuboid's value ('' when the question does not group by it): (quantity, count).
     sums: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
-    marked, stale, purged_before, current = set(), [], None, True
-    for row in pieces.rows(connection, statement, values):
-        n = row[0]
-        if n >= 0:
-            _add(sums[n], {row[1] if plan.group_by else "": (int(row[-2] or 0), row[-1])})
-        elif n == rolled.MARKED:
-            marked.add(row[-1])
-        elif n == rolled.STALE:
-            stale.append(row[-1])
-        elif n == meters_sql.HORIZON:
-            purged_before = int(row[-1])
-        else:
-            current = False
-    if stale:
-        memory.forget(key, stale)  # the next question reads them again
+    read = _Read(pieces.rows(connection, statement, values))
+    for row in read.parts:
+        _add(sums[row[0]], {row[1] if plan.group_by else "": (int(row[-2] or 0), row[-1])})
+    if read.stale:
+        memory.forget(key, read.stale)  # the next question reads them again
         return None
+    marked = read.marked
     allowed = set(plan.filters[0][1]) if plan.filters else None  # a cuboid answers one dimension at most
     for piece in cut.pieces:
         if piece.day_us not in marked:  # the statement read the marked days
@@ -223,7 +214,32 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
             quantity, count = by_value[value]
             if count > 0:
                 found.append((n, (value,) if grouped else (), count if counts else quantity, count))
-    return meters_sql.MeterRows(found, purged_before, current)
+    return meters_sql.MeterRows(found, read.purged_before, read.current)
+
+
+class _Read:
+    """The rows of a statement beside memory, sorted out: its parts (window n >= 0), the marked days, the days
+    whose version changed, the tenant's purge horizon, and whether the metric's cells were still the plan's. The
+    day, the horizon or the value is each such row's last column."""
+
+    def __init__(self, rows: list):
+        self.parts: list = []
+        self.marked: set[int] = set()
+        self.stale: list[int] = []
+        self.purged_before: int | None = None
+        self.current = True
+        for row in rows:
+            n = row[0]
+            if n >= 0:
+                self.parts.append(row)
+            elif n == rolled.MARKED:
+                self.marked.add(row[-1])
+            elif n == rolled.STALE:
+                self.stale.append(row[-1])
+            elif n == meters_sql.HORIZON:
+                self.purged_before = int(row[-1])
+            else:
+                self.current = False
 
 
 def _add(sums: dict[str, tuple[int, int]], part: dict[str, tuple[int, int]]) -> None:
@@ -243,9 +259,7 @@ _FIRST, _LAST = bindparam("first", type_=BigInteger()), bindparam("last", type_=
 def _read_days(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Day] | None:
     """The cuboid's rows and the versions of the days first..last, in one snapshot; None when a row's running sums
     are missing or beyond int64."""
-    statement = _BUILT.get("days")
-    if statement is None:
-        statement = _BUILT["days"] = pieces.prepared(_days_statement(), connection.dialect)
+    statement = meters_sql.built(pieces, ("memory: days",), connection.dialect, _days_statement)
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "cuboid": plan.cuboid, "first": first, "last": last}
     rows: dict[int, dict[str, array]] = {day: {} for day in range(first, last + 1, DAY_US)}
     versions: dict[int, int] = {}
@@ -280,31 +294,31 @@ def _days_statement():
     return union_all(rows, versions)
 
 
-_BUILT: dict[Any, Any] = {}
-_MAX_BUILT = 512
-
-
 def _statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, held: dict[int, Day]):
     """The statement of rolled.beside_memory (built once per shape) and its values."""
-    shape = (id(pieces), plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
-    statement = _BUILT.get(shape)
-    if statement is None:
-        if len(_BUILT) >= _MAX_BUILT:
-            _BUILT.clear()
-        parts = rolled.beside_memory(pieces, plan)
-        width = len(plan.group_by)
-        statement = _BUILT[shape] = pieces.prepared(union_all(*parts, *meters_sql.bookkeeping(width, 1)), dialect)
+    shape = ("memory: sums", plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
+    statement = meters_sql.built(
+        pieces,
+        shape,
+        dialect,
+        lambda: union_all(*rolled.beside_memory(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
+    )
     values = meters_sql.question_values(plan, cells)
     parts = [
         (p.n, 1 if held[p.day_us].rows else 2, p.day_us, p.first_hour, p.end_hour, *rolled.span(p)) for p in cut.pieces
     ]
     parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
-    versions = [(day, _NONE if held[day].version is None else held[day].version) for day in sorted(held)]
     values.update(pieces.table_rows("pc", rolled.PARTS, parts))
     values.update(pieces.table_rows("hr", rolled.HOURS, rolled.DAY_HOURS))
-    values.update(pieces.table_rows("kv", ("day", "version"), versions))
+    values.update(_versions(pieces, held))
     values["cuboid"] = plan.cuboid
     return statement, values
+
+
+def _versions(pieces, held: dict) -> dict:
+    """The values of the statement's table "kv": each held day with the version it was read at (_NONE: none)."""
+    rows = [(day, _NONE if held[day].version is None else held[day].version) for day in sorted(held)]
+    return pieces.table_rows("kv", ("day", "version"), rows)
 
 
 def counts_values(plan: MeterPlan) -> bool:
@@ -329,33 +343,24 @@ def _distinct(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory
     if missing and not memory.asked_before(key):
         return None
     if missing:
-        read = _read_values(connection, pieces, plan, missing[0], missing[-1])
-        if read is None:
+        fresh = _read_values(connection, pieces, plan, missing[0], missing[-1])
+        if fresh is None:
             memory.refuse(key)
             return None
-        memory.put(key, read)
-        held.update((day, read[day]) for day in missing)
+        memory.put(key, fresh)
+        held.update((day, fresh[day]) for day in missing)
     statement, values = _unique_statement(pieces, plan, connection.dialect, cells, cut, whole, held)
     found: dict[int, tuple[set[str], list[int]]] = {}
-    marked, stale, purged_before, current = set(), [], None, True
-    for n, value, count in pieces.rows(connection, statement, values):
-        if n >= 0:
-            seen, events = found.setdefault(n, (set(), [0]))
-            seen.add(value)
-            events[0] += count
-        elif n == rolled.MARKED:
-            marked.add(count)
-        elif n == rolled.STALE:
-            stale.append(count)
-        elif n == meters_sql.HORIZON:
-            purged_before = int(count)
-        else:
-            current = False
-    if stale:
-        memory.forget(key, stale)
+    read = _Read(pieces.rows(connection, statement, values))
+    for n, value, count in read.parts:
+        seen, events = found.setdefault(n, (set(), [0]))
+        seen.add(value)
+        events[0] += count
+    if read.stale:
+        memory.forget(key, read.stale)
         return None
     for piece in whole:
-        if piece.day_us not in marked:
+        if piece.day_us not in read.marked:
             day = held[piece.day_us]
             if day.events:
                 seen, events = found.setdefault(piece.n, (set(), [0]))
@@ -364,16 +369,18 @@ def _distinct(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory
     rows: list[MeterRow] = [
         (n, (), len(seen) - ("" in seen), events[0]) for n, (seen, events) in sorted(found.items()) if events[0]
     ]
-    return meters_sql.MeterRows(rows, purged_before, current)
+    return meters_sql.MeterRows(rows, read.purged_before, read.current)
 
 
 def _read_values(connection: Connection, pieces, plan: MeterPlan, first: int, last: int) -> dict[int, Values] | None:
     """The distinct values counted of the UTC days first..last, each with its events and version, in one snapshot;
     None when they are more than MAX_VALUES."""
-    shape = ("values", id(pieces), plan.unique_of)
-    statement = _BUILT.get(shape)
-    if statement is None:
-        statement = _BUILT[shape] = pieces.prepared(_values_statement(pieces, plan.unique_of), connection.dialect)
+    statement = meters_sql.built(
+        pieces,
+        ("memory: values", plan.unique_of),
+        connection.dialect,
+        lambda: _values_statement(pieces, plan.unique_of),
+    )
     values = {"tenant": plan.tenant_id, "metric": plan.metric, "first": first, "end": last + DAY_US, "last": last}
     read: dict[int, tuple[frozenset[str], int]] = {}
     versions: dict[int, int] = {}
@@ -411,20 +418,17 @@ def _values_statement(pieces, unique_of: str):
 
 def _unique_statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, whole: list, held: dict):
     """The statement of rolled.unique_beside_memory (built once per shape) and its values."""
-    shape = ("unique", id(pieces), plan.unique_of)
-    statement = _BUILT.get(shape)
-    if statement is None:
-        if len(_BUILT) >= _MAX_BUILT:
-            _BUILT.clear()
-        statement = _BUILT[shape] = pieces.prepared(
-            union_all(*rolled.unique_beside_memory(pieces, plan), *meters_sql.bookkeeping(1, 0)), dialect
-        )
+    statement = meters_sql.built(
+        pieces,
+        ("memory: unique", plan.unique_of),
+        dialect,
+        lambda: union_all(*rolled.unique_beside_memory(pieces, plan), *meters_sql.bookkeeping(1, 0)),
+    )
     values = meters_sql.question_values(plan, cells)
     kept = set(whole)
     parts = [(p.n, 1, p.day_us, 0, 24, *rolled.span(p)) for p in whole]
     parts += [(p.n, 0, p.day_us, p.first_hour, p.end_hour, *rolled.span(p)) for p in cut.pieces if p not in kept]
     parts += [(n, 0, 0, 0, 0, lo, hi) for n, lo, hi in cut.raw]
-    versions = [(day, _NONE if held[day].version is None else held[day].version) for day in sorted(held)]
     values.update(pieces.table_rows("pc", rolled.PARTS, parts))
-    values.update(pieces.table_rows("kv", ("day", "version"), versions))
+    values.update(_versions(pieces, held))
     return statement, values

@@ -8,7 +8,7 @@ logic lives once), code point order, and the aggregations whose SQL differs (exa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
@@ -250,14 +250,19 @@ _MAX_BUILT = 512  # shapes differ by groups and filters; past this many, start a
 
 
 def _statement(pieces: MeterPieces, shape: tuple, plan: MeterPlan, dialect):
-    """The statement of every question of this shape (its values are parameters), as the backend runs it: built
-    once, so that a question costs neither building it nor SQLAlchemy's cache key of it."""
+    """The statement of every question of this shape (its values are parameters), as the backend runs it."""
+    return built(pieces, shape, dialect, lambda: _build(pieces, plan, shape[-1]))
+
+
+def built(pieces: MeterPieces, shape: tuple, dialect, build: Callable[[], Any]):
+    """The statement of `shape` as the backend runs it (`build` makes it): built once, so that a question costs
+    neither building it nor SQLAlchemy's cache key of it."""
     key = (id(pieces), *shape)
     statement = _BUILT.get(key)
     if statement is None:
         if len(_BUILT) >= _MAX_BUILT:
             _BUILT.clear()
-        statement = _BUILT[key] = pieces.prepared(_build(pieces, plan, shape[-1]), dialect)
+        statement = _BUILT[key] = pieces.prepared(build(), dialect)
     return statement
 
 
