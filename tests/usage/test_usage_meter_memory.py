@@ -13,13 +13,17 @@ from array import array
 import pytest
 from sqlalchemy import select, text
 
+from tests import http_support, support
 from tests import usage_meters_model as model
 from tests.usage.test_usage_meter_rollups import roll_up
 from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
-from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token
+from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token, ts
 from tollgate.services.usage import tables
+from tollgate.services.usage.domain.aggregations import Aggregation
+from tollgate.services.usage.grpc_convert import EncodedPages
 from tollgate.services.usage.repository import meter_memory
 from tollgate.services.usage.repository.meter_memory import Day, DayMemory
+from tollgate.services.usage.service.meters import MeterPage
 from tollgate.shared.db import create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
@@ -250,6 +254,80 @@ def test_every_rollup_that_stores_a_day_gives_that_day_alone_a_new_version(
         assert {d: v for d, v in after.items() if d != day} == {d: v for d, v in before.items() if d != day}
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+def test_a_question_asked_again_counts_what_its_raw_spans_gained_and_answers_alike_over_http(
+    dbs, usage, usage_stub, usage_admin_stub, admin_token, tenant, sql
+):
+    """A question asked again is answered from its kept answer while its held days hold (rows doubled behind the
+    versions' back do not show), and the events its raw spans gained since (a day without rows, the range's last
+    minutes) count at once; over HTTP, in JSON and binary protobuf, as over gRPC."""
+    metric = new_meter(usage_admin_stub, admin_token, "SUM")
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // DAY_US - 6) * DAY_US
+    events = ai_events(start + 13 * MINUTE_US)  # four days; the fifth has none, so no rows once rolled up
+    send(usage_stub, token, tenant, metric, events)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    end = start + 5 * DAY_US + 30 * MINUTE_US  # its last half hour read raw
+    fields = dict(window=u.WINDOW_DAY, time_zone=ZONE, group_by=("model",))
+    request = u.QueryUsageRequest(
+        tenant_id=tenant, metric=metric, start_time=ts(start), end_time=ts(end), page_size=1000, **fields
+    )
+
+    def answer() -> list:
+        return rows(usage_stub, token, tenant, metric, start, end, **fields)
+
+    def expected(kept) -> list:
+        return model.query(
+            kept, aggregation="SUM", start_us=start, end_us=end, window="DAY", zone_name=ZONE, group_by=("model",)
+        )
+
+    assert answer() == expected(events)
+    _double_rows(sql, tenant, metric)
+    assert answer() == expected(events)  # asked again: the kept answer, not the doubled rows
+    late = [
+        model.ModelEvent("late-empty-day", 500, start + 4 * DAY_US + 7 * HOUR_US, "ann", {"model": "claude"}),
+        model.ModelEvent("late-last-minutes", 70, start + 5 * DAY_US + 10 * MINUTE_US, "bob", {"model": "llama"}),
+    ]
+    send(usage_stub, token, tenant, metric, late)
+    assert answer() == expected([*events, *late])  # the raw spans' new events, the held days as kept
+    assert answer() == expected([*events, *late])
+    over_grpc = usage_stub.QueryUsage(request, metadata=support.bearer(token), timeout=30)
+    path = "/tollgate.usage.v1.UsageService/QueryUsage"
+    for _ in range(2):
+        as_json = http_support.post(usage.http_port, path, request, token=token)
+        assert as_json.status == 200, as_json.body
+        assert as_json.message(u.QueryUsageResponse) == over_grpc
+        binary = http_support.post(
+            usage.http_port, path, request.SerializeToString(), token=token, content_type="application/proto"
+        )
+        assert binary.status == 200 and u.QueryUsageResponse.FromString(binary.body) == over_grpc
+    sql(
+        'UPDATE "usage".meter_versions SET version = version + 1 WHERE tenant_id = :t AND metric = :m',
+        t=tenant,
+        m=metric,
+    )
+    # New versions: the doubled rows are read, beside the raw spans' events.
+    twice = [dataclasses.replace(e, event_id=f"{e.event_id}-again") for e in events]
+    assert answer() == expected([*events, *twice, *late])
+    assert answer() == expected([*events, *twice, *late])
+
+
+def test_encoded_pages_are_kept_by_answer_within_their_bound():
+    page = MeterPage([(0, ("claude",), 5, 2)], [(0, 3_600_000_000)], ("model",), "", Aggregation.SUM, (7, None, 1))
+    encoded = EncodedPages(max_bytes=1 << 20).response(page)
+    assert u.QueryUsageResponse.FromString(encoded).rows[0].group == {"model": "claude"}
+    pages = EncodedPages(max_bytes=2 * len(encoded))
+    assert pages.response(page) == encoded
+    changed = page._replace(rows=[(0, ("claude",), 6, 2)])
+    assert pages.response(changed) is pages.response(page)  # the same answer key: the bytes kept of it
+    others = [page._replace(answer=(n, None, 1)) for n in (8, 9)]
+    for other in others:
+        assert pages.response(other) == encoded
+    assert u.QueryUsageResponse.FromString(pages.response(changed)).rows[0].value == 6  # (7, ...) was let go
+    assert isinstance(pages.response(page._replace(answer=None)), u.QueryUsageResponse)  # not kept: a message
+    assert isinstance(EncodedPages(max_bytes=0).response(page), u.QueryUsageResponse)
 
 
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():

@@ -33,7 +33,7 @@ from cheroot.ssl import Adapter
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError, ErrorDetail
 from connectrpc.request import RequestContext
-from google.protobuf import descriptor_pool, json_format
+from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from opentelemetry.trace import TracerProvider
@@ -221,16 +221,20 @@ def service_apps(
         methods = {}
         for method in descriptor.methods:
             path = f"/{full_name}/{method.name}"
-            methods[snake_case(method.name)] = _bind(interceptor, path, collector.handler(path))
+            output = message_factory.GetMessageClass(method.output_type)
+            methods[snake_case(method.name)] = _bind(interceptor, path, collector.handler(path), output)
         application = getattr(module, f"{descriptor.name}WSGIApplication")
         app = application(SimpleNamespace(**methods), read_max_bytes=read_max_bytes, codecs=CODECS)
         apps |= {f"/{full_name}/{method.name}": app for method in descriptor.methods}
     return apps
 
 
-def _bind(interceptor: CallInterceptor, path: str, handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+def _bind(
+    interceptor: CallInterceptor, path: str, handler: grpc.RpcMethodHandler, output: type[Message]
+) -> Callable[..., Any]:
     """One Connect endpoint function: asks the interceptor for its wrapped handler on every call (so the call
-    is counted as started, as over gRPC) and runs it with an HttpContext."""
+    is counted as started, as over gRPC) and runs it with an HttpContext. A response the handler gives already
+    encoded (bytes) is read into its `output` message, which the codec writes as JSON or protobuf."""
     details = _Details(path)
 
     def wrapped() -> grpc.RpcMethodHandler:
@@ -241,7 +245,8 @@ def _bind(interceptor: CallInterceptor, path: str, handler: grpc.RpcMethodHandle
         def unary(request: Any, ctx: RequestContext) -> Message:
             call = wrapped()
             behavior = call.unary_unary or call.stream_unary
-            return behavior(request, HttpContext(ctx))
+            response = behavior(request, HttpContext(ctx))
+            return output.FromString(response) if type(response) is bytes else response
 
         return unary
 

@@ -85,7 +85,7 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
     # malformed body INTERNAL, where it is the caller's error (INVALID_ARGUMENT).
     one = _parser(handler.request_deserializer, call.max_message_bytes)
     each = _stream_parser(handler.request_deserializer, call.max_message_bytes)
-    serializers = (None, handler.response_serializer)
+    serializers = (None, _serializer(handler.response_serializer))
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(call.unary(handler.unary_unary, one), *serializers)
     if handler.stream_unary:
@@ -93,6 +93,14 @@ def _wrap(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(call.streaming(handler.unary_stream, one), *serializers)
     return grpc.stream_stream_rpc_method_handler(call.streaming(handler.stream_stream, each), *serializers)
+
+
+def _serializer(serialize):
+    """The response's serializer, which passes a response a handler already encoded (bytes, as kept encodings
+    are) as it is."""
+    if serialize is None:
+        return None
+    return lambda response: response if type(response) is bytes else serialize(response)
 
 
 def _parser(deserializer, max_bytes: int):

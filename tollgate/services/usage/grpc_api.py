@@ -64,6 +64,8 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._combinations = ingest.KnownCombinations()
         self._metrics = meters.KnownMetrics()
         self._days = meters.DayMemory(settings.meter_memory_mb * 2**20) if settings.meter_memory_mb else None
+        # The responses of answers the days' memory keeps, encoded: an eighth more than it, at most.
+        self._pages = convert.EncodedPages(settings.meter_memory_mb * 2**20 // 8)
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
@@ -171,7 +173,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             known=self._metrics,
             memory=self._days,
         )
-        return convert.meter_page(page)
+        return self._pages.response(page)
 
     def ListDimensionValues(self, request, context):
         query = meters.DimensionQuery(

@@ -15,12 +15,13 @@ int64 are not kept (their questions are read whole).
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import sys
 import threading
 import time
 from array import array
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, Connection, bindparam, distinct, func, literal, null, select, union_all
@@ -89,9 +90,33 @@ class Values(NamedTuple):
         return 128 + 32 * len(self.values)  # a set's slots; the strings are interned, shared by the days holding them
 
 
+class Answer(NamedTuple):
+    """A SUM or COUNT question answered beside memory with none of its held days with rows marked, kept to answer
+    it again: the statement to ask it again with (rolled.again_beside_memory) and its values (the held days'
+    versions among them), what the held days add to each window, the parts of the answer, and the rows answered
+    with `serial`, a number no other rows are kept with. The statement is read for every question: a day whose
+    version changed, a marked day, or parts of their own (a late event in a raw span) show in its rows, and the
+    answer is made again from what changed."""
+
+    statement: Any
+    values: dict
+    held: dict[int, dict[str, tuple[int, int]]]
+    parts: Counter  # rows may repeat: a marked hour's part and its subtraction from the day's rows, say
+    rows: list[MeterRow]
+    serial: int
+
+    def size(self) -> int:
+        held = sum(len(by_value) for by_value in self.held.values())
+        text = sum(len(value) for value in self.values.values() if isinstance(value, str))
+        return 256 + 160 * (len(self.rows) + len(self.parts)) + 120 * held + text
+
+
+_SERIALS = itertools.count(1)
+
+
 class DayMemory:
-    """The days read last, by (tenant, metric, cuboid, day), at most about `max_bytes` of them. Shared by the RPC
-    threads."""
+    """The days read last, by (tenant, metric, cuboid, day), and the answers kept of questions read beside them
+    (Answer, by question), at most about `max_bytes` of them. Shared by the RPC threads."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
@@ -114,12 +139,33 @@ class DayMemory:
     def put(self, key: tuple, days: dict[int, Day] | dict[int, Values]) -> None:
         with self._lock:
             for day, held in days.items():
-                size = held.size()
-                old = self._days.pop((*key, day), None)
-                self._bytes += size - (old[1] if old else 0)
-                self._days[(*key, day)] = (held, size)
-            while self._bytes > self.max_bytes and self._days:
-                self._bytes -= self._days.popitem(last=False)[1][1]
+                self._store((*key, day), held)
+
+    def answer(self, question: tuple) -> Answer | None:
+        """The answer kept of `question`, if any."""
+        with self._lock:
+            kept = self._days.get(question)
+            if kept is None:
+                return None
+            self._days.move_to_end(question)
+            return kept[0]
+
+    def keep(self, question: tuple, answer: Answer | None) -> None:
+        """Keep `answer` of `question` (None: keep none)."""
+        with self._lock:
+            if answer is None:
+                old = self._days.pop(question, None)
+                self._bytes -= old[1] if old else 0
+            else:
+                self._store(question, answer)
+
+    def _store(self, key: tuple, held: Day | Values | Answer) -> None:
+        size = held.size()
+        old = self._days.pop(key, None)
+        self._bytes += size - (old[1] if old else 0)
+        self._days[key] = (held, size)
+        while self._bytes > self.max_bytes and self._days:
+            self._bytes -= self._days.popitem(last=False)[1][1]
 
     def forget(self, key: tuple, days: list[int]) -> None:
         with self._lock:
@@ -168,14 +214,26 @@ def usage_rows(
     found = None if read is None else read(connection, pieces, plan, memory, cells)
     if found is None:
         return None
-    rows, purged_before, current = found
+    rows, purged_before, current, kept = found
     if after is not None:
         rows = [row for row in rows if (row[0], *row[1]) > after]
-    return meters_sql.MeterRows(rows[:limit], purged_before, current)
+    return meters_sql.MeterRows(rows[:limit], purged_before, current, None if kept is None else (*kept, after, limit))
 
 
 def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
-    """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory."""
+    """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory, and as its
+    `answer` the serial of the answer kept of it (None: none is)."""
+    question = ("answer", *plan[:4], tuple(plan.windows), *plan[5:], cells)  # no day's key has as many parts
+    kept = memory.answer(question)
+    if kept is not None:
+        read = _Read(pieces.rows(connection, kept.statement, kept.values))
+        if not (read.stale or read.marked):
+            parts = Counter(read.parts)
+            if parts != kept.parts:
+                kept = _answered(plan, kept.statement, kept.values, kept.held, parts)
+                memory.keep(question, kept)
+            return meters_sql.MeterRows(kept.rows, read.purged_before, read.current, (kept.serial,))
+        memory.keep(question, None)  # then read as a new question: its days again where they changed
     cut = meter_rollups.split(plan.windows, plan.first_window)
     days = sorted({piece.day_us for piece in cut.pieces})
     key = (plan.tenant_id, plan.metric, plan.cuboid)
@@ -188,33 +246,64 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
         memory.put(key, fresh)
         held.update((day, fresh[day]) for day in missing)
     statement, values = _statement(pieces, plan, connection.dialect, cells, cut, held)
-    # By window, by the cuboid's value ('' when the question does not group by it): (quantity, count).
-    sums: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     read = _Read(pieces.rows(connection, statement, values))
-    for row in read.parts:
-        _add(sums[row[0]], {row[1] if plan.group_by else "": (int(row[-2] or 0), row[-1])})
     if read.stale:
         memory.forget(key, read.stale)  # the next question reads them again
         return None
-    marked = read.marked
+    # By window, by the cuboid's value ('' when the question does not group by it): (quantity, count).
+    added: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
     allowed = set(plan.filters[0][1]) if plan.filters else None  # a cuboid answers one dimension at most
     for piece in cut.pieces:
-        if piece.day_us not in marked:  # the statement read the marked days
+        if piece.day_us not in read.marked:  # the statement read the marked days
             part = held[piece.day_us].piece(piece.first_hour, piece.end_hour)
             if allowed is not None:
                 part = {value: both for value, both in part.items() if value in allowed}
             if not plan.group_by and part:
                 part = {"": (sum(q for q, _ in part.values()), sum(c for _, c in part.values()))}
-            _add(sums[piece.n], part)
-    found: list[MeterRow] = []
+            _add(added[piece.n], part)
+    if read.marked:  # a marked day's hours are the statement's until its rollup: not kept
+        rows = _answered(plan, statement, values, added, Counter(read.parts)).rows
+        return meters_sql.MeterRows(rows, read.purged_before, read.current)
+    again, again_values = _again(pieces, plan, connection.dialect, cells, cut, held)
+    answer = _answered(plan, again, again_values, dict(added), Counter(read.parts))
+    memory.keep(question, answer)
+    return meters_sql.MeterRows(answer.rows, read.purged_before, read.current, (answer.serial,))
+
+
+def _again(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, held: dict[int, Day]):
+    """The statement of rolled.again_beside_memory (built once per shape) and its values."""
+    shape = ("memory: again", plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
+    statement = meters_sql.built(
+        pieces,
+        shape,
+        dialect,
+        lambda: union_all(*rolled.again_beside_memory(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
+    )
+    spans = cut.raw + [(p.n, *rolled.span(p)) for p in cut.pieces if not held[p.day_us].rows]
+    days = [(day, _NONE if held[day].version is None else held[day].version, int(bool(held[day].rows))) for day in held]
+    values = meters_sql.question_values(plan, cells)
+    values.update(pieces.table_rows("sp", rolled.SPANS, spans))
+    values.update(pieces.table_rows("kv", rolled.HELD, days))
+    return statement, values
+
+
+def _answered(plan: MeterPlan, statement, values: dict, held: dict, parts: Counter) -> Answer:
+    """The answer made of what held days add (`held`, by window, left as it is) and the statement's `parts`."""
+    sums = {n: dict(by_value) for n, by_value in held.items()}
+    for row in parts.elements():
+        by_value = sums.get(row[0])
+        if by_value is None:
+            by_value = sums[row[0]] = {}
+        _add(by_value, {row[1] if plan.group_by else "": (int(row[-2] or 0), row[-1])})
+    rows: list[MeterRow] = []
     counts, grouped = plan.aggregation is Aggregation.COUNT, bool(plan.group_by)
     for n in sorted(sums):
         by_value = sums[n]
         for value in sorted(by_value):  # code point order, as PostgreSQL's "C" collation orders
             quantity, count = by_value[value]
             if count > 0:
-                found.append((n, (value,) if grouped else (), count if counts else quantity, count))
-    return meters_sql.MeterRows(found, read.purged_before, read.current)
+                rows.append((n, (value,) if grouped else (), count if counts else quantity, count))
+    return Answer(statement, values, held, parts, rows, next(_SERIALS))
 
 
 class _Read:

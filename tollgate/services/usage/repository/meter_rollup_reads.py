@@ -166,6 +166,25 @@ def beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
     return [*parts, marks, _stale(pieces, [*blank, null()])]
 
 
+SPANS = ("n", "lo", "hi")
+HELD = ("day", "version", "k")
+
+
+def again_beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
+    """beside_memory's statement for a question asked again, kept with none of its held days with rows marked: the
+    raw spans (table "sp": n, lo, hi; its raw parts and the pieces of held days without rows) as its parts, then
+    MARKED for each held day with rows that is marked now and STALE as beside_memory (table "kv": day, version, and
+    k, 1 for a day with rows). With no MARKED row, its parts are what beside_memory's would be."""
+    spans = pieces.table("sp", SPANS)
+    raw, _ = raw_grouped(
+        pieces, plan, spans, spans.c.n, spans.c.lo, spans.c.hi, pieces.raw_partials(plan.aggregation), short=True
+    )
+    width = len(plan.group_by)
+    held, blank = pieces.table("kv", HELD).c, [literal("") for _ in range(width)]
+    marks = select(literal(MARKED), *blank, null(), held.day).where(held.k == 1, exists().where(_mark_of(held.day)))
+    return [_with_sum(raw.subquery(), width), marks, _stale(pieces, [*blank, null()])]
+
+
 def unique_beside_memory(pieces: MeterPieces, plan: MeterPlan) -> list:
     """The parts of a UNIQUE_COUNT question without groups whose whole UTC days' values the caller holds
     (meter_memory.py), as (n, u, c): the events of the raw spans (kind 0) and of the held days (kind 1) that are

@@ -156,11 +156,14 @@ def value_source(pieces: MeterPieces, name: str):
 
 class MeterRows(NamedTuple):
     """A page's rows, the tenant's purge horizon (None when never purged), and whether the metric still had the
-    cells the plan was made from when the rows were read (else the rows are not its answer)."""
+    cells the plan was made from when the rows were read (else the rows are not its answer). `answer`: a key that
+    only these rows of this question's page are read with (meter_memory.py keeps answers), for encodings of them to
+    be kept; None: the rows are not kept."""
 
     rows: list[MeterRow]
     purged_before: int | None
     current: bool
+    answer: tuple | None = None
 
 
 def usage_rows(

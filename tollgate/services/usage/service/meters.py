@@ -29,13 +29,15 @@ from tollgate.shared.errors import (
 
 class MeterPage(NamedTuple):
     """One page of QueryUsage: its rows (each naming its window by index in `windows`, its groups' values in
-    `group_by` order), the token of the next page, and the metric's aggregation."""
+    `group_by` order), the token of the next page, and the metric's aggregation. `answer`: a key that only a page
+    of these very contents has (None: none), under which an encoding of it may be kept."""
 
     rows: list[MeterRow]
     windows: list[Span]
     group_by: tuple[str, ...]
     next_page_token: str
     aggregation: Aggregation
+    answer: tuple | None = None
 
 
 def query_usage(
@@ -72,7 +74,7 @@ def query_usage(
                 read = None  # kept from before a dimension it names was declared, perhaps: read it again
                 continue
             plan = meters.plan(query, read.metric, spans, first_window)
-            found, purged_before, current = meters_sql.usage_rows(
+            found, purged_before, current, answer = meters_sql.usage_rows(
                 connection,
                 storage.meters,
                 plan,
@@ -99,7 +101,7 @@ def query_usage(
     if page.items and max(row[2] for row in page.items) > MAX_TOTAL:
         n, _, value, _ = next(row for row in page.items if row[2] > MAX_TOTAL)
         _out_of_range(query, *spans[n], value)
-    return MeterPage(page.items, spans, query.group_by, page.next_page_token, metric.aggregation)
+    return MeterPage(page.items, spans, query.group_by, page.next_page_token, metric.aggregation, answer)
 
 
 def _check_query(query: MeterQuery) -> None:
