@@ -15,7 +15,9 @@ beside ingest without, all in one run on one fresh PostgreSQL database (dropped 
    GROUP BY answering the same question on PostgreSQL (goals: p99 <= 3x the empty RPC's, >= 10x faster than the
    raw GROUP BY); (b) the 30-day UNIQUE_COUNT of ai.users' actors beside its raw count(DISTINCT) (goal >= 3x
    faster). Answers are checked against the raw queries first. Each tenant's first UNIQUE_COUNT and its second,
-   which reads its days into Usage's memory, are timed apart (the series' first calls fall in its warm-up).
+   which reads its days into Usage's memory, are timed apart (the series' first calls fall in its warm-up). The
+   series asks each tenant the same question each round (its answer kept); (c) the same series with its range
+   ending at each call's instant, a new question each time, is timed too.
 5. The same reads after LATE_EVENTS late events recorded without a rollup (dirty buckets): still exact, timed.
 """
 
@@ -248,6 +250,14 @@ def _reads(channel, metadata, raw) -> None:
     def unique(n: int):
         return usage.QueryUsage(unique_requests[n % len(TENANTS)], metadata=metadata, timeout=10)
 
+    def series_to_now(n: int):
+        end_us = int(time.time() * 1_000_000)
+        request = u.QueryUsageRequest()
+        request.CopyFrom(series_requests[n % len(TENANTS)])
+        request.start_time.CopyFrom(reads._ts(end_us - 30 * DAY_US))
+        request.end_time.CopyFrom(reads._ts(end_us))
+        return usage.QueryUsage(request, metadata=metadata, timeout=10)
+
     def empty(n: int) -> None:
         health.Check(probe, timeout=5)
 
@@ -278,7 +288,7 @@ def _reads(channel, metadata, raw) -> None:
     reads._alternating(empty, series, WARMUP)
     reads._timed(raw_series, WARMUP // 4)
     reads._timed(raw_unique, WARMUP // 4)
-    cases = _cases(empty, series, unique, raw_series, raw_unique)
+    cases = _cases(empty, series, unique, raw_series, raw_unique, series_to_now)
     _report("clean (rolled up)", cases)
     for label, samples in (("first", first_unique), ("second (its days read)", second_unique)):
         print(
@@ -288,7 +298,8 @@ def _reads(channel, metadata, raw) -> None:
     late = _record_late_events(usage, metadata, now_us)
     dirty = reads._dirty_marks(raw)
     check()
-    _report(f"dirty: {late} late events, {dirty:,} dirty buckets, no rollup", _cases(empty, series, unique, None, None))
+    dirty_cases = _cases(empty, series, unique, None, None, series_to_now)
+    _report(f"dirty: {late} late events, {dirty:,} dirty buckets, no rollup", dirty_cases)
 
 
 def _bounds(n: int, start_us: int, end_us: int) -> dict:
@@ -300,14 +311,20 @@ def _row_key(row) -> tuple[int, str]:
     return start, row.group["model"]
 
 
-def _cases(empty, series, unique, raw_series, raw_unique) -> dict[str, list[float]]:
+def _cases(empty, series, unique, raw_series, raw_unique, series_to_now) -> dict[str, list[float]]:
+    """The cases in _report's order. The series asks each tenant the same question every round, as a dashboard that
+    refreshes a range does (its answer kept, docs/usage.md); the series to now asks a new question at each call,
+    its range ending at the call's instant, which keeps nothing."""
     empty_samples, series_samples = reads._alternating(empty, series, CALLS)
     empty_beside_unique, unique_samples = reads._alternating(empty, unique, CALLS // 2)
+    empty_beside_moving, moving_samples = reads._alternating(empty, series_to_now, CALLS // 2)
     cases = {
         "empty unary (Health/Check)": empty_samples,
         f"QueryUsage 30 d, DAY in {ZONE}, by model": series_samples,
         "empty unary, beside the next": empty_beside_unique,
         "QueryUsage 30 d, UNIQUE_COUNT of actors": unique_samples,
+        "empty unary, beside the next ": empty_beside_moving,
+        "the series, its range ending at each call": moving_samples,
     }
     if raw_series is not None:
         cases["raw GROUP BY local day, model (PostgreSQL)"] = reads._timed(raw_series, RAW_CALLS)
@@ -320,7 +337,7 @@ def _report(title: str, cases: dict[str, list[float]]) -> None:
     print(f"  {'case':52} {'p50 ms':>8} {'p99 ms':>8} {'calls':>6}")
     for label, samples in cases.items():
         print(f"  {label:52} {timing.pct(samples, 50):8.3f} {timing.pct(samples, 99):8.3f} {len(samples):6}")
-    empty, series, empty_u, unique = list(cases.values())[:4]
+    empty, series, empty_u, unique, empty_m, moving = list(cases.values())[:6]
     print(
         f"  series p99 / empty p99                               {timing.pct(series, 99) / timing.pct(empty, 99):8.2f}x"
         f"  (goal <= 3x; p50 / p50 {timing.pct(series, 50) / timing.pct(empty, 50):.2f}x)"
@@ -329,8 +346,13 @@ def _report(title: str, cases: dict[str, list[float]]) -> None:
         f"  UNIQUE_COUNT p99 / empty p99                         "
         f"{timing.pct(unique, 99) / timing.pct(empty_u, 99):8.2f}x"
     )
-    if len(cases) > 4:
-        raw_series, raw_unique = list(cases.values())[4:]
+    print(
+        f"  series to each call's instant, p99 / empty p99       "
+        f"{timing.pct(moving, 99) / timing.pct(empty_m, 99):8.2f}x  (p50 / p50 "
+        f"{timing.pct(moving, 50) / timing.pct(empty_m, 50):.2f}x)"
+    )
+    if len(cases) > 6:
+        raw_series, raw_unique = list(cases.values())[6:]
         print(
             f"  raw GROUP BY / series, p50 and p99                   "
             f"{timing.pct(raw_series, 50) / timing.pct(series, 50):8.1f}x "

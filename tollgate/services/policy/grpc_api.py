@@ -22,6 +22,7 @@ from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline
 from tollgate.shared import grpc_audit
 from tollgate.shared.auth import principal
+from tollgate.shared.http import HttpContext
 
 POLICY = "tollgate.policy.v1.PolicyService"
 ADMIN = "tollgate.policy.v1.PolicyAdminService"
@@ -213,8 +214,13 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
     def WatchEntitlements(self, request, context):
         context.add_callback(self._notices.wake)  # a cancelled watch ends (and frees its thread) now, not at a poll
 
+        over_http = isinstance(context, HttpContext)
+
         def active() -> bool:
-            # gRPC ends a call past its deadline itself; over HTTP the Connect timeout is only known as time left.
+            # gRPC ends a call past its deadline itself, DEADLINE_EXCEEDED: a watch that ended first would complete
+            # the stream instead. Over HTTP the Connect timeout is only known as time left, and ends the stream.
+            if not over_http:
+                return context.is_active()
             remaining = context.time_remaining()
             return context.is_active() and (remaining is None or remaining > 0)
 

@@ -261,7 +261,9 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
             if not plan.group_by and part:
                 part = {"": (sum(q for q, _ in part.values()), sum(c for _, c in part.values()))}
             _add(added[piece.n], part)
-    if read.marked:  # a marked day's hours are the statement's until its rollup: not kept
+    # Kept for a question asked again (a range ending now is a new question each time), and never with a marked
+    # day, whose hours are the statement's until its rollup.
+    if read.marked or not memory.asked_before(question):
         rows = _answered(plan, statement, values, added, Counter(read.parts)).rows
         return meters_sql.MeterRows(rows, read.purged_before, read.current)
     again, again_values = _again(pieces, plan, connection.dialect, cells, cut, held)
