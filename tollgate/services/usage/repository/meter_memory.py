@@ -108,7 +108,7 @@ class Answer(NamedTuple):
     def size(self) -> int:
         held = sum(len(by_value) for by_value in self.held.values())
         text = sum(len(value) for value in self.values.values() if isinstance(value, str))
-        return 256 + 160 * (len(self.rows) + len(self.parts)) + 120 * held + text
+        return 256 + 240 * (len(self.rows) + len(self.parts)) + 160 * held + text
 
 
 _SERIALS = itertools.count(1)
