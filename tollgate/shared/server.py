@@ -3,6 +3,7 @@ HTTP (shared/http.py), metrics, shutdown."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -292,6 +293,10 @@ def main(name: str, settings_class, build: Callable) -> int:
     except ConfigError as error:  # a file named by a setting (a TLS certificate) is read at start
         print(f"{name}: configuration error: {error}", file=sys.stderr)
         return 2
+    # What the process holds once wired (modules, table metadata, descriptors) lives as long as it does: the
+    # collector's full passes, which otherwise walk all of it while a call waits, walk what calls made since.
+    gc.collect()
+    gc.freeze()
     serve_until_signalled(running, grace=settings.grace_seconds, drain_delay=settings.drain_seconds)
     if tracer_provider is not None:
         tracer_provider.shutdown()  # exports the spans still batched
