@@ -314,6 +314,36 @@ def test_a_question_asked_again_counts_what_its_raw_spans_gained_and_answers_ali
     assert answer() == expected([*events, *twice, *late])
 
 
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+def test_a_range_ending_later_within_the_hour_is_asked_again_with_its_own_raw_spans(
+    dbs, usage_stub, usage_admin_stub, admin_token, tenant, sql
+):
+    """A range ending "now", asked every few minutes, cuts the same whole hours: its answer is kept from its second
+    ask (the held days as kept: rows doubled behind the versions' back do not show), and each ask reads its own
+    last minutes, so an event in them counts."""
+    metric = new_meter(usage_admin_stub, admin_token, "SUM")
+    token = tenant_token(dbs, tenant)
+    start = (now_us() // DAY_US - 6) * DAY_US
+    events = ai_events(start + 13 * MINUTE_US)
+    send(usage_stub, token, tenant, metric, events)
+    roll_up(usage_admin_stub, admin_token, tenant)
+    hour = start + 5 * DAY_US + 2 * HOUR_US
+
+    def answer(end: int) -> list:
+        return rows(usage_stub, token, tenant, metric, start, end, window=u.WINDOW_DAY, time_zone=ZONE)
+
+    def expected(kept, end: int) -> list:
+        return model.query(kept, aggregation="SUM", start_us=start, end_us=end, window="DAY", zone_name=ZONE)
+
+    assert answer(hour + 10 * MINUTE_US) == expected(events, hour + 10 * MINUTE_US)
+    _double_rows(sql, tenant, metric)
+    assert answer(hour + 20 * MINUTE_US) == expected(events, hour + 20 * MINUTE_US)  # kept from here
+    late = model.ModelEvent("in-the-last-minutes", 41, hour + 25 * MINUTE_US, "ann", {"model": "claude"})
+    send(usage_stub, token, tenant, metric, [late])
+    assert answer(hour + 30 * MINUTE_US) == expected([*events, late], hour + 30 * MINUTE_US)
+    assert answer(hour + 20 * MINUTE_US) == expected(events, hour + 20 * MINUTE_US)  # the event is past its end
+
+
 def test_encoded_pages_are_kept_by_answer_within_their_bound():
     page = MeterPage([(0, ("claude",), 5, 2)], [(0, 3_600_000_000)], ("model",), "", Aggregation.SUM, (7, None, 1))
     encoded = EncodedPages(max_bytes=1 << 20).response(page)

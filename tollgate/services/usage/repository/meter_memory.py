@@ -91,17 +91,19 @@ class Values(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """A SUM or COUNT question answered beside memory with none of its held days with rows marked, kept to answer
-    it again: the statement to ask it again with (rolled.again_beside_memory) and its values (the held days'
-    versions among them), what the held days add to each window, the parts of the answer, and the rows answered
-    with `serial`, a number no other rows are kept with. The statement is read for every question: a day whose
-    version changed, a marked day, or parts of their own (a late event in a raw span) show in its rows, and the
-    answer is made again from what changed."""
+    """A SUM or COUNT question read beside memory with none of its held days with rows marked, kept to read it
+    again: the statement to read it with (rolled.again_beside_memory) and its values but the raw spans (the held
+    days' versions among them), the pieces of held days without rows (raw spans at every read), what the held days
+    add to each window, and the parts, windows and rows of its last answer, with `serial`, a number no other rows
+    are kept with. The statement is read for every question: a day whose version changed, a marked day, or parts
+    of their own (a late event in a raw span) show in its rows, and the answer is made again from what changed."""
 
     statement: Any
     values: dict
+    without_rows: list[tuple[int, int, int]]
     held: dict[int, dict[str, tuple[int, int]]]
     parts: Counter  # rows may repeat: a marked hour's part and its subtraction from the day's rows, say
+    windows: tuple[tuple[int, int], ...]
     rows: list[MeterRow]
     serial: int
 
@@ -222,19 +224,22 @@ def usage_rows(
 
 def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
     """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory, and as its
-    `answer` the serial of the answer kept of it (None: none is)."""
-    question = ("answer", *plan[:4], tuple(plan.windows), *plan[5:], cells)  # no day's key has as many parts
+    `answer` the serial of the answer kept of it when this answer was the last one too (None: it is new)."""
+    cut = meter_rollups.split(plan.windows, plan.first_window)
+    # Kept by its day pieces, whole hours: a range ending "now" is the same question until the hour turns.
+    question = ("answer", *plan[:4], *plan[5:], cells, tuple(cut.pieces))  # no day's key has as many parts
     kept = memory.answer(question)
     if kept is not None:
-        read = _Read(pieces.rows(connection, kept.statement, kept.values))
+        values = {**kept.values, **pieces.table_rows("sp", rolled.SPANS, cut.raw + kept.without_rows)}
+        read = _Read(pieces.rows(connection, kept.statement, values))
         if not (read.stale or read.marked):
             parts = Counter(read.parts)
-            if parts != kept.parts:
-                kept = _answered(plan, kept.statement, kept.values, kept.held, parts)
-                memory.keep(question, kept)
-            return meters_sql.MeterRows(kept.rows, read.purged_before, read.current, (kept.serial,))
+            if parts == kept.parts and tuple(plan.windows) == kept.windows:
+                return meters_sql.MeterRows(kept.rows, read.purged_before, read.current, (kept.serial,))
+            kept = _answered(plan, kept.statement, kept.values, kept.without_rows, kept.held, parts)
+            memory.keep(question, kept)
+            return meters_sql.MeterRows(kept.rows, read.purged_before, read.current)
         memory.keep(question, None)  # then read as a new question: its days again where they changed
-    cut = meter_rollups.split(plan.windows, plan.first_window)
     days = sorted({piece.day_us for piece in cut.pieces})
     key = (plan.tenant_id, plan.metric, plan.cuboid)
     held = memory.get(key, days)
@@ -261,19 +266,18 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
             if not plan.group_by and part:
                 part = {"": (sum(q for q, _ in part.values()), sum(c for _, c in part.values()))}
             _add(added[piece.n], part)
-    # Kept for a question asked again (a range ending now is a new question each time), and never with a marked
-    # day, whose hours are the statement's until its rollup.
-    if read.marked or not memory.asked_before(question):
-        rows = _answered(plan, statement, values, added, Counter(read.parts)).rows
-        return meters_sql.MeterRows(rows, read.purged_before, read.current)
-    again, again_values = _again(pieces, plan, connection.dialect, cells, cut, held)
-    answer = _answered(plan, again, again_values, dict(added), Counter(read.parts))
-    memory.keep(question, answer)
-    return meters_sql.MeterRows(answer.rows, read.purged_before, read.current, (answer.serial,))
+    without_rows = [(p.n, *rolled.span(p)) for p in cut.pieces if not held[p.day_us].rows]
+    answer = _answered(plan, statement, values, without_rows, dict(added), Counter(read.parts))
+    # Kept for a question asked again, and never with a marked day, whose hours are the statement's until its
+    # rollup.
+    if not read.marked and memory.asked_before(question):
+        again, again_values = _again(pieces, plan, connection.dialect, cells, held)
+        memory.keep(question, answer._replace(statement=again, values=again_values))
+    return meters_sql.MeterRows(answer.rows, read.purged_before, read.current)
 
 
-def _again(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, held: dict[int, Day]):
-    """The statement of rolled.again_beside_memory (built once per shape) and its values."""
+def _again(pieces, plan: MeterPlan, dialect, cells, held: dict[int, Day]):
+    """The statement of rolled.again_beside_memory (built once per shape) and its values but the raw spans."""
     shape = ("memory: again", plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
     statement = meters_sql.built(
         pieces,
@@ -281,15 +285,13 @@ def _again(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, he
         dialect,
         lambda: union_all(*rolled.again_beside_memory(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
     )
-    spans = cut.raw + [(p.n, *rolled.span(p)) for p in cut.pieces if not held[p.day_us].rows]
     days = [(day, _NONE if held[day].version is None else held[day].version, int(bool(held[day].rows))) for day in held]
     values = meters_sql.question_values(plan, cells)
-    values.update(pieces.table_rows("sp", rolled.SPANS, spans))
     values.update(pieces.table_rows("kv", rolled.HELD, days))
     return statement, values
 
 
-def _answered(plan: MeterPlan, statement, values: dict, held: dict, parts: Counter) -> Answer:
+def _answered(plan: MeterPlan, statement, values: dict, without_rows: list, held: dict, parts: Counter) -> Answer:
     """The answer made of what held days add (`held`, by window, left as it is) and the statement's `parts`."""
     sums = {n: dict(by_value) for n, by_value in held.items()}
     for row in parts.elements():
@@ -305,7 +307,7 @@ def _answered(plan: MeterPlan, statement, values: dict, held: dict, parts: Count
             quantity, count = by_value[value]
             if count > 0:
                 rows.append((n, (value,) if grouped else (), count if counts else quantity, count))
-    return Answer(statement, values, held, parts, rows, next(_SERIALS))
+    return Answer(statement, values, without_rows, held, parts, tuple(plan.windows), rows, next(_SERIALS))
 
 
 class _Read:
