@@ -12,7 +12,7 @@ per combination and hour are few (docs/usage.md, "Meters").
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from tollgate.services.usage.domain.aggregations import ACTOR_ID, Aggregation, Partial, Sample
@@ -70,8 +70,8 @@ class DayPiece(NamedTuple):
 class Split(NamedTuple):
     """A question's windows as whole hours of UTC days (rolled up when their day is) and raw spans (n, lo, hi)."""
 
-    pieces: list[DayPiece]
-    raw: list[tuple[int, int, int]]
+    pieces: Sequence[DayPiece]
+    raw: Sequence[tuple[int, int, int]]
 
 
 def split(windows: list[Span], first_window: int) -> Split:

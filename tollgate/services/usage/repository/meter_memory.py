@@ -15,6 +15,7 @@ int64 are not kept (their questions are read whole).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 import sys
@@ -225,12 +226,12 @@ def usage_rows(
 def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
     """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory, and as its
     `answer` the serial of the answer kept of it when this answer was the last one too (None: it is new)."""
-    cut = meter_rollups.split(plan.windows, plan.first_window)
+    cut = _split(tuple(plan.windows), plan.first_window)
     # Kept by its day pieces, whole hours: a range ending "now" is the same question until the hour turns.
-    question = ("answer", *plan[:4], *plan[5:], cells, tuple(cut.pieces))  # no day's key has as many parts
+    question = ("answer", *plan[:4], *plan[5:], cells, cut.pieces)  # no day's key has as many parts
     kept = memory.answer(question)
     if kept is not None:
-        values = {**kept.values, **pieces.table_rows("sp", rolled.SPANS, cut.raw + kept.without_rows)}
+        values = {**kept.values, **pieces.table_rows("sp", rolled.SPANS, [*cut.raw, *kept.without_rows])}
         read = _Read(pieces.rows(connection, kept.statement, values))
         if not (read.stale or read.marked):
             parts = Counter(read.parts)
@@ -274,6 +275,14 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
         again, again_values = _again(pieces, plan, connection.dialect, cells, held)
         memory.keep(question, answer._replace(statement=again, values=again_values))
     return meters_sql.MeterRows(answer.rows, read.purged_before, read.current)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(windows: tuple[tuple[int, int], ...], first_window: int) -> meter_rollups.Split:
+    """meter_rollups.split, its lists made tuples, kept for the questions asked again (a range asked again is
+    cut again otherwise)."""
+    cut = meter_rollups.split(list(windows), first_window)
+    return meter_rollups.Split(tuple(cut.pieces), tuple(cut.raw))
 
 
 def _again(pieces, plan: MeterPlan, dialect, cells, held: dict[int, Day]):
