@@ -285,15 +285,21 @@ def _split(windows: tuple[tuple[int, int], ...], first_window: int) -> meter_rol
     return meter_rollups.Split(tuple(cut.pieces), tuple(cut.raw))
 
 
-def _again(pieces, plan: MeterPlan, dialect, cells, held: dict[int, Day]):
-    """The statement of rolled.again_beside_memory (built once per shape) and its values but the raw spans."""
-    shape = ("memory: again", plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
-    statement = meters_sql.built(
+def _built(pieces, plan: MeterPlan, dialect, name: str, branches):
+    """A SUM or COUNT question's statement beside memory: the rows of `branches` (of rolled) and the bookkeeping
+    rows, built once per shape."""
+    shape = (name, plan.aggregation, plan.group_by, tuple(filtered for filtered, _ in plan.filters))
+    return meters_sql.built(
         pieces,
         shape,
         dialect,
-        lambda: union_all(*rolled.again_beside_memory(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
+        lambda: union_all(*branches(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
     )
+
+
+def _again(pieces, plan: MeterPlan, dialect, cells, held: dict[int, Day]):
+    """The statement of rolled.again_beside_memory and its values but the raw spans."""
+    statement = _built(pieces, plan, dialect, "memory: again", rolled.again_beside_memory)
     days = [(day, _NONE if held[day].version is None else held[day].version, int(bool(held[day].rows))) for day in held]
     values = meters_sql.question_values(plan, cells)
     values.update(pieces.table_rows("kv", rolled.HELD, days))
@@ -397,14 +403,8 @@ def _days_statement():
 
 
 def _statement(pieces, plan: MeterPlan, dialect, cells, cut: meter_rollups.Split, held: dict[int, Day]):
-    """The statement of rolled.beside_memory (built once per shape) and its values."""
-    shape = ("memory: sums", plan.aggregation, plan.group_by, tuple(name for name, _ in plan.filters))
-    statement = meters_sql.built(
-        pieces,
-        shape,
-        dialect,
-        lambda: union_all(*rolled.beside_memory(pieces, plan), *meters_sql.bookkeeping(len(plan.group_by), 1)),
-    )
+    """The statement of rolled.beside_memory and its values."""
+    statement = _built(pieces, plan, dialect, "memory: sums", rolled.beside_memory)
     values = meters_sql.question_values(plan, cells)
     parts = [
         (p.n, 1 if held[p.day_us].rows else 2, p.day_us, p.first_hour, p.end_hour, *rolled.span(p)) for p in cut.pieces
