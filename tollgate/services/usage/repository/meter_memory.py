@@ -277,7 +277,7 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
     return meters_sql.MeterRows(answer.rows, read.purged_before, read.current)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)  # a 30-day series by day is some 7 KB of pieces
 def _split(windows: tuple[tuple[int, int], ...], first_window: int) -> meter_rollups.Split:
     """meter_rollups.split, its lists made tuples, kept for the questions asked again (a range asked again is
     cut again otherwise)."""
