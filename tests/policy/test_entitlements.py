@@ -12,8 +12,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import http_support, support
 from tests import policy_support as ps
-from tests import support
 from tests.conftest import status_of
 from tests.usage_support import list_all, totals
 from tollgate.policy.v1 import policy_pb2 as pb
@@ -391,6 +391,42 @@ def test_a_reused_usage_answer_still_counts_every_commit_at_once_and_direct_usag
                 assert (q.usage, q.reserved, q.balance) == (55, 75, 0)
         finally:
             fresh.stop(grace=1)
+    finally:
+        reusing.stop(grace=1)
+
+
+def test_a_check_asked_again_is_answered_alike_until_what_it_holds_the_policy_or_a_grants_end_changes_it(
+    dbs, usage, admin, admin_token, tenant
+):
+    """With Usage's answer reused, a CheckEntitlement asked again is given the answer kept of it (over gRPC and HTTP
+    alike) while the policy, what Policy holds and the instant before a grant's end are the same; each change shows
+    at once."""
+    feature = world(admin, tenant, quota(100)).feature
+    brief = grant(admin, tenant, 20, expire_time=Timestamp(seconds=int(time.time()) + 4))
+    reusing = support.build_policy(dbs, usage.port, quota_cache_seconds=0, balance_usage_seconds=60)
+    try:
+        with support.channel(reusing.port) as channel:
+            api = ps.Client(policy_pb2_grpc.PolicyServiceStub(channel), admin_token)
+            first = check(api, tenant, feature=feature)
+            assert [(q.granted, q.reserved, q.balance) for q in first.quotas] == [(20, 0, 120)]
+            request = pb.CheckEntitlementRequest(tenant_id=tenant, user_id="u1", feature_id=feature)
+            path = "/tollgate.policy.v1.PolicyService/CheckEntitlement"
+            for _ in range(3):  # made, then given as kept, then its encoding kept
+                assert check(api, tenant, feature=feature) == first
+                over_http = http_support.post(reusing.http_port, path, request, token=admin_token)
+                assert over_http.status == 200 and over_http.message(pb.CheckEntitlementResponse) == first
+            assert reserve(api, tenant, 30).reserved
+            [q] = check(api, tenant, feature=feature).quotas
+            assert (q.granted, q.reserved, q.balance) == (20, 30, 90)
+            grant(admin, tenant, 5)  # a new policy version, which this Policy sees at its next poll
+            seen_by = time.time() + 10
+            while check(api, tenant, feature=feature).quotas[0].granted != 25 and time.time() < seen_by:
+                time.sleep(0.05)
+            assert check(api, tenant, feature=feature).quotas[0].granted == 25
+            while time.time() < brief.expire_time.seconds:
+                time.sleep(0.05)
+            [q] = check(api, tenant, feature=feature).quotas  # nothing changed but the instant: the grant ended
+            assert (q.granted, q.reserved, q.balance) == (5, 30, 75)
     finally:
         reusing.stop(grace=1)
 

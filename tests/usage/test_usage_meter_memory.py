@@ -20,11 +20,12 @@ from tests.usage.test_usage_meters_query import ai_events, new_meter, rows, send
 from tests.usage_support import DAY_US, MINUTE_US, now_us, tenant_token, ts
 from tollgate.services.usage import tables
 from tollgate.services.usage.domain.aggregations import Aggregation
-from tollgate.services.usage.grpc_convert import EncodedPages
+from tollgate.services.usage.grpc_convert import meter_page
 from tollgate.services.usage.repository import meter_memory
 from tollgate.services.usage.repository.meter_memory import Day, DayMemory
 from tollgate.services.usage.service.meters import MeterPage
 from tollgate.shared.db import create_engine_for
+from tollgate.shared.encoded import EncodedResponses
 from tollgate.usage.v1 import usage_pb2 as u
 
 HOUR_US = 60 * MINUTE_US
@@ -344,20 +345,25 @@ def test_a_range_ending_later_within_the_hour_is_asked_again_with_its_own_raw_sp
     assert answer(hour + 20 * MINUTE_US) == expected(events, hour + 20 * MINUTE_US)  # the event is past its end
 
 
-def test_encoded_pages_are_kept_by_answer_within_their_bound():
+def test_encoded_responses_are_kept_by_answer_within_their_bound():
     page = MeterPage([(0, ("claude",), 5, 2)], [(0, 3_600_000_000)], ("model",), "", Aggregation.SUM, (7, None, 1))
-    encoded = EncodedPages(max_bytes=1 << 20).response(page)
+    encoded = EncodedResponses(max_bytes=1 << 20).response(page.answer, lambda: meter_page(page))
+    assert isinstance(encoded, bytes)
     assert u.QueryUsageResponse.FromString(encoded).rows[0].group == {"model": "claude"}
-    pages = EncodedPages(max_bytes=2 * len(encoded))
-    assert pages.response(page) == encoded
+    pages = EncodedResponses(max_bytes=2 * len(encoded))
+
+    def response(shown: MeterPage):
+        return pages.response(shown.answer, lambda: meter_page(shown))
+
+    assert response(page) == encoded
     changed = page._replace(rows=[(0, ("claude",), 6, 2)])
-    assert pages.response(changed) is pages.response(page)  # the same answer key: the bytes kept of it
-    others = [page._replace(answer=(n, None, 1)) for n in (8, 9)]
-    for other in others:
-        assert pages.response(other) == encoded
-    assert u.QueryUsageResponse.FromString(pages.response(changed)).rows[0].value == 6  # (7, ...) was let go
-    assert isinstance(pages.response(page._replace(answer=None)), u.QueryUsageResponse)  # not kept: a message
-    assert isinstance(EncodedPages(max_bytes=0).response(page), u.QueryUsageResponse)
+    assert response(changed) is response(page)  # the same answer key: the bytes kept of it
+    for other in (page._replace(answer=(n, None, 1)) for n in (8, 9)):
+        assert response(other) == encoded
+    assert u.QueryUsageResponse.FromString(response(changed)).rows[0].value == 6  # (7, ...) was let go
+    assert isinstance(response(page._replace(answer=None)), u.QueryUsageResponse)  # not kept: a message
+    none_kept = EncodedResponses(max_bytes=0)
+    assert isinstance(none_kept.response(page.answer, lambda: meter_page(page)), u.QueryUsageResponse)
 
 
 def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():

@@ -22,6 +22,7 @@ from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_port import Deadline
 from tollgate.shared import grpc_audit
 from tollgate.shared.auth import principal
+from tollgate.shared.encoded import EncodedResponses
 from tollgate.shared.http import HttpContext
 
 POLICY = "tollgate.policy.v1.PolicyService"
@@ -89,6 +90,8 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._notices = notices
         self._reserves: Combiner = Combiner()
         self._commits: Combiner = Combiner()
+        self._checks = entitlements.CheckAnswers()
+        self._checked = EncodedResponses(4 * 2**20)  # CheckEntitlement's kept answers, encoded
 
     def ResolveMode(self, request, context):
         found = resolve.resolve_mode(
@@ -154,15 +157,9 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             deadline=Deadline.after(context.time_remaining()),
             notices=self._notices,
             dimension_values=dict(request.dimensions),
+            answers=self._checks,
         )
-        response = pb.CheckEntitlementResponse(
-            has_access=found.has_access,
-            quotas=[grpc_convert.balance_out(b) for b in found.balances],
-            policy_version=found.version,
-        )
-        if found.resolution is not None:
-            response.resolution.CopyFrom(grpc_convert.resolution_out(found.resolution))
-        return response
+        return self._checked.response(found.answer, lambda: grpc_convert.entitlement_out(found))
 
     def Reserve(self, request, context):
         found = entitlements.reserve(

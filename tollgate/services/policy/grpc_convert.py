@@ -196,6 +196,18 @@ def _filters_out(filters: Filters) -> dict[str, pb.DimensionValues]:
     return {name: pb.DimensionValues(values=list(values)) for name, values in filters}
 
 
+def entitlement_out(found) -> pb.CheckEntitlementResponse:
+    """CheckEntitlement's response of an Entitlement (service/entitlements.py)."""
+    response = pb.CheckEntitlementResponse(
+        has_access=found.has_access,
+        quotas=[balance_out(b) for b in found.balances],
+        policy_version=found.version,
+    )
+    if found.resolution is not None:
+        response.resolution.CopyFrom(resolution_out(found.resolution))
+    return response
+
+
 def balance_out(item: Balance) -> pb.QuotaBalance:
     quota = item.quota
     return pb.QuotaBalance(

@@ -15,6 +15,7 @@ from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import audit, catalog, ingest, meters, purge, reads, rollups
 from tollgate.shared import grpc_audit, grpc_errors
 from tollgate.shared.auth import principal
+from tollgate.shared.encoded import EncodedResponses
 from tollgate.shared.errors import TollgateError
 from tollgate.usage.v1 import usage_pb2, usage_pb2_grpc
 
@@ -65,7 +66,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._metrics = meters.KnownMetrics()
         self._days = meters.DayMemory(settings.meter_memory_mb * 2**20) if settings.meter_memory_mb else None
         # The responses of answers the days' memory keeps, encoded: an eighth more than it, at most.
-        self._pages = convert.EncodedPages(settings.meter_memory_mb * 2**20 // 8)
+        self._pages = EncodedResponses(settings.meter_memory_mb * 2**20 // 8)
 
     def RecordEvents(self, request, context):
         batch = convert.batch(request.tenant_id, request.events)
@@ -173,7 +174,7 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
             known=self._metrics,
             memory=self._days,
         )
-        return self._pages.response(page)
+        return self._pages.response(page.answer, lambda: convert.meter_page(page))
 
     def ListDimensionValues(self, request, context):
         query = meters.DimensionQuery(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-from collections import OrderedDict
 from typing import cast
 
 from google.protobuf import duration_pb2, struct_pb2
@@ -221,36 +219,6 @@ def meter_page(page) -> pb.QueryUsageResponse:
             group = groups[values] = pb.UsageRow(group=dict(zip(names, values))).SerializeToString()
         add(value=value, event_count=event_count).MergeFromString(instants + group)
     return response
-
-
-class EncodedPages:
-    """QueryUsage's responses encoded, kept by their pages' answer keys (MeterPage.answer): a question asked again
-    whose answer is unchanged is answered with the bytes made for it before. The most recent up to `max_bytes`;
-    shared by the RPC threads."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._kept: OrderedDict[tuple, bytes] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def response(self, page) -> pb.QueryUsageResponse | bytes:
-        """The page's response: encoded (bytes) when its answer may be kept, else as a message."""
-        if page.answer is None or not self.max_bytes:
-            return meter_page(page)
-        with self._lock:
-            kept = self._kept.get(page.answer)
-            if kept is not None:
-                self._kept.move_to_end(page.answer)
-                return kept
-        encoded = meter_page(page).SerializeToString()
-        with self._lock:
-            old = self._kept.pop(page.answer, None)
-            self._bytes += len(encoded) - (len(old) if old is not None else 0)
-            self._kept[page.answer] = encoded
-            while self._bytes > self.max_bytes:
-                self._bytes -= len(self._kept.popitem(last=False)[1])
-        return encoded
 
 
 def _window_row(start_us: int, end_us: int) -> pb.UsageRow:

@@ -11,11 +11,14 @@ times, and the lock is held for a statement and an insert, not for a call to Usa
 
 from __future__ import annotations
 
+import itertools
 import secrets
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import NamedTuple
 
 from tollgate.services.policy import metrics, validation
 from tollgate.services.policy.cache import SnapshotCache
@@ -53,6 +56,54 @@ class Entitlement:
     resolution: Resolution | None
     balances: list[Balance]
     version: int
+    answer: int | None = None  # kept and given before (CheckAnswers): a number no other answer has
+
+
+class _Kept(NamedTuple):
+    """An answer of CheckEntitlement and what it was made from: the policy version, Usage's answer (the read
+    UsagePort.balance_usage gave) with the delivery noted before it, what Policy held, and the first instant after
+    which time alone changes it (a period ends, a grant starts, ends or is voided)."""
+
+    version: int
+    usage: QuotaUsage
+    delivered_before: int
+    held: dict[str, entitlements.Held]
+    until_us: int
+    entitlement: Entitlement
+
+
+class CheckAnswers:
+    """CheckEntitlement's answers by question (tenant, user, feature or metric, dimension values), the most recent
+    `most`: a question asked again is given the kept answer when what it is made from is the same, what Policy
+    holds read again for every question. Shared by the RPC threads."""
+
+    def __init__(self, most: int = 4096):
+        self.most = most
+        self._kept: OrderedDict[tuple, _Kept] = OrderedDict()
+        self._lock = threading.Lock()
+        self._serials = itertools.count(1)
+
+    def given(
+        self, question: tuple, version: int, asked: _Asked, held: dict[str, entitlements.Held], now_us: int
+    ) -> Entitlement | None:
+        """The answer kept of `question` if it was made from these, and `now_us` is before its `until_us`."""
+        with self._lock:
+            kept = self._kept.get(question)
+        if (
+            kept is None
+            or kept.usage is not asked.usage
+            or (kept.version, kept.delivered_before, kept.held) != (version, asked.delivered_before, held)
+            or now_us >= kept.until_us
+        ):
+            return None
+        return kept.entitlement
+
+    def keep(self, question: tuple, kept: _Kept) -> None:
+        with self._lock:
+            self._kept.pop(question, None)
+            self._kept[question] = kept._replace(entitlement=replace(kept.entitlement, answer=next(self._serials)))
+            while len(self._kept) > self.most:
+                self._kept.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -171,10 +222,13 @@ def check_entitlement(
     deadline: Deadline,
     notices: Notices | None = None,
     dimension_values: Mapping[str, str] | None = None,
+    answers: CheckAnswers | None = None,
 ) -> Entitlement:
     """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode; with
     `dimension_values`, only the quotas whose filters count such usage. Read-only but for the threshold crossings
-    it observes (usage recorded straight into Usage), which it stores."""
+    it observes (usage recorded straight into Usage), which it stores. With `answers`, a question asked again whose
+    policy, Usage's answer and held amounts are the same as when it was last answered, before a period ends or a
+    grant changes, is given that answer (its crossings were stored then)."""
     access.tenant(caller, tenant_id)
     given = dimension_values or {}
     validation.check_entitlement(tenant_id, user_id, feature_id, metric, given)
@@ -200,6 +254,11 @@ def check_entitlement(
             )
             for metric in sorted({q.metric for q in relevant})
         }
+    question = (tenant_id, user_id, feature_id, metric, stored)
+    if answers is not None:
+        given_before = answers.given(question, snapshot.version, asked, held, now_us)
+        if given_before is not None:
+            return given_before
     balances, used = _balances(snapshot, relevant, now_us, asked, held, user_id)
     noticed = False
     if notifications.shown(balances, tenant_id, user_id, "CheckEntitlement"):
@@ -215,7 +274,20 @@ def check_entitlement(
     chosen = rules.decide([b for q, b in zip(relevant, balances) if q in shown])
     spent = any(b.hard and b.balance <= 0 for b in chosen)
     has_access = not spent and (resolution is None or resolution.effective > Mode.OFF)
-    return Entitlement(has_access, resolution, chosen, snapshot.version)
+    found = Entitlement(has_access, resolution, chosen, snapshot.version)
+    if answers is not None:
+        until_us = _changes_after(snapshot, windows.values(), now_us)
+        answers.keep(question, _Kept(snapshot.version, asked.usage, asked.delivered_before, held, until_us, found))
+    return found
+
+
+def _changes_after(snapshot: Snapshot, windows, now_us: int) -> int:
+    """The first instant after `now_us` at which time alone changes an answer: the end of one of the quotas'
+    `windows`, or a grant's start, end or void."""
+    instants = [end for _, end in windows]
+    for grant in snapshot.grants:
+        instants += [at for at in (grant.effective_us, grant.expires_us, grant.void_us) if at is not None]
+    return min((at for at in instants if at > now_us), default=now_us + 1)
 
 
 def reserve(
