@@ -226,7 +226,8 @@ def usage_rows(
 def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, cells) -> meters_sql.MeterRows | None:
     """Every row of a SUM or COUNT question (answers), the unmarked days with rows added from memory, and as its
     `answer` the serial of the answer kept of it when this answer was the last one too (None: it is new)."""
-    cut = _split(tuple(plan.windows), plan.first_window)
+    windows = tuple(plan.windows)
+    cut = _split(windows, plan.first_window)
     # Kept by its day pieces, whole hours: a range ending "now" is the same question until the hour turns.
     question = ("answer", *plan[:4], *plan[5:], cells, cut.pieces)  # no day's key has as many parts
     kept = memory.answer(question)
@@ -235,11 +236,11 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
         read = _Read(pieces.rows(connection, kept.statement, values))
         if not (read.stale or read.marked):
             parts = Counter(read.parts)
-            if parts == kept.parts and tuple(plan.windows) == kept.windows:
+            if parts == kept.parts and windows == kept.windows:
                 return meters_sql.MeterRows(kept.rows, read.purged_before, read.current, (kept.serial,))
-            kept = _answered(plan, kept.statement, kept.values, kept.without_rows, kept.held, parts)
-            memory.keep(question, kept)
-            return meters_sql.MeterRows(kept.rows, read.purged_before, read.current)
+            rows = _rows(plan, kept.held, parts)
+            memory.keep(question, kept._replace(parts=parts, windows=windows, rows=rows, serial=next(_SERIALS)))
+            return meters_sql.MeterRows(rows, read.purged_before, read.current)
         memory.keep(question, None)  # then read as a new question: its days again where they changed
     days = sorted({piece.day_us for piece in cut.pieces})
     key = (plan.tenant_id, plan.metric, plan.cuboid)
@@ -267,14 +268,16 @@ def _sums(connection: Connection, pieces, plan: MeterPlan, memory: DayMemory, ce
             if not plan.group_by and part:
                 part = {"": (sum(q for q, _ in part.values()), sum(c for _, c in part.values()))}
             _add(added[piece.n], part)
-    without_rows = [(p.n, *rolled.span(p)) for p in cut.pieces if not held[p.day_us].rows]
-    answer = _answered(plan, statement, values, without_rows, dict(added), Counter(read.parts))
+    parts = Counter(read.parts)
+    rows = _rows(plan, added, parts)
     # Kept for a question asked again, and never with a marked day, whose hours are the statement's until its
     # rollup.
     if not read.marked and memory.asked_before(question):
         again, again_values = _again(pieces, plan, connection.dialect, cells, held)
-        memory.keep(question, answer._replace(statement=again, values=again_values))
-    return meters_sql.MeterRows(answer.rows, read.purged_before, read.current)
+        without_rows = [(p.n, *rolled.span(p)) for p in cut.pieces if not held[p.day_us].rows]
+        answer = Answer(again, again_values, without_rows, dict(added), parts, windows, rows, next(_SERIALS))
+        memory.keep(question, answer)
+    return meters_sql.MeterRows(rows, read.purged_before, read.current)
 
 
 @functools.lru_cache(maxsize=256)  # a 30-day series by day is some 7 KB of pieces
@@ -306,8 +309,8 @@ def _again(pieces, plan: MeterPlan, dialect, cells, held: dict[int, Day]):
     return statement, values
 
 
-def _answered(plan: MeterPlan, statement, values: dict, without_rows: list, held: dict, parts: Counter) -> Answer:
-    """The answer made of what held days add (`held`, by window, left as it is) and the statement's `parts`."""
+def _rows(plan: MeterPlan, held: dict, parts: Counter) -> list[MeterRow]:
+    """The rows of what held days add (`held`, by window, left as it is) and the statement's `parts`, ordered."""
     sums = {n: dict(by_value) for n, by_value in held.items()}
     for row in parts.elements():
         by_value = sums.get(row[0])
@@ -322,7 +325,7 @@ def _answered(plan: MeterPlan, statement, values: dict, without_rows: list, held
             quantity, count = by_value[value]
             if count > 0:
                 rows.append((n, (value,) if grouped else (), count if counts else quantity, count))
-    return Answer(statement, values, without_rows, held, parts, tuple(plan.windows), rows, next(_SERIALS))
+    return rows
 
 
 class _Read:
