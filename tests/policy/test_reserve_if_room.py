@@ -47,7 +47,7 @@ def _reservation(tenant: str, amount: int, key: str | None = None) -> Reservatio
 
 def _try(engine, reservation: Reservation, room: int):
     now = reservation.create_us
-    asked = entitlements.Asked("ann", [(now - HOUR_US, now + HOUR_US)], 0, reservation.idempotency_key)
+    asked = entitlements.Asked("ann", ((now - HOUR_US, now + HOUR_US),), 0, reservation.idempotency_key)
     with engine.begin() as connection:
         return entitlements.reserve_if_room(connection, reservation, now, asked, [entitlements.Room(0, False, room)])
 
@@ -75,7 +75,7 @@ def test_the_reservation_is_inserted_exactly_when_what_is_held_fits_the_room_and
     tenant = support.new_tenant()
     now = now_micros()
     with engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
-        entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", [(now, now + 1)], 0)])
+        entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", ((now, now + 1),), 0)])
     first = _reservation(tenant, 3)
     held, inserted = _try(engine, first, room=0)  # nothing held: 0 <= 0
     assert inserted and held.reserved == {} and held.key_taken_by is None

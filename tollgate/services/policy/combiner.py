@@ -64,6 +64,12 @@ class Combiner(Generic[Item, Outcome]):
             raise slot.outcome
         return slot.outcome  # type: ignore[return-value]
 
+    def callers(self, key: Hashable) -> int:
+        """How many calls of `key` hold or wait for its turn now."""
+        with self._guard:
+            turn = self._turns.get(key)
+            return turn.callers if turn else 0
+
     @staticmethod
     def _decide(batch: list[_Slot], decide: Callable[[list], Sequence]) -> None:
         try:

@@ -91,6 +91,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
         self._reserves: Combiner = Combiner()
         self._commits: Combiner = Combiner()
         self._checks = entitlements.CheckAnswers()
+        self._held_reads = entitlements.HeldReads()
         self._checked = EncodedResponses(4 * 2**20)  # CheckEntitlement's kept answers, encoded
 
     def ResolveMode(self, request, context):
@@ -158,6 +159,7 @@ class PolicyApi(policy_pb2_grpc.PolicyServiceServicer):
             notices=self._notices,
             dimension_values=dict(request.dimensions),
             answers=self._checks,
+            reads=self._held_reads,
         )
         return self._checked.response(found.answer, lambda: grpc_convert.entitlement_out(found))
 

@@ -116,7 +116,7 @@ class Asked(NamedTuple):
     """One question for `held`: whose reservations, over which windows, after which delivery, holding which key."""
 
     user_id: str
-    windows: Sequence[tuple[int, int]]
+    windows: tuple[tuple[int, int], ...]
     delivered_after: int
     key: str = ""
 

@@ -170,7 +170,9 @@ def _windows(snapshot: Snapshot, quotas: Sequence[QuotaLimit], now_us: int) -> d
 
 def _asked_of(metric: str, quotas, windows, user_id: str, asked: _Asked, key: str = "") -> entitlements.Asked:
     """The question for held() about the metric's quotas (their windows in quota order)."""
-    return entitlements.Asked(user_id, [windows[q] for q in quotas if q.metric == metric], asked.delivered_before, key)
+    return entitlements.Asked(
+        user_id, tuple(windows[q] for q in quotas if q.metric == metric), asked.delivered_before, key
+    )
 
 
 def _balances(
@@ -223,12 +225,14 @@ def check_entitlement(
     notices: Notices | None = None,
     dimension_values: Mapping[str, str] | None = None,
     answers: CheckAnswers | None = None,
+    reads: HeldReads | None = None,
 ) -> Entitlement:
     """The user's balances of the feature's (or metric's) quotas and, with a feature, its mode; with
     `dimension_values`, only the quotas whose filters count such usage. Read-only but for the threshold crossings
     it observes (usage recorded straight into Usage), which it stores. With `answers`, a question asked again whose
     policy, Usage's answer and held amounts are the same as when it was last answered, before a period ends or a
-    grant changes, is given that answer (its crossings were stored then)."""
+    grant changes, is given that answer (its crossings were stored then). With `reads`, the questions asking what
+    Policy holds of the same quotas at once share one read (HeldReads)."""
     access.tenant(caller, tenant_id)
     given = dimension_values or {}
     validation.check_entitlement(tenant_id, user_id, feature_id, metric, given)
@@ -245,15 +249,7 @@ def check_entitlement(
     ]
     shown = [q for q in relevant if not metric or q.metric == metric]
     asked = _ask_usage(snapshot, relevant, user_id, usage=usage, deadline=deadline, connections=connections)
-    now_us = now_micros()
-    windows = _windows(snapshot, relevant, now_us)
-    with connections.connect() as connection:
-        held = {
-            metric: entitlements.held(
-                connection, tenant_id, metric, now_us, _asked_of(metric, relevant, windows, user_id, asked)
-            )
-            for metric in sorted({q.metric for q in relevant})
-        }
+    now_us, windows, held = _held_now(snapshot, relevant, user_id, asked, reads or HeldReads(), connections)
     question = (tenant_id, user_id, feature_id, metric, stored)
     if answers is not None:
         given_before = answers.given(question, snapshot.version, asked, held, now_us)
@@ -279,6 +275,60 @@ def check_entitlement(
         until_us = _changes_after(snapshot, windows.values(), now_us)
         answers.keep(question, _Kept(snapshot.version, asked.usage, asked.delivered_before, held, until_us, found))
     return found
+
+
+class HeldReads:
+    """What Policy holds, read once for the CheckEntitlements that ask the same question at the same time (flat
+    combining, combiner.py): a call waits for a read that starts after it arrived, so each answer is as exact as a
+    read of its own. The question names the user only for a metric one of whose quotas counts per user: calls about
+    a tenant's quotas share a read whoever the user is."""
+
+    def __init__(self) -> None:
+        self._reads: Combiner[None, tuple[int, dict[str, entitlements.Held]]] = Combiner()
+
+    def read(
+        self, connections: Connections, tenant_id: str, questions: dict[str, entitlements.Asked]
+    ) -> tuple[int, dict[str, entitlements.Held]]:
+        """(the instant of the read, what Policy held then of each metric for its question)."""
+
+        def decide(asks: list[None]) -> list[tuple[int, dict[str, entitlements.Held]]]:
+            with connections.connect() as connection:
+                now_us = now_micros()
+                found = {
+                    metric: entitlements.held(connection, tenant_id, metric, now_us, question)
+                    for metric, question in questions.items()
+                }
+            return [(now_us, found)] * len(asks)
+
+        return self._reads.run((tenant_id, tuple(questions.items())), None, decide)
+
+    def callers(self, tenant_id: str, questions: dict[str, entitlements.Asked]) -> int:
+        """How many calls are reading or waiting to read these questions now."""
+        return self._reads.callers((tenant_id, tuple(questions.items())))
+
+
+def _held_now(
+    snapshot: Snapshot,
+    quotas: Sequence[QuotaLimit],
+    user_id: str,
+    asked: _Asked,
+    reads: HeldReads,
+    connections: Connections,
+) -> tuple[int, dict[QuotaLimit, tuple[int, int]], dict[str, entitlements.Held]]:
+    """(an instant, the quotas' windows then, what Policy held then of each of their metrics): the instant is the
+    read's, and the windows asked are those of that instant (asked again in the rare case a period ended between)."""
+    per_user = {q.metric for q in quotas if q.scope == QuotaScope.USER}
+    now_us = now_micros()
+    while True:
+        windows = _windows(snapshot, quotas, now_us)
+        questions = {
+            metric: _asked_of(metric, quotas, windows, user_id if metric in per_user else "", asked)
+            for metric in sorted({q.metric for q in quotas})
+        }
+        read_at, held = reads.read(connections, snapshot.tenant_id, questions)
+        if _windows(snapshot, quotas, read_at) == windows:
+            return read_at, windows, held
+        now_us = read_at
 
 
 def _changes_after(snapshot: Snapshot, windows, now_us: int) -> int:
