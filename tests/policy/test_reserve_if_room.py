@@ -49,7 +49,14 @@ def _try(engine, reservation: Reservation, room: int):
     now = reservation.create_us
     asked = entitlements.Asked("ann", ((now - HOUR_US, now + HOUR_US),), 0, reservation.idempotency_key)
     with engine.begin() as connection:
-        return entitlements.reserve_if_room(connection, reservation, now, asked, [entitlements.Room(0, False, room)])
+        found = entitlements.reserve_if_room(
+            connection,
+            reservation.tenant_id,
+            METRIC,
+            now,
+            [entitlements.Try(reservation, asked, [entitlements.Room(0, False, room)])],
+        )
+    return None if found is None else found[0]
 
 
 def _stored(engine, tenant: str) -> dict[str, int]:
@@ -89,3 +96,34 @@ def test_the_reservation_is_inserted_exactly_when_what_is_held_fits_the_room_and
     held, inserted = _try(engine, again, room=100)
     assert not inserted and held.key_taken_by == first.reservation_id
     assert _stored(engine, tenant) == {first.reservation_id: 3, just.reservation_id: 1}
+
+
+def test_in_one_message_each_reservation_sees_the_ones_inserted_before_it_and_their_keys(engine):
+    tenant = support.new_tenant()
+    now = now_micros()
+    with engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
+        entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", ((now, now + 1),), 0)])
+    first, fits, too_much = _reservation(tenant, 3), _reservation(tenant, 2), _reservation(tenant, 2)
+    same_key = _reservation(tenant, 1, key=first.idempotency_key)
+    window = ((now - HOUR_US, now + HOUR_US),)
+
+    def attempt(reservation: Reservation, room: int) -> entitlements.Try:
+        asked = entitlements.Asked("ann", window, 0, reservation.idempotency_key)
+        return entitlements.Try(reservation, asked, [entitlements.Room(0, False, room)])
+
+    with engine.begin() as connection:
+        found = entitlements.reserve_if_room(
+            connection,
+            tenant,
+            METRIC,
+            now,
+            # room 3: what is held may be at most 3 before the insert; 3 is after the first, 5 after the second
+            [attempt(first, 3), attempt(fits, 3), attempt(too_much, 3), attempt(same_key, 100)],
+        )
+    assert found is not None
+    (held_1, in_1), (held_2, in_2), (held_3, in_3), (held_4, in_4) = found
+    assert in_1 and held_1.reserved == {}
+    assert in_2 and held_2.reserved == {"": (3, 3)}
+    assert not in_3 and held_3.reserved == {"": (5, 5)}
+    assert not in_4 and held_4.key_taken_by == first.reservation_id
+    assert _stored(engine, tenant) == {first.reservation_id: 3, fits.reservation_id: 2}

@@ -168,32 +168,46 @@ class Room(NamedTuple):
     room: int
 
 
-def reserve_if_room(
-    connection: Connection, reservation: Reservation, now_us: int, asked: Asked, rooms: Sequence[Room]
-) -> tuple[Held, bool] | None:
-    """Reserve's transaction in one message where it can be: the (tenant, metric) lock, then one statement that
-    reads `held` and inserts the reservation if every room holds and no reservation has the asked key, then COMMIT.
-    (what was held before the insert, whether it was inserted); None, with nothing sent, where it cannot be
-    (SQLite, or a lock row this process has not seen yet): held_under_lock then.
+class Try(NamedTuple):
+    """One reservation for reserve_if_room: inserted if every room holds, decided by what `asked` reads."""
 
-    The read and the insert are one statement, so they see one snapshot: a Release committed between two statements
-    would otherwise free room the read did not see. The caller decides from `held` as held_under_lock's caller does;
-    the rooms are that decision's own bounds, so the statement inserts exactly when that decision holds."""
-    if not reserves_at_once(connection.engine, reservation.tenant_id, reservation.metric):
+    reservation: Reservation
+    asked: Asked
+    rooms: Sequence[Room]
+
+
+def reserve_if_room(
+    connection: Connection, tenant_id: str, metric: str, now_us: int, tries: Sequence[Try]
+) -> list[tuple[Held, bool]] | None:
+    """Reserve's transaction in one message where it can be: the (tenant, metric) lock, then for each try in turn one
+    statement that reads `held` and inserts the reservation if every room holds and no reservation has the asked key,
+    then COMMIT. Per try (what was held before its insert, whether it was inserted); None, with nothing sent, where it
+    cannot be (SQLite, or a lock row this process has not seen yet): held_under_lock then.
+
+    Each read and its insert are one statement, so they see one snapshot: a Release committed between two statements
+    would otherwise free room the read did not see. A later try's statement sees the earlier tries' inserts (one
+    transaction). The caller decides from `held` as held_under_lock's caller does; the rooms are that decision's own
+    bounds, so a statement inserts exactly when that decision holds."""
+    if not reserves_at_once(connection.engine, tenant_id, metric):
         return None
-    statement, values = _held_read(reservation.tenant_id, reservation.metric, now_us, asked)
-    values = {**values, **{f"new_{name}": getattr(reservation, name) for name in _INSERTED}}
-    values.update((f"room_{n}", room.room) for n, room in enumerate(rooms))
-    shape = tuple((room.window, room.per_user) for room in rooms)
-    locked = {"tenant_id": reservation.tenant_id, "metric": reservation.metric}
-    got_lock, rows = driver.in_one_query(
-        connection, [(_LOCK, locked), (_if_room_statement(len(asked.windows), shape), values)], commit=True
-    )
-    if not got_lock:  # the row is gone (never by this service): the statement inserted nothing without it
-        _LOCK_ROWS.discard((connection.engine.url, reservation.tenant_id, reservation.metric))
+    statements: list[tuple[Executable, dict]] = [(_LOCK, {"tenant_id": tenant_id, "metric": metric})]
+    for one in tries:
+        statement, values = _held_read(tenant_id, metric, now_us, one.asked)
+        values.update((f"new_{name}", getattr(one.reservation, name)) for name in _INSERTED)
+        values.update((f"room_{n}", room.room) for n, room in enumerate(one.rooms))
+        shape = tuple((room.window, room.per_user) for room in one.rooms)
+        statements.append((_if_room_statement(len(one.asked.windows), shape), values))
+    got_lock, *found = driver.in_one_query(connection, statements, commit=True)
+    if not got_lock:  # the row is gone (never by this service): the statements inserted nothing without it
+        _LOCK_ROWS.discard((connection.engine.url, tenant_id, metric))
         return None
-    inserted = any(part == _INSERTED_PART and sums[0] for part, _, *sums in rows)
-    return _held_of([row for row in rows if row[0] != _INSERTED_PART]), inserted
+    return [
+        (
+            _held_of([row for row in rows if row[0] != _INSERTED_PART]),
+            any(part == _INSERTED_PART and sums[0] for part, _, *sums in rows),
+        )
+        for rows in found
+    ]
 
 
 def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Executable, dict]:

@@ -429,18 +429,35 @@ class _Reserve:
 def _reserve_together(
     tenant_id: str, metric: str, asks: list[_Reserve], *, transactions: Transactions, notices: Notices | None
 ) -> list[Reserved | Exception]:
-    """Decide the Reserves of one metric in one transaction, in order, each seeing the ones before it.
+    """Decide the Reserves of one metric in order, each seeing the ones before it: first in one message
+    (`_reserve_at_once`), then those it leaves undecided in one transaction here (in arrival order, after the
+    others: every decision is taken under the lock on what it reads, so the order within a batch is free).
 
     The lock and each call's read after it go in one round trip, so the decision's instant is taken before: an
     expiry in between still counts as held, which can only refuse, never overshoot. A key held before (or
-    earlier in the batch) answers that reservation; only calls with a new key hold anything. A lone call is first
-    tried in one message (`_reserve_at_once`), and decided here when that gives no answer."""
-    if len(asks) == 1 and entitlements.reserves_at_once(transactions, tenant_id, metric):
-        at_once = _reserve_at_once(tenant_id, metric, asks[0], transactions=transactions)
-        if at_once is not None:
-            metrics.RESERVE_BATCHES.observe(1)
-            metrics.RESERVATIONS.labels("refused" if at_once.refusal else "reserved").inc()
-            return [at_once]
+    earlier in the batch) answers that reservation; only calls with a new key hold anything."""
+    outcomes: list[Reserved | Exception | None] = list(_reserve_at_once(tenant_id, metric, asks, transactions))
+    undecided = [n for n, outcome in enumerate(outcomes) if outcome is None]
+    if undecided:
+        decided = _reserve_under_lock(tenant_id, metric, [asks[n] for n in undecided], transactions, notices)
+        for n, outcome in zip(undecided, decided):
+            outcomes[n] = outcome
+    metrics.RESERVE_BATCHES.observe(len(asks))
+    return [o for o in outcomes if o is not None]
+
+
+def _counted(outcomes: Sequence[Reserved | Exception | None], reserved: int) -> None:
+    """Count `reserved` new reservations and the refusals among `outcomes` (replays are counted by _replay)."""
+    refused = sum(1 for o in outcomes if isinstance(o, Reserved) and o.refusal)
+    for outcome, count in {"refused": refused, "reserved": reserved}.items():
+        if count:  # a label appears once used
+            metrics.RESERVATIONS.labels(outcome).inc(count)
+
+
+def _reserve_under_lock(
+    tenant_id: str, metric: str, asks: list[_Reserve], transactions: Transactions, notices: Notices | None
+) -> list[Reserved | Exception]:
+    """The asks decided in one transaction, in order, from what Policy held once the lock was taken."""
     outcomes: list[Reserved | Exception] = []
     with transactions.begin() as connection:
         now_us = now_micros()
@@ -482,42 +499,54 @@ def _reserve_together(
             granted_to[(ask.user_id, ask.dimensions)] += ask.amount
             outcomes.append(Reserved(reservation, rules.decide(after), "", now_us))
         entitlements.insert_reservations(connection, list(taken.values()), commit=True)
-    metrics.RESERVE_BATCHES.observe(len(asks))
-    counted = {"refused": sum(1 for o in outcomes if isinstance(o, Reserved) and o.refusal), "reserved": len(taken)}
-    for outcome, count in counted.items():
-        if count:  # a label appears once used
-            metrics.RESERVATIONS.labels(outcome).inc(count)
+    _counted(outcomes, len(taken))
     if stored and notices is not None:
         notices.wake()
     return outcomes
 
 
-def _reserve_at_once(tenant_id: str, metric: str, ask: _Reserve, *, transactions: Transactions) -> Reserved | None:
-    """A lone Reserve in one message (entitlements.reserve_if_room): the statement inserts the reservation only
-    within each quota's room (`_rooms`), the bounds of the decision `_reserve_together` takes, and what it read
-    under the lock decides a refusal as that decision would (a refusal stores nothing). None when neither is the
-    answer (a crossing to store, a retried key, quotas with filters, or a room Usage's answer alone leaves
-    negative, as past a threshold: nothing is sent then): `_reserve_together` then decides it afresh, as any batch."""
-    if any(q.filters for q in ask.quotas):  # what they count depends on each held row's dimension values
-        return None
+def _reserve_at_once(
+    tenant_id: str, metric: str, asks: list[_Reserve], transactions: Transactions
+) -> list[Reserved | None]:
+    """The asks tried in one message (entitlements.reserve_if_room), in order: each statement inserts its
+    reservation only within each quota's room (`_rooms`), the bounds of the decision `_reserve_under_lock` takes,
+    and what it read under the lock (with the earlier asks' inserts) decides a refusal as that decision would (a
+    refusal stores nothing). None for an ask neither is the answer to (a crossing to store, a retried key, quotas
+    with filters, or a room Usage's answer alone leaves negative, as past a threshold: it is not sent then), and
+    for every ask where nothing can be sent (SQLite, a lock row not seen yet): `_reserve_under_lock` decides those
+    afresh."""
     now_us = now_micros()
-    windows = _windows(ask.snapshot, ask.quotas, now_us)
-    rooms = _rooms(ask, windows, now_us)
-    if any(room.room < 0 for room in rooms):  # the statement could not insert: no message for nothing
-        return None
-    question = _asked_of(metric, ask.quotas, windows, ask.user_id, ask.asked, ask.key)
-    reservation = _new_reservation(tenant_id, metric, ask, now_us)
+    tries: list[entitlements.Try] = []
+    sent: list[int] = []  # the asks tried, by their place
+    for n, ask in enumerate(asks):
+        if any(q.filters for q in ask.quotas):  # what they count depends on each held row's dimension values
+            continue
+        windows = _windows(ask.snapshot, ask.quotas, now_us)
+        rooms = _rooms(ask, windows, now_us)
+        if any(room.room < 0 for room in rooms):  # the statement could not insert: nothing sent for nothing
+            continue
+        question = _asked_of(metric, ask.quotas, windows, ask.user_id, ask.asked, ask.key)
+        tries.append(entitlements.Try(_new_reservation(tenant_id, metric, ask, now_us), question, rooms))
+        sent.append(n)
+    outcomes: list[Reserved | None] = [None] * len(asks)
+    if not tries or not entitlements.reserves_at_once(transactions, tenant_id, metric):
+        return outcomes
     with transactions.begin() as connection:
-        found = entitlements.reserve_if_room(connection, reservation, now_us, question, rooms)
-    if found is None or found[0].key_taken_by is not None:
-        return None
-    held, inserted = found
-    balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held}, ask.user_id)
-    if not inserted:
+        found = entitlements.reserve_if_room(connection, tenant_id, metric, now_us, tries)
+    for n, one, (held, inserted) in zip(sent, tries, found or ()):
+        ask = asks[n]
+        if held.key_taken_by is not None:
+            continue
+        balances, _ = _balances(ask.snapshot, ask.quotas, now_us, ask.asked, {metric: held}, ask.user_id)
+        if inserted:
+            after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
+            outcomes[n] = Reserved(one.reservation, rules.decide(after), "", now_us)
+            continue
         short = rules.refusal(balances, ask.amount)
-        return None if short is None else _refused(balances, short, ask.amount, now_us)
-    after = [replace(b, reserved=b.reserved + ask.amount) for b in balances]
-    return Reserved(reservation, rules.decide(after), "", now_us)
+        if short is not None:
+            outcomes[n] = _refused(balances, short, ask.amount, now_us)
+    _counted(outcomes, sum(inserted for _, inserted in found or ()))
+    return outcomes
 
 
 def _refused(balances: list[Balance], short: Balance, amount: int, now_us: int) -> Reserved:
