@@ -10,6 +10,7 @@ import threading
 from contextlib import contextmanager
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.entitlements import OPEN, Reservation
@@ -56,6 +57,11 @@ def _hold(engine, tenant: str, user: str, amount: int) -> None:
         repository.insert_reservations(connection, [reservation])
 
 
+def _reads_and_calls() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("tollgate_policy_check_read_calls_count") or 0.0
+    return count, REGISTRY.get_sample_value("tollgate_policy_check_read_calls_sum") or 0.0
+
+
 def _reserved(found) -> int:
     _, held = found
     return held[METRIC].reserved_in(())[0]
@@ -67,6 +73,7 @@ def test_calls_arriving_during_a_read_share_the_next_one_which_sees_what_was_sto
     question = {METRIC: repository.Asked("", ((now - HOUR_US, now + HOUR_US),), 0)}
     connections, reads = PausedAfterFirstRead(engine), HeldReads()
     _hold(engine, tenant, "ann", 3)
+    before = _reads_and_calls()
     answers: dict[str, tuple] = {}
 
     def ask(name: str) -> None:
@@ -93,6 +100,7 @@ def test_calls_arriving_during_a_read_share_the_next_one_which_sees_what_was_sto
     assert _reserved(answers["second"]) == _reserved(answers["third"]) == 7
     assert answers["second"] is answers["third"]  # one read answered both
     assert connections.opened == 2
+    assert _reads_and_calls() == (before[0] + 2, before[1] + 3)  # tollgate_policy_check_read_calls: 1 call, then 2
 
 
 def test_a_lone_call_reads_at_once_and_each_call_reads_anew_for_its_own_tenant(engine):

@@ -38,6 +38,11 @@ RESERVE_BATCHES = Histogram(
     "Reserve calls decided together in one transaction (calls that waited for the same tenant and metric).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+CHECK_READS = Histogram(
+    "tollgate_policy_check_read_calls",
+    "CheckEntitlement calls answered by each read of what Policy holds (calls that asked the same at the same time).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 NOTIFICATIONS_PURGED = Counter(
     "tollgate_policy_notifications_purged_total",
     "Threshold notifications deleted by retention (POLICY_NOTIFICATION_RETENTION_DAYS after their period ended).",

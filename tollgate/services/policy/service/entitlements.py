@@ -298,6 +298,7 @@ class HeldReads:
                     metric: entitlements.held(connection, tenant_id, metric, now_us, question)
                     for metric, question in questions.items()
                 }
+            metrics.CHECK_READS.observe(len(asks))
             return [(now_us, found)] * len(asks)
 
         return self._reads.run((tenant_id, tuple(questions.items())), None, decide)
