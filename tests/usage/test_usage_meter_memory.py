@@ -375,11 +375,14 @@ def test_day_memory_forgets_the_least_recently_read_days_past_its_bound():
     memory.put(key, {1: day(1), 2: day(1), 3: day(1)})
     assert sorted(memory.get(key, [1, 2, 3])) == [1, 2, 3]
     memory.get(key, [1])  # day 1 read last: day 2 is now the least recently read
+    assert (memory.size, memory.evicted) == (3 * day(1).size(), 0)
     memory.put(key, {4: day(1)})
     assert sorted(memory.get(key, [1, 2, 3, 4])) == [1, 3, 4]
+    assert (memory.size, memory.evicted) == (3 * day(1).size(), 1)
     assert day(4).size() > memory.max_bytes
     memory.put(key, {5: day(4)})  # larger than the bound: the others go, and so does it
     assert memory.get(key, [1, 3, 4, 5]) == {}
+    assert (memory.size, memory.evicted) == (0, 5)
     memory.put(key, {6: day(1)})
     memory.forget(key, [6])
     assert memory.get(key, [6]) == {}

@@ -65,6 +65,8 @@ class UsageApi(usage_pb2_grpc.UsageServiceServicer):
         self._combinations = ingest.KnownCombinations()
         self._metrics = meters.KnownMetrics()
         self._days = meters.DayMemory(settings.meter_memory_mb * 2**20) if settings.meter_memory_mb else None
+        if self._days is not None:
+            metrics.watch_meter_memory(self._days)
         # The responses of answers the days' memory keeps, encoded: an eighth more than it, at most.
         self._pages = EncodedResponses(settings.meter_memory_mb * 2**20 // 8)
 

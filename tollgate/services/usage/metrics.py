@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter as Tally
+from collections.abc import Iterator
+from typing import Protocol
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from tollgate.services.usage.domain.model import EventResult, Verdict
 
@@ -62,3 +67,42 @@ def observe_backlog(dirty_buckets: int, oldest_dirty_us: int | None, now_us: int
     """Record the rollup backlog of every tenant (reads stay exact whatever it is; they get slower)."""
     ROLLUP_DIRTY_BUCKETS.set(dirty_buckets)
     ROLLUP_OLDEST_DIRTY_SECONDS.set(0 if oldest_dirty_us is None else max(0, now_us - oldest_dirty_us) / 1e6)
+
+
+class _Memory(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def evicted(self) -> int: ...
+
+
+class _MeterMemory(Collector):
+    """What QueryUsage's memory of days and answers holds and how much it let go past its bound
+    (USAGE_METER_MEMORY_MB), read from the memories themselves at each scrape, summed over this process's servers."""
+
+    def __init__(self) -> None:
+        self.memories: weakref.WeakSet = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        memories: list[_Memory] = list(self.memories)
+        yield GaugeMetricFamily(
+            "tollgate_usage_meter_memory_bytes",
+            "Bytes QueryUsage's memory of days and answers holds now (about; bounded by USAGE_METER_MEMORY_MB).",
+            value=sum(memory.size for memory in memories),
+        )
+        yield CounterMetricFamily(
+            "tollgate_usage_meter_memory_evictions",
+            "Days and answers QueryUsage's memory let go to stay within USAGE_METER_MEMORY_MB, least recently read "
+            "first: each is read from the database again when next asked.",
+            value=sum(memory.evicted for memory in memories),
+        )
+
+
+_METER_MEMORY = _MeterMemory()
+REGISTRY.register(_METER_MEMORY)
+
+
+def watch_meter_memory(memory: _Memory) -> None:
+    """Expose `memory`'s bytes and evictions (see _MeterMemory) for as long as it lives."""
+    _METER_MEMORY.memories.add(memory)

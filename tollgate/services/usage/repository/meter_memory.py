@@ -125,6 +125,7 @@ class DayMemory:
         self.max_bytes = max_bytes
         self._days: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
+        self.evicted = 0  # entries let go past the bound, ever
         self._lock = threading.Lock()
         self._refused: dict[tuple, float] = {}  # a dict's get and set are atomic
         self._asked: dict[tuple, float] = {}
@@ -169,6 +170,12 @@ class DayMemory:
         self._days[key] = (held, size)
         while self._bytes > self.max_bytes and self._days:
             self._bytes -= self._days.popitem(last=False)[1][1]
+            self.evicted += 1
+
+    @property
+    def size(self) -> int:
+        """About how many bytes it holds now."""
+        return self._bytes
 
     def forget(self, key: tuple, days: list[int]) -> None:
         with self._lock:
