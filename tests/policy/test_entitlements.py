@@ -431,6 +431,19 @@ def test_a_check_asked_again_is_answered_alike_until_what_it_holds_the_policy_or
         reusing.stop(grace=1)
 
 
+def test_a_check_kept_while_usages_numbers_stay_shows_usage_recorded_straight_into_usage_when_asked_again(
+    admin, api, usage_stub, admin_token, tenant
+):
+    """The module's Policy asks Usage at every call: an answer is kept while Usage's numbers are the same, and made
+    anew, with them, once they differ."""
+    world(admin, tenant, quota(100))
+    first = check(api, tenant)
+    assert check(api, tenant) == first and first.quotas[0].usage == 0  # Usage asked anew, the same numbers: kept
+    record_directly(usage_stub, admin_token, tenant, 30)
+    [q] = check(api, tenant).quotas
+    assert (q.usage, q.balance) == (30, 70)
+
+
 def test_commit_refuses_more_than_reserved_and_release_frees_it_all(admin, api, usage_stub, admin_token, tenant):
     world(admin, tenant, quota(100))
     reservation = reserve(api, tenant, 40).reservation

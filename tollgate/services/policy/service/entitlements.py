@@ -60,7 +60,7 @@ class Entitlement:
 
 
 class _Kept(NamedTuple):
-    """An answer of CheckEntitlement and what it was made from: the policy version, Usage's answer (the read
+    """An answer of CheckEntitlement and what it was made from: the policy version, Usage's answer (the numbers
     UsagePort.balance_usage gave) with the delivery noted before it, what Policy held, and the first instant after
     which time alone changes it (a period ends, a grant starts, ends or is voided)."""
 
@@ -91,7 +91,7 @@ class CheckAnswers:
             kept = self._kept.get(question)
         if (
             kept is None
-            or kept.usage is not asked.usage
+            or (kept.usage is not asked.usage and kept.usage != asked.usage)  # Usage asked anew, same numbers
             or (kept.version, kept.delivered_before, kept.held) != (version, asked.delivered_before, held)
             or now_us >= kept.until_us
         ):
