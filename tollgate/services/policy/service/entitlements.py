@@ -91,8 +91,8 @@ class CheckAnswers:
             kept = self._kept.get(question)
         if (
             kept is None
-            or (kept.usage is not asked.usage and kept.usage != asked.usage)  # Usage asked anew, same numbers
-            or (kept.version, kept.delivered_before, kept.held) != (version, asked.delivered_before, held)
+            or (kept.version, kept.usage, kept.delivered_before, kept.held)
+            != (version, asked.usage, asked.delivered_before, held)
             or now_us >= kept.until_us
         ):
             return None
@@ -301,11 +301,15 @@ class HeldReads:
             metrics.CHECK_READS.observe(len(asks))
             return [(now_us, found)] * len(asks)
 
-        return self._reads.run((tenant_id, tuple(questions.items())), None, decide)
+        return self._reads.run(_read_key(tenant_id, questions), None, decide)
 
     def callers(self, tenant_id: str, questions: dict[str, entitlements.Asked]) -> int:
         """How many calls are reading or waiting to read these questions now."""
-        return self._reads.callers((tenant_id, tuple(questions.items())))
+        return self._reads.callers(_read_key(tenant_id, questions))
+
+
+def _read_key(tenant_id: str, questions: dict[str, entitlements.Asked]) -> tuple:
+    return tenant_id, tuple(questions.items())
 
 
 def _held_now(

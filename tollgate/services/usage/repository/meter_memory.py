@@ -158,8 +158,7 @@ class DayMemory:
         """Keep `answer` of `question` (None: keep none)."""
         with self._lock:
             if answer is None:
-                old = self._days.pop(question, None)
-                self._bytes -= old[1] if old else 0
+                self._drop(question)
             else:
                 self._store(question, answer)
 
@@ -180,9 +179,12 @@ class DayMemory:
     def forget(self, key: tuple, days: list[int]) -> None:
         with self._lock:
             for day in days:
-                old = self._days.pop((*key, day), None)
-                if old:
-                    self._bytes -= old[1]
+                self._drop((*key, day))
+
+    def _drop(self, key: tuple) -> None:
+        old = self._days.pop(key, None)
+        if old:
+            self._bytes -= old[1]
 
     def asked_before(self, key: tuple) -> bool:
         """Whether `key` was asked for within ASKED_SECONDS; it is now."""
