@@ -33,7 +33,6 @@ class ServiceProcess:
             f"{p}_METRICS_PORT": "-1",
             f"{p}_HTTP_PORT": "-1",
             f"{p}_LOG_LEVEL": "WARNING",
-            f"{p}_HEALTH_INTERVAL_SECONDS": "0.2",
             **self.DEFAULTS,
             **settings,
         }

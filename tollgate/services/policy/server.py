@@ -44,7 +44,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
     cache = SnapshotCache(partial(snapshots.load, sessions=sessions))
     poller = VersionPoller(
         cache,
-        partial(snapshots.changed_since, sessions=sessions),
+        partial(snapshots.changed_since, connections=reads),
         snapshots.start_version(sessions=sessions),
         settings.cache_poll_seconds,
     )

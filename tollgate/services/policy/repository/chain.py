@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.model import CATALOG, VersionChange
 from tollgate.services.policy.repository import Sessions, rowcount
+from tollgate.shared import driver
 from tollgate.shared.audit_chain import AuditChain
 
 AUDIT = AuditChain(tables.audit_records, tables.audit_head)  # the SQL over Policy's audit chain
@@ -36,12 +37,16 @@ def version_of(session: Session, tenant_id: str) -> int:
     return found or 0
 
 
-def changed_since(session: Session, version: int) -> list[VersionChange]:
-    """Every tenant (and CATALOG for the catalog) changed after `version`, at its version now."""
-    query = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
-        tables.policy_versions.c.version > version
-    )
-    return [VersionChange(row.tenant_id, row.version) for row in session.execute(query)]
+def changed_since(connection: Connection, version: int) -> list[VersionChange]:
+    """Every tenant (and CATALOG for the catalog) changed after `version`, at its version now: each replica's
+    poller asks every interval, so on PostgreSQL the statement goes straight to psycopg (driver.together)."""
+    [rows] = driver.together(connection, [(_CHANGED_SINCE, {"version": version})])
+    return [VersionChange(tenant_id, changed) for tenant_id, changed in rows]
+
+
+_CHANGED_SINCE = select(tables.policy_versions.c.tenant_id, tables.policy_versions.c.version).where(
+    tables.policy_versions.c.version > bindparam("version", type_=BigInteger)
+)
 
 
 def latest_version(session: Session) -> int:

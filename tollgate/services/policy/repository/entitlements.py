@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -434,20 +435,6 @@ def finish(connection: Connection, finishing: Sequence[Finishing], *, now_us: in
         driver.in_one_query(connection, statements, commit=commit)
 
 
-def due_outbox(connection: Connection, now_us: int, limit: int) -> list[OutboxEvent]:
-    """Committed usage not delivered yet whose next delivery attempt is due, oldest first."""
-    query = (
-        select(OUT)
-        .where(OUT.c.delivered_seq.is_(None), OUT.c.next_attempt_us <= now_us)
-        .order_by(OUT.c.next_attempt_us, OUT.c.event_id)
-        .limit(limit)
-    )
-    return [
-        OutboxEvent(r.event_id, r.tenant_id, r.metric, r.user_id, r.quantity, r.occurred_us, r.dimensions)
-        for r in connection.execute(query)
-    ]
-
-
 def delivered(connection: Connection, event_ids: Sequence[str], now_us: int, *, commit: bool = False) -> None:
     """Usage holds the events: number their delivery (all one more than the latest: a Reserve that noted a number
     at least theirs noted it after Usage held them, whichever transaction numbered it) and mark their reservations
@@ -474,12 +461,6 @@ def _delivered_statements(count: int) -> tuple[Executable, Executable]:
     )
 
 
-def forget_delivered(connection: Connection, before_us: int) -> None:
-    """Delete rows delivered before `before_us`, keeping the latest so the numbering never restarts."""
-    latest = select(func.max(OUT.c.delivered_seq)).scalar_subquery()
-    connection.execute(delete(OUT).where(OUT.c.delivered_us < before_us, OUT.c.delivered_seq < latest))
-
-
 def drop(connection: Connection, event_id: str) -> bool:
     """Delete an event from the outbox; whether it was there (the loop and a commit's own send may both send it)."""
     return rowcount(connection.execute(delete(OUT).where(OUT.c.event_id == event_id))) > 0
@@ -497,14 +478,31 @@ def postpone(connection: Connection, event_id: str, next_us: int, error: str) ->
     )
 
 
-def sweep_expired(connection: Connection, now_us: int, limit: int) -> int:
-    """Mark open reservations past their expiry EXPIRED (they already count for nothing); how many."""
-    ids = list(
-        connection.execute(select(R.c.reservation_id).where(_IS_OPEN, R.c.expires_us <= now_us).limit(limit)).scalars()
+def outbox_pass(
+    connection: Connection, now_us: int, forget_before_us: int, limit: int, *, commit: bool = False
+) -> list[OutboxEvent]:
+    """The outbox loop's pass, in one round trip where the driver allows: up to `limit` open reservations past
+    their expiry marked EXPIRED (they already count for nothing), delivered rows older than `forget_before_us`
+    deleted (the latest kept, so the numbering never restarts), then up to `limit` committed events not delivered
+    yet whose next attempt is due, oldest first. `commit`: and commit the transaction with them."""
+    values = {"now_us": now_us, "forget_before_us": forget_before_us}
+    *_, due = driver.in_one_query(connection, [(s, values) for s in _pass_statements(limit)], commit=commit)
+    return [OutboxEvent(*row) for row in due]
+
+
+@functools.cache
+def _pass_statements(limit: int) -> tuple[Executable, Executable, Executable]:
+    """outbox_pass's statements, built once: their parameters are bound at each execution."""
+    now_us = bindparam("now_us", type_=BigInteger)
+    expired = select(R.c.reservation_id).where(_IS_OPEN, R.c.expires_us <= now_us).limit(limit).scalar_subquery()
+    latest = select(func.max(OUT.c.delivered_seq)).scalar_subquery()
+    return (
+        update(R).where(R.c.reservation_id.in_(expired), _IS_OPEN).values(state=EXPIRED, finish_us=now_us),
+        delete(OUT).where(
+            OUT.c.delivered_us < bindparam("forget_before_us", type_=BigInteger), OUT.c.delivered_seq < latest
+        ),
+        select(*(OUT.c[field.name] for field in dataclasses.fields(OutboxEvent)))
+        .where(OUT.c.delivered_seq.is_(None), OUT.c.next_attempt_us <= now_us)
+        .order_by(OUT.c.next_attempt_us, OUT.c.event_id)
+        .limit(limit),
     )
-    if not ids:
-        return 0
-    connection.execute(
-        update(R).where(R.c.reservation_id.in_(ids), R.c.state == OPEN).values(state=EXPIRED, finish_us=now_us)
-    )
-    return len(ids)

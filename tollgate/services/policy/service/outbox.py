@@ -64,9 +64,7 @@ class Dispatcher:
         """One pass: every due event sent, expired reservations marked; how many events Usage now holds."""
         now_us = now_micros()
         with self._transactions.begin() as connection:
-            entitlements.sweep_expired(connection, now_us, BATCH)
-            entitlements.forget_delivered(connection, now_us - FORGET_AFTER_US)
-            events = entitlements.due_outbox(connection, now_us, BATCH)
+            events = entitlements.outbox_pass(connection, now_us, now_us - FORGET_AFTER_US, BATCH, commit=True)
         return len(self._send(events, Deadline(), "loop"))
 
     def _send(self, events: Sequence[OutboxEvent], deadline: Deadline, via: str) -> set[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tollgate.services.policy.domain.model import Snapshot, VersionChange
-from tollgate.services.policy.repository import Sessions, chain, snapshot
+from tollgate.services.policy.repository import Connections, Sessions, chain, snapshot
 
 
 def load(tenant_id: str, *, sessions: Sessions) -> Snapshot:
@@ -12,10 +12,10 @@ def load(tenant_id: str, *, sessions: Sessions) -> Snapshot:
         return snapshot.load(session, tenant_id)
 
 
-def changed_since(version: int, *, sessions: Sessions) -> list[VersionChange]:
+def changed_since(version: int, *, connections: Connections) -> list[VersionChange]:
     """Every tenant (and the catalog) whose policy version passed `version`."""
-    with sessions.begin() as session:
-        return chain.changed_since(session, version)
+    with connections.connect() as connection:
+        return chain.changed_since(connection, version)
 
 
 def start_version(*, sessions: Sessions) -> int:
