@@ -689,6 +689,33 @@ def test_a_commit_delivered_at_once_is_never_due_for_the_outbox_loop_again(dbs, 
     assert committed.usage_event_id not in {event.event_id for event in due}
 
 
+def test_the_outbox_pass_forgets_delivered_rows_past_the_horizon_but_the_latest(dbs, admin, api, tenant):
+    from sqlalchemy import select
+
+    from tollgate.services.policy import tables
+    from tollgate.services.policy.repository import entitlements
+    from tollgate.shared.db import create_engine_for
+
+    world(admin, tenant, quota(100))
+    events = []
+    for amount in (3, 4):  # two commits, delivered one after the other: two delivery numbers
+        reservation = reserve(api, tenant, amount).reservation
+        events.append(commit(api, tenant, reservation.reservation_id, amount).reservation.usage_event_id)
+    outbox = tables.usage_outbox
+    mine = select(outbox.c.event_id).where(outbox.c.tenant_id == tenant)
+    engine = create_engine_for(dbs.policy_url, schema=tables.SCHEMA, pool_size=1)
+    try:
+        with engine.connect() as connection:  # rolled back: other tests' rows stay as they were
+            assert set(connection.execute(mine).scalars()) == set(events)
+            far_ahead_us = (int(time.time()) + 86_400) * 1_000_000
+            entitlements.outbox_pass(connection, far_ahead_us, far_ahead_us, 1_000)
+            kept = set(connection.execute(mine).scalars())
+            connection.rollback()
+    finally:
+        engine.dispose()
+    assert kept == {events[1]}  # the latest delivery stays, so numbering never restarts
+
+
 def test_every_reserve_is_counted_in_exactly_one_batch_and_a_lone_call_is_a_batch_of_one(admin, api, tenant):
     from concurrent.futures import ThreadPoolExecutor
 
