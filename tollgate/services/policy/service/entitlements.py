@@ -448,7 +448,9 @@ def _reserve_together(
         for n, outcome in zip(undecided, decided):
             outcomes[n] = outcome
     metrics.RESERVE_BATCHES.observe(len(asks))
-    return [o for o in outcomes if o is not None]
+    decided = [o for o in outcomes if o is not None]
+    assert len(decided) == len(asks), "every ask is decided by one message or under the lock"
+    return decided
 
 
 def _counted(outcomes: Sequence[Reserved | Exception | None], reserved: int) -> None:
