@@ -3,7 +3,9 @@
 Each tenant has a floor: the highest policy version known to exist for it (its own writes, the
 catalog's, versions seen by the poller over policy_versions, a request's min_policy_version). A
 snapshot below its tenant's floor is never served, and a loader that read before a write cannot
-store its older snapshot afterwards, because storing also compares with the floor.
+store its older snapshot afterwards, because storing also compares with the floor. The calls that find a
+tenant's snapshot missing or stale at the same time share one load, which starts after they arrived (flat
+combining, combiner.py): a write or a poll that raises a busy tenant's floor costs one read, not one per call.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from tollgate.services.policy import metrics
+from tollgate.services.policy.combiner import Combiner
 from tollgate.services.policy.domain.errors import PolicyVersionAhead
 from tollgate.services.policy.domain.model import CATALOG, Snapshot, VersionChange
 
@@ -31,6 +34,7 @@ class SnapshotCache:
         self._floors: dict[str, int] = {}
         self._global_floor = 0  # the catalog's version, and the floor of tenants forgotten by _trim_floors
         self._lock = threading.Lock()
+        self._loads: Combiner[None, Snapshot] = Combiner()
 
     def get(self, tenant_id: str, min_version: int = 0) -> Snapshot:
         """A snapshot at least as new as every known write to the tenant or the catalog, and min_version.
@@ -45,10 +49,19 @@ class SnapshotCache:
             metrics.SNAPSHOTS.labels("hit").inc()
             return snapshot
         metrics.SNAPSHOTS.labels("load").inc()
-        snapshot = self._load(tenant_id)
-        self._store(snapshot)
+        snapshot = self._loads.run(tenant_id, None, lambda calls: [self._loaded(tenant_id, len(calls))] * len(calls))
         if snapshot.version < min_version:
             raise PolicyVersionAhead(tenant_id, min_version, snapshot.version)
+        return snapshot
+
+    def loading(self, tenant_id: str) -> int:
+        """How many calls are loading the tenant's snapshot or waiting for its load now."""
+        return self._loads.callers(tenant_id)
+
+    def _loaded(self, tenant_id: str, calls: int) -> Snapshot:
+        snapshot = self._load(tenant_id)
+        self._store(snapshot)
+        metrics.SNAPSHOT_LOADS.observe(calls)
         return snapshot
 
     def advance(self, tenant_id: str, version: int) -> None:

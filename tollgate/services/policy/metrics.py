@@ -43,6 +43,11 @@ CHECK_READS = Histogram(
     "CheckEntitlement calls answered by each read of what Policy holds (calls that asked the same at the same time).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+SNAPSHOT_LOADS = Histogram(
+    "tollgate_policy_snapshot_load_calls",
+    "Calls answered by each load of a tenant's snapshot from the database (calls that missed it at the same time).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 NOTIFICATIONS_PURGED = Counter(
     "tollgate_policy_notifications_purged_total",
     "Threshold notifications deleted by retention (POLICY_NOTIFICATION_RETENTION_DAYS after their period ended).",
