@@ -1,5 +1,6 @@
 """CheckEntitlement and Reserve+Commit latency beside an empty unary RPC on the same server, in one run,
-sequential and with IN_FLIGHT calls outstanding on one hot limit; then zero overshoot under that load.
+sequential and with IN_FLIGHT calls outstanding on one hot limit; then zero overshoot under that load. The cases
+take turns in TURNS rounds (sequential, then in flight), so that each meets the machine as the others do.
 
 The reference is grpc.health.v1.Health/Check on the Policy server, as in bench/resolve.py. One fresh
 PostgreSQL database holds both schemas; Usage and Policy run in processes of their own, as deployed (the
@@ -33,7 +34,8 @@ from tollgate.usage.v1 import usage_pb2 as u
 from tollgate.usage.v1 import usage_pb2_grpc
 
 HOT, CAPPED, METRIC, FEATURE = "bench", "capped", "api.requests", "chat"
-SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 1000, 1920, 64, 100
+SEQUENTIAL, CONCURRENT, IN_FLIGHT, WARMUP = 1000, 2048, 64, 100
+TURNS = 4  # rounds in which the cases take turns (SEQUENTIAL and CONCURRENT calls of each in all)
 OVERSHOOT_ROUNDS = 20  # per caller: IN_FLIGHT callers each reserve 1..4, OVERSHOOT_ROUNDS times
 
 
@@ -161,32 +163,44 @@ def _measure(channel, usage_channel, metadata, process: PolicyProcess) -> None:
 
     for call in (empty, check, resolve, reserve_commit, get_usage):
         timing.timed(call, WARMUP)
+    # The cases take turns in short rounds, so that each meets the same load from whatever else runs on the machine
+    # (its speed drifts over a run): the ratios compare calls timed under the same conditions.
+    # ResolveMode, an authenticated call answered from memory, runs in flight only: its CPU is printed beside the rest.
+    cases = {"empty unary": empty, "CheckEntitlement": check, "ResolveMode (answered from memory)": resolve}
+    cases["Reserve+Commit pair"] = reserve_commit
+    sequential: dict[str, list[float]] = {label: [] for label in cases if not label.startswith("ResolveMode")}
+    in_flight: dict[str, list[float]] = {label: [] for label in cases}
+    reserves: dict[str, list[float]] = {"sequential": [], "in flight": []}  # the Reserve of each pair above
+    elapsed, used = dict.fromkeys(cases, 0.0), dict.fromkeys(cases, 0.0)  # wall, and Policy's CPU, in flight
+    for _ in range(TURNS):
+        for label, call in cases.items():
+            reserve_samples.clear()
+            if label in sequential:
+                sequential[label] += timing.timed(call, SEQUENTIAL // TURNS)
+            reserves["sequential"] += reserve_samples
+            reserve_samples.clear()
+            cpu_before, started = process.cpu_seconds(), time.perf_counter()
+            in_flight[label] += timing.concurrent(call, CONCURRENT // TURNS, IN_FLIGHT)[0]
+            elapsed[label] += time.perf_counter() - started
+            used[label] += process.cpu_seconds() - cpu_before
+            reserves["in flight"] += reserve_samples
+    rate = {label: len(in_flight[label]) / elapsed[label] for label in cases}
+    cpu = {label: used[label] / len(in_flight[label]) for label in cases}  # with calls in flight it bounds the ratios
     rows: list[tuple[str, list[float], float | None]] = [
-        ("empty unary (Health/Check), sequential", timing.timed(empty, SEQUENTIAL), None),
-        ("CheckEntitlement, sequential", timing.timed(check, SEQUENTIAL), None),
+        ("empty unary (Health/Check), sequential", sequential["empty unary"], None),
+        ("CheckEntitlement, sequential", sequential["CheckEntitlement"], None),
+        ("Reserve+Commit, sequential", sequential["Reserve+Commit pair"], None),
+        ("Reserve (of the pairs above), sequential", reserves["sequential"], None),
+        (f"empty unary, {IN_FLIGHT} in flight", in_flight["empty unary"], rate["empty unary"]),
+        (f"CheckEntitlement, {IN_FLIGHT} in flight", in_flight["CheckEntitlement"], rate["CheckEntitlement"]),
+        (
+            f"Reserve+Commit, {IN_FLIGHT} in flight, one hot limit",
+            in_flight["Reserve+Commit pair"],
+            rate["Reserve+Commit pair"],
+        ),
+        (f"Reserve (of those pairs), {IN_FLIGHT} in flight", reserves["in flight"], None),
+        ("where the time goes: GetUsage straight on Usage, sequential", timing.timed(get_usage, SEQUENTIAL), None),
     ]
-    reserve_samples.clear()
-    rows.append(("Reserve+Commit, sequential", timing.timed(reserve_commit, SEQUENTIAL), None))
-    rows.append(("Reserve (of the pairs above), sequential", list(reserve_samples), None))
-    cpu: dict[str, float] = {}  # Policy's CPU per call, in flight: what bounds the ratios there
-
-    def in_flight(label: str, call) -> tuple[list[float], float]:
-        used = process.cpu_seconds()
-        samples, rate = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
-        cpu[label] = (process.cpu_seconds() - used) / CONCURRENT
-        return samples, rate
-
-    for label, call in (("empty unary", empty), ("CheckEntitlement", check)):
-        samples, rate = in_flight(label, call)
-        rows.append((f"{label}, {IN_FLIGHT} in flight", samples, rate))
-    in_flight("ResolveMode (answered from memory)", resolve)
-    reserve_samples.clear()
-    samples, rate = in_flight("Reserve+Commit pair", reserve_commit)
-    rows.append((f"Reserve+Commit, {IN_FLIGHT} in flight, one hot limit", samples, rate))
-    rows.append((f"Reserve (of those pairs), {IN_FLIGHT} in flight", list(reserve_samples), None))
-    rows.append(
-        ("where the time goes: GetUsage straight on Usage, sequential", timing.timed(get_usage, SEQUENTIAL), None)
-    )
     _report(rows, cpu)
 
 
