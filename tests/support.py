@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, replace
 
@@ -128,6 +129,16 @@ def error_reason(error: grpc.RpcError) -> str:
             detail.Unpack(info)
             return info.reason
     return ""
+
+
+def wait_until(predicate, *, seconds: float, every: float = 0.02) -> bool:
+    """Whether `predicate()` came true within `seconds`, asked every `every` seconds (and once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
 
 
 def in_threads(target, count: int, *, timeout: float = 120) -> None:

@@ -34,15 +34,6 @@ def totals(stub, token, tenant) -> dict[str, tuple[int, int]]:
     return {t.metric: (t.quantity, t.event_count) for t in response.totals}
 
 
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def spooled_on_disk(spool_path: str) -> int:
     with closing(sqlite3.connect(spool_path)) as spool:
         return spool.execute("SELECT count(*) FROM spooled_events").fetchone()[0]
@@ -87,9 +78,9 @@ def test_record_never_raises_nor_blocks_past_its_bound_with_the_server_gone_and_
         assert slowest < RECORD_BOUND
         assert verdicts.count(True) == 200 and verdicts.count(False) == 1_800 and odd is False
         assert recorder.counters().dropped == 1_801 and recorder.counters().spooled == 200
-        assert wait_until(
+        assert support.wait_until(
             lambda: any("dropped" in r.getMessage() and "spool full" in r.getMessage() for r in caplog.records),
-            timeout=5,
+            seconds=5,
         )
     finally:
         recorder.close(timeout=0.1)
@@ -146,7 +137,7 @@ def test_retries_are_counted_and_their_delays_grow_up_to_the_cap(spool_path, cap
     )
     try:
         recorder.record(METRIC, 1)
-        assert wait_until(lambda: recorder.counters().retries >= 8, timeout=10)
+        assert support.wait_until(lambda: recorder.counters().retries >= 8, seconds=10)
         delays = [float(m.group(1)) for r in caplog.records if (m := re.search(r"in ([0-9.]+)s$", r.getMessage()))]
         assert delays[0] <= 0.02 and delays[3] >= 0.08 and max(delays) <= 0.16
         assert recorder.counters().spooled == 1 and recorder.counters().sent == 0
@@ -186,7 +177,7 @@ def test_events_recorded_while_usage_is_down_are_counted_exactly_once_after_it_r
         outage.stop()
         for i in range(2_000, 10_000):
             assert recorder.record(METRIC, 1 + i % 3, actor_id=f"u{i % 7}")
-        assert wait_until(lambda: recorder.counters().retries >= 2, timeout=10)
+        assert support.wait_until(lambda: recorder.counters().retries >= 2, seconds=10)
         outage.start()
         assert recorder.flush(timeout=60)
         counters = recorder.counters()
@@ -204,10 +195,10 @@ def test_a_batch_goes_out_when_it_is_full_or_old_enough(usage, tenant, writer_to
     ) as recorder:
         for _ in range(13):
             recorder.record(METRIC, 1)
-        assert wait_until(lambda: recorder.counters().sent == 10, timeout=5)
+        assert support.wait_until(lambda: recorder.counters().sent == 10, seconds=5)
         time.sleep(0.1)
         assert recorder.counters().sent == 10  # the 3 left wait for their age bound
-        assert wait_until(lambda: recorder.counters().sent == 13, timeout=5)
+        assert support.wait_until(lambda: recorder.counters().sent == 13, seconds=5)
 
 
 def test_an_event_with_a_number_json_cannot_hold_is_refused_alone_and_the_events_after_it_arrive(
@@ -259,7 +250,7 @@ def test_a_refused_credential_stops_the_sending_is_said_once_and_the_events_wait
         f"127.0.0.1:{usage.port}", token, tenant, spool_path, max_batch_age=0.0, backoff_base=0.01, backoff_cap=0.02
     )
     recorder.record(METRIC, 1)
-    assert wait_until(lambda: recorder.counters().errors == 1, timeout=5)
+    assert support.wait_until(lambda: recorder.counters().errors == 1, seconds=5)
     recorder.record(METRIC, 2)
     flushed, closed = recorder.flush(timeout=30), recorder.close(timeout=30)
     counters = recorder.counters()
@@ -283,7 +274,7 @@ def test_units_merged_through_a_shared_correlation_id_are_counted_apart_and_logg
         recorder.record(METRIC, 1, occurred_at=when, correlation_id="request-42", actor_id="other")
         recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")
         # All five on disk before the flush, so they go in one batch: merges of two batches are two reports.
-        assert wait_until(lambda: spooled_on_disk(spool_path) == 5, timeout=10)
+        assert support.wait_until(lambda: spooled_on_disk(spool_path) == 5, seconds=10)
         assert recorder.flush(timeout=10)
         recorder.record(METRIC, 1, occurred_at=when, event_id="redelivered")  # a true redelivery
         assert recorder.flush(timeout=10)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client import REGISTRY
 
+from tests import support
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.entitlements import OPEN, Reservation
 from tollgate.services.policy.repository import entitlements as repository
@@ -86,14 +87,10 @@ def test_calls_arriving_during_a_read_share_the_next_one_which_sees_what_was_sto
     later = [threading.Thread(target=ask, args=(name,)) for name in ("second", "third")]
     for thread in later:
         thread.start()
-    queued = threading.Event()
-    for _ in range(30_000):  # the first read's call, and both others queued behind it
-        if reads.callers(tenant, question) == 3:
-            queued.set()
-            break
-        queued.wait(0.001)
+    # the first read's call, and both others queued behind it
+    queued = support.wait_until(lambda: reads.callers(tenant, question) == 3, seconds=30, every=0.001)
     connections.go.set()
-    assert queued.is_set(), "the later calls did not wait for the read under way"
+    assert queued, "the later calls did not wait for the read under way"
     for thread in [first, *later]:
         thread.join(30)
     assert _reserved(answers["first"]) == 3

@@ -11,6 +11,7 @@ from functools import partial
 from prometheus_client import REGISTRY
 
 from tests import policy_support as ps
+from tests import support
 from tollgate.policy.v1 import policy_pb2 as pb
 from tollgate.services.policy import tables
 from tollgate.services.policy.cache import SnapshotCache
@@ -68,14 +69,10 @@ def test_calls_missing_a_snapshot_during_a_load_share_the_next_one_which_sees_wr
         later = [threading.Thread(target=ask, args=(name,)) for name in ("second", "third")]
         for thread in later:
             thread.start()
-        queued = threading.Event()
-        for _ in range(30_000):  # the first load's call, and both others queued behind it
-            if cache.loading(tenant) == 3:
-                queued.set()
-                break
-            queued.wait(0.001)
+        # the first load's call, and both others queued behind it
+        queued = support.wait_until(lambda: cache.loading(tenant) == 3, seconds=30, every=0.001)
         loader.go.set()
-        assert queued.is_set(), "the later calls did not wait for the load under way"
+        assert queued, "the later calls did not wait for the load under way"
         for thread in [first, *later]:
             thread.join(30)
     finally:
