@@ -169,9 +169,7 @@ def _measure(channel, usage_channel, metadata, process: PolicyProcess) -> None:
     cases = {"empty unary": empty, "CheckEntitlement": check, "ResolveMode (answered from memory)": resolve}
     cases["Reserve+Commit pair"] = reserve_commit
     sequential: dict[str, list[float]] = {label: [] for label in cases if not label.startswith("ResolveMode")}
-    in_flight: dict[str, list[float]] = {label: [] for label in cases}
     reserves: dict[str, list[float]] = {"sequential": [], "in flight": []}  # the Reserve of each pair above
-    elapsed, used = dict.fromkeys(cases, 0.0), dict.fromkeys(cases, 0.0)  # wall, and Policy's CPU, in flight
     for _ in range(TURNS):
         for label, call in cases.items():
             reserve_samples.clear()
@@ -180,15 +178,15 @@ def _measure(channel, usage_channel, metadata, process: PolicyProcess) -> None:
             reserves["sequential"] += reserve_samples
     # In flight each case runs once, whole: in short rounds, the ramp of every round (64 client threads started at
     # once) would weigh on the tail of the cheapest case most, and flatter the ratios.
+    in_flight: dict[str, list[float]] = {}
+    rate: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # Policy's CPU per call, in flight: what bounds the ratios there
     for label, call in cases.items():
         reserve_samples.clear()
-        cpu_before, started = process.cpu_seconds(), time.perf_counter()
-        in_flight[label] += timing.concurrent(call, CONCURRENT, IN_FLIGHT)[0]
-        elapsed[label] += time.perf_counter() - started
-        used[label] += process.cpu_seconds() - cpu_before
+        cpu_before = process.cpu_seconds()
+        in_flight[label], rate[label] = timing.concurrent(call, CONCURRENT, IN_FLIGHT)
+        cpu[label] = (process.cpu_seconds() - cpu_before) / len(in_flight[label])
         reserves["in flight"] += reserve_samples
-    rate = {label: len(in_flight[label]) / elapsed[label] for label in cases}
-    cpu = {label: used[label] / len(in_flight[label]) for label in cases}  # with calls in flight it bounds the ratios
     rows: list[tuple[str, list[float], float | None]] = [
         ("empty unary (Health/Check), sequential", sequential["empty unary"], None),
         ("CheckEntitlement, sequential", sequential["CheckEntitlement"], None),

@@ -49,7 +49,7 @@ class SnapshotCache:
             metrics.SNAPSHOTS.labels("hit").inc()
             return snapshot
         metrics.SNAPSHOTS.labels("load").inc()
-        snapshot = self._loads.run(tenant_id, None, lambda calls: [self._loaded(tenant_id, len(calls))] * len(calls))
+        snapshot = self._loads.shared(tenant_id, lambda calls: self._loaded(tenant_id, calls))
         if snapshot.version < min_version:
             raise PolicyVersionAhead(tenant_id, min_version, snapshot.version)
         return snapshot

@@ -64,6 +64,12 @@ class Combiner(Generic[Item, Outcome]):
             raise slot.outcome
         return slot.outcome  # type: ignore[return-value]
 
+    def shared(self, key: Hashable, make: Callable[[int], Outcome]) -> Outcome:
+        """One outcome for every call of `key` queued together: `make(calls)`, made once per batch by a call that
+        arrived after each of them (so none is answered by work begun before it asked)."""
+        # The calls bring no item of their own: None stands for each (the combiner's Item is None for such keys).
+        return self.run(key, None, lambda items: [make(len(items))] * len(items))  # type: ignore[arg-type]
+
     def callers(self, key: Hashable) -> int:
         """How many calls of `key` hold or wait for its turn now."""
         with self._guard:

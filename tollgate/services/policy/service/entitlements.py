@@ -291,17 +291,17 @@ class HeldReads:
     ) -> tuple[int, dict[str, entitlements.Held]]:
         """(the instant of the read, what Policy held then of each metric for its question)."""
 
-        def decide(asks: list[None]) -> list[tuple[int, dict[str, entitlements.Held]]]:
+        def read_once(calls: int) -> tuple[int, dict[str, entitlements.Held]]:
             with connections.connect() as connection:
                 now_us = now_micros()
                 found = {
                     metric: entitlements.held(connection, tenant_id, metric, now_us, question)
                     for metric, question in questions.items()
                 }
-            metrics.CHECK_READS.observe(len(asks))
-            return [(now_us, found)] * len(asks)
+            metrics.CHECK_READS.observe(calls)
+            return now_us, found
 
-        return self._reads.run(_read_key(tenant_id, questions), None, decide)
+        return self._reads.shared(_read_key(tenant_id, questions), read_once)
 
     def callers(self, tenant_id: str, questions: dict[str, entitlements.Asked]) -> int:
         """How many calls are reading or waiting to read these questions now."""
@@ -444,8 +444,8 @@ def _reserve_together(
     outcomes: list[Reserved | Exception | None] = list(_reserve_at_once(tenant_id, metric, asks, transactions))
     undecided = [n for n, outcome in enumerate(outcomes) if outcome is None]
     if undecided:
-        decided = _reserve_under_lock(tenant_id, metric, [asks[n] for n in undecided], transactions, notices)
-        for n, outcome in zip(undecided, decided):
+        late = _reserve_under_lock(tenant_id, metric, [asks[n] for n in undecided], transactions, notices)
+        for n, outcome in zip(undecided, late):
             outcomes[n] = outcome
     metrics.RESERVE_BATCHES.observe(len(asks))
     decided = [o for o in outcomes if o is not None]
