@@ -17,12 +17,15 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
     func,
     insert,
+    literal,
     literal_column,
+    null,
     select,
     union_all,
     update,
@@ -32,7 +35,14 @@ from sqlalchemy.sql import ColumnElement, Executable
 
 from tollgate.services.policy import tables
 from tollgate.services.policy.domain.dimensions import Filters, matches
-from tollgate.services.policy.domain.entitlements import EXPIRED, OPEN, Reservation, reservation_of_event
+from tollgate.services.policy.domain.entitlements import (
+    COMMITTED,
+    EVENT_PREFIX,
+    EXPIRED,
+    OPEN,
+    Reservation,
+    reservation_of_event,
+)
 from tollgate.services.policy.domain.usage import OutboxEvent
 from tollgate.services.policy.repository import rowcount
 from tollgate.shared import driver
@@ -137,12 +147,12 @@ def held_under_lock(
     connection: Connection, tenant_id: str, metric: str, now_us: int, asked: Sequence[Asked]
 ) -> list[Held]:
     """`held` for each question, read after taking the (tenant, metric) lock (`lock`), all in one round trip
-    where the driver allows."""
-    reads = [_held_read(tenant_id, metric, now_us, one) for one in asked]
-    got_lock, *found = driver.in_one_query(connection, [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads)
+    where the driver allows; the open reservations those reads count as expired are marked so (_expire_passed)."""
+    reads = [_expire_passed(tenant_id, metric, now_us)] + [_held_read(tenant_id, metric, now_us, one) for one in asked]
+    got_lock, _, *found = driver.in_one_query(connection, [(_LOCK, {"tenant_id": tenant_id, "metric": metric})] + reads)
     if not got_lock:  # the metric's first reservation: the lock row is made, and the reads done again after it
         lock(connection, tenant_id, metric)
-        found = driver.in_one_query(connection, reads)
+        _, *found = driver.in_one_query(connection, reads)
     if len(_LOCK_ROWS) >= _MOST_LOCK_ROWS:
         _LOCK_ROWS.clear()  # forgetting one only costs its next Reserve the longer way
     _LOCK_ROWS.add((connection.engine.url, tenant_id, metric))
@@ -191,14 +201,14 @@ def reserve_if_room(
     bounds, so a statement inserts exactly when that decision holds."""
     if not reserves_at_once(connection.engine, tenant_id, metric):
         return None
-    statements: list[tuple[Executable, dict]] = [(_LOCK, {"tenant_id": tenant_id, "metric": metric})]
+    statements = [(_LOCK, {"tenant_id": tenant_id, "metric": metric}), _expire_passed(tenant_id, metric, now_us)]
     for one in tries:
         statement, values = _held_read(tenant_id, metric, now_us, one.asked)
         values.update((f"new_{name}", getattr(one.reservation, name)) for name in _INSERTED)
         values.update((f"room_{n}", room.room) for n, room in enumerate(one.rooms))
         shape = tuple((room.window, room.per_user) for room in one.rooms)
         statements.append((_if_room_statement(len(one.asked.windows), shape), values))
-    got_lock, *found = driver.in_one_query(connection, statements, commit=True)
+    got_lock, _, *found = driver.in_one_query(connection, statements, commit=True)
     if not got_lock:  # the row is gone (never by this service): the statements inserted nothing without it
         _LOCK_ROWS.discard((connection.engine.url, tenant_id, metric))
         return None
@@ -209,6 +219,24 @@ def reserve_if_room(
         )
         for rows in found
     ]
+
+
+def _expire_passed(tenant_id: str, metric: str, now_us: int) -> tuple[Executable, dict]:
+    """The statement marking EXPIRED the metric's open reservations past their expiry at `now_us`, which a Reserve
+    deciding at that instant counts as free: in its transaction, under its lock, so that a Commit deciding after it
+    (behind the lock) finds them expired whatever its own instant (commit_if_open)."""
+    return _EXPIRE_PASSED, {"of_tenant": tenant_id, "of_metric": metric, "now_us": now_us}
+
+
+def _expire_statement() -> Executable:
+    now_us = bindparam("now_us", type_=BigInteger)
+    of_metric = and_(
+        R.c.tenant_id == bindparam("of_tenant", type_=String), R.c.metric == bindparam("of_metric", type_=String)
+    )
+    return update(R).where(of_metric, _IS_OPEN, R.c.expires_us <= now_us).values(state=EXPIRED, finish_us=now_us)
+
+
+_EXPIRE_PASSED = _expire_statement()
 
 
 def _held_read(tenant_id: str, metric: str, now_us: int, asked: Asked) -> tuple[Executable, dict]:
@@ -372,6 +400,79 @@ def locked_reservations(
         [found] = driver.in_one_query(connection, [(rows, values)])
         reservations = [_of(_named(row)) for row in found]
     return {r.reservation_id: r for r in reservations}
+
+
+def commits_at_once(engine: Engine) -> bool:
+    """Whether commit_if_open can decide Commits on the engine's database."""
+    return engine.dialect.name == "postgresql"
+
+
+def commit_if_open(
+    connection: Connection, tenant_id: str, asks: Sequence[tuple[str, int]], now_us: int
+) -> tuple[dict[str, Reservation], set[str]]:
+    """Commit's transaction in one message (commits_at_once): the (tenant, metric) locks of the asked reservations
+    (as locked_reservations takes them), then one statement that commits each asked (reservation id, amount) still
+    open at `now_us` whose reserved amount covers the amount, and writes its usage event to the outbox, then COMMIT.
+    The asked reservations as they were before that statement, by id, and the ids it committed. Ids are distinct.
+
+    The instant is taken before the locks, yet a Commit cannot use room a Reserve gave away: a Reserve that counted
+    an open reservation as expired marked it so under the same lock (_expire_passed), and the statement, which
+    reads after the lock is granted, commits only what is still open. A change the lock does not order (a Release,
+    the outbox loop's sweep) can make the statement skip a reservation its read saw open: the caller then decides
+    again (the read and the ids committed disagree)."""
+    values: dict[str, object] = {"tenant_id": tenant_id, "of_tenant": tenant_id, "now_us": now_us}
+    for n, (reservation_id, amount) in enumerate(asks):
+        values[f"id_{n}"], values[f"amount_{n}"] = reservation_id, amount
+    locks, _ = _locked_statements(len(asks))
+    _, found = driver.in_one_query(connection, [(locks, values), (_commit_statement(len(asks)), values)], commit=True)
+    width = len(R.c)
+    before = {row[0]: _of(_named(row[:width])) for row in found}
+    return before, {row[0] for row in found if row[width]}
+
+
+@functools.cache
+def _commit_statement(count: int) -> Executable:
+    """commit_if_open's statement for `count` reservations: their rows as they were, each with whether the
+    data-modifying CTE committed it, and (for the CTE writing the outbox to run) how many events it wrote."""
+    ids = [bindparam(f"id_{n}", type_=String) for n in range(count)]
+    amount = case(*[(R.c.reservation_id == ids[n], bindparam(f"amount_{n}", type_=BigInteger)) for n in range(count)])
+    now_us = bindparam("now_us", type_=BigInteger)
+    of_tenant = R.c.tenant_id == bindparam("of_tenant", type_=String)  # not "tenant_id": a column it sets
+    done = (
+        update(R)
+        .where(
+            of_tenant,
+            R.c.reservation_id.in_(ids),
+            _IS_OPEN,
+            R.c.expires_us > now_us,
+            amount <= R.c.amount,
+            exists().where(L.c.tenant_id == R.c.tenant_id, L.c.metric == R.c.metric),
+        )
+        .values(
+            state=literal_column(str(COMMITTED)),
+            committed_amount=amount,
+            finish_us=now_us,
+            recorded_us=case((amount == 0, now_us), else_=null()),
+        )
+        .returning(R.c.reservation_id, R.c.tenant_id, R.c.metric, R.c.user_id, R.c.committed_amount, R.c.dimensions)
+        .cte("done")
+    )
+    event = select(
+        literal(EVENT_PREFIX, String) + done.c.reservation_id,
+        done.c.tenant_id,
+        done.c.metric,
+        done.c.user_id,
+        done.c.committed_amount,
+        now_us,
+        literal_column("0"),
+        now_us,
+        literal_column("''"),
+        done.c.dimensions,
+    ).where(done.c.committed_amount > 0)
+    written = insert(OUT).from_select(list(_OUTBOX_ROW), event).returning(OUT.c.event_id).cte("written")
+    committed = R.c.reservation_id.in_(select(done.c.reservation_id))
+    written_count = select(func.count()).select_from(written).scalar_subquery()
+    return select(*R.c, committed, written_count).where(of_tenant, R.c.reservation_id.in_(ids))
 
 
 def _named(row: tuple) -> SimpleNamespace:

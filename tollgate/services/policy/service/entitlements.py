@@ -632,13 +632,17 @@ def _commit_together(
     tenant_id: str, asks: list[tuple[str, int]], *, transactions: Transactions
 ) -> list[tuple[Reservation, int] | Exception]:
     """Decide a tenant's Commits in one transaction, holding the locks of their metrics once, in order: a
-    reservation asked twice in the batch is answered the second time as the first left it.
+    reservation asked twice in the batch is answered the second time as the first left it. In one message where
+    the database allows (`_commit_at_once`), else, or when that message met a change it could not foresee, here.
 
     The metric's lock, not only the reservation's row, because of expiry: a Reserve that found the reservation
     expired (its instant taken before its lock) has let others take its amount, and a Commit that could decide
     meanwhile, at an instant still before the expiry, would add that amount as usage the Reserve never saw.
-    Behind the lock, the Commit's instant comes after that Reserve's, or its outbox row is in that Reserve's
-    read. Release needs no lock: it only frees."""
+    Behind the lock, the Commit finds the reservation marked expired by that Reserve, or its outbox row is in that
+    Reserve's read; here its instant is also taken after the lock. Release needs no lock: it only frees."""
+    at_once = _commit_at_once(tenant_id, asks, transactions)
+    if at_once is not None:
+        return at_once
     outcomes: list[tuple[Reservation, int] | Exception] = []
     with transactions.begin() as connection:
         current = entitlements.locked_reservations(connection, tenant_id, [rid for rid, _ in asks])
@@ -660,6 +664,37 @@ def _commit_together(
             outcomes.append((committed, now_us))
         entitlements.finish(connection, finishing, now_us=now_us, commit=True)
     return outcomes
+
+
+def _commit_at_once(
+    tenant_id: str, asks: list[tuple[str, int]], transactions: Transactions
+) -> list[tuple[Reservation, int] | Exception] | None:
+    """The asks decided as `_committed` decides them, from the reservations as one message found them before its
+    statement committed those still open (entitlements.commit_if_open); None where nothing can be sent (SQLite), or
+    where what the statement committed is not what that decision says (a Release or the sweep came between the
+    read and the write): `_commit_together` decides again, and answers what this message committed as a retry."""
+    if not entitlements.commits_at_once(transactions):
+        return None
+    now_us = now_micros()
+    first = dict(reversed(asks))  # each reservation once, with its first ask's amount
+    with transactions.begin() as connection:
+        current, done = entitlements.commit_if_open(connection, tenant_id, list(first.items()), now_us)
+    outcomes: list[tuple[Reservation, int] | Exception] = []
+    decided: set[str] = set()
+    for reservation_id, amount in asks:
+        try:
+            found = current.get(reservation_id)
+            if found is None:
+                raise UnknownReservation(tenant_id, reservation_id)
+            committed = _committed(found, amount, now_us)
+        except TollgateError as error:
+            outcomes.append(error)
+            continue
+        if committed is not found:
+            current[reservation_id] = committed
+            decided.add(reservation_id)
+        outcomes.append((committed, now_us))
+    return outcomes if decided == done else None
 
 
 def _committed(current: Reservation, amount: int, now_us: int) -> Reservation:
