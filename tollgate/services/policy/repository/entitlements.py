@@ -190,10 +190,11 @@ class Try(NamedTuple):
 def reserve_if_room(
     connection: Connection, tenant_id: str, metric: str, now_us: int, tries: Sequence[Try]
 ) -> list[tuple[Held, bool]] | None:
-    """Reserve's transaction in one message where it can be: the (tenant, metric) lock, then for each try in turn one
-    statement that reads `held` and inserts the reservation if every room holds and no reservation has the asked key,
-    then COMMIT. Per try (what was held before its insert, whether it was inserted); None, with nothing sent, where it
-    cannot be (SQLite, or a lock row this process has not seen yet): held_under_lock then.
+    """Reserve's transaction in one message where it can be: the (tenant, metric) lock, the reservations it counts as
+    expired marked so (_expire_passed), then for each try in turn one statement that reads `held` and inserts the
+    reservation if every room holds and no reservation has the asked key, then COMMIT. Per try (what was held before
+    its insert, whether it was inserted); None, with nothing sent, where it cannot be (SQLite, or a lock row this
+    process has not seen yet): held_under_lock then.
 
     Each read and its insert are one statement, so they see one snapshot: a Release committed between two statements
     would otherwise free room the read did not see. A later try's statement sees the earlier tries' inserts (one
@@ -418,8 +419,8 @@ def commit_if_open(
     The instant is taken before the locks, yet a Commit cannot use room a Reserve gave away: a Reserve that counted
     an open reservation as expired marked it so under the same lock (_expire_passed), and the statement, which
     reads after the lock is granted, commits only what is still open. A change the lock does not order (a Release,
-    the outbox loop's sweep) can make the statement skip a reservation its read saw open: the caller then decides
-    again (the read and the ids committed disagree)."""
+    the outbox loop's sweep), or a lock row gone, can make the statement skip a reservation its read saw open: the
+    caller then decides again (the read and the ids committed disagree)."""
     values: dict[str, object] = {"tenant_id": tenant_id, "of_tenant": tenant_id, "now_us": now_us}
     for n, (reservation_id, amount) in enumerate(asks):
         values[f"id_{n}"], values[f"amount_{n}"] = reservation_id, amount
@@ -437,7 +438,8 @@ def _commit_statement(count: int) -> Executable:
     ids = [bindparam(f"id_{n}", type_=String) for n in range(count)]
     amount = case(*[(R.c.reservation_id == ids[n], bindparam(f"amount_{n}", type_=BigInteger)) for n in range(count)])
     now_us = bindparam("now_us", type_=BigInteger)
-    of_tenant = R.c.tenant_id == bindparam("of_tenant", type_=String)  # not "tenant_id": a column it sets
+    # Not "tenant_id": SQLAlchemy keeps the names of an UPDATE's columns for their new values.
+    of_tenant = R.c.tenant_id == bindparam("of_tenant", type_=String)
     done = (
         update(R)
         .where(
