@@ -19,80 +19,71 @@ from tollgate.services.policy.domain.errors import ReservationNotOpen
 from tollgate.services.policy.repository import entitlements
 from tollgate.services.policy.service.entitlements import _commit_together
 from tollgate.shared.clock import now_micros
-from tollgate.shared.db import create_engine_for
 
 METRIC, OTHER = "api.requests", "api.tokens"
 HOUR_US = 3600 * 10**6
 R, OUT = tables.reservations.c, tables.usage_outbox.c
 
 
-@pytest.fixture(params=["DIRECT", "TRANSACTION"])
-def engine(request, postgres_url):
-    support.postgres_databases(postgres_url)  # migrated (idempotent)
-    made = create_engine_for(
-        postgres_url, schema=tables.SCHEMA, pre_ping=False, driver_prepares=request.param == "TRANSACTION"
-    )
-    yield made
-    made.dispose()
-
-
-def _open(engine, tenant: str, amount: int, *, expires_us: int, metric: str = METRIC) -> Reservation:
+def _open(policy_engine, tenant: str, amount: int, *, expires_us: int, metric: str = METRIC) -> Reservation:
     """An open reservation stored, after its metric's lock row is made (as a first Reserve makes it)."""
     now = now_micros()
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         entitlements.held_under_lock(connection, tenant, metric, now, [entitlements.Asked("ann", ((now, now + 1),), 0)])
     made = Reservation(
         f"rsv_{secrets.token_hex(12)}", tenant, "ann", metric, amount, secrets.token_hex(6), OPEN, now, expires_us
     )
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         entitlements.insert_reservations(connection, [made])
     return made
 
 
-def _row(engine, reservation_id: str):
-    with engine.connect() as connection:
+def _row(policy_engine, reservation_id: str):
+    with policy_engine.connect() as connection:
         return connection.execute(select(tables.reservations).where(R.reservation_id == reservation_id)).one()
 
 
-def _outbox(engine, tenant: str) -> dict[str, tuple[int, int]]:
-    with engine.connect() as connection:
+def _outbox(policy_engine, tenant: str) -> dict[str, tuple[int, int]]:
+    with policy_engine.connect() as connection:
         rows = connection.execute(select(OUT.event_id, OUT.quantity, OUT.occurred_us).where(OUT.tenant_id == tenant))
         return {event_id: (quantity, occurred) for event_id, quantity, occurred in rows}
 
 
-def test_it_commits_each_open_reservation_covering_its_amount_and_writes_the_usage_event_once(engine):
+def test_it_commits_each_open_reservation_covering_its_amount_and_writes_the_usage_event_once(policy_engine):
     tenant, now = support.new_tenant(), now_micros()
-    covered = _open(engine, tenant, 3, expires_us=now + HOUR_US)
-    short = _open(engine, tenant, 2, expires_us=now + HOUR_US)
-    free = _open(engine, tenant, 4, expires_us=now + HOUR_US)
-    passed = _open(engine, tenant, 1, expires_us=now - 1)  # last: a lock taken for a Reserve would mark it expired
+    covered = _open(policy_engine, tenant, 3, expires_us=now + HOUR_US)
+    short = _open(policy_engine, tenant, 2, expires_us=now + HOUR_US)
+    free = _open(policy_engine, tenant, 4, expires_us=now + HOUR_US)
+    passed = _open(
+        policy_engine, tenant, 1, expires_us=now - 1
+    )  # last: a lock taken for a Reserve would mark it expired
     asks = [(covered.reservation_id, 2), (short.reservation_id, 5), (passed.reservation_id, 1), ("rsv_none", 1)]
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         before, done = entitlements.commit_if_open(connection, tenant, asks + [(free.reservation_id, 0)], now)
     assert done == {covered.reservation_id, free.reservation_id}
     assert before == {r.reservation_id: r for r in (covered, short, passed, free)}  # as they were: all open
-    assert _outbox(engine, tenant) == {event_id_of(covered.reservation_id): (2, now)}  # none for an amount of 0
-    row = _row(engine, covered.reservation_id)
+    assert _outbox(policy_engine, tenant) == {event_id_of(covered.reservation_id): (2, now)}  # none for an amount of 0
+    row = _row(policy_engine, covered.reservation_id)
     assert (row.state, row.committed_amount, row.finish_us, row.recorded_us) == (COMMITTED, 2, now, None)
-    row = _row(engine, free.reservation_id)  # nothing to record: recorded as it commits
+    row = _row(policy_engine, free.reservation_id)  # nothing to record: recorded as it commits
     assert (row.state, row.committed_amount, row.finish_us, row.recorded_us) == (COMMITTED, 0, now, now)
     for untouched in (short, passed):
-        assert _row(engine, untouched.reservation_id).state == OPEN
-    with engine.begin() as connection:  # again: nothing is open any more, nothing written twice
+        assert _row(policy_engine, untouched.reservation_id).state == OPEN
+    with policy_engine.begin() as connection:  # again: nothing is open any more, nothing written twice
         _, again = entitlements.commit_if_open(connection, tenant, [(covered.reservation_id, 2)], now + 1)
-    assert again == set() and len(_outbox(engine, tenant)) == 1
+    assert again == set() and len(_outbox(policy_engine, tenant)) == 1
 
 
 @pytest.mark.parametrize("reserve", ["in one message", "under the lock"])
 def test_a_reserve_that_counted_a_reservation_as_expired_marks_it_so_an_earlier_commit_instant_cannot_use_it(
-    engine, reserve
+    policy_engine, reserve
 ):
     tenant, now = support.new_tenant(), now_micros()
-    passed = _open(engine, tenant, 5, expires_us=now)
-    elsewhere = _open(engine, tenant, 5, expires_us=now, metric=OTHER)  # no Reserve of its metric runs
+    passed = _open(policy_engine, tenant, 5, expires_us=now)
+    elsewhere = _open(policy_engine, tenant, 5, expires_us=now, metric=OTHER)  # no Reserve of its metric runs
     later = now + 1  # the Reserve's instant: the reservation counts for nothing
     asked = entitlements.Asked("ann", ((later - HOUR_US, later + HOUR_US),), 0, "k")
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         if reserve == "in one message":
             taken = replace(passed, reservation_id=f"rsv_{secrets.token_hex(12)}", idempotency_key="k", create_us=later)
             tries = [entitlements.Try(taken, asked, [entitlements.Room(0, False, 0)])]
@@ -101,24 +92,26 @@ def test_a_reserve_that_counted_a_reservation_as_expired_marks_it_so_an_earlier_
         else:
             [held] = entitlements.held_under_lock(connection, tenant, METRIC, later, [asked])
         assert held.reserved == {}
-    assert (_row(engine, passed.reservation_id).state, _row(engine, passed.reservation_id).finish_us) == (
+    assert (_row(policy_engine, passed.reservation_id).state, _row(policy_engine, passed.reservation_id).finish_us) == (
         EXPIRED,
         later,
     )
-    assert _row(engine, elsewhere.reservation_id).state == OPEN
+    assert _row(policy_engine, elsewhere.reservation_id).state == OPEN
     asks = [(passed.reservation_id, 5), (elsewhere.reservation_id, 5)]
-    with engine.begin() as connection:  # a Commit whose instant came before the expiry, deciding after the Reserve
+    with (
+        policy_engine.begin() as connection
+    ):  # a Commit whose instant came before the expiry, deciding after the Reserve
         before, done = entitlements.commit_if_open(connection, tenant, asks, now - 1)
     assert done == {elsewhere.reservation_id}
     assert before[passed.reservation_id].state == EXPIRED
-    assert list(_outbox(engine, tenant)) == [event_id_of(elsewhere.reservation_id)]
+    assert list(_outbox(policy_engine, tenant)) == [event_id_of(elsewhere.reservation_id)]
 
 
-def test_a_release_between_the_read_and_the_write_of_the_message_is_answered_as_the_lock_path_answers_it(engine):
+def test_a_release_between_the_read_and_the_write_of_the_message_is_answered_as_the_lock_path_answers_it(policy_engine):
     tenant = support.new_tenant()
-    reservation = _open(engine, tenant, 3, expires_us=now_micros() + HOUR_US)
+    reservation = _open(policy_engine, tenant, 3, expires_us=now_micros() + HOUR_US)
     outcome: list = []
-    with engine.connect() as releasing:  # a Release, which takes no lock row, holding the reservation's row
+    with policy_engine.connect() as releasing:  # a Release, which takes no lock row, holding the reservation's row
         releasing.execute(
             update(tables.reservations)
             .where(R.reservation_id == reservation.reservation_id)
@@ -127,13 +120,13 @@ def test_a_release_between_the_read_and_the_write_of_the_message_is_answered_as_
         pid = releasing.execute(text("SELECT pg_backend_pid()")).scalar()
         committing = threading.Thread(
             target=lambda: outcome.extend(
-                _commit_together(tenant, [(reservation.reservation_id, 2)], transactions=engine)
+                _commit_together(tenant, [(reservation.reservation_id, 2)], transactions=policy_engine)
             )
         )
         committing.start()
 
         def waiting() -> bool:
-            with engine.connect() as watching:
+            with policy_engine.connect() as watching:
                 blocked = "SELECT count(*) FROM pg_stat_activity WHERE :pid = ANY(pg_blocking_pids(pid))"
                 return watching.execute(text(blocked), {"pid": pid}).scalar() > 0
 
@@ -142,5 +135,5 @@ def test_a_release_between_the_read_and_the_write_of_the_message_is_answered_as_
     committing.join(timeout=10)
     [answer] = outcome
     assert isinstance(answer, ReservationNotOpen) and "released" in str(answer)
-    assert _row(engine, reservation.reservation_id).state == RELEASED
-    assert _outbox(engine, tenant) == {}
+    assert _row(policy_engine, reservation.reservation_id).state == RELEASED
+    assert _outbox(policy_engine, tenant) == {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 
-import pytest
 from sqlalchemy import select
 
 from tests import support
@@ -14,20 +13,9 @@ from tollgate.services.policy import tables
 from tollgate.services.policy.domain.entitlements import OPEN, Reservation
 from tollgate.services.policy.repository import entitlements
 from tollgate.shared.clock import now_micros
-from tollgate.shared.db import create_engine_for
 
 METRIC = "api.requests"
 HOUR_US = 3600 * 10**6
-
-
-@pytest.fixture(params=["DIRECT", "TRANSACTION"])
-def engine(request, postgres_url):
-    support.postgres_databases(postgres_url)  # migrated (idempotent)
-    made = create_engine_for(
-        postgres_url, schema=tables.SCHEMA, pre_ping=False, driver_prepares=request.param == "TRANSACTION"
-    )
-    yield made
-    made.dispose()
 
 
 def _reservation(tenant: str, amount: int, key: str | None = None) -> Reservation:
@@ -45,10 +33,10 @@ def _reservation(tenant: str, amount: int, key: str | None = None) -> Reservatio
     )
 
 
-def _try(engine, reservation: Reservation, room: int):
+def _try(policy_engine, reservation: Reservation, room: int):
     now = reservation.create_us
     asked = entitlements.Asked("ann", ((now - HOUR_US, now + HOUR_US),), 0, reservation.idempotency_key)
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         found = entitlements.reserve_if_room(
             connection,
             reservation.tenant_id,
@@ -59,17 +47,17 @@ def _try(engine, reservation: Reservation, room: int):
     return None if found is None else found[0]
 
 
-def _stored(engine, tenant: str) -> dict[str, int]:
+def _stored(policy_engine, tenant: str) -> dict[str, int]:
     r = tables.reservations.c
-    with engine.connect() as connection:
+    with policy_engine.connect() as connection:
         return dict(connection.execute(select(r.reservation_id, r.amount).where(r.tenant_id == tenant)).all())
 
 
-def test_a_metric_whose_lock_row_this_process_has_not_seen_sends_nothing_and_stores_nothing(engine):
+def test_a_metric_whose_lock_row_this_process_has_not_seen_sends_nothing_and_stores_nothing(policy_engine):
     tenant = support.new_tenant()
-    assert _try(engine, _reservation(tenant, 1), room=100) is None
-    assert _stored(engine, tenant) == {}
-    with engine.connect() as connection:
+    assert _try(policy_engine, _reservation(tenant, 1), room=100) is None
+    assert _stored(policy_engine, tenant) == {}
+    with policy_engine.connect() as connection:
         assert (
             connection.execute(
                 select(tables.entitlement_locks).where(tables.entitlement_locks.c.tenant_id == tenant)
@@ -78,30 +66,30 @@ def test_a_metric_whose_lock_row_this_process_has_not_seen_sends_nothing_and_sto
         )
 
 
-def test_the_reservation_is_inserted_exactly_when_what_is_held_fits_the_room_and_its_key_is_free(engine):
+def test_the_reservation_is_inserted_exactly_when_what_is_held_fits_the_room_and_its_key_is_free(policy_engine):
     tenant = support.new_tenant()
     now = now_micros()
-    with engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
+    with policy_engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
         entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", ((now, now + 1),), 0)])
     first = _reservation(tenant, 3)
-    held, inserted = _try(engine, first, room=0)  # nothing held: 0 <= 0
+    held, inserted = _try(policy_engine, first, room=0)  # nothing held: 0 <= 0
     assert inserted and held.reserved == {} and held.key_taken_by is None
     too_much = _reservation(tenant, 1)
-    held, inserted = _try(engine, too_much, room=2)  # 3 held > 2
+    held, inserted = _try(policy_engine, too_much, room=2)  # 3 held > 2
     assert not inserted and held.reserved == {"": (3, 3)}
     just = _reservation(tenant, 1)
-    held, inserted = _try(engine, just, room=3)  # 3 held <= 3
+    held, inserted = _try(policy_engine, just, room=3)  # 3 held <= 3
     assert inserted
     again = _reservation(tenant, 1, key=first.idempotency_key)
-    held, inserted = _try(engine, again, room=100)
+    held, inserted = _try(policy_engine, again, room=100)
     assert not inserted and held.key_taken_by == first.reservation_id
-    assert _stored(engine, tenant) == {first.reservation_id: 3, just.reservation_id: 1}
+    assert _stored(policy_engine, tenant) == {first.reservation_id: 3, just.reservation_id: 1}
 
 
-def test_in_one_message_each_reservation_sees_the_ones_inserted_before_it_and_their_keys(engine):
+def test_in_one_message_each_reservation_sees_the_ones_inserted_before_it_and_their_keys(policy_engine):
     tenant = support.new_tenant()
     now = now_micros()
-    with engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
+    with policy_engine.begin() as connection:  # the metric's first Reserve: the lock row is made and seen
         entitlements.held_under_lock(connection, tenant, METRIC, now, [entitlements.Asked("ann", ((now, now + 1),), 0)])
     first, fits, too_much = _reservation(tenant, 3), _reservation(tenant, 2), _reservation(tenant, 2)
     same_key = _reservation(tenant, 1, key=first.idempotency_key)
@@ -111,7 +99,7 @@ def test_in_one_message_each_reservation_sees_the_ones_inserted_before_it_and_th
         asked = entitlements.Asked("ann", window, 0, reservation.idempotency_key)
         return entitlements.Try(reservation, asked, [entitlements.Room(0, False, room)])
 
-    with engine.begin() as connection:
+    with policy_engine.begin() as connection:
         found = entitlements.reserve_if_room(
             connection,
             tenant,
@@ -126,4 +114,4 @@ def test_in_one_message_each_reservation_sees_the_ones_inserted_before_it_and_th
     assert in_2 and held_2.reserved == {"": (3, 3)}
     assert not in_3 and held_3.reserved == {"": (5, 5)}
     assert not in_4 and held_4.key_taken_by == first.reservation_id
-    assert _stored(engine, tenant) == {first.reservation_id: 3, fits.reservation_id: 2}
+    assert _stored(policy_engine, tenant) == {first.reservation_id: 3, fits.reservation_id: 2}

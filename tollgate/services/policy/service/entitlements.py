@@ -643,27 +643,44 @@ def _commit_together(
     at_once = _commit_at_once(tenant_id, asks, transactions)
     if at_once is not None:
         return at_once
-    outcomes: list[tuple[Reservation, int] | Exception] = []
     with transactions.begin() as connection:
         current = entitlements.locked_reservations(connection, tenant_id, [rid for rid, _ in asks])
         now_us = now_micros()
-        finishing: list[entitlements.Finishing] = []
-        for reservation_id, amount in asks:
-            try:
-                found = current.get(reservation_id)
-                if found is None:
-                    raise UnknownReservation(tenant_id, reservation_id)
-                committed = _committed(found, amount, now_us)
-            except TollgateError as error:  # this call's own answer; the others' stand
-                outcomes.append(error)
-                continue
-            if committed is not found:
-                current[reservation_id] = committed
-                event = _usage_event(committed, now_us) if amount else None
-                finishing.append(entitlements.Finishing(reservation_id, rules.COMMITTED, amount, event))
-            outcomes.append((committed, now_us))
+        outcomes, committing = _decided(tenant_id, asks, current, now_us)
+        finishing = [
+            entitlements.Finishing(
+                c.reservation_id,
+                rules.COMMITTED,
+                c.committed_amount,
+                _usage_event(c, now_us) if c.committed_amount else None,
+            )
+            for c in committing
+        ]
         entitlements.finish(connection, finishing, now_us=now_us, commit=True)
     return outcomes
+
+
+def _decided(
+    tenant_id: str, asks: list[tuple[str, int]], current: dict[str, Reservation], now_us: int
+) -> tuple[list[tuple[Reservation, int] | Exception], list[Reservation]]:
+    """Each ask's answer at `now_us`, in order, from `current` (the reservations by id, updated as the batch commits
+    them: a reservation asked twice is answered the second time as the first left it); and those it commits."""
+    outcomes: list[tuple[Reservation, int] | Exception] = []
+    committing: list[Reservation] = []
+    for reservation_id, amount in asks:
+        try:
+            found = current.get(reservation_id)
+            if found is None:
+                raise UnknownReservation(tenant_id, reservation_id)
+            committed = _committed(found, amount, now_us)
+        except TollgateError as error:  # this call's own answer; the others' stand
+            outcomes.append(error)
+            continue
+        if committed is not found:
+            current[reservation_id] = committed
+            committing.append(committed)
+        outcomes.append((committed, now_us))
+    return outcomes, committing
 
 
 def _commit_at_once(
@@ -679,22 +696,8 @@ def _commit_at_once(
     first = dict(reversed(asks))  # each reservation once, with its first ask's amount
     with transactions.begin() as connection:
         current, done = entitlements.commit_if_open(connection, tenant_id, list(first.items()), now_us)
-    outcomes: list[tuple[Reservation, int] | Exception] = []
-    decided: set[str] = set()
-    for reservation_id, amount in asks:
-        try:
-            found = current.get(reservation_id)
-            if found is None:
-                raise UnknownReservation(tenant_id, reservation_id)
-            committed = _committed(found, amount, now_us)
-        except TollgateError as error:
-            outcomes.append(error)
-            continue
-        if committed is not found:
-            current[reservation_id] = committed
-            decided.add(reservation_id)
-        outcomes.append((committed, now_us))
-    return outcomes if decided == done else None
+    outcomes, committing = _decided(tenant_id, asks, current, now_us)
+    return outcomes if {c.reservation_id for c in committing} == done else None
 
 
 def _committed(current: Reservation, amount: int, now_us: int) -> Reservation:
