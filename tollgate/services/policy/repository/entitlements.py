@@ -369,6 +369,16 @@ _INSERT_RESERVATION = insert(R).values({name: bindparam(name, type_=R.c[name].ty
 _OF_TENANT = R.c.tenant_id == bindparam("tenant_id", type_=String)
 
 
+def _padded(items: Sequence) -> list:
+    """`items` with the last repeated up to the next power of two: statements built per count of ids (an IN list)
+    then come in a few sizes, and stay among each connection's prepared ones (driver.PREPARED_PER_CONNECTION)
+    rather than being prepared again for every batch size met. A repeated id matches the rows it already does."""
+    padded = list(items)
+    if padded:
+        padded += padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
+    return padded
+
+
 @functools.cache
 def _locked_statements(count: int) -> tuple[Executable, Executable]:
     """For `count` reservations of a tenant: their (tenant, metric) lock rows, taken in the metrics' order (so that
@@ -389,7 +399,7 @@ def locked_reservations(
 ) -> dict[str, Reservation]:
     """The tenant's reservations among `reservation_ids`, by id, as they are once their (tenant, metric) locks
     (`lock`) and their own rows are held, asked in one round trip where the driver allows."""
-    wanted = sorted(set(reservation_ids))
+    wanted = _padded(sorted(set(reservation_ids)))
     values = {"tenant_id": tenant_id, **{f"id_{n}": rid for n, rid in enumerate(wanted)}}
     locks, rows = _locked_statements(len(wanted))
     locked, found = driver.in_one_query(connection, [(locks, values), (rows, values)])
@@ -422,10 +432,12 @@ def commit_if_open(
     the outbox loop's sweep), or a lock row gone, can make the statement skip a reservation its read saw open: the
     caller then decides again (the read and the ids committed disagree)."""
     values: dict[str, object] = {"tenant_id": tenant_id, "of_tenant": tenant_id, "now_us": now_us}
-    for n, (reservation_id, amount) in enumerate(asks):
+    padded = _padded(asks)
+    for n, (reservation_id, amount) in enumerate(padded):
         values[f"id_{n}"], values[f"amount_{n}"] = reservation_id, amount
-    locks, _ = _locked_statements(len(asks))
-    _, found = driver.in_one_query(connection, [(locks, values), (_commit_statement(len(asks)), values)], commit=True)
+    locks, _ = _locked_statements(len(padded))
+    statements = [(locks, values), (_commit_statement(len(padded)), values)]
+    _, found = driver.in_one_query(connection, statements, commit=True)
     width = len(R.c)
     before = {row[0]: _of(_named(row[:width])) for row in found}
     return before, {row[0] for row in found if row[width]}
@@ -546,9 +558,10 @@ def delivered(connection: Connection, event_ids: Sequence[str], now_us: int, *, 
     if not event_ids:
         return
     values: dict[str, object] = {"now_us": now_us}
-    for n, event_id in enumerate(event_ids):
+    padded = _padded(event_ids)
+    for n, event_id in enumerate(padded):
         values[f"event_{n}"], values[f"reservation_{n}"] = event_id, reservation_of_event(event_id)
-    driver.in_one_query(connection, [(s, values) for s in _delivered_statements(len(event_ids))], commit=commit)
+    driver.in_one_query(connection, [(s, values) for s in _delivered_statements(len(padded))], commit=commit)
 
 
 @functools.cache
