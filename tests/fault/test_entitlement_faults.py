@@ -1,7 +1,8 @@
 """Entitlements under concurrency and faults (docs/entitlements.md), with real Policy and Usage processes:
 
-- 64 threads across two Policy processes reserve and commit against one hard limit (PostgreSQL): the limit is
-  never exceeded and the committed sum equals Usage's total for the period exactly;
+- 64 threads across two Policy processes reserve and commit against one hard limit (PostgreSQL), also with
+  reservations expiring as they are committed: the limit is never exceeded and the committed sum equals Usage's
+  total for the period exactly;
 - Policy killed with SIGKILL between Reserve and Commit: the reservation expires, the balance returns;
 - Policy killed with a commit still in its outbox (Usage down): a new process delivers it, exactly once;
 - Usage down during Commit: the commit is accepted, and the event arrives exactly once when Usage returns;
@@ -155,6 +156,57 @@ def test_64_threads_across_two_policy_processes_never_exceed_a_hard_limit_and_us
         wait_for(lambda: balance() == exact, seconds=5)
         assert balance() == exact
         print(f"\nentitlements: {len(committed)} commits summing {sum(committed)} of {LIMIT}, {len(refused)} refusals")
+    finally:
+        for channel, _, _ in opened:
+            channel.close()
+        for process, _ in processes:
+            fs.end(process)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
+def test_reservations_expiring_as_they_are_committed_across_two_processes_never_let_the_limit_be_exceeded(
+    dbs, usage, admin_token, tenant
+):
+    # Commits race their reservations' expiry while Reserves on both processes count the expired ones as free: a
+    # Commit decided after such a Reserve must find its reservation expired, whatever the instant it took.
+    processes = [start_policy(dbs, usage.port, pooling) for pooling in ("DIRECT", "TRANSACTION")]
+    opened = [clients(port, admin_token) for _, port in processes]
+    limit = LIMIT // 2
+    try:
+        hard_world(opened[0][1], tenant, limit)
+        committed, expired, refused, errors, lock = [], [], [], [], threading.Lock()
+
+        def worker(n: int) -> None:
+            api = opened[n % 2][2]
+            rng = random.Random(n)
+            for _ in range(ATTEMPTS):
+                amount = rng.randint(1, 4)
+                try:
+                    answer = reserve(api, tenant, amount, ttl=rng.choice((0.05, 0.1, 0.2)))
+                    if not answer.reserved:
+                        with lock:
+                            refused.append(amount)
+                        continue
+                    time.sleep(rng.uniform(0, 0.1))  # about its time to live: some commits come too late
+                    commit = pb.CommitRequest(
+                        tenant_id=tenant, reservation_id=answer.reservation.reservation_id, amount=amount
+                    )
+                    api.Commit(commit)
+                    with lock:
+                        committed.append(amount)
+                except grpc.RpcError as error:
+                    late = error.code() == grpc.StatusCode.FAILED_PRECONDITION and "expired" in error.details()
+                    with lock:
+                        (expired if late else errors).append(error.code())
+
+        support.in_threads(worker, THREADS)
+        assert errors == []
+        assert expired and refused, "commits must meet expiry and the demand exceed the limit to mean anything"
+        assert sum(committed) <= limit
+        wait_for(lambda: usage_total(usage.port, admin_token, tenant) == sum(committed))
+        assert usage_total(usage.port, admin_token, tenant) == sum(committed)
+        print(f"\nentitlements: {len(committed)} commits summing {sum(committed)} of {limit}, {len(expired)} too late")
     finally:
         for channel, _, _ in opened:
             channel.close()
