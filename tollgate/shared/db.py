@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 # does that a disabled node (enable_seqscan = off, below) was forced into, and compiling costs far more
 # than running such a plan.
 GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
-# For a pool that runs only one-tenant questions, each bound by an index on tenant_id. A generic plan
+# For a pool whose every statement an index serves (Usage's reads, each bound by an index on tenant_id;
+# Policy's pools, whose reservations and outbox grow from empty). A generic plan
 # lives as long as its connection; made while a table is small (dirty_buckets between rollups), it
 # would keep scanning that table whole long after it has grown.
 INDEXED_READS = {**GENERIC_PLANS, "enable_seqscan": "off"}
