@@ -1,7 +1,8 @@
 """Commit's transaction in one message (entitlements.commit_if_open) on PostgreSQL, the only backend it sends on,
 with both ways Policy's pool sends it (POLICY_DB_POOLING=DIRECT and TRANSACTION, as test_reserve_if_room.py): what
 it commits and writes to the outbox, why its instant may be taken before its lock (a Reserve marks what it counted
-as expired), and the decision taken again when a Release comes between its read and its write."""
+as expired), the decision taken again when a Release comes between its read and its write, and that its
+reservations are found by id (the primary key) however many the tenant has made."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 from dataclasses import replace
 
 import pytest
+from psycopg.sql import Literal
 from sqlalchemy import select, text, update
 
 from tests import support
@@ -18,6 +20,7 @@ from tollgate.services.policy.domain.entitlements import COMMITTED, EXPIRED, OPE
 from tollgate.services.policy.domain.errors import ReservationNotOpen
 from tollgate.services.policy.repository import entitlements
 from tollgate.services.policy.service.entitlements import _commit_together
+from tollgate.shared import driver
 from tollgate.shared.clock import now_micros
 
 METRIC, OTHER = "api.requests", "api.tokens"
@@ -137,3 +140,26 @@ def test_a_release_between_the_read_and_the_write_of_the_message_is_answered_as_
     assert isinstance(answer, ReservationNotOpen) and "released" in str(answer)
     assert _row(policy_engine, reservation.reservation_id).state == RELEASED
     assert _outbox(policy_engine, tenant) == {}
+
+
+def test_a_commits_reservations_are_found_by_id_however_many_the_tenant_has_made(policy_engine):
+    # Reservations are never deleted: a plan that finds a Commit's few through the tenant's rows reads them all.
+    tenant, now = support.new_tenant(), now_micros()
+    asked = _open(policy_engine, tenant, 1, expires_us=now + HOUR_US)
+    many = [replace(asked, reservation_id=f"rsv_{secrets.token_hex(12)}", idempotency_key=f"k{n}") for n in range(2000)]
+    with policy_engine.begin() as connection:
+        entitlements.insert_reservations(connection, many)
+    values = {"tenant_id": tenant, "of_tenant": tenant, "now_us": now, "id_0": asked.reservation_id, "amount_0": 1}
+    with policy_engine.connect() as connection:
+        for statement in (*entitlements._locked_statements(1), entitlements._commit_statement(1)):
+            done = driver.compiled(statement, connection.dialect)
+            connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")  # as Policy's pools plan
+            connection.exec_driver_sql(f"PREPARE probe AS {done.sql}")
+            written = ", ".join(
+                Literal(value).as_string(connection.connection.driver_connection) for value in done.values(values)
+            )
+            rows = connection.exec_driver_sql(f"EXPLAIN EXECUTE probe({written})")
+            plan = "\n".join(row[0] for row in rows)
+            connection.exec_driver_sql("DEALLOCATE probe")
+            assert "reservations_tenant_key" not in plan and "reservations_pkey" in plan, plan
+        connection.rollback()
