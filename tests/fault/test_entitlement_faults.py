@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -63,6 +65,22 @@ def clients(port: int, token: str):
     )
 
 
+@contextmanager
+def two_policies(dbs, usage_port: int, token: str) -> Iterator[list[tuple]]:
+    """Two Policy processes on one database, each's (channel, admin client, client): one sends each transaction's
+    statements as one message of its own prepared statements, the other as psycopg's pipeline (as behind
+    PgBouncer), and both decide on the same lock rows."""
+    processes = [start_policy(dbs, usage_port, pooling) for pooling in ("DIRECT", "TRANSACTION")]
+    opened = [clients(port, token) for _, port in processes]
+    try:
+        yield opened
+    finally:
+        for channel, _, _ in opened:
+            channel.close()
+        for process, _ in processes:
+            fs.end(process)
+
+
 def hard_world(admin, tenant: str, limit: int) -> ps.World:
     hard = pb.QuotaLimit(
         metric=METRIC, period=pb.QUOTA_PERIOD_MONTH, limit=limit, cap=pb.MODE_OFF, kind=pb.LIMIT_KIND_HARD
@@ -105,11 +123,7 @@ def wait_for(condition, seconds: float = 30) -> None:
 def test_64_threads_across_two_policy_processes_never_exceed_a_hard_limit_and_usage_gets_exactly_the_commits(
     dbs, usage, admin_token, tenant
 ):
-    # One process sends each transaction's statements as one message of its own prepared statements, the other as
-    # psycopg's pipeline (as behind PgBouncer): both decide on the same lock rows.
-    processes = [start_policy(dbs, usage.port, pooling) for pooling in ("DIRECT", "TRANSACTION")]
-    opened = [clients(port, admin_token) for _, port in processes]
-    try:
+    with two_policies(dbs, usage.port, admin_token) as opened:
         hard_world(opened[0][1], tenant, LIMIT)
         committed, refused, errors, lock = [], [], [], threading.Lock()
 
@@ -156,11 +170,6 @@ def test_64_threads_across_two_policy_processes_never_exceed_a_hard_limit_and_us
         wait_for(lambda: balance() == exact, seconds=5)
         assert balance() == exact
         print(f"\nentitlements: {len(committed)} commits summing {sum(committed)} of {LIMIT}, {len(refused)} refusals")
-    finally:
-        for channel, _, _ in opened:
-            channel.close()
-        for process, _ in processes:
-            fs.end(process)
 
 
 @pytest.mark.slow
@@ -170,10 +179,8 @@ def test_reservations_expiring_as_they_are_committed_across_two_processes_never_
 ):
     # Commits race their reservations' expiry while Reserves on both processes count the expired ones as free: a
     # Commit decided after such a Reserve must find its reservation expired, whatever the instant it took.
-    processes = [start_policy(dbs, usage.port, pooling) for pooling in ("DIRECT", "TRANSACTION")]
-    opened = [clients(port, admin_token) for _, port in processes]
     limit = LIMIT // 2
-    try:
+    with two_policies(dbs, usage.port, admin_token) as opened:
         hard_world(opened[0][1], tenant, limit)
         committed, expired, refused, errors, lock = [], [], [], [], threading.Lock()
 
@@ -207,11 +214,6 @@ def test_reservations_expiring_as_they_are_committed_across_two_processes_never_
         wait_for(lambda: usage_total(usage.port, admin_token, tenant) == sum(committed))
         assert usage_total(usage.port, admin_token, tenant) == sum(committed)
         print(f"\nentitlements: {len(committed)} commits summing {sum(committed)} of {limit}, {len(expired)} too late")
-    finally:
-        for channel, _, _ in opened:
-            channel.close()
-        for process, _ in processes:
-            fs.end(process)
 
 
 @pytest.mark.slow
