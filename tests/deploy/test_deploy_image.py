@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import deploy_replay
+from tests import deploy_replay, support
 from tests.deploy_support import BIN, ROOT, SERVICES, check_compose, compose
 
 
@@ -162,7 +162,7 @@ def test_the_image_entrypoints_serve_health_and_stop_cleanly_on_sigterm(image, t
                 part.replace(f"localhost:{spec['port']}", f"127.0.0.1:{ports[name]}")
                 for part in services[name]["healthcheck"]["test"][1:]
             ]
-            assert deploy_replay.wait_until(lambda probe=probe: image.run(probe).returncode == 0, seconds=30), (
+            assert support.wait_until(lambda probe=probe: image.run(probe).returncode == 0, seconds=30, every=0.3), (
                 processes[name].stderr_text()
             )
             assert deploy_replay.health_status(ports[name], spec["health"]) == "SERVING"
