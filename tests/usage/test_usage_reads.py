@@ -26,7 +26,7 @@ from tollgate.services.usage.domain.catalog import DEFAULT_CATALOG
 from tollgate.services.usage.domain.queries import UsageQuery
 from tollgate.services.usage.repository import totals as totals_sql
 from tollgate.services.usage.repository.postgres import totals as pg_totals
-from tollgate.shared.db import INDEXED_READS, create_engine_for
+from tollgate.shared.db import INDEXED_PLANS, create_engine_for
 from tollgate.usage.v1 import usage_pb2 as u
 
 POSTGRES_ONLY = pytest.mark.parametrize("dbs", ["postgres"], indirect=True)
@@ -239,7 +239,7 @@ def test_a_bad_metric_is_invalid_and_a_tenant_may_not_change_the_catalog(
 def test_the_read_pool_never_jit_compiles_a_plan_forced_past_its_disabled_sequential_scan(dbs):
     """Its connections plan with enable_seqscan = off; a plan left with a sequential scan then costs over
     jit_above_cost, and JIT would compile it again at every execution (0.5 s a call)."""
-    engine = create_engine_for(dbs.usage_url, schema="usage", settings=INDEXED_READS, autocommit=True)
+    engine = create_engine_for(dbs.usage_url, schema="usage", settings=INDEXED_PLANS, autocommit=True)
     try:
         with engine.connect() as connection:
             [[plan]] = connection.exec_driver_sql(

@@ -21,7 +21,7 @@ GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan", "jit": "off"}
 # Policy's pools, whose reservations and outbox grow from empty). A generic plan
 # lives as long as its connection; made while a table is small (dirty_buckets between rollups), it
 # would keep scanning that table whole long after it has grown.
-INDEXED_READS = {**GENERIC_PLANS, "enable_seqscan": "off"}
+INDEXED_PLANS = {**GENERIC_PLANS, "enable_seqscan": "off"}
 
 
 def normalize_url(url: str) -> str:

@@ -14,7 +14,7 @@ from tollgate.services.policy.service.outbox import Dispatcher
 from tollgate.services.policy.usage_client import UsageClient
 from tollgate.services.policy.usage_port import UsagePort
 from tollgate.shared import auth, migrate
-from tollgate.shared.db import INDEXED_READS, create_engine_for, session_factory
+from tollgate.shared.db import INDEXED_PLANS, create_engine_for, session_factory
 from tollgate.shared.server import RunningServer, ServerSpec, build_server
 
 
@@ -26,7 +26,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         schema=tables.SCHEMA,
         pool_size=settings.db_pool_size,
         application_name="tollgate-policy",
-        settings=INDEXED_READS,
+        settings=INDEXED_PLANS,
         pre_ping=False,
         # Reserve's and Commit's statements are prepared by driver.in_one_query, unless behind PgBouncer
         driver_prepares=settings.db_pooling == "TRANSACTION",
@@ -39,7 +39,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         schema=tables.SCHEMA,
         pool_size=settings.db_pool_size,
         application_name="tollgate-policy-reads",
-        settings=INDEXED_READS,
+        settings=INDEXED_PLANS,
         pre_ping=False,
         autocommit=True,
     )

@@ -9,7 +9,7 @@ from tollgate.services.usage.repository.sqlite import SQLITE
 from tollgate.services.usage.repository.storage import Storage
 from tollgate.services.usage.service import purge, rollups
 from tollgate.shared import auth, migrate
-from tollgate.shared.db import GENERIC_PLANS, INDEXED_READS, create_engine_for, is_sqlite, session_factory
+from tollgate.shared.db import GENERIC_PLANS, INDEXED_PLANS, create_engine_for, is_sqlite, session_factory
 from tollgate.shared.server import MAX_MESSAGE_BYTES, RunningServer, ServerSpec, build_server
 from tollgate.usage.v1 import usage_pb2_grpc
 
@@ -40,7 +40,7 @@ def build(settings: Settings, *, tracer_provider=None) -> RunningServer:
         schema=tables.SCHEMA,
         pool_size=settings.db_pool_size,
         application_name="tollgate-usage-reads",
-        settings=INDEXED_READS,
+        settings=INDEXED_PLANS,
         pre_ping=False,
         autocommit=True,
     )
