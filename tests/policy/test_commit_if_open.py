@@ -2,7 +2,8 @@
 with both ways Policy's pool sends it (POLICY_DB_POOLING=DIRECT and TRANSACTION, as test_reserve_if_room.py): what
 it commits and writes to the outbox, why its instant may be taken before its lock (a Reserve marks what it counted
 as expired), the decision taken again when a Release comes between its read and its write, and that its
-reservations are found by id (the primary key) however many the tenant has made."""
+reservations are found by id (the primary key) however many the tenant has made; and that the outbox pass, which
+marks expired reservations too, skips rows another transaction holds rather than deadlock with a Reserve's marks."""
 
 from __future__ import annotations
 
@@ -163,3 +164,21 @@ def test_a_commits_reservations_are_found_by_id_however_many_the_tenant_has_made
             connection.exec_driver_sql("DEALLOCATE probe")
             assert "reservations_tenant_key" not in plan and "reservations_pkey" in plan, plan
         connection.rollback()
+
+
+def test_the_outbox_pass_skips_reservations_another_transaction_holds_instead_of_waiting_for_them(policy_engine):
+    # A Reserve marking its metric's expired reservations holds their rows in its own order: a pass that waited
+    # for one of them while holding another could deadlock with it.
+    tenant, now = support.new_tenant(), now_micros()
+    held = _open(policy_engine, tenant, 1, expires_us=now - 1)
+    free = _open(policy_engine, tenant, 1, expires_us=now - 1, metric=OTHER)  # another metric: its lock marks none
+    with policy_engine.connect() as holding:
+        holding.execute(
+            update(tables.reservations).where(R.reservation_id == held.reservation_id).values(finish_us=now)
+        )
+        with policy_engine.begin() as passing:
+            passing.exec_driver_sql("SET LOCAL lock_timeout = '5s'")  # waiting would fail the pass, not hang it
+            entitlements.outbox_pass(passing, now, now - HOUR_US, 10_000)
+        holding.rollback()
+    assert _row(policy_engine, free.reservation_id).state == EXPIRED
+    assert _row(policy_engine, held.reservation_id).state == OPEN  # the next pass marks it

@@ -626,7 +626,16 @@ def outbox_pass(
 def _pass_statements(limit: int) -> tuple[Executable, Executable, Executable]:
     """outbox_pass's statements, built once: their parameters are bound at each execution."""
     now_us = bindparam("now_us", type_=BigInteger)
-    expired = select(R.c.reservation_id).where(_IS_OPEN, R.c.expires_us <= now_us).limit(limit).scalar_subquery()
+    # Rows another transaction holds are skipped, never waited for: a Reserve marking its metric's expired
+    # reservations (_expire_passed) or a Commit holds several, taken in their own order, and the pass taking them in
+    # another would deadlock with it. What it skips, that transaction ends or the next pass marks.
+    expired = (
+        select(R.c.reservation_id)
+        .where(_IS_OPEN, R.c.expires_us <= now_us)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
     latest = select(func.max(OUT.c.delivered_seq)).scalar_subquery()
     return (
         update(R).where(R.c.reservation_id.in_(expired), _IS_OPEN).values(state=EXPIRED, finish_us=now_us),
